@@ -1,0 +1,32 @@
+"""attnprof: a memory and throughput profiler for attention implementations.
+
+The library API a notebook uses is the one the CLI calls:
+
+    import attnprof
+    sweep = attnprof.Sweep(impls=attnprof.parse_impls("softmax,sdpa"), lengths=(256, 512))
+    run_id = attnprof.run_sweep(sweep, db="my.db")
+    frame = attnprof.load_measurements("latest", db="my.db")   # a pandas DataFrame
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run_sweep": "attnprof.api",
+    "load_measurements": "attnprof.api",
+    "Case": "attnprof.spec",
+    "Sweep": "attnprof.spec",
+    "parse_impls": "attnprof.spec",
+    "parse_lengths": "attnprof.spec",
+}
+
+
+def __getattr__(name):
+    # Lazy so that `attnprof --help` and `import attnprof` do not pay for torch or pandas.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnprof' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

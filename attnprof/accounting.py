@@ -1,0 +1,79 @@
+"""Deterministic accounting: exact FLOPs and the exact peak of live tensor bytes of one call.
+
+Method. FLOPs come from torch.utils.flop_counter.FlopCounterMode (matmul, bmm, einsum, conv and
+SDPA formulas). The peak of live bytes comes from a TorchDispatchMode that sees every op's
+outputs: each output storage not seen before and not shared with an op input (views, in-place
+ops) is added to the live total, and a weakref finaliser on the storage takes it off again when
+Python frees it. Both are identical run to run and machine to machine, and both work on the
+`meta` device, where nothing is allocated: a CPU machine accounts a 64k case in milliseconds.
+
+Caveats (see ENVIRONMENT.md): fused kernels (SDPA flash/efficient) take the unfused math path on
+meta, so their meta figures are not theirs; impls say so with `meta_exact=False`. The tracker sees
+Python lifetimes, so a temporary held in a local counts until the local goes away. Inputs made
+before the call are not counted: the peak is the call's own bytes above its inputs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AccountingReading:
+    flops: int
+    peak_bytes: int
+
+
+def _live_bytes_mode_class():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LiveBytesMode(TorchDispatchMode):
+        """Tracks the bytes of storages created by ops inside the mode; `peak_bytes` is the high-water mark."""
+
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.current_bytes = 0
+            self.peak_bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for tensor in tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    self._track(tensor.untyped_storage(), inputs)
+            return out
+
+        def _track(self, storage, input_storages: set[int]) -> None:
+            key = id(storage)
+            if key in self.live or key in input_storages:
+                return  # already counted, or a view / in-place result of an op input
+            self.live[key] = storage.nbytes()
+            self.current_bytes += self.live[key]
+            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+            weakref.finalize(storage, self._free, key)
+
+        def _free(self, key: int) -> None:
+            self.current_bytes -= self.live.pop(key, 0)
+
+    return LiveBytesMode
+
+
+def live_bytes_mode():
+    """A fresh LiveBytesMode (a context manager); read `.peak_bytes` after the block."""
+    return _live_bytes_mode_class()()
+
+
+def account_call(run) -> AccountingReading:
+    """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tracker = live_bytes_mode()
+    counter = FlopCounterMode(display=False)
+    with counter, tracker:
+        run()
+    return AccountingReading(flops=int(counter.get_total_flops()), peak_bytes=int(tracker.peak_bytes))

@@ -1,0 +1,153 @@
+"""The AttentionImpl record: what every registered attention implementation declares.
+
+An impl is an operator on already-projected q, k, v of shape (B, H, N, D) returning (B, H, N, D).
+It says what it supports (`not_supported` returns reasons, never raises), which options it takes
+with their defaults, how to compute its own reference (checked before any time is reported), and
+optionally its FLOP count and the minimum bytes it must move for a case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from attnprof.errors import UsageError
+from attnprof.spec import DTYPES, MODES, Case
+
+ALL_DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class AttentionImpl:
+    """One registered implementation.
+
+    fn(q, k, v, *, causal, **options) -> out, all (B, H, N, D).
+    reference(q, k, v, *, causal, **options) -> out: the check `fn` must match (float64 on the CPU);
+        defaults to exact softmax attention, which is right for every exact impl.
+    refuse(case, options) -> list of extra reasons beyond the declared device/dtype/causal/mode support.
+    flops(case, options) -> int FLOPs of one call in `case.mode`; None: counted with FlopCounterMode.
+    min_bytes(case, options) -> int bytes the call must at least read and write; None: q, k, v, out
+        (and their gradients in fwd_bwd).
+    meta_exact: the impl runs on the `meta` device with the same tensors it would allocate for real
+        (false for fused kernels, whose meta path is the unfused math).
+    """
+
+    name: str
+    family: str
+    fn: Callable
+    description: str = ""
+    devices: tuple[str, ...] = ALL_DEVICES
+    dtypes: tuple[str, ...] = DTYPES
+    causal: tuple[bool, ...] = (False, True)
+    modes: tuple[str, ...] = MODES
+    options: dict[str, Any] = field(default_factory=dict)
+    reference: Callable | None = None
+    refuse: Callable[[Case, dict], list[str]] | None = None
+    flops: Callable[[Case, dict], int] | None = None
+    min_bytes: Callable[[Case, dict], int] | None = None
+    meta_exact: bool = True
+    exact: bool = True  # computes softmax attention exactly (up to rounding); approximations say False
+    check_tolerance: dict[str, float] = field(default_factory=dict)  # dtype -> relative error bound
+
+    def resolve_options(self, given: dict | tuple) -> dict:
+        """Defaults overlaid with the user's options, each coerced to its default's type."""
+        given = dict(given)
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            raise UsageError(f"unknown option {unknown[0]!r} for impl {self.name!r}; its options: {known}")
+        resolved = dict(self.options)
+        for key, raw in given.items():
+            resolved[key] = coerce_option(self.name, key, raw, self.options[key])
+        return resolved
+
+    def not_supported(self, case: Case) -> list[str]:
+        """Every reason this impl refuses `case`; empty when it runs it."""
+        reasons = []
+        device_kind = case.device.split(":")[0]
+        if device_kind not in self.devices:
+            reasons.append(f"{self.name} runs on {'/'.join(self.devices)}, not {device_kind}")
+        if case.dtype not in self.dtypes:
+            reasons.append(f"{self.name} supports {'/'.join(self.dtypes)}, not {case.dtype}")
+        if case.causal not in self.causal:
+            reasons.append(f"{self.name} has no {'causal' if case.causal else 'bidirectional'} form")
+        if case.mode not in self.modes:
+            reasons.append(f"{self.name} does not support mode {case.mode}")
+        if self.refuse is not None and not reasons:
+            reasons.extend(self.refuse(case, self.resolve_options(case.options)))
+        return reasons
+
+    def bind(self, case: Case) -> Callable:
+        """fn(q, k, v) with the case's causality and options fixed."""
+        options = self.resolve_options(case.options)
+        fn = self.fn
+
+        def call(q, k, v):
+            return fn(q, k, v, causal=case.causal, **options)
+
+        return call
+
+    def bind_reference(self, case: Case) -> Callable:
+        options = self.resolve_options(case.options) if self.reference is not None else {}
+        if self.reference is None:
+            from attnprof.impls.softmax import softmax_attention
+
+            return lambda q, k, v: softmax_attention(q, k, v, causal=case.causal)
+        reference = self.reference
+        return lambda q, k, v: reference(q, k, v, causal=case.causal, **options)
+
+    def supports_summary(self) -> str:
+        causal = {(False,): "bidir", (True,): "causal", (False, True): "bidir+causal"}[tuple(sorted(self.causal))]
+        return f"{'/'.join(self.devices)}; {'/'.join(self.dtypes)}; {causal}; {'/'.join(self.modes)}"
+
+
+def coerce_option(impl: str, key: str, raw, default):
+    """Turn a CLI/TOML string into the type of the option's default (int, float, bool, str)."""
+    if not isinstance(raw, str) and (default is None or isinstance(raw, type(default))):
+        return raw
+    text = str(raw).strip()
+    if default is None:  # untyped option (e.g. block_size=None means "choose for me")
+        return _guess_type(text)
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return lowered in ("true", "yes", "1")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise UsageError(f"bad value {text!r} for option {key!r} of impl {impl!r}: expected {type(default).__name__}") from None
+    return text
+
+
+def _guess_type(text: str):
+    if text.lower() in ("none", "auto", ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def io_bytes(case: Case) -> int:
+    """Bytes any attention must move at least: read q, k, v and write out (fwd); in fwd_bwd also
+    read q, k, v, out and grad_out again and write dq, dk, dv."""
+    tensor = case.batch * case.heads * case.seq_len * case.head_dim * DTYPE_BYTES[case.dtype]
+    return tensor * (4 if case.mode == "fwd" else 12)
+
+
+def dense_attention_flops(case: Case, skip_masked: bool) -> int:
+    """4 B H N^2 D for q k^T and p v; backward does 2.5x the forward (five matmuls against two).
+    Kernels that skip fully masked blocks do about half the work when causal."""
+    fwd = 4 * case.batch * case.heads * case.seq_len**2 * case.head_dim
+    if case.causal and skip_masked:
+        fwd //= 2
+    return fwd if case.mode == "fwd" else fwd * 7 // 2

@@ -1,0 +1,63 @@
+"""PyTorch's scaled_dot_product_attention: the dispatcher and each backend pinned on its own.
+
+Which backend accepts a case is decided by PyTorch at call time; the declared support below is the
+documented rule, and a "No available kernel" error at run time is still reported as `unsupported`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from attnprof.impls import register
+from attnprof.impls.base import AttentionImpl, dense_attention_flops
+
+
+def sdpa_attention(q, k, v, *, causal: bool = False, backend: str | None = None):
+    """F.scaled_dot_product_attention, optionally restricted to one backend."""
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, N, D)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, N, D)
+
+
+def _flash_refusals(case, options) -> list[str]:
+    if case.device.startswith("cuda"):
+        reasons = []
+        if case.dtype not in ("float16", "bfloat16"):
+            reasons.append("flash backend needs fp16/bf16 on CUDA")
+        if case.head_dim > 256 or case.head_dim % 8:
+            reasons.append(f"flash backend needs head_dim <= 256 and a multiple of 8, not {case.head_dim}")
+        return reasons
+    return []
+
+
+def _efficient_refusals(case, options) -> list[str]:
+    if case.head_dim % 8 and case.dtype != "float32":
+        return [f"efficient backend needs head_dim a multiple of 8 for half types, not {case.head_dim}"]
+    return []
+
+
+def _register(name: str, backend: str | None, description: str, devices=("cpu", "cuda"), refuse=None, skip_masked=True):
+    register(
+        AttentionImpl(
+            name=name,
+            family="exact",
+            fn=functools.partial(sdpa_attention, backend=backend),
+            description=description,
+            devices=devices,
+            refuse=refuse,
+            flops=lambda case, options: dense_attention_flops(case, skip_masked),
+            meta_exact=backend == "MATH",  # fused kernels take the unfused path on meta
+        )
+    )
+
+
+_register("sdpa", None, "torch SDPA, backend chosen by PyTorch's dispatcher")
+_register("sdpa-flash", "FLASH_ATTENTION", "torch SDPA pinned to the flash backend (CUDA flash-attn 2; CPU flash kernel)", refuse=_flash_refusals)
+_register("sdpa-efficient", "EFFICIENT_ATTENTION", "torch SDPA pinned to the memory-efficient (xformers) backend", devices=("cuda",), refuse=_efficient_refusals)
+_register("sdpa-math", "MATH", "torch SDPA pinned to the math backend (unfused, N x N)", skip_masked=False)

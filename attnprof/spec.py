@@ -125,8 +125,8 @@ def parse_devices(spec: str | list) -> tuple[str, ...]:
     devices = []
     for raw in items:
         name = str(raw).strip().lower()
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-            raise UsageError(f"unknown device {str(raw).strip()!r}; choose cpu, cuda or cuda:N")
+        if not re.fullmatch(r"cpu|meta|cuda(:\d+)?", name):
+            raise UsageError(f"unknown device {str(raw).strip()!r}; choose cpu, cuda, cuda:N (or meta, for --accounting)")
         if name not in devices:
             devices.append(name)
     if not devices:

@@ -1,0 +1,50 @@
+"""Accounting a Case: exact FLOPs and peak live bytes on the `meta` device (`sweep --accounting`).
+
+Cached per case: the same numbers come out every time, so the worker's host-memory guard and the
+FLOP count share one accounting run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from attnprof.accounting import AccountingReading, account_call
+from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.inputs import make_call, make_inputs
+from attnprof.records import Measurement, Status
+from attnprof.spec import Case
+
+
+@functools.lru_cache(maxsize=256)
+def _account_cached(impl_name: str, case: Case) -> AccountingReading:
+    from attnprof import impls
+
+    impl = impls.get(impl_name)
+    return account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
+
+
+def account_on_meta(impl: AttentionImpl, case: Case) -> AccountingReading:
+    return _account_cached(impl.name, case)
+
+
+def account_case(impl: AttentionImpl, case: Case) -> Measurement:
+    """The Measurement of an accounting run: no times, peak_source "accounting"."""
+    if not impl.meta_exact:
+        return Measurement(
+            case=case,
+            status=Status.UNSUPPORTED,
+            reason=f"{impl.name} is a fused kernel: meta runs the unfused math path, so its bytes cannot be accounted there",
+        )
+    reading = account_on_meta(impl, case)
+    options = impl.resolve_options(case.options)
+    flops, source = (int(impl.flops(case, options)), "formula") if impl.flops else (reading.flops, "counted")
+    return Measurement(
+        case=case,
+        status=Status.OK,
+        peak_bytes=reading.peak_bytes,
+        peak_source="accounting",
+        peak_live_bytes=reading.peak_bytes,
+        flops=flops,
+        flops_source=source,
+        min_bytes=int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case),
+    )

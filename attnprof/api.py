@@ -1,0 +1,141 @@
+"""The library API the CLI is a shell over; a notebook calls the same functions.
+
+    run_id = run_sweep(Sweep(impls=parse_impls("softmax,sdpa"), lengths=(256, 512)), db="x.db")
+    frame = load_measurements(run_id, db="x.db")
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from attnprof.errors import UsageError
+from attnprof.spec import ImplSpec, Sweep, parse_lengths
+
+DEFAULT_DB = Path("reports") / "attnprof.db"
+
+
+def default_db() -> Path:
+    return Path(os.environ.get("ATTNPROF_DB") or DEFAULT_DB)
+
+
+def resolve_sweep(sweep: Sweep) -> Sweep:
+    """Fill the device-dependent defaults, expand `all`, and validate impls, options and devices."""
+    import torch
+
+    devices = ("meta",) if sweep.accounting else (sweep.device or (("cuda",) if torch.cuda.is_available() else ("cpu",)))
+    for device in devices:
+        _check_device(device, sweep.accounting)
+    cpu_only = all(d == "cpu" for d in devices)
+    return replace(
+        sweep,
+        device=devices,
+        lengths=sweep.lengths or parse_lengths("256..4k" if cpu_only else "1k..64k"),
+        dtype=sweep.dtype or (("float32",) if cpu_only else ("bfloat16",)),
+        impls=_expand_impls(sweep.impls),
+    )
+
+
+def _check_device(device: str, accounting: bool) -> None:
+    import torch
+
+    if device == "meta" and not accounting:
+        raise UsageError("device 'meta' measures nothing; use --accounting for exact FLOPs and bytes without running")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+
+
+def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
+    from attnprof import impls
+
+    expanded: list[ImplSpec] = []
+    for spec in specs:
+        if spec.name == "all":
+            expanded.extend(ImplSpec(name) for name in impls.names())
+            continue
+        impls.get(spec.name).resolve_options(spec.options)  # raises UsageError naming the bad option
+        expanded.append(spec)
+    return tuple(dict.fromkeys(expanded))
+
+
+def plan(sweep: Sweep) -> list[tuple]:
+    """(case, refusal reasons) for every case of the resolved sweep: what `--dry-run` prints."""
+    from attnprof import impls
+
+    resolved = resolve_sweep(sweep)
+    return [(case, impls.get(case.impl).not_supported(case)) for case in resolved.cases()]
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, progress=None, command: str = "") -> str:
+    """Measure every case of `sweep` (or the missing cases of run `resume`) into `db`; returns the run id.
+
+    Raises runner.SweepInterrupted on Ctrl-C after saving everything measured.
+    """
+    from attnprof.records import RunInfo
+    from attnprof.runner import SweepInterrupted, execute
+    from attnprof.store import Store
+    from attnprof.worker import Settings
+
+    store = Store.open(db or default_db())
+    try:
+        if resume is not None:
+            run, sweep = _resumable(store, resume)
+        else:
+            sweep = resolve_sweep(sweep)
+            run = _new_run(sweep, command)
+            store.add_run(run)
+        settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
+        store.set_run_state(run.run_id, "running")
+        try:
+            execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
+        except SweepInterrupted:
+            store.set_run_state(run.run_id, "interrupted")
+            raise
+        store.set_run_state(run.run_id, "complete")
+        return run.run_id
+    finally:
+        store.close()
+
+
+def _new_run(sweep: Sweep, command: str):
+    import attnprof
+    from attnprof.env import capture_env
+    from attnprof.records import RunInfo
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return RunInfo(new_run_id(), created, sweep.to_dict(), capture_env(sweep.device), attnprof.__version__, sweep.name, command, "running")
+
+
+def _resumable(store, resume: str):
+    from attnprof.env import capture_env, differing_fields
+
+    run = store.resolve_run(resume)
+    sweep = Sweep.from_dict(run.sweep)
+    differences = differing_fields(run.env, capture_env(sweep.device))
+    if differences:
+        raise UsageError(f"cannot resume run {run.run_id}: it was measured in another environment ({'; '.join(differences)})")
+    return run, sweep
+
+
+def load_measurements(run: str = "latest", db: str | Path | None = None):
+    """Every measurement of a run as a pandas DataFrame, one row per case (the export columns)."""
+    from attnprof.export import measurements_frame
+    from attnprof.store import Store
+
+    store = Store.open(db or default_db(), create=False)
+    try:
+        info = store.resolve_run(run)
+        return measurements_frame(info.run_id, store.measurements(info.run_id))
+    finally:
+        store.close()

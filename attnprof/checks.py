@@ -1,0 +1,79 @@
+"""Correct before fast: an impl is checked against its reference before any time is reported.
+
+The check runs the impl at a small size (the case's head dim, dtype, device, causality, mode and
+options; batch 1, 2 heads, N = min(case length, CHECK_LENGTH)) against its registered reference in
+float64 on the CPU. Forward outputs (and, in fwd_bwd, the input gradients) must agree within the
+impl's tolerance for the dtype. Fidelity, reported beside it, is the error against exact softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnprof.impls.base import AttentionImpl
+from attnprof.inputs import make_inputs
+from attnprof.spec import Case
+
+CHECK_LENGTH = 256
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+GRADIENT_SLACK = 5.0  # gradients go through one more round of rounding: allow 5x the forward bound
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check_error: float
+    fidelity_error: float
+    failure: str | None  # None when the impl passed
+
+
+def check_key(case: Case) -> tuple:
+    return (case.label, case.head_dim, case.dtype, case.device, case.causal, case.mode)
+
+
+def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
+    import torch
+
+    from attnprof.impls.softmax import softmax_attention
+
+    small = case.resized(batch=1, heads=2, seq_len=min(case.seq_len, CHECK_LENGTH))
+    exact = make_inputs(small, device="cpu", dtype="float64")  # (1, 2, n, D) each
+    tested = [t.detach().to(case.device, _dtype(case.dtype)).requires_grad_(t.requires_grad) for t in (exact.q, exact.k, exact.v)]
+    out = impl.bind(small)(*tested)  # (1, 2, n, D)
+    ref = impl.bind_reference(small)(exact.q, exact.k, exact.v)  # (1, 2, n, D)
+    error = relative_error(out, ref)
+    with torch.no_grad():
+        fidelity = error if impl.exact else relative_error(out, softmax_attention(exact.q, exact.k, exact.v, causal=case.causal))
+    tolerance = impl.check_tolerance.get(case.dtype, DEFAULT_TOLERANCE[case.dtype])
+    failure = None
+    if not error <= tolerance:  # also catches NaN
+        failure = f"failed its check against the reference at N={small.seq_len}: relative error {error:.3g} > {tolerance:g} ({case.dtype})"
+    elif case.mode == "fwd_bwd":
+        failure = _check_gradients(out, ref, tested, exact, tolerance * GRADIENT_SLACK, small)
+    return CheckResult(check_error=error, fidelity_error=fidelity, failure=failure)
+
+
+def _check_gradients(out, ref, tested, exact, tolerance, small) -> str | None:
+    grad_out = exact.grad_out  # (1, 2, n, D) float64
+    out.backward(grad_out.to(out.device, out.dtype))
+    ref.backward(grad_out)
+    for name, mine, theirs in zip("qkv", tested, (exact.q, exact.k, exact.v)):
+        error = relative_error(mine.grad, theirs.grad)
+        if not error <= tolerance:
+            return f"failed its gradient check against the reference at N={small.seq_len}: d{name} relative error {error:.3g} > {tolerance:g}"
+    return None
+
+
+def relative_error(value, reference) -> float:
+    """Relative Frobenius error ||value - reference|| / ||reference||, in float64 on the CPU."""
+    import torch
+
+    with torch.no_grad():
+        value64, ref64 = value.detach().double().cpu(), reference.detach().double().cpu()
+        denominator = torch.linalg.vector_norm(ref64).item() or 1.0
+        return torch.linalg.vector_norm(value64 - ref64).item() / denominator
+
+
+def _dtype(name: str):
+    from attnprof.inputs import torch_dtype
+
+    return torch_dtype(name)

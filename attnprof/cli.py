@@ -1,0 +1,243 @@
+"""The `attnprof` command line: each command parses, calls one library function, prints.
+
+Bad input (attnprof.errors.UsageError, or click's own usage errors) becomes one line on stderr and
+exit status 2. Heavy imports live inside the commands so that `attnprof --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from attnprof.errors import UsageError
+
+SWEEP_OPTION_NAMES = ("impl", "lengths", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "warmup_ms", "rep_ms", "timeout", "seed", "name", "accounting")
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class AttnprofGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:
+            raise BadInput(str(error)) from None
+        except click.UsageError as error:
+            raise BadInput(" ".join(error.format_message().split())) from None
+
+
+@click.group(cls=AttnprofGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="attnprof")
+def cli():
+    """Memory and throughput profiler for attention implementations.
+
+    \b
+    Example:
+      attnprof sweep --impl softmax,sdpa --lengths 256..2k --device cpu
+    """
+
+
+def _db_option(function):
+    return click.option("--db", type=click.Path(dir_okay=False), default=None, help="Database file (default: $ATTNPROF_DB or reports/attnprof.db).")(function)
+
+
+@cli.command()
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+@click.option("--impl", help="Comma-separated impls, `all`, with options as name:key=value.")
+@click.option("--lengths", help="1k..64k (powers of two), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000.")
+@click.option("--batch", help="Batch sizes, comma separated.")
+@click.option("--heads", help="Head counts, comma separated.")
+@click.option("--head-dim", "head_dim", help="Head dims, comma separated.")
+@click.option("--dtype", help="float32, float16, bfloat16 (comma separated).")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available, else cpu).")
+@click.option("--causal", help="no, yes or both (default both).")
+@click.option("--mode", help="fwd, fwd-bwd (comma separated; default fwd).")
+@click.option("--warmup-ms", "warmup_ms", type=float, help="Warm-up time budget per case (default 25).")
+@click.option("--rep-ms", "rep_ms", type=float, help="Timing budget per case (default 100).")
+@click.option("--timeout", type=float, help="Seconds a case may take before its worker is killed (default 300).")
+@click.option("--seed", type=int, help="Seed of the inputs (default 0).")
+@click.option("--name", help="A name for the run.")
+@click.option("--accounting", is_flag=True, default=None, help="Exact FLOPs and live bytes on the meta device; no timing.")
+@_db_option
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
+@click.option("--dry-run", is_flag=True, help="List the cases and refusals; measure nothing.")
+@click.pass_context
+def sweep(ctx, scenario, db, resume, dry_run, **options):
+    """Measure every impl over a grid of lengths and shapes; every cell gets a row.
+
+    \b
+    Example:
+      attnprof sweep --impl softmax,sdpa --lengths 1k..64k --causal both
+      attnprof sweep scenarios/quick.toml --device cpu
+      attnprof sweep --resume latest
+    """
+    from attnprof.scenario import scenario_options, sweep_from_options
+
+    file_options = scenario_options(scenario) if scenario else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    if resume is not None and (given or scenario):
+        raise UsageError(f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}")
+    db = db or file_options.get("db")
+    spec = sweep_from_options({**file_options, **given})
+    if dry_run:
+        return _print_plan(spec)
+    _run_and_report(spec, db, resume)
+
+
+def _print_plan(spec) -> None:
+    from attnprof.api import plan
+
+    cases = plan(spec)
+    for case, reasons in cases:
+        click.echo(f"{case.describe()}" + (f"  -> unsupported: {'; '.join(reasons)}" if reasons else ""))
+    refused = sum(1 for _, reasons in cases if reasons)
+    click.echo(f"{len(cases)} cases, {refused} refused, {len(cases) - refused} to measure")
+
+
+def _run_and_report(spec, db, resume) -> None:
+    from attnprof.api import default_db, run_sweep
+    from attnprof.progress import SweepProgress
+    from attnprof.runner import SweepInterrupted
+
+    db = db or default_db()
+    command = "attnprof " + " ".join(sys.argv[1:])
+    try:
+        with SweepProgress() as progress:
+            run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)
+    except SweepInterrupted as stop:
+        click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}.", err=True)
+        click.echo(f"Resume with: attnprof sweep --resume {stop.run_id} --db {db}", err=True)
+        sys.exit(130)
+    _print_summary(db, run_id, "table")
+
+
+def _print_summary(db, run_id: str, output_format: str) -> None:
+    from rich.console import Console
+
+    from attnprof.store import Store
+    from attnprof.table import markdown_table, reasons_list, rich_table
+
+    store = Store.open(db, create=False)
+    try:
+        run = store.resolve_run(run_id)
+        measurements = store.measurements(run.run_id)
+    finally:
+        store.close()
+    if output_format == "markdown":
+        click.echo(markdown_table(measurements), nl=False)
+    else:
+        Console().print(rich_table(measurements, title=f"run {run.run_id}  (median time / peak memory)"))
+    for line in reasons_list(measurements):
+        click.echo(f"  {line}")
+    click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}")
+
+
+@cli.command()
+@_db_option
+def runs(db):
+    """List the runs in the database, newest first.
+
+    \b
+    Example:
+      attnprof runs --db reports/attnprof.db
+    """
+    from attnprof.api import default_db
+    from attnprof.store import Store
+
+    store = Store.open(db or default_db(), create=False)
+    try:
+        for run in store.runs():
+            device = run.env.get("gpu_name") or ",".join(run.sweep.get("device", [])) or "?"
+            click.echo(f"{run.run_id}  {run.created_at}  {run.state:<11} {store.count(run.run_id):>5} cases  {device}  {run.name}")
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("run", default="latest")
+@click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table", show_default=True)
+@_db_option
+def show(run, output_format, db):
+    """Print a run's summary: impl x length, median time and peak memory, or the status.
+
+    \b
+    Example:
+      attnprof show latest --format markdown
+    """
+    from attnprof.api import default_db
+
+    db = db or default_db()
+    if output_format in ("json", "csv"):
+        return _echo_records(run, db, "jsonl" if output_format == "json" else "csv", None)
+    _print_summary(db, run, output_format)
+
+
+@cli.command()
+@click.argument("run", default="latest")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
+@_db_option
+def export(run, output_format, out, db):
+    """Write one record per case (jsonl or csv).
+
+    \b
+    Example:
+      attnprof export latest --format csv --out results.csv
+    """
+    from attnprof.api import default_db
+
+    _echo_records(run, db or default_db(), output_format, out)
+
+
+def _echo_records(run, db, output_format, out) -> None:
+    from pathlib import Path
+
+    from attnprof.export import measurement_record, to_csv, to_jsonl
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        info = store.resolve_run(run)
+        records = [measurement_record(info.run_id, m) for m in store.measurements(info.run_id)]
+    finally:
+        store.close()
+    text = to_jsonl(records) if output_format == "jsonl" else to_csv(records)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text)
+    except OSError as error:
+        raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
+    click.echo(f"wrote {len(records)} records to {out}")
+
+
+@cli.command(name="list")
+def list_impls():
+    """List the registered implementations, what each supports and its options.
+
+    \b
+    Example:
+      attnprof list
+    """
+    from attnprof import impls
+
+    for impl in impls.all_impls():
+        options = ", ".join(f"{k}={v!r}" for k, v in impl.options.items()) or "-"
+        click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
+        click.echo(f"{'':<20} options: {options}")
+        click.echo(f"{'':<20} {impl.description}")
+
+
+def main():
+    cli(prog_name="attnprof")
+
+
+if __name__ == "__main__":
+    main()

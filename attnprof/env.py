@@ -1,0 +1,76 @@
+"""The environment a run was measured in: GPU, driver, CUDA, torch, Python, host, git sha.
+
+Resume refuses to mix runs whose `COMPARABLE_FIELDS` differ: timings from another GPU, driver or
+torch build are not the same experiment.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+COMPARABLE_FIELDS = ("gpu_name", "gpu_driver", "cuda_version", "torch_version")
+
+
+def capture_env(devices: tuple[str, ...] = ()) -> dict:
+    import torch
+
+    import attnprof
+
+    env = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "attnprof_version": attnprof.__version__,
+        "git_sha": _git_sha(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu_name": None,
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "gpu_total_bytes": None,
+        "gpu_driver": None,
+    }
+    if any(d.startswith("cuda") for d in devices) and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu_name=props.name, gpu_total_bytes=props.total_memory, gpu_driver=_nvml_driver())
+    return env
+
+
+def differing_fields(old: dict, new: dict) -> list[str]:
+    """`field: old -> new` for every comparable field that changed."""
+    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in COMPARABLE_FIELDS if old.get(key) != new.get(key)]
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _nvml_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # any NVML failure only means the driver version is unknown
+        return None

@@ -1,0 +1,56 @@
+"""One flat record per measurement: the shape of `export`, `show --format json|csv` and the DataFrame API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from attnprof.records import Measurement, time_stats
+
+EXPORT_KEYS = (
+    "run_id", "impl", "label", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode",
+    "seed", "status", "reason", "median_ms", "p20_ms", "p80_ms", "iqr_ms", "noisy", "times_ms", "peak_bytes",
+    "peak_source", "peak_alloc_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes",
+    "flops", "flops_source", "min_bytes", "tflops", "gbps", "energy_j", "check_error", "fidelity_error", "wall_s",
+)  # fmt: skip
+
+
+def measurement_record(run_id: str, m: Measurement) -> dict:
+    case = m.case
+    stats = time_stats(m.times_ms)
+    median_s = stats["median_ms"] / 1e3 if stats["median_ms"] else None
+    record = {
+        "run_id": run_id,
+        **{k: v for k, v in case.to_dict().items()},
+        "label": case.label,
+        "status": m.status.value,
+        "reason": m.reason,
+        **stats,
+        "times_ms": list(m.times_ms),
+        "tflops": m.flops / median_s / 1e12 if m.flops and median_s else None,
+        "gbps": m.min_bytes / median_s / 1e9 if m.min_bytes and median_s else None,
+    }
+    for key in EXPORT_KEYS:
+        if key not in record:
+            record[key] = getattr(m, key)
+    return {key: record[key] for key in EXPORT_KEYS}
+
+
+def measurements_frame(run_id: str, measurements: list[Measurement]):
+    import pandas as pd
+
+    return pd.DataFrame([measurement_record(run_id, m) for m in measurements], columns=list(EXPORT_KEYS))
+
+
+def to_jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, default=str) + "\n" for r in records)
+
+
+def to_csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EXPORT_KEYS))
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in record.items()})
+    return buffer.getvalue()

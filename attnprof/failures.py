@@ -1,0 +1,43 @@
+"""Turning an exception raised while measuring into a status and a one-line reason."""
+
+from __future__ import annotations
+
+from attnprof.records import Status
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+_UNSUPPORTED_MARKERS = ("no available kernel", "no viable backend")
+# A CUDA error other than OOM leaves the context unusable: every later call in the process fails.
+_POISON_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "cublas_status", "cudnn_status", "unspecified launch failure")
+
+
+def classify(error: BaseException) -> tuple[Status, str, bool]:
+    """(status, reason, poisoned) for an exception raised by an impl or by the measurement."""
+    import torch
+
+    message = _first_line(error)
+    lowered = message.lower()
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(m in lowered for m in _OOM_MARKERS):
+        return Status.OOM, f"out of memory: {message}", False
+    if any(m in lowered for m in _UNSUPPORTED_MARKERS):
+        return Status.UNSUPPORTED, f"refused at run time: {message}", False
+    poisoned = any(m in lowered for m in _POISON_MARKERS)
+    return Status.ERROR, f"{type(error).__name__}: {message}", poisoned
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or repr(error)
+    line = text.splitlines()[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def signal_reason(exitcode: int | None) -> str:
+    """Why a worker process died, from its exit code (negative: killed by a signal)."""
+    import signal
+
+    if exitcode is None:
+        return "worker process vanished"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else f"signal {-exitcode}"
+        hint = " (the kernel's OOM killer sends this when the host runs out of memory)" if name == "SIGKILL" else ""
+        return f"worker process killed by {name}{hint}"
+    return f"worker process exited with status {exitcode}"

@@ -1,0 +1,174 @@
+"""Parent side of a sweep: order, resume, timeouts, worker restarts, skips, progress.
+
+Cases run in a worker process per device (spawned, reused between cases). The parent waits for
+each result at most the case's timeout; a worker that hangs is killed (`timeout`), one that dies is
+reported (`crashed`) and replaced, one whose CUDA context is poisoned is replaced after its row is
+saved. After an `oom` or a `timeout`, larger lengths of the same configuration are `skipped`.
+Every measurement is stored the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+from attnprof.failures import signal_reason
+from attnprof.records import FINAL_FAILURES, Measurement, Status
+from attnprof.spec import Case
+from attnprof.store import Store
+from attnprof.worker import Settings
+
+WORKER_START_TIMEOUT_S = 300.0  # importing torch and initialising CUDA on a cold machine
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C: everything measured so far is saved; `run_id` resumes the rest."""
+
+    def __init__(self, run_id: str, done: int, total: int):
+        super().__init__(f"interrupted after {done} of {total} cases")
+        self.run_id, self.done, self.total = run_id, done, total
+
+
+class WorkerHandle:
+    """One worker process for one device, restarted on demand."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.process = None
+        self.connection = None
+
+    def ensure_started(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            return
+        from attnprof.worker import worker_main
+
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=worker_main, args=(child, self.device), daemon=True, name=f"attnprof-worker-{self.device}")
+        self.process.start()
+        child.close()
+        if not self.connection.poll(WORKER_START_TIMEOUT_S):
+            self.kill()
+            raise RuntimeError(f"worker for {self.device} did not start within {WORKER_START_TIMEOUT_S:.0f} s")
+        self.connection.recv()  # ("ready",)
+
+    def run(self, case: Case, settings: Settings, timeout_s: float) -> Measurement:
+        try:
+            self.ensure_started()
+            self.connection.send(("case", case.to_dict(), asdict(settings)))
+        except (RuntimeError, OSError, EOFError) as error:
+            self.kill()
+            return Measurement(case=case, status=Status.CRASHED, reason=f"could not start a worker: {error}")
+        return self._wait(case, timeout_s)
+
+    def _wait(self, case: Case, timeout_s: float) -> Measurement:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.connection.poll(min(0.2, max(0.0, deadline - time.monotonic()))):
+                try:
+                    _, data, poisoned = self.connection.recv()
+                except (EOFError, OSError):
+                    return self._crashed(case)
+                if poisoned:
+                    self.kill()  # a poisoned CUDA context fails every later case: start afresh
+                return Measurement.from_dict(data)
+            if not self.process.is_alive():
+                return self._crashed(case)
+        self.kill()
+        return Measurement(case=case, status=Status.TIMEOUT, reason=f"ran longer than the {timeout_s:g} s timeout; worker killed")
+
+    def _crashed(self, case: Case) -> Measurement:
+        self.process.join(timeout=5)
+        reason = signal_reason(self.process.exitcode)
+        self.kill()
+        return Measurement(case=case, status=Status.CRASHED, reason=reason)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            try:
+                self.connection.send(("stop",))
+                self.process.join(timeout=10)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
+
+
+class Progress:
+    """What the runner reports while it works; the CLI draws a bar, a notebook may log or ignore it."""
+
+    def begin(self, total: int) -> None: ...
+
+    def start(self, case: Case) -> None: ...
+
+    def done(self, case: Case, measurement: Measurement) -> None: ...
+
+
+def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, timeout_s: float, progress: Progress | None = None) -> None:
+    """Measure every case that has no row in `run_id` yet, storing each result as it arrives."""
+    done_keys = store.measured_keys(run_id)
+    pending = [case for case in cases if case.key not in done_keys]
+    failures = _failures_from(store.measurements(run_id))
+    workers: dict[str, WorkerHandle] = {}
+    progress = progress or Progress()
+    progress.begin(len(pending))
+    try:
+        for case in pending:
+            progress.start(case)
+            measurement = _skip_if_failed_before(case, failures) or _refusal(case)
+            if measurement is None:
+                worker = workers.setdefault(case.device, WorkerHandle(case.device))
+                measurement = worker.run(case, settings, timeout_s)
+            store.add_measurement(run_id, measurement, _now())
+            _note_failure(measurement, failures)
+            progress.done(case, measurement)
+    except KeyboardInterrupt:
+        for worker in workers.values():
+            worker.kill()  # the case in flight is abandoned (no row): resume measures it again
+        raise SweepInterrupted(run_id, store.count(run_id), len(cases)) from None
+    finally:
+        for worker in workers.values():
+            worker.stop()
+
+
+def _refusal(case: Case) -> Measurement | None:
+    """Refusals are known without a worker: answer them here and save the round trip."""
+    from attnprof import impls
+
+    reasons = impls.get(case.impl).not_supported(case)
+    return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
+
+
+def _failures_from(measurements: list[Measurement]) -> dict[str, tuple[int, Status]]:
+    failures: dict[str, tuple[int, Status]] = {}
+    for measurement in measurements:
+        _note_failure(measurement, failures)
+    return failures
+
+
+def _note_failure(measurement: Measurement, failures: dict[str, tuple[int, Status]]) -> None:
+    if measurement.status not in FINAL_FAILURES:
+        return
+    key = measurement.case.config_key
+    if key not in failures or measurement.case.seq_len < failures[key][0]:
+        failures[key] = (measurement.case.seq_len, measurement.status)
+
+
+def _skip_if_failed_before(case: Case, failures: dict[str, tuple[int, Status]]) -> Measurement | None:
+    failed = failures.get(case.config_key)
+    if failed is None or case.seq_len <= failed[0]:
+        return None
+    what = "ran out of memory" if failed[1] == Status.OOM else "timed out"
+    return Measurement(case=case, status=Status.SKIPPED, reason=f"skipped: the same configuration {what} at N={failed[0]}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,103 @@
+"""Scenario files (TOML) and CLI flags -> a Sweep: the only file-format code.
+
+A scenario's `[sweep]` table uses the sweep options' names with underscores (`head_dim`,
+`warmup_ms`); values are strings in the CLI grammar or TOML lists/numbers. CLI flags override it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from attnprof.errors import UsageError
+from attnprof.spec import Sweep, parse_causal, parse_devices, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_sizes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _number(kind, key: str):
+    def parse(value):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"bad {key} {value!r}: expected a number") from None
+        if number < 0 or (key != "seed" and number == 0 and key != "warmup_ms"):
+            raise UsageError(f"bad {key} {value!r}: must be positive")
+        return number
+
+    return parse
+
+
+def _flag(key: str):
+    def parse(value):
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"bad {key} {value!r}: expected true or false")
+
+    return parse
+
+
+# option name -> (Sweep field, parser); the single table both TOML and the CLI go through
+SWEEP_KEYS = {
+    "impl": ("impls", parse_impls),
+    "lengths": ("lengths", parse_lengths),
+    "batch": ("batch", lambda v: parse_sizes(v, "batch")),
+    "heads": ("heads", lambda v: parse_sizes(v, "heads")),
+    "head_dim": ("head_dim", lambda v: parse_sizes(v, "head_dim")),
+    "dtype": ("dtype", parse_dtypes),
+    "device": ("device", parse_devices),
+    "causal": ("causal", parse_causal),
+    "mode": ("mode", parse_modes),
+    "warmup_ms": ("warmup_ms", _number(float, "warmup_ms")),
+    "rep_ms": ("rep_ms", _number(float, "rep_ms")),
+    "timeout": ("timeout", _number(float, "timeout")),
+    "seed": ("seed", _number(int, "seed")),
+    "name": ("name", str),
+    "accounting": ("accounting", _flag("accounting")),
+}
+FILE_ONLY_KEYS = ("db",)  # allowed in a scenario's [sweep] table, used by the CLI, not part of the Sweep
+
+
+def sweep_from_options(options: dict) -> Sweep:
+    """Build a Sweep from raw option values keyed by option name (None values are ignored)."""
+    fields = {}
+    for key, value in options.items():
+        if value is None or key in FILE_ONLY_KEYS:
+            continue
+        if key not in SWEEP_KEYS:
+            raise UsageError(f"unknown sweep key {key!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}")
+        field, parse = SWEEP_KEYS[key]
+        fields[field] = parse(value)
+    return Sweep(**fields)
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"scenario file {str(path)!r} not found") from None
+    except OSError as error:
+        raise UsageError(f"cannot read scenario file {str(path)!r}: {error.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"scenario file {str(path)!r} is not valid TOML: {error}") from None
+
+
+def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> dict:
+    """The `[sweep]` table of a scenario file, with every key checked."""
+    data = read_toml(path)
+    for table in data:
+        if table not in allowed_tables:
+            raise UsageError(f"unknown table {table!r} in {str(path)!r}; expected {', '.join(allowed_tables)}")
+    options = data.get("sweep", {})
+    if not isinstance(options, dict):
+        raise UsageError(f"'sweep' in {str(path)!r} must be a table")
+    for key in options:
+        if key not in SWEEP_KEYS and key not in FILE_ONLY_KEYS:
+            raise UsageError(f"unknown key {key!r} in [sweep] of {str(path)!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}")
+    return options

@@ -1,0 +1,184 @@
+"""The only module that touches the database: one SQLite file in WAL mode.
+
+Each Measurement is committed in its own transaction the moment it arrives, so a killed sweep loses
+at most the case in flight, and readers (the dashboard, `attnprof show`) see rows while a sweep
+writes. The file carries its schema version; an older schema is migrated, a newer one refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from attnprof.errors import UsageError
+from attnprof.records import Measurement, RunInfo, Status
+from attnprof.spec import Case
+
+SCHEMA_VERSION = 1
+APP_ID = "attnprof"
+CASE_COLUMNS = ("impl", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "seed")
+VALUE_COLUMNS = (
+    "status", "reason", "times_ms", "peak_bytes", "peak_source", "peak_alloc_bytes", "peak_reserved_bytes",
+    "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes", "flops", "flops_source", "min_bytes", "energy_j",
+    "check_error", "fidelity_error", "wall_s",
+)  # fmt: skip
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, name TEXT, command TEXT, state TEXT NOT NULL,
+    sweep_json TEXT NOT NULL, env_json TEXT NOT NULL, tool_version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id), case_key TEXT NOT NULL,
+    label TEXT NOT NULL, {", ".join(CASE_COLUMNS)}, {", ".join(VALUE_COLUMNS)}, recorded_at TEXT NOT NULL,
+    UNIQUE (run_id, case_key));
+CREATE INDEX IF NOT EXISTS measurements_run ON measurements (run_id);
+"""
+_MIGRATIONS: dict[int, str] = {}  # version -> SQL that brings version-1 up to it
+
+
+class Store:
+    """An attnprof database. `Store.open(path)` creates it; `Store.open(path, create=False)` only reads."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path):
+        self.connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, create: bool = True) -> Store:
+        path = Path(path)
+        if not create and not path.exists():
+            raise UsageError(f"no database at {str(path)!r} (run a sweep first, or pass --db)")
+        if create:
+            _prepare_parent(path)
+        try:
+            connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+            store = cls(connection, path)
+            store._initialise(create)
+        except sqlite3.DatabaseError as error:
+            raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
+        return store
+
+    def _initialise(self, create: bool) -> None:
+        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables or tables and self._meta("app") != APP_ID:
+            raise UsageError(f"{str(self.path)!r} is not an attnprof database (it has tables {', '.join(sorted(tables))})")
+        if not tables:
+            if not create:
+                raise UsageError(f"{str(self.path)!r} is not an attnprof database (it is empty)")
+            self._create()
+        self._check_version()
+        self.connection.execute("PRAGMA journal_mode=WAL")
+
+    def _create(self) -> None:
+        with self.connection:
+            self.connection.executescript(_SCHEMA)
+            self.connection.execute("INSERT INTO meta VALUES ('app', ?), ('schema_version', ?)", (APP_ID, str(SCHEMA_VERSION)))
+
+    def _meta(self, key: str) -> str | None:
+        row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _check_version(self) -> None:
+        version = int(self._meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise UsageError(f"{str(self.path)!r} has schema version {version}, newer than this attnprof ({SCHEMA_VERSION}); upgrade attnprof")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            if target not in _MIGRATIONS:
+                raise UsageError(f"{str(self.path)!r} has schema version {version}, which this attnprof cannot migrate")
+            with self.connection:
+                self.connection.executescript(_MIGRATIONS[target])
+                self.connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # runs
+
+    def add_run(self, run: RunInfo) -> None:
+        with self.connection:
+            self.connection.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.created_at, run.name, run.command, run.state, json.dumps(run.sweep), json.dumps(run.env), run.tool_version),
+            )
+
+    def set_run_state(self, run_id: str, state: str) -> None:
+        with self.connection:
+            self.connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
+
+    def runs(self) -> list[RunInfo]:
+        rows = self.connection.execute(
+            "SELECT run_id, created_at, name, command, state, sweep_json, env_json, tool_version FROM runs ORDER BY created_at DESC, rowid DESC"
+        ).fetchall()
+        return [_run_from_row(row) for row in rows]
+
+    def resolve_run(self, run: str | None) -> RunInfo:
+        """A run id, a unique prefix of one, or `latest` (also None)."""
+        runs = self.runs()
+        if not runs:
+            raise UsageError(f"no runs in {str(self.path)!r}")
+        if run in (None, "latest"):
+            return runs[0]
+        matches = [r for r in runs if r.run_id == run] or [r for r in runs if r.run_id.startswith(str(run))]
+        if len(matches) != 1:
+            known = ", ".join(r.run_id for r in runs[:5])
+            raise UsageError(f"unknown run {run!r} in {str(self.path)!r}; recent runs: {known}")
+        return matches[0]
+
+    # measurements
+
+    def add_measurement(self, run_id: str, m: Measurement, recorded_at: str) -> None:
+        case = m.case
+        case_values = [getattr(case, c) if c != "options" else json.dumps(dict(case.options)) for c in CASE_COLUMNS]
+        values = [getattr(m, c) for c in VALUE_COLUMNS]
+        values[0] = m.status.value
+        values[2] = json.dumps(m.times_ms)
+        columns = ("run_id", "case_key", "label", *CASE_COLUMNS, *VALUE_COLUMNS, "recorded_at")
+        placeholders = ", ".join("?" for _ in columns)
+        with self.connection:  # one transaction per measurement: committed the moment it is taken
+            self.connection.execute(
+                f"INSERT OR REPLACE INTO measurements ({', '.join(columns)}) VALUES ({placeholders})",
+                (run_id, case.key, case.label, *case_values, *values, recorded_at),
+            )
+
+    def measurements(self, run_id: str) -> list[Measurement]:
+        columns = ", ".join((*CASE_COLUMNS, *VALUE_COLUMNS))
+        rows = self.connection.execute(f"SELECT {columns} FROM measurements WHERE run_id = ? ORDER BY id", (run_id,))
+        return [_measurement_from_row(row) for row in rows]
+
+    def measured_keys(self, run_id: str) -> set[str]:
+        rows = self.connection.execute("SELECT case_key FROM measurements WHERE run_id = ?", (run_id,))
+        return {row[0] for row in rows}
+
+    def count(self, run_id: str) -> int:
+        return self.connection.execute("SELECT COUNT(*) FROM measurements WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+
+def _prepare_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the folder for database {str(path)!r}: {error.strerror}") from None
+    if path.is_dir():
+        raise UsageError(f"database path {str(path)!r} is a folder")
+    target = path if path.exists() else path.parent
+    import os
+
+    if not os.access(target, os.W_OK):
+        raise UsageError(f"database path {str(path)!r} is not writable")
+
+
+def _run_from_row(row) -> RunInfo:
+    run_id, created_at, name, command, state, sweep_json, env_json, tool_version = row
+    return RunInfo(run_id, created_at, json.loads(sweep_json), json.loads(env_json), tool_version, name or "", command or "", state)
+
+
+def _measurement_from_row(row) -> Measurement:
+    case_data = dict(zip(CASE_COLUMNS, row[: len(CASE_COLUMNS)]))
+    case_data["options"] = json.loads(case_data["options"])
+    case_data["causal"] = bool(case_data["causal"])
+    values = dict(zip(VALUE_COLUMNS, row[len(CASE_COLUMNS) :]))
+    values["status"] = Status(values["status"])
+    values["times_ms"] = json.loads(values["times_ms"])
+    return Measurement(case=Case.from_dict(case_data), **values)

@@ -1,0 +1,84 @@
+"""The summary table, impl x length (median time and peak memory, or the status): the only text formatting."""
+
+from __future__ import annotations
+
+from attnprof.records import Measurement, Status
+
+AXES = ("batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
+
+
+def format_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g} ms" if value < 1000 else f"{value / 1000:.3g} s"
+
+
+def cell_text(m: Measurement, separator: str = " / ") -> str:
+    if m.status != Status.OK:
+        return m.status.value
+    parts = [format_ms(m.median_ms)] if m.times_ms else []
+    return separator.join(parts + [format_bytes(m.peak_bytes)])
+
+
+def summary_grid(measurements: list[Measurement]) -> tuple[list[int], list[tuple[str, dict[int, Measurement]]]]:
+    """(lengths, [(row label, {length: measurement})]) with one row per configuration."""
+    varying = [axis for axis in AXES if len({getattr(m.case, axis) for m in measurements}) > 1]
+    rows: dict[str, dict[int, Measurement]] = {}
+    for m in measurements:
+        rows.setdefault(_row_label(m, varying), {})[m.case.seq_len] = m
+    lengths = sorted({m.case.seq_len for m in measurements})
+    return lengths, sorted(rows.items())
+
+
+def _row_label(m: Measurement, varying: list[str]) -> str:
+    parts = [m.case.label]
+    for axis in varying:
+        value = getattr(m.case, axis)
+        parts.append(("causal" if value else "bidir") if axis == "causal" else f"{axis}={value}" if axis in ("batch", "heads", "head_dim") else str(value))
+    return " ".join(parts)
+
+
+def rich_table(measurements: list[Measurement], title: str = ""):
+    from rich.table import Table
+
+    lengths, rows = summary_grid(measurements)
+    table = Table(title=title, show_lines=False)
+    table.add_column("impl")
+    for n in lengths:
+        table.add_column(f"N={n}", justify="right")
+    styles = {Status.OK: "", Status.UNSUPPORTED: "dim", Status.SKIPPED: "dim"}
+    for label, cells in rows:
+        texts = []
+        for n in lengths:
+            m = cells.get(n)
+            style = styles.get(m.status, "red") if m else ""
+            text = cell_text(m, "\n") if m else ""
+            texts.append(f"[{style}]{text}[/]" if style else text)
+        table.add_row(label, *texts)
+    return table
+
+
+def markdown_table(measurements: list[Measurement]) -> str:
+    lengths, rows = summary_grid(measurements)
+    lines = ["| impl | " + " | ".join(f"N={n}" for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for label, cells in rows:
+        lines.append(f"| {label} | " + " | ".join(cell_text(cells[n]) if n in cells else "" for n in lengths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reasons_list(measurements: list[Measurement]) -> list[str]:
+    """One line per distinct non-ok reason, so a table cell reading `oom` is explained below it."""
+    seen: dict[str, list[str]] = {}
+    for m in measurements:
+        if m.status != Status.OK and m.reason:
+            seen.setdefault(f"{m.status.value}: {m.reason}", []).append(m.case.label)
+    return [f"{text} ({', '.join(sorted(set(labels)))})" for text, labels in seen.items()]

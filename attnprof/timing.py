@@ -1,0 +1,84 @@
+"""The one timing primitive: raw per-repetition samples of a zero-argument call.
+
+Method (triton.testing.do_bench's recipe):
+1. Run the call once and synchronise (first-call costs: kernel selection, allocator growth).
+2. Estimate the time of one call from 5 calls (on CUDA: events around the batch; L2 flushed before each).
+3. Warm up for `warmup_ms` worth of calls, then time `rep_ms` worth of repetitions, at least
+   `min_reps` and at most `max_reps`.
+4. On CUDA every repetition is bracketed by its own pair of CUDA events, and a 256 MB buffer is
+   zeroed before each one so that no repetition reads q, k, v from a warm L2 cache; the flush is
+   outside the events. On the CPU every repetition is timed with time.perf_counter.
+The samples are returned raw; median and quantiles are derived later (records.time_stats).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50 MB)
+
+
+def bench(call: Callable[[], None], device: str, warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 5, max_reps: int = 1000) -> list[float]:
+    """Milliseconds per repetition of `call` on `device` ("cpu" or "cuda[:N]")."""
+    if device.startswith("cuda"):
+        return _bench_cuda(call, device, warmup_ms, rep_ms, min_reps, max_reps)
+    return _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps)
+
+
+def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, min_reps: int, max_reps: int) -> tuple[int, int]:
+    estimate_ms = max(estimate_ms, 1e-6)
+    warmup = max(1, int(warmup_ms / estimate_ms))
+    reps = min(max_reps, max(min_reps, int(rep_ms / estimate_ms)))
+    return warmup, reps
+
+
+def _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps) -> list[float]:
+    call()
+    start = time.perf_counter()
+    call()  # the first two calls are the warm-up when one call already exceeds the budget
+    estimate_ms = (time.perf_counter() - start) * 1e3
+    warmup, reps = _counts(estimate_ms, max(0.0, warmup_ms - 2 * estimate_ms), rep_ms, min_reps, max_reps)
+    for _ in range(warmup - 1):
+        call()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def _bench_cuda(call, device, warmup_ms, rep_ms, min_reps, max_reps) -> list[float]:
+    import torch
+
+    with torch.cuda.device(device):
+        flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        call()
+        torch.cuda.synchronize()
+        estimate_ms = _estimate_cuda(call, flush)
+        warmup, reps = _counts(estimate_ms, warmup_ms, rep_ms, min_reps, max_reps)
+        for _ in range(warmup):
+            call()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for start, end in zip(starts, ends):
+            flush.zero_()
+            start.record()
+            call()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+
+
+def _estimate_cuda(call, flush) -> float:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 5

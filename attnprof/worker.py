@@ -1,0 +1,192 @@
+"""Child side: measure one Case and return its Measurement, whatever happens.
+
+Order of work for a case: refusals, the check against the reference (once per configuration and
+worker), a host-memory guard on the CPU, inputs, the memory pass (one call), the timing pass,
+FLOPs and bytes. `measure_case` never raises for a problem of the case; `worker_main` is the loop
+the parent talks to over a pipe (runner.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import time
+from dataclasses import dataclass
+
+from attnprof import impls
+from attnprof.checks import CheckResult, check_key, run_check
+from attnprof.failures import classify
+from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.inputs import make_call, make_inputs
+from attnprof.records import Measurement, Status
+from attnprof.spec import Case
+
+HOST_MEMORY_FRACTION = 0.8  # refuse a CPU case predicted to need more than this share of free RAM
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    min_reps: int = 5
+    accounting: bool = False  # measure FLOPs and live bytes on `meta` only, no timing
+
+
+class CaseMeasurer:
+    """Holds what a worker keeps between cases: the check results per configuration."""
+
+    def __init__(self):
+        self.checks: dict[tuple, CheckResult] = {}
+        self.poisoned = False  # a CUDA error left the context unusable: the parent restarts us
+
+    def measure(self, case: Case, settings: Settings) -> Measurement:
+        started = time.perf_counter()
+        try:
+            measurement = self._measure(case, settings)
+        except Exception as error:  # any failure of the case becomes its row
+            status, reason, poisoned = classify(error)
+            self.poisoned = self.poisoned or poisoned
+            measurement = Measurement(case=case, status=status, reason=reason)
+        finally:
+            _release_memory(case.device)
+        measurement.wall_s = time.perf_counter() - started
+        return measurement
+
+    def _measure(self, case: Case, settings: Settings) -> Measurement:
+        impl = impls.get(case.impl)
+        reasons = impl.not_supported(case)
+        if reasons:
+            return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons))
+        if settings.accounting:
+            from attnprof.accounting_runs import account_case
+
+            return account_case(impl, case)
+        check = self._check(impl, case)
+        if check.failure:
+            return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
+        refusal = _host_memory_refusal(impl, case)
+        if refusal:
+            return Measurement(case=case, status=Status.OOM, reason=refusal)
+        measurement = _measure_passes(impl, case, settings)
+        measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
+        return measurement
+
+    def _check(self, impl: AttentionImpl, case: Case) -> CheckResult:
+        key = check_key(case)
+        if key not in self.checks:
+            try:
+                self.checks[key] = run_check(impl, case)
+            except Exception as error:  # the check itself raising is a failed check
+                status, reason, self.poisoned = classify(error)
+                self.checks[key] = CheckResult(float("nan"), float("nan"), f"raised during its check against the reference: {reason}")
+        return self.checks[key]
+
+
+def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Measurement:
+    from attnprof.timing import bench
+
+    inputs = make_inputs(case)
+    call = make_call(impl.bind(case), inputs)
+    measurement = Measurement(case=case, status=Status.OK)
+    if case.device.startswith("cuda"):
+        _memory_pass_cuda(call, case, measurement)
+    else:
+        _memory_pass_cpu(call, measurement)
+    energy = _energy_counter(case)
+    start_mj = energy.energy_mj() if energy else None
+    measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps)
+    if start_mj is not None:
+        measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))
+    _add_work_figures(impl, case, measurement)
+    return measurement
+
+
+def _memory_pass_cpu(call, measurement: Measurement) -> None:
+    from attnprof.accounting import live_bytes_mode
+    from attnprof.trackers.host_rss import rss_tracker
+
+    gc.collect()
+    with rss_tracker() as rss, live_bytes_mode() as live:
+        call()
+    measurement.peak_live_bytes = int(live.peak_bytes)
+    measurement.peak_rss_bytes = rss.peak_above_start
+    measurement.peak_bytes, measurement.peak_source = measurement.peak_live_bytes, "live_tensors"
+
+
+def _memory_pass_cuda(call, case: Case, measurement: Measurement) -> None:
+    from attnprof.trackers.host_rss import rss_tracker
+    from attnprof.trackers.nvml import NvmlDevice, cuda_index
+    from attnprof.trackers.torch_allocator import AllocatorTracker
+
+    call()  # first-call work (kernel selection, cuBLAS workspace) is not the steady-state peak
+    nvml = NvmlDevice(cuda_index(case.device))
+    with rss_tracker() as rss, nvml.memory_tracker() as device_memory, AllocatorTracker(case.device) as allocator:
+        call()
+    measurement.peak_alloc_bytes = allocator.reading.peak_alloc_bytes
+    measurement.peak_reserved_bytes = allocator.reading.peak_reserved_bytes
+    measurement.peak_device_bytes = device_memory.peak_above_start
+    measurement.peak_rss_bytes = rss.peak_above_start
+    measurement.peak_bytes, measurement.peak_source = measurement.peak_alloc_bytes, "allocator"
+
+
+def _energy_counter(case: Case):
+    if not case.device.startswith("cuda"):
+        return None
+    from attnprof.trackers.nvml import NvmlDevice, cuda_index
+
+    device = NvmlDevice(cuda_index(case.device))
+    return device if device.available else None
+
+
+def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement) -> None:
+    """FLOPs (the impl's formula, else counted on meta) and the minimum bytes moved."""
+    options = impl.resolve_options(case.options)
+    if impl.flops is not None:
+        measurement.flops, measurement.flops_source = int(impl.flops(case, options)), "formula"
+    elif impl.meta_exact:
+        from attnprof.accounting_runs import account_on_meta
+
+        measurement.flops, measurement.flops_source = account_on_meta(impl, case).flops, "counted"
+    measurement.min_bytes = int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case)
+
+
+def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
+    """On the CPU a case far beyond free RAM would bring in the kernel's OOM killer (or swap the
+    machine to a halt); the exact meta accounting predicts its peak in milliseconds instead."""
+    if case.device != "cpu" or not impl.meta_exact:
+        return None
+    import psutil
+
+    from attnprof.accounting_runs import account_on_meta
+
+    predicted = account_on_meta(impl, case).peak_bytes + make_inputs(case, device="meta").nbytes
+    available = psutil.virtual_memory().available
+    if predicted > HOST_MEMORY_FRACTION * available:
+        gib = 1024**3
+        return f"predicted peak {predicted / gib:.1f} GiB exceeds {HOST_MEMORY_FRACTION:.0%} of available host memory ({available / gib:.1f} GiB); not run"
+    return None
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def worker_main(connection, device: str) -> None:
+    """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
+    import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
+
+    impls.names()
+    measurer = CaseMeasurer()
+    connection.send(("ready",))
+    while True:
+        message = connection.recv()
+        if message[0] == "stop":
+            return
+        _, case_data, settings_data = message
+        measurement = measurer.measure(Case.from_dict(case_data), Settings(**settings_data))
+        connection.send(("result", measurement.to_dict(), measurer.poisoned))

@@ -39,7 +39,12 @@ def parse_lengths(spec: str) -> tuple[int, ...]:
         raise UsageError("bad lengths '': give e.g. 1k..64k or 512,1k,3000")
     lengths: set[int] = set()
     for item in text.split(","):
-        lengths.update(_parse_length_item(item.strip(), text))
+        try:
+            lengths.update(_parse_length_item(item.strip(), text))
+        except UsageError as error:
+            if repr(text) in str(error):
+                raise
+            raise UsageError(f"bad lengths {text!r}: {error}") from None
     if len(lengths) > MAX_LENGTHS:
         raise UsageError(f"bad lengths {text!r}: {len(lengths)} lengths is more than {MAX_LENGTHS}")
     return tuple(sorted(lengths))

@@ -16,7 +16,7 @@ from attnprof.impls.base import AttentionImpl
 
 _REGISTRY: dict[str, AttentionImpl] = {}
 BUILTIN_MODULES = ("softmax", "sdpa", "cosformer", "nystromformer", "combiner")
-_loaded = False
+_imported: set[str] = set()
 
 
 def register(impl: AttentionImpl) -> AttentionImpl:
@@ -27,21 +27,27 @@ def register(impl: AttentionImpl) -> AttentionImpl:
 
 
 def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"attnprof.impls.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"attnprof.impls.{module}":
-                raise
+    """Import the built-in modules once, and any plugin module named in ATTNPROF_PLUGINS not imported yet."""
+    if not _imported:
+        for module in BUILTIN_MODULES:
+            _import_builtin(module)
+        _imported.add("")
     for module in filter(None, (m.strip() for m in os.environ.get("ATTNPROF_PLUGINS", "").split(","))):
+        if module in _imported:
+            continue
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise UsageError(f"cannot import plugin module {module!r} from ATTNPROF_PLUGINS: {error}") from None
+        _imported.add(module)
+
+
+def _import_builtin(module: str) -> None:
+    try:
+        importlib.import_module(f"attnprof.impls.{module}")
+    except ModuleNotFoundError as error:
+        if error.name != f"attnprof.impls.{module}":  # a missing dependency inside the module is a real error
+            raise
 
 
 def get(name: str) -> AttentionImpl:

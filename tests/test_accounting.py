@@ -1,0 +1,43 @@
+"""Exact accounting: repeatable, equal on meta and on the CPU, and scaling as the algorithms say."""
+
+from attnprof import impls
+from attnprof.accounting import account_call
+from attnprof.inputs import make_call, make_inputs
+from attnprof.spec import Case
+
+
+def account(name, n, device="meta", **changes):
+    case = Case(impl=name, seq_len=n, heads=4, head_dim=32, **changes)
+    return account_call(make_call(impls.get(name).bind(case), make_inputs(case, device=device)))
+
+
+def test_meta_equals_cpu_and_repeats_exactly():
+    for mode in ("fwd", "fwd_bwd"):
+        cpu = account("softmax", 256, device="cpu", mode=mode)
+        assert account("softmax", 256, mode=mode) == cpu == account("softmax", 256, device="cpu", mode=mode)
+
+
+def test_naive_softmax_is_quadratic_in_bytes_and_flops():
+    small, large = account("softmax", 4096), account("softmax", 8192)
+    assert 3.8 < large.peak_bytes / small.peak_bytes < 4.01
+    assert large.flops == 4 * small.flops == 4 * 4 * 4 * 4096 * 4096 * 32 * 4 // 4
+
+
+def test_sixty_four_k_is_accounted_on_meta_without_allocating():
+    reading = account("softmax", 65536, dtype="bfloat16")
+    assert reading.peak_bytes > 4 * 65536**2 * 2  # the N x N scores of 4 heads, in bf16 at least
+
+
+def test_views_and_inputs_are_not_counted():
+    import torch
+
+    from attnprof.accounting import live_bytes_mode
+
+    x = torch.empty(1000, device="meta")  # 4000 bytes, made outside the tracker
+    with live_bytes_mode() as tracker:
+        y = x.view(10, 100).t()  # a view: no new storage
+        z = y.contiguous()  # a copy: 4000 new bytes
+        del z
+        w = torch.empty(500, device="meta")  # 2000 bytes, after z was freed
+    assert tracker.peak_bytes == 4000 and tracker.current_bytes == 2000
+    del w, y

@@ -1,0 +1,138 @@
+"""The CLI through click's CliRunner: bad input is one line and exit 2, help ends with an example."""
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from attnprof.cli import cli
+
+QUICK = ["--impl", "softmax", "--lengths", "64,128", "--heads", "2", "--head-dim", "16", "--device", "cpu", "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_bad_input(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--lengths", "64k..1k"], ["64k..1k", "reversed"]),
+        (["--lengths", ".."], ["'..'"]),
+        (["--lengths", "1q"], ["'1q'"]),
+        (["--lengths", ""], ["lengths"]),
+        (["--batch", "0"], ["batch", "'0'"]),
+        (["--heads", "-4"], ["heads", "'-4'"]),
+        (["--head-dim", "0"], ["head_dim"]),
+        (["--impl", "nope"], ["'nope'", "softmax", "sdpa"]),
+        (["--impl", "softmax:bogus=1"], ["'bogus'"]),
+        (["--dtype", "float8"], ["'float8'", "float32"]),
+        (["--mode", "train"], ["'train'", "fwd"]),
+        (["--causal", "maybe"], ["'maybe'"]),
+        (["--device", "cuda"], ["cuda", "not available"]),
+        (["--device", "tpu"], ["'tpu'"]),
+        (["--timeout", "0"], ["timeout"]),
+        (["--bogus-flag"], ["--bogus-flag"]),
+    ],
+)
+def test_bad_sweep_input(db, args, fragments):
+    assert_bad_input(invoke("sweep", "--db", db, *args, "--dry-run"), *fragments)
+    assert not db.exists()  # the database is untouched
+
+
+def test_missing_and_malformed_scenarios(tmp_path, db):
+    assert_bad_input(invoke("sweep", tmp_path / "none.toml", "--db", db), "none.toml", "not found")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[sweep\nimpl = 'softmax'")
+    assert_bad_input(invoke("sweep", broken, "--db", db), "broken.toml", "not valid TOML")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[sweep]\nimpl = 'softmax'\nlenghts = '1k'\n")
+    assert_bad_input(invoke("sweep", unknown, "--db", db), "'lenghts'")
+    table = tmp_path / "table.toml"
+    table.write_text("[swep]\nimpl = 'softmax'\n")
+    assert_bad_input(invoke("sweep", table, "--db", db), "'swep'")
+    assert not db.exists()
+
+
+def test_unwritable_and_foreign_databases(tmp_path):
+    assert_bad_input(invoke("sweep", *QUICK, "--db", "/proc/attnprof.db"), "/proc/attnprof.db")
+    foreign = tmp_path / "foreign.db"
+    connection = sqlite3.connect(foreign)
+    connection.execute("CREATE TABLE people (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = foreign.read_bytes()
+    assert_bad_input(invoke("sweep", *QUICK, "--db", foreign), "not an attnprof database")
+    assert foreign.read_bytes() == before
+    text = tmp_path / "notes.db"
+    text.write_text("just some text, not sqlite at all" * 20)
+    assert_bad_input(invoke("runs", "--db", text), "not an attnprof database")
+    assert_bad_input(invoke("runs", "--db", tmp_path / "missing.db"), "no database")
+
+
+def test_resume_of_unknown_run_and_with_sweep_options(db):
+    assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
+    assert_bad_input(invoke("sweep", "--resume", "nosuchrun", "--db", db), "'nosuchrun'")
+    assert_bad_input(invoke("sweep", "--resume", "--lengths", "1k", "--db", db), "--lengths")
+
+
+def test_sweep_show_export_runs_list(db, tmp_path):
+    result = invoke("sweep", *QUICK, "--db", db, "--name", "smoke")
+    assert result.exit_code == 0, result.output
+    assert "N=64" in result.output and "N=128" in result.output and "run " in result.output
+    runs = invoke("runs", "--db", db)
+    assert "complete" in runs.output and "smoke" in runs.output and "2 cases" in runs.output
+    markdown = invoke("show", "latest", "--format", "markdown", "--db", db)
+    assert markdown.output.startswith("| impl | N=64 | N=128 |") and "ms /" in markdown.output
+    records = [json.loads(line) for line in invoke("show", "--format", "json", "--db", db).output.splitlines()]
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    out = tmp_path / "out.csv"
+    assert invoke("export", "latest", "--format", "csv", "--out", out, "--db", db).exit_code == 0
+    import pandas as pd
+
+    frame = pd.read_csv(out)
+    required = "run_id impl seq_len batch heads head_dim dtype device causal mode status reason median_ms p20_ms p80_ms times_ms peak_bytes peak_source peak_alloc_bytes peak_reserved_bytes peak_device_bytes peak_rss_bytes flops"
+    assert set(required.split()) <= set(frame.columns)
+    assert list(frame.seq_len) == [64, 128] and (frame.p20_ms <= frame.median_ms).all() and (frame.median_ms <= frame.p80_ms).all()
+    listing = invoke("list")
+    assert "softmax" in listing.output and "sdpa-flash" in listing.output and "options" in listing.output
+
+
+def test_dry_run_lists_cases_and_refusals(db):
+    result = invoke("sweep", "--impl", "softmax,sdpa-efficient", "--lengths", "1k..4k", "--device", "cpu", "--dry-run", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "12 cases, 6 refused, 6 to measure" in result.output
+    assert "unsupported: sdpa-efficient runs on cuda, not cpu" in result.output
+    assert not db.exists()
+
+
+def test_every_help_ends_with_an_example():
+    commands = [[]] + [[name] for name in cli.commands]
+    for command in commands:
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0
+        text = result.output.split("Options:")[0].rstrip()
+        example_block = text.split("Example:")[-1]
+        assert "Example:" in text and "attnprof " in example_block, f"{command}: {text}"
+
+
+def test_resume_refuses_a_different_environment(db):
+    assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
+    connection = sqlite3.connect(db)
+    env = json.loads(connection.execute("SELECT env_json FROM runs").fetchone()[0])
+    env.update(torch_version="1.0.0", gpu_name="NVIDIA A100")
+    connection.execute("UPDATE runs SET env_json = ?, state = 'interrupted'", (json.dumps(env),))
+    connection.commit()
+    connection.close()
+    result = invoke("sweep", "--resume", "latest", "--db", db)
+    assert_bad_input(result, "cannot resume", "gpu_name: NVIDIA A100 -> None", "torch_version: 1.0.0 ->")

@@ -1,0 +1,68 @@
+"""A sweep killed with SIGKILL or stopped with Ctrl-C loses nothing and resumes where it stopped;
+readers see rows while the sweep writes (WAL)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from attnprof.errors import UsageError
+from attnprof.store import Store
+
+SWEEP = [sys.executable, "-m", "attnprof", "sweep", "--impl", "softmax,sdpa-math", "--lengths", "64..2k", "--heads", "2", "--head-dim", "16",
+         "--device", "cpu", "--causal", "both", "--warmup-ms", "1", "--rep-ms", "30"]  # fmt: skip
+TOTAL = 2 * 6 * 2
+
+
+def rows(db):
+    store = Store.open(db, create=False)
+    try:
+        run = store.resolve_run("latest")
+        return run, {m.case.key: m for m in store.measurements(run.run_id)}
+    finally:
+        store.close()
+
+
+def start_and_wait_for(db, count):
+    """Start a sweep and read the database while it writes, until `count` rows are there."""
+    process = subprocess.Popen([*SWEEP, "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1] < count):
+        if db.exists():
+            try:
+                seen.append(len(rows(db)[1]))
+            except UsageError:
+                assert not seen, "the run vanished while the sweep was writing"  # before the run row exists: not ready yet
+            except Exception as error:  # a reader must never fail while the writer works
+                process.kill()
+                raise AssertionError(f"read failed during the sweep: {error}") from error
+        time.sleep(0.05)
+    assert seen and seen[-1] >= count, f"sweep too slow: {seen[-5:]}"
+    assert seen == sorted(seen)  # rows only ever appear, one committed transaction at a time
+    return process
+
+
+def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
+    process = start_and_wait_for(db, 5)
+    process.kill()
+    process.wait()
+    run, before = rows(db)
+    assert run.state == "running" and 5 <= len(before) < TOTAL
+    resumed = subprocess.run([sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    run_after, after = rows(db)
+    assert run_after.run_id == run.run_id and run_after.state == "complete"
+    assert len(after) == TOTAL
+    for key, m in before.items():  # the rows saved before the kill are untouched: nothing measured twice
+        assert after[key].times_ms == m.times_ms and after[key].wall_s == m.wall_s
+
+
+def test_ctrl_c_saves_what_finished_and_prints_the_resume_command(db):
+    process = start_and_wait_for(db, 3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    run, saved = rows(db)
+    assert run.state == "interrupted" and len(saved) >= 3
+    assert f"attnprof sweep --resume {run.run_id} --db {db}" in stderr
+    assert "Traceback" not in stderr

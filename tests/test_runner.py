@@ -1,0 +1,104 @@
+"""Every status path through a real worker process, skipping after oom/timeout, restarts, resume."""
+
+import pytest
+from conftest import small_sweep
+
+from attnprof.api import run_sweep
+from attnprof.records import Status
+from attnprof.store import Store
+
+
+def measure(db, impl, **changes):
+    run_id = run_sweep(small_sweep(impl, **changes), db)
+    store = Store.open(db, create=False)
+    rows = {(m.case.label, m.case.seq_len): m for m in store.measurements(run_id)}
+    store.close()
+    return rows
+
+
+def statuses(rows, label):
+    return [rows[key].status.value for key in sorted(rows) if key[0] == label]
+
+
+def test_ok_cases_have_samples_memory_and_flops(db):
+    rows = measure(db, "softmax,sdpa", lengths=(64, 128))
+    for m in rows.values():
+        assert m.status == Status.OK, m.reason
+        assert len(m.times_ms) >= 5 and all(t > 0 for t in m.times_ms)
+        assert m.peak_source == "live_tensors" and m.peak_bytes > 0
+        assert m.peak_rss_bytes is not None
+        assert m.peak_alloc_bytes is None and m.peak_device_bytes is None  # no CUDA here: unavailable, never 0
+        assert m.flops > 0 and m.check_error < 1e-5
+    # the naive impl materialises N x N: 4x the bytes per doubling, SDPA's CPU flash kernel only 2x
+    soft = rows[("softmax", 128)].peak_bytes / rows[("softmax", 64)].peak_bytes
+    flash = rows[("sdpa", 128)].peak_bytes / rows[("sdpa", 64)].peak_bytes
+    assert 3.0 < soft < 4.1 and 1.5 < flash < 2.5
+
+
+def test_raise_is_an_error_row_and_the_sweep_goes_on(db):
+    rows = measure(db, "fault:kind=raise,at_length=128,softmax")
+    assert statuses(rows, "fault[at_length=128,kind=raise]") == ["ok", "error", "error"]
+    assert "planted failure" in rows[("fault[at_length=128,kind=raise]", 128)].reason
+    assert statuses(rows, "softmax") == ["ok", "ok", "ok"]
+
+
+def test_oom_skips_larger_lengths_of_that_configuration(db):
+    rows = measure(db, "fault:kind=oom,at_length=128")
+    label = "fault[at_length=128,kind=oom]"
+    assert statuses(rows, label) == ["ok", "oom", "skipped"]
+    assert "N=128" in rows[(label, 256)].reason and "out of memory" in rows[(label, 256)].reason
+
+
+def test_timeout_kills_the_worker_and_skips_larger_lengths(db):
+    rows = measure(db, "fault:kind=sleep,at_length=128,softmax", timeout=10.0)
+    label = "fault[at_length=128,kind=sleep]"
+    assert statuses(rows, label) == ["ok", "timeout", "skipped"]
+    assert "10 s timeout" in rows[(label, 128)].reason
+    assert statuses(rows, "softmax") == ["ok", "ok", "ok"]  # measured by a fresh worker
+
+
+def test_a_worker_that_dies_is_crashed_and_replaced(db):
+    rows = measure(db, "fault:kind=exit,at_length=128,softmax", lengths=(64, 128))
+    label = "fault[at_length=128,kind=exit]"
+    assert statuses(rows, label) == ["ok", "crashed"]
+    assert "SIGKILL" in rows[(label, 128)].reason
+    assert statuses(rows, "softmax") == ["ok", "ok"]
+
+
+def test_a_segfault_is_crashed(db):
+    rows = measure(db, "fault:kind=segv,at_length=128", lengths=(128,))
+    assert rows[("fault[at_length=128,kind=segv]", 128)].status == Status.CRASHED
+    assert "SIGSEGV" in rows[("fault[at_length=128,kind=segv]", 128)].reason
+
+
+def test_an_impl_failing_its_reference_check_is_never_timed(db):
+    rows = measure(db, "fault:kind=wrong", lengths=(64,))
+    m = rows[("fault[kind=wrong]", 64)]
+    assert m.status == Status.ERROR and "failed its check against the reference" in m.reason
+    assert m.times_ms == [] and m.check_error == pytest.approx(0.5, rel=1e-3)
+
+
+def test_poisoned_worker_is_restarted(db):
+    rows = measure(db, "fault:kind=cuda_error,at_length=128,softmax", lengths=(64, 128))
+    assert rows[("fault[at_length=128,kind=cuda_error]", 128)].status == Status.ERROR
+    assert statuses(rows, "softmax") == ["ok", "ok"]
+
+
+def test_unsupported_is_a_row_with_the_reason(db):
+    rows = measure(db, "sdpa-efficient", lengths=(64,))
+    m = rows[("sdpa-efficient", 64)]
+    assert m.status == Status.UNSUPPORTED and "cuda" in m.reason
+
+
+def test_fwd_bwd_mode_checks_gradients_and_counts_backward_flops(db):
+    fwd = measure(db, "softmax", lengths=(128,))[("softmax", 128)]
+    both = measure(db, "softmax", lengths=(128,), mode=("fwd_bwd",))[("softmax", 128)]
+    assert both.status == Status.OK, both.reason
+    assert both.flops == 3 * fwd.flops  # two matmuls forward, four backward
+    assert both.peak_bytes > fwd.peak_bytes
+
+
+def test_host_memory_guard_refuses_a_case_beyond_free_ram(db):
+    rows = measure(db, "softmax", lengths=(1 << 17,), heads=(16,), head_dim=(64,))
+    m = rows[("softmax", 1 << 17)]
+    assert m.status == Status.OOM and "predicted peak" in m.reason and "not run" in m.reason

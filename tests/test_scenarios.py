@@ -1,0 +1,23 @@
+"""The scenario files under version control parse into the sweeps they describe."""
+
+from pathlib import Path
+
+import pytest
+
+from attnprof.scenario import scenario_options, sweep_from_options
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_scenario_parses(path):
+    data = scenario_options(path, allowed_tables=("sweep", "rule"))
+    sweep = sweep_from_options(data)
+    assert sweep.impls
+
+
+def test_quick_is_cpu_sized_and_default_is_the_gpu_grid():
+    quick = sweep_from_options(scenario_options(SCENARIOS / "quick.toml"))
+    assert quick.device == ("cpu",) and quick.lengths[-1] == 4096 and quick.dtype == ("float32",)
+    default = sweep_from_options(scenario_options(SCENARIOS / "default.toml"))
+    assert default.device == ("cuda",) and default.lengths == tuple(1024 << i for i in range(7)) and default.dtype == ("bfloat16",)

@@ -1,0 +1,95 @@
+"""Length grammar (examples and properties), impl lists with options, case expansion."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnprof.errors import UsageError
+from attnprof.spec import Case, ImplSpec, Sweep, parse_causal, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_size
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("1k..64k", (1024, 2048, 4096, 8192, 16384, 32768, 65536)),
+        ("1k..8k:x4", (1024, 4096)),
+        ("1k..4k:+1k", (1024, 2048, 3072, 4096)),
+        ("512,1k,3000", (512, 1024, 3000)),
+        ("3000", (3000,)),
+        ("256,1k..4k", (256, 1024, 2048, 4096)),
+        ("1M", (1 << 20,)),
+        ("4k..4k", (4096,)),
+        (" 1K .. 2K ", (1024, 2048)),
+        ("1000..5000", (1000, 2000, 4000)),
+    ],
+)
+def test_length_examples(spec, expected):
+    assert parse_lengths(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["64k..1k", "..", "1q", "", "0", "-5", "1k..", "..4k", "1k..4k:x1", "1k..4k:y2", "1k..4k:+0", "1..1M:+1", "1k,,2k", "1.5k"])
+def test_bad_lengths_name_the_value(spec):
+    with pytest.raises(UsageError) as error:
+        parse_lengths(spec)
+    assert repr(spec.strip()) in str(error.value)
+
+
+@given(st.integers(1, 1 << 20), st.integers(0, 12), st.integers(2, 8))
+def test_factor_ranges_are_geometric_and_bounded(start, steps, factor):
+    stop = start * factor**steps
+    lengths = parse_lengths(f"{start}..{stop}:x{factor}")
+    assert lengths[0] == start and lengths[-1] == stop and len(lengths) == steps + 1
+    assert all(b == a * factor for a, b in zip(lengths, lengths[1:]))
+
+
+@given(st.integers(1, 10_000), st.integers(1, 5_000), st.integers(0, 50))
+def test_linear_ranges_step_evenly_and_stay_inside(start, step, count):
+    stop = start + step * count
+    lengths = parse_lengths(f"{start}..{stop}:+{step}")
+    assert lengths == tuple(range(start, stop + 1, step))
+
+
+@given(st.lists(st.integers(1, 1 << 22), min_size=1, max_size=20))
+def test_lists_round_trip_sorted_unique(values):
+    assert parse_lengths(",".join(map(str, values))) == tuple(sorted(set(values)))
+
+
+@given(st.integers(1, 4096), st.sampled_from(["", "k", "K", "m", "M"]))
+def test_suffixes(n, suffix):
+    assert parse_size(f"{n}{suffix}") == n * {"": 1, "k": 1024, "m": 1 << 20}[suffix.lower()]
+
+
+def test_impl_lists_with_options():
+    specs = parse_impls("softmax,nystromformer:num_landmarks=32,conv_kernel=0,combiner-fixed:block_size=128")
+    assert specs == (
+        ImplSpec("softmax"),
+        ImplSpec("nystromformer", (("conv_kernel", "0"), ("num_landmarks", "32"))),
+        ImplSpec("combiner-fixed", (("block_size", "128"),)),
+    )
+    assert specs[1].label == "nystromformer[conv_kernel=0,num_landmarks=32]"
+    for bad in ("=3", "softmax,,sdpa", "nystromformer:num_landmarks", "a:=1"):
+        with pytest.raises(UsageError):
+            parse_impls(bad)
+
+
+def test_choices_and_aliases():
+    assert parse_dtypes("fp32,bf16,float16") == ("float32", "bfloat16", "float16")
+    assert parse_modes("fwd,fwd-bwd") == ("fwd", "fwd_bwd")
+    assert parse_causal("both") == (False, True) and parse_causal("yes") == (True,)
+
+
+def test_cases_expand_the_grid_smallest_length_first_per_configuration():
+    sweep = Sweep(impls=parse_impls("a,b"), lengths=(512, 256), batch=(1, 2), device=("cpu",), dtype=("float32",), causal=(False, True))
+    cases = sweep.cases()
+    assert len(cases) == 2 * 2 * 2 * 2 and len({c.key for c in cases}) == len(cases)
+    by_config = {}
+    for case in cases:
+        by_config.setdefault(case.config_key, []).append(case.seq_len)
+    assert all(lengths == [256, 512] for lengths in by_config.values())
+    assert Sweep.from_dict(sweep.to_dict()) == sweep
+
+
+def test_case_round_trips_and_keys_are_stable():
+    case = Case(impl="x", seq_len=1024, options=(("m", 32),), causal=True, mode="fwd_bwd")
+    assert Case.from_dict(case.to_dict()) == case
+    assert case.key == "x[m=32]|B1|H16|D64|float32|cpu|causal|fwd_bwd|N1024|seed0"

@@ -1,0 +1,65 @@
+"""The SQLite store: schema version, refusals, one transaction per measurement, runs."""
+
+import sqlite3
+
+import pytest
+
+from attnprof.errors import UsageError
+from attnprof.records import Measurement, RunInfo, Status
+from attnprof.spec import Case
+from attnprof.store import SCHEMA_VERSION, Store
+
+
+def a_run(run_id="r1", created="2026-01-01T00:00:00"):
+    return RunInfo(run_id, created, {"impl_specs": [["softmax", {}]]}, {"torch_version": "x"}, "0.1.0")
+
+
+def test_round_trip_and_wal(db):
+    store = Store.open(db)
+    store.add_run(a_run())
+    m = Measurement(Case(impl="softmax", seq_len=64, options=(("k", 1),)), Status.OK, times_ms=[1.0, 2.0, 3.0], peak_bytes=10, peak_source="live_tensors")
+    store.add_measurement("r1", m, "now")
+    assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    reader = Store.open(db, create=False)
+    [back] = reader.measurements("r1")
+    assert back == m and back.median_ms == 2.0 and back.peak_alloc_bytes is None
+
+
+def test_resolve_run_latest_prefix_unknown(db):
+    store = Store.open(db)
+    store.add_run(a_run("20260101-aaaa", "2026-01-01T00:00:00"))
+    store.add_run(a_run("20260102-bbbb", "2026-01-02T00:00:00"))
+    assert store.resolve_run("latest").run_id == "20260102-bbbb"
+    assert store.resolve_run("20260101").run_id == "20260101-aaaa"
+    with pytest.raises(UsageError, match="unknown run 'zzz'"):
+        store.resolve_run("zzz")
+    with pytest.raises(UsageError, match="unknown run '2026'"):  # ambiguous prefix
+        store.resolve_run("2026")
+
+
+def test_newer_schema_is_refused_and_older_unknown_is_refused(db):
+    Store.open(db).close()
+    connection = sqlite3.connect(db)
+    connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    connection.commit()
+    connection.close()
+    with pytest.raises(UsageError, match="newer than this attnprof"):
+        Store.open(db)
+    connection = sqlite3.connect(db)
+    connection.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    connection.commit()
+    connection.close()
+    with pytest.raises(UsageError, match="cannot migrate"):
+        Store.open(db)
+
+
+def test_every_measurement_is_committed_on_its_own(db):
+    store = Store.open(db)
+    store.add_run(a_run())
+    other = sqlite3.connect(db)  # a second connection sees each row as soon as add_measurement returns
+    for n in (64, 128, 256):
+        store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=n), Status.OOM, reason="x"), "now")
+        assert other.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == {64: 1, 128: 2, 256: 3}[n]
+    other.close()
+    store.close()

@@ -1,0 +1,49 @@
+"""The timing primitive's sample counts, the derived statistics, and the sampled trackers."""
+
+import time
+
+import pytest
+
+from attnprof.records import quantile, time_stats
+from attnprof.timing import bench
+
+
+def test_bench_respects_min_and_max_reps():
+    calls = []
+    samples = bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=1000, min_reps=5, max_reps=50)
+    assert len(samples) == 50 and len(calls) >= 52 and all(s >= 0 for s in samples)
+    slow = bench(lambda: time.sleep(0.01), "cpu", warmup_ms=0, rep_ms=1, min_reps=4)
+    assert len(slow) == 4 and min(slow) >= 9.0
+
+
+def test_statistics_derive_from_raw_samples():
+    stats = time_stats([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert stats["median_ms"] == 3.0 and stats["p20_ms"] == pytest.approx(1.8) and stats["p80_ms"] == pytest.approx(23.2)
+    assert stats["noisy"] is True and time_stats([5.0] * 5)["noisy"] is False
+    assert time_stats([])["median_ms"] is None and quantile([], 0.5) is None
+
+
+def test_rss_tracker_sees_a_large_allocation():
+    import numpy as np
+
+    from attnprof.trackers.host_rss import rss_tracker
+
+    with rss_tracker() as rss:
+        block = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB, touched
+        time.sleep(0.05)
+    del block
+    assert rss.peak_above_start >= 48 * 1024 * 1024
+
+
+def test_nvml_without_a_driver_reads_as_unavailable():
+    import torch
+
+    from attnprof.trackers.nvml import NvmlDevice
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real NVML path is tested in tests/gpu")
+    device = NvmlDevice(0)
+    assert not device.available and device.used_bytes() is None and device.energy_mj() is None
+    with device.memory_tracker() as tracker:
+        pass
+    assert tracker.peak_above_start is None  # unavailable is None, never 0

@@ -28,23 +28,21 @@ def account_on_meta(impl: AttentionImpl, case: Case) -> AccountingReading:
 
 
 def account_case(impl: AttentionImpl, case: Case) -> Measurement:
-    """The Measurement of an accounting run: no times, peak_source "accounting"."""
-    if not impl.meta_exact:
-        return Measurement(
-            case=case,
-            status=Status.UNSUPPORTED,
-            reason=f"{impl.name} is a fused kernel: meta runs the unfused math path, so its bytes cannot be accounted there",
-        )
-    reading = account_on_meta(impl, case)
+    """The Measurement of an accounting run: no times, peak_source "accounting" (or "model")."""
     options = impl.resolve_options(case.options)
+    work = dict(min_bytes=int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case))
+    if not impl.meta_exact:
+        if impl.memory_model is None or impl.flops is None:
+            reason = f"{impl.name} is a fused kernel: meta runs the unfused math path, and it has no analytic model"
+            return Measurement(case=case, status=Status.UNSUPPORTED, reason=reason)
+        return Measurement(
+            case=case, status=Status.OK, reason="modelled: analytic formula, unverified on a GPU",
+            peak_bytes=int(impl.memory_model(case, options)), peak_source="model",
+            flops=int(impl.flops(case, options)), flops_source="formula", **work,
+        )  # fmt: skip
+    reading = account_on_meta(impl, case)
     flops, source = (int(impl.flops(case, options)), "formula") if impl.flops else (reading.flops, "counted")
     return Measurement(
-        case=case,
-        status=Status.OK,
-        peak_bytes=reading.peak_bytes,
-        peak_source="accounting",
-        peak_live_bytes=reading.peak_bytes,
-        flops=flops,
-        flops_source=source,
-        min_bytes=int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case),
-    )
+        case=case, status=Status.OK, peak_bytes=reading.peak_bytes, peak_source="accounting",
+        peak_live_bytes=reading.peak_bytes, flops=flops, flops_source=source, **work,
+    )  # fmt: skip

@@ -76,9 +76,10 @@ def markdown_table(measurements: list[Measurement]) -> str:
 
 
 def reasons_list(measurements: list[Measurement]) -> list[str]:
-    """One line per distinct non-ok reason, so a table cell reading `oom` is explained below it."""
+    """One line per distinct reason, so a cell reading `oom` (or a modelled figure) is explained below the table."""
     seen: dict[str, list[str]] = {}
     for m in measurements:
-        if m.status != Status.OK and m.reason:
-            seen.setdefault(f"{m.status.value}: {m.reason}", []).append(m.case.label)
+        if m.reason:
+            prefix = "note" if m.status == Status.OK else m.status.value
+            seen.setdefault(f"{prefix}: {m.reason}", []).append(m.case.label)
     return [f"{text} ({', '.join(sorted(set(labels)))})" for text, labels in seen.items()]

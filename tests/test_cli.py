@@ -136,3 +136,16 @@ def test_resume_refuses_a_different_environment(db):
     connection.close()
     result = invoke("sweep", "--resume", "latest", "--db", db)
     assert_bad_input(result, "cannot resume", "gpu_name: NVIDIA A100 -> None", "torch_version: 1.0.0 ->")
+
+
+def test_accounting_sweep_on_meta_is_exact_and_marks_models(db):
+    result = invoke("sweep", "--accounting", "--impl", "softmax,sdpa-flash", "--lengths", "1k,64k", "--causal", "no", "--db", db)
+    assert result.exit_code == 0, result.output
+    records = {(r["impl"], r["seq_len"]): r for r in map(json.loads, invoke("show", "--format", "json", "--db", db).output.splitlines())}
+    soft = records[("softmax", 65536)]
+    assert soft["device"] == "meta" and soft["peak_source"] == "accounting" and soft["times_ms"] == []
+    assert soft["peak_bytes"] > 16 * 65536**2 * 4  # the fp32 N x N softmax of 16 heads
+    flash = records[("sdpa-flash", 65536)]
+    assert flash["peak_source"] == "model" and "unverified" in flash["reason"]
+    assert flash["peak_bytes"] == 16 * 65536 * (64 * 2 + 4)  # output in bf16 + fp32 log-sum-exp
+    assert "note: modelled" in result.output

@@ -30,6 +30,8 @@ class AttentionImpl:
         (and their gradients in fwd_bwd).
     meta_exact: the impl runs on the `meta` device with the same tensors it would allocate for real
         (false for fused kernels, whose meta path is the unfused math).
+    memory_model(case, options) -> int analytic peak bytes above the inputs, for impls that are not
+        meta_exact; accounting marks such rows as modelled and unverified until a GPU checks them.
     """
 
     name: str
@@ -46,6 +48,7 @@ class AttentionImpl:
     flops: Callable[[Case, dict], int] | None = None
     min_bytes: Callable[[Case, dict], int] | None = None
     meta_exact: bool = True
+    memory_model: Callable[[Case, dict], int] | None = None  # analytic peak bytes where meta cannot run the real kernel
     exact: bool = True  # computes softmax attention exactly (up to rounding); approximations say False
     check_tolerance: dict[str, float] = field(default_factory=dict)  # dtype -> relative error bound
 
@@ -65,7 +68,7 @@ class AttentionImpl:
         """Every reason this impl refuses `case`; empty when it runs it."""
         reasons = []
         device_kind = case.device.split(":")[0]
-        if device_kind not in self.devices:
+        if device_kind not in self.devices and device_kind != "meta":  # meta: accounting, any impl
             reasons.append(f"{self.name} runs on {'/'.join(self.devices)}, not {device_kind}")
         if case.dtype not in self.dtypes:
             reasons.append(f"{self.name} supports {'/'.join(self.dtypes)}, not {case.dtype}")

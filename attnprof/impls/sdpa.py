@@ -42,6 +42,24 @@ def _efficient_refusals(case, options) -> list[str]:
     return []
 
 
+def fused_memory_model(case, options) -> int:
+    """Peak bytes above the inputs of a fused (flash / memory-efficient) kernel, by its algorithm.
+
+    Forward: the output (B, H, N, D) in the input dtype plus the fp32 log-sum-exp (B, H, N) saved for
+    backward. Forward + backward adds dq, dk, dv in the input dtype, the fp32 row sums of dO * O
+    (B, H, N), and flash-attention 2's fp32 dq accumulator (B, H, N, D). Unverified until a GPU run
+    compares it with the allocator peak (tests/gpu).
+    """
+    from attnprof.impls.base import DTYPE_BYTES
+
+    rows = case.batch * case.heads * case.seq_len
+    tensor = rows * case.head_dim * DTYPE_BYTES[case.dtype]
+    forward = tensor + rows * 4
+    if case.mode == "fwd":
+        return forward
+    return forward + 3 * tensor + rows * 4 + rows * case.head_dim * 4
+
+
 def _register(name: str, backend: str | None, description: str, devices=("cpu", "cuda"), refuse=None, skip_masked=True):
     register(
         AttentionImpl(
@@ -53,6 +71,7 @@ def _register(name: str, backend: str | None, description: str, devices=("cpu", 
             refuse=refuse,
             flops=lambda case, options: dense_attention_flops(case, skip_masked),
             meta_exact=backend == "MATH",  # fused kernels take the unfused path on meta
+            memory_model=None if backend == "MATH" else fused_memory_model,
         )
     )
 

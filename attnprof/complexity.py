@@ -1,0 +1,117 @@
+"""Models y = c0 + c1 * g(N) with a constant overhead c0 >= 0: complexity class selection and overhead estimates.
+
+Pure numpy. Fitted by least squares on relative residuals (y - model) / y: values span orders of magnitude across
+N, so absolute residuals would let the largest length decide alone, and relative error is how timing noise
+behaves (multiplicative). With both coefficients >= 0 the two-parameter non-negative least squares has three
+cases (both free, c0 = 0, c1 = 0); the feasible one with the least residual wins.
+
+Class selection ranks g in CLASSES by AIC = n ln(SSR / n) + 2k. Every model has k = 2, so the penalty (and the
+small-sample AICc correction) cancels and the margin is n ln(SSR_runner_up / SSR_best). SSR / n is floored at
+RELATIVE_RESOLUTION^2: agreement finer than a measurement can resolve must not decide a class. A margin below 2
+(the usual line below which AIC gives no real support), or fewer than 3 lengths, makes the class "ambiguous";
+best and runner-up stay visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+AMBIGUOUS_MARGIN = 2.0  # AIC difference below which the data do not prefer one class
+RELATIVE_RESOLUTION = 1e-3  # relative residual RMS treated as a perfect fit (timer and allocator granularity)
+OVERHEAD_EXPONENTS = np.linspace(0.1, 4.0, 391)  # grid for b in y = c0 + a N^b; 0.01 steps are finer than any CI
+
+CLASSES = {
+    "linear": lambda n: n,
+    "n log n": lambda n: n * np.log(n),
+    "n^1.5": lambda n: n**1.5,
+    "quadratic": lambda n: n**2,
+}
+
+
+@dataclass(frozen=True)
+class ComplexityChoice:
+    complexity: str  # best class, or "ambiguous" when margin < AMBIGUOUS_MARGIN or fewer than 3 lengths
+    best: str
+    runner_up: str
+    margin: float  # AIC(runner_up) - AIC(best), >= 0
+    aic: tuple  # (class, AIC) pairs, best first
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The best y = c0 + a N^b: the constant part and how far the points scatter about the curve."""
+
+    overhead: float  # c0, in the metric's unit
+    exponent: float  # b
+    scatter: float  # relative residual RMS, floored at RELATIVE_RESOLUTION
+
+
+def select_complexity(lengths, values) -> ComplexityChoice:
+    """Rank y = c0 + c1 g(N) over CLASSES by AIC on relative residuals."""
+    n = np.asarray(lengths, dtype=float)
+    y = np.asarray(values, dtype=float)
+    ssr, _ = relative_nnls(np.stack([g(n) for g in CLASSES.values()]), y)
+    mean_square = np.maximum(ssr / len(n), RELATIVE_RESOLUTION**2)
+    aic = dict(zip(CLASSES, (len(n) * np.log(mean_square) + 4).tolist(), strict=True))
+    ranked = sorted(aic, key=aic.get)  # stable: on a tie the simpler class (earlier in CLASSES) ranks first
+    margin = aic[ranked[1]] - aic[ranked[0]]
+    # Two lengths leave no residual to judge a two-parameter model by, whatever the margin says.
+    complexity = ranked[0] if margin >= AMBIGUOUS_MARGIN and len(n) >= 3 else "ambiguous"
+    return ComplexityChoice(complexity, ranked[0], ranked[1], margin, tuple((name, aic[name]) for name in ranked))
+
+
+def fit_overhead(lengths, values) -> Overhead:
+    """y = c0 + a N^b, b by grid search then golden section; needs at least 4 lengths (3 parameters and 1 to spare)."""
+    n = np.asarray(lengths, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if len(n) < 4:
+        raise ValueError(f"fit_overhead needs at least 4 lengths; got {len(n)}")
+    ssr, _ = relative_nnls(n[None, :] ** OVERHEAD_EXPONENTS[:, None], y)
+    step = OVERHEAD_EXPONENTS[1] - OVERHEAD_EXPONENTS[0]
+    # Refined: an exponent between grid points would otherwise be mimicked by a spurious overhead.
+    exponent = _golden_section(lambda b: relative_nnls(n[None, :] ** b, y)[0][0], float(OVERHEAD_EXPONENTS[np.argmin(ssr)]), step)
+    ssr, coef = relative_nnls(n[None, :] ** exponent, y)
+    scatter = max(math.sqrt(ssr[0] / (len(n) - 3)), RELATIVE_RESOLUTION)
+    return Overhead(float(coef[0, 0]), exponent, scatter)
+
+
+def _golden_section(cost, center: float, step: float, iterations: int = 40) -> float:
+    """Minimiser of cost within center +- step (0.618^40 shrinks the bracket below 1e-8 of a step)."""
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    low, high = center - step, center + step
+    for _ in range(iterations):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if cost(left) < cost(right):
+            high = right
+        else:
+            low = left
+    return (low + high) / 2.0
+
+
+def relative_nnls(g: np.ndarray, y: np.ndarray):
+    """For each row of g (models, points): least sum ((y - c0 - c1 g) / y)^2 over c0, c1 >= 0.
+
+    Returns (ssr per model, coefficients (models, 2)).
+    """
+    scale = g.max(axis=1, keepdims=True)  # g up to N^4 ~ 1e19: scaled to 1 so the normal equations stay tame
+    w = 1.0 / y  # (points,)
+    a1 = g / scale * w  # (models, points): the c1 column of the weighted design
+    s00, s01, s11 = w @ w, a1 @ w, (a1 * a1).sum(axis=1)
+    r0, r1 = w.sum(), a1.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # collinear columns: infeasible below
+        det = s00 * s11 - s01 * s01
+        free = np.stack([(s11 * r0 - s01 * r1) / det, (s00 * r1 - s01 * r0) / det], axis=1)
+        only_c1 = np.stack([np.zeros_like(r1), r1 / s11], axis=1)  # always >= 0: y and g are positive
+        only_c0 = np.stack([np.full_like(r1, r0 / s00), np.zeros_like(r1)], axis=1)
+        candidates = np.stack([free, only_c1, only_c0], axis=1)  # (models, 3, 2)
+        residual = candidates[..., :1] * w + candidates[..., 1:] * a1[:, None, :] - 1.0  # (models, 3, points)
+        ssr = (residual**2).sum(axis=2)
+    feasible = np.isfinite(ssr) & (candidates >= 0).all(axis=2)
+    ssr = np.where(feasible, ssr, np.inf)
+    pick = ssr.argmin(axis=1)
+    rows = np.arange(len(g))
+    coef = candidates[rows, pick] / np.column_stack([np.ones(len(g)), scale[:, 0]])
+    return ssr[rows, pick], coef

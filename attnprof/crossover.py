@@ -1,0 +1,186 @@
+"""Where two implementations' fitted curves cross, and how long a sequence fits a memory budget (pure).
+
+Both questions are solved on the fitted power laws (`fit.Fit`), not on the class models: the power law is what the
+fit reports and what its interval describes, and on it both answers are closed-form.
+
+Intervals. The exponent's 95% interval is propagated by pivoting each fitted line about its centre (mean ln N of
+the lengths it used), where the intercept is known best, and re-solving with the interval's end exponents; for a
+crossover the four corner combinations give the range. The intercept's own (small) uncertainty at the centre is
+left out, so the intervals are slightly narrow close to the measured lengths and dominated by the exponent when
+extrapolating, which is where they matter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from attnprof.fit import Fit, format_length
+
+PARALLEL_TOLERANCE = 1e-9  # exponents closer than this are the same line slope: no crossing
+
+
+@dataclass(frozen=True)
+class Crossover:
+    length: float  # where the fitted curves cross; NaN when parallel
+    length_low: float  # 95% interval; 0 / inf when the exponents are not distinguishable
+    length_high: float
+    kind: str  # "in range" (lo <= length <= hi), "extrapolated", or "none" (parallel, or crossing below N = 1)
+    cheaper_below: str  # the impl with the smaller fitted value below the crossing ("" when kind == "none")
+    cheaper_above: str
+    lo: float  # the measured range the kind refers to
+    hi: float
+    message: str
+
+
+@dataclass(frozen=True)
+class Frontier:
+    length: float  # largest N whose fitted peak fits the budget; inf when the peak does not grow with N
+    length_low: float  # 95% interval, from the exponent interval
+    length_high: float
+    budget_bytes: float
+    kind: str  # "in range" (within the fit's measured lengths), "extrapolated", or "unbounded"
+    consistent: bool  # no measured OOM at or below `length`, no measured success above it
+    conflicts: tuple  # the measured lengths that contradict the prediction
+    message: str
+
+
+def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None = None, *, name_a="a", name_b="b") -> Crossover:
+    """Length where fit_a's and fit_b's power laws cross; lo..hi (default: both fits' shared measured lengths)."""
+    lo = max(fit_a.lengths_measured[0], fit_b.lengths_measured[0]) if lo is None else lo
+    hi = min(fit_a.lengths_measured[-1], fit_b.lengths_measured[-1]) if hi is None else hi
+    if abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE:
+        ratio = fit_a.predict(lo) / fit_b.predict(lo)
+        cheaper = name_a if ratio < 1 else name_b
+        message = f"none: equal exponents ({fit_a.exponent:.2f}); {cheaper} is cheaper at every length ({name_a}/{name_b} = {ratio:.3g})"
+        return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
+    length = _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
+    low, high = _crossing_interval(fit_a, fit_b)
+    steeper_a = fit_a.exponent > fit_b.exponent  # the steeper curve is the cheaper one below the crossing
+    below, above = (name_a, name_b) if steeper_a else (name_b, name_a)
+    if length < 1:
+        message = f"none: the curves cross only below N = 1; {above} is cheaper at every length"
+        return Crossover(length, low, high, "none", "", "", lo, hi, message)
+    kind = "in range" if lo <= length <= hi else "extrapolated"
+    where = "within" if kind == "in range" else "outside"
+    message = (
+        f"{kind}: {above} is cheaper above N = {format_length(length)} (95% {format_length(low)}..{format_length(high)}), "
+        f"{below} below; {where} the measured {format_length(lo)}..{format_length(hi)}"
+    )
+    return Crossover(length, low, high, kind, below, above, lo, hi, message)
+
+
+def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> float:
+    """N where the two lines, pivoted about their centres to the given exponents, meet."""
+    center_a, center_b = fit_a.center_log_length, fit_b.center_log_length
+    value_a = math.log(fit_a.predict(math.exp(center_a)))
+    value_b = math.log(fit_b.predict(math.exp(center_b)))
+    # value_a + e_a (x - center_a) = value_b + e_b (x - center_b), solved for x = ln N
+    x = (value_b - value_a + exponent_a * center_a - exponent_b * center_b) / (exponent_a - exponent_b)
+    return _exp(x)
+
+
+def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
+    bounds_a = (fit_a.exponent_low, fit_a.exponent_high)
+    bounds_b = (fit_b.exponent_low, fit_b.exponent_high)
+    if not all(map(math.isfinite, bounds_a + bounds_b)):
+        return 0.0, math.inf  # a 2-point fit has no interval
+    if bounds_a[0] <= bounds_b[1] and bounds_b[0] <= bounds_a[1]:
+        return 0.0, math.inf  # equal exponents are possible: the crossing may lie anywhere, or nowhere
+    # With no pole inside the rectangle the crossing is monotone in each exponent, so the corners bound it.
+    corners = [_crossing(fit_a, fit_b, ea, eb) for ea, eb in itertools.product(bounds_a, bounds_b)]
+    return min(corners), max(corners)
+
+
+def memory_frontier(fit: Fit, budget_bytes: float, *, oom_lengths=(), ok_lengths=()) -> Frontier:
+    """Largest N whose fitted peak stays within budget_bytes, checked against measured OOM and ok lengths."""
+    if not budget_bytes > 0:
+        raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
+    length = _frontier_at(fit, budget_bytes, fit.exponent)
+    ends = [_frontier_at(fit, budget_bytes, e) for e in (fit.exponent_low, fit.exponent_high)]
+    low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
+    wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
+    wrong_ok = sorted(n for n in ok_lengths if n > length)  # predicted not to fit, yet ran
+    kind = _frontier_kind(fit, length)
+    message = _frontier_message(fit, budget_bytes, length, (low, high), kind) + _conflict_message(fit, wrong_oom, wrong_ok)
+    conflicts = tuple(sorted(wrong_oom + wrong_ok))
+    return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
+
+
+def _frontier_at(fit: Fit, budget_bytes: float, exponent: float) -> float:
+    """Solve predict(N, exponent) = budget for N; a peak that does not grow never hits the budget."""
+    if exponent <= 0:
+        return math.inf
+    center = fit.center_log_length
+    return _exp(center + (math.log(budget_bytes) - math.log(fit.predict(math.exp(center)))) / exponent)
+
+
+def _frontier_kind(fit: Fit, length: float) -> str:
+    if math.isinf(length):
+        return "unbounded"
+    return "in range" if fit.lengths_measured[0] <= length <= fit.lengths_measured[-1] else "extrapolated"
+
+
+def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, kind: str) -> str:
+    if kind == "unbounded":
+        return f"unbounded: peak does not grow with N (exponent {fit.exponent:.2f}), so no length exhausts {_gib(budget_bytes)}"
+    low, high = (format_length(v) for v in interval)
+    return f"{kind}: up to N = {format_length(length)} (95% {low}..{high}) fits {_gib(budget_bytes)}"
+
+
+def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list) -> str:
+    text = ""
+    if wrong_oom:
+        text += f"; inconsistent: OOM measured at N = {', '.join(map(format_length, wrong_oom))} where the fit predicts "
+        text += f"{_gib(fit.predict(wrong_oom[0]))} (the fit underestimates the peak, or other memory was in use)"
+    if wrong_ok:
+        text += f"; inconsistent: N = {', '.join(map(format_length, wrong_ok))} ran where the fit predicts "
+        text += f"{_gib(fit.predict(wrong_ok[-1]))} (the fit overestimates the peak there)"
+    return text
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709 else math.inf  # beyond float range: as good as never
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB"
+
+
+# --- DataFrames -------------------------------------------------------------------------------------------------
+
+CROSSOVER_COLUMNS = ("impl_a", "impl_b", "length", "length_low", "length_high", "kind", "cheaper_below", "cheaper_above", "message")
+
+
+def crossover_frame(fits_df: pd.DataFrame, *, impl_col: str = "impl", config_cols=None) -> pd.DataFrame:
+    """One row per pair of impls sharing a configuration (and metric) in a `fit.fit_frame` result.
+
+    config_cols defaults to fit_frame's group columns without impl_col. Rows whose fit failed (`fit` is None)
+    have their error in fits_df already and pair with nothing here.
+    """
+    if config_cols is None:
+        if "group_cols" not in fits_df.attrs:
+            raise ValueError("crossover_frame: fits_df has no group columns recorded; pass config_cols")
+        config_cols = [c for c in fits_df.attrs["group_cols"] if c != impl_col]
+    keys = [*config_cols, "metric"] if "metric" in fits_df.columns else list(config_cols)
+    missing = [c for c in (impl_col, "fit", *keys) if c not in fits_df.columns]
+    if missing:
+        raise ValueError(f"crossover_frame: column(s) {missing} not in the frame; it has {list(fits_df.columns)}")
+    fitted = fits_df[fits_df["fit"].notna()]
+    groups = fitted.groupby(keys, dropna=False, sort=True) if keys else [((), fitted)]
+    rows = [row for config, group in groups for row in _pair_rows(dict(zip(keys, config, strict=True)), group, impl_col)]
+    return pd.DataFrame(rows, columns=[*keys, *CROSSOVER_COLUMNS])
+
+
+def _pair_rows(config: dict, group: pd.DataFrame, impl_col: str) -> list[dict]:
+    ordered = group.sort_values(impl_col)
+    rows = []
+    for (_, a), (_, b) in itertools.combinations(ordered.iterrows(), 2):
+        found = crossover(a["fit"], b["fit"], name_a=str(a[impl_col]), name_b=str(b[impl_col]))
+        fields = {name: getattr(found, name) for name in CROSSOVER_COLUMNS[2:]}
+        rows.append({**config, "impl_a": a[impl_col], "impl_b": b[impl_col], **fields})
+    return rows

@@ -1,0 +1,66 @@
+"""The real CUDA path: event timing against triton's do_bench, the allocator peak against a hand
+measurement, NVML readings, and an out-of-memory cell recorded as `oom`. Skipped without a GPU."""
+
+import pytest
+import torch
+
+from attnprof import impls
+from attnprof.api import run_sweep
+from attnprof.inputs import make_call, make_inputs
+from attnprof.records import Status
+from attnprof.spec import Case, Sweep, parse_impls
+from attnprof.store import Store
+
+pytestmark = pytest.mark.gpu
+
+
+def cases(db, impl, lengths, **changes):
+    sweep = Sweep(impls=parse_impls(impl), lengths=lengths, device=("cuda",), dtype=("bfloat16",), causal=(False,), **changes)
+    run_id = run_sweep(sweep, db)
+    store = Store.open(db, create=False)
+    try:
+        return {m.case.seq_len: m for m in store.measurements(run_id)}
+    finally:
+        store.close()
+
+
+def test_event_timing_agrees_with_triton_do_bench(db):
+    triton_testing = pytest.importorskip("triton.testing")
+    m = cases(db, "sdpa-flash", (8192,))[8192]
+    assert m.status == Status.OK, m.reason
+    case = m.case
+    call = make_call(impls.get(case.impl).bind(case), make_inputs(case))
+    reference_ms = triton_testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+    assert m.median_ms == pytest.approx(reference_ms, rel=0.05)
+
+
+def test_allocator_peak_matches_a_hand_measurement(db):
+    m = cases(db, "softmax", (4096,))[4096]
+    case = m.case
+    inputs = make_inputs(case)
+    fn = impls.get("softmax").bind(case)
+    fn(inputs.q, inputs.k, inputs.v)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn(inputs.q, inputs.k, inputs.v)
+    torch.cuda.synchronize()
+    by_hand = torch.cuda.max_memory_allocated() - before
+    del out
+    assert m.peak_source == "allocator" and m.peak_bytes == by_hand
+    assert m.peak_device_bytes is not None and m.energy_j is not None
+
+
+def test_out_of_memory_is_recorded_and_larger_lengths_skipped(db):
+    rows = cases(db, "softmax", (65536, 131072, 262144), heads=(64,))
+    assert rows[65536].status in (Status.OK, Status.OOM)
+    statuses = [rows[n].status for n in (65536, 131072, 262144)]
+    assert Status.OOM in statuses
+    first = statuses.index(Status.OOM)
+    assert all(s == Status.SKIPPED for s in statuses[first + 1 :])
+
+
+def test_same_inputs_on_cpu_and_cuda():
+    case = Case(impl="softmax", seq_len=64, heads=2, head_dim=16, dtype="float32")
+    cpu, cuda = make_inputs(case, device="cpu"), make_inputs(case, device="cuda")
+    assert torch.equal(cpu.q, cuda.q.cpu())

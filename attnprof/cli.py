@@ -180,15 +180,16 @@ def show(run, output_format, db):
 
 @cli.command()
 @click.argument("run", default="latest")
-@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv", "baseline"]), default="jsonl", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
 @_db_option
 def export(run, output_format, out, db):
-    """Write one record per case (jsonl or csv).
+    """Write one record per case (jsonl, csv, or the small baseline file `gate --baseline` reads).
 
     \b
     Example:
       attnprof export latest --format csv --out results.csv
+      attnprof export latest --format baseline --out reports/baseline.jsonl
     """
     from attnprof.api import default_db
 
@@ -204,10 +205,17 @@ def _echo_records(run, db, output_format, out) -> None:
     store = Store.open(db, create=False)
     try:
         info = store.resolve_run(run)
-        records = [measurement_record(info.run_id, m) for m in store.measurements(info.run_id)]
+        store_measurements = store.measurements(info.run_id)
+        records = [measurement_record(info.run_id, m) for m in store_measurements]
     finally:
         store.close()
-    text = to_jsonl(records) if output_format == "jsonl" else to_csv(records)
+    if output_format == "baseline":
+        from attnprof.export import measurements_frame
+        from attnprof.gating import baseline_records
+
+        text = baseline_records(measurements_frame(info.run_id, store_measurements)) if records else ""
+    else:
+        text = to_jsonl(records) if output_format == "jsonl" else to_csv(records)
     if out is None:
         click.echo(text, nl=False)
         return
@@ -233,6 +241,41 @@ def list_impls():
         click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
         click.echo(f"{'':<20} options: {options}")
         click.echo(f"{'':<20} {impl.description}")
+
+
+@cli.command()
+@click.argument("rules", type=click.Path(dir_okay=False))
+@click.option("--run", default=None, help="Judge this run (id or `latest`) instead of measuring the rules' [sweep].")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Baseline file for max_regression rules.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the verdicts as Markdown here.")
+@_db_option
+def gate(rules, run, baseline, markdown, db):
+    """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
+
+    Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
+    3 the measurement failed (cases not ok, so a rule could not be judged).
+
+    \b
+    Example:
+      attnprof gate scenarios/gate.toml
+      attnprof gate scenarios/targets.toml --run latest --baseline reports/baseline.jsonl
+    """
+    import os
+
+    from attnprof.gate import exit_status, markdown_report, summary_line
+    from attnprof.gating import run_gate
+    from attnprof.progress import SweepProgress
+
+    with SweepProgress() as progress:
+        verdicts, run_id = run_gate(rules, run=run, baseline=baseline, db=db, progress=progress)
+    for verdict in verdicts:
+        click.echo(f"{verdict.verdict:<7} {verdict.rule.title}: {verdict.message}")
+    click.echo(f"{summary_line(verdicts)} (run {run_id})")
+    report = markdown_report(verdicts)
+    for path in filter(None, (os.environ.get("GITHUB_STEP_SUMMARY"), markdown)):
+        with open(path, "a") as handle:
+            handle.write(f"### attnprof gate: {rules}\n\n{report}")
+    sys.exit(exit_status(verdicts))
 
 
 def main():

@@ -1,0 +1,288 @@
+"""Scaling of a metric (time, peak bytes, FLOPs) with sequence length N: the exponent, its interval, its range.
+
+Pure: numpy and pandas only, no files, no exits. Class models live in `complexity.py`; crossovers and memory
+frontiers in `crossover.py`.
+
+The method, written once:
+
+* Samples. Values that are NaN, infinite or <= 0 are dropped and counted (`n_dropped`). Repeated samples at one
+  length are reduced to their median and the fit runs on one point per length: repetitions of a timing share the
+  length's systematic error, so fitting raw points would shrink the interval without adding information, and the
+  median ignores the odd slow repetition.
+* Exponent. Least squares of ln(y) = intercept + exponent * ln(N) over the asymptotic range.
+* Range rule (`min_length` replaces it). Small lengths are launch-overhead bound, which flattens the curve and
+  biases the slope low. Two steps, always keeping at least 3 lengths:
+  1. Overhead: fit y = c0 + a N^b (c0, a >= 0; b on a grid) on relative residuals. Drop the smallest lengths
+     while c0 is more than half the relative scatter about that curve (at least 0.1%) of their value. Why half
+     the scatter: an overhead share below the noise cannot be seen point by point, yet the points carrying it
+     tilt the fitted slope by a fraction of a standard error that grows with share / scatter; under half the
+     scatter the interval keeps its 95% coverage (simulated, 3-10% noise, overhead up to 1/16 of the range:
+     93-96%). Values that do not grow at all (a = 0) have no overhead to find: all lengths are kept.
+  2. Bend: then drop the smallest length while ln(y) is still significantly convex in ln(N) (one-sided t-test
+     at 95% on a quadratic term), which catches fading costs that are not constant (e.g. a linear term under a
+     quadratic one). A concave curve such as N log N is never cut.
+* Interval. 95% CI: exponent +- t(0.975, n - 2) * se, with se the regression standard error of the slope (its
+  residual RMS floored at 0.1%, so exact data get a hair-thin interval, never a zero-width one) and the Student-t
+  quantile from a table (df 1..30) or its Cornish-Fisher expansion (df > 30). With 2 lengths no degree of freedom
+  is left: the interval is (-inf, inf) and a note says so.
+* Class: `complexity.select_complexity` on the same lengths as the exponent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexity
+
+MIN_KEPT = 3  # the range rule never leaves fewer lengths (3 is the least that gives an interval)
+OVERHEAD_SHARE_OF_SCATTER = 0.5  # drop lengths whose fixed-overhead share exceeds this fraction of the scatter
+
+# Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30.
+_T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
+_Z_975 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A power law ln(y) = intercept + exponent * ln(N) fitted to one metric of one configuration."""
+
+    exponent: float
+    exponent_low: float  # 95% CI; -inf / inf with 2 lengths
+    exponent_high: float
+    exponent_se: float
+    intercept: float  # natural log, in the metric's unit
+    r2: float  # on the log scale, over lengths_used
+    n_points: int  # lengths used (one median each)
+    n_samples: int  # raw valid samples at those lengths
+    n_dropped: int  # samples dropped as NaN, inf or <= 0
+    lengths_used: tuple
+    lengths_measured: tuple  # every length with a valid sample, used or not
+    range_rule: str
+    local_slopes: tuple  # (N_low, N_high, slope) between neighbouring measured lengths
+    complexity: str  # a class name from complexity.CLASSES, or "ambiguous"
+    best_class: str
+    runner_up: str
+    margin: float  # AIC(runner_up) - AIC(best)
+    metric: str = ""
+    notes: tuple = ()
+
+    @property
+    def center_log_length(self) -> float:
+        """Mean ln(N) of the fitted lengths: where the fitted line is pinned down best."""
+        return float(np.mean(np.log(self.lengths_used)))
+
+    def predict(self, length, exponent: float | None = None):
+        """Fitted value at `length`; with `exponent`, the line pivoted about the fit's centre (for CI bounds)."""
+        x = np.log(np.asarray(length, dtype=float))
+        center = self.center_log_length
+        slope = self.exponent if exponent is None else exponent
+        with np.errstate(over="ignore"):
+            value = np.exp(self.intercept + self.exponent * center + slope * (x - center))
+        return float(value) if np.ndim(value) == 0 else value
+
+
+def fit_power_law(lengths, values, *, min_length: float | None = None, metric: str = "") -> Fit:
+    """Fit y ~ N^exponent over the asymptotic range of (lengths, values); repeated lengths are allowed."""
+    all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
+    med_lengths, med_values = _medians(all_lengths, all_values)
+    if len(med_lengths) < 2:
+        raise ValueError(
+            f"a scaling fit needs at least 2 distinct lengths with a positive value; got {len(med_lengths)} "
+            f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
+        )
+    start, rule = _choose_range(med_lengths, med_values, min_length)
+    used_lengths, used_values = med_lengths[start:], med_values[start:]
+    intercept, slope, se, r2 = _least_squares(np.log(used_lengths), np.log(used_values))
+    half = t_quantile_975(len(used_lengths) - 2) * se
+    choice = select_complexity(used_lengths, used_values)
+    return Fit(
+        exponent=slope,
+        exponent_low=slope - half,
+        exponent_high=slope + half,
+        exponent_se=se,
+        intercept=intercept,
+        r2=r2,
+        n_points=len(used_lengths),
+        n_samples=int(np.isin(all_lengths, used_lengths).sum()),
+        n_dropped=n_dropped,
+        lengths_used=_as_numbers(used_lengths),
+        lengths_measured=_as_numbers(med_lengths),
+        range_rule=rule,
+        local_slopes=local_slopes(med_lengths, med_values),
+        complexity=choice.complexity,
+        best_class=choice.best,
+        runner_up=choice.runner_up,
+        margin=choice.margin,
+        metric=metric,
+        notes=_notes(n_dropped, len(used_lengths), choice),
+    )
+
+
+def _valid_samples(lengths, values):
+    n = np.asarray(lengths, dtype=float).ravel()
+    y = np.asarray(values, dtype=float).ravel()
+    if n.shape != y.shape:
+        raise ValueError(f"lengths and values differ in size ({n.size} vs {y.size})")
+    bad = ~(np.isfinite(n) & (n > 0))
+    if bad.any():
+        raise ValueError(f"lengths must be positive and finite; got {n[bad][:5].tolist()}")
+    ok = np.isfinite(y) & (y > 0)
+    return n[ok], y[ok], int((~ok).sum())
+
+
+def _medians(lengths: np.ndarray, values: np.ndarray):
+    distinct = np.unique(lengths)  # sorted
+    return distinct, np.array([np.median(values[lengths == n]) for n in distinct])
+
+
+def local_slopes(lengths, values) -> tuple:
+    """(N_low, N_high, slope) for each pair of neighbouring lengths (sorted, distinct): where the curve bends."""
+    slopes = np.diff(np.log(values)) / np.diff(np.log(lengths))
+    return tuple(zip(_as_numbers(lengths[:-1]), _as_numbers(lengths[1:]), slopes.tolist(), strict=True))
+
+
+def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length):
+    """Index of the first length to fit, and the sentence saying why."""
+    if min_length is None:
+        return _asymptotic_start(lengths, values)
+    start = int(np.searchsorted(lengths, min_length, side="left"))
+    kept = len(lengths) - start
+    if kept < 2:
+        raise ValueError(f"min_length={min_length} leaves {kept} of the lengths {_span(lengths)}; a fit needs at least 2")
+    return start, f"min_length={min_length} given: fit uses N = {_span(lengths[start:])} ({kept} lengths)"
+
+
+def _asymptotic_start(lengths: np.ndarray, values: np.ndarray):
+    count = len(lengths)
+    if count <= MIN_KEPT:
+        return 0, f"all {count} lengths kept ({_span(lengths)}): too few to leave any out"
+    found = fit_overhead(lengths, values)
+    if found.prefactor == 0:
+        return 0, f"all {count} lengths kept ({_span(lengths)}): the values do not grow with N, so none is overhead-bound"
+    limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
+    by_overhead = 0
+    while count - by_overhead > MIN_KEPT and found.overhead > limit * values[by_overhead]:
+        by_overhead += 1
+    x, y = np.log(lengths), np.log(values)
+    start = by_overhead
+    while count - start > MIN_KEPT and _bends_up(x[start:], y[start:]):
+        start += 1
+    return start, _range_sentence(lengths, by_overhead, start, found.overhead, limit)
+
+
+def _range_sentence(lengths, by_overhead: int, start: int, overhead: float, limit: float) -> str:
+    if start == 0:
+        return f"all {len(lengths)} lengths kept ({_span(lengths)}): fixed overhead under {limit:.1%} of every value, no upward bend"
+    reasons = []
+    if by_overhead:
+        reasons.append(f"{by_overhead} where the fixed overhead {overhead:.3g} is over {limit:.1%} of the value")
+    if start > by_overhead:
+        reasons.append(f"{start - by_overhead} where log-log still bends upward (a fading cost)")
+    return f"dropped {_span(lengths[:start])}: {'; then '.join(reasons)}; fit uses N = {_span(lengths[start:])}"
+
+
+def _bends_up(x: np.ndarray, y: np.ndarray) -> bool:
+    """Is y convex in x, significantly at 95% (one-sided t-test on a quadratic term)?"""
+    centered = x - x.mean()  # keeps the 3-column design well conditioned
+    design = np.column_stack([np.ones_like(x), centered, centered**2])
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    dof = len(x) - 3
+    residual = y - design @ coef
+    sigma = max(math.sqrt(residual @ residual / dof), RELATIVE_RESOLUTION)  # bends below resolution do not count
+    se = sigma * math.sqrt(np.linalg.inv(design.T @ design)[2, 2])
+    return coef[2] / se > t_quantile_975(dof)
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray):
+    """Ordinary least squares y = a + b x: (a, b, standard error of b, r2)."""
+    x_mean, y_mean = x.mean(), y.mean()
+    sxx = float(((x - x_mean) ** 2).sum())
+    slope = float(((x - x_mean) * (y - y_mean)).sum() / sxx)
+    intercept = float(y_mean - slope * x_mean)
+    ssr = float(((y - intercept - slope * x) ** 2).sum())
+    syy = float(((y - y_mean) ** 2).sum())
+    r2 = 1.0 - ssr / syy if syy > 0 else 1.0
+    dof = len(x) - 2
+    if dof < 1:
+        return intercept, slope, math.inf, r2
+    sigma = max(math.sqrt(ssr / dof), RELATIVE_RESOLUTION)  # exact data: claim no more than measurements resolve
+    return intercept, slope, sigma / math.sqrt(sxx), r2
+
+
+def t_quantile_975(dof: int) -> float:
+    """Student-t 97.5% quantile (two-sided 95%); inf for dof < 1."""
+    if dof < 1:
+        return math.inf
+    if dof <= len(_T_975):
+        return _T_975[dof - 1]
+    z = _Z_975  # Cornish-Fisher expansion in 1/dof: within 1e-4 of the exact value for dof > 30
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
+
+
+def _notes(n_dropped: int, n_points: int, choice: ComplexityChoice) -> tuple:
+    notes = []
+    if n_dropped:
+        notes.append(f"{n_dropped} value(s) dropped: NaN, inf or <= 0")
+    if n_points == 2:
+        notes.append("only 2 lengths: no confidence interval (no degree of freedom left)")
+    if choice.complexity == "ambiguous":
+        notes.append(f"class ambiguous: {choice.best} vs {choice.runner_up}, AIC margin {choice.margin:.2f}")
+    return tuple(notes)
+
+
+def format_length(n: float) -> str:
+    """1024 -> '1k', 65536 -> '64k', 3000 -> '3000', 3172.4 -> '3172'."""
+    if not math.isfinite(n):
+        return str(n)
+    rounded = round(n)
+    if rounded >= 1024 and rounded % 1024 == 0:
+        return f"{rounded // 1024}k"
+    return str(rounded)
+
+
+def _span(lengths) -> str:
+    return format_length(lengths[0]) if len(lengths) == 1 else f"{format_length(lengths[0])}..{format_length(lengths[-1])}"
+
+
+def _as_numbers(array) -> tuple:
+    # Lengths are integers in practice; ints read "1024" in tables and hover text, not "1024.0".
+    return tuple(int(v) if float(v).is_integer() else float(v) for v in array)
+
+
+# --- DataFrames -------------------------------------------------------------------------------------------------
+
+FIT_COLUMNS = tuple(name for name in Fit.__dataclass_fields__ if name != "metric")
+
+
+def fit_frame(df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str = "seq_len", min_length=None) -> pd.DataFrame:
+    """One row per group: the group's keys, `metric`, the Fit fields, the Fit itself (`fit`) and `error`.
+
+    A group that cannot be fitted keeps its row, with `error` saying why and the fit fields empty.
+    """
+    group_cols = list(group_cols)
+    missing = [c for c in (length_col, metric_col, *group_cols) if c not in df.columns]
+    if missing:
+        raise ValueError(f"fit_frame: column(s) {missing} not in the frame; it has {list(df.columns)}")
+    groups = df.groupby(group_cols, dropna=False, sort=True) if group_cols else [((), df)]
+    rows = [_fit_row(dict(zip(group_cols, keys, strict=True)), group, metric_col, length_col, min_length) for keys, group in groups]
+    out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])
+    out.attrs["group_cols"] = tuple(group_cols)  # crossover_frame reads the configuration columns from here
+    return out
+
+
+def _fit_row(keys: dict, group: pd.DataFrame, metric_col: str, length_col: str, min_length) -> dict:
+    try:
+        fit = fit_power_law(group[length_col], group[metric_col], min_length=min_length, metric=metric_col)
+    except ValueError as error:
+        return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
+    fields = {name: value for name, value in asdict(fit).items() if name != "metric"}
+    return {**keys, "metric": metric_col, **fields, "fit": fit, "error": None}

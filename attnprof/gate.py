@@ -1,0 +1,231 @@
+"""The CI gate: rules judged against one run's measurements. Pure: no files, no exit.
+
+Each rule is judged per configuration (impl label, batch, heads, head dim, dtype, device, causal,
+mode) it matches; the rule's verdict is FAIL if any configuration fails, else MISSING if any could
+not be judged (cases not ok, too few lengths, nothing in the baseline), else PASS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from attnprof.gate_rules import METRICS, GateRule
+
+CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
+REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    subject: str  # the configuration judged
+    verdict: str  # PASS, FAIL or MISSING
+    message: str
+    severity: float = 0.0  # how far past the bound (for ordering failures), 0 when passing
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    rule: GateRule
+    verdict: str
+    message: str
+    judgements: tuple[Judgement, ...]
+
+
+def evaluate(rules: list[GateRule], frame: pd.DataFrame, baseline: pd.DataFrame | None = None, default_budget: int | None = None) -> list[RuleVerdict]:
+    return [_verdict(rule, _judge(rule, frame, baseline, default_budget)) for rule in rules]
+
+
+def exit_status(verdicts: list[RuleVerdict]) -> int:
+    """0 all pass, 1 a rule failed, 3 a rule could not be judged because the measurement failed."""
+    if any(v.verdict == "FAIL" for v in verdicts):
+        return 1
+    return 3 if any(v.verdict == "MISSING" for v in verdicts) else 0
+
+
+def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
+    if not judgements:
+        return RuleVerdict(rule, "MISSING", f"no measurements match impl {rule.impl!r} and the rule's filters", ())
+    for verdict in ("FAIL", "MISSING"):
+        hits = sorted((j for j in judgements if j.verdict == verdict), key=lambda j: -j.severity)
+        if hits:
+            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+            return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}", tuple(judgements))
+    worst = max(judgements, key=lambda j: j.severity)
+    return RuleVerdict(rule, "PASS", f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else ""), tuple(judgements))
+
+
+def _matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
+    impl = impl or rule.impl
+    rows = frame if impl == "all" else frame[(frame["label"] == impl) | (frame["impl"] == impl)]
+    for key, allowed in rule.filters.items():
+        rows = rows[rows[key].isin(list(allowed))]
+    return rows
+
+
+def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
+    rows = _matching(rule, frame)
+    if rule.kind == "regression":
+        return _judge_regression(rule, rows, baseline)
+    judge = {"exponent": _judge_exponent, "ratio": _judge_ratio, "frontier": _judge_frontier}[rule.kind]
+    return [judge(rule, _subject(keys), group, frame, default_budget) for keys, group in rows.groupby(CONFIG, sort=True)]
+
+
+def _subject(keys) -> str:
+    label, batch, heads, head_dim, dtype, device, causal, mode = keys
+    return f"{label} B{batch} H{heads} D{head_dim} {dtype} {device} {'causal' if causal else 'bidir'} {mode}"
+
+
+def _ok_points(rule: GateRule, group: pd.DataFrame):
+    """(lengths, values) of the ok rows; time uses every raw sample."""
+    ok = group[group["status"] == "ok"]
+    if rule.metric == "time":
+        ok = ok[ok["times_ms"].map(len) > 0].explode("times_ms")
+        return ok["seq_len"].to_numpy(float), ok["times_ms"].to_numpy(float)
+    ok = ok[ok[METRICS[rule.metric]].notna()]
+    return ok["seq_len"].to_numpy(float), ok[METRICS[rule.metric]].to_numpy(float)
+
+
+def _not_ok(rule: GateRule, group: pd.DataFrame) -> str:
+    bad = group[group["status"] != "ok"]
+    text = ", ".join(f"N={n} {s}" for n, s in zip(bad["seq_len"], bad["status"]))
+    ok = group[group["status"] == "ok"]
+    empty = ok["times_ms"].map(len) == 0 if rule.metric == "time" else ok[METRICS[rule.metric]].isna()
+    if empty.any():
+        text += ("; " if text else "") + f"{int(empty.sum())} ok rows carry no {rule.metric} (an accounting run has no times)"
+    return text or "none"
+
+
+def _judge_exponent(rule, subject, group, frame, budget) -> Judgement:
+    from attnprof.fit import fit_power_law
+
+    lengths, values = _ok_points(rule, group)
+    if len(set(lengths)) < 3:
+        return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
+    fit = fit_power_law(lengths, values, metric=rule.metric)
+    described = f"exponent {fit.exponent:.3f} [95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}] over N={_span(fit.lengths_used)} ({fit.complexity})"
+    if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
+        return Judgement(subject, "FAIL", f"{described} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
+    if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
+        return Judgement(subject, "FAIL", f"{described} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
+    bound = " ".join(f"{name} {value:g}" for name, value in (("<= max", rule.max_exponent), (">= min", rule.min_exponent)) if value is not None)
+    margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
+    return Judgement(subject, "PASS", f"{described} {bound}", margin)
+
+
+def _value_at(rule: GateRule, group: pd.DataFrame, length: int):
+    row = group[group["seq_len"] == length]
+    if row.empty:
+        return None, "not measured"
+    row = row.iloc[0]
+    value = row[METRICS[rule.metric]]
+    if row["status"] != "ok" or value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, f"{row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
+    return float(value), ""
+
+
+def _judge_ratio(rule, subject, group, frame, budget) -> Judgement:
+    first = group.iloc[0]
+    others = _matching(rule, frame, rule.to)
+    for key in CONFIG[1:]:
+        others = others[others[key] == first[key]]
+    mine, why = _value_at(rule, group, rule.at_length)
+    theirs, why_theirs = _value_at(rule, others, rule.at_length)
+    if mine is None or theirs is None or theirs == 0:
+        missing = f"{first['label']}: {why}" if mine is None else f"{rule.to}: {why_theirs or 'zero'}"
+        return Judgement(subject, "MISSING", f"no ratio at N={rule.at_length}: {missing}")
+    ratio = mine / theirs
+    described = f"{rule.metric} ratio to {rule.to} at N={rule.at_length}: {ratio:.3g}"
+    if rule.max_ratio is not None and ratio > rule.max_ratio:
+        return Judgement(subject, "FAIL", f"{described} > max {rule.max_ratio:g}", ratio / rule.max_ratio)
+    if rule.min_ratio is not None and ratio < rule.min_ratio:
+        return Judgement(subject, "FAIL", f"{described} < min {rule.min_ratio:g}", rule.min_ratio / ratio)
+    bound = f"<= max {rule.max_ratio:g}" if rule.max_ratio is not None else f">= min {rule.min_ratio:g}"
+    return Judgement(subject, "PASS", f"{described} {bound}", ratio / (rule.max_ratio or 1))
+
+
+def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
+    from attnprof.crossover import memory_frontier
+    from attnprof.fit import fit_power_law
+
+    budget = rule.budget or default_budget
+    if budget is None:
+        return Judgement(subject, "MISSING", "no budget: set budget = \"80GiB\" in the rule (the device's memory is unknown)")
+    lengths, values = _ok_points(rule, group)
+    if len(set(lengths)) < 3:
+        return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
+    oom = tuple(group.loc[group["status"] == "oom", "seq_len"])
+    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, oom_lengths=oom, ok_lengths=tuple(lengths))
+    described = f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
+    if not frontier.length_low >= rule.min_frontier:
+        return Judgement(subject, "FAIL", f"{described} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
+    return Judgement(subject, "PASS", f"{described} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
+
+
+def _judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:
+    if baseline is None:
+        return [Judgement("baseline", "MISSING", "a max_regression rule needs --baseline FILE")]
+    base = _matching(rule, baseline).set_index([*CONFIG, "seq_len"])
+    judgements = []
+    for _, row in rows.iterrows():
+        key = tuple(row[c] for c in [*CONFIG, "seq_len"])
+        subject = f"{_subject(key[:-1])} N={key[-1]}"
+        if key not in base.index:
+            continue  # a case new since the baseline is not a regression
+        judgements.append(_compare(rule, subject, row, base.loc[key]))
+    return judgements
+
+
+def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Judgement:
+    if old["status"] == "ok" and new["status"] != "ok":
+        return Judgement(subject, "FAIL", f"was ok in the baseline, now {new['status']}: {new['reason']}", math.inf)
+    if new["status"] != "ok" or old["status"] != "ok":
+        return Judgement(subject, "PASS", f"{new['status']} now, {old['status']} in the baseline")
+    column = METRICS[rule.metric]
+    change = float(new[column]) / float(old[column]) - 1.0
+    described = f"{rule.metric} {change:+.1%} vs baseline"
+    if change > rule.max_regression:
+        if rule.metric == "time":
+            p_value = mann_whitney_greater(new["times_ms"], old["times_ms"])
+            if p_value >= REGRESSION_P_VALUE:
+                return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
+            described += f" (p={p_value:.2g})"
+        return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
+    return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+
+
+def mann_whitney_greater(new, old) -> float:
+    """One-sided p-value that `new` samples are stochastically larger than `old` (normal approximation
+    with tie correction; with fewer than 3 samples a side nothing can be shown, p = 1)."""
+    new, old = np.asarray(new, float), np.asarray(old, float)
+    n1, n2 = len(new), len(old)
+    if n1 < 3 or n2 < 3:
+        return 1.0
+    ranks = pd.Series(np.concatenate([new, old])).rank().to_numpy()
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    _, counts = np.unique(np.concatenate([new, old]), return_counts=True)
+    n = n1 + n2
+    variance = n1 * n2 / 12 * ((n + 1) - (counts**3 - counts).sum() / (n * (n - 1)))
+    if variance <= 0:
+        return 1.0
+    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _span(lengths) -> str:
+    return f"{int(min(lengths))}..{int(max(lengths))}"
+
+
+def markdown_report(verdicts: list[RuleVerdict]) -> str:
+    lines = ["| rule | verdict | detail |", "|---|---|---|"]
+    lines += [f"| {v.rule.title} | {v.verdict} | {v.message.replace('|', '/')} |" for v in verdicts]
+    return "\n".join(lines) + f"\n\n{summary_line(verdicts)}\n"
+
+
+def summary_line(verdicts: list[RuleVerdict]) -> str:
+    # Not "N passed, N failed": CI log readers take that shape for a test runner's closing line.
+    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
+    return f"gate: {len(verdicts)} rules; PASS {counts['PASS']}, FAIL {counts['FAIL']}, MISSING {counts['MISSING']}"

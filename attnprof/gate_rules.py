@@ -1,0 +1,136 @@
+"""Gate rules from TOML: `[[rule]]` tables -> typed GateRule records, every key validated.
+
+Four forms, told apart by their bound keys:
+- exponent:   max_exponent and/or min_exponent (judged on the 95% interval's far end)
+- ratio:      at_length + max_ratio and/or min_ratio + to (another impl in the same run)
+- regression: max_regression (relative, against a baseline file)
+- frontier:   min_frontier (+ optional budget; default the device's memory)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attnprof.errors import UsageError
+from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_modes, parse_size
+
+METRICS = {"time": "median_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
+FILTER_KEYS = ("causal", "mode", "dtype", "device", "batch", "heads", "head_dim")
+BOUND_KEYS = ("max_exponent", "min_exponent", "at_length", "max_ratio", "min_ratio", "to", "max_regression", "min_frontier", "budget")
+UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+@dataclass(frozen=True)
+class GateRule:
+    index: int  # 1-based position in the file, for messages
+    impl: str  # an impl label (name, or name[options]) or "all"
+    metric: str  # time, peak_bytes or flops
+    filters: dict = field(default_factory=dict)  # filter key -> tuple of allowed values
+    max_exponent: float | None = None
+    min_exponent: float | None = None
+    at_length: int | None = None
+    max_ratio: float | None = None
+    min_ratio: float | None = None
+    to: str | None = None
+    max_regression: float | None = None
+    min_frontier: int | None = None
+    budget: int | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.max_regression is not None:
+            return "regression"
+        if self.min_frontier is not None:
+            return "frontier"
+        if self.to is not None:
+            return "ratio"
+        return "exponent"
+
+    @property
+    def title(self) -> str:
+        return f"rule {self.index} ({self.impl} {self.metric} {self.kind})"
+
+
+def parse_rules(tables: list, source: str) -> list[GateRule]:
+    if not isinstance(tables, list) or not tables:
+        raise UsageError(f"{source} has no [[rule]] tables")
+    return [_parse_rule(i + 1, table, source) for i, table in enumerate(tables)]
+
+
+def _parse_rule(index: int, table: dict, source: str) -> GateRule:
+    where = f"rule {index} of {source}"
+    unknown = sorted(set(table) - {"impl", "metric", *FILTER_KEYS, *BOUND_KEYS})
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in {where}; known: impl, metric, {', '.join(FILTER_KEYS + BOUND_KEYS)}")
+    impl = _required_text(table, "impl", where)
+    metric = str(table.get("metric", "peak_bytes" if "min_frontier" in table else "")).strip()
+    if metric not in METRICS:
+        raise UsageError(f"bad metric {metric!r} in {where}; choose time, peak_bytes or flops")
+    rule = GateRule(index=index, impl=impl, metric=metric, filters=_filters(table, where), **_bounds(table, where))
+    _check_form(rule, where)
+    return rule
+
+
+def _required_text(table: dict, key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{where} needs {key} = \"...\"")
+    return value.strip()
+
+
+def _filters(table: dict, where: str) -> dict:
+    parsers = {"causal": parse_causal, "mode": parse_modes, "dtype": parse_dtypes, "device": parse_devices}
+    filters = {}
+    for key in FILTER_KEYS:
+        if key in table:
+            value = table[key]
+            try:
+                filters[key] = parsers[key](value) if key in parsers else tuple(parse_size(v, key) for v in _as_list(value))
+            except UsageError as error:
+                raise UsageError(f"{error} (key {key!r} in {where})") from None
+    return filters
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+
+
+def _bounds(table: dict, where: str) -> dict:
+    bounds = {}
+    for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression"):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UsageError(f"bad {key} {value!r} in {where}: expected a non-negative number")
+            bounds[key] = float(value)
+    for key in ("at_length", "min_frontier"):
+        if key in table:
+            bounds[key] = parse_size(str(table[key]), key)
+    if "budget" in table:
+        bounds["budget"] = parse_bytes(table["budget"], f"budget in {where}")
+    if "to" in table:
+        bounds["to"] = _required_text(table, "to", where)
+    return bounds
+
+
+def _check_form(rule: GateRule, where: str) -> None:
+    ratio = rule.max_ratio is not None or rule.min_ratio is not None
+    exponent = rule.max_exponent is not None or rule.min_exponent is not None
+    forms = [exponent, ratio or rule.to is not None or rule.at_length is not None, rule.max_regression is not None, rule.min_frontier is not None]
+    if sum(forms) != 1:
+        raise UsageError(f"{where} must have exactly one form: max/min_exponent, a ratio (at_length, max/min_ratio, to), max_regression or min_frontier")
+    if forms[1] and (not ratio or rule.to is None or rule.at_length is None):
+        raise UsageError(f"{where}: a ratio rule needs at_length, to and max_ratio or min_ratio")
+    if rule.budget is not None and rule.min_frontier is None:
+        raise UsageError(f"{where}: budget only goes with min_frontier")
+
+
+def parse_bytes(value, what: str) -> int:
+    """`80GiB`, `512 MiB`, `1e9`, 1000000 -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in UNITS:
+        raise UsageError(f"bad {what} {value!r}: expected a size such as 80GiB or 512MiB")
+    return int(float(match.group(1)) * UNITS[unit])

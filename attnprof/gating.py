@@ -1,0 +1,83 @@
+"""`attnprof gate`: read a rules file, measure its [sweep] (or take --run), judge the rules.
+
+The I/O side of the gate; the judging itself is gate.py (pure).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnprof.errors import UsageError
+
+BASELINE_KEYS = ("impl", "label", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode",
+                 "status", "reason", "median_ms", "times_ms", "peak_bytes", "flops")  # fmt: skip
+
+
+def load_rules(path: str | Path):
+    """(rules, sweep options or None) from a rules file; every impl named must exist."""
+    from attnprof import impls
+    from attnprof.gate_rules import parse_rules
+    from attnprof.scenario import read_toml, scenario_options
+
+    options = scenario_options(path, allowed_tables=("sweep", "rule"))
+    rules = parse_rules(read_toml(path).get("rule", []), str(path))
+    for rule in rules:
+        for name in (rule.impl, rule.to):
+            if name and name != "all":
+                impls.get(name.split("[")[0])  # raises naming the unknown impl and the known ones
+    return rules, (options or None)
+
+
+def run_gate(rules_path, *, run: str | None = None, baseline: str | None = None, db=None, progress=None):
+    """Judge the rules; returns (verdicts, run_id). Measures the file's [sweep] when no run is given."""
+    from attnprof.api import default_db, load_measurements, run_sweep
+    from attnprof.gate import evaluate
+    from attnprof.scenario import sweep_from_options
+
+    rules, sweep_options = load_rules(rules_path)
+    baseline_frame = read_baseline(baseline) if baseline else None
+    db = db or (sweep_options or {}).get("db") or default_db()
+    if run is None:
+        if sweep_options is None:
+            raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
+        run = run_sweep(sweep_from_options(sweep_options), db, progress=progress, command=f"attnprof gate {rules_path}")
+    frame = load_measurements(run, db)
+    return evaluate(rules, frame, baseline_frame, default_budget=_device_budget(run, db)), frame["run_id"].iloc[0] if len(frame) else run
+
+
+def _device_budget(run: str, db) -> int | None:
+    """The default memory budget: the GPU's total memory, or the host's for CPU runs; None for meta."""
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        info = store.resolve_run(run)
+    finally:
+        store.close()
+    if info.env.get("gpu_total_bytes"):
+        return int(info.env["gpu_total_bytes"])
+    if "cpu" in info.sweep.get("device", []):
+        import psutil
+
+        return psutil.virtual_memory().total
+    return None
+
+
+def baseline_records(frame) -> str:
+    """The small baseline file a regression rule reads: one JSON object per case."""
+    return frame[list(BASELINE_KEYS)].to_json(orient="records", lines=True)
+
+
+def read_baseline(path: str | Path):
+    import pandas as pd
+
+    try:
+        frame = pd.read_json(Path(path), orient="records", lines=True, dtype=False)
+    except FileNotFoundError:
+        raise UsageError(f"baseline file {str(path)!r} not found") from None
+    except ValueError as error:
+        raise UsageError(f"baseline file {str(path)!r} is not an attnprof baseline (JSON lines): {error}") from None
+    missing = [k for k in BASELINE_KEYS if k not in frame.columns]
+    if missing:
+        raise UsageError(f"baseline file {str(path)!r} lacks the keys {', '.join(missing)}")
+    return frame

@@ -1,0 +1,131 @@
+"""Crossovers between two fitted curves and memory frontiers, on curves with known answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnprof.crossover import crossover, crossover_frame, memory_frontier
+from attnprof.fit import fit_frame, fit_power_law
+
+LENGTHS = 2.0 ** np.arange(7, 15)  # 128 .. 16k
+
+
+def fit_of(fn, lengths=LENGTHS, sigma=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return fit_power_law(lengths, fn(lengths) * np.exp(rng.normal(0.0, sigma, len(lengths))))
+
+
+def test_linear_and_quadratic_cross_where_a_n_equals_b_n_squared():
+    linear = fit_of(lambda n: 2000.0 * n)  # equal to 0.5 n^2 at n = 4000
+    quadratic = fit_of(lambda n: 0.5 * n**2)
+    found = crossover(linear, quadratic, name_a="linear", name_b="softmax")
+    assert found.length == pytest.approx(4000.0, rel=1e-6)
+    assert found.length_low <= 4000.0 <= found.length_high
+    assert found.kind == "in range"
+    assert (found.cheaper_below, found.cheaper_above) == ("softmax", "linear")
+    assert "linear is cheaper above N = 4000" in found.message
+    assert crossover(quadratic, linear).length == pytest.approx(found.length)  # order does not matter
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_crossover_interval_covers_the_true_length(seed):
+    linear = fit_of(lambda n: 2000.0 * n, sigma=0.05, seed=seed)
+    quadratic = fit_of(lambda n: 0.5 * n**2, sigma=0.05, seed=seed + 10)
+    found = crossover(linear, quadratic)
+    assert found.length_low <= 4000.0 <= found.length_high
+    assert found.length_high / found.length_low < 2.0  # informative, not (0, inf)
+
+
+def test_crossing_beyond_the_measured_lengths_is_extrapolated():
+    found = crossover(fit_of(lambda n: 1e5 * n), fit_of(lambda n: 0.5 * n**2))  # cross at 200k
+    assert found.length == pytest.approx(2e5, rel=1e-6)
+    assert found.kind == "extrapolated"
+    assert "outside the measured 128..16k" in found.message
+
+
+def test_explicit_range_decides_in_range():
+    a, b = fit_of(lambda n: 2000.0 * n), fit_of(lambda n: 0.5 * n**2)
+    assert crossover(a, b, lo=8192, hi=65536).kind == "extrapolated"
+
+
+def test_parallel_curves_never_cross():
+    found = crossover(fit_of(lambda n: 3.0 * n), fit_of(lambda n: 5.0 * n), name_a="x", name_b="y")
+    assert found.kind == "none"
+    assert math.isnan(found.length)
+    assert "x is cheaper at every length" in found.message
+
+
+def test_crossing_below_one_token_is_none():
+    found = crossover(fit_of(lambda n: 10.0 * n), fit_of(lambda n: 1.0 * n**0.5), name_a="x", name_b="y")
+    assert found.kind == "none"
+    assert "y is cheaper at every length" in found.message
+
+
+def test_indistinguishable_exponents_give_an_unbounded_interval():
+    a = fit_of(lambda n: 1.0 * n, lengths=np.array([1024.0, 2048.0]))
+    b = fit_of(lambda n: 0.001 * n**2, lengths=np.array([1024.0, 2048.0]))
+    found = crossover(a, b)
+    assert found.length == pytest.approx(1000.0, rel=1e-6)
+    assert (found.length_low, found.length_high) == (0.0, math.inf)
+
+
+def test_frontier_matches_the_analytic_length():
+    peak = fit_of(lambda n: 64.0 * n**2)  # bytes
+    budget = 64.0 * 100_000.0**2
+    found = memory_frontier(peak, budget, ok_lengths=[16384], oom_lengths=[131072])
+    assert found.length == pytest.approx(100_000.0, rel=1e-6)
+    assert found.length_low <= 100_000.0 <= found.length_high
+    assert found.kind == "extrapolated"
+    assert found.consistent and found.conflicts == ()
+    assert "inconsistent" not in found.message
+
+
+def test_frontier_flags_an_oom_below_and_a_success_above_the_prediction():
+    peak = fit_of(lambda n: 64.0 * n**2)
+    found = memory_frontier(peak, 64.0 * 100_000.0**2, oom_lengths=[65536, 262144], ok_lengths=[150_000])
+    assert not found.consistent
+    assert found.conflicts == (65536, 150_000)
+    assert "OOM measured at N = 64k" in found.message
+    assert "N = 150000 ran" in found.message
+
+
+def test_noisy_frontier_interval_covers_the_truth():
+    peak = fit_of(lambda n: 64.0 * n**2, sigma=0.05, seed=4)
+    found = memory_frontier(peak, 64.0 * 100_000.0**2)
+    assert found.length_low <= 100_000.0 <= found.length_high
+
+
+def test_frontier_in_range_and_unbounded():
+    peak = fit_of(lambda n: 64.0 * n**2)
+    assert memory_frontier(peak, 64.0 * 1000.0**2).kind == "in range"
+    flat = fit_of(lambda n: 1e9 + 0.0 * n)
+    found = memory_frontier(flat, 2e9)
+    assert found.kind == "unbounded" and found.length == math.inf
+    with pytest.raises(ValueError, match="budget_bytes must be positive"):
+        memory_frontier(peak, 0)
+
+
+def test_crossover_frame_pairs_impls_within_each_configuration():
+    rows = []
+    for heads in (4, 8):
+        for impl, fn in (("softmax", lambda n: 0.5 * n**2), ("linear", lambda n: 2000.0 * n), ("nystrom", lambda n: 4000.0 * n)):
+            rows += [{"impl": impl, "heads": heads, "seq_len": n, "median_ms": heads * fn(n)} for n in LENGTHS]
+    rows += [{"impl": "broken", "heads": 4, "seq_len": n, "median_ms": np.nan} for n in LENGTHS]
+    fits = fit_frame(pd.DataFrame(rows), "median_ms", ["impl", "heads"])
+    pairs = crossover_frame(fits)
+    assert len(pairs) == 6  # 3 pairs per head count; the broken fit pairs with nothing
+    row = pairs[(pairs.heads == 8) & (pairs.impl_a == "linear") & (pairs.impl_b == "softmax")].iloc[0]
+    assert row.length == pytest.approx(4000.0, rel=1e-6)
+    assert row.kind == "in range" and row.metric == "median_ms"
+    parallel = pairs[(pairs.impl_a == "linear") & (pairs.impl_b == "nystrom")]
+    assert set(parallel.kind) == {"none"}
+
+
+def test_crossover_frame_needs_configuration_columns_when_not_recorded():
+    fits = fit_frame(pd.DataFrame({"impl": ["a"] * 3, "seq_len": [1, 2, 4], "ms": [1.0, 2.0, 4.0]}), "ms", ["impl"])
+    bare = pd.DataFrame(fits.to_dict("records"))  # attrs lost
+    with pytest.raises(ValueError, match="pass config_cols"):
+        crossover_frame(bare)
+    assert crossover_frame(bare, config_cols=[]).empty  # one impl: no pair

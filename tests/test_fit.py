@@ -1,0 +1,227 @@
+"""Exponent fits: recovery on synthetic power laws, the asymptotic-range rule, intervals, bad inputs, frames."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnprof.fit import Fit, fit_frame, fit_power_law, format_length, t_quantile_975
+
+LENGTHS = 2 ** np.arange(7, 17)  # 128 .. 64k, as a default sweep would measure
+CLASS_OF = {1.0: "linear", 1.5: "n^1.5", 2.0: "quadratic"}
+
+
+def noisy(values, sigma, seed, repeats=1):
+    """Each value repeated `repeats` times with multiplicative log-normal noise; returns (lengths, values)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.repeat(LENGTHS, repeats)
+    return lengths, np.repeat(values, repeats) * np.exp(rng.normal(0.0, sigma, lengths.size))
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_clean_power_law_is_recovered_with_a_thin_interval(p):
+    fit = fit_power_law(LENGTHS, 3e-5 * LENGTHS**p)
+    assert fit.exponent == pytest.approx(p, abs=1e-9)
+    assert fit.exponent_low <= p <= fit.exponent_high
+    assert fit.exponent_high - fit.exponent_low < 0.01
+    assert fit.lengths_used == tuple(int(n) for n in LENGTHS)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit.complexity == CLASS_OF[p]
+    assert fit.predict(1000) == pytest.approx(3e-5 * 1000**p)
+
+
+def coverage(curve, p, sigma, repeats, trials=120):
+    """Share of seeded noisy draws whose interval holds p, and the median interval width."""
+    fits = [fit_power_law(*noisy(curve, sigma, seed, repeats)) for seed in range(trials)]
+    covered = np.mean([f.exponent_low <= p <= f.exponent_high for f in fits])
+    return covered, np.median([f.exponent_high - f.exponent_low for f in fits])
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_noisy_power_law_intervals_cover_the_true_exponent_about_95_percent_of_the_time(p):
+    covered, width = coverage(1e-4 * LENGTHS**p, p, sigma=0.05, repeats=5)
+    assert 0.88 <= covered <= 0.995  # a 95% interval: neither overconfident nor padded
+    assert width < 0.1
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_noisy_fit_recovers_exponent_and_counts_samples(p):
+    fit = fit_power_law(*noisy(1e-4 * LENGTHS**p, sigma=0.05, seed=1, repeats=5))
+    assert fit.exponent == pytest.approx(p, abs=0.05)
+    assert fit.n_samples == 5 * fit.n_points  # medians of 5 repetitions per used length
+    assert fit.complexity == CLASS_OF[p]
+
+
+def overhead_curve(p):
+    # Fixed cost equal to the scaling part at N = 256: it dominates below 256 and is 0.4%..0.0015% of 64k.
+    return 1.0 + (LENGTHS / 256.0) ** p
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_range_rule_drops_overhead_bound_lengths(p):
+    fit = fit_power_law(LENGTHS, overhead_curve(p))
+    assert min(fit.lengths_used) > 512  # the overhead is 25% or more of the value up to 512
+    assert fit.range_rule.startswith("dropped 128..")
+    assert fit.exponent == pytest.approx(p, abs=0.02)
+    everything = fit_power_law(LENGTHS, overhead_curve(p), min_length=128)
+    assert everything.exponent < p - 0.1  # what the rule protects against
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_noisy_overhead_curve_intervals_cover_the_true_exponent(p):
+    covered, _ = coverage(overhead_curve(p), p, sigma=0.03, repeats=3)
+    assert 0.88 <= covered <= 0.995
+    fit = fit_power_law(*noisy(overhead_curve(p), sigma=0.03, seed=0, repeats=3))
+    assert min(fit.lengths_used) > 512
+
+
+def test_range_rule_cuts_a_fading_linear_term_under_a_quadratic_one():
+    # Softmax peak memory: q, k, v, out grow as N, the score matrix as N^2; they are equal at N = 256.
+    fit = fit_power_law(LENGTHS, 256.0 * LENGTHS + LENGTHS**2.0)
+    assert "bends upward" in fit.range_rule
+    assert fit.exponent == pytest.approx(2.0, abs=0.03)
+    assert fit.complexity == "quadratic"
+
+
+def test_range_rule_keeps_everything_for_a_concave_n_log_n():
+    fit = fit_power_law(LENGTHS, LENGTHS * np.log(LENGTHS))
+    assert fit.n_points == len(LENGTHS)
+    assert fit.range_rule.startswith("all 10 lengths kept")
+    assert fit.complexity == "n log n"
+
+
+def test_values_that_fall_with_n_keep_every_length_and_fit_a_negative_exponent():
+    fit = fit_power_law(LENGTHS, 100.0 / LENGTHS**0.5)  # e.g. a per-token cost that amortises
+    assert fit.n_points == len(LENGTHS)
+    assert "do not grow" in fit.range_rule
+    assert fit.exponent == pytest.approx(-0.5, abs=1e-9)
+    assert fit.complexity == "ambiguous"  # no growing class fits: all tie at the constant
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=st.floats(0.5, 3.0),
+    prefactor=st.floats(1e-6, 1e6),
+    first=st.integers(4, 10),
+    count=st.integers(2, 10),
+)
+def test_exact_power_laws_are_recovered_exactly(p, prefactor, first, count):
+    lengths = 2.0 ** np.arange(first, first + count)
+    fit = fit_power_law(lengths, prefactor * lengths**p)
+    assert fit.exponent == pytest.approx(p, abs=1e-9)
+    assert fit.n_points == count  # no overhead: nothing to drop
+    assert fit.exponent_low <= p <= fit.exponent_high
+    assert fit.predict(lengths) == pytest.approx(prefactor * lengths**p, rel=1e-8)
+
+
+def test_min_length_replaces_the_rule():
+    fit = fit_power_law(LENGTHS, overhead_curve(2.0), min_length=1000)
+    assert fit.lengths_used == tuple(int(n) for n in LENGTHS if n >= 1000)
+    assert "min_length=1000" in fit.range_rule
+    with pytest.raises(ValueError, match="min_length=65536 leaves 1"):
+        fit_power_law(LENGTHS, overhead_curve(2.0), min_length=65536)
+
+
+def test_repeats_are_reduced_to_medians_so_one_wild_repetition_does_not_move_the_fit():
+    lengths = np.repeat(LENGTHS, 3)
+    values = 2.0 * lengths**1.5
+    values[4] *= 50  # one repetition at N = 256 hit a stall
+    fit = fit_power_law(lengths, values)
+    assert fit.exponent == pytest.approx(1.5, abs=1e-9)
+    assert fit.n_samples == 30
+
+
+def test_nan_and_non_positive_values_are_dropped_and_counted():
+    values = 5.0 * LENGTHS.astype(float)
+    values[[0, 3, 7]] = [np.nan, 0.0, -1.0]
+    fit = fit_power_law(LENGTHS, values)
+    assert fit.n_dropped == 3
+    assert {128, 1024, 16384}.isdisjoint(fit.lengths_measured)  # each lost its only value
+    assert any("3 value(s) dropped" in note for note in fit.notes)
+    assert fit.exponent == pytest.approx(1.0, abs=1e-9)
+
+
+def test_two_lengths_give_an_infinite_flagged_interval():
+    fit = fit_power_law([1024, 2048], [1.0, 4.0])
+    assert fit.exponent == pytest.approx(2.0)
+    assert (fit.exponent_low, fit.exponent_high) == (-math.inf, math.inf)
+    assert any("no confidence interval" in note for note in fit.notes)
+    assert fit.complexity == "ambiguous"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "values", "match"),
+    [
+        ([1024], [1.0], "at least 2 distinct lengths"),
+        ([1024, 1024, 1024], [1.0, 1.1, 0.9], "at least 2 distinct lengths"),
+        ([256, 512, 1024], [np.nan, np.nan, np.nan], r"got 0 \(3 of 3 values were NaN"),
+        ([256, 512, 1024], [0.0, -2.0, np.nan], "at least 2 distinct lengths"),
+        ([256, 512], [1.0, 2.0, 3.0], "differ in size"),
+        ([0, 512, 1024], [1.0, 2.0, 3.0], "lengths must be positive"),
+    ],
+)
+def test_bad_inputs_raise_a_clear_value_error(lengths, values, match):
+    with pytest.raises(ValueError, match=match):
+        fit_power_law(lengths, values)
+
+
+def test_local_slopes_show_where_the_curve_bends():
+    lengths = np.array([256, 512, 1024, 2048])
+    values = np.array([1.0, 2.0, 8.0, 32.0])  # slope 1, then 2, then 2
+    slopes = fit_power_law(lengths, values).local_slopes
+    assert [(low, high) for low, high, _ in slopes] == [(256, 512), (512, 1024), (1024, 2048)]
+    assert [s for _, _, s in slopes] == pytest.approx([1.0, 2.0, 2.0])
+
+
+def test_predict_with_another_exponent_pivots_about_the_centre():
+    fit = fit_power_law(LENGTHS, 7.0 * LENGTHS**2.0)
+    center = math.exp(fit.center_log_length)
+    assert fit.predict(center, exponent=1.0) == pytest.approx(fit.predict(center))
+    assert fit.predict(2 * center, exponent=1.0) == pytest.approx(2 * fit.predict(center))
+
+
+def test_t_quantile_matches_tables_and_joins_the_expansion_smoothly():
+    assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile_975(10) == pytest.approx(2.228, abs=1e-3)
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4)
+    assert t_quantile_975(120) == pytest.approx(1.9799, abs=2e-4)
+    assert t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    assert t_quantile_975(0) == math.inf
+    values = [t_quantile_975(d) for d in range(1, 200)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_format_length():
+    assert [format_length(n) for n in (1024, 65536, 3000, 3172.4, math.inf)] == ["1k", "64k", "3000", "3172", "inf"]
+
+
+def measurement_frame():
+    rows = []
+    for impl, p in (("softmax", 2.0), ("linear", 1.0)):
+        for heads in (4, 8):
+            rows += [{"impl": impl, "heads": heads, "seq_len": n, "median_ms": 1e-3 * heads * n**p} for n in LENGTHS]
+    rows += [{"impl": "broken", "heads": 4, "seq_len": n, "median_ms": np.nan} for n in LENGTHS]
+    rows += [{"impl": "nodevice", "heads": None, "seq_len": n, "median_ms": 2.0 * n} for n in LENGTHS]
+    return pd.DataFrame(rows)
+
+
+def test_fit_frame_has_one_row_per_group_and_keeps_failures():
+    frame = fit_frame(measurement_frame(), "median_ms", ["impl", "heads"])
+    assert len(frame) == 6  # 2 impls x 2 head counts, the broken one, the one with a missing key
+    assert frame.attrs["group_cols"] == ("impl", "heads")
+    softmax = frame[(frame.impl == "softmax") & (frame.heads == 8)].iloc[0]
+    assert softmax.exponent == pytest.approx(2.0)
+    assert softmax.complexity == "quadratic"
+    assert isinstance(softmax.fit, Fit) and softmax.metric == "median_ms"
+    broken = frame[frame.impl == "broken"].iloc[0]
+    assert broken.fit is None and "at least 2 distinct lengths" in broken.error
+    assert math.isnan(broken.exponent)
+    assert frame[frame.impl == "nodevice"].iloc[0].exponent == pytest.approx(1.0)  # NaN key kept, not dropped
+
+
+def test_fit_frame_names_missing_columns():
+    with pytest.raises(ValueError, match=r"\['peak_bytes'\] not in the frame"):
+        fit_frame(measurement_frame(), "peak_bytes", ["impl"])

@@ -1,0 +1,169 @@
+"""The gate end to end (accounting sweeps on meta, real database) and each rule form on constructed frames."""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from attnprof.cli import cli
+from attnprof.gate import evaluate, exit_status, mann_whitney_greater
+from attnprof.gate_rules import parse_rules
+
+LENGTHS = [1024, 2048, 4096, 8192, 16384]
+
+
+def gate(tmp_path, text, *args):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(text)
+    return CliRunner().invoke(cli, ["gate", str(rules), "--db", str(tmp_path / "gate.db"), *map(str, args)])
+
+
+SWEEP = """
+[sweep]
+impl = "softmax,sdpa-flash,fault"
+lengths = "1k..16k"
+accounting = true
+causal = "no"
+heads = 2
+"""
+
+
+def test_planted_quadratic_impl_under_a_linear_rule_fails_with_its_name(tmp_path):
+    result = gate(tmp_path, SWEEP + """
+[[rule]]
+impl = "sdpa-flash"
+metric = "peak_bytes"
+max_exponent = 1.1
+
+[[rule]]
+impl = "softmax"
+metric = "flops"
+min_exponent = 1.9
+
+[[rule]]
+impl = "fault"
+metric = "peak_bytes"
+max_exponent = 1.1
+""")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("PASS") and "sdpa-flash" in lines[0] and "exponent 1.000" in lines[0]
+    assert lines[1].startswith("PASS") and "softmax" in lines[1]
+    assert lines[2].startswith("FAIL") and "fault" in lines[2] and "> max 1.1" in lines[2]
+    assert "PASS 2, FAIL 1, MISSING 0" in result.output
+
+
+def test_failed_measurements_exit_3(tmp_path):
+    result = gate(tmp_path, SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096") + """
+[[rule]]
+impl = "fault"
+metric = "peak_bytes"
+max_exponent = 2.1
+
+[[rule]]
+impl = "fault"
+metric = "time"
+max_exponent = 2.1
+""")
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("MISSING") and "2 ok lengths, need 3" in lines[0] and "N=4096 error, N=8192 error" in lines[0]
+    assert lines[1].startswith("MISSING") and "carry no time (an accounting run has no times)" in lines[1]
+
+
+def test_ratio_frontier_and_judging_an_existing_run(tmp_path):
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    result = gate(tmp_path, """
+[[rule]]
+impl = "sdpa-flash"
+metric = "peak_bytes"
+at_length = "16k"
+to = "softmax"
+max_ratio = 0.01
+
+[[rule]]
+impl = "softmax"
+metric = "peak_bytes"
+min_frontier = "64k"
+budget = "80GiB"
+
+[[rule]]
+impl = "sdpa-flash"
+min_frontier = "1M"
+budget = "80GiB"
+""", "--run", "latest", "--markdown", tmp_path / "gate.md")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("PASS") and "ratio to softmax at N=16384" in lines[0]
+    assert lines[1].startswith("FAIL") and "softmax" in lines[1] and "< min 65,536" in lines[1]
+    assert lines[2].startswith("PASS") and ">= min 1,048,576" in lines[2]
+    assert "| rule 2 (softmax peak_bytes frontier) | FAIL |" in (tmp_path / "gate.md").read_text()
+
+
+def test_regression_against_a_baseline(tmp_path):
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    baseline = tmp_path / "baseline.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", str(tmp_path / "gate.db")]).exit_code == 0
+    rule = '[[rule]]\nimpl = "all"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
+    assert gate(tmp_path, rule, "--run", "latest", "--baseline", baseline).exit_code == 0
+    records = [json.loads(line) for line in baseline.read_text().splitlines()]
+    for record in records:
+        if record["impl"] == "sdpa-flash" and record["seq_len"] == 8192:
+            record["peak_bytes"] = int(record["peak_bytes"] / 1.5)  # the baseline was 1.5x leaner: a planted regression
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
+    assert result.exit_code == 1 and "sdpa-flash" in result.output and "N=8192" in result.output and "+50.0%" in result.output
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('[[rule]]\nimpl = "softmax"\nmetric = "speed"\nmax_exponent = 1\n', "'speed'"),
+        ('[[rule]]\nimpl = "nope"\nmetric = "time"\nmax_exponent = 1\n', "'nope'"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\nbogus = 3\n', "'bogus'"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\n', "exactly one form"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_ratio = 0.2\n', "a ratio rule needs"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "64k"\nmax_ratio = 0.2\n', "needs at_length, to"),
+        ('[[rule]]\nimpl = "softmax"\nmin_frontier = "1M"\nbudget = "80 parsecs"\n', "'80 parsecs'"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = "high"\n', "'high'"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\ncausal = "perhaps"\n', "'perhaps'"),
+        ('[rules]\nimpl = "softmax"\n', "'rules'"),
+        ("[[rule]\n", "not valid TOML"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
+    ],
+)
+def test_malformed_rules_exit_2_with_one_line(tmp_path, text, fragment):
+    result = gate(tmp_path, text)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and fragment in result.output
+
+
+def frame(rows):
+    base = dict(impl="x", label="x", batch=1, heads=1, head_dim=64, dtype="float32", device="cpu", causal=False, mode="fwd", reason="", flops=None)
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_time_exponent_uses_raw_samples_and_min_bound():
+    rows = [dict(seq_len=n, status="ok", times_ms=[n**2 * 1e-6 * f for f in (0.98, 1.0, 1.02)], median_ms=n**2 * 1e-6, peak_bytes=n) for n in LENGTHS]
+    rules = parse_rules([{"impl": "x", "metric": "time", "min_exponent": 1.9}, {"impl": "x", "metric": "time", "max_exponent": 1.5}], "t")
+    verdicts = evaluate(rules, frame(rows))
+    assert [v.verdict for v in verdicts] == ["PASS", "FAIL"] and exit_status(verdicts) == 1
+
+
+def test_filters_select_configurations():
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * n if causal else n, causal=causal) for n in LENGTHS for causal in (False, True)]
+    rule = {"impl": "x", "metric": "peak_bytes", "max_exponent": 1.1}
+    assert evaluate(parse_rules([{**rule, "causal": "no"}], "t"), frame(rows))[0].verdict == "PASS"
+    assert evaluate(parse_rules([rule], "t"), frame(rows))[0].verdict == "FAIL"
+
+
+def test_mann_whitney_detects_a_shift_and_not_noise():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    old = rng.normal(10, 0.3, 30)
+    assert mann_whitney_greater(old + 1.0, old) < 1e-6
+    assert mann_whitney_greater(rng.normal(10, 0.3, 30), old) > 0.01
+    assert mann_whitney_greater([1, 2], [3, 4]) == 1.0

@@ -139,3 +139,22 @@ def load_measurements(run: str = "latest", db: str | Path | None = None):
         return measurements_frame(info.run_id, store.measurements(info.run_id))
     finally:
         store.close()
+
+
+def run_budget(run: str, db: str | Path | None = None) -> int | None:
+    """The default memory budget of a run: its GPU's total memory, or the host's for CPU runs;
+    None for accounting runs (meta), which belong to no device."""
+    from attnprof.store import Store
+
+    store = Store.open(db or default_db(), create=False)
+    try:
+        info = store.resolve_run(run)
+    finally:
+        store.close()
+    if info.env.get("gpu_total_bytes"):
+        return int(info.env["gpu_total_bytes"])
+    if "cpu" in info.sweep.get("device", []):
+        import psutil
+
+        return psutil.virtual_memory().total
+    return None

@@ -148,6 +148,7 @@ def _judge_ratio(rule, subject, group, frame, budget) -> Judgement:
 
 
 def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
+    from attnprof.analysis import measured_boundaries
     from attnprof.crossover import memory_frontier
     from attnprof.fit import fit_power_law
 
@@ -157,8 +158,7 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
     lengths, values = _ok_points(rule, group)
     if len(set(lengths)) < 3:
         return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
-    oom = tuple(group.loc[group["status"] == "oom", "seq_len"])
-    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, oom_lengths=oom, ok_lengths=tuple(lengths))
+    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, **measured_boundaries(group))
     described = f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
     if not frontier.length_low >= rule.min_frontier:
         return Judgement(subject, "FAIL", f"{described} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))

@@ -30,7 +30,7 @@ def load_rules(path: str | Path):
 
 def run_gate(rules_path, *, run: str | None = None, baseline: str | None = None, db=None, progress=None):
     """Judge the rules; returns (verdicts, run_id). Measures the file's [sweep] when no run is given."""
-    from attnprof.api import default_db, load_measurements, run_sweep
+    from attnprof.api import default_db, load_measurements, run_budget, run_sweep
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
@@ -42,25 +42,7 @@ def run_gate(rules_path, *, run: str | None = None, baseline: str | None = None,
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
         run = run_sweep(sweep_from_options(sweep_options), db, progress=progress, command=f"attnprof gate {rules_path}")
     frame = load_measurements(run, db)
-    return evaluate(rules, frame, baseline_frame, default_budget=_device_budget(run, db)), frame["run_id"].iloc[0] if len(frame) else run
-
-
-def _device_budget(run: str, db) -> int | None:
-    """The default memory budget: the GPU's total memory, or the host's for CPU runs; None for meta."""
-    from attnprof.store import Store
-
-    store = Store.open(db, create=False)
-    try:
-        info = store.resolve_run(run)
-    finally:
-        store.close()
-    if info.env.get("gpu_total_bytes"):
-        return int(info.env["gpu_total_bytes"])
-    if "cpu" in info.sweep.get("device", []):
-        import psutil
-
-        return psutil.virtual_memory().total
-    return None
+    return evaluate(rules, frame, baseline_frame, default_budget=run_budget(run, db)), frame["run_id"].iloc[0] if len(frame) else run
 
 
 def baseline_records(frame) -> str:

@@ -83,3 +83,30 @@ def reasons_list(measurements: list[Measurement]) -> list[str]:
             prefix = "note" if m.status == Status.OK else m.status.value
             seen.setdefault(f"{prefix}: {m.reason}", []).append(m.case.label)
     return [f"{text} ({', '.join(sorted(set(labels)))})" for text, labels in seen.items()]
+
+
+def frame_markdown(frame) -> str:
+    """A DataFrame as a Markdown table (pandas' to_markdown needs tabulate, which we do not depend on)."""
+    columns = list(frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def fits_display(fits) -> "pd.DataFrame":  # noqa: F821
+    """The human columns of analysis fits: configuration, metric, exponent with interval, class, range."""
+    import pandas as pd
+
+    rows = []
+    for _, f in fits.iterrows():
+        config = f"{f['label']} {'causal' if f['causal'] else 'bidir'} {f['mode']} {f['dtype']} {f['device']} B{f['batch']} H{f['heads']} D{f['head_dim']}"
+        if f["fit"] is None:
+            rows.append({"config": config, "metric": f["metric"], "exponent": "-", "class": "-", "r2": "-", "lengths": "-", "rule": f["error"]})
+            continue
+        rows.append({
+            "config": config, "metric": f["metric"],
+            "exponent": f"{f['exponent']:.3f} [{f['exponent_low']:.3f}, {f['exponent_high']:.3f}]",
+            "class": f"{f['complexity']} (next {f['runner_up']}, dAIC {f['margin']:.1f})",
+            "r2": f"{f['r2']:.4f}", "lengths": f"{min(f['lengths_used'])}..{max(f['lengths_used'])}", "rule": f["range_rule"],
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["config", "metric", "exponent", "class", "r2", "lengths", "rule"])

@@ -1,0 +1,67 @@
+"""Scaling analysis of one run: fits per configuration and metric, crossovers, memory frontiers.
+
+Pure over the measurement DataFrame (`api.load_measurements`); `attnprof fit` and the dashboard
+both call `analyse`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from attnprof.crossover import crossover_frame, memory_frontier
+from attnprof.fit import fit_frame
+
+CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
+METRICS = {"time": "time_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
+
+
+@dataclass
+class Analysis:
+    fits: pd.DataFrame  # one row per configuration and metric (fit.fit_frame columns)
+    crossovers: pd.DataFrame  # one row per pair of impls sharing a configuration and metric
+    frontiers: pd.DataFrame  # one row per configuration with a peak_bytes fit
+
+
+def metric_points(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The ok rows with one value per row in the column METRICS[metric] (time: one row per raw sample)."""
+    ok = frame[frame["status"] == "ok"]
+    if metric == "time":
+        ok = ok[ok["times_ms"].map(len) > 0].explode("times_ms").rename(columns={"times_ms": "time_ms"})
+        return ok.astype({"time_ms": float})
+    return ok[ok[metric].notna()].astype({metric: float})
+
+
+def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | None = None) -> Analysis:
+    fits = []
+    for metric in metrics:
+        points = metric_points(frame, metric)
+        if not points.empty:
+            fitted = fit_frame(points, METRICS[metric], CONFIG)
+            fits.append(fitted.assign(metric=metric))
+    fits_df = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=[*CONFIG, "metric", "exponent", "fit", "error"])
+    fits_df.attrs["group_cols"] = tuple(CONFIG)
+    crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:]) if len(fits_df) else pd.DataFrame()
+    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes))
+
+
+def measured_boundaries(cells: pd.DataFrame) -> dict:
+    """The lengths that ran and that ran out of memory, to check a frontier against. Accounting runs
+    (device meta) allocate nothing, so their lengths say nothing about a real memory limit."""
+    real = cells[cells["device"] != "meta"]
+    return {"oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]), "ok_lengths": tuple(real.loc[real["status"] == "ok", "seq_len"])}
+
+
+def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None) -> pd.DataFrame:
+    rows = []
+    if budget_bytes is None or fits.empty:
+        return pd.DataFrame(rows)
+    for _, row in fits[(fits["metric"] == "peak_bytes") & fits["fit"].notna()].iterrows():
+        cells = frame
+        for key in CONFIG:
+            cells = cells[cells[key] == row[key]]
+        found = memory_frontier(row["fit"], budget_bytes, **measured_boundaries(cells))
+        rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, "length": found.length, "length_low": found.length_low,
+                     "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent, "message": found.message})  # fmt: skip
+    return pd.DataFrame(rows)

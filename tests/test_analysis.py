@@ -1,0 +1,49 @@
+"""`attnprof fit` and the analysis API over a real (accounting) run in a real database."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from attnprof.analysis import analyse
+from attnprof.api import load_measurements, run_sweep
+from attnprof.cli import cli
+from attnprof.spec import Sweep, parse_impls
+
+
+@pytest.fixture(scope="module")
+def accounted(tmp_path_factory):
+    db = tmp_path_factory.mktemp("fit") / "fit.db"
+    sweep = Sweep(impls=parse_impls("softmax,sdpa-flash"), lengths=tuple(1024 << i for i in range(6)), heads=(4,), causal=(False,), accounting=True)
+    run_sweep(sweep, db)
+    return db
+
+
+def test_exponents_classes_crossovers_and_frontiers(accounted):
+    result = analyse(load_measurements("latest", accounted), budget_bytes=80 * 2**30)
+    fits = result.fits.set_index(["label", "metric"])
+    assert fits.loc[("softmax", "peak_bytes"), "exponent"] == pytest.approx(2.0, abs=0.01)
+    assert fits.loc[("softmax", "peak_bytes"), "complexity"] == "quadratic"
+    assert fits.loc[("sdpa-flash", "peak_bytes"), "complexity"] == "linear"
+    assert fits.loc[("sdpa-flash", "flops"), "exponent"] == pytest.approx(2.0, abs=1e-6)
+    memory = result.crossovers[result.crossovers["metric"] == "peak_bytes"].iloc[0]
+    assert memory["kind"] in ("extrapolated", "in range") and memory["cheaper_above"] == "sdpa-flash"
+    frontier = result.frontiers.set_index("label")
+    # softmax's fp32 N x N scores and probabilities for 4 heads: 4 * N^2 * (4 + 4 + 2) bytes ~ 80 GiB at N ~ 46k
+    assert 30_000 < frontier.loc["softmax", "length"] < 60_000
+    assert frontier.loc["sdpa-flash", "length"] > 1e7
+
+
+def test_fit_command_formats(accounted):
+    runner = CliRunner()
+    table = runner.invoke(cli, ["fit", "latest", "--db", str(accounted), "--budget", "80GiB", "--metric", "peak_bytes"])
+    assert table.exit_code == 0, table.output
+    assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
+    markdown = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "markdown", "--metric", "flops"])
+    assert "| config | metric | exponent | class | r2 | lengths | rule |" in markdown.output
+    payload = json.loads(runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json"]).output)
+    assert {f["metric"] for f in payload["fits"]} == {"peak_bytes", "flops"}  # accounting runs have no times
+    bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--metric", "speed"])
+    assert bad.exit_code == 2 and "'speed'" in bad.output
+    bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "lots"])
+    assert bad.exit_code == 2 and "'lots'" in bad.output

@@ -112,10 +112,14 @@ def _run_and_report(spec, db, resume) -> None:
         with SweepProgress() as progress:
             run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)
     except SweepInterrupted as stop:
-        click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}.", err=True)
-        click.echo(f"Resume with: attnprof sweep --resume {stop.run_id} --db {db}", err=True)
-        sys.exit(130)
+        _exit_interrupted(stop, db)
     _print_summary(db, run_id, "table")
+
+
+def _exit_interrupted(stop, db) -> None:
+    click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}.", err=True)
+    click.echo(f"Resume with: attnprof sweep --resume {stop.run_id} --db {db}", err=True)
+    sys.exit(130)
 
 
 def _print_summary(db, run_id: str, output_format: str) -> None:
@@ -320,11 +324,11 @@ def _json_default(value):
 
 @cli.command()
 @click.argument("rules", type=click.Path(dir_okay=False))
-@click.option("--run", default=None, help="Judge this run (id or `latest`) instead of measuring the rules' [sweep].")
+@click.option("--run", "runs", multiple=True, help="Judge this run (id or `latest`; repeatable) instead of measuring the rules' sweeps.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Baseline file for max_regression rules.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the verdicts as Markdown here.")
 @_db_option
-def gate(rules, run, baseline, markdown, db):
+def gate(rules, runs, baseline, markdown, db):
     """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
 
     Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
@@ -340,16 +344,23 @@ def gate(rules, run, baseline, markdown, db):
     from attnprof.gate import exit_status, markdown_report, summary_line
     from attnprof.gating import run_gate
     from attnprof.progress import SweepProgress
+    from attnprof.runner import SweepInterrupted
 
-    with SweepProgress() as progress:
-        verdicts, run_id = run_gate(rules, run=run, baseline=baseline, db=db, progress=progress)
+    try:
+        with SweepProgress() as progress:
+            verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
+    except SweepInterrupted as stop:
+        _exit_interrupted(stop, db or "the rules' database")
     for verdict in verdicts:
         click.echo(f"{verdict.verdict:<7} {verdict.rule.title}: {verdict.message}")
-    click.echo(f"{summary_line(verdicts)} (run {run_id})")
+    click.echo(f"{summary_line(verdicts)} (run {', '.join(run_ids)})")
     report = markdown_report(verdicts)
     for path in filter(None, (os.environ.get("GITHUB_STEP_SUMMARY"), markdown)):
-        with open(path, "a") as handle:
-            handle.write(f"### attnprof gate: {rules}\n\n{report}")
+        try:
+            with open(path, "a") as handle:
+                handle.write(f"### attnprof gate: {rules}\n\n{report}")
+        except OSError as error:
+            raise UsageError(f"cannot write the Markdown summary to {path!r}: {error.strerror}") from None
     sys.exit(exit_status(verdicts))
 
 

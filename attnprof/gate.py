@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from attnprof.gate_rules import METRICS, GateRule
+from attnprof.table import format_bytes
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
 REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
@@ -70,8 +71,15 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
     rows = _matching(rule, frame)
     if rule.kind == "regression":
         return _judge_regression(rule, rows, baseline)
-    judge = {"exponent": _judge_exponent, "ratio": _judge_ratio, "frontier": _judge_frontier}[rule.kind]
-    return [judge(rule, _subject(keys), group, frame, default_budget) for keys, group in rows.groupby(CONFIG, sort=True)]
+    judgements = []
+    for keys, group in rows.groupby(CONFIG, sort=True):
+        if rule.kind in ("ratio", "value"):
+            judge = _judge_ratio if rule.kind == "ratio" else _judge_value
+            judgements += [judge(rule, f"{_subject(keys)} N={n}", group, frame, n) for n in rule.at_length]
+        else:
+            judge = _judge_exponent if rule.kind == "exponent" else _judge_frontier
+            judgements.append(judge(rule, _subject(keys), group, frame, default_budget))
+    return judgements
 
 
 def _subject(keys) -> str:
@@ -116,35 +124,58 @@ def _judge_exponent(rule, subject, group, frame, budget) -> Judgement:
     return Judgement(subject, "PASS", f"{described} {bound}", margin)
 
 
+# A target not met because the cell itself failed is a failure; a cell never run is only missing.
+FAILED_CELL = ("oom", "timeout", "crashed", "error", "skipped")
+
+
 def _value_at(rule: GateRule, group: pd.DataFrame, length: int):
+    """(value, status, why): the metric of the cell at `length`, or None with its status and reason."""
     row = group[group["seq_len"] == length]
     if row.empty:
-        return None, "not measured"
+        return None, "missing", "not measured"
     row = row.iloc[0]
     value = row[METRICS[rule.metric]]
     if row["status"] != "ok" or value is None or (isinstance(value, float) and math.isnan(value)):
-        return None, f"{row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
-    return float(value), ""
+        why = f"{row['status']}" + (f" ({row['reason']})" if row["reason"] else "") if row["status"] != "ok" else f"no {rule.metric}"
+        return None, row["status"], why
+    return float(value), "ok", ""
 
 
-def _judge_ratio(rule, subject, group, frame, budget) -> Judgement:
+def _own_cell_failure(subject: str, status: str, why: str) -> Judgement:
+    return Judgement(subject, "FAIL" if status in FAILED_CELL else "MISSING", why, math.inf if status in FAILED_CELL else 0.0)
+
+
+def _judge_ratio(rule, subject, group, frame, length) -> Judgement:
     first = group.iloc[0]
     others = _matching(rule, frame, rule.to)
     for key in CONFIG[1:]:
         others = others[others[key] == first[key]]
-    mine, why = _value_at(rule, group, rule.at_length)
-    theirs, why_theirs = _value_at(rule, others, rule.at_length)
-    if mine is None or theirs is None or theirs == 0:
-        missing = f"{first['label']}: {why}" if mine is None else f"{rule.to}: {why_theirs or 'zero'}"
-        return Judgement(subject, "MISSING", f"no ratio at N={rule.at_length}: {missing}")
-    ratio = mine / theirs
-    described = f"{rule.metric} ratio to {rule.to} at N={rule.at_length}: {ratio:.3g}"
-    if rule.max_ratio is not None and ratio > rule.max_ratio:
-        return Judgement(subject, "FAIL", f"{described} > max {rule.max_ratio:g}", ratio / rule.max_ratio)
-    if rule.min_ratio is not None and ratio < rule.min_ratio:
-        return Judgement(subject, "FAIL", f"{described} < min {rule.min_ratio:g}", rule.min_ratio / ratio)
-    bound = f"<= max {rule.max_ratio:g}" if rule.max_ratio is not None else f">= min {rule.min_ratio:g}"
-    return Judgement(subject, "PASS", f"{described} {bound}", ratio / (rule.max_ratio or 1))
+    mine, status, why = _value_at(rule, group, length)
+    if mine is None:
+        return _own_cell_failure(subject, status, why)
+    theirs, _, why_theirs = _value_at(rule, others, length)
+    if not theirs:
+        return Judgement(subject, "MISSING", f"no ratio: {rule.to} at N={length}: {why_theirs or 'zero'}")
+    return _bounded(subject, f"{rule.metric} ratio to {rule.to}", mine / theirs, rule.max_ratio, rule.min_ratio, "{:.3g}")
+
+
+def _judge_value(rule, subject, group, frame, length) -> Judgement:
+    value, status, why = _value_at(rule, group, length)
+    if value is None:
+        return _own_cell_failure(subject, status, why)
+    shown = (lambda v: format_bytes(int(v))) if rule.metric == "peak_bytes" else (lambda v: f"{v:.4g}" + (" ms" if rule.metric == "time" else ""))
+    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, shown)
+
+
+def _bounded(subject: str, what: str, value: float, maximum, minimum, shown) -> Judgement:
+    show = shown.format if isinstance(shown, str) else shown
+    described = f"{what} {show(value)}"
+    if maximum is not None and value > maximum:
+        return Judgement(subject, "FAIL", f"{described} > max {show(maximum)}", value / maximum if maximum else math.inf)
+    if minimum is not None and value < minimum:
+        return Judgement(subject, "FAIL", f"{described} < min {show(minimum)}", minimum / value if value else math.inf)
+    bound = f"<= max {show(maximum)}" if maximum is not None else f">= min {show(minimum)}"
+    return Judgement(subject, "PASS", f"{described} {bound}", value / maximum if maximum else (minimum / value if value else 0.0))
 
 
 def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:

@@ -1,10 +1,13 @@
 """Gate rules from TOML: `[[rule]]` tables -> typed GateRule records, every key validated.
 
-Four forms, told apart by their bound keys:
+Five forms, told apart by their bound keys:
 - exponent:   max_exponent and/or min_exponent (judged on the 95% interval's far end)
 - ratio:      at_length + max_ratio and/or min_ratio + to (another impl in the same run)
+- value:      at_length + max_value and/or min_value (ms for time, bytes such as "1.5GiB" for
+              peak_bytes, a count for flops)
 - regression: max_regression (relative, against a baseline file)
 - frontier:   min_frontier (+ optional budget; default the device's memory)
+`at_length` takes the length grammar ("64k", "8k..64k"): the rule is judged at each length.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnprof.errors import UsageError
-from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_modes, parse_size
+from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_lengths, parse_modes, parse_size
 
 METRICS = {"time": "median_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
 FILTER_KEYS = ("causal", "mode", "dtype", "device", "batch", "heads", "head_dim")
-BOUND_KEYS = ("max_exponent", "min_exponent", "at_length", "max_ratio", "min_ratio", "to", "max_regression", "min_frontier", "budget")
+BOUND_KEYS = ("max_exponent", "min_exponent", "at_length", "max_ratio", "min_ratio", "to", "max_value", "min_value", "max_regression", "min_frontier", "budget")
 UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
@@ -28,10 +31,12 @@ class GateRule:
     filters: dict = field(default_factory=dict)  # filter key -> tuple of allowed values
     max_exponent: float | None = None
     min_exponent: float | None = None
-    at_length: int | None = None
+    at_length: tuple[int, ...] = ()
     max_ratio: float | None = None
     min_ratio: float | None = None
     to: str | None = None
+    max_value: float | None = None
+    min_value: float | None = None
     max_regression: float | None = None
     min_frontier: int | None = None
     budget: int | None = None
@@ -44,6 +49,8 @@ class GateRule:
             return "frontier"
         if self.to is not None:
             return "ratio"
+        if self.max_value is not None or self.min_value is not None:
+            return "value"
         return "exponent"
 
     @property
@@ -99,13 +106,15 @@ def _bounds(table: dict, where: str) -> dict:
     bounds = {}
     for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression"):
         if key in table:
-            value = table[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"bad {key} {value!r} in {where}: expected a non-negative number")
-            bounds[key] = float(value)
-    for key in ("at_length", "min_frontier"):
+            bounds[key] = _non_negative(key, table[key], where)
+    if "at_length" in table:
+        bounds["at_length"] = parse_lengths(str(table["at_length"]))
+    if "min_frontier" in table:
+        bounds["min_frontier"] = parse_size(str(table["min_frontier"]), "min_frontier")
+    for key in ("max_value", "min_value"):
         if key in table:
-            bounds[key] = parse_size(str(table[key]), key)
+            value = table[key]
+            bounds[key] = float(parse_bytes(value, f"{key} in {where}")) if isinstance(value, str) else _non_negative(key, value, where)
     if "budget" in table:
         bounds["budget"] = parse_bytes(table["budget"], f"budget in {where}")
     if "to" in table:
@@ -113,14 +122,28 @@ def _bounds(table: dict, where: str) -> dict:
     return bounds
 
 
+def _non_negative(key: str, value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UsageError(f"bad {key} {value!r} in {where}: expected a non-negative number")
+    return float(value)
+
+
 def _check_form(rule: GateRule, where: str) -> None:
-    ratio = rule.max_ratio is not None or rule.min_ratio is not None
+    ratio = rule.max_ratio is not None or rule.min_ratio is not None or rule.to is not None
+    value = rule.max_value is not None or rule.min_value is not None
     exponent = rule.max_exponent is not None or rule.min_exponent is not None
-    forms = [exponent, ratio or rule.to is not None or rule.at_length is not None, rule.max_regression is not None, rule.min_frontier is not None]
+    forms = [exponent, ratio, value, rule.max_regression is not None, rule.min_frontier is not None]
     if sum(forms) != 1:
-        raise UsageError(f"{where} must have exactly one form: max/min_exponent, a ratio (at_length, max/min_ratio, to), max_regression or min_frontier")
-    if forms[1] and (not ratio or rule.to is None or rule.at_length is None):
+        raise UsageError(
+            f"{where} must have exactly one form: max/min_exponent, a ratio (at_length, max/min_ratio, to), "
+            "a value (at_length, max/min_value), max_regression or min_frontier"
+        )
+    if ratio and (rule.max_ratio is None and rule.min_ratio is None or rule.to is None or not rule.at_length):
         raise UsageError(f"{where}: a ratio rule needs at_length, to and max_ratio or min_ratio")
+    if value and not rule.at_length:
+        raise UsageError(f"{where}: a value rule needs at_length")
+    if rule.at_length and not (ratio or value):
+        raise UsageError(f"{where}: at_length goes with a ratio or a value rule")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
 

@@ -14,35 +14,42 @@ BASELINE_KEYS = ("impl", "label", "options", "seq_len", "batch", "heads", "head_
 
 
 def load_rules(path: str | Path):
-    """(rules, sweep options or None) from a rules file; every impl named must exist."""
+    """(rules, sweep tables) from a rules file; every impl named must exist."""
     from attnprof import impls
     from attnprof.gate_rules import parse_rules
-    from attnprof.scenario import read_toml, scenario_options
+    from attnprof.scenario import read_toml, sweep_from_options, sweep_tables
 
-    options = scenario_options(path, allowed_tables=("sweep", "rule"))
+    sweeps = sweep_tables(path, allowed_tables=("sweep", "rule"))
+    for options in sweeps:
+        sweep_from_options(options)  # validate every value before anything is measured
     rules = parse_rules(read_toml(path).get("rule", []), str(path))
     for rule in rules:
         for name in (rule.impl, rule.to):
             if name and name != "all":
                 impls.get(name.split("[")[0])  # raises naming the unknown impl and the known ones
-    return rules, (options or None)
+    return rules, sweeps
 
 
-def run_gate(rules_path, *, run: str | None = None, baseline: str | None = None, db=None, progress=None):
-    """Judge the rules; returns (verdicts, run_id). Measures the file's [sweep] when no run is given."""
+def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = None, db=None, progress=None):
+    """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given."""
+    import pandas as pd
+
     from attnprof.api import default_db, load_measurements, run_budget, run_sweep
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
-    rules, sweep_options = load_rules(rules_path)
+    rules, sweeps = load_rules(rules_path)
     baseline_frame = read_baseline(baseline) if baseline else None
-    db = db or (sweep_options or {}).get("db") or default_db()
-    if run is None:
-        if sweep_options is None:
+    db = db or next((s["db"] for s in sweeps if "db" in s), None) or default_db()
+    if not runs:
+        if not sweeps:
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
-        run = run_sweep(sweep_from_options(sweep_options), db, progress=progress, command=f"attnprof gate {rules_path}")
-    frame = load_measurements(run, db)
-    return evaluate(rules, frame, baseline_frame, default_budget=run_budget(run, db)), frame["run_id"].iloc[0] if len(frame) else run
+        runs = tuple(run_sweep(sweep_from_options(s), db, progress=progress, command=f"attnprof gate {rules_path}") for s in sweeps)
+    frames = [load_measurements(run, db) for run in runs]
+    run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs))
+    budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
+    verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
+    return verdicts, run_ids
 
 
 def baseline_records(frame) -> str:

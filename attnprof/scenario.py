@@ -90,14 +90,24 @@ def read_toml(path: str | Path) -> dict:
 
 def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> dict:
     """The `[sweep]` table of a scenario file, with every key checked."""
+    tables = sweep_tables(path, allowed_tables)
+    if len(tables) > 1:
+        raise UsageError(f"{str(path)!r} has {len(tables)} [[sweep]] tables; a scenario takes one [sweep]")
+    return tables[0] if tables else {}
+
+
+def sweep_tables(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> list[dict]:
+    """Every sweep table of a file: one `[sweep]`, or several `[[sweep]]` (a gate may measure several)."""
     data = read_toml(path)
     for table in data:
         if table not in allowed_tables:
             raise UsageError(f"unknown table {table!r} in {str(path)!r}; expected {', '.join(allowed_tables)}")
-    options = data.get("sweep", {})
-    if not isinstance(options, dict):
-        raise UsageError(f"'sweep' in {str(path)!r} must be a table")
-    for key in options:
-        if key not in SWEEP_KEYS and key not in FILE_ONLY_KEYS:
-            raise UsageError(f"unknown key {key!r} in [sweep] of {str(path)!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}")
-    return options
+    sweeps = data.get("sweep", [])
+    sweeps = [sweeps] if isinstance(sweeps, dict) else sweeps
+    for options in sweeps:
+        if not isinstance(options, dict):
+            raise UsageError(f"'sweep' in {str(path)!r} must be a table")
+        for key in options:
+            if key not in SWEEP_KEYS and key not in FILE_ONLY_KEYS:
+                raise UsageError(f"unknown key {key!r} in [sweep] of {str(path)!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}")
+    return sweeps

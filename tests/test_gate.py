@@ -95,7 +95,7 @@ budget = "80GiB"
 """, "--run", "latest", "--markdown", tmp_path / "gate.md")
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("PASS") and "ratio to softmax at N=16384" in lines[0]
+    assert lines[0].startswith("PASS") and "N=16384: peak_bytes ratio to softmax" in lines[0]
     assert lines[1].startswith("FAIL") and "softmax" in lines[1] and "< min 65,536" in lines[1]
     assert lines[2].startswith("PASS") and ">= min 1,048,576" in lines[2]
     assert "| rule 2 (softmax peak_bytes frontier) | FAIL |" in (tmp_path / "gate.md").read_text()
@@ -167,3 +167,18 @@ def test_mann_whitney_detects_a_shift_and_not_noise():
     assert mann_whitney_greater(old + 1.0, old) < 1e-6
     assert mann_whitney_greater(rng.normal(10, 0.3, 30), old) > 0.01
     assert mann_whitney_greater([1, 2], [3, 4]) == 1.0
+
+
+def test_value_rule_at_several_lengths_and_failed_cells():
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * 1000) for n in LENGTHS[:3]]
+    rows.append(dict(seq_len=8192, status="oom", reason="out of memory", times_ms=[], median_ms=None, peak_bytes=None))
+    rows.append(dict(seq_len=16384, status="unsupported", reason="refused", times_ms=[], median_ms=None, peak_bytes=None))
+    within = parse_rules([{"impl": "x", "metric": "peak_bytes", "at_length": "1k..4k", "max_value": "4MiB"}], "t")
+    [verdict] = evaluate(within, frame(rows))
+    assert verdict.verdict == "PASS" and len(verdict.judgements) == 3 and "3.9 MiB <= max 4.0 MiB" in verdict.message
+    tight = parse_rules([{"impl": "x", "metric": "peak_bytes", "at_length": "2k", "max_value": "1MiB"}], "t")
+    assert evaluate(tight, frame(rows))[0].verdict == "FAIL"
+    oom = parse_rules([{"impl": "x", "metric": "time", "at_length": "8k", "max_value": 10}], "t")
+    assert evaluate(oom, frame(rows))[0].verdict == "FAIL"  # a target not met because the cell ran out of memory
+    refused = parse_rules([{"impl": "x", "metric": "time", "at_length": "16k", "max_value": 10}], "t")
+    assert evaluate(refused, frame(rows))[0].verdict == "MISSING"

@@ -22,7 +22,7 @@ GRADIENT_SLACK = 5.0  # gradients go through one more round of rounding: allow 5
 @dataclass(frozen=True)
 class CheckResult:
     check_error: float
-    fidelity_error: float
+    fidelity_error: float  # against exact softmax; for approximations with fidelity_options applied
     failure: str | None  # None when the impl passed
 
 
@@ -42,7 +42,7 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     ref = impl.bind_reference(small)(exact.q, exact.k, exact.v)  # (1, 2, n, D)
     error = relative_error(out, ref)
     with torch.no_grad():
-        fidelity = error if impl.exact else relative_error(out, softmax_attention(exact.q, exact.k, exact.v, causal=case.causal))
+        fidelity = error if impl.exact else _fidelity(impl, small, tested, softmax_attention(exact.q, exact.k, exact.v, causal=case.causal), out)
     tolerance = impl.check_tolerance.get(case.dtype, DEFAULT_TOLERANCE[case.dtype])
     failure = None
     if not error <= tolerance:  # also catches NaN
@@ -50,6 +50,14 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     elif case.mode == "fwd_bwd":
         failure = _check_gradients(out, ref, tested, exact, tolerance * GRADIENT_SLACK, small)
     return CheckResult(check_error=error, fidelity_error=fidelity, failure=failure)
+
+
+def _fidelity(impl: AttentionImpl, small: Case, tested, exact_out, out) -> float:
+    """Error against exact softmax, with the impl's fidelity_options applied (e.g. Nyström's conv off)."""
+    if impl.fidelity_options:
+        options = {**dict(small.options), **impl.fidelity_options}
+        out = impl.bind(small.resized(options=tuple(sorted(options.items()))))(*tested)
+    return relative_error(out, exact_out)
 
 
 def _check_gradients(out, ref, tested, exact, tolerance, small) -> str | None:

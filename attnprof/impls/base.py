@@ -50,7 +50,10 @@ class AttentionImpl:
     meta_exact: bool = True
     memory_model: Callable[[Case, dict], int] | None = None  # analytic peak bytes where meta cannot run the real kernel
     exact: bool = True  # computes softmax attention exactly (up to rounding); approximations say False
+    # fidelity_options: parts of the operator that are not an approximation of softmax (Nyströmformer's
+    # conv skip) are switched off when measuring how close it comes to exact softmax attention.
     check_tolerance: dict[str, float] = field(default_factory=dict)  # dtype -> relative error bound
+    fidelity_options: dict[str, Any] = field(default_factory=dict)  # options for the fidelity-to-softmax figure
 
     def resolve_options(self, given: dict | tuple) -> dict:
         """Defaults overlaid with the user's options, each coerced to its default's type."""

@@ -18,7 +18,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
         # Query i sees keys j <= i (top-left aligned, as SDPA is_causal is).
         mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()  # (Nq, Nk)
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # (B, H, Nq, Nk)
+    # fp32 softmax for half inputs; float64 stays float64 (this is the reference everyone is checked against)
+    weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)  # (B, H, Nq, Nk)
     return torch.matmul(weights, v)  # (B, H, Nq, D)
 
 

@@ -1,0 +1,1 @@
+"""Plain, naive reference formulations that the fast operators are tested against."""

@@ -11,13 +11,16 @@ The method, written once:
   median ignores the odd slow repetition.
 * Exponent. Least squares of ln(y) = intercept + exponent * ln(N) over the asymptotic range.
 * Range rule (`min_length` replaces it). Small lengths are launch-overhead bound, which flattens the curve and
-  biases the slope low. Two steps, always keeping at least 3 lengths:
+  biases the slope low. Two steps, always keeping at least MIN_KEPT = 4 lengths (2 degrees of freedom):
   1. Overhead: fit y = c0 + a N^b (c0, a >= 0; b on a grid) on relative residuals. Drop the smallest lengths
      while c0 is more than half the relative scatter about that curve (at least 0.1%) of their value. Why half
      the scatter: an overhead share below the noise cannot be seen point by point, yet the points carrying it
      tilt the fitted slope by a fraction of a standard error that grows with share / scatter; under half the
      scatter the interval keeps its 95% coverage (simulated, 3-10% noise, overhead up to 1/16 of the range:
      93-96%). Values that do not grow at all (a = 0) have no overhead to find: all lengths are kept.
+  A fixed overhead still visible at the largest length (exact accounting: a constant workspace beside a
+     linear term) never fades in range; then it is subtracted instead and ln(y - c0) is fitted (see
+     `_without_persistent_overhead`), because the raw slope there is no asymptotic exponent.
   2. Bend: then drop the smallest length while ln(y) is still significantly convex in ln(N) (one-sided t-test
      at 95% on a quadratic term), which catches fading costs that are not constant (e.g. a linear term under a
      quadratic one). A concave curve such as N log N is never cut.
@@ -38,7 +41,8 @@ import pandas as pd
 
 from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexity
 
-MIN_KEPT = 3  # the range rule never leaves fewer lengths (3 is the least that gives an interval)
+MIN_KEPT = 4  # the range rule never leaves fewer lengths: 3 would leave 1 degree of freedom (t = 12.7), an interval too wide to judge
+SUBTRACTABLE_SHARE = 0.75  # a persistent overhead is subtracted only where it is under 75% of the value
 OVERHEAD_SHARE_OF_SCATTER = 0.5  # drop lengths whose fixed-overhead share exceeds this fraction of the scatter
 
 # Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30.
@@ -98,7 +102,12 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         )
     start, rule = _choose_range(med_lengths, med_values, min_length)
     used_lengths, used_values = med_lengths[start:], med_values[start:]
-    intercept, slope, se, r2 = _least_squares(np.log(used_lengths), np.log(used_values))
+    fitted_values = used_values
+    subtracted = None if min_length is not None else _without_persistent_overhead(med_lengths, med_values)
+    if subtracted is not None:
+        first, fitted_values, rule = subtracted
+        used_lengths, used_values = med_lengths[first:], med_values[first:]
+    intercept, slope, se, r2 = _least_squares(np.log(used_lengths), np.log(fitted_values))
     half = t_quantile_975(len(used_lengths) - 2) * se
     choice = select_complexity(used_lengths, used_values)
     return Fit(
@@ -122,6 +131,29 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         metric=metric,
         notes=_notes(n_dropped, len(used_lengths), choice),
     )
+
+
+def _without_persistent_overhead(lengths, values):
+    """When a fixed overhead is still visible at the largest length (an exact accounting run: a constant
+    workspace beside a linear term never fades in range), the log-log slope of the raw values is no
+    asymptotic exponent at all. Then the overhead c0 of y = c0 + a N^b is subtracted and ln(y - c0) is
+    fitted over every length where c0 is under SUBTRACTABLE_SHARE of the value (the relative noise of
+    y - c0 is at most 4x that of y there); the slope estimates b. Returns
+    (index of the first length used, values to fit, range sentence), or None when the overhead fades."""
+    if len(lengths) <= MIN_KEPT:
+        return None
+    found = fit_overhead(lengths, values)
+    limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
+    if found.prefactor == 0 or found.overhead <= limit * values[-1]:
+        return None
+    keep = found.overhead < SUBTRACTABLE_SHARE * values
+    first = int(np.argmax(keep))
+    if not keep[first:].all() or len(values) - first < MIN_KEPT:
+        return None
+    share = found.overhead / values[-1]
+    sentence = (f"a fixed overhead {found.overhead:.3g} is still {share:.1%} of the value at N={format_length(lengths[-1])}: "
+                f"subtracted, and ln(y - overhead) fitted over N = {_span(lengths[first:])}")  # fmt: skip
+    return first, values[first:] - found.overhead, sentence
 
 
 def _valid_samples(lengths, values):

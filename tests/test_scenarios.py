@@ -10,10 +10,14 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.name)
-def test_every_scenario_parses(path):
-    data = scenario_options(path, allowed_tables=("sweep", "rule"))
-    sweep = sweep_from_options(data)
-    assert sweep.impls
+def test_every_scenario_and_rules_file_parses(path):
+    from attnprof.gating import load_rules
+
+    if "[[rule]]" in path.read_text():
+        rules, sweeps = load_rules(path)  # validates every sweep value, rule key and impl name
+        assert rules and sweeps
+    else:
+        assert sweep_from_options(scenario_options(path)).impls
 
 
 def test_quick_is_cpu_sized_and_default_is_the_gpu_grid():

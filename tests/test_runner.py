@@ -24,7 +24,7 @@ def test_ok_cases_have_samples_memory_and_flops(db):
     rows = measure(db, "softmax,sdpa", lengths=(64, 128))
     for m in rows.values():
         assert m.status == Status.OK, m.reason
-        assert len(m.times_ms) >= 5 and all(t > 0 for t in m.times_ms)
+        assert len(m.times_ms) >= 3 and all(t > 0 for t in m.times_ms)
         assert m.peak_source == "live_tensors" and m.peak_bytes > 0
         assert m.peak_rss_bytes is not None
         assert m.peak_alloc_bytes is None and m.peak_device_bytes is None  # no CUDA here: unavailable, never 0

@@ -14,6 +14,9 @@ def test_bench_respects_min_and_max_reps():
     assert len(samples) == 50 and len(calls) >= 52 and all(s >= 0 for s in samples)
     slow = bench(lambda: time.sleep(0.01), "cpu", warmup_ms=0, rep_ms=1, min_reps=4)
     assert len(slow) == 4 and min(slow) >= 9.0
+    calls.clear()
+    bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0.001, min_reps=3, warm=True)
+    assert len(calls) == 1 + 3  # already warm: one estimate call, then the repetitions
 
 
 def test_statistics_derive_from_raw_samples():

@@ -147,6 +147,22 @@ class Store:
         rows = self.connection.execute(f"SELECT {columns} FROM measurements WHERE run_id = ? ORDER BY id", (run_id,))
         return [_measurement_from_row(row) for row in rows]
 
+    def frame(self, run_id: str):
+        """A run's stored columns as a pandas DataFrame (label, the case columns, the value columns), in insertion
+        order; `options` and `times_ms` decoded, `causal` as bool. The dashboard's read path: it skips building a
+        Measurement per row, which `measurements` does and which takes seconds at 50,000 rows."""
+        import pandas as pd
+
+        columns = ("label", *CASE_COLUMNS, *VALUE_COLUMNS)
+        query = f"SELECT {', '.join(columns)} FROM measurements WHERE run_id = ? ORDER BY id"
+        frame = pd.read_sql_query(query, self.connection, params=(run_id,))
+        # One json.loads over the joined column instead of one per row: several times faster at this size.
+        for column in ("times_ms", "options"):
+            decoded = json.loads("[" + ",".join(frame[column]) + "]")
+            frame[column] = pd.Series(decoded, index=frame.index, dtype=object)
+        frame["causal"] = frame["causal"].astype(bool)
+        return frame
+
     def measured_keys(self, run_id: str) -> set[str]:
         rows = self.connection.execute("SELECT case_key FROM measurements WHERE run_id = ?", (run_id,))
         return {row[0] for row in rows}

@@ -1,0 +1,66 @@
+"""The Dash app factory and the server behind `attnprof serve`.
+
+`create_app(db)` builds a fresh app each call (nothing exists at import time), so tests and the benchmark make as
+many as they like. The app only reads the database; no input on the page is executed or used as a path or query
+text: filter values are compared with column values, the two roofline numbers are parsed as floats.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from attnprof.dashboard.data import DataSource
+
+
+def create_app(store_or_db, refresh_ms: int = 2000, warm: bool = True):
+    """A Dash app over a database path (or an open `Store`, whose path is used: each request opens its own
+    connection). `refresh_ms`: how often the page looks for new runs and rows, so a running sweep shows up live.
+    `warm`: load the newest run and fit its first views on a background thread now, before anyone asks."""
+    import dash
+
+    from attnprof.dashboard import layout
+    from attnprof.dashboard.callbacks import Callbacks, register
+
+    path = getattr(store_or_db, "path", store_or_db)
+    app = dash.Dash(__name__, title="attnprof", update_title=None, serve_locally=True)
+    app.attnprof = Callbacks(DataSource(Path(path)))  # the handlers, for tests and the benchmark
+    # A function: each page load gets the current runs and its first run's filters with the layout. The static page
+    # is the validation layout (every id, no data), so Dash does not call the function, reading the database, here.
+    app.validation_layout = layout.build(refresh_ms)
+    app.layout = lambda: layout.prefill(layout.build(refresh_ms), app.attnprof.initial_props())
+    register(app, app.attnprof)
+    if warm:
+        import threading
+
+        from attnprof.dashboard.pages import warm_up
+
+        threading.Thread(target=warm_up, args=(app.attnprof.source,), name="attnprof-warm-up", daemon=True).start()
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to any interface
+
+
+def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = False, say=print) -> None:
+    """Serve the dashboard until interrupted. `say` gets the one-line notes (exposure, database state)."""
+    if not is_loopback(host):
+        say(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read the database {str(db)!r}")
+    if not Path(db).exists():
+        say(f"note: no database at {str(db)!r} yet; the page will show its runs once a sweep creates it")
+    app = create_app(db)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+    if open_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    say(f"attnprof dashboard on {url} (Ctrl-C stops it)")
+    app.run(host=host, port=port, debug=False)

@@ -1,0 +1,89 @@
+"""Two runs side by side: per-cell time and memory ratios, and exponent changes, regressions first. Pure.
+
+Cells are matched on their configuration, length and seed (the case key without the run). Ratios are candidate
+over baseline, so above 1 is worse. A cell that ran in the baseline and failed in the candidate is the worst kind
+of regression and sorts first; one that failed before and runs now sorts last.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from attnprof.analysis import CONFIG
+from attnprof.dashboard.views import name_column, varying
+
+KEY = [*CONFIG, "seq_len", "seed"]
+CELL_COLUMNS = ["config", "seq_len", "status_a", "status_b", "time_a_ms", "time_b_ms", "time_ratio", "peak_a_bytes", "peak_b_bytes",
+                "peak_ratio", "change"]  # fmt: skip
+UNCHANGED = 0.02  # ratios within 2% of 1 read "unchanged": timing noise, not a change
+EXPONENT_COLUMNS = ["config", "metric", "exponent_a", "exponent_b", "delta", "class_a", "class_b", "significant"]
+
+
+def compare_cells(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell both runs measured, worst first (`score`: status regression, then the larger ratio)."""
+    a = baseline[[*KEY, "status", "median_ms", "peak_bytes"]]
+    b = candidate[[*KEY, "status", "median_ms", "peak_bytes"]]
+    both = a.merge(b, on=KEY, suffixes=("_a", "_b"))
+    if both.empty:
+        return pd.DataFrame(columns=[*CELL_COLUMNS, "score"])
+    both = both.assign(
+        config=name_column(both, varying(pd.concat([baseline, candidate]), CONFIG[1:])),
+        time_ratio=_ratio(both["median_ms_b"], both["median_ms_a"]),
+        peak_ratio=_ratio(both["peak_bytes_b"], both["peak_bytes_a"]),
+    )
+    rows = list(zip(*(both[c].tolist() for c in ("status_a", "status_b", "time_ratio", "peak_ratio")), strict=False))
+    both["change"] = [_change(*row) for row in rows]
+    both["score"] = [_score(*row) for row in rows]
+    both = both.rename(
+        columns={"median_ms_a": "time_a_ms", "median_ms_b": "time_b_ms", "peak_bytes_a": "peak_a_bytes", "peak_bytes_b": "peak_b_bytes"}
+    )
+    return both.sort_values(["score", "config", "seq_len"], ascending=[False, True, True])[[*CELL_COLUMNS, "score"]].reset_index(drop=True)
+
+
+def _ratio(new: pd.Series, old: pd.Series) -> pd.Series:
+    new, old = new.astype(float), old.astype(float)
+    return (new / old).where((old > 0) & (new > 0))
+
+
+def _change(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) -> str:
+    if status_a == "ok" and status_b != "ok":
+        return f"regressed: ok -> {status_b}"
+    if status_a != "ok" and status_b == "ok":
+        return f"fixed: {status_a} -> ok"
+    if status_a != status_b:
+        return f"{status_a} -> {status_b}"
+    ratios = [r for r in (time_ratio, peak_ratio) if r == r]
+    if not ratios:
+        return ""
+    worst = max(ratios)
+    return "same (within 2%)" if max(abs(r - 1) for r in ratios) <= UNCHANGED else f"x{worst:.3g} worst"
+
+
+def _score(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) -> float:
+    if status_a == "ok" and status_b != "ok":
+        return math.inf
+    if status_a != "ok" and status_b == "ok":
+        return -math.inf
+    ratios = [r for r in (time_ratio, peak_ratio) if r == r]
+    return max(ratios) if ratios else 0.0
+
+
+def exponent_changes(frame: pd.DataFrame, fits_a: pd.DataFrame, fits_b: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration and metric: both exponents, the change, and whether their 95% intervals are disjoint."""
+    columns = [*CONFIG, "metric", "exponent", "exponent_low", "exponent_high", "complexity"]
+    usable = lambda fits: fits[fits["fit"].notna()][columns] if len(fits) else pd.DataFrame(columns=columns)
+    both = usable(fits_a).merge(usable(fits_b), on=[*CONFIG, "metric"], suffixes=("_a", "_b"))
+    if both.empty:
+        return pd.DataFrame(columns=EXPONENT_COLUMNS)
+    both = both.assign(
+        config=name_column(both, varying(frame, CONFIG[1:])),
+        delta=(both["exponent_b"] - both["exponent_a"]).round(4),
+        exponent_a=both["exponent_a"].round(4),
+        exponent_b=both["exponent_b"].round(4),
+        significant=(both["exponent_low_b"] > both["exponent_high_a"]) | (both["exponent_high_b"] < both["exponent_low_a"]),
+        class_a=both["complexity_a"],
+        class_b=both["complexity_b"],
+    )
+    return both.sort_values("delta", ascending=False)[EXPONENT_COLUMNS].reset_index(drop=True)

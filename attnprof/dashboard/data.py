@@ -1,0 +1,146 @@
+"""The dashboard's side of the database: the runs, one run's measurements as a frame, and a small memo.
+
+The database is opened for each request and closed after it: a database that appears later (a sweep starts) or
+grows (a sweep writes, WAL lets us read meanwhile) is seen at the next refresh, and no sqlite connection is shared
+between the server's threads. A run's frame is cached until its row count or state changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnprof.export import EXPORT_KEYS
+from attnprof.records import NOISY_IQR_RATIO, RunInfo
+
+NUMERIC = (
+    "peak_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes",
+    "flops", "min_bytes", "energy_j", "check_error", "fidelity_error", "wall_s",
+)  # fmt: skip
+DERIVED = ("median_ms", "p20_ms", "p80_ms", "iqr_ms", "tflops", "gbps")
+MEMO_SIZE = 256  # fits, analyses and figures of recent filter choices; each entry is small
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    info: RunInfo
+    count: int  # measurements stored so far
+
+
+def run_frame(run_id: str, stored):
+    """`Store.frame` rows -> the export columns (`export.EXPORT_KEYS`), derived statistics computed column-wise.
+
+    Same values as `export.measurements_frame`, except that a missing number is NaN rather than None.
+    """
+    import numpy as np
+
+    frame = numeric_frame(stored.copy())
+    frame.insert(0, "run_id", run_id)
+    stats = time_stats_columns(frame["times_ms"])
+    for name, values in stats.items():
+        frame[name] = values
+    median_s = stats["median_ms"] / 1e3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame["tflops"] = np.where((frame["flops"] > 0) & (median_s > 0), frame["flops"] / median_s / 1e12, np.nan)
+        frame["gbps"] = np.where((frame["min_bytes"] > 0) & (median_s > 0), frame["min_bytes"] / median_s / 1e9, np.nan)
+    return frame[list(EXPORT_KEYS)]
+
+
+def numeric_frame(frame):
+    """The number columns as floats, a missing value as NaN (`export.measurements_frame` has None there, which
+    pandas cannot compare): the form every view expects."""
+    import pandas as pd
+
+    columns = [c for c in (*NUMERIC, *DERIVED) if c in frame.columns]
+    return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in columns})
+
+
+def time_stats_columns(samples) -> dict:
+    """median, p20, p80, IQR and the noise flag of every row's raw samples, as `records.time_stats` computes them
+    one row at a time (linear-interpolated quantiles), here for all rows with the same sample count at once."""
+    import numpy as np
+    import pandas as pd
+
+    counts = samples.map(len).to_numpy() if len(samples) else np.zeros(0, dtype=int)
+    stats = {name: np.full(len(counts), np.nan) for name in ("median_ms", "p20_ms", "p80_ms", "p25", "p75")}
+    quantiles = {"median_ms": 0.5, "p20_ms": 0.2, "p80_ms": 0.8, "p25": 0.25, "p75": 0.75}
+    for count, rows in pd.Series(np.arange(len(counts))).groupby(counts):
+        if count == 0:
+            continue
+        block = np.sort(np.array(samples.iloc[rows.to_numpy()].tolist(), dtype=float), axis=1)  # (rows, count)
+        for name, q in quantiles.items():
+            stats[name][rows.to_numpy()] = _quantile(block, q)
+    iqr = stats.pop("p75") - stats.pop("p25")
+    median = stats["median_ms"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        noisy = np.where(counts > 0, (median > 0) & (iqr / median > NOISY_IQR_RATIO), None)
+    return {**stats, "iqr_ms": iqr, "noisy": noisy}
+
+
+def _quantile(block, q: float):
+    """records.quantile along each row of a sorted (rows, n) block: position q (n - 1), linear between neighbours."""
+    last = block.shape[1] - 1
+    position = q * last
+    low = int(position)
+    high = min(low + 1, last)
+    return block[:, low] + (block[:, high] - block[:, low]) * (position - low)
+
+
+class DataSource:
+    """Reads one database path for the app. Raises `UsageError` (missing, empty, corrupt, foreign file)."""
+
+    def __init__(self, db: str | Path):
+        self.path = Path(db)
+        self._frames: dict[str, tuple] = {}
+        self._memo: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # guards the two caches
+        self._loading = threading.Lock()  # one frame load at a time: two requests for a run wait for one read
+
+    @contextmanager
+    def _store(self):
+        from attnprof.store import Store
+
+        store = Store.open(self.path, create=False)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def runs(self) -> list[RunSummary]:
+        """Every run, newest first, with its row count."""
+        with self._store() as store:
+            return [RunSummary(info, store.count(info.run_id)) for info in store.runs()]
+
+    def run(self, run_id: str) -> RunInfo:
+        with self._store() as store:
+            return store.resolve_run(run_id)
+
+    def frame(self, run_id: str):
+        """The run's measurements (export columns); `frame.attrs["version"]` names this state of the data."""
+        with self._loading, self._store() as store:
+            info = store.resolve_run(run_id)
+            version = (info.run_id, store.count(info.run_id), info.state)
+            cached = self._frames.get(info.run_id)
+            if cached and cached[0] == version:
+                return cached[1]
+            frame = run_frame(info.run_id, store.frame(info.run_id))
+            frame.attrs["version"] = version
+            with self._lock:
+                self._frames[info.run_id] = (version, frame)
+        return frame
+
+    def memo(self, key, compute):
+        """compute(), remembered under key (which must name the data version it depends on)."""
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+        value = compute()
+        with self._lock:
+            self._memo[key] = value
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        return value

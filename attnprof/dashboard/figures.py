@@ -1,0 +1,361 @@
+"""Scaling and exponent figures: pure functions from prepared frames (views.py) to plotly figures. No I/O.
+
+Every trace carries `meta` saying what it is ("measured", "band", "fit", "failed:<status>", ...), so tests and the
+browser can tell traces apart without parsing their names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from attnprof.fit import format_length
+from attnprof.table import format_bytes, format_ms
+
+FAILURE_MARKERS = {  # status -> (legend name, marker symbol, colour)
+    "oom": ("out of memory", "x", "#d62728"),
+    "timeout": ("timed out", "hourglass", "#ff7f0e"),
+    "crashed": ("crashed", "star", "#9467bd"),
+    "error": ("error", "diamond-x", "#8c564b"),
+}
+PALETTE = (
+    "#1f77b4",
+    "#2ca02c",
+    "#9467bd",
+    "#17becf",
+    "#bcbd22",
+    "#e377c2",
+    "#7f7f7f",
+    "#1b9e77",
+    "#7570b3",
+    "#e7298a",
+    "#66a61e",
+    "#a6761d",
+    "#386cb0",
+    "#f0027f",
+    "#4daf4a",
+    "#984ea3",
+    "#666666",
+    "#a65628",
+    "#0f5e9c",
+    "#b15928",
+)  # fmt: skip  (no pure red or orange: those mark failures)
+REFERENCE_EXPONENTS = ((1.0, "N"), (1.5, "N^1.5"), (2.0, "N^2"))
+
+
+def build_figure(traces: list[dict], layout):
+    """A go.Figure of trace dicts, unvalidated, over a validated layout (a go.Layout, or a figure's, with every layout
+    change already made: changes made after this are not validated, so plotly would not turn a title string or a
+    template name into what plotly.js reads). Validation costs about 1 ms per trace, most of a callback's time for a
+    view with hundreds of lines; the trace dicts are written in this package, with known keys."""
+    import plotly.graph_objects as go
+
+    return go.Figure(data=traces, layout=getattr(layout, "layout", layout), _validate=False)
+
+
+def axis_refs(row: int, col: int, n_cols: int) -> dict:
+    """The xaxis/yaxis names make_subplots gives the panel at (row, col), 1-based."""
+    index = (row - 1) * n_cols + col
+    suffix = "" if index == 1 else str(index)
+    return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
+
+
+def message_figure(text: str, height: int = 320):
+    """An empty figure that says why it is empty."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    figure.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15})
+    figure.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=height, template="plotly_white", meta="message")
+    return figure
+
+
+def line_colours(names) -> dict:
+    """A colour per line name, stable for a given set of names (sorted), so facets and views agree."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
+
+
+def format_value(value: float, unit: str) -> str:
+    if value is None or value != value:
+        return "-"
+    if unit == "ms":
+        return format_ms(value)
+    if unit == "bytes":
+        return format_bytes(int(value))
+    return f"{value:.4g} {unit}"
+
+
+def short_length(n: float) -> str:
+    """A length for labels: 1k, 1.5k, 38.7M (k = 1024, as in the length grammar); inf as "unbounded"."""
+    if not math.isfinite(n):
+        return "unbounded"
+    if n < 1024 or (round(n) % 1024 == 0 and n < 2**20):
+        return format_length(n)
+    for unit, size in (("G", 2**30), ("M", 2**20), ("k", 1024)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return format_length(n)
+
+
+def length_ticks(lengths) -> dict:
+    values = sorted({int(n) for n in lengths})
+    return {"tickvals": values, "ticktext": [format_length(n) for n in values]}
+
+
+# --- scaling -------------------------------------------------------------------------------------------------
+
+
+def scaling_figure(cells: pd.DataFrame, fits: pd.DataFrame, metric, message: str = ""):
+    """Metric against length, log-log: one line per `line`, a p20-p80 band, the fitted power law, failed cells.
+
+    cells: views.scaling_cells(views.with_lines(...)) rows; fits: views.fits_for_lines rows; metric: views.Metric.
+    """
+    from plotly.subplots import make_subplots
+
+    if cells.empty:
+        return message_figure(message or "No cells match the filters.")
+    cols, rows = _ordered(cells["facet_col"]), _ordered(cells["facet_row"])
+    titles = [" · ".join(filter(None, (c, r))) for r in rows for c in cols]
+    grid = make_subplots(len(rows), len(cols), shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
+                         horizontal_spacing=0.04, vertical_spacing=0.12 if len(rows) > 1 else 0.1)  # fmt: skip
+    colours, legend, traces = line_colours(cells["line"]), set(), []
+    for r, row in enumerate(rows, 1):
+        for c, col in enumerate(cols, 1):
+            panel = cells[(cells["facet_row"] == row) & (cells["facet_col"] == col)]
+            panel_fits = fits[(fits["facet_row"] == row) & (fits["facet_col"] == col)] if len(fits) else fits
+            facet = " · ".join(filter(None, (col, row)))
+            refs = axis_refs(r, c, len(cols))
+            traces += [{**trace, **refs} for trace in _panel_traces(panel, panel_fits, metric, colours, legend, facet)]
+    _scaling_axes(grid, cells, metric, len(rows), message)
+    return build_figure(traces, grid)
+
+
+def _ordered(values: pd.Series) -> list:
+    return sorted(values.unique(), key=str)
+
+
+def _panel_traces(panel, fits, metric, colours, legend, facet) -> list[dict]:
+    by_line = dict(zip(fits["line"], fits["fit"], strict=False)) if len(fits) else {}
+    traces = []
+    for line, points in panel.groupby("line", sort=True):
+        ok = points[points["value"].notna()].sort_values("seq_len")
+        colour = colours[line]
+        if metric.band and ok["low"].notna().any():
+            traces.append(_band(ok, line, colour))
+        if len(ok):
+            traces.append(_measured(ok, line, colour, metric, line not in legend))
+            legend.add(line)
+        if _is_fit(by_line.get(line)):
+            traces.append(_fit_trace(by_line[line], points, line, colour, facet))
+    for status, (name, _, _) in FAILURE_MARKERS.items():
+        failed = panel[panel["status"] == status]
+        if len(failed):
+            traces.append(_failures(failed, panel, by_line, status, name not in legend))
+            legend.add(name)
+    return traces
+
+
+def _is_fit(fit) -> bool:
+    from attnprof.fit import Fit
+
+    return isinstance(fit, Fit)
+
+
+def _band(ok, line, colour) -> dict:
+    x = ok["seq_len"].tolist()
+    y = ok["high"].tolist() + ok["low"].tolist()[::-1]
+    return {"type": "scatter", "x": x + x[::-1], "y": y, "fill": "toself", "fillcolor": _transparent(colour), "line": {"width": 0},
+            "hoverinfo": "skip", "showlegend": False, "legendgroup": line, "name": f"{line} p20-p80", "meta": "band"}  # fmt: skip
+
+
+def _measured(ok, line, colour, metric, show_legend) -> dict:
+    columns = [ok[c].tolist() for c in ("seq_len", "value", "low", "high", "noisy", "reason")]
+    text = [_point_text(line, metric, *values) for values in zip(*columns, strict=False)]
+    return {"type": "scatter", "x": columns[0], "y": columns[1], "mode": "lines+markers", "name": line, "legendgroup": line,
+            "showlegend": show_legend, "line": {"color": colour, "width": 2}, "marker": {"size": 7}, "hovertext": text,
+            "hovertemplate": "%{hovertext}<extra></extra>", "meta": "measured"}  # fmt: skip
+
+
+def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
+    text = f"<b>{line}</b><br>N = {format_length(n)}<br>{metric.title}: {format_value(value, metric.unit)}"
+    if metric.band and low == low:
+        text += f"<br>p20-p80: {format_value(low, metric.unit)} - {format_value(high, metric.unit)}"
+    if noisy is True:
+        text += "<br>noisy: IQR over 10% of the median"
+    return text + (f"<br>note: {reason}" if reason else "")
+
+
+def _fit_trace(fit, points, line, colour, facet) -> dict:
+    lengths = sorted(n for n in points["seq_len"].unique() if n >= min(fit.lengths_used))
+    interval = f"[{fit.exponent_low:.2f}, {fit.exponent_high:.2f}]" if math.isfinite(fit.exponent_low) else "[no interval]"
+    name = f"{line}{' · ' + facet if facet else ''}: N^{fit.exponent:.2f} {fit.complexity}"
+    hover = f"<b>{name}</b><br>95% interval {interval}, r2 {fit.r2:.4f}<br>{fit.range_rule}"
+    return {"type": "scatter", "x": [int(n) for n in lengths], "y": [fit.predict(n) for n in lengths], "mode": "lines", "name": name,
+            "legendgroup": line, "line": {"color": colour, "dash": "dash", "width": 1.5}, "hovertext": hover,
+            "hovertemplate": "%{hovertext}<extra></extra>", "meta": "fit"}  # fmt: skip
+
+
+def _failures(failed, panel, fits_by_line, status, show_legend) -> dict:
+    """Failed cells at their length, at the height their line would have had (the fit, else the last value)."""
+    name, symbol, colour = FAILURE_MARKERS[status]
+    cells = list(zip(failed["line"].tolist(), failed["seq_len"].tolist(), failed["reason"].tolist(), strict=False))
+    ys = [_failure_height(panel, fits_by_line.get(line), line, n) for line, n, _ in cells]
+    text = [f"<b>{line}</b><br>N = {format_length(n)}<br>{status}: {reason or 'no reason recorded'}" for line, n, reason in cells]
+    return {"type": "scatter", "x": [n for _, n, _ in cells], "y": ys, "mode": "markers", "name": name, "legendgroup": name,
+            "showlegend": show_legend, "marker": {"symbol": symbol, "size": 13, "color": colour, "line": {"width": 2, "color": colour}},
+            "hovertext": text, "hovertemplate": "%{hovertext}<extra></extra>", "meta": f"failed:{status}"}  # fmt: skip
+
+
+def _failure_height(panel, fit, line: str, n: int) -> float:
+    if _is_fit(fit):
+        predicted = fit.predict(n)
+        if math.isfinite(predicted) and predicted > 0:
+            return predicted
+    before = panel[(panel["line"] == line) & panel["value"].notna() & (panel["seq_len"] <= n)]
+    if len(before):
+        return float(before.sort_values("seq_len")["value"].iloc[-1])
+    values = panel["value"].dropna()
+    return float(values.max()) if len(values) else 1.0
+
+
+def _scaling_axes(figure, cells, metric, n_rows: int, message: str) -> None:
+    y_title = f"{metric.title} ({'bytes' if metric.unit == 'bytes' else metric.unit})"
+    figure.update_xaxes(type="log", **length_ticks(cells["seq_len"]), showgrid=True)
+    figure.update_yaxes(type="log", showgrid=True)
+    if metric.unit == "bytes":
+        figure.update_yaxes(tickformat=".3~s", ticksuffix="B")
+    n_cols = len(cells["facet_col"].unique())
+    for col in range(1, n_cols + 1):  # titles on the bottom row's x axes and the first column's y axes
+        figure.layout["xaxis" + axis_refs(n_rows, col, n_cols)["xaxis"][1:]].title = "sequence length N"
+    for row in range(1, n_rows + 1):
+        figure.layout["yaxis" + axis_refs(row, 1, n_cols)["yaxis"][1:]].title = y_title
+    title = f"{metric.title} against sequence length (log-log); dashed: fitted power law"
+    figure.update_layout(title=title + (f"<br><sub>{message}</sub>" if message else ""), template="plotly_white",
+                         height=max(480, 330 * n_rows + 120), legend={"font": {"size": 11}}, meta="scaling",
+                         margin={"t": 90 if message else 70})  # fmt: skip
+
+
+def _transparent(colour: str, alpha: float = 0.15) -> str:
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+# --- exponents -----------------------------------------------------------------------------------------------
+
+
+CLASS_COLOURS = {"linear": "#2ca02c", "n log n": "#17becf", "n^1.5": "#ff7f0e", "quadratic": "#d62728", "ambiguous": "#7f7f7f"}
+
+
+def exponent_figure(table: pd.DataFrame):
+    """One panel per metric: each configuration's exponent with its 95% interval, coloured by its complexity class.
+
+    table: views.exponent_table rows (rows without an exponent are left out)."""
+    from plotly.subplots import make_subplots
+
+    fitted = table[table["exponent"].notna()] if len(table) else table
+    if fitted.empty:
+        return message_figure("No exponents: a fit needs at least two lengths with values.")
+    metrics = list(dict.fromkeys(fitted["metric"]))
+    configs = list(dict.fromkeys(fitted["config"]))
+    grid = make_subplots(1, len(metrics), shared_yaxes=True, subplot_titles=metrics, horizontal_spacing=0.03)
+    traces, shown = [], set()
+    for col, metric in enumerate(metrics, 1):
+        for complexity, rows in fitted[fitted["metric"] == metric].groupby("class", sort=False):
+            traces.append({**_exponent_trace(metric, complexity, rows, complexity not in shown), **axis_refs(1, col, len(metrics))})
+            shown.add(complexity)
+        for value, _ in REFERENCE_EXPONENTS:
+            grid.add_vline(
+                x=value, line={"dash": "dot", "color": "#999"}, row=1, col=col, exclude_empty_subplots=False
+            )  # traces come later
+    grid.update_yaxes(categoryorder="array", categoryarray=configs[::-1], automargin=True)
+    ticks = [value for value, _ in REFERENCE_EXPONENTS]
+    grid.update_xaxes(
+        title_text="exponent", tickvals=[0, 0.5, *ticks, 2.5, 3], ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"]
+    )
+    grid.update_layout(template="plotly_white", height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
+                       title="Scaling exponents with 95% intervals (value ~ N^exponent), coloured by complexity class")  # fmt: skip
+    return build_figure(traces, grid)
+
+
+def _exponent_trace(metric: str, complexity: str, rows: pd.DataFrame, show_legend: bool) -> dict:
+    columns = [rows[c].tolist() for c in ("config", "exponent", "low", "high", "runner_up", "r2")]
+    high = [h - e if _finite(h) else None for e, h in zip(columns[1], columns[3], strict=False)]
+    low = [e - lo if _finite(lo) else None for e, lo in zip(columns[1], columns[2], strict=False)]
+    hover = [f"<b>{c}</b><br>{metric}: N^{e:.3f} [{_num(lo)}, {_num(h)}]<br>class {complexity}, next {r}<br>r2 {r2}"
+             for c, e, lo, h, r, r2 in zip(*columns, strict=False)]  # fmt: skip
+    colour = CLASS_COLOURS.get(complexity, "#7f7f7f")
+    return {"type": "scatter", "x": columns[1], "y": columns[0], "mode": "markers", "name": complexity, "legendgroup": complexity,
+            "showlegend": show_legend, "marker": {"size": 10, "color": colour}, "text": [complexity] * len(rows),
+            "error_x": {"type": "data", "array": high, "arrayminus": low, "visible": True, "color": colour},
+            "hovertext": hover, "hovertemplate": "%{hovertext}<extra></extra>", "meta": f"exponent:{metric}"}  # fmt: skip
+
+
+def _finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _num(value) -> str:
+    return "-inf/inf" if value is None or value != value else f"{value:.3f}"
+
+
+def crossover_figure(groups: list, metric: str):
+    """Impl x impl heatmaps of where fitted curves cross (one per configuration); colour log2 of the length."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not groups:
+        return message_figure(f"No crossovers for {metric}: it needs two impls with a fit in the same configuration.")
+    figure = make_subplots(1, len(groups), subplot_titles=[title for title, _ in groups], horizontal_spacing=0.12)
+    size = 0
+    for i, (_, rows) in enumerate(groups, 1):
+        labels, z, text, hover = _crossover_matrix(rows)
+        size = max(size, len(labels))
+        figure.add_trace(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
+                                    coloraxis="coloraxis", xgap=1, ygap=1, meta="crossovers"), 1, i)  # fmt: skip
+    ticks = [8, 12, 16, 20, 24, 30]  # colour by log2 N, clipped to 256..1G: crossings far outside are just "far"
+    figure.update_layout(title=f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper "
+                         "on each side); * extrapolated", template="plotly_white", height=260 + 30 * size, meta="crossovers",
+                         coloraxis={"colorscale": "Viridis", "cmin": 8, "cmax": 30, "colorbar": {"title": "N", "tickvals": ticks,
+                                    "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip
+    figure.update_xaxes(tickangle=-35)
+    return figure
+
+
+def _crossover_matrix(rows: pd.DataFrame):
+    labels = sorted(set(rows["impl_a"]) | set(rows["impl_b"]))
+    index = {label: i for i, label in enumerate(labels)}
+    z = [[None] * len(labels) for _ in labels]
+    text = [["" for _ in labels] for _ in labels]
+    hover = [[f"{a} vs {a}" for a in labels] for _ in labels]
+    columns = [rows[c].tolist() for c in ("impl_a", "impl_b", "length", "kind", "message")]
+    for impl_a, impl_b, length, kind, message in zip(*columns, strict=False):
+        crossing = kind != "none" and math.isfinite(length)
+        cell_text = (short_length(length) + ("*" if kind == "extrapolated" else "")) if crossing else "none"
+        for a, b in ((impl_a, impl_b), (impl_b, impl_a)):
+            z[index[a]][index[b]] = math.log2(length) if crossing else None
+            text[index[a]][index[b]] = cell_text
+            hover[index[a]][index[b]] = f"<b>{impl_a} vs {impl_b}</b><br>{message}"
+    return labels, z, text, hover
+
+
+def frontier_figure(rows: pd.DataFrame, budget_bytes: float):
+    """The longest sequence whose fitted peak fits the budget, per configuration, with the 95% interval."""
+    import plotly.graph_objects as go
+
+    if rows.empty:
+        return message_figure("No memory frontier: it needs a peak-memory fit (two or more lengths with a peak).")
+    finite = rows["length"].replace(math.inf, float("nan"))
+    cap = float(finite.max() * 4) if finite.notna().any() else 2.0**40
+    x = [n if math.isfinite(n) else cap for n in rows["length"]]
+    high = [min(h, cap) - v if math.isfinite(n) else 0 for n, v, h in zip(rows["length"], x, rows["length_high"], strict=False)]
+    low = [v - lo if math.isfinite(n) else 0 for n, v, lo in zip(rows["length"], x, rows["length_low"], strict=False)]
+    colours = ["#2ca02c" if ok else "#d62728" for ok in rows["consistent"]]
+    text = [short_length(n) for n in rows["length"]]
+    figure = go.Figure(go.Bar(x=x, y=rows["config"], orientation="h", marker_color=colours, text=text, textposition="outside",
+                              error_x={"type": "data", "array": high, "arrayminus": low}, hovertext=list(rows["message"]),
+                              hoverinfo="text", meta="frontier"))  # fmt: skip
+    figure.update_layout(title=f"Memory frontier at {format_bytes(int(budget_bytes))}: longest N whose fitted peak fits "
+                         "(red: contradicted by a measured OOM or success)", xaxis={"type": "log", "title": "sequence length N"},
+                         yaxis={"automargin": True}, template="plotly_white", height=160 + 30 * len(rows), meta="frontier")  # fmt: skip
+    return figure

@@ -1,0 +1,365 @@
+"""What each callback answers: the data source read, the views computed, the figures drawn, errors as messages.
+
+callbacks.py only maps component ids to these functions. Each function returns plain values (figures, rows,
+strings), so tests call them against a database without a server. A bad database or run becomes a message, never
+a traceback: `UsageError` says what is wrong in its own words, anything else is logged and summarised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+
+import pandas as pd
+
+from attnprof.analysis import CONFIG
+from attnprof.dashboard import cell_figures, compare, figures, runinfo, views
+from attnprof.errors import UsageError
+from attnprof.fit import format_length
+from attnprof.table import format_bytes
+
+log = logging.getLogger("attnprof.dashboard")
+DEFAULT_BUDGET = 80 * 2**30  # accounting runs belong to no device: an 80 GiB GPU is the usual question
+BUDGET_RANGE = (20, 44)  # the budget slider, log2 bytes: 1 MiB .. 16 TiB
+
+
+def failure_text(error: Exception) -> str:
+    if isinstance(error, UsageError):
+        return str(error)
+    log.exception("dashboard view failed")
+    return f"This view could not be drawn ({type(error).__name__}: {error}); the server log has the details."
+
+
+# --- runs and filters ----------------------------------------------------------------------------------------
+
+
+def runs_state(source) -> tuple[list[dict], str, str]:
+    """(run picker options newest first, message, signature of the database's state for the live refresh)."""
+    try:
+        runs = source.runs()
+    except Exception as error:  # noqa: BLE001  (any failure becomes the page's message)
+        return [], failure_text(error), f"error:{error}"
+    if not runs:
+        return [], f"No runs in {str(source.path)!r} yet: start one with `attnprof sweep --db {source.path}`.", "empty"
+    options = [{"label": run_label(r), "value": r.info.run_id} for r in runs]
+    signature = json.dumps([[r.info.run_id, r.info.state, r.count] for r in runs])
+    return options, "", signature
+
+
+def run_label(summary) -> str:
+    info = summary.info
+    device = info.env.get("gpu_name") or ",".join(info.sweep.get("device", [])) or "?"
+    name = f" {info.name}" if info.name else ""
+    return f"{info.run_id}{name} · {info.state} · {summary.count} cells · {device}"
+
+
+def pick(options: list[dict], current, position: int = 0):
+    """Keep the current choice while it exists; otherwise the option at `position` (0: newest run)."""
+    values = [o["value"] for o in options]
+    if current in values:
+        return current
+    return values[min(position, len(values) - 1)] if values else None
+
+
+def filter_state(source, run_id, current: dict | None, previous: dict | None, previous_run=None) -> tuple[dict, dict]:
+    """(axis -> options, axis -> selected values). A new run gets the defaults; the same run (`previous_run`) keeps
+    the choices made, and values that appeared since the last refresh (a running sweep's new lengths) join them."""
+    nothing = {axis: [] for axis in views.AXES}
+    if not run_id:
+        return nothing, dict(nothing)
+    try:
+        frame = source.frame(run_id)
+        plan = planned(source, run_id, frame)
+    except Exception as error:  # noqa: BLE001  (the views show the message)
+        failure_text(error)
+        return nothing, dict(nothing)
+    every = pd.concat([frame[list(views.AXES)], plan[list(views.AXES)]]) if len(plan) else frame
+    options, defaults = views.axis_options(every), views.default_filters(every)
+    if previous_run != run_id or current is None or previous is None:
+        return options, defaults
+    selected = {}
+    for axis in views.AXES:
+        kept = [v for v in current.get(axis) or [] if v in options[axis]]
+        new = [v for v in options[axis] if v not in (previous.get(axis) or []) and axis not in views.ONE_BY_DEFAULT]
+        selected[axis] = kept + new
+    return options, selected
+
+
+def planned(source, run_id, frame) -> pd.DataFrame:
+    """The cells the run's sweep asks for (measured or not): filter options and the coverage grid include them,
+    so a cell a running or interrupted sweep has not reached yet can be chosen and is seen as missing."""
+    return source.memo(("planned", frame.attrs.get("version")), lambda: views.planned_cells(source.run(run_id).sweep))
+
+
+def usable_metric(source, run_id, current: str, choices=tuple(views.METRICS)) -> str:
+    """The current metric if the run has values for it, else the first one it has (accounting runs have no time)."""
+    try:
+        frame = source.frame(run_id)
+    except Exception:  # noqa: BLE001  (the views report the problem)
+        return current
+    ok = frame[frame["status"] == "ok"]
+    usable = [key for key in choices if ok[views.METRICS[key].column].gt(0).any()]
+    return current if current in usable or not usable else usable[0]
+
+
+def _filtered(source, run_id, filters):
+    frame = source.frame(run_id)
+    return frame, views.apply_filters(frame, filters)
+
+
+# --- fits, cached per configuration --------------------------------------------------------------------------
+
+
+def fits(source, frame: pd.DataFrame, metric: str, filters: dict | None) -> pd.DataFrame:
+    """Fits of every configuration in `frame` (already filtered). Fitted once per data version, metric and
+    length selection: choosing other impls or facets then costs no new fit."""
+    version = frame.attrs.get("version")
+    if version is None or frame.empty:
+        return views.fit_metric(frame, metric)
+    lengths = tuple(sorted(map(int, (filters or {}).get("seq_len") or [])))
+    lock, cache = source.memo(("fits", version, metric, lengths), lambda: (threading.Lock(), {}))
+    wanted = views.config_keys(frame)
+    with lock:  # a second request (or the warm-up thread) waits for these fits rather than repeating them
+        missing = [key for key in wanted if key not in cache]
+        if missing:
+            subset = frame[pd.MultiIndex.from_frame(frame[CONFIG]).isin(missing)]
+            for row in views.fit_metric(subset, metric).to_dict("records"):
+                cache[tuple(row[c] for c in CONFIG)] = row
+            for key in missing:  # configurations with no point at all: remember that too
+                cache.setdefault(key, None)
+    rows = [cache[key] for key in wanted if cache.get(key) is not None]
+    return pd.DataFrame(rows) if rows else views.fit_metric(frame.iloc[0:0], metric)
+
+
+def warm_up(source) -> None:
+    """Load the newest run and compute what its first page shows (scaling, exponents, and the comparison with the
+    run before, with the default filters), so the first visit finds them ready. Run on a thread by create_app; a
+    failure is left for the page to report."""
+    try:
+        runs = source.runs()
+        if not runs:
+            return
+        run_id = runs[0].info.run_id
+        filters = filter_state(source, run_id, None, None)[1]  # exactly what the page starts with
+        facets = views.default_facets(source.frame(run_id))
+        scaling(source, run_id, filters, usable_metric(source, run_id, "time"), facets)
+        crossing = usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
+        exponents(source, run_id, filters, crossing, default_budget_log2(source, run_id))
+        if len(runs) > 1:  # the Compare tab opens on the two newest runs
+            comparison(source, runs[1].info.run_id, run_id, filters)
+    except Exception:  # noqa: BLE001  (the page shows the problem when it asks)
+        log.debug("warm-up failed", exc_info=True)
+
+
+# --- the views -----------------------------------------------------------------------------------------------
+
+
+def scaling(source, run_id, filters, metric: str, facets) -> tuple:
+    """(figure, note) of the Scaling view."""
+    if not run_id:
+        return figures.message_figure("No run selected."), ""
+    try:
+        frame, shown = _filtered(source, run_id, filters)
+        key = ("scaling", frame.attrs.get("version"), views.filter_key(filters), metric, tuple(facets or ()))
+        return source.memo(key, lambda: _scaling(source, shown, filters, metric, facets or ()))
+    except Exception as error:  # noqa: BLE001
+        return figures.message_figure(failure_text(error)), failure_text(error)
+
+
+def _scaling(source, shown, filters, metric, facets) -> tuple:
+    message = views.scaling_message(shown, metric)
+    cells = views.scaling_cells(views.with_lines(shown, facets), metric)
+    fitted = views.fits_for_lines(cells, fits(source, shown, metric, filters)) if not shown.empty else pd.DataFrame()
+    return figures.scaling_figure(cells, fitted, views.METRICS[metric], message), message
+
+
+def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float) -> tuple:
+    """(table rows, exponent figure, crossover figure, frontier figure, note) of the Exponents view. The parts are
+    remembered separately, so moving the budget slider redraws the frontier only."""
+    empty = figures.message_figure("No run selected.")
+    if not run_id:
+        return [], empty, empty, empty, ""
+    try:
+        frame, shown = _filtered(source, run_id, filters)
+        base = (frame.attrs.get("version"), views.filter_key(filters))
+        all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown, filters))
+        rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
+        crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
+        budget = 2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET))
+        boundaries = source.memo(("boundaries", *base), lambda: views.measured_by_config(shown))
+        frontier = views.frontier_rows(shown, all_fits, budget, boundaries)
+        return rows, chart, crossing, figures.frontier_figure(frontier, budget), note
+    except Exception as error:  # noqa: BLE001
+        failed = figures.message_figure(failure_text(error))
+        return [], failed, failed, failed, failure_text(error)
+
+
+def _exponent_fits(source, shown, filters) -> pd.DataFrame:
+    parts = [fits(source, shown, m, filters) for m in views.EXPONENT_METRICS]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+
+
+def _exponent_table(shown, all_fits) -> tuple:
+    table = views.exponent_table(shown, all_fits)
+    timed = "time" if len(shown) and shown["median_ms"].notna().any() else "peak_bytes"
+    note = views.scaling_message(shown, timed) if len(shown) else "No cells match the filters."
+    return _records(table), figures.exponent_figure(table), note
+
+
+def _crossover_figure(shown, all_fits, metric: str):
+    crossing = _crossovers(all_fits[all_fits["metric"] == metric] if len(all_fits) else all_fits)
+    return figures.crossover_figure(views.crossover_groups(shown, crossing), metric)
+
+
+def _crossovers(fits_df: pd.DataFrame) -> pd.DataFrame:
+    from attnprof.crossover import crossover_frame
+
+    if fits_df.empty or fits_df["fit"].notna().sum() < 2:
+        return pd.DataFrame()
+    return crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])
+
+
+def roofline(source, run_id, filters, tflops, tbps) -> tuple:
+    """(figure, note) of the Roofline view; tflops and tbps override the device table when given."""
+    from attnprof.dashboard.hardware import ceilings_for, with_overrides
+
+    if not run_id:
+        return figures.message_figure("No run selected."), ""
+    try:
+        frame, shown = _filtered(source, run_id, filters)
+        run = source.run(run_id)
+        points = views.roofline_points(shown)
+        devices = sorted(points["device"].unique()) if len(points) else ["cpu"]
+        ceilings = with_overrides(ceilings_for(run.env, devices[0]), _number(tflops), _number(tbps))
+        note = f"Cells on {', '.join(devices)}; ceilings of the first." if len(devices) > 1 else ""
+        return cell_figures.roofline_figure(points, ceilings), note
+    except Exception as error:  # noqa: BLE001
+        return figures.message_figure(failure_text(error)), failure_text(error)
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def coverage(source, run_id, filters) -> tuple:
+    """(figure, note) of the Coverage view: measured cells plus the sweep's planned cells not measured yet."""
+    if not run_id:
+        return figures.message_figure("No run selected."), ""
+    try:
+        frame, shown = _filtered(source, run_id, filters)
+        grid = views.coverage_grid(shown, views.apply_filters(planned(source, run_id, frame), filters))
+        counts = grid["status"].value_counts()
+        note = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return cell_figures.coverage_figure(grid), note
+    except Exception as error:  # noqa: BLE001
+        return figures.message_figure(failure_text(error)), failure_text(error)
+
+
+def comparison(source, run_a, run_b, filters) -> tuple:
+    """(figure, cell rows, exponent rows, note): run_b (candidate) against run_a (baseline), regressions first."""
+    if not run_a or not run_b:
+        return figures.message_figure("Pick two runs to compare."), [], [], "Pick two runs to compare."
+    try:
+        versions = (source.frame(run_a).attrs.get("version"), source.frame(run_b).attrs.get("version"))
+        return source.memo(("compare", *versions, views.filter_key(filters)), lambda: _comparison(source, run_a, run_b, filters))
+    except Exception as error:  # noqa: BLE001
+        return figures.message_figure(failure_text(error)), [], [], failure_text(error)
+
+
+def _comparison(source, run_a, run_b, filters) -> tuple:
+    cells, changes = _compared(source, run_a, run_b, filters)
+    worse = int((cells["score"] > 1.05).sum()) if len(cells) else 0
+    note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now."
+    note += " The two runs are the same run." if run_a == run_b else ""
+    table = cells.drop(columns=["score"]).assign(seq_len=cells["seq_len"].map(format_length))
+    return cell_figures.compare_figure(cells, (run_a, run_b)), _records(_rounded(table)), _records(_rounded(changes)), note
+
+
+def _compared(source, run_a, run_b, filters):
+    frame_a, shown_a = _filtered(source, run_a, filters)
+    frame_b, shown_b = _filtered(source, run_b, filters)
+    cells = compare.compare_cells(shown_a, shown_b)
+    metrics = ("time", "peak_bytes")
+    fits_a = pd.concat([fits(source, shown_a, m, filters) for m in metrics], ignore_index=True)
+    fits_b = pd.concat([fits(source, shown_b, m, filters) for m in metrics], ignore_index=True)
+    return cells, compare.exponent_changes(pd.concat([shown_a, shown_b]), fits_a, fits_b)
+
+
+def run_info(source, run_id) -> tuple:
+    """(run rows, environment rows, sweep rows, command) of the Run info view."""
+    if not run_id:
+        return [], [], [], ""
+    try:
+        run = source.run(run_id)
+        frame = source.frame(run_id)
+        statuses = frame["status"].value_counts().to_dict()
+        rows = runinfo.info_rows(run, len(frame), statuses)
+        return rows, runinfo.mapping_rows(run.env), runinfo.mapping_rows(run.sweep, skip=("impl_specs",)), runinfo.reproduce_command(run)
+    except Exception as error:  # noqa: BLE001
+        return [{"field": "error", "value": failure_text(error)}], [], [], ""
+
+
+def default_budget_log2(source, run_id) -> float:
+    """The frontier budget a run starts with: its GPU's memory, the host's for CPU runs, else 80 GiB."""
+    try:
+        run = source.run(run_id)
+    except Exception:  # noqa: BLE001  (no run: the slider keeps its default)
+        return math.log2(DEFAULT_BUDGET)
+    budget = run.env.get("gpu_total_bytes")
+    if not budget and "cpu" in run.sweep.get("device", []):
+        import psutil
+
+        budget = psutil.virtual_memory().total
+    return round(math.log2(budget or DEFAULT_BUDGET), 2)
+
+
+def budget_text(budget_log2) -> str:
+    return f"budget {format_bytes(int(2.0 ** float(budget_log2)))}" if budget_log2 is not None else ""
+
+
+# --- the current view as CSV ---------------------------------------------------------------------------------
+
+
+def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tuple[str, str]:
+    """(file name, CSV text) of the data behind the current tab."""
+    if tab == "compare":
+        cells, changes = _compared(source, *compare_runs, filters)
+        return f"attnprof-compare-{compare_runs[0]}-{compare_runs[1]}.csv", cells.drop(columns=["score"]).to_csv(index=False)
+    frame, shown = _filtered(source, run_id, filters)
+    if tab == "exponents":
+        data = views.exponent_table(shown, _exponent_fits(source, shown, filters))
+    elif tab == "roofline":
+        data = views.roofline_points(shown)[["config", "seq_len", "flops", "min_bytes", "intensity", "median_ms", "tflops", "gbps"]]
+    elif tab == "coverage":
+        data = views.coverage_grid(shown, views.apply_filters(planned(source, run_id, frame), filters))
+    elif tab == "info":
+        run = source.run(run_id)
+        data = pd.DataFrame(runinfo.mapping_rows(run.env) + runinfo.mapping_rows(run.sweep, skip=("impl_specs",)))
+    else:
+        data = shown.assign(times_ms=shown["times_ms"].map(json.dumps), options=shown["options"].map(json.dumps))
+    return f"attnprof-{tab}-{run_id}.csv", data.to_csv(index=False)
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """DataTable rows: NaN and infinities as empty cells, numpy scalars as Python ones."""
+    clean = table.astype(object).where(table.notna(), None)
+    return [{k: _cell(v) for k, v in row.items()} for row in clean.to_dict("records")]
+
+
+def _cell(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    floats = table.select_dtypes("float").columns
+    return table.assign(**{c: table[c].map(lambda v: float(f"{v:.4g}") if v == v and math.isfinite(v) else v) for c in floats})

@@ -1,0 +1,80 @@
+"""The Run info view: environment, sweep definition, and the command that reproduces the run. Pure."""
+
+from __future__ import annotations
+
+import shlex
+
+from attnprof.fit import format_length
+from attnprof.records import RunInfo
+
+SWEEP_FLAGS = (("batch", "--batch"), ("heads", "--heads"), ("head_dim", "--head-dim"), ("dtype", "--dtype"), ("device", "--device"))
+
+
+def reproduce_command(run: RunInfo) -> str:
+    """The command stored with the run, or one rebuilt from its sweep definition (older or API-made runs)."""
+    return run.command or rebuilt_command(run.sweep)
+
+
+def rebuilt_command(sweep: dict) -> str:
+    parts = ["attnprof", "sweep"]
+    if sweep.get("impls"):
+        parts += [
+            "--impl",
+            ",".join(_impl_token(name, options) for name, options in sweep.get("impl_specs") or [[i, {}] for i in sweep["impls"]]),
+        ]
+    if sweep.get("lengths"):
+        parts += ["--lengths", ",".join(format_length(n) for n in sweep["lengths"])]
+    for key, flag in SWEEP_FLAGS:
+        if sweep.get(key):
+            parts += [flag, ",".join(map(str, sweep[key]))]
+    parts += _causal_and_mode(sweep)
+    for key, flag in (("warmup_ms", "--warmup-ms"), ("rep_ms", "--rep-ms"), ("timeout", "--timeout"), ("seed", "--seed")):
+        if sweep.get(key) is not None:
+            parts += [flag, _number(sweep[key])]
+    if sweep.get("name"):
+        parts += ["--name", sweep["name"]]
+    if sweep.get("accounting"):
+        parts.append("--accounting")
+    return shlex.join(parts)
+
+
+def _impl_token(name: str, options: dict) -> str:
+    return name + (":" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) if options else "")
+
+
+def _causal_and_mode(sweep: dict) -> list[str]:
+    parts = []
+    causal = set(sweep.get("causal") or ())
+    if causal:
+        parts += ["--causal", "both" if len(causal) == 2 else ("yes" if True in causal else "no")]
+    if sweep.get("mode"):
+        parts += ["--mode", ",".join(m.replace("_", "-") for m in sweep["mode"])]
+    return parts
+
+
+def _number(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def info_rows(run: RunInfo, count: int, statuses: dict) -> list[dict]:
+    """(field, value) rows for the run itself: id, name, time, state, cases by status, tool version."""
+    by_status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items(), key=lambda item: -item[1])) or "none yet"
+    return [
+        {"field": "run", "value": run.run_id},
+        {"field": "name", "value": run.name or "-"},
+        {"field": "created", "value": run.created_at},
+        {"field": "state", "value": run.state},
+        {"field": "cases", "value": f"{count} ({by_status})"},
+        {"field": "attnprof", "value": run.tool_version},
+    ]
+
+
+def mapping_rows(mapping: dict, skip=()) -> list[dict]:
+    """A dict as (field, value) rows, lists joined, for the environment and sweep tables."""
+    rows = []
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else "-" if value is None else str(value)
+        rows.append({"field": key, "value": text})
+    return rows

@@ -1,0 +1,132 @@
+"""`attnprof report`: one self-contained HTML file per run (plotly.js inline, so it opens offline and can be
+attached to an issue or a CI artifact), with the dashboard's scaling, exponent, coverage and roofline views and the
+run info. Optionally the figures as PNG files, through kaleido, an optional extra (`pip install 'attnprof[png]'`).
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+from pathlib import Path
+
+from attnprof.errors import UsageError
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1280px; color: #222; font-size: 14px; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
+table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+pre { background: #f4f4f4; padding: 8px; white-space: pre-wrap; } .note { color: #8a4b00; }
+"""
+
+
+def write_report(run: str = "latest", db=None, out=None, png_dir=None) -> tuple[Path, list[Path]]:
+    """Write the report of `run` (id, prefix or `latest`) to `out` (default reports/<run_id>.html); with `png_dir`,
+    each figure as PNG too. Returns (html path, png paths). Raises UsageError for a bad run, database or path."""
+    from attnprof.api import default_db
+    from attnprof.dashboard.data import DataSource
+
+    if png_dir is not None and importlib.util.find_spec("kaleido") is None:
+        raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
+    source = DataSource(db or default_db())
+    info = source.run(run)
+    figures, body = report_sections(source, info.run_id)
+    path = Path(out) if out else Path("reports") / f"{info.run_id}.html"
+    _write(path, _page(info.run_id, body))
+    return path, (_write_pngs(figures, Path(png_dir), info.run_id) if png_dir is not None else [])
+
+
+def report_sections(source, run_id: str) -> tuple[dict, str]:
+    """(name -> figure, HTML body) of a run, with the dashboard's default filters and facets."""
+    from attnprof.dashboard import pages, views
+
+    frame = source.frame(run_id)
+    filters, facets = views.default_filters(frame), views.default_facets(frame)
+    budget = pages.default_budget_log2(source, run_id)
+    crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
+    figures, notes = {}, {}
+    for metric in [m for m in ("time", "peak_bytes") if pages.usable_metric(source, run_id, m, (m,)) == m] or ["peak_bytes"]:
+        figures[f"scaling-{metric}"], notes[f"scaling-{metric}"] = pages.scaling(source, run_id, filters, metric, facets)
+    table, figures["exponents"], figures["crossovers"], figures["frontier"], notes["exponents"] = pages.exponents(
+        source, run_id, filters, crossing, budget
+    )
+    figures["coverage"], notes["coverage"] = pages.coverage(source, run_id, filters)
+    figures["roofline"], notes["roofline"] = pages.roofline(source, run_id, filters, None, None)
+    return figures, _body(source, run_id, frame, filters, figures, notes, table)
+
+
+def _body(source, run_id, frame, filters, figures, notes, table) -> str:
+    from attnprof.dashboard import pages, views
+
+    rows, env, sweep, command = pages.run_info(source, run_id)
+    parts = [f"<h1>attnprof report: run {html.escape(run_id)}</h1>", _selection(frame, filters, views)]
+    parts += ["<h2>Scaling</h2>"] + [_figure(figures[k], notes.get(k)) for k in figures if k.startswith("scaling-")]
+    parts += ["<h2>Exponents</h2>", _note(notes["exponents"]), _table(table), _figure(figures["exponents"])]
+    parts += ["<h3>Crossovers</h3>", _figure(figures["crossovers"]), "<h3>Memory frontier</h3>", _figure(figures["frontier"])]
+    parts += ["<h2>Coverage</h2>", _figure(figures["coverage"], notes["coverage"])]
+    parts += ["<h2>Roofline</h2>", _figure(figures["roofline"], notes["roofline"])]
+    parts += ["<h2>Run info</h2>", _table(rows), "<h3>Reproduce</h3>", f"<pre>{html.escape(command)}</pre>"]
+    parts += ["<h3>Environment</h3>", _table(env), "<h3>Sweep</h3>", _table(sweep)]
+    return "\n".join(parts)
+
+
+def _selection(frame, filters, views) -> str:
+    """Which values of the axes with several values the figures show (the defaults narrow some to one)."""
+    options = views.axis_options(frame)
+    narrowed = [f"{axis} = {', '.join(map(str, filters[axis]))} (of {', '.join(map(str, options[axis]))})"
+                for axis in views.AXES if len(filters[axis]) < len(options[axis])]  # fmt: skip
+    if not narrowed:
+        return "<p>Every cell of the run is shown.</p>"
+    return "<p class='note'>Figures show " + html.escape("; ".join(narrowed)) + ". The dashboard (`attnprof serve`) shows the rest.</p>"
+
+
+def _figure(figure, note: str | None = None) -> str:
+    return _note(note) + figure.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def _note(text: str | None) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>" if text else ""
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>-</p>"
+    columns = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(run_id: str, body: str) -> str:
+    from plotly.offline import get_plotlyjs
+
+    title = f"attnprof report {html.escape(run_id)}"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>\n"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n{body}\n</body></html>\n")  # fmt: skip
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot write the report to {str(path)!r}: {error.strerror}") from None
+
+
+def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the PNG folder {str(folder)!r}: {error.strerror}") from None
+    paths = []
+    for name, figure in figures.items():
+        path = folder / f"{run_id}-{name}.png"
+        try:
+            figure.write_image(path, width=1200, height=max(500, int(figure.layout.height or 500)))
+        except Exception as error:  # noqa: BLE001  (kaleido fails in many ways: no Chromium, sandbox, ...)
+            raise UsageError(
+                f"kaleido could not write {str(path)!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from None
+        paths.append(path)
+    return paths

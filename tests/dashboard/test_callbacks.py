@@ -1,0 +1,170 @@
+"""The callbacks as plain functions against real SQLite files: runs, filters, each view, live refresh, messages."""
+
+import io
+
+import pandas as pd
+import pytest
+import seeding
+from dash.exceptions import PreventUpdate
+
+from attnprof.dashboard.app import create_app
+from attnprof.dashboard.views import AXES
+from attnprof.records import Status
+from attnprof.store import Store
+
+
+def handlers(db):
+    return create_app(db, warm=False).attnprof
+
+
+def first_page(cb):
+    """What the page does on load: refresh, then the filters of the picked run. Returns (refresh, filters) outputs."""
+    refreshed = cb.refresh(None, None, None, None, None)
+    empty = {axis: [] for axis in AXES}
+    return refreshed, cb.filters(refreshed[1], refreshed[7], None, empty, None, [], 36.0, "time", "time")
+
+
+def test_runs_newest_first_and_compare_defaults(two_runs_db):
+    cb = handlers(two_runs_db)
+    options, run, _, run_a, _, run_b, message, version = cb.refresh(None, None, None, None, None)
+    assert [o["value"] for o in options] == [seeding.CANDIDATE, seeding.BASE] and message == ""
+    assert run == seeding.CANDIDATE and (run_a, run_b) == (seeding.BASE, seeding.CANDIDATE)
+    assert "36 cells" in options[0]["label"] and "complete" in options[0]["label"]
+    with pytest.raises(PreventUpdate):  # nothing changed: nothing is sent
+        cb.refresh(5, run, run_a, run_b, version)
+
+
+def test_filters_start_from_the_defaults_of_the_run(two_runs_db):
+    _, (options, selected, filtered_run, facets, budget, metric, crossover_metric) = first_page(handlers(two_runs_db))
+    assert [o["label"] for o in options["seq_len"]] == ["256", "512", "1k", "2k", "4k", "8k"]
+    assert [o["label"] for o in options["causal"]] == ["bidir", "causal"]
+    assert selected["label"] == ["nystromformer[num_landmarks=32]", "sdpa", "softmax"] and filtered_run == seeding.CANDIDATE
+    assert facets == ["causal"] and metric == "time" == crossover_metric and 20 < budget < 50
+
+
+def test_scaling_answers_metric_and_impl_filter_changes(two_runs_db):
+    cb = handlers(two_runs_db)
+    (_, run, *_), (_, selected, _, facets, *_) = first_page(cb)
+    time_figure, note = cb.scaling("scaling", run, selected, "time", facets, "v")
+    memory_figure, _ = cb.scaling("scaling", run, selected, "peak_bytes", facets, "v")
+    measured = lambda fig: {(t.name, t.xaxis): list(t.y) for t in fig.data if t.meta == "measured"}
+    assert note == "" and measured(time_figure).keys() == measured(memory_figure).keys()
+    assert measured(time_figure) != measured(memory_figure)
+    only_sdpa, _ = cb.scaling("scaling", run, {**selected, "label": ["sdpa"]}, "time", facets, "v")
+    assert {t.name for t in only_sdpa.data if t.meta == "measured"} == {"sdpa"}
+    with pytest.raises(PreventUpdate):  # another tab is shown: this view waits
+        cb.scaling("coverage", run, selected, "time", facets, "v")
+
+
+def test_exponents_roofline_coverage_info_views(two_runs_db):
+    cb = handlers(two_runs_db)
+    (_, run, *_), (_, selected, _, _, budget, *_) = first_page(cb)
+    rows, chart, crossings, frontier, note, budget_text = cb.exponents("exponents", run, selected, "time", budget, "v")
+    softmax_time = [r for r in rows if r["config"] == "softmax causal" and r["metric"] == "time"][0]
+    assert softmax_time["exponent"] == pytest.approx(2.0, abs=0.01) and softmax_time["class"] == "quadratic"
+    assert chart.data and crossings.layout.meta == "crossovers" and frontier.layout.meta == "frontier" and budget_text.startswith("budget ")
+    roof, _ = cb.roofline("roofline", run, selected, None, None, "v")
+    assert "rough estimate" in roof.layout.title.text
+    custom, _ = cb.roofline("roofline", run, selected, 50, 1.5, "v")
+    assert "50 TFLOP/s, 1.5 TB/s" in [t.name for t in custom.data if str(t.meta).startswith("roof")][0]
+    grid, counts = cb.coverage("coverage", run, selected, "v")
+    assert "26 ok" in counts and "6 unsupported" in counts and "1 oom" in counts
+    info, env, sweep, command = cb.info("info", seeding.BASE, "v")
+    assert command == "attnprof sweep --impl softmax,sdpa --device cpu" and {"field": "cpu", "value": "Test CPU"} in env
+    assert cb.info("info", seeding.CANDIDATE, "v")[3].startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32")
+
+
+def test_compare_shows_the_ratios_of_two_runs_regressions_first(two_runs_db):
+    cb = handlers(two_runs_db)
+    (_, _, _, run_a, _, run_b, *_), (_, selected, *_) = first_page(cb)
+    figure, cells, changes, note = cb.compare("compare", run_a, run_b, selected, "v")
+    assert cells[0]["change"] == "regressed: ok -> oom" and cells[0]["config"] == "softmax bidir"
+    assert cells[1]["time_ratio"] == pytest.approx(1.6) and cells[1]["config"].startswith("sdpa")
+    assert "shared cells" in note and changes[0]["metric"] == "time" and changes[0]["delta"] > 0
+    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"}
+
+
+def test_download_gives_the_current_view_as_csv(two_runs_db):
+    cb = handlers(two_runs_db)
+    (_, run, _, run_a, _, run_b, *_), (_, selected, *_) = first_page(cb)
+    scaling = cb.download(1, "scaling", run, {**selected, "label": ["sdpa"]}, run_a, run_b)
+    frame = pd.read_csv(io.StringIO(scaling["content"]))
+    assert scaling["filename"] == f"attnprof-scaling-{run}.csv" and set(frame["label"]) == {"sdpa"} and "median_ms" in frame
+    compared = pd.read_csv(io.StringIO(cb.download(1, "compare", run, selected, run_a, run_b)["content"]))
+    assert "time_ratio" in compared and len(compared) == 36
+    for tab, column in (("exponents", "exponent"), ("roofline", "intensity"), ("coverage", "status"), ("info", "field")):
+        assert column in pd.read_csv(io.StringIO(cb.download(1, tab, run, selected, run_a, run_b)["content"])), tab
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty file", "corrupt", "foreign", "no runs"])
+def test_bad_databases_give_a_message_and_empty_views(tmp_path, kind):
+    path = tmp_path / "bad.db"
+    if kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "corrupt":
+        path.write_bytes(b"this is not sqlite" * 100)
+    elif kind == "foreign":
+        import sqlite3
+
+        sqlite3.connect(path).execute("CREATE TABLE other (x)").connection.close()
+    elif kind == "no runs":
+        Store.open(path).close()
+    cb = handlers(path)
+    options, run, *_, message, _ = cb.refresh(None, None, None, None, None)
+    expected = {"missing": "no database at", "empty file": "not an attnprof database", "corrupt": "not an attnprof database",
+                "foreign": "not an attnprof database", "no runs": "No runs in"}[kind]  # fmt: skip
+    assert options == [] and run is None and expected in message
+    figure, _ = cb.scaling("scaling", None, {}, "time", [], "v")
+    assert figure.layout.meta == "message"
+
+
+def test_all_failed_and_one_length_runs_explain_themselves(tmp_path):
+    db = tmp_path / "odd.db"
+    failed, one = seeding.seed_all_failed(db), seeding.seed_one_length(db)
+    cb = handlers(db)
+    figure, note = cb.scaling("scaling", failed, {}, "time", [], "v")
+    assert "Every cell in view failed (2 oom)" in note and [t.meta for t in figure.data] == ["failed:oom"]
+    figure, note = cb.scaling("scaling", one, {}, "time", [], "v")
+    assert "Only one length" in note and not [t for t in figure.data if t.meta == "fit"]
+    rows, chart, crossings, frontier, note, _ = cb.exponents("exponents", one, {}, "time", 30, "v")
+    assert chart.layout.meta == "message" and all(r["note"] for r in rows)
+
+
+def test_a_running_sweep_shows_up_live(tmp_path):
+    db = tmp_path / "live.db"
+    info = seeding.run_info("20260105-000000-live", "2026-01-05T00:00:00+00:00", state="running")
+    seeding.write_run(db, info, [seeding.cell("softmax", 256, time_ms=1.0, peak=2**20)])
+    cb = handlers(db)
+    (options, run, *_, version), (filter_options, selected, filtered_run, *_) = first_page(cb)
+    assert run == info.run_id and "1 cells" in options[0]["label"] and "running" in options[0]["label"]
+    assert selected["seq_len"] == list(seeding.LENGTHS) and len(selected["label"]) == 3  # the sweep's plan, not only what ran
+    grid, counts = cb.coverage("coverage", run, selected, "v")
+    assert counts == "35 missing, 1 ok"  # the sweep plans 36 cells; 35 have no row yet
+    store = Store.open(db)
+    store.add_measurement(info.run_id, seeding.cell("softmax", 512, time_ms=4.0, peak=2**22), "later")
+    store.add_measurement(info.run_id, seeding.cell("sdpa", 512, status=Status.OOM, reason=seeding.OOM_REASON), "later")
+    store.close()
+    refreshed = cb.refresh(1, run, None, None, version)
+    assert refreshed[7] != version and "3 cells" in refreshed[0][0]["label"]
+    figure, _ = cb.scaling("scaling", run, selected, "time", [], "v")
+    assert [list(t.x) for t in figure.data if t.meta == "measured"] == [[256, 512]] and any(t.meta == "failed:oom" for t in figure.data)
+    assert cb.coverage("coverage", run, selected, "v")[1] == "33 missing, 2 ok, 1 oom"
+
+
+def test_values_outside_the_plan_join_the_filters_as_they_appear(tmp_path):
+    db = tmp_path / "unplanned.db"
+    info = seeding.run_info(
+        "20260106-000000-api", "2026-01-06T00:00:00+00:00", sweep={"impls": ["softmax"]}, state="running"
+    )  # no readable plan
+    seeding.write_run(db, info, [seeding.cell("softmax", 256, time_ms=1.0, peak=2**20)])
+    cb = handlers(db)
+    (_, run, *_, version), (filter_options, selected, filtered_run, *_) = first_page(cb)
+    assert selected["seq_len"] == [256] and selected["label"] == ["softmax"]
+    seeding.write_run(db, seeding.run_info("20260107-000000-next", "2026-01-07T00:00:00+00:00"), [])
+    store = Store.open(db)
+    store.add_measurement(info.run_id, seeding.cell("sdpa", 512, time_ms=1.0, peak=2**20), "later")
+    store.close()
+    refreshed = cb.refresh(1, run, None, None, version)
+    assert refreshed[1] == run and [o["value"] for o in refreshed[0]] == ["20260107-000000-next", run]  # the choice is kept
+    filters = cb.filters(run, refreshed[7], {**selected, "label": []}, filter_options, filtered_run, [], 30.0, "time", "time")
+    assert filters[1]["seq_len"] == [256, 512] and filters[1]["label"] == ["sdpa"]  # unticked stays unticked; new values join

@@ -1,0 +1,188 @@
+"""Figure functions on constructed frames (no database, no server): traces, axes, markers, hover text."""
+
+import math
+
+import pandas as pd
+import pytest
+import seeding
+
+from attnprof.dashboard import cell_figures, figures, views
+from attnprof.dashboard.hardware import Ceilings, ceilings_for, with_overrides
+
+
+def scaling(frame, metric="time", facets=("causal",), filters=None):
+    shown = views.apply_filters(frame, filters)
+    cells = views.scaling_cells(views.with_lines(shown, facets), metric)
+    fits = views.fits_for_lines(cells, views.fit_metric(shown, metric))
+    return figures.scaling_figure(cells, fits, views.METRICS[metric], views.scaling_message(shown, metric))
+
+
+def of_kind(figure, kind):
+    return [trace for trace in figure.data if trace.meta == kind]
+
+
+def test_scaling_lines_per_label_and_facet_with_bands_and_fits(base_frame):
+    figure = scaling(base_frame)
+    measured = of_kind(figure, "measured")
+    # bidir: 3 impls; causal: softmax and sdpa (nystromformer refuses causal: no line, coverage shows it)
+    assert sorted(t.name for t in measured) == sorted(["nystromformer[num_landmarks=32]", "sdpa", "softmax", "sdpa", "softmax"])
+    assert len(of_kind(figure, "band")) == len(measured)  # p20-p80 band under every timed line
+    fit_names = {t.name for t in of_kind(figure, "fit")}
+    assert "softmax · bidir: N^2.00 quadratic" in fit_names
+    assert "nystromformer[num_landmarks=32] · bidir: N^1.00 linear" in fit_names
+    assert [a.text for a in figure.layout.annotations] == ["bidir", "causal"]  # one panel per causal setting
+
+
+def test_scaling_axes_are_log_log_with_length_ticks(base_frame):
+    figure = scaling(base_frame)
+    x_axes = [figure.layout[name] for name in ("xaxis", "xaxis2")]
+    y_axes = [figure.layout[name] for name in ("yaxis", "yaxis2")]
+    assert all(axis.type == "log" for axis in x_axes + y_axes)
+    assert list(x_axes[0].tickvals) == list(seeding.LENGTHS) and list(x_axes[0].ticktext)[-1] == "8k"
+    assert figure.layout.xaxis.title.text == "sequence length N" and "median time" in figure.layout.yaxis.title.text
+
+
+def test_failed_cells_are_distinct_markers_with_their_reasons(base_frame):
+    figure = scaling(base_frame)
+    failed = {t.meta: t for t in figure.data if str(t.meta).startswith("failed:")}
+    assert set(failed) == {"failed:oom", "failed:timeout", "failed:crashed"}  # skipped and unsupported are not drawn
+    symbols = {t.marker.symbol for t in failed.values()}
+    assert len(symbols) == 3 and "x" in symbols
+    assert seeding.OOM_REASON in failed["failed:oom"].hovertext[0] and "N = 4k" in failed["failed:oom"].hovertext[0]
+    assert seeding.TIMEOUT_REASON in failed["failed:timeout"].hovertext[0]
+    assert seeding.CRASH_REASON in failed["failed:crashed"].hovertext[0]
+    assert {t.name for t in failed.values()} == {"out of memory", "timed out", "crashed"}
+
+
+def test_a_failed_cell_sits_where_its_fitted_line_would_be(base_frame):
+    figure = scaling(base_frame, facets=())
+    oom = of_kind(figure, "failed:oom")[0]
+    assert oom.x[0] == 4096
+    assert oom.y[0] == pytest.approx(1e-5 * 4096**2, rel=0.02)  # softmax's fitted N^2 curve at 4k
+
+
+def test_metric_switch_changes_values_and_units(base_frame):
+    memory = scaling(base_frame, metric="peak_bytes")
+    assert not of_kind(memory, "band")  # only time has quantiles
+    softmax = [t for t in of_kind(memory, "measured") if t.name == "softmax"][0]
+    assert list(softmax.y[:2]) == [64 * 256**2, 64 * 512**2]  # 4 bytes x 4 heads x 4 N^2
+    assert memory.layout.yaxis.ticksuffix == "B" and "peak memory" in memory.layout.yaxis.title.text
+    rss = scaling(base_frame, metric="peak_rss_bytes")
+    assert of_kind(rss, "measured")[0].y[0] != softmax.y[0]
+
+
+def test_impl_filter_and_two_facets(base_frame):
+    figure = scaling(base_frame, facets=("causal", "mode"), filters={"label": ["sdpa"]})
+    assert {t.name for t in of_kind(figure, "measured")} == {"sdpa"}
+    assert [t.meta for t in figure.data if str(t.meta).startswith("failed")] == ["failed:timeout"]
+
+
+def test_messages_for_empty_all_failed_and_one_length(base_frame):
+    assert figures.scaling_figure(base_frame.iloc[0:0], pd.DataFrame(), views.METRICS["time"]).layout.meta == "message"
+    failed = base_frame[base_frame["status"] != "ok"]
+    assert "Every cell in view failed" in views.scaling_message(failed, "time")
+    one = base_frame[base_frame["seq_len"] == 1024]
+    assert "Only one length" in views.scaling_message(one, "time")
+    figure = scaling(one)
+    assert not of_kind(figure, "fit") and of_kind(figure, "measured") and "Only one length" in figure.layout.title.text
+
+
+def test_exponent_chart_has_intervals_and_classes(base_frame):
+    fits = pd.concat([views.fit_metric(base_frame, m) for m in views.EXPONENT_METRICS], ignore_index=True)
+    table = views.exponent_table(base_frame, fits)
+    figure = figures.exponent_figure(table)
+    assert {t.meta for t in figure.data} == {"exponent:time", "exponent:peak_bytes", "exponent:flops"}
+    quadratic = [t for t in figure.data if t.meta == "exponent:time" and t.name == "quadratic"][0]
+    softmax = list(quadratic.y).index("softmax bidir")
+    assert quadratic.x[softmax] == pytest.approx(2.0, abs=0.01) and quadratic.marker.color == figures.CLASS_COLOURS["quadratic"]
+    assert quadratic.error_x.array[softmax] is not None and "class quadratic" in quadratic.hovertext[softmax]
+    linear = [t for t in figure.data if t.meta == "exponent:time" and t.name == "linear"][0]
+    assert list(linear.y) == ["nystromformer[num_landmarks=32] bidir"]
+    assert [a.text for a in figure.layout.annotations][:3] == ["time", "peak_bytes", "flops"]  # a panel per metric
+
+
+def test_crossover_matrix_and_frontier(base_frame):
+    from attnprof.crossover import crossover_frame
+
+    fits = views.fit_metric(base_frame, "time")
+    crossings = crossover_frame(fits, impl_col="label", config_cols=views.CONFIG[1:])
+    groups = views.crossover_groups(base_frame, crossings)
+    figure = figures.crossover_figure(groups, "time")
+    bidir = figure.data[0]
+    assert list(bidir.x) == ["nystromformer[num_landmarks=32]", "sdpa", "softmax"] and list(bidir.y) == list(bidir.x)
+    i, j = 0, 2  # nystromformer (linear) against softmax (quadratic) cross where 1e-3 N = 1e-5 N^2: N = 100
+    assert bidir.text[i][j] == bidir.text[j][i] and "cheaper" in bidir.hovertext[i][j]
+    peak = views.fit_metric(base_frame, "peak_bytes").assign(metric="peak_bytes")
+    frontier = views.frontier_rows(base_frame, peak, 2**32)
+    softmax = frontier[frontier["config"] == "softmax bidir"].iloc[0]
+    assert (
+        softmax["length"] == pytest.approx(math.sqrt(2**32 / 64), rel=0.01) and not softmax["consistent"]
+    )  # 8k predicted, OOM measured at 4k
+    bars = figures.frontier_figure(frontier, 2**32)
+    assert bars.layout.xaxis.type == "log" and len(bars.data[0].y) == len(frontier)
+
+
+def test_roofline_places_cells_under_the_ceilings(base_frame):
+    points = views.roofline_points(base_frame)
+    ceilings = Ceilings("test GPU", {"float32": 100.0}, 2.0, True)
+    figure = cell_figures.roofline_figure(points, ceilings)
+    roof = of_kind(figure, "roof:float32")[0]
+    assert max(roof.y) == 100.0 and roof.x[1] == pytest.approx(50.0)  # ridge at 100 TFLOP/s / 2 TB/s
+    cells = of_kind(figure, "cells")
+    assert sum(len(t.x) for t in cells) == int((base_frame["status"] == "ok").sum())
+    softmax = [t for t in cells if t.name == "softmax bidir"][0]
+    assert softmax.x[0] == pytest.approx(256 / 4)  # 4 H N^2 D FLOPs over 16 H N D bytes: N / 4 FLOP per byte
+    assert "of the roof" in softmax.hovertext[0] and figure.layout.xaxis.type == "log" == figure.layout.yaxis.type
+    assert cell_figures.roofline_figure(points.iloc[0:0], ceilings).layout.meta == "message"
+
+
+@pytest.mark.parametrize(
+    "gpu, tflops, tbps",
+    [("NVIDIA H100 80GB HBM3", 989, 3.35), ("NVIDIA H200", 989, 4.8), ("NVIDIA A100-SXM4-80GB", 312, 2.0), ("NVIDIA H100 PCIe", 756, 2.0)],
+)
+def test_known_gpus_have_their_datasheet_ceilings(gpu, tflops, tbps):
+    found = ceilings_for({"gpu_name": gpu}, "cuda")
+    assert found.known and found.tflops["bfloat16"] == tflops and found.tbps == tbps
+
+
+def test_unknown_devices_get_a_labelled_default_and_overrides_win():
+    cpu = ceilings_for({"cpu_threads": 8, "cpu": "Some CPU"}, "cpu")
+    assert not cpu.known and "rough" in cpu.device and cpu.tflops["float32"] == pytest.approx(0.8)
+    assert "not in the table" in ceilings_for({"gpu_name": "Mystery GPU"}, "cuda").device
+    custom = with_overrides(cpu, 2.5, 0.1)
+    assert custom.tflops == {"float32": 2.5, "bfloat16": 2.5, "float16": 2.5} and custom.tbps == 0.1 and "overridden" in custom.device
+
+
+def test_coverage_colours_every_cell_by_status_and_shows_missing(base_frame):
+    planned = views.planned_cells(seeding.sweep_dict(lengths=(*seeding.LENGTHS, 16384)))
+    grid = views.coverage_grid(base_frame, planned)
+    figure = cell_figures.coverage_figure(grid)
+    heatmap = figure.data[0]
+    assert list(heatmap.x) == ["256", "512", "1k", "2k", "4k", "8k", "16k"]
+    assert len(heatmap.y) == 6  # 3 impls x 2 causal settings
+    row = list(heatmap.y).index("softmax bidir")
+    assert list(heatmap.text[row]) == ["ok", "ok", "ok", "ok", "oom", "skipped", "missing"]
+    assert seeding.OOM_REASON in heatmap.hovertext[row][4]
+    nystrom = list(heatmap.y).index("nystromformer[num_landmarks=32] causal")
+    assert set(heatmap.text[nystrom]) == {"unsupported", "missing"} and seeding.UNSUPPORTED_REASON in heatmap.hovertext[nystrom][0]
+    assert {t.name for t in of_kind(figure, "legend")} == {"ok", "unsupported", "skipped", "oom", "timeout", "crashed", "missing"}
+
+
+def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
+    from attnprof.dashboard.compare import compare_cells, exponent_changes
+
+    cells = compare_cells(base_frame, candidate_frame)
+    assert (
+        cells.iloc[0]["change"] == "regressed: ok -> oom"
+        and cells.iloc[0]["config"] == "softmax bidir"
+        and cells.iloc[0]["seq_len"] == 2048
+    )
+    slower = cells[(cells["config"] == "sdpa bidir") & (cells["seq_len"] == 4096)].iloc[0]
+    assert slower["time_ratio"] == pytest.approx(1.6) and slower["peak_ratio"] == pytest.approx(1.0)
+    assert cells.iloc[-1]["change"].startswith("fixed: crashed")  # nystromformer 2k runs again: last
+    figure = cell_figures.compare_figure(cells, ("a", "b"))
+    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"} and figure.layout.yaxis.type == "log"
+    fits_a = pd.concat([views.fit_metric(base_frame, m) for m in ("time", "peak_bytes")])
+    fits_b = pd.concat([views.fit_metric(candidate_frame, m) for m in ("time", "peak_bytes")])
+    changes = exponent_changes(base_frame, fits_a, fits_b)
+    assert changes.iloc[0]["config"].startswith("sdpa") and changes.iloc[0]["delta"] > 0.1

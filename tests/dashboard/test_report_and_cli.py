@@ -1,0 +1,90 @@
+"""`attnprof report` (one self-contained HTML file, optional PNGs) and `attnprof serve` (binding, warnings)."""
+
+import importlib.util
+import re
+
+import pytest
+import seeding
+from click.testing import CliRunner
+
+from attnprof.cli import cli
+from attnprof.dashboard import app as dashboard_app
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_report_is_one_self_contained_html_file(two_runs_db, tmp_path):
+    out = tmp_path / "sub" / "report.html"
+    result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {out}"
+    text = out.read_text()
+    body = text.split("</head>", 1)[1]
+    assert not re.search(r"<script[^>]+src=", text) and "https://" not in body  # works offline: nothing is fetched
+    assert len(text) > 3_000_000  # plotly.js (about 4.6 MB) is inside
+    for heading in ("Scaling", "Exponents", "Crossovers", "Memory frontier", "Coverage", "Roofline", "Run info", "Environment", "Sweep"):
+        assert f">{heading}</h" in text, heading
+    assert text.count('class="plotly-graph-div"') == 7  # time and memory scaling, exponents, crossovers, frontier, coverage, roofline
+    assert "attnprof sweep --impl softmax,sdpa --device cpu" in text and seeding.OOM_REASON in text
+
+
+def test_report_default_path_is_reports_run_id(two_runs_db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("report", "latest", "--db", two_runs_db)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / f"{seeding.CANDIDATE}.html").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("kaleido") is not None, reason="kaleido is installed here: the missing-extra path cannot be seen"
+)
+def test_png_without_kaleido_is_one_line_and_exit_2(two_runs_db, tmp_path):
+    result = invoke("report", "latest", "--db", two_runs_db, "--out", tmp_path / "r.html", "--png", tmp_path / "png")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "kaleido" in result.output and "attnprof[png]" in result.output and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [(["nope"], "unknown run 'nope'"), (["latest", "--db", "/nonexistent/x.db"], "no database at")])
+def test_report_bad_input_is_one_line_and_exit_2(two_runs_db, args, fragment):
+    result = invoke("report", *args, *([] if "--db" in args else ["--db", two_runs_db]))
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+
+
+HOSTS = [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("10.1.2.3", False), ("myhost.example", False)]
+
+
+@pytest.mark.parametrize("host, loopback", HOSTS)
+def test_loopback_detection(host, loopback):
+    assert dashboard_app.is_loopback(host) is loopback
+
+
+def test_serve_binds_where_told_and_warns_beyond_loopback(monkeypatch, tmp_path):
+    calls = []
+
+    class Stub:
+        def run(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(dashboard_app, "create_app", lambda db: Stub())
+    result = invoke("serve", "--db", tmp_path / "none.db")
+    assert result.exit_code == 0 and calls[-1] == {"host": "127.0.0.1", "port": 8050, "debug": False}
+    assert "warning" not in result.output and "no database at" in result.output
+    result = invoke("serve", "--db", tmp_path / "none.db", "--host", "0.0.0.0", "--port", "9000")
+    assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 9000
+    assert "warning: listening on 0.0.0.0" in result.output
+
+
+def test_create_app_builds_a_fresh_app_each_time(two_runs_db):
+    import attnprof.dashboard.app as module
+    from attnprof.store import Store
+
+    first, second = module.create_app(two_runs_db, warm=False), module.create_app(two_runs_db, warm=False)
+    assert first is not second and first.layout is not None
+    assert not any(hasattr(module, name) for name in ("app", "server"))  # no global app at import time
+    store = Store.open(two_runs_db, create=False)
+    try:  # an open Store works too: its path is used, each request opens its own connection
+        assert module.create_app(store, warm=False).attnprof.source.runs()[0].info.run_id == seeding.CANDIDATE
+    finally:
+        store.close()

@@ -1,0 +1,79 @@
+"""Pure view helpers and the fast read path: filters, line names, the reproduce command, Store.frame + run_frame."""
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import seeding
+
+from attnprof.dashboard import runinfo, views
+from attnprof.dashboard.data import run_frame, time_stats_columns
+from attnprof.export import measurements_frame
+from attnprof.records import time_stats
+from attnprof.store import Store
+
+
+def test_filter_defaults_keep_every_impl_and_length_but_one_shape(base_frame):
+    wide = pd.concat([base_frame, base_frame.assign(heads=8)])
+    defaults = views.default_filters(wide)
+    assert defaults["heads"] == [4] and defaults["label"] == ["nystromformer[num_landmarks=32]", "sdpa", "softmax"]
+    assert defaults["causal"] == [False, True] and defaults["seq_len"] == list(seeding.LENGTHS)
+    assert len(views.apply_filters(wide, defaults)) == len(base_frame)
+    assert len(views.apply_filters(wide, {"heads": []})) == len(wide)  # nothing ticked: not filtered
+
+
+def test_line_names_carry_only_the_axes_that_vary_and_are_not_facets(base_frame):
+    lines = views.with_lines(base_frame, facets=())
+    assert set(lines["line"]) == {"softmax bidir", "softmax causal", "sdpa bidir", "sdpa causal", "nystromformer[num_landmarks=32] bidir",
+                                  "nystromformer[num_landmarks=32] causal"}  # fmt: skip
+    faceted = views.with_lines(base_frame, facets=("causal",))
+    assert set(faceted["line"]) == {"softmax", "sdpa", "nystromformer[num_landmarks=32]"} and set(faceted["facet_col"]) == {
+        "bidir",
+        "causal",
+    }
+    assert views.default_facets(base_frame) == ["causal"]
+
+
+def test_rebuilt_command_parses_back_to_the_same_sweep():
+    from attnprof.scenario import sweep_from_options
+
+    sweep = seeding.sweep_dict()
+    command = runinfo.rebuilt_command(sweep)
+    assert command.startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32 --lengths 256,512,1k,2k,4k,8k")
+    tokens = command.split()[2:]
+    options = {tokens[i][2:].replace("-", "_"): tokens[i + 1] for i in range(0, len(tokens), 2)}
+    rebuilt = sweep_from_options(options)
+    assert list(rebuilt.lengths) == sweep["lengths"] and rebuilt.causal == (False, True) and rebuilt.heads == (seeding.HEADS,)
+    assert [s.label for s in rebuilt.impls] == sweep["impls"]
+    assert runinfo.reproduce_command(seeding.run_info("r", "t", command="attnprof sweep --impl x")) == "attnprof sweep --impl x"
+
+
+def test_store_frame_and_run_frame_match_the_export_frame(two_runs_db):
+    store = Store.open(two_runs_db, create=False)
+    try:
+        fast = run_frame(seeding.BASE, store.frame(seeding.BASE))
+        slow = measurements_frame(seeding.BASE, store.measurements(seeding.BASE))
+        assert store.frame("no-such-run").empty
+    finally:
+        store.close()
+    assert list(fast.columns) == list(slow.columns)
+    for column in fast.columns:
+        if column in ("times_ms", "options", "noisy"):
+            assert [v if v == v else None for v in fast[column]] == list(slow[column]), column
+            continue
+        left, right = fast[column], slow[column]
+        if pd.api.types.is_numeric_dtype(left) and column not in ("causal",):
+            assert np.allclose(left.astype(float), pd.to_numeric(right).astype(float), equal_nan=True, rtol=1e-12), column
+        else:
+            assert list(left) == list(right), column
+
+
+def test_time_stats_columns_agree_with_records_time_stats():
+    rng = random.Random(0)
+    samples = [[rng.random() for _ in range(rng.choice([0, 1, 2, 4, 7]))] for _ in range(300)]
+    columns = time_stats_columns(pd.Series(samples, dtype=object))
+    for i, row in enumerate(samples):
+        for key, expected in time_stats(row).items():
+            got = columns[key][i]
+            assert (got is None or got != got) if expected is None else got == pytest.approx(expected, abs=1e-12), (key, row)

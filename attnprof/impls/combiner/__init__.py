@@ -1,0 +1,74 @@
+"""Combiner (Ren et al., NeurIPS 2021): full-support attention in sub-quadratic cost.
+
+Every query sees some keys directly and the rest through region summaries; one softmax over both
+(ALGORITHMS.md section 3). Four factorisations, each causal and bidirectional:
+
+    combiner-fixed      blocks of s tokens                      O(N sqrt N) at s ~ sqrt N
+    combiner-axial      rows of m tokens, row-major plan        O(N sqrt N) at m ~ sqrt N
+    combiner-logsparse  dyadic tree of sibling blocks           O(N log N)
+    combiner-mixture    axial-vertical + horizontal, joint      O(N sqrt N) at m ~ sqrt N
+
+Option `block_size`: the block length s (Fixed) or row length m (Axial, Mixture); None picks the
+power of two nearest sqrt(N). Logsparse has no block size (its dyadic tree fixes every block), so it
+takes no options at all: `combiner-logsparse:block_size=...` is refused as an unknown option. Each variant's module docstring states where
+it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs. The check
+reference is the explicit N x N effective matrix in `attnprof.impls.reference.combiner`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from attnprof.impls import register
+from attnprof.impls.base import AttentionImpl
+from attnprof.impls.combiner.axial import axial_attention
+from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
+from attnprof.impls.combiner.fixed import fixed_attention
+from attnprof.impls.combiner.logsparse import logsparse_attention
+from attnprof.impls.combiner.mixture import mixture_attention
+from attnprof.impls.reference.combiner import combiner_reference
+
+OPERATORS = {"fixed": fixed_attention, "axial": axial_attention, "logsparse": logsparse_attention, "mixture": mixture_attention}
+DESCRIPTIONS = {
+    "fixed": "Combiner-Fixed: own block of s tokens direct, other blocks via max-pool summaries (O(N sqrt N))",
+    "axial": "Combiner-Axial (row-major): own row direct, other rows via row-attention summaries, wsum keys (O(N sqrt N))",
+    "logsparse": "Combiner-Logsparse: self and sibling token direct, dyadic sibling blocks via summaries (O(N log N))",
+    "mixture": "Combiner-Mixture: own row and column direct, vertical and horizontal running-max summaries (O(N sqrt N))",
+}
+TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+def combiner_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, variant: str = "fixed", causal: bool = False, block_size: int | None = None
+) -> torch.Tensor:
+    """Combiner attention on (B, H, N, D) q, k, v -> (B, H, N, D); variant in fixed, axial, logsparse, mixture."""
+    if variant not in OPERATORS:
+        raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
+    return OPERATORS[variant](q, k, v, causal=causal, block_size=block_size)
+
+
+def _refuse(case, options) -> list[str]:
+    block = options.get("block_size")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        return [f"block_size must be a positive integer or None, not {block!r}"]
+    return []
+
+
+for _variant in OPERATORS:
+    register(
+        AttentionImpl(
+            name=f"combiner-{_variant}",
+            family="combiner",
+            fn=functools.partial(combiner_attention, variant=_variant),
+            description=DESCRIPTIONS[_variant],
+            options={} if _variant == "logsparse" else {"block_size": None},
+            reference=functools.partial(combiner_reference, variant=_variant),
+            refuse=_refuse,
+            flops=functools.partial(combiner_flops, _variant),
+            min_bytes=functools.partial(combiner_min_bytes, _variant),
+            exact=False,
+            check_tolerance=dict(TOLERANCE),
+        )
+    )

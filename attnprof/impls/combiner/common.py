@@ -1,0 +1,112 @@
+"""Shared pieces of the Combiner operators: block choice, padding, masked pooling, joint softmax.
+
+Padding: lengths that are not a multiple of the block are right-padded with zeros. Padded keys are
+excluded from pooling (masked to -inf before the max, empty pools become 0), from local softmaxes
+and from direct logits by explicit masks, so the result equals the unpadded definition. Padded
+queries produce rows that are sliced off.
+
+Masks: local softmaxes (summaries) use the compute dtype's most negative finite value, so that a
+fully masked row (an empty region, never used) softmaxes to something finite instead of NaN. The
+joint softmax uses -inf (exp of -inf is cheap, exp of a huge negative number takes a slow path on
+the CPU): every query keeps at least its own key there, so no joint row is fully masked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def default_block(n: int) -> int:
+    """The power of two nearest sqrt(n) (the lower one on a tie): 8192 -> 64, 65536 -> 256."""
+    low = 1
+    while (2 * low) ** 2 <= n:
+        low *= 2
+    return low if 4 * n <= 9 * low * low else 2 * low  # sqrt(n) - low <= 2 low - sqrt(n)
+
+
+def resolve_block(block_size: int | None, n: int) -> int:
+    """The block (Fixed) or row length (Axial, Mixture) used for n tokens; never more than n."""
+    if block_size is None:
+        return default_block(n)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer or None, not {block_size!r}")
+    return max(1, min(block_size, n))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmaxes and pools run in fp32 for half inputs, in the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def prepare(q, k, v, length: int):
+    """q scaled by 1/sqrt(d) (max-pooling commutes with it), all cast to the compute dtype and
+    right-padded with zeros to `length` tokens: three (B, H, length, D) tensors."""
+    dtype = compute_dtype(q.dtype)
+    pad = length - q.shape[-2]
+    q = q.to(dtype) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, N, D)
+    return tuple(F.pad(x.to(dtype), (0, 0, 0, pad)) if pad else x.to(dtype) for x in (q, k, v))  # 3 x (B, H, L, D)
+
+
+def token_valid(n: int, length: int, device) -> torch.Tensor:
+    """True for real tokens, False for padding: (length,)."""
+    return torch.arange(length, device=device) < n  # (L,)
+
+
+def mask_value(x: torch.Tensor) -> float:
+    """The most negative finite value of x's dtype: the mask of local softmaxes, whose rows may be empty."""
+    return torch.finfo(x.dtype).min
+
+
+def masked_max(x: torch.Tensor, valid: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Max-pool over `dim` ignoring invalid entries; a pool with no valid entry gives 0.
+    `valid` broadcasts against x (None: all valid)."""
+    if valid is None:
+        return x.amax(dim=dim)
+    pooled = x.masked_fill(~valid, float("-inf")).amax(dim=dim)
+    return pooled.masked_fill(~valid.any(dim=dim), 0.0)
+
+
+def local_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    """One summary query per group attending to its group: query (..., G, D), keys/values
+    (..., G, S, D), drop (G, S) or broadcastable, True where a key is excluded -> (..., G, D)."""
+    logits = (query.unsqueeze(-2) @ keys.transpose(-2, -1)).squeeze(-2)  # (..., G, S)
+    if drop is not None:
+        logits = logits.masked_fill(drop, mask_value(logits))
+    weights = torch.softmax(logits, dim=-1)  # (..., G, S)
+    return (weights.unsqueeze(-2) @ values).squeeze(-2)  # (..., G, D)
+
+
+def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One softmax over the last axes of several logit tensors taken together, without
+    concatenating them. Each part is (logits (..., a, b, K), drop mask broadcastable to it, swapped):
+    `swapped` parts hold their two query axes as (b, a) instead of (a, b), e.g. column-major
+    pieces of a grid. Each logits tensor is masked, shifted and exponentiated in place (the
+    callers hand over fresh tensors); returns the unnormalised weights, in each part's own
+    layout, and the normaliser in the (..., a, b) layout. The shift is the joint row maximum,
+    detached: softmax does not depend on it, so gradients are exact."""
+    for logits, drop, _ in parts:
+        if drop is not None:
+            logits.masked_fill_(drop, float("-inf"))
+    top = None
+    for logits, _, swapped in parts:
+        part_top = _unswap(logits.detach().amax(dim=-1), swapped)  # (..., a, b)
+        top = part_top if top is None else torch.maximum(top, part_top)
+    weights, total = [], None
+    for logits, _, swapped in parts:
+        weight = logits.sub_(_unswap(top, swapped).unsqueeze(-1)).exp_()  # (..., a, b, K) or (..., b, a, K)
+        part_total = _unswap(weight.sum(dim=-1), swapped)  # (..., a, b)
+        total = part_total if total is None else total + part_total
+        weights.append(weight)
+    return weights, total
+
+
+def _unswap(x: torch.Tensor, swapped: bool) -> torch.Tensor:
+    return x.transpose(-2, -1) if swapped else x
+
+
+def finish(out: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Drop padded rows and return in the input dtype: (B, H, L, D) -> (B, H, N, D)."""
+    return out[..., :n, :].to(dtype)

@@ -1,0 +1,70 @@
+"""FLOPs and minimum bytes of the Combiner operators, per variant.
+
+FLOPs are the matrix-product FLOPs the operator performs (2 M N K per product, as
+torch.utils.flop_counter counts them) on its padded shapes; max-pools, masks, exp and the
+normalisation are not counted, as for every other impl. Every product's operands require grad in
+fwd_bwd, so the backward does two products of the same size per forward one: fwd_bwd = 3 x fwd.
+With G = batch * heads, D = head dim:
+
+    fixed      block s, nb = ceil(N / s), L = nb s:  4 G D L (1 + s + nb)
+               (block summaries 4 G D L, own block 4 G D L s, block summaries seen by every query 4 G D L nb)
+    axial      row m, n = ceil(N / m), L = n m:      4 G D L (2 m + n)
+               (row logits, row attention on values and on keys 6 G D L m, own-row weights times
+               values 2 G D L m, row-summary logits and weights times summaries 4 G D L n)
+    logsparse  P = 2^L, L = bit_length(N - 1), tiles of T = 2^min(L, 5) (TILE_LEVELS):  4 G D P (3 T - 4 + 2 (L - log2 T))
+               (per tile query: T tokens + T - 2 in-tile block summaries + one sibling summary per
+               level >= log2 T as keys, 4 G D P (2 T - 2 + L - log2 T); the in-tile summaries'
+               local attention 4 G D P (T - 2); the larger blocks' local attention 4 G D P per level)
+    mixture    row m, n = ceil(N / m), L = n m:      4 G D L (m + n) x (4 causal, 5 bidirectional)
+               (own row + own column, then per scan direction its running summaries and its logits:
+               one vertical and two horizontal directions causal, two of each bidirectional)
+
+Minimum bytes: q, k, v in and the output out (`io_bytes`), plus the region summaries (key and value,
+D each), which are shared by many queries, so even a fused kernel writes them once and reads them
+back once; in fwd_bwd their gradients travel the same way again.
+"""
+
+from __future__ import annotations
+
+from attnprof.impls.base import DTYPE_BYTES, io_bytes
+from attnprof.impls.combiner.common import resolve_block
+from attnprof.impls.combiner.logsparse import TILE_LEVELS
+from attnprof.spec import Case
+
+
+def combiner_flops(variant: str, case: Case, options: dict) -> int:
+    g, d, n = case.batch * case.heads, case.head_dim, case.seq_len
+    if variant == "logsparse":
+        levels = (n - 1).bit_length()
+        tile_levels = min(levels, TILE_LEVELS)
+        fwd = 4 * g * d * (1 << levels) * (3 * (1 << tile_levels) - 4 + 2 * (levels - tile_levels)) if levels else 0
+    else:
+        block = resolve_block(options.get("block_size"), n)
+        groups = -(-n // block)
+        length = groups * block
+        fwd = {
+            "fixed": 4 * g * d * length * (1 + block + groups),
+            "axial": 4 * g * d * length * (2 * block + groups),
+            "mixture": 4 * g * d * length * (block + groups) * (4 if case.causal else 5),
+        }[variant]
+    return fwd if case.mode == "fwd" else 3 * fwd
+
+
+def combiner_min_bytes(variant: str, case: Case, options: dict) -> int:
+    g, d, n = case.batch * case.heads, case.head_dim, case.seq_len
+    if variant == "logsparse":
+        summaries = sum(_pow2(n) >> level for level in range(1, (n - 1).bit_length()))  # one per block of each level
+    else:
+        block = resolve_block(options.get("block_size"), n)
+        length = -(-n // block) * block
+        summaries = {
+            "fixed": length // block,
+            "axial": length,  # one summary per (row, column)
+            "mixture": length * (3 if case.causal else 4),  # one per grid cell and scan direction
+        }[variant]
+    traffic = 2 * 2 * summaries * g * d * DTYPE_BYTES[case.dtype]  # key and value, written once, read once
+    return io_bytes(case) + traffic * (1 if case.mode == "fwd" else 2)
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()

@@ -1,0 +1,209 @@
+"""Combiner operators against the explicit N x N oracle, and the properties the paper promises."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from attnprof import impls
+from attnprof.accounting import account_call
+from attnprof.errors import UsageError
+from attnprof.impls.base import io_bytes
+from attnprof.impls.combiner import combiner_attention
+from attnprof.impls.combiner.common import default_block
+from attnprof.impls.combiner.scan import prefix_max
+from attnprof.impls.reference.combiner import block_length, combiner_reference, effective_weights
+from attnprof.impls.softmax import softmax_attention
+from attnprof.inputs import make_call, make_inputs
+from attnprof.spec import Case
+
+VARIANTS = ("fixed", "axial", "logsparse", "mixture")
+# (length, block): multiples and non-multiples of the block, one block, the default block, and
+# lengths where N - 1 is a power of two (17, 33: the reference code's Logsparse level count is short there).
+SHAPES = [(1, None), (2, None), (7, 3), (16, 4), (17, None), (23, 5), (33, 8), (40, 64)]
+CASES = list(itertools.product(VARIANTS, (False, True), SHAPES))
+
+
+def qkv(n, *, batch=2, heads=2, dim=4, dtype=torch.float64, seed=0, grad=False):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype).requires_grad_(grad) for _ in range(3)]
+
+
+@pytest.mark.parametrize("variant,causal,shape", CASES)
+def test_matches_the_oracle_in_float64(variant, causal, shape):
+    n, block = shape
+    q, k, v = qkv(n)
+    out = combiner_attention(q, k, v, variant=variant, causal=causal, block_size=block)
+    expected = combiner_reference(q, k, v, variant=variant, causal=causal, block_size=block)
+    assert out.shape == q.shape and out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant,causal,shape", CASES)
+def test_oracle_rows_are_distributions_with_full_support(variant, causal, shape):
+    n, block = shape
+    q, k, _ = qkv(n)
+    weights = effective_weights(q, k, variant=variant, causal=causal, block_size=block)  # (B, H, N, N)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1], dtype=torch.float64), rtol=0, atol=1e-12)
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() if causal else torch.ones(n, n, dtype=torch.bool)
+    assert torch.all(weights[..., ~allowed] == 0), "causal rows must be zero above the diagonal"
+    assert torch.all(weights[..., allowed] > 0), "every query must reach every key it may see (full support)"
+
+
+@pytest.mark.parametrize("variant,causal", list(itertools.product(VARIANTS, (False, True))))
+@pytest.mark.parametrize("n,block", [(23, 5), (64, None), (50, 8)])
+def test_values_of_ones_give_ones(variant, causal, n, block):
+    q, k, _ = qkv(n, seed=1)
+    out = combiner_attention(q, k, torch.ones_like(q), variant=variant, causal=causal, block_size=block)
+    torch.testing.assert_close(out, torch.ones_like(out), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,block,cut", [(29, 4, 13), (64, None, 31), (40, 7, 20)])
+def test_causal_outputs_never_see_the_future(variant, n, block, cut):
+    q, k, v = qkv(n, seed=2)
+    before = combiner_attention(q, k, v, variant=variant, causal=True, block_size=block)
+    changed = [x.clone() for x in (q, k, v)]
+    for x in changed:
+        x[..., cut + 1 :, :] = 100.0 * torch.randn_like(x[..., cut + 1 :, :])
+    after = combiner_attention(*changed, variant=variant, causal=True, block_size=block)
+    torch.testing.assert_close(after[..., : cut + 1, :], before[..., : cut + 1, :], rtol=0, atol=1e-12)
+    assert not torch.allclose(after[..., cut + 1 :, :], before[..., cut + 1 :, :])
+
+
+@pytest.mark.parametrize("causal", (False, True))
+@pytest.mark.parametrize("n,block", [(10, 10), (10, 64), (33, 40)])
+def test_fixed_with_one_block_is_exact_softmax(causal, n, block):
+    q, k, v = qkv(n, seed=3)
+    out = combiner_attention(q, k, v, variant="fixed", causal=causal, block_size=block)
+    torch.testing.assert_close(out, softmax_attention(q, k, v, causal=causal), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant,causal", list(itertools.product(VARIANTS, (False, True))))
+def test_gradcheck_in_float64(variant, causal):
+    q, k, v = qkv(7, batch=1, heads=1, dim=2, seed=4, grad=True)  # 7 = 2 blocks of 3 + padding
+    assert torch.autograd.gradcheck(lambda *t: combiner_attention(*t, variant=variant, causal=causal, block_size=3), (q, k, v))
+
+
+@pytest.mark.parametrize("variant,causal", list(itertools.product(VARIANTS, (False, True))))
+def test_gradients_match_the_oracle(variant, causal):
+    fast, slow = qkv(37, seed=5, grad=True), qkv(37, seed=5, grad=True)
+    grad_out = torch.randn(2, 2, 37, 4, dtype=torch.float64)
+    combiner_attention(*fast, variant=variant, causal=causal, block_size=6).backward(grad_out)
+    combiner_reference(*slow, variant=variant, causal=causal, block_size=6).backward(grad_out)
+    for mine, theirs in zip(fast, slow, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant,causal", list(itertools.product(VARIANTS, (False, True))))
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_half_inputs_stay_finite_at_a_long_length(variant, causal, dtype):
+    q, k, v = qkv(4000, batch=1, heads=1, dim=16, dtype=torch.float32, seed=6)
+    out = combiner_attention(*(x.to(dtype) for x in (q, k, v)), variant=variant, causal=causal)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    full = combiner_attention(q, k, v, variant=variant, causal=causal)  # float32
+    assert torch.linalg.vector_norm(out.float() - full) / torch.linalg.vector_norm(full) < 2e-2
+
+
+def _naive_prefix_max(x, dim, reverse, valid):
+    """Position by position: the max over the valid entries strictly before t (after, reversed), else 0."""
+    x = x.masked_fill(~valid, float("-inf")) if valid is not None else x
+    out = torch.zeros_like(x)
+    size = x.shape[dim]
+    for t in range(size):
+        others = x.narrow(dim, t + 1, size - t - 1) if reverse else x.narrow(dim, 0, t)
+        if others.shape[dim]:
+            best = others.amax(dim)
+            out.select(dim, t).copy_(best.masked_fill(best == float("-inf"), 0.0))
+    return out
+
+
+@pytest.mark.parametrize("dim,reverse,padded", list(itertools.product((1, 2), (False, True), (False, True))))
+def test_prefix_max_window_and_cummax_agree_with_a_plain_loop(dim, reverse, padded):
+    x = torch.randn(2, 9, 11, 3, dtype=torch.float64, requires_grad=True)
+    valid = (torch.arange(9 * 11).view(9, 11, 1) < 80) if padded else None
+    expected = _naive_prefix_max(x, dim, reverse, valid)
+    grad = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    for method in ("window", "cummax"):
+        out = prefix_max(x, dim, reverse=reverse, valid=valid, method=method)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], expected_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", (False, True))
+def test_mixture_on_the_cummax_path_matches_the_oracle(monkeypatch, causal):
+    """The CPU runs the window path; CUDA and meta run cummax. Check the whole operator on the latter too."""
+    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "cummax")
+    fast, slow = qkv(23, seed=8, grad=True), qkv(23, seed=8, grad=True)
+    out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=5)
+    expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=5)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    expected.sum().backward()
+    for mine, theirs in zip(fast, slow, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant,causal,mode", list(itertools.product(VARIANTS, (False, True), ("fwd", "fwd_bwd"))))
+def test_flops_formula_equals_the_counted_flops(variant, causal, mode):
+    impl = impls.get(f"combiner-{variant}")
+    for n, block in [(1000, None), (96, 7), (2, None)]:
+        options = () if block is None or variant == "logsparse" else (("block_size", block),)
+        case = Case(impl=impl.name, seq_len=n, heads=2, head_dim=8, dtype="bfloat16", causal=causal, mode=mode, options=options)
+        reading = account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
+        assert impl.flops(case, impl.resolve_options(case.options)) == reading.flops
+        min_bytes = impl.min_bytes(case, impl.resolve_options(case.options))
+        assert (
+            min_bytes > io_bytes(case) if n > 2 else min_bytes >= io_bytes(case)
+        )  # plus the summaries' traffic (none at n = 2 for logsparse)
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("variant,causal", list(itertools.product(VARIANTS, (False, True))))
+def test_no_quadratic_intermediate(variant, causal):
+    n = 16384
+    case = Case(impl=f"combiner-{variant}", seq_len=n, heads=1, head_dim=8, dtype="bfloat16", causal=causal, mode="fwd_bwd")
+    largest = _LargestTensor()
+    with largest:
+        make_call(impls.get(case.impl).bind(case), make_inputs(case, device="meta"))()
+    assert largest.numel < n * n // 16, f"largest intermediate has {largest.numel} elements"
+
+
+def test_registration_options_and_refusals():
+    logsparse = impls.get("combiner-logsparse")
+    assert logsparse.options == {}  # its dyadic tree fixes every block: a block size would be silently ignored
+    with pytest.raises(UsageError, match="'block_size'"):
+        logsparse.resolve_options({"block_size": "16"})
+    for variant in [v for v in VARIANTS if v != "logsparse"]:
+        impl = impls.get(f"combiner-{variant}")
+        assert impl.family == "combiner" and not impl.exact and impl.options == {"block_size": None}
+        assert set(impl.causal) == {False, True} and impl.meta_exact
+        assert impl.resolve_options({"block_size": "16"}) == {"block_size": 16}
+        case = Case(impl=impl.name, seq_len=64, options=(("block_size", 0),))
+        assert impl.not_supported(case) and "block_size" in impl.not_supported(case)[0]
+        q, k, v = qkv(20, seed=7)
+        small = Case(impl=impl.name, seq_len=20, causal=True, options=(("block_size", 6),))
+        torch.testing.assert_close(impl.bind(small)(q, k, v), impl.bind_reference(small)(q, k, v), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="variant"):
+        combiner_attention(*qkv(4), variant="routing")
+
+
+def test_default_block_is_the_power_of_two_nearest_sqrt_n():
+    assert [default_block(n) for n in (1, 3, 16, 100, 8192, 65536)] == [1, 2, 4, 8, 64, 256]
+    assert all(default_block(n) == block_length(None, n) for n in range(1, 3000))
+    assert block_length(100, 10) == 10  # a block longer than the sequence is one block

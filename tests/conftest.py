@@ -25,13 +25,3 @@ def pytest_collection_modifyitems(config, items):
 def db(tmp_path):
     return tmp_path / "test.db"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # for CLI subprocesses
-
-
-def small_sweep(impl: str, lengths=(64, 128, 256), **changes):
-    """A sweep small enough for the 2-core CI machine: 2 heads, head dim 16, tiny time budgets."""
-    from attnprof.spec import Sweep, parse_impls
-
-    settings = dict(impls=parse_impls(impl), lengths=tuple(lengths), heads=(2,), head_dim=(16,), device=("cpu",), dtype=("float32",),
-                    causal=(False,), warmup_ms=1.0, rep_ms=5.0, timeout=60.0)  # fmt: skip
-    settings.update(changes)
-    return Sweep(**settings)

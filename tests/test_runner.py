@@ -1,7 +1,7 @@
 """Every status path through a real worker process, skipping after oom/timeout, restarts, resume."""
 
 import pytest
-from conftest import small_sweep
+from small_sweeps import small_sweep
 
 from attnprof.api import run_sweep
 from attnprof.records import Status

@@ -50,7 +50,10 @@ def measured_boundaries(cells: pd.DataFrame) -> dict:
     """The lengths that ran and that ran out of memory, to check a frontier against. Accounting runs
     (device meta) allocate nothing, so their lengths say nothing about a real memory limit."""
     real = cells[cells["device"] != "meta"]
-    return {"oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]), "ok_lengths": tuple(real.loc[real["status"] == "ok", "seq_len"])}
+    return {
+        "oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]),
+        "ok_lengths": tuple(real.loc[real["status"] == "ok", "seq_len"]),
+    }
 
 
 def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None) -> pd.DataFrame:
@@ -62,6 +65,6 @@ def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None
         for key in CONFIG:
             cells = cells[cells[key] == row[key]]
         found = memory_frontier(row["fit"], budget_bytes, **measured_boundaries(cells))
-        rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, "length": found.length, "length_low": found.length_low,
-                     "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent, "message": found.message})  # fmt: skip
+        figures = {name: getattr(found, name) for name in ("length", "length_low", "length_high", "kind", "consistent", "message")}
+        rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, **figures})
     return pd.DataFrame(rows)

@@ -1,7 +1,7 @@
 """The library API the CLI is a shell over; a notebook calls the same functions.
 
-    run_id = run_sweep(Sweep(impls=parse_impls("softmax,sdpa"), lengths=(256, 512)), db="x.db")
-    frame = load_measurements(run_id, db="x.db")
+run_id = run_sweep(Sweep(impls=parse_impls("softmax,sdpa"), lengths=(256, 512)), db="x.db")
+frame = load_measurements(run_id, db="x.db")
 """
 
 from __future__ import annotations
@@ -82,7 +82,6 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
 
     Raises runner.SweepInterrupted on Ctrl-C after saving everything measured.
     """
-    from attnprof.records import RunInfo
     from attnprof.runner import SweepInterrupted, execute
     from attnprof.store import Store
     from attnprof.worker import Settings

@@ -42,7 +42,9 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     ref = impl.bind_reference(small)(exact.q, exact.k, exact.v)  # (1, 2, n, D)
     error = relative_error(out, ref)
     with torch.no_grad():
-        fidelity = error if impl.exact else _fidelity(impl, small, tested, softmax_attention(exact.q, exact.k, exact.v, causal=case.causal), out)
+        fidelity = (
+            error if impl.exact else _fidelity(impl, small, tested, softmax_attention(exact.q, exact.k, exact.v, causal=case.causal), out)
+        )
     tolerance = impl.check_tolerance.get(case.dtype, DEFAULT_TOLERANCE[case.dtype])
     failure = None
     if not error <= tolerance:  # also catches NaN
@@ -64,10 +66,12 @@ def _check_gradients(out, ref, tested, exact, tolerance, small) -> str | None:
     grad_out = exact.grad_out  # (1, 2, n, D) float64
     out.backward(grad_out.to(out.device, out.dtype))
     ref.backward(grad_out)
-    for name, mine, theirs in zip("qkv", tested, (exact.q, exact.k, exact.v)):
+    for name, mine, theirs in zip("qkv", tested, (exact.q, exact.k, exact.v), strict=False):
         error = relative_error(mine.grad, theirs.grad)
         if not error <= tolerance:
-            return f"failed its gradient check against the reference at N={small.seq_len}: d{name} relative error {error:.3g} > {tolerance:g}"
+            return (
+                f"failed its gradient check against the reference at N={small.seq_len}: d{name} relative error {error:.3g} > {tolerance:g}"
+            )
     return None
 
 

@@ -13,7 +13,23 @@ import click
 
 from attnprof.errors import UsageError
 
-SWEEP_OPTION_NAMES = ("impl", "lengths", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "warmup_ms", "rep_ms", "timeout", "seed", "name", "accounting")
+SWEEP_OPTION_NAMES = (
+    "impl",
+    "lengths",
+    "batch",
+    "heads",
+    "head_dim",
+    "dtype",
+    "device",
+    "causal",
+    "mode",
+    "warmup_ms",
+    "rep_ms",
+    "timeout",
+    "seed",
+    "name",
+    "accounting",
+)
 
 
 class BadInput(click.ClickException):
@@ -45,7 +61,9 @@ def cli():
 
 
 def _db_option(function):
-    return click.option("--db", type=click.Path(dir_okay=False), default=None, help="Database file (default: $ATTNPROF_DB or reports/attnprof.db).")(function)
+    return click.option(
+        "--db", type=click.Path(dir_okay=False), default=None, help="Database file (default: $ATTNPROF_DB or reports/attnprof.db)."
+    )(function)
 
 
 @cli.command()
@@ -83,7 +101,9 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
     file_options = scenario_options(scenario) if scenario else {}
     given = {k: v for k, v in options.items() if v is not None}
     if resume is not None and (given or scenario):
-        raise UsageError(f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}")
+        raise UsageError(
+            f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}"
+        )
     db = db or file_options.get("db")
     spec = sweep_from_options({**file_options, **given})
     if dry_run:
@@ -293,7 +313,10 @@ def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:
     found = result.crossovers[result.crossovers["kind"] != "none"] if len(result.crossovers) else result.crossovers
     click.echo(f"Crossovers ({len(found)} of {len(result.crossovers)} pairs cross):")
     for _, row in found.iterrows():
-        click.echo(f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
+        click.echo(
+            f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} "
+            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
+        )
     if len(result.frontiers):
         click.echo("Memory frontiers:")
         for _, row in result.frontiers.iterrows():
@@ -385,7 +408,9 @@ def serve(db, host, port, open_browser):
 @cli.command()
 @click.argument("run", default="latest")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file to write (default: reports/<run_id>.html).")
-@click.option("--png", "png_dir", type=click.Path(file_okay=False), default=None, help="Also write each figure as PNG here (needs attnprof[png]).")
+@click.option(
+    "--png", "png_dir", type=click.Path(file_okay=False), default=None, help="Also write each figure as PNG here (needs attnprof[png])."
+)
 @_db_option
 def report(run, out, png_dir, db):
     """Write a self-contained HTML report of a run (plotly.js inline: opens offline).

@@ -7,7 +7,14 @@ from attnprof.records import Status
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
 _UNSUPPORTED_MARKERS = ("no available kernel", "no viable backend")
 # A CUDA error other than OOM leaves the context unusable: every later call in the process fails.
-_POISON_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "cublas_status", "cudnn_status", "unspecified launch failure")
+_POISON_MARKERS = (
+    "cuda error",
+    "device-side assert",
+    "illegal memory access",
+    "cublas_status",
+    "cudnn_status",
+    "unspecified launch failure",
+)
 
 
 def classify(error: BaseException) -> tuple[Status, str, bool]:

@@ -36,7 +36,9 @@ class RuleVerdict:
     judgements: tuple[Judgement, ...]
 
 
-def evaluate(rules: list[GateRule], frame: pd.DataFrame, baseline: pd.DataFrame | None = None, default_budget: int | None = None) -> list[RuleVerdict]:
+def evaluate(
+    rules: list[GateRule], frame: pd.DataFrame, baseline: pd.DataFrame | None = None, default_budget: int | None = None
+) -> list[RuleVerdict]:
     return [_verdict(rule, _judge(rule, frame, baseline, default_budget)) for rule in rules]
 
 
@@ -56,7 +58,12 @@ def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
             more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
             return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}", tuple(judgements))
     worst = max(judgements, key=lambda j: j.severity)
-    return RuleVerdict(rule, "PASS", f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else ""), tuple(judgements))
+    return RuleVerdict(
+        rule,
+        "PASS",
+        f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else ""),
+        tuple(judgements),
+    )
 
 
 def _matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
@@ -99,7 +106,7 @@ def _ok_points(rule: GateRule, group: pd.DataFrame):
 
 def _not_ok(rule: GateRule, group: pd.DataFrame) -> str:
     bad = group[group["status"] != "ok"]
-    text = ", ".join(f"N={n} {s}" for n, s in zip(bad["seq_len"], bad["status"]))
+    text = ", ".join(f"N={n} {s}" for n, s in zip(bad["seq_len"], bad["status"], strict=False))
     ok = group[group["status"] == "ok"]
     empty = ok["times_ms"].map(len) == 0 if rule.metric == "time" else ok[METRICS[rule.metric]].isna()
     if empty.any():
@@ -114,12 +121,15 @@ def _judge_exponent(rule, subject, group, frame, budget) -> Judgement:
     if len(set(lengths)) < 3:
         return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
     fit = fit_power_law(lengths, values, metric=rule.metric)
-    described = f"exponent {fit.exponent:.3f} [95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}] over N={_span(fit.lengths_used)} ({fit.complexity})"
+    interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
+    described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity})"
     if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
         return Judgement(subject, "FAIL", f"{described} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
     if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
         return Judgement(subject, "FAIL", f"{described} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
-    bound = " ".join(f"{name} {value:g}" for name, value in (("<= max", rule.max_exponent), (">= min", rule.min_exponent)) if value is not None)
+    bound = " ".join(
+        f"{name} {value:g}" for name, value in (("<= max", rule.max_exponent), (">= min", rule.min_exponent)) if value is not None
+    )
     margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
     return Judgement(subject, "PASS", f"{described} {bound}", margin)
 
@@ -163,7 +173,11 @@ def _judge_value(rule, subject, group, frame, length) -> Judgement:
     value, status, why = _value_at(rule, group, length)
     if value is None:
         return _own_cell_failure(subject, status, why)
-    shown = (lambda v: format_bytes(int(v))) if rule.metric == "peak_bytes" else (lambda v: f"{v:.4g}" + (" ms" if rule.metric == "time" else ""))
+    shown = (
+        (lambda v: format_bytes(int(v)))
+        if rule.metric == "peak_bytes"
+        else (lambda v: f"{v:.4g}" + (" ms" if rule.metric == "time" else ""))
+    )
     return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, shown)
 
 
@@ -185,12 +199,14 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
 
     budget = rule.budget or default_budget
     if budget is None:
-        return Judgement(subject, "MISSING", "no budget: set budget = \"80GiB\" in the rule (the device's memory is unknown)")
+        return Judgement(subject, "MISSING", 'no budget: set budget = "80GiB" in the rule (the device\'s memory is unknown)')
     lengths, values = _ok_points(rule, group)
     if len(set(lengths)) < 3:
         return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
     frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, **measured_boundaries(group))
-    described = f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
+    described = (
+        f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
+    )
     if not frontier.length_low >= rule.min_frontier:
         return Judgement(subject, "FAIL", f"{described} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
     return Judgement(subject, "PASS", f"{described} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))

@@ -19,7 +19,19 @@ from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_lengt
 
 METRICS = {"time": "median_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
 FILTER_KEYS = ("causal", "mode", "dtype", "device", "batch", "heads", "head_dim")
-BOUND_KEYS = ("max_exponent", "min_exponent", "at_length", "max_ratio", "min_ratio", "to", "max_value", "min_value", "max_regression", "min_frontier", "budget")
+BOUND_KEYS = (
+    "max_exponent",
+    "min_exponent",
+    "at_length",
+    "max_ratio",
+    "min_ratio",
+    "to",
+    "max_value",
+    "min_value",
+    "max_regression",
+    "min_frontier",
+    "budget",
+)
 UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
@@ -81,7 +93,7 @@ def _parse_rule(index: int, table: dict, source: str) -> GateRule:
 def _required_text(table: dict, key: str, where: str) -> str:
     value = table.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{where} needs {key} = \"...\"")
+        raise UsageError(f'{where} needs {key} = "..."')
     return value.strip()
 
 

@@ -46,7 +46,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
         runs = tuple(run_sweep(sweep_from_options(s), db, progress=progress, command=f"attnprof gate {rules_path}") for s in sweeps)
     frames = [load_measurements(run, db) for run in runs]
-    run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs))
+    run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
     return verdicts, run_ids

@@ -109,5 +109,7 @@ def sweep_tables(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",))
             raise UsageError(f"'sweep' in {str(path)!r} must be a table")
         for key in options:
             if key not in SWEEP_KEYS and key not in FILE_ONLY_KEYS:
-                raise UsageError(f"unknown key {key!r} in [sweep] of {str(path)!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}")
+                raise UsageError(
+                    f"unknown key {key!r} in [sweep] of {str(path)!r}; known keys: {', '.join([*SWEEP_KEYS, *FILE_ONLY_KEYS])}"
+                )
     return sweeps

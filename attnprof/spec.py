@@ -222,7 +222,9 @@ class Case:
 
     def describe(self) -> str:
         causal = "causal" if self.causal else "bidir"
-        return f"{self.label} N={self.seq_len} B={self.batch} H={self.heads} D={self.head_dim} {self.dtype} {self.device} {causal} {self.mode}"
+        return (
+            f"{self.label} N={self.seq_len} B={self.batch} H={self.heads} D={self.head_dim} {self.dtype} {self.device} {causal} {self.mode}"
+        )
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -266,7 +268,19 @@ class Sweep:
             self.impls, self.mode, self.causal, self.dtype, self.device, self.batch, self.heads, self.head_dim, self.lengths
         )
         cases = [
-            Case(impl=s.name, options=s.options, mode=m, causal=c, dtype=dt, device=dev, batch=b, heads=h, head_dim=d, seq_len=n, seed=self.seed)
+            Case(
+                impl=s.name,
+                options=s.options,
+                mode=m,
+                causal=c,
+                dtype=dt,
+                device=dev,
+                batch=b,
+                heads=h,
+                head_dim=d,
+                seq_len=n,
+                seed=self.seed,
+            )
             for s, m, c, dt, dev, b, h, d, n in grid
         ]
         return sorted(cases, key=lambda case: (case.device, case.config_key, case.seq_len))

@@ -83,7 +83,9 @@ class Store:
     def _check_version(self) -> None:
         version = int(self._meta("schema_version") or 0)
         if version > SCHEMA_VERSION:
-            raise UsageError(f"{str(self.path)!r} has schema version {version}, newer than this attnprof ({SCHEMA_VERSION}); upgrade attnprof")
+            raise UsageError(
+                f"{str(self.path)!r} has schema version {version}, newer than this attnprof ({SCHEMA_VERSION}); upgrade attnprof"
+            )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             if target not in _MIGRATIONS:
                 raise UsageError(f"{str(self.path)!r} has schema version {version}, which this attnprof cannot migrate")
@@ -100,7 +102,16 @@ class Store:
         with self.connection:
             self.connection.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.run_id, run.created_at, run.name, run.command, run.state, json.dumps(run.sweep), json.dumps(run.env), run.tool_version),
+                (
+                    run.run_id,
+                    run.created_at,
+                    run.name,
+                    run.command,
+                    run.state,
+                    json.dumps(run.sweep),
+                    json.dumps(run.env),
+                    run.tool_version,
+                ),
             )
 
     def set_run_state(self, run_id: str, state: str) -> None:
@@ -109,7 +120,8 @@ class Store:
 
     def runs(self) -> list[RunInfo]:
         rows = self.connection.execute(
-            "SELECT run_id, created_at, name, command, state, sweep_json, env_json, tool_version FROM runs ORDER BY created_at DESC, rowid DESC"
+            "SELECT run_id, created_at, name, command, state, sweep_json, env_json, tool_version FROM runs "
+            "ORDER BY created_at DESC, rowid DESC"
         ).fetchall()
         return [_run_from_row(row) for row in rows]
 
@@ -191,10 +203,10 @@ def _run_from_row(row) -> RunInfo:
 
 
 def _measurement_from_row(row) -> Measurement:
-    case_data = dict(zip(CASE_COLUMNS, row[: len(CASE_COLUMNS)]))
+    case_data = dict(zip(CASE_COLUMNS, row[: len(CASE_COLUMNS)], strict=False))
     case_data["options"] = json.loads(case_data["options"])
     case_data["causal"] = bool(case_data["causal"])
-    values = dict(zip(VALUE_COLUMNS, row[len(CASE_COLUMNS) :]))
+    values = dict(zip(VALUE_COLUMNS, row[len(CASE_COLUMNS) :], strict=False))
     values["status"] = Status(values["status"])
     values["times_ms"] = json.loads(values["times_ms"])
     return Measurement(case=Case.from_dict(case_data), **values)

@@ -43,7 +43,13 @@ def _row_label(m: Measurement, varying: list[str]) -> str:
     parts = [m.case.label]
     for axis in varying:
         value = getattr(m.case, axis)
-        parts.append(("causal" if value else "bidir") if axis == "causal" else f"{axis}={value}" if axis in ("batch", "heads", "head_dim") else str(value))
+        parts.append(
+            ("causal" if value else "bidir")
+            if axis == "causal"
+            else f"{axis}={value}"
+            if axis in ("batch", "heads", "head_dim")
+            else str(value)
+        )
     return " ".join(parts)
 
 
@@ -93,15 +99,18 @@ def frame_markdown(frame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fits_display(fits) -> "pd.DataFrame":  # noqa: F821
+def fits_display(fits) -> pd.DataFrame:  # noqa: F821
     """The human columns of analysis fits: configuration, metric, exponent with interval, class, range."""
     import pandas as pd
 
     rows = []
     for _, f in fits.iterrows():
-        config = f"{f['label']} {'causal' if f['causal'] else 'bidir'} {f['mode']} {f['dtype']} {f['device']} B{f['batch']} H{f['heads']} D{f['head_dim']}"
+        causal = "causal" if f["causal"] else "bidir"
+        config = f"{f['label']} {causal} {f['mode']} {f['dtype']} {f['device']} B{f['batch']} H{f['heads']} D{f['head_dim']}"
         if f["fit"] is None:
-            rows.append({"config": config, "metric": f["metric"], "exponent": "-", "class": "-", "r2": "-", "lengths": "-", "rule": f["error"]})
+            rows.append(
+                {"config": config, "metric": f["metric"], "exponent": "-", "class": "-", "r2": "-", "lengths": "-", "rule": f["error"]}
+            )
             continue
         rows.append({
             "config": config, "metric": f["metric"],

@@ -15,7 +15,7 @@ The samples are returned raw; median and quantiles are derived later (records.ti
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50 MB)
 
@@ -65,13 +65,13 @@ def _bench_cuda(call, device, warmup_ms, rep_ms, min_reps, max_reps) -> list[flo
             call()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for start, end in zip(starts, ends):
+        for start, end in zip(starts, ends, strict=False):
             flush.zero_()
             start.record()
             call()
             end.record()
         torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+        return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=False)]
 
 
 def _estimate_cuda(call, flush) -> float:

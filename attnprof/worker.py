@@ -96,7 +96,9 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
     energy = _energy_counter(case)
     start_mj = energy.energy_mj() if energy else None
     # the CPU memory pass has just run the call once: it is the timing pass's first (cold) call
-    measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm=not case.device.startswith("cuda"))
+    measurement.times_ms = bench(
+        call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm=not case.device.startswith("cuda")
+    )
     if start_mj is not None:
         measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))
     _add_work_figures(impl, case, measurement)
@@ -164,7 +166,8 @@ def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
     available = psutil.virtual_memory().available
     if predicted > HOST_MEMORY_FRACTION * available:
         gib = 1024**3
-        return f"predicted peak {predicted / gib:.1f} GiB exceeds {HOST_MEMORY_FRACTION:.0%} of available host memory ({available / gib:.1f} GiB); not run"
+        share = f"{HOST_MEMORY_FRACTION:.0%} of available host memory ({available / gib:.1f} GiB)"
+        return f"predicted peak {predicted / gib:.1f} GiB exceeds {share}; not run"
     return None
 
 

@@ -43,7 +43,7 @@ def main():
     clock = Clock()
     with tempfile.TemporaryDirectory() as folder:
         run_sweep(sweep, Path(folder) / "overhead.db", progress=clock)
-    warm = [w - k for w, k in zip(clock.walls[1:], clock.works[1:])]  # the first case pays the worker start
+    warm = [w - k for w, k in zip(clock.walls[1:], clock.works[1:], strict=False)]  # the first case pays the worker start
     print(f"cases: {len(clock.walls)}; first case (worker start + checks): {clock.walls[0]:.2f} s")
     print(f"overhead per case on a warm worker: median {statistics.median(warm) * 1e3:.1f} ms, max {max(warm) * 1e3:.1f} ms")
     print(f"budgets per case: warmup 1 ms + timing 5 ms; measured work median {statistics.median(clock.works[1:]) * 1e3:.2f} ms")

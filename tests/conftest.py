@@ -24,4 +24,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def db(tmp_path):
     return tmp_path / "test.db"
+
+
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # for CLI subprocesses

@@ -14,7 +14,9 @@ from attnprof.spec import Sweep, parse_impls
 @pytest.fixture(scope="module")
 def accounted(tmp_path_factory):
     db = tmp_path_factory.mktemp("fit") / "fit.db"
-    sweep = Sweep(impls=parse_impls("softmax,sdpa-flash"), lengths=tuple(1024 << i for i in range(6)), heads=(4,), causal=(False,), accounting=True)
+    sweep = Sweep(
+        impls=parse_impls("softmax,sdpa-flash"), lengths=tuple(1024 << i for i in range(6)), heads=(4,), causal=(False,), accounting=True
+    )
     run_sweep(sweep, db)
     return db
 

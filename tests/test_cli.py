@@ -8,7 +8,24 @@ from click.testing import CliRunner
 
 from attnprof.cli import cli
 
-QUICK = ["--impl", "softmax", "--lengths", "64,128", "--heads", "2", "--head-dim", "16", "--device", "cpu", "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5"]
+QUICK = [
+    "--impl",
+    "softmax",
+    "--lengths",
+    "64,128",
+    "--heads",
+    "2",
+    "--head-dim",
+    "16",
+    "--device",
+    "cpu",
+    "--causal",
+    "no",
+    "--warmup-ms",
+    "1",
+    "--rep-ms",
+    "5",
+]
 
 
 def invoke(*args):
@@ -101,7 +118,10 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     import pandas as pd
 
     frame = pd.read_csv(out)
-    required = "run_id impl seq_len batch heads head_dim dtype device causal mode status reason median_ms p20_ms p80_ms times_ms peak_bytes peak_source peak_alloc_bytes peak_reserved_bytes peak_device_bytes peak_rss_bytes flops"
+    required = (
+        "run_id impl seq_len batch heads head_dim dtype device causal mode status reason median_ms p20_ms p80_ms times_ms "
+        "peak_bytes peak_source peak_alloc_bytes peak_reserved_bytes peak_device_bytes peak_rss_bytes flops"
+    )
     assert set(required.split()) <= set(frame.columns)
     assert list(frame.seq_len) == [64, 128] and (frame.p20_ms <= frame.median_ms).all() and (frame.median_ms <= frame.p80_ms).all()
     listing = invoke("list")

@@ -30,7 +30,10 @@ heads = 2
 
 
 def test_planted_quadratic_impl_under_a_linear_rule_fails_with_its_name(tmp_path):
-    result = gate(tmp_path, SWEEP + """
+    result = gate(
+        tmp_path,
+        SWEEP
+        + """
 [[rule]]
 impl = "sdpa-flash"
 metric = "peak_bytes"
@@ -45,7 +48,8 @@ min_exponent = 1.9
 impl = "fault"
 metric = "peak_bytes"
 max_exponent = 1.1
-""")
+""",
+    )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[0].startswith("PASS") and "sdpa-flash" in lines[0] and "exponent 1.000" in lines[0]
@@ -55,7 +59,10 @@ max_exponent = 1.1
 
 
 def test_failed_measurements_exit_3(tmp_path):
-    result = gate(tmp_path, SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096") + """
+    result = gate(
+        tmp_path,
+        SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096")
+        + """
 [[rule]]
 impl = "fault"
 metric = "peak_bytes"
@@ -65,7 +72,8 @@ max_exponent = 2.1
 impl = "fault"
 metric = "time"
 max_exponent = 2.1
-""")
+""",
+    )
     assert result.exit_code == 3, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[0].startswith("MISSING") and "2 ok lengths, need 3" in lines[0] and "N=4096 error, N=8192 error" in lines[0]
@@ -74,7 +82,9 @@ max_exponent = 2.1
 
 def test_ratio_frontier_and_judging_an_existing_run(tmp_path):
     assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
-    result = gate(tmp_path, """
+    result = gate(
+        tmp_path,
+        """
 [[rule]]
 impl = "sdpa-flash"
 metric = "peak_bytes"
@@ -92,7 +102,12 @@ budget = "80GiB"
 impl = "sdpa-flash"
 min_frontier = "1M"
 budget = "80GiB"
-""", "--run", "latest", "--markdown", tmp_path / "gate.md")
+""",
+        "--run",
+        "latest",
+        "--markdown",
+        tmp_path / "gate.md",
+    )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[0].startswith("PASS") and "N=16384: peak_bytes ratio to softmax" in lines[0]
@@ -105,7 +120,12 @@ def test_regression_against_a_baseline(tmp_path):
     assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
     baseline = tmp_path / "baseline.jsonl"
     runner = CliRunner()
-    assert runner.invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", str(tmp_path / "gate.db")]).exit_code == 0
+    assert (
+        runner.invoke(
+            cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", str(tmp_path / "gate.db")]
+        ).exit_code
+        == 0
+    )
     rule = '[[rule]]\nimpl = "all"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
     assert gate(tmp_path, rule, "--run", "latest", "--baseline", baseline).exit_code == 0
     records = [json.loads(line) for line in baseline.read_text().splitlines()]
@@ -141,19 +161,28 @@ def test_malformed_rules_exit_2_with_one_line(tmp_path, text, fragment):
 
 
 def frame(rows):
-    base = dict(impl="x", label="x", batch=1, heads=1, head_dim=64, dtype="float32", device="cpu", causal=False, mode="fwd", reason="", flops=None)
+    base = dict(
+        impl="x", label="x", batch=1, heads=1, head_dim=64, dtype="float32", device="cpu", causal=False, mode="fwd", reason="", flops=None
+    )
     return pd.DataFrame([{**base, **row} for row in rows])
 
 
 def test_time_exponent_uses_raw_samples_and_min_bound():
-    rows = [dict(seq_len=n, status="ok", times_ms=[n**2 * 1e-6 * f for f in (0.98, 1.0, 1.02)], median_ms=n**2 * 1e-6, peak_bytes=n) for n in LENGTHS]
+    rows = [
+        dict(seq_len=n, status="ok", times_ms=[n**2 * 1e-6 * f for f in (0.98, 1.0, 1.02)], median_ms=n**2 * 1e-6, peak_bytes=n)
+        for n in LENGTHS
+    ]
     rules = parse_rules([{"impl": "x", "metric": "time", "min_exponent": 1.9}, {"impl": "x", "metric": "time", "max_exponent": 1.5}], "t")
     verdicts = evaluate(rules, frame(rows))
     assert [v.verdict for v in verdicts] == ["PASS", "FAIL"] and exit_status(verdicts) == 1
 
 
 def test_filters_select_configurations():
-    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * n if causal else n, causal=causal) for n in LENGTHS for causal in (False, True)]
+    rows = [
+        dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * n if causal else n, causal=causal)
+        for n in LENGTHS
+        for causal in (False, True)
+    ]
     rule = {"impl": "x", "metric": "peak_bytes", "max_exponent": 1.1}
     assert evaluate(parse_rules([{**rule, "causal": "no"}], "t"), frame(rows))[0].verdict == "PASS"
     assert evaluate(parse_rules([rule], "t"), frame(rows))[0].verdict == "FAIL"

@@ -9,8 +9,8 @@ import time
 from attnprof.errors import UsageError
 from attnprof.store import Store
 
-SWEEP = [sys.executable, "-m", "attnprof", "sweep", "--impl", "softmax,sdpa-math", "--lengths", "64..2k", "--heads", "2", "--head-dim", "16",
-         "--device", "cpu", "--causal", "both", "--warmup-ms", "1", "--rep-ms", "30"]  # fmt: skip
+SWEEP = [sys.executable, "-m", "attnprof", "sweep", *"--impl softmax,sdpa-math --lengths 64..2k --heads 2 --head-dim 16".split(),
+         *"--device cpu --causal both --warmup-ms 1 --rep-ms 30".split()]  # fmt: skip
 TOTAL = 2 * 6 * 2
 
 
@@ -48,7 +48,9 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
     process.wait()
     run, before = rows(db)
     assert run.state == "running" and 5 <= len(before) < TOTAL
-    resumed = subprocess.run([sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     run_after, after = rows(db)
     assert run_after.run_id == run.run_id and run_after.state == "complete"

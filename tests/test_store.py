@@ -17,7 +17,13 @@ def a_run(run_id="r1", created="2026-01-01T00:00:00"):
 def test_round_trip_and_wal(db):
     store = Store.open(db)
     store.add_run(a_run())
-    m = Measurement(Case(impl="softmax", seq_len=64, options=(("k", 1),)), Status.OK, times_ms=[1.0, 2.0, 3.0], peak_bytes=10, peak_source="live_tensors")
+    m = Measurement(
+        Case(impl="softmax", seq_len=64, options=(("k", 1),)),
+        Status.OK,
+        times_ms=[1.0, 2.0, 3.0],
+        peak_bytes=10,
+        peak_source="live_tensors",
+    )
     store.add_measurement("r1", m, "now")
     assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()

@@ -8,8 +8,9 @@ optionally its FLOP count and the minimum bytes it must move for a case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from attnprof.errors import UsageError
 from attnprof.spec import DTYPES, MODES, Case

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
 import torch.nn.functional as F
 
 from attnprof.impls import register
@@ -77,6 +76,14 @@ def _register(name: str, backend: str | None, description: str, devices=("cpu", 
 
 
 _register("sdpa", None, "torch SDPA, backend chosen by PyTorch's dispatcher")
-_register("sdpa-flash", "FLASH_ATTENTION", "torch SDPA pinned to the flash backend (CUDA flash-attn 2; CPU flash kernel)", refuse=_flash_refusals)
-_register("sdpa-efficient", "EFFICIENT_ATTENTION", "torch SDPA pinned to the memory-efficient (xformers) backend", devices=("cuda",), refuse=_efficient_refusals)
+_register(
+    "sdpa-flash", "FLASH_ATTENTION", "torch SDPA pinned to the flash backend (CUDA flash-attn 2; CPU flash kernel)", refuse=_flash_refusals
+)
+_register(
+    "sdpa-efficient",
+    "EFFICIENT_ATTENTION",
+    "torch SDPA pinned to the memory-efficient (xformers) backend",
+    devices=("cuda",),
+    refuse=_efficient_refusals,
+)
 _register("sdpa-math", "MATH", "torch SDPA pinned to the math backend (unfused, N x N)", skip_masked=False)

@@ -7,7 +7,7 @@ gauge right before and right after the call, and the outputs are labelled as sam
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class PeakSampler:

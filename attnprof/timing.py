@@ -3,7 +3,8 @@
 Method (triton.testing.do_bench's recipe):
 1. Run the call once and synchronise (first-call costs: kernel selection, allocator growth); skipped
    when the caller says the call has just run (the memory pass is that first call).
-2. Estimate the time of one call from 5 calls (on CUDA: events around the batch; L2 flushed before each).
+2. Estimate the time of one call from 5 calls (on CUDA: events around the batch; L2 flushed before each);
+   on the CPU from one call, or from the caller's hint (the memory pass's duration, an upper bound).
 3. Warm up for `warmup_ms` worth of calls, then time `rep_ms` worth of repetitions, at least
    `min_reps` (3: enough for a median and quantiles of a call slower than the budget) and at most `max_reps`.
 4. On CUDA every repetition is bracketed by its own pair of CUDA events, and a 256 MB buffer is
@@ -21,11 +22,14 @@ L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2 (H100: 50
 
 
 def bench(call: Callable[[], None], device: str, warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 3,
-          max_reps: int = 1000, warm: bool = False) -> list[float]:  # fmt: skip
-    """Milliseconds per repetition of `call` on `device` ("cpu" or "cuda[:N]"); `warm`: it has just run once."""
+          max_reps: int = 1000, warm_ms: float | None = None) -> list[float]:  # fmt: skip
+    """Milliseconds per repetition of `call` on `device` ("cpu" or "cuda[:N]").
+
+    warm_ms: the call has just run once and took this long (CPU only): no cold call, no estimate call.
+    """
     if device.startswith("cuda"):
         return _bench_cuda(call, device, warmup_ms, rep_ms, min_reps, max_reps)
-    return _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps, warm)
+    return _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps, warm_ms)
 
 
 def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, min_reps: int, max_reps: int) -> tuple[int, int]:
@@ -35,13 +39,14 @@ def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, min_reps: int, 
     return warmup, reps
 
 
-def _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps, warm) -> list[float]:
-    if not warm:
+def _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps, warm_ms) -> list[float]:
+    calls_done = 1 if warm_ms is not None else 2
+    if warm_ms is None:
         call()
-    start = time.perf_counter()
-    call()  # with the first call, the warm-up when one call already exceeds the budget
-    estimate_ms = (time.perf_counter() - start) * 1e3
-    warmup, reps = _counts(estimate_ms, max(0.0, warmup_ms - 2 * estimate_ms), rep_ms, min_reps, max_reps)
+        start = time.perf_counter()
+        call()  # with the first call, the warm-up when one call already exceeds the budget
+        warm_ms = (time.perf_counter() - start) * 1e3
+    warmup, reps = _counts(warm_ms, max(0.0, warmup_ms - calls_done * warm_ms), rep_ms, min_reps, max_reps)
     for _ in range(warmup - 1):
         call()
     samples = []

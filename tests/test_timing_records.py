@@ -15,8 +15,8 @@ def test_bench_respects_min_and_max_reps():
     slow = bench(lambda: time.sleep(0.01), "cpu", warmup_ms=0, rep_ms=1, min_reps=4)
     assert len(slow) == 4 and min(slow) >= 9.0
     calls.clear()
-    bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0.001, min_reps=3, warm=True)
-    assert len(calls) == 1 + 3  # already warm: one estimate call, then the repetitions
+    bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0.001, min_reps=3, warm_ms=50.0)
+    assert len(calls) == 3  # already warm and its duration known: only the repetitions
 
 
 def test_statistics_derive_from_raw_samples():

@@ -89,19 +89,27 @@ def parse_sizes(spec: str | int | list, what: str) -> tuple[int, ...]:
     return tuple(sorted({parse_size(str(item), what) for item in items}))
 
 
-def parse_choices(spec: str | list, allowed: tuple[str, ...], what: str, aliases: dict | None = None) -> tuple:
+def _parse_items(spec: str | list, what: str, canonical) -> tuple:
+    """Comma-separated (or TOML list) items -> unique canonical values in order; `canonical` raises on a bad one."""
     items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
     values = []
     for raw in items:
-        name = str(raw).strip().lower()
-        name = (aliases or {}).get(name, name)
-        if name not in allowed:
-            raise UsageError(f"unknown {what} {str(raw).strip()!r}; choose from {', '.join(allowed)}")
-        if name not in values:
-            values.append(name)
+        value = canonical(str(raw).strip())
+        if value not in values:
+            values.append(value)
     if not values:
         raise UsageError(f"bad {what} {spec!r}: give at least one value")
     return tuple(values)
+
+
+def parse_choices(spec: str | list, allowed: tuple[str, ...], what: str, aliases: dict | None = None) -> tuple:
+    def canonical(raw: str) -> str:
+        name = (aliases or {}).get(raw.lower(), raw.lower())
+        if name not in allowed:
+            raise UsageError(f"unknown {what} {raw!r}; choose from {', '.join(allowed)}")
+        return name
+
+    return _parse_items(spec, what, canonical)
 
 
 def parse_modes(spec: str | list) -> tuple[str, ...]:
@@ -126,17 +134,12 @@ def parse_causal(spec: str | bool | list) -> tuple[bool, ...]:
 
 
 def parse_devices(spec: str | list) -> tuple[str, ...]:
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    devices = []
-    for raw in items:
-        name = str(raw).strip().lower()
-        if not re.fullmatch(r"cpu|meta|cuda(:\d+)?", name):
-            raise UsageError(f"unknown device {str(raw).strip()!r}; choose cpu, cuda, cuda:N (or meta, for --accounting)")
-        if name not in devices:
-            devices.append(name)
-    if not devices:
-        raise UsageError(f"bad device {spec!r}: give at least one")
-    return tuple(devices)
+    def canonical(raw: str) -> str:
+        if not re.fullmatch(r"cpu|meta|cuda(:\d+)?", raw.lower()):
+            raise UsageError(f"unknown device {raw!r}; choose cpu, cuda, cuda:N (or meta, for --accounting)")
+        return raw.lower()
+
+    return _parse_items(spec, "device", canonical)
 
 
 @dataclass(frozen=True, order=True)

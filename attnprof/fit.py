@@ -100,10 +100,12 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
             f"a scaling fit needs at least 2 distinct lengths with a positive value; got {len(med_lengths)} "
             f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
         )
-    start, rule = _choose_range(med_lengths, med_values, min_length)
+    # One overhead fit (a grid search, the costliest step) serves both the range rule and the subtraction.
+    found = fit_overhead(med_lengths, med_values) if min_length is None and len(med_lengths) > MIN_KEPT else None
+    start, rule = _choose_range(med_lengths, med_values, min_length, found)
     used_lengths, used_values = med_lengths[start:], med_values[start:]
     fitted_values = used_values
-    subtracted = None if min_length is not None else _without_persistent_overhead(med_lengths, med_values)
+    subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found)
     if subtracted is not None:
         first, fitted_values, rule = subtracted
         used_lengths, used_values = med_lengths[first:], med_values[first:]
@@ -133,16 +135,13 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
     )
 
 
-def _without_persistent_overhead(lengths, values):
+def _without_persistent_overhead(lengths, values, found):
     """When a fixed overhead is still visible at the largest length (an exact accounting run: a constant
     workspace beside a linear term never fades in range), the log-log slope of the raw values is no
     asymptotic exponent at all. Then the overhead c0 of y = c0 + a N^b is subtracted and ln(y - c0) is
     fitted over every length where c0 is under SUBTRACTABLE_SHARE of the value (the relative noise of
     y - c0 is at most 4x that of y there); the slope estimates b. Returns
     (index of the first length used, values to fit, range sentence), or None when the overhead fades."""
-    if len(lengths) <= MIN_KEPT:
-        return None
-    found = fit_overhead(lengths, values)
     limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
     if found.prefactor == 0 or found.overhead <= limit * values[-1]:
         return None
@@ -179,10 +178,10 @@ def local_slopes(lengths, values) -> tuple:
     return tuple(zip(_as_numbers(lengths[:-1]), _as_numbers(lengths[1:]), slopes.tolist(), strict=True))
 
 
-def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length):
+def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length, found):
     """Index of the first length to fit, and the sentence saying why."""
     if min_length is None:
-        return _asymptotic_start(lengths, values)
+        return _asymptotic_start(lengths, values, found)
     start = int(np.searchsorted(lengths, min_length, side="left"))
     kept = len(lengths) - start
     if kept < 2:
@@ -190,11 +189,10 @@ def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length):
     return start, f"min_length={min_length} given: fit uses N = {_span(lengths[start:])} ({kept} lengths)"
 
 
-def _asymptotic_start(lengths: np.ndarray, values: np.ndarray):
+def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found):
     count = len(lengths)
     if count <= MIN_KEPT:
         return 0, f"all {count} lengths kept ({_span(lengths)}): too few to leave any out"
-    found = fit_overhead(lengths, values)
     if found.prefactor == 0:
         return 0, f"all {count} lengths kept ({_span(lengths)}): the values do not grow with N, so none is overhead-bound"
     limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)

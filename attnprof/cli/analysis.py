@@ -1,0 +1,130 @@
+"""`fit` (scaling analysis) and `gate` (the CI gate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from attnprof.cli.group import cli, db_option, exit_interrupted
+from attnprof.errors import UsageError
+
+
+@cli.command()
+@click.argument("run", default="latest")
+@click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--metric", default="time,peak_bytes,flops", show_default=True, help="Metrics to fit (time, peak_bytes, flops).")
+@click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
+@db_option
+def fit(run, output_format, metric, budget, db):
+    """Fit how time, memory and FLOPs scale with length: exponents, classes, crossovers, frontiers.
+
+    \b
+    Example:
+      attnprof fit latest --metric time,peak_bytes --budget 80GiB
+    """
+    from attnprof.api import default_db, load_measurements, run_budget
+    from attnprof.gate_rules import parse_bytes
+    from attnprof.spec import parse_choices
+
+    metrics = parse_choices(metric, ("time", "peak_bytes", "flops"), "metric")
+    db = db or default_db()
+    budget_bytes = parse_bytes(budget, "budget") if budget else run_budget(run, db)
+    frame = load_measurements(run, db)
+    _print_analysis(frame, metrics, budget_bytes, output_format)
+
+
+def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:
+    from attnprof.analysis import analyse
+    from attnprof.table import fits_display, frame_markdown
+
+    result = analyse(frame, metrics, budget_bytes)
+    if output_format == "json":
+        payload = {
+            "fits": result.fits.drop(columns=["fit"], errors="ignore").to_dict(orient="records"),
+            "crossovers": result.crossovers.to_dict(orient="records"),
+            "frontiers": result.frontiers.to_dict(orient="records"),
+        }
+        click.echo(json.dumps(payload, default=_json_default, indent=1))
+        return
+    click.echo("Scaling fits (log-log least squares over the asymptotic range, 95% interval):")
+    if output_format == "markdown":
+        click.echo(frame_markdown(fits_display(result.fits)), nl=False)
+    else:
+        _rich_frame(fits_display(result.fits))
+    found = result.crossovers[result.crossovers["kind"] != "none"] if len(result.crossovers) else result.crossovers
+    click.echo(f"Crossovers ({len(found)} of {len(result.crossovers)} pairs cross):")
+    for _, row in found.iterrows():
+        click.echo(
+            f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} "
+            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
+        )
+    if len(result.frontiers):
+        click.echo("Memory frontiers:")
+        for _, row in result.frontiers.iterrows():
+            click.echo(f"  {row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
+
+
+def _rich_frame(frame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in frame.columns:
+        table.add_column(column, overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    Console().print(table)
+
+
+def _json_default(value):
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+@cli.command()
+@click.argument("rules", type=click.Path(dir_okay=False))
+@click.option("--run", "runs", multiple=True, help="Judge this run (id or `latest`; repeatable) instead of measuring the rules' sweeps.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Baseline file for max_regression rules.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the verdicts as Markdown here.")
+@db_option
+def gate(rules, runs, baseline, markdown, db):
+    """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
+
+    Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
+    3 the measurement failed (cases not ok, so a rule could not be judged).
+
+    \b
+    Example:
+      attnprof gate scenarios/gate.toml
+      attnprof gate scenarios/targets.toml --run latest --baseline reports/baseline.jsonl
+    """
+    import os
+
+    from attnprof.gate import exit_status, markdown_report, summary_line
+    from attnprof.gating import run_gate
+    from attnprof.progress import SweepProgress
+    from attnprof.runner import SweepInterrupted
+
+    try:
+        with SweepProgress() as progress:
+            verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
+    except SweepInterrupted as stop:
+        exit_interrupted(stop, db or "the rules' database")
+    for verdict in verdicts:
+        click.echo(f"{verdict.verdict:<7} {verdict.rule.title}: {verdict.message}")
+    click.echo(f"{summary_line(verdicts)} (run {', '.join(run_ids)})")
+    report = markdown_report(verdicts)
+    for path in filter(None, (os.environ.get("GITHUB_STEP_SUMMARY"), markdown)):
+        try:
+            with open(path, "a") as handle:
+                handle.write(f"### attnprof gate: {rules}\n\n{report}")
+        except OSError as error:
+            raise UsageError(f"cannot write the Markdown summary to {path!r}: {error.strerror}") from None
+    sys.exit(exit_status(verdicts))

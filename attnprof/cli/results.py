@@ -1,0 +1,113 @@
+"""Reading results back: `runs`, `show`, `export`, `list`."""
+
+from __future__ import annotations
+
+import click
+
+from attnprof.cli.group import cli, db_option, print_summary
+from attnprof.errors import UsageError
+
+
+@cli.command()
+@db_option
+def runs(db):
+    """List the runs in the database, newest first.
+
+    \b
+    Example:
+      attnprof runs --db reports/attnprof.db
+    """
+    from attnprof.api import default_db
+    from attnprof.store import Store
+
+    store = Store.open(db or default_db(), create=False)
+    try:
+        for run in store.runs():
+            device = run.env.get("gpu_name") or ",".join(run.sweep.get("device", [])) or "?"
+            click.echo(f"{run.run_id}  {run.created_at}  {run.state:<11} {store.count(run.run_id):>5} cases  {device}  {run.name}")
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("run", default="latest")
+@click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table", show_default=True)
+@db_option
+def show(run, output_format, db):
+    """Print a run's summary: impl x length, median time and peak memory, or the status.
+
+    \b
+    Example:
+      attnprof show latest --format markdown
+    """
+    from attnprof.api import default_db
+
+    db = db or default_db()
+    if output_format in ("json", "csv"):
+        return _echo_records(run, db, "jsonl" if output_format == "json" else "csv", None)
+    print_summary(db, run, output_format)
+
+
+@cli.command()
+@click.argument("run", default="latest")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv", "baseline"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
+@db_option
+def export(run, output_format, out, db):
+    """Write one record per case (jsonl, csv, or the small baseline file `gate --baseline` reads).
+
+    \b
+    Example:
+      attnprof export latest --format csv --out results.csv
+      attnprof export latest --format baseline --out reports/baseline.jsonl
+    """
+    from attnprof.api import default_db
+
+    _echo_records(run, db or default_db(), output_format, out)
+
+
+def _echo_records(run, db, output_format, out) -> None:
+    from pathlib import Path
+
+    from attnprof.export import measurement_record, to_csv, to_jsonl
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        info = store.resolve_run(run)
+        store_measurements = store.measurements(info.run_id)
+        records = [measurement_record(info.run_id, m) for m in store_measurements]
+    finally:
+        store.close()
+    if output_format == "baseline":
+        from attnprof.export import measurements_frame
+        from attnprof.gating import baseline_records
+
+        text = baseline_records(measurements_frame(info.run_id, store_measurements)) if records else ""
+    else:
+        text = to_jsonl(records) if output_format == "jsonl" else to_csv(records)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text)
+    except OSError as error:
+        raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
+    click.echo(f"wrote {len(records)} records to {out}")
+
+
+@cli.command(name="list")
+def list_impls():
+    """List the registered implementations, what each supports and its options.
+
+    \b
+    Example:
+      attnprof list
+    """
+    from attnprof import impls
+
+    for impl in impls.all_impls():
+        options = ", ".join(f"{k}={v!r}" for k, v in impl.options.items()) or "-"
+        click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
+        click.echo(f"{'':<20} options: {options}")
+        click.echo(f"{'':<20} {impl.description}")

@@ -1,0 +1,80 @@
+"""`attnprof sweep`: measure a grid of cases into the database."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from attnprof.cli.group import cli, db_option, exit_interrupted, print_summary
+from attnprof.errors import UsageError
+
+
+@cli.command()
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+@click.option("--impl", help="Comma-separated impls, `all`, with options as name:key=value.")
+@click.option("--lengths", help="1k..64k (powers of two), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000.")
+@click.option("--batch", help="Batch sizes, comma separated.")
+@click.option("--heads", help="Head counts, comma separated.")
+@click.option("--head-dim", "head_dim", help="Head dims, comma separated.")
+@click.option("--dtype", help="float32, float16, bfloat16 (comma separated).")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available, else cpu).")
+@click.option("--causal", help="no, yes or both (default both).")
+@click.option("--mode", help="fwd, fwd-bwd (comma separated; default fwd).")
+@click.option("--warmup-ms", "warmup_ms", type=float, help="Warm-up time budget per case (default 25).")
+@click.option("--rep-ms", "rep_ms", type=float, help="Timing budget per case (default 100).")
+@click.option("--timeout", type=float, help="Seconds a case may take before its worker is killed (default 300).")
+@click.option("--seed", type=int, help="Seed of the inputs (default 0).")
+@click.option("--name", help="A name for the run.")
+@click.option("--accounting", is_flag=True, default=None, help="Exact FLOPs and live bytes on the meta device; no timing.")
+@db_option
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
+@click.option("--dry-run", is_flag=True, help="List the cases and refusals; measure nothing.")
+@click.pass_context
+def sweep(ctx, scenario, db, resume, dry_run, **options):
+    """Measure every impl over a grid of lengths and shapes; every cell gets a row.
+
+    \b
+    Example:
+      attnprof sweep --impl softmax,sdpa --lengths 1k..64k --causal both
+      attnprof sweep scenarios/quick.toml --device cpu
+      attnprof sweep --resume latest
+    """
+    from attnprof.scenario import scenario_options, sweep_from_options
+
+    file_options = scenario_options(scenario) if scenario else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    if resume is not None and (given or scenario):
+        raise UsageError(
+            f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}"
+        )
+    db = db or file_options.get("db")
+    spec = sweep_from_options({**file_options, **given})
+    if dry_run:
+        return _print_plan(spec)
+    _run_and_report(spec, db, resume)
+
+
+def _print_plan(spec) -> None:
+    from attnprof.api import plan
+
+    cases = plan(spec)
+    for case, reasons in cases:
+        click.echo(f"{case.describe()}" + (f"  -> unsupported: {'; '.join(reasons)}" if reasons else ""))
+    refused = sum(1 for _, reasons in cases if reasons)
+    click.echo(f"{len(cases)} cases, {refused} refused, {len(cases) - refused} to measure")
+
+
+def _run_and_report(spec, db, resume) -> None:
+    from attnprof.api import default_db, run_sweep
+    from attnprof.progress import SweepProgress
+    from attnprof.runner import SweepInterrupted
+
+    db = db or default_db()
+    command = "attnprof " + " ".join(sys.argv[1:])
+    try:
+        with SweepProgress() as progress:
+            run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)
+    except SweepInterrupted as stop:
+        exit_interrupted(stop, db)
+    print_summary(db, run_id, "table")

@@ -211,3 +211,14 @@ def test_value_rule_at_several_lengths_and_failed_cells():
     assert evaluate(oom, frame(rows))[0].verdict == "FAIL"  # a target not met because the cell ran out of memory
     refused = parse_rules([{"impl": "x", "metric": "time", "at_length": "16k", "max_value": 10}], "t")
     assert evaluate(refused, frame(rows))[0].verdict == "MISSING"
+
+
+def test_ratio_rule_fails_above_its_bound_and_misses_without_the_other_impl():
+    rows = [dict(seq_len=n, status="ok", times_ms=[float(n)], median_ms=float(n), peak_bytes=n) for n in LENGTHS]
+    rows += [dict(impl="y", label="y", seq_len=n, status="ok", times_ms=[n / 4], median_ms=n / 4, peak_bytes=n) for n in LENGTHS]
+    rule = {"impl": "x", "metric": "time", "at_length": "4k", "to": "y"}
+    assert evaluate(parse_rules([{**rule, "max_ratio": 3.0}], "t"), frame(rows))[0].verdict == "FAIL"  # x is 4x slower
+    assert evaluate(parse_rules([{**rule, "max_ratio": 5.0}], "t"), frame(rows))[0].verdict == "PASS"
+    assert evaluate(parse_rules([{**rule, "min_ratio": 5.0}], "t"), frame(rows))[0].verdict == "FAIL"
+    alone = parse_rules([{**rule, "to": "z", "max_ratio": 5.0}], "t")
+    assert evaluate(alone, frame(rows))[0].verdict == "MISSING"

@@ -64,3 +64,14 @@ def test_same_inputs_on_cpu_and_cuda():
     case = Case(impl="softmax", seq_len=64, heads=2, head_dim=16, dtype="float32")
     cpu, cuda = make_inputs(case, device="cpu"), make_inputs(case, device="cuda")
     assert torch.equal(cpu.q, cuda.q.cpu())
+
+
+def test_fused_memory_model_against_the_allocator(db):
+    """The analytic model `sweep --accounting` uses for flash attention, checked against CUDA."""
+    from attnprof.impls.sdpa import fused_memory_model
+
+    for mode in ("fwd", "fwd_bwd"):
+        m = cases(db, "sdpa-flash", (16384,), mode=(mode,))[16384]
+        assert m.status == Status.OK, m.reason
+        modelled = fused_memory_model(m.case, {})
+        assert modelled == pytest.approx(m.peak_alloc_bytes, rel=0.15), (mode, modelled, m.peak_alloc_bytes)

@@ -55,9 +55,6 @@ class Measurement:
     def median_ms(self) -> float | None:
         return statistics.median(self.times_ms) if self.times_ms else None
 
-    def quantile_ms(self, q: float) -> float | None:
-        return quantile(self.times_ms, q)
-
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["case"] = self.case.to_dict()

@@ -156,9 +156,6 @@ class ImplSpec:
             return self.name
         return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
 
-    def options_dict(self) -> dict:
-        return dict(self.options)
-
 
 def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
     """`softmax,nystromformer:num_landmarks=32,conv_kernel=33,combiner-fixed` -> ImplSpecs.

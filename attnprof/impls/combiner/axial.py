@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, prepare, resolve_block, token_valid
+from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, to_blocks
 
 
 def axial_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None
 ) -> torch.Tensor:
     n = q.shape[-2]
-    m = resolve_block(block_size, n)
-    rows = -(-n // m)
-    qs, kp, vp = prepare(q, k, v, rows * m)  # (B, H, L, D) each, L = rows * m
-    pad = token_valid(n, rows * m, q.device).view(rows, m) if rows * m > n else None  # (rows, m)
-    qr, kr, vr = (x.unflatten(-2, (rows, m)) for x in (qs, kp, vp))  # (B, H, rows, m, D)
+    (qr, kr, vr), pad = to_blocks(q, k, v, block_size)  # (B, H, rows, m, D) each; pad (rows, m) or None
+    rows, m = qr.shape[-3], qr.shape[-2]
     logits = qr @ kr.transpose(-2, -1)  # (B, H, rows, m, m)  doubles as the direct logits below
     if pad is not None:
         logits.masked_fill_(~pad[:, None, :], mask_value(logits))

@@ -50,6 +50,17 @@ def prepare(q, k, v, length: int):
     return tuple(F.pad(x.to(dtype), (0, 0, 0, pad)) if pad else x.to(dtype) for x in (q, k, v))  # 3 x (B, H, L, D)
 
 
+def to_blocks(q, k, v, block_size: int | None):
+    """The shared prologue of Fixed and Axial: q, k, v prepared, padded to whole blocks of the resolved
+    size and cut into them -> (3 x (B, H, groups, size, D), padding mask (groups, size) or None)."""
+    n = q.shape[-2]
+    size = resolve_block(block_size, n)
+    groups = -(-n // size)
+    padded = prepare(q, k, v, groups * size)  # 3 x (B, H, L, D), L = groups * size
+    pad = token_valid(n, groups * size, q.device).view(groups, size) if groups * size > n else None  # (groups, size)
+    return tuple(x.unflatten(-2, (groups, size)) for x in padded), pad  # 3 x (B, H, groups, size, D)
+
+
 def token_valid(n: int, length: int, device) -> torch.Tensor:
     """True for real tokens, False for padding: (length,)."""
     return torch.arange(length, device=device) < n  # (L,)

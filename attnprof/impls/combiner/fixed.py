@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from attnprof.impls.combiner.common import finish, joint_softmax, local_attention, masked_max, prepare, resolve_block, token_valid
+from attnprof.impls.combiner.common import finish, joint_softmax, local_attention, masked_max, to_blocks
 
 
 def fixed_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None
 ) -> torch.Tensor:
     n = q.shape[-2]
-    s = resolve_block(block_size, n)
-    nb = -(-n // s)
-    qs, kp, vp = prepare(q, k, v, nb * s)  # (B, H, L, D) each, L = nb * s
-    pad = token_valid(n, nb * s, q.device).view(nb, s) if nb * s > n else None  # (nb, s)
-    qb, kb, vb = (x.unflatten(-2, (nb, s)) for x in (qs, kp, vp))  # (B, H, nb, s, D)
+    (qb, kb, vb), pad = to_blocks(q, k, v, block_size)  # (B, H, nb, s, D) each; pad (nb, s) or None
+    nb, s = qb.shape[-3], qb.shape[-2]
+    qs = qb.flatten(-3, -2)  # (B, H, L, D), L = nb * s
     k_hat = masked_max(kb, None if pad is None else pad[..., None], dim=-2)  # (B, H, nb, D)
     q_hat = masked_max(qb, None if pad is None else pad[..., None], dim=-2)  # (B, H, nb, D)
     v_hat = local_attention(q_hat, kb, vb, None if pad is None else ~pad)  # (B, H, nb, D)

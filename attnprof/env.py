@@ -18,6 +18,7 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
     import torch
 
     import attnprof
+    from attnprof import cpu_heap
 
     env = {
         "torch_version": torch.__version__,
@@ -29,6 +30,7 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_heap": cpu_heap.policy(),
         "gpu_name": None,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "gpu_total_bytes": None,

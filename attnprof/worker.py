@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from attnprof import impls
+from attnprof import cpu_heap, impls
 from attnprof.checks import CheckResult, check_key, run_check
 from attnprof.failures import classify
 from attnprof.impls.base import AttentionImpl, io_bytes
@@ -97,10 +97,14 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
     memory_pass_ms = (time.perf_counter() - memory_started) * 1e3
     energy = _energy_counter(case)
     start_mj = energy.energy_mj() if energy else None
-    # On the CPU the memory pass was the cold first call, and its duration (an upper bound: the tracker
-    # slows it a little) stands in for bench's estimate call; a slow case then costs 1 + min_reps calls.
-    warm_ms = None if case.device.startswith("cuda") else memory_pass_ms
-    measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm_ms=warm_ms)
+    if case.device.startswith("cuda"):
+        measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps)
+    else:
+        with cpu_heap.retained():
+            call()  # grows the retained heap to the case's working set (cpu_heap.py); not timed
+            # The memory pass's duration (an upper bound: the tracker slows it a little) stands in for
+            # bench's estimate call, so a slow case costs 2 + min_reps calls.
+            measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm_ms=memory_pass_ms)
     if start_mj is not None:
         measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))
     _add_work_figures(impl, case, measurement)
@@ -189,6 +193,7 @@ def worker_main(connection, device: str) -> None:
     import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
 
     impls.names()
+    cpu_heap.strict()  # host RSS follows live tensors; timing passes switch to a retained heap
     measurer = CaseMeasurer()
     connection.send(("ready",))
     while True:

@@ -121,13 +121,13 @@ def _naive_prefix_max(x, dim, reverse, valid):
 
 
 @pytest.mark.parametrize("dim,reverse,padded", list(itertools.product((1, 2), (False, True), (False, True))))
-def test_prefix_max_window_and_cummax_agree_with_a_plain_loop(dim, reverse, padded):
+def test_prefix_max_steps_and_cummax_agree_with_a_plain_loop(dim, reverse, padded):
     x = torch.randn(2, 9, 11, 3, dtype=torch.float64, requires_grad=True)
     valid = (torch.arange(9 * 11).view(9, 11, 1) < 80) if padded else None
     expected = _naive_prefix_max(x, dim, reverse, valid)
     grad = torch.randn_like(expected)
     (expected_grad,) = torch.autograd.grad(expected, x, grad)
-    for method in ("window", "cummax"):
+    for method in ("steps", "cummax"):
         out = prefix_max(x, dim, reverse=reverse, valid=valid, method=method)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], expected_grad, rtol=1e-12, atol=1e-12)
@@ -135,7 +135,7 @@ def test_prefix_max_window_and_cummax_agree_with_a_plain_loop(dim, reverse, padd
 
 @pytest.mark.parametrize("causal", (False, True))
 def test_mixture_on_the_cummax_path_matches_the_oracle(monkeypatch, causal):
-    """The CPU runs the window path; CUDA and meta run cummax. Check the whole operator on the latter too."""
+    """The CPU runs the steps path; CUDA and meta run cummax. Check the whole operator on the latter too."""
     monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "cummax")
     fast, slow = qkv(23, seed=8, grad=True), qkv(23, seed=8, grad=True)
     out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=5)

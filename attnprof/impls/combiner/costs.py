@@ -15,9 +15,14 @@ With G = batch * heads, D = head dim:
                (per tile query: T tokens + T - 2 in-tile block summaries + one sibling summary per
                level >= log2 T as keys, 4 G D P (2 T - 2 + L - log2 T); the in-tile summaries'
                local attention 4 G D P (T - 2); the larger blocks' local attention 4 G D P per level)
-    mixture    row m, n = ceil(N / m), L = n m:      4 G D L (m + n) x (4 causal, 5 bidirectional)
-               (own row + own column, then per scan direction its running summaries and its logits:
-               one vertical and two horizontal directions causal, two of each bidirectional)
+    mixture    row m, n = ceil(N / m), L = n m, R(T, k) = sum over the k position blocks [a, b) of T of (b - a) b:
+               4 G D (d_v m R(n, 2) + 2 n R(m, 2)) + 4 G D L m (1 + d_v) + 12 G D m C,
+               d_v = 1 causal, 2 bidirectional; C = R(n, 4) causal, n^2 bidirectional
+               (per scan direction, running summaries: each position's attention over its side of the
+               region, in SUMMARY_BLOCKS = 2 position blocks that reach only the keys before the block's
+               end; then own row + vertical summaries per query, and own column + left + right
+               horizontal summaries per query, causal in CAUSAL_ROW_BLOCKS = 4 query row blocks that
+               reach only the key rows before the block's end)
 
 Minimum bytes: q, k, v in and the output out (`io_bytes`), plus the region summaries (key and value,
 D each), which are shared by many queries, so even a fused kernel writes them once and reads them
@@ -29,6 +34,7 @@ from __future__ import annotations
 from attnprof.impls.base import DTYPE_BYTES, io_bytes
 from attnprof.impls.combiner.common import resolve_block
 from attnprof.impls.combiner.logsparse import TILE_LEVELS
+from attnprof.impls.combiner.mixture import CAUSAL_ROW_BLOCKS, SUMMARY_BLOCKS, row_blocks
 from attnprof.spec import Case
 
 
@@ -45,9 +51,22 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
         fwd = {
             "fixed": 4 * g * d * length * (1 + block + groups),
             "axial": 4 * g * d * length * (2 * block + groups),
-            "mixture": 4 * g * d * length * (block + groups) * (4 if case.causal else 5),
+            "mixture": _mixture_flops(g, d, block, groups, case.causal),
         }[variant]
     return fwd if case.mode == "fwd" else 3 * fwd
+
+
+def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool) -> int:
+    length = block * groups
+    vertical = 1 if causal else 2  # scan directions of the vertical summaries (horizontal: always 2)
+    summaries = vertical * block * _reach(groups, SUMMARY_BLOCKS) + 2 * groups * _reach(block, SUMMARY_BLOCKS)
+    column_reach = _reach(groups, CAUSAL_ROW_BLOCKS) if causal else groups * groups
+    return 4 * g * d * (summaries + length * block * (1 + vertical) + 3 * block * column_reach)
+
+
+def _reach(size: int, count: int) -> int:
+    """Query-key pairs formed when `size` positions go in `count` blocks, each reaching the keys before its end."""
+    return sum((b - a) * b for a, b in row_blocks(size, count))
 
 
 def combiner_min_bytes(variant: str, case: Case, options: dict) -> int:

@@ -13,7 +13,12 @@ Tokens off the own row and column are reachable through a vertical and a horizon
 is the "mixture". Summary value = softmax attention of the region's max-pooled query over it.
 
 Layout: terms 1 and 3 share the query's row, so their keys are concatenated per row and taken in
-one product (row layout); terms 2 and 4 share the query's column (column layout).
+one product (row layout (B, H, rows, m, D)); terms 2 and 4 share the query's column (column layout
+(B, H, m, rows, D)), and their keys are interleaved by key row, (r', direct), (r', left), (r', right),
+so that the keys of rows [0, b) are a prefix. Queries are processed in blocks of grid rows; in
+causal mode a block of rows [a, b) forms column logits only against that prefix, which skips most
+of the masked upper triangle of the column terms (SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
+CAUSAL_ROW_BLOCKS = 4: 5/8 of them are formed).
 
 Deviations from the reference code:
 - TF's `approx_cummax` is a cumsum; this uses a true running max (as JAX `lax.cummax` does).
@@ -32,6 +37,9 @@ import torch
 from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, prepare, resolve_block, token_valid
 from attnprof.impls.combiner.scan import prefix_max
 
+SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
+CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
+
 
 def mixture_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None
@@ -44,38 +52,51 @@ def mixture_attention(
     by_row = torch.stack(prepare(q, k, v, rows * m)).unflatten(-2, (rows, m))  # (3, B, H, rows, m, D)  q, k, v stacked
     by_col = by_row.transpose(-3, -2).contiguous()  # (3, B, H, m, rows, D)
     directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
-    vertical = [_summaries(by_col, None if pad is None else pad.T, reverse) for reverse in directions]  # (B, H, m, rows, D) pairs
-    horizontal = [_summaries(by_row, pad, reverse) for reverse in (False, True)]  # (B, H, rows, m, D) pairs
-    row_keys, row_values = (torch.cat([by_row[i]] + [s[i - 1].transpose(-3, -2) for s in vertical], dim=-2) for i in (1, 2))
-    col_keys, col_values = (torch.cat([by_col[i]] + [s[i - 1].transpose(-3, -2) for s in horizontal], dim=-2) for i in (1, 2))
+    vertical = [_summaries(by_col, None if pad is None else pad.T, r).transpose(-3, -2) for r in directions]  # (2, B, H, rows, m, D) views
+    horizontal = [_summaries(by_row, pad, r).transpose(-3, -2) for r in (False, True)]  # (2, B, H, m, rows, D) views
+    row_kv = torch.cat([by_row[1:]] + vertical, dim=-2)  # (2, B, H, rows, m (1 + directions), D) keys, values
+    col_kv = torch.stack([by_col[1:]] + horizontal, dim=-2).flatten(-3, -2)  # (2, B, H, m, 3 rows, D), key 3 r' + term
     del vertical, horizontal
-    parts = [
-        (by_row[0] @ row_keys.transpose(-2, -1), _row_drop(valid, causal), False),  # (B, H, rows, m, m (1 + vertical))
-        (by_col[0] @ col_keys.transpose(-2, -1), _col_drop(valid, causal), True),  # (B, H, m, rows, 3 rows)
-    ]
-    (w_row, w_col), total = joint_softmax(parts)
-    out = (w_row @ row_values).add_((w_col @ col_values).transpose(-3, -2))  # (B, H, rows, m, D)
-    return finish(out.div_(total.unsqueeze(-1)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
+    row_drop, col_drop = _row_drop(valid, causal), _col_drop(valid, causal)  # (rows, m, m (1 + directions)), (m, rows, 3 rows)
+    out = []
+    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
+        reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
+        parts = [
+            (by_row[0, :, :, a:b] @ row_kv[0, :, :, a:b].transpose(-2, -1), row_drop[a:b], False),  # (B, H, nb, m, m (1 + directions))
+            (by_col[0, ..., a:b, :] @ col_kv[0, ..., :reach, :].transpose(-2, -1), col_drop[:, a:b, :reach], True),  # (B, H, m, nb, reach)
+        ]
+        (w_row, w_col), total = joint_softmax(parts)
+        block = (w_row @ row_kv[1, :, :, a:b]).add_((w_col @ col_kv[1, ..., :reach, :]).transpose(-3, -2))  # (B, H, nb, m, D)
+        out.append(block.div_(total.unsqueeze(-1)))
+    return finish(torch.cat(out, dim=-3).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
 
 
-def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:
+    """[a, b) ranges of grid rows, `count` of them as equal as possible (fewer when rows < count)."""
+    edges = [round(i * rows / count) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool) -> torch.Tensor:
     """For every group (a row or a column; qkv stacked, layout (3, B, H, G, T, D)) and position t,
     the summary of the group's tokens strictly before t (after t when `reverse`): max-pooled key,
-    and the softmax attention of the max-pooled query over those tokens. Returns k_hat, v_hat
-    (B, H, G, T, D); positions with an empty region get finite filler (the caller masks them)."""
+    and the softmax attention of the max-pooled query over those tokens. Returns k_hat and v_hat
+    stacked, (2, B, H, G, T, D); positions with an empty region get finite filler (masked later).
+    Positions go in SUMMARY_BLOCKS blocks, each against only the keys on its side of the block's
+    far end, which skips most of the masked triangle (3/4 of the T x T logits are formed)."""
     pooled = prefix_max(qkv[:2], -2, reverse=reverse, valid=None if valid is None else valid[..., None])  # (2, B, H, G, T, D)
-    t = torch.arange(qkv.shape[-2], device=qkv.device)  # (T,)
+    size = qkv.shape[-2]
+    t = torch.arange(size, device=qkv.device)  # (T,)
     outside = (t[None, :] <= t[:, None]) if reverse else (t[None, :] >= t[:, None])  # (T, T) key u not strictly before t
     if valid is not None:
         outside = outside | ~valid[:, None, :]  # (G, T, T)
-    logits = (pooled[0] @ qkv[1].transpose(-2, -1)).masked_fill_(outside, mask_value(pooled))  # (B, H, G, T, T)
-    return pooled[1], torch.softmax(logits, dim=-1) @ qkv[2]  # (B, H, G, T, D) each
-
-
-def _present(valid: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
-    """True where the region strictly before (after when `reverse`) a grid cell along `dim` holds a real token."""
-    counts = valid.flip(dim).cumsum(dim).flip(dim) if reverse else valid.cumsum(dim)  # (rows, m) inclusive
-    return (counts - valid.long()) > 0  # (rows, m)
+    values = []
+    for a, b in row_blocks(size, SUMMARY_BLOCKS):
+        lo, hi = (a, size) if reverse else (0, b)  # the keys positions [a, b) can reach
+        logits = pooled[0, ..., a:b, :] @ qkv[1, ..., lo:hi, :].transpose(-2, -1)  # (B, H, G, b - a, hi - lo)
+        logits.masked_fill_(outside[..., a:b, lo:hi], mask_value(pooled))
+        values.append(torch.softmax(logits, dim=-1) @ qkv[2, ..., lo:hi, :])  # (B, H, G, b - a, D)
+    return torch.stack([pooled[1], torch.cat(values, dim=-2)])  # (2, B, H, G, T, D)
 
 
 def _row_drop(valid: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -91,10 +112,15 @@ def _row_drop(valid: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 def _col_drop(valid: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Column-layout part, query (c, r): own-column keys then the left and the right summary of
-    every row r' (taken at column c): (m, rows, 3 rows)."""
+    """Column-layout part, query (c, r), keys interleaved by key row r': own-column key, left and
+    right summary of row r' (taken at column c): (m, rows, 3 rows), key 3 r' + term."""
     r = torch.arange(valid.shape[0], device=valid.device)  # (rows,)
     own = (r[None, :] >= r[:, None]) if causal else (r[None, :] == r[:, None])  # (rows, rows) key row r' vs query row r
-    direct = own | ~valid.T[:, None, :]  # (m, rows, rows)
-    regions = [own | ~_present(valid, 1, reverse).T[:, None, :] for reverse in (False, True)]  # (m, rows, rows) each
-    return torch.cat([direct] + regions, dim=-1)
+    terms = [~valid.T] + [~_present(valid, 1, reverse).T for reverse in (False, True)]  # (m, rows) each, indexed by key row r'
+    return (own[None, :, :, None] | torch.stack(terms, dim=-1)[:, None, :, :]).flatten(-2)  # (m, rows, 3 rows)
+
+
+def _present(valid: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    """True where the region strictly before (after when `reverse`) a grid cell along `dim` holds a real token."""
+    counts = valid.flip(dim).cumsum(dim).flip(dim) if reverse else valid.cumsum(dim)  # (rows, m) inclusive
+    return (counts - valid.long()) > 0  # (rows, m)

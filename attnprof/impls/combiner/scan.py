@@ -1,13 +1,14 @@
 """Exclusive running max along one axis: for every position t, the max over positions strictly
 before t (strictly after when `reverse`), ignoring invalid entries; 0 where there is none.
 
-Two ways, same result (tests check both against each other, values and gradients):
+Two ways, same result (tests check both against each other and a plain loop, values and gradients):
 - "cummax": torch.cummax, shifted by one. A parallel O(T) scan on CUDA, used there and on meta
   (so the meta accounting describes the GPU path).
-- "window": the max over a window of T positions taken with `unfold` + `amax`, used on the CPU.
-  O(T) work per entry instead of O(1), but vectorised and multi-threaded, while torch.cummax on
-  the CPU is a scalar loop on one thread (about 3x slower at T ~ sqrt N = 64..128 here). Its
-  backward recomputes the cummax path (only fwd_bwd pays for cummax's arg-max bookkeeping).
+- "steps": T elementwise maxima, one per position, each over a whole slice (all groups, heads and
+  features at once), used on the CPU. torch.cummax on the CPU is a scalar loop on one thread, and
+  the earlier O(T^2) unfold-window max spent ~20% of Combiner-Mixture's CPU time; T ~ sqrt(N)
+  launches of vectorised work cost less than either. Its backward recomputes the cummax path
+  (only fwd_bwd pays for cummax's arg-max bookkeeping).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def prefix_max(
     dim = dim % x.dim()
     if valid is not None:
         x = x.masked_fill(~valid, float("-inf"))
-    if method == "window":
-        return _WindowMax.apply(x, dim, reverse)
+    if method == "steps":
+        return _StepsMax.apply(x, dim, reverse, valid is not None)
     if method != "cummax":
-        raise ValueError(f"unknown prefix_max method {method!r}: choose 'window' or 'cummax'")
+        raise ValueError(f"unknown prefix_max method {method!r}: choose 'steps' or 'cummax'")
     return _cummax_prefix(x, dim, reverse)
 
 
@@ -39,26 +40,29 @@ def _cummax_prefix(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
 
 
 def default_method(device: torch.device) -> str:
-    """The path prefix_max takes by default: window on the CPU, cummax elsewhere (CUDA; meta, so
+    """The path prefix_max takes by default: steps on the CPU, cummax elsewhere (CUDA; meta, so
     that the accounting describes the GPU path)."""
-    return "window" if device.type == "cpu" else "cummax"
+    return "steps" if device.type == "cpu" else "cummax"
 
 
-class _WindowMax(torch.autograd.Function):
-    """Forward: the max over an unfolded window of T positions (padding at -inf never wins).
-    Backward: recomputed through the cummax path, whose arg-max bookkeeping torch already does;
-    only fwd_bwd pays for it."""
+class _StepsMax(torch.autograd.Function):
+    """Forward: out[t] = max(out[t-1], x[t-1]), one vectorised maximum per position.
+    Backward: recomputed through the cummax path, whose arg-max bookkeeping torch already does."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, dim: int, reverse: bool, padded: bool) -> torch.Tensor:
         size = x.shape[dim]
-        filler = torch.full_like(x.narrow(dim, 0, 1), float("-inf")).expand_as(x)  # (..., T, ...)
-        padded = torch.cat([x, filler] if reverse else [filler, x], dim=dim)  # (..., 2T, ...)
-        windows = padded.unfold(dim, size, 1).narrow(dim, 1 if reverse else 0, size)  # (..., T, ..., T)
+        order = list(range(size - 1, -1, -1)) if reverse else list(range(size))
+        out = torch.empty_like(x)  # (..., T, ...)
+        out.select(dim, order[0]).fill_(float("-inf"))
+        for before, t in zip(order, order[1:], strict=False):
+            torch.maximum(out.select(dim, before), x.select(dim, before), out=out.select(dim, t))
         ctx.save_for_backward(x)
         ctx.dim, ctx.reverse = dim, reverse
-        values = windows.amax(dim=-1)  # (..., T, ...)
-        return values.masked_fill_(values == float("-inf"), 0.0)
+        if padded:  # a prefix of padding only is -inf too, wherever it sits
+            return out.masked_fill_(out == float("-inf"), 0.0)
+        out.select(dim, order[0]).zero_()  # the empty prefix; without padding the only -inf
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -66,4 +70,4 @@ class _WindowMax(torch.autograd.Function):
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
             (grad_x,) = torch.autograd.grad(_cummax_prefix(leaf, ctx.dim, ctx.reverse), leaf, grad)
-        return grad_x, None, None
+        return grad_x, None, None, None

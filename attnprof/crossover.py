@@ -77,8 +77,8 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
 def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> float:
     """N where the two lines, pivoted about their centres to the given exponents, meet."""
     center_a, center_b = fit_a.center_log_length, fit_b.center_log_length
-    value_a = math.log(fit_a.predict(math.exp(center_a)))
-    value_b = math.log(fit_b.predict(math.exp(center_b)))
+    value_a = fit_a.intercept + fit_a.exponent * center_a  # ln of each fitted line at its centre
+    value_b = fit_b.intercept + fit_b.exponent * center_b
     # value_a + e_a (x - center_a) = value_b + e_b (x - center_b), solved for x = ln N
     x = (value_b - value_a + exponent_a * center_a - exponent_b * center_b) / (exponent_a - exponent_b)
     return _exp(x)

@@ -33,6 +33,7 @@ The method, written once:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -76,9 +77,10 @@ class Fit:
     metric: str = ""
     notes: tuple = ()
 
-    @property
+    @functools.cached_property
     def center_log_length(self) -> float:
-        """Mean ln(N) of the fitted lengths: where the fitted line is pinned down best."""
+        """Mean ln(N) of the fitted lengths: where the fitted line is pinned down best (cached: crossovers ask
+        for it thousands of times in one view)."""
         return float(np.mean(np.log(self.lengths_used)))
 
     def predict(self, length, exponent: float | None = None):
@@ -169,6 +171,9 @@ def _valid_samples(lengths, values):
 
 def _medians(lengths: np.ndarray, values: np.ndarray):
     distinct = np.unique(lengths)  # sorted
+    if len(distinct) == len(lengths):  # one value per length (a frame of cell medians): nothing to reduce
+        order = np.argsort(lengths, kind="stable")
+        return lengths[order], values[order]
     return distinct, np.array([np.median(values[lengths == n]) for n in distinct])
 
 
@@ -302,16 +307,30 @@ def fit_frame(df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str 
     missing = [c for c in (length_col, metric_col, *group_cols) if c not in df.columns]
     if missing:
         raise ValueError(f"fit_frame: column(s) {missing} not in the frame; it has {list(df.columns)}")
-    groups = df.groupby(group_cols, dropna=False, sort=True) if group_cols else [((), df)]
-    rows = [_fit_row(dict(zip(group_cols, keys, strict=True)), group, metric_col, length_col, min_length) for keys, group in groups]
+    lengths, values = df[length_col].to_numpy(), df[metric_col].to_numpy()
+    # Row positions per group as numpy arrays: slicing pandas group frames cost more than the fits themselves.
+    if group_cols:
+        positions = df.groupby(group_cols, dropna=False, sort=True).indices  # {key (tuple when several columns): positions}
+        groups = [(keys if isinstance(keys, tuple) else (keys,), index) for keys, index in sorted(positions.items(), key=_group_order)]
+    else:
+        groups = [((), np.arange(len(df)))]
+    rows = [
+        _fit_row(dict(zip(group_cols, keys, strict=True)), lengths[index], values[index], metric_col, min_length) for keys, index in groups
+    ]
     out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])
     out.attrs["group_cols"] = tuple(group_cols)  # crossover_frame reads the configuration columns from here
     return out
 
 
-def _fit_row(keys: dict, group: pd.DataFrame, metric_col: str, length_col: str, min_length) -> dict:
+def _group_order(item):
+    """groupby's own order for the keys of `.indices` (which is a dict in hash order): sorted, NaN last."""
+    keys = item[0] if isinstance(item[0], tuple) else (item[0],)
+    return tuple((value != value, str(type(value)), value if value == value else 0) for value in keys)
+
+
+def _fit_row(keys: dict, lengths, values, metric_col: str, min_length) -> dict:
     try:
-        fit = fit_power_law(group[length_col], group[metric_col], min_length=min_length, metric=metric_col)
+        fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col)
     except ValueError as error:
         return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
     fields = {name: value for name, value in asdict(fit).items() if name != "metric"}

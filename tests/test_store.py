@@ -69,3 +69,35 @@ def test_every_measurement_is_committed_on_its_own(db):
         assert other.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == {64: 1, 128: 2, 256: 3}[n]
     other.close()
     store.close()
+
+
+def test_a_version_1_database_gains_the_stored_timing_statistics(db):
+    """Schema 2 stores each row's median, p20, p80, IQR and noise flag; a version-1 file is migrated in place."""
+    from attnprof.records import time_stats
+    from attnprof.store import STAT_COLUMNS
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    samples = {64: [1.0, 2.0, 3.0, 10.0], 128: [], 256: [5.0]}
+    for n, times in samples.items():
+        store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=n), Status.OK if times else Status.OOM, times_ms=times), "now")
+    store.close()
+    connection = sqlite3.connect(db)  # back to what schema 1 stored
+    for column in STAT_COLUMNS:
+        connection.execute(f"ALTER TABLE measurements DROP COLUMN {column}")
+    connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    connection.commit()
+    connection.close()
+    store = Store.open(db, create=False)
+    assert store._meta("schema_version") == str(SCHEMA_VERSION)
+    frame = store.frame("r1")
+    store.close()
+    for row in frame.itertuples():
+        expected = time_stats(samples[row.seq_len])
+        for column in STAT_COLUMNS:
+            got = getattr(row, column)
+            assert (got is None or got != got) if expected[column] is None else got == pytest.approx(expected[column]), (
+                row.seq_len,
+                column,
+            )
+    assert frame["noisy"].tolist() == [True, None, False]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnprof.export import EXPORT_KEYS
-from attnprof.records import NOISY_IQR_RATIO, RunInfo
+from attnprof.records import RunInfo
 
 NUMERIC = (
     "peak_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes",
@@ -31,22 +31,21 @@ class RunSummary:
 
 
 def run_frame(run_id: str, stored):
-    """`Store.frame` rows -> the export columns (`export.EXPORT_KEYS`), derived statistics computed column-wise.
+    """`Store.frame` rows -> the export columns (`export.EXPORT_KEYS`), throughput derived column-wise.
 
-    Same values as `export.measurements_frame`, except that a missing number is NaN rather than None.
+    Same values as `export.measurements_frame`, except that a missing number is NaN rather than None and
+    `times_ms` is absent (the statistics come stored; `DataSource.samples` reads the samples where needed).
+    The index is the stored row id.
     """
     import numpy as np
 
     frame = numeric_frame(stored.copy())
     frame.insert(0, "run_id", run_id)
-    stats = time_stats_columns(frame["times_ms"])
-    for name, values in stats.items():
-        frame[name] = values
-    median_s = stats["median_ms"] / 1e3
+    median_s = frame["median_ms"] / 1e3
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["tflops"] = np.where((frame["flops"] > 0) & (median_s > 0), frame["flops"] / median_s / 1e12, np.nan)
         frame["gbps"] = np.where((frame["min_bytes"] > 0) & (median_s > 0), frame["min_bytes"] / median_s / 1e9, np.nan)
-    return frame[list(EXPORT_KEYS)]
+    return frame[[key for key in EXPORT_KEYS if key != "times_ms"]]
 
 
 def numeric_frame(frame):
@@ -56,37 +55,6 @@ def numeric_frame(frame):
 
     columns = [c for c in (*NUMERIC, *DERIVED) if c in frame.columns]
     return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in columns})
-
-
-def time_stats_columns(samples) -> dict:
-    """median, p20, p80, IQR and the noise flag of every row's raw samples, as `records.time_stats` computes them
-    one row at a time (linear-interpolated quantiles), here for all rows with the same sample count at once."""
-    import numpy as np
-    import pandas as pd
-
-    counts = samples.map(len).to_numpy() if len(samples) else np.zeros(0, dtype=int)
-    stats = {name: np.full(len(counts), np.nan) for name in ("median_ms", "p20_ms", "p80_ms", "p25", "p75")}
-    quantiles = {"median_ms": 0.5, "p20_ms": 0.2, "p80_ms": 0.8, "p25": 0.25, "p75": 0.75}
-    for count, rows in pd.Series(np.arange(len(counts))).groupby(counts):
-        if count == 0:
-            continue
-        block = np.sort(np.array(samples.iloc[rows.to_numpy()].tolist(), dtype=float), axis=1)  # (rows, count)
-        for name, q in quantiles.items():
-            stats[name][rows.to_numpy()] = _quantile(block, q)
-    iqr = stats.pop("p75") - stats.pop("p25")
-    median = stats["median_ms"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        noisy = np.where(counts > 0, (median > 0) & (iqr / median > NOISY_IQR_RATIO), None)
-    return {**stats, "iqr_ms": iqr, "noisy": noisy}
-
-
-def _quantile(block, q: float):
-    """records.quantile along each row of a sorted (rows, n) block: position q (n - 1), linear between neighbours."""
-    last = block.shape[1] - 1
-    position = q * last
-    low = int(position)
-    high = min(low + 1, last)
-    return block[:, low] + (block[:, high] - block[:, low]) * (position - low)
 
 
 class DataSource:
@@ -131,6 +99,12 @@ class DataSource:
             with self._lock:
                 self._frames[info.run_id] = (version, frame)
         return frame
+
+    def samples(self, run_id: str, rows) -> list[list[float]]:
+        """The raw timing samples of `rows` (a slice of this run's frame), in their order."""
+        with self._store() as store:
+            found = store.samples(run_id, rows.index)
+        return [found.get(int(i), []) for i in rows.index]
 
     def memo(self, key, compute):
         """compute(), remembered under key (which must name the data version it depends on)."""

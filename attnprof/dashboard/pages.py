@@ -17,6 +17,7 @@ import pandas as pd
 from attnprof.analysis import CONFIG
 from attnprof.dashboard import cell_figures, compare, figures, runinfo, views
 from attnprof.errors import UsageError
+from attnprof.export import EXPORT_KEYS
 from attnprof.fit import format_length
 from attnprof.table import format_bytes
 
@@ -342,7 +343,9 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
         run = source.run(run_id)
         data = pd.DataFrame(runinfo.mapping_rows(run.env) + runinfo.mapping_rows(run.sweep, skip=("impl_specs",)))
     else:
-        data = shown.assign(times_ms=shown["times_ms"].map(json.dumps), options=shown["options"].map(json.dumps))
+        samples = [json.dumps(times) for times in source.samples(run_id, shown)]
+        data = shown.assign(times_ms=samples, options=shown["options"].map(json.dumps))
+        data = data[[k for k in EXPORT_KEYS if k in data.columns] + [c for c in data.columns if c not in EXPORT_KEYS]]
     return f"attnprof-{tab}-{run_id}.csv", data.to_csv(index=False)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG, metric_points
+from attnprof.analysis import CONFIG
 from attnprof.fit import fit_frame, format_length
 
 AXES = ("label", "seq_len", "dtype", "device", "causal", "mode", "batch", "heads", "head_dim")  # the filters, in order
@@ -121,13 +121,16 @@ def default_facets(frame: pd.DataFrame) -> list[str]:
 
 
 def fit_metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One fit row per configuration (fit.fit_frame columns, `metric` = the dashboard's metric key)."""
-    column = METRICS[metric].column
-    points = metric_points(frame, "time") if metric == "time" else _value_points(frame, column)
-    fitted_column = "time_ms" if metric == "time" else column
+    """One fit row per configuration (fit.fit_frame columns, `metric` = the dashboard's metric key).
+
+    Time is fitted on each cell's stored median, not on the raw samples as `attnprof fit` does: the fit takes
+    the median per length either way, so with one cell per length (a run's usual shape) the exponent is the
+    same, and the dashboard need not decode every row's samples. `n_samples` then counts cells."""
+    column = METRICS[metric].column  # time: median_ms
+    points = _value_points(frame, column)
     if points.empty:
         return pd.DataFrame(columns=[*CONFIG, "metric", "exponent", "fit", "error"])
-    return fit_frame(points, fitted_column, CONFIG).assign(metric=metric)
+    return fit_frame(points, column, CONFIG).assign(metric=metric)
 
 
 def _value_points(frame: pd.DataFrame, column: str) -> pd.DataFrame:

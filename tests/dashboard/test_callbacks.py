@@ -1,6 +1,7 @@
 """The callbacks as plain functions against real SQLite files: runs, filters, each view, live refresh, messages."""
 
 import io
+import json
 
 import pandas as pd
 import pytest
@@ -90,6 +91,13 @@ def test_download_gives_the_current_view_as_csv(two_runs_db):
     scaling = cb.download(1, "scaling", run, {**selected, "label": ["sdpa"]}, run_a, run_b)
     frame = pd.read_csv(io.StringIO(scaling["content"]))
     assert scaling["filename"] == f"attnprof-scaling-{run}.csv" and set(frame["label"]) == {"sdpa"} and "median_ms" in frame
+    stored = {
+        (m.case.seq_len, m.case.causal, m.case.mode): m.times_ms
+        for m in Store.open(two_runs_db).measurements(run)
+        if m.case.label == "sdpa"
+    }
+    for row in frame.itertuples():  # the raw samples, read for the shown rows only, are the stored ones
+        assert json.loads(row.times_ms) == stored[(row.seq_len, bool(row.causal), row.mode)]
     compared = pd.read_csv(io.StringIO(cb.download(1, "compare", run, selected, run_a, run_b)["content"]))
     assert "time_ratio" in compared and len(compared) == 36
     for tab, column in (("exponents", "exponent"), ("roofline", "intensity"), ("coverage", "status"), ("info", "field")):

@@ -1,16 +1,12 @@
 """Pure view helpers and the fast read path: filters, line names, the reproduce command, Store.frame + run_frame."""
 
-import random
-
 import numpy as np
 import pandas as pd
-import pytest
 import seeding
 
 from attnprof.dashboard import runinfo, views
-from attnprof.dashboard.data import run_frame, time_stats_columns
+from attnprof.dashboard.data import DataSource, run_frame
 from attnprof.export import measurements_frame
-from attnprof.records import time_stats
 from attnprof.store import Store
 
 
@@ -57,9 +53,12 @@ def test_store_frame_and_run_frame_match_the_export_frame(two_runs_db):
         assert store.frame("no-such-run").empty
     finally:
         store.close()
-    assert list(fast.columns) == list(slow.columns)
+    assert list(fast.columns) == [c for c in slow.columns if c != "times_ms"]  # samples are read on demand
+    source = DataSource(two_runs_db)
+    assert source.samples(seeding.BASE, fast) == list(slow["times_ms"])
+    assert source.samples(seeding.BASE, fast.iloc[[2, 0]]) == [slow["times_ms"][2], slow["times_ms"][0]]
     for column in fast.columns:
-        if column in ("times_ms", "options", "noisy"):
+        if column in ("options", "noisy"):
             assert [v if v == v else None for v in fast[column]] == list(slow[column]), column
             continue
         left, right = fast[column], slow[column]
@@ -67,13 +66,3 @@ def test_store_frame_and_run_frame_match_the_export_frame(two_runs_db):
             assert np.allclose(left.astype(float), pd.to_numeric(right).astype(float), equal_nan=True, rtol=1e-12), column
         else:
             assert list(left) == list(right), column
-
-
-def test_time_stats_columns_agree_with_records_time_stats():
-    rng = random.Random(0)
-    samples = [[rng.random() for _ in range(rng.choice([0, 1, 2, 4, 7]))] for _ in range(300)]
-    columns = time_stats_columns(pd.Series(samples, dtype=object))
-    for i, row in enumerate(samples):
-        for key, expected in time_stats(row).items():
-            got = columns[key][i]
-            assert (got is None or got != got) if expected is None else got == pytest.approx(expected, abs=1e-12), (key, row)

@@ -39,6 +39,7 @@ ENV = {
     "cuda_version": "12.8",
     "cpu_threads": 16,
 }
+RUN_IDS = ("20260101-000000-base", "20260102-000000-main")  # the older, smaller run and the main one
 VIEWPORT = {"width": 1500, "height": 1000}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
@@ -68,7 +69,7 @@ def build_database(path: Path, rows: int, other_rows: int) -> tuple[str, str]:
     store.connection.execute("PRAGMA synchronous=OFF")  # a scratch database: durability is not what is measured
     rng = random.Random(0)
     cells = [(name, e, n, shape) for shape in SHAPES for name, e in IMPLS for n in LENGTHS]
-    ids = ("20260101-000000-base", "20260102-000000-main")
+    ids = RUN_IDS
     for run_id, count, slow in ((ids[0], other_rows, 1.1), (ids[1], rows, 1.0)):
         store.add_run(RunInfo(run_id, run_id[:8], {"impls": [n for n, _ in IMPLS], "lengths": LENGTHS}, ENV, "0.1.0", state="complete"))
         for name, exponent, n, shape in cells[:count]:
@@ -228,13 +229,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--other-rows", type=int, default=5_000)
-    parser.add_argument("--db", type=Path, default=None, help="keep the database here (default: a temporary folder)")
+    parser.add_argument(
+        "--db", type=Path, default=None, help="keep the database here, or reuse it if it exists (default: a temporary folder)"
+    )
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         db = args.db or Path(folder) / "speed.db"
-        built, (main_run, other_run) = seconds(lambda: build_database(db, args.rows, args.other_rows))
-        print(f"database: {args.rows} + {args.other_rows} measurements written in {built:.1f} s ({db})")
+        if db.exists():  # a database an earlier run of this benchmark kept (--db): measure it again
+            main_run, other_run = RUN_IDS[1], RUN_IDS[0]
+            print(f"database: reusing {db}")
+        else:
+            built, (main_run, other_run) = seconds(lambda: build_database(db, args.rows, args.other_rows))
+            print(f"database: {args.rows} + {args.other_rows} measurements written in {built:.1f} s ({db})")
         for name, value in read_paths(db, main_run):
             print(f"  {name:<48} {value * 1e3:8.0f} ms")
         from attnprof.dashboard.app import create_app

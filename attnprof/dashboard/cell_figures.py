@@ -40,7 +40,7 @@ def roofline_figure(points: pd.DataFrame, ceilings):
     traces += [_roofline_points(config, rows, ceilings, colours[config]) for config, rows in points.groupby("config", sort=True)]
     rough = "rough default ceilings, not the device's datasheet: the dashboard takes the real peak TFLOP/s and TB/s"
     known = "" if ceilings.known else f"<br><sub>{rough}</sub>"
-    layout = go.Layout(title=f"Roofline on {ceilings.device}{known}", template="plotly_white", height=560, meta="roofline",
+    layout = go.Layout(title=f"Roofline on {ceilings.device}{known}", height=560, meta="roofline",
                        xaxis={"type": "log", "title": "arithmetic intensity (FLOP per byte moved, at least)"},
                        yaxis={"type": "log", "title": "achieved TFLOP/s"})  # fmt: skip
     return build_figure(traces, layout)
@@ -95,7 +95,7 @@ def coverage_figure(grid: pd.DataFrame):
     heatmap = {"type": "heatmap", "z": z, "x": [format_length(n) for n in lengths], "y": configs, "text": text, "texttemplate": "%{text}",
                "hovertext": hover, "hoverinfo": "text", "colorscale": _discrete_scale(), "zmin": -0.5, "zmax": len(codes) - 0.5,
                "showscale": False, "xgap": 2, "ygap": 2, "meta": "coverage"}  # fmt: skip
-    layout = go.Layout(title="Coverage: every cell of the sweep and what happened to it", template="plotly_white", meta="coverage",
+    layout = go.Layout(title="Coverage: every cell of the sweep and what happened to it", meta="coverage",
                        height=170 + 26 * len(configs), xaxis={"title": "sequence length N", "type": "category"},
                        yaxis={"autorange": "reversed", "automargin": True}, plot_bgcolor="#fafafa")  # fmt: skip
     # A heatmap has no legend of its categories: one swatch per status present.
@@ -133,7 +133,7 @@ def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
                 traces.append(_ratio_trace(config, valid, column, dash, what, colours[config]))
     layout = go.Layout(title=f"{names[1]} / {names[0]}: above 1 is slower or larger (solid: time, dashed: peak memory)",
                        xaxis={"type": "log", "title": "sequence length N", **length_ticks(cells["seq_len"])},
-                       yaxis={"type": "log", "title": "ratio candidate / baseline"}, template="plotly_white", height=480, meta="compare",
+                       yaxis={"type": "log", "title": "ratio candidate / baseline"}, height=480, meta="compare",
                        shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
                                 "line": {"color": "#999", "dash": "dot"}}])  # fmt: skip
     return build_figure(traces, layout)

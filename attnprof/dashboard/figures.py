@@ -6,6 +6,8 @@ browser can tell traces apart without parsing their names.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import pandas as pd
@@ -45,13 +47,22 @@ REFERENCE_EXPONENTS = ((1.0, "N"), (1.5, "N^1.5"), (2.0, "N^2"))
 
 
 def build_figure(traces: list[dict], layout):
-    """A go.Figure of trace dicts, unvalidated, over a validated layout (a go.Layout, or a figure's, with every layout
-    change already made: changes made after this are not validated, so plotly would not turn a title string or a
-    template name into what plotly.js reads). Validation costs about 1 ms per trace, most of a callback's time for a
-    view with hundreds of lines; the trace dicts are written in this package, with known keys."""
+    """A go.Figure of trace dicts, unvalidated, over a layout (a go.Layout, a figure's, or a dict in plotly.js's own
+    form: a title as {"text": ...}) with the plotly_white template attached as a plain dict. Validation costs about
+    1 ms per trace and a template about 12 ms each time one is set, most of a callback's time for a view with
+    hundreds of lines; the trace dicts and layouts are written in this package, with known keys."""
     import plotly.graph_objects as go
 
-    return go.Figure(data=traces, layout=getattr(layout, "layout", layout), _validate=False)
+    layout = getattr(layout, "layout", layout)
+    plain = layout.to_plotly_json() if hasattr(layout, "to_plotly_json") else dict(layout)
+    return go.Figure(data=traces, layout={**plain, "template": _template()}, _validate=False)
+
+
+@functools.cache
+def _template() -> dict:
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
 
 
 def axis_refs(row: int, col: int, n_cols: int) -> dict:
@@ -63,12 +74,10 @@ def axis_refs(row: int, col: int, n_cols: int) -> dict:
 
 def message_figure(text: str, height: int = 320):
     """An empty figure that says why it is empty."""
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    figure.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15})
-    figure.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=height, template="plotly_white", meta="message")
-    return figure
+    note = {"text": text, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper", "showarrow": False, "font": {"size": 15}}
+    return build_figure(
+        [], {"annotations": [note], "xaxis": {"visible": False}, "yaxis": {"visible": False}, "height": height, "meta": "message"}
+    )
 
 
 def line_colours(names) -> dict:
@@ -135,25 +144,37 @@ def _ordered(values: pd.Series) -> list:
     return sorted(values.unique(), key=str)
 
 
+PANEL_COLUMNS = ("line", "seq_len", "value", "low", "high", "noisy", "reason", "status")
+
+
 def _panel_traces(panel, fits, metric, colours, legend, facet) -> list[dict]:
+    """The traces of one facet panel. Works on plain tuples (PANEL_COLUMNS), one pass: slicing a pandas frame per
+    line cost more than everything else in the view."""
     by_line = dict(zip(fits["line"], fits["fit"], strict=False)) if len(fits) else {}
-    traces = []
-    for line, points in panel.groupby("line", sort=True):
-        ok = points[points["value"].notna()].sort_values("seq_len")
+    rows = sorted(zip(*(panel[c].tolist() for c in PANEL_COLUMNS), strict=True), key=lambda r: (r[0], r[1]))  # by line, then N
+    measured_by_line, traces = {}, []
+    for line, group in itertools.groupby(rows, key=lambda r: r[0]):
+        points = list(group)
+        ok = [p for p in points if _present(p[2])]
+        measured_by_line[line] = ok
         colour = colours[line]
-        if metric.band and ok["low"].notna().any():
+        if metric.band and any(_present(p[3]) for p in ok):
             traces.append(_band(ok, line, colour))
-        if len(ok):
+        if ok:
             traces.append(_measured(ok, line, colour, metric, line not in legend))
             legend.add(line)
         if _is_fit(by_line.get(line)):
             traces.append(_fit_trace(by_line[line], points, line, colour, facet))
     for status, (name, _, _) in FAILURE_MARKERS.items():
-        failed = panel[panel["status"] == status]
-        if len(failed):
-            traces.append(_failures(failed, panel, by_line, status, name not in legend))
+        failed = [p for p in rows if p[7] == status]
+        if failed:
+            traces.append(_failures(failed, measured_by_line, by_line, status, name not in legend))
             legend.add(name)
     return traces
+
+
+def _present(value) -> bool:
+    return value is not None and value == value  # not None, not NaN
 
 
 def _is_fit(fit) -> bool:
@@ -163,18 +184,17 @@ def _is_fit(fit) -> bool:
 
 
 def _band(ok, line, colour) -> dict:
-    x = ok["seq_len"].tolist()
-    y = ok["high"].tolist() + ok["low"].tolist()[::-1]
+    x = [p[1] for p in ok]
+    y = [p[4] for p in ok] + [p[3] for p in ok][::-1]
     return {"type": "scatter", "x": x + x[::-1], "y": y, "fill": "toself", "fillcolor": _transparent(colour), "line": {"width": 0},
             "hoverinfo": "skip", "showlegend": False, "legendgroup": line, "name": f"{line} p20-p80", "meta": "band"}  # fmt: skip
 
 
 def _measured(ok, line, colour, metric, show_legend) -> dict:
-    columns = [ok[c].tolist() for c in ("seq_len", "value", "low", "high", "noisy", "reason")]
-    text = [_point_text(line, metric, *values) for values in zip(*columns, strict=False)]
-    return {"type": "scatter", "x": columns[0], "y": columns[1], "mode": "lines+markers", "name": line, "legendgroup": line,
-            "showlegend": show_legend, "line": {"color": colour, "width": 2}, "marker": {"size": 7}, "hovertext": text,
-            "hovertemplate": "%{hovertext}<extra></extra>", "meta": "measured"}  # fmt: skip
+    text = [_point_text(line, metric, *p[1:7]) for p in ok]
+    return {"type": "scatter", "x": [p[1] for p in ok], "y": [p[2] for p in ok], "mode": "lines+markers", "name": line,
+            "legendgroup": line, "showlegend": show_legend, "line": {"color": colour, "width": 2}, "marker": {"size": 7},
+            "hovertext": text, "hovertemplate": "%{hovertext}<extra></extra>", "meta": "measured"}  # fmt: skip
 
 
 def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
@@ -187,7 +207,7 @@ def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
 
 
 def _fit_trace(fit, points, line, colour, facet) -> dict:
-    lengths = sorted(n for n in points["seq_len"].unique() if n >= min(fit.lengths_used))
+    lengths = sorted({p[1] for p in points if p[1] >= min(fit.lengths_used)})
     interval = f"[{fit.exponent_low:.2f}, {fit.exponent_high:.2f}]" if math.isfinite(fit.exponent_low) else "[no interval]"
     name = f"{line}{' · ' + facet if facet else ''}: N^{fit.exponent:.2f} {fit.complexity}"
     hover = f"<b>{name}</b><br>95% interval {interval}, r2 {fit.r2:.4f}<br>{fit.range_rule}"
@@ -196,27 +216,26 @@ def _fit_trace(fit, points, line, colour, facet) -> dict:
             "hovertemplate": "%{hovertext}<extra></extra>", "meta": "fit"}  # fmt: skip
 
 
-def _failures(failed, panel, fits_by_line, status, show_legend) -> dict:
+def _failures(failed, measured_by_line, fits_by_line, status, show_legend) -> dict:
     """Failed cells at their length, at the height their line would have had (the fit, else the last value)."""
     name, symbol, colour = FAILURE_MARKERS[status]
-    cells = list(zip(failed["line"].tolist(), failed["seq_len"].tolist(), failed["reason"].tolist(), strict=False))
-    ys = [_failure_height(panel, fits_by_line.get(line), line, n) for line, n, _ in cells]
-    text = [f"<b>{line}</b><br>N = {format_length(n)}<br>{status}: {reason or 'no reason recorded'}" for line, n, reason in cells]
-    return {"type": "scatter", "x": [n for _, n, _ in cells], "y": ys, "mode": "markers", "name": name, "legendgroup": name,
+    ys = [_failure_height(measured_by_line, fits_by_line.get(p[0]), p[0], p[1]) for p in failed]
+    text = [f"<b>{p[0]}</b><br>N = {format_length(p[1])}<br>{status}: {p[6] or 'no reason recorded'}" for p in failed]
+    return {"type": "scatter", "x": [p[1] for p in failed], "y": ys, "mode": "markers", "name": name, "legendgroup": name,
             "showlegend": show_legend, "marker": {"symbol": symbol, "size": 13, "color": colour, "line": {"width": 2, "color": colour}},
             "hovertext": text, "hovertemplate": "%{hovertext}<extra></extra>", "meta": f"failed:{status}"}  # fmt: skip
 
 
-def _failure_height(panel, fit, line: str, n: int) -> float:
+def _failure_height(measured_by_line: dict, fit, line: str, n: int) -> float:
     if _is_fit(fit):
         predicted = fit.predict(n)
         if math.isfinite(predicted) and predicted > 0:
             return predicted
-    before = panel[(panel["line"] == line) & panel["value"].notna() & (panel["seq_len"] <= n)]
-    if len(before):
-        return float(before.sort_values("seq_len")["value"].iloc[-1])
-    values = panel["value"].dropna()
-    return float(values.max()) if len(values) else 1.0
+    before = [p[2] for p in measured_by_line.get(line, []) if p[1] <= n]  # the line's ok points, sorted by N
+    if before:
+        return float(before[-1])
+    values = [p[2] for points in measured_by_line.values() for p in points]
+    return float(max(values)) if values else 1.0
 
 
 def _scaling_axes(figure, cells, metric, n_rows: int, message: str) -> None:
@@ -231,7 +250,7 @@ def _scaling_axes(figure, cells, metric, n_rows: int, message: str) -> None:
     for row in range(1, n_rows + 1):
         figure.layout["yaxis" + axis_refs(row, 1, n_cols)["yaxis"][1:]].title = y_title
     title = f"{metric.title} against sequence length (log-log); dashed: fitted power law"
-    figure.update_layout(title=title + (f"<br><sub>{message}</sub>" if message else ""), template="plotly_white",
+    figure.update_layout(title=title + (f"<br><sub>{message}</sub>" if message else ""),
                          height=max(480, 330 * n_rows + 120), legend={"font": {"size": 11}}, meta="scaling",
                          margin={"t": 90 if message else 70})  # fmt: skip
 
@@ -259,23 +278,23 @@ def exponent_figure(table: pd.DataFrame):
     metrics = list(dict.fromkeys(fitted["metric"]))
     configs = list(dict.fromkeys(fitted["config"]))
     grid = make_subplots(1, len(metrics), shared_yaxes=True, subplot_titles=metrics, horizontal_spacing=0.03)
-    traces, shown = [], set()
+    traces, shown, shapes = [], set(), []
     for col, metric in enumerate(metrics, 1):
+        refs = axis_refs(1, col, len(metrics))
         for complexity, rows in fitted[fitted["metric"] == metric].groupby("class", sort=False):
-            traces.append({**_exponent_trace(metric, complexity, rows, complexity not in shown), **axis_refs(1, col, len(metrics))})
+            traces.append({**_exponent_trace(metric, complexity, rows, complexity not in shown), **refs})
             shown.add(complexity)
-        for value, _ in REFERENCE_EXPONENTS:
-            grid.add_vline(
-                x=value, line={"dash": "dot", "color": "#999"}, row=1, col=col, exclude_empty_subplots=False
-            )  # traces come later
+        # The reference exponents as dotted vertical lines, as plain shapes (add_vline validates: ~11 ms each).
+        shapes += [{"type": "line", "x0": value, "x1": value, "xref": refs["xaxis"], "y0": 0, "y1": 1, "yref": f"{refs['yaxis']} domain",
+                    "line": {"dash": "dot", "color": "#999"}} for value, _ in REFERENCE_EXPONENTS]  # fmt: skip
     grid.update_yaxes(categoryorder="array", categoryarray=configs[::-1], automargin=True)
     ticks = [value for value, _ in REFERENCE_EXPONENTS]
     grid.update_xaxes(
         title_text="exponent", tickvals=[0, 0.5, *ticks, 2.5, 3], ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"]
     )
-    grid.update_layout(template="plotly_white", height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
+    grid.update_layout(height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
                        title="Scaling exponents with 95% intervals (value ~ N^exponent), coloured by complexity class")  # fmt: skip
-    return build_figure(traces, grid)
+    return build_figure(traces, {**grid.layout.to_plotly_json(), "shapes": shapes})
 
 
 def _exponent_trace(metric: str, complexity: str, rows: pd.DataFrame, show_legend: bool) -> dict:
@@ -301,25 +320,25 @@ def _num(value) -> str:
 
 def crossover_figure(groups: list, metric: str):
     """Impl x impl heatmaps of where fitted curves cross (one per configuration); colour log2 of the length."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     if not groups:
         return message_figure(f"No crossovers for {metric}: it needs two impls with a fit in the same configuration.")
     figure = make_subplots(1, len(groups), subplot_titles=[title for title, _ in groups], horizontal_spacing=0.12)
-    size = 0
+    size, traces = 0, []
     for i, (_, rows) in enumerate(groups, 1):
         labels, z, text, hover = _crossover_matrix(rows)
         size = max(size, len(labels))
-        figure.add_trace(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
-                                    coloraxis="coloraxis", xgap=1, ygap=1, meta="crossovers"), 1, i)  # fmt: skip
+        traces.append({"type": "heatmap", "z": z, "x": labels, "y": labels, "text": text, "texttemplate": "%{text}", "hovertext": hover,
+                       "hoverinfo": "text", "coloraxis": "coloraxis", "xgap": 1, "ygap": 1, "meta": "crossovers",
+                       **axis_refs(1, i, len(groups))})  # fmt: skip
     ticks = [8, 12, 16, 20, 24, 30]  # colour by log2 N, clipped to 256..1G: crossings far outside are just "far"
     figure.update_layout(title=f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper "
-                         "on each side); * extrapolated", template="plotly_white", height=260 + 30 * size, meta="crossovers",
+                         "on each side); * extrapolated", height=260 + 30 * size, meta="crossovers",
                          coloraxis={"colorscale": "Viridis", "cmin": 8, "cmax": 30, "colorbar": {"title": "N", "tickvals": ticks,
                                     "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip
     figure.update_xaxes(tickangle=-35)
-    return figure
+    return build_figure(traces, figure)
 
 
 def _crossover_matrix(rows: pd.DataFrame):
@@ -341,8 +360,6 @@ def _crossover_matrix(rows: pd.DataFrame):
 
 def frontier_figure(rows: pd.DataFrame, budget_bytes: float):
     """The longest sequence whose fitted peak fits the budget, per configuration, with the 95% interval."""
-    import plotly.graph_objects as go
-
     if rows.empty:
         return message_figure("No memory frontier: it needs a peak-memory fit (two or more lengths with a peak).")
     finite = rows["length"].replace(math.inf, float("nan"))
@@ -352,10 +369,10 @@ def frontier_figure(rows: pd.DataFrame, budget_bytes: float):
     low = [v - lo if math.isfinite(n) else 0 for n, v, lo in zip(rows["length"], x, rows["length_low"], strict=False)]
     colours = ["#2ca02c" if ok else "#d62728" for ok in rows["consistent"]]
     text = [short_length(n) for n in rows["length"]]
-    figure = go.Figure(go.Bar(x=x, y=rows["config"], orientation="h", marker_color=colours, text=text, textposition="outside",
-                              error_x={"type": "data", "array": high, "arrayminus": low}, hovertext=list(rows["message"]),
-                              hoverinfo="text", meta="frontier"))  # fmt: skip
-    figure.update_layout(title=f"Memory frontier at {format_bytes(int(budget_bytes))}: longest N whose fitted peak fits "
-                         "(red: contradicted by a measured OOM or success)", xaxis={"type": "log", "title": "sequence length N"},
-                         yaxis={"automargin": True}, template="plotly_white", height=160 + 30 * len(rows), meta="frontier")  # fmt: skip
-    return figure
+    bar = {"type": "bar", "x": x, "y": list(rows["config"]), "orientation": "h", "marker": {"color": colours}, "text": text,
+           "textposition": "outside", "error_x": {"type": "data", "array": high, "arrayminus": low}, "hovertext": list(rows["message"]),
+           "hoverinfo": "text", "meta": "frontier"}  # fmt: skip
+    title = (f"Memory frontier at {format_bytes(int(budget_bytes))}: longest N whose fitted peak fits "
+             "(red: contradicted by a measured OOM or success)")  # fmt: skip
+    return build_figure([bar], {"title": {"text": title}, "xaxis": {"type": "log", "title": {"text": "sequence length N"}},
+                                "yaxis": {"automargin": True}, "height": 160 + 30 * len(rows), "meta": "frontier"})  # fmt: skip

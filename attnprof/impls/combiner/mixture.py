@@ -17,8 +17,7 @@ one product (row layout (B, H, rows, m, D)); terms 2 and 4 share the query's col
 (B, H, m, rows, D)), and their keys are interleaved by key row, (r', direct), (r', left), (r', right),
 so that the keys of rows [0, b) are a prefix. Queries are processed in blocks of grid rows; in
 causal mode a block of rows [a, b) forms column logits only against that prefix, which skips most
-of the masked upper triangle of the column terms (SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
-CAUSAL_ROW_BLOCKS = 4: 5/8 of them are formed).
+of the masked upper triangle of the column terms (CAUSAL_ROW_BLOCKS = 4: 5/8 of them are formed).
 
 Deviations from the reference code:
 - TF's `approx_cummax` is a cumsum; this uses a true running max (as JAX `lax.cummax` does).

@@ -27,6 +27,7 @@ VALUE_COLUMNS = (
     "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes", "flops", "flops_source", "min_bytes", "energy_j",
     "check_error", "fidelity_error", "wall_s",
 )  # fmt: skip
+SAMPLE_BATCH = 900  # ids per query in Store.samples: under SQLite's historical limit of 999 parameters
 STAT_COLUMNS = ("median_ms", "p20_ms", "p80_ms", "iqr_ms", "noisy")  # derived from times_ms when the row is written
 
 _SCHEMA = f"""
@@ -195,9 +196,13 @@ class Store:
 
     def samples(self, run_id: str, row_ids) -> dict[int, list[float]]:
         """Raw timing samples (ms) of the given rows of a run (ids as `frame` indexes them)."""
-        wanted = {int(i) for i in row_ids}
-        rows = self.connection.execute("SELECT id, times_ms FROM measurements WHERE run_id = ?", (run_id,))
-        return {row_id: json.loads(text) for row_id, text in rows if row_id in wanted}
+        wanted = sorted({int(i) for i in row_ids})
+        found = {}
+        for start in range(0, len(wanted), SAMPLE_BATCH):  # only the asked rows' text is read, in batches of ids
+            batch = wanted[start : start + SAMPLE_BATCH]
+            query = f"SELECT id, times_ms FROM measurements WHERE run_id = ? AND id IN ({', '.join('?' * len(batch))})"
+            found.update((row_id, json.loads(text)) for row_id, text in self.connection.execute(query, (run_id, *batch)))
+        return found
 
     def measured_keys(self, run_id: str) -> set[str]:
         rows = self.connection.execute("SELECT case_key FROM measurements WHERE run_id = ?", (run_id,))

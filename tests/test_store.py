@@ -101,3 +101,16 @@ def test_a_version_1_database_gains_the_stored_timing_statistics(db):
                 column,
             )
     assert frame["noisy"].tolist() == [True, None, False]
+
+
+def test_samples_reads_only_the_asked_rows_in_batches(db, monkeypatch):
+    monkeypatch.setattr("attnprof.store.SAMPLE_BATCH", 2)  # 5 ids -> 3 queries
+    store = Store.open(db)
+    store.add_run(a_run())
+    for n in range(1, 8):
+        store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=64 * n), Status.OK, times_ms=[float(n)]), "now")
+    frame = store.frame("r1")
+    asked = frame.index[[0, 2, 3, 5, 6]]
+    assert store.samples("r1", asked) == {i: [float(frame.loc[i, "seq_len"] // 64)] for i in asked}
+    assert store.samples("other-run", asked) == {}
+    store.close()

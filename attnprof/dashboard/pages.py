@@ -106,9 +106,8 @@ def usable_metric(source, run_id, current: str, choices=tuple(views.METRICS)) ->
         frame = source.frame(run_id)
     except Exception:  # noqa: BLE001  (the views report the problem)
         return current
-    usable = [
-        key for key in choices if key in source.memo(("metrics with values", frame.attrs.get("version")), lambda: _with_values(frame))
-    ]
+    with_values = source.memo(("metrics with values", frame.attrs.get("version")), lambda: _with_values(frame))
+    usable = [key for key in choices if key in with_values]
     return current if current in usable or not usable else usable[0]
 
 

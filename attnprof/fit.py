@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -333,5 +333,5 @@ def _fit_row(keys: dict, lengths, values, metric_col: str, min_length) -> dict:
         fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col)
     except ValueError as error:
         return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
-    fields = {name: value for name, value in asdict(fit).items() if name != "metric"}
+    fields = {name: getattr(fit, name) for name in FIT_COLUMNS}  # not asdict: its deep copies were 15% of a fit
     return {**keys, "metric": metric_col, **fields, "fit": fit, "error": None}

@@ -57,6 +57,23 @@ def numeric_frame(frame):
     return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in columns})
 
 
+def _grown(store, cached: tuple, version: tuple):
+    """The cached frame (a new object) plus the rows stored since, when rows were only added (a sweep writing:
+    a refresh then reads its new rows, not all 50,000); None when a row was replaced or removed (read it all)."""
+    import pandas as pd
+
+    (_, count_before, last_before, _), before = cached
+    run_id, count, last, _ = version
+    if count == count_before and last == last_before:
+        return before.copy(deep=False)  # only the run's state changed
+    if last_before is None or count < count_before:
+        return None
+    added = store.frame(run_id, after_id=last_before)
+    if len(added) != count - count_before:
+        return None
+    return pd.concat([before, run_frame(run_id, added)]) if len(added) else before.copy(deep=False)
+
+
 class DataSource:
     """Reads one database path for the app. Raises `UsageError` (missing, empty, corrupt, foreign file)."""
 
@@ -90,11 +107,13 @@ class DataSource:
         """The run's measurements (export columns); `frame.attrs["version"]` names this state of the data."""
         with self._loading, self._store() as store:
             info = store.resolve_run(run_id)
-            version = (info.run_id, store.count(info.run_id), info.state)
+            version = (info.run_id, *store.row_version(info.run_id), info.state)
             cached = self._frames.get(info.run_id)
             if cached and cached[0] == version:
                 return cached[1]
-            frame = run_frame(info.run_id, store.frame(info.run_id))
+            frame = _grown(store, cached, version) if cached else None
+            if frame is None:
+                frame = run_frame(info.run_id, store.frame(info.run_id))
             frame.attrs["version"] = version
             with self._lock:
                 self._frames[info.run_id] = (version, frame)

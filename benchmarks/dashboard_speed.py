@@ -4,7 +4,8 @@ Builds a database holding one synthetic GPU run of 50,000 measurements (25 impls
 batch 5 x heads 5 x dtype 2 x causal 2 x mode 2; 25 timing samples each; every failure status present) and a
 second, smaller run to compare against. Then:
 
-* the read path: `Store.frame` + `dashboard.data.run_frame` against `Store.measurements` + `export.measurements_frame`;
+* the read path: `Store.frame` + `dashboard.data.run_frame` (from the ended run's snapshot, and from its rows) against
+  `Store.measurements` + `export.measurements_frame`;
 * each callback called as a plain function, cold (first call: fits computed) and warm (memo hit);
 * in headless Chromium (Playwright, /usr/bin/chromium): first render (navigation until the scaling plot has its
   traces) and the `_dash-update-component` round trips for a metric change, an impl filter change and each tab.
@@ -71,11 +72,12 @@ def build_database(path: Path, rows: int, other_rows: int) -> tuple[str, str]:
     cells = [(name, e, n, shape) for shape in SHAPES for name, e in IMPLS for n in LENGTHS]
     ids = RUN_IDS
     for run_id, count, slow in ((ids[0], other_rows, 1.1), (ids[1], rows, 1.0)):
-        store.add_run(RunInfo(run_id, run_id[:8], {"impls": [n for n, _ in IMPLS], "lengths": LENGTHS}, ENV, "0.1.0", state="complete"))
+        store.add_run(RunInfo(run_id, run_id[:8], {"impls": [n for n, _ in IMPLS], "lengths": LENGTHS}, ENV, "0.1.0", state="running"))
         for name, exponent, n, shape in cells[:count]:
             m = synthetic_cell(name, exponent, n, shape, rng)
             m.times_ms = [t * slow for t in m.times_ms]
             store.add_measurement(run_id, m, "2026-01-01T00:00:00")
+        store.set_run_state(run_id, "complete")  # as a sweep ends: the run's columnar snapshot is written
     store.close()
     return ids[1], ids[0]
 
@@ -87,14 +89,23 @@ def seconds(function) -> tuple[float, object]:
 
 
 def read_paths(path: Path, run_id: str) -> list[tuple[str, float]]:
+    import pandas  # noqa: F401  (imported before timing: the server has it loaded long before a read)
+
+    from attnprof import columns
     from attnprof.dashboard.data import run_frame
     from attnprof.export import measurements_frame
+    from attnprof.store import _column_rows
 
     store = Store.open(path, create=False)
-    fast, _ = seconds(lambda: run_frame(run_id, store.frame(run_id)))
+    snapshot, _ = seconds(lambda: run_frame(run_id, store.frame(run_id)))
+    rows, _ = seconds(lambda: run_frame(run_id, columns.to_frame(columns.from_rows(_column_rows(store.connection, run_id)))))
     slow, _ = seconds(lambda: measurements_frame(run_id, store.measurements(run_id)))
     store.close()
-    return [("read: Store.frame + run_frame", fast), ("read: Store.measurements + measurements_frame", slow)]
+    return [
+        ("read: Store.frame (ended run: snapshot) + run_frame", snapshot),
+        ("read: the same from the rows (a running sweep)", rows),
+        ("read: Store.measurements + measurements_frame", slow),
+    ]
 
 
 def callback_timings(app, main_run: str, other_run: str) -> list[tuple[str, float, float]]:

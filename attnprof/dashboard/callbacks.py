@@ -70,7 +70,9 @@ class Callbacks:
 
     def scaling(self, tab, run_id, filters, metric, facets, _version):
         _only_on(tab, "scaling")
-        return pages.scaling(self.source, run_id, filters, metric, facets)
+        answer = pages.scaling(self.source, run_id, filters, metric, facets)
+        self.source.first_view_served.set()
+        return answer
 
     def exponents(self, tab, run_id, filters, crossover_metric, budget, _version):
         _only_on(tab, "exponents")

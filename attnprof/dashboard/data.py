@@ -83,6 +83,7 @@ class DataSource:
         self._memo: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # guards the two caches
         self._loading = threading.Lock()  # one frame load at a time: two requests for a run wait for one read
+        self.first_view_served = threading.Event()  # set when a page's scaling view has been answered (warm-up waits)
 
     @contextmanager
     def _store(self):

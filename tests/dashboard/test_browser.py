@@ -86,7 +86,11 @@ def test_page_loads_with_the_newest_run_and_its_scaling_plot(page, tmp_path_fact
     traces = plotted(page, "scaling-graph")
     measured = {t["name"] for t in traces if t["meta"] == "measured"}
     assert measured == {"softmax", "sdpa", "nystromformer[num_landmarks=32]"}
-    assert {"failed:oom", "failed:timeout", "fit", "band"} <= {t["meta"] for t in traces}
+    assert {"failed:oom", "failed:timeout"} <= {t["meta"] for t in traces}
+    shapes = page.evaluate(f"() => {PLOT.format('scaling-graph')}.layout.shapes.map(s => [s.type, s.name, s.legendgroup])")
+    assert {group for kind, _, group in shapes if kind == "path"} == measured  # a p20-p80 band per timed line
+    assert "softmax · bidir: N^2.00 quadratic" in {name for kind, name, _ in shapes if kind == "line"}  # fits, in the legend
+    assert page.locator("#scaling-graph .legend").get_by_text("softmax · bidir: N^2.00 quadratic").count() == 1
     assert page.evaluate(f"() => {PLOT.format('scaling-graph')}.layout.xaxis.type") == "log"
     assert shot(page, "scaling", tmp_path_factory).stat().st_size > 10_000
 
@@ -104,7 +108,7 @@ def test_changing_the_metric_and_the_impl_filter_changes_the_plotted_data(page):
     assert {t["name"] for t in plotted(page, "scaling-graph") if t["meta"] == "measured"} == {"sdpa", "nystromformer[num_landmarks=32]"}
     page.locator("#filter-label").get_by_label("softmax", exact=True).check()
     page.locator("#metric").get_by_label("median time").check()
-    wait_for(page, "scaling-graph", "d.data.some(t => t.name === 'softmax') && d.data.some(t => t.meta === 'band')")
+    wait_for(page, "scaling-graph", "d.data.some(t => t.name === 'softmax') && d.layout.shapes.some(s => s.type === 'path')")
 
 
 def test_other_views_render_and_are_captured(page, tmp_path_factory):

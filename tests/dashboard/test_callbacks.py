@@ -133,7 +133,7 @@ def test_all_failed_and_one_length_runs_explain_themselves(tmp_path):
     figure, note = cb.scaling("scaling", failed, {}, "time", [], "v")
     assert "Every cell in view failed (2 oom)" in note and [t.meta for t in figure.data] == ["failed:oom"]
     figure, note = cb.scaling("scaling", one, {}, "time", [], "v")
-    assert "Only one length" in note and not [t for t in figure.data if t.meta == "fit"]
+    assert "Only one length" in note and not [s for s in figure.layout.shapes if s.type == "line"]  # no fit line
     rows, chart, crossings, frontier, note, _ = cb.exponents("exponents", one, {}, "time", 30, "v")
     assert chart.layout.meta == "message" and all(r["note"] for r in rows)
 
@@ -176,3 +176,24 @@ def test_values_outside_the_plan_join_the_filters_as_they_appear(tmp_path):
     assert refreshed[1] == run and [o["value"] for o in refreshed[0]] == ["20260107-000000-next", run]  # the choice is kept
     filters = cb.filters(run, refreshed[7], {**selected, "label": []}, filter_options, filtered_run, [], 30.0, "time", "time")
     assert filters[1]["seq_len"] == [256, 512] and filters[1]["label"] == ["sdpa"]  # unticked stays unticked; new values join
+
+
+def test_the_warm_up_computes_the_first_view_then_waits_for_a_page_to_be_served(two_runs_db):
+    import threading
+    import time
+
+    from attnprof.dashboard.pages import warm_up
+
+    cb = handlers(two_runs_db)
+    kinds = lambda: {key[0] for key in list(cb.source._memo)}  # noqa: E731
+    thread = threading.Thread(target=warm_up, args=(cb.source, 30.0, 0.0), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while "scaling" not in kinds() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert "scaling" in kinds() and not {"exponent fits", "compare"} & kinds() and thread.is_alive()  # waiting
+    refreshed, filters = first_page(cb)
+    cb.scaling("scaling", refreshed[1], filters[1], "time", filters[3], "v")  # a page gets its first view
+    thread.join(30)
+    assert not thread.is_alive() and {"scaling", "exponent fits", "compare"} <= kinds()

@@ -21,13 +21,24 @@ def of_kind(figure, kind):
     return [trace for trace in figure.data if trace.meta == kind]
 
 
+def bands(figure):
+    """The scaling view's p20-p80 bands: closed path shapes."""
+    return [shape for shape in figure.layout.shapes if shape.type == "path"]
+
+
+def fit_lines(figure):
+    """The scaling view's fitted power laws: line shapes shown in the legend."""
+    return [shape for shape in figure.layout.shapes if shape.type == "line" and shape.showlegend]
+
+
 def test_scaling_lines_per_label_and_facet_with_bands_and_fits(base_frame):
     figure = scaling(base_frame)
     measured = of_kind(figure, "measured")
     # bidir: 3 impls; causal: softmax and sdpa (nystromformer refuses causal: no line, coverage shows it)
     assert sorted(t.name for t in measured) == sorted(["nystromformer[num_landmarks=32]", "sdpa", "softmax", "sdpa", "softmax"])
-    assert len(of_kind(figure, "band")) == len(measured)  # p20-p80 band under every timed line
-    fit_names = {t.name for t in of_kind(figure, "fit")}
+    assert len(bands(figure)) == len(measured)  # p20-p80 band under every timed line
+    assert {b.legendgroup for b in bands(figure)} == {t.name for t in measured} and all(b.layer == "below" for b in bands(figure))
+    fit_names = {f.name for f in fit_lines(figure)}
     assert "softmax · bidir: N^2.00 quadratic" in fit_names
     assert "nystromformer[num_landmarks=32] · bidir: N^1.00 linear" in fit_names
     assert [a.text for a in figure.layout.annotations] == ["bidir", "causal"]  # one panel per causal setting
@@ -61,9 +72,27 @@ def test_a_failed_cell_sits_where_its_fitted_line_would_be(base_frame):
     assert oom.y[0] == pytest.approx(1e-5 * 4096**2, rel=0.02)  # softmax's fitted N^2 curve at 4k
 
 
+def test_fit_lines_follow_their_fit_and_bands_span_p20_to_p80(base_frame):
+    shown = views.apply_filters(base_frame, None)
+    cells = views.scaling_cells(views.with_lines(shown, ("causal",)), "time")
+    fits = views.fits_for_lines(cells, views.fit_metric(shown, "time"))
+    figure = figures.scaling_figure(cells, fits, views.METRICS["time"])
+    fit = fits[(fits["line"] == "softmax") & (fits["facet_col"] == "bidir")]["fit"].item()
+    [line] = [f for f in fit_lines(figure) if f.name.startswith("softmax · bidir")]
+    assert (line.x0, line.x1) == (min(fit.lengths_used), max(seeding.LENGTHS)) and (line.xref, line.yref) == ("x", "y")
+    assert (line.y0, line.y1) == (pytest.approx(fit.predict(line.x0)), pytest.approx(fit.predict(line.x1)))
+    [band] = [b for b in bands(figure) if b.legendgroup == "softmax" and b.xref == "x"]
+    corners = [tuple(float(v) for v in corner.split(",")) for corner in band.path.strip("MZ").split("L")]
+    ok = cells[(cells["line"] == "softmax") & (cells["facet_col"] == "bidir") & cells["value"].notna()].sort_values("seq_len")
+    expected = list(zip(ok["seq_len"], ok["high"], strict=True)) + list(zip(ok["seq_len"], ok["low"], strict=True))[::-1]
+    assert corners == [(float(n), pytest.approx(v)) for n, v in expected]
+    softmax = [t for t in of_kind(figure, "measured") if t.name == "softmax" and t.xaxis == "x"][0]
+    assert all(f"fit: N^{fit.exponent:.2f} quadratic, 95% interval" in text for text in softmax.hovertext)  # fit details on hover
+
+
 def test_metric_switch_changes_values_and_units(base_frame):
     memory = scaling(base_frame, metric="peak_bytes")
-    assert not of_kind(memory, "band")  # only time has quantiles
+    assert not bands(memory)  # only time has quantiles
     softmax = [t for t in of_kind(memory, "measured") if t.name == "softmax"][0]
     assert list(softmax.y[:2]) == [64 * 256**2, 64 * 512**2]  # 4 bytes x 4 heads x 4 N^2
     assert memory.layout.yaxis.ticksuffix == "B" and "peak memory" in memory.layout.yaxis.title.text
@@ -84,7 +113,7 @@ def test_messages_for_empty_all_failed_and_one_length(base_frame):
     one = base_frame[base_frame["seq_len"] == 1024]
     assert "Only one length" in views.scaling_message(one, "time")
     figure = scaling(one)
-    assert not of_kind(figure, "fit") and of_kind(figure, "measured") and "Only one length" in figure.layout.title.text
+    assert not fit_lines(figure) and of_kind(figure, "measured") and "Only one length" in figure.layout.title.text
 
 
 def test_exponent_chart_has_intervals_and_classes(base_frame):

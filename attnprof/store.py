@@ -15,6 +15,7 @@ clear that table.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from attnprof.records import Measurement, RunInfo, Status, time_stats
 from attnprof.spec import Case
 
 SCHEMA_VERSION = 3
+log = logging.getLogger("attnprof.store")
 APP_ID = "attnprof"
 CASE_COLUMNS = ("impl", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "seed")
 VALUE_COLUMNS = (
@@ -66,7 +68,7 @@ def _add_run_columns(connection: sqlite3.Connection) -> None:
     """Schema 3: the columnar snapshot table, filled in for every ended run."""
     connection.execute(_RUN_COLUMNS)  # one statement: executescript would commit the migration's transaction
     for (run_id,) in connection.execute(f"SELECT run_id FROM runs WHERE state IN ({', '.join('?' * len(ENDED))})", ENDED).fetchall():
-        _keep_snapshot(connection, run_id)
+        _keep_snapshot(connection, run_id)  # best effort: a run without one is read from its rows
 
 
 _MIGRATIONS = {2: _add_time_stats, 3: _add_run_columns}  # version -> what brings version - 1 up to it, in one transaction
@@ -152,7 +154,8 @@ class Store:
         """Record a run's state; an ended run also gets its columnar snapshot (50,000 rows: ~1 s, once)."""
         with self.connection:
             self.connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
-            if state in ENDED:
+        if state in ENDED:
+            with self.connection:
                 _keep_snapshot(self.connection, run_id)
 
     def runs(self) -> list[RunInfo]:
@@ -242,10 +245,16 @@ def _column_rows(connection: sqlite3.Connection, run_id: str, after_id: int | No
 
 
 def _keep_snapshot(connection: sqlite3.Connection, run_id: str) -> None:
-    """Store the run's rows as one columnar snapshot, tagged with the row count and last id it was made from."""
+    """Store the run's rows as one columnar snapshot, tagged with the row count and last id it was made from.
+    Best effort: the snapshot only speeds up reading, so a row it cannot encode (a value of an unexpected type,
+    written by hand or by another tool) leaves the run without one, read from its rows, with a warning."""
     rows = _column_rows(connection, run_id)
-    version = (len(rows), rows[-1][0] if rows else None)
-    snapshot = columns.encode(columns.from_rows(rows))
+    try:
+        snapshot = columns.encode(columns.from_rows(rows))
+    except (TypeError, ValueError, OverflowError) as error:
+        log.warning("run %s keeps no columnar snapshot (%s); it is read from its rows", run_id, error)
+        return
+    version = (len(rows), rows[-1][0] if rows else None)  # (row count, last id): what frame checks it against
     connection.execute("INSERT OR REPLACE INTO run_columns VALUES (?, ?, ?, ?)", (run_id, *version, snapshot))
 
 

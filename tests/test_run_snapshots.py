@@ -136,3 +136,13 @@ def test_the_dashboard_reads_only_the_rows_a_sweep_added(db, monkeypatch, replac
     ended = source.frame("r1")
     assert reads == [] and ended.attrs["version"][-1] == "complete" and ended is not grown  # the state alone changed
     store.close()
+
+
+def test_a_run_whose_rows_cannot_be_encoded_still_ends_without_a_snapshot(db, caplog):
+    store = filled(db, state="running")
+    store.connection.execute("UPDATE measurements SET seq_len = 'not a number' WHERE id = (SELECT MIN(id) FROM measurements)")
+    store.connection.commit()
+    store.set_run_state("r1", "complete")  # the state is recorded all the same
+    assert store.resolve_run("r1").state == "complete" and snapshot_count(store) == 0
+    assert "keeps no columnar snapshot" in caplog.text
+    store.close()

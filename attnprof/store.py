@@ -155,8 +155,11 @@ class Store:
         with self.connection:
             self.connection.execute("UPDATE runs SET state = ? WHERE run_id = ?", (state, run_id))
         if state in ENDED:
-            with self.connection:
-                _keep_snapshot(self.connection, run_id)
+            try:
+                with self.connection:
+                    _keep_snapshot(self.connection, run_id)
+            except sqlite3.Error as error:  # locked past the timeout, disk full: the run is recorded all the same
+                log.warning("run %s keeps no columnar snapshot (%s); it is read from its rows", run_id, error)
 
     def runs(self) -> list[RunInfo]:
         rows = self.connection.execute(

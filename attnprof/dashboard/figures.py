@@ -215,7 +215,8 @@ def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
 
 def _fit_text(fit) -> str:
     interval = f"[{fit.exponent_low:.2f}, {fit.exponent_high:.2f}]" if math.isfinite(fit.exponent_low) else "[no interval]"
-    return f"<br>fit: N^{fit.exponent:.2f} {fit.complexity}, 95% interval {interval}, r2 {fit.r2:.4f}"
+    span = f"{format_length(min(fit.lengths_used))}..{format_length(max(fit.lengths_used))}"
+    return f"<br>fit: N^{fit.exponent:.2f} {fit.complexity}, 95% interval {interval}, r2 {fit.r2:.4f}, over N = {span}"
 
 
 def _fit_line(fit, points, line, colour, facet) -> dict:

@@ -88,6 +88,7 @@ def test_fit_lines_follow_their_fit_and_bands_span_p20_to_p80(base_frame):
     assert corners == [(float(n), pytest.approx(v)) for n, v in expected]
     softmax = [t for t in of_kind(figure, "measured") if t.name == "softmax" and t.xaxis == "x"][0]
     assert all(f"fit: N^{fit.exponent:.2f} quadratic, 95% interval" in text for text in softmax.hovertext)  # fit details on hover
+    assert all(text.endswith(f"over N = 256..{figures.format_length(max(fit.lengths_used))}") for text in softmax.hovertext)
 
 
 def test_metric_switch_changes_values_and_units(base_frame):

@@ -10,9 +10,14 @@ the caching allocator removes it, and CPU training setups remove it with jemallo
 - strict (the worker's default, and during the memory pass): every block above 128 KiB is mmapped
   and returned on free, so the sampled host RSS follows the live tensors instead of whatever the
   heap happens to hold.
-- retained (during the timing pass): no mmap, no trimming; one untimed call grows the heap to the
-  case's working set and the timed repetitions reuse it, as a caching allocator would. The heap is
+- retained (during the timing pass): no mmap, no trimming; untimed calls grow the heap to the case's
+  working set (`prime`) and the timed repetitions reuse it, as a caching allocator would. The heap is
   trimmed back when timing ends, before the next case.
+
+One untimed call is not always enough: the heap fragments, and a Combiner-Mixture call at N=8192 still
+faulted in 50-250 MB on its second and third calls (and ran 470-760 ms against a settled 420-460), which
+put its two slowest of three timed repetitions 0.45x-0.68x of SDPA in different runs. So `prime` calls
+until a call faults in less than SETTLED_FAULT_BYTES of new pages, within the timing budget.
 On a C library other than glibc (no `mallopt`), both are no-ops and the run's environment says so.
 """
 
@@ -22,11 +27,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import time
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
 STRICT_THRESHOLD = 128 * 1024  # glibc's initial mmap threshold
 GLIBC_MMAP_MAX = 65536  # glibc's default cap on the number of mmapped blocks
 NO_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
+SETTLED_FAULT_BYTES = 1 << 20  # a call faulting in less than this found its working set in the heap
+MAX_PRIME_CALLS = 10
 
 
 @functools.cache
@@ -44,7 +52,9 @@ def _glibc():
 
 def policy() -> str:
     """How the timing pass treats the host heap, for the run's environment record."""
-    return "glibc: strict during the memory pass, retained during timing" if _glibc() else "C library default (no mallopt)"
+    if _glibc() is None:
+        return "C library default (no mallopt)"
+    return f"glibc: strict during the memory pass, retained during timing (primed until a call faults in < {SETTLED_FAULT_BYTES >> 20} MiB)"
 
 
 def strict() -> None:
@@ -69,3 +79,24 @@ def retained():
         yield
     finally:
         strict()
+
+
+def prime(call, budget_ms: float) -> int:
+    """Untimed calls of `call` (inside `retained`) until one faults in less than SETTLED_FAULT_BYTES of new
+    pages, while they have taken less than `budget_ms` in all (at least one call, at most MAX_PRIME_CALLS).
+    Returns how many calls it made. Without page-fault counts (no `resource` module) it makes one call."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: no fault counts to watch
+        call()
+        return 1
+    page = resource.getpagesize()
+    started, calls = time.perf_counter(), 0
+    while True:
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        call()
+        calls += 1
+        faulted = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) * page
+        spent_ms = (time.perf_counter() - started) * 1e3
+        if faulted < SETTLED_FAULT_BYTES or spent_ms >= budget_ms or calls >= MAX_PRIME_CALLS:
+            return calls

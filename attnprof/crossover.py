@@ -177,10 +177,12 @@ def crossover_frame(fits_df: pd.DataFrame, *, impl_col: str = "impl", config_col
 
 
 def _pair_rows(config: dict, group: pd.DataFrame, impl_col: str) -> list[dict]:
-    ordered = group.sort_values(impl_col)
+    # (impl, fit) pairs as plain tuples: iterrows builds a Series per row, most of the time at 25 impls (300 pairs)
+    ordered = group.sort_values(impl_col, kind="stable")
     rows = []
-    for (_, a), (_, b) in itertools.combinations(ordered.iterrows(), 2):
-        found = crossover(a["fit"], b["fit"], name_a=str(a[impl_col]), name_b=str(b[impl_col]))
+    pairs = zip(ordered[impl_col].tolist(), ordered["fit"].tolist(), strict=True)
+    for (impl_a, fit_a), (impl_b, fit_b) in itertools.combinations(pairs, 2):
+        found = crossover(fit_a, fit_b, name_a=str(impl_a), name_b=str(impl_b))
         fields = {name: getattr(found, name) for name in CROSSOVER_COLUMNS[2:]}
-        rows.append({**config, "impl_a": a[impl_col], "impl_b": b[impl_col], **fields})
+        rows.append({**config, "impl_a": impl_a, "impl_b": impl_b, **fields})
     return rows

@@ -9,6 +9,7 @@ traces: at 294 traces plotly.js took 0.41-0.65 s to draw the default view of a 5
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -75,6 +76,27 @@ def axis_refs(row: int, col: int, n_cols: int) -> dict:
     return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
 
 
+def subplot_grid(n_rows: int, n_cols: int, titles=(), **options) -> dict:
+    """make_subplots' layout (axes domains and anchors, matching axes, title annotations) as a plain dict, a fresh
+    copy each call. make_subplots and plotly's validated update_* took ~40 ms per figure, a third of a cold view;
+    the layout of a grid shape is computed once. `options`: make_subplots' spacing and sharing keywords."""
+    return copy.deepcopy(_grid(n_rows, n_cols, tuple(titles), tuple(sorted(options.items()))))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(n_rows: int, n_cols: int, titles: tuple, options: tuple) -> dict:
+    from plotly.subplots import make_subplots
+
+    return make_subplots(n_rows, n_cols, subplot_titles=titles or None, **dict(options)).layout.to_plotly_json()
+
+
+def update_axes(layout: dict, axis: str, **props) -> None:
+    """Set props on every axis of one kind ("xaxis" or "yaxis": xaxis, xaxis2, ...) of a plain layout dict."""
+    for key, value in layout.items():
+        if key == axis or (key.startswith(axis) and key[len(axis) :].isdigit()):
+            value.update(props)
+
+
 def message_figure(text: str, height: int = 320):
     """An empty figure that says why it is empty."""
     note = {"text": text, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper", "showarrow": False, "font": {"size": 15}}
@@ -123,14 +145,12 @@ def scaling_figure(cells: pd.DataFrame, fits: pd.DataFrame, metric, message: str
 
     cells: views.scaling_cells(views.with_lines(...)) rows; fits: views.fits_for_lines rows; metric: views.Metric.
     """
-    from plotly.subplots import make_subplots
-
     if cells.empty:
         return message_figure(message or "No cells match the filters.")
     cols, rows = _ordered(cells["facet_col"]), _ordered(cells["facet_row"])
     titles = [" · ".join(filter(None, (c, r))) for r in rows for c in cols]
-    grid = make_subplots(len(rows), len(cols), shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
-                         horizontal_spacing=0.04, vertical_spacing=0.12 if len(rows) > 1 else 0.1)  # fmt: skip
+    grid = subplot_grid(len(rows), len(cols), titles, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04,
+                        vertical_spacing=0.12 if len(rows) > 1 else 0.1)  # fmt: skip
     colours, legend, traces, shapes = line_colours(cells["line"]), set(), [], []
     for r, row in enumerate(rows, 1):
         for c, col in enumerate(cols, 1):
@@ -142,7 +162,7 @@ def scaling_figure(cells: pd.DataFrame, fits: pd.DataFrame, metric, message: str
             traces += [{**trace, **refs} for trace in panel_traces]
             shapes += [{**shape, "xref": refs["xaxis"], "yref": refs["yaxis"]} for shape in panel_shapes]
     _scaling_axes(grid, cells, metric, len(rows), message)
-    return build_figure(traces, {**grid.layout.to_plotly_json(), "shapes": shapes})
+    return build_figure(traces, {**grid, "shapes": shapes})
 
 
 def _ordered(values: pd.Series) -> list:
@@ -250,21 +270,20 @@ def _failure_height(measured_by_line: dict, fit, line: str, n: int) -> float:
     return float(max(values)) if values else 1.0
 
 
-def _scaling_axes(figure, cells, metric, n_rows: int, message: str) -> None:
+def _scaling_axes(layout: dict, cells, metric, n_rows: int, message: str) -> None:
     y_title = f"{metric.title} ({'bytes' if metric.unit == 'bytes' else metric.unit})"
-    figure.update_xaxes(type="log", **length_ticks(cells["seq_len"]), showgrid=True)
-    figure.update_yaxes(type="log", showgrid=True)
+    update_axes(layout, "xaxis", type="log", **length_ticks(cells["seq_len"]), showgrid=True)
+    update_axes(layout, "yaxis", type="log", showgrid=True)
     if metric.unit == "bytes":
-        figure.update_yaxes(tickformat=".3~s", ticksuffix="B")
+        update_axes(layout, "yaxis", tickformat=".3~s", ticksuffix="B")
     n_cols = len(cells["facet_col"].unique())
     for col in range(1, n_cols + 1):  # titles on the bottom row's x axes and the first column's y axes
-        figure.layout["xaxis" + axis_refs(n_rows, col, n_cols)["xaxis"][1:]].title = "sequence length N"
+        layout["xaxis" + axis_refs(n_rows, col, n_cols)["xaxis"][1:]]["title"] = {"text": "sequence length N"}
     for row in range(1, n_rows + 1):
-        figure.layout["yaxis" + axis_refs(row, 1, n_cols)["yaxis"][1:]].title = y_title
+        layout["yaxis" + axis_refs(row, 1, n_cols)["yaxis"][1:]]["title"] = {"text": y_title}
     title = f"{metric.title} against sequence length (log-log); dashed: fitted power law"
-    figure.update_layout(title=title + (f"<br><sub>{message}</sub>" if message else ""),
-                         height=max(480, 330 * n_rows + 120), legend={"font": {"size": 11}}, meta="scaling",
-                         margin={"t": 90 if message else 70})  # fmt: skip
+    layout.update(title={"text": title + (f"<br><sub>{message}</sub>" if message else "")}, height=max(480, 330 * n_rows + 120),
+                  legend={"font": {"size": 11}}, meta="scaling", margin={"t": 90 if message else 70})  # fmt: skip
 
 
 def _transparent(colour: str, alpha: float = 0.15) -> str:
@@ -282,14 +301,12 @@ def exponent_figure(table: pd.DataFrame):
     """One panel per metric: each configuration's exponent with its 95% interval, coloured by its complexity class.
 
     table: views.exponent_table rows (rows without an exponent are left out)."""
-    from plotly.subplots import make_subplots
-
     fitted = table[table["exponent"].notna()] if len(table) else table
     if fitted.empty:
         return message_figure("No exponents: a fit needs at least two lengths with values.")
     metrics = list(dict.fromkeys(fitted["metric"]))
     configs = list(dict.fromkeys(fitted["config"]))
-    grid = make_subplots(1, len(metrics), shared_yaxes=True, subplot_titles=metrics, horizontal_spacing=0.03)
+    grid = subplot_grid(1, len(metrics), metrics, shared_yaxes=True, horizontal_spacing=0.03)
     traces, shown, shapes = [], set(), []
     for col, metric in enumerate(metrics, 1):
         refs = axis_refs(1, col, len(metrics))
@@ -299,14 +316,13 @@ def exponent_figure(table: pd.DataFrame):
         # The reference exponents as dotted vertical lines, as plain shapes (add_vline validates: ~11 ms each).
         shapes += [{"type": "line", "x0": value, "x1": value, "xref": refs["xaxis"], "y0": 0, "y1": 1, "yref": f"{refs['yaxis']} domain",
                     "line": {"dash": "dot", "color": "#999"}} for value, _ in REFERENCE_EXPONENTS]  # fmt: skip
-    grid.update_yaxes(categoryorder="array", categoryarray=configs[::-1], automargin=True)
+    update_axes(grid, "yaxis", categoryorder="array", categoryarray=configs[::-1], automargin=True)
     ticks = [value for value, _ in REFERENCE_EXPONENTS]
-    grid.update_xaxes(
-        title_text="exponent", tickvals=[0, 0.5, *ticks, 2.5, 3], ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"]
-    )
-    grid.update_layout(height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
-                       title="Scaling exponents with 95% intervals (value ~ N^exponent), coloured by complexity class")  # fmt: skip
-    return build_figure(traces, {**grid.layout.to_plotly_json(), "shapes": shapes})
+    update_axes(grid, "xaxis", title={"text": "exponent"}, tickvals=[0, 0.5, *ticks, 2.5, 3],
+                ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"])  # fmt: skip
+    grid.update(height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
+                title={"text": "Scaling exponents with 95% intervals (value ~ N^exponent), coloured by complexity class"})  # fmt: skip
+    return build_figure(traces, {**grid, "shapes": shapes})
 
 
 def _exponent_trace(metric: str, complexity: str, rows: pd.DataFrame, show_legend: bool) -> dict:
@@ -332,11 +348,9 @@ def _num(value) -> str:
 
 def crossover_figure(groups: list, metric: str):
     """Impl x impl heatmaps of where fitted curves cross (one per configuration); colour log2 of the length."""
-    from plotly.subplots import make_subplots
-
     if not groups:
         return message_figure(f"No crossovers for {metric}: it needs two impls with a fit in the same configuration.")
-    figure = make_subplots(1, len(groups), subplot_titles=[title for title, _ in groups], horizontal_spacing=0.12)
+    layout = subplot_grid(1, len(groups), [title for title, _ in groups], horizontal_spacing=0.12)
     size, traces = 0, []
     for i, (_, rows) in enumerate(groups, 1):
         labels, z, text, hover = _crossover_matrix(rows)
@@ -345,12 +359,12 @@ def crossover_figure(groups: list, metric: str):
                        "hoverinfo": "text", "coloraxis": "coloraxis", "xgap": 1, "ygap": 1, "meta": "crossovers",
                        **axis_refs(1, i, len(groups))})  # fmt: skip
     ticks = [8, 12, 16, 20, 24, 30]  # colour by log2 N, clipped to 256..1G: crossings far outside are just "far"
-    figure.update_layout(title=f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper "
-                         "on each side); * extrapolated", height=260 + 30 * size, meta="crossovers",
-                         coloraxis={"colorscale": "Viridis", "cmin": 8, "cmax": 30, "colorbar": {"title": "N", "tickvals": ticks,
-                                    "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip
-    figure.update_xaxes(tickangle=-35)
-    return build_figure(traces, figure)
+    title = f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper on each side); * extrapolated"
+    layout.update(title={"text": title}, height=260 + 30 * size, meta="crossovers",
+                  coloraxis={"colorscale": "Viridis", "cmin": 8, "cmax": 30, "colorbar": {"title": {"text": "N"}, "tickvals": ticks,
+                             "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip
+    update_axes(layout, "xaxis", tickangle=-35)
+    return build_figure(traces, layout)
 
 
 def _crossover_matrix(rows: pd.DataFrame):

@@ -65,10 +65,15 @@ def test_prime_stops_once_a_call_finds_its_working_set_in_the_retained_heap():
 
 
 def test_prime_keeps_calling_while_calls_fault_in_new_pages_within_its_budget():
+    import mmap
+
     kept = []
 
-    def growing():  # every call touches 8 MiB of new pages and keeps them
-        kept.append(bytearray(8 * 2**20))
+    def growing():  # every call maps 8 MiB of fresh pages and touches each (a heap block could be resident already)
+        block = mmap.mmap(-1, 8 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        kept.append(block)
 
     assert cpu_heap.prime(growing, budget_ms=60_000) == cpu_heap.MAX_PRIME_CALLS
     kept.clear()

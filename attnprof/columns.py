@@ -32,7 +32,8 @@ COLUMNS = (
     "peak_rss_bytes", "peak_live_bytes", "flops", "flops_source", "min_bytes", "energy_j", "check_error", "fidelity_error",
     "wall_s", "median_ms", "p20_ms", "p80_ms", "iqr_ms", "noisy",
 )  # fmt: skip  # the stored columns but the raw samples, in the table's order; "id" becomes the frame's index
-FORMAT = 1  # bumped when the snapshot layout changes: an older snapshot is then ignored and rebuilt
+FORMAT = 1  # bumped when the snapshot layout changes: older snapshots are then ignored (rows read instead) until
+# their run ends again, so a bump wants a schema migration that rebuilds them (store._add_run_columns does)
 
 
 def from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
@@ -45,11 +46,20 @@ def from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
             columns[name] = np.array(column, dtype=object)
         elif name in FLAG:
             columns[name] = np.array(column, dtype=bool)
-        elif name in (*NUMBER, *MAYBE_FLAG):
-            columns[name] = np.array(column, dtype=float)  # None -> NaN
         else:
-            columns[name] = np.array(column, dtype=np.int64)
+            columns[name] = _numbers(column, float if name in (*NUMBER, *MAYBE_FLAG) else np.int64)  # NULL -> NaN
     return columns
+
+
+def _numbers(column: tuple, dtype) -> np.ndarray:
+    """A number column; where a value is NULL in an integer column, or text (a row written by hand or by another
+    tool), the column becomes float64 with NaN there, as pandas' own readers would have it."""
+    try:
+        return np.array(column, dtype=dtype)
+    except (TypeError, ValueError):
+        import pandas as pd
+
+        return pd.to_numeric(pd.Series(column, dtype=object), errors="coerce").to_numpy(dtype=float)
 
 
 def encode(columns: dict[str, np.ndarray]) -> bytes:

@@ -138,11 +138,70 @@ def test_the_dashboard_reads_only_the_rows_a_sweep_added(db, monkeypatch, replac
     store.close()
 
 
-def test_a_run_whose_rows_cannot_be_encoded_still_ends_without_a_snapshot(db, caplog):
+def test_text_or_null_where_a_number_belongs_reads_as_nan_from_the_rows_and_the_snapshot_alike(db):
     store = filled(db, state="running")
-    store.connection.execute("UPDATE measurements SET seq_len = 'not a number' WHERE id = (SELECT MIN(id) FROM measurements)")
+    first, second = store.frame("r1").index[:2]
+    store.connection.execute("UPDATE measurements SET seq_len = 'not a number' WHERE id = ?", (int(first),))  # by hand
+    store.connection.execute("UPDATE measurements SET batch = NULL WHERE id = ?", (int(second),))
     store.connection.commit()
-    store.set_run_state("r1", "complete")  # the state is recorded all the same
+    rows = from_rows(store)
+    assert np.isnan(rows.loc[first, "seq_len"]) and np.isnan(rows.loc[second, "batch"]) and rows["heads"].dtype == np.int64
+    store.set_run_state("r1", "complete")
+    assert snapshot_count(store) == 1
+    pd.testing.assert_frame_equal(store.frame("r1"), rows)
+    store.close()
+
+
+def test_a_snapshot_that_cannot_be_written_or_read_leaves_the_run_to_its_rows(db, monkeypatch, caplog):
+    store = filled(db, state="running")
+    expected = from_rows(store)
+
+    def failing(_columns):
+        raise ValueError("cannot encode")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(columns, "encode", failing)
+        store.set_run_state("r1", "complete")  # the state is recorded all the same
     assert store.resolve_run("r1").state == "complete" and snapshot_count(store) == 0
-    assert "keeps no columnar snapshot" in caplog.text
+    assert "keeps no columnar snapshot (cannot encode)" in caplog.text
+    store.set_run_state("r1", "complete")
+    store.connection.execute("UPDATE run_columns SET snapshot = x'00112233'")  # damaged on disk
+    store.connection.commit()
+    pd.testing.assert_frame_equal(store.frame("r1"), expected)
+    assert "unreadable columnar snapshot" in caplog.text
+    store.close()
+
+
+def test_the_snapshot_columns_are_the_stored_columns_each_of_one_kind():
+    from attnprof.store import CASE_COLUMNS, STAT_COLUMNS, VALUE_COLUMNS
+
+    assert columns.COLUMNS == ("id", "label", *CASE_COLUMNS, *(c for c in VALUE_COLUMNS if c != "times_ms"), *STAT_COLUMNS)
+    kinds = (columns.TEXT, columns.INTEGER, columns.FLAG, columns.NUMBER, columns.MAYBE_FLAG)
+    assert sorted(name for kind in kinds for name in kind) == sorted(columns.COLUMNS[1:])
+
+
+def test_a_row_committed_while_the_dashboard_reads_is_read_once(db, monkeypatch):
+    store = filled(db, count=6, state="running")
+    source = DataSource(db)
+    source.frame("r1")
+    writer = Store.open(db)  # the sweep, on its own connection
+    real_version = Store.row_version
+    commits = iter([varied(8)])
+
+    def version_then_a_commit(self, run_id):
+        version = real_version(self, run_id)
+        row = next(commits, None)
+        if row is not None:  # the sweep commits between the dashboard's version query and its read
+            writer.add_measurement("r1", row, "meanwhile")
+        return version
+
+    monkeypatch.setattr(Store, "row_version", version_then_a_commit)
+    writer.add_measurement("r1", varied(7), "later")
+    grown = source.frame("r1")  # sees row 7 only, and says so in its version
+    assert len(grown) == 7 and grown.attrs["version"][1] == 7
+    again = source.frame("r1")  # then row 8, once
+    monkeypatch.setattr(Store, "row_version", real_version)
+    pd.testing.assert_frame_equal(again, DataSource(db).frame("r1"))
+    assert again.index.is_unique and len(again) == 8
+    writer.close()
     store.close()

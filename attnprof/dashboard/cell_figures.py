@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from attnprof.dashboard.figures import build_figure, length_ticks, line_colours, message_figure
+from attnprof.dashboard.figures import build_figure, is_present, length_ticks, line_colours, message_figure
 from attnprof.fit import format_length
 
 STATUS_COLOURS = {  # the coverage grid's colours, in legend order
@@ -130,7 +130,7 @@ def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
     for config, group in itertools.groupby(rows, key=lambda r: r[0]):
         points = list(group)
         for index, column, dash, what in ((2, "time_ratio", "solid", "time"), (3, "peak_ratio", "dash", "peak memory")):
-            valid = [(p[1], p[index]) for p in points if p[index] is not None and p[index] == p[index]]
+            valid = [(p[1], p[index]) for p in points if is_present(p[index])]
             if valid:
                 traces.append(_ratio_trace(config, valid, column, dash, what, colours[config]))
     parity = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1, "line": {"color": "#999", "dash": "dot"}}

@@ -2,7 +2,8 @@
 
 The database is opened for each request and closed after it: a database that appears later (a sweep starts) or
 grows (a sweep writes, WAL lets us read meanwhile) is seen at the next refresh, and no sqlite connection is shared
-between the server's threads. A run's frame is cached until its row count or state changes.
+between the server's threads. A run's frame is cached until its rows (count, last id) or its state change; a run
+that only gained rows (a sweep writing) is extended by those rows, read in the same read transaction as its version.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _grown(store, cached: tuple, version: tuple):
     added = store.frame(run_id, after_id=last_before)
     if len(added) != count - count_before:
         return None
-    return pd.concat([before, run_frame(run_id, added)]) if len(added) else before.copy(deep=False)
+    return pd.concat([before, run_frame(run_id, added)])  # len(added) >= 1 here: count or last id moved
 
 
 class DataSource:
@@ -106,7 +107,9 @@ class DataSource:
 
     def frame(self, run_id: str):
         """The run's measurements (export columns); `frame.attrs["version"]` names this state of the data."""
-        with self._loading, self._store() as store:
+        # One read transaction: a row committed between the version query and the read would otherwise be in
+        # the frame but not in its version, and read again (twice in the frame) at the next refresh.
+        with self._loading, self._store() as store, store.consistent():
             info = store.resolve_run(run_id)
             version = (info.run_id, *store.row_version(info.run_id), info.state)
             cached = self._frames.get(info.run_id)

@@ -87,7 +87,9 @@ def subplot_grid(n_rows: int, n_cols: int, titles=(), **options) -> dict:
 def _grid(n_rows: int, n_cols: int, titles: tuple, options: tuple) -> dict:
     from plotly.subplots import make_subplots
 
-    return make_subplots(n_rows, n_cols, subplot_titles=titles or None, **dict(options)).layout.to_plotly_json()
+    layout = make_subplots(n_rows, n_cols, subplot_titles=titles or None, **dict(options)).layout.to_plotly_json()
+    layout.pop("template", None)  # build_figure attaches its own; no need to copy plotly's default each call
+    return layout
 
 
 def update_axes(layout: dict, axis: str, **props) -> None:
@@ -180,11 +182,12 @@ def _panel_traces(panel, fits, metric, colours, legend, facet) -> tuple[list[dic
     measured_by_line, traces, shapes = {}, [], []
     for line, group in itertools.groupby(rows, key=lambda r: r[0]):
         points = list(group)
-        ok = [p for p in points if _present(p[2])]
+        ok = [p for p in points if is_present(p[2])]
         measured_by_line[line] = ok
         colour, fit = colours[line], by_line.get(line) if _is_fit(by_line.get(line)) else None
-        if metric.band and any(_present(p[3]) for p in ok):
-            shapes.append(_band(ok, line, colour))
+        band = _band(ok, line, colour) if metric.band else None
+        if band is not None:
+            shapes.append(band)
         if ok:
             traces.append(_measured(ok, line, colour, metric, line not in legend, fit))
             legend.add(line)
@@ -198,7 +201,7 @@ def _panel_traces(panel, fits, metric, colours, legend, facet) -> tuple[list[dic
     return traces, shapes
 
 
-def _present(value) -> bool:
+def is_present(value) -> bool:
     return value is not None and value == value  # not None, not NaN
 
 
@@ -208,9 +211,13 @@ def _is_fit(fit) -> bool:
     return isinstance(fit, Fit)
 
 
-def _band(ok, line, colour) -> dict:
-    """The p20-p80 band as a closed path shape (data coordinates, which shapes take on log axes too)."""
-    corners = [(p[1], p[4]) for p in ok] + [(p[1], p[3]) for p in ok][::-1]
+def _band(ok, line, colour) -> dict | None:
+    """The p20-p80 band as a closed path shape (data coordinates, which shapes take on log axes too), over the
+    points whose p20 and p80 are positive numbers (a path cannot skip a NaN as a trace does)."""
+    banded = [p for p in ok if is_present(p[3]) and is_present(p[4]) and p[3] > 0 and p[4] > 0]
+    if not banded:
+        return None
+    corners = [(p[1], p[4]) for p in banded] + [(p[1], p[3]) for p in banded][::-1]
     path = "M" + "L".join(f"{x},{y!r}" for x, y in corners) + "Z"
     return {"type": "path", "path": path, "fillcolor": _transparent(colour), "line": {"width": 0}, "layer": "below",
             "legendgroup": line, "showlegend": False, "name": f"{line} p20-p80"}  # fmt: skip

@@ -216,3 +216,12 @@ def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
     fits_b = pd.concat([views.fit_metric(candidate_frame, m) for m in ("time", "peak_bytes")])
     changes = exponent_changes(base_frame, fits_a, fits_b)
     assert changes.iloc[0]["config"].startswith("sdpa") and changes.iloc[0]["delta"] > 0.1
+
+
+def test_a_band_leaves_out_points_without_quantiles(base_frame):
+    frame = base_frame.copy()
+    softmax = frame.index[(frame["impl"] == "softmax") & (frame["status"] == "ok") & ~frame["causal"].astype(bool)]
+    frame.loc[softmax[0], "p20_ms"] = float("nan")  # one cell without its quantiles
+    [band] = [b for b in bands(scaling(frame)) if b.legendgroup == "softmax" and b.xref == "x"]
+    lengths = {float(corner.split(",")[0]) for corner in band.path.strip("MZ").split("L")}
+    assert "nan" not in band.path and float(frame.loc[softmax[0], "seq_len"]) not in lengths and len(lengths) >= 2

@@ -2,5 +2,6 @@
 
 Files: app.py (factory, serve), layout.py (component ids, the page), callbacks.py (wiring only), data.py (the
 database side and its caches), views.py and compare.py (pure: frames -> what a view shows), figures.py and
-cell_figures.py (pure: frames -> go.Figure), hardware.py (roofline ceilings).
+cell_figures.py (pure: frames -> go.Figure) on plotting.py (plain-dict figure building blocks), hardware.py
+(roofline ceilings).
 """

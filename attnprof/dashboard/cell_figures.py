@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from attnprof.dashboard.figures import build_figure, is_present, length_ticks, line_colours, message_figure
+from attnprof.dashboard.plotting import build_figure, is_present, length_ticks, line_colours, message_figure
 from attnprof.fit import format_length
 
 STATUS_COLOURS = {  # the coverage grid's colours, in legend order

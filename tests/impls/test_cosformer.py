@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import attnprof.impls.cosformer as cosformer_module
+import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
 from attnprof.accounting import account_call
 from attnprof.impls.cosformer import chunk_size_problems, cosformer_attention
@@ -92,7 +92,7 @@ def test_bidirectional_takes_other_key_lengths_and_value_widths():
 @pytest.mark.parametrize("step_rows", [1, 2 * 2 * 64 * 2, 2 * 2 * 64 * 3])  # G = 1, 2, 3 chunks per step
 @pytest.mark.parametrize("chunk_size", [1, 3, 4])
 def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
-    monkeypatch.setattr(cosformer_module, "STEP_ROWS", step_rows)  # a few chunks per step, several steps
+    monkeypatch.setattr(cosformer_common, "STEP_ROWS", step_rows)  # a few chunks per step, several steps
     q, k, v = (t.requires_grad_() for t in qkv(2, 2, 13, 4, seed=5))
     grad = randn(2, 2, 13, 4, seed=9)
     out = cosformer_attention(q, k, v, causal=True, chunk_size=chunk_size)

@@ -1,0 +1,116 @@
+"""cosFormer attention (Qin et al., ICLR 2022): ReLU features re-weighted by cos(pi/2 (i-j)/M), linear in N.
+
+Math (exactly that of OpenNLPLab/cosFormer `cosformer.py`, see ALGORITHMS.md section 1): q' = relu(q),
+k' = relu(k), angle a_t = pi/2 * t / M for positions t = 1..N, M = max(Nq, Nk), features
+phi(x_t) = [x'_t sin a_t, x'_t cos a_t] (2d wide), so phi(q_i) . phi(k_j) = (q'_i . k'_j) cos(a_i - a_j) >= 0;
+out_i = sum_j W_ij v_j / clamp_min(sum_j W_ij, eps), j over all keys (bidirectional) or j <= i (causal).
+No 1/sqrt(d) scaling. (Only differences i - j enter the weights, so the position origin is immaterial; M is not.)
+
+How it is computed. Bidirectional: v is widened by a ones column, u_j = [v_j, 1], so one product yields
+numerator and denominator; one pass over keys builds the state S = sum_j phi(k_j)^T u_j ([2d, d+1] per
+head), one pass over queries gives phi(q_i) S (`bidirectional.py`). Causal (`causal.py`): chunks of C
+positions; inside a chunk the masked C x C weights (q' k'^T) * cos(a_i - a_j) [j <= i] multiply v and are
+summed for the denominator, and phi(q_i) S_<chunk, phi(q_i) . z_<chunk add every earlier chunk, S_<chunk and
+z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and phi(k).
+G = STEP_ROWS / (B H max(C, 64)) chunks are batched per step, so only one step's [G, 2d, d] chunk states
+exist at a time. The backward is written by hand (recomputing from q, k, v, the output and the
+denominators): dq in a forward sweep, dk and dv in a reverse sweep. Peak memory is therefore the output
+(plus dq, dk, dv in fwd_bwd) plus one step's temporaries; nothing of size N x d x d is ever formed.
+
+Deviations from the reference code, all with the same math:
+- the causal form is chunked instead of materialising the per-position outer products [B*H, N, 2d, d]
+  and cumsum-ing them (the reference's "Need to improve speed!" path); sums are reordered by chunk;
+- inside a chunk the weight uses cos(a_i - a_j) directly rather than sin a_i sin a_j + cos a_i cos a_j;
+- fp16/bf16 inputs are accumulated in fp32 (the reference runs in the input dtype, whose denominators
+  overflow fp16 from about N = 8k) and the output is returned in the input dtype;
+- causal with Nq != Nk is refused (the reference's cumsum form assumes equal lengths);
+- the backward reads the saved output (in the input dtype, as FlashAttention's backward does) for the
+  denominator's gradient; fp16/bf16 gradients stay within the output's rounding of the float64 ones.
+
+Option `chunk_size` (default None = automatic): causal, the chunk length C of the masked C x C products
+(per position the forward's intra-chunk work is 4 C d FLOPs against 8 d^2 for the states; results are
+equal up to rounding); bidirectional, how many positions are processed at a time (memory and cache use only).
+Automatic values, measured on the CPU (AMD EPYC, 2 cores shared with other jobs; N = 8192, B = 1, H = 16,
+D = 64, fp32 forward, interleaved repetitions, process CPU time at 1 thread, which the sharing disturbs
+least): causal C = 64 (48 and 32 within 2 %, 96 +9 %, 16 and 128 +20 %, 256 +50 %, 512 +130 %), with
+STEP_ROWS = 2^12 (2^11 +5 %, 2^13 +13 %, 2^14 +25 %: a step's temporaries fall out of cache); bidirectional
+STEP_ROWS / (B H) positions per chunk, at least 256 (128 to 256 fastest, 2048 +50 %, 8192 +130 %).
+Rechecked after the causal forward kept its denominators apart (wall time, 2 threads, 8 interleaved):
+C = 64 still fastest (48 within 1 %, 32 +8 %), STEP_ROWS 2^12 (2^11 within 1 %, 2^13 +3 %).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnprof.impls import register
+from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
+from attnprof.impls.cosformer.causal import CausalCosformer
+from attnprof.impls.cosformer.common import auto_chunk_size, chunk_size_problems
+from attnprof.impls.reference.cosformer import cosformer_reference
+
+__all__ = ["auto_chunk_size", "chunk_size_problems", "cosformer_attention", "cosformer_flops"]
+
+
+def cosformer_attention(q, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size: int | None = None) -> torch.Tensor:
+    """cosFormer attention of (B, H, N, D) q, k, v (before the ReLU); returns (B, H, Nq, Dv) in q's dtype."""
+    _check_shapes(q, k, v, causal)
+    reasons = chunk_size_problems(chunk_size)
+    if reasons:
+        raise ValueError(reasons[0])
+    chunk = auto_chunk_size(causal, q.shape[0], q.shape[1]) if chunk_size is None else int(chunk_size)
+    form = CausalCosformer if causal else BidirectionalCosformer
+    return form.apply(q, k, v, float(eps), chunk)
+
+
+def _check_shapes(q, k, v, causal: bool) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"cosformer needs (B, H, N, D) q, k, v, not {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"cosformer shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[-2] < 1 or k.shape[-2] < 1:
+        raise ValueError(f"cosformer needs at least one query and one key, not {q.shape[-2]} and {k.shape[-2]}")
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"causal cosformer needs as many queries as keys, not {q.shape[-2]} and {k.shape[-2]}")
+
+
+def cosformer_flops(case, options: dict) -> int:
+    """Matmul FLOPs (2 per multiply-add, as FlopCounterMode counts; element-wise work not counted) of
+    one call, with d = head_dim (= the value width), e = d + 1 (v widened by the ones column), per batch and head:
+    bidirectional: fwd 4 d e (Nq + Nk) [key states, query products], bwd 8 d e (Nq + Nk);
+    causal, summed over the chunks of length L (C, and a last one of N mod C): fwd 4 L^2 d + 8 L d^2 + 4 L d
+    [intra weights and values, chunk states and query products, query . key sums], bwd 6 L^2 (d + e) + 20 L d e
+    (both sweeps recompute their chunk's pieces, with v widened)."""
+    n, d = case.seq_len, case.head_dim
+    e = d + 1
+    if not case.causal:
+        fwd, bwd = 4 * d * e * 2 * n, 8 * d * e * 2 * n
+    else:
+        chunk = min(int(options.get("chunk_size") or auto_chunk_size(True, case.batch, case.heads)), n)
+        lengths = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+        fwd = sum(4 * length**2 * d + 8 * length * d * d + 4 * length * d for length in lengths)
+        bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
+    per_head = fwd if case.mode == "fwd" else fwd + bwd
+    return case.batch * case.heads * per_head
+
+
+def _refuse(case, options: dict) -> list[str]:
+    return chunk_size_problems(options.get("chunk_size"))
+
+
+register(
+    AttentionImpl(
+        name="cosformer",
+        family="linear",
+        fn=cosformer_attention,
+        description="cosFormer (ReLU features, cos(pi/2 (i-j)/M) re-weighting), linear in N; chunked causal form, fp32 accumulators",
+        options={"chunk_size": None},
+        reference=cosformer_reference,
+        refuse=_refuse,
+        flops=cosformer_flops,
+        min_bytes=lambda case, options: io_bytes(case),  # the [2d, d+1] state fits on chip; q, k, v, out dominate
+        exact=False,
+        check_tolerance={"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.5e-2},
+    )
+)

@@ -92,7 +92,7 @@ def test_bidirectional_takes_other_key_lengths_and_value_widths():
 @pytest.mark.parametrize("step_rows", [1, 2 * 2 * 64 * 2, 2 * 2 * 64 * 3])  # G = 1, 2, 3 chunks per step
 @pytest.mark.parametrize("chunk_size", [1, 3, 4])
 def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
-    monkeypatch.setattr(cosformer_common, "STEP_ROWS", step_rows)  # a few chunks per step, several steps
+    monkeypatch.setattr(cosformer_common, "CPU_STEP_ROWS", step_rows)  # a few chunks per step, several steps
     q, k, v = (t.requires_grad_() for t in qkv(2, 2, 13, 4, seed=5))
     grad = randn(2, 2, 13, 4, seed=9)
     out = cosformer_attention(q, k, v, causal=True, chunk_size=chunk_size)
@@ -263,13 +263,89 @@ def test_min_bytes_is_the_io():
     assert impls.get("cosformer").min_bytes(case, {"chunk_size": None}) == 12 * 1024 * 4 * 32 * 2
 
 
+def meta_peak(seq_len: int, causal: bool, mode: str) -> int:
+    impl = impls.get("cosformer")
+    case = Case(impl="cosformer", seq_len=seq_len, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode)
+    return account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).peak_bytes
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_peak_memory_is_linear_and_small(causal):
-    """At 8k, bf16, H=16, D=64 one output is 16 MiB; the reference's [B*H, N, 2d, d] cumsum would be 4 GiB."""
-    impl, peaks = impls.get("cosformer"), {}
-    for mode in ("fwd", "fwd_bwd"):
-        case = Case(impl="cosformer", seq_len=8192, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode)
-        peaks[mode] = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).peak_bytes
+def test_peak_memory_with_cpu_steps_is_small(monkeypatch, causal):
+    """The CPU's steps (forced onto `meta`): at 8k, bf16, H=16, D=64 one output is 16 MiB; the reference's
+    [B*H, N, 2d, d] cumsum would be 4 GiB."""
+    monkeypatch.setattr(cosformer_common, "DEVICE_STEP_ROWS", cosformer_common.CPU_STEP_ROWS)
+    peaks = {mode: meta_peak(8192, causal, mode) for mode in ("fwd", "fwd_bwd")}
     # the output (16 MiB) plus one step's temporaries; fwd_bwd adds dq, dk, dv (48 MiB)
     assert peaks["fwd"] < 16 * MiB + 48 * MiB
     assert peaks["fwd_bwd"] < 64 * MiB + 48 * MiB
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_peak_memory_with_device_steps_is_linear(causal, mode):
+    """The device steps (`meta` stands in for the GPU): once the sequence fills a step (16k and 32k, H=16,
+    are 2 and 4 steps of 2^17 rows), doubling N adds only the outputs and gradients: temporaries are one
+    step's, whatever N. Outputs: bf16 out + fp32 denominators, 264 B per row; fwd_bwd adds bf16 dq, dk, dv."""
+    rows = lambda n: 16 * n
+    io_per_row = 64 * 2 + 4 + (3 * 64 * 2 if mode == "fwd_bwd" else 0)
+    small, large = meta_peak(16384, causal, mode), meta_peak(32768, causal, mode)
+    assert large - small <= 1.05 * io_per_row * (rows(32768) - rows(16384))
+    assert small <= io_per_row * rows(16384) + cosformer_common.DEVICE_STEP_ROWS * 8 * 1024  # < 8 KiB a step row
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("chunks", [1, 3, 8, 9, 40])
+def test_exclusive_cumsum_adds_and_scan_agree(reverse, chunks):
+    """Both ways of summing the chunk states (in-place adds up to ADDS_UP_TO chunks, torch.cumsum beyond)
+    against the plain definition."""
+    from attnprof.impls.cosformer.causal import _exclusive_cumsum, _scanned_exclusive_cumsum
+
+    carry, parts = randn(2, 3, 4, 5, seed=1), randn(2, 3, chunks, 4, 5, seed=2)
+    order = range(chunks - 1, -1, -1) if reverse else range(chunks)
+    expected, running = torch.empty_like(parts), carry.clone()
+    for g in order:
+        expected[..., g, :, :] = running
+        running = running + parts[..., g, :, :]
+    for sums, total in (_exclusive_cumsum(carry, parts, reverse), _scanned_exclusive_cumsum(carry, parts, reverse)):
+        assert torch.allclose(sums, expected, rtol=0, atol=1e-12) and torch.allclose(total, running, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_device_steps_match_the_reference_on_the_cpu(monkeypatch, causal):
+    """The device plan (few large steps, torch.cumsum over many chunks) run on the CPU: same results."""
+    monkeypatch.setattr(cosformer_common, "CPU_STEP_ROWS", cosformer_common.DEVICE_STEP_ROWS)
+    q, k, v = (t.requires_grad_() for t in qkv(2, 2, 1000, 4, seed=11))  # 15 full chunks and a short one per step
+    out = cosformer_attention(q, k, v, causal=causal)
+    expected = cosformer_reference(q, k, v, causal=causal)
+    assert rel_error(out, expected) < 1e-12
+    grad = randn(2, 2, 1000, 4, seed=12)
+    actual = torch.autograd.grad(out, (q, k, v), grad)
+    for got, want in zip(actual, torch.autograd.grad(expected, (q, k, v), grad), strict=True):
+        assert rel_error(got, want) < 1e-10
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops that do work (each a kernel launch on a GPU); views launch nothing."""
+
+    VIEWS = {"view", "slice", "select", "as_strided", "expand", "transpose", "t", "unsqueeze", "squeeze", "permute", "alias"}
+    VIEWS |= {"detach", "_unsafe_view", "_reshape_alias"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += func._schema.name.split("::")[-1] not in self.VIEWS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("causal, mode, limit", [(False, "fwd", 200), (False, "fwd_bwd", 500), (True, "fwd", 300), (True, "fwd_bwd", 1000)])
+def test_device_steps_launch_few_kernels(causal, mode, limit):
+    """At N = 65536, B = 1, H = 16 on `meta` (the device plan): a few hundred ops, where the CPU's steps
+    took 3,857 (bidirectional forward) to 27,941 (causal forward + backward), tens of ms of launches on a GPU."""
+    impl = impls.get("cosformer")
+    case = Case(impl="cosformer", seq_len=65536, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode)
+    call = make_call(impl.bind(case), make_inputs(case, device="meta"))
+    with OpCounter() as counter:
+        call()
+    assert counter.ops <= limit

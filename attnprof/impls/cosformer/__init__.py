@@ -11,11 +11,12 @@ numerator and denominator; one pass over keys builds the state S = sum_j phi(k_j
 head), one pass over queries gives phi(q_i) S (`bidirectional.py`). Causal (`causal.py`): chunks of C
 positions; inside a chunk the masked C x C weights (q' k'^T) * cos(a_i - a_j) [j <= i] multiply v and are
 summed for the denominator, and phi(q_i) S_<chunk, phi(q_i) . z_<chunk add every earlier chunk, S_<chunk and
-z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and phi(k).
-G = STEP_ROWS / (B H max(C, 64)) chunks are batched per step, so only one step's [G, 2d, d] chunk states
-exist at a time. The backward is written by hand (recomputing from q, k, v, the output and the
-denominators): dq in a forward sweep, dk and dv in a reverse sweep. Peak memory is therefore the output
-(plus dq, dk, dv in fwd_bwd) plus one step's temporaries; nothing of size N x d x d is ever formed.
+z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and
+phi(k). G = step_rows / (B H max(C, 64)) chunks are batched per step (step_rows by device, see `common.py`),
+so only one step's [G, 2d, d] chunk states exist at a time. The backward is written by hand (recomputing
+from q, k, v, the output and the denominators): dq in a forward sweep, dk and dv in a reverse sweep. Peak
+memory is therefore the output (plus dq, dk, dv in fwd_bwd) plus one step's temporaries; nothing of size N x
+d x d is ever formed.
 
 Deviations from the reference code, all with the same math:
 - the causal form is chunked instead of materialising the per-position outer products [B*H, N, 2d, d]
@@ -59,7 +60,7 @@ def cosformer_attention(q, k, v, *, causal: bool = False, eps: float = 1e-6, chu
     reasons = chunk_size_problems(chunk_size)
     if reasons:
         raise ValueError(reasons[0])
-    chunk = auto_chunk_size(causal, q.shape[0], q.shape[1]) if chunk_size is None else int(chunk_size)
+    chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
     form = CausalCosformer if causal else BidirectionalCosformer
     return form.apply(q, k, v, float(eps), chunk)
 

@@ -102,10 +102,10 @@ class _Step:
 
 
 def _causal_steps(q, chunk: int, dtype) -> list[_Step]:
-    """Full chunks G at a time (G from STEP_ROWS), then the remainder N mod C as a step of one short chunk."""
+    """Full chunks G at a time (G from step_rows(device)), then the remainder N mod C as a step of one short chunk."""
     n, chunk = q.shape[-2], min(chunk, q.shape[-2])
     # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv+1] chunk states
-    per_step = max(1, common.STEP_ROWS // (q.shape[0] * q.shape[1] * max(chunk, common.CAUSAL_CHUNK)))
+    per_step = max(1, common.step_rows(q.device) // (q.shape[0] * q.shape[1] * max(chunk, common.CAUSAL_CHUNK)))
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
     full = n // chunk
@@ -124,15 +124,30 @@ def _causal_reweight(chunk: int, m: int, dtype, device):
 
 
 def _exclusive_cumsum(carry, parts, reverse: bool = False):
-    """For each of the G chunks: carry + the parts of the chunks before it (after it, when reverse); and the
-    total, the next carry. G in-place adds: torch.cumsum over a middle dim is ~5x slower on the CPU, and
-    the result is contiguous so the matmul reading it makes no copy."""
+    """For each of the G chunks (dim -3 of parts): carry + the parts of the chunks before it (after it, when
+    reverse); and the total, the next carry. Up to ADDS_UP_TO chunks, G in-place adds: on the CPU torch.cumsum
+    over a middle dim was ~5x slower at G = 4, and the result is contiguous so the matmul reading it makes no
+    copy. Beyond, one torch.cumsum: a fixed handful of kernels however large G is (the device steps)."""
+    if parts.shape[-3] > ADDS_UP_TO:
+        return _scanned_exclusive_cumsum(carry, parts, reverse)
     order = list(range(parts.shape[-3]))[:: -1 if reverse else 1]
     sums = torch.empty_like(parts)  # (B, H, G, X, Y)
     sums[..., order[0], :, :] = carry
     for before, g in zip(order[:-1], order[1:], strict=True):
         torch.add(sums[..., before, :, :], parts[..., before, :, :], out=sums[..., g, :, :])
     return sums, sums[..., order[-1], :, :] + parts[..., order[-1], :, :]
+
+
+ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum
+
+
+def _scanned_exclusive_cumsum(carry, parts, reverse: bool):
+    """_exclusive_cumsum by torch.cumsum: shift the inclusive sums by one chunk (no subtraction, so no
+    cancellation); reverse runs on the flipped chunks."""
+    ordered = parts.flip(-3) if reverse else parts  # (B, H, G, X, Y)
+    inclusive = torch.cumsum(ordered, dim=-3).add_(carry.unsqueeze(-3))  # (B, H, G, X, Y): carry + chunks up to g
+    sums = torch.cat((carry.unsqueeze(-3), inclusive[..., :-1, :, :]), dim=-3)  # (B, H, G, X, Y)
+    return (sums.flip(-3) if reverse else sums), inclusive[..., -1, :, :].clone()
 
 
 def _causal_query_grads(steps, q, k, v, grads_of):

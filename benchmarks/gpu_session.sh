@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Every check that only a GPU can make, for the rare session that is lent one. Each part fits one device
+# call (at most 10 minutes) and writes at most 8 files under $OUT (the device tool's limits).
+#
+#   bash benchmarks/gpu_session.sh 1   # tests/gpu; table 3 (gate scenarios/gpu-targets.toml); accounting vs allocator
+#   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100); cosFormer's kernels
+#
+# The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
+# from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
+# time limit, so one slow step cannot cost the results of the others.
+set -u
+part=${1:-1}
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+step() {  # step NAME LIMIT_S COMMAND...: the command's output to $OUT/NAME.log, its tail and status here
+    local name=$1 limit=$2 started rc
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    started=$(date +%s)
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    echo "   exit $rc after $(($(date +%s) - started)) s"
+    tail -n "${TAIL:-30}" "$OUT/$name.log"
+    return $rc
+}
+
+step env 60 $PY -c "
+import torch, attnprof
+print('torch', torch.__version__, 'cuda', torch.version.cuda)
+print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')
+raise SystemExit(0 if torch.cuda.is_available() else 2)" || {
+    echo "gpu_session: no CUDA device here; nothing to check" >&2
+    exit 2
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/env.log" 2>&1
+
+case $part in
+1)
+    step gpu-tests 150 $PY -m pytest -q -p no:cacheprovider tests/gpu
+    step table3 330 $PY -m attnprof gate scenarios/gpu-targets.toml --db "$OUT/table3.db"
+    TAIL=40 step memory 90 $PY benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
+    ;;
+2)
+    step sweep 300 bash -c "time $PY -m attnprof sweep --lengths 1k..64k --impl all --db '$OUT/sweep.db'"
+    step cosformer-kernels 120 $PY -c "
+import torch
+from torch.profiler import ProfilerActivity, profile
+from attnprof.impls.cosformer import cosformer_attention
+q, k, v = (torch.randn(1, 16, 65536, 64, device='cuda', dtype=torch.bfloat16) for _ in range(3))
+for causal in (False, True):
+    for _ in range(3):
+        cosformer_attention(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        cosformer_attention(q, k, v, causal=causal)
+        torch.cuda.synchronize()
+    print('causal' if causal else 'bidirectional')
+    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=15))"
+    ;;
+*)
+    echo "gpu_session: unknown part '$part'; choose 1 or 2" >&2
+    exit 2
+    ;;
+esac

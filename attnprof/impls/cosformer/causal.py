@@ -125,9 +125,10 @@ def _causal_reweight(chunk: int, m: int, dtype, device):
 
 def _exclusive_cumsum(carry, parts, reverse: bool = False):
     """For each of the G chunks (dim -3 of parts): carry + the parts of the chunks before it (after it, when
-    reverse); and the total, the next carry. Up to ADDS_UP_TO chunks, G in-place adds: on the CPU torch.cumsum
-    over a middle dim was ~5x slower at G = 4, and the result is contiguous so the matmul reading it makes no
-    copy. Beyond, one torch.cumsum: a fixed handful of kernels however large G is (the device steps)."""
+    reverse); and the total, the next carry. `parts` is the caller's temporary and may be overwritten.
+    Up to ADDS_UP_TO chunks, G in-place adds: on the CPU torch.cumsum over a middle dim was ~5x slower at
+    G = 4, and the result is contiguous so the matmul reading it makes no copy. Beyond, one torch.cumsum:
+    a fixed handful of kernels however large G is (the device steps)."""
     if parts.shape[-3] > ADDS_UP_TO:
         return _scanned_exclusive_cumsum(carry, parts, reverse)
     order = list(range(parts.shape[-3]))[:: -1 if reverse else 1]
@@ -142,10 +143,12 @@ ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch
 
 
 def _scanned_exclusive_cumsum(carry, parts, reverse: bool):
-    """_exclusive_cumsum by torch.cumsum: shift the inclusive sums by one chunk (no subtraction, so no
-    cancellation); reverse runs on the flipped chunks."""
+    """_exclusive_cumsum by torch.cumsum: the carry folded into the first chunk's part (overwriting `parts`,
+    a temporary of the caller's), the inclusive sums shifted by one chunk (no subtraction, so no
+    cancellation). Two passes over the chunk states; reverse adds a flip on the way in and out."""
     ordered = parts.flip(-3) if reverse else parts  # (B, H, G, X, Y)
-    inclusive = torch.cumsum(ordered, dim=-3).add_(carry.unsqueeze(-3))  # (B, H, G, X, Y): carry + chunks up to g
+    ordered[..., :1, :, :] += carry.unsqueeze(-3)
+    inclusive = torch.cumsum(ordered, dim=-3)  # (B, H, G, X, Y): carry + chunks up to g
     sums = torch.cat((carry.unsqueeze(-3), inclusive[..., :-1, :, :]), dim=-3)  # (B, H, G, X, Y)
     return (sums.flip(-3) if reverse else sums), inclusive[..., -1, :, :].clone()
 

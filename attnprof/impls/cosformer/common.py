@@ -59,7 +59,8 @@ def chunk_slices(n: int, size: int) -> list[slice]:
 
 def features_of(x, rotation, dtype):
     """relu(x) and phi(x) = [relu(x) sin a, relu(x) cos a], in the compute dtype."""
-    x_f = torch.relu(x.to(dtype))  # (..., L, D)
+    # rectified before the upcast: relu is exact in any dtype, and a half input then moves half the bytes
+    x_f = torch.relu(x).to(dtype)  # (..., L, D)
     return x_f, (x_f.unsqueeze(-2) * rotation).flatten(-2)  # (..., L, D), (..., L, 2D)
 
 
@@ -73,8 +74,12 @@ def relu_grad(grad_f, x):
 
 
 def widened(v, dtype):
-    """u = [v, 1]: one product then gives the numerator and (last column) the denominator."""
-    return torch.cat((v.to(dtype), v.new_ones((*v.shape[:-1], 1), dtype=dtype)), dim=-1)  # (..., L, Dv+1)
+    """u = [v, 1]: one product then gives the numerator and (last column) the denominator. Written into one
+    buffer: a half v is cast on the way in, instead of cast to a copy and then concatenated."""
+    u = v.new_empty((*v.shape[:-1], v.shape[-1] + 1), dtype=dtype)  # (..., L, Dv+1)
+    u[..., :-1].copy_(v)
+    u[..., -1] = 1
+    return u
 
 
 def normalise_into(numerator, row_sums, eps: float, out, denominator) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from attnprof.accounting import AccountingReading, account_call
-from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.impls.base import AttentionImpl, io_bytes, meta_stands_for
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
@@ -20,7 +20,9 @@ def _account_cached(impl_name: str, case: Case) -> AccountingReading:
     from attnprof import impls
 
     impl = impls.get(impl_name)
-    return account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
+    # a CPU case (the host-memory guard) is accounted with the CPU's work sizes, an accounting case as a GPU's
+    with meta_stands_for("cuda" if case.device == "meta" else case.device):
+        return account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
 
 
 def account_on_meta(impl: AttentionImpl, case: Case) -> AccountingReading:

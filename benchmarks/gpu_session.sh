@@ -1,51 +1,59 @@
 #!/usr/bin/env bash
 # Every check that only a GPU can make, for the rare session that is lent one. Each part fits one device
-# call (at most 10 minutes) and writes at most 8 files under $OUT (the device tool's limits).
+# call (at most 10 minutes: its step limits add up to 9 min 30 s at most) and writes at most 8 files, all
+# directly under $OUT (the device tool's limits).
 #
-#   bash benchmarks/gpu_session.sh 1   # tests/gpu; table 3 (gate scenarios/gpu-targets.toml); accounting vs allocator
-#   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100); cosFormer's kernels
+#   bash benchmarks/gpu_session.sh 1   # tests/gpu; table 3 (gate scenarios/gpu-targets.toml)
+#   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100);
+#                                      # accounting vs allocator per cell; cosFormer's CUDA kernels at 64k
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
 # from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
-# time limit, so one slow step cannot cost the results of the others.
+# time limit, so one slow step cannot cost the results of the others; a step past its limit gets SIGINT,
+# which the sweep answers by saving what it measured and closing its database (no -wal file left behind),
+# and SIGKILL 15 s later. Exit status: 0 when every step passed, 1 when one failed, 2 without CUDA.
 set -u
+cd "$(dirname "$0")/.." || exit 2
 part=${1:-1}
-OUT=${OUT:-gpu-out}
+OUT=${OUT:-/tmp/attnprof-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+status=0
 
 step() {  # step NAME LIMIT_S COMMAND...: the command's output to $OUT/NAME.log, its tail and status here
     local name=$1 limit=$2 started rc
     shift 2
     echo "== $name (limit ${limit} s): $*"
     started=$(date +%s)
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 15 -s INT "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
-    echo "   exit $rc after $(($(date +%s) - started)) s"
+    echo "   exit $rc after $(($(date +%s) - started)) s$([ $rc = 124 ] && echo ' (time limit)')"
     tail -n "${TAIL:-30}" "$OUT/$name.log"
+    [ $rc = 0 ] || status=1
     return $rc
 }
 
-step env 60 $PY -c "
+step env 30 "$PY" -c "
 import torch, attnprof
 print('torch', torch.__version__, 'cuda', torch.version.cuda)
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')
-raise SystemExit(0 if torch.cuda.is_available() else 2)" || {
-    echo "gpu_session: no CUDA device here; nothing to check" >&2
-    exit 2
-}
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/env.log" 2>&1
+raise SystemExit(0 if torch.cuda.is_available() else 2)"
+case $? in
+0) nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/env.log" 2>&1 ;;
+2) echo "gpu_session: no CUDA device here; nothing to check" >&2 && exit 2 ;;
+*) echo "gpu_session: the environment check failed (see $OUT/env.log)" >&2 && exit 1 ;;
+esac
 
 case $part in
 1)
-    step gpu-tests 150 $PY -m pytest -q -p no:cacheprovider tests/gpu
-    step table3 330 $PY -m attnprof gate scenarios/gpu-targets.toml --db "$OUT/table3.db"
-    TAIL=40 step memory 90 $PY benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
+    step gpu-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+    step table3 360 "$PY" -m attnprof gate scenarios/gpu-targets.toml --db "$OUT/table3.db"
     ;;
 2)
-    step sweep 300 bash -c "time $PY -m attnprof sweep --lengths 1k..64k --impl all --db '$OUT/sweep.db'"
-    step cosformer-kernels 120 $PY -c "
+    step sweep 240 bash -c "time '$PY' -m attnprof sweep --lengths 1k..64k --impl all --db '$OUT/sweep.db'"
+    TAIL=100 step memory 210 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
+    step cosformer-kernels 60 "$PY" -c "
 import torch
 from torch.profiler import ProfilerActivity, profile
 from attnprof.impls.cosformer import cosformer_attention
@@ -65,3 +73,4 @@ for causal in (False, True):
     exit 2
     ;;
 esac
+exit $status

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnprof.api import run_sweep  # noqa: E402
+from attnprof.errors import UsageError  # noqa: E402
 from attnprof.records import Status  # noqa: E402
 from attnprof.spec import Sweep, parse_impls, parse_lengths  # noqa: E402
 from attnprof.store import Store  # noqa: E402
@@ -38,10 +39,14 @@ def main() -> int:
         causal=(False, True),
         mode=("fwd", "fwd_bwd"),
     )
-    measured = run_sweep(Sweep(device=(args.device,), name=f"memory-vs-accounting: {args.device}", **grid), args.db)
-    accounted = run_sweep(Sweep(accounting=True, name="memory-vs-accounting: meta", **grid), args.db)
-    rows = compare(args.db, measured, accounted)
-    table = render(rows, args.band)
+    try:
+        measured = run_sweep(Sweep(device=(args.device,), name=f"memory-vs-accounting: {args.device}", **grid), args.db)
+        accounted = run_sweep(Sweep(accounting=True, name="memory-vs-accounting: meta", **grid), args.db)
+    except UsageError as error:
+        print(f"memory_vs_accounting: {error}", file=sys.stderr)
+        return 2
+    rows = compare(args.db, measured, accounted, args.band)
+    table = render(rows)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
@@ -65,7 +70,12 @@ def cell_key(case) -> tuple:
     return (case.impl, case.options, case.mode, case.causal, case.dtype, case.batch, case.heads, case.head_dim, case.seq_len)
 
 
-def compare(db, measured_run: str, accounted_run: str) -> list[dict]:
+NOT_MEASURED = (Status.UNSUPPORTED, Status.SKIPPED)  # a cell with nothing to compare, and no fault
+
+
+def compare(db, measured_run: str, accounted_run: str, band: float) -> list[dict]:
+    """One row per measured cell: its accounted twin, allocator / accounting, and a flag saying why the
+    cell fails the check (empty when it passes or has nothing to compare)."""
     store = Store.open(db, create=False)
     try:
         accounted = {cell_key(m.case): m for m in store.measurements(accounted_run)}
@@ -73,17 +83,22 @@ def compare(db, measured_run: str, accounted_run: str) -> list[dict]:
         for m in store.measurements(measured_run):
             twin = accounted.get(cell_key(m.case))
             row = dict(case=m.case, measured=m, accounted=twin, ratio=None, flag="")
-            if m.status != Status.OK or twin is None or twin.status != Status.OK or not twin.peak_bytes:
-                row["flag"] = "" if m.status != Status.OK else "no accounting"
+            if m.status in NOT_MEASURED:
+                pass
+            elif m.status != Status.OK:
+                row["flag"] = f"measurement {m.status.value}"
+            elif twin is None or twin.status != Status.OK or not twin.peak_bytes:
+                row["flag"] = "no accounting"
             else:
                 row["ratio"] = m.peak_bytes / twin.peak_bytes
+                row["flag"] = f"outside 1 +- {band:g}" if abs(row["ratio"] - 1) > band else ""
             rows.append(row)
         return rows
     finally:
         store.close()
 
 
-def render(rows: list[dict], band: float) -> str:
+def render(rows: list[dict]) -> str:
     mib = lambda b: "-" if b is None else f"{b / 2**20:,.1f}"
     lines = [
         "| impl | causal | mode | N | allocator MiB | accounting MiB (source) | ratio |",
@@ -91,8 +106,6 @@ def render(rows: list[dict], band: float) -> str:
     ]
     for row in rows:
         case, measured, twin = row["case"], row["measured"], row["accounted"]
-        if row["ratio"] is not None and abs(row["ratio"] - 1) > band:
-            row["flag"] = f"outside 1 +- {band:g}"
         got = mib(measured.peak_bytes) if measured.status == Status.OK else f"{measured.status.value}: {measured.reason[:60]}"
         want = "-" if twin is None else f"{mib(twin.peak_bytes)} ({twin.peak_source or twin.status.value})"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}"

@@ -8,6 +8,8 @@ optionally its FLOP count and the minimum bytes it must move for a case.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,27 @@ from attnprof.errors import UsageError
 from attnprof.spec import DTYPES, MODES, Case
 
 ALL_DEVICES = ("cpu", "cuda")
+
+# What a call on `meta` stands in for, for an impl that sizes its work by device (cosFormer's steps).
+# An accounting run (`sweep --accounting`) stands in for a GPU; the CPU's host-memory guard accounts a
+# CPU case on meta and must see the CPU's sizes, or it would over-predict the peak.
+_META_STANDS_FOR = contextvars.ContextVar("meta_stands_for", default="cuda")
+
+
+@contextlib.contextmanager
+def meta_stands_for(device: str):
+    """Inside: calls on `meta` size their work as on `device` (a device name such as cpu, cuda, cuda:1)."""
+    token = _META_STANDS_FOR.set(device)
+    try:
+        yield
+    finally:
+        _META_STANDS_FOR.reset(token)
+
+
+def planning_device_type(device) -> str:
+    """The device type an impl sizes its work for: the device's own, or on meta what it stands in for."""
+    kind = str(device).split(":")[0]
+    return _META_STANDS_FOR.get().split(":")[0] if kind == "meta" else kind
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ equal up to rounding); bidirectional, how many positions are processed at a time
 Automatic values, measured on the CPU (AMD EPYC, 2 cores shared with other jobs; N = 8192, B = 1, H = 16,
 D = 64, fp32 forward, interleaved repetitions, process CPU time at 1 thread, which the sharing disturbs
 least): causal C = 64 (48 and 32 within 2 %, 96 +9 %, 16 and 128 +20 %, 256 +50 %, 512 +130 %), with
-STEP_ROWS = 2^12 (2^11 +5 %, 2^13 +13 %, 2^14 +25 %: a step's temporaries fall out of cache); bidirectional
-STEP_ROWS / (B H) positions per chunk, at least 256 (128 to 256 fastest, 2048 +50 %, 8192 +130 %).
+CPU_STEP_ROWS = 2^12 (2^11 +5 %, 2^13 +13 %, 2^14 +25 %: a step's temporaries fall out of cache); bidirectional
+CPU_STEP_ROWS / (B H) positions per chunk, at least 256 (128 to 256 fastest, 2048 +50 %, 8192 +130 %).
 Rechecked after the causal forward kept its denominators apart (wall time, 2 threads, 8 interleaved):
-C = 64 still fastest (48 within 1 %, 32 +8 %), STEP_ROWS 2^12 (2^11 within 1 %, 2^13 +3 %).
+C = 64 still fastest (48 within 1 %, 32 +8 %), CPU_STEP_ROWS 2^12 (2^11 within 1 %, 2^13 +3 %).
 """
 
 from __future__ import annotations

@@ -143,9 +143,9 @@ ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch
 
 
 def _scanned_exclusive_cumsum(carry, parts, reverse: bool):
-    """_exclusive_cumsum by torch.cumsum: the carry folded into the first chunk's part (overwriting `parts`,
-    a temporary of the caller's), the inclusive sums shifted by one chunk (no subtraction, so no
-    cancellation). Two passes over the chunk states; reverse adds a flip on the way in and out."""
+    """_exclusive_cumsum by torch.cumsum: the carry folded into the first chunk's part (of `parts`, a
+    temporary of the caller's, or of its flipped copy in reverse), the inclusive sums shifted by one chunk
+    (no subtraction, so no cancellation). Two passes over the chunk states; reverse adds a flip in and out."""
     ordered = parts.flip(-3) if reverse else parts  # (B, H, G, X, Y)
     ordered[..., :1, :, :] += carry.unsqueeze(-3)
     inclusive = torch.cumsum(ordered, dim=-3)  # (B, H, G, X, Y): carry + chunks up to g

@@ -3,11 +3,14 @@
 Step sizes depend on the device, because the two are bound by different things:
 - CPU: cache. A step's temporaries must stay in cache, so CPU_STEP_ROWS = 2^12 (batch * heads * positions),
   measured fastest (see the package docstring).
-- Any other device (CUDA, and `meta`, whose memory accounting stands in for the GPU's): kernel launches.
-  With the CPU's steps, N = 65536, B = 1, H = 16 took 7,698 aten ops forward causal and 27,941 forward +
-  backward (counted on `meta`), about 30-40 ms of launches alone on a GPU, whose target for the whole call
-  is a few ms. DEVICE_STEP_ROWS = 2^17 cuts that to a few hundred, for ~0.5 GB of fp32 step temporaries,
-  within the 1.5 GiB forward and 4 GiB forward + backward limits at N = 65536 (exact on `meta`).
+- Any other device (CUDA, and `meta` when it stands in for a GPU): kernel launches. Counted on `meta` at
+  N = 65536, B = 1, H = 16, bf16, the CPU's steps issue 3,855 aten ops bidirectional forward, 13,086
+  forward + backward, 7,184 causal forward and 26,912 forward + backward: tens of ms of launches on a GPU,
+  whose target for the whole call is a few ms. DEVICE_STEP_ROWS = 2^17 cuts that to 135, 438, 240 and 888,
+  for ~0.5 GB of fp32 step temporaries at the default causal chunk (more for a large chunk_size: the C x C
+  weights grow with C), within the 1.5 GiB forward and 4 GiB forward + backward limits at N = 65536.
+  The price: the scan over a step's many chunk states writes them twice, so causal writes 5.0 GB forward
+  against 4.6 GB with the CPU's steps (bidirectional: 2.6 against 2.9).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import math
 
 import torch
 
+from attnprof.impls.base import planning_device_type
+
 CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package docstring)
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
 
 
 def step_rows(device) -> int:
-    """batch * heads * positions handled per step on `device` (a torch.device, or None for the CPU)."""
-    return CPU_STEP_ROWS if device is None or torch.device(device).type == "cpu" else DEVICE_STEP_ROWS
+    """batch * heads * positions handled per step on `device` (a torch.device, or None for the CPU); on
+    meta, as on the device it stands in for (`meta_stands_for`: a GPU unless the accounting says cpu)."""
+    return CPU_STEP_ROWS if device is None or planning_device_type(device) == "cpu" else DEVICE_STEP_ROWS
 
 
 def auto_chunk_size(causal: bool, batch: int = 1, heads: int = 1, device=None) -> int:

@@ -36,6 +36,8 @@ from attnprof.impls.cosformer.common import (
     widened,
 )
 
+ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum (_exclusive_cumsum)
+
 
 class CausalCosformer(torch.autograd.Function):
     """Chunks of C positions, G chunks per step: masked C x C weights inside each chunk plus phi(q) S_<chunk,
@@ -104,7 +106,7 @@ class _Step:
 def _causal_steps(q, chunk: int, dtype) -> list[_Step]:
     """Full chunks G at a time (G from step_rows(device)), then the remainder N mod C as a step of one short chunk."""
     n, chunk = q.shape[-2], min(chunk, q.shape[-2])
-    # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv+1] chunk states
+    # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv] chunk states
     per_step = max(1, common.step_rows(q.device) // (q.shape[0] * q.shape[1] * max(chunk, common.CAUSAL_CHUNK)))
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
@@ -137,9 +139,6 @@ def _exclusive_cumsum(carry, parts, reverse: bool = False):
     for before, g in zip(order[:-1], order[1:], strict=True):
         torch.add(sums[..., before, :, :], parts[..., before, :, :], out=sums[..., g, :, :])
     return sums, sums[..., order[-1], :, :] + parts[..., order[-1], :, :]
-
-
-ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum
 
 
 def _scanned_exclusive_cumsum(carry, parts, reverse: bool):

@@ -6,6 +6,7 @@ frame = load_measurements(run_id, db="x.db")
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 from dataclasses import replace
@@ -82,10 +83,14 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
 
     Raises runner.SweepInterrupted on Ctrl-C after saving everything measured.
     """
-    from attnprof.runner import SweepInterrupted, execute
+    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
     from attnprof.store import Store
     from attnprof.worker import Settings
 
+    if multiprocessing.current_process().name.startswith(WORKER_NAME_PREFIX):
+        # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
+        # the parent then records the worker's failed start with the same hint
+        raise RuntimeError(SPAWN_HINT)
     store = Store.open(db or default_db())
     try:
         if resume is not None:

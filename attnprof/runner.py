@@ -31,6 +31,13 @@ class SweepInterrupted(Exception):
         self.run_id, self.done, self.total = run_id, done, total
 
 
+WORKER_NAME_PREFIX = "attnprof-worker-"  # the worker processes' names
+SPAWN_HINT = (
+    'a script that calls attnprof.run_sweep must do so under `if __name__ == "__main__":`, '
+    "since workers are spawned and import the script first"
+)
+
+
 class WorkerHandle:
     """One worker process for one device, restarted on demand."""
 
@@ -46,13 +53,20 @@ class WorkerHandle:
 
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=worker_main, args=(child, self.device), daemon=True, name=f"attnprof-worker-{self.device}")
+        name = f"{WORKER_NAME_PREFIX}{self.device}"
+        self.process = context.Process(target=worker_main, args=(child, self.device), daemon=True, name=name)
         self.process.start()
         child.close()
         if not self.connection.poll(WORKER_START_TIMEOUT_S):
             self.kill()
             raise RuntimeError(f"worker for {self.device} did not start within {WORKER_START_TIMEOUT_S:.0f} s")
-        self.connection.recv()  # ("ready",)
+        try:
+            self.connection.recv()  # ("ready",)
+        except EOFError:  # it died before saying so
+            self.process.join(timeout=10)
+            code = self.process.exitcode
+            self.kill()
+            raise RuntimeError(f"the worker for {self.device} exited during start-up (exit code {code}); {SPAWN_HINT}") from None
 
     def run(self, case: Case, settings: Settings, timeout_s: float) -> Measurement:
         try:
@@ -86,7 +100,7 @@ class WorkerHandle:
         return Measurement(case=case, status=Status.CRASHED, reason=reason)
 
     def kill(self) -> None:
-        if self.process is not None:
+        if self.process is not None and self.process.pid is not None:  # pid None: start() itself failed
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(timeout=10)

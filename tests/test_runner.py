@@ -102,3 +102,29 @@ def test_host_memory_guard_refuses_a_case_beyond_free_ram(db):
     rows = measure(db, "softmax", lengths=(1 << 17,), heads=(16,), head_dim=(64,))
     m = rows[("softmax", 1 << 17)]
     assert m.status == Status.OOM and "predicted peak" in m.reason and "not run" in m.reason
+
+
+def test_an_unguarded_script_gets_rows_that_say_how_to_fix_it(tmp_path):
+    """Workers are spawned and import the calling script first; without a `__main__` guard its run_sweep
+    would run again in every worker. Each row then says why the worker could not start, and no worker
+    writes a run of its own."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import attnprof\n"
+        "run_id = attnprof.run_sweep(attnprof.Sweep(impls=attnprof.parse_impls('softmax'), lengths=(64,), causal=(False,)), db='x.db')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=240, check=True)
+    store = Store.open(tmp_path / "x.db", create=False)
+    try:
+        runs = store.runs()
+        rows = store.measurements(runs[0].run_id)
+    finally:
+        store.close()
+    assert len(runs) == 1
+    assert [m.status for m in rows] == [Status.CRASHED]
+    assert 'if __name__ == "__main__":' in rows[0].reason

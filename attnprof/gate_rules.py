@@ -168,4 +168,7 @@ def parse_bytes(value, what: str) -> int:
     unit = match.group(2).lower() if match else None
     if not match or unit not in UNITS:
         raise UsageError(f"bad {what} {value!r}: expected a size such as 80GiB or 512MiB")
-    return int(float(match.group(1)) * UNITS[unit])
+    size = int(float(match.group(1)) * UNITS[unit])
+    if size <= 0:
+        raise UsageError(f"bad {what} {value!r}: must be more than 0 bytes")
+    return size

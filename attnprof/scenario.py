@@ -77,11 +77,13 @@ def sweep_from_options(options: dict) -> Sweep:
 def read_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"scenario file {str(path)!r} not found") from None
     except OSError as error:
         raise UsageError(f"cannot read scenario file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8 by definition
+        raise UsageError(f"scenario file {str(path)!r} is not UTF-8 text (byte {error.start}): TOML must be UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

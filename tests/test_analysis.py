@@ -43,9 +43,17 @@ def test_fit_command_formats(accounted):
     assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
     markdown = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "markdown", "--metric", "flops"])
     assert "| config | metric | exponent | class | r2 | lengths | rule |" in markdown.output
-    payload = json.loads(runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json"]).output)
+    output = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json"]).output
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    payload = json.loads(output, parse_constant=refuse)  # strict: no NaN or Infinity (they are null)
     assert {f["metric"] for f in payload["fits"]} == {"peak_bytes", "flops"}  # accounting runs have no times
+    assert any(value is None for row in payload["crossovers"] + payload["fits"] for value in row.values())
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--metric", "speed"])
     assert bad.exit_code == 2 and "'speed'" in bad.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "lots"])
     assert bad.exit_code == 2 and "'lots'" in bad.output
+    bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "0"])
+    assert bad.exit_code == 2 and "'0'" in bad.output and "Traceback" not in bad.output

@@ -48,6 +48,7 @@ def assert_bad_input(result, *fragments):
         (["--lengths", ".."], ["'..'"]),
         (["--lengths", "1q"], ["'1q'"]),
         (["--lengths", ""], ["lengths"]),
+        (["--lengths", "99999999999999999999"], ["'99999999999999999999'", "2^31"]),
         (["--batch", "0"], ["batch", "'0'"]),
         (["--heads", "-4"], ["heads", "'-4'"]),
         (["--head-dim", "0"], ["head_dim"]),
@@ -78,6 +79,10 @@ def test_missing_and_malformed_scenarios(tmp_path, db):
     table = tmp_path / "table.toml"
     table.write_text("[swep]\nimpl = 'softmax'\n")
     assert_bad_input(invoke("sweep", table, "--db", db), "'swep'")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes("# caf\u00e9\n[sweep]\nimpl = 'softmax'\n".encode("latin-1"))
+    assert_bad_input(invoke("sweep", latin1, "--db", db), "latin1.toml", "UTF-8")
+    assert_bad_input(invoke("gate", latin1, "--db", db), "latin1.toml", "UTF-8")
     assert not db.exists()
 
 

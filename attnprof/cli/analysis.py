@@ -46,7 +46,7 @@ def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:
             "crossovers": result.crossovers.to_dict(orient="records"),
             "frontiers": result.frontiers.to_dict(orient="records"),
         }
-        click.echo(json.dumps(payload, default=_json_default, indent=1))
+        click.echo(json.dumps(_json_safe(payload), default=_json_default, indent=1, allow_nan=False))
         return
     click.echo("Scaling fits (log-log least squares over the asymptotic range, 95% interval):")
     if output_format == "markdown":
@@ -76,6 +76,24 @@ def _rich_frame(frame) -> None:
     for row in frame.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+
+
+def _json_safe(value):
+    """NaN and infinities (no fit, no bound, never crosses) as null: JSON has no such numbers, and strict
+    parsers (jq, browsers' JSON.parse) reject the NaN and Infinity that json.dumps writes by default."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):

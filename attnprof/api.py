@@ -6,9 +6,12 @@ frame = load_measurements(run_id, db="x.db")
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import secrets
+import signal
+import threading
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,9 +84,10 @@ def new_run_id() -> str:
 def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, progress=None, command: str = "") -> str:
     """Measure every case of `sweep` (or the missing cases of run `resume`) into `db`; returns the run id.
 
-    Raises runner.SweepInterrupted on Ctrl-C after saving everything measured.
+    Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
+    "interrupted" (resumable), as it is after any other fault.
     """
-    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
+    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, execute
     from attnprof.store import Store
     from attnprof.worker import Settings
 
@@ -102,14 +106,33 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
         store.set_run_state(run.run_id, "running")
         try:
-            execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
-        except SweepInterrupted:
+            with _terminate_as_interrupt():
+                execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
+        except BaseException:  # Ctrl-C, SIGTERM (a CI job cancelled, `timeout`), or a fault: resumable, not 'running' forever
             store.set_run_state(run.run_id, "interrupted")
             raise
         store.set_run_state(run.run_id, "complete")
         return run.run_id
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Inside: SIGTERM stops the sweep as Ctrl-C does (what was measured is saved, the run can be resumed).
+    Only the main thread can install handlers; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _new_run(sweep: Sweep, command: str):

@@ -195,7 +195,10 @@ class Store:
         if run in (None, "latest"):
             return runs[0]
         matches = [r for r in runs if r.run_id == run] or [r for r in runs if r.run_id.startswith(str(run))]
-        if len(matches) != 1:
+        if len(matches) > 1:
+            shown = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise UsageError(f"run prefix {run!r} is ambiguous: it matches {len(matches)} runs ({shown}); give more of the id")
+        if not matches:
             known = ", ".join(r.run_id for r in runs[:5])
             raise UsageError(f"unknown run {run!r} in {str(self.path)!r}; recent runs: {known}")
         return matches[0]

@@ -174,3 +174,13 @@ def test_accounting_sweep_on_meta_is_exact_and_marks_models(db):
     assert flash["peak_source"] == "model" and "unverified" in flash["reason"]
     assert flash["peak_bytes"] == 16 * 65536 * (64 * 2 + 4)  # output in bf16 + fp32 log-sum-exp
     assert "note: modelled" in result.output
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(db):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_bad_input(invoke("serve", "--port", port, "--db", db), f"127.0.0.1:{port}", "--port")

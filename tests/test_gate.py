@@ -222,3 +222,11 @@ def test_ratio_rule_fails_above_its_bound_and_misses_without_the_other_impl():
     assert evaluate(parse_rules([{**rule, "min_ratio": 5.0}], "t"), frame(rows))[0].verdict == "FAIL"
     alone = parse_rules([{**rule, "to": "z", "max_ratio": 5.0}], "t")
     assert evaluate(alone, frame(rows))[0].verdict == "MISSING"
+
+
+def test_a_regression_rule_without_a_baseline_is_a_usage_error_before_measuring(tmp_path):
+    result = gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_regression = 0.1\n')
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "rule 1" in lines[0] and "--baseline" in lines[0]
+    assert not (tmp_path / "gate.db").exists()  # nothing was measured

@@ -1,10 +1,12 @@
-"""A sweep killed with SIGKILL or stopped with Ctrl-C loses nothing and resumes where it stopped;
+"""A sweep killed with SIGKILL or stopped with Ctrl-C or SIGTERM loses nothing and resumes where it stopped;
 readers see rows while the sweep writes (WAL)."""
 
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from attnprof.errors import UsageError
 from attnprof.store import Store
@@ -59,9 +61,12 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
         assert after[key].times_ms == m.times_ms and after[key].wall_s == m.wall_s
 
 
-def test_ctrl_c_saves_what_finished_and_prints_the_resume_command(db):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db, stop):
+    """SIGTERM is how CI cancels a job and how `timeout` stops one: it must leave a resumable run, not one
+    that says 'running' forever."""
     process = start_and_wait_for(db, 3)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     run, saved = rows(db)

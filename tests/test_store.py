@@ -40,7 +40,7 @@ def test_resolve_run_latest_prefix_unknown(db):
     assert store.resolve_run("20260101").run_id == "20260101-aaaa"
     with pytest.raises(UsageError, match="unknown run 'zzz'"):
         store.resolve_run("zzz")
-    with pytest.raises(UsageError, match="unknown run '2026'"):  # ambiguous prefix
+    with pytest.raises(UsageError, match=r"run prefix '2026' is ambiguous: it matches 2 runs \(20260102-bbbb, 20260101-aaaa\)"):
         store.resolve_run("2026")
 
 

@@ -11,6 +11,7 @@ import ipaddress
 from pathlib import Path
 
 from attnprof.dashboard.data import DataSource
+from attnprof.errors import UsageError
 
 
 def create_app(store_or_db, refresh_ms: int = 2000, warm: bool = True):
@@ -50,6 +51,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = False, say=print) -> None:
     """Serve the dashboard until interrupted. `say` gets the one-line notes (exposure, database state)."""
+    _check_port_free(host, port)
     if not is_loopback(host):
         say(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read the database {str(db)!r}")
     if not Path(db).exists():
@@ -64,3 +66,21 @@ def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = Fa
         threading.Timer(1.0, webbrowser.open, [url]).start()
     say(f"attnprof dashboard on {url} (Ctrl-C stops it)")
     app.run(host=host, port=port, debug=False)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A port already taken is a usage error (one line, exit 2), found before the app is built; the server
+    itself would print a multi-line message and exit 1."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UsageError(f"cannot listen on host {host!r}: {error.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror} (pick another with --port)") from None

@@ -49,6 +49,8 @@ class AttentionImpl:
     reference(q, k, v, *, causal, **options) -> out: the check `fn` must match (float64 on the CPU);
         defaults to exact softmax attention, which is right for every exact impl.
     refuse(case, options) -> list of extra reasons beyond the declared device/dtype/causal/mode support.
+    check_options(options) -> list of reasons the options' values are invalid whatever the case; a bad
+        value is the user's slip, refused before the sweep (exit 2), not an `unsupported` row per case.
     flops(case, options) -> int FLOPs of one call in `case.mode`; None: counted with FlopCounterMode.
     min_bytes(case, options) -> int bytes the call must at least read and write; None: q, k, v, out
         (and their gradients in fwd_bwd).
@@ -69,6 +71,7 @@ class AttentionImpl:
     options: dict[str, Any] = field(default_factory=dict)
     reference: Callable | None = None
     refuse: Callable[[Case, dict], list[str]] | None = None
+    check_options: Callable[[dict], list[str]] | None = None
     flops: Callable[[Case, dict], int] | None = None
     min_bytes: Callable[[Case, dict], int] | None = None
     meta_exact: bool = True
@@ -89,6 +92,9 @@ class AttentionImpl:
         resolved = dict(self.options)
         for key, raw in given.items():
             resolved[key] = coerce_option(self.name, key, raw, self.options[key])
+        problems = self.check_options(resolved) if self.check_options is not None else []
+        if problems:
+            raise UsageError(f"bad option for impl {self.name!r}: {problems[0]}")
         return resolved
 
     def not_supported(self, case: Case) -> list[str]:

@@ -182,7 +182,7 @@ def nystrom_min_bytes(case, options) -> int:
     return io_bytes(case) + rereads * tensor
 
 
-def _refuse(case, options) -> list[str]:
+def _option_problems(options) -> list[str]:
     reasons = []
     if options["num_landmarks"] < 1:
         reasons.append(f"num_landmarks must be at least 1, not {options['num_landmarks']}")
@@ -204,7 +204,7 @@ register(
         causal=(False,),
         options={"num_landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33, "pinv_init": "reference"},
         reference=_reference,
-        refuse=_refuse,
+        check_options=_option_problems,
         flops=nystrom_flops,
         min_bytes=nystrom_min_bytes,
         exact=False,

@@ -194,8 +194,8 @@ def test_registration_options_and_refusals():
         assert impl.family == "combiner" and not impl.exact and impl.options == {"block_size": None}
         assert set(impl.causal) == {False, True} and impl.meta_exact
         assert impl.resolve_options({"block_size": "16"}) == {"block_size": 16}
-        case = Case(impl=impl.name, seq_len=64, options=(("block_size", 0),))
-        assert impl.not_supported(case) and "block_size" in impl.not_supported(case)[0]
+        with pytest.raises(UsageError, match="block_size"):  # a bad value is refused before any case
+            impl.resolve_options({"block_size": "0"})
         q, k, v = qkv(20, seed=7)
         small = Case(impl=impl.name, seq_len=20, causal=True, options=(("block_size", 6),))
         torch.testing.assert_close(impl.bind(small)(q, k, v), impl.bind_reference(small)(q, k, v), rtol=1e-12, atol=1e-12)

@@ -13,6 +13,7 @@ import torch
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
 from attnprof.accounting import account_call
+from attnprof.errors import UsageError
 from attnprof.impls.cosformer import chunk_size_problems, cosformer_attention
 from attnprof.impls.reference.cosformer import cosformer_reference
 from attnprof.inputs import make_call, make_inputs, torch_dtype
@@ -238,8 +239,8 @@ def test_bad_chunk_sizes_are_refused(bad):
     q, k, v = qkv(1, 1, 8, 4)
     with pytest.raises(ValueError, match="chunk_size"):
         cosformer_attention(q, k, v, chunk_size=bad)
-    case = Case(impl="cosformer", seq_len=64, options=(("chunk_size", bad),))
-    assert impls.get("cosformer").not_supported(case)
+    with pytest.raises(UsageError, match="bad option for impl 'cosformer'"):  # before any case: exit 2, not unsupported rows
+        impls.get("cosformer").resolve_options({"chunk_size": bad})
 
 
 def test_causal_needs_equal_lengths():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from attnprof import impls
 from attnprof.accounting import account_call
+from attnprof.errors import UsageError
 from attnprof.impls.nystromformer import nystrom_attention, nystrom_flops, seeded_conv_weight
 from attnprof.impls.reference.nystromformer import nystrom_reference, segment_lengths
 from attnprof.inputs import make_call, make_inputs
@@ -154,8 +155,10 @@ def test_refusals_have_reasons():
     impl = impls.get("nystromformer")
     assert impl.family == "low-rank" and not impl.exact
     assert any("causal" in r for r in impl.not_supported(Case(impl="nystromformer", seq_len=256, causal=True)))
-    assert any("odd" in r for r in impl.not_supported(Case(impl="nystromformer", seq_len=256, options=(("conv_kernel", 32),))))
-    assert any("pinv_init" in r for r in impl.not_supported(Case(impl="nystromformer", seq_len=256, options=(("pinv_init", "x"),))))
+    with pytest.raises(UsageError, match="odd"):  # a bad value is refused before any case, not per case
+        impl.resolve_options({"conv_kernel": 32})
+    with pytest.raises(UsageError, match="pinv_init"):
+        impl.resolve_options({"pinv_init": "x"})
     assert impl.not_supported(Case(impl="nystromformer", seq_len=256, options=(("conv_kernel", 0),))) == []
     with pytest.raises(ValueError, match="causal"):
         impl.fn(*qkv(1, 1, 8, 4), causal=True)

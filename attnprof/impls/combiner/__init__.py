@@ -49,7 +49,7 @@ def combiner_attention(
     return OPERATORS[variant](q, k, v, causal=causal, block_size=block_size)
 
 
-def _refuse(case, options) -> list[str]:
+def _option_problems(options) -> list[str]:
     block = options.get("block_size")
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
         return [f"block_size must be a positive integer or None, not {block!r}"]
@@ -65,7 +65,7 @@ for _variant in OPERATORS:
             description=DESCRIPTIONS[_variant],
             options={} if _variant == "logsparse" else {"block_size": None},
             reference=functools.partial(combiner_reference, variant=_variant),
-            refuse=_refuse,
+            check_options=_option_problems,
             flops=functools.partial(combiner_flops, _variant),
             min_bytes=functools.partial(combiner_min_bytes, _variant),
             exact=False,

@@ -96,7 +96,7 @@ def cosformer_flops(case, options: dict) -> int:
     return case.batch * case.heads * per_head
 
 
-def _refuse(case, options: dict) -> list[str]:
+def _option_problems(options: dict) -> list[str]:
     return chunk_size_problems(options.get("chunk_size"))
 
 
@@ -108,7 +108,7 @@ register(
         description="cosFormer (ReLU features, cos(pi/2 (i-j)/M) re-weighting), linear in N; chunked causal form, fp32 accumulators",
         options={"chunk_size": None},
         reference=cosformer_reference,
-        refuse=_refuse,
+        check_options=_option_problems,
         flops=cosformer_flops,
         min_bytes=lambda case, options: io_bytes(case),  # the [2d, d+1] state fits on chip; q, k, v, out dominate
         exact=False,

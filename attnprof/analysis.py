@@ -47,12 +47,13 @@ def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | Non
 
 
 def measured_boundaries(cells: pd.DataFrame) -> dict:
-    """The lengths that ran and that ran out of memory, to check a frontier against. Accounting runs
-    (device meta) allocate nothing, so their lengths say nothing about a real memory limit."""
+    """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier
+    against. Accounting runs (device meta) allocate nothing, so they say nothing about a real memory limit."""
     real = cells[cells["device"] != "meta"]
+    ran = real[real["status"] == "ok"]
     return {
         "oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]),
-        "ok_lengths": tuple(real.loc[real["status"] == "ok", "seq_len"]),
+        "ok_points": tuple(zip(ran["seq_len"].tolist(), ran["peak_bytes"].tolist(), strict=True)),
     }
 
 

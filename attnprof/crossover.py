@@ -96,15 +96,18 @@ def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
     return min(corners), max(corners)
 
 
-def memory_frontier(fit: Fit, budget_bytes: float, *, oom_lengths=(), ok_lengths=()) -> Frontier:
-    """Largest N whose fitted peak stays within budget_bytes, checked against measured OOM and ok lengths."""
+def memory_frontier(fit: Fit, budget_bytes: float, *, oom_lengths=(), ok_points=()) -> Frontier:
+    """Largest N whose fitted peak stays within budget_bytes, checked against the lengths measured: OOM
+    lengths, and ok_points (length, measured peak bytes) of cases that ran. A case that ran contradicts the
+    frontier only if its measured peak was within the budget: one that ran above it on a larger device
+    (a what-if budget smaller than the machine's) says nothing against the fit."""
     if not budget_bytes > 0:
         raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
     length = _frontier_at(fit, budget_bytes, fit.exponent)
     ends = [_frontier_at(fit, budget_bytes, e) for e in (fit.exponent_low, fit.exponent_high)]
     low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
-    wrong_ok = sorted(n for n in ok_lengths if n > length)  # predicted not to fit, yet ran
+    wrong_ok = sorted(n for n, peak in ok_points if n > length and peak <= budget_bytes)  # predicted not to fit, yet fit
     kind = _frontier_kind(fit, length)
     message = _frontier_message(fit, budget_bytes, length, (low, high), kind) + _conflict_message(fit, wrong_oom, wrong_ok)
     conflicts = tuple(sorted(wrong_oom + wrong_ok))
@@ -138,7 +141,7 @@ def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list) -> str:
         text += f"; inconsistent: OOM measured at N = {', '.join(map(format_length, wrong_oom))} where the fit predicts "
         text += f"{_gib(fit.predict(wrong_oom[0]))} (the fit underestimates the peak, or other memory was in use)"
     if wrong_ok:
-        text += f"; inconsistent: N = {', '.join(map(format_length, wrong_ok))} ran where the fit predicts "
+        text += f"; inconsistent: N = {', '.join(map(format_length, wrong_ok))} ran within the budget where the fit predicts "
         text += f"{_gib(fit.predict(wrong_ok[-1]))} (the fit overestimates the peak there)"
     return text
 

@@ -275,9 +275,12 @@ def _notes(n_dropped: int, n_points: int, choice: ComplexityChoice) -> tuple:
 
 
 def format_length(n: float) -> str:
-    """1024 -> '1k', 65536 -> '64k', 3000 -> '3000', 3172.4 -> '3172'."""
+    """1024 -> '1k', 65536 -> '64k', 3000 -> '3000', 3172.4 -> '3172', 2.4e13 -> '2.41e+13' (an
+    extrapolation that far is an order of magnitude, not a length: its digits would be noise)."""
     if not math.isfinite(n):
         return str(n)
+    if abs(n) >= 1e9:
+        return f"{n:.3g}"
     rounded = round(n)
     if rounded >= 1024 and rounded % 1024 == 0:
         return f"{rounded // 1024}k"

@@ -74,7 +74,7 @@ def test_indistinguishable_exponents_give_an_unbounded_interval():
 def test_frontier_matches_the_analytic_length():
     peak = fit_of(lambda n: 64.0 * n**2)  # bytes
     budget = 64.0 * 100_000.0**2
-    found = memory_frontier(peak, budget, ok_lengths=[16384], oom_lengths=[131072])
+    found = memory_frontier(peak, budget, ok_points=[(16384, 64.0 * 16384**2)], oom_lengths=[131072])
     assert found.length == pytest.approx(100_000.0, rel=1e-6)
     assert found.length_low <= 100_000.0 <= found.length_high
     assert found.kind == "extrapolated"
@@ -84,11 +84,20 @@ def test_frontier_matches_the_analytic_length():
 
 def test_frontier_flags_an_oom_below_and_a_success_above_the_prediction():
     peak = fit_of(lambda n: 64.0 * n**2)
-    found = memory_frontier(peak, 64.0 * 100_000.0**2, oom_lengths=[65536, 262144], ok_lengths=[150_000])
+    budget = 64.0 * 100_000.0**2
+    found = memory_frontier(peak, budget, oom_lengths=[65536, 262144], ok_points=[(150_000, 0.9 * budget)])
     assert not found.consistent
     assert found.conflicts == (65536, 150_000)
     assert "OOM measured at N = 64k" in found.message
-    assert "N = 150000 ran" in found.message
+    assert "N = 150000 ran within the budget" in found.message
+
+
+def test_a_case_that_ran_above_a_what_if_budget_is_no_conflict():
+    """Asked 'what fits 1 GiB?' of a run made on a bigger machine: cases that ran at 2 GiB agree with the fit."""
+    peak = fit_of(lambda n: 64.0 * n**2)
+    budget = 64.0 * 100_000.0**2
+    found = memory_frontier(peak, budget, ok_points=[(150_000, 64.0 * 150_000**2)])
+    assert found.consistent and "inconsistent" not in found.message
 
 
 def test_noisy_frontier_interval_covers_the_truth():

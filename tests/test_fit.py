@@ -208,6 +208,7 @@ def test_t_quantile_matches_tables_and_joins_the_expansion_smoothly():
 
 def test_format_length():
     assert [format_length(n) for n in (1024, 65536, 3000, 3172.4, math.inf)] == ["1k", "64k", "3000", "3172", "inf"]
+    assert [format_length(n) for n in (24088554876327, 3.8e32)] == ["2.41e+13", "3.8e+32"]  # not 23524760621k
 
 
 def measurement_frame():

@@ -10,28 +10,19 @@ class SweepProgress(Progress):
     """A rich progress bar on stderr; silent when stderr is not a terminal."""
 
     def __enter__(self) -> SweepProgress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.__enter__()
-        self._task = self._bar.add_task("starting", total=None)
-        self._failed = 0
+        self._bar, self._failed = None, 0
         return self
 
     def __exit__(self, *exc) -> None:
-        self._bar.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
     def begin(self, total: int) -> None:
+        """The bar starts with the first sweep, not on entry: a usage error found while the sweep is
+        resolved then prints alone, without the line a started bar leaves behind on stderr."""
+        if self._bar is None:
+            self._bar = self._started_bar()
+            self._task = self._bar.add_task("starting", total=None)
         self._bar.update(self._task, total=total)
 
     def start(self, case) -> None:
@@ -42,3 +33,21 @@ class SweepProgress(Progress):
         if measurement.status not in (Status.OK, Status.UNSUPPORTED, Status.SKIPPED):
             self._failed += 1
         self._bar.advance(self._task)
+
+    @staticmethod
+    def _started_bar():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        bar.__enter__()
+        return bar

@@ -24,8 +24,9 @@ def _number(kind, key: str):
             number = kind(value)
         except (TypeError, ValueError):
             raise UsageError(f"bad {key} {value!r}: expected a number") from None
-        if number < 0 or (key != "seed" and number == 0 and key != "warmup_ms"):
-            raise UsageError(f"bad {key} {value!r}: must be positive")
+        zero_allowed = key in ("seed", "warmup_ms")
+        if number < 0 or (number == 0 and not zero_allowed):
+            raise UsageError(f"bad {key} {value!r}: must be {'0 or more' if zero_allowed else 'positive'}")
         return number
 
     return parse

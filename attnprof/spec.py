@@ -23,7 +23,8 @@ def parse_size(text: str, what: str = "size") -> int:
     """`4k` -> 4096, `1M` -> 1048576, `3000` -> 3000. Zero and negatives are refused."""
     match = _SIZE.match(str(text))
     if not match:
-        raise UsageError(f"bad {what} {text!r}: expected a positive integer such as 512, 4k or 1M")
+        examples = "512, 4k or 1M" if "length" in what else "1, 16 or 64"
+        raise UsageError(f"bad {what} {text!r}: expected a positive integer such as {examples}")
     value = int(match.group(1)) * _MULTIPLIERS[match.group(2).lower()]
     if value <= 0:
         raise UsageError(f"bad {what} {text!r}: must be positive")
@@ -105,18 +106,21 @@ def _parse_items(spec: str | list, what: str, canonical) -> tuple:
     return tuple(values)
 
 
-def parse_choices(spec: str | list, allowed: tuple[str, ...], what: str, aliases: dict | None = None) -> tuple:
+def parse_choices(spec: str | list, allowed: tuple[str, ...], what: str, aliases: dict | None = None, shown=None) -> tuple:
+    """Each item one of `allowed` (or an alias of one); `shown`: how the choices are spelled to the user."""
+
     def canonical(raw: str) -> str:
         name = (aliases or {}).get(raw.lower(), raw.lower())
         if name not in allowed:
-            raise UsageError(f"unknown {what} {raw!r}; choose from {', '.join(allowed)}")
+            raise UsageError(f"unknown {what} {raw!r}; choose from {', '.join(shown or allowed)}")
         return name
 
     return _parse_items(spec, what, canonical)
 
 
 def parse_modes(spec: str | list) -> tuple[str, ...]:
-    return parse_choices(spec, MODES, "mode", aliases={"fwd-bwd": "fwd_bwd", "fwdbwd": "fwd_bwd"})
+    # spelled fwd-bwd on the command line and in scenarios, as --help and the README write it
+    return parse_choices(spec, MODES, "mode", aliases={"fwd-bwd": "fwd_bwd", "fwdbwd": "fwd_bwd"}, shown=("fwd", "fwd-bwd"))
 
 
 def parse_dtypes(spec: str | list) -> tuple[str, ...]:

@@ -187,3 +187,17 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(db):
         taken.listen()
         port = taken.getsockname()[1]
         assert_bad_input(invoke("serve", "--port", port, "--db", db), f"127.0.0.1:{port}", "--port")
+
+
+@pytest.mark.parametrize("command", [["sweep", "--impl", "nope"], ["gate", "rules.toml"]])
+def test_a_usage_error_is_the_only_line_on_stderr_of_a_real_process(tmp_path, command):
+    """Through a real process (CliRunner hides it): the progress bar used to start before the sweep was
+    resolved and left an empty line above the error."""
+    import subprocess
+    import sys
+
+    (tmp_path / "rules.toml").write_text('[[rule]]\nimpl = "nope"\nmetric = "time"\nmax_exponent = 1\n')
+    argv = [sys.executable, "-m", "attnprof", *command, "--db", "x.db"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("Error: unknown impl 'nope'") and done.stderr.count("\n") == 1, repr(done.stderr)

@@ -188,13 +188,15 @@ class Store:
         return [_run_from_row(row) for row in rows]
 
     def resolve_run(self, run: str | None) -> RunInfo:
-        """A run id, a unique prefix of one, or `latest` (also None)."""
+        """A run id, a unique prefix of one, a run's name (`--name`; the newest run of that name), or
+        `latest` (also None)."""
         runs = self.runs()
         if not runs:
             raise UsageError(f"no runs in {str(self.path)!r}")
         if run in (None, "latest"):
             return runs[0]
-        matches = [r for r in runs if r.run_id == run] or [r for r in runs if r.run_id.startswith(str(run))]
+        named = [r for r in runs if r.name and r.name == run][:1]  # runs are newest first
+        matches = [r for r in runs if r.run_id == run] or named or [r for r in runs if r.run_id.startswith(str(run))]
         if len(matches) > 1:
             shown = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
             raise UsageError(f"run prefix {run!r} is ambiguous: it matches {len(matches)} runs ({shown}); give more of the id")

@@ -10,8 +10,8 @@ from attnprof.spec import Case
 from attnprof.store import SCHEMA_VERSION, Store
 
 
-def a_run(run_id="r1", created="2026-01-01T00:00:00"):
-    return RunInfo(run_id, created, {"impl_specs": [["softmax", {}]]}, {"torch_version": "x"}, "0.1.0")
+def a_run(run_id="r1", created="2026-01-01T00:00:00", name=""):
+    return RunInfo(run_id, created, {"impl_specs": [["softmax", {}]]}, {"torch_version": "x"}, "0.1.0", name)
 
 
 def test_round_trip_and_wal(db):
@@ -40,7 +40,10 @@ def test_resolve_run_latest_prefix_unknown(db):
     assert store.resolve_run("20260101").run_id == "20260101-aaaa"
     with pytest.raises(UsageError, match="unknown run 'zzz'"):
         store.resolve_run("zzz")
-    with pytest.raises(UsageError, match=r"run prefix '2026' is ambiguous: it matches 2 runs \(20260102-bbbb, 20260101-aaaa\)"):
+    store.add_run(a_run("20260103-cccc", "2026-01-03T00:00:00", name="nightly"))
+    store.add_run(a_run("20260104-dddd", "2026-01-04T00:00:00", name="nightly"))
+    assert store.resolve_run("nightly").run_id == "20260104-dddd"  # a name: its newest run
+    with pytest.raises(UsageError, match=r"run prefix '2026' is ambiguous: it matches 4 runs \(20260104-dddd, 20260103-cccc, 2026010"):
         store.resolve_run("2026")
 
 

@@ -64,7 +64,8 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     if output_format == "markdown":
         click.echo(markdown_table(measurements), nl=False)
     else:
-        Console().print(rich_table(measurements, title=f"run {run.run_id}  (median time / peak memory)"))
+        what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
+        Console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
     for line in reasons_list(measurements):
         click.echo(f"  {line}")
     click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}")

@@ -20,6 +20,8 @@ from attnprof.errors import UsageError
 def fit(run, output_format, metric, budget, db):
     """Fit how time, memory and FLOPs scale with length: exponents, classes, crossovers, frontiers.
 
+    RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
+
     \b
     Example:
       attnprof fit latest --metric time,peak_bytes --budget 80GiB

@@ -35,6 +35,8 @@ def serve(db, host, port, open_browser):
 def report(run, out, png_dir, db):
     """Write a self-contained HTML report of a run (plotly.js inline: opens offline).
 
+    RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
+
     \b
     Example:
       attnprof report latest --out reports/latest.html

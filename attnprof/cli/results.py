@@ -22,7 +22,10 @@ def runs(db):
 
     store = Store.open(db or default_db(), create=False)
     try:
-        for run in store.runs():
+        runs = store.runs()
+        if runs:
+            click.echo(f"{'run':<20}  {'created':<25}  {'state':<11} {'cases':>11}  device  name")
+        for run in runs:
             device = run.env.get("gpu_name") or ",".join(run.sweep.get("device", [])) or "?"
             click.echo(f"{run.run_id}  {run.created_at}  {run.state:<11} {store.count(run.run_id):>5} cases  {device}  {run.name}")
     finally:
@@ -35,6 +38,8 @@ def runs(db):
 @db_option
 def show(run, output_format, db):
     """Print a run's summary: impl x length, median time and peak memory, or the status.
+
+    RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
 
     \b
     Example:
@@ -55,6 +60,8 @@ def show(run, output_format, db):
 @db_option
 def export(run, output_format, out, db):
     """Write one record per case (jsonl, csv, or the small baseline file `gate --baseline` reads).
+
+    RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
 
     \b
     Example:

@@ -55,5 +55,10 @@ def test_fit_command_formats(accounted):
     assert bad.exit_code == 2 and "'speed'" in bad.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "lots"])
     assert bad.exit_code == 2 and "'lots'" in bad.output
+    only = runner.invoke(cli, ["fit", "--db", str(accounted), "--impl", "softmax", "--metric", "flops"])
+    assert only.exit_code == 0, only.output
+    assert "softmax" in only.output and "sdpa-flash" not in only.output and "(0 of 0 pairs cross)" in only.output
+    bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--impl", "nope"])
+    assert bad.exit_code == 2 and "'nope'" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "0"])
     assert bad.exit_code == 2 and "'0'" in bad.output and "Traceback" not in bad.output

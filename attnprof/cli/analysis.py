@@ -16,8 +16,9 @@ from attnprof.errors import UsageError
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--metric", default="time,peak_bytes,flops", show_default=True, help="Metrics to fit (time, peak_bytes, flops).")
 @click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
+@click.option("--impl", "impl_names", default=None, help="Only these impls, comma separated (default: every impl in the run).")
 @db_option
-def fit(run, output_format, metric, budget, db):
+def fit(run, output_format, metric, budget, impl_names, db):
     """Fit how time, memory and FLOPs scale with length: exponents, classes, crossovers, frontiers.
 
     RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
@@ -25,6 +26,7 @@ def fit(run, output_format, metric, budget, db):
     \b
     Example:
       attnprof fit latest --metric time,peak_bytes --budget 80GiB
+      attnprof fit latest --impl softmax,cosformer --metric time
     """
     from attnprof.api import default_db, load_measurements, run_budget
     from attnprof.gate_rules import parse_bytes
@@ -34,7 +36,19 @@ def fit(run, output_format, metric, budget, db):
     db = db or default_db()
     budget_bytes = parse_bytes(budget, "budget") if budget else run_budget(run, db)
     frame = load_measurements(run, db)
+    if impl_names:
+        frame = _only_impls(frame, impl_names)
     _print_analysis(frame, metrics, budget_bytes, output_format)
+
+
+def _only_impls(frame, impl_names: str):
+    """The rows of the named impls (crossovers then pair only them); a name the run lacks is bad input."""
+    wanted = [name.strip() for name in impl_names.split(",") if name.strip()]
+    present = set(frame["impl"]) if len(frame) else set()
+    missing = [name for name in wanted if name not in present]
+    if not wanted or missing:
+        raise UsageError(f"impl {(missing or [impl_names])[0]!r} is not in this run; it has {', '.join(sorted(present)) or 'no rows'}")
+    return frame[frame["impl"].isin(wanted)]
 
 
 def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:

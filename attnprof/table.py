@@ -58,9 +58,11 @@ def rich_table(measurements: list[Measurement], title: str = ""):
 
     lengths, rows = summary_grid(measurements)
     table = Table(title=title, show_lines=False)
-    table.add_column("impl")
+    # The name never shrinks (at 80 columns rich cut every Combiner variant to 'combiner-…'): it takes its own
+    # line above the rest of the label, and the value columns fold instead when the terminal is narrow.
+    table.add_column("impl", no_wrap=True)
     for n in lengths:
-        table.add_column(f"N={n}", justify="right")
+        table.add_column(f"N={n}", justify="right", overflow="fold")
     styles = {Status.OK: "", Status.UNSUPPORTED: "dim", Status.SKIPPED: "dim"}
     for label, cells in rows:
         texts = []
@@ -69,7 +71,7 @@ def rich_table(measurements: list[Measurement], title: str = ""):
             style = styles.get(m.status, "red") if m else ""
             text = cell_text(m, "\n") if m else ""
             texts.append(f"[{style}]{text}[/]" if style else text)
-        table.add_row(label, *texts)
+        table.add_row(label.replace(" ", "\n", 1), *texts)
     return table
 
 

@@ -10,7 +10,7 @@ class SweepProgress(Progress):
     """A rich progress bar on stderr; silent when stderr is not a terminal."""
 
     def __enter__(self) -> SweepProgress:
-        self._bar, self._failed = None, 0
+        self._bar, self._failed, self.total = None, 0, None  # total: the cases the sweep had left to measure
         return self
 
     def __exit__(self, *exc) -> None:
@@ -20,6 +20,9 @@ class SweepProgress(Progress):
     def begin(self, total: int) -> None:
         """The bar starts with the first sweep, not on entry: a usage error found while the sweep is
         resolved then prints alone, without the line a started bar leaves behind on stderr."""
+        self.total = total
+        if total == 0:  # nothing to measure (a resume of a complete run): no bar at all
+            return
         if self._bar is None:
             self._bar = self._started_bar()
             self._task = self._bar.add_task("starting", total=None)

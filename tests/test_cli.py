@@ -201,3 +201,9 @@ def test_a_usage_error_is_the_only_line_on_stderr_of_a_real_process(tmp_path, co
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("Error: unknown impl 'nope'") and done.stderr.count("\n") == 1, repr(done.stderr)
+
+
+def test_serve_refuses_a_file_that_is_not_an_attnprof_database(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(bytes(range(256)) * 12)
+    assert_bad_input(invoke("serve", "--db", junk), "junk.db", "not an attnprof database")  # checked before it listens

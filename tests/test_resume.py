@@ -59,6 +59,10 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
     assert len(after) == TOTAL
     for key, m in before.items():  # the rows saved before the kill are untouched: nothing measured twice
         assert after[key].times_ms == m.times_ms and after[key].wall_s == m.wall_s
+    again = subprocess.run(
+        [sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and again.stderr == f"run {run.run_id} already has a row for every case: nothing left to measure\n"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

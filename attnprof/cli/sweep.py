@@ -77,4 +77,6 @@ def _run_and_report(spec, db, resume) -> None:
             run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db)
+    if resume is not None and progress.total == 0:
+        click.echo(f"run {run_id} already has a row for every case: nothing left to measure", err=True)
     print_summary(db, run_id, "table")

@@ -51,6 +51,10 @@ def is_loopback(host: str) -> bool:
 
 def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = False, say=print) -> None:
     """Serve the dashboard until interrupted. `say` gets the one-line notes (exposure, database state)."""
+    if Path(db).exists():
+        from attnprof.store import Store
+
+        Store.open(db, create=False).close()  # a file that is not an attnprof database: one line and exit 2, not a served error page
     _check_port_free(host, port)
     if not is_loopback(host):
         say(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read the database {str(db)!r}")

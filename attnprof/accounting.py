@@ -68,12 +68,23 @@ def live_bytes_mode():
     return _live_bytes_mode_class()()
 
 
+def flop_counter():
+    """A FlopCounterMode that also counts the mixed-precision bmm (half operands, `out_dtype=torch.float32`).
+    torch's formula for aten.bmm takes the overload's out_dtype argument for its own out_shape keyword and
+    raises TypeError (torch 2.13); this one takes and ignores it: the FLOPs are those of any bmm."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, bmm_flop
+
+    def any_bmm_flop(a_shape, b_shape, out_dtype=None, *, out_shape=None, **kwargs) -> int:
+        return bmm_flop(a_shape, b_shape)
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.bmm: any_bmm_flop})
+
+
 def account_call(run) -> AccountingReading:
     """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     tracker = live_bytes_mode()
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter, tracker:
         run()
     return AccountingReading(flops=int(counter.get_total_flops()), peak_bytes=int(tracker.peak_bytes))

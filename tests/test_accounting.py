@@ -41,3 +41,18 @@ def test_views_and_inputs_are_not_counted():
         w = torch.empty(500, device="meta")  # 2000 bytes, after z was freed
     assert tracker.peak_bytes == 4000 and tracker.current_bytes == 2000
     del w, y
+
+
+def test_a_mixed_precision_bmm_is_counted_like_any_bmm():
+    """bmm of bf16 operands into fp32 (out_dtype), as cosFormer's GPU plan calls it: torch's own formula
+    raises TypeError on that overload (torch 2.13); ours counts 2 * batch * M * K * N."""
+    import pytest
+    import torch
+
+    if "dtype" not in torch.ops.aten.bmm.overloads():
+        pytest.skip("this torch has no bmm with out_dtype (torch < 2.8)")
+    a = torch.empty(3, 8, 16, device="meta", dtype=torch.bfloat16)  # (batch, M, K)
+    b = torch.empty(3, 16, 4, device="meta", dtype=torch.bfloat16)  # (batch, K, N)
+    reading = account_call(lambda: torch.bmm(a, b, out_dtype=torch.float32))
+    assert reading.flops == 2 * 3 * 8 * 16 * 4
+    assert reading.peak_bytes == 3 * 8 * 4 * 4  # the fp32 product

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cosformer_helpers import qkv, randn, rel_error
 
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
@@ -22,19 +23,6 @@ from attnprof.spec import Case
 GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden"
 GOLDEN_FILES = sorted(GOLDEN.glob("cosformer_*.npz")) if GOLDEN.is_dir() else []
 MiB = 2**20
-
-
-def rel_error(actual, expected) -> float:
-    actual, expected = actual.detach().double(), expected.detach().double()
-    return float((actual - expected).norm() / expected.norm())
-
-
-def randn(*shape, dtype=torch.float64, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def qkv(b, h, n, d, seed=0, dtype=torch.float64):
-    return tuple(randn(b, h, n, d, dtype=dtype, seed=seed + i) for i in range(3))
 
 
 # ---- golden vectors from the reference repo -------------------------------------------------------
@@ -262,115 +250,3 @@ def test_flop_formula_equals_counted_flops(mode, causal, seq_len, chunk_size):
 def test_min_bytes_is_the_io():
     case = Case(impl="cosformer", seq_len=1024, heads=4, head_dim=32, dtype="bfloat16", mode="fwd_bwd")
     assert impls.get("cosformer").min_bytes(case, {"chunk_size": None}) == 12 * 1024 * 4 * 32 * 2
-
-
-def meta_peak(seq_len: int, causal: bool, mode: str, dtype: str = "bfloat16") -> int:
-    impl = impls.get("cosformer")
-    case = Case(impl="cosformer", seq_len=seq_len, heads=16, head_dim=64, dtype=dtype, causal=causal, mode=mode)
-    return account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).peak_bytes
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_peak_memory_with_cpu_steps_is_small(monkeypatch, causal):
-    """The CPU's steps (forced onto `meta`): at 8k, bf16, H=16, D=64 one output is 16 MiB; the reference's
-    [B*H, N, 2d, d] cumsum would be 4 GiB."""
-    monkeypatch.setattr(cosformer_common, "DEVICE_STEP_ROWS", cosformer_common.CPU_STEP_ROWS)
-    peaks = {mode: meta_peak(8192, causal, mode) for mode in ("fwd", "fwd_bwd")}
-    # the output (16 MiB) plus one step's temporaries; fwd_bwd adds dq, dk, dv (48 MiB)
-    assert peaks["fwd"] < 16 * MiB + 48 * MiB
-    assert peaks["fwd_bwd"] < 64 * MiB + 48 * MiB
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
-def test_peak_memory_with_device_steps_is_linear(causal, mode):
-    """The device steps (`meta` stands in for the GPU): once the sequence fills a step (16k and 32k, H=16,
-    are 2 and 4 steps of 2^17 rows), doubling N adds only the outputs and gradients: temporaries are one
-    step's, whatever N. Outputs: bf16 out + fp32 denominators, 264 B per row; fwd_bwd adds bf16 dq, dk, dv."""
-    rows = lambda n: 16 * n
-    io_per_row = 64 * 2 + 4 + (3 * 64 * 2 if mode == "fwd_bwd" else 0)
-    small, large = meta_peak(16384, causal, mode), meta_peak(32768, causal, mode)
-    assert large - small <= 1.05 * io_per_row * (rows(32768) - rows(16384))
-    assert small <= io_per_row * rows(16384) + cosformer_common.DEVICE_STEP_ROWS * 8 * 1024  # < 8 KiB a step row
-
-
-def test_a_cpu_case_is_accounted_with_the_cpu_steps():
-    """The CPU's host-memory guard accounts a CPU case on meta: it must see the CPU's step sizes (the peak
-    the CPU will reach, counted live on the CPU itself), while an accounting case sees the GPU's."""
-    from attnprof.accounting_runs import account_on_meta
-
-    impl = impls.get("cosformer")
-    on = lambda device: Case(impl="cosformer", seq_len=1024, heads=16, head_dim=64, dtype="float32", causal=True, device=device)
-    on_cpu = account_call(make_call(impl.bind(on("cpu")), make_inputs(on("cpu"), device="cpu"))).peak_bytes
-    assert account_on_meta(impl, on("cpu")).peak_bytes == on_cpu
-    assert account_on_meta(impl, on("meta")).peak_bytes == meta_peak(1024, True, "fwd", dtype="float32") > 2 * on_cpu
-
-
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("chunks", [1, 3, 8, 9, 40])
-def test_exclusive_cumsum_adds_and_scan_agree(reverse, chunks):
-    """Both ways of summing the chunk states (in-place adds up to ADDS_UP_TO chunks, torch.cumsum beyond)
-    against the plain definition."""
-    from attnprof.impls.cosformer.causal import _exclusive_cumsum, _scanned_exclusive_cumsum
-
-    carry, parts = randn(2, 3, 4, 5, seed=1), randn(2, 3, chunks, 4, 5, seed=2)
-    order = range(chunks - 1, -1, -1) if reverse else range(chunks)
-    expected, running = torch.empty_like(parts), carry.clone()
-    for g in order:
-        expected[..., g, :, :] = running
-        running = running + parts[..., g, :, :]
-    for sums, total in (_exclusive_cumsum(carry, parts.clone(), reverse), _scanned_exclusive_cumsum(carry, parts.clone(), reverse)):
-        assert torch.allclose(sums, expected, rtol=0, atol=1e-12) and torch.allclose(total, running, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_device_steps_match_the_reference_on_the_cpu(monkeypatch, causal):
-    """The device plan (few large steps, torch.cumsum over many chunks) run on the CPU: same results."""
-    monkeypatch.setattr(cosformer_common, "CPU_STEP_ROWS", cosformer_common.DEVICE_STEP_ROWS)
-    q, k, v = (t.requires_grad_() for t in qkv(2, 2, 1000, 4, seed=11))  # 15 full chunks and a short one per step
-    out = cosformer_attention(q, k, v, causal=causal)
-    expected = cosformer_reference(q, k, v, causal=causal)
-    assert rel_error(out, expected) < 1e-12
-    grad = randn(2, 2, 1000, 4, seed=12)
-    actual = torch.autograd.grad(out, (q, k, v), grad)
-    for got, want in zip(actual, torch.autograd.grad(expected, (q, k, v), grad), strict=True):
-        assert rel_error(got, want) < 1e-10
-
-
-class WorkTally(torch.utils._python_dispatch.TorchDispatchMode):
-    """The aten ops that do work (each a kernel launch on a GPU; views and allocations launch nothing) and
-    the bytes they write: on `meta`, a proxy for a GPU's launch overhead and memory traffic."""
-
-    FREE = {"view", "slice", "select", "as_strided", "expand", "transpose", "t", "unsqueeze", "squeeze", "permute", "alias"}
-    FREE |= {"detach", "_unsafe_view", "_reshape_alias", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = self.bytes_written = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func._schema.name.split("::")[-1] not in self.FREE:
-            self.ops += 1
-            outputs = out if isinstance(out, (tuple, list)) else (out,)
-            self.bytes_written += sum(t.numel() * t.element_size() for t in outputs if isinstance(t, torch.Tensor))
-        return out
-
-
-@pytest.mark.parametrize(
-    "causal, mode, max_ops, max_gb",
-    [(False, "fwd", 200, 2.8), (False, "fwd_bwd", 500, 11), (True, "fwd", 300, 5.5), (True, "fwd_bwd", 1000, 25)],
-)
-def test_device_steps_launch_few_kernels_and_write_little(causal, mode, max_ops, max_gb):
-    """At N = 65536, B = 1, H = 16, bf16 on `meta` (the device plan): a few hundred ops, where the CPU's steps
-    took 3,855 (bidirectional forward) to 26,912 (causal forward + backward), tens of ms of launches on a GPU;
-    and the bytes written, 2.6 / 10.2 GB bidirectional and 5.0 / 23.5 GB causal (fwd / fwd_bwd) when this
-    test was written, down from 3.1 / 11.2 and 5.8 / 26.4 before relu went ahead of the upcast, v was cast
-    into its widened buffer and the chunk-state scan folded its carry in (q, k, v and out are 0.54 GB)."""
-    impl = impls.get("cosformer")
-    case = Case(impl="cosformer", seq_len=65536, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode)
-    call = make_call(impl.bind(case), make_inputs(case, device="meta"))
-    with WorkTally() as tally:
-        call()
-    assert tally.ops <= max_ops
-    assert tally.bytes_written <= max_gb * 1e9

@@ -11,11 +11,14 @@ from attnprof.impls.cosformer.common import (
     compute_dtype,
     empty_state,
     features_of,
+    half_features,
+    half_products,
     normalise_into,
     position_rotation,
     relu_grad,
     row_grads,
     unrotated,
+    wide_bmm,
     widened,
 )
 
@@ -26,8 +29,10 @@ class BidirectionalCosformer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
         dtype, m = compute_dtype(q.dtype), max(q.shape[-2], k.shape[-2])
-        state = _key_state(k, v, position_rotation(k.shape[-2], m, dtype, k.device), chunk)  # (B, H, 2D, Dv+1)
-        out, denominator = _query_pass(q, state, position_rotation(q.shape[-2], m, dtype, q.device), chunk, eps)
+        halves = half_products(q.dtype, q.device)
+        key_state = _half_key_state if halves else _key_state
+        state = key_state(k, v, position_rotation(k.shape[-2], m, dtype, k.device), chunk)  # (B, H, 2D, Dv+1), fp32
+        out, denominator = _query_pass(q, state, position_rotation(q.shape[-2], m, dtype, q.device), chunk, eps, halves)
         ctx.save_for_backward(q, k, v, out, denominator, state)
         ctx.eps, ctx.chunk = eps, chunk
         return out
@@ -51,12 +56,30 @@ def _key_state(k, v, rotation, chunk: int):
     return state
 
 
-def _query_pass(q, state, rotation, chunk: int, eps: float):
+def _half_key_state(k, v, rotation, chunk: int):
+    """_key_state from bf16 operands: the rotation moves onto the values, relu(k)^T [v sin a, sin a, v cos a,
+    cos a] ([D, 2(Dv+1)] per head), so a step's one operand beside relu(k) is (L, 2(Dv+1)) wide, instead of
+    phi(k) (L, 2D) and [v, 1] (L, Dv+1). Rearranged into phi's row order: sin rows, then cos rows."""
+    batch, heads, _, dim = k.shape
+    width = v.shape[-1] + 1
+    state = k.new_zeros((batch, heads, dim, 2, width), dtype=rotation.dtype)  # (B, H, D, 2, Dv+1), fp32
+    for rows in chunk_slices(k.shape[-2], chunk):
+        rotated = v.new_empty((batch, heads, rows.stop - rows.start, 2, width))  # (B, H, L, 2, Dv+1), bf16
+        torch.mul(v[..., rows, :].unsqueeze(-2), rotation[rows], out=rotated[..., :-1])  # fp32 products, rounded once
+        rotated[..., -1:] = rotation[rows]
+        state += wide_bmm(torch.relu(k[..., rows, :]).transpose(-2, -1), rotated.flatten(-2)).unflatten(-1, (2, width))
+    return state.transpose(-3, -2).flatten(-3, -2)  # (B, H, 2D, Dv+1)
+
+
+def _query_pass(q, state, rotation, chunk: int, eps: float, halves: bool):
     out = q.new_empty((*q.shape[:-1], state.shape[-1] - 1))  # (B, H, Nq, Dv)
     denominator = q.new_empty((*q.shape[:-1], 1), dtype=state.dtype)  # (B, H, Nq, 1)
+    operand = state.to(q.dtype) if halves else state  # (B, H, 2D, Dv+1): bf16 keeps fp32's range
     for rows in chunk_slices(q.shape[-2], chunk):
-        _, phi_q = features_of(q[..., rows, :], rotation[rows], state.dtype)  # (B, H, L, 2D)
-        products = bmm(phi_q, state)  # (B, H, L, Dv+1): numerators | row sums
+        if halves:
+            products = wide_bmm(half_features(torch.relu(q[..., rows, :]), rotation[rows]), operand)  # (B, H, L, Dv+1), fp32
+        else:
+            products = bmm(features_of(q[..., rows, :], rotation[rows], state.dtype)[1], state)  # (B, H, L, Dv+1): numerators | row sums
         normalise_into(products[..., :-1], products[..., -1:], eps, out[..., rows, :], denominator[..., rows, :])
     return out, denominator  # (B, H, Nq, Dv), (B, H, Nq, 1)
 

@@ -28,11 +28,15 @@ from attnprof.impls.cosformer.common import (
     compute_dtype,
     empty_state,
     features_of,
+    half_features,
+    half_products,
     normalise_into,
     position_rotation,
     relu_grad,
+    rounded_bmm,
     row_grads,
     unrotated,
+    wide_bmm,
     widened,
 )
 
@@ -45,21 +49,8 @@ class CausalCosformer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
-        dtype = compute_dtype(q.dtype)
-        state = q.new_zeros((*q.shape[:2], 2 * q.shape[-1], v.shape[-1]), dtype=dtype)  # (B, H, 2D, Dv): sum phi(k)^T v before the step
-        key_sum = q.new_zeros((*q.shape[:2], 1, 2 * q.shape[-1]), dtype=dtype)  # (B, H, 1, 2D): sum phi(k) before the step
-        out = q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, H, N, Dv)
-        denominator = q.new_empty((*q.shape[:-1], 1), dtype=dtype)  # (B, H, N, 1)
-        for step in _causal_steps(q, chunk, dtype):
-            (q_f, phi_q), (k_f, phi_k) = step.features(q), step.features(k)  # (B, H, G, C, D | 2D)
-            values = step.view(v).to(dtype).contiguous()  # (B, H, G, C, Dv): one copy, read by two products
-            weights = step.intra_weights(q_f, k_f)  # (B, H, G, C, C)
-            numerator = bmm(weights, values)  # (B, H, G, C, Dv)
-            past, state = _exclusive_cumsum(state, bmm(phi_k.transpose(-2, -1), values))  # (B, H, G, 2D, Dv)
-            past_keys, key_sum = _exclusive_cumsum(key_sum, phi_k.sum(-2, keepdim=True))  # (B, H, G, 1, 2D)
-            add_product_(numerator, phi_q, past)
-            row_sums = add_product_(weights.sum(-1, keepdim=True), phi_q, past_keys.transpose(-2, -1))  # (B, H, G, C, 1)
-            normalise_into(numerator, row_sums, eps, step.view(out), step.view(denominator))
+        plan = _half_forward if half_products(q.dtype, q.device) else _forward
+        out, denominator = plan(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
         ctx.save_for_backward(q, k, v, out, denominator)
         ctx.eps, ctx.chunk = eps, chunk
         return out
@@ -72,6 +63,49 @@ class CausalCosformer(torch.autograd.Function):
         grads_of = lambda step: row_grads(step.view(grad_out), step.view(out), step.view(denominator), ctx.eps, step.dtype)
         grad_q = _causal_query_grads(steps, q, k, v, grads_of)
         return grad_q, *_causal_key_grads(steps, q, k, v, grads_of), None, None
+
+
+def _forward(q, k, v, eps: float, chunk: int):
+    """Every operand upcast to the compute dtype (fp32 for halves)."""
+    dtype = compute_dtype(q.dtype)
+    state = q.new_zeros((*q.shape[:2], 2 * q.shape[-1], v.shape[-1]), dtype=dtype)  # (B, H, 2D, Dv): sum phi(k)^T v before the step
+    key_sum = q.new_zeros((*q.shape[:2], 1, 2 * q.shape[-1]), dtype=dtype)  # (B, H, 1, 2D): sum phi(k) before the step
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, H, N, Dv)
+    denominator = q.new_empty((*q.shape[:-1], 1), dtype=dtype)  # (B, H, N, 1)
+    for step in _causal_steps(q, chunk, dtype):
+        (q_f, phi_q), (k_f, phi_k) = step.features(q), step.features(k)  # (B, H, G, C, D | 2D)
+        values = step.view(v).to(dtype).contiguous()  # (B, H, G, C, Dv): one copy, read by two products
+        weights = step.intra_weights(q_f, k_f)  # (B, H, G, C, C)
+        numerator = bmm(weights, values)  # (B, H, G, C, Dv)
+        past, state = _exclusive_cumsum(state, bmm(phi_k.transpose(-2, -1), values))  # (B, H, G, 2D, Dv)
+        past_keys, key_sum = _exclusive_cumsum(key_sum, phi_k.sum(-2, keepdim=True))  # (B, H, G, 1, 2D)
+        add_product_(numerator, phi_q, past)
+        row_sums = add_product_(weights.sum(-1, keepdim=True), phi_q, past_keys.transpose(-2, -1))  # (B, H, G, C, 1)
+        normalise_into(numerator, row_sums, eps, step.view(out), step.view(denominator))
+    return out, denominator
+
+
+def _half_forward(q, k, v, eps: float, chunk: int):
+    """_forward from bf16 operands with fp32 sums (common.half_products): features, intra-chunk weights and the
+    states read by the queries are rounded to bf16 once each; the running sums and carried states stay fp32."""
+    state = q.new_zeros((*q.shape[:2], 2 * q.shape[-1], v.shape[-1]), dtype=torch.float32)  # (B, H, 2D, Dv)
+    key_sum = q.new_zeros((*q.shape[:2], 1, 2 * q.shape[-1]), dtype=torch.float32)  # (B, H, 1, 2D)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, H, N, Dv)
+    denominator = q.new_empty((*q.shape[:-1], 1), dtype=torch.float32)  # (B, H, N, 1)
+    for step in _causal_steps(q, chunk, torch.float32):
+        q_f, k_f = torch.relu(step.view(q)), torch.relu(step.view(k))  # (B, H, G, C, D), bf16
+        phi_q, phi_k = half_features(q_f, step.rotation), half_features(k_f, step.rotation)  # (B, H, G, C, 2D)
+        values = step.view(v).contiguous()  # (B, H, G, C, Dv), bf16: one copy (or none), read by two products
+        weights = q_f.new_empty((*q_f.shape[:-1], q_f.shape[-2]))  # (B, H, G, C, C), bf16
+        torch.mul(wide_bmm(q_f, k_f.transpose(-2, -1)), step.reweight, out=weights)
+        numerator = wide_bmm(weights, values)  # (B, H, G, C, Dv), fp32
+        past, state = _rounded_exclusive_sums(state, rounded_bmm(phi_k.transpose(-2, -1), values))  # (B, H, G, 2D, Dv), bf16
+        past_keys, key_sum = _exclusive_cumsum(key_sum, phi_k.sum(-2, keepdim=True, dtype=torch.float32))  # (B, H, G, 1, 2D)
+        numerator += wide_bmm(phi_q, past)
+        row_sums = weights.sum(-1, keepdim=True, dtype=torch.float32)  # (B, H, G, C, 1)
+        row_sums += wide_bmm(phi_q, past_keys.transpose(-2, -1).to(q.dtype))
+        normalise_into(numerator, row_sums, eps, step.view(out), step.view(denominator))
+    return out, denominator
 
 
 @dataclass(frozen=True)
@@ -139,6 +173,19 @@ def _exclusive_cumsum(carry, parts, reverse: bool = False):
     for before, g in zip(order[:-1], order[1:], strict=True):
         torch.add(sums[..., before, :, :], parts[..., before, :, :], out=sums[..., g, :, :])
     return sums, sums[..., order[-1], :, :] + parts[..., order[-1], :, :]
+
+
+def _rounded_exclusive_sums(carry, parts):
+    """_exclusive_cumsum of bf16 chunk states `parts` (B, H, G, X, Y) and an fp32 carry (B, H, X, Y), the sums
+    in bf16: one GEMM of a lower-triangular matrix of ones with [carry, parts of chunks 0..G-2] adds them in
+    fp32 and rounds each sum once. (torch.cumsum in bf16 would round its running sum at every chunk; in fp32
+    it writes every chunk's state three times in fp32: sums, shift, cast.) The next carry, the fp32 carry plus
+    every part, is exactly the sum of what the queries of later steps read."""
+    count = parts.shape[-3]
+    shifted = torch.cat((carry.unsqueeze(-3).to(parts.dtype), parts[..., :-1, :, :]), dim=-3)  # (B, H, G, X, Y)
+    lower = torch.ones(count, count, dtype=parts.dtype, device=parts.device).tril()  # (G, G): sum 0..g for chunk g
+    sums = rounded_bmm(lower.expand(*parts.shape[:-3], count, count), shifted.flatten(-2))  # (B, H, G, X*Y)
+    return sums.unflatten(-1, parts.shape[-2:]), carry + parts.sum(-3, dtype=carry.dtype)
 
 
 def _scanned_exclusive_cumsum(carry, parts, reverse: bool):

@@ -9,8 +9,9 @@ Step sizes depend on the device, because the two are bound by different things:
   whose target for the whole call is a few ms. DEVICE_STEP_ROWS = 2^17 cuts that to 135, 438, 240 and 888,
   for ~0.5 GB of fp32 step temporaries at the default causal chunk (more for a large chunk_size: the C x C
   weights grow with C), within the 1.5 GiB forward and 4 GiB forward + backward limits at N = 65536.
-  The price: the scan over a step's many chunk states writes them twice, so causal writes 5.0 GB forward
-  against 4.6 GB with the CPU's steps (bidirectional: 2.6 against 2.9).
+  The price: the fp32 scan over a step's many chunk states writes them twice, so causal writes 5.0 GB
+  forward against 4.6 GB with the CPU's steps (bidirectional: 2.6 against 2.9). For bf16 inputs the device
+  plan also takes bf16 operands (`half_products`): 3.15 GB causal, 1.24 GB bidirectional.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attnprof.impls.base import planning_device_type
 CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package docstring)
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
+MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads()  # bmm(half, half, out_dtype=float32), torch >= 2.8
 
 
 def step_rows(device) -> int:
@@ -53,6 +55,34 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # fp32 accumulators for halves
 
 
+def half_products(dtype: torch.dtype, device) -> bool:
+    """Whether the products take bf16 operands and return fp32 sums (`wide_bmm`) instead of upcasting every
+    operand to fp32 first: for bf16 inputs off the CPU. There the call is bound by memory traffic, and bf16
+    operands halve the bytes of the features, while the GEMM still accumulates in fp32 (and runs on the tensor
+    cores instead of at the fp32 rate). Not for fp16: its range cannot hold the summed states, which pass
+    through the input dtype on their way to the query products. Not on the CPU: it has no mixed kernel, and
+    its fp32 GEMMs are the faster ones there."""
+    return dtype == torch.bfloat16 and planning_device_type(device) != "cpu"
+
+
+def wide_bmm(a, b):
+    """a @ b of half operands, accumulated and returned in fp32 (one cuBLAS call with out_dtype), over equal
+    leading dims. On the CPU (where tests run the device plan) and a torch without out_dtype (< 2.8) the
+    operands are upcast instead: the same sums, since a product of two bf16 values is exact in fp32."""
+    a_3d, b_3d = a.flatten(0, -3), b.flatten(0, -3)  # (G, M, K), (G, K, N)
+    if a.device.type == "cpu" or not MIXED_BMM:
+        product = torch.bmm(a_3d.float(), b_3d.float())  # (G, M, N)
+    else:
+        product = torch.bmm(a_3d, b_3d, out_dtype=torch.float32)  # (G, M, N): CUDA, and meta standing in for it
+    return product.unflatten(0, a.shape[:-2])  # (..., M, N)
+
+
+def rounded_bmm(a, b):
+    """a @ b of half operands in their dtype: summed in fp32 by the GEMM (cuBLAS's compute type for bf16) and
+    rounded once. On the CPU the same, spelled out (wide_bmm, then the cast)."""
+    return wide_bmm(a, b).to(a.dtype) if a.device.type == "cpu" else bmm(a, b)  # (..., M, N)
+
+
 def position_rotation(n: int, m: int, dtype, device):
     """[sin a_t, cos a_t] for t = 1..n, a_t = pi/2 * t / m, shaped to multiply (..., n, 2, D) features."""
     angle = (math.pi / 2) * torch.arange(1, n + 1, dtype=torch.float64, device=device) / m  # (n,)
@@ -68,6 +98,14 @@ def features_of(x, rotation, dtype):
     # rectified before the upcast: relu is exact in any dtype, and a half input then moves half the bytes
     x_f = torch.relu(x).to(dtype)  # (..., L, D)
     return x_f, (x_f.unsqueeze(-2) * rotation).flatten(-2)  # (..., L, D), (..., L, 2D)
+
+
+def half_features(x_f, rotation):
+    """phi(x) from x_f = relu(x), in x_f's (half) dtype: each element the fp32 product x_f * [sin a, cos a]
+    (rotation in fp32) rounded once."""
+    phi = x_f.new_empty((*x_f.shape[:-1], 2, x_f.shape[-1]))  # (..., L, 2, D)
+    torch.mul(x_f.unsqueeze(-2), rotation, out=phi)  # computed in fp32, written in x_f's dtype
+    return phi.flatten(-2)  # (..., L, 2D)
 
 
 def unrotated(grad_phi, rotation):

@@ -63,6 +63,39 @@ def _live_bytes_mode_class():
     return LiveBytesMode
 
 
+def _op_tally_class():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpTally(TorchDispatchMode):
+        """The aten ops that do work (each a kernel launch on a GPU; views and allocations launch nothing), the
+        bytes they write, and the overloads seen: on `meta`, a proxy for a GPU's launch count and traffic."""
+
+        FREE = {"view", "slice", "select", "as_strided", "expand", "transpose", "t", "unsqueeze", "squeeze", "permute", "alias"}
+        FREE |= {"detach", "_unsafe_view", "_reshape_alias", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+        def __init__(self):
+            super().__init__()
+            self.ops = self.bytes_written = 0
+            self.overloads: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.overloads.add(str(func))
+            if func._schema.name.split("::")[-1] not in self.FREE:
+                self.ops += 1
+                outputs = out if isinstance(out, (tuple, list)) else (out,)
+                self.bytes_written += sum(t.numel() * t.element_size() for t in outputs if isinstance(t, torch.Tensor))
+            return out
+
+    return OpTally
+
+
+def op_tally():
+    """A fresh OpTally (a context manager); read `.ops`, `.bytes_written` and `.overloads` after the block."""
+    return _op_tally_class()()
+
+
 def live_bytes_mode():
     """A fresh LiveBytesMode (a context manager); read `.peak_bytes` after the block."""
     return _live_bytes_mode_class()()

@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_session.sh 1   # tests/gpu; table 3 (gate scenarios/gpu-targets.toml)
 #   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100);
 #                                      # accounting vs allocator per cell; cosFormer's CUDA kernels at 64k
+#   bash benchmarks/gpu_session.sh 3   # every seed impl at 64k and 8k: time, counts, achieved GB/s and
+#                                      # TFLOP/s, and (64k) the top CUDA kernels: where to work next
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
 # from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
@@ -68,8 +70,12 @@ for causal in (False, True):
     print('causal' if causal else 'bidirectional')
     print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=15))"
     ;;
+3)
+    TAIL=20 step kernels-64k 360 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
+    TAIL=20 step kernels-8k 120 "$PY" benchmarks/kernel_profile.py --length 8k
+    ;;
 *)
-    echo "gpu_session: unknown part '$part'; choose 1 or 2" >&2
+    echo "gpu_session: unknown part '$part'; choose 1, 2 or 3" >&2
     exit 2
     ;;
 esac

@@ -34,3 +34,19 @@ def test_cosformer_bf16_plan_stays_within_bf16_rounding(causal, seq_len):
     out = cosformer_attention(q.cuda(), k.cuda(), v.cuda(), causal=causal)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert rel_error(out, expected) < 1.6 * rel_error(expected.to(torch.bfloat16), expected)
+
+
+@pytest.mark.parametrize("variant", ["fixed", "axial", "logsparse", "mixture"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):
+    """With TF32 products (precision.py) inside the call, and the flag as it was after it."""
+    from attnprof.impls.combiner import TOLERANCE, combiner_attention
+    from attnprof.impls.reference.combiner import combiner_reference
+
+    generator = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 4, 1000, 64, generator=generator).to(torch.bfloat16) for _ in range(3))
+    expected = combiner_reference(q.double(), k.double(), v.double(), variant=variant, causal=causal)
+    before = torch.backends.cuda.matmul.allow_tf32
+    out = combiner_attention(q.cuda(), k.cuda(), v.cuda(), variant=variant, causal=causal)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert out.dtype == torch.bfloat16 and rel_error(out, expected) < TOLERANCE["bfloat16"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cosformer_helpers import WorkTally, meta_call, meta_case, meta_peak, qkv, randn, rel_error
+from cosformer_helpers import meta_call, meta_case, meta_peak, qkv, randn, rel_error
 
 import attnprof.impls.cosformer.bidirectional as cosformer_bidirectional
 import attnprof.impls.cosformer.causal as cosformer_causal
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
-from attnprof.accounting import account_call
+from attnprof.accounting import account_call, op_tally
 from attnprof.impls.base import meta_stands_for
 from attnprof.impls.cosformer import cosformer_attention
 from attnprof.impls.reference.cosformer import cosformer_reference
@@ -164,7 +164,7 @@ def test_only_bf16_off_the_cpu_takes_half_products(causal):
     range cannot hold the states) and a CPU case keep the fp32 plan."""
 
     def overloads(dtype, device="cuda"):
-        with meta_stands_for(device), WorkTally() as tally:
+        with meta_stands_for(device), op_tally() as tally:
             meta_call(meta_case(4096, causal, dtype=dtype))()
         return tally.overloads
 
@@ -187,7 +187,7 @@ def test_device_steps_launch_few_kernels_and_write_little(causal, mode, max_ops,
     bidirectional, 3.15 / 21.6 GB causal (fwd / fwd_bwd), with 105, 408, 264 and 912 ops. Before the
     forwards took bf16 operands: 2.6 / 10.2 and 5.0 / 23.5 GB; before relu went ahead of the upcast, v was
     cast into its widened buffer and the chunk-state scan folded its carry in: 3.1 / 11.2 and 5.8 / 26.4."""
-    with WorkTally() as tally:
+    with op_tally() as tally:
         meta_call(meta_case(65536, causal, mode))()
     assert tally.ops <= max_ops
     assert tally.bytes_written <= max_gb * 1e9

@@ -11,7 +11,8 @@ Every query sees some keys directly and the rest through region summaries; one s
 Option `block_size`: the block length s (Fixed) or row length m (Axial, Mixture); None picks the
 power of two nearest sqrt(N). Logsparse has no block size (its dyadic tree fixes every block), so it
 takes no options at all: `combiner-logsparse:block_size=...` is refused as an unknown option. Each variant's module docstring states where
-it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs. The check
+it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs; on CUDA their
+fp32 products may run as TF32 (`attnprof.impls.precision`: no coarser than the inputs). The check
 reference is the explicit N x N effective matrix in `attnprof.impls.reference.combiner`.
 """
 
@@ -28,6 +29,7 @@ from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
 from attnprof.impls.combiner.fixed import fixed_attention
 from attnprof.impls.combiner.logsparse import logsparse_attention
 from attnprof.impls.combiner.mixture import mixture_attention
+from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.combiner import combiner_reference
 
 OPERATORS = {"fixed": fixed_attention, "axial": axial_attention, "logsparse": logsparse_attention, "mixture": mixture_attention}
@@ -46,7 +48,8 @@ def combiner_attention(
     """Combiner attention on (B, H, N, D) q, k, v -> (B, H, N, D); variant in fixed, axial, logsparse, mixture."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
-    return OPERATORS[variant](q, k, v, causal=causal, block_size=block_size)
+    with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on the tensor cores (see precision.py)
+        return OPERATORS[variant](q, k, v, causal=causal, block_size=block_size)
 
 
 def _option_problems(options) -> list[str]:

@@ -27,7 +27,8 @@ matrix of ones and rounded to bf16 once, the carried states stay fp32. Counted o
 H = 16: bytes written, forward, 2.58 -> 1.24 GB bidirectional and 5.03 -> 3.15 GB causal. Error, measured on
 the CPU against float64 on the same inputs at N = 1000 to 32768: 1.20-1.36 x that of rounding the exact output
 to bf16 (the fp32 plan: 1.00 x). The backwards keep fp32 operands. fp16 keeps them everywhere: the states
-exceed its range.
+exceed its range. On CUDA the fp32 products of half inputs (fp16's forwards, every backward) may run as
+TF32 (`attnprof.impls.precision`), which rounds no more than the inputs were.
 
 Deviations from the reference code, all with the same math:
 - the causal form is chunked instead of materialising the per-position outer products [B*H, N, 2d, d]
@@ -61,6 +62,7 @@ from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer
 from attnprof.impls.cosformer.common import auto_chunk_size, chunk_size_problems
+from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference
 
 __all__ = ["auto_chunk_size", "chunk_size_problems", "cosformer_attention", "cosformer_flops"]
@@ -74,7 +76,8 @@ def cosformer_attention(q, k, v, *, causal: bool = False, eps: float = 1e-6, chu
         raise ValueError(reasons[0])
     chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
     form = CausalCosformer if causal else BidirectionalCosformer
-    return form.apply(q, k, v, float(eps), chunk)
+    with tf32_products(q.dtype, q.device):  # the fp32 products of fp16 inputs (see precision.py)
+        return form.apply(q, k, v, float(eps), chunk)
 
 
 def _check_shapes(q, k, v, causal: bool) -> None:

@@ -21,6 +21,7 @@ from attnprof.impls.cosformer.common import (
     wide_bmm,
     widened,
 )
+from attnprof.impls.precision import tf32_products
 
 
 class BidirectionalCosformer(torch.autograd.Function):
@@ -41,11 +42,12 @@ class BidirectionalCosformer(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, denominator, state = ctx.saved_tensors
-        m, dtype = max(q.shape[-2], k.shape[-2]), state.dtype
-        rotation_q, rotation_k = position_rotation(q.shape[-2], m, dtype, q.device), position_rotation(k.shape[-2], m, dtype, k.device)
-        grad_q, grad_state = _query_grads(q, grad_out, out, denominator, state, rotation_q, ctx.chunk, ctx.eps)
-        grad_k, grad_v = _key_grads(k, v, grad_state, rotation_k, ctx.chunk)
-        return grad_q, grad_k, grad_v, None, None
+        with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on CUDA (precision.py)
+            m, dtype = max(q.shape[-2], k.shape[-2]), state.dtype
+            rotation_q, rotation_k = position_rotation(q.shape[-2], m, dtype, q.device), position_rotation(k.shape[-2], m, dtype, k.device)
+            grad_q, grad_state = _query_grads(q, grad_out, out, denominator, state, rotation_q, ctx.chunk, ctx.eps)
+            grad_k, grad_v = _key_grads(k, v, grad_state, rotation_k, ctx.chunk)
+            return grad_q, grad_k, grad_v, None, None
 
 
 def _key_state(k, v, rotation, chunk: int):

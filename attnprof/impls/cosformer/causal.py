@@ -39,6 +39,7 @@ from attnprof.impls.cosformer.common import (
     wide_bmm,
     widened,
 )
+from attnprof.impls.precision import tf32_products
 
 ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum (_exclusive_cumsum)
 
@@ -59,10 +60,11 @@ class CausalCosformer(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, denominator = ctx.saved_tensors
-        steps = _causal_steps(q, ctx.chunk, denominator.dtype)
-        grads_of = lambda step: row_grads(step.view(grad_out), step.view(out), step.view(denominator), ctx.eps, step.dtype)
-        grad_q = _causal_query_grads(steps, q, k, v, grads_of)
-        return grad_q, *_causal_key_grads(steps, q, k, v, grads_of), None, None
+        with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on CUDA (precision.py)
+            steps = _causal_steps(q, ctx.chunk, denominator.dtype)
+            grads_of = lambda step: row_grads(step.view(grad_out), step.view(out), step.view(denominator), ctx.eps, step.dtype)
+            grad_q = _causal_query_grads(steps, q, k, v, grads_of)
+            return grad_q, *_causal_key_grads(steps, q, k, v, grads_of), None, None
 
 
 def _forward(q, k, v, eps: float, chunk: int):

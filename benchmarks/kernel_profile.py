@@ -1,0 +1,111 @@
+"""Where a GPU call's time goes. For each impl at one shape (default: N = 65536, B = 1, H = 16, d = 64, bf16,
+forward, both causalities), one line with the CUDA-event time (attnprof.timing.bench, the sweep's timer), the
+exact counts on `meta` (aten ops, bytes written, FLOPs) and what they imply (GB/s written, TFLOP/s); then,
+with --kernels, torch.profiler's table of the call's CUDA kernels by total time. The counts say how far an impl
+is from its memory and compute bounds; the kernel table says which op to work on next.
+
+    python benchmarks/kernel_profile.py [--impl cosformer,combiner-mixture] [--causal both] [--length 64k]
+                                        [--dtype bfloat16] [--mode fwd] [--kernels 12] [--device cuda]
+
+Without CUDA, `--device meta` prints the counts alone. `*`: a fused kernel (sdpa-flash), whose counts on meta
+are those of the unfused math path, not its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnprof import impls  # noqa: E402
+from attnprof.accounting import account_call, op_tally  # noqa: E402
+from attnprof.errors import UsageError  # noqa: E402
+from attnprof.impls.base import meta_stands_for  # noqa: E402
+from attnprof.inputs import make_call, make_inputs  # noqa: E402
+from attnprof.spec import Case, parse_lengths  # noqa: E402
+from attnprof.timing import bench  # noqa: E402
+
+DEFAULT_IMPLS = "sdpa-flash,cosformer,nystromformer,combiner-fixed,combiner-axial,combiner-logsparse,combiner-mixture"
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("kernel_profile: no CUDA device here (use --device meta for the counts alone)", file=sys.stderr)
+        return 2
+    print(f"{'impl':<20} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}")
+    try:
+        chosen = [impls.get(name.strip()) for name in args.impl.split(",")]
+    except UsageError as error:
+        print(f"kernel_profile: {error}", file=sys.stderr)
+        return 2
+    for impl in chosen:
+        name = impl.name
+        for causal in args.causal:
+            case = Case(impl=name, seq_len=args.length, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                        causal=causal, mode=args.mode, device=args.device)  # fmt: skip
+            reasons = impl.not_supported(case)
+            if reasons:
+                print(f"{name:<20} {causal!s:<6} unsupported: {reasons[0]}")
+                continue
+            profile_case(impl, case, args.kernels)
+    return 0
+
+
+def profile_case(impl, case: Case, kernels: int) -> None:
+    with meta_stands_for(case.device):  # the counts of the plan the impl takes on case.device
+        with op_tally() as tally:
+            make_call(impl.bind(case), make_inputs(case, device="meta"))()
+        flops = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
+    line = f"{case.impl + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
+    if case.device == "meta":
+        print(f"{line} {'-':>8} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.0f}")
+        return
+    call = make_call(impl.bind(case), make_inputs(case))
+    ms = statistics.median(bench(call, case.device))
+    rates = f"{tally.bytes_written / ms / 1e6:>7.0f} {flops / ms / 1e9:>8.1f}"
+    print(f"{line} {ms:>8.3f} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.0f} {rates}", flush=True)
+    if kernels:
+        print_kernels(call, kernels, on_cuda=case.device.startswith("cuda"))
+
+
+def print_kernels(call, rows: int, on_cuda: bool) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if on_cuda else lambda: None
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])) as prof:
+        call()
+        sync()
+    sort_by = "cuda_time_total" if on_cuda else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows), flush=True)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--impl", default=DEFAULT_IMPLS, help="comma-separated impl names (default: %(default)s)")
+    parser.add_argument("--causal", default="both", choices=("both", "yes", "no"))
+    parser.add_argument("--length", default="64k", help="sequence length, e.g. 8k or 65536 (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--mode", default="fwd", choices=("fwd", "fwd_bwd"))
+    parser.add_argument("--device", default="cuda", help="cuda[:N]; meta for the counts alone; cpu to try it here")
+    parser.add_argument("--kernels", type=int, default=0, help="print this many top CUDA kernels per call (0: none)")
+    args = parser.parse_args()
+    try:
+        (args.length,) = parse_lengths(args.length)
+    except (UsageError, ValueError):
+        parser.error(f"--length: one length, not {args.length!r}")
+    args.causal = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

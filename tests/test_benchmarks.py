@@ -1,0 +1,40 @@
+"""The GPU kit's scripts run on this machine as far as they can: the counts on meta, and a clear refusal
+(exit 2, one line) where CUDA is needed and missing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_kernel_profile_prints_the_counts_on_meta():
+    result = run("benchmarks/kernel_profile.py", "--device", "meta", "--impl", "cosformer,nystromformer", "--length", "8k")
+    assert result.returncode == 0, result.stderr
+    rows = {tuple(line.split()[:2]): line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows[("cosformer", "False")][3:5] == ["28", "0.16"]  # ops, GB written: the bidirectional device plan at 8k
+    assert rows[("cosformer", "True")][3] == "46"
+    assert "no causal form" in " ".join(rows[("nystromformer", "True")])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_kernel_profile_needs_cuda_to_time():
+    result = run("benchmarks/kernel_profile.py", "--impl", "cosformer")
+    assert result.returncode == 2 and "no CUDA device" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kernel_profile_refuses_a_bad_length():
+    result = run("benchmarks/kernel_profile.py", "--device", "meta", "--length", "3x")
+    assert result.returncode == 2 and "--length" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kernel_profile_refuses_an_unknown_impl():
+    result = run("benchmarks/kernel_profile.py", "--device", "meta", "--impl", "cosformer,nope")
+    assert result.returncode == 2 and "unknown impl 'nope'" in result.stderr and "Traceback" not in result.stderr

@@ -22,6 +22,7 @@ import pandas as pd
 from attnprof.fit import Fit, format_length
 
 PARALLEL_TOLERANCE = 1e-9  # exponents closer than this are the same line slope: no crossing
+NEAR_SPAN = 16  # extrapolated crossings within this factor of the measured lengths (four doublings) count as near
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
         f"{below} below; {where} the measured {format_length(lo)}..{format_length(hi)}"
     )
     return Crossover(length, low, high, kind, below, above, lo, hi, message)
+
+
+def is_near(found: Crossover) -> bool:
+    """Worth listing by default: a crossing inside the measured lengths, or outside them but within NEAR_SPAN of
+    them and with a bounded 95% interval. Two nearly parallel power laws also "cross", at N = 1e+80 with an
+    interval of 0..inf: an artefact of the fit, not a prediction anyone can use."""
+    if found.kind == "in range":
+        return True
+    bounded = found.length_low > 0 and math.isfinite(found.length_high)
+    return found.kind == "extrapolated" and bounded and found.lo / NEAR_SPAN <= found.length <= found.hi * NEAR_SPAN
 
 
 def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> float:
@@ -160,7 +171,8 @@ CROSSOVER_COLUMNS = ("impl_a", "impl_b", "length", "length_low", "length_high", 
 
 
 def crossover_frame(fits_df: pd.DataFrame, *, impl_col: str = "impl", config_cols=None) -> pd.DataFrame:
-    """One row per pair of impls sharing a configuration (and metric) in a `fit.fit_frame` result.
+    """One row per pair of impls sharing a configuration (and metric) in a `fit.fit_frame` result; `near` says
+    whether the crossing is worth listing by default (`is_near`).
 
     config_cols defaults to fit_frame's group columns without impl_col. Rows whose fit failed (`fit` is None)
     have their error in fits_df already and pair with nothing here.
@@ -176,7 +188,7 @@ def crossover_frame(fits_df: pd.DataFrame, *, impl_col: str = "impl", config_col
     fitted = fits_df[fits_df["fit"].notna()]
     groups = fitted.groupby(keys, dropna=False, sort=True) if keys else [((), fitted)]
     rows = [row for config, group in groups for row in _pair_rows(dict(zip(keys, config, strict=True)), group, impl_col)]
-    return pd.DataFrame(rows, columns=[*keys, *CROSSOVER_COLUMNS])
+    return pd.DataFrame(rows, columns=[*keys, *CROSSOVER_COLUMNS, "near"])
 
 
 def _pair_rows(config: dict, group: pd.DataFrame, impl_col: str) -> list[dict]:
@@ -187,5 +199,5 @@ def _pair_rows(config: dict, group: pd.DataFrame, impl_col: str) -> list[dict]:
     for (impl_a, fit_a), (impl_b, fit_b) in itertools.combinations(pairs, 2):
         found = crossover(fit_a, fit_b, name_a=str(impl_a), name_b=str(impl_b))
         fields = {name: getattr(found, name) for name in CROSSOVER_COLUMNS[2:]}
-        rows.append({**config, "impl_a": impl_a, "impl_b": impl_b, **fields})
+        rows.append({**config, "impl_a": impl_a, "impl_b": impl_b, **fields, "near": is_near(found)})
     return rows

@@ -62,3 +62,22 @@ def test_fit_command_formats(accounted):
     assert bad.exit_code == 2 and "'nope'" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "0"])
     assert bad.exit_code == 2 and "'0'" in bad.output and "Traceback" not in bad.output
+
+
+def test_far_crossings_are_left_out_unless_asked_for(tmp_path):
+    """cosFormer's and Nystromformer's peaks are both linear: their fitted lines "cross" far away, with an
+    unbounded interval. The default output counts that pair; --all-crossovers lists it."""
+    db = tmp_path / "linear.db"
+    lengths = tuple(1024 << i for i in range(6))
+    sweep = Sweep(impls=parse_impls("cosformer,nystromformer"), lengths=lengths, heads=(4,), causal=(False,), accounting=True)
+    run_sweep(sweep, db)
+    runner = CliRunner()
+    default = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
+    assert default.exit_code == 0, default.output
+    assert "(1 of 1 pairs cross; 1 only far outside the measured lengths" in default.output
+    assert "cosformer vs nystromformer" not in default.output
+    every = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--all-crossovers"])
+    assert "(1 of 1 pairs cross):" in every.output and "peak_bytes cosformer vs nystromformer" in every.output
+    payload = json.loads(runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--format", "json"]).output)
+    (pair,) = payload["crossovers"]  # JSON keeps every pair, and says which are near
+    assert pair["near"] is False and pair["length_low"] == 0 and pair["length_high"] is None  # 0..inf

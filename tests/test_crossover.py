@@ -138,3 +138,18 @@ def test_crossover_frame_needs_configuration_columns_when_not_recorded():
     with pytest.raises(ValueError, match="pass config_cols"):
         crossover_frame(bare)
     assert crossover_frame(bare, config_cols=[]).empty  # one impl: no pair
+
+
+def test_near_crossings_are_in_range_or_close_with_a_bounded_interval():
+    from attnprof.crossover import NEAR_SPAN, is_near
+
+    linear = fit_of(lambda n: 2000.0 * n)
+    assert is_near(crossover(linear, fit_of(lambda n: 0.5 * n**2)))  # in range, at 4000
+    just_beyond = crossover(linear, fit_of(lambda n: 2000.0 / (4 * LENGTHS[-1]) * n**2))  # crosses at 4 x 16k
+    assert just_beyond.kind == "extrapolated" and is_near(just_beyond)
+    far = crossover(linear, fit_of(lambda n: 2000.0 / (2 * NEAR_SPAN * LENGTHS[-1]) * n**2))  # at 32 x 16k
+    assert far.kind == "extrapolated" and math.isfinite(far.length_high) and not is_near(far)
+    # two nearly parallel noisy curves "cross" somewhere astronomical, with an interval of 0..inf
+    parallel = crossover(fit_of(lambda n: 2.0 * n, sigma=0.02, seed=3), fit_of(lambda n: 1.0 * n, sigma=0.02, seed=4))
+    assert parallel.kind == "extrapolated" and (parallel.length_low, parallel.length_high) == (0.0, math.inf)
+    assert not is_near(parallel)

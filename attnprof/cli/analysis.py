@@ -17,8 +17,13 @@ from attnprof.errors import UsageError
 @click.option("--metric", default="time,peak_bytes,flops", show_default=True, help="Metrics to fit (time, peak_bytes, flops).")
 @click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
 @click.option("--impl", "impl_names", default=None, help="Only these impls, comma separated (default: every impl in the run).")
+@click.option(
+    "--all-crossovers",
+    is_flag=True,
+    help="List every crossing pair, also those far outside the measured lengths or with an unbounded interval.",
+)
 @db_option
-def fit(run, output_format, metric, budget, impl_names, db):
+def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     """Fit how time, memory and FLOPs scale with length: exponents, classes, crossovers, frontiers.
 
     RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
@@ -38,7 +43,7 @@ def fit(run, output_format, metric, budget, impl_names, db):
     frame = load_measurements(run, db)
     if impl_names:
         frame = _only_impls(frame, impl_names)
-    _print_analysis(frame, metrics, budget_bytes, output_format)
+    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers)
 
 
 def _only_impls(frame, impl_names: str):
@@ -51,7 +56,7 @@ def _only_impls(frame, impl_names: str):
     return frame[frame["impl"].isin(wanted)]
 
 
-def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:
+def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False) -> None:
     from attnprof.analysis import analyse
     from attnprof.table import fits_display, frame_markdown
 
@@ -69,17 +74,31 @@ def _print_analysis(frame, metrics, budget_bytes, output_format) -> None:
         click.echo(frame_markdown(fits_display(result.fits)), nl=False)
     else:
         _rich_frame(fits_display(result.fits))
-    found = result.crossovers[result.crossovers["kind"] != "none"] if len(result.crossovers) else result.crossovers
-    click.echo(f"Crossovers ({len(found)} of {len(result.crossovers)} pairs cross):")
-    for _, row in found.iterrows():
-        click.echo(
-            f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} "
-            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
-        )
+    _print_crossovers(result.crossovers, all_crossovers)
     if len(result.frontiers):
         click.echo("Memory frontiers:")
         for _, row in result.frontiers.iterrows():
             click.echo(f"  {row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
+
+
+def _print_crossovers(crossovers, all_crossovers: bool) -> None:
+    """The pairs that cross; by default only the near ones (crossover.is_near), and a count of the others."""
+    from attnprof.crossover import NEAR_SPAN
+
+    found = crossovers[crossovers["kind"] != "none"] if len(crossovers) else crossovers
+    shown = found if all_crossovers or not len(found) else found[found["near"]]
+    header = f"Crossovers ({len(found)} of {len(crossovers)} pairs cross"
+    if len(shown) < len(found):
+        header += (
+            f"; {len(found) - len(shown)} only far outside the measured lengths (beyond {NEAR_SPAN}x) or with an unbounded"
+            " interval are left out: --all-crossovers lists them"
+        )
+    click.echo(header + "):")
+    for _, row in shown.iterrows():
+        click.echo(
+            f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} "
+            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
+        )
 
 
 def _rich_frame(frame) -> None:

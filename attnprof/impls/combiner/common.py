@@ -97,7 +97,13 @@ def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple
     pieces of a grid. Each logits tensor is masked, shifted and exponentiated in place (the
     callers hand over fresh tensors); returns the unnormalised weights, in each part's own
     layout, and the normaliser in the (..., a, b) layout. The shift is the joint row maximum,
-    detached: softmax does not depend on it, so gradients are exact."""
+    detached: softmax does not depend on it, so gradients are exact.
+
+    Tried and dropped (2026-11): each part's own fused softmax, merged by log-normalisers as flash attention
+    merges blocks. It saves two passes over the logits (counted on meta at N = 65536, bf16: Mixture causal
+    102 -> 94 GB of traffic), but softmax is not in place, so the peak grew by a logits tensor (Fixed 3.3 ->
+    5.3 GiB, Mixture bidirectional 11.2 -> 17.2 GiB, past its 16 GiB target), and on the CPU it took 6-20%
+    more time (its masks must be finite: exp of a huge negative number is slow there)."""
     for logits, drop, _ in parts:
         if drop is not None:
             logits.masked_fill_(drop, float("-inf"))

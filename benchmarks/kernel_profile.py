@@ -61,7 +61,9 @@ def profile_case(impl, case: Case, kernels: int) -> None:
     with meta_stands_for(case.device):  # the counts of the plan the impl takes on case.device
         with op_tally() as tally:
             make_call(impl.bind(case), make_inputs(case, device="meta"))()
-        flops = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
+        # the impl's own formula where it has one, as the sweep reports it; else counted (FlopCounterMode)
+        formula = impl.flops(case, impl.resolve_options(case.options)) if impl.flops else None
+        flops = formula if formula is not None else account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
     line = f"{case.impl + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
     if case.device == "meta":
         print(f"{line} {'-':>8} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.0f}")

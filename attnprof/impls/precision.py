@@ -6,8 +6,10 @@ False), off the tensor cores: on an H100 about 60 TFLOP/s against about 500 for 
 at N = 65536, B = 1, H = 16 does 421-618 GFLOP of them (counted on `meta`), about 10 ms at the IEEE rate.
 TF32 operands keep 10 mantissa bits (bf16 keeps 7, fp16 10) and the sums stay fp32, so for inputs that
 were fp16 or bf16 to begin with TF32 rounds no more than the inputs already were. fp32 and fp64 inputs,
-and every device but CUDA, are left alone; the flag is restored on the way out (even on an error).
-Backward passes run by autograd after the call are outside this context, and so stay IEEE fp32.
+and every device but CUDA, are left alone; the setting is restored on the way out (even on an error).
+Backward passes run by autograd after the call (Combiner's) are outside this context, and so stay IEEE fp32;
+cosFormer's hand-written backwards enter it themselves. The setting is process-wide: two calls overlapping
+in threads could leave it wrong, which the sweep never does (one call at a time per worker process).
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ def tf32_products(dtype: torch.dtype, device):
     if dtype not in HALF_DTYPES or torch.device(device).type != "cuda":
         yield
         return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    restore = _allow_tf32()
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        restore()
+
+
+def _allow_tf32():
+    """Allow TF32 for CUDA matmuls; returns what puts the previous setting back. torch >= 2.9 has a new API
+    (fp32_precision) beside the legacy allow_tf32, and refuses to read the legacy flag once the new one was set
+    (RuntimeError: "mix of the legacy and new APIs"), so where the new API exists only it is read and written."""
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    return lambda: setattr(matmul, name, before)

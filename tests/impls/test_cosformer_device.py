@@ -27,7 +27,7 @@ def device_plan(monkeypatch):
     """The plan cosFormer takes on a GPU, taken on the CPU: device-sized steps, and half products for bf16."""
     monkeypatch.setattr(cosformer_common, "CPU_STEP_ROWS", cosformer_common.DEVICE_STEP_ROWS)
     for module in (cosformer_bidirectional, cosformer_causal):
-        monkeypatch.setattr(module, "half_products", lambda dtype, device: dtype == torch.bfloat16)
+        monkeypatch.setattr(module, "half_products", lambda *tensors: tensors[0].dtype == torch.bfloat16)
 
 
 # ---- peak memory ------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_half_products_stay_within_bf16_rounding(device_plan, causal):
     assert rel_error(out, expected) < 1.6 * rel_error(expected.to(torch.bfloat16), expected)
     with pytest.MonkeyPatch.context() as undo:  # the fp32 plan gives other roundings: the half plan did run
         for module in (cosformer_bidirectional, cosformer_causal):
-            undo.setattr(module, "half_products", lambda dtype, device: False)
+            undo.setattr(module, "half_products", lambda *tensors: False)
         assert not torch.equal(out, cosformer_attention(q, k, v, causal=causal))
 
 
@@ -142,7 +142,7 @@ def test_gradients_after_half_products_are_close_to_float64(device_plan, causal)
     grads_half = torch.autograd.grad(cosformer_attention(*half, causal=causal), half, grad)
     grads_wide = torch.autograd.grad(cosformer_attention(*wide, causal=causal), wide, grad.double())
     for ours, exact in zip(grads_half, grads_wide, strict=True):
-        assert ours.dtype == torch.bfloat16 and rel_error(ours, exact) < 1.5e-2
+        assert ours.dtype == torch.bfloat16 and rel_error(ours, exact) < 4e-3  # measured 1.8-2.7e-3 (fp32 plan: 1.6-2.3e-3)
 
 
 def test_half_products_never_let_future_tokens_change_earlier_outputs(device_plan):
@@ -191,3 +191,23 @@ def test_device_steps_launch_few_kernels_and_write_little(causal, mode, max_ops,
         meta_call(meta_case(65536, causal, mode))()
     assert tally.ops <= max_ops
     assert tally.bytes_written <= max_gb * 1e9
+
+
+@pytest.mark.parametrize("heads", [1, 16])
+def test_the_triangular_scan_adds_at_most_two_thirds_to_the_flops(heads):
+    """The bf16 plan sums a step's G chunk states by a G x G triangular GEMM, G capped at MAX_STEP_CHUNKS:
+    counted against the formula at 64k, causal. Uncapped, B * H = 1 took G = 1024 and 6.3 x the FLOPs."""
+    case = Case(impl="cosformer", seq_len=65536, heads=heads, head_dim=64, dtype="bfloat16", causal=True)
+    counted = account_call(meta_call(case)).flops
+    assert counted <= 1.7 * impls.get("cosformer").flops(case, {"chunk_size": None})
+
+
+def test_half_products_need_bf16_q_k_v_off_the_cpu():
+    bf16 = torch.empty(1, 1, 70, 4, dtype=torch.bfloat16, device="meta")
+    fp32 = bf16.float()
+    with meta_stands_for("cuda"):
+        assert cosformer_common.half_products(bf16, bf16, bf16) == cosformer_common.MIXED_BMM
+        assert not cosformer_common.half_products(bf16, fp32, fp32)
+        assert cosformer_attention(bf16, fp32, fp32, causal=True).shape == (1, 1, 70, 4)  # the fp32 plan takes mixed inputs
+    with meta_stands_for("cpu"):
+        assert not cosformer_common.half_products(bf16, bf16, bf16)

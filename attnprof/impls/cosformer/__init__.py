@@ -25,8 +25,9 @@ rotation moves onto the values, relu(k)^T [v sin a, sin a, v cos a, cos a]; the 
 Causal: features and intra-chunk weights in bf16; the chunk states are summed by one GEMM with a triangular
 matrix of ones and rounded to bf16 once, the carried states stay fp32. Counted on `meta` at N = 65536, B = 1,
 H = 16: bytes written, forward, 2.58 -> 1.24 GB bidirectional and 5.03 -> 3.15 GB causal. Error, measured on
-the CPU against float64 on the same inputs at N = 1000 to 32768: 1.20-1.36 x that of rounding the exact output
-to bf16 (the fp32 plan: 1.00 x). The backwards keep fp32 operands. fp16 keeps them everywhere: the states
+the CPU against float64 on the same inputs at N = 1000 to 32768, D = 64: 1.20-1.42 x that of rounding the exact
+output to bf16 (the fp32 plan: 1.00 x); at tiny head dims, and with very few queries, up to 1.9 x (D = 1),
+mostly from rounding v sin a to bf16. The backwards keep fp32 operands. fp16 keeps them everywhere: the states
 exceed its range. On CUDA the fp32 products of half inputs (fp16's forwards, every backward) may run as
 TF32 (`attnprof.impls.precision`), which rounds no more than the inputs were.
 

@@ -30,7 +30,7 @@ class BidirectionalCosformer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
         dtype, m = compute_dtype(q.dtype), max(q.shape[-2], k.shape[-2])
-        halves = half_products(q.dtype, q.device)
+        halves = half_products(q, k, v)
         key_state = _half_key_state if halves else _key_state
         state = key_state(k, v, position_rotation(k.shape[-2], m, dtype, k.device), chunk)  # (B, H, 2D, Dv+1), fp32
         out, denominator = _query_pass(q, state, position_rotation(q.shape[-2], m, dtype, q.device), chunk, eps, halves)

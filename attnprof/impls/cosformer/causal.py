@@ -50,7 +50,7 @@ class CausalCosformer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
-        plan = _half_forward if half_products(q.dtype, q.device) else _forward
+        plan = _half_forward if half_products(q, k, v) else _forward
         out, denominator = plan(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
         ctx.save_for_backward(q, k, v, out, denominator)
         ctx.eps, ctx.chunk = eps, chunk
@@ -144,6 +144,9 @@ def _causal_steps(q, chunk: int, dtype) -> list[_Step]:
     n, chunk = q.shape[-2], min(chunk, q.shape[-2])
     # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv] chunk states
     per_step = max(1, common.step_rows(q.device) // (q.shape[0] * q.shape[1] * max(chunk, common.CAUSAL_CHUNK)))
+    # at most MAX_STEP_CHUNKS: the bf16 plan's triangular GEMM grows as G^2 (at B H = 1, G = 1024 it was 6.3 x
+    # the call's own FLOPs; capped, at most 1.7 x, as at B H = 16, and cheap on tensor cores)
+    per_step = min(per_step, common.MAX_STEP_CHUNKS)
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
     full = n // chunk

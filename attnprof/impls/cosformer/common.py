@@ -25,7 +25,9 @@ from attnprof.impls.base import planning_device_type
 CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package docstring)
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
-MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads()  # bmm(half, half, out_dtype=float32), torch >= 2.8
+# bmm(half, half, out_dtype=float32): torch >= 2.8, on CUDA (ROCm builds refuse it on some of their backends)
+MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads() and torch.version.hip is None
+MAX_STEP_CHUNKS = 128  # chunks per causal step: bf16 sums them by a G x G triangular GEMM (see causal.py)
 
 
 def step_rows(device) -> int:
@@ -55,14 +57,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # fp32 accumulators for halves
 
 
-def half_products(dtype: torch.dtype, device) -> bool:
+def half_products(*tensors) -> bool:
     """Whether the products take bf16 operands and return fp32 sums (`wide_bmm`) instead of upcasting every
-    operand to fp32 first: for bf16 inputs off the CPU. There the call is bound by memory traffic, and bf16
-    operands halve the bytes of the features, while the GEMM still accumulates in fp32 (and runs on the tensor
-    cores instead of at the fp32 rate). Not for fp16: its range cannot hold the summed states, which pass
-    through the input dtype on their way to the query products. Not on the CPU: it has no mixed kernel, and
-    its fp32 GEMMs are the faster ones there."""
-    return dtype == torch.bfloat16 and planning_device_type(device) != "cpu"
+    operand to fp32 first: for q, k, v all bf16, off the CPU, where torch has a bf16 x bf16 -> fp32 bmm. There
+    the call is bound by memory traffic, and bf16 operands halve the bytes of the features, while the GEMM
+    still accumulates in fp32 (and runs on the tensor cores instead of at the fp32 rate). Not for fp16: its
+    range cannot hold the summed states, which pass through the input dtype on their way to the query
+    products. Not on the CPU: it has no mixed kernel, and its fp32 GEMMs are the faster ones there. Not
+    without MIXED_BMM: upcasting inside wide_bmm would then cost more bytes than the fp32 plan (counted on
+    meta: 5.85 against 5.03 GB written, causal at 64k)."""
+    first = tensors[0]
+    same = all(t.dtype == torch.bfloat16 for t in tensors)
+    return same and MIXED_BMM and planning_device_type(first.device) != "cpu"
 
 
 def wide_bmm(a, b):
@@ -79,7 +85,9 @@ def wide_bmm(a, b):
 
 def rounded_bmm(a, b):
     """a @ b of half operands in their dtype: summed in fp32 by the GEMM (cuBLAS's compute type for bf16) and
-    rounded once. On the CPU the same, spelled out (wide_bmm, then the cast)."""
+    rounded once. On the CPU the same, spelled out (wide_bmm, then the cast). (With torch's default
+    allow_bf16_reduced_precision_reduction, cuBLAS may also reduce split-K partial sums in bf16; the sums
+    here are over K = 64 positions or G <= MAX_STEP_CHUNKS chunks, too short for it to matter.)"""
     return wide_bmm(a, b).to(a.dtype) if a.device.type == "cpu" else bmm(a, b)  # (..., M, N)
 
 

@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_session.sh 1   # tests/gpu; table 3 (gate scenarios/gpu-targets.toml)
 #   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100);
-#                                      # accounting vs allocator per cell; cosFormer's CUDA kernels at 64k
+#                                      # accounting vs allocator per cell
 #   bash benchmarks/gpu_session.sh 3   # every seed impl at 64k and 8k: time, counts, achieved GB/s and
 #                                      # TFLOP/s, and (64k) the top CUDA kernels: where to work next
 #
@@ -54,21 +54,7 @@ case $part in
     ;;
 2)
     step sweep 240 bash -c "time '$PY' -m attnprof sweep --lengths 1k..64k --impl all --db '$OUT/sweep.db'"
-    TAIL=100 step memory 210 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
-    step cosformer-kernels 60 "$PY" -c "
-import torch
-from torch.profiler import ProfilerActivity, profile
-from attnprof.impls.cosformer import cosformer_attention
-q, k, v = (torch.randn(1, 16, 65536, 64, device='cuda', dtype=torch.bfloat16) for _ in range(3))
-for causal in (False, True):
-    for _ in range(3):
-        cosformer_attention(q, k, v, causal=causal)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        cosformer_attention(q, k, v, causal=causal)
-        torch.cuda.synchronize()
-    print('causal' if causal else 'bidirectional')
-    print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=15))"
+    TAIL=100 step memory 270 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
     ;;
 3)
     TAIL=20 step kernels-64k 360 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12

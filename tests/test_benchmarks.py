@@ -38,3 +38,19 @@ def test_kernel_profile_refuses_a_bad_length():
 def test_kernel_profile_refuses_an_unknown_impl():
     result = run("benchmarks/kernel_profile.py", "--device", "meta", "--impl", "cosformer,nope")
     assert result.returncode == 2 and "unknown impl 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_gpu_session_part_fits_one_device_call():
+    """The device tool runs a command for at most 600 s: each part's step limits (plus the environment check),
+    and the 15 s each step may take to die after its SIGINT, must fit."""
+    import re
+
+    script = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_session.sh")]).returncode == 0
+    env_limit = int(re.search(r"^step env (\d+)", script, re.M).group(1))
+    parts = dict(re.findall(r"^(\d)\)\n(.*?)^    ;;", script, re.M | re.S))
+    assert sorted(parts) == ["1", "2", "3"]
+    for name, body in parts.items():
+        limits = [int(limit) for limit in re.findall(r"step [\w-]+ (\d+) ", body)]
+        assert limits, f"part {name} has no steps"
+        assert env_limit + sum(limits) + 15 * (len(limits) + 1) <= 600, f"part {name}: {limits}"

@@ -56,8 +56,13 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
     hi = min(fit_a.lengths_measured[-1], fit_b.lengths_measured[-1]) if hi is None else hi
     if abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE:
         ratio = fit_a.predict(lo) / fit_b.predict(lo)
-        cheaper = name_a if ratio < 1 else name_b
-        message = f"none: equal exponents ({fit_a.exponent:.2f}); {cheaper} is cheaper at every length ({name_a}/{name_b} = {ratio:.3g})"
+        if math.isclose(ratio, 1.0, rel_tol=1e-9):
+            message = f"none: equal exponents ({fit_a.exponent:.2f}) and equal values: {name_a} and {name_b} cost the same at every length"
+        else:
+            cheaper = name_a if ratio < 1 else name_b
+            message = (
+                f"none: equal exponents ({fit_a.exponent:.2f}); {cheaper} is cheaper at every length ({name_a}/{name_b} = {ratio:.3g})"
+            )
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
     length = _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
     low, high = _crossing_interval(fit_a, fit_b)
@@ -76,13 +81,14 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
 
 
 def is_near(found: Crossover) -> bool:
-    """Worth listing by default: a crossing inside the measured lengths, or outside them but within NEAR_SPAN of
-    them and with a bounded 95% interval. Two nearly parallel power laws also "cross", at N = 1e+80 with an
-    interval of 0..inf: an artefact of the fit, not a prediction anyone can use."""
+    """Worth listing by default: a crossing inside the measured lengths, or one outside them whose whole 95%
+    interval lies within NEAR_SPAN of them. Two nearly parallel power laws also "cross", at N = 1e+80 with an
+    interval of 0..inf, and a curve that is a constant plus a linear term, fitted as a power law, "crosses"
+    its neighbours at N = 4504 with an interval reaching 9e+30: artefacts of the fit, not predictions."""
     if found.kind == "in range":
         return True
-    bounded = found.length_low > 0 and math.isfinite(found.length_high)
-    return found.kind == "extrapolated" and bounded and found.lo / NEAR_SPAN <= found.length <= found.hi * NEAR_SPAN
+    low, high = found.lo / NEAR_SPAN, found.hi * NEAR_SPAN
+    return found.kind == "extrapolated" and low <= found.length_low and found.length_high <= high
 
 
 def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> float:

@@ -36,13 +36,19 @@ step() {  # step NAME LIMIT_S COMMAND...: the command's output to $OUT/NAME.log,
     return $rc
 }
 
-step env 30 "$PY" -c "
+case $part in
+1 | 2 | 3) ;;
+*) echo "gpu_session: unknown part '$part'; choose 1, 2 or 3" >&2 && exit 2 ;;
+esac
+
+ENV_LIMIT=30  # the environment check; then the part's steps
+timeout -k 5 "$ENV_LIMIT" "$PY" -c "
 import torch, attnprof
 print('torch', torch.__version__, 'cuda', torch.version.cuda)
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')
-raise SystemExit(0 if torch.cuda.is_available() else 2)"
+raise SystemExit(0 if torch.cuda.is_available() else 2)" >"$OUT/env.log" 2>&1
 case $? in
-0) nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/env.log" 2>&1 ;;
+0) nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/env.log" 2>&1; cat "$OUT/env.log" ;;
 2) echo "gpu_session: no CUDA device here; nothing to check" >&2 && exit 2 ;;
 *) echo "gpu_session: the environment check failed (see $OUT/env.log)" >&2 && exit 1 ;;
 esac
@@ -59,10 +65,6 @@ case $part in
 3)
     TAIL=20 step kernels-64k 360 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
     TAIL=20 step kernels-8k 120 "$PY" benchmarks/kernel_profile.py --length 8k
-    ;;
-*)
-    echo "gpu_session: unknown part '$part'; choose 1, 2 or 3" >&2
-    exit 2
     ;;
 esac
 exit $status

@@ -25,7 +25,7 @@ from attnprof.accounting import account_call, op_tally  # noqa: E402
 from attnprof.errors import UsageError  # noqa: E402
 from attnprof.impls.base import meta_stands_for  # noqa: E402
 from attnprof.inputs import make_call, make_inputs  # noqa: E402
-from attnprof.spec import Case, parse_lengths  # noqa: E402
+from attnprof.spec import Case, parse_devices, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_sizes  # noqa: E402
 from attnprof.timing import bench  # noqa: E402
 
 DEFAULT_IMPLS = "sdpa-flash,cosformer,nystromformer,combiner-fixed,combiner-axial,combiner-logsparse,combiner-mixture"
@@ -38,40 +38,37 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("kernel_profile: no CUDA device here (use --device meta for the counts alone)", file=sys.stderr)
         return 2
+    print(f"N={args.length} B=1 H={args.heads} d={args.head_dim} {args.dtype} {args.mode} on {args.device}")
     print(f"{'impl':<20} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}")
-    try:
-        chosen = [impls.get(name.strip()) for name in args.impl.split(",")]
-    except UsageError as error:
-        print(f"kernel_profile: {error}", file=sys.stderr)
-        return 2
-    for impl in chosen:
-        name = impl.name
+    for impl, spec in args.impl:
         for causal in args.causal:
-            case = Case(impl=name, seq_len=args.length, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
-                        causal=causal, mode=args.mode, device=args.device)  # fmt: skip
+            case = Case(impl=impl.name, seq_len=args.length, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                        causal=causal, mode=args.mode, device=args.device, options=spec.options)  # fmt: skip
             reasons = impl.not_supported(case)
             if reasons:
-                print(f"{name:<20} {causal!s:<6} unsupported: {reasons[0]}")
+                print(f"{spec.label:<20} {causal!s:<6} unsupported: {reasons[0]}")
                 continue
-            profile_case(impl, case, args.kernels)
+            profile_case(impl, spec.label, case, args.kernels)
+    if any(not impl.meta_exact for impl, _ in args.impl):
+        print("*: a fused kernel; its counts on meta are those of the unfused math path, not its own")
     return 0
 
 
-def profile_case(impl, case: Case, kernels: int) -> None:
+def profile_case(impl, label: str, case: Case, kernels: int) -> None:
     with meta_stands_for(case.device):  # the counts of the plan the impl takes on case.device
         with op_tally() as tally:
             make_call(impl.bind(case), make_inputs(case, device="meta"))()
         # the impl's own formula where it has one, as the sweep reports it; else counted (FlopCounterMode)
         formula = impl.flops(case, impl.resolve_options(case.options)) if impl.flops else None
         flops = formula if formula is not None else account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
-    line = f"{case.impl + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
+    line = f"{label + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
     if case.device == "meta":
-        print(f"{line} {'-':>8} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.0f}")
+        print(f"{line} {'-':>8} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.3g}")
         return
     call = make_call(impl.bind(case), make_inputs(case))
     ms = statistics.median(bench(call, case.device))
-    rates = f"{tally.bytes_written / ms / 1e6:>7.0f} {flops / ms / 1e9:>8.1f}"
-    print(f"{line} {ms:>8.3f} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.0f} {rates}", flush=True)
+    rates = f"{tally.bytes_written / ms / 1e6:>7.0f} {flops / ms / 1e9:>8.3g}"
+    print(f"{line} {ms:>8.3f} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.3g} {rates}", flush=True)
     if kernels:
         print_kernels(call, kernels, on_cuda=case.device.startswith("cuda"))
 
@@ -91,20 +88,28 @@ def print_kernels(call, rows: int, on_cuda: bool) -> None:
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", default=DEFAULT_IMPLS, help="comma-separated impl names (default: %(default)s)")
+    parser.add_argument("--impl", default=DEFAULT_IMPLS, help="impls as the sweep takes them, options too (default: %(default)s)")
     parser.add_argument("--causal", default="both", choices=("both", "yes", "no"))
-    parser.add_argument("--length", default="64k", help="sequence length, e.g. 8k or 65536 (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    parser.add_argument("--mode", default="fwd", choices=("fwd", "fwd_bwd"))
+    parser.add_argument("--length", default="64k", help="one sequence length, e.g. 8k or 65536 (default: %(default)s)")
+    parser.add_argument("--heads", default="16", help="(default: %(default)s)")
+    parser.add_argument("--head-dim", default="64", help="(default: %(default)s)")
+    parser.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32 (default: %(default)s)")
+    parser.add_argument("--mode", default="fwd", help="fwd or fwd-bwd (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="cuda[:N]; meta for the counts alone; cpu to try it here")
-    parser.add_argument("--kernels", type=int, default=0, help="print this many top CUDA kernels per call (0: none)")
+    parser.add_argument("--kernels", type=int, default=0, help="print this many top kernels (CUDA; CPU ops on the CPU) per call")
     args = parser.parse_args()
     try:
-        (args.length,) = parse_lengths(args.length)
-    except (UsageError, ValueError):
-        parser.error(f"--length: one length, not {args.length!r}")
+        lengths = parse_lengths(args.length)
+        if len(lengths) != 1:
+            raise UsageError(f"bad length {args.length!r}: give one length, not {len(lengths)}")
+        args.length = lengths[0]
+        (args.heads,), (args.head_dim,) = parse_sizes(args.heads, "heads"), parse_sizes(args.head_dim, "head dim")
+        (args.dtype,), (args.mode,), (args.device,) = parse_dtypes(args.dtype), parse_modes(args.mode), parse_devices(args.device)
+        args.impl = [(impls.get(spec.name), spec) for spec in parse_impls(args.impl)]
+        if args.kernels < 0:
+            raise UsageError(f"bad --kernels {args.kernels}: must be 0 or more")
+    except UsageError as error:
+        parser.error(str(error))
     args.causal = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
     return args
 

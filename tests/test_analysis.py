@@ -74,10 +74,22 @@ def test_far_crossings_are_left_out_unless_asked_for(tmp_path):
     runner = CliRunner()
     default = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
     assert default.exit_code == 0, default.output
-    assert "(1 of 1 pairs cross; 1 only far outside the measured lengths" in default.output
+    assert "(1 of 1 pairs cross; 1 whose 95% interval reaches beyond 16x the measured lengths are left out" in default.output
     assert "cosformer vs nystromformer" not in default.output
     every = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--all-crossovers"])
     assert "(1 of 1 pairs cross):" in every.output and "peak_bytes cosformer vs nystromformer" in every.output
     payload = json.loads(runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--format", "json"]).output)
     (pair,) = payload["crossovers"]  # JSON keeps every pair, and says which are near
     assert pair["near"] is False and pair["length_low"] == 0 and pair["length_high"] is None  # 0..inf
+
+
+def test_markdown_lists_crossovers_apart_from_the_table_and_equal_costs_read_as_equal(accounted):
+    runner = CliRunner()
+    markdown = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "markdown", "--budget", "80GiB"]).output
+    table_end = markdown.index("Crossovers (")
+    assert markdown[:table_end].endswith("|\n\n")  # a blank line ends the table; else the next lines join it as rows
+    after = markdown[table_end:].splitlines()
+    assert after[1] == "" and all(line.startswith("- ") for line in after[2:] if line and not line.endswith(":"))
+    payload = json.loads(runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json", "--metric", "flops"]).output)
+    (pair,) = payload["crossovers"]  # softmax and sdpa-flash: the same 4 N^2 d H FLOPs
+    assert pair["kind"] == "none" and "cost the same at every length" in pair["message"]

@@ -18,7 +18,9 @@ def run(*args):
 def test_kernel_profile_prints_the_counts_on_meta():
     result = run("benchmarks/kernel_profile.py", "--device", "meta", "--impl", "cosformer,nystromformer", "--length", "8k")
     assert result.returncode == 0, result.stderr
-    rows = {tuple(line.split()[:2]): line.split() for line in result.stdout.splitlines()[1:]}
+    shape, header, *lines = result.stdout.splitlines()
+    assert shape == "N=8192 B=1 H=16 d=64 bfloat16 fwd on meta" and header.split()[:3] == ["impl", "causal", "ms"]
+    rows = {tuple(line.split()[:2]): line.split() for line in lines}
     assert rows[("cosformer", "False")][3:5] == ["28", "0.16"]  # ops, GB written: the bidirectional device plan at 8k
     assert rows[("cosformer", "True")][3] == "46"
     assert "no causal form" in " ".join(rows[("nystromformer", "True")])
@@ -30,9 +32,10 @@ def test_kernel_profile_needs_cuda_to_time():
     assert result.returncode == 2 and "no CUDA device" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_kernel_profile_refuses_a_bad_length():
-    result = run("benchmarks/kernel_profile.py", "--device", "meta", "--length", "3x")
-    assert result.returncode == 2 and "--length" in result.stderr and "Traceback" not in result.stderr
+def test_kernel_profile_refuses_bad_shapes():
+    for bad, said in (("--length=3x", "bad length '3x'"), ("--length=0", "must be positive"), ("--heads=0", "bad heads '0'")):
+        result = run("benchmarks/kernel_profile.py", "--device", "meta", bad)
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_kernel_profile_refuses_an_unknown_impl():
@@ -47,10 +50,21 @@ def test_each_gpu_session_part_fits_one_device_call():
 
     script = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_session.sh")]).returncode == 0
-    env_limit = int(re.search(r"^step env (\d+)", script, re.M).group(1))
+    env_limit = int(re.search(r"^ENV_LIMIT=(\d+)", script, re.M).group(1))
     parts = dict(re.findall(r"^(\d)\)\n(.*?)^    ;;", script, re.M | re.S))
     assert sorted(parts) == ["1", "2", "3"]
     for name, body in parts.items():
         limits = [int(limit) for limit in re.findall(r"step [\w-]+ (\d+) ", body)]
         assert limits, f"part {name} has no steps"
-        assert env_limit + sum(limits) + 15 * (len(limits) + 1) <= 600, f"part {name}: {limits}"
+        assert env_limit + 5 + sum(limits) + 15 * len(limits) <= 600, f"part {name}: {limits}"
+
+
+def test_gpu_session_refuses_an_unknown_part_and_a_machine_without_cuda(tmp_path):
+    script = str(ROOT / "benchmarks" / "gpu_session.sh")
+    env = {"OUT": str(tmp_path), "PATH": __import__("os").environ["PATH"], "PYTHON": sys.executable}
+    unknown = subprocess.run(["bash", script, "9"], capture_output=True, text=True, env=env, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "gpu_session: unknown part '9'; choose 1, 2 or 3"
+    if not torch.cuda.is_available():
+        refused = subprocess.run(["bash", script, "3"], capture_output=True, text=True, env=env, timeout=120)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.strip() == "gpu_session: no CUDA device here; nothing to check"

@@ -153,3 +153,8 @@ def test_near_crossings_are_in_range_or_close_with_a_bounded_interval():
     parallel = crossover(fit_of(lambda n: 2.0 * n, sigma=0.02, seed=3), fit_of(lambda n: 1.0 * n, sigma=0.02, seed=4))
     assert parallel.kind == "extrapolated" and (parallel.length_low, parallel.length_high) == (0.0, math.inf)
     assert not is_near(parallel)
+    # a crossing just beyond the measured lengths whose interval still reaches far: not a prediction either
+    noisy_linear = fit_of(lambda n: 2000.0 * n, sigma=0.5, seed=5)
+    vague = crossover(noisy_linear, fit_of(lambda n: 2000.0 / (2 * LENGTHS[-1]) * n**2, sigma=0.5, seed=6))
+    assert vague.kind == "extrapolated" and vague.length < NEAR_SPAN * LENGTHS[-1] < vague.length_high
+    assert not is_near(vague)

@@ -69,19 +69,21 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
         }
         click.echo(json.dumps(_json_safe(payload), default=_json_default, indent=1, allow_nan=False))
         return
+    markdown = output_format == "markdown"
     click.echo("Scaling fits (log-log least squares over the asymptotic range, 95% interval):")
-    if output_format == "markdown":
-        click.echo(frame_markdown(fits_display(result.fits)), nl=False)
+    if markdown:
+        click.echo("\n" + frame_markdown(fits_display(result.fits)))  # blank lines around: a table ends at one
     else:
         _rich_frame(fits_display(result.fits))
-    _print_crossovers(result.crossovers, all_crossovers)
+    item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
+    _print_crossovers(result.crossovers, all_crossovers, item)
     if len(result.frontiers):
-        click.echo("Memory frontiers:")
+        click.echo(("\n" if markdown else "") + "Memory frontiers:" + ("\n" if markdown else ""))
         for _, row in result.frontiers.iterrows():
-            click.echo(f"  {row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
+            click.echo(f"{item}{row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
 
 
-def _print_crossovers(crossovers, all_crossovers: bool) -> None:
+def _print_crossovers(crossovers, all_crossovers: bool, item: str) -> None:
     """The pairs that cross; by default only the near ones (crossover.is_near), and a count of the others."""
     from attnprof.crossover import NEAR_SPAN
 
@@ -90,13 +92,13 @@ def _print_crossovers(crossovers, all_crossovers: bool) -> None:
     header = f"Crossovers ({len(found)} of {len(crossovers)} pairs cross"
     if len(shown) < len(found):
         header += (
-            f"; {len(found) - len(shown)} only far outside the measured lengths (beyond {NEAR_SPAN}x) or with an unbounded"
-            " interval are left out: --all-crossovers lists them"
+            f"; {len(found) - len(shown)} whose 95% interval reaches beyond {NEAR_SPAN}x the measured lengths are left"
+            " out: --all-crossovers lists them"
         )
-    click.echo(header + "):")
+    click.echo(header + "):" + ("\n" if item.startswith("-") else ""))
     for _, row in shown.iterrows():
         click.echo(
-            f"  {row['metric']} {row['impl_a']} vs {row['impl_b']} "
+            f"{item}{row['metric']} {row['impl_a']} vs {row['impl_b']} "
             f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
         )
 

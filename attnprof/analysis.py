@@ -46,6 +46,15 @@ def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | Non
     return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes))
 
 
+def input_bytes_per_token(config) -> float:
+    """Bytes per token of what exists before a measured call and is not in its peak: q, k, v, and in fwd_bwd
+    grad_out, each batch * heads * head_dim wide. `config`: a mapping with those keys, dtype and mode."""
+    from attnprof.impls.base import DTYPE_BYTES
+
+    tensors = 4 if config["mode"] == "fwd_bwd" else 3
+    return float(tensors * config["batch"] * config["heads"] * config["head_dim"] * DTYPE_BYTES[config["dtype"]])
+
+
 def measured_boundaries(cells: pd.DataFrame) -> dict:
     """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier
     against. Accounting runs (device meta) allocate nothing, so they say nothing about a real memory limit."""
@@ -65,7 +74,7 @@ def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None
         cells = frame
         for key in CONFIG:
             cells = cells[cells[key] == row[key]]
-        found = memory_frontier(row["fit"], budget_bytes, **measured_boundaries(cells))
+        found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=input_bytes_per_token(row), **measured_boundaries(cells))
         figures = {name: getattr(found, name) for name in ("length", "length_low", "length_high", "kind", "consistent", "message")}
         rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, **figures})
     return pd.DataFrame(rows)

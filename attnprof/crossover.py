@@ -113,30 +113,49 @@ def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
     return min(corners), max(corners)
 
 
-def memory_frontier(fit: Fit, budget_bytes: float, *, oom_lengths=(), ok_points=()) -> Frontier:
-    """Largest N whose fitted peak stays within budget_bytes, checked against the lengths measured: OOM
-    lengths, and ok_points (length, measured peak bytes) of cases that ran. A case that ran contradicts the
-    frontier only if its measured peak was within the budget: one that ran above it on a larger device
-    (a what-if budget smaller than the machine's) says nothing against the fit."""
+def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: float = 0.0, oom_lengths=(), ok_points=()) -> Frontier:
+    """Largest N whose fitted peak, plus the inputs made before the call (input_bytes_per_token * N: q, k, v
+    and, in fwd_bwd, grad_out; the measured peaks leave them out), stays within budget_bytes; checked against
+    the lengths measured: OOM lengths, and ok_points (length, measured peak bytes) of cases that ran. A case
+    that ran contradicts the frontier only if its peak with its inputs was within the budget: one that ran
+    above it on a larger device (a what-if budget smaller than the machine's) says nothing against the fit."""
     if not budget_bytes > 0:
         raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
-    length = _frontier_at(fit, budget_bytes, fit.exponent)
-    ends = [_frontier_at(fit, budget_bytes, e) for e in (fit.exponent_low, fit.exponent_high)]
+    length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token)
+    ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token) for e in (fit.exponent_low, fit.exponent_high)]
     low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
-    wrong_ok = sorted(n for n, peak in ok_points if n > length and peak <= budget_bytes)  # predicted not to fit, yet fit
+    within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
+    wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
     kind = _frontier_kind(fit, length)
-    message = _frontier_message(fit, budget_bytes, length, (low, high), kind) + _conflict_message(fit, wrong_oom, wrong_ok)
+    message = _frontier_message(fit, budget_bytes, length, (low, high), kind, input_bytes_per_token > 0)
+    message += _conflict_message(fit, wrong_oom, wrong_ok)
     conflicts = tuple(sorted(wrong_oom + wrong_ok))
     return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
 
 
-def _frontier_at(fit: Fit, budget_bytes: float, exponent: float) -> float:
-    """Solve predict(N, exponent) = budget for N; a peak that does not grow never hits the budget."""
-    if exponent <= 0:
-        return math.inf
+MAX_LOG_LENGTH = math.log(2.0**62)  # the longest length a case may have (spec.MAX_SIZE)
+
+
+def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
+    """Solve predict(N, exponent) + per_token * N = budget for N. Without inputs a peak that does not grow never
+    hits the budget; with them the total grows at least linearly, and N is found by bisection on ln N (the
+    total only grows with N when the exponent is not negative: a shrinking peak counts as constant)."""
     center = fit.center_log_length
-    return _exp(center + (math.log(budget_bytes) - math.log(fit.predict(math.exp(center)))) / exponent)
+    log_peak_at_center = math.log(fit.predict(math.exp(center)))
+    if per_token <= 0:
+        return math.inf if exponent <= 0 else _exp(center + (math.log(budget_bytes) - log_peak_at_center) / exponent)
+    slope = max(exponent, 0.0)
+    total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + per_token * math.exp(x)  # noqa: E731
+    if total(0.0) > budget_bytes:
+        return 0.0  # not even one token fits
+    low, high = 0.0, MAX_LOG_LENGTH
+    if total(high) <= budget_bytes:
+        return math.inf
+    for _ in range(200):  # ln N to well under 1e-12: far below one token
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) <= budget_bytes else (low, middle)
+    return math.exp(low)
 
 
 def _frontier_kind(fit: Fit, length: float) -> str:
@@ -145,11 +164,12 @@ def _frontier_kind(fit: Fit, length: float) -> str:
     return "in range" if fit.lengths_measured[0] <= length <= fit.lengths_measured[-1] else "extrapolated"
 
 
-def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, kind: str) -> str:
+def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, kind: str, with_inputs: bool) -> str:
     if kind == "unbounded":
         return f"unbounded: peak does not grow with N (exponent {fit.exponent:.2f}), so no length exhausts {_gib(budget_bytes)}"
     low, high = (format_length(v) for v in interval)
-    return f"{kind}: up to N = {format_length(length)} (95% {low}..{high}) fits {_gib(budget_bytes)}"
+    inputs = " with its inputs" if with_inputs else ""
+    return f"{kind}: up to N = {format_length(length)} (95% {low}..{high}) fits {_gib(budget_bytes)}{inputs}"
 
 
 def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list) -> str:

@@ -193,7 +193,7 @@ def _bounded(subject: str, what: str, value: float, maximum, minimum, shown) -> 
 
 
 def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
-    from attnprof.analysis import measured_boundaries
+    from attnprof.analysis import input_bytes_per_token, measured_boundaries
     from attnprof.crossover import memory_frontier
     from attnprof.fit import fit_power_law
 
@@ -203,7 +203,10 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
     lengths, values = _ok_points(rule, group)
     if len(set(lengths)) < 3:
         return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
-    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, **measured_boundaries(group))
+    inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
+    frontier = memory_frontier(
+        fit_power_law(lengths, values, metric="peak_bytes"), budget, input_bytes_per_token=inputs, **measured_boundaries(group)
+    )
     described = (
         f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
     )

@@ -116,6 +116,23 @@ def test_frontier_in_range_and_unbounded():
         memory_frontier(peak, 0)
 
 
+def test_the_inputs_count_against_the_budget():
+    """A linear peak of 1 KiB per token beside inputs of 3 KiB per token (q, k, v): the budget holds a quarter
+    of the tokens the peak alone would suggest. Without inputs a flat peak never exhausts a budget; with
+    them every length does eventually."""
+    peak = fit_of(lambda n: 1024.0 * n)
+    budget = 1024.0 * 2**24
+    assert memory_frontier(peak, budget).length == pytest.approx(2**24, rel=1e-6)
+    found = memory_frontier(peak, budget, input_bytes_per_token=3 * 1024.0)
+    assert found.length == pytest.approx(2**22, rel=1e-6) and found.length_low <= 2**22 <= found.length_high
+    assert "with its inputs" in found.message
+    flat = memory_frontier(fit_of(lambda n: 1e9 + 0.0 * n), 2e9, input_bytes_per_token=1000.0)
+    assert flat.kind == "extrapolated" and flat.length == pytest.approx(1e6, rel=1e-6)  # (2e9 - 1e9) / 1000
+    # a case that ran at 2^23 tokens within the budget by its peak alone, but not with its inputs: no conflict
+    assert memory_frontier(peak, budget, input_bytes_per_token=3 * 1024.0, ok_points=[(2**23, 1024.0 * 2**23)]).consistent
+    assert memory_frontier(fit_of(lambda n: 1024.0 * n), 100.0, input_bytes_per_token=1000.0).length == 0.0  # nothing fits
+
+
 def test_crossover_frame_pairs_impls_within_each_configuration():
     rows = []
     for heads in (4, 8):

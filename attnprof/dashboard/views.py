@@ -248,6 +248,7 @@ def measured_by_config(frame: pd.DataFrame) -> dict:
 def frontier_rows(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, boundaries: dict | None = None) -> pd.DataFrame:
     """The memory frontier of every configuration with a peak_bytes fit, at `budget_bytes`, checked against the
     lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed)."""
+    from attnprof.analysis import input_bytes_per_token
     from attnprof.crossover import memory_frontier
 
     columns = [*CONFIG, "length", "length_low", "length_high", "kind", "consistent", "message"]
@@ -258,7 +259,8 @@ def frontier_rows(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, 
     rows = []
     for fit_row in peak_fits.to_dict("records"):
         key = tuple(fit_row[k] for k in CONFIG)
-        found = memory_frontier(fit_row["fit"], budget_bytes, **boundaries.get(key, {}))
+        inputs = input_bytes_per_token(fit_row)
+        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, **boundaries.get(key, {}))
         rows.append({**{k: fit_row[k] for k in CONFIG}, "length": found.length, "length_low": found.length_low,
                      "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent,
                      "message": found.message})  # fmt: skip

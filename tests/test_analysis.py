@@ -42,6 +42,9 @@ def test_fit_command_formats(accounted):
     table = runner.invoke(cli, ["fit", "latest", "--db", str(accounted), "--budget", "80GiB", "--metric", "peak_bytes"])
     assert table.exit_code == 0, table.output
     assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
+    # the rule, a sentence, is listed under the table: as a column it squeezed the others to a word a line
+    assert "Fitted lengths:\n  sdpa-flash bidir fwd" in table.output and "\n  softmax bidir fwd" in table.output
+    assert "┃ rule" not in table.output
     markdown = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "markdown", "--metric", "flops"])
     assert "| config | metric | exponent | class | r2 | lengths | rule |" in markdown.output
     output = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json"]).output

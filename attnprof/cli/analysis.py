@@ -74,7 +74,7 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
     if markdown:
         click.echo("\n" + frame_markdown(fits_display(result.fits)))  # blank lines around: a table ends at one
     else:
-        _rich_frame(fits_display(result.fits))
+        _print_fits_table(fits_display(result.fits))
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
     _print_crossovers(result.crossovers, all_crossovers, item)
     if len(result.frontiers):
@@ -101,6 +101,17 @@ def _print_crossovers(crossovers, all_crossovers: bool, item: str) -> None:
             f"{item}{row['metric']} {row['impl_a']} vs {row['impl_b']} "
             f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
         )
+
+
+def _print_fits_table(display) -> None:
+    """The fits as a terminal table, and how each fit chose its lengths as lines below it: the rule is a
+    sentence, and as a column it squeezed the others to a word a line at 80 columns ("quadrati c")."""
+    rules = display.pop("rule") if "rule" in display.columns else None
+    _rich_frame(display)
+    if rules is not None and len(display):
+        click.echo("Fitted lengths:")
+        for config, metric, rule in zip(display["config"], display["metric"], rules, strict=True):
+            click.echo(f"  {config} {metric}: {rule}")
 
 
 def _rich_frame(frame) -> None:

@@ -134,6 +134,7 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     assert list(frame.seq_len) == [64, 128] and (frame.p20_ms <= frame.median_ms).all() and (frame.median_ms <= frame.p80_ms).all()
     listing = invoke("list")
     assert "softmax" in listing.output and "sdpa-flash" in listing.output and "options" in listing.output
+    assert "options: block_size=auto" in listing.output and "None" not in listing.output  # None reads as a missing value
 
 
 def test_dry_run_lists_cases_and_refusals(db):

@@ -105,7 +105,7 @@ def _echo_records(run, db, output_format, out) -> None:
 
 @cli.command(name="list")
 def list_impls():
-    """List the registered implementations, what each supports and its options.
+    """List the registered implementations, what each supports and its options (auto: chosen per case).
 
     \b
     Example:
@@ -114,7 +114,8 @@ def list_impls():
     from attnprof import impls
 
     for impl in impls.all_impls():
-        options = ", ".join(f"{k}={v!r}" for k, v in impl.options.items()) or "-"
+        # None is every option's "chosen per case" default (a block size near sqrt(N), a chunk by device)
+        options = ", ".join(f"{k}={'auto' if v is None else repr(v)}" for k, v in impl.options.items()) or "-"
         click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
         click.echo(f"{'':<20} options: {options}")
         click.echo(f"{'':<20} {impl.description}")

@@ -122,7 +122,10 @@ register(
         name="cosformer",
         family="linear",
         fn=cosformer_attention,
-        description="cosFormer (ReLU features, cos(pi/2 (i-j)/M) re-weighting), linear in N; chunked causal form, fp32 accumulators",
+        description=(
+            "cosFormer (ReLU features, cos(pi/2 (i-j)/M) re-weighting), linear in N; chunked causal form,"
+            " fp32 accumulators (bf16 operands on CUDA)"
+        ),
         options={"chunk_size": None},
         reference=cosformer_reference,
         check_options=_option_problems,

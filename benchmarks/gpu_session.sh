@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_session.sh 2   # the full default sweep, timed (issue 2: < 3 min on an H100);
 #                                      # accounting vs allocator per cell
 #   bash benchmarks/gpu_session.sh 3   # every seed impl at 64k and 8k: time, counts, achieved GB/s and
-#                                      # TFLOP/s, and (64k) the top CUDA kernels: where to work next
+#                                      # TFLOP/s, and (64k) the top CUDA kernels: where to work next;
+#                                      # Combiner with backend=compile, checked, then timed at 64k
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
 # from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
@@ -55,7 +56,7 @@ esac
 
 case $part in
 1)
-    step gpu-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+    step gpu-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k "not compiled"
     step table3 360 "$PY" -m attnprof gate scenarios/gpu-targets.toml --db "$OUT/table3.db"
     ;;
 2)
@@ -63,8 +64,12 @@ case $part in
     TAIL=100 step memory 270 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
     ;;
 3)
-    TAIL=20 step kernels-64k 360 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
-    TAIL=20 step kernels-8k 120 "$PY" benchmarks/kernel_profile.py --length 8k
+    TAIL=20 step kernels-64k 240 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
+    TAIL=20 step kernels-8k 60 "$PY" benchmarks/kernel_profile.py --length 8k
+    # Combiner through torch.compile (the option backend=compile): right first, then how fast
+    step compiled-check 85 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k compiled
+    TAIL=20 step kernels-compiled 120 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 8 \
+        --impl sdpa-flash,combiner-mixture:backend=compile,combiner-fixed:backend=compile
     ;;
 esac
 exit $status

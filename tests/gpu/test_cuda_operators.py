@@ -50,3 +50,17 @@ def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):
     out = combiner_attention(q.cuda(), k.cuda(), v.cuda(), variant=variant, causal=causal)
     assert torch.backends.cuda.matmul.allow_tf32 == before
     assert out.dtype == torch.bfloat16 and rel_error(out, expected) < TOLERANCE["bfloat16"]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_compiled_mixture_on_cuda_matches_the_explicit_matrix(causal):
+    """backend=compile on a GPU (Triton kernels): the same function. gpu_session.sh runs it in part 3 (compiling
+    takes a while), part 1 leaves it out (-k 'not compiled')."""
+    from attnprof.impls.combiner import TOLERANCE, combiner_attention
+    from attnprof.impls.reference.combiner import combiner_reference
+
+    generator = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 4, 1000, 64, generator=generator).to(torch.bfloat16) for _ in range(3))
+    expected = combiner_reference(q.double(), k.double(), v.double(), variant="mixture", causal=causal)
+    out = combiner_attention(q.cuda(), k.cuda(), v.cuda(), variant="mixture", causal=causal, backend="compile")
+    assert out.dtype == torch.bfloat16 and rel_error(out, expected) < TOLERANCE["bfloat16"]

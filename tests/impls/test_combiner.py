@@ -186,14 +186,16 @@ def test_no_quadratic_intermediate(variant, causal):
 
 def test_registration_options_and_refusals():
     logsparse = impls.get("combiner-logsparse")
-    assert logsparse.options == {}  # its dyadic tree fixes every block: a block size would be silently ignored
+    assert logsparse.options == {"backend": "eager"}  # its dyadic tree fixes every block: no block size
     with pytest.raises(UsageError, match="'block_size'"):
         logsparse.resolve_options({"block_size": "16"})
     for variant in [v for v in VARIANTS if v != "logsparse"]:
         impl = impls.get(f"combiner-{variant}")
-        assert impl.family == "combiner" and not impl.exact and impl.options == {"block_size": None}
+        assert impl.family == "combiner" and not impl.exact and impl.options == {"block_size": None, "backend": "eager"}
         assert set(impl.causal) == {False, True} and impl.meta_exact
-        assert impl.resolve_options({"block_size": "16"}) == {"block_size": 16}
+        assert impl.resolve_options({"block_size": "16"}) == {"block_size": 16, "backend": "eager"}
+        with pytest.raises(UsageError, match="backend"):
+            impl.resolve_options({"backend": "jit"})
         with pytest.raises(UsageError, match="block_size"):  # a bad value is refused before any case
             impl.resolve_options({"block_size": "0"})
         q, k, v = qkv(20, seed=7)
@@ -207,3 +209,27 @@ def test_default_block_is_the_power_of_two_nearest_sqrt_n():
     assert [default_block(n) for n in (1, 3, 16, 100, 8192, 65536)] == [1, 2, 4, 8, 64, 256]
     assert all(default_block(n) == block_length(None, n) for n in range(1, 3000))
     assert block_length(100, 10) == 10  # a block longer than the sequence is one block
+
+
+@pytest.mark.parametrize("variant, causal, n, block", [("fixed", True, 40, 8), ("mixture", False, 37, 6)])
+def test_the_compiled_backend_matches_the_oracle(variant, causal, n, block):
+    """backend=compile (torch.compile of the same operator; inductor's C++ code here, Triton on a GPU): outputs
+    and gradients equal the eager operator's, on lengths that need padding. Compiling takes ~10 s a shape."""
+    fast, slow = qkv(n, seed=8, grad=True), qkv(n, seed=8, grad=True)
+    compiled = combiner_attention(*fast, variant=variant, causal=causal, block_size=block, backend="compile")
+    expected = combiner_reference(*slow, variant=variant, causal=causal, block_size=block)
+    torch.testing.assert_close(compiled, expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(compiled)
+    compiled.backward(grad_out)
+    expected.backward(grad_out)
+    for mine, theirs in zip(fast, slow, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_the_compiled_backend_is_accounted_as_the_eager_plan():
+    """On meta (the accounting) backend=compile runs eagerly: same FLOPs and peak as backend=eager."""
+    readings = []
+    for backend in ("eager", "compile"):
+        case = Case(impl="combiner-mixture", seq_len=4096, heads=4, head_dim=32, causal=True, options=(("backend", backend),))
+        readings.append(account_call(make_call(impls.get(case.impl).bind(case), make_inputs(case, device="meta"))))
+    assert readings[0] == readings[1]

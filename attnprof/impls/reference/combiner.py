@@ -206,7 +206,10 @@ def effective_weights(q: torch.Tensor, k: torch.Tensor, *, variant: str, causal:
     return weights[..., :n] + weights[..., n:] @ local  # (B, H, N, N)
 
 
-def combiner_reference(q, k, v, *, causal: bool = False, variant: str = "fixed", block_size: int | None = None) -> torch.Tensor:
-    """W @ v with W from `effective_weights`, returned in q's dtype."""
+def combiner_reference(
+    q, k, v, *, causal: bool = False, variant: str = "fixed", block_size: int | None = None, backend: str = "eager"
+) -> torch.Tensor:
+    """W @ v with W from `effective_weights`, returned in q's dtype. `backend` (the operator's eager or compiled
+    path) is taken so that a case's options bind to the reference too; it changes nothing here."""
     weights = effective_weights(q, k, variant=variant, causal=causal, block_size=block_size)  # (B, H, N, N)
     return (weights @ v.to(torch.float64)).to(q.dtype)  # (B, H, N, D)

@@ -233,3 +233,18 @@ def test_the_compiled_backend_is_accounted_as_the_eager_plan():
         case = Case(impl="combiner-mixture", seq_len=4096, heads=4, head_dim=32, causal=True, options=(("backend", backend),))
         readings.append(account_call(make_call(impls.get(case.impl).bind(case), make_inputs(case, device="meta"))))
     assert readings[0] == readings[1]
+
+
+def test_the_compiled_backend_compiles_every_shape_of_a_sweep(monkeypatch):
+    """Past torch.compile's limit of graphs per function (8 by default) a function runs eagerly without a word,
+    and a sweep would time the eager operator under the compiled label. With the limit here set to 1 and torch
+    told to fail rather than fall back, three shapes all compile: the call raises the limit for itself."""
+    import torch._dynamo.config as dynamo
+
+    limit = "recompile_limit" if "recompile_limit" in dynamo._config else "cache_size_limit"
+    monkeypatch.setattr(dynamo, limit, 1)
+    monkeypatch.setattr(dynamo, "fail_on_recompile_limit_hit" if limit == "recompile_limit" else "fail_on_cache_limit_hit", True)
+    for n in (20, 23, 26):
+        q, k, v = qkv(n, batch=1, heads=1, dim=2, seed=n)
+        out = combiner_attention(q, k, v, variant="axial", block_size=4, backend="compile")
+        torch.testing.assert_close(out, combiner_attention(q, k, v, variant="axial", block_size=4))

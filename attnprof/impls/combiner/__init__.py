@@ -19,6 +19,7 @@ reference is the explicit N x N effective matrix in `attnprof.impls.reference.co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -68,14 +69,29 @@ def combiner_attention(
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown Combiner backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    operator = _compiled(variant) if backend == "compile" and q.device.type != "meta" else OPERATORS[variant]
-    with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on the tensor cores (see precision.py)
+    compiled = backend == "compile" and q.device.type != "meta"
+    operator = _compiled(variant) if compiled else OPERATORS[variant]
+    # fp32 products of half inputs on the tensor cores (see precision.py)
+    with tf32_products(q.dtype, q.device), _room_for_every_shape() if compiled else contextlib.nullcontext():
         return operator(q, k, v, causal=causal, block_size=block_size)
 
 
 @functools.cache
 def _compiled(variant: str):
     return torch.compile(OPERATORS[variant], dynamic=False)
+
+
+SHAPES_COMPILED = 256  # graphs kept per operator: a sweep's lengths x causalities x dtypes, and the checks
+
+
+def _room_for_every_shape():
+    """torch.compile keeps 8 graphs per function by default and then silently runs it eagerly: past the 8th
+    shape a sweep would time the eager operator under the compiled label. (recompile_limit since torch 2.6;
+    cache_size_limit before.)"""
+    import torch._dynamo.config as dynamo
+
+    name = "recompile_limit" if "recompile_limit" in dynamo._config else "cache_size_limit"
+    return dynamo.patch({name: SHAPES_COMPILED})
 
 
 def _option_problems(options) -> list[str]:

@@ -29,8 +29,10 @@ class SweepProgress(Progress):
         self._bar.update(self._task, total=total)
 
     def start(self, case) -> None:
+        from rich.markup import escape
+
         failed = f" [red]{self._failed} not ok[/]" if self._failed else ""
-        self._bar.update(self._task, description=f"{case.describe()}{failed}")
+        self._bar.update(self._task, description=f"{escape(case.describe())}{failed}")  # "[option=value]" is text
 
     def done(self, case, measurement) -> None:
         if measurement.status not in (Status.OK, Status.UNSUPPORTED, Status.SKIPPED):

@@ -54,6 +54,7 @@ def _row_label(m: Measurement, varying: list[str]) -> str:
 
 
 def rich_table(measurements: list[Measurement], title: str = ""):
+    from rich.markup import escape
     from rich.table import Table
 
     lengths, rows = summary_grid(measurements)
@@ -71,7 +72,8 @@ def rich_table(measurements: list[Measurement], title: str = ""):
             style = styles.get(m.status, "red") if m else ""
             text = cell_text(m, "\n") if m else ""
             texts.append(f"[{style}]{text}[/]" if style else text)
-        table.add_row(label.replace(" ", "\n", 1), *texts)
+        # escaped: rich reads "[...]" as markup, and dropped the options of `nystromformer[num_landmarks=32]`
+        table.add_row(escape(label).replace(" ", "\n", 1), *texts)
     return table
 
 

@@ -23,3 +23,16 @@ def test_names_stay_whole_at_80_columns():
     text = console.export_text()
     assert all(f" {name} " in text for name in NAMES), text  # rich used to print 'combiner-…' for each variant
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_options_in_a_label_are_text_not_markup():
+    """`nystromformer[num_landmarks=32]` beside `nystromformer`: rich read "[num_landmarks=32]" as a markup tag
+    and printed both rows as `nystromformer`."""
+    rows = [
+        Measurement(Case(impl="nystromformer", seq_len=1024, options=options), Status.OK, times_ms=[1.0], peak_bytes=1)
+        for options in ((), (("num_landmarks", 32),))
+    ]
+    console = Console(width=120, record=True)
+    console.print(rich_table(rows, title="run x"))
+    text = console.export_text()
+    assert "nystromformer[num_landmarks=32]" in text and text.count("nystromformer") == 2

@@ -116,13 +116,14 @@ def _print_fits_table(display) -> None:
 
 def _rich_frame(frame) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table()
     for column in frame.columns:
         table.add_column(column, overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*map(str, row))
+        table.add_row(*(escape(str(cell)) for cell in row))  # labels hold "[option=value]": text, not markup
     Console().print(table)
 
 

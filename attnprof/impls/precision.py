@@ -2,8 +2,9 @@
 
 Several operators upcast fp16/bf16 inputs to fp32 for their softmaxes, pools and running sums, and
 then multiply in fp32. By default CUDA runs fp32 matmuls in full IEEE fp32 (torch's allow_tf32 is
-False), off the tensor cores: on an H100 about 60 TFLOP/s against about 500 for TF32, and Combiner-Mixture
-at N = 65536, B = 1, H = 16 does 421-618 GFLOP of them (counted on `meta`), about 10 ms at the IEEE rate.
+False), off the tensor cores: NVIDIA gives an H100 SXM 67 TFLOP/s for that against 495 for dense TF32, and
+Combiner-Mixture at N = 65536, B = 1, H = 16 does 421-618 GFLOP of them (counted on `meta`): some 6-9 ms at
+the IEEE peak, an estimate until a GPU measures it.
 TF32 operands keep 10 mantissa bits (bf16 keeps 7, fp16 10) and the sums stay fp32, so for inputs that
 were fp16 or bf16 to begin with TF32 rounds no more than the inputs already were. fp32 and fp64 inputs,
 and every device but CUDA, are left alone; the setting is restored on the way out (even on an error).

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from attnprof.fit import Fit, format_length
+from attnprof.spec import MAX_SIZE
 
 PARALLEL_TOLERANCE = 1e-9  # exponents closer than this are the same line slope: no crossing
-NEAR_SPAN = 16  # extrapolated crossings within this factor of the measured lengths (four doublings) count as near
+NEAR_SPAN = 16  # an extrapolated crossing is near when its 95% interval stays within this factor of the measured lengths
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,6 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
 
 
-MAX_LOG_LENGTH = math.log(2.0**62)  # the longest length a case may have (spec.MAX_SIZE)
-
-
 def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
     """Solve predict(N, exponent) + per_token * N = budget for N. Without inputs a peak that does not grow never
     hits the budget; with them the total grows at least linearly, and N is found by bisection on ln N (the
@@ -149,7 +147,7 @@ def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: floa
     total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + per_token * math.exp(x)  # noqa: E731
     if total(0.0) > budget_bytes:
         return 0.0  # not even one token fits
-    low, high = 0.0, MAX_LOG_LENGTH
+    low, high = 0.0, math.log(MAX_SIZE)  # up to the longest length a case may have
     if total(high) <= budget_bytes:
         return math.inf
     for _ in range(200):  # ln N to well under 1e-12: far below one token

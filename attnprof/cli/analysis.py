@@ -20,7 +20,7 @@ from attnprof.errors import UsageError
 @click.option(
     "--all-crossovers",
     is_flag=True,
-    help="List every crossing pair, also those far outside the measured lengths or with an unbounded interval.",
+    help="List every crossing pair, also those whose 95% interval reaches beyond 16x the measured lengths.",
 )
 @db_option
 def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):

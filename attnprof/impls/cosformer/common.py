@@ -73,10 +73,11 @@ def half_products(*tensors) -> bool:
 
 def wide_bmm(a, b):
     """a @ b of half operands, accumulated and returned in fp32 (one cuBLAS call with out_dtype), over equal
-    leading dims. On the CPU (where tests run the device plan) and a torch without out_dtype (< 2.8) the
-    operands are upcast instead: the same sums, since a product of two bf16 values is exact in fp32."""
+    leading dims; called only where half_products holds (so torch has out_dtype). On the CPU, where tests run
+    the device plan, the operands are upcast instead: the same sums, since a product of two bf16 values is
+    exact in fp32."""
     a_3d, b_3d = a.flatten(0, -3), b.flatten(0, -3)  # (G, M, K), (G, K, N)
-    if a.device.type == "cpu" or not MIXED_BMM:
+    if a.device.type == "cpu":
         product = torch.bmm(a_3d.float(), b_3d.float())  # (G, M, N)
     else:
         product = torch.bmm(a_3d, b_3d, out_dtype=torch.float32)  # (G, M, N): CUDA, and meta standing in for it

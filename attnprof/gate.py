@@ -239,12 +239,27 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     described = f"{rule.metric} {change:+.1%} vs baseline"
     if change > rule.max_regression:
         if rule.metric == "time":
-            p_value = mann_whitney_greater(new["times_ms"], old["times_ms"])
-            if p_value >= REGRESSION_P_VALUE:
-                return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
-            described += f" (p={p_value:.2g})"
+            return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
         return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
     return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+
+
+def _time_regression(rule: GateRule, subject: str, described: str, change: float, new: list, old: list) -> Judgement:
+    """A median slowdown past the bound: FAIL if the samples show it is not noise. With enough samples that is the
+    Mann-Whitney test; with too few for any outcome to reach REGRESSION_P_VALUE (fewer than 5 a side: at 3 and 3
+    the smallest one-sided p is 1/20), the test cannot speak, so the rule asks for separation instead: every new
+    sample slower than every baseline sample by more than the bound. Overlapping samples then cannot be judged."""
+    bound = f"> max {rule.max_regression:.0%}"
+    if new and old and 1 / math.comb(len(new) + len(old), len(new)) >= REGRESSION_P_VALUE:
+        counts = f"{len(new)} samples now, {len(old)} in the baseline: too few for a significance test"
+        gap = min(new) / max(old) - 1.0
+        if gap > rule.max_regression:
+            return Judgement(subject, "FAIL", f"{described} {bound} ({counts}; the fastest is {gap:+.0%} on the slowest before)", change)
+        return Judgement(subject, "MISSING", f"{described} {bound}, but the samples overlap ({counts}; a longer rep_ms gives more)")
+    p_value = mann_whitney_greater(new, old)
+    if p_value >= REGRESSION_P_VALUE:
+        return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
+    return Judgement(subject, "FAIL", f"{described} (p={p_value:.2g}) {bound}", change)
 
 
 def mann_whitney_greater(new, old) -> float:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -230,3 +231,27 @@ def test_a_regression_rule_without_a_baseline_is_a_usage_error_before_measuring(
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "rule 1" in lines[0] and "--baseline" in lines[0]
     assert not (tmp_path / "gate.db").exists()  # nothing was measured
+
+
+def regression_verdict(new_times, old_times):
+    rule = parse_rules([{"impl": "x", "metric": "time", "max_regression": 0.2}], "t")
+    rows = lambda times: frame([dict(seq_len=1024, status="ok", times_ms=times, median_ms=float(np.median(times)), peak_bytes=1)])  # noqa: E731
+    [verdict] = evaluate(rule, rows(new_times), baseline=rows(old_times))
+    return verdict
+
+
+def test_time_regression_with_few_samples_is_judged_by_separation_not_passed():
+    # At 3 and 3 samples no Mann-Whitney outcome reaches p < 0.01: a 10x slowdown used to PASS as "not significant".
+    assert regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2]).verdict == "FAIL"
+    overlapping = regression_verdict([5.0, 7.0, 8.0], [4.0, 5.5, 6.0])  # median +27%, samples overlap
+    assert overlapping.verdict == "MISSING" and "too few for a significance test" in overlapping.message
+    assert regression_verdict([5.0, 5.1, 5.2], [5.0, 5.1, 5.2]).verdict == "PASS"  # no change: within the bound
+
+
+def test_time_regression_with_enough_samples_uses_the_test():
+    rng = np.random.default_rng(1)
+    old = rng.normal(10, 0.3, 20)
+    assert regression_verdict(list(old * 1.5), list(old)).verdict == "FAIL"
+    spread = [float(t) for t in range(1, 21)]  # median 10.5; shifted by 2.7 it is +26%, well inside the spread
+    noisy = regression_verdict([t + 2.7 for t in spread], spread)
+    assert noisy.verdict == "PASS" and "not significant" in noisy.message

@@ -64,8 +64,10 @@ def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
         if spec.name == "all":
             expanded.extend(ImplSpec(name) for name in impls.names())
             continue
-        impls.get(spec.name).resolve_options(spec.options)  # raises UsageError naming the bad option
-        expanded.append(spec)
+        impl = impls.get(spec.name)
+        resolved = impl.resolve_options(spec.options)  # raises UsageError naming the bad option
+        # An option given at its default value (block_size=auto, num_landmarks=64) is the same line as the plain impl.
+        expanded.append(ImplSpec(spec.name, tuple((k, v) for k, v in spec.options if resolved[k] != impl.options[k])))
     return tuple(dict.fromkeys(expanded))
 
 

@@ -6,6 +6,7 @@ A scenario's `[sweep]` table uses the sweep options' names with underscores (`he
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -22,12 +23,23 @@ def _number(kind, key: str):
     def parse(value):
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UsageError(f"bad {key} {value!r}: expected a number") from None
+        if isinstance(value, bool) or not math.isfinite(number):  # nan compares false with everything: it passed the checks below
+            raise UsageError(f"bad {key} {value!r}: expected a finite number")
         zero_allowed = key in ("seed", "warmup_ms")
         if number < 0 or (number == 0 and not zero_allowed):
             raise UsageError(f"bad {key} {value!r}: must be {'0 or more' if zero_allowed else 'positive'}")
         return number
+
+    return parse
+
+
+def _text(key: str):
+    def parse(value):
+        if isinstance(value, str) and value.strip():
+            return value
+        raise UsageError(f"bad {key} {value!r}: expected a non-empty string")
 
     return parse
 
@@ -56,7 +68,7 @@ SWEEP_KEYS = {
     "rep_ms": ("rep_ms", _number(float, "rep_ms")),
     "timeout": ("timeout", _number(float, "timeout")),
     "seed": ("seed", _number(int, "seed")),
-    "name": ("name", str),
+    "name": ("name", _text("name")),
     "accounting": ("accounting", _flag("accounting")),
 }
 FILE_ONLY_KEYS = ("db",)  # allowed in a scenario's [sweep] table, used by the CLI, not part of the Sweep
@@ -96,7 +108,9 @@ def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep
     tables = sweep_tables(path, allowed_tables)
     if len(tables) > 1:
         raise UsageError(f"{str(path)!r} has {len(tables)} [[sweep]] tables; a scenario takes one [sweep]")
-    return tables[0] if tables else {}
+    if not tables:  # an empty file is more likely a mistake than a request for the default sweep
+        raise UsageError(f"scenario file {str(path)!r} has no [sweep] table")
+    return tables[0]
 
 
 def sweep_tables(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> list[dict]:

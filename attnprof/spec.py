@@ -33,12 +33,12 @@ def parse_size(text: str, what: str = "size") -> int:
     return value
 
 
-def parse_lengths(spec: str) -> tuple[int, ...]:
+def parse_lengths(spec: str | list) -> tuple[int, ...]:
     """Length grammar: `1k..64k` (powers of two), `1k..8k:x4`, `1k..4k:+1k`, `512,1k,3000`.
 
-    Items may be mixed: `256,1k..4k`. Result is sorted and de-duplicated.
+    Items may be mixed: `256,1k..4k`. Result is sorted and de-duplicated. A TOML list holds items.
     """
-    text = str(spec).strip()
+    text = ",".join(str(item) for item in spec) if isinstance(spec, (list, tuple)) else str(spec).strip()
     if not text:
         raise UsageError("bad lengths '': give e.g. 1k..64k or 512,1k,3000")
     lengths: set[int] = set()
@@ -183,6 +183,11 @@ def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
             continue
         name, _, opts = raw.partition(":")
         specs.append((name.strip(), [_parse_option(o, spec) for o in opts.split(",") if o.strip()]))
+    for name, options in specs:
+        keys = [key for key, _ in options]
+        repeated = next((key for key in keys if keys.count(key) > 1), None)  # the registry would keep one silently
+        if repeated:
+            raise UsageError(f"bad impl list {spec!r}: option {repeated!r} of {name!r} given {keys.count(repeated)} times")
     return tuple(dict.fromkeys(ImplSpec(n, tuple(sorted(o))) for n, o in specs))
 
 

@@ -63,6 +63,9 @@ def assert_bad_input(result, *fragments):
         (["--device", "cuda"], ["cuda", "not available"]),
         (["--device", "tpu"], ["'tpu'"]),
         (["--timeout", "0"], ["timeout"]),
+        (["--rep-ms", "nan"], ["rep_ms", "nan", "finite"]),
+        (["--timeout", "inf"], ["timeout", "inf", "finite"]),
+        (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),
         (["--bogus-flag"], ["--bogus-flag"]),
     ],
 )
@@ -86,7 +89,28 @@ def test_missing_and_malformed_scenarios(tmp_path, db):
     latin1.write_bytes("# caf\u00e9\n[sweep]\nimpl = 'softmax'\n".encode("latin-1"))
     assert_bad_input(invoke("sweep", latin1, "--db", db), "latin1.toml", "UTF-8")
     assert_bad_input(invoke("gate", latin1, "--db", db), "latin1.toml", "UTF-8")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing yet\n")
+    assert_bad_input(invoke("sweep", empty, "--db", db), "empty.toml", "no [sweep] table")  # not the whole default sweep
+    named = tmp_path / "named.toml"
+    named.write_text("[sweep]\nimpl = 'softmax'\nname = 5\n")
+    assert_bad_input(invoke("sweep", named, "--db", db), "name", "5")
+    nan = tmp_path / "nan.toml"
+    nan.write_text("[sweep]\nimpl = 'softmax'\nwarmup_ms = nan\n")
+    assert_bad_input(invoke("sweep", nan, "--db", db), "warmup_ms", "finite")
     assert not db.exists()
+
+
+def test_scenario_lengths_as_a_toml_list_and_options_at_their_defaults(tmp_path, db):
+    listed = tmp_path / "listed.toml"
+    listed.write_text("[sweep]\nimpl = ['combiner-fixed:block_size=auto', 'nystromformer:num_landmarks=64', 'nystromformer']\n")
+    listed.write_text(listed.read_text() + "lengths = [256, '1k']\ncausal = 'no'\ndevice = 'cpu'\n")
+    result = invoke("sweep", listed, "--db", db, "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "4 cases, 0 refused" in lines[-1]  # an option at its default is the plain impl's line, not another
+    assert {line.split()[0] for line in lines[:-1]} == {"combiner-fixed", "nystromformer"}
+    assert {line.split()[1] for line in lines[:-1]} == {"N=256", "N=1024"}
 
 
 def test_unwritable_and_foreign_databases(tmp_path):

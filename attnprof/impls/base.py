@@ -87,7 +87,7 @@ class AttentionImpl:
         given = dict(given)
         unknown = sorted(set(given) - set(self.options))
         if unknown:
-            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            known = ", ".join(f"{k}={'auto' if v is None else repr(v)}" for k, v in self.options.items()) or "none"  # as `list` shows them
             raise UsageError(f"unknown option {unknown[0]!r} for impl {self.name!r}; its options: {known}")
         resolved = dict(self.options)
         for key, raw in given.items():

@@ -43,6 +43,11 @@ def measurements_frame(run_id: str, measurements: list[Measurement]):
     return pd.DataFrame([measurement_record(run_id, m) for m in measurements], columns=list(EXPORT_KEYS))
 
 
+def to_json(records: list[dict]) -> str:
+    """One JSON array (what `json.load` and `jq` expect of a .json file); to_jsonl for streams."""
+    return json.dumps(records, default=str, indent=1) + "\n"
+
+
 def to_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, default=str) + "\n" for r in records)
 

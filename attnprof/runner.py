@@ -181,7 +181,7 @@ def _skip_if_failed_before(case: Case, failures: dict[str, tuple[int, Status]]) 
     if failed is None or case.seq_len <= failed[0]:
         return None
     what = "ran out of memory" if failed[1] == Status.OOM else "timed out"
-    return Measurement(case=case, status=Status.SKIPPED, reason=f"skipped: the same configuration {what} at N={failed[0]}")
+    return Measurement(case=case, status=Status.SKIPPED, reason=f"the same configuration {what} at N={failed[0]}")
 
 
 def _now() -> str:

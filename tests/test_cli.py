@@ -143,9 +143,11 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     assert "complete" in runs.output and "smoke" in runs.output and "2 cases" in runs.output
     markdown = invoke("show", "latest", "--format", "markdown", "--db", db)
     assert markdown.output.startswith("| impl | N=64 | N=128 |") and "ms /" in markdown.output
-    records = [json.loads(line) for line in invoke("show", "--format", "json", "--db", db).output.splitlines()]
+    records = json.loads(invoke("show", "--format", "json", "--db", db).output)  # one JSON array
     assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
-    out = tmp_path / "out.csv"
+    lines = invoke("export", "--format", "jsonl", "--db", db).output.splitlines()
+    assert [json.loads(line) for line in lines] == records
+    out = tmp_path / "new-dir" / "out.csv"  # the directory is created, as `report --out` does
     assert invoke("export", "latest", "--format", "csv", "--out", out, "--db", db).exit_code == 0
     import pandas as pd
 
@@ -194,7 +196,7 @@ def test_resume_refuses_a_different_environment(db):
 def test_accounting_sweep_on_meta_is_exact_and_marks_models(db):
     result = invoke("sweep", "--accounting", "--impl", "softmax,sdpa-flash", "--lengths", "1k,64k", "--causal", "no", "--db", db)
     assert result.exit_code == 0, result.output
-    records = {(r["impl"], r["seq_len"]): r for r in map(json.loads, invoke("show", "--format", "json", "--db", db).output.splitlines())}
+    records = {(r["impl"], r["seq_len"]): r for r in json.loads(invoke("show", "--format", "json", "--db", db).output)}
     soft = records[("softmax", 65536)]
     assert soft["device"] == "meta" and soft["peak_source"] == "accounting" and soft["times_ms"] == []
     assert soft["peak_bytes"] > 16 * 65536**2 * 4  # the fp32 N x N softmax of 16 heads
@@ -232,3 +234,26 @@ def test_serve_refuses_a_file_that_is_not_an_attnprof_database(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(bytes(range(256)) * 12)
     assert_bad_input(invoke("serve", "--db", junk), "junk.db", "not an attnprof database")  # checked before it listens
+
+
+def test_output_to_a_closed_pipe_a_full_disk_and_a_pipe_wider_than_80_columns(tmp_path, db):
+    """Through real processes: click turned a closed pipe into a silent exit 1 and a full disk into a traceback;
+    rich wrapped tables at 80 columns whenever stdout was not a terminal (CI logs, `| tee`)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    attnprof = f"{shlex.quote(sys.executable)} -m attnprof"
+
+    def shell(script):
+        return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    closed = shell(f"{attnprof} list 2>err.txt | true; echo ${{PIPESTATUS[0]}}")  # `true` is gone before the first write
+    assert closed.stdout.strip() == "141" and (tmp_path / "err.txt").read_text() == ""
+    if os.path.exists("/dev/full"):
+        full = shell(f"{attnprof} list > /dev/full")
+        assert full.returncode == 1 and full.stderr == "Error: cannot write the output: No space left on device\n"
+    assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "256..64k", "--causal", "no", "--db", db).exit_code == 0
+    shown = shell(f"COLUMNS= {attnprof} show --db {shlex.quote(str(db))} | cat")
+    assert shown.returncode == 0 and "N=16384" in shown.stdout and "N=65536" in shown.stdout, shown.stdout

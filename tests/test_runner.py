@@ -47,6 +47,7 @@ def test_oom_skips_larger_lengths_of_that_configuration(db):
     label = "fault[at_length=128,kind=oom]"
     assert statuses(rows, label) == ["ok", "oom", "skipped"]
     assert "N=128" in rows[(label, 256)].reason and "out of memory" in rows[(label, 256)].reason
+    assert not rows[(label, 256)].reason.startswith("skipped")  # the status already says so: "skipped: skipped: ..." in lists
 
 
 def test_timeout_kills_the_worker_and_skips_larger_lengths(db):

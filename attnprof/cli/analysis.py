@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from attnprof.cli.group import cli, db_option, exit_interrupted
+from attnprof.cli.group import cli, db_option, exit_interrupted, output_console
 from attnprof.errors import UsageError
 
 
@@ -115,7 +115,6 @@ def _print_fits_table(display) -> None:
 
 
 def _rich_frame(frame) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -124,7 +123,7 @@ def _rich_frame(frame) -> None:
         table.add_column(column, overflow="fold")
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(cell)) for cell in row))  # labels hold "[option=value]": text, not markup
-    Console().print(table)
+    output_console().print(table)
 
 
 def _json_safe(value):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
 
 import click
@@ -24,6 +27,33 @@ class AttnprofGroup(click.Group):
             raise BadInput(str(error)) from None
         except click.UsageError as error:
             raise BadInput(" ".join(error.format_message().split())) from None
+        except OSError as error:
+            if error.errno not in OUTPUT_FAULTS:
+                raise
+            _silence_stdout()  # else the interpreter's last flush raises again
+            if error.errno == errno.EPIPE:  # the reader went away (`| head -1`): what a shell reports for a tool SIGPIPE ended
+                sys.exit(128 + signal.SIGPIPE)
+            raise click.ClickException(f"cannot write the output: {error.strerror}") from None
+
+
+OUTPUT_FAULTS = (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT)  # stdout to a closed pipe or a full disk
+
+
+def _silence_stdout() -> None:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (an in-process runner): nothing left to flush
+        pass
+
+
+def output_console():
+    """A rich Console for stdout. Off a terminal (a pipe, `tee`, a CI log) rich assumes 80 columns and wraps tables
+    mid-word; there the width is $COLUMNS or wide enough for any table, and lines end where the table does."""
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=1000)
 
 
 @click.group(cls=AttnprofGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -50,8 +80,6 @@ def exit_interrupted(stop, db) -> None:
 
 
 def print_summary(db, run_id: str, output_format: str) -> None:
-    from rich.console import Console
-
     from attnprof.store import Store
     from attnprof.table import markdown_table, reasons_list, rich_table
 
@@ -65,7 +93,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         click.echo(markdown_table(measurements), nl=False)
     else:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
-        Console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
+        output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
     for line in reasons_list(measurements):
         click.echo(f"  {line}")
     click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}")

@@ -49,17 +49,17 @@ def show(run, output_format, db):
 
     db = db or default_db()
     if output_format in ("json", "csv"):
-        return _echo_records(run, db, "jsonl" if output_format == "json" else "csv", None)
+        return _echo_records(run, db, output_format, None)
     print_summary(db, run, output_format)
 
 
 @cli.command()
 @click.argument("run", default="latest")
-@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv", "baseline"]), default="jsonl", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "json", "csv", "baseline"]), default="jsonl", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
 @db_option
 def export(run, output_format, out, db):
-    """Write one record per case (jsonl, csv, or the small baseline file `gate --baseline` reads).
+    """Write one record per case (jsonl, a json array, csv, or the small baseline file `gate --baseline` reads).
 
     RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
 
@@ -76,7 +76,7 @@ def export(run, output_format, out, db):
 def _echo_records(run, db, output_format, out) -> None:
     from pathlib import Path
 
-    from attnprof.export import measurement_record, to_csv, to_jsonl
+    from attnprof.export import measurement_record, to_csv, to_json, to_jsonl
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
@@ -92,11 +92,12 @@ def _echo_records(run, db, output_format, out) -> None:
 
         text = baseline_records(measurements_frame(info.run_id, store_measurements)) if records else ""
     else:
-        text = to_jsonl(records) if output_format == "jsonl" else to_csv(records)
+        text = {"jsonl": to_jsonl, "json": to_json, "csv": to_csv}[output_format](records)
     if out is None:
         click.echo(text, nl=False)
         return
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)  # as `report --out` does
         Path(out).write_text(text)
     except OSError as error:
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None

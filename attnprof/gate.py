@@ -123,15 +123,19 @@ def _judge_exponent(rule, subject, group, frame, budget) -> Judgement:
     fit = fit_power_law(lengths, values, metric=rule.metric)
     interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
     described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity})"
+    # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
+    high, low = f"95% upper end {fit.exponent_high:.3f}", f"95% lower end {fit.exponent_low:.3f}"
     if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
-        return Judgement(subject, "FAIL", f"{described} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
+        return Judgement(subject, "FAIL", f"{described}: {high} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
     if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
-        return Judgement(subject, "FAIL", f"{described} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
-    bound = " ".join(
-        f"{name} {value:g}" for name, value in (("<= max", rule.max_exponent), (">= min", rule.min_exponent)) if value is not None
+        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
+    bound = ": " + ", ".join(
+        f"{end} {name} {value:g}"
+        for end, name, value in ((high, "<= max", rule.max_exponent), (low, ">= min", rule.min_exponent))
+        if value is not None
     )
     margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
-    return Judgement(subject, "PASS", f"{described} {bound}", margin)
+    return Judgement(subject, "PASS", f"{described}{bound}", margin)
 
 
 # A target not met because the cell itself failed is a failure; a cell never run is only missing.
@@ -210,9 +214,12 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
     described = (
         f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
     )
+    low = f"95% lower end {frontier.length_low:,.0f}"
     if not frontier.length_low >= rule.min_frontier:
-        return Judgement(subject, "FAIL", f"{described} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
-    return Judgement(subject, "PASS", f"{described} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
+        return Judgement(
+            subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1)
+        )
+    return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
 
 
 def _judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnprof.errors import UsageError
-from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_lengths, parse_modes, parse_size
+from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_size
 
 METRICS = {"time": "median_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
 FILTER_KEYS = ("causal", "mode", "dtype", "device", "batch", "heads", "head_dim")
@@ -81,7 +81,7 @@ def _parse_rule(index: int, table: dict, source: str) -> GateRule:
     unknown = sorted(set(table) - {"impl", "metric", *FILTER_KEYS, *BOUND_KEYS})
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} in {where}; known: impl, metric, {', '.join(FILTER_KEYS + BOUND_KEYS)}")
-    impl = _required_text(table, "impl", where)
+    impl = _impl_label(_required_text(table, "impl", where), where)
     metric = str(table.get("metric", "peak_bytes" if "min_frontier" in table else "")).strip()
     if metric not in METRICS:
         raise UsageError(f"bad metric {metric!r} in {where}; choose time, peak_bytes or flops")
@@ -95,6 +95,17 @@ def _required_text(table: dict, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f'{where} needs {key} = "..."')
     return value.strip()
+
+
+def _impl_label(text: str, where: str) -> str:
+    """A rule names an impl as tables label it (`nystromformer[num_landmarks=32]`) or as --impl takes it
+    (`nystromformer:num_landmarks=32`); both become the label the measurements carry."""
+    if ":" not in text:
+        return text
+    specs = parse_impls(text)
+    if len(specs) != 1:
+        raise UsageError(f"bad impl {text!r} in {where}: one impl per rule")
+    return specs[0].label
 
 
 def _filters(table: dict, where: str) -> dict:
@@ -130,7 +141,7 @@ def _bounds(table: dict, where: str) -> dict:
     if "budget" in table:
         bounds["budget"] = parse_bytes(table["budget"], f"budget in {where}")
     if "to" in table:
-        bounds["to"] = _required_text(table, "to", where)
+        bounds["to"] = _impl_label(_required_text(table, "to", where), where)
     return bounds
 
 

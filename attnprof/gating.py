@@ -47,12 +47,29 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     if not runs:
         if not sweeps:
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
+        check_rules_are_swept(rules, [sweep_from_options(s) for s in sweeps], rules_path)
         runs = tuple(run_sweep(sweep_from_options(s), db, progress=progress, command=f"attnprof gate {rules_path}") for s in sweeps)
     frames = [load_measurements(run, db) for run in runs]
     run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
     return verdicts, run_ids
+
+
+def check_rules_are_swept(rules, sweeps, rules_path) -> None:
+    """Every impl a rule names is measured by the file's sweeps: a slip found before minutes of measuring, not
+    as a MISSING verdict (exit 3, "the measurement failed") after them."""
+    from attnprof import impls
+
+    specs = [spec for sweep in sweeps for spec in sweep.impls]
+    names = set(impls.names()) if any(spec.name == "all" for spec in specs) else {spec.name for spec in specs}
+    measured = names | {spec.label for spec in specs}
+    for rule in rules:
+        for name in (rule.impl, rule.to):
+            if name and name != "all" and name not in measured:
+                raise UsageError(
+                    f"{rules_path}: rule {rule.index} names {name!r}, which no [sweep] of the file measures ({', '.join(sorted(measured))})"
+                )
 
 
 def baseline_records(frame) -> str:

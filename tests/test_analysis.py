@@ -97,3 +97,20 @@ def test_markdown_lists_crossovers_apart_from_the_table_and_equal_costs_read_as_
     payload = json.loads(runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "json", "--metric", "flops"]).output)
     (pair,) = payload["crossovers"]  # softmax and sdpa-flash: the same 4 N^2 d H FLOPs
     assert pair["kind"] == "none" and "cost the same at every length" in pair["message"]
+
+
+def test_fit_takes_a_label_with_options_as_one_line(tmp_path):
+    db = tmp_path / "labels.db"
+    sweep = Sweep(
+        impls=parse_impls("combiner-fixed:block_size=32,combiner-fixed"),
+        lengths=(1024, 2048, 4096),
+        heads=(2,),
+        causal=(False,),
+        accounting=True,
+    )
+    run_sweep(sweep, db)
+    one = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed[block_size=32]", "--metric", "flops"])
+    assert one.exit_code == 0, one.output
+    assert "\n  combiner-fixed[block_size=32] bidir fwd" in one.output and "\n  combiner-fixed bidir fwd" not in one.output
+    both = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed", "--metric", "flops"])
+    assert "\n  combiner-fixed[block_size=32] bidir fwd" in both.output and "\n  combiner-fixed bidir fwd" in both.output

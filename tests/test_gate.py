@@ -176,6 +176,10 @@ def test_time_exponent_uses_raw_samples_and_min_bound():
     rules = parse_rules([{"impl": "x", "metric": "time", "min_exponent": 1.9}, {"impl": "x", "metric": "time", "max_exponent": 1.5}], "t")
     verdicts = evaluate(rules, frame(rows))
     assert [v.verdict for v in verdicts] == ["PASS", "FAIL"] and exit_status(verdicts) == 1
+    # the line states the comparison the verdict rests on: the interval's end, not the point estimate
+    assert "95% lower end" in verdicts[0].message and ">= min 1.9" in verdicts[0].message
+    end = float(verdicts[1].message.split("95% upper end ")[1].split()[0])
+    assert end > 1.5 and f"upper end {end:.3f} > max 1.5" in verdicts[1].message
 
 
 def test_filters_select_configurations():
@@ -255,3 +259,15 @@ def test_time_regression_with_enough_samples_uses_the_test():
     spread = [float(t) for t in range(1, 21)]  # median 10.5; shifted by 2.7 it is +26%, well inside the spread
     noisy = regression_verdict([t + 2.7 for t in spread], spread)
     assert noisy.verdict == "PASS" and "not significant" in noisy.message
+
+
+def test_a_rule_on_an_impl_the_file_never_sweeps_is_a_usage_error_before_measuring(tmp_path):
+    result = gate(tmp_path, SWEEP + '[[rule]]\nimpl = "cosformer"\nmetric = "time"\nmax_exponent = 1\n')
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "'cosformer'" in lines[0] and "rule 1" in lines[0], result.output
+    assert not (tmp_path / "gate.db").exists()  # nothing was measured
+
+
+def test_a_rule_may_name_an_impl_with_options_as_the_sweep_flag_does():
+    [rule] = parse_rules([{"impl": "nystromformer:num_landmarks=32", "metric": "time", "max_exponent": 1.2}], "t")
+    assert rule.impl == "nystromformer[num_landmarks=32]"  # the label the measurements carry

@@ -11,11 +11,12 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_scenario_and_rules_file_parses(path):
-    from attnprof.gating import load_rules
+    from attnprof.gating import check_rules_are_swept, load_rules
 
     if "[[rule]]" in path.read_text():
         rules, sweeps = load_rules(path)  # validates every sweep value, rule key and impl name
         assert rules and sweeps
+        check_rules_are_swept(rules, [sweep_from_options(s) for s in sweeps], path)  # raises if a rule names an unmeasured impl
     else:
         assert sweep_from_options(scenario_options(path)).impls
 

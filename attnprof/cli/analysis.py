@@ -16,7 +16,12 @@ from attnprof.errors import UsageError
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--metric", default="time,peak_bytes,flops", show_default=True, help="Metrics to fit (time, peak_bytes, flops).")
 @click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
-@click.option("--impl", "impl_names", default=None, help="Only these impls, comma separated (default: every impl in the run).")
+@click.option(
+    "--impl",
+    "impl_names",
+    default=None,
+    help="Only these impls or labels (nystromformer[num_landmarks=32]), comma separated (default: every impl in the run).",
+)
 @click.option(
     "--all-crossovers",
     is_flag=True,
@@ -47,13 +52,16 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
 
 
 def _only_impls(frame, impl_names: str):
-    """The rows of the named impls (crossovers then pair only them); a name the run lacks is bad input."""
-    wanted = [name.strip() for name in impl_names.split(",") if name.strip()]
-    present = set(frame["impl"]) if len(frame) else set()
+    """The rows of the named impls (crossovers then pair only them): a name takes every line of that impl, a label
+    (`nystromformer[num_landmarks=32]`, commas inside brackets kept) one line; a name the run lacks is bad input."""
+    import re
+
+    wanted = [name.strip() for name in re.split(r",(?![^\[]*\])", impl_names) if name.strip()]
+    present = (set(frame["impl"]) | set(frame["label"])) if len(frame) else set()
     missing = [name for name in wanted if name not in present]
     if not wanted or missing:
         raise UsageError(f"impl {(missing or [impl_names])[0]!r} is not in this run; it has {', '.join(sorted(present)) or 'no rows'}")
-    return frame[frame["impl"].isin(wanted)]
+    return frame[frame["impl"].isin(wanted) | frame["label"].isin(wanted)]
 
 
 def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False) -> None:

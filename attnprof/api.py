@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from attnprof.errors import UsageError
+from attnprof.errors import Terminated, UsageError
 from attnprof.spec import ImplSpec, Sweep, parse_lengths
 
 DEFAULT_DB = Path("reports") / "attnprof.db"
@@ -89,7 +89,8 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
-    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, execute
+    from attnprof.errors import signal_of
+    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
     from attnprof.store import Store
     from attnprof.worker import Settings
 
@@ -110,6 +111,9 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         try:
             with _terminate_as_interrupt():
                 execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
+        except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
+            store.set_run_state(run.run_id, "interrupted")
+            raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
         except BaseException:  # Ctrl-C, SIGTERM (a CI job cancelled, `timeout`), or a fault: resumable, not 'running' forever
             store.set_run_state(run.run_id, "interrupted")
             raise
@@ -122,13 +126,14 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """Inside: SIGTERM stops the sweep as Ctrl-C does (what was measured is saved, the run can be resumed).
-    Only the main thread can install handlers; elsewhere SIGTERM keeps its default."""
-    if threading.current_thread() is not threading.main_thread():
+    Only the main thread can install handlers; elsewhere, or where a handler is installed already (the CLI's),
+    SIGTERM keeps it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

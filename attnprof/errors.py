@@ -1,4 +1,6 @@
-"""The one exception type for bad user input; the CLI turns it into one line and exit status 2."""
+"""The exceptions the CLI turns into an exit status: bad user input (one line, exit 2) and a stop by a signal."""
+
+import signal
 
 
 class UsageError(ValueError):
@@ -6,3 +8,12 @@ class UsageError(ValueError):
 
     The message names the bad value; it is shown to the user as it is.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as Ctrl-C is (the same cleanup runs), told apart for the exit status."""
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM for Terminated, else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT

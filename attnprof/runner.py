@@ -9,11 +9,15 @@ Every measurement is stored the moment it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
+import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
+from attnprof.errors import signal_of
 from attnprof.failures import signal_reason
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
@@ -24,11 +28,27 @@ WORKER_START_TIMEOUT_S = 300.0  # importing torch and initialising CUDA on a col
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C: everything measured so far is saved; `run_id` resumes the rest."""
+    """Ctrl-C or SIGTERM: everything measured so far is saved; `run_id` resumes the rest. `signum` is the
+    signal that stopped it (the CLI exits 128 + signum, as a shell reports a process that signal ended)."""
 
-    def __init__(self, run_id: str, done: int, total: int):
+    def __init__(self, run_id: str, done: int, total: int, signum: int = signal.SIGINT):
         super().__init__(f"interrupted after {done} of {total} cases")
-        self.run_id, self.done, self.total = run_id, done, total
+        self.run_id, self.done, self.total, self.signum = run_id, done, total, int(signum)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Inside: Ctrl-C and SIGTERM are ignored. Stopping the workers takes a moment, and a second Ctrl-C landing
+    there (people press it twice) used to replace the saved-and-resumable message by click's bare 'Aborted!'."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 WORKER_NAME_PREFIX = "attnprof-worker-"  # the worker processes' names
@@ -134,6 +154,7 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
     workers: dict[str, WorkerHandle] = {}
     progress = progress or Progress()
     progress.begin(len(pending))
+    interrupt = None
     try:
         for case in pending:
             progress.start(case)
@@ -144,13 +165,15 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
             store.add_measurement(run_id, measurement, _now())
             _note_failure(measurement, failures)
             progress.done(case, measurement)
-    except KeyboardInterrupt:
-        for worker in workers.values():
-            worker.kill()  # the case in flight is abandoned (no row): resume measures it again
-        raise SweepInterrupted(run_id, store.count(run_id), len(cases)) from None
+    except KeyboardInterrupt as error:
+        interrupt = error
     finally:
-        for worker in workers.values():
-            worker.stop()
+        with interrupts_held():
+            for worker in workers.values():
+                # interrupted: the case in flight is abandoned (no row), resume measures it again
+                worker.kill() if interrupt is not None else worker.stop()
+    if interrupt is not None:
+        raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt)) from None
 
 
 def _refusal(case: Case) -> Measurement | None:

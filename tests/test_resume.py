@@ -65,14 +65,17 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
     assert again.returncode == 0 and again.stderr == f"run {run.run_id} already has a row for every case: nothing left to measure\n"
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db, stop):
+@pytest.mark.parametrize("stops", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT] * 3], ids=["ctrl-c", "sigterm", "ctrl-c-thrice"])
+def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db, stops):
     """SIGTERM is how CI cancels a job and how `timeout` stops one: it must leave a resumable run, not one
-    that says 'running' forever."""
+    that says 'running' forever. Ctrl-C pressed again while the workers stop used to end in click's bare
+    'Aborted!' (exit 1) without the resume command."""
     process = start_and_wait_for(db, 3)
-    process.send_signal(stop)
+    for stop in stops:
+        process.send_signal(stop)
+        time.sleep(0.05)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + stops[0], stderr  # 130 Ctrl-C, 143 SIGTERM, as a shell reports them
     run, saved = rows(db)
     assert run.state == "interrupted" and len(saved) >= 3
     assert f"attnprof sweep --resume {run.run_id} --db {db}" in stderr

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
+import threading
 
 import click
 
-from attnprof.errors import UsageError
+from attnprof.errors import Terminated, UsageError, signal_of
 
 
 class BadInput(click.ClickException):
@@ -21,12 +23,19 @@ class BadInput(click.ClickException):
 
 class AttnprofGroup(click.Group):
     def invoke(self, ctx):
+        with _first_stop_only():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UsageError as error:
             raise BadInput(str(error)) from None
         except click.UsageError as error:
             raise BadInput(" ".join(error.format_message().split())) from None
+        except KeyboardInterrupt as stop:  # before a sweep's run exists (torch loading) or in a reader: click said only "Aborted!", exit 1
+            click.echo("Interrupted.", err=True)
+            sys.exit(128 + signal_of(stop))
         except OSError as error:
             if error.errno not in OUTPUT_FAULTS:
                 raise
@@ -34,6 +43,32 @@ class AttnprofGroup(click.Group):
             if error.errno == errno.EPIPE:  # the reader went away (`| head -1`): what a shell reports for a tool SIGPIPE ended
                 sys.exit(128 + signal.SIGPIPE)
             raise click.ClickException(f"cannot write the output: {error.strerror}") from None
+
+
+@contextlib.contextmanager
+def _first_stop_only():
+    """Ctrl-C or SIGTERM stops a command once; any later one is ignored while it saves and exits. People press
+    Ctrl-C twice, and a second one landing while a sweep stopped its workers and saved its state replaced the
+    saved-and-resumable message by a bare 'Aborted!' or killed the process. Main thread only (CliRunner's too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    stopped = []
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if not stopped:  # once stopped the process is on its way out: keep ignoring, through the interpreter's exit too
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 OUTPUT_FAULTS = (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT)  # stdout to a closed pipe or a full disk
@@ -76,7 +111,7 @@ def db_option(function):
 def exit_interrupted(stop, db) -> None:
     click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}.", err=True)
     click.echo(f"Resume with: attnprof sweep --resume {stop.run_id} --db {db}", err=True)
-    sys.exit(130)
+    sys.exit(128 + stop.signum)  # 130 Ctrl-C, 143 SIGTERM: what a shell reports for a process that signal ended
 
 
 def print_summary(db, run_id: str, output_format: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -93,6 +94,31 @@ class Store:
             connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
             store = cls(connection, path)
             store._initialise(create)
+        except sqlite3.OperationalError as error:
+            if create or not _unwritable(path):
+                raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
+            return cls._open_read_only(path)
+        except sqlite3.DatabaseError as error:
+            raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
+        return store
+
+    @classmethod
+    def _open_read_only(cls, path: Path) -> Store:
+        """A database on a read-only medium (a mounted CI artifact, a shared archive). A WAL database's readers
+        need its -shm file, which cannot be created there, so SQLite refused it as 'unable to open database file';
+        immutable=1 reads the file as it is (nobody can be writing to it)."""
+        uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        try:
+            store = cls(sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False), path)
+            tables = {row[0] for row in store.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables or store._meta("app") != APP_ID:
+                raise UsageError(
+                    f"{str(path)!r} is not an attnprof database (read-only; it has tables {', '.join(sorted(tables)) or 'none'})"
+                )
+            if int(store._meta("schema_version") or 0) != SCHEMA_VERSION:
+                raise UsageError(
+                    f"{str(path)!r} is read-only and has schema version {store._meta('schema_version')}: copy it somewhere writable"
+                )
         except sqlite3.DatabaseError as error:
             raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
         return store
@@ -292,6 +318,20 @@ def _keep_snapshot(connection: sqlite3.Connection, run_id: str) -> None:
 def _stat_values(times_ms: list[float]) -> tuple:
     stats = time_stats(times_ms)
     return tuple(stats[c] for c in STAT_COLUMNS)
+
+
+def _unwritable(path: Path) -> bool:
+    """The file or its directory (where SQLite puts -wal and -shm) cannot be written: a read-only mount or
+    permissions. os.access says yes to root on a read-only mount, so that is asked of the mount too."""
+    for target in (path, path.parent):
+        if not os.access(target, os.W_OK):
+            return True
+        try:
+            if os.statvfs(target).f_flag & os.ST_RDONLY:
+                return True
+        except OSError:
+            return True
+    return False
 
 
 def _prepare_parent(path: Path) -> None:

@@ -117,3 +117,30 @@ def test_samples_reads_only_the_asked_rows_in_batches(db, monkeypatch):
     assert store.samples("r1", asked) == {i: [float(frame.loc[i, "seq_len"] // 64)] for i in asked}
     assert store.samples("other-run", asked) == {}
     store.close()
+
+
+def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
+    """A WAL database's readers need its -shm file; on a read-only medium (a mounted CI artifact) SQLite cannot
+    create it and every reader said "not an attnprof database". Needs a real read-only mount (root here)."""
+    import shutil
+    import subprocess
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=64), Status.OK, times_ms=[1.0]), "now")
+    store.close()
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        shutil.copy(db, mount / "results.db")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+        reader = Store.open(mount / "results.db", create=False)
+        [back] = reader.measurements(reader.resolve_run("latest").run_id)
+        reader.close()
+        assert back.times_ms == [1.0]
+        with pytest.raises(UsageError, match="not writable"):
+            Store.open(mount / "results.db")  # a writer is still refused, with the reason
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -98,7 +98,7 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
         # the parent then records the worker's failed start with the same hint
         raise RuntimeError(SPAWN_HINT)
-    store = Store.open(db or default_db())
+    store = Store.open(db or default_db(), create=resume is None)  # resuming needs the run's database: never create an empty one
     try:
         if resume is not None:
             run, sweep = _resumable(store, resume)

@@ -90,15 +90,18 @@ class Store:
             raise UsageError(f"no database at {str(path)!r} (run a sweep first, or pass --db)")
         if create:
             _prepare_parent(path)
+        connection = None
         try:
             connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
             store = cls(connection, path)
             store._initialise(create)
-        except sqlite3.OperationalError as error:
-            if create or not _unwritable(path):
-                raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
-            return cls._open_read_only(path)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, UsageError) as error:
+            if connection is not None:
+                connection.close()  # an open handle keeps the file (and its mount) busy
+            if isinstance(error, UsageError):
+                raise
+            if isinstance(error, sqlite3.OperationalError) and not create and _unwritable(path):
+                return cls._open_read_only(path)
             raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
         return store
 
@@ -108,8 +111,8 @@ class Store:
         need its -shm file, which cannot be created there, so SQLite refused it as 'unable to open database file';
         immutable=1 reads the file as it is (nobody can be writing to it)."""
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        store = cls(sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False), path)
         try:
-            store = cls(sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False), path)
             tables = {row[0] for row in store.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables or store._meta("app") != APP_ID:
                 raise UsageError(
@@ -119,7 +122,10 @@ class Store:
                 raise UsageError(
                     f"{str(path)!r} is read-only and has schema version {store._meta('schema_version')}: copy it somewhere writable"
                 )
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, UsageError) as error:
+            store.close()
+            if isinstance(error, UsageError):
+                raise
             raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
         return store
 

@@ -132,6 +132,9 @@ def test_unwritable_and_foreign_databases(tmp_path):
 def test_resume_of_unknown_run_and_with_sweep_options(db):
     assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
     assert_bad_input(invoke("sweep", "--resume", "nosuchrun", "--db", db), "'nosuchrun'")
+    elsewhere = db.parent / "elsewhere.db"
+    assert_bad_input(invoke("sweep", "--resume", "--db", elsewhere), "no database", "elsewhere.db")
+    assert not elsewhere.exists()  # a typo in --db used to leave an empty database behind
     assert_bad_input(invoke("sweep", "--resume", "--lengths", "1k", "--db", db), "--lengths")
 
 

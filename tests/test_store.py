@@ -143,4 +143,4 @@ def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
         with pytest.raises(UsageError, match="not writable"):
             Store.open(mount / "results.db")  # a writer is still refused, with the reason
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: a reader left open must not keep it

@@ -30,6 +30,10 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     """Fill the device-dependent defaults, expand `all`, and validate impls, options and devices."""
     import torch
 
+    if sweep.accounting and any(device.split(":")[0] not in ("cuda", "meta") for device in sweep.device or ()):
+        # meta stands for a GPU: the counts are of the plan a GPU runs (cosFormer's steps, bf16 products differ on the CPU)
+        shown = ",".join(sweep.device)
+        raise UsageError(f"--accounting counts the GPU plan on the meta device; --device {shown} cannot be accounted, drop it")
     devices = ("meta",) if sweep.accounting else (sweep.device or (("cuda",) if torch.cuda.is_available() else ("cpu",)))
     for device in devices:
         _check_device(device, sweep.accounting)

@@ -64,6 +64,7 @@ def assert_bad_input(result, *fragments):
         (["--device", "tpu"], ["'tpu'"]),
         (["--timeout", "0"], ["timeout"]),
         (["--rep-ms", "nan"], ["rep_ms", "nan", "finite"]),
+        (["--accounting", "--device", "cpu"], ["--accounting", "GPU plan", "--device cpu"]),
         (["--timeout", "inf"], ["timeout", "inf", "finite"]),
         (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),
         (["--bogus-flag"], ["--bogus-flag"]),
@@ -260,3 +261,15 @@ def test_output_to_a_closed_pipe_a_full_disk_and_a_pipe_wider_than_80_columns(tm
     assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "256..64k", "--causal", "no", "--db", db).exit_code == 0
     shown = shell(f"COLUMNS= {attnprof} show --db {shlex.quote(str(db))} | cat")
     assert shown.returncode == 0 and "N=16384" in shown.stdout and "N=65536" in shown.stdout, shown.stdout
+
+
+def test_a_plugin_that_fails_on_import_is_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "ATTNPROF_PLUGINS": "broken_plugin"}
+    done = subprocess.run([sys.executable, "-m", "attnprof", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "'broken_plugin'" in done.stderr and "RuntimeError: boom" in done.stderr

@@ -80,3 +80,5 @@ def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db,
     assert run.state == "interrupted" and len(saved) >= 3
     assert f"attnprof sweep --resume {run.run_id} --db {db}" in stderr
     assert "Traceback" not in stderr
+    shown = subprocess.run([sys.executable, "-m", "attnprof", "show", "--db", str(db)], capture_output=True, text=True, timeout=120)
+    assert f"interrupted: {len(saved)} of {TOTAL} cases, the rest with attnprof sweep --resume {run.run_id}" in shown.stdout

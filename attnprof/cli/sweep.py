@@ -26,7 +26,12 @@ from attnprof.errors import UsageError
 @click.option("--timeout", type=float, help="Seconds a case may take before its worker is killed (default 300).")
 @click.option("--seed", type=int, help="Seed of the inputs (default 0).")
 @click.option("--name", help="A name for the run.")
-@click.option("--accounting", is_flag=True, default=None, help="Exact FLOPs and live bytes on the meta device; no timing.")
+@click.option(
+    "--accounting",
+    is_flag=True,
+    default=None,
+    help="Exact FLOPs and live bytes of the GPU plan, counted on the meta device (no GPU needed); no timing.",
+)
 @db_option
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
 @click.option("--dry-run", is_flag=True, help="List the cases and refusals; measure nothing.")

@@ -39,6 +39,8 @@ def _load() -> None:
             importlib.import_module(module)
         except ImportError as error:
             raise UsageError(f"cannot import plugin module {module!r} from ATTNPROF_PLUGINS: {error}") from None
+        except Exception as error:  # the plugin's own code failed: its fault, one line, not our traceback
+            raise UsageError(f"plugin module {module!r} from ATTNPROF_PLUGINS failed on import: {type(error).__name__}: {error}") from None
         _imported.add(module)
 
 

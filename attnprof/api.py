@@ -38,13 +38,29 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     for device in devices:
         _check_device(device, sweep.accounting)
     cpu_only = all(d == "cpu" for d in devices)
-    return replace(
+    resolved = replace(
         sweep,
         device=devices,
         lengths=sweep.lengths or parse_lengths("256..4k" if cpu_only else "1k..64k"),
         dtype=sweep.dtype or (("float32",) if cpu_only else ("bfloat16",)),
         impls=_expand_impls(sweep.impls),
     )
+    _check_input_size(resolved)
+    return resolved
+
+
+MAX_INPUT_BYTES = 2**50  # 1 PiB for one of q, k, v: beyond any device; far beyond it, torch's size arithmetic overflows
+
+
+def _check_input_size(sweep: Sweep) -> None:
+    """Refuse a grid whose largest q cannot exist, before measuring: it would otherwise be an error row
+    ('Storage size calculation overflowed') per cell. Large-but-possible sizes are left to the OOM handling."""
+    from attnprof.impls.base import DTYPE_BYTES
+
+    n, b, h, d = max(sweep.lengths), max(sweep.batch), max(sweep.heads), max(sweep.head_dim)
+    size = b * h * n * d * max(DTYPE_BYTES[dtype] for dtype in sweep.dtype)
+    if size > MAX_INPUT_BYTES:
+        raise UsageError(f"bad lengths: N={n} with batch {b}, {h} heads, head dim {d} makes q alone {size / 2**50:.3g} PiB")
 
 
 def _check_device(device: str, accounting: bool) -> None:

@@ -64,6 +64,7 @@ def assert_bad_input(result, *fragments):
         (["--device", "tpu"], ["'tpu'"]),
         (["--timeout", "0"], ["timeout"]),
         (["--rep-ms", "nan"], ["rep_ms", "nan", "finite"]),
+        (["--lengths", "99999999999k"], ["N=102399999998976", "PiB"]),
         (["--accounting", "--device", "cpu"], ["--accounting", "GPU plan", "--device cpu"]),
         (["--timeout", "inf"], ["timeout", "inf", "finite"]),
         (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),

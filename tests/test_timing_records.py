@@ -27,14 +27,19 @@ def test_statistics_derive_from_raw_samples():
 
 
 def test_rss_tracker_sees_a_large_allocation():
-    import numpy as np
+    import mmap
 
     from attnprof.trackers.host_rss import rss_tracker
 
+    size = 64 * 1024 * 1024
     with rss_tracker() as rss:
-        block = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB, touched
-        time.sleep(0.05)
-    del block
+        # Fresh pages from the kernel, whatever malloc's policy: np.ones took them from the heap, where an earlier
+        # test's cpu_heap.keep() (no mmap) left freed but resident memory, and RSS did not rise (seen once in a full run).
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1  # touched: resident
+        time.sleep(0.2)  # the sampler thread gets its turns even on a loaded machine
+    block.close()
     assert rss.peak_above_start >= 48 * 1024 * 1024
 
 

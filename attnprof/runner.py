@@ -170,8 +170,10 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
     finally:
         with interrupts_held():
             for worker in workers.values():
-                # interrupted: the case in flight is abandoned (no row), resume measures it again
-                worker.kill() if interrupt is not None else worker.stop()
+                if interrupt is not None:
+                    worker.kill()  # the case in flight is abandoned (no row): resume measures it again
+                else:
+                    worker.stop()
     if interrupt is not None:
         raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt)) from None
 

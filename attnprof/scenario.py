@@ -22,10 +22,12 @@ else:  # pragma: no cover
 def _number(kind, key: str):
     def parse(value):
         try:
+            if isinstance(value, bool):  # TOML true is an int to Python
+                raise TypeError
             number = kind(value)
         except (TypeError, ValueError, OverflowError):
             raise UsageError(f"bad {key} {value!r}: expected a number") from None
-        if isinstance(value, bool) or not math.isfinite(number):  # nan compares false with everything: it passed the checks below
+        if not math.isfinite(number):  # nan compares false with everything: it passed the checks below
             raise UsageError(f"bad {key} {value!r}: expected a finite number")
         zero_allowed = key in ("seed", "warmup_ms")
         if number < 0 or (number == 0 and not zero_allowed):

@@ -3,10 +3,14 @@
 Method (triton.testing.do_bench's recipe):
 1. Run the call once and synchronise (first-call costs: kernel selection, allocator growth); skipped
    when the caller says the call has just run (the memory pass is that first call).
-2. Estimate the time of one call from 5 calls (on CUDA: events around the batch; L2 flushed before each);
-   on the CPU from one call, or from the caller's hint (the memory pass's duration, an upper bound).
-3. Warm up for `warmup_ms` worth of calls, then time `rep_ms` worth of repetitions, at least
-   `min_reps` (3: enough for a median and quantiles of a call slower than the budget) and at most `max_reps`.
+2. On CUDA, estimate the time of one call from 5 calls (events around the batch; L2 flushed before each),
+   then warm up for `warmup_ms` worth of calls and queue `rep_ms` worth of repetitions.
+3. On the CPU every call is timed as it ends, so no estimate is needed: warm up until `warmup_ms` has
+   passed (a call that has just run counts), then repeat until the samples add up to `rep_ms`. A count
+   taken from the memory pass's duration fell short: the trackers slow that pass 1.3-6x, so cases got a
+   sixth of their budget and a fast case as few as 3 repetitions.
+   Both take at least `min_reps` (3: a median and quantiles for a call slower than the budget) and at
+   most `max_reps` repetitions.
 4. On CUDA every repetition is bracketed by its own pair of CUDA events, and a 256 MB buffer is
    zeroed before each one so that no repetition reads q, k, v from a warm L2 cache; the flush is
    outside the events. On the CPU every repetition is timed with time.perf_counter.
@@ -40,20 +44,21 @@ def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, min_reps: int, 
 
 
 def _bench_cpu(call, warmup_ms, rep_ms, min_reps, max_reps, warm_ms) -> list[float]:
-    calls_done = 1 if warm_ms is not None else 2
+    warmed_ms = warm_ms or 0.0
     if warm_ms is None:
-        call()
+        call()  # the cold call
         start = time.perf_counter()
         call()  # with the first call, the warm-up when one call already exceeds the budget
-        warm_ms = (time.perf_counter() - start) * 1e3
-    warmup, reps = _counts(warm_ms, max(0.0, warmup_ms - calls_done * warm_ms), rep_ms, min_reps, max_reps)
-    for _ in range(warmup - 1):
+        warmed_ms = (time.perf_counter() - start) * 1e3
+    warm_until = time.perf_counter() + max(0.0, warmup_ms - warmed_ms) / 1e3
+    while time.perf_counter() < warm_until:
         call()
-    samples = []
-    for _ in range(reps):
+    samples, spent_ms = [], 0.0
+    while len(samples) < min_reps or (spent_ms < rep_ms and len(samples) < max_reps):
         start = time.perf_counter()
         call()
         samples.append((time.perf_counter() - start) * 1e3)
+        spent_ms += samples[-1]
     return samples
 
 

@@ -102,8 +102,8 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
     else:
         with cpu_heap.retained():
             cpu_heap.prime(call, settings.rep_ms)  # grows the retained heap to the case's working set (cpu_heap.py); not timed
-            # The memory pass's duration (an upper bound: the tracker slows it a little) stands in for
-            # bench's estimate call, so a slow case costs 2 + min_reps calls.
+            # The memory pass was the first, warm-making call and counts against the warm-up budget
+            # (its duration overstates a call's: the trackers slow it 1.3-6x), so a slow case costs 2 + min_reps calls.
             measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm_ms=memory_pass_ms)
     if start_mj is not None:
         measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))

@@ -17,6 +17,10 @@ def test_bench_respects_min_and_max_reps():
     calls.clear()
     bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0.001, min_reps=3, warm_ms=50.0)
     assert len(calls) == 3  # already warm and its duration known: only the repetitions
+    # A hint 10x the true duration (the memory pass runs under trackers) must not shrink the repetitions: the
+    # budget is 40 ms of 2 ms calls, so ~20; a count from the hint gave max(3, 40 // 20) = 3.
+    hinted = bench(lambda: time.sleep(0.002), "cpu", warmup_ms=0, rep_ms=40, min_reps=3, warm_ms=20.0)
+    assert len(hinted) >= 6 and sum(hinted) >= 40
 
 
 def test_statistics_derive_from_raw_samples():

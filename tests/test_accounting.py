@@ -1,5 +1,9 @@
 """Exact accounting: repeatable, equal on meta and on the CPU, and scaling as the algorithms say."""
 
+from dataclasses import replace
+
+import pytest
+
 from attnprof import impls
 from attnprof.accounting import account_call
 from attnprof.inputs import make_call, make_inputs
@@ -56,3 +60,16 @@ def test_a_mixed_precision_bmm_is_counted_like_any_bmm():
     reading = account_call(lambda: torch.bmm(a, b, out_dtype=torch.float32))
     assert reading.flops == 2 * 3 * 8 * 16 * 4
     assert reading.peak_bytes == 3 * 8 * 4 * 4  # the fp32 product
+
+
+def test_the_math_paths_formula_equals_its_counted_flops_forward_and_backward():
+    """sdpa-math keeps the N x N weights for its backward (four matmuls, 2x the forward) where a fused kernel
+    recomputes q k^T (five, 2.5x): the formula used the fused figure for both and overstated the math path 7/6."""
+    impl = impls.get("sdpa-math")
+    for causal in (False, True):
+        for mode in ("fwd", "fwd_bwd"):
+            case = Case(impl="sdpa-math", seq_len=256, heads=2, head_dim=16, causal=causal, mode=mode)
+            counted = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
+            assert impl.flops(case, {}) == pytest.approx(counted, rel=1e-9), (causal, mode)
+    flash = Case(impl="sdpa-flash", seq_len=256, heads=2, head_dim=16, mode="fwd_bwd")
+    assert impls.get("sdpa-flash").flops(flash, {}) * 6 == impl.flops(replace(flash, impl="sdpa-math"), {}) * 7

@@ -68,7 +68,7 @@ def _register(name: str, backend: str | None, description: str, devices=("cpu", 
             description=description,
             devices=devices,
             refuse=refuse,
-            flops=lambda case, options: dense_attention_flops(case, skip_masked),
+            flops=lambda case, options: dense_attention_flops(case, skip_masked, recompute=skip_masked),  # only math keeps N x N
             meta_exact=backend == "MATH",  # fused kernels take the unfused path on meta
             memory_model=None if backend == "MATH" else fused_memory_model,
         )

@@ -247,6 +247,16 @@ def test_flop_formula_equals_counted_flops(mode, causal, seq_len, chunk_size):
     assert impl.flops(case, impl.resolve_options(case.options)) == counted
 
 
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("seq_len", [1000, 4096])
+def test_flop_formula_counts_the_bf16_plans_scan_gemm(mode, seq_len):
+    """On meta (standing in for a GPU) bf16 takes the plan that sums chunk states by a triangular GEMM."""
+    impl = impls.get("cosformer")
+    case = Case(impl="cosformer", seq_len=seq_len, heads=16, head_dim=64, dtype="bfloat16", device="meta", causal=True, mode=mode)
+    counted = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
+    assert impl.flops(case, impl.resolve_options(())) == counted
+
+
 def test_min_bytes_is_the_io():
     case = Case(impl="cosformer", seq_len=1024, heads=4, head_dim=32, dtype="bfloat16", mode="fwd_bwd")
     assert impls.get("cosformer").min_bytes(case, {"chunk_size": None}) == 12 * 1024 * 4 * 32 * 2

@@ -59,10 +59,10 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls import register
-from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.impls.base import AttentionImpl, io_bytes, planning_device_type
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
-from attnprof.impls.cosformer.causal import CausalCosformer
-from attnprof.impls.cosformer.common import auto_chunk_size, chunk_size_problems
+from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
+from attnprof.impls.cosformer.common import MIXED_BMM, auto_chunk_size, chunk_size_problems
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference
 
@@ -98,8 +98,9 @@ def cosformer_flops(case, options: dict) -> int:
     bidirectional: fwd 4 d e (Nq + Nk) [key states, query products], bwd 8 d e (Nq + Nk);
     causal, summed over the chunks of length L (C, and a last one of N mod C): fwd 4 L^2 d + 8 L d^2 + 4 L d
     [intra weights and values, chunk states and query products, query . key sums], bwd 6 L^2 (d + e) + 20 L d e
-    (both sweeps recompute their chunk's pieces, with v widened). Not counted: the bf16 GPU plan's sum of the
-    chunk states as a triangular GEMM (2 G^2 per state element for a step of G chunks), a cumsum in GEMM form."""
+    (both sweeps recompute their chunk's pieces, with v widened). The bf16 plan off the CPU (half_products) adds,
+    per step of G chunks, the triangular GEMM that sums the chunk states: 2 G^2 (2 d) d (up to 0.7 x the rest at
+    N = 65536, B H = 16; uncounted, TFLOP/s read 1.66 x low there)."""
     n, d = case.seq_len, case.head_dim
     e = d + 1
     if not case.causal:
@@ -109,6 +110,8 @@ def cosformer_flops(case, options: dict) -> int:
         lengths = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
         fwd = sum(4 * length**2 * d + 8 * length * d * d + 4 * length * d for length in lengths)
         bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
+        if case.dtype == "bfloat16" and MIXED_BMM and planning_device_type(case.device) != "cpu":
+            fwd += sum(2 * count**2 * 2 * d * d for _, count, _ in step_spans(n, chunk, case.batch * case.heads, case.device))
     per_head = fwd if case.mode == "fwd" else fwd + bwd
     return case.batch * case.heads * per_head
 

@@ -140,22 +140,27 @@ class _Step:
 
 
 def _causal_steps(q, chunk: int, dtype) -> list[_Step]:
-    """Full chunks G at a time (G from step_rows(device)), then the remainder N mod C as a step of one short chunk."""
     n, chunk = q.shape[-2], min(chunk, q.shape[-2])
+    rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
+    reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
+    return [
+        _Step(start, count, size, rotation[start : start + count * size].unflatten(0, (count, size)), reweight[:size, :size], dtype)
+        for start, count, size in step_spans(n, chunk, q.shape[0] * q.shape[1], q.device)
+    ]
+
+
+def step_spans(n: int, chunk: int, batch_heads: int, device) -> list[tuple[int, int, int]]:
+    """(first position, chunks G, chunk length) of every step: full chunks G at a time (G from step_rows(device)),
+    then the remainder N mod C as a step of one short chunk. Also what cosformer_flops counts the scan GEMMs by."""
+    chunk = min(chunk, n)
     # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv] chunk states
-    per_step = max(1, common.step_rows(q.device) // (q.shape[0] * q.shape[1] * max(chunk, common.CAUSAL_CHUNK)))
+    per_step = max(1, common.step_rows(device) // (batch_heads * max(chunk, common.CAUSAL_CHUNK)))
     # at most MAX_STEP_CHUNKS: the bf16 plan's triangular GEMM grows as G^2 (at B H = 1, G = 1024 it was 6.3 x
     # the call's own FLOPs; capped, at most 1.7 x, as at B H = 16, and cheap on tensor cores)
     per_step = min(per_step, common.MAX_STEP_CHUNKS)
-    rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
-    reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
     full = n // chunk
     spans = [(first * chunk, min(per_step, full - first), chunk) for first in range(0, full, per_step)]
-    spans += [(full * chunk, 1, n - full * chunk)] if n % chunk else []
-    return [
-        _Step(start, count, size, rotation[start : start + count * size].unflatten(0, (count, size)), reweight[:size, :size], dtype)
-        for start, count, size in spans
-    ]
+    return spans + ([(full * chunk, 1, n - full * chunk)] if n % chunk else [])
 
 
 def _causal_reweight(chunk: int, m: int, dtype, device):

@@ -55,7 +55,12 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
     """Length where fit_a's and fit_b's power laws cross; lo..hi (default: both fits' shared measured lengths)."""
     lo = max(fit_a.lengths_measured[0], fit_b.lengths_measured[0]) if lo is None else lo
     hi = min(fit_a.lengths_measured[-1], fit_b.lengths_measured[-1]) if hi is None else hi
-    if abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE:
+    parallel = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE
+    length = math.nan if parallel else _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
+    measured = _measured_crossover(fit_a, fit_b, (lo, hi), (name_a, name_b), length)
+    if measured is not None:
+        return measured
+    if parallel:
         ratio = fit_a.predict(lo) / fit_b.predict(lo)
         if math.isclose(ratio, 1.0, rel_tol=1e-9):
             message = f"none: equal exponents ({fit_a.exponent:.2f}) and equal values: {name_a} and {name_b} cost the same at every length"
@@ -65,7 +70,6 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
                 f"none: equal exponents ({fit_a.exponent:.2f}); {cheaper} is cheaper at every length ({name_a}/{name_b} = {ratio:.3g})"
             )
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
-    length = _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
     low, high = _crossing_interval(fit_a, fit_b)
     steeper_a = fit_a.exponent > fit_b.exponent  # the steeper curve is the cheaper one below the crossing
     below, above = (name_a, name_b) if steeper_a else (name_b, name_a)
@@ -79,6 +83,49 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
         f"{below} below; {where} the measured {format_length(lo)}..{format_length(hi)}"
     )
     return Crossover(length, low, high, kind, below, above, lo, hi, message)
+
+
+MEASURED_RESOLUTION = 0.01  # ln-ratio two medians must differ by, beyond their spreads, to say which is cheaper
+
+
+def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: float) -> Crossover | None:
+    """Within the measured lengths the medians decide, the fitted lines only beyond them. A power law bends
+    neither with an overhead nor with a cap, and one noisy length can tilt it: an audit found fitted lines that
+    "crossed" at N = 1141 where the medians at 1024 already had the order reversed. A length speaks when its two
+    medians differ by more than their spreads (half the interquartile range of ln value each) plus
+    MEASURED_RESOLUTION. The last change of order among those lengths is the crossing, interpolated on log-log
+    (exact for two power laws), its interval the two lengths around it. Without one, a "none" naming the impl
+    the medians find cheaper when the fits put a crossing inside the range or the other impl first there; else
+    None: the fits' answer (a crossing beyond the measured lengths) stands."""
+    (lo, hi), (name_a, name_b) = span, names
+    a = dict(zip(fit_a.lengths_measured, zip(fit_a.medians, fit_a.spreads, strict=False), strict=False))
+    b = dict(zip(fit_b.lengths_measured, zip(fit_b.medians, fit_b.spreads, strict=False), strict=False))
+    clear = []  # (N, ln(a / b)) where the medians say which is cheaper
+    for n in sorted(set(a) & set(b)):
+        gap = math.log(a[n][0] / b[n][0])
+        if lo <= n <= hi and abs(gap) > a[n][1] + b[n][1] + MEASURED_RESOLUTION:
+            clear.append((n, gap))
+    flips = [i for i in range(len(clear) - 1) if (clear[i][1] < 0) != (clear[i + 1][1] < 0)]
+    if not flips:
+        contradicted = any((gap < 0) != (fit_a.predict(n) < fit_b.predict(n)) for n, gap in clear)
+        if not clear or not (contradicted or lo <= fitted_length <= hi):
+            return None
+        cheaper = name_a if clear[0][1] < 0 else name_b
+        where_fits_cross = f", which cross at N = {format_length(fitted_length)}," if math.isfinite(fitted_length) else ""
+        message = (
+            f"none: {cheaper} is cheaper at every measured length where the two differ ({format_length(clear[0][0])}.."
+            f"{format_length(clear[-1][0])}); the fitted lines{where_fits_cross} do not follow the medians"
+        )
+        return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
+    (before, gap_before), (after, gap_after) = clear[flips[-1]], clear[flips[-1] + 1]
+    below, above = (name_a, name_b) if gap_before < 0 else (name_b, name_a)
+    x0, x1 = math.log(before), math.log(after)
+    length = math.exp(x0 + (x1 - x0) * gap_before / (gap_before - gap_after))
+    between = f"measured: between {format_length(before)} and {format_length(after)}"
+    message = f"in range: {above} is cheaper above N = {format_length(length)} ({between}), {below} below"
+    if len(flips) > 1:
+        message += f"; the measured order changes {len(flips)} times in {format_length(lo)}..{format_length(hi)}"
+    return Crossover(length, before, after, "in range", below, above, lo, hi, message)
 
 
 def is_near(found: Crossover) -> bool:

@@ -76,6 +76,8 @@ class Fit:
     margin: float  # AIC(runner_up) - AIC(best)
     metric: str = ""
     notes: tuple = ()
+    medians: tuple = ()  # the median value at each of lengths_measured: what crossovers are checked against
+    spreads: tuple = ()  # half the interquartile range of ln(value) there (0 for one value): how far a median may be off
 
     @functools.cached_property
     def center_log_length(self) -> float:
@@ -134,6 +136,8 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         margin=choice.margin,
         metric=metric,
         notes=_notes(n_dropped, len(used_lengths), choice),
+        medians=_as_numbers(med_values),
+        spreads=tuple(_log_spreads(all_lengths, all_values, med_lengths)),
     )
 
 
@@ -175,6 +179,15 @@ def _medians(lengths: np.ndarray, values: np.ndarray):
         order = np.argsort(lengths, kind="stable")
         return lengths[order], values[order]
     return distinct, np.array([np.median(values[lengths == n]) for n in distinct])
+
+
+def _log_spreads(lengths: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> list[float]:
+    """Half the interquartile range of ln(value) at each distinct length."""
+    spreads = []
+    for n in distinct:
+        logs = np.log(values[lengths == n])
+        spreads.append(float(np.subtract(*np.percentile(logs, [75, 25]))) / 2 if len(logs) > 1 else 0.0)
+    return spreads
 
 
 def local_slopes(lengths, values) -> tuple:

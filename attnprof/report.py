@@ -56,9 +56,12 @@ def report_sections(source, run_id: str) -> tuple[dict, str]:
 
 def _body(source, run_id, frame, filters, figures, notes, table) -> str:
     from attnprof.dashboard import pages, views
+    from attnprof.dashboard.runinfo import unfinished_note
 
     rows, env, sweep, command = pages.run_info(source, run_id)
-    parts = [f"<h1>attnprof report: run {html.escape(run_id)}</h1>", _selection(frame, filters, views)]
+    unfinished = unfinished_note(source.run(run_id), len(frame), source.path)  # a partial run must not read as the whole
+    parts = [f"<h1>attnprof report: run {html.escape(run_id)}</h1>", _note(f"This run is {unfinished}." if unfinished else None)]
+    parts += [_selection(frame, filters, views)]
     parts += ["<h2>Scaling</h2>"] + [_figure(figures[k], notes.get(k)) for k in figures if k.startswith("scaling-")]
     parts += ["<h2>Exponents</h2>", _note(notes["exponents"]), _table(table), _figure(figures["exponents"])]
     parts += ["<h3>Crossovers</h3>", _figure(figures["crossovers"]), "<h3>Memory frontier</h3>", _figure(figures["frontier"])]
@@ -75,7 +78,7 @@ def _selection(frame, filters, views) -> str:
     narrowed = [f"{axis} = {', '.join(map(str, filters[axis]))} (of {', '.join(map(str, options[axis]))})"
                 for axis in views.AXES if len(filters[axis]) < len(options[axis])]  # fmt: skip
     if not narrowed:
-        return "<p>Every cell of the run is shown.</p>"
+        return "<p>Every cell measured in the run is shown.</p>"
     return "<p class='note'>Figures show " + html.escape("; ".join(narrowed)) + ". The dashboard (`attnprof serve`) shows the rest.</p>"
 
 

@@ -12,7 +12,7 @@ from attnprof.errors import UsageError
 from attnprof.store import Store
 
 SWEEP = [sys.executable, "-m", "attnprof", "sweep", *"--impl softmax,sdpa-math --lengths 64..2k --heads 2 --head-dim 16".split(),
-         *"--device cpu --causal both --warmup-ms 1 --rep-ms 30".split()]  # fmt: skip
+         *"--device cpu --causal both --warmup-ms 1 --rep-ms 30".split(), "--name", "resume me"]  # fmt: skip
 TOTAL = 2 * 6 * 2
 
 
@@ -50,6 +50,7 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
     process.wait()
     run, before = rows(db)
     assert run.state == "running" and 5 <= len(before) < TOTAL
+    assert run.command.endswith(f"--name 'resume me' --db {db}")  # stored shell-quoted: the Reproduce views paste it
     resumed = subprocess.run(
         [sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300
     )

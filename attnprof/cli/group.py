@@ -118,6 +118,7 @@ def exit_interrupted(stop, db) -> None:
 
 
 def print_summary(db, run_id: str, output_format: str) -> None:
+    from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
     from attnprof.table import markdown_table, reasons_list, rich_table
 
@@ -134,15 +135,5 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
     for line in reasons_list(measurements):
         click.echo(f"  {line}")
-    click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}{_unfinished(run, len(measurements), db)}")
-
-
-def _unfinished(run, measured: int, db) -> str:
-    """For a run that did not finish, how much of it there is and how to finish it."""
-    if run.state == "complete":
-        return ""
-    from attnprof.spec import Sweep
-
-    planned = len(Sweep.from_dict(run.sweep).cases())
-    state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
-    return f"; {state}: {measured} of {planned} cases, the rest with attnprof sweep --resume {run.run_id} --db {db}"
+    unfinished = unfinished_note(run, len(measurements), db)
+    click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}" + (f"; {unfinished}" if unfinished else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -76,7 +77,7 @@ def _run_and_report(spec, db, resume) -> None:
     from attnprof.runner import SweepInterrupted
 
     db = db or default_db()
-    command = "attnprof " + " ".join(sys.argv[1:])
+    command = shlex.join(["attnprof", *sys.argv[1:]])  # pasted into a shell by the Reproduce views: quoted
     try:
         with SweepProgress() as progress:
             run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)

@@ -54,11 +54,15 @@ def _change(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) 
         return f"fixed: {status_a} -> ok"
     if status_a != status_b:
         return f"{status_a} -> {status_b}"
-    ratios = [r for r in (time_ratio, peak_ratio) if r == r]
-    if not ratios:
-        return ""
-    worst = max(ratios)
-    return "same (within 2%)" if max(abs(r - 1) for r in ratios) <= UNCHANGED else f"x{worst:.3g} worst"
+    # each metric that moved, and which way: one "x0.006 worst" read a 170x speed-up as the worst change
+    moved = [
+        f"{name} x{ratio:.3g} ({better if ratio < 1 else worse})"
+        for name, ratio, better, worse in (("time", time_ratio, "faster", "slower"), ("memory", peak_ratio, "less", "more"))
+        if ratio == ratio and abs(ratio - 1) > UNCHANGED
+    ]
+    if moved:
+        return "; ".join(moved)
+    return "same (within 2%)" if time_ratio == time_ratio or peak_ratio == peak_ratio else ""
 
 
 def _score(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) -> float:

@@ -160,16 +160,24 @@ def _failures(failed, measured_by_line, fits_by_line, status, show_legend) -> di
             "hovertext": text, "hovertemplate": "%{hovertext}<extra></extra>", "meta": f"failed:{status}"}  # fmt: skip
 
 
+FAILURE_HEADROOM = 2.0  # a failure marker sits at most this factor beyond the measured values of its figure
+
+
 def _failure_height(measured_by_line: dict, fit, line: str, n: int) -> float:
+    """Within FAILURE_HEADROOM of the figure's measured values: a two-point fit extrapolated to a crashed cell
+    put its marker at 2e12 ms, and the axis then squeezed every measurement into one decade of fifteen."""
+    values = [p[2] for points in measured_by_line.values() for p in points]
+    height = None
     if _is_fit(fit):
         predicted = fit.predict(n)
         if math.isfinite(predicted) and predicted > 0:
-            return predicted
-    before = [p[2] for p in measured_by_line.get(line, []) if p[1] <= n]  # the line's ok points, sorted by N
-    if before:
-        return float(before[-1])
-    values = [p[2] for points in measured_by_line.values() for p in points]
-    return float(max(values)) if values else 1.0
+            height = predicted
+    if height is None:
+        before = [p[2] for p in measured_by_line.get(line, []) if p[1] <= n]  # the line's ok points, sorted by N
+        height = float(before[-1]) if before else (float(max(values)) if values else 1.0)
+    if values:
+        height = min(max(height, min(values) / FAILURE_HEADROOM), max(values) * FAILURE_HEADROOM)
+    return float(height)
 
 
 def _scaling_axes(layout: dict, cells, metric, n_rows: int, message: str) -> None:

@@ -10,6 +10,18 @@ from attnprof.records import RunInfo
 SWEEP_FLAGS = (("batch", "--batch"), ("heads", "--heads"), ("head_dim", "--head-dim"), ("dtype", "--dtype"), ("device", "--device"))
 
 
+def unfinished_note(run: RunInfo, measured: int, db) -> str:
+    """'' for a complete run; else how much of it there is and the command that measures the rest."""
+    if run.state == "complete":
+        return ""
+    from attnprof.spec import Sweep
+
+    planned = len(Sweep.from_dict(run.sweep).cases())
+    state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
+    resume = shlex.join(["attnprof", "sweep", "--resume", run.run_id, "--db", str(db)])
+    return f"{state}: {measured} of {planned} cases, the rest with {resume}"
+
+
 def reproduce_command(run: RunInfo) -> str:
     """The command stored with the run, or one rebuilt from its sweep definition (older or API-made runs)."""
     return run.command or rebuilt_command(run.sweep)

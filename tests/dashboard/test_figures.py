@@ -209,6 +209,12 @@ def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
     )
     slower = cells[(cells["config"] == "sdpa bidir") & (cells["seq_len"] == 4096)].iloc[0]
     assert slower["time_ratio"] == pytest.approx(1.6) and slower["peak_ratio"] == pytest.approx(1.0)
+    assert slower["change"] == "time x1.6 (slower)"
+    from attnprof.dashboard.compare import _change
+
+    # a 170x speed-up read "x0.0059 worst"; each metric now says which way it moved
+    assert _change("ok", "ok", 0.0059, 1.0) == "time x0.0059 (faster)"
+    assert _change("ok", "ok", 1.01, 1.3) == "memory x1.3 (more)" and _change("ok", "ok", 1.01, 0.99) == "same (within 2%)"
     assert cells.iloc[-1]["change"].startswith("fixed: crashed")  # nystromformer 2k runs again: last
     figure = cell_figures.compare_figure(cells, ("a", "b"))
     assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"} and figure.layout.yaxis.type == "log"
@@ -225,3 +231,14 @@ def test_a_band_leaves_out_points_without_quantiles(base_frame):
     [band] = [b for b in bands(scaling(frame)) if b.legendgroup == "softmax" and b.xref == "x"]
     lengths = {float(corner.split(",")[0]) for corner in band.path.strip("MZ").split("L")}
     assert "nan" not in band.path and float(frame.loc[softmax[0], "seq_len"]) not in lengths and len(lengths) >= 2
+
+
+def test_a_failure_marker_stays_near_the_measured_values():
+    """A two-point fit extrapolated to a crashed cell put its marker at 2e12 ms: the axis spanned 15 decades."""
+    from attnprof.fit import fit_power_law
+
+    steep = fit_power_law([256, 512], [1.0, 100.0])  # N^6.6
+    measured = {"a": [("a", 256, 1.0), ("a", 512, 100.0)]}
+    assert steep.predict(8192) > 1e9
+    assert figures._failure_height(measured, steep, "a", 8192) == pytest.approx(100.0 * figures.FAILURE_HEADROOM)
+    assert figures._failure_height(measured, steep, "a", 300) == pytest.approx(steep.predict(300))  # in range: on the line

@@ -88,3 +88,15 @@ def test_create_app_builds_a_fresh_app_each_time(two_runs_db):
         assert module.create_app(store, warm=False).attnprof.source.runs()[0].info.run_id == seeding.CANDIDATE
     finally:
         store.close()
+
+
+def test_a_report_of_an_interrupted_run_says_it_is_partial_and_how_to_finish_it(tmp_path):
+    db = tmp_path / "partial.db"
+    cells = seeding.run_cells()[:5]
+    run = seeding.write_run(db, seeding.run_info("20260105-000000-part", "2026-01-05T00:00:00+00:00", state="interrupted"), cells)
+    out = tmp_path / "partial.html"
+    assert invoke("report", run, "--db", db, "--out", out).exit_code == 0
+    planned = len(seeding.sweep_dict()["lengths"]) * 2 * 3  # lengths x causal x impls
+    text = out.read_text()
+    assert f"This run is interrupted: 5 of {planned} cases, the rest with attnprof sweep --resume {run} --db {db}." in text
+    assert "Every cell of the run is shown" not in text

@@ -44,7 +44,10 @@ def report_sections(source, run_id: str) -> tuple[dict, str]:
     budget = pages.default_budget_log2(source, run_id)
     crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
     figures, notes = {}, {}
-    for metric in [m for m in ("time", "peak_bytes") if pages.usable_metric(source, run_id, m, (m,)) == m] or ["peak_bytes"]:
+    # Timed runs: time and memory. Accounting runs have no times (their report opened on an empty time chart): memory
+    # and FLOPs, both exact there.
+    has = pages.metrics_with_values(source, run_id)
+    for metric in [m for m in (("time", "peak_bytes") if "time" in has else ("peak_bytes", "flops")) if m in has] or ["peak_bytes"]:
         figures[f"scaling-{metric}"], notes[f"scaling-{metric}"] = pages.scaling(source, run_id, filters, metric, facets)
     table, figures["exponents"], figures["crossovers"], figures["frontier"], notes["exponents"] = pages.exponents(
         source, run_id, filters, crossing, budget

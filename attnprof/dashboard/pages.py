@@ -108,13 +108,18 @@ def planned(source, run_id, frame) -> pd.DataFrame:
 
 def usable_metric(source, run_id, current: str, choices=tuple(views.METRICS)) -> str:
     """The current metric if the run has values for it, else the first one it has (accounting runs have no time)."""
+    with_values = metrics_with_values(source, run_id)
+    usable = [key for key in choices if key in with_values]
+    return current if current in usable or not usable else usable[0]
+
+
+def metrics_with_values(source, run_id) -> set:
+    """The metrics (views.METRICS keys) some ok cell of the run has a positive value for; empty for a bad run."""
     try:
         frame = source.frame(run_id)
     except Exception:  # noqa: BLE001  (the views report the problem)
-        return current
-    with_values = source.memo(("metrics with values", frame.attrs.get("version")), lambda: _with_values(frame))
-    usable = [key for key in choices if key in with_values]
-    return current if current in usable or not usable else usable[0]
+        return set()
+    return source.memo(("metrics with values", frame.attrs.get("version")), lambda: _with_values(frame))
 
 
 def _with_values(frame) -> set:

@@ -100,3 +100,16 @@ def test_a_report_of_an_interrupted_run_says_it_is_partial_and_how_to_finish_it(
     text = out.read_text()
     assert f"This run is interrupted: 5 of {planned} cases, the rest with attnprof sweep --resume {run} --db {db}." in text
     assert "Every cell of the run is shown" not in text
+
+
+def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_chart(tmp_path):
+    from attnprof.api import run_sweep
+    from attnprof.spec import Sweep, parse_impls
+
+    db = tmp_path / "accounting.db"
+    run_sweep(Sweep(impls=parse_impls("softmax,cosformer"), lengths=(1024, 2048, 4096), heads=(2,), causal=(False,), accounting=True), db)
+    out = tmp_path / "accounting.html"
+    assert invoke("report", "latest", "--db", db, "--out", out).exit_code == 0
+    text = out.read_text()
+    assert "FLOPs per call (FLOP)" in text and "peak memory (primary source) (bytes)" in text
+    assert "median time (ms)" not in text  # accounting runs are not timed

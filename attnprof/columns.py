@@ -18,6 +18,8 @@ import json
 
 import numpy as np
 
+from attnprof.errors import UsageError
+
 TEXT = ("label", "impl", "options", "dtype", "device", "mode", "status", "reason", "peak_source", "flops_source")
 INTEGER = ("seq_len", "batch", "heads", "head_dim", "seed")  # always present (case columns)
 FLAG = ("causal",)
@@ -98,6 +100,14 @@ def decode(blob: bytes) -> dict[str, np.ndarray] | None:
     return columns
 
 
+def decode_stored(text, what: str):
+    """JSON text read from the database; a damaged record is bad input naming it (one line, exit 2), not a traceback."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"the database is damaged: {what} is not valid JSON ({error})") from None
+
+
 def to_frame(columns: dict[str, np.ndarray]):
     """Typed columns -> the pandas DataFrame `Store.frame` returns: indexed by row id, `options` decoded to dicts
     (one dict per distinct options text, shared by its rows: treat them as read-only), `noisy` as True, False or
@@ -107,7 +117,7 @@ def to_frame(columns: dict[str, np.ndarray]):
     data = dict(columns)
     index = pd.Index(data.pop("id"), name="id")
     codes, distinct = pd.factorize(data["options"])
-    decoded = np.array([json.loads(text) for text in distinct] + [None], dtype=object)  # code -1 (NULL) -> None
+    decoded = np.array([decode_stored(text, f"the options {text!r}") for text in distinct] + [None], dtype=object)  # -1 (NULL): None
     data["options"] = decoded.take(codes)
     noisy = data["noisy"]  # Python bools, not numpy's: views test `noisy is True`
     data["noisy"] = np.array([None, False, True], dtype=object).take(np.where(np.isnan(noisy), 0, np.where(noisy == 1, 2, 1)))

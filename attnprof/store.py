@@ -22,6 +22,7 @@ import sqlite3
 from pathlib import Path
 
 from attnprof import columns
+from attnprof.columns import decode_stored
 from attnprof.errors import UsageError
 from attnprof.records import Measurement, RunInfo, Status, time_stats
 from attnprof.spec import Case
@@ -291,7 +292,8 @@ class Store:
         for start in range(0, len(wanted), SAMPLE_BATCH):  # only the asked rows' text is read, in batches of ids
             batch = wanted[start : start + SAMPLE_BATCH]
             query = f"SELECT id, times_ms FROM measurements WHERE run_id = ? AND id IN ({', '.join('?' * len(batch))})"
-            found.update((row_id, json.loads(text)) for row_id, text in self.connection.execute(query, (run_id, *batch)))
+            rows = self.connection.execute(query, (run_id, *batch))
+            found.update((row_id, decode_stored(text, f"the samples of row {row_id}")) for row_id, text in rows)
         return found
 
     def measured_keys(self, run_id: str) -> set[str]:
@@ -356,14 +358,15 @@ def _prepare_parent(path: Path) -> None:
 
 def _run_from_row(row) -> RunInfo:
     run_id, created_at, name, command, state, sweep_json, env_json, tool_version = row
-    return RunInfo(run_id, created_at, json.loads(sweep_json), json.loads(env_json), tool_version, name or "", command or "", state)
+    sweep, env = decode_stored(sweep_json, f"the sweep of run {run_id}"), decode_stored(env_json, f"the environment of run {run_id}")
+    return RunInfo(run_id, created_at, sweep, env, tool_version, name or "", command or "", state)
 
 
 def _measurement_from_row(row) -> Measurement:
     case_data = dict(zip(CASE_COLUMNS, row[: len(CASE_COLUMNS)], strict=False))
-    case_data["options"] = json.loads(case_data["options"])
+    case_data["options"] = decode_stored(case_data["options"], f"the options of a {case_data['impl']} row")
     case_data["causal"] = bool(case_data["causal"])
     values = dict(zip(VALUE_COLUMNS, row[len(CASE_COLUMNS) :], strict=False))
     values["status"] = Status(values["status"])
-    values["times_ms"] = json.loads(values["times_ms"])
+    values["times_ms"] = decode_stored(values["times_ms"], f"the samples of a {case_data['impl']} row")
     return Measurement(case=Case.from_dict(case_data), **values)

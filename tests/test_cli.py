@@ -274,3 +274,14 @@ def test_a_plugin_that_fails_on_import_is_one_line_naming_it(tmp_path):
     done = subprocess.run([sys.executable, "-m", "attnprof", "list"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "'broken_plugin'" in done.stderr and "RuntimeError: boom" in done.stderr
+
+
+@pytest.mark.parametrize("column", ["env_json", "sweep_json"])
+def test_a_damaged_record_is_one_line_naming_it(db, column):
+    assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
+    connection = sqlite3.connect(db)
+    connection.execute(f"UPDATE runs SET {column} = '{{'")
+    connection.commit()
+    connection.close()
+    for command in (["show"], ["runs"], ["fit"], ["export"]):
+        assert_bad_input(invoke(*command, "--db", db), "the database is damaged", "of run", "not valid JSON")

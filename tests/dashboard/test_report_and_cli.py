@@ -111,5 +111,5 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     out = tmp_path / "accounting.html"
     assert invoke("report", "latest", "--db", db, "--out", out).exit_code == 0
     text = out.read_text()
-    assert "FLOPs per call (FLOP)" in text and "peak memory (primary source) (bytes)" in text
+    assert '"title":{"text":"FLOPs per call"}' in text and "peak memory (primary source) (bytes)" in text
     assert "median time (ms)" not in text  # accounting runs are not timed

@@ -59,10 +59,10 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls import register
-from attnprof.impls.base import AttentionImpl, io_bytes, planning_device_type
+from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
-from attnprof.impls.cosformer.common import MIXED_BMM, auto_chunk_size, chunk_size_problems
+from attnprof.impls.cosformer.common import auto_chunk_size, chunk_size_problems, half_plan
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference
 
@@ -110,7 +110,7 @@ def cosformer_flops(case, options: dict) -> int:
         lengths = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
         fwd = sum(4 * length**2 * d + 8 * length * d * d + 4 * length * d for length in lengths)
         bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
-        if case.dtype == "bfloat16" and MIXED_BMM and planning_device_type(case.device) != "cpu":
+        if half_plan(case.dtype, case.device):
             fwd += sum(2 * count**2 * 2 * d * d for _, count, _ in step_spans(n, chunk, case.batch * case.heads, case.device))
     per_head = fwd if case.mode == "fwd" else fwd + bwd
     return case.batch * case.heads * per_head

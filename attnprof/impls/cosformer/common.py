@@ -66,9 +66,12 @@ def half_products(*tensors) -> bool:
     products. Not on the CPU: it has no mixed kernel, and its fp32 GEMMs are the faster ones there. Not
     without MIXED_BMM: upcasting inside wide_bmm would then cost more bytes than the fp32 plan (counted on
     meta: 5.85 against 5.03 GB written, causal at 64k)."""
-    first = tensors[0]
-    same = all(t.dtype == torch.bfloat16 for t in tensors)
-    return same and MIXED_BMM and planning_device_type(first.device) != "cpu"
+    return all(t.dtype == torch.bfloat16 for t in tensors) and half_plan("bfloat16", tensors[0].device)
+
+
+def half_plan(dtype: str, device) -> bool:
+    """half_products for inputs of `dtype` (a name, as a Case has it) on `device`: what cosformer_flops counts by."""
+    return dtype == "bfloat16" and MIXED_BMM and planning_device_type(device) != "cpu"
 
 
 def wide_bmm(a, b):

@@ -19,9 +19,11 @@ pre { background: #f4f4f4; padding: 8px; white-space: pre-wrap; } .note { color:
 """
 
 
-def write_report(run: str = "latest", db=None, out=None, png_dir=None) -> tuple[Path, list[Path]]:
+def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=()) -> tuple[Path, list[Path]]:
     """Write the report of `run` (id, prefix or `latest`) to `out` (default reports/<run_id>.html); with `png_dir`,
-    each figure as PNG too. Returns (html path, png paths). Raises UsageError for a bad run, database or path."""
+    each figure as PNG too; `only`: "axis=value[,value]" texts choosing the slice shown (default: the dashboard's,
+    the first dtype, device, batch, heads and head dim). Returns (html path, png paths). Raises UsageError for a bad
+    run, database, path or slice."""
     from attnprof.api import default_db
     from attnprof.dashboard.data import DataSource
 
@@ -29,18 +31,19 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None) -> tuple[
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
     source = DataSource(db or default_db())
     info = source.run(run)
-    figures, body = report_sections(source, info.run_id)
+    figures, body = report_sections(source, info.run_id, only)
     path = Path(out) if out else Path("reports") / f"{info.run_id}.html"
     _write(path, _page(info.run_id, body))
     return path, (_write_pngs(figures, Path(png_dir), info.run_id) if png_dir is not None else [])
 
 
-def report_sections(source, run_id: str) -> tuple[dict, str]:
-    """(name -> figure, HTML body) of a run, with the dashboard's default filters and facets."""
+def report_sections(source, run_id: str, only=()) -> tuple[dict, str]:
+    """(name -> figure, HTML body) of a run, with the dashboard's default filters (narrowed or widened by `only`)
+    and facets."""
     from attnprof.dashboard import pages, views
 
     frame = source.frame(run_id)
-    filters, facets = views.default_filters(frame), views.default_facets(frame)
+    filters, facets = {**views.default_filters(frame), **slice_filters(only, views.axis_options(frame))}, views.default_facets(frame)
     budget = pages.default_budget_log2(source, run_id)
     crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
     figures, notes = {}, {}
@@ -75,6 +78,32 @@ def _body(source, run_id, frame, filters, figures, notes, table) -> str:
     return "\n".join(parts)
 
 
+def slice_filters(only, options: dict) -> dict:
+    """`dtype=float32`, `heads=2,4`, `impl=softmax` (the label axis), `causal=yes` -> {axis: [values]}; a value the
+    run lacks is bad input naming what it has."""
+    filters = {}
+    for text in only:
+        axis, sep, listed = str(text).partition("=")
+        axis = {"impl": "label", "n": "seq_len", "length": "seq_len"}.get(axis.strip(), axis.strip())
+        if not sep or axis not in options:
+            raise UsageError(f"bad --only {text!r}: expected AXIS=VALUE[,VALUE] with AXIS one of impl, {', '.join(list(options)[1:])}")
+        spelled = {_spelling(value): value for value in options[axis]}
+        chosen = []
+        for raw in (v.strip() for v in listed.split(",") if v.strip()):
+            key = {"yes": "causal", "true": "causal", "no": "bidir", "false": "bidir"}.get(raw.lower(), raw) if axis == "causal" else raw
+            if key not in spelled:
+                raise UsageError(f"bad --only {text!r}: the run has {axis} {', '.join(spelled)}, not {raw!r}")
+            chosen.append(spelled[key])
+        if not chosen:
+            raise UsageError(f"bad --only {text!r}: no value given")
+        filters[axis] = chosen
+    return filters
+
+
+def _spelling(value) -> str:
+    return ("causal" if value else "bidir") if isinstance(value, bool) else str(value)
+
+
 def _selection(frame, filters, views) -> str:
     """Which values of the axes with several values the figures show (the defaults narrow some to one)."""
     options = views.axis_options(frame)
@@ -82,7 +111,11 @@ def _selection(frame, filters, views) -> str:
                 for axis in views.AXES if len(filters[axis]) < len(options[axis])]  # fmt: skip
     if not narrowed:
         return "<p>Every cell measured in the run is shown.</p>"
-    return "<p class='note'>Figures show " + html.escape("; ".join(narrowed)) + ". The dashboard (`attnprof serve`) shows the rest.</p>"
+    return (
+        "<p class='note'>Figures show "
+        + html.escape("; ".join(narrowed))
+        + ". The dashboard (`attnprof serve`), or `attnprof report --only AXIS=VALUES`, shows the rest.</p>"
+    )
 
 
 def _figure(figure, note: str | None = None) -> str:

@@ -31,8 +31,14 @@ def serve(db, host, port, open_browser):
 @click.option(
     "--png", "png_dir", type=click.Path(file_okay=False), default=None, help="Also write each figure as PNG here (needs attnprof[png])."
 )
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="AXIS=VALUES",
+    help="The slice to show, e.g. dtype=float32 or heads=2,4 (repeatable; default: the first dtype, device, batch, heads, head dim).",
+)
 @db_option
-def report(run, out, png_dir, db):
+def report(run, out, png_dir, only, db):
     """Write a self-contained HTML report of a run (plotly.js inline: opens offline).
 
     RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
@@ -40,8 +46,9 @@ def report(run, out, png_dir, db):
     \b
     Example:
       attnprof report latest --out reports/latest.html
+      attnprof report latest --only dtype=float32 --only heads=16
     """
     from attnprof.report import write_report
 
-    path, pngs = write_report(run, db, out, png_dir)
+    path, pngs = write_report(run, db, out, png_dir, only)
     click.echo(f"wrote {path}" + (f" and {len(pngs)} PNG files in {png_dir}" if pngs else ""))

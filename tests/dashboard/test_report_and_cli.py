@@ -113,3 +113,24 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     text = out.read_text()
     assert '"title":{"text":"FLOPs per call"}' in text and "peak memory (primary source) (bytes)" in text
     assert "median time (ms)" not in text  # accounting runs are not timed
+
+
+def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
+    from attnprof.report import slice_filters
+
+    options = {"label": ["sdpa", "softmax"], "seq_len": [256, 512], "dtype": ["bfloat16", "float32"], "causal": [False, True]}
+    assert slice_filters(["dtype=float32", "causal=yes", "impl=softmax,sdpa"], options) == {
+        "dtype": ["float32"],
+        "causal": [True],
+        "label": ["softmax", "sdpa"],
+    }
+    out = tmp_path / "causal.html"
+    assert invoke("report", seeding.BASE, "--db", two_runs_db, "--out", out, "--only", "causal=yes").exit_code == 0
+    assert "Figures show causal = True (of False, True)" in out.read_text()
+    for bad, fragment in (
+        ("dtype=float8", "the run has dtype float32, not 'float8'"),
+        ("colour=red", "AXIS=VALUE"),
+        ("heads=", "no value"),
+    ):
+        result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", tmp_path / "x.html", "--only", bad)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and fragment in result.output, result.output

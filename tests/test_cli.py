@@ -285,3 +285,8 @@ def test_a_damaged_record_is_one_line_naming_it(db, column):
     connection.close()
     for command in (["show"], ["runs"], ["fit"], ["export"]):
         assert_bad_input(invoke(*command, "--db", db), "the database is damaged", "of run", "not valid JSON")
+
+
+def test_serve_on_an_address_this_machine_lacks_asks_for_another_host(db):
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no machine has it; the message used to advise another --port
+    assert_bad_input(invoke("serve", "--host", "192.0.2.1", "--db", db), "192.0.2.1", "--host")

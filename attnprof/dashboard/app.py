@@ -7,6 +7,7 @@ text: filter values are compared with column values, the two roofline numbers ar
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from pathlib import Path
 
@@ -87,4 +88,6 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as error:
-            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror} (pick another with --port)") from None
+            # a port in use wants another --port; an address this machine does not have wants another --host
+            hint = "pick another with --port" if error.errno == errno.EADDRINUSE else "pick an address of this machine with --host"
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror} ({hint})") from None

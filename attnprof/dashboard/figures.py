@@ -130,8 +130,8 @@ def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
     text = f"<b>{line}</b><br>N = {format_length(n)}<br>{metric.title}: {format_value(value, metric.unit)}"
     if metric.band and low == low:
         text += f"<br>p20-p80: {format_value(low, metric.unit)} - {format_value(high, metric.unit)}"
-    if noisy is True:
-        text += "<br>noisy: IQR over 10% of the median"
+    if noisy is True and metric.key in ("time", "tflops", "gbps"):  # a flag on the timing samples, not on a memory peak
+        text += "<br>noisy timing: IQR over 10% of the median"
     return text + (f"<br>note: {reason}" if reason else "")
 
 

@@ -242,3 +242,9 @@ def test_a_failure_marker_stays_near_the_measured_values():
     assert steep.predict(8192) > 1e9
     assert figures._failure_height(measured, steep, "a", 8192) == pytest.approx(100.0 * figures.FAILURE_HEADROOM)
     assert figures._failure_height(measured, steep, "a", 300) == pytest.approx(steep.predict(300))  # in range: on the line
+
+
+def test_the_noisy_flag_is_told_on_timing_points_only():
+    time, memory = views.METRICS["time"], views.METRICS["peak_bytes"]
+    assert "noisy timing" in figures._point_text("a", time, 1024, 2.0, 1.5, 2.5, True, "")
+    assert "noisy" not in figures._point_text("a", memory, 1024, 2.0**20, float("nan"), float("nan"), True, "")  # a peak is exact

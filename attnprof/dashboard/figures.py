@@ -205,6 +205,7 @@ def _transparent(colour: str, alpha: float = 0.15) -> str:
 # --- exponents -----------------------------------------------------------------------------------------------
 
 
+EXPONENT_AXIS_SPAN = 1.5  # the exponent axis reaches at most this far beyond 0..3
 CLASS_COLOURS = {"linear": "#2ca02c", "n log n": "#17becf", "n^1.5": "#ff7f0e", "quadratic": "#d62728", "ambiguous": "#7f7f7f"}
 
 
@@ -229,8 +230,12 @@ def exponent_figure(table: pd.DataFrame):
                     "line": {"dash": "dot", "color": "#999"}} for value, _ in REFERENCE_EXPONENTS]  # fmt: skip
     update_axes(grid, "yaxis", categoryorder="array", categoryarray=configs[::-1], automargin=True)
     ticks = [value for value, _ in REFERENCE_EXPONENTS]
+    # The range follows the exponents, not their intervals: one wide interval (-1.6 to 5.6) let autorange squeeze
+    # the reference ticks into overlapping text. Bars longer than the range run off its edge.
+    low, high = min(0.0, fitted["exponent"].min()) - 0.25, max(3.0, fitted["exponent"].max()) + 0.25
     update_axes(grid, "xaxis", title={"text": "exponent"}, tickvals=[0, 0.5, *ticks, 2.5, 3],
-                ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"])  # fmt: skip
+                ticktext=["0", "0.5", *(t for _, t in REFERENCE_EXPONENTS), "2.5", "3"],
+                range=[max(low, -EXPONENT_AXIS_SPAN), min(high, 3 + EXPONENT_AXIS_SPAN)])  # fmt: skip
     grid.update(height=200 + 30 * len(configs), meta="exponents", legend={"title": {"text": "class"}},
                 title={"text": "Scaling exponents with 95% intervals (value ~ N^exponent), coloured by complexity class"})  # fmt: skip
     return build_figure(traces, {**grid, "shapes": shapes})

@@ -129,6 +129,9 @@ def test_exponent_chart_has_intervals_and_classes(base_frame):
     linear = [t for t in figure.data if t.meta == "exponent:time" and t.name == "linear"][0]
     assert list(linear.y) == ["nystromformer[num_landmarks=32] bidir"]
     assert [a.text for a in figure.layout.annotations][:3] == ["time", "peak_bytes", "flops"]  # a panel per metric
+    assert tuple(figure.layout.xaxis.range) == (-0.25, 3.25)  # the exponents, all within 0..3, and a margin
+    wide = table.assign(low=table["exponent"] - 4.0, high=table["exponent"] + 4.0)  # intervals of a 2-point time fit
+    assert tuple(figures.exponent_figure(wide).layout.xaxis.range) == (-0.25, 3.25)  # not stretched to -4..6
 
 
 def test_crossover_matrix_and_frontier(base_frame):

@@ -162,6 +162,13 @@ def scaling_cells(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.assign(value=value.astype(float), low=low, high=high)
 
 
+def unticked_note(frame: pd.DataFrame, filters: dict | None) -> str:
+    """An axis with nothing ticked is not filtered (apply_filters): say so, or unticking every impl looks ignored."""
+    axes = [axis for axis, values in (filters or {}).items() if not values and axis in frame and frame[axis].notna().any()]
+    names = ["impl" if axis == "label" else axis for axis in axes]
+    return f"Nothing ticked under {', '.join(names)}: every value is shown." if names else ""
+
+
 def scaling_message(frame: pd.DataFrame, metric: str) -> str:
     """Why the plot is empty or has no fit, in one sentence; "" when it is fine."""
     if frame.empty:

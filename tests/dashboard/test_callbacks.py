@@ -53,6 +53,9 @@ def test_scaling_answers_metric_and_impl_filter_changes(two_runs_db):
     assert measured(time_figure) != measured(memory_figure)
     only_sdpa, _ = cb.scaling("scaling", run, {**selected, "label": ["sdpa"]}, "time", facets, "v")
     assert {t.name for t in only_sdpa.data if t.meta == "measured"} == {"sdpa"}
+    everything, note = cb.scaling("scaling", run, {**selected, "label": []}, "time", facets, "v")  # every impl unticked
+    assert note == "Nothing ticked under impl: every value is shown."  # else it looks as if the filter were ignored
+    assert {t.name for t in everything.data if t.meta == "measured"} == set(selected["label"])
     with pytest.raises(PreventUpdate):  # another tab is shown: this view waits
         cb.scaling("coverage", run, selected, "time", facets, "v")
 

@@ -97,13 +97,10 @@ class Store:
             store = cls(connection, path)
             store._initialise(create)
         except (sqlite3.DatabaseError, UsageError) as error:
-            if connection is not None:
-                connection.close()  # an open handle keeps the file (and its mount) busy
-            if isinstance(error, UsageError):
-                raise
             if isinstance(error, sqlite3.OperationalError) and not create and _unwritable(path):
+                _close_quietly(connection)
                 return cls._open_read_only(path)
-            raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
+            raise _refusal(connection, path, error) from None
         return store
 
     @classmethod
@@ -124,10 +121,7 @@ class Store:
                     f"{str(path)!r} is read-only and has schema version {store._meta('schema_version')}: copy it somewhere writable"
                 )
         except (sqlite3.DatabaseError, UsageError) as error:
-            store.close()
-            if isinstance(error, UsageError):
-                raise
-            raise UsageError(f"{str(path)!r} is not an attnprof database ({error})") from None
+            raise _refusal(store.connection, path, error) from None
         return store
 
     def _initialise(self, create: bool) -> None:
@@ -326,6 +320,18 @@ def _keep_snapshot(connection: sqlite3.Connection, run_id: str) -> None:
 def _stat_values(times_ms: list[float]) -> tuple:
     stats = time_stats(times_ms)
     return tuple(stats[c] for c in STAT_COLUMNS)
+
+
+def _refusal(connection, path: Path, error: Exception) -> UsageError:
+    """The error to raise for a file Store.open refuses, after closing its connection (an open handle keeps the
+    file, and its mount, busy): ours as it is, an SQLite one as 'not an attnprof database'."""
+    _close_quietly(connection)
+    return error if isinstance(error, UsageError) else UsageError(f"{str(path)!r} is not an attnprof database ({error})")
+
+
+def _close_quietly(connection) -> None:
+    if connection is not None:
+        connection.close()
 
 
 def _unwritable(path: Path) -> bool:

@@ -71,8 +71,8 @@ def _op_tally_class():
         """The aten ops that do work (each a kernel launch on a GPU; views and allocations launch nothing), the
         bytes they write, and the overloads seen: on `meta`, a proxy for a GPU's launch count and traffic."""
 
-        FREE = {"view", "slice", "select", "as_strided", "expand", "transpose", "t", "unsqueeze", "squeeze", "permute", "alias"}
-        FREE |= {"detach", "_unsafe_view", "_reshape_alias", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+        # Besides views (the schema says which), ops that only allocate or reinterpret.
+        ALLOCATE_ONLY = {"_unsafe_view", "_reshape_alias", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
         def __init__(self):
             super().__init__()
@@ -82,7 +82,7 @@ def _op_tally_class():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             self.overloads.add(str(func))
-            if func._schema.name.split("::")[-1] not in self.FREE:
+            if not func.is_view and func._schema.name.split("::")[-1] not in self.ALLOCATE_ONLY:  # diagonal, unfold, ... too
                 self.ops += 1
                 outputs = out if isinstance(out, (tuple, list)) else (out,)
                 self.bytes_written += sum(t.numel() * t.element_size() for t in outputs if isinstance(t, torch.Tensor))

@@ -121,22 +121,27 @@ def _naive_prefix_max(x, dim, reverse, valid):
 
 
 @pytest.mark.parametrize("dim,reverse,padded", list(itertools.product((1, 2), (False, True), (False, True))))
-def test_prefix_max_steps_and_cummax_agree_with_a_plain_loop(dim, reverse, padded):
-    x = torch.randn(2, 9, 11, 3, dtype=torch.float64, requires_grad=True)
-    valid = (torch.arange(9 * 11).view(9, 11, 1) < 80) if padded else None
+@pytest.mark.parametrize("shape", [(2, 9, 11, 3), (1, 16, 2, 2), (1, 2, 17, 2), (1, 1, 1, 2)], ids=["ragged", "16", "17", "1"])
+def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape):
+    """The blocked scan's chunks: whole (T = 16, four of four), a short last one (9: 3 + 3 + 3 is whole, 11 and
+    17: 4 + 4 + 3, 5 + 5 + 5 + 2), and a single position."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    cells = shape[1] * shape[2]
+    valid = (torch.arange(cells).view(shape[1], shape[2], 1) < max(1, cells * 4 // 5)) if padded else None  # a padded tail
     expected = _naive_prefix_max(x, dim, reverse, valid)
     grad = torch.randn_like(expected)
-    (expected_grad,) = torch.autograd.grad(expected, x, grad)
-    for method in ("steps", "cummax"):
+    expected_grad = torch.autograd.grad(expected, x, grad)[0] if expected.requires_grad else torch.zeros_like(x)  # T = 1: all 0
+    for method in ("steps", "blocked", "cummax"):
         out = prefix_max(x, dim, reverse=reverse, valid=valid, method=method)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], expected_grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", (False, True))
-def test_mixture_on_the_cummax_path_matches_the_oracle(monkeypatch, causal):
-    """The CPU runs the steps path; CUDA and meta run cummax. Check the whole operator on the latter too."""
-    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "cummax")
+@pytest.mark.parametrize("method", ("blocked", "cummax"))
+def test_mixture_on_the_device_scans_matches_the_oracle(monkeypatch, causal, method):
+    """The CPU runs the steps scan; CUDA and meta run the blocked one. Check the whole operator on the others too."""
+    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: method)
     fast, slow = qkv(23, seed=8, grad=True), qkv(23, seed=8, grad=True)
     out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=5)
     expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=5)

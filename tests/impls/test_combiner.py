@@ -138,13 +138,17 @@ def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape)
 
 
 @pytest.mark.parametrize("causal", (False, True))
-@pytest.mark.parametrize("method", ("blocked", "cummax"))
-def test_mixture_on_the_device_scans_matches_the_oracle(monkeypatch, causal, method):
-    """The CPU runs the steps scan; CUDA and meta run the blocked one. Check the whole operator on the others too."""
+@pytest.mark.parametrize("method,separate", [("blocked", True), ("cummax", True), ("blocked", False)])
+@pytest.mark.parametrize("n,block", [(23, 5), (24, 3), (9, 9), (7, 3), (2, 1)], ids=["ragged", "whole", "one-row", "short", "tiny"])
+def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, method, separate, n, block):
+    """The CPU runs the steps scan and the joint softmax; CUDA and meta run the blocked scan and the parts' own
+    softmaxes, merged. Check the whole operator on those too: with padding (the last row's keys and regions),
+    on a one-row grid (no column key at all) and with causal row blocks (row 0 has no earlier row)."""
     monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: method)
-    fast, slow = qkv(23, seed=8, grad=True), qkv(23, seed=8, grad=True)
-    out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=5)
-    expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=5)
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: separate)
+    fast, slow = qkv(n, seed=8, grad=True), qkv(n, seed=8, grad=True)
+    out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=block)
+    expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=block)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     out.sum().backward()
     expected.sum().backward()

@@ -31,14 +31,17 @@ Deviations from the reference code:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from attnprof.impls.base import planning_device_type
 from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, prepare, resolve_block, token_valid
+from attnprof.impls.combiner.mixture_masks import MixtureMasks
 from attnprof.impls.combiner.scan import prefix_max
 
 SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
 CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
-NEG_INF = float("-inf")
 
 
 def mixture_attention(
@@ -64,19 +67,67 @@ def mixture_attention(
     for i, reverse in enumerate((False, True)):  # horizontal summaries, computed in the row layout
         _summaries(by_row, pad, reverse, out=col_kv[..., i + 1, :].transpose(-3, -2))
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
-    grid = _Grid(n, m, rows, causal)
+    masks = MixtureMasks(n, m, rows, causal)
+    block = _merged_block if separate_softmaxes(q.device) else _joint_block
     out = []
     for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
-        row_logits = by_row[0, :, :, a:b] @ row_kv[0, :, :, a:b].transpose(-2, -1)  # (B, H, nb, m, m (1 + directions))
-        col_logits = by_col[0, ..., a:b, :] @ col_kv[0, ..., :reach, :].transpose(-2, -1)  # (B, H, m, nb, reach)
-        with torch.no_grad():  # see _Grid: the dropped logits get no gradient, and autograd need not copy for the fills
-            grid.mask_row_part(row_logits, a, b)
-            grid.mask_column_part(col_logits, a, b)
-        (w_row, w_col), total = joint_softmax([(row_logits, None, False), (col_logits, None, True)])
-        block = (w_row @ row_kv[1, :, :, a:b]).add_((w_col @ col_kv[1, ..., :reach, :]).transpose(-3, -2))  # (B, H, nb, m, D)
-        out.append(block.div_(total.unsqueeze(-1)))
+        row_part = (by_row[0, :, :, a:b], row_kv[:, :, :, a:b], functools.partial(masks.mask_row_part, a=a, b=b))  # (B, H, nb, m, D)
+        col_part = (by_col[0, ..., a:b, :], col_kv[..., :reach, :], functools.partial(masks.mask_column_part, a=a, b=b))  # (B, H, m, nb, D)
+        out.append(block(row_part, col_part))  # (B, H, nb, m, D)
     return finish(torch.cat(out, dim=-3).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
+
+
+def separate_softmaxes(device) -> bool:
+    """Which softmax plan a call on `device` takes (on meta, the plan of the device it stands in for).
+
+    Off the CPU: each part's own fused softmax, merged afterwards by log-normalisers (_merged_block), two
+    passes over the logits where the joint softmax takes six in eager PyTorch (max, shift, exponentiate,
+    sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes read and
+    written: causal 84 -> 72 GB, bidirectional 104 -> 87 GB. The peak does not grow: each part's weights are
+    gone before the other's logits are formed.
+    On the CPU: the joint softmax in place (_joint_block). There torch.softmax's fresh output costs more than
+    the passes it saves: a new tensor is page-faulted in on first touch (a 200 MB clone took 79 ms of a
+    105 ms softmax), and the split plan measured 27% more process time bidirectional at N = 8192."""
+    return planning_device_type(device) != "cpu"
+
+
+def _joint_block(row_part, col_part) -> torch.Tensor:
+    """One softmax over both parts together, in place (see joint_softmax)."""
+    (row_queries, row_kv, mask_rows), (col_queries, col_kv, mask_columns) = row_part, col_part
+    row_logits = row_queries @ row_kv[0].transpose(-2, -1)  # (B, H, nb, m, K row)
+    col_logits = col_queries @ col_kv[0].transpose(-2, -1)  # (B, H, m, nb, K column)
+    with torch.no_grad():  # see MixtureMasks: the dropped logits get no gradient, and autograd need not copy for the fills
+        mask_rows(row_logits)
+        mask_columns(col_logits)
+    (w_row, w_col), total = joint_softmax([(row_logits, None, False), (col_logits, None, True)])
+    block = (w_row @ row_kv[1]).add_((w_col @ col_kv[1]).transpose(-3, -2))  # (B, H, nb, m, D)
+    return block.div_(total.unsqueeze(-1))
+
+
+def _merged_block(row_part, col_part) -> torch.Tensor:
+    """Each part's own softmax, merged by the parts' log-normalisers, as flash attention merges key blocks.
+    One part at a time, its weights gone before the other's logits are formed: no more than two logits-sized
+    tensors live at once (the same as the joint plan's two parts)."""
+    row_out, lse_row = _part_softmax(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
+    col_out, lse_col = (x.transpose(-3, -2) for x in _part_softmax(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
+    lse = torch.logaddexp(lse_row, lse_col)  # (B, H, nb, m, 1): the joint log-normaliser
+    return row_out.mul_(torch.exp(lse_row - lse)).add_(col_out.mul_(torch.exp(lse_col - lse)))
+
+
+def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """A part's own softmax over its keys applied to their values, and its log-normaliser. The normaliser
+    costs one read: at the row maximum j*, softmax = 1 / Z exactly, so log Z = max - log(w[j*]), and through
+    autograd its gradient is w, as it should be. `mask` fills the logits in place; every row must keep a
+    finite logit (MixtureMasks sees to it): a row of -inf only would softmax to NaN.
+    queries (..., M, D), kv (2, ..., K, D) -> (..., M, D), (..., M, 1)."""
+    logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
+    with torch.no_grad():  # see MixtureMasks
+        mask(logits)
+    top, at = logits.max(dim=-1, keepdim=True)  # (..., M, 1) each
+    weights = torch.softmax(logits, dim=-1)  # (..., M, K)
+    del logits
+    return weights @ kv[1], top - torch.log(weights.gather(-1, at))
 
 
 def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:
@@ -100,7 +151,7 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
         lo, hi = (a, size) if reverse else (0, b)  # the keys positions [a, b) can reach
         logits = pooled[0, ..., a:b, :] @ qkv[1, ..., lo:hi, :].transpose(-2, -1)  # (B, H, G, b - a, hi - lo)
         t = torch.arange(size, device=qkv.device)  # (T,)
-        with torch.no_grad():  # as in the joint softmax (see _Grid)
+        with torch.no_grad():  # as in the joint softmax (see MixtureMasks)
             if valid is None:  # keys [a, b): u <= t (reverse) or u >= t is not strictly before / after the position
                 span = t[a:b]
                 drop = (span[None, :] <= span[:, None]) if reverse else (span[None, :] >= span[:, None])  # (b - a, b - a)
@@ -109,66 +160,3 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
                 outside = (t[None, lo:hi] <= t[a:b, None]) if reverse else (t[None, lo:hi] >= t[a:b, None])  # (b - a, hi - lo)
                 logits.masked_fill_(outside | ~valid[:, None, lo:hi], mask_value(pooled))  # (G, b - a, hi - lo)
         out[1, ..., a:b, :] = torch.softmax(logits, dim=-1) @ qkv[2, ..., lo:hi, :]  # (B, H, G, b - a, D)
-
-
-class _Grid:
-    """The masks of the joint softmax, applied in place to the parts of the query rows [a, b), and only
-    where they drop something: a triangle or a diagonal, two empty-region slivers, and the padding of the
-    last row. (A dense mask over every logit was two of the ~10 passes over them: counted on meta at
-    N = 65536, H = 16, bf16, causal, 13 GB of the ~100 GB forward.) Padding sits at the end, so only the
-    last row holds it: every other row is whole, and its empty regions are those of the grid's edges.
-
-    Row part, query (r, c), keys: own row c' (padded keys dropped; causal: c' > c dropped), then per scan
-    direction the vertical summary of column c' (dropped: c' == c, and regions holding no real token).
-    Column part, query (c, r), keys 3 r' + term: own-column key (r', c), left and right summary of row r'
-    (dropped: r' >= r causal, r' == r bidirectional; regions and keys without a real token).
-
-    The fills run outside autograd. A dropped logit is -inf, so its weight is 0 and so is the gradient the
-    softmax sends it: the gradients are exact without autograd knowing of the fills, and it does not clone
-    the whole logits tensor in the backward for each fill of a view (counted on meta at N = 65536: 48 GB of
-    505 causal, 65 of 523 bidirectional, forward and backward)."""
-
-    def __init__(self, n: int, m: int, rows: int, causal: bool):
-        self.m, self.rows, self.causal = m, rows, causal
-        self.directions = (False,) if causal else (False, True)
-        valid = token_valid(n, rows * m, "cpu").view(rows, m)  # (rows, m), on the host: no device sync to plan the fills
-        self.padded = rows * m > n
-        self.empty_regions = [~_present(valid, 0, reverse) for reverse in self.directions]  # (rows, m) each, by (r, c')
-        self.last_row_terms = torch.stack([~valid[-1], ~_present(valid, 1, False)[-1], ~_present(valid, 1, True)[-1]], dim=-1)  # (m, 3)
-        self.last_row_keys = valid[-1]  # (m,)
-
-    def mask_row_part(self, logits: torch.Tensor, a: int, b: int) -> None:
-        """logits (B, H, b - a, m, m (1 + directions))."""
-        m, device = self.m, logits.device
-        direct = logits[..., :m]  # (B, H, nb, m, m)
-        if self.causal:
-            direct.masked_fill_(torch.ones(m, m, dtype=torch.bool, device=device).triu(1), NEG_INF)
-        if self.padded and b == self.rows:
-            direct[..., -1, :, :].masked_fill_(~self.last_row_keys.to(device), NEG_INF)
-        for i, empty in enumerate(self.empty_regions):
-            regions = logits[..., m * (i + 1) : m * (i + 2)]  # (B, H, nb, m, m)
-            regions.diagonal(dim1=-2, dim2=-1).fill_(NEG_INF)  # the own column is direct, not a region
-            for r in empty[a:b].any(dim=1).nonzero().flatten().tolist():  # rows of the grid's edge (one or two)
-                regions[..., r, :, :].masked_fill_(empty[a + r].to(device), NEG_INF)
-
-    def mask_column_part(self, logits: torch.Tensor, a: int, b: int) -> None:
-        """logits (B, H, m, b - a, reach), reach = 3 x (key rows formed)."""
-        m, device = self.m, logits.device
-        reach = logits.shape[-1] // 3
-        if self.causal:  # key rows before a are all earlier than the block's queries; within [a, b): r' >= r
-            own = logits[..., 3 * a : 3 * b].unflatten(-1, (b - a, 3))  # (B, H, m, nb, nb, 3)
-            r = torch.arange(b - a, device=device)
-            own.masked_fill_((r[None, :] >= r[:, None])[..., None], NEG_INF)
-        else:
-            logits.unflatten(-1, (reach, 3)).diagonal(dim1=-3, dim2=-2).fill_(NEG_INF)  # (B, H, m, 3, rows): r' == r
-        logits[..., 0, :, 1::3].fill_(NEG_INF)  # column 0: nothing left of it in any row
-        logits[..., m - 1, :, 2::3].fill_(NEG_INF)  # column m - 1: nothing right of it
-        if self.padded and reach == self.rows:  # the last key row, part padding: its own key and right summary
-            last = logits[..., 3 * (reach - 1) :]  # (B, H, m, nb, 3)
-            last.masked_fill_(self.last_row_terms.to(device)[:, None, :], NEG_INF)
-
-
-def _present(valid: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
-    """True where the region strictly before (after when `reverse`) a grid cell along `dim` holds a real token."""
-    counts = valid.flip(dim).cumsum(dim).flip(dim) if reverse else valid.cumsum(dim)  # (rows, m) inclusive
-    return (counts - valid.long()) > 0  # (rows, m)

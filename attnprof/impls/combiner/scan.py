@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from attnprof.impls.base import planning_device_type
+
 METHODS = ("steps", "blocked", "cummax")
 
 
@@ -49,9 +51,9 @@ def _cummax_prefix(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
 
 
 def default_method(device: torch.device) -> str:
-    """The path prefix_max takes by default: steps on the CPU, blocked elsewhere (CUDA; meta, so
-    that the accounting describes the GPU path)."""
-    return "steps" if device.type == "cpu" else "blocked"
+    """The path prefix_max takes by default: steps on the CPU, blocked elsewhere (CUDA; on meta, the path
+    of the device it stands in for, so that the accounting describes the GPU path)."""
+    return "steps" if planning_device_type(device) == "cpu" else "blocked"
 
 
 class _ScanOrder:

@@ -162,10 +162,27 @@ def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
     for name, figure in figures.items():
         path = folder / f"{run_id}-{name}.png"
         try:
-            figure.write_image(path, width=1200, height=max(500, int(figure.layout.height or 500)))
+            figure.write_image(path, width=PNG_WIDTH, height=png_height(figure))
         except Exception as error:  # noqa: BLE001  (kaleido fails in many ways: no Chromium, sandbox, ...)
             raise UsageError(
                 f"kaleido could not write {str(path)!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from None
         paths.append(path)
     return paths
+
+
+PNG_WIDTH, PNG_MIN_HEIGHT = 1200, 500
+LEGEND_ENTRY_PX, LEGEND_GROUP_GAP_PX, LEGEND_PAD_PX = 20, 10, 60  # plotly.js at its 12 px font; tracegroupgap's default
+
+
+def png_height(figure) -> int:
+    """A PNG's height: the figure's own, or taller where its legend needs it. A static image cannot scroll the
+    legend, and at the figure's height the scaling figures of the default sweep cut off their last lines (33
+    entries in 11 groups against 500 px). Entries: named traces not hidden from the legend, and shapes shown in it."""
+    layout = figure.layout
+    entries = [t for t in figure.data if t.showlegend is not False and t.name]
+    entries += [s for s in layout.shapes or () if getattr(s, "showlegend", None)]
+    groups = len({getattr(e, "legendgroup", None) or "" for e in entries})
+    top = layout.margin.t if layout.margin.t is not None else 100
+    legend = top + LEGEND_ENTRY_PX * (len(entries) + bool(layout.legend.title.text)) + LEGEND_GROUP_GAP_PX * groups + LEGEND_PAD_PX
+    return max(PNG_MIN_HEIGHT, int(layout.height or 0), legend if len(entries) > 1 or layout.showlegend else 0)

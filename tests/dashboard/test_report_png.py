@@ -1,0 +1,45 @@
+"""`attnprof report --png`: static images through kaleido and a real Chromium, tall enough for their legends."""
+
+import importlib.util
+import shutil
+import struct
+
+import pytest
+import seeding
+from click.testing import CliRunner
+
+from attnprof.cli import cli
+from attnprof.dashboard.plotting import build_figure
+from attnprof.report import LEGEND_ENTRY_PX, PNG_MIN_HEIGHT, PNG_WIDTH, png_height
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def line(name: str, group: str, show: bool = True) -> dict:
+    return {"type": "scatter", "x": [1, 2], "y": [1, 2], "name": name, "legendgroup": group, "showlegend": show}
+
+
+def test_a_long_legend_makes_the_png_taller():
+    """The default sweep's scaling figure has 33 legend entries in 11 groups: at 500 px the last ones were cut off."""
+    traces = [line(f"impl-{i} {kind}", f"impl-{i}") for i in range(11) for kind in ("", "bidir fit", "causal fit")]
+    traces.append(line("p20-p80 band", "impl-0", show=False))  # hidden from the legend: takes no room
+    height = png_height(build_figure(traces, {"height": 500}))
+    assert height >= 100 + 33 * LEGEND_ENTRY_PX and height > 500
+    assert png_height(build_figure(traces[:3], {"height": 640})) == 640  # short legends keep the figure's height
+    assert png_height(build_figure([line("one", "one")], {})) == PNG_MIN_HEIGHT
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="needs kaleido (pip install 'attnprof[png]')")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="kaleido needs a Chromium (apt-get install chromium)")
+def test_report_writes_every_figure_as_png_at_its_height(two_runs_db, tmp_path):
+    result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", tmp_path / "r.html", "--png", tmp_path / "png")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 7 and f"and 7 PNG files in {tmp_path / 'png'}" in result.output
+    for path in pngs:
+        header = path.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n", path.name
+        width, height = struct.unpack(">II", header[16:24])  # the IHDR chunk
+        assert width == PNG_WIDTH and height >= PNG_MIN_HEIGHT, path.name

@@ -8,6 +8,7 @@
 #                                      # accounting vs allocator per cell
 #   bash benchmarks/gpu_session.sh 3   # every seed impl at 64k and 8k: time, counts, achieved GB/s and
 #                                      # TFLOP/s, and (64k) the top CUDA kernels: where to work next;
+#                                      # Combiner-Mixture's plans timed against each other;
 #                                      # Combiner with backend=compile, checked, then timed at 64k
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
@@ -64,8 +65,10 @@ case $part in
     TAIL=100 step memory 270 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
     ;;
 3)
-    TAIL=20 step kernels-64k 240 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
-    TAIL=20 step kernels-8k 60 "$PY" benchmarks/kernel_profile.py --length 8k
+    TAIL=20 step kernels-64k 200 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
+    TAIL=20 step kernels-8k 45 "$PY" benchmarks/kernel_profile.py --length 8k
+    # Mixture's GPU plan was chosen by counts on meta: merged part softmaxes and the blocked scan, timed against the others
+    step mixture-plans 40 "$PY" benchmarks/mixture_plans.py --length 64k
     # Combiner through torch.compile (the option backend=compile): right first, then how fast
     step compiled-check 85 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k compiled
     TAIL=20 step kernels-compiled 120 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 8 \

@@ -68,3 +68,25 @@ def test_gpu_session_refuses_an_unknown_part_and_a_machine_without_cuda(tmp_path
         refused = subprocess.run(["bash", script, "3"], capture_output=True, text=True, env=env, timeout=120)
         assert refused.returncode == 2 and refused.stdout == ""
         assert refused.stderr.strip() == "gpu_session: no CUDA device here; nothing to check"
+
+
+def test_mixture_plans_agree_and_are_timed_on_the_cpu():
+    result = run("benchmarks/mixture_plans.py", "--device", "cpu", "--length", "1k")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert len(rows) == 8  # four plans, both causalities
+    for row in rows:
+        ms, error = float(row[-3]), float(row[-1])
+        assert ms > 0 and error < 1e-2, row  # a plan whose output disagreed would print nan
+
+
+@pytest.mark.parametrize("args, fragment", [(["--device", "meta"], "bad device 'meta'"), (["--length", "1k,2k"], "give one length")])
+def test_mixture_plans_refuses_bad_input(args, fragment):
+    result = run("benchmarks/mixture_plans.py", *args)
+    assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here: the refusal cannot be seen")
+def test_mixture_plans_needs_cuda_by_default():
+    result = run("benchmarks/mixture_plans.py", "--length", "1k")
+    assert result.returncode == 2 and result.stderr.strip() == "mixture_plans: no CUDA device here (try --device cpu)"

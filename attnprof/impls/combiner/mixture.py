@@ -84,11 +84,12 @@ def separate_softmaxes(device) -> bool:
     Off the CPU: each part's own fused softmax, merged afterwards by log-normalisers (_merged_block), two
     passes over the logits where the joint softmax takes six in eager PyTorch (max, shift, exponentiate,
     sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes read and
-    written: causal 84 -> 72 GB, bidirectional 104 -> 87 GB. The peak does not grow: each part's weights are
+    written: causal 84 -> 72 GB, bidirectional 104 -> 85 GB. The peak does not grow: each part's weights are
     gone before the other's logits are formed.
-    On the CPU: the joint softmax in place (_joint_block). There torch.softmax's fresh output costs more than
-    the passes it saves: a new tensor is page-faulted in on first touch (a 200 MB clone took 79 ms of a
-    105 ms softmax), and the split plan measured 27% more process time bidirectional at N = 8192."""
+    On the CPU: the joint softmax in place (_joint_block). Measured at N = 8192, H = 16, fp32: with the heap kept
+    as the sweep times (cpu_heap.retained), the split plan took the same time causal and 7% more bidirectional
+    (392 against 398 ms, 449 against 480); in a plain script, where each call page-faults its fresh softmax
+    outputs in, 27% more bidirectional (process time)."""
     return planning_device_type(device) != "cpu"
 
 

@@ -235,6 +235,16 @@ def test_the_compiled_backend_matches_the_oracle(variant, causal, n, block):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
 
 
+def test_the_compiled_backend_takes_the_device_plan_too(monkeypatch):
+    """On a GPU backend=compile compiles Mixture's device plan (blocked scan, merged part softmaxes), which the CPU
+    does not take by itself: forced here. Its first version failed in the backward: dynamo breaks the graph (at the
+    scan's strided out= writes, and then also at the masks' host-side planning), and the merge changed in place an
+    output that one graph kept for its backward. ~20 s of compiling."""
+    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "blocked")
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: True)
+    test_the_compiled_backend_matches_the_oracle("mixture", False, 37, 6)
+
+
 def test_the_compiled_backend_is_accounted_as_the_eager_plan():
     """On meta (the accounting) backend=compile runs eagerly: same FLOPs and peak as backend=eager."""
     readings = []

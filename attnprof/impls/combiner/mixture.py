@@ -113,7 +113,9 @@ def _merged_block(row_part, col_part) -> torch.Tensor:
     row_out, lse_row = _part_softmax(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
     col_out, lse_col = (x.transpose(-3, -2) for x in _part_softmax(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
     lse = torch.logaddexp(lse_row, lse_col)  # (B, H, nb, m, 1): the joint log-normaliser
-    return row_out.mul_(torch.exp(lse_row - lse)).add_(col_out.mul_(torch.exp(lse_col - lse)))
+    # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
+    # keeps its outputs for its backward, which eager bmm does not.
+    return row_out * torch.exp(lse_row - lse) + col_out * torch.exp(lse_col - lse)
 
 
 def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnprof.impls.combiner.common import mask_value, token_valid
+from attnprof.impls.combiner.common import mask_value
 
 NEG_INF = float("-inf")
 
@@ -29,26 +29,30 @@ class MixtureMasks:
 
     def __init__(self, n: int, m: int, rows: int, causal: bool):
         self.m, self.rows, self.causal = m, rows, causal
-        self.directions = (False,) if causal else (False, True)
-        valid = token_valid(n, rows * m, "cpu").view(rows, m)  # (rows, m), on the host: no device sync to plan the fills
-        self.padded = rows * m > n
-        self.empty_regions = [~_present(valid, 0, reverse) for reverse in self.directions]  # (rows, m) each, by (r, c')
-        self.last_row_terms = torch.stack([~valid[-1], ~_present(valid, 1, False)[-1], ~_present(valid, 1, True)[-1]], dim=-1)  # (m, 3)
-        self.last_row_keys = valid[-1]  # (m,)
+        self.tail = n - (rows - 1) * m  # real tokens in the last row, 1 .. m
+        self.padded = self.tail < m
+        # Vertical regions holding no real token, per scan direction, as (grid row, first such column c'). Above
+        # (forward): nothing is above row 0. Below (backward): nothing is below the last row, and below the row
+        # before it only the last row's tokens, padding from column `tail` on. Plain ints: planning the fills
+        # needs no host tensor, so no device sync and, under torch.compile, no graph break of its own.
+        above = [(0, 0)]
+        below = [(rows - 1, 0)] + ([(rows - 2, self.tail)] if self.padded and rows >= 2 else [])
+        self.empty_regions = [above] if causal else [above, below]
 
     def mask_row_part(self, logits: torch.Tensor, *, a: int, b: int) -> None:
         """logits (B, H, b - a, m, m (1 + directions))."""
-        m, device = self.m, logits.device
+        m = self.m
         direct = logits[..., :m]  # (B, H, nb, m, m)
         if self.causal:
-            direct.masked_fill_(torch.ones(m, m, dtype=torch.bool, device=device).triu(1), NEG_INF)
+            direct.masked_fill_(torch.ones(m, m, dtype=torch.bool, device=logits.device).triu(1), NEG_INF)
         if self.padded and b == self.rows:
-            direct[..., -1, :, :].masked_fill_(~self.last_row_keys.to(device), NEG_INF)
+            direct[..., -1, :, self.tail :].fill_(NEG_INF)  # the last row's padded keys
         for i, empty in enumerate(self.empty_regions):
             regions = logits[..., m * (i + 1) : m * (i + 2)]  # (B, H, nb, m, m)
             regions.diagonal(dim1=-2, dim2=-1).fill_(NEG_INF)  # the own column is direct, not a region
-            for r in empty[a:b].any(dim=1).nonzero().flatten().tolist():  # rows of the grid's edge (one or two)
-                regions[..., r, :, :].masked_fill_(empty[a + r].to(device), NEG_INF)
+            for row, first in empty:
+                if a <= row < b:
+                    regions[..., row - a, :, first:].fill_(NEG_INF)
 
     def mask_column_part(self, logits: torch.Tensor, *, a: int, b: int) -> None:
         """logits (B, H, m, b - a, reach), reach = 3 x (key rows formed)."""
@@ -64,16 +68,11 @@ class MixtureMasks:
         logits[..., m - 1, :, 2::3].fill_(NEG_INF)  # column m - 1: nothing right of it
         if self.padded and reach == self.rows:  # the last key row, part padding: its own key and right summary
             last = logits[..., 3 * (reach - 1) :]  # (B, H, m, nb, 3)
-            last.masked_fill_(self.last_row_terms.to(device)[:, None, :], NEG_INF)
+            last[..., self.tail :, :, 0].fill_(NEG_INF)  # key (last row, c) is padding
+            last[..., self.tail - 1 :, :, 2].fill_(NEG_INF)  # nothing real right of c in the last row
         # Query rows with no column key at all: causal row 0, and every row of a one-row grid. Finite filler
         # gives them a defined softmax whose log-normaliser (about the dtype's minimum) weighs 0 in the merge.
         if self.rows == 1:
             logits.fill_(mask_value(logits))
         elif self.causal and a == 0:
             logits[..., 0, :].fill_(mask_value(logits))
-
-
-def _present(valid: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
-    """True where the region strictly before (after when `reverse`) a grid cell along `dim` holds a real token."""
-    counts = valid.flip(dim).cumsum(dim).flip(dim) if reverse else valid.cumsum(dim)  # (rows, m) inclusive
-    return (counts - valid.long()) > 0  # (rows, m)

@@ -13,7 +13,9 @@ Three ways, same result (tests check each against a plain loop, values and gradi
   ~7.5 GB (its int64 arg-max indices, the shift by one, the -inf test and fill, and for the
   reverse scans two flips), and "steps" would launch 256 kernels per scan.
 - "cummax": torch.cummax, shifted by one: the reference path, and the one the backward recomputes
-  (torch keeps the arg-max bookkeeping there; only fwd_bwd pays for it).
+  (torch keeps the arg-max bookkeeping there; only fwd_bwd pays for it). Also the path under
+  torch.compile (backend=compile): the others write into strided views through out=, where dynamo
+  breaks the graph, and inductor lowers cummax to a scan of its own.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _cummax_prefix(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
 def default_method(device: torch.device) -> str:
     """The path prefix_max takes by default: steps on the CPU, blocked elsewhere (CUDA; on meta, the path
     of the device it stands in for, so that the accounting describes the GPU path)."""
+    if torch.compiler.is_compiling():  # the out= writes into strided views below break dynamo's graph
+        return "cummax"
     return "steps" if planning_device_type(device) == "cpu" else "blocked"
 
 

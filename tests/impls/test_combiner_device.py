@@ -1,14 +1,17 @@
-"""Combiner-Mixture's device plan (blocked running max, each logit part's own softmax merged by log-normalisers)
-counted on `meta`, where it stands in for a GPU: kernel launches and bytes written at N = 65536. Its values
-are checked against the oracle on the CPU in test_combiner.py (test_mixture_on_the_device_plan_...)."""
+"""Combiner-Mixture's device plan (blocked running max, each logit part's own softmax merged by log-normalisers):
+counted on `meta`, where it stands in for a GPU (kernel launches, bytes written and peaks at N = 65536), and run
+on the CPU with half inputs and large logits. Its values against the oracle: test_combiner.py
+(test_mixture_on_the_device_plan_matches_the_oracle)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from attnprof import impls
 from attnprof.accounting import account_call, op_tally
 from attnprof.impls.base import meta_stands_for
+from attnprof.impls.combiner import combiner_attention
 from attnprof.impls.combiner.mixture import separate_softmaxes
 from attnprof.impls.combiner.scan import default_method
 from attnprof.inputs import make_call, make_inputs
@@ -49,3 +52,36 @@ def test_device_plan_peaks_stay_below_the_joint_plans(causal, fwd_gib, fwd_bwd_g
     with the cummax scan had 11.2 / 33.4 and 6.6 / 22.5 (the scan's int64 indices were kept for the backward)."""
     assert account_call(meta_call(causal)).peak_bytes <= fwd_gib * GiB
     assert account_call(meta_call(causal, "fwd_bwd")).peak_bytes <= fwd_bwd_gib * GiB
+
+
+@pytest.fixture
+def device_plan(monkeypatch):
+    """The plan Mixture takes on a GPU, taken on the CPU: the blocked scan, the parts' softmaxes merged."""
+    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "blocked")
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: True)
+
+
+def rel_error(actual, expected) -> float:
+    return float(torch.linalg.vector_norm(actual.float() - expected) / torch.linalg.vector_norm(expected))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_device_plan_half_inputs_stay_finite_at_a_long_length(device_plan, causal, dtype):
+    """When written: 4.0e-3 (bf16) and 5.0e-4 (fp16) from the fp32 output at N = 4000."""
+    q, k, v = (torch.randn(1, 1, 4000, 16, generator=torch.Generator().manual_seed(6 + i)) for i in range(3))
+    out = combiner_attention(*(x.to(dtype) for x in (q, k, v)), variant="mixture", causal=causal)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_error(out, combiner_attention(q, k, v, variant="mixture", causal=causal)) < 2e-2
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_merged_softmaxes_agree_with_the_joint_one_for_large_logits(monkeypatch, causal):
+    """Queries scaled by 30 (logits in the hundreds, rows dominated by one key): the parts' normalisers, merged,
+    give the joint softmax's output (when written: 2e-6 apart in fp32)."""
+    q, k, v = (torch.randn(1, 2, 1000, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    outputs = []
+    for separate in (True, False):
+        monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device, s=separate: s)
+        outputs.append(combiner_attention(q * 30, k, v, variant="mixture", causal=causal))
+    assert torch.isfinite(outputs[0]).all() and rel_error(*outputs) < 1e-5

@@ -66,33 +66,55 @@ def _live_bytes_mode_class():
 def _op_tally_class():
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
 
     class OpTally(TorchDispatchMode):
         """The aten ops that do work (each a kernel launch on a GPU; views and allocations launch nothing), the
-        bytes they write, and the overloads seen: on `meta`, a proxy for a GPU's launch count and traffic."""
+        bytes they write and read, and the overloads seen: on `meta`, a proxy for a GPU's launch count and traffic.
+        Reads: each tensor argument's distinct elements (a broadcast dimension is read once), except the tensors an
+        op only writes (out=, and the destination of copy_, fill_, zero_); in-place ops read what they rewrite.
+        gather reads as many elements of its input as it writes. Caches are not modelled: an operand that a GPU
+        would hold in L2 between two ops is counted twice."""
 
         # Besides views (the schema says which), ops that only allocate or reinterpret.
         ALLOCATE_ONLY = {"_unsafe_view", "_reshape_alias", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+        WRITE_ONLY_FIRST = {"copy_", "fill_", "zero_"}  # their first argument is a destination only
 
         def __init__(self):
             super().__init__()
-            self.ops = self.bytes_written = 0
+            self.ops = self.bytes_written = self.bytes_read = 0
             self.overloads: set[str] = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
             self.overloads.add(str(func))
-            if not func.is_view and func._schema.name.split("::")[-1] not in self.ALLOCATE_ONLY:  # diagonal, unfold, ... too
+            name = func._schema.name.split("::")[-1]
+            if not func.is_view and name not in self.ALLOCATE_ONLY:  # diagonal, unfold, ... too
                 self.ops += 1
-                outputs = out if isinstance(out, (tuple, list)) else (out,)
-                self.bytes_written += sum(t.numel() * t.element_size() for t in outputs if isinstance(t, torch.Tensor))
+                outputs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+                self.bytes_written += sum(t.numel() * t.element_size() for t in outputs)
+                self.bytes_read += self._read(name, args, kwargs, outputs)
             return out
+
+        def _read(self, name: str, args, kwargs, outputs) -> int:
+            read = args[1:] if name in self.WRITE_ONLY_FIRST else args
+            tensors = [t for t in tree_leaves((read, {k: v for k, v in kwargs.items() if k != "out"})) if isinstance(t, torch.Tensor)]
+            if name == "gather" and outputs:  # (input, dim, index): the gathered elements and the index
+                return outputs[0].numel() * tensors[0].element_size() + _distinct_bytes(tensors[-1])
+            return sum(_distinct_bytes(t) for t in tensors)
+
+    def _distinct_bytes(t) -> int:
+        count = 1
+        for size, stride in zip(t.shape, t.stride(), strict=True):
+            count *= size if stride != 0 or size == 0 else 1
+        return count * t.element_size()
 
     return OpTally
 
 
 def op_tally():
-    """A fresh OpTally (a context manager); read `.ops`, `.bytes_written` and `.overloads` after the block."""
+    """A fresh OpTally (a context manager); read `.ops`, `.bytes_written`, `.bytes_read` and `.overloads` after the block."""
     return _op_tally_class()()
 
 

@@ -1,6 +1,7 @@
 """Where a GPU call's time goes. For each impl at one shape (default: N = 65536, B = 1, H = 16, d = 64, bf16,
 forward, both causalities), one line with the CUDA-event time (attnprof.timing.bench, the sweep's timer), the
-exact counts on `meta` (aten ops, bytes written, FLOPs) and what they imply (GB/s written, TFLOP/s); then,
+exact counts on `meta` (aten ops, bytes written, bytes moved: read and written op by op, FLOPs) and what they
+imply (GB/s moved, to hold against the device's memory bandwidth, and TFLOP/s); then,
 with --kernels, torch.profiler's table of the call's CUDA kernels by total time. The counts say how far an impl
 is from its memory and compute bounds; the kernel table says which op to work on next.
 
@@ -39,7 +40,7 @@ def main() -> int:
         print("kernel_profile: no CUDA device here (use --device meta for the counts alone)", file=sys.stderr)
         return 2
     print(f"N={args.length} B=1 H={args.heads} d={args.head_dim} {args.dtype} {args.mode} on {args.device}")
-    print(f"{'impl':<20} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}")
+    print(f"{'impl':<20} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GB moved':>8} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}")
     for impl, spec in args.impl:
         for causal in args.causal:
             case = Case(impl=impl.name, seq_len=args.length, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
@@ -62,13 +63,14 @@ def profile_case(impl, label: str, case: Case, kernels: int) -> None:
         formula = impl.flops(case, impl.resolve_options(case.options)) if impl.flops else None
         flops = formula if formula is not None else account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
     line = f"{label + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
+    moved = tally.bytes_written + tally.bytes_read  # read and written, op by op (no cache): against the HBM bandwidth
+    counts = f"{tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {moved / 1e9:>8.2f} {flops / 1e9:>8.3g}"
     if case.device == "meta":
-        print(f"{line} {'-':>8} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.3g}")
+        print(f"{line} {'-':>8} {counts}")
         return
     call = make_call(impl.bind(case), make_inputs(case))
     ms = statistics.median(bench(call, case.device))
-    rates = f"{tally.bytes_written / ms / 1e6:>7.0f} {flops / ms / 1e9:>8.3g}"
-    print(f"{line} {ms:>8.3f} {tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {flops / 1e9:>8.3g} {rates}", flush=True)
+    print(f"{line} {ms:>8.3f} {counts} {moved / ms / 1e6:>7.0f} {flops / ms / 1e9:>8.3g}", flush=True)
     if kernels:
         print_kernels(call, kernels, on_cuda=case.device.startswith("cuda"))
 

@@ -73,3 +73,23 @@ def test_the_math_paths_formula_equals_its_counted_flops_forward_and_backward():
             assert impl.flops(case, {}) == pytest.approx(counted, rel=1e-9), (causal, mode)
     flash = Case(impl="sdpa-flash", seq_len=256, heads=2, head_dim=16, mode="fwd_bwd")
     assert impls.get("sdpa-flash").flops(flash, {}) * 6 == impl.flops(replace(flash, impl="sdpa-math"), {}) * 7
+
+
+def test_op_tally_counts_launches_and_bytes_op_by_op():
+    """Reads: distinct elements of the arguments (a broadcast read once), not the tensors an op only writes; views
+    launch nothing. x is 4 x 8 fp32, 128 bytes."""
+    import torch
+
+    from attnprof.accounting import op_tally
+
+    x, index = torch.randn(4, 8), torch.zeros(4, 2, dtype=torch.int64)
+    with op_tally() as tally:
+        y = x + 1  # reads 128, writes 128
+        x.add_(1)  # in place: reads and writes 128
+        y.copy_(x)  # reads x only
+        y.fill_(0)  # reads nothing
+        x.expand(3, 4, 8).transpose(1, 2).mul(2)  # two views, then reads 128 once and writes 384
+        x.gather(1, index)  # reads the 8 gathered floats and the index (64), writes 32
+    assert tally.ops == 6
+    assert tally.bytes_read == 4 * 128 + 32 + 64
+    assert tally.bytes_written == 4 * 128 + 384 + 32

@@ -22,7 +22,8 @@ def line(name: str, group: str, show: bool = True) -> dict:
 
 
 def test_a_long_legend_makes_the_png_taller():
-    """The default sweep's scaling figure has 33 legend entries in 11 groups: at 500 px the last ones were cut off."""
+    """The default sweep's scaling figures have 29 legend entries in 10 groups: at 500 px the last ones were cut off.
+    Here 33 in 11 (a measured line and two fits per impl)."""
     traces = [line(f"impl-{i} {kind}", f"impl-{i}") for i in range(11) for kind in ("", "bidir fit", "causal fit")]
     traces.append(line("p20-p80 band", "impl-0", show=False))  # hidden from the legend: takes no room
     height = png_height(build_figure(traces, {"height": 500}))

@@ -99,11 +99,12 @@ def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple
     layout, and the normaliser in the (..., a, b) layout. The shift is the joint row maximum,
     detached: softmax does not depend on it, so gradients are exact.
 
-    Tried and dropped (2026-11): each part's own fused softmax, merged by log-normalisers as flash attention
-    merges blocks. It saves two passes over the logits (counted on meta at N = 65536, bf16: Mixture causal
-    102 -> 94 GB of traffic), but softmax is not in place, so the peak grew by a logits tensor (Fixed 3.3 ->
-    5.3 GiB, Mixture bidirectional 11.2 -> 17.2 GiB, past its 16 GiB target), and on the CPU it took 6-20%
-    more time (its masks must be finite: exp of a huge negative number is slow there)."""
+    The alternative, each part's own fused softmax merged by log-normalisers as flash attention merges
+    blocks, is what Combiner-Mixture takes off the CPU (mixture.separate_softmaxes): there it saves passes over
+    the logits, and doing one part at a time, weights applied before the next part's logits are formed, keeps
+    the peak. Tried here first for every variant with both parts' logits alive at once, it grew the peak by a
+    logits tensor (Fixed 3.3 -> 5.3 GiB, Mixture bidirectional 11.2 -> 17.2 GiB, past its 16 GiB target). On the
+    CPU the in-place joint softmax stays the faster (see separate_softmaxes)."""
     for logits, drop, _ in parts:
         if drop is not None:
             logits.masked_fill_(drop, float("-inf"))

@@ -83,9 +83,10 @@ def separate_softmaxes(device) -> bool:
 
     Off the CPU: each part's own fused softmax, merged afterwards by log-normalisers (_merged_block), two
     passes over the logits where the joint softmax takes six in eager PyTorch (max, shift, exponentiate,
-    sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes read and
-    written: causal 84 -> 72 GB, bidirectional 104 -> 85 GB. The peak does not grow: each part's weights are
-    gone before the other's logits are formed.
+    sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, bytes read and written,
+    joint -> merged: forward causal 84 -> 72 GB, bidirectional 104 -> 85 GB; forward + backward 422 -> 414 and
+    452 -> 440 GB (see SoftmaxWithNormaliser). Each part's weights are gone before the other's logits are
+    formed, so the peaks barely move: forward 5.6 -> 5.8 GiB causal, 11.0 -> 10.8 GiB bidirectional.
     On the CPU: the joint softmax in place (_joint_block). Measured at N = 8192, H = 16, fp32: with the heap kept
     as the sweep times (cpu_heap.retained), the split plan took the same time causal and 7% more bidirectional
     (392 against 398 ms, 449 against 480); in a plain script, where each call page-faults its fresh softmax
@@ -119,18 +120,41 @@ def _merged_block(row_part, col_part) -> torch.Tensor:
 
 
 def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """A part's own softmax over its keys applied to their values, and its log-normaliser. The normaliser
-    costs one read: at the row maximum j*, softmax = 1 / Z exactly, so log Z = max - log(w[j*]), and through
-    autograd its gradient is w, as it should be. `mask` fills the logits in place; every row must keep a
-    finite logit (MixtureMasks sees to it): a row of -inf only would softmax to NaN.
-    queries (..., M, D), kv (2, ..., K, D) -> (..., M, D), (..., M, 1)."""
+    """A part's own softmax over its keys applied to their values, and its log-normaliser. `mask` fills the
+    logits in place; every row must keep a finite logit (MixtureMasks sees to it): a row of -inf only would
+    softmax to NaN. queries (..., M, D), kv (2, ..., K, D) -> (..., M, D), (..., M, 1)."""
     logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
     with torch.no_grad():  # see MixtureMasks
         mask(logits)
-    top, at = logits.max(dim=-1, keepdim=True)  # (..., M, 1) each
-    weights = torch.softmax(logits, dim=-1)  # (..., M, K)
+    weights, lse = SoftmaxWithNormaliser.apply(logits)  # (..., M, K), (..., M, 1)
     del logits
-    return weights @ kv[1], top - torch.log(weights.gather(-1, at))
+    return weights @ kv[1], lse
+
+
+class SoftmaxWithNormaliser(torch.autograd.Function):
+    """softmax(x) over the last axis and its log-normaliser logsumexp(x), (..., K) -> (..., K), (..., 1).
+
+    Forward: one fused softmax and one more read. At the row maximum j*, softmax = 1 / Z exactly, so
+    log Z = max - log(w[j*]). Backward: d x = softmax's backward of the weights' gradient + w * (the
+    normaliser's gradient), one fused softmax backward and one in-place multiply-add, from the weights alone.
+    Autograd through max, gather and log built two logits-sized scatters and three additions instead:
+    counted on meta at N = 65536, Mixture's forward + backward moved ~30-45 GB more than this."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor):
+        top, at = logits.max(dim=-1, keepdim=True)  # (..., 1) each
+        weights = torch.softmax(logits, dim=-1)  # (..., K)
+        lse = top - torch.log(weights.gather(-1, at))  # (..., 1)
+        ctx.save_for_backward(weights)
+        return weights, lse
+
+    @staticmethod
+    def backward(ctx, grad_weights, grad_lse):
+        (weights,) = ctx.saved_tensors
+        if grad_weights is None:
+            return weights * grad_lse
+        grad = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)  # w * (g - sum(g w))
+        return grad if grad_lse is None else grad.addcmul_(weights, grad_lse)
 
 
 def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:

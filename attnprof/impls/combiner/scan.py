@@ -9,9 +9,9 @@ Three ways, same result (tests check each against a plain loop, values and gradi
 - "blocked": the same steps inside chunks of ~sqrt(T) positions, all chunks at once, then each chunk
   raised to the max of the chunks before it: ~sqrt(T) + 5 launches and about 5 passes over x. Used
   on CUDA and on meta (so the meta accounting describes the GPU path). Counted on meta, Mixture at
-  N = 65536, H = 16, bf16 (T = 256): ~2.7 GB per scan of q and k together, where "cummax" moved
-  ~7.5 GB (its int64 arg-max indices, the shift by one, the -inf test and fill, and for the
-  reverse scans two flips), and "steps" would launch 256 kernels per scan.
+  N = 65536, H = 16, bf16 (T = 256), bytes read and written per scan of q and k together: 2.8 GB
+  (2.9 reversed), where "cummax" moved 5.1 GB (7.3 reversed: its int64 arg-max indices, the shift
+  by one, the -inf test and fill, and two flips), and "steps" would launch 256 kernels per scan.
 - "cummax": torch.cummax, shifted by one: the reference path, and the one the backward recomputes
   (torch keeps the arg-max bookkeeping there; only fwd_bwd pays for it). Also the path under
   torch.compile (backend=compile): the others write into strided views through out=, where dynamo

@@ -172,17 +172,21 @@ def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
 
 
 PNG_WIDTH, PNG_MIN_HEIGHT = 1200, 500
-LEGEND_ENTRY_PX, LEGEND_GROUP_GAP_PX, LEGEND_PAD_PX = 20, 10, 60  # plotly.js at its 12 px font; tracegroupgap's default
+LEGEND_ENTRY_PX, LEGEND_GROUP_GAP_PX, LEGEND_PAD_PX = 20, 10, 20  # plotly.js at its 12 px font; tracegroupgap's default
 
 
 def png_height(figure) -> int:
     """A PNG's height: the figure's own, or taller where its legend needs it. A static image cannot scroll the
     legend, and at the figure's height the scaling figures of the default sweep cut off their last lines (29
-    entries in 10 groups against 500 px: 810 px now). Entries: named traces not hidden from the legend, and shapes shown in it."""
+    entries in 10 groups against 500 px: 810 px now). Entries: named traces not hidden from the legend, and
+    shapes shown in it. plotly.js puts a gap after each legend group and, once there is a group, after each
+    ungrouped entry; the legend runs from the top margin to the bottom margin (plotly's defaults: 100, 80)."""
     layout = figure.layout
     entries = [t for t in figure.data if t.showlegend is not False and t.name]
     entries += [s for s in layout.shapes or () if getattr(s, "showlegend", None)]
-    groups = len({getattr(e, "legendgroup", None) or "" for e in entries})
-    top = layout.margin.t if layout.margin.t is not None else 100
-    legend = top + LEGEND_ENTRY_PX * (len(entries) + bool(layout.legend.title.text)) + LEGEND_GROUP_GAP_PX * groups + LEGEND_PAD_PX
+    named = {getattr(e, "legendgroup", None) or None for e in entries} - {None}
+    gaps = len(named) + sum(1 for e in entries if not getattr(e, "legendgroup", None)) if named else 1
+    margin = layout.margin
+    legend = (100 if margin.t is None else margin.t) + (80 if margin.b is None else margin.b) + LEGEND_PAD_PX
+    legend += LEGEND_ENTRY_PX * (len(entries) + bool(layout.legend.title.text)) + LEGEND_GROUP_GAP_PX * gaps
     return max(PNG_MIN_HEIGHT, int(layout.height or 0), legend if len(entries) > 1 or layout.showlegend else 0)

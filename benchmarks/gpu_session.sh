@@ -65,7 +65,7 @@ case $part in
     TAIL=100 step memory 270 "$PY" benchmarks/memory_vs_accounting.py --db "$OUT/memory.db" --lengths 4k,16k
     ;;
 3)
-    TAIL=20 step kernels-64k 200 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
+    TAIL=20 step kernels-64k 190 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 12
     # Mixture's GPU plan was chosen by counts on meta: merged part softmaxes and the blocked scan, timed against the others
     step mixture-plans 40 "$PY" benchmarks/mixture_plans.py --length 64k
     # Combiner through torch.compile (the option backend=compile): right first, then how fast. Mixture compiles as one

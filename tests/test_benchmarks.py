@@ -73,11 +73,12 @@ def test_gpu_session_refuses_an_unknown_part_and_a_machine_without_cuda(tmp_path
 def test_mixture_plans_agree_and_are_timed_on_the_cpu():
     result = run("benchmarks/mixture_plans.py", "--device", "cpu", "--length", "1k")
     assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    rows = [line.split() for line in result.stdout.splitlines()[2:-1]]
     assert len(rows) == 8  # four plans, both causalities
+    assert [row[:3] for row in rows[:1]] == [["joint", "+", "steps"]] and rows[0][3] == "*"  # the CPU's default first
     for row in rows:
         ms, error = float(row[-3]), float(row[-1])
-        assert ms > 0 and error < 1e-2, row  # a plan whose output disagreed would print nan
+        assert ms > 0 and error < 3e-2, row  # a plan whose output disagreed would print nan
 
 
 @pytest.mark.parametrize("args, fragment", [(["--device", "meta"], "bad device 'meta'"), (["--length", "1k,2k"], "give one length")])

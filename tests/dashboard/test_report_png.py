@@ -9,8 +9,9 @@ import seeding
 from click.testing import CliRunner
 
 from attnprof.cli import cli
+from attnprof.dashboard.data import DataSource
 from attnprof.dashboard.plotting import build_figure
-from attnprof.report import LEGEND_ENTRY_PX, PNG_MIN_HEIGHT, PNG_WIDTH, png_height
+from attnprof.report import LEGEND_ENTRY_PX, PNG_MIN_HEIGHT, PNG_WIDTH, png_height, report_sections
 
 
 def invoke(*args):
@@ -28,6 +29,10 @@ def test_a_long_legend_makes_the_png_taller():
     traces.append(line("p20-p80 band", "impl-0", show=False))  # hidden from the legend: takes no room
     height = png_height(build_figure(traces, {"height": 500}))
     assert height >= 100 + 33 * LEGEND_ENTRY_PX and height > 500
+    ungrouped = [{**line(f"line {i}", ""), "legendgroup": None} for i in range(30)]  # a gap after each, once a group exists
+    # plotly.js in Chromium drew these legends 899 and 348 px tall, between the default margins of 100 and 80 px
+    assert png_height(build_figure(ungrouped + traces[:1], {})) >= 100 + 899 + 80
+    assert png_height(build_figure([line(f"impl-{i}", f"impl-{i}") for i in range(12)], {})) >= 100 + 348 + 80
     assert png_height(build_figure(traces[:3], {"height": 640})) == 640  # short legends keep the figure's height
     assert png_height(build_figure([line("one", "one")], {})) == PNG_MIN_HEIGHT
 
@@ -39,8 +44,10 @@ def test_report_writes_every_figure_as_png_at_its_height(two_runs_db, tmp_path):
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 7 and f"and 7 PNG files in {tmp_path / 'png'}" in result.output
+    figures, _ = report_sections(DataSource(two_runs_db), seeding.BASE)
     for path in pngs:
         header = path.read_bytes()[:24]
         assert header[:8] == b"\x89PNG\r\n\x1a\n", path.name
         width, height = struct.unpack(">II", header[16:24])  # the IHDR chunk
-        assert width == PNG_WIDTH and height >= PNG_MIN_HEIGHT, path.name
+        name = path.stem.removeprefix(f"{seeding.BASE}-")
+        assert (width, height) == (PNG_WIDTH, png_height(figures[name])) and height >= PNG_MIN_HEIGHT, path.name

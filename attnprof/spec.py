@@ -54,6 +54,14 @@ def parse_lengths(spec: str | list) -> tuple[int, ...]:
     return tuple(sorted(lengths))
 
 
+def parse_length(text: str) -> int:
+    """One sequence length in the lengths grammar (8k, 65536): a benchmark's --length."""
+    lengths = parse_lengths(text)
+    if len(lengths) != 1:
+        raise UsageError(f"bad length {text!r}: give one length, not {len(lengths)}")
+    return lengths[0]
+
+
 def _parse_length_item(item: str, whole: str) -> list[int]:
     if ".." not in item:
         return [parse_size(item, "length")]

@@ -26,7 +26,7 @@ from attnprof.accounting import account_call, op_tally  # noqa: E402
 from attnprof.errors import UsageError  # noqa: E402
 from attnprof.impls.base import meta_stands_for  # noqa: E402
 from attnprof.inputs import make_call, make_inputs  # noqa: E402
-from attnprof.spec import Case, parse_devices, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_sizes  # noqa: E402
+from attnprof.spec import Case, parse_devices, parse_dtypes, parse_impls, parse_length, parse_modes, parse_sizes  # noqa: E402
 from attnprof.timing import bench  # noqa: E402
 
 DEFAULT_IMPLS = "sdpa-flash,cosformer,nystromformer,combiner-fixed,combiner-axial,combiner-logsparse,combiner-mixture"
@@ -101,10 +101,7 @@ def parse_args():
     parser.add_argument("--kernels", type=int, default=0, help="print this many top kernels (CUDA; CPU ops on the CPU) per call")
     args = parser.parse_args()
     try:
-        lengths = parse_lengths(args.length)
-        if len(lengths) != 1:
-            raise UsageError(f"bad length {args.length!r}: give one length, not {len(lengths)}")
-        args.length = lengths[0]
+        args.length = parse_length(args.length)
         (args.heads,), (args.head_dim,) = parse_sizes(args.heads, "heads"), parse_sizes(args.head_dim, "head dim")
         (args.dtype,), (args.mode,), (args.device,) = parse_dtypes(args.dtype), parse_modes(args.mode), parse_devices(args.device)
         args.impl = [(impls.get(spec.name), spec) for spec in parse_impls(args.impl)]

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnprof.errors import UsageError  # noqa: E402
-from attnprof.spec import parse_devices, parse_lengths  # noqa: E402
+from attnprof.spec import parse_devices, parse_length  # noqa: E402
 from attnprof.timing import bench  # noqa: E402
 
 PLANS = {  # name -> (separate softmaxes, running-max method)
@@ -93,10 +93,7 @@ def parse_args():
     parser.add_argument("--device", default="cuda", help="cuda[:N], or cpu (default: %(default)s)")
     args = parser.parse_args()
     try:
-        lengths = parse_lengths(args.length)
-        if len(lengths) != 1:
-            raise UsageError(f"bad length {args.length!r}: give one length, not {len(lengths)}")
-        args.length = lengths[0]
+        args.length = parse_length(args.length)
         (args.device,) = parse_devices(args.device)
         if args.device == "meta":
             raise UsageError("bad device 'meta': this benchmark times, choose cuda or cpu")

@@ -174,10 +174,10 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
     pooled = prefix_max(qkv[:2], -2, reverse=reverse, valid=None if valid is None else valid[..., None])  # (2, B, H, G, T, D)
     size = qkv.shape[-2]
     out[0] = pooled[1]
+    t = torch.arange(size, device=qkv.device)  # (T,)
     for a, b in row_blocks(size, SUMMARY_BLOCKS):
         lo, hi = (a, size) if reverse else (0, b)  # the keys positions [a, b) can reach
         logits = pooled[0, ..., a:b, :] @ qkv[1, ..., lo:hi, :].transpose(-2, -1)  # (B, H, G, b - a, hi - lo)
-        t = torch.arange(size, device=qkv.device)  # (T,)
         with torch.no_grad():  # as in the joint softmax (see MixtureMasks)
             if valid is None:  # keys [a, b): u <= t (reverse) or u >= t is not strictly before / after the position
                 span = t[a:b]

@@ -9,6 +9,13 @@ sys.path.insert(0, str(TESTS))  # spawned workers inherit sys.path, so they impo
 os.environ["ATTNPROF_PLUGINS"] = "fake_impls"
 os.environ.pop("ATTNPROF_DB", None)
 
+import torch  # noqa: E402  (torch does not import triton: the line below still comes first)
+
+if not torch.cuda.is_available():
+    # Triton decides at decoration whether its kernels are interpreted, its own library's included: the
+    # interpreter must be on before anything imports triton, for the CPU tests of cosFormer's backend=triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

@@ -36,6 +36,39 @@ def test_cosformer_bf16_plan_stays_within_bf16_rounding(causal, seq_len):
     assert rel_error(out, expected) < 1.6 * rel_error(expected.to(torch.bfloat16), expected)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("seq_len", [3000, 65536])
+def test_cosformer_triton_bf16_stays_within_bf16_rounding(causal, seq_len):
+    """backend=triton compiled for the GPU (the CPU tests run it through Triton's interpreter, which measured
+    1.13-1.27 x the error of rounding the exact output to bf16)."""
+    generator = torch.Generator().manual_seed(seq_len + 1)
+    q, k, v = (torch.randn(1, 16, seq_len, 64, generator=generator).to(torch.bfloat16) for _ in range(3))
+    expected = cosformer_attention(q.double(), k.double(), v.double(), causal=causal)  # float64, on the CPU
+    out = cosformer_attention(q.cuda(), k.cuda(), v.cuda(), causal=causal, backend="triton")
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_error(out, expected) < 1.4 * rel_error(expected.to(torch.bfloat16), expected)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance", "chunk_size"), [(torch.float32, 1e-5, 16), (torch.float32, 1e-5, 128), (torch.float16, 1e-3, 64)]
+)
+def test_cosformer_triton_matches_float64_and_its_backward_runs(causal, dtype, tolerance, chunk_size):
+    """A ragged length and head dim (1000, 48), the shortest and longest causal chunks; then the eager backward
+    from the forward's saved tensors, against float64's gradients. (Few cases: each compiles its kernels.)"""
+    generator = torch.Generator().manual_seed(chunk_size)
+    q, k, v = (torch.randn(2, 3, 1000, 48, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3))
+    expected = cosformer_attention(q, k, v, causal=causal)
+    tested = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
+    out = cosformer_attention(*tested, causal=causal, chunk_size=chunk_size, backend="triton")
+    assert out.dtype == dtype and rel_error(out, expected) < tolerance
+    grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    expected.backward(grad_out)
+    out.backward(grad_out.to("cuda", dtype))
+    for mine, theirs in zip(tested, (q, k, v), strict=True):
+        assert rel_error(mine.grad, theirs.grad) < 5 * tolerance
+
+
 @pytest.mark.parametrize("variant", ["fixed", "axial", "logsparse", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):

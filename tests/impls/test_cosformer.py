@@ -202,11 +202,16 @@ def test_half_gradients_are_close_to_float64(causal, dtype, bound):
 def test_registered_with_its_reference_and_options():
     impl = impls.get("cosformer")
     assert (impl.family, impl.exact, impl.meta_exact) == ("linear", False, True)
-    assert impl.options == {"chunk_size": None}
+    assert impl.options == {"chunk_size": None, "backend": "eager"}
     assert impl.reference is cosformer_reference
     assert set(impl.causal) == {False, True}
-    assert impl.resolve_options({"chunk_size": "32"}) == {"chunk_size": 32}
-    assert impl.resolve_options({"chunk_size": "auto"}) == {"chunk_size": None}
+    assert impl.resolve_options({"chunk_size": "32"}) == {"chunk_size": 32, "backend": "eager"}
+    assert impl.resolve_options({"chunk_size": "auto"}) == {"chunk_size": None, "backend": "eager"}
+    assert impl.resolve_options({"backend": "triton", "chunk_size": "128"}) == {"chunk_size": 128, "backend": "triton"}
+    with pytest.raises(UsageError, match="chunk_size 16, 32, 64, 128 .* not 48"):
+        impl.resolve_options({"backend": "triton", "chunk_size": "48"})  # the eager plan takes any chunk
+    with pytest.raises(UsageError, match="backend must be one of eager, triton, not 'compile'"):
+        impl.resolve_options({"backend": "compile"})
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

@@ -56,29 +56,51 @@ C = 64 still fastest (48 within 1 %, 32 +8 %), CPU_STEP_ROWS 2^12 (2^11 within 1
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from attnprof.impls import register
 from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.impls.cosformer import triton_plan
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
-from attnprof.impls.cosformer.common import auto_chunk_size, chunk_size_problems, half_plan
+from attnprof.impls.cosformer.common import CAUSAL_CHUNK, auto_chunk_size, chunk_size_problems, half_plan
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference
 
 __all__ = ["auto_chunk_size", "chunk_size_problems", "cosformer_attention", "cosformer_flops"]
 
+BACKENDS = ("eager", "triton")
 
-def cosformer_attention(q, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size: int | None = None) -> torch.Tensor:
-    """cosFormer attention of (B, H, N, D) q, k, v (before the ReLU); returns (B, H, Nq, Dv) in q's dtype."""
+
+def cosformer_attention(
+    q, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size: int | None = None, backend: str = "eager"
+) -> torch.Tensor:
+    """cosFormer attention of (B, H, N, D) q, k, v (before the ReLU); returns (B, H, Nq, Dv) in q's dtype.
+
+    backend: "eager" (PyTorch operators; the reference the other is tested against) or "triton" (the forward
+    as three Triton kernel launches, `triton_plan.py`; the same backward). Triton needs CUDA tensors (or
+    meta, for the accounting); float32, float16 or bfloat16; head dims up to 128; a causal chunk_size of
+    16, 32, 64 or 128."""
     _check_shapes(q, k, v, causal)
-    reasons = chunk_size_problems(chunk_size)
+    reasons = chunk_size_problems(chunk_size) + backend_problems(backend)
+    if not reasons and backend == "triton":
+        reasons = triton_plan.triton_problems(q, k, v, causal, chunk_size)
     if reasons:
         raise ValueError(reasons[0])
-    chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
-    form = CausalCosformer if causal else BidirectionalCosformer
+    if backend == "triton":
+        chunk = CAUSAL_CHUNK if chunk_size is None else int(chunk_size)
+        form = triton_plan.TritonCausal if causal else triton_plan.TritonBidirectional
+    else:
+        chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
+        form = CausalCosformer if causal else BidirectionalCosformer
     with tf32_products(q.dtype, q.device):  # the fp32 products of fp16 inputs (see precision.py)
         return form.apply(q, k, v, float(eps), chunk)
+
+
+def backend_problems(backend) -> list[str]:
+    return [] if backend in BACKENDS else [f"cosformer backend must be one of {', '.join(BACKENDS)}, not {backend!r}"]
 
 
 def _check_shapes(q, k, v, causal: bool) -> None:
@@ -112,12 +134,42 @@ def cosformer_flops(case, options: dict) -> int:
         bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
         if half_plan(case.dtype, case.device):
             fwd += sum(2 * count**2 * 2 * d * d for _, count, _ in step_spans(n, chunk, case.batch * case.heads, case.device))
+    if options.get("backend") == "triton":
+        fwd = _triton_forward_flops(case, options)
     per_head = fwd if case.mode == "fwd" else fwd + bwd
     return case.batch * case.heads * per_head
 
 
+def _triton_forward_flops(case, options: dict) -> int:
+    """backend="triton"'s forward per batch and head (its backward is the eager one): bidirectional
+    4 d^2 (Nq + Nk) [key states, query products]; causal, per chunk of C positions (the last one computed
+    whole): 4 C^2 d [intra weights and values] + 8 C d^2 [query products, states]."""
+    n, d = case.seq_len, case.head_dim
+    if not case.causal:
+        return 4 * d * d * 2 * n
+    chunk = int(options.get("chunk_size") or CAUSAL_CHUNK)
+    return -(-n // chunk) * (4 * chunk**2 * d + 8 * chunk * d * d)
+
+
 def _option_problems(options: dict) -> list[str]:
-    return chunk_size_problems(options.get("chunk_size"))
+    backend = options.get("backend", "eager")
+    problems = chunk_size_problems(options.get("chunk_size")) + backend_problems(backend)
+    if not problems and backend == "triton":
+        problems = triton_plan.chunk_problems(True, options.get("chunk_size"))
+    return problems
+
+
+def _refusals(case, options: dict) -> list[str]:
+    """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
+    if options.get("backend") != "triton":
+        return []
+    device = case.device.split(":")[0]
+    reasons = [f"cosformer backend=triton runs on CUDA, not {device} (Triton kernels)"] if device == "cpu" else []
+    if case.head_dim > triton_plan.MAX_HEAD_DIM:
+        reasons.append(f"cosformer backend=triton handles head dims up to {triton_plan.MAX_HEAD_DIM}, not {case.head_dim}")
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        reasons.append("cosformer backend=triton needs the triton package (CUDA builds of torch bring it)")
+    return reasons
 
 
 register(
@@ -127,10 +179,11 @@ register(
         fn=cosformer_attention,
         description=(
             "cosFormer (ReLU features, cos(pi/2 (i-j)/M) re-weighting), linear in N; chunked causal form,"
-            " fp32 accumulators (bf16 operands on CUDA)"
+            " fp32 accumulators (bf16 operands on CUDA); backend=triton: the forward as Triton kernels (CUDA)"
         ),
-        options={"chunk_size": None},
+        options={"chunk_size": None, "backend": "eager"},
         reference=cosformer_reference,
+        refuse=_refusals,
         check_options=_option_problems,
         flops=cosformer_flops,
         min_bytes=lambda case, options: io_bytes(case),  # the [2d, d+1] state fits on chip; q, k, v, out dominate

@@ -12,8 +12,8 @@ import math
 import torch
 
 
-def cosformer_reference(q, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size=None) -> torch.Tensor:
-    """Dense cosFormer attention. `chunk_size` is accepted (the operator's option) and ignored."""
+def cosformer_reference(q, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size=None, backend=None) -> torch.Tensor:
+    """Dense cosFormer attention. `chunk_size` and `backend` are accepted (the operator's options) and ignored."""
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs: compute in fp32 at least
     n_q, n_k = q.shape[-2], k.shape[-2]
     m = max(n_q, n_k)

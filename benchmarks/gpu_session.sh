@@ -10,6 +10,8 @@
 #                                      # TFLOP/s, and the top CUDA kernels: where to work next;
 #                                      # Combiner-Mixture's plans timed against each other;
 #                                      # Combiner with backend=compile, checked, then timed at 64k
+#   bash benchmarks/gpu_session.sh 4   # cosFormer's Triton backend: its GPU tests, then each chunk length
+#                                      # against the eager plan and sdpa-flash at 8k and 64k, with top kernels
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
 # from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
@@ -39,8 +41,8 @@ step() {  # step NAME LIMIT_S COMMAND...: the command's output to $OUT/NAME.log,
 }
 
 case $part in
-1 | 2 | 3) ;;
-*) echo "gpu_session: unknown part '$part'; choose 1, 2 or 3" >&2 && exit 2 ;;
+1 | 2 | 3 | 4) ;;
+*) echo "gpu_session: unknown part '$part'; choose 1, 2, 3 or 4" >&2 && exit 2 ;;
 esac
 
 ENV_LIMIT=30  # the environment check; then the part's steps
@@ -73,6 +75,13 @@ case $part in
     step compiled-check 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k compiled
     TAIL=20 step kernels-compiled 155 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 8 \
         --impl sdpa-flash,combiner-mixture:backend=compile,combiner-fixed:backend=compile
+    ;;
+4)
+    # backend=triton was checked on the CPU through Triton's interpreter only; its block shapes and warps are guesses
+    step triton-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k triton
+    TRITON="cosformer:backend=triton,chunk_size=32,cosformer:backend=triton,cosformer:backend=triton,chunk_size=128"
+    TAIL=20 step triton-8k 150 "$PY" benchmarks/kernel_profile.py --length 8k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
+    TAIL=20 step triton-64k 180 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
     ;;
 esac
 exit $status

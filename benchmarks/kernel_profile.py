@@ -42,29 +42,32 @@ def main() -> int:
         print("kernel_profile: no CUDA device here (use --device meta for the counts alone)", file=sys.stderr)
         return 2
     print(f"N={args.length} B=1 H={args.heads} d={args.head_dim} {args.dtype} {args.mode} on {args.device}")
-    print(f"{'impl':<20} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GB moved':>8} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}")
+    width = max(20, *(len(spec.label) + 2 for _, spec in args.impl))  # labels with options run long
+    print(
+        f"{'impl':<{width}} {'causal':<6} {'ms':>8} {'ops':>5} {'GB written':>10} {'GB moved':>8} {'GFLOP':>8} {'GB/s':>7} {'TFLOP/s':>8}"
+    )
     for impl, spec in args.impl:
         for causal in args.causal:
             case = Case(impl=impl.name, seq_len=args.length, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                         causal=causal, mode=args.mode, device=args.device, options=spec.options)  # fmt: skip
             reasons = impl.not_supported(case)
             if reasons:
-                print(f"{spec.label:<20} {causal!s:<6} unsupported: {reasons[0]}")
+                print(f"{spec.label:<{width}} {causal!s:<6} unsupported: {reasons[0]}")
                 continue
-            profile_case(impl, spec.label, case, args.kernels)
+            profile_case(impl, spec.label, case, args.kernels, width)
     if any(not impl.meta_exact for impl, _ in args.impl):
         print("*: a fused kernel; its counts on meta are those of the unfused math path, not its own")
     return 0
 
 
-def profile_case(impl, label: str, case: Case, kernels: int) -> None:
+def profile_case(impl, label: str, case: Case, kernels: int, width: int = 20) -> None:
     with meta_stands_for(case.device):  # the counts of the plan the impl takes on case.device
         with op_tally() as tally:
             make_call(impl.bind(case), make_inputs(case, device="meta"))()
         # the impl's own formula where it has one, as the sweep reports it; else counted (FlopCounterMode)
         formula = impl.flops(case, impl.resolve_options(case.options)) if impl.flops else None
         flops = formula if formula is not None else account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
-    line = f"{label + ('' if impl.meta_exact else ' *'):<20} {case.causal!s:<6}"
+    line = f"{label + ('' if impl.meta_exact else ' *'):<{width}} {case.causal!s:<6}"
     moved = tally.bytes_written + tally.bytes_read  # read and written, op by op (no cache): against the HBM bandwidth
     counts = f"{tally.ops:>5} {tally.bytes_written / 1e9:>10.2f} {moved / 1e9:>8.2f} {flops / 1e9:>8.3g}"
     if case.device == "meta":

@@ -52,7 +52,7 @@ def test_each_gpu_session_part_fits_one_device_call():
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_session.sh")]).returncode == 0
     env_limit = int(re.search(r"^ENV_LIMIT=(\d+)", script, re.M).group(1))
     parts = dict(re.findall(r"^(\d)\)\n(.*?)^    ;;", script, re.M | re.S))
-    assert sorted(parts) == ["1", "2", "3"]
+    assert sorted(parts) == ["1", "2", "3", "4"]
     for name, body in parts.items():
         limits = [int(limit) for limit in re.findall(r"step [\w-]+ (\d+) ", body)]
         assert limits, f"part {name} has no steps"
@@ -63,7 +63,7 @@ def test_gpu_session_refuses_an_unknown_part_and_a_machine_without_cuda(tmp_path
     script = str(ROOT / "benchmarks" / "gpu_session.sh")
     env = {"OUT": str(tmp_path), "PATH": __import__("os").environ["PATH"], "PYTHON": sys.executable}
     unknown = subprocess.run(["bash", script, "9"], capture_output=True, text=True, env=env, timeout=120)
-    assert unknown.returncode == 2 and unknown.stderr.strip() == "gpu_session: unknown part '9'; choose 1, 2 or 3"
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "gpu_session: unknown part '9'; choose 1, 2, 3 or 4"
     if not torch.cuda.is_available():
         refused = subprocess.run(["bash", script, "3"], capture_output=True, text=True, env=env, timeout=120)
         assert refused.returncode == 2 and refused.stdout == ""

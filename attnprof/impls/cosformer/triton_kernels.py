@@ -4,10 +4,11 @@ Every tensor is contiguous, (B*H, rows, width) flattened to one base pointer per
 sequence and columns past the head dim are loaded as zeros (relu(0) = 0: they add nothing to any sum) and
 never stored. Sums are fp32. For bf16 inputs the dot operands are bf16, each rounded once from its fp32
 value as the eager bf16 plan rounds them (features, intra-chunk weights, the states the queries read); other
-inputs take fp32 operands (PRECISION "ieee" for fp32 inputs, "tf32" for fp16, which rounds no more than the
-inputs were). INTERPRETED: Triton's interpreter, which runs these kernels in the CPU tests, computes bf16
-dots wrongly and does not round to nearest when it casts to bf16; there a rounded operand stays in fp32,
-rounded to nearest even by its bits (the same value, and the same products, as the GPU's bf16 operand).
+inputs take fp32 operands (PRECISION "tf32x3" for fp32 inputs, "tf32" for fp16: `triton_plan.dot_precision`).
+INTERPRETED: Triton's interpreter, which runs these kernels in the CPU tests, computes bf16 dots wrongly and
+does not round to nearest when it casts to bf16; there a rounded operand stays in fp32, rounded to nearest
+even by its bits (the same value, and the same products, as the GPU's bf16 operand).
+`benchmarks/triton_resources.py` compiles them for a GPU on any machine and prints registers and spills.
 """
 
 from __future__ import annotations

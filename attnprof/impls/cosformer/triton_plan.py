@@ -142,17 +142,15 @@ def key_states(k: Tensor, v: Tensor, rotation: Tensor, rows_per_part: int, exclu
     """Per part of rows_per_part keys (a multiple of 16; tiles of up to KEY_BLOCK that divide it): sum phi(k)^T v
     as its sin and cos halves, and sum phi(k). exclusive: slot 0 is zero and slot p holds part p - 1 (the last
     part is not summed), ready for an inclusive cumsum."""
-    from attnprof.impls.cosformer import triton_kernels
-
     states, sums = _key_state_buffers(k, v, rows_per_part)
     slots = states.shape[2]
     if exclusive:
         states[:, :, 0], sums[:, :, 0] = 0, 0
     if slots > exclusive:
         grid = (slots - exclusive, k.shape[0] * k.shape[1])
-        _launch(triton_kernels.key_states_kernel, grid, k, v.shape[-1], k, v, rotation, states, sums,
-                k.shape[-2], k.shape[-1], v.shape[-1], slots, int(exclusive), ROWS_PER_PART=rows_per_part,
-                BLOCK_N=math.gcd(KEY_BLOCK, rows_per_part))  # fmt: skip
+        _launch("key_states_kernel", grid, k.dtype, k.shape[-1], v.shape[-1], rows_per_part)(
+            k, v, rotation, states, sums, k.shape[-2], k.shape[-1], v.shape[-1], slots, int(exclusive)
+        )
     return states, sums
 
 
@@ -164,12 +162,11 @@ def _(k, v, rotation, rows_per_part, exclusive):
 @torch.library.custom_op("attnprof::cosformer_bidirectional_out", mutates_args=())
 def bidirectional_out(q: Tensor, rotation: Tensor, states: Tensor, sums: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """out = phi(q) S / clamp_min(phi(q) z, eps) and the row sums, from S (B, H, 2, D, Dv) and z (B, H, 2, D)."""
-    from attnprof.impls.cosformer import triton_kernels
-
     out, denominator = _out_buffers(q, states)
     grid = (-(-q.shape[-2] // QUERY_BLOCK), q.shape[0] * q.shape[1])
-    _launch(triton_kernels.bidirectional_out_kernel, grid, q, out.shape[-1], q, rotation, states.contiguous(), sums.contiguous(),
-            out, denominator, q.shape[-2], q.shape[-1], out.shape[-1], eps, BLOCK_M=QUERY_BLOCK)  # fmt: skip
+    _launch("bidirectional_out_kernel", grid, q.dtype, q.shape[-1], out.shape[-1])(
+        q, rotation, states.contiguous(), sums.contiguous(), out, denominator, q.shape[-2], q.shape[-1], out.shape[-1], eps
+    )
     return out, denominator
 
 
@@ -182,13 +179,11 @@ def _(q, rotation, states, sums, eps):
 def causal_out(q: Tensor, k: Tensor, v: Tensor, rotation: Tensor, states: Tensor, sums: Tensor, eps: float, chunk: int,
                rows_per_part: int) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The causal output and row sums, each part starting from S and z summed over the parts before it."""
-    from attnprof.impls.cosformer import triton_kernels
-
     out, denominator = _out_buffers(q, v)
     grid = (states.shape[2], q.shape[0] * q.shape[1])
-    _launch(triton_kernels.causal_out_kernel, grid, q, v.shape[-1], q, k, v, rotation, states.contiguous(), sums.contiguous(),
-            out, denominator, q.shape[-2], q.shape[-1], v.shape[-1], states.shape[2], eps,
-            ROWS_PER_PART=rows_per_part, CHUNK=chunk, num_warps=CAUSAL_WARPS)  # fmt: skip
+    _launch("causal_out_kernel", grid, q.dtype, q.shape[-1], v.shape[-1], rows_per_part, chunk)(
+        q, k, v, rotation, states.contiguous(), sums.contiguous(), out, denominator, q.shape[-2], q.shape[-1], v.shape[-1],
+        states.shape[2], eps)  # fmt: skip
     return out, denominator
 
 
@@ -197,13 +192,36 @@ def _(q, k, v, rotation, states, sums, eps, chunk, rows_per_part):
     return _out_buffers(q, v)
 
 
-def _launch(kernel, grid, like, dv: int, *args, **blocks):
-    """kernel[grid](*args) with the switches for `like`'s dtype (see triton_kernels) and blocks for its head dim and dv."""
+def dot_precision(dtype) -> str:
+    """Triton's input_precision for the fp32 operands of `dtype` inputs: "tf32x3" for fp32 (three TF32 products
+    per product, near-fp32 accuracy on the tensor cores; "ieee" compiled for sm_90 to 32 registers and 6-28 KB of
+    local memory per thread, benchmarks/triton_resources.py), "tf32" for fp16 (it rounds no more than the inputs
+    were). bf16 operands ignore it."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def launch_constants(kernel: str, dtype, d: int, dv: int, rows_per_part: int = 0, chunk: int = 0, interpreted: bool = False) -> dict:
+    """The constexprs and num_warps of a launch of `kernel` (a name in triton_kernels) for `dtype` inputs of head dims
+    d and dv: the switches for the dtype (see triton_kernels), the blocks, the tiles. What _launch passes, and what
+    benchmarks/triton_resources.py compiles for a GPU on a machine without one."""
     from triton import next_power_of_2
+
+    constants = {"BLOCK_D": max(16, next_power_of_2(d)), "BLOCK_DV": max(16, next_power_of_2(dv)), "ROUND_HALF": dtype == torch.bfloat16,
+                 "INTERPRETED": interpreted, "PRECISION": dot_precision(dtype), "num_warps": 4}  # fmt: skip
+    if kernel == "key_states_kernel":
+        return {**constants, "ROWS_PER_PART": rows_per_part, "BLOCK_N": math.gcd(KEY_BLOCK, rows_per_part)}
+    if kernel == "bidirectional_out_kernel":
+        return {**constants, "BLOCK_M": QUERY_BLOCK}
+    return {**constants, "ROWS_PER_PART": rows_per_part, "CHUNK": chunk, "num_warps": CAUSAL_WARPS}
+
+
+def _launch(name: str, grid, dtype, d: int, dv: int, rows_per_part: int = 0, chunk: int = 0):
+    """kernel[grid] with its launch constants bound: call it with the kernel's arguments."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    half = like.dtype == torch.bfloat16
-    dims = {"BLOCK_D": max(16, next_power_of_2(like.shape[-1])), "BLOCK_DV": max(16, next_power_of_2(dv))}
-    precision = "ieee" if like.dtype == torch.float32 else "tf32"
+    from attnprof.impls.cosformer import triton_kernels
+
+    kernel = getattr(triton_kernels, name)
     interpreted = isinstance(kernel, InterpretedFunction)  # its bf16 dots and casts differ from the GPU's (triton_kernels)
-    kernel[grid](*args, **dims, **blocks, ROUND_HALF=half, INTERPRETED=interpreted, PRECISION=precision)
+    constants = launch_constants(name, dtype, d, dv, rows_per_part, chunk, interpreted)
+    return lambda *args: kernel[grid](*args, **constants)

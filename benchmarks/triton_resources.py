@@ -1,0 +1,132 @@
+"""cosFormer's Triton kernels compiled for a GPU on any machine (no GPU needed): Triton's compiler and the ptxas
+and cuobjdump its package carries. For each kernel, as the plan launches it (triton_plan.launch_constants), one
+line with the registers per thread, the local-memory stack (spilled registers) and the dynamic shared memory. A kernel
+that does not compile for the target is the failure this catches before a GPU session; a large stack is a kernel
+that will wait on local memory.
+
+    python benchmarks/triton_resources.py [--arch 90] [--dtype bfloat16,float32,float16] [--chunk 64]
+                                          [--length 64k] [--heads 16] [--head-dim 64] [--warps N]
+
+Measured with Triton 3.6.0 for sm_90, d = 64, chunk 64: bf16 key states 222 registers, no stack; bidirectional
+output 254, none; causal output 255 and a 208-byte stack at 8 warps (1088 bytes at 4); fp32 with "ieee" dots
+compiled to 32 registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-3 KB.
+Exit status: 0 every kernel compiled, 1 one did not, 2 bad usage or no triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # Triton reads it as it decorates: compiled kernels, not interpreted ones
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnprof.errors import UsageError  # noqa: E402
+from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
+
+KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel")
+
+
+def main() -> int:
+    try:
+        args = parse_args()
+        import triton  # noqa: F401
+    except UsageError as error:
+        print(f"triton_resources: {error}", file=sys.stderr)
+        return 2
+    except ImportError:
+        print("triton_resources: needs the triton package (pip install triton)", file=sys.stderr)
+        return 2
+    import torch
+
+    from attnprof.impls.cosformer import triton_plan
+
+    print(f"sm_{args.arch}, N={args.length} B*H={args.heads} d={args.head_dim}, causal chunk {args.chunk}")
+    print(f"{'kernel':<26} {'dtype':<9} {'warps':>5} {'registers':>9} {'stack B':>8} {'shared B':>8}")
+    failed = False
+    for dtype in args.dtype:
+        torch_dtype = getattr(torch, dtype)
+        for kernel in KERNELS:
+            tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
+            rows = triton_plan.parts_of(args.length, args.heads, tile)
+            constants = triton_plan.launch_constants(kernel, torch_dtype, args.head_dim, args.head_dim, rows, args.chunk)
+            if args.warps:
+                constants["num_warps"] = args.warps
+            try:
+                usage = resources(kernel, torch_dtype, constants, args.arch)
+            except Exception as error:  # a compile error is this check's finding: report it, go on with the others
+                failed = True
+                print(f"{kernel:<26} {dtype:<9} did not compile: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+                continue
+            print(f"{kernel:<26} {dtype:<9} {constants['num_warps']:>5} {usage['REG']:>9} {usage['STACK']:>8} {usage['SHARED']:>8}")
+    return 1 if failed else 0
+
+
+def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
+    """Compile `kernel` for sm_<arch> and read its resource usage from the cubin."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from attnprof.impls.cosformer import triton_kernels
+
+    fn = getattr(triton_kernels, kernel)
+    constants = dict(constants)
+    options = {"num_warps": constants.pop("num_warps")}
+    source = ASTSource(fn=fn, signature=signature(fn.arg_names, dtype, constants), constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        dump = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in dump.splitlines() if "REG:" in line)
+    usage = {
+        key: int(value) for key, value in (field.split(":") for field in line.split() if ":" in field and field.split(":")[1].isdigit())
+    }
+    return {**usage, "SHARED": compiled.metadata.shared}  # Triton's dynamic shared memory (the cubin's SHARED is its static part)
+
+
+def signature(names, dtype, constants: dict) -> dict[str, str]:
+    """Triton types of a kernel's arguments: q, k, v and out in the input dtype, every other pointer fp32, eps
+    fp32, the rest int32 (as torch passes them), the constexprs as such."""
+    triton_type = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
+    kinds = {}
+    for name in names:
+        if name in constants:
+            kinds[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            kinds[name] = "*" + (triton_type if name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr") else "fp32")
+        else:
+            kinds[name] = "fp32" if name == "eps" else "i32"
+    return kinds
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90 (default: %(default)s)")
+    parser.add_argument("--dtype", default="bfloat16,float32,float16", help="input dtypes (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=64, help="causal chunk length: 16, 32, 64 or 128 (default: %(default)s)")
+    parser.add_argument("--length", default="64k", help="sequence length, for the part sizes (default: %(default)s)")
+    parser.add_argument("--heads", default="16", help="batch * heads (default: %(default)s)")
+    parser.add_argument("--head-dim", default="64", help="(default: %(default)s)")
+    parser.add_argument("--warps", type=int, default=0, help="num_warps for every kernel (default: the plan's)")
+    args = parser.parse_args()
+    from attnprof.impls.cosformer import triton_plan
+
+    if args.chunk not in triton_plan.CHUNKS:
+        raise UsageError(f"bad chunk {args.chunk}: one of {', '.join(map(str, triton_plan.CHUNKS))}")
+    args.dtype = parse_dtypes(args.dtype)
+    args.length = parse_length(args.length)
+    args.heads, args.head_dim = (parse_sizes(getattr(args, name), name.replace("_", " "))[0] for name in ("heads", "head_dim"))
+    if args.head_dim > triton_plan.MAX_HEAD_DIM:
+        raise UsageError(f"bad head dim {args.head_dim}: at most {triton_plan.MAX_HEAD_DIM}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,6 +139,17 @@ def test_a_forward_is_a_few_launches_moving_little_more_than_its_inputs(causal, 
     assert sum("attnprof.cosformer" in str(op) for op in tally.overloads) == 2  # key states, then the output
 
 
+@pytest.mark.parametrize(("causal", "max_ops"), [(False, 408 + 12 - 105), (True, 912 + 11 - 264)], ids=["bidir", "causal"])
+def test_its_backward_takes_the_eager_backwards_steps(causal, max_ops):
+    """Forward and backward at 64k: the eager backward as the eager plan runs it (408 and 912 ops counted with
+    the eager forwards, 105 and 264 of them), not in the causal chunks of 64: the bidirectional backward took
+    36,891 ops when the Triton forward passed it 64 positions per step."""
+    q, k, v = (torch.empty(1, 16, 65536, 64, dtype=torch.bfloat16, device="meta", requires_grad=True) for _ in range(3))
+    with op_tally() as tally:
+        cosformer_attention(q, k, v, causal=causal, backend="triton").backward(torch.empty_like(q))
+    assert tally.ops <= max_ops
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize(("mode", "limit_gib"), [("fwd", 1.0), ("fwd_bwd", 3.0)])
 def test_peaks_stay_within_table_1(causal, mode, limit_gib):

@@ -56,8 +56,6 @@ C = 64 still fastest (48 within 1 %, 32 +8 %), CPU_STEP_ROWS 2^12 (2^11 within 1
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from attnprof.impls import register
@@ -89,11 +87,11 @@ def cosformer_attention(
         reasons = triton_plan.triton_problems(q, k, v, causal, chunk_size)
     if reasons:
         raise ValueError(reasons[0])
+    # the causal chunk of both forwards; bidirectional, the positions per step of the eager passes (the backward's)
+    chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
     if backend == "triton":
-        chunk = CAUSAL_CHUNK if chunk_size is None else int(chunk_size)
         form = triton_plan.TritonCausal if causal else triton_plan.TritonBidirectional
     else:
-        chunk = auto_chunk_size(causal, q.shape[0], q.shape[1], q.device) if chunk_size is None else int(chunk_size)
         form = CausalCosformer if causal else BidirectionalCosformer
     with tf32_products(q.dtype, q.device):  # the fp32 products of fp16 inputs (see precision.py)
         return form.apply(q, k, v, float(eps), chunk)
@@ -167,8 +165,8 @@ def _refusals(case, options: dict) -> list[str]:
     reasons = [f"cosformer backend=triton runs on CUDA, not {device} (Triton kernels)"] if device == "cpu" else []
     if case.head_dim > triton_plan.MAX_HEAD_DIM:
         reasons.append(f"cosformer backend=triton handles head dims up to {triton_plan.MAX_HEAD_DIM}, not {case.head_dim}")
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        reasons.append("cosformer backend=triton needs the triton package (CUDA builds of torch bring it)")
+    if device == "cuda" and not triton_plan.triton_installed():
+        reasons.append(triton_plan.MISSING_TRITON)
     return reasons
 
 

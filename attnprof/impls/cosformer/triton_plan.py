@@ -45,8 +45,8 @@ CAUSAL_WARPS = 8
 def triton_problems(q, k, v, causal: bool, chunk_size) -> list[str]:
     """Why backend="triton" cannot run these inputs (empty when it can)."""
     reasons = []
-    if importlib.util.find_spec("triton") is None:
-        reasons.append("cosformer backend=triton needs the triton package (CUDA builds of torch bring it)")
+    if not triton_installed():
+        reasons.append(MISSING_TRITON)
     if q.device.type not in ("cuda", "meta") and not interpreting():
         reasons.append(f"cosformer backend=triton runs on CUDA (meta for the accounting), not {q.device.type}"
                        " (TRITON_INTERPRET=1 runs Triton's interpreter)")  # fmt: skip
@@ -56,6 +56,13 @@ def triton_problems(q, k, v, causal: bool, chunk_size) -> list[str]:
         reasons.append(f"cosformer backend=triton handles head dims up to {MAX_HEAD_DIM}, not {q.shape[-1]} and {v.shape[-1]}")
     reasons += chunk_problems(causal, chunk_size)
     return reasons
+
+
+MISSING_TRITON = "cosformer backend=triton needs the triton package (CUDA builds of torch bring it)"
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def chunk_problems(causal: bool, chunk_size) -> list[str]:

@@ -10,8 +10,9 @@
 #                                      # TFLOP/s, and the top CUDA kernels: where to work next;
 #                                      # Combiner-Mixture's plans timed against each other;
 #                                      # Combiner with backend=compile, checked, then timed at 64k
-#   bash benchmarks/gpu_session.sh 4   # cosFormer's Triton backend: its GPU tests, then each chunk length
-#                                      # against the eager plan and sdpa-flash at 8k and 64k, with top kernels
+#   bash benchmarks/gpu_session.sh 4   # the Triton backends: their GPU tests, then cosFormer's chunk lengths
+#                                      # against the eager plan and sdpa-flash at 8k and 64k, and Combiner-
+#                                      # Mixture's fused logit parts against its eager plan at 64k, top kernels
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
 # from this checkout through PYTHONPATH (sweep, gate, fit and show need neither). Each step has its own
@@ -77,11 +78,13 @@ case $part in
         --impl sdpa-flash,combiner-mixture:backend=compile,combiner-fixed:backend=compile
     ;;
 4)
-    # backend=triton was checked on the CPU through Triton's interpreter only; its block shapes and warps are guesses
+    # backend=triton was checked on the CPU through Triton's interpreter only (and compiled for sm_90 there, by
+    # triton_resources.py); its block shapes and warps are guesses
     step triton-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k triton
     TRITON="cosformer:backend=triton,chunk_size=32,cosformer:backend=triton,cosformer:backend=triton,chunk_size=128"
     TAIL=20 step triton-8k 150 "$PY" benchmarks/kernel_profile.py --length 8k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
-    TAIL=20 step triton-64k 180 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
+    TAIL=20 step triton-64k 180 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 \
+        --impl "sdpa-flash,cosformer,$TRITON,combiner-mixture,combiner-mixture:backend=triton"
     ;;
 esac
 exit $status

@@ -29,9 +29,10 @@ from attnprof.inputs import make_call, make_inputs  # noqa: E402
 from attnprof.spec import Case, parse_devices, parse_dtypes, parse_impls, parse_length, parse_modes, parse_sizes  # noqa: E402
 from attnprof.timing import bench  # noqa: E402
 
-DEFAULT_IMPLS = (
-    "sdpa-flash,cosformer,cosformer:backend=triton,nystromformer,combiner-fixed,combiner-axial,combiner-logsparse,combiner-mixture"
-)
+DEFAULT_IMPLS = ",".join(
+    ("sdpa-flash", "cosformer", "cosformer:backend=triton", "nystromformer", "combiner-fixed", "combiner-axial", "combiner-logsparse",
+     "combiner-mixture", "combiner-mixture:backend=triton")
+)  # fmt: skip
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
-"""cosFormer's Triton kernels compiled for a GPU on any machine (no GPU needed): Triton's compiler and the ptxas
-and cuobjdump its package carries. For each kernel, as the plan launches it (triton_plan.launch_constants), one
-line with the registers per thread, the local-memory stack (spilled registers) and the dynamic shared memory. A kernel
-that does not compile for the target is the failure this catches before a GPU session; a large stack is a kernel
-that will wait on local memory.
+"""The Triton kernels (cosFormer's and Combiner-Mixture's backend=triton) compiled for a GPU on any machine
+(no GPU needed): Triton's compiler and the ptxas and cuobjdump its package carries. For each kernel, as the
+plans launch it (triton_plan.launch_constants, triton_softmax.launch_constants), one line with the registers
+per thread, the local-memory stack (spilled registers) and the dynamic shared memory. A kernel that does not
+compile for the target is the failure this catches before a GPU session; a large stack is a kernel that will
+wait on local memory.
 
     python benchmarks/triton_resources.py [--arch 90] [--dtype bfloat16,float32,float16] [--chunk 64]
                                           [--length 64k] [--heads 16] [--head-dim 64] [--warps N]
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 
-KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel")
+KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", "softmax_values_kernel")
+MIXTURE_KEYS = 512  # Combiner-Mixture's row part at N = 65536, causal: 256 direct keys and 256 column summaries
 
 
 def main() -> int:
@@ -43,17 +45,13 @@ def main() -> int:
         return 2
     import torch
 
-    from attnprof.impls.cosformer import triton_plan
-
     print(f"sm_{args.arch}, N={args.length} B*H={args.heads} d={args.head_dim}, causal chunk {args.chunk}")
     print(f"{'kernel':<26} {'dtype':<9} {'warps':>5} {'registers':>9} {'stack B':>8} {'shared B':>8}")
     failed = False
     for dtype in args.dtype:
         torch_dtype = getattr(torch, dtype)
         for kernel in KERNELS:
-            tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
-            rows = triton_plan.parts_of(args.length, args.heads, tile)
-            constants = triton_plan.launch_constants(kernel, torch_dtype, args.head_dim, args.head_dim, rows, args.chunk)
+            constants = launch_constants(kernel, torch_dtype, args)
             if args.warps:
                 constants["num_warps"] = args.warps
             try:
@@ -66,15 +64,30 @@ def main() -> int:
     return 1 if failed else 0
 
 
+def launch_constants(kernel: str, dtype, args) -> dict:
+    """The constexprs and num_warps the plans launch `kernel` with, for inputs of `dtype`."""
+    import torch
+
+    from attnprof.impls.combiner import triton_softmax
+    from attnprof.impls.cosformer import triton_plan
+
+    if kernel == "softmax_values_kernel":  # fp32 logits and values whatever the inputs (Combiner upcasts halves)
+        return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32)
+    tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
+    rows = triton_plan.parts_of(args.length, args.heads, tile)
+    return triton_plan.launch_constants(kernel, dtype, args.head_dim, args.head_dim, rows, args.chunk)
+
+
 def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
     """Compile `kernel` for sm_<arch> and read its resource usage from the cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from attnprof.impls.cosformer import triton_kernels
+    from attnprof.impls.combiner import triton_kernels as combiner_kernels
+    from attnprof.impls.cosformer import triton_kernels as cosformer_kernels
 
-    fn = getattr(triton_kernels, kernel)
+    fn = getattr(combiner_kernels if kernel == "softmax_values_kernel" else cosformer_kernels, kernel)
     constants = dict(constants)
     options = {"num_warps": constants.pop("num_warps")}
     source = ASTSource(fn=fn, signature=signature(fn.arg_names, dtype, constants), constexprs=constants)
@@ -92,8 +105,8 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
 
 def signature(names, dtype, constants: dict) -> dict[str, str]:
-    """Triton types of a kernel's arguments: q, k, v and out in the input dtype, every other pointer fp32, eps
-    fp32, the rest int32 (as torch passes them), the constexprs as such."""
+    """Triton types of a kernel's arguments: cosFormer's q, k, v and out in the input dtype, every other pointer
+    fp32 (Combiner's logits and values too), eps fp32, the rest int32 (as torch passes them), the constexprs."""
     triton_type = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
     kinds = {}
     for name in names:

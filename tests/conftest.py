@@ -34,3 +34,14 @@ def db(tmp_path):
 
 
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # for CLI subprocesses
+
+
+@pytest.fixture(scope="session")
+def triton_interpreted():
+    """The impls' Triton kernels as Triton's interpreter runs them on CPU tensors (switched on above, without CUDA);
+    skipped without the triton package, and on a CUDA machine (tests/gpu runs the compiled kernels there)."""
+    pytest.importorskip("triton", reason="backend=triton needs the triton package (a dev extra)")
+    from attnprof.impls import triton_support
+
+    if not triton_support.interpreting():
+        pytest.skip("Triton's interpreter is off (a CUDA machine): tests/gpu runs these kernels there")

@@ -94,16 +94,16 @@ def test_mixture_plans_needs_cuda_by_default():
 
 
 @pytest.mark.parametrize("arch", [90, 80])
-def test_cosformer_triton_kernels_compile_for_the_gpu_without_spilling_much(arch):
-    """Compiled for sm_90 (the H100s and H200s here) and sm_80 by Triton's own compiler and ptxas, no GPU needed.
-    Measured for sm_90, bf16, d = 64: stacks of 0, 0 and 208 bytes (key states, bidirectional, causal output);
-    for sm_80 0, 48 and 712."""
+def test_triton_kernels_compile_for_the_gpu_without_spilling_much(arch):
+    """cosFormer's and Combiner-Mixture's kernels, compiled for sm_90 (the H100s and H200s here) and sm_80 by
+    Triton's own compiler and ptxas, no GPU needed. Measured for sm_90, bf16, d = 64: stacks of 0, 0, 208 and 0
+    bytes (key states, bidirectional, causal output, softmax and values); for sm_80 0, 48, 712 and more."""
     pytest.importorskip("triton")
     result = run("benchmarks/triton_resources.py", "--arch", str(arch), "--dtype", "bf16,fp32")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
-    assert [row[:2] for row in rows] == [[kernel, dtype] for dtype in ("bfloat16", "float32") for kernel in
-                                         ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel")]  # fmt: skip
+    kernels = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", "softmax_values_kernel")
+    assert [row[:2] for row in rows] == [[kernel, dtype] for dtype in ("bfloat16", "float32") for kernel in kernels]
     for kernel, dtype, _warps, registers, stack, shared in rows:
         assert int(registers) <= 255 and int(shared) > 0
         if dtype == "bfloat16" and arch == 90:  # the plan table 3 times: at most a few spilled registers (sm_80: 0-712 B)

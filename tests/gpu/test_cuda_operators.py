@@ -14,6 +14,15 @@ def rel_error(actual, expected) -> float:
     return float((actual - expected).norm() / expected.norm())
 
 
+def assert_gradients_close(out, expected, tested, leaves, generator, tolerance):
+    """Backward through both with one float64 gradient; each input's gradient within `tolerance`."""
+    grad = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    expected.backward(grad)
+    out.backward(grad.to(out.device, out.dtype))
+    for mine, theirs in zip(tested, leaves, strict=True):
+        assert rel_error(mine.grad, theirs.grad) < tolerance
+
+
 def test_this_torch_multiplies_bf16_into_fp32_in_one_call():
     """Else cosFormer's bf16 plan falls back to upcasting its operands: right, but not the fast plan."""
     assert cosformer_common.MIXED_BMM
@@ -62,11 +71,7 @@ def test_cosformer_triton_matches_float64_and_its_backward_runs(causal, dtype, t
     tested = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
     out = cosformer_attention(*tested, causal=causal, chunk_size=chunk_size, backend="triton")
     assert out.dtype == dtype and rel_error(out, expected) < tolerance
-    grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
-    expected.backward(grad_out)
-    out.backward(grad_out.to("cuda", dtype))
-    for mine, theirs in zip(tested, (q, k, v), strict=True):
-        assert rel_error(mine.grad, theirs.grad) < 5 * tolerance
+    assert_gradients_close(out, expected, tested, (q, k, v), generator, 5 * tolerance)
 
 
 @pytest.mark.parametrize("variant", ["fixed", "axial", "logsparse", "mixture"])
@@ -83,6 +88,23 @@ def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):
     out = combiner_attention(q.cuda(), k.cuda(), v.cuda(), variant=variant, causal=causal)
     assert torch.backends.cuda.matmul.allow_tf32 == before
     assert out.dtype == torch.bfloat16 and rel_error(out, expected) < TOLERANCE["bfloat16"]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_mixture_on_cuda_matches_the_explicit_matrix_with_its_gradients(causal, dtype):
+    """backend=triton compiled for the GPU (the CPU tests run its kernel through Triton's interpreter)."""
+    from attnprof.impls.combiner import TOLERANCE, combiner_attention
+    from attnprof.impls.reference.combiner import combiner_reference
+
+    generator = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 4, 1000, 64, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3))
+    expected = combiner_reference(q, k, v, variant="mixture", causal=causal)
+    tested = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
+    out = combiner_attention(*tested, variant="mixture", causal=causal, backend="triton")
+    tolerance = TOLERANCE["bfloat16" if dtype == torch.bfloat16 else "float32"]
+    assert out.dtype == dtype and rel_error(out, expected) < tolerance
+    assert_gradients_close(out, expected, tested, (q, k, v), generator, 5 * tolerance)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

@@ -18,11 +18,7 @@ GiB = 2**30
 
 
 @pytest.fixture(scope="module")
-def interpreted():
-    """The kernels as Triton's interpreter runs them (tests/conftest.py turns it on without CUDA)."""
-    pytest.importorskip("triton", reason="backend=triton needs the triton package (a dev extra)")
-    if not triton_plan.interpreting():
-        pytest.skip("Triton's interpreter is off (a CUDA machine): tests/gpu runs these kernels there")
+def interpreted(triton_interpreted):
     from triton.runtime.interpreter import InterpretedFunction
 
     from attnprof.impls.cosformer import triton_kernels

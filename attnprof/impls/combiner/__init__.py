@@ -10,8 +10,9 @@ Every query sees some keys directly and the rest through region summaries; one s
 
 Option `block_size`: the block length s (Fixed) or row length m (Axial, Mixture); None picks the
 power of two nearest sqrt(N). Logsparse has no block size (its dyadic tree fixes every block):
-`combiner-logsparse:block_size=...` is refused as an unknown option. Option `backend`: eager (default)
-or compile (torch.compile of the same operator; see combiner_attention). Each variant's module docstring states where
+`combiner-logsparse:block_size=...` is refused as an unknown option. Option `backend`: eager (default),
+compile (torch.compile of the same operator; see combiner_attention) or, for Mixture, triton (each logit
+part's softmax and values in one Triton kernel, `triton_softmax.py`). Each variant's module docstring states where
 it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs; on CUDA their
 fp32 products may run as TF32 (`attnprof.impls.precision`: no coarser than the inputs). The check
 reference is the explicit N x N effective matrix in `attnprof.impls.reference.combiner`.
@@ -24,7 +25,7 @@ import functools
 
 import torch
 
-from attnprof.impls import register
+from attnprof.impls import register, triton_support
 from attnprof.impls.base import AttentionImpl
 from attnprof.impls.combiner.axial import axial_attention
 from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
@@ -44,7 +45,8 @@ DESCRIPTIONS = {
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
 
-BACKENDS = ("eager", "compile")
+BACKENDS = ("eager", "compile", "triton")
+TRITON_VARIANTS = ("mixture",)  # backend=triton: the variants with a Triton kernel
 
 
 def combiner_attention(
@@ -65,13 +67,22 @@ def combiner_attention(
     On `meta` (the accounting) "compile" runs eagerly: the counts are the eager plan's. Measured on this
     project's CPU (attnprof sweep, N = 8192, H = 16, fp32, medians of 3): compiled Mixture 400 against 429 ms
     eager causal, 497 against 465 bidirectional; Fixed 128 against 121 and 102 against 99. The first call of
-    each shape compiles (Mixture, one graph: 20-70 s there)."""
+    each shape compiles (Mixture, one graph: 20-70 s there). "triton" (Mixture only): the eager plan with each
+    logit part's softmax and product with the values in one Triton kernel (triton_softmax.py); CUDA tensors,
+    or meta for the accounting."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown Combiner backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    problems = _option_problems(variant, {"backend": backend, "block_size": block_size})
+    if not problems and backend == "triton":
+        problems = triton_support.call_problems(f"combiner-{variant}", q.device.type)
+        if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            problems.append(f"combiner-{variant} backend=triton takes float32, float16 or bfloat16 inputs, not {q.dtype}")
+    if problems:
+        raise ValueError(problems[0])
     compiled = backend == "compile" and q.device.type != "meta"
     operator = _compiled(variant) if compiled else OPERATORS[variant]
+    if backend == "triton":
+        operator = functools.partial(operator, fused=True)
     # fp32 products of half inputs on the tensor cores (see precision.py)
     with tf32_products(q.dtype, q.device), _room_for_every_shape() if compiled else contextlib.nullcontext():
         return operator(q, k, v, causal=causal, block_size=block_size)
@@ -95,13 +106,20 @@ def _room_for_every_shape():
     return dynamo.patch({name: SHAPES_COMPILED})
 
 
-def _option_problems(options) -> list[str]:
+def _option_problems(variant: str, options) -> list[str]:
     block = options.get("block_size")
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
         return [f"block_size must be a positive integer or None, not {block!r}"]
-    if options.get("backend", "eager") not in BACKENDS:
-        return [f"backend must be one of {', '.join(BACKENDS)}, not {options.get('backend')!r}"]
+    backend = options.get("backend", "eager")
+    if backend not in BACKENDS:
+        return [f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"]
+    if backend == "triton" and variant not in TRITON_VARIANTS:
+        return [f"backend=triton is Combiner-Mixture's only (its logit parts' softmax in one kernel), not {variant}'s"]
     return []
+
+
+def _refusals(variant: str, case, options) -> list[str]:
+    return triton_support.case_problems(f"combiner-{variant}", case.device) if options.get("backend") == "triton" else []
 
 
 for _variant in OPERATORS:
@@ -113,7 +131,8 @@ for _variant in OPERATORS:
             description=DESCRIPTIONS[_variant],
             options={"backend": "eager"} if _variant == "logsparse" else {"block_size": None, "backend": "eager"},
             reference=functools.partial(combiner_reference, variant=_variant),
-            check_options=_option_problems,
+            check_options=functools.partial(_option_problems, _variant),
+            refuse=functools.partial(_refusals, _variant),
             flops=functools.partial(combiner_flops, _variant),
             min_bytes=functools.partial(combiner_min_bytes, _variant),
             exact=False,

@@ -45,8 +45,10 @@ CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (
 
 
 def mixture_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None, fused: bool = False
 ) -> torch.Tensor:
+    """fused: each logit part's softmax and product with the values in one Triton kernel (backend="triton",
+    triton_softmax.py) instead of _part_softmax's eager ops; implies the merged plan, on any device."""
     n = q.shape[-2]
     m = resolve_block(block_size, n)
     rows = -(-n // m)
@@ -68,7 +70,10 @@ def mixture_attention(
         _summaries(by_row, pad, reverse, out=col_kv[..., i + 1, :].transpose(-3, -2))
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
     masks = MixtureMasks(n, m, rows, causal)
-    block = _merged_block if separate_softmaxes(q.device) else _joint_block
+    if fused:
+        block = functools.partial(_merged_block, part=functools.partial(_fused_part_softmax, exact=q.dtype == torch.float32))
+    else:
+        block = _merged_block if separate_softmaxes(q.device) else _joint_block
     out = []
     for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
@@ -107,12 +112,13 @@ def _joint_block(row_part, col_part) -> torch.Tensor:
     return block.div_(total.unsqueeze(-1))
 
 
-def _merged_block(row_part, col_part) -> torch.Tensor:
+def _merged_block(row_part, col_part, part=None) -> torch.Tensor:
     """Each part's own softmax, merged by the parts' log-normalisers, as flash attention merges key blocks.
     One part at a time, its weights gone before the other's logits are formed: no more than two logits-sized
-    tensors live at once (the same as the joint plan's two parts)."""
-    row_out, lse_row = _part_softmax(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
-    col_out, lse_col = (x.transpose(-3, -2) for x in _part_softmax(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
+    tensors live at once (the same as the joint plan's two parts). part: _part_softmax or _fused_part_softmax."""
+    part = part or _part_softmax
+    row_out, lse_row = part(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
+    col_out, lse_col = (x.transpose(-3, -2) for x in part(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
     lse = torch.logaddexp(lse_row, lse_col)  # (B, H, nb, m, 1): the joint log-normaliser
     # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
     # keeps its outputs for its backward, which eager bmm does not.
@@ -129,6 +135,16 @@ def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.
     weights, lse = SoftmaxWithNormaliser.apply(logits)  # (..., M, K), (..., M, 1)
     del logits
     return weights @ kv[1], lse
+
+
+def _fused_part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """_part_softmax with the softmax and the product with the values in one Triton kernel (triton_softmax.py)."""
+    from attnprof.impls.combiner.triton_softmax import softmax_values
+
+    logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
+    with torch.no_grad():  # see MixtureMasks
+        mask(logits)
+    return softmax_values(logits, kv[1], exact)
 
 
 class SoftmaxWithNormaliser(torch.autograd.Function):

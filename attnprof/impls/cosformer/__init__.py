@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import torch
 
-from attnprof.impls import register
+from attnprof.impls import register, triton_support
 from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.impls.cosformer import triton_plan
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
@@ -161,12 +161,9 @@ def _refusals(case, options: dict) -> list[str]:
     """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
     if options.get("backend") != "triton":
         return []
-    device = case.device.split(":")[0]
-    reasons = [f"cosformer backend=triton runs on CUDA, not {device} (Triton kernels)"] if device == "cpu" else []
+    reasons = triton_support.case_problems("cosformer", case.device)
     if case.head_dim > triton_plan.MAX_HEAD_DIM:
         reasons.append(f"cosformer backend=triton handles head dims up to {triton_plan.MAX_HEAD_DIM}, not {case.head_dim}")
-    if device == "cuda" and not triton_plan.triton_installed():
-        reasons.append(triton_plan.MISSING_TRITON)
     return reasons
 
 

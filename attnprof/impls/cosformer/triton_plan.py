@@ -21,13 +21,12 @@ stay fp32 where the queries read them, and cos(a_i - a_j) is formed as cos a_i c
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 from torch import Tensor
 
+from attnprof.impls import triton_support
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer
 from attnprof.impls.cosformer.common import CAUSAL_CHUNK, position_rotation
@@ -44,12 +43,7 @@ CAUSAL_WARPS = 8
 
 def triton_problems(q, k, v, causal: bool, chunk_size) -> list[str]:
     """Why backend="triton" cannot run these inputs (empty when it can)."""
-    reasons = []
-    if not triton_installed():
-        reasons.append(MISSING_TRITON)
-    if q.device.type not in ("cuda", "meta") and not interpreting():
-        reasons.append(f"cosformer backend=triton runs on CUDA (meta for the accounting), not {q.device.type}"
-                       " (TRITON_INTERPRET=1 runs Triton's interpreter)")  # fmt: skip
+    reasons = triton_support.call_problems("cosformer", q.device.type)
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         reasons.append(f"cosformer backend=triton takes float32, float16 or bfloat16 inputs, not {q.dtype}, {k.dtype}, {v.dtype}")
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
@@ -58,21 +52,10 @@ def triton_problems(q, k, v, causal: bool, chunk_size) -> list[str]:
     return reasons
 
 
-MISSING_TRITON = "cosformer backend=triton needs the triton package (CUDA builds of torch bring it)"
-
-
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def chunk_problems(causal: bool, chunk_size) -> list[str]:
     if causal and chunk_size is not None and chunk_size not in CHUNKS:
         return [f"cosformer backend=triton takes chunk_size {', '.join(map(str, CHUNKS))} (or None: {CAUSAL_CHUNK}), not {chunk_size!r}"]
     return []
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class TritonBidirectional(BidirectionalCosformer):

@@ -1,0 +1,113 @@
+"""Combiner-Mixture's logit parts through one Triton kernel each (the option backend="triton"): softmax(logits)
+applied to the values, and the log-normaliser, in one pass over the masked logits, as flash attention does
+over its key blocks.
+
+Why: on a GPU each part's eager plan (mixture._part_softmax) writes its logits, then reads them for the row
+maximum, reads them and writes the weights (the softmax), and reads the weights for the product with the
+values; the weights are as large as the logits, in fp32. Here the kernel reads the logits once and writes
+only the output and the log-normaliser. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes
+moved: see `tests/impls/test_combiner_triton.py` and the README.
+
+The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits
+(where the eager plan saves the weights: the same bytes), and uses FlashAttention's identity
+sum_j w_j dW_j = dout . out for the softmax's backward.
+Checked on the CPU through Triton's interpreter, and compiled for sm_90 by benchmarks/triton_resources.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+BLOCK_M, BLOCK_K = 64, 64  # query rows and keys per tile
+# Compiled for sm_90 (benchmarks/triton_resources.py), bf16 inputs, d = 64: 4 warps spill 512 bytes a thread, 8 none
+WARPS = 8
+
+
+def softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
+    """softmax(logits) @ values and logsumexp(logits), over the last axis of logits (..., M, K) and the
+    keys of values (..., K, D), with autograd. Every row must hold a finite logit (MixtureMasks sees to it).
+    exact: fp32 inputs, whose products the eager plan takes in fp32 (here "tf32x3": three TF32 products); half
+    inputs take TF32, as their eager plan does on CUDA (precision.py)."""
+    return SoftmaxValues.apply(logits, values, exact)
+
+
+class SoftmaxValues(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, values, exact: bool):
+        out, lse = torch.ops.attnprof.softmax_values(logits, values, exact)
+        ctx.save_for_backward(logits, values, out, lse)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        logits, values, out, lse = ctx.saved_tensors
+        weights = torch.sub(logits, lse).exp_()  # (..., M, K)
+        grad_logits = weights * grad_lse if grad_lse is not None else torch.zeros_like(weights)
+        grad_values = None
+        if grad_out is not None:
+            grad_values = weights.transpose(-2, -1) @ grad_out  # (..., K, D)
+            grad_weights = grad_out @ values.transpose(-2, -1)  # (..., M, K)
+            delta = (grad_out * out).sum(-1, keepdim=True)  # (..., M, 1): sum_j w_j dW_j, as out = w @ values
+            grad_logits.addcmul_(weights, grad_weights.sub_(delta))  # softmax's backward: w (dW - delta)
+        return grad_logits, grad_values, None
+
+
+def _buffers(logits, values):
+    out = values.new_empty((*logits.shape[:-1], values.shape[-1]))  # (..., M, D)
+    return out, logits.new_empty((*logits.shape[:-1], 1))  # (..., M, 1)
+
+
+@torch.library.custom_op("attnprof::softmax_values", mutates_args=())
+def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from attnprof.impls.combiner import triton_kernels
+
+    logits = logits.contiguous()
+    out, lse = _buffers(logits, values)
+    groups = logits.shape[:-2]
+    values = values.expand(*groups, *values.shape[-2:])
+    outer, inner = _two_levels(values)  # the value groups as (outer, inner) with one stride each: views stay views
+    rows, width = logits.shape[-2], values.shape[-1]
+    grid = (-(-rows // BLOCK_M), inner[0], outer[0])
+    kernel = triton_kernels.softmax_values_kernel
+    constants = launch_constants(logits.shape[-1], width, exact, isinstance(kernel, InterpretedFunction))
+    kernel[grid](logits, values, out, lse, rows, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1), **constants)
+    return out, lse
+
+
+def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = False) -> dict:
+    """The constexprs of a launch over `keys` keys of `width`-wide values (also what benchmarks/triton_resources.py
+    compiles); exact: fp32 inputs ("tf32x3" products), else TF32."""
+    from triton import next_power_of_2
+
+    return {"KEYS": keys, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K, "BLOCK_D": max(16, next_power_of_2(width)),
+            "PRECISION": "tf32x3" if exact else "tf32", "INTERPRETED": interpreted, "num_warps": WARPS}  # fmt: skip
+
+
+@_softmax_values.register_fake
+def _(logits, values, exact):
+    return _buffers(logits, values)
+
+
+def _two_levels(values: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(count, stride) of an outer and an inner group level such that group g = outer * count_inner + inner
+    sits at outer * stride_outer + inner * stride_inner: the leading dims merged where their strides chain
+    (B, H, blocks of rows: a slice of rows breaks the chain between H and the rows)."""
+    dims = [(size, stride) for size, stride in zip(values.shape[:-2], values.stride()[:-2], strict=True) if size != 1]
+    merged: list[tuple[int, int]] = []
+    for size, stride in dims:
+        if merged and merged[-1][1] == size * stride:  # the previous dim steps over this whole one
+            merged[-1] = (merged[-1][0] * size, stride)
+        else:
+            merged.append((size, stride))
+    while len(merged) < 2:
+        merged.insert(0, (1, 0))
+    if len(merged) > 2:
+        raise ValueError(
+            f"softmax_values: values of shape {tuple(values.shape)} and strides {values.stride()} need more than two group levels"
+        )
+    return merged[0], merged[1]

@@ -1,0 +1,38 @@
+"""What the impls' Triton backends (cosformer and combiner-mixture backend=triton) share: whether Triton is
+there, whether its interpreter is on, and the reasons a call or a case is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Triton's interpreter is on: its kernels run on CPU tensors (the CPU tests; tests/conftest.py)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def missing(name: str) -> str:
+    return f"{name} backend=triton needs the triton package (CUDA builds of torch bring it)"
+
+
+def call_problems(name: str, device_type: str) -> list[str]:
+    """Why a call on `device_type` tensors cannot run `name`'s Triton kernels (empty when it can): CUDA, meta
+    (the accounting, through the ops' fake kernels), or any device under the interpreter."""
+    reasons = [] if triton_installed() else [missing(name)]
+    if device_type not in ("cuda", "meta") and not interpreting():
+        where = f"CUDA (meta for the accounting), not {device_type}"
+        reasons.append(f"{name} backend=triton runs on {where} (TRITON_INTERPRET=1 runs Triton's interpreter)")
+    return reasons
+
+
+def case_problems(name: str, device: str) -> list[str]:
+    """Why a sweep does not run `name` backend=triton on `device` (a case's device): never timed on the CPU."""
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return [f"{name} backend=triton runs on CUDA, not cpu (Triton kernels)"]
+    return [missing(name)] if kind == "cuda" and not triton_installed() else []

@@ -122,10 +122,11 @@ def moved_gb(case: Case) -> float:
     return (tally.bytes_read + tally.bytes_written) / 1e9
 
 
-@pytest.mark.parametrize(("causal", "eager_gb", "max_gb"), [(True, 72.2, 60), (False, 85.0, 67)], ids=["causal", "bidir"])
-def test_the_fused_parts_move_a_fifth_fewer_bytes_forward(causal, eager_gb, max_gb):
-    """N = 65536, B = 1, H = 16, bf16, forward: 58.6 GB causal and 65.5 GB bidirectional counted, against the eager
-    plan's 72.2 and 85.0: the weights are never written, nor read for the row maximum and the product."""
+@pytest.mark.parametrize(("causal", "eager_gb", "max_gb"), [(True, 72.2, 55), (False, 85.0, 60)], ids=["causal", "bidir"])
+def test_the_fused_softmaxes_move_a_quarter_fewer_bytes_forward(causal, eager_gb, max_gb):
+    """N = 65536, B = 1, H = 16, bf16, forward: 53.7 GB causal and 59.1 GB bidirectional counted, against the eager
+    plan's 72.2 and 85.0: the weights of the logit parts and of the summaries are never written, nor read for the
+    row maximum and the product (fusing the parts alone: 58.6 and 65.5)."""
     assert moved_gb(mixture_case(causal, "fwd", "eager")) == pytest.approx(eager_gb, abs=0.1)
     assert moved_gb(mixture_case(causal, "fwd", "triton")) <= max_gb
 
@@ -133,7 +134,7 @@ def test_the_fused_parts_move_a_fifth_fewer_bytes_forward(causal, eager_gb, max_
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize(("mode", "limit_gib"), [("fwd", 16), ("fwd_bwd", 48)])
 def test_peaks_stay_within_table_1(causal, mode, limit_gib):
-    """Counted: forward 5.6 GiB causal and 8.0 GiB bidirectional; forward + backward 18.6 and 26.6 GiB."""
+    """Counted: forward 5.3 GiB causal and 8.0 GiB bidirectional; forward + backward 19.3 and 27.7 GiB."""
     case = mixture_case(causal, mode, "triton")
     peak = account_call(make_call(impls.get("combiner-mixture").bind(case), make_inputs(case, device="meta"))).peak_bytes
     assert peak <= limit_gib * GiB

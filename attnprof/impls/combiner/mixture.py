@@ -57,21 +57,22 @@ def mixture_attention(
     by_row = torch.stack(prepare(q, k, v, rows * m)).unflatten(-2, (rows, m))  # (3, B, H, rows, m, D)  q, k, v stacked
     by_col = by_row.transpose(-3, -2).contiguous()  # (3, B, H, m, rows, D)
     directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
+    attend = _fused_attend(q.dtype) if fused else None  # the summaries' softmax and values, fused (backend=triton)
     # Keys and values of the two layouts, the summaries written straight into their slots (a stack and a cat per
     # summary, then one of all of them, were 23% of the CPU time at N = 8192: ~770 MB copied per call).
     width = by_row.shape[-1]
     row_kv = by_row.new_empty((2, *by_row.shape[1:-2], m * (1 + len(directions)), width))  # (2, B, H, rows, m (1 + directions), D)
     row_kv[..., :m, :] = by_row[1:]
     for i, reverse in enumerate(directions):  # vertical summaries, computed in the column layout
-        _summaries(by_col, None if pad is None else pad.T, reverse, out=row_kv[..., m * (i + 1) : m * (i + 2), :].transpose(-3, -2))
+        _summaries(by_col, None if pad is None else pad.T, reverse, row_kv[..., m * (i + 1) : m * (i + 2), :].transpose(-3, -2), attend)
     col_kv = by_col.new_empty((2, *by_col.shape[1:-1], 3, width))  # (2, B, H, m, rows, 3, D): key 3 r' + term
     col_kv[..., 0, :] = by_col[1:]
     for i, reverse in enumerate((False, True)):  # horizontal summaries, computed in the row layout
-        _summaries(by_row, pad, reverse, out=col_kv[..., i + 1, :].transpose(-3, -2))
+        _summaries(by_row, pad, reverse, col_kv[..., i + 1, :].transpose(-3, -2), attend)
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
     masks = MixtureMasks(n, m, rows, causal)
     if fused:
-        block = functools.partial(_merged_block, part=functools.partial(_fused_part_softmax, exact=q.dtype == torch.float32))
+        block = functools.partial(_merged_block, part=functools.partial(_fused_part_softmax, attend=attend))
     else:
         block = _merged_block if separate_softmaxes(q.device) else _joint_block
     out = []
@@ -137,14 +138,19 @@ def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.
     return weights @ kv[1], lse
 
 
-def _fused_part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """_part_softmax with the softmax and the product with the values in one Triton kernel (triton_softmax.py)."""
+def _fused_attend(dtype):
+    """softmax_values (triton_softmax.py) for inputs of `dtype`: (logits, values) -> (out, lse)."""
     from attnprof.impls.combiner.triton_softmax import softmax_values
 
+    return functools.partial(softmax_values, exact=dtype == torch.float32)
+
+
+def _fused_part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend) -> tuple[torch.Tensor, torch.Tensor]:
+    """_part_softmax with the softmax and the product with the values in one Triton kernel (`attend`)."""
     logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
     with torch.no_grad():  # see MixtureMasks
         mask(logits)
-    return softmax_values(logits, kv[1], exact)
+    return attend(logits, kv[1])
 
 
 class SoftmaxWithNormaliser(torch.autograd.Function):
@@ -179,7 +185,7 @@ def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
-def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out: torch.Tensor) -> None:
+def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out: torch.Tensor, attend=None) -> None:
     """For every group (a row or a column; qkv stacked, layout (3, B, H, G, T, D)) and position t,
     the summary of the group's tokens strictly before t (after t when `reverse`): max-pooled key,
     and the softmax attention of the max-pooled query over those tokens. Writes k_hat and v_hat
@@ -202,4 +208,5 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
             else:
                 outside = (t[None, lo:hi] <= t[a:b, None]) if reverse else (t[None, lo:hi] >= t[a:b, None])  # (b - a, hi - lo)
                 logits.masked_fill_(outside | ~valid[:, None, lo:hi], mask_value(pooled))  # (G, b - a, hi - lo)
-        out[1, ..., a:b, :] = torch.softmax(logits, dim=-1) @ qkv[2, ..., lo:hi, :]  # (B, H, G, b - a, D)
+        values = qkv[2, ..., lo:hi, :]  # (B, H, G, hi - lo, D)
+        out[1, ..., a:b, :] = attend(logits, values)[0] if attend else torch.softmax(logits, dim=-1) @ values  # (B, H, G, b - a, D)

@@ -1,12 +1,13 @@
-"""Combiner-Mixture's logit parts through one Triton kernel each (the option backend="triton"): softmax(logits)
+"""Combiner-Mixture's softmaxes through one Triton kernel each (the option backend="triton"): softmax(logits)
 applied to the values, and the log-normaliser, in one pass over the masked logits, as flash attention does
-over its key blocks.
+over its key blocks; for the two logit parts and for the summaries' local attention.
 
-Why: on a GPU each part's eager plan (mixture._part_softmax) writes its logits, then reads them for the row
-maximum, reads them and writes the weights (the softmax), and reads the weights for the product with the
-values; the weights are as large as the logits, in fp32. Here the kernel reads the logits once and writes
-only the output and the log-normaliser. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes
-moved: see `tests/impls/test_combiner_triton.py` and the README.
+Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
+its logits, and reads them again for the product with the values (the parts also read the logits once more
+for the row maximum). Here the kernel reads the logits once and writes only the output and the
+log-normaliser. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved: 72.2 -> 53.7 GB
+causal, 85.0 -> 59.1 GB bidirectional. Forward + backward move 8-11% more than the eager plan (414 -> 450 GB,
+440 -> 489): the backward recomputes the weights.
 
 The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits
 (where the eager plan saves the weights: the same bytes), and uses FlashAttention's identity

@@ -7,11 +7,12 @@ wait on local memory.
 
     python benchmarks/triton_resources.py [--arch 90] [--dtype bfloat16,float32,float16] [--chunk 64]
                                           [--length 64k] [--heads 16] [--head-dim 64] [--warps N]
+                                          [--kernel causal_out_kernel,...]
 
 Measured with Triton 3.6.0 for sm_90, d = 64, chunk 64: bf16 key states 222 registers, no stack; bidirectional
 output 254, none; causal output 255 and a 208-byte stack at 8 warps (1088 bytes at 4); fp32 with "ieee" dots
 compiled to 32 registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-3 KB.
-Exit status: 0 every kernel compiled, 1 one did not, 2 bad usage or no triton.
+Exit status: 0 every kernel compiled within the target's shared memory, 1 one did not, 2 bad usage or no triton.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 
 KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", "softmax_values_kernel")
+# Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
+# compiled to more is refused at launch (Triton's OutOfResources).
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 MIXTURE_KEYS = 512  # Combiner-Mixture's row part at N = 65536, causal: 256 direct keys and 256 column summaries
 
 
@@ -50,7 +54,7 @@ def main() -> int:
     failed = False
     for dtype in args.dtype:
         torch_dtype = getattr(torch, dtype)
-        for kernel in KERNELS:
+        for kernel in args.kernel:
             constants = launch_constants(kernel, torch_dtype, args)
             if args.warps:
                 constants["num_warps"] = args.warps
@@ -60,7 +64,10 @@ def main() -> int:
                 failed = True
                 print(f"{kernel:<26} {dtype:<9} did not compile: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
                 continue
-            print(f"{kernel:<26} {dtype:<9} {constants['num_warps']:>5} {usage['REG']:>9} {usage['STACK']:>8} {usage['SHARED']:>8}")
+            over = usage["SHARED"] > SHARED_LIMIT.get(args.arch, usage["SHARED"])
+            failed = failed or over
+            note = f"  over sm_{args.arch}'s {SHARED_LIMIT[args.arch]} B a block: it would not launch" if over else ""
+            print(f"{kernel:<26} {dtype:<9} {constants['num_warps']:>5} {usage['REG']:>9} {usage['STACK']:>8} {usage['SHARED']:>8}{note}")
     return 1 if failed else 0
 
 
@@ -89,7 +96,7 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
     fn = getattr(combiner_kernels if kernel == "softmax_values_kernel" else cosformer_kernels, kernel)
     constants = dict(constants)
-    options = {"num_warps": constants.pop("num_warps")}
+    options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
     source = ASTSource(fn=fn, signature=signature(fn.arg_names, dtype, constants), constexprs=constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as folder:
@@ -128,11 +135,16 @@ def parse_args():
     parser.add_argument("--heads", default="16", help="batch * heads (default: %(default)s)")
     parser.add_argument("--head-dim", default="64", help="(default: %(default)s)")
     parser.add_argument("--warps", type=int, default=0, help="num_warps for every kernel (default: the plan's)")
+    parser.add_argument("--kernel", default=",".join(KERNELS), help="kernels to compile (default: %(default)s)")
     args = parser.parse_args()
     from attnprof.impls.cosformer import triton_plan
 
     if args.chunk not in triton_plan.CHUNKS:
         raise UsageError(f"bad chunk {args.chunk}: one of {', '.join(map(str, triton_plan.CHUNKS))}")
+    args.kernel = [name.strip() for name in args.kernel.split(",") if name.strip()]
+    unknown = [name for name in args.kernel if name not in KERNELS]
+    if unknown or not args.kernel:
+        raise UsageError(f"bad kernel {unknown[0] if unknown else args.kernel!r}: choose from {', '.join(KERNELS)}")
     args.dtype = parse_dtypes(args.dtype)
     args.length = parse_length(args.length)
     args.heads, args.head_dim = (parse_sizes(getattr(args, name), name.replace("_", " "))[0] for name in ("heads", "head_dim"))

@@ -3,6 +3,7 @@ there, whether its interpreter is on, and the reasons a call or a case is refuse
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -36,3 +37,10 @@ def case_problems(name: str, device: str) -> list[str]:
     if kind == "cpu":
         return [f"{name} backend=triton runs on CUDA, not cpu (Triton kernels)"]
     return [missing(name)] if kind == "cuda" and not triton_installed() else []
+
+
+def on_device_of(tensor):
+    """Inside: Triton launches on `tensor`'s GPU (it launches on the current device, which may be another one)."""
+    import torch
+
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()

@@ -155,5 +155,9 @@ def test_refusals(monkeypatch):
     q = torch.randn(1, 1, 16, 8)
     with pytest.raises(ValueError, match="runs on CUDA .* not cpu"):
         combiner_attention(q, q, q, variant="mixture", backend="triton")
+    wide = Case(impl="combiner-mixture", seq_len=1024, head_dim=256, device="cuda", options=(("backend", "triton"),))
+    assert mixture.not_supported(wide) == ["combiner-mixture backend=triton handles head dims up to 128, not 256"]
+    with pytest.raises(ValueError, match="head dims up to 128, not 256"):
+        combiner_attention(*(torch.empty(1, 1, 16, 256, device="meta") for _ in range(3)), variant="mixture", backend="triton")
     with pytest.raises(ValueError, match="not torch.float64"):
         combiner_attention(*(q.double().to("meta") for _ in range(3)), variant="mixture", backend="triton")

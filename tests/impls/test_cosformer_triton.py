@@ -182,6 +182,26 @@ def test_refuses_what_it_cannot_run(monkeypatch):
         cosformer_attention(wide, wide, wide, backend="triton")
 
 
+def test_refuses_the_launches_that_would_not_fit_a_gpu():
+    """Causal chunks of 128 with fp32 or fp16 inputs and head dims over 64 take more shared memory than an H100 gives
+    a block (tests/test_benchmarks.py compiles them); a part size off the tiles would overlap or under-fill tl.dot."""
+    wide = torch.empty(1, 1, 64, 128, device="meta")
+    with pytest.raises(ValueError, match="chunk_size up to 64 for float32 inputs with head dims over 64"):
+        cosformer_attention(wide, wide, wide, causal=True, chunk_size=128, backend="triton")
+    cosformer_attention(
+        wide.to(torch.bfloat16), wide.to(torch.bfloat16), wide.to(torch.bfloat16), causal=True, chunk_size=128, backend="triton"
+    )
+    case = Case(
+        impl="cosformer", seq_len=4096, head_dim=128, causal=True, device="cuda", options=(("backend", "triton"), ("chunk_size", 128))
+    )
+    assert any("chunk_size up to 64" in reason for reason in impls.get("cosformer").not_supported(case))
+    narrow = torch.empty(1, 1, 256, 32, device="meta")
+    with pytest.raises(ValueError, match="rows_per_part must be a positive multiple of 64, not 96"):
+        triton_plan.causal_forward(narrow, narrow, narrow, 1e-6, 64, rows_per_part=96)
+    with pytest.raises(ValueError, match="multiple of 16, not 24"):
+        triton_plan.bidirectional_forward(narrow, narrow, narrow, 1e-6, rows_per_part=24)
+
+
 def test_the_sweep_records_a_cpu_case_as_unsupported_and_counts_it_on_meta():
     impl = impls.get("cosformer")
     cpu = Case(impl="cosformer", seq_len=1024, heads=2, head_dim=64, dtype="float32", device="cpu", options=(("backend", "triton"),))

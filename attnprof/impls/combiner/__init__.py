@@ -27,6 +27,7 @@ import torch
 
 from attnprof.impls import register, triton_support
 from attnprof.impls.base import AttentionImpl
+from attnprof.impls.combiner import triton_softmax
 from attnprof.impls.combiner.axial import axial_attention
 from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
 from attnprof.impls.combiner.fixed import fixed_attention
@@ -77,6 +78,7 @@ def combiner_attention(
         problems = triton_support.call_problems(f"combiner-{variant}", q.device.type)
         if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             problems.append(f"combiner-{variant} backend=triton takes float32, float16 or bfloat16 inputs, not {q.dtype}")
+        problems += _head_dim_problems(variant, v.shape[-1])
     if problems:
         raise ValueError(problems[0])
     compiled = backend == "compile" and q.device.type != "meta"
@@ -119,7 +121,15 @@ def _option_problems(variant: str, options) -> list[str]:
 
 
 def _refusals(variant: str, case, options) -> list[str]:
-    return triton_support.case_problems(f"combiner-{variant}", case.device) if options.get("backend") == "triton" else []
+    if options.get("backend") != "triton":
+        return []
+    return triton_support.case_problems(f"combiner-{variant}", case.device) + _head_dim_problems(variant, case.head_dim)
+
+
+def _head_dim_problems(variant: str, head_dim: int) -> list[str]:
+    if head_dim > triton_softmax.MAX_HEAD_DIM:
+        return [f"combiner-{variant} backend=triton handles head dims up to {triton_softmax.MAX_HEAD_DIM}, not {head_dim}"]
+    return []
 
 
 for _variant in OPERATORS:

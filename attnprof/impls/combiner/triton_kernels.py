@@ -12,12 +12,15 @@ def softmax_values_kernel(
     KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
-    """Program (row block, inner group, outer group): for BLOCK_M rows of one group's logits (rows, KEYS), fp32 and
-    contiguous, the online softmax over the keys in tiles of BLOCK_K applied to the group's values (KEYS, width),
-    any strides; out (rows, width) and lse (rows, 1), contiguous. KEYS is a constexpr: Triton's interpreter takes
-    no tensor as a loop bound."""
-    block, inner, outer = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
-    group = outer * inner_count + inner
+    """Program (row block, inner group, outer group), numbered in that order fastest first on one grid axis (the
+    others take at most 65,535): for BLOCK_M rows of one group's logits (rows, KEYS), fp32 and contiguous, the online
+    softmax over the keys in tiles of BLOCK_K applied to the group's values (KEYS, width), any strides; out
+    (rows, width) and lse (rows, 1), contiguous. KEYS is a constexpr: Triton's interpreter takes no tensor as a
+    loop bound."""
+    program = tl.program_id(0)
+    blocks = tl.cdiv(rows, BLOCK_M)
+    block, group = program % blocks, (program // blocks).to(tl.int64)
+    inner, outer = group % inner_count, group // inner_count
     row = block * BLOCK_M + tl.arange(0, BLOCK_M)
     column = tl.arange(0, BLOCK_D)
     values_at = values_ptr + outer * outer_stride + inner * inner_stride

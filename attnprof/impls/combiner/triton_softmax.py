@@ -21,7 +21,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from attnprof.impls import triton_support
+
 BLOCK_M, BLOCK_K = 64, 64  # query rows and keys per tile
+MAX_HEAD_DIM = 128  # the accumulator (BLOCK_M, head dim) in registers; at 128 fp32, 193 KiB of shared memory
 # Compiled for sm_90 (benchmarks/triton_resources.py), bf16 inputs, d = 64: 4 warps spill 512 bytes a thread, 8 none
 WARPS = 8
 
@@ -73,10 +76,11 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor
     values = values.expand(*groups, *values.shape[-2:])
     outer, inner = _two_levels(values)  # the value groups as (outer, inner) with one stride each: views stay views
     rows, width = logits.shape[-2], values.shape[-1]
-    grid = (-(-rows // BLOCK_M), inner[0], outer[0])
+    grid = (-(-rows // BLOCK_M) * inner[0] * outer[0],)
     kernel = triton_kernels.softmax_values_kernel
     constants = launch_constants(logits.shape[-1], width, exact, isinstance(kernel, InterpretedFunction))
-    kernel[grid](logits, values, out, lse, rows, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1), **constants)
+    with triton_support.on_device_of(logits):
+        kernel[grid](logits, values, out, lse, rows, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1), **constants)
     return out, lse
 
 

@@ -161,10 +161,8 @@ def _refusals(case, options: dict) -> list[str]:
     """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
     if options.get("backend") != "triton":
         return []
-    reasons = triton_support.case_problems("cosformer", case.device)
-    if case.head_dim > triton_plan.MAX_HEAD_DIM:
-        reasons.append(f"cosformer backend=triton handles head dims up to {triton_plan.MAX_HEAD_DIM}, not {case.head_dim}")
-    return reasons
+    shape = triton_plan.shape_problems(getattr(torch, case.dtype), case.head_dim, case.causal, options.get("chunk_size"))
+    return triton_support.case_problems("cosformer", case.device) + shape
 
 
 register(

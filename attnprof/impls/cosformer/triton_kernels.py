@@ -37,6 +37,12 @@ def _nearest_bf16(x):
 
 
 @triton.jit
+def _split(program, count):
+    """(program mod count, program div count as int64): a one-axis grid's (fast, slow) indices."""
+    return program % count, (program // count).to(tl.int64)
+
+
+@triton.jit
 def _rows(ptr, base, rows, cols, n, width):
     """Rows `rows` x columns `cols` of one head's (n, width) block at ptr + base, zero outside it, in its dtype."""
     inside = (rows < n)[:, None] & (cols < width)[None, :]
@@ -78,9 +84,10 @@ def key_states_kernel(
     ROWS_PER_PART: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ROUND_HALF: tl.constexpr, INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Program (part, head): the sums over the part's keys of phi(k)^T v, as its sin and cos halves, into
-    slot first_slot + part of the head's (slots, 2, d, dv) states, and of phi(k), into its (slots, 2, d) sums."""
-    part, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    """Program (part, head), numbered part-fastest: the sums over the part's keys of phi(k)^T v, as its sin and cos
+    halves, into slot first_slot + part of the head's (slots, 2, d, dv) states, and of phi(k), into its (slots, 2, d)
+    sums. (One grid axis: the second and third take at most 65,535 programs, fewer than B H can be.)"""
+    part, bh = _split(tl.program_id(0), slots - first_slot)
     cols, vcols = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
     state_sin = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
     state_cos = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
@@ -123,9 +130,9 @@ def bidirectional_out_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ROUND_HALF: tl.constexpr, INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Program (query block, head): out = phi(q) S / clamp_min(phi(q) z, eps), S and z summed over all keys
-    (states (B*H, 2, d, dv), sums (B*H, 2, d)); the state is rounded once to the operand dtype."""
-    block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    """Program (query block, head), numbered block-fastest: out = phi(q) S / clamp_min(phi(q) z, eps), S and z
+    summed over all keys (states (B*H, 2, d, dv), sums (B*H, 2, d)); the state is rounded once to the operand dtype."""
+    block, bh = _split(tl.program_id(0), tl.cdiv(n, BLOCK_M))
     cols, vcols = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     _, q_sin, q_cos, _, _ = _features(q_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)  # (BLOCK_M, BLOCK_D)
@@ -146,8 +153,9 @@ def causal_out_kernel(
     """Program (part, head): the part's chunks in order, carrying S and z from the sums over every earlier
     part (states (B*H, parts, 2, d, dv), sums (B*H, parts, 2, d), exclusive). Per chunk: the masked C x C
     weights (q' k'^T) cos(a_i - a_j) [j <= i] times v, plus phi(q) S and phi(q) . z; then the chunk's keys
-    join S and z. cos(a_i - a_j) = cos a_i cos a_j + sin a_i sin a_j, from the fp32 rotation table."""
-    part, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    join S and z. cos(a_i - a_j) = cos a_i cos a_j + sin a_i sin a_j, from the fp32 rotation table. Numbered
+    part-fastest."""
+    part, bh = _split(tl.program_id(0), parts)
     cols, vcols, offsets = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV), tl.arange(0, CHUNK)
     state_sin, state_cos, sum_sin, sum_cos = _state_halves(states_ptr, sums_ptr, bh * parts + part, cols, vcols, d, dv)
     for offset in range(0, ROWS_PER_PART, CHUNK):

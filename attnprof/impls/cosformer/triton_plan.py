@@ -46,15 +46,23 @@ def triton_problems(q, k, v, causal: bool, chunk_size) -> list[str]:
     reasons = triton_support.call_problems("cosformer", q.device.type)
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         reasons.append(f"cosformer backend=triton takes float32, float16 or bfloat16 inputs, not {q.dtype}, {k.dtype}, {v.dtype}")
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        reasons.append(f"cosformer backend=triton handles head dims up to {MAX_HEAD_DIM}, not {q.shape[-1]} and {v.shape[-1]}")
-    reasons += chunk_problems(causal, chunk_size)
-    return reasons
+    return reasons + chunk_problems(causal, chunk_size) + shape_problems(q.dtype, max(q.shape[-1], v.shape[-1]), causal, chunk_size)
 
 
 def chunk_problems(causal: bool, chunk_size) -> list[str]:
     if causal and chunk_size is not None and chunk_size not in CHUNKS:
         return [f"cosformer backend=triton takes chunk_size {', '.join(map(str, CHUNKS))} (or None: {CAUSAL_CHUNK}), not {chunk_size!r}"]
+    return []
+
+
+def shape_problems(dtype, head_dim: int, causal: bool, chunk_size) -> list[str]:
+    """What the kernels' registers and shared memory refuse: head dims over MAX_HEAD_DIM; causal chunks of 128 with
+    fp32 or fp16 inputs and head dims over 64 (256 KiB of shared memory a block, over an H100's 227 KiB:
+    benchmarks/triton_resources.py --head-dim 128 --chunk 128)."""
+    if head_dim > MAX_HEAD_DIM:
+        return [f"cosformer backend=triton handles head dims up to {MAX_HEAD_DIM}, not {head_dim}"]
+    if causal and chunk_size == 128 and dtype != torch.bfloat16 and head_dim > 64:
+        return [f"cosformer backend=triton takes chunk_size up to 64 for {str(dtype).removeprefix('torch.')} inputs with head dims over 64"]
     return []
 
 
@@ -84,7 +92,7 @@ def bidirectional_forward(q, k, v, eps: float, rows_per_part: int | None = None)
     """out (B, H, Nq, Dv) in q's dtype, denominators (B, H, Nq, 1) and the state (B, H, 2D, Dv+1), both fp32."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     m = max(q.shape[-2], k.shape[-2])
-    rows = rows_per_part or parts_of(k.shape[-2], k.shape[0] * k.shape[1], KEY_BLOCK)
+    rows = _checked_rows(rows_per_part, 16) or parts_of(k.shape[-2], k.shape[0] * k.shape[1], KEY_BLOCK)
     key_rotation = rotation_table(k.shape[-2], m, k.device)
     query_rotation = key_rotation if q.shape[-2] == k.shape[-2] else rotation_table(q.shape[-2], m, q.device)
     states, sums = torch.ops.attnprof.cosformer_key_states(k, v, key_rotation, rows, False)
@@ -98,11 +106,18 @@ def causal_forward(q, k, v, eps: float, chunk: int, rows_per_part: int | None = 
     """out (B, H, N, Dv) in q's dtype and denominators (B, H, N, 1), fp32."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     n = q.shape[-2]
-    rows = rows_per_part or parts_of(n, q.shape[0] * q.shape[1], chunk)
+    rows = _checked_rows(rows_per_part, math.lcm(16, chunk)) or parts_of(n, q.shape[0] * q.shape[1], chunk)
     rotation = rotation_table(n, n, q.device)
     states, sums = torch.ops.attnprof.cosformer_key_states(k, v, rotation, rows, True)  # slot p: the sums of part p - 1
     states, sums = states.cumsum_(2), sums.cumsum_(2)  # (B, H, P, 2, D, Dv), (B, H, P, 2, D): over every part before p
     return torch.ops.attnprof.cosformer_causal_out(q, k, v, rotation, states, sums, eps, chunk, rows)
+
+
+def _checked_rows(rows_per_part: int | None, multiple: int) -> int | None:
+    """A caller's part size: a multiple of the tiles (16 for tl.dot; the causal chunk, or parts would overlap)."""
+    if rows_per_part is not None and (rows_per_part < 1 or rows_per_part % multiple):
+        raise ValueError(f"rows_per_part must be a positive multiple of {multiple}, not {rows_per_part}")
+    return rows_per_part
 
 
 def parts_of(n: int, heads: int, tile: int) -> int:
@@ -137,7 +152,7 @@ def key_states(k: Tensor, v: Tensor, rotation: Tensor, rows_per_part: int, exclu
     if exclusive:
         states[:, :, 0], sums[:, :, 0] = 0, 0
     if slots > exclusive:
-        grid = (slots - exclusive, k.shape[0] * k.shape[1])
+        grid = ((slots - exclusive) * k.shape[0] * k.shape[1],)
         _launch("key_states_kernel", grid, k.dtype, k.shape[-1], v.shape[-1], rows_per_part)(
             k, v, rotation, states, sums, k.shape[-2], k.shape[-1], v.shape[-1], slots, int(exclusive)
         )
@@ -153,7 +168,7 @@ def _(k, v, rotation, rows_per_part, exclusive):
 def bidirectional_out(q: Tensor, rotation: Tensor, states: Tensor, sums: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """out = phi(q) S / clamp_min(phi(q) z, eps) and the row sums, from S (B, H, 2, D, Dv) and z (B, H, 2, D)."""
     out, denominator = _out_buffers(q, states)
-    grid = (-(-q.shape[-2] // QUERY_BLOCK), q.shape[0] * q.shape[1])
+    grid = (-(-q.shape[-2] // QUERY_BLOCK) * q.shape[0] * q.shape[1],)
     _launch("bidirectional_out_kernel", grid, q.dtype, q.shape[-1], out.shape[-1])(
         q, rotation, states.contiguous(), sums.contiguous(), out, denominator, q.shape[-2], q.shape[-1], out.shape[-1], eps
     )
@@ -170,7 +185,7 @@ def causal_out(q: Tensor, k: Tensor, v: Tensor, rotation: Tensor, states: Tensor
                rows_per_part: int) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The causal output and row sums, each part starting from S and z summed over the parts before it."""
     out, denominator = _out_buffers(q, v)
-    grid = (states.shape[2], q.shape[0] * q.shape[1])
+    grid = (states.shape[2] * q.shape[0] * q.shape[1],)
     _launch("causal_out_kernel", grid, q.dtype, q.shape[-1], v.shape[-1], rows_per_part, chunk)(
         q, k, v, rotation, states.contiguous(), sums.contiguous(), out, denominator, q.shape[-2], q.shape[-1], v.shape[-1],
         states.shape[2], eps)  # fmt: skip
@@ -202,7 +217,10 @@ def launch_constants(kernel: str, dtype, d: int, dv: int, rows_per_part: int = 0
         return {**constants, "ROWS_PER_PART": rows_per_part, "BLOCK_N": math.gcd(KEY_BLOCK, rows_per_part)}
     if kernel == "bidirectional_out_kernel":
         return {**constants, "BLOCK_M": QUERY_BLOCK}
-    return {**constants, "ROWS_PER_PART": rows_per_part, "CHUNK": chunk, "num_warps": CAUSAL_WARPS}
+    # fp32 and fp16 operands stage S's fp32 halves through shared memory: one pipeline stage keeps the causal kernel
+    # within an H100's 227 KiB a block (triton_resources.py; at d = 64, chunk 128, fp32: 294 KiB with Triton's 3)
+    stages = {} if dtype == torch.bfloat16 else {"num_stages": 1}
+    return {**constants, "ROWS_PER_PART": rows_per_part, "CHUNK": chunk, "num_warps": CAUSAL_WARPS, **stages}
 
 
 def _launch(name: str, grid, dtype, d: int, dv: int, rows_per_part: int = 0, chunk: int = 0):
@@ -214,4 +232,9 @@ def _launch(name: str, grid, dtype, d: int, dv: int, rows_per_part: int = 0, chu
     kernel = getattr(triton_kernels, name)
     interpreted = isinstance(kernel, InterpretedFunction)  # its bf16 dots and casts differ from the GPU's (triton_kernels)
     constants = launch_constants(name, dtype, d, dv, rows_per_part, chunk, interpreted)
-    return lambda *args: kernel[grid](*args, **constants)
+
+    def launch(*args):
+        with triton_support.on_device_of(args[0]):
+            kernel[grid](*args, **constants)
+
+    return launch

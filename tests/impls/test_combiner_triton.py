@@ -39,7 +39,7 @@ def expected_softmax_values(logits, values):
 # ---- the kernel ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["row slice", "key slice", "contiguous"])
+@pytest.mark.parametrize("layout", ["row slice", "key slice", "contiguous", "three levels"])
 def test_softmax_values_on_the_layouts_mixture_hands_it(interpreted, layout):
     """Values as Mixture slices them: a block of grid rows (its groups no longer one stride apart), a prefix of
     the keys, or whole; keys not a multiple of the tile, a head dim not a power of two, -inf logits, a row
@@ -50,6 +50,8 @@ def test_softmax_values_on_the_layouts_mixture_hands_it(interpreted, layout):
         values = randn(2, 1, 2, 5, 70, 24, seed=1)[1][:, :, 1:4]  # (B, H, 3 rows of 5, K, D)
     elif layout == "key slice":
         values = randn(2, 2, 3, 4, 90, 24, seed=2)[1][..., :51, :]  # (B, H, m, 51 of 90 keys, D)
+    elif layout == "three levels":  # no two strides reach every group: copied once
+        values = randn(3, 4, 5, 16, 8, seed=9)[:, 1:3, 1:4]
     else:
         values = randn(1, 2, 3, 130, 20, seed=3)
     logits = randn(*values.shape[:-2], 45, values.shape[-2], seed=4) * 8  # (..., M, K)

@@ -11,8 +11,8 @@ Every query sees some keys directly and the rest through region summaries; one s
 Option `block_size`: the block length s (Fixed) or row length m (Axial, Mixture); None picks the
 power of two nearest sqrt(N). Logsparse has no block size (its dyadic tree fixes every block):
 `combiner-logsparse:block_size=...` is refused as an unknown option. Option `backend`: eager (default),
-compile (torch.compile of the same operator; see combiner_attention) or, for Mixture, triton (each logit
-part's softmax and values in one Triton kernel, `triton_softmax.py`). Each variant's module docstring states where
+compile (torch.compile of the same operator; see combiner_attention) or, for Mixture, triton (each softmax
+and its values in one Triton kernel, `triton_softmax.py`). Each variant's module docstring states where
 it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs; on CUDA their
 fp32 products may run as TF32 (`attnprof.impls.precision`: no coarser than the inputs). The check
 reference is the explicit N x N effective matrix in `attnprof.impls.reference.combiner`.
@@ -69,8 +69,8 @@ def combiner_attention(
     project's CPU (attnprof sweep, N = 8192, H = 16, fp32, medians of 3): compiled Mixture 400 against 429 ms
     eager causal, 497 against 465 bidirectional; Fixed 128 against 121 and 102 against 99. The first call of
     each shape compiles (Mixture, one graph: 20-70 s there). "triton" (Mixture only): the eager plan with each
-    logit part's softmax and product with the values in one Triton kernel (triton_softmax.py); CUDA tensors,
-    or meta for the accounting."""
+    softmax (the logit parts', the summaries') and its product with the values in one Triton kernel
+    (triton_softmax.py); CUDA tensors, or meta for the accounting."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
     problems = _option_problems(variant, {"backend": backend, "block_size": block_size})

@@ -47,8 +47,8 @@ CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (
 def mixture_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None, fused: bool = False
 ) -> torch.Tensor:
-    """fused: each logit part's softmax and product with the values in one Triton kernel (backend="triton",
-    triton_softmax.py) instead of _part_softmax's eager ops; implies the merged plan, on any device."""
+    """fused: each softmax (the logit parts', the summaries') and its product with the values in one Triton kernel
+    (backend="triton", triton_softmax.py) instead of eager ops; implies the merged plan, on any device."""
     n = q.shape[-2]
     m = resolve_block(block_size, n)
     rows = -(-n // m)
@@ -72,7 +72,7 @@ def mixture_attention(
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
     masks = MixtureMasks(n, m, rows, causal)
     if fused:
-        block = functools.partial(_merged_block, part=functools.partial(_fused_part_softmax, attend=attend))
+        block = functools.partial(_merged_block, part=functools.partial(_part_softmax, attend=attend))
     else:
         block = _merged_block if separate_softmaxes(q.device) else _joint_block
     out = []
@@ -116,7 +116,7 @@ def _joint_block(row_part, col_part) -> torch.Tensor:
 def _merged_block(row_part, col_part, part=None) -> torch.Tensor:
     """Each part's own softmax, merged by the parts' log-normalisers, as flash attention merges key blocks.
     One part at a time, its weights gone before the other's logits are formed: no more than two logits-sized
-    tensors live at once (the same as the joint plan's two parts). part: _part_softmax or _fused_part_softmax."""
+    tensors live at once (the same as the joint plan's two parts). part: _part_softmax, or it with its attend."""
     part = part or _part_softmax
     row_out, lse_row = part(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
     col_out, lse_col = (x.transpose(-3, -2) for x in part(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
@@ -126,13 +126,16 @@ def _merged_block(row_part, col_part, part=None) -> torch.Tensor:
     return row_out * torch.exp(lse_row - lse) + col_out * torch.exp(lse_col - lse)
 
 
-def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor]:
+def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A part's own softmax over its keys applied to their values, and its log-normaliser. `mask` fills the
     logits in place; every row must keep a finite logit (MixtureMasks sees to it): a row of -inf only would
-    softmax to NaN. queries (..., M, D), kv (2, ..., K, D) -> (..., M, D), (..., M, 1)."""
+    softmax to NaN. attend: both steps in one kernel (_fused_attend). queries (..., M, D), kv (2, ..., K, D) ->
+    (..., M, D), (..., M, 1)."""
     logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
     with torch.no_grad():  # see MixtureMasks
         mask(logits)
+    if attend is not None:
+        return attend(logits, kv[1])
     weights, lse = SoftmaxWithNormaliser.apply(logits)  # (..., M, K), (..., M, 1)
     del logits
     return weights @ kv[1], lse
@@ -143,14 +146,6 @@ def _fused_attend(dtype):
     from attnprof.impls.combiner.triton_softmax import softmax_values
 
     return functools.partial(softmax_values, exact=dtype == torch.float32)
-
-
-def _fused_part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend) -> tuple[torch.Tensor, torch.Tensor]:
-    """_part_softmax with the softmax and the product with the values in one Triton kernel (`attend`)."""
-    logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
-    with torch.no_grad():  # see MixtureMasks
-        mask(logits)
-    return attend(logits, kv[1])
 
 
 class SoftmaxWithNormaliser(torch.autograd.Function):

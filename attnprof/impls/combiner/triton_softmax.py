@@ -74,7 +74,11 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor
     out, lse = _buffers(logits, values)
     groups = logits.shape[:-2]
     values = values.expand(*groups, *values.shape[-2:])
-    outer, inner = _two_levels(values)  # the value groups as (outer, inner) with one stride each: views stay views
+    levels = _two_levels(values)  # the value groups as (outer, inner) with one stride each: Mixture's views stay views
+    if levels is None:  # a layout Mixture does not make: one copy
+        values = values.contiguous()
+        levels = _two_levels(values)
+    outer, inner = levels
     rows, width = logits.shape[-2], values.shape[-1]
     grid = (-(-rows // BLOCK_M) * inner[0] * outer[0],)
     kernel = triton_kernels.softmax_values_kernel
@@ -98,10 +102,10 @@ def _(logits, values, exact):
     return _buffers(logits, values)
 
 
-def _two_levels(values: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+def _two_levels(values: Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """(count, stride) of an outer and an inner group level such that group g = outer * count_inner + inner
     sits at outer * stride_outer + inner * stride_inner: the leading dims merged where their strides chain
-    (B, H, blocks of rows: a slice of rows breaks the chain between H and the rows)."""
+    (B, H, blocks of rows: a slice of rows breaks the chain between H and the rows); None past two levels."""
     dims = [(size, stride) for size, stride in zip(values.shape[:-2], values.stride()[:-2], strict=True) if size != 1]
     merged: list[tuple[int, int]] = []
     for size, stride in dims:
@@ -111,8 +115,4 @@ def _two_levels(values: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
             merged.append((size, stride))
     while len(merged) < 2:
         merged.insert(0, (1, 0))
-    if len(merged) > 2:
-        raise ValueError(
-            f"softmax_values: values of shape {tuple(values.shape)} and strides {values.stride()} need more than two group levels"
-        )
-    return merged[0], merged[1]
+    return (merged[0], merged[1]) if len(merged) == 2 else None

@@ -42,6 +42,9 @@ Deviations from the reference code, all with the same math:
 - the backward reads the saved output (in the input dtype, as FlashAttention's backward does) for the
   denominator's gradient; fp16/bf16 gradients stay within the output's rounding of the float64 ones.
 
+Option `backend`: eager (these PyTorch forwards) or triton (the forward as Triton kernels on CUDA, reading
+q, k, v once: `triton_plan.py`; the same backward).
+
 Option `chunk_size` (default None = automatic): causal, the chunk length C of the masked C x C products
 (per position the forward's intra-chunk work is 4 C d FLOPs against 8 d^2 for the states; results are
 equal up to rounding); bidirectional, how many positions are processed at a time (memory and cache use only).
@@ -80,7 +83,7 @@ def cosformer_attention(
     backend: "eager" (PyTorch operators; the reference the other is tested against) or "triton" (the forward
     as three Triton kernel launches, `triton_plan.py`; the same backward). Triton needs CUDA tensors (or
     meta, for the accounting); float32, float16 or bfloat16; head dims up to 128; a causal chunk_size of
-    16, 32, 64 or 128."""
+    16, 32, 64 or 128 (at most 64 for float32 and float16 at head dims over 64)."""
     _check_shapes(q, k, v, causal)
     reasons = chunk_size_problems(chunk_size) + backend_problems(backend)
     if not reasons and backend == "triton":

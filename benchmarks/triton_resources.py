@@ -9,9 +9,10 @@ wait on local memory.
                                           [--length 64k] [--heads 16] [--head-dim 64] [--warps N]
                                           [--kernel causal_out_kernel,...]
 
-Measured with Triton 3.6.0 for sm_90, d = 64, chunk 64: bf16 key states 222 registers, no stack; bidirectional
-output 254, none; causal output 255 and a 208-byte stack at 8 warps (1088 bytes at 4); fp32 with "ieee" dots
-compiled to 32 registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-3 KB.
+Measured with Triton 3.6.0 for sm_90, d = 64, chunk 64: bf16 key states 230 registers, no stack; bidirectional
+output 255, none; causal output 255 and a 256-byte stack at 8 warps (1088 bytes at 4, with constexpr part
+sizes); Mixture's softmax and values 255, none (512 bytes at 4 warps); fp32 with "ieee" dots compiled to 32
+registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-2 KB.
 Exit status: 0 every kernel compiled within the target's shared memory, 1 one did not, 2 bad usage or no triton.
 """
 
@@ -34,7 +35,7 @@ KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel",
 # Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
 # compiled to more is refused at launch (Triton's OutOfResources).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-MIXTURE_KEYS = 512  # Combiner-Mixture's row part at N = 65536, causal: 256 direct keys and 256 column summaries
+MIXTURE_KEYS = 512  # any count: compiled kernels take the keys (and cosFormer's part sizes) at run time
 
 
 def main() -> int:

@@ -8,14 +8,15 @@ import triton.language as tl
 
 @triton.jit
 def softmax_values_kernel(
-    logits_ptr, values_ptr, out_ptr, lse_ptr, rows, width, inner_count, outer_stride, inner_stride, key_stride, column_stride,
-    KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    logits_ptr, values_ptr, out_ptr, lse_ptr, rows, keys, width, inner_count, outer_stride, inner_stride, key_stride, column_stride,
+    STATIC_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Program (row block, inner group, outer group), numbered in that order fastest first on one grid axis (the
-    others take at most 65,535): for BLOCK_M rows of one group's logits (rows, KEYS), fp32 and contiguous, the online
-    softmax over the keys in tiles of BLOCK_K applied to the group's values (KEYS, width), any strides; out
-    (rows, width) and lse (rows, 1), contiguous. KEYS is a constexpr: Triton's interpreter takes no tensor as a
+    others take at most 65,535): for BLOCK_M rows of one group's logits (rows, keys), fp32 and contiguous, the online
+    softmax over the keys in tiles of BLOCK_K applied to the group's values (keys, width), any strides; out
+    (rows, width) and lse (rows, 1), contiguous. STATIC_KEYS repeats `keys` as a constexpr for Triton's
+    interpreter only (0 when compiled, so that every key count runs one compiled kernel): it takes no tensor as a
     loop bound."""
     program = tl.program_id(0)
     blocks = tl.cdiv(rows, BLOCK_M)
@@ -27,16 +28,16 @@ def softmax_values_kernel(
     top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running row maximum
     total = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp(logit - top)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for first in range(0, KEYS, BLOCK_K):
+    for first in range(0, keys if STATIC_KEYS == 0 else STATIC_KEYS, BLOCK_K):
         key = first + tl.arange(0, BLOCK_K)
-        inside = (row < rows)[:, None] & (key < KEYS)[None, :]
-        logits = tl.load(logits_ptr + group * rows * KEYS + row[:, None] * KEYS + key[None, :], mask=inside, other=float("-inf"))
+        inside = (row < rows)[:, None] & (key < keys)[None, :]
+        logits = tl.load(logits_ptr + group * rows * keys + row[:, None] * keys + key[None, :], mask=inside, other=float("-inf"))
         new_top = tl.maximum(top, tl.max(logits, axis=1))
         shift = tl.where(new_top == float("-inf"), 0.0, new_top)  # a tile of masked keys only: no inf - inf
         weights = tl.exp(logits - shift[:, None])  # (BLOCK_M, BLOCK_K)
         rescale = tl.exp(top - shift)
         values = tl.load(values_at + key[:, None] * key_stride + column[None, :] * column_stride,
-                         mask=(key < KEYS)[:, None] & (column < width)[None, :], other=0.0)  # fmt: skip
+                         mask=(key < keys)[:, None] & (column < width)[None, :], other=0.0)  # fmt: skip
         if INTERPRETED:
             product = tl.dot(weights, values.to(tl.float32))  # the interpreter computes in fp32 whatever the precision
         else:

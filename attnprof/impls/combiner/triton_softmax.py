@@ -82,9 +82,11 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor
     rows, width = logits.shape[-2], values.shape[-1]
     grid = (-(-rows // BLOCK_M) * inner[0] * outer[0],)
     kernel = triton_kernels.softmax_values_kernel
-    constants = launch_constants(logits.shape[-1], width, exact, isinstance(kernel, InterpretedFunction))
+    keys = logits.shape[-1]
+    constants = launch_constants(keys, width, exact, isinstance(kernel, InterpretedFunction))
     with triton_support.on_device_of(logits):
-        kernel[grid](logits, values, out, lse, rows, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1), **constants)
+        kernel[grid](logits, values, out, lse, rows, keys, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1),
+                     **constants)  # fmt: skip
     return out, lse
 
 
@@ -93,7 +95,7 @@ def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = Fal
     compiles); exact: fp32 inputs ("tf32x3" products), else TF32."""
     from triton import next_power_of_2
 
-    return {"KEYS": keys, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K, "BLOCK_D": max(16, next_power_of_2(width)),
+    return {"STATIC_KEYS": keys if interpreted else 0, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K, "BLOCK_D": max(16, next_power_of_2(width)),
             "PRECISION": "tf32x3" if exact else "tf32", "INTERPRETED": interpreted, "num_warps": WARPS}  # fmt: skip
 
 

@@ -5,6 +5,8 @@ sequence and columns past the head dim are loaded as zeros (relu(0) = 0: they ad
 never stored. Sums are fp32. For bf16 inputs the dot operands are bf16, each rounded once from its fp32
 value as the eager bf16 plan rounds them (features, intra-chunk weights, the states the queries read); other
 inputs take fp32 operands (PRECISION "tf32x3" for fp32 inputs, "tf32" for fp16: `triton_plan.dot_precision`).
+Part sizes are runtime ints, so a sweep's lengths compile no new kernels; STATIC_ROWS repeats one as a
+constexpr for Triton's interpreter only (0 when compiled), which takes no tensor as a loop bound.
 INTERPRETED: Triton's interpreter, which runs these kernels in the CPU tests, computes bf16 dots wrongly and
 does not round to nearest when it casts to bf16; there a rounded operand stays in fp32, rounded to nearest
 even by its bits (the same value, and the same products, as the GPU's bf16 operand).
@@ -80,8 +82,8 @@ def _store_normalised(out_ptr, denominator_ptr, bh, rows, vcols, n, dv, numerato
 
 @triton.jit
 def key_states_kernel(
-    k_ptr, v_ptr, rotation_ptr, states_ptr, sums_ptr, n, d, dv, slots, first_slot,
-    ROWS_PER_PART: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    k_ptr, v_ptr, rotation_ptr, states_ptr, sums_ptr, n, d, dv, slots, first_slot, rows_per_part,
+    STATIC_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ROUND_HALF: tl.constexpr, INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Program (part, head), numbered part-fastest: the sums over the part's keys of phi(k)^T v, as its sin and cos
@@ -93,8 +95,8 @@ def key_states_kernel(
     state_cos = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
     sum_sin = tl.zeros((BLOCK_D,), dtype=tl.float32)
     sum_cos = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for offset in range(0, ROWS_PER_PART, BLOCK_N):  # constexpr bounds: the interpreter takes no tensor bounds
-        rows = part * ROWS_PER_PART + offset + tl.arange(0, BLOCK_N)  # the last part's rows past n load as zeros
+    for offset in range(0, rows_per_part if STATIC_ROWS == 0 else STATIC_ROWS, BLOCK_N):  # see STATIC_ROWS above
+        rows = part * rows_per_part + offset + tl.arange(0, BLOCK_N)  # the last part's rows past n load as zeros
         _, k_sin, k_cos, _, _ = _features(k_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)  # (BLOCK_N, BLOCK_D)
         k_sin, k_cos = _operand(k_sin, ROUND_HALF, INTERPRETED), _operand(k_cos, ROUND_HALF, INTERPRETED)
         values = _values(v_ptr, bh * n * dv, rows, vcols, n, dv, ROUND_HALF, INTERPRETED)  # (BLOCK_N, BLOCK_DV)
@@ -146,8 +148,8 @@ def bidirectional_out_kernel(
 
 @triton.jit
 def causal_out_kernel(
-    q_ptr, k_ptr, v_ptr, rotation_ptr, states_ptr, sums_ptr, out_ptr, denominator_ptr, n, d, dv, parts, eps,
-    ROWS_PER_PART: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, rotation_ptr, states_ptr, sums_ptr, out_ptr, denominator_ptr, n, d, dv, parts, eps, rows_per_part,
+    STATIC_ROWS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ROUND_HALF: tl.constexpr, INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Program (part, head): the part's chunks in order, carrying S and z from the sums over every earlier
@@ -158,8 +160,8 @@ def causal_out_kernel(
     part, bh = _split(tl.program_id(0), parts)
     cols, vcols, offsets = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV), tl.arange(0, CHUNK)
     state_sin, state_cos, sum_sin, sum_cos = _state_halves(states_ptr, sums_ptr, bh * parts + part, cols, vcols, d, dv)
-    for offset in range(0, ROWS_PER_PART, CHUNK):
-        rows = part * ROWS_PER_PART + offset + offsets  # the last part's rows past n are masked
+    for offset in range(0, rows_per_part if STATIC_ROWS == 0 else STATIC_ROWS, CHUNK):
+        rows = part * rows_per_part + offset + offsets  # the last part's rows past n are masked
         q_relu, q_sin, q_cos, sin, cos = _features(q_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)  # (C, BLOCK_D)
         k_relu, k_sin, k_cos, _, _ = _features(k_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)
         q_sin, q_cos = _operand(q_sin, ROUND_HALF, INTERPRETED), _operand(q_cos, ROUND_HALF, INTERPRETED)

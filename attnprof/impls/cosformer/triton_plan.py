@@ -154,7 +154,7 @@ def key_states(k: Tensor, v: Tensor, rotation: Tensor, rows_per_part: int, exclu
     if slots > exclusive:
         grid = ((slots - exclusive) * k.shape[0] * k.shape[1],)
         _launch("key_states_kernel", grid, k.dtype, k.shape[-1], v.shape[-1], rows_per_part)(
-            k, v, rotation, states, sums, k.shape[-2], k.shape[-1], v.shape[-1], slots, int(exclusive)
+            k, v, rotation, states, sums, k.shape[-2], k.shape[-1], v.shape[-1], slots, int(exclusive), rows_per_part
         )
     return states, sums
 
@@ -188,7 +188,7 @@ def causal_out(q: Tensor, k: Tensor, v: Tensor, rotation: Tensor, states: Tensor
     grid = (states.shape[2] * q.shape[0] * q.shape[1],)
     _launch("causal_out_kernel", grid, q.dtype, q.shape[-1], v.shape[-1], rows_per_part, chunk)(
         q, k, v, rotation, states.contiguous(), sums.contiguous(), out, denominator, q.shape[-2], q.shape[-1], v.shape[-1],
-        states.shape[2], eps)  # fmt: skip
+        states.shape[2], eps, rows_per_part)  # fmt: skip
     return out, denominator
 
 
@@ -213,14 +213,15 @@ def launch_constants(kernel: str, dtype, d: int, dv: int, rows_per_part: int = 0
 
     constants = {"BLOCK_D": max(16, next_power_of_2(d)), "BLOCK_DV": max(16, next_power_of_2(dv)), "ROUND_HALF": dtype == torch.bfloat16,
                  "INTERPRETED": interpreted, "PRECISION": dot_precision(dtype), "num_warps": 4}  # fmt: skip
+    static_rows = rows_per_part if interpreted else 0  # a part's size, a runtime int when compiled (triton_kernels)
     if kernel == "key_states_kernel":
-        return {**constants, "ROWS_PER_PART": rows_per_part, "BLOCK_N": math.gcd(KEY_BLOCK, rows_per_part)}
+        return {**constants, "STATIC_ROWS": static_rows, "BLOCK_N": math.gcd(KEY_BLOCK, rows_per_part)}
     if kernel == "bidirectional_out_kernel":
         return {**constants, "BLOCK_M": QUERY_BLOCK}
     # fp32 and fp16 operands stage S's fp32 halves through shared memory: one pipeline stage keeps the causal kernel
     # within an H100's 227 KiB a block (triton_resources.py; at d = 64, chunk 128, fp32: 294 KiB with Triton's 3)
     stages = {} if dtype == torch.bfloat16 else {"num_stages": 1}
-    return {**constants, "ROWS_PER_PART": rows_per_part, "CHUNK": chunk, "num_warps": CAUSAL_WARPS, **stages}
+    return {**constants, "STATIC_ROWS": static_rows, "CHUNK": chunk, "num_warps": CAUSAL_WARPS, **stages}
 
 
 def _launch(name: str, grid, dtype, d: int, dv: int, rows_per_part: int = 0, chunk: int = 0):

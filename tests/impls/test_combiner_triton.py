@@ -77,6 +77,10 @@ def test_softmax_values_gradients(interpreted):
     (expected_out * grad_out.double()).sum().add((expected_lse * grad_lse.double()).sum()).backward()
     torch.testing.assert_close(logits.grad.double(), logits64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(values.grad.double(), values64.grad, rtol=1e-5, atol=1e-5)
+    logits.grad = logits64.grad = None  # the log-normaliser alone: its gradient is the weights
+    (softmax_values(logits, values, True)[1] * grad_lse).sum().backward()
+    (expected_softmax_values(logits64, values64)[1] * grad_lse.double()).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), logits64.grad, rtol=1e-5, atol=1e-6)
 
 
 # ---- Mixture ---------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def test_the_fused_softmaxes_move_a_quarter_fewer_bytes_forward(causal, eager_gb
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize(("mode", "limit_gib"), [("fwd", 16), ("fwd_bwd", 48)])
 def test_peaks_stay_within_table_1(causal, mode, limit_gib):
-    """Counted: forward 5.3 GiB causal and 8.0 GiB bidirectional; forward + backward 19.3 and 27.7 GiB."""
+    """Counted: forward 5.3 GiB causal and 8.0 GiB bidirectional; forward + backward 19.3 and 24.7 GiB."""
     case = mixture_case(causal, mode, "triton")
     peak = account_call(make_call(impls.get("combiner-mixture").bind(case), make_inputs(case, device="meta"))).peak_bytes
     assert peak <= limit_gib * GiB

@@ -105,7 +105,7 @@ def triton_resources(*args):
 def test_triton_kernels_compile_for_the_gpu_without_spilling_much():
     """cosFormer's and Combiner-Mixture's kernels, compiled for sm_90 (the H100s and H200s here) by Triton's own
     compiler and ptxas, no GPU needed, within the target's shared memory (else exit 1). Measured, bf16, d = 64:
-    stacks of 0, 0, 256 and 0 bytes (key states, bidirectional, causal output, softmax and values). (For sm_80,
+    stacks of 0, 0, 232 and 0 bytes (key states, bidirectional, causal output, softmax and values). (For sm_80,
     --arch 80: 0, 48, 712 and 0; not run here, the GPUs lent to this project being H100s and H200s.)"""
     arch = 90
     result, rows = triton_resources("--arch", str(arch), "--dtype", "bf16,fp32")
@@ -123,12 +123,13 @@ CAUSAL_OUT = ("--kernel", "causal_out_kernel")
 @pytest.mark.parametrize(("args", "fits"), [
     (("--head-dim", "128", "--chunk", "64", "--dtype", "fp32"), True),  # the largest head dim the plans take (fp32: the most)
     (("--head-dim", "128", "--chunk", "128", "--dtype", "bf16", *CAUSAL_OUT), True),
-    (("--head-dim", "128", "--chunk", "128", "--dtype", "fp32", *CAUSAL_OUT), False),  # 256 KiB: the plan refuses it
-], ids=["d128-chunk64", "d128-chunk128-bf16", "d128-chunk128-fp32"])  # fmt: skip
+    (("--head-dim", "128", "--chunk", "128", "--dtype", "fp16", *CAUSAL_OUT), False),  # 256 KiB: the plan refuses it
+], ids=["d128-chunk64", "d128-chunk128-bf16", "d128-chunk128-fp16"])  # fmt: skip
 def test_the_largest_launches_the_plans_take_fit_an_h100s_shared_memory(args, fits):
     """A launch compiled to more shared memory than the GPU gives a block fails there (Triton's OutOfResources),
     never in the interpreter: fp32 and fp16 causal kernels at d = 128 and chunk 128 took 256 KiB of an H100's 227
-    (with Triton's default pipelining, 294 KiB at d = 64 too), found by a reviewer from these compiles."""
+    (with Triton's default pipelining, 294 KiB at d = 64 too), found by a reviewer from these compiles. After a
+    reorder of the same code fp32 takes 192 KiB there and fp16 still 256; the plan refuses both."""
     result, rows = triton_resources(*args)
     assert result.returncode == (0 if fits else 1), result.stdout + result.stderr
     over = [row[0] for row in rows if "over" in row]

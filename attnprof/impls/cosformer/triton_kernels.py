@@ -100,10 +100,7 @@ def key_states_kernel(
         _, k_sin, k_cos, _, _ = _features(k_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)  # (BLOCK_N, BLOCK_D)
         k_sin, k_cos = _operand(k_sin, ROUND_HALF, INTERPRETED), _operand(k_cos, ROUND_HALF, INTERPRETED)
         values = _values(v_ptr, bh * n * dv, rows, vcols, n, dv, ROUND_HALF, INTERPRETED)  # (BLOCK_N, BLOCK_DV)
-        state_sin += tl.dot(tl.trans(k_sin), values, input_precision=PRECISION)  # (BLOCK_D, BLOCK_DV)
-        state_cos += tl.dot(tl.trans(k_cos), values, input_precision=PRECISION)
-        sum_sin += tl.sum(k_sin.to(tl.float32), axis=0)  # (BLOCK_D,)
-        sum_cos += tl.sum(k_cos.to(tl.float32), axis=0)
+        state_sin, state_cos, sum_sin, sum_cos = _add_keys(state_sin, state_cos, sum_sin, sum_cos, k_sin, k_cos, values, PRECISION)
     inside = (cols < d)[:, None] & (vcols < dv)[None, :]
     slot = bh * slots + first_slot + part
     state_at = states_ptr + slot * 2 * d * dv + cols[:, None] * dv + vcols[None, :]
@@ -112,6 +109,24 @@ def key_states_kernel(
     sum_at = sums_ptr + slot * 2 * d + cols
     tl.store(sum_at, sum_sin, mask=cols < d)
     tl.store(sum_at + d, sum_cos, mask=cols < d)
+
+
+@triton.jit
+def _add_keys(state_sin, state_cos, sum_sin, sum_cos, k_sin, k_cos, values, PRECISION: tl.constexpr):
+    """S += phi(k)^T v and z += sum phi(k), halves apart: S's (BLOCK_D, BLOCK_DV), z's (BLOCK_D,)."""
+    state_sin += tl.dot(tl.trans(k_sin), values, input_precision=PRECISION)
+    state_cos += tl.dot(tl.trans(k_cos), values, input_precision=PRECISION)
+    return state_sin, state_cos, sum_sin + tl.sum(k_sin.to(tl.float32), axis=0), sum_cos + tl.sum(k_cos.to(tl.float32), axis=0)
+
+
+@triton.jit
+def _read_state(q_sin, q_cos, state_sin, state_cos, sum_sin, sum_cos, ROUND_HALF: tl.constexpr, INTERPRETED: tl.constexpr,
+                PRECISION: tl.constexpr):  # fmt: skip
+    """phi(q) S (the state rounded once to the operand dtype) and phi(q) . z (fp32): (R, BLOCK_DV), (R,)."""
+    numerator = tl.dot(q_sin, _operand(state_sin, ROUND_HALF, INTERPRETED), input_precision=PRECISION)
+    numerator += tl.dot(q_cos, _operand(state_cos, ROUND_HALF, INTERPRETED), input_precision=PRECISION)
+    row_sums = tl.sum(q_sin.to(tl.float32) * sum_sin[None, :], axis=1) + tl.sum(q_cos.to(tl.float32) * sum_cos[None, :], axis=1)
+    return numerator, row_sums
 
 
 @triton.jit
@@ -140,9 +155,7 @@ def bidirectional_out_kernel(
     _, q_sin, q_cos, _, _ = _features(q_ptr, bh * n * d, rows, cols, n, d, rotation_ptr)  # (BLOCK_M, BLOCK_D)
     q_sin, q_cos = _operand(q_sin, ROUND_HALF, INTERPRETED), _operand(q_cos, ROUND_HALF, INTERPRETED)
     state_sin, state_cos, sum_sin, sum_cos = _state_halves(states_ptr, sums_ptr, bh, cols, vcols, d, dv)
-    numerator = tl.dot(q_sin, _operand(state_sin, ROUND_HALF, INTERPRETED), input_precision=PRECISION)  # (BLOCK_M, BLOCK_DV)
-    numerator += tl.dot(q_cos, _operand(state_cos, ROUND_HALF, INTERPRETED), input_precision=PRECISION)
-    row_sums = tl.sum(q_sin.to(tl.float32) * sum_sin[None, :], axis=1) + tl.sum(q_cos.to(tl.float32) * sum_cos[None, :], axis=1)
+    numerator, row_sums = _read_state(q_sin, q_cos, state_sin, state_cos, sum_sin, sum_cos, ROUND_HALF, INTERPRETED, PRECISION)
     _store_normalised(out_ptr, denominator_ptr, bh, rows, vcols, n, dv, numerator, row_sums, eps, ROUND_HALF, INTERPRETED)
 
 
@@ -173,13 +186,8 @@ def causal_out_kernel(
         )
         reweight = cos[:, None] * cos[None, :] + sin[:, None] * sin[None, :]  # (C, C)
         weights = _operand(tl.where(offsets[:, None] >= offsets[None, :], logits * reweight, 0.0), ROUND_HALF, INTERPRETED)
-        numerator = tl.dot(weights, values, input_precision=PRECISION)  # (C, BLOCK_DV)
-        numerator += tl.dot(q_sin, _operand(state_sin, ROUND_HALF, INTERPRETED), input_precision=PRECISION)
-        numerator += tl.dot(q_cos, _operand(state_cos, ROUND_HALF, INTERPRETED), input_precision=PRECISION)
-        row_sums = tl.sum(weights.to(tl.float32), axis=1)  # (C,)
-        row_sums += tl.sum(q_sin.to(tl.float32) * sum_sin[None, :], axis=1) + tl.sum(q_cos.to(tl.float32) * sum_cos[None, :], axis=1)
+        numerator, row_sums = _read_state(q_sin, q_cos, state_sin, state_cos, sum_sin, sum_cos, ROUND_HALF, INTERPRETED, PRECISION)
+        numerator += tl.dot(weights, values, input_precision=PRECISION)  # (C, BLOCK_DV)
+        row_sums += tl.sum(weights.to(tl.float32), axis=1)  # (C,)
         _store_normalised(out_ptr, denominator_ptr, bh, rows, vcols, n, dv, numerator, row_sums, eps, ROUND_HALF, INTERPRETED)
-        state_sin += tl.dot(tl.trans(k_sin), values, input_precision=PRECISION)  # (BLOCK_D, BLOCK_DV)
-        state_cos += tl.dot(tl.trans(k_cos), values, input_precision=PRECISION)
-        sum_sin += tl.sum(k_sin.to(tl.float32), axis=0)
-        sum_cos += tl.sum(k_cos.to(tl.float32), axis=0)
+        state_sin, state_cos, sum_sin, sum_cos = _add_keys(state_sin, state_cos, sum_sin, sum_cos, k_sin, k_cos, values, PRECISION)

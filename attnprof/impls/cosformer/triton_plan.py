@@ -57,7 +57,8 @@ def chunk_problems(causal: bool, chunk_size) -> list[str]:
 
 def shape_problems(dtype, head_dim: int, causal: bool, chunk_size) -> list[str]:
     """What the kernels' registers and shared memory refuse: head dims over MAX_HEAD_DIM; causal chunks of 128 with
-    fp32 or fp16 inputs and head dims over 64 (256 KiB of shared memory a block, over an H100's 227 KiB:
+    fp32 or fp16 inputs and head dims over 64 (fp16: 256 KiB of shared memory a block, over an H100's 227 KiB;
+    fp32: 192 KiB, and 256 KiB before a reorder of the same code, too close to rely on:
     benchmarks/triton_resources.py --head-dim 128 --chunk 128)."""
     if head_dim > MAX_HEAD_DIM:
         return [f"cosformer backend=triton handles head dims up to {MAX_HEAD_DIM}, not {head_dim}"]

@@ -39,6 +39,7 @@ from attnprof.impls.base import planning_device_type
 from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, prepare, resolve_block, token_valid
 from attnprof.impls.combiner.mixture_masks import MixtureMasks
 from attnprof.impls.combiner.scan import prefix_max
+from attnprof.impls.combiner.triton_softmax import Band
 
 SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
 CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
@@ -78,8 +79,9 @@ def mixture_attention(
     out = []
     for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
-        row_part = (by_row[0, :, :, a:b], row_kv[:, :, :, a:b], functools.partial(masks.mask_row_part, a=a, b=b))  # (B, H, nb, m, D)
-        col_part = (by_col[0, ..., a:b, :], col_kv[..., :reach, :], functools.partial(masks.mask_column_part, a=a, b=b))  # (B, H, m, nb, D)
+        # queries (B, H, nb, m, D) and (B, H, m, nb, D); with fused, the kernel drops the causal triangles (the masks return them)
+        row_part = (by_row[0, :, :, a:b], row_kv[:, :, :, a:b], functools.partial(masks.mask_row_part, a=a, b=b, band=fused))
+        col_part = (by_col[0, ..., a:b, :], col_kv[..., :reach, :], functools.partial(masks.mask_column_part, a=a, b=b, band=fused))
         out.append(block(row_part, col_part))  # (B, H, nb, m, D)
     return finish(torch.cat(out, dim=-3).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
 
@@ -133,9 +135,9 @@ def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend=None) ->
     (..., M, D), (..., M, 1)."""
     logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
     with torch.no_grad():  # see MixtureMasks
-        mask(logits)
+        band = mask(logits)  # a causal triangle the fused kernel drops; None unless asked for
     if attend is not None:
-        return attend(logits, kv[1])
+        return attend(logits, kv[1], band=band)
     weights, lse = SoftmaxWithNormaliser.apply(logits)  # (..., M, K), (..., M, 1)
     del logits
     return weights @ kv[1], lse
@@ -195,8 +197,11 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
     for a, b in row_blocks(size, SUMMARY_BLOCKS):
         lo, hi = (a, size) if reverse else (0, b)  # the keys positions [a, b) can reach
         logits = pooled[0, ..., a:b, :] @ qkv[1, ..., lo:hi, :].transpose(-2, -1)  # (B, H, G, b - a, hi - lo)
+        band = None
         with torch.no_grad():  # as in the joint softmax (see MixtureMasks)
-            if valid is None:  # keys [a, b): u <= t (reverse) or u >= t is not strictly before / after the position
+            if valid is None and attend:  # the triangle below, dropped in the kernel: row i drops keys [a, a + i] or [a + i, b)
+                band = Band(0, 0, 1, 1) if reverse else Band(a - lo, 1, hi - lo)
+            elif valid is None:  # keys [a, b): u <= t (reverse) or u >= t is not strictly before / after the position
                 span = t[a:b]
                 drop = (span[None, :] <= span[:, None]) if reverse else (span[None, :] >= span[:, None])  # (b - a, b - a)
                 logits[..., a - lo : b - lo].masked_fill_(drop, mask_value(pooled))  # (B, H, G, b - a, b - a)
@@ -204,4 +209,5 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
                 outside = (t[None, lo:hi] <= t[a:b, None]) if reverse else (t[None, lo:hi] >= t[a:b, None])  # (b - a, hi - lo)
                 logits.masked_fill_(outside | ~valid[:, None, lo:hi], mask_value(pooled))  # (G, b - a, hi - lo)
         values = qkv[2, ..., lo:hi, :]  # (B, H, G, hi - lo, D)
-        out[1, ..., a:b, :] = attend(logits, values)[0] if attend else torch.softmax(logits, dim=-1) @ values  # (B, H, G, b - a, D)
+        # (B, H, G, b - a, D)
+        out[1, ..., a:b, :] = attend(logits, values, band=band)[0] if attend else torch.softmax(logits, dim=-1) @ values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls.combiner.common import mask_value
+from attnprof.impls.combiner.triton_softmax import Band
 
 NEG_INF = float("-inf")
 
@@ -39,11 +40,12 @@ class MixtureMasks:
         below = [(rows - 1, 0)] + ([(rows - 2, self.tail)] if self.padded and rows >= 2 else [])
         self.empty_regions = [above] if causal else [above, below]
 
-    def mask_row_part(self, logits: torch.Tensor, *, a: int, b: int) -> None:
-        """logits (B, H, b - a, m, m (1 + directions))."""
+    def mask_row_part(self, logits: torch.Tensor, *, a: int, b: int, band: bool = False) -> Band | None:
+        """logits (B, H, b - a, m, m (1 + directions)). band: the causal triangle is left to the fused kernel (returned)."""
         m = self.m
         direct = logits[..., :m]  # (B, H, nb, m, m)
-        if self.causal:
+        triangle = Band(1, 1, m) if self.causal and band else None  # query column c drops the keys c' in (c, m)
+        if self.causal and not band:
             direct.masked_fill_(torch.ones(m, m, dtype=torch.bool, device=logits.device).triu(1), NEG_INF)
         if self.padded and b == self.rows:
             direct[..., -1, :, self.tail :].fill_(NEG_INF)  # the last row's padded keys
@@ -53,16 +55,19 @@ class MixtureMasks:
             for row, first in empty:
                 if a <= row < b:
                     regions[..., row - a, :, first:].fill_(NEG_INF)
+        return triangle
 
-    def mask_column_part(self, logits: torch.Tensor, *, a: int, b: int) -> None:
-        """logits (B, H, m, b - a, reach), reach = 3 x (key rows formed)."""
+    def mask_column_part(self, logits: torch.Tensor, *, a: int, b: int, band: bool = False) -> Band | None:
+        """logits (B, H, m, b - a, reach), reach = 3 x (key rows formed). band: the causal triangle is left to the
+        fused kernel (returned)."""
         m, device = self.m, logits.device
         reach = logits.shape[-1] // 3
-        if self.causal:  # key rows before a are all earlier than the block's queries; within [a, b): r' >= r
+        triangle = Band(3 * a, 3, 3 * b) if self.causal and band else None  # query row a + i drops key rows a + i .. b - 1
+        if self.causal and not band:  # key rows before a are all earlier than the block's queries; within [a, b): r' >= r
             own = logits[..., 3 * a : 3 * b].unflatten(-1, (b - a, 3))  # (B, H, m, nb, nb, 3)
             r = torch.arange(b - a, device=device)
             own.masked_fill_((r[None, :] >= r[:, None])[..., None], NEG_INF)
-        else:
+        elif not self.causal:
             logits.unflatten(-1, (reach, 3)).diagonal(dim1=-3, dim2=-2).fill_(NEG_INF)  # (B, H, m, 3, rows): r' == r
         logits[..., 0, :, 1::3].fill_(NEG_INF)  # column 0: nothing left of it in any row
         logits[..., m - 1, :, 2::3].fill_(NEG_INF)  # column m - 1: nothing right of it
@@ -76,3 +81,4 @@ class MixtureMasks:
             logits.fill_(mask_value(logits))
         elif self.causal and a == 0:
             logits[..., 0, :].fill_(mask_value(logits))
+        return triangle

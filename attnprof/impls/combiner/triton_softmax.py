@@ -5,9 +5,10 @@ over its key blocks; for the two logit parts and for the summaries' local attent
 Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
 its logits, and reads them again for the product with the values (the parts also read the logits once more
 for the row maximum). Here the kernel reads the logits once and writes only the output and the
-log-normaliser. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved: 72.2 -> 53.7 GB
-causal, 85.0 -> 59.1 GB bidirectional. Forward + backward move 4-5% more than the eager plan (414 -> 430 GB,
-440 -> 460): the backward recomputes the weights.
+log-normaliser; the causal triangles are dropped in the kernel (Band), not filled in the logits. Counted on meta at
+N = 65536, B = 1, H = 16, bf16, forward, bytes moved: 72.2 -> 46.8 GB causal, 85.0 -> 54.8 GB bidirectional (53.7
+and 59.1 with the triangles filled). Forward + backward move 4-5% more than the eager plan (414 -> 430 GB,
+440 -> 460): the backward recomputes the weights, and drops the band from them.
 
 The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits
 (where the eager plan saves the weights: the same bytes), and uses FlashAttention's identity
@@ -17,6 +18,8 @@ Checked on the CPU through Triton's interpreter, and compiled for sm_90 by bench
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -25,23 +28,64 @@ from attnprof.impls import triton_support
 
 BLOCK_M, BLOCK_K = 64, 64  # query rows and keys per tile
 MAX_HEAD_DIM = 128  # the accumulator (BLOCK_M, head dim) in registers; at 128 fp32, 193 KiB of shared memory
-# Compiled for sm_90 (benchmarks/triton_resources.py), bf16 inputs, d = 64: 4 warps spill 512 bytes a thread, 8 none
+# Compiled for sm_90 (benchmarks/triton_resources.py), bf16 inputs, d = 64: 4 warps spill 888 bytes a thread, 8 spill 32
+# (512 and 0 before the kernel took the band)
 WARPS = 8
 
 
-def softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class Band:
+    """Keys dropped in the kernel instead of by a fill of the logits: row r of a group's logits (M, K) drops the
+    keys from `start + (start_step r) // divisor` up to, not including, `end + (end_step r) // divisor`. A causal
+    triangle over the first m keys is Band(1, 1, m); Combiner's own-region diagonal over grid rows of s queries
+    (M = L, K = the regions) is Band(0, 1, 1, 1, s).
+
+    Why: a masked fill reads and writes the whole logits tensor (at N = 65536, causal Mixture's triangles were
+    7.0 of the 53.7 GB its forward moved, counted on meta); the kernel reads each logit once anyway, and drops these."""
+
+    start: int
+    start_step: int
+    end: int
+    end_step: int = 0
+    divisor: int = 1
+
+    def __post_init__(self):
+        if min(self.start_step, self.end_step) < 0 or self.divisor < 1:
+            raise ValueError(f"a band's steps must be >= 0 and its divisor >= 1: {self}")
+
+    def drop_weights_(self, weights: Tensor) -> None:
+        """Zero the weights (..., M, K) the band drops, in place: the backward's, recomputed from logits it never
+        filled. Only the keys some row drops are touched: the band's span, [start, the last row's end)."""
+        rows, keys = weights.shape[-2:]
+        low = min(self.start, keys)
+        high = min(max(low, self.end + self.end_step * (rows - 1) // self.divisor), keys)
+        row = torch.arange(rows, device=weights.device)[:, None]  # (M, 1)
+        key = torch.arange(low, high, device=weights.device)  # (span,)
+        dropped = (key >= self.start + self.start_step * row // self.divisor) & (key < self.end + self.end_step * row // self.divisor)
+        weights[..., low:high].masked_fill_(dropped, 0.0)  # (..., M, span)
+
+    def as_ints(self) -> list[int]:
+        return [self.start, self.start_step, self.end, self.end_step, self.divisor]
+
+
+NO_BAND = Band(0, 0, 0)
+
+
+def softmax_values(logits: Tensor, values: Tensor, exact: bool, band: Band | None = None) -> tuple[Tensor, Tensor]:
     """softmax(logits) @ values and logsumexp(logits), over the last axis of logits (..., M, K) and the
-    keys of values (..., K, D), with autograd. Every row must hold a finite logit (MixtureMasks sees to it).
+    keys of values (..., K, D), with autograd; `band`: keys dropped as if their logits were -inf (see Band). A row
+    with no key left gives out 0 and lse -inf, which weighs 0 in a merge by log-normalisers.
     exact: fp32 inputs, whose products the eager plan takes in fp32 (here "tf32x3": three TF32 products); half
     inputs take TF32, as their eager plan does on CUDA (precision.py)."""
-    return SoftmaxValues.apply(logits, values, exact)
+    return SoftmaxValues.apply(logits, values, exact, band or NO_BAND)
 
 
 class SoftmaxValues(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, values, exact: bool):
-        out, lse = torch.ops.attnprof.softmax_values(logits, values, exact)
+    def forward(ctx, logits, values, exact: bool, band: Band):
+        out, lse = torch.ops.attnprof.softmax_values(logits, values, exact, band.as_ints())
         ctx.save_for_backward(logits, values, out, lse)
+        ctx.band = band
         return out, lse
 
     @staticmethod
@@ -49,12 +93,16 @@ class SoftmaxValues(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         logits, values, out, lse = ctx.saved_tensors
         # autograd hands an unused output's gradient in as zeros (materialised), never None
-        weights = torch.sub(logits, lse).exp_()  # (..., M, K)
+        # A row with no key (lse -inf) holds only -inf logits and dropped ones: shifted by 0, not by -inf (inf - inf),
+        # the first exponentiate to 0, and the band's fill zeroes the others (whatever exp made of them).
+        weights = torch.sub(logits, lse.masked_fill(torch.isneginf(lse), 0.0)).exp_()  # (..., M, K)
+        if ctx.band != NO_BAND:
+            ctx.band.drop_weights_(weights)
         grad_values = weights.transpose(-2, -1) @ grad_out  # (..., K, D)
         grad_weights = grad_out @ values.transpose(-2, -1)  # (..., M, K)
         # sum_j w_j dW_j = dout . out (out = w @ values); the normaliser's gradient w g_lse joins softmax's backward
         shift = (grad_out * out).sum(-1, keepdim=True) - grad_lse  # (..., M, 1)
-        return grad_weights.sub_(shift).mul_(weights), grad_values, None  # w (dW - shift): two passes over the weights' size
+        return grad_weights.sub_(shift).mul_(weights), grad_values, None, None  # w (dW - shift): two passes over the weights' size
 
 
 def _buffers(logits, values):
@@ -63,7 +111,7 @@ def _buffers(logits, values):
 
 
 @torch.library.custom_op("attnprof::softmax_values", mutates_args=())
-def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
+def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: list[int]) -> tuple[Tensor, Tensor]:
     from triton.runtime.interpreter import InterpretedFunction
 
     from attnprof.impls.combiner import triton_kernels
@@ -84,7 +132,7 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool) -> tuple[Tensor
     constants = launch_constants(keys, width, exact, isinstance(kernel, InterpretedFunction))
     with triton_support.on_device_of(logits):
         kernel[grid](logits, values, out, lse, rows, keys, width, inner[0], outer[1], inner[1], values.stride(-2), values.stride(-1),
-                     **constants)  # fmt: skip
+                     *band, **constants)  # fmt: skip
     return out, lse
 
 
@@ -98,7 +146,7 @@ def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = Fal
 
 
 @_softmax_values.register_fake
-def _(logits, values, exact):
+def _(logits, values, exact, band):
     return _buffers(logits, values)
 
 

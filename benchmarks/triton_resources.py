@@ -1,4 +1,4 @@
-"""The Triton kernels (cosFormer's and Combiner-Mixture's backend=triton) compiled for a GPU on any machine
+"""The Triton kernels (cosFormer's and Combiner's backend=triton) compiled for a GPU on any machine
 (no GPU needed): Triton's compiler and the ptxas and cuobjdump its package carries. For each kernel, as the
 plans launch it (triton_plan.launch_constants, triton_softmax.launch_constants), one line with the registers
 per thread, the local-memory stack (spilled registers) and the dynamic shared memory. A kernel that does not

@@ -1,4 +1,4 @@
-"""What the impls' Triton backends (cosformer and combiner-mixture backend=triton) share: whether Triton is
+"""What the impls' Triton backends (cosformer, combiner-fixed and combiner-mixture backend=triton) share: whether Triton is
 there, whether its interpreter is on, and the reasons a call or a case is refused."""
 
 from __future__ import annotations

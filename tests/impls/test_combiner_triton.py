@@ -1,6 +1,6 @@
-"""Combiner-Mixture's backend="triton" on the CPU, through Triton's interpreter (the kernel a GPU compiles): the
-fused softmax-and-values kernel against torch, Mixture against the explicit N x N matrix, outputs and
-gradients, its counts on `meta` and its refusals."""
+"""Combiner's backend="triton" (Fixed and Mixture) on the CPU, through Triton's interpreter (the kernel a GPU
+compiles): the fused softmax-and-values kernel against torch, the variants against the explicit N x N matrix,
+outputs and gradients, their counts on `meta` and the refusals."""
 
 from __future__ import annotations
 
@@ -133,32 +133,35 @@ def test_softmax_values_drops_the_band(interpreted, case):
     torch.testing.assert_close(values.grad.double(), values64.grad, rtol=1e-5, atol=1e-5)
 
 
-# ---- Mixture ---------------------------------------------------------------------------------------
+# ---- the variants ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", ["fixed", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize(("n", "block"), [(50, 8), (37, 16), (100, None), (20, 32)])
-def test_mixture_matches_the_explicit_matrix_with_its_gradients(interpreted, causal, n, block):
-    """Ragged grids, a one-row grid (block 32 > n = 20): outputs and gradients of fp32 inputs against the float64
-    effective matrix. Measured: 1.2-2.2e-7 (outputs), 2.2-2.7e-7 (gradients)."""
+def test_variant_matches_the_explicit_matrix_with_its_gradients(interpreted, variant, causal, n, block):
+    """Ragged grids, one block or one row (block 32 > n = 20: Fixed's queries then have no region, Mixture's no
+    column key): outputs and gradients of fp32 inputs against the float64 effective matrix. Measured, Mixture:
+    1.2-2.2e-7 (outputs), 2.2-2.7e-7 (gradients); Fixed: 2.4-4.5e-7 and 4.6-9.4e-7."""
     q, k, v = (randn(2, 2, n, 16, seed=seed, dtype=torch.float64) for seed in (11, 12, 13))
     grad = randn(2, 2, n, 16, seed=14, dtype=torch.float64)
     leaves64 = [t.clone().requires_grad_() for t in (q, k, v)]
-    expected = combiner_reference(*leaves64, variant="mixture", causal=causal, block_size=block)
+    expected = combiner_reference(*leaves64, variant=variant, causal=causal, block_size=block)
     expected.backward(grad)
     leaves = [t.float().requires_grad_() for t in (q, k, v)]
-    out = combiner_attention(*leaves, variant="mixture", causal=causal, block_size=block, backend="triton")
+    out = combiner_attention(*leaves, variant=variant, causal=causal, block_size=block, backend="triton")
     out.backward(grad.float())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
     for mine, theirs in zip(leaves, leaves64, strict=True):
         torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["fixed", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_mixture_bf16_stays_within_its_tolerance(interpreted, causal):
+def test_bf16_stays_within_its_tolerance(interpreted, variant, causal):
     q, k, v = (randn(1, 2, 300, 32, seed=seed).to(torch.bfloat16) for seed in (21, 22, 23))
-    expected = combiner_reference(q.double(), k.double(), v.double(), variant="mixture", causal=causal)
-    out = combiner_attention(q, k, v, variant="mixture", causal=causal, backend="triton")
+    expected = combiner_reference(q.double(), k.double(), v.double(), variant=variant, causal=causal)
+    out = combiner_attention(q, k, v, variant=variant, causal=causal, backend="triton")
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert float((out.double() - expected).norm() / expected.norm()) < TOLERANCE["bfloat16"]
 
@@ -166,13 +169,13 @@ def test_mixture_bf16_stays_within_its_tolerance(interpreted, causal):
 # ---- counted on meta (the plan a GPU runs) ------------------------------------------------------------
 
 
-def mixture_case(causal: bool, mode: str, backend: str) -> Case:
-    return Case(impl="combiner-mixture", seq_len=65536, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode,
+def case_64k(variant: str, causal: bool, mode: str, backend: str) -> Case:
+    return Case(impl=f"combiner-{variant}", seq_len=65536, heads=16, head_dim=64, dtype="bfloat16", causal=causal, mode=mode,
                 options=(("backend", backend),))  # fmt: skip
 
 
 def moved_gb(case: Case) -> float:
-    call = make_call(impls.get("combiner-mixture").bind(case), make_inputs(case, device="meta"))
+    call = make_call(impls.get(case.impl).bind(case), make_inputs(case, device="meta"))
     with op_tally() as tally:
         call()
     return (tally.bytes_read + tally.bytes_written) / 1e9
@@ -184,16 +187,28 @@ def test_the_fused_softmaxes_move_a_third_fewer_bytes_forward(causal, eager_gb, 
     plan's 72.2 and 85.0: the weights of the logit parts and of the summaries are never written, nor read for the
     row maximum and the product (fusing the parts alone: 58.6 and 65.5), and the causal triangles are dropped in the
     kernel instead of filled (53.7 and 59.1 with the fills)."""
-    assert moved_gb(mixture_case(causal, "fwd", "eager")) == pytest.approx(eager_gb, abs=0.1)
-    assert moved_gb(mixture_case(causal, "fwd", "triton")) <= max_gb
+    assert moved_gb(case_64k("mixture", causal, "fwd", "eager")) == pytest.approx(eager_gb, abs=0.1)
+    assert moved_gb(case_64k("mixture", causal, "fwd", "triton")) <= max_gb
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize(("mode", "limit_gib"), [("fwd", 16), ("fwd_bwd", 48)])
-def test_peaks_stay_within_table_1(causal, mode, limit_gib):
-    """Counted: forward 5.3 GiB causal and 8.0 GiB bidirectional; forward + backward 19.3 and 24.7 GiB."""
-    case = mixture_case(causal, mode, "triton")
-    peak = account_call(make_call(impls.get("combiner-mixture").bind(case), make_inputs(case, device="meta"))).peak_bytes
+@pytest.mark.parametrize(("mode", "eager_gb", "max_gb"), [("fwd", (25.6, 27.7), 11.5), ("fwd_bwd", (91.3, 95.6), 62)])
+def test_fixed_fused_parts_move_under_half_the_bytes_forward(causal, mode, eager_gb, max_gb):
+    """N = 65536, B = 1, H = 16, bf16, counted: forward 11.1 GB both ways, forward + backward 59.4 bidirectional and
+    61.6 causal; the eager joint softmax (masked fills, max, shift, exponentiate, sum, in place): 25.6 / 27.7 and
+    91.3 / 95.6."""
+    assert moved_gb(case_64k("fixed", causal, mode, "eager")) == pytest.approx(eager_gb[causal], abs=0.1)
+    assert moved_gb(case_64k("fixed", causal, mode, "triton")) <= max_gb
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize(("variant", "mode", "limit_gib"), [("fixed", "fwd", 8), ("fixed", "fwd_bwd", 24), ("mixture", "fwd", 16),
+                                                            ("mixture", "fwd_bwd", 48)])  # fmt: skip
+def test_peaks_stay_within_table_1(variant, causal, mode, limit_gib):
+    """Counted: Mixture forward 5.3 GiB causal and 8.0 GiB bidirectional, forward + backward 19.3 and 24.7 GiB;
+    Fixed 3.0 and 6.2 GiB both ways (eager: 3.3 and 8.1)."""
+    case = case_64k(variant, causal, mode, "triton")
+    peak = account_call(make_call(impls.get(case.impl).bind(case), make_inputs(case, device="meta"))).peak_bytes
     assert peak <= limit_gib * GiB
 
 
@@ -201,8 +216,8 @@ def test_peaks_stay_within_table_1(causal, mode, limit_gib):
 
 
 def test_refusals(monkeypatch):
-    with pytest.raises(UsageError, match="backend=triton is Combiner-Mixture's only"):
-        impls.get("combiner-fixed").resolve_options({"backend": "triton"})
+    with pytest.raises(UsageError, match="backend=triton is for combiner-fixed and combiner-mixture .*, not combiner-axial"):
+        impls.get("combiner-axial").resolve_options({"backend": "triton"})
     mixture = impls.get("combiner-mixture")
     assert mixture.resolve_options({"backend": "triton"}) == {"block_size": None, "backend": "triton"}
     cpu = Case(impl="combiner-mixture", seq_len=1024, device="cpu", options=(("backend", "triton"),))

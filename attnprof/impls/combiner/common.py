@@ -121,6 +121,15 @@ def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple
     return weights, total
 
 
+def merge_by_normalisers(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """The softmax over two sets of keys from each set's own softmax output (..., M, D) and log-normaliser (..., M, 1),
+    as flash attention merges key blocks. A set with no key (lse -inf) weighs 0; the other must hold one."""
+    lse = torch.logaddexp(lse_a, lse_b)  # (..., M, 1): the joint log-normaliser
+    # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
+    # keeps its outputs for its backward, which eager bmm does not.
+    return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
+
+
 def _unswap(x: torch.Tensor, swapped: bool) -> torch.Tensor:
     return x.transpose(-2, -1) if swapped else x
 

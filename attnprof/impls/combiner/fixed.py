@@ -3,7 +3,8 @@
 Query i in block b sees the keys of its own block directly (causal: j <= i) and every other block
 b' (causal: b' < b) through one summary: key = max-pool of the block's keys, value = softmax
 attention of the block's max-pooled query over the block. One joint softmax over the s direct
-logits and the nb region logits, as TF `sqrt_fixed_full` / JAX `_SelfAttSqrtn` compute it.
+logits and the nb region logits, as TF `sqrt_fixed_full` / JAX `_SelfAttSqrtn` compute it (with
+backend="triton", each part's own softmax in the fused kernel, merged by log-normalisers: the same softmax).
 
 Deviation from the reference code: in bidirectional mode TF leaves the region logits unmasked,
 so the own block is counted twice (directly and as a summary); here it is counted once (paper
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from attnprof.impls.combiner.common import finish, joint_softmax, local_attention, masked_max, to_blocks
+from attnprof.impls.combiner.common import finish, joint_softmax, local_attention, masked_max, merge_by_normalisers, to_blocks
+from attnprof.impls.combiner.triton_softmax import Band, fused_attend
 
 
 def fixed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, block_size: int | None = None, fused: bool = False
 ) -> torch.Tensor:
+    """fused: the direct and the region logits each through the fused softmax kernel, merged by their
+    log-normalisers (backend="triton", see _fused_parts), instead of one joint softmax in eager ops."""
     n = q.shape[-2]
     (qb, kb, vb), pad = to_blocks(q, k, v, block_size)  # (B, H, nb, s, D) each; pad (nb, s) or None
     nb, s = qb.shape[-3], qb.shape[-2]
@@ -27,6 +31,8 @@ def fixed_attention(
     k_hat = masked_max(kb, None if pad is None else pad[..., None], dim=-2)  # (B, H, nb, D)
     q_hat = masked_max(qb, None if pad is None else pad[..., None], dim=-2)  # (B, H, nb, D)
     v_hat = local_attention(q_hat, kb, vb, None if pad is None else ~pad)  # (B, H, nb, D)
+    if fused:
+        return finish(_fused_parts(qb, kb, vb, k_hat, v_hat, n, causal, fused_attend(q.dtype)), n, q.dtype)  # (B, H, N, D)
     direct = qb @ kb.transpose(-2, -1)  # (B, H, nb, s, s)
     region = (qs @ k_hat.transpose(-2, -1)).unflatten(-2, (nb, s))  # (B, H, nb, s, nb)
     parts = [(direct, _direct_drop(pad, s, causal, q.device), False), (region, _region_drop(nb, causal, q.device), False)]
@@ -51,3 +57,26 @@ def _region_drop(nb: int, causal: bool, device) -> torch.Tensor:
     b = torch.arange(nb, device=device)  # (nb,)
     drop = b[None, :] >= b[:, None] if causal else b[None, :] == b[:, None]  # (nb, nb)
     return drop[:, None, :]  # (nb, 1, nb)
+
+
+def _fused_parts(qb, kb, vb, k_hat, v_hat, n: int, causal: bool, attend) -> torch.Tensor:
+    """The direct and the region part each through the fused softmax kernel (triton_softmax), merged by their
+    log-normalisers: their weights are never written, and the kernel drops the masks' keys (Band) where the joint
+    softmax filled them in the logits. One part at a time, as Mixture's merged plan: no more logits alive at once
+    than the joint plan holds. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved: see
+    combiner_attention. qb, kb, vb (B, H, nb, s, D); k_hat, v_hat (B, H, nb, D) -> (B, H, L, D). attend: fused_attend
+    of the inputs' dtype."""
+    nb, s = qb.shape[-3], qb.shape[-2]
+    direct = qb @ kb.transpose(-2, -1)  # (B, H, nb, s, s)
+    tail = n - (nb - 1) * s  # real tokens in the last block, 1 .. s
+    if tail < s:
+        with torch.no_grad():  # a dropped logit weighs 0 and gets no gradient: autograd need not know of the fill
+            direct[..., -1, :, tail:].fill_(float("-inf"))  # the last block's padded keys (no other block holds padding)
+    direct_out, direct_lse = attend(direct, vb, band=Band(1, 1, s) if causal else None)  # (B, H, nb, s, D), (B, H, nb, s, 1)
+    del direct
+    region = qb.flatten(-3, -2) @ k_hat.transpose(-2, -1)  # (B, H, L, nb): query row t against block summaries
+    # query t of block t // s drops the summaries of blocks t // s .. nb - 1 (causal) or of its own block alone; the
+    # first block's queries keep none when causal (and every query of a one-block sequence): lse -inf, weight 0
+    band = Band(0, 1, nb, 0, s) if causal else Band(0, 1, 1, 1, s)
+    region_out, region_lse = attend(region, v_hat, band=band)  # (B, H, L, D), (B, H, L, 1)
+    return merge_by_normalisers(direct_out.flatten(-3, -2), direct_lse.flatten(-3, -2), region_out, region_lse)

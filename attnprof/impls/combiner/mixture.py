@@ -36,10 +36,10 @@ import functools
 import torch
 
 from attnprof.impls.base import planning_device_type
-from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, prepare, resolve_block, token_valid
+from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, merge_by_normalisers, prepare, resolve_block, token_valid
 from attnprof.impls.combiner.mixture_masks import MixtureMasks
 from attnprof.impls.combiner.scan import prefix_max
-from attnprof.impls.combiner.triton_softmax import Band
+from attnprof.impls.combiner.triton_softmax import Band, fused_attend
 
 SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
 CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
@@ -58,7 +58,7 @@ def mixture_attention(
     by_row = torch.stack(prepare(q, k, v, rows * m)).unflatten(-2, (rows, m))  # (3, B, H, rows, m, D)  q, k, v stacked
     by_col = by_row.transpose(-3, -2).contiguous()  # (3, B, H, m, rows, D)
     directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
-    attend = _fused_attend(q.dtype) if fused else None  # the summaries' softmax and values, fused (backend=triton)
+    attend = fused_attend(q.dtype) if fused else None  # the summaries' softmax and values, fused (backend=triton)
     # Keys and values of the two layouts, the summaries written straight into their slots (a stack and a cat per
     # summary, then one of all of them, were 23% of the CPU time at N = 8192: ~770 MB copied per call).
     width = by_row.shape[-1]
@@ -122,16 +122,13 @@ def _merged_block(row_part, col_part, part=None) -> torch.Tensor:
     part = part or _part_softmax
     row_out, lse_row = part(*row_part)  # (B, H, nb, m, D), (B, H, nb, m, 1)
     col_out, lse_col = (x.transpose(-3, -2) for x in part(*col_part))  # (B, H, nb, m, D), (B, H, nb, m, 1)
-    lse = torch.logaddexp(lse_row, lse_col)  # (B, H, nb, m, 1): the joint log-normaliser
-    # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
-    # keeps its outputs for its backward, which eager bmm does not.
-    return row_out * torch.exp(lse_row - lse) + col_out * torch.exp(lse_col - lse)
+    return merge_by_normalisers(row_out, lse_row, col_out, lse_col)
 
 
 def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A part's own softmax over its keys applied to their values, and its log-normaliser. `mask` fills the
     logits in place; every row must keep a finite logit (MixtureMasks sees to it): a row of -inf only would
-    softmax to NaN. attend: both steps in one kernel (_fused_attend). queries (..., M, D), kv (2, ..., K, D) ->
+    softmax to NaN. attend: both steps in one kernel (triton_softmax.fused_attend). queries (..., M, D), kv (2, ..., K, D) ->
     (..., M, D), (..., M, 1)."""
     logits = queries @ kv[0].transpose(-2, -1)  # (..., M, K)
     with torch.no_grad():  # see MixtureMasks
@@ -141,13 +138,6 @@ def _part_softmax(queries: torch.Tensor, kv: torch.Tensor, mask, attend=None) ->
     weights, lse = SoftmaxWithNormaliser.apply(logits)  # (..., M, K), (..., M, 1)
     del logits
     return weights @ kv[1], lse
-
-
-def _fused_attend(dtype):
-    """softmax_values (triton_softmax.py) for inputs of `dtype`: (logits, values) -> (out, lse)."""
-    from attnprof.impls.combiner.triton_softmax import softmax_values
-
-    return functools.partial(softmax_values, exact=dtype == torch.float32)
 
 
 class SoftmaxWithNormaliser(torch.autograd.Function):

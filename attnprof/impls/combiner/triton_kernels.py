@@ -1,4 +1,4 @@
-"""The Triton kernel of Combiner-Mixture's backend="triton" (launched by `triton_softmax.py`)."""
+"""The Triton kernel of Combiner's backend="triton", Fixed and Mixture (launched by `triton_softmax.py`)."""
 
 from __future__ import annotations
 

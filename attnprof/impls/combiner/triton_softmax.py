@@ -1,6 +1,6 @@
-"""Combiner-Mixture's softmaxes through one Triton kernel each (the option backend="triton"): softmax(logits)
-applied to the values, and the log-normaliser, in one pass over the masked logits, as flash attention does
-over its key blocks; for the two logit parts and for the summaries' local attention.
+"""Combiner's softmaxes through one Triton kernel each (the option backend="triton", Fixed and Mixture):
+softmax(logits) applied to the values, and the log-normaliser, in one pass over the masked logits, as flash
+attention does over its key blocks; for each variant's two logit parts and for Mixture's summaries.
 
 Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
 its logits, and reads them again for the product with the values (the parts also read the logits once more
@@ -18,6 +18,7 @@ Checked on the CPU through Triton's interpreter, and compiled for sm_90 by bench
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,12 @@ def softmax_values(logits: Tensor, values: Tensor, exact: bool, band: Band | Non
     exact: fp32 inputs, whose products the eager plan takes in fp32 (here "tf32x3": three TF32 products); half
     inputs take TF32, as their eager plan does on CUDA (precision.py)."""
     return SoftmaxValues.apply(logits, values, exact, band or NO_BAND)
+
+
+def fused_attend(dtype: torch.dtype):
+    """softmax_values for inputs of `dtype` (fp32 inputs take the exact products): (logits, values, band=None) ->
+    (out, lse)."""
+    return functools.partial(softmax_values, exact=dtype == torch.float32)
 
 
 class SoftmaxValues(torch.autograd.Function):

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 
-KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", "softmax_values_kernel")
+COMBINER_KERNELS = ("softmax_values_kernel", "prefix_max_kernel", "prefix_max_kernel_reversed")  # the last: REVERSE=True
+KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", *COMBINER_KERNELS)
 # Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
 # compiled to more is refused at launch (Triton's OutOfResources).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -76,11 +77,13 @@ def launch_constants(kernel: str, dtype, args) -> dict:
     """The constexprs and num_warps the plans launch `kernel` with, for inputs of `dtype`."""
     import torch
 
-    from attnprof.impls.combiner import triton_softmax
+    from attnprof.impls.combiner import triton_scan, triton_softmax
     from attnprof.impls.cosformer import triton_plan
 
     if kernel == "softmax_values_kernel":  # fp32 logits and values whatever the inputs (Combiner upcasts halves)
         return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32)
+    if kernel.startswith("prefix_max_kernel"):
+        return triton_scan.launch_constants(args.head_dim, reverse=kernel.endswith("_reversed"))
     tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
     rows = triton_plan.parts_of(args.length, args.heads, tile)
     return triton_plan.launch_constants(kernel, dtype, args.head_dim, args.head_dim, rows, args.chunk)
@@ -88,6 +91,7 @@ def launch_constants(kernel: str, dtype, args) -> dict:
 
 def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
     """Compile `kernel` for sm_<arch> and read its resource usage from the cubin."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -95,10 +99,11 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
     from attnprof.impls.combiner import triton_kernels as combiner_kernels
     from attnprof.impls.cosformer import triton_kernels as cosformer_kernels
 
-    fn = getattr(combiner_kernels if kernel == "softmax_values_kernel" else cosformer_kernels, kernel)
+    combiner = kernel in COMBINER_KERNELS
+    fn = getattr(combiner_kernels if combiner else cosformer_kernels, kernel.removesuffix("_reversed"))
     constants = dict(constants)
     options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
-    source = ASTSource(fn=fn, signature=signature(fn.arg_names, dtype, constants), constexprs=constants)
+    source = ASTSource(fn=fn, signature=signature(fn.arg_names, torch.float32 if combiner else dtype, constants), constexprs=constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "kernel.cubin"
@@ -113,8 +118,9 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
 
 def signature(names, dtype, constants: dict) -> dict[str, str]:
-    """Triton types of a kernel's arguments: cosFormer's q, k, v and out in the input dtype, every other pointer
-    fp32 (Combiner's logits and values too), eps fp32, the rest int32 (as torch passes them), the constexprs."""
+    """Triton types of a kernel's arguments: q, k, v and out in `dtype` (the inputs' for cosFormer; fp32 for
+    Combiner, which upcasts halves before its kernels), every other pointer fp32, eps fp32, the rest int32 (as
+    torch passes them), the constexprs."""
     triton_type = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
     kinds = {}
     for name in names:

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from combiner_helpers import naive_prefix_max
 
 from attnprof import impls
 from attnprof.accounting import account_call
@@ -107,19 +108,6 @@ def test_half_inputs_stay_finite_at_a_long_length(variant, causal, dtype):
     assert torch.linalg.vector_norm(out.float() - full) / torch.linalg.vector_norm(full) < 2e-2
 
 
-def _naive_prefix_max(x, dim, reverse, valid):
-    """Position by position: the max over the valid entries strictly before t (after, reversed), else 0."""
-    x = x.masked_fill(~valid, float("-inf")) if valid is not None else x
-    out = torch.zeros_like(x)
-    size = x.shape[dim]
-    for t in range(size):
-        others = x.narrow(dim, t + 1, size - t - 1) if reverse else x.narrow(dim, 0, t)
-        if others.shape[dim]:
-            best = others.amax(dim)
-            out.select(dim, t).copy_(best.masked_fill(best == float("-inf"), 0.0))
-    return out
-
-
 @pytest.mark.parametrize("dim,reverse,padded", list(itertools.product((1, 2), (False, True), (False, True))))
 @pytest.mark.parametrize("shape", [(2, 9, 11, 3), (1, 16, 2, 2), (1, 2, 17, 2), (1, 1, 1, 2)], ids=["ragged", "16", "17", "1"])
 def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape):
@@ -128,7 +116,7 @@ def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     cells = shape[1] * shape[2]
     valid = (torch.arange(cells).view(shape[1], shape[2], 1) < max(1, cells * 4 // 5)) if padded else None  # a padded tail
-    expected = _naive_prefix_max(x, dim, reverse, valid)
+    expected = naive_prefix_max(x, dim, reverse, valid)
     grad = torch.randn_like(expected)
     expected_grad = torch.autograd.grad(expected, x, grad)[0] if expected.requires_grad else torch.zeros_like(x)  # T = 1: all 0
     for method in ("steps", "blocked", "cummax"):

@@ -180,7 +180,9 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
     Positions go in SUMMARY_BLOCKS blocks, each against only the keys on its side of the block's
     far end, which skips most of the masked triangle (3/4 of the T x T logits are formed). Without
     padding only the keys inside the block need a mask (a triangle); keys beyond it are all seen."""
-    pooled = prefix_max(qkv[:2], -2, reverse=reverse, valid=None if valid is None else valid[..., None])  # (2, B, H, G, T, D)
+    method = "triton" if attend else None  # backend=triton: the running max in one kernel too
+    valid_keys = None if valid is None else valid[..., None]
+    pooled = prefix_max(qkv[:2], -2, reverse=reverse, valid=valid_keys, method=method)  # (2, B, H, G, T, D)
     size = qkv.shape[-2]
     out[0] = pooled[1]
     t = torch.arange(size, device=qkv.device)  # (T,)

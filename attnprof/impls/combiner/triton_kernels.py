@@ -70,3 +70,40 @@ def _add_tile(
     else:
         product = tl.dot(weights, values.to(tl.float32), input_precision=PRECISION)
     return acc * rescale[:, None] + product, total * rescale + tl.sum(weights, axis=1), new_top
+
+
+@triton.jit
+def _larger(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def prefix_max_kernel(x_ptr, out_ptr, length, inner, STATIC_LENGTH: tl.constexpr, REVERSE: tl.constexpr, BLOCK_T: tl.constexpr,
+                      BLOCK_I: tl.constexpr):  # fmt: skip
+    """Program (block of inner columns, outer index), numbered in that order fastest first on one grid axis: for x
+    (outer, length, inner) contiguous, out[t] = the max of x[u] over u < t (u > t when REVERSE), 0 where there is no
+    such u or every such x[u] is -inf (padding). The exclusive scan of x is the inclusive scan of y[t] = x[t - 1]
+    (x[t + 1] when REVERSE): tiles of BLOCK_T positions are loaded shifted by one, scanned, and raised to the
+    carried max of the tiles before them. STATIC_LENGTH: `length` as a constexpr, for the interpreter only (0 when
+    compiled)."""
+    program = tl.program_id(0)
+    blocks = tl.cdiv(inner, BLOCK_I)
+    block, outer = program % blocks, (program // blocks).to(tl.int64)
+    column = block * BLOCK_I + tl.arange(0, BLOCK_I)
+    at = outer * length * inner
+    carry = tl.full((BLOCK_I,), float("-inf"), dtype=x_ptr.dtype.element_ty)  # the max of the tiles scanned so far
+    for first in range(0, length if STATIC_LENGTH == 0 else STATIC_LENGTH, BLOCK_T):
+        if REVERSE:  # tiles from the end, positions in order within a tile
+            t = length - first - BLOCK_T + tl.arange(0, BLOCK_T)
+            source = t + 1
+        else:
+            t = first + tl.arange(0, BLOCK_T)
+            source = t - 1
+        inside = (column < inner)[None, :]
+        shifted = tl.load(x_ptr + at + source[:, None] * inner + column[None, :],
+                          mask=((source >= 0) & (source < length))[:, None] & inside, other=float("-inf"))  # fmt: skip
+        scanned = tl.associative_scan(shifted, 0, _larger, reverse=REVERSE)  # (BLOCK_T, BLOCK_I)
+        out = tl.maximum(scanned, carry[None, :])
+        carry = tl.maximum(carry, tl.max(shifted, axis=0))
+        out = tl.where(out == float("-inf"), 0.0, out)
+        tl.store(out_ptr + at + t[:, None] * inner + column[None, :], out, mask=((t >= 0) & (t < length))[:, None] & inside)

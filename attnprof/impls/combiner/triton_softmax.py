@@ -7,8 +7,9 @@ its logits, and reads them again for the product with the values (the parts also
 for the row maximum). Here the kernel reads the logits once and writes only the output and the
 log-normaliser; the causal triangles are dropped in the kernel (Band), not filled in the logits. Counted on meta at
 N = 65536, B = 1, H = 16, bf16, forward, bytes moved: 72.2 -> 46.8 GB causal, 85.0 -> 54.8 GB bidirectional (53.7
-and 59.1 with the triangles filled). Forward + backward move 4-5% more than the eager plan (414 -> 430 GB,
-440 -> 460): the backward recomputes the weights, and drops the band from them.
+and 59.1 with the triangles filled; 41.4 and 47.6 with the running max in a kernel too, triton_scan.py). Forward +
+backward move 2-3% more than the eager plan (414 -> 425 GB, 440 -> 453, both kernels): the backward recomputes
+the weights, and drops the band from them.
 
 The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits
 (where the eager plan saves the weights: the same bytes), and uses FlashAttention's identity

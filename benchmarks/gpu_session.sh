@@ -12,7 +12,7 @@
 #                                      # Combiner with backend=compile, checked, then timed at 64k
 #   bash benchmarks/gpu_session.sh 4   # the Triton backends: their GPU tests, then cosFormer's chunk lengths
 #                                      # against the eager plan and sdpa-flash at 8k and 64k, and Combiner-
-#                                      # Fixed's and -Mixture's fused parts against their eager plans at 64k,
+#                                      # Fixed's, -Axial's and -Mixture's fused parts against their eager plans at 64k,
 #                                      # top kernels
 #
 # The device image has torch but not dash or plotly, and nothing can be installed there: attnprof runs
@@ -85,7 +85,7 @@ case $part in
     TRITON="cosformer:backend=triton,chunk_size=32,cosformer:backend=triton,cosformer:backend=triton,chunk_size=128"
     TAIL=20 step triton-8k 150 "$PY" benchmarks/kernel_profile.py --length 8k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
     TAIL=20 step triton-64k 180 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 \
-        --impl "sdpa-flash,cosformer,$TRITON,combiner-fixed,combiner-fixed:backend=triton,combiner-mixture,combiner-mixture:backend=triton"
+        --impl "sdpa-flash,cosformer,$TRITON,combiner-fixed,combiner-fixed:backend=triton,combiner-axial,combiner-axial:backend=triton,combiner-mixture,combiner-mixture:backend=triton"
     ;;
 esac
 exit $status

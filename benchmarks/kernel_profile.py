@@ -31,7 +31,7 @@ from attnprof.timing import bench  # noqa: E402
 
 DEFAULT_IMPLS = ",".join(
     ("sdpa-flash", "cosformer", "cosformer:backend=triton", "nystromformer", "combiner-fixed", "combiner-fixed:backend=triton",
-     "combiner-axial", "combiner-logsparse", "combiner-mixture", "combiner-mixture:backend=triton")
+     "combiner-axial", "combiner-axial:backend=triton", "combiner-logsparse", "combiner-mixture", "combiner-mixture:backend=triton")
 )  # fmt: skip
 
 

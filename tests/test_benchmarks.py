@@ -107,14 +107,16 @@ def test_triton_kernels_compile_for_the_gpu_without_spilling_much():
     """cosFormer's and Combiner's kernels, compiled for sm_90 (the H100s and H200s here) by Triton's own compiler
     and ptxas, no GPU needed, within the target's shared memory (else exit 1). Measured, bf16, d = 64: stacks of
     0, 0, 232, 32, 0 and 0 bytes (key states, bidirectional, causal output, softmax and values, running max both
-    ways). (For sm_80, --arch 80: 0, 48, 712 and 0 for the first four before the softmax took its band; not run
-    here, the GPUs lent to this project being H100s and H200s.)"""
+    ways; the running max with 40 registers and no shared memory). (For sm_80, --arch 80: 0, 48, 712 and 0 for the
+    first four before the softmax took its band; not run here, the GPUs lent to this project being H100s and
+    H200s.)"""
     arch = 90
     result, rows = triton_resources("--arch", str(arch), "--dtype", "bf16,fp32")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [row[:2] for row in rows] == [[kernel, dtype] for dtype in ("bfloat16", "float32") for kernel in TRITON_KERNELS]
     for kernel, dtype, _warps, registers, stack, shared in rows:
-        assert int(registers) <= 255 and int(shared) > 0
+        # every kernel but the running max (one row of values a step, in registers) stages its tiles in shared memory
+        assert int(registers) <= 255 and (int(shared) > 0) != kernel.startswith("prefix_max")
         if dtype == "bfloat16":  # the plan table 3 times: at most a few spilled registers
             assert int(stack) <= 512, (kernel, stack)
 

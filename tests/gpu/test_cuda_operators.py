@@ -90,7 +90,7 @@ def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):
     assert out.dtype == torch.bfloat16 and rel_error(out, expected) < TOLERANCE["bfloat16"]
 
 
-@pytest.mark.parametrize("variant", ["fixed", "mixture"])
+@pytest.mark.parametrize("variant", ["fixed", "axial", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_triton_combiner_on_cuda_matches_the_explicit_matrix_with_its_gradients(variant, causal, dtype):

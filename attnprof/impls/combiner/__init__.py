@@ -11,8 +11,8 @@ Every query sees some keys directly and the rest through region summaries; one s
 Option `block_size`: the block length s (Fixed) or row length m (Axial, Mixture); None picks the
 power of two nearest sqrt(N). Logsparse has no block size (its dyadic tree fixes every block):
 `combiner-logsparse:block_size=...` is refused as an unknown option. Option `backend`: eager (default),
-compile (torch.compile of the same operator; see combiner_attention) or, for Fixed and Mixture, triton (each
-softmax and its values in one Triton kernel, `triton_softmax.py`). Each variant's module docstring states where
+compile (torch.compile of the same operator; see combiner_attention) or, for Fixed, Axial and Mixture, triton
+(each softmax and its values in one Triton kernel, `triton_softmax.py`). Each variant's module docstring states where
 it deviates from the reference code. Softmaxes and pools run in fp32 for half inputs; on CUDA their
 fp32 products may run as TF32 (`attnprof.impls.precision`: no coarser than the inputs). The check
 reference is the explicit N x N effective matrix in `attnprof.impls.reference.combiner`.
@@ -47,7 +47,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
 
 BACKENDS = ("eager", "compile", "triton")
-TRITON_VARIANTS = ("fixed", "mixture")  # backend=triton: the variants with a Triton kernel
+TRITON_VARIANTS = ("fixed", "axial", "mixture")  # backend=triton: the variants with a Triton kernel
 
 
 def combiner_attention(
@@ -68,12 +68,12 @@ def combiner_attention(
     On `meta` (the accounting) "compile" runs eagerly: the counts are the eager plan's. Measured on this
     project's CPU (attnprof sweep, N = 8192, H = 16, fp32, medians of 3): compiled Mixture 400 against 429 ms
     eager causal, 497 against 465 bidirectional; Fixed 128 against 121 and 102 against 99. The first call of
-    each shape compiles (Mixture, one graph: 20-70 s there). "triton" (Fixed and Mixture): the eager plan with
-    each softmax (the logit parts', Mixture's summaries') and its product with the values in one Triton kernel
-    (triton_softmax.py), the parts merged by their log-normalisers; CUDA tensors, or meta for the accounting.
-    Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved, eager -> triton: Fixed 27.7 -> 11.1 GB
-    causal, 25.6 -> 11.1 bidirectional; Mixture (its running maxima in a Triton kernel too) 72.2 -> 41.4 causal,
-    85.0 -> 47.6 bidirectional."""
+    each shape compiles (Mixture, one graph: 20-70 s there). "triton" (Fixed, Axial, Mixture): the eager plan
+    with each softmax (the logit parts', Axial's row attention, Mixture's summaries) and its product with the
+    values in one Triton kernel (triton_softmax.py), the parts merged by their log-normalisers; Mixture's running
+    maxima in a Triton kernel too (triton_scan.py); CUDA tensors, or meta for the accounting. Counted on meta at
+    N = 65536, B = 1, H = 16, bf16, forward, bytes moved, eager -> triton, causal and bidirectional: Fixed
+    27.7 -> 11.1 and 25.6 -> 11.1 GB; Axial 34.2 -> 14.8 and 32.0 -> 14.8; Mixture 72.2 -> 41.4 and 85.0 -> 47.6."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
     problems = _option_problems(variant, {"backend": backend, "block_size": block_size})
@@ -119,7 +119,8 @@ def _option_problems(variant: str, options) -> list[str]:
     if backend not in BACKENDS:
         return [f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}"]
     if backend == "triton" and variant not in TRITON_VARIANTS:
-        having = " and ".join(f"combiner-{name}" for name in TRITON_VARIANTS)
+        *others, last = (f"combiner-{name}" for name in TRITON_VARIANTS)
+        having = f"{', '.join(others)} and {last}"
         return [f"backend=triton is for {having} (their softmaxes in one kernel), not combiner-{variant}"]
     return []
 

@@ -73,37 +73,24 @@ def _add_tile(
 
 
 @triton.jit
-def _larger(a, b):
-    return tl.maximum(a, b)
-
-
-@triton.jit
-def prefix_max_kernel(x_ptr, out_ptr, length, inner, STATIC_LENGTH: tl.constexpr, REVERSE: tl.constexpr, BLOCK_T: tl.constexpr,
+def prefix_max_kernel(x_ptr, out_ptr, outers, length, inner, STATIC_LENGTH: tl.constexpr, REVERSE: tl.constexpr, BLOCK_O: tl.constexpr,
                       BLOCK_I: tl.constexpr):  # fmt: skip
-    """Program (block of inner columns, outer index), numbered in that order fastest first on one grid axis: for x
-    (outer, length, inner) contiguous, out[t] = the max of x[u] over u < t (u > t when REVERSE), 0 where there is no
-    such u or every such x[u] is -inf (padding). The exclusive scan of x is the inclusive scan of y[t] = x[t - 1]
-    (x[t + 1] when REVERSE): tiles of BLOCK_T positions are loaded shifted by one, scanned, and raised to the
-    carried max of the tiles before them. STATIC_LENGTH: `length` as a constexpr, for the interpreter only (0 when
+    """Program (block of inner columns, block of BLOCK_O outer indices), numbered in that order fastest first on one
+    grid axis: for x (outers, length, inner) contiguous, out[t] = the max of x[u] over u < t (u > t when REVERSE), 0
+    where there is no such u or every such x[u] is -inf (padding). One step a position, in scan order: store the
+    carried max, then raise it by x[t]; a step's load does not wait for the one before. (tl.associative_scan over
+    tiles of positions took Triton's interpreter ~250 ms a program, its combine run element by element: Combiner's
+    CPU tests spent minutes there.) STATIC_LENGTH: `length` as a constexpr, for the interpreter only (0 when
     compiled)."""
     program = tl.program_id(0)
     blocks = tl.cdiv(inner, BLOCK_I)
-    block, outer = program % blocks, (program // blocks).to(tl.int64)
-    column = block * BLOCK_I + tl.arange(0, BLOCK_I)
-    at = outer * length * inner
-    carry = tl.full((BLOCK_I,), float("-inf"), dtype=x_ptr.dtype.element_ty)  # the max of the tiles scanned so far
-    for first in range(0, length if STATIC_LENGTH == 0 else STATIC_LENGTH, BLOCK_T):
-        if REVERSE:  # tiles from the end, positions in order within a tile
-            t = length - first - BLOCK_T + tl.arange(0, BLOCK_T)
-            source = t + 1
-        else:
-            t = first + tl.arange(0, BLOCK_T)
-            source = t - 1
-        inside = (column < inner)[None, :]
-        shifted = tl.load(x_ptr + at + source[:, None] * inner + column[None, :],
-                          mask=((source >= 0) & (source < length))[:, None] & inside, other=float("-inf"))  # fmt: skip
-        scanned = tl.associative_scan(shifted, 0, _larger, reverse=REVERSE)  # (BLOCK_T, BLOCK_I)
-        out = tl.maximum(scanned, carry[None, :])
-        carry = tl.maximum(carry, tl.max(shifted, axis=0))
-        out = tl.where(out == float("-inf"), 0.0, out)
-        tl.store(out_ptr + at + t[:, None] * inner + column[None, :], out, mask=((t >= 0) & (t < length))[:, None] & inside)
+    block, outer_block = program % blocks, program // blocks
+    outer = (outer_block * BLOCK_O + tl.arange(0, BLOCK_O)).to(tl.int64)  # (BLOCK_O,)
+    column = block * BLOCK_I + tl.arange(0, BLOCK_I)  # (BLOCK_I,)
+    at = (outer * length * inner)[:, None] + column[None, :]  # (BLOCK_O, BLOCK_I)
+    inside = (outer < outers)[:, None] & (column < inner)[None, :]
+    carry = tl.full((BLOCK_O, BLOCK_I), float("-inf"), dtype=x_ptr.dtype.element_ty)  # the max of the positions so far
+    for step in range(0, length if STATIC_LENGTH == 0 else STATIC_LENGTH):
+        t = length - 1 - step if REVERSE else step
+        tl.store(out_ptr + at + t * inner, tl.where(carry == float("-inf"), 0.0, carry), mask=inside)
+        carry = tl.maximum(carry, tl.load(x_ptr + at + t * inner, mask=inside, other=float("-inf")))

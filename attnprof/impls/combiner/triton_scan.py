@@ -15,7 +15,8 @@ from torch import Tensor
 
 from attnprof.impls import triton_support
 
-BLOCK_T = 32  # positions per tile: the scan runs within a tile, a carried max joins the tiles
+BLOCK_O = 8  # outer indices per program: Mixture's scans have many short groups (at N = 65536, 8192 of 256
+# positions); 8 x 64 columns make a step's load 2 KB, and 1024 programs cover such a scan
 WARPS = 4
 
 
@@ -39,9 +40,9 @@ def _prefix_max(x: Tensor, reverse: bool) -> Tensor:
     kernel = triton_kernels.prefix_max_kernel
     interpreted = isinstance(kernel, InterpretedFunction)
     constants = launch_constants(inner, reverse, length if interpreted else 0)
-    grid = (-(-inner // constants["BLOCK_I"]) * outer,)
+    grid = (-(-inner // constants["BLOCK_I"]) * -(-outer // BLOCK_O),)
     with triton_support.on_device_of(x):
-        kernel[grid](x, out, length, inner, **constants)
+        kernel[grid](x, out, outer, length, inner, **constants)
     return out
 
 
@@ -49,8 +50,8 @@ def launch_constants(inner: int, reverse: bool, static_length: int = 0) -> dict:
     """The constexprs of a launch over `inner` columns (also what benchmarks/triton_resources.py compiles)."""
     from triton import next_power_of_2
 
-    block_inner = min(128, max(16, next_power_of_2(inner)))
-    return {"STATIC_LENGTH": static_length, "REVERSE": reverse, "BLOCK_T": BLOCK_T, "BLOCK_I": block_inner, "num_warps": WARPS}
+    block_inner = min(64, max(16, next_power_of_2(inner)))
+    return {"STATIC_LENGTH": static_length, "REVERSE": reverse, "BLOCK_O": BLOCK_O, "BLOCK_I": block_inner, "num_warps": WARPS}
 
 
 @_prefix_max.register_fake

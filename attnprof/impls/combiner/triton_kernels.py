@@ -1,4 +1,5 @@
-"""The Triton kernel of Combiner's backend="triton", Fixed and Mixture (launched by `triton_softmax.py`)."""
+"""The Triton kernels of Combiner's backend="triton" (Fixed, Axial, Mixture): the fused softmax and values (launched by
+`triton_softmax.py`) and Mixture's running max (`triton_scan.py`)."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def test_softmax_values_gradients(interpreted):
     torch.testing.assert_close(logits.grad.double(), logits64.grad, rtol=1e-5, atol=1e-6)
 
 
-BANDS = {  # (rows, keys, band): causal triangles wide enough to skip whole 64 x 64 tiles, a band that grows by
+BANDS = {  # (rows, keys, band): a causal triangle spanning several 64 x 64 tiles, a band that grows by
     # a step of 3 (Mixture's column part), one with a divisor (Combiner's regions over blocks of queries), rows
     # left with no key
     "triangle": (130, 200, (1, 1, 200)),

@@ -19,13 +19,13 @@ def softmax_values_kernel(
     softmax over the keys in tiles of BLOCK_K applied to the group's values (keys, width), any strides; out
     (rows, width) and lse (rows, 1), contiguous. The band (triton_softmax.Band): row r drops the keys from
     drop_from + (drop_from_step r) // drop_divisor up to, not including, drop_to + (drop_to_step r) // drop_divisor;
-    the steps are >= 0, so both edges grow with r. Dropped logits are read and replaced, not left out of the loads:
-    compiled for sm_90 with the divisibility a launch gets, a load masked by the band takes 4 bytes at a time where
-    the load masked by the edges alone takes 16. (A branch that skipped whole dropped tiles cost the loop its
-    software pipelining: 33 instead of 99 KB of shared memory, the loads no longer staged ahead.) A row left with no
-    key gives out 0 and lse -inf. STATIC_KEYS repeats `keys` as a constexpr
-    for Triton's interpreter only (0 when compiled, so that every key count runs one compiled kernel): it takes no
-    tensor as a loop bound."""
+    the steps are >= 0 (Band.drop_weights_ takes the band's span from its first and last rows). Dropped logits are
+    read and replaced, not left out of the loads: compiled for sm_90 with the divisibility a launch gets, a load
+    masked by the band takes 4 bytes at a time where the load masked by the edges alone takes 16. (A branch that
+    skipped whole dropped tiles cost the loop its software pipelining: 33 instead of 99 KB of shared memory, the
+    loads no longer staged ahead.) A row left with no key gives out 0 and lse -inf. STATIC_KEYS repeats `keys` as a
+    constexpr for Triton's interpreter only (0 when compiled, so that every key count runs one compiled kernel): it
+    takes no tensor as a loop bound."""
     program = tl.program_id(0)
     blocks = tl.cdiv(rows, BLOCK_M)
     block, group = program % blocks, (program // blocks).to(tl.int64)

@@ -1,6 +1,7 @@
-"""Combiner's softmaxes through one Triton kernel each (the option backend="triton", Fixed and Mixture):
+"""Combiner's softmaxes through one Triton kernel each (the option backend="triton": Fixed, Axial, Mixture):
 softmax(logits) applied to the values, and the log-normaliser, in one pass over the masked logits, as flash
-attention does over its key blocks; for each variant's two logit parts and for Mixture's summaries.
+attention does over its key blocks; for each variant's two logit parts, Axial's row attention and Mixture's
+summaries.
 
 Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
 its logits, and reads them again for the product with the values (the parts also read the logits once more

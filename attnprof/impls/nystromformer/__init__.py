@@ -16,37 +16,47 @@ numerically equivalent unless stated:
 - for float16/bfloat16 inputs the landmarks, softmaxes and the pseudo-inverse run in float32 and the
   N-sized products in the input dtype (mlpen runs everything in float32).
 No key mask and no causal form (segment means mix future tokens into every landmark).
+
+Option `backend`: eager (default; PyTorch operators, `eager.py`, the reference the other is tested against) or
+triton (`triton_plan.py`: the forward in three Triton launches on CUDA, the eager backward by recomputation).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from attnprof.impls import register
+from attnprof.impls import register, triton_support
 from attnprof.impls.base import DTYPE_BYTES, AttentionImpl, io_bytes
+from attnprof.impls.nystromformer import triton_plan
+from attnprof.impls.nystromformer.eager import eager_attention
 from attnprof.impls.reference.nystromformer import nystrom_reference
 
 PINV_INITS = ("reference", "per-head")
+BACKENDS = ("eager", "triton")
 CONV_SEED = 20210204  # fixed: every profiled run uses the same conv skip weights
 _conv_weights: dict[tuple, torch.Tensor] = {}
 
 
-def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weight=None, pinv_init="reference"):
+def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weight=None, pinv_init="reference", backend="eager"):
     """Nyström attention of q, k, v (B, H, N, D) -> (B, H, N, D) in the input dtype.
 
     conv_weight: optional (H, 1, k, 1) depthwise filter along N (k odd, zero padding k // 2, no
     bias) applied to v and added. pinv_init: "reference" (one max column sum over the whole
     tensor, mlpen's default; couples batch items) or "per-head" (batch-invariant, see module doc).
+    backend: "eager" (PyTorch operators) or "triton" (for N > m: the forward as three Triton launches after the
+    landmarks and their m x m kernel, see triton_plan.py; CUDA tensors, or meta for the accounting, or any device
+    under Triton's interpreter; float32, float16 or bfloat16; head dims and m up to 128). Counted on meta at
+    N = 8192, B = 1, H = 16, d = 64, bf16, forward: eager 53 ops, triton 12.
     """
     _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init)
-    if q.shape[-2] <= num_landmarks:
-        out = _exact_softmax(q, k, v)  # (B, H, N, D)
-    else:
-        out = _nystrom_core(q, k, v, num_landmarks, pinv_iterations, pinv_init)  # (B, H, N, D)
-    if conv_weight is not None:
-        out = out.add_(_conv_skip(v, conv_weight))  # (B, H, N, D); matmul's backward does not need its output
-    return out
+    if backend not in BACKENDS:
+        raise ValueError(f"nystromformer backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "triton" and q.shape[-2] > num_landmarks:
+        reasons = triton_plan.triton_problems(q, k, v, num_landmarks, conv_weight)
+        if reasons:
+            raise ValueError(reasons[0])
+        return triton_plan.TritonNystrom.apply(q, k, v, conv_weight, num_landmarks, pinv_iterations, pinv_init)
+    return eager_attention(q, k, v, num_landmarks, pinv_iterations, conv_weight, pinv_init)
 
 
 def _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init) -> None:
@@ -56,77 +66,6 @@ def _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init) -> None:
         raise ValueError(f"unknown pinv_init {pinv_init!r}: choose one of {', '.join(PINV_INITS)}")
     if conv_weight is not None and conv_weight.shape[2] % 2 == 0:
         raise ValueError(f"conv kernel size must be odd (an even one changes the length), not {conv_weight.shape[2]}")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Softmaxes and the pseudo-inverse run in float32 for half inputs, float64 stays float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _exact_softmax(q, k, v):
-    """softmax(q k^T / sqrt(d)) v: Nyström with N <= m landmarks has nothing to approximate."""
-    logits = q @ (k * q.shape[-1] ** -0.5).transpose(-2, -1)  # (B, H, N, N), N <= m
-    weights = torch.softmax(logits, dim=-1, dtype=_work_dtype(q.dtype)).to(v.dtype)  # (B, H, N, N)
-    return weights @ v  # (B, H, N, D)
-
-
-def _nystrom_core(q, k, v, m, iterations, pinv_init):
-    """F @ (Z @ (Bk @ V)) with the d^-1/2 of q . k put on the landmark side of each product.
-    No N-sized temporary is bound to a local, so each dies as soon as the next one is made."""
-    work, scale = _work_dtype(q.dtype), q.shape[-1] ** -0.5
-    q_land, k_land = _segment_means(q, m, work), _segment_means(k, m, work)  # (B, H, m, D) each
-    a = torch.softmax(q_land @ (k_land * scale).transpose(-2, -1), dim=-1)  # (B, H, m, m)
-    z = _iterative_pinv(a, iterations, pinv_init)  # (B, H, m, m)
-    bk_v = _softmax_in(work, v.dtype, (q_land * scale).to(q.dtype) @ k.transpose(-2, -1)) @ v  # (B, H, m, D) via Bk (B, H, m, N)
-    w = (z @ bk_v.to(work)).to(v.dtype)  # (B, H, m, D)
-    return _softmax_in(work, v.dtype, q @ (k_land * scale).to(q.dtype).transpose(-2, -1)) @ w  # (B, H, N, D) via F (B, H, N, m)
-
-
-def _softmax_in(work, dtype, logits):
-    """Softmax over the last dim computed in `work` precision, returned in `dtype`."""
-    return torch.softmax(logits, dim=-1, dtype=work).to(dtype)
-
-
-def _segment_means(x, m, work):
-    """Contiguous segment means in `work` precision: n_short segments of s = N // m tokens, then
-    m - n_short of s + 1. Both groups are plain reshapes, so this runs on meta (shapes only)."""
-    n, s = x.shape[-2], x.shape[-2] // m
-    n_short = (s + 1) * m - n
-    lead = x.shape[:-2]
-    short = x[..., : n_short * s, :].reshape(*lead, n_short, s, x.shape[-1]).mean(-2, dtype=work)  # (B, H, n_short, D)
-    if n_short == m:
-        return short  # N % m == 0: all segments have s tokens
-    rest = x[..., n_short * s :, :].reshape(*lead, m - n_short, s + 1, x.shape[-1])  # (B, H, m - n_short, s + 1, D)
-    return torch.cat([short, rest.mean(-2, dtype=work)], dim=-2)  # (B, H, m, D)
-
-
-def _iterative_pinv(a, iterations, pinv_init):
-    """Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4, each bracket one fused baddbmm and the 1/4
-    folded into the last one: 5 kernels per iteration, which matters on CPUs where tiny ops cost."""
-    m = a.shape[-1]
-    eye = torch.eye(m, dtype=a.dtype, device=a.device)  # (m, m)
-    eye7, eye15, eye13_4 = 7 * eye, 15 * eye, 3.25 * eye  # (m, m) each, made once, not per iteration
-    a3 = a.reshape(-1, m, m)  # (B*H, m, m)
-    z = (a.transpose(-2, -1) / _pinv_scale(a, pinv_init)).reshape(-1, m, m)  # (B*H, m, m)
-    for _ in range(iterations):
-        az = torch.bmm(a3, z)  # (B*H, m, m)
-        inner = torch.baddbmm(eye15, az, eye7 - az, alpha=-1)  # (B*H, m, m)
-        z = torch.bmm(z, torch.baddbmm(eye13_4, az, inner, alpha=-0.25))  # (B*H, m, m)
-    return z.reshape(a.shape)  # (B, H, m, m)
-
-
-def _pinv_scale(a, pinv_init):
-    """A is a row-softmax (non-negative), so its column/row sums are its 1-/inf-norm sums."""
-    col_max = a.sum(dim=-2).amax(dim=-1, keepdim=True)  # (B, H, 1) largest column sum per (b, h)
-    if pinv_init == "reference":
-        return col_max.amax()  # () one scalar over all batch items and heads, as mlpen does
-    return (col_max * a.sum(dim=-1).amax(dim=-1, keepdim=True))[..., None]  # (B, H, 1, 1)
-
-
-def _conv_skip(v, weight):
-    """Depthwise conv along N, one filter per head shared by its D channels (mlpen's Conv2d)."""
-    pad = weight.shape[2] // 2
-    return F.conv2d(v, weight.to(device=v.device, dtype=v.dtype), padding=(pad, 0), groups=v.shape[1])  # (B, H, N, D)
 
 
 def seeded_conv_weight(heads: int, kernel: int, device, dtype) -> torch.Tensor:
@@ -144,15 +83,17 @@ def _options_weight(q, conv_kernel):
     return seeded_conv_weight(q.shape[1], conv_kernel, q.device, q.dtype) if conv_kernel > 0 else None
 
 
-def _profiled(q, k, v, *, causal=False, num_landmarks=64, pinv_iterations=6, conv_kernel=33, pinv_init="reference"):
+def _profiled(q, k, v, *, causal=False, num_landmarks=64, pinv_iterations=6, conv_kernel=33, pinv_init="reference", backend="eager"):
     """The registered fn: Nyström attention with the seeded conv skip of `conv_kernel` taps (0: none)."""
     if causal:
         raise ValueError("nystromformer has no causal form: segment-mean landmarks mix in future tokens")
     weight = _options_weight(q, conv_kernel)  # (H, 1, k, 1) or None
-    return nystrom_attention(q, k, v, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, conv_weight=weight, pinv_init=pinv_init)
+    return nystrom_attention(
+        q, k, v, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, conv_weight=weight, pinv_init=pinv_init, backend=backend
+    )
 
 
-def _reference(q, k, v, *, causal=False, num_landmarks=64, pinv_iterations=6, conv_kernel=33, pinv_init="reference"):
+def _reference(q, k, v, *, causal=False, num_landmarks=64, pinv_iterations=6, conv_kernel=33, pinv_init="reference", backend="eager"):
     """The registered reference: the plain formulation with the very same seeded conv weights."""
     weight = _options_weight(q, conv_kernel)  # float32 draws, widened exactly to q's dtype
     return nystrom_reference(q, k, v, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, conv_weight=weight, pinv_init=pinv_init)
@@ -164,12 +105,16 @@ def nystrom_flops(case, options) -> int:
     Per (b, h), N > m: F and Bk logits 2 N m D each, A logits 2 m^2 D, pinv 4 m x m matmuls per
     iteration (8 m^3 each), Bk @ V 2 m N D, Z @ (Bk V) 2 m^2 D, F @ W 2 N m D; N <= m: 4 N^2 D.
     Conv skip: 2 N D k. Backward: every matmul twice more; the conv once more (input gradient
-    only, its weight is fixed). Softmax, means and additions are not counted.
+    only, its weight is fixed). Softmax, means and additions are not counted. backend="triton", N > m: the same
+    forward (its conv taken as a banded product counts the taps, not the band's zeros), and its backward
+    recomputes the eager forward first: one matmul and one conv more.
     """
     n, d, m, t = case.seq_len, case.head_dim, options["num_landmarks"], options["pinv_iterations"]
     matmul = 4 * n * n * d if n <= m else 8 * n * m * d + 4 * m * m * d + 8 * t * m**3
     conv = 2 * n * d * options["conv_kernel"]
     per_head = matmul + conv if case.mode == "fwd" else 3 * matmul + 2 * conv
+    if options.get("backend") == "triton" and case.mode != "fwd" and n > m:
+        per_head += matmul + conv
     return case.batch * case.heads * per_head
 
 
@@ -192,7 +137,17 @@ def _option_problems(options) -> list[str]:
         reasons.append(f"conv_kernel must be 0 (off) or odd (an even kernel changes the length), not {options['conv_kernel']}")
     if options["pinv_init"] not in PINV_INITS:
         reasons.append(f"pinv_init must be one of {', '.join(PINV_INITS)}, not {options['pinv_init']!r}")
+    if options.get("backend", "eager") not in BACKENDS:
+        reasons.append(f"backend must be one of {', '.join(BACKENDS)}, not {options['backend']!r}")
     return reasons
+
+
+def _refusals(case, options) -> list[str]:
+    """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
+    if options.get("backend") != "triton":
+        return []
+    shape = triton_plan.shape_problems(getattr(torch, case.dtype), case.head_dim, options["num_landmarks"])
+    return triton_support.case_problems("nystromformer", case.device) + shape
 
 
 register(
@@ -200,10 +155,14 @@ register(
         name="nystromformer",
         family="low-rank",
         fn=_profiled,
-        description="Nyströmformer: segment-mean landmarks, iterative pseudo-inverse, depthwise conv skip (bidirectional only)",
+        description=(
+            "Nyströmformer: segment-mean landmarks, iterative pseudo-inverse, depthwise conv skip (bidirectional only);"
+            " backend=triton: the forward as Triton kernels (CUDA)"
+        ),
         causal=(False,),
-        options={"num_landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33, "pinv_init": "reference"},
+        options={"num_landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33, "pinv_init": "reference", "backend": "eager"},
         reference=_reference,
+        refuse=_refusals,
         check_options=_option_problems,
         flops=nystrom_flops,
         min_bytes=nystrom_min_bytes,

@@ -11,8 +11,11 @@ import triton.language as tl
 
 @triton.jit
 def _dot(a, b, EXACT: tl.constexpr, INTERPRETED: tl.constexpr):
-    """a @ b accumulated in fp32; EXACT: fp32 operands, taken as "tf32x3" (half operands multiply natively)."""
-    if EXACT and not INTERPRETED:
+    """a @ b accumulated in fp32; EXACT: fp32 operands, taken as "tf32x3" (half operands multiply natively). The
+    interpreter is handed fp32 operands (products of halves are exact in fp32): its dot of bf16 operands is wrong."""
+    if INTERPRETED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    if EXACT:
         return tl.dot(a, b, input_precision="tf32x3")
     return tl.dot(a, b)
 

@@ -1,6 +1,6 @@
-"""The Triton kernels (cosFormer's and Combiner's backend=triton) compiled for a GPU on any machine
+"""The Triton kernels (cosFormer's, Nyströmformer's and Combiner's backend=triton) compiled for a GPU on any machine
 (no GPU needed): Triton's compiler and the ptxas and cuobjdump its package carries. For each kernel, as the
-plans launch it (triton_plan.launch_constants, triton_softmax.launch_constants), one line with the registers
+plans launch it (the plans' launch_constants), one line with the registers
 per thread, the local-memory stack (spilled registers) and the dynamic shared memory. A kernel that does not
 compile for the target is the failure this catches before a GPU session; a large stack is a kernel that will
 wait on local memory.
@@ -32,7 +32,8 @@ from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 
 COMBINER_KERNELS = ("softmax_values_kernel", "prefix_max_kernel", "prefix_max_kernel_reversed")  # the last: REVERSE=True
-KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", *COMBINER_KERNELS)
+NYSTROM_KERNELS = ("landmark_values_kernel", "pinv_values_kernel", "nystrom_out_kernel")
+KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", *NYSTROM_KERNELS, *COMBINER_KERNELS)
 # Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
 # compiled to more is refused at launch (Triton's OutOfResources).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -84,6 +85,11 @@ def launch_constants(kernel: str, dtype, args) -> dict:
         return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32)
     if kernel.startswith("prefix_max_kernel"):
         return triton_scan.launch_constants(args.head_dim, reverse=kernel.endswith("_reversed"))
+    if kernel in NYSTROM_KERNELS:  # the profiled defaults: 64 landmarks, 6 iterations, a conv of 33 taps
+        from attnprof.impls.nystromformer import triton_plan as nystrom_plan
+
+        sizes = {"keys": args.length, "groups": args.heads, "taps": 33}
+        return nystrom_plan.launch_constants(kernel, dtype, 64, args.head_dim, args.head_dim, **sizes) | {"INTERPRETED": False}
     tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
     rows = triton_plan.parts_of(args.length, args.heads, tile)
     return triton_plan.launch_constants(kernel, dtype, args.head_dim, args.head_dim, rows, args.chunk)
@@ -98,9 +104,11 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
     from attnprof.impls.combiner import triton_kernels as combiner_kernels
     from attnprof.impls.cosformer import triton_kernels as cosformer_kernels
+    from attnprof.impls.nystromformer import triton_kernels as nystrom_kernels
 
     combiner = kernel in COMBINER_KERNELS
-    fn = getattr(combiner_kernels if combiner else cosformer_kernels, kernel.removesuffix("_reversed"))
+    module = combiner_kernels if combiner else nystrom_kernels if kernel in NYSTROM_KERNELS else cosformer_kernels
+    fn = getattr(module, kernel.removesuffix("_reversed"))
     constants = dict(constants)
     options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
     source = ASTSource(fn=fn, signature=signature(fn.arg_names, torch.float32 if combiner else dtype, constants), constexprs=constants)
@@ -118,18 +126,18 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
 
 def signature(names, dtype, constants: dict) -> dict[str, str]:
-    """Triton types of a kernel's arguments: q, k, v and out in `dtype` (the inputs' for cosFormer; fp32 for
-    Combiner, which upcasts halves before its kernels), every other pointer fp32, eps fp32, the rest int32 (as
-    torch passes them), the constexprs."""
+    """Triton types of a kernel's arguments: q, k, v, out (and Nyströmformer's W and conv filter) in `dtype` (the
+    inputs' for cosFormer and Nyströmformer; fp32 for Combiner, which upcasts halves before its kernels), every other
+    pointer fp32, eps and scale fp32, the rest int32 (as torch passes them), the constexprs."""
     triton_type = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
     kinds = {}
     for name in names:
         if name in constants:
             kinds[name] = "constexpr"
         elif name.endswith("_ptr"):
-            kinds[name] = "*" + (triton_type if name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr") else "fp32")
+            kinds[name] = "*" + (triton_type if name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "w_ptr", "conv_ptr") else "fp32")
         else:
-            kinds[name] = "fp32" if name == "eps" else "i32"
+            kinds[name] = "fp32" if name in ("eps", "scale") else "i32"
     return kinds
 
 

@@ -135,7 +135,10 @@ def test_the_forward_takes_a_quarter_of_the_ops_and_bytes():
     assert tally(case_at(65536, "fwd", "eager"))[1] == pytest.approx(4.73, abs=0.01)
     case = case_at(65536, "fwd", "triton")
     moved = tally(case)[1]
-    assert moved <= 1.0 and moved >= impls.get("nystromformer").min_bytes(case, dict(case.options) | {"num_landmarks": 64, "conv_kernel": 33}) / 1e9
+    assert (
+        moved <= 1.0
+        and moved >= impls.get("nystromformer").min_bytes(case, dict(case.options) | {"num_landmarks": 64, "conv_kernel": 33}) / 1e9
+    )
 
 
 @pytest.mark.parametrize(("mode", "budget_gib"), [("fwd", 2), ("fwd_bwd", 6)])
@@ -147,7 +150,9 @@ def test_peaks_stay_within_table_1(mode, budget_gib):
 def test_flops_count_the_recomputed_forward():
     """FlopCounterMode sees the backward's eager recompute and the landmark kernel's bmm, not inside the custom ops: the
     formula's forward + backward less its forward, plus that one bmm (2 m^2 D a head)."""
-    case = Case(impl="nystromformer", seq_len=1000, heads=4, head_dim=32, dtype="bfloat16", mode="fwd_bwd", options=(("backend", "triton"),))
+    case = Case(
+        impl="nystromformer", seq_len=1000, heads=4, head_dim=32, dtype="bfloat16", mode="fwd_bwd", options=(("backend", "triton"),)
+    )
     impl = impls.get("nystromformer")
     options = impl.resolve_options(case.options)
     call = make_call(impl.bind(case), make_inputs(case, device="meta"))

@@ -37,6 +37,7 @@ CONV_CHUNK = 64  # rows of v per banded product of the conv skip
 MAX_WIDTH = 128  # head dims: a row block's q, out and v tiles in registers
 MAX_LANDMARKS = 128  # pinv_values holds A, Z and three m x m products of one head in registers
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+WARPS = 4  # Triton's default, for landmark_values and nystrom_out: untimed until a GPU session
 PINV_WARPS = 8  # five m x m fp32 matrices live at once: 8 warps spread them over twice Triton's default threads
 
 
@@ -103,6 +104,23 @@ def key_parts(keys: int, groups: int) -> tuple[int, int]:
     return cdiv(keys, per_part), per_part
 
 
+def launch_constants(kernel: str, dtype, landmarks: int, width: int, width_v: int, keys=0, groups=1, iterations=6, taps=0) -> dict:
+    """The constexprs (but INTERPRETED) and num_warps the plan launches `kernel` with when compiled, for inputs of `dtype`
+    (also what benchmarks/triton_resources.py compiles)."""
+    from triton import cdiv
+
+    blocks = {"BLOCK_M": _block(landmarks), "BLOCK_DV": _block(width_v)}
+    if kernel == "pinv_values_kernel":
+        return {**blocks, "ITERATIONS": iterations, "STATIC_PARTS": 0, "num_warps": PINV_WARPS}
+    blocks |= {"BLOCK_D": _block(width), "EXACT": dtype == torch.float32, "num_warps": WARPS}
+    if kernel == "landmark_values_kernel":
+        # fp32 tiles staged 3 deep took 256 KiB of shared memory at head dims of 128 (sm_90 gives a block 227 KiB): 2 deep
+        stages = {"num_stages": 2} if dtype == torch.float32 else {}
+        return {**blocks, "KEYS_PER_PART": key_parts(keys, groups)[1], "BLOCK_K": KEY_BLOCK, **stages}
+    chunks = cdiv(ROW_BLOCK + taps - 1, CONV_CHUNK)
+    return {**blocks, "HAS_CONV": taps > 0, "CONV_CHUNKS": chunks, "CONV_CHUNK": CONV_CHUNK, "BLOCK_N": ROW_BLOCK}
+
+
 def _interpreted(kernel) -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -132,12 +150,10 @@ def _landmark_values(q_land: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tens
     acc, top, total = _part_buffers(q_land, v, keys)
     parts, per_part = key_parts(keys, acc.shape[0])
     kernel = triton_kernels.landmark_values_kernel
+    constants = launch_constants("landmark_values_kernel", k.dtype, landmarks, width, v.shape[-1], keys=keys, groups=acc.shape[0])
     with triton_support.on_device_of(k):
-        kernel[(parts * acc.shape[0],)](
-            q_land, k, v, acc, top, total, keys, landmarks, width, v.shape[-1], parts, width**-0.5,
-            KEYS_PER_PART=per_part, BLOCK_K=KEY_BLOCK, BLOCK_M=_block(landmarks), BLOCK_D=_block(width), BLOCK_DV=_block(v.shape[-1]),
-            EXACT=k.dtype == torch.float32, INTERPRETED=_interpreted(kernel),
-        )  # fmt: skip
+        kernel[(parts * acc.shape[0],)](q_land, k, v, acc, top, total, keys, landmarks, width, v.shape[-1], parts, width**-0.5,
+                                        INTERPRETED=_interpreted(kernel), **constants)  # fmt: skip
     return acc, top, total
 
 
@@ -156,12 +172,10 @@ def _pinv_values(a: Tensor, scale: Tensor, acc: Tensor, top: Tensor, total: Tens
     landmarks, parts = a.shape[-1], acc.shape[1]
     kernel = triton_kernels.pinv_values_kernel
     interpreted = _interpreted(kernel)
+    constants = launch_constants("pinv_values_kernel", dtype, landmarks, landmarks, acc.shape[-1], iterations=iterations)
     with triton_support.on_device_of(a):
-        kernel[(acc.shape[0],)](
-            a, scale, 0 if scale.numel() == 1 else 1, acc, top, total, w, landmarks, acc.shape[-1], parts,
-            STATIC_PARTS=parts if interpreted else 0, ITERATIONS=iterations, BLOCK_M=_block(landmarks), BLOCK_DV=_block(acc.shape[-1]),
-            INTERPRETED=interpreted, num_warps=PINV_WARPS,
-        )  # fmt: skip
+        kernel[(acc.shape[0],)](a, scale, 0 if scale.numel() == 1 else 1, acc, top, total, w, landmarks, acc.shape[-1], parts,
+                                INTERPRETED=interpreted, **constants | {"STATIC_PARTS": parts if interpreted else 0})  # fmt: skip
     return w
 
 
@@ -185,13 +199,11 @@ def _nystrom_out(q: Tensor, k_land: Tensor, w: Tensor, v: Tensor, conv: Tensor |
     length, width, landmarks, taps = q.shape[-2], q.shape[-1], k_land.shape[-2], 0 if conv is None else conv.shape[-1]
     groups = q.shape[0] * q.shape[1]
     kernel = triton_kernels.nystrom_out_kernel
+    constants = launch_constants("nystrom_out_kernel", q.dtype, landmarks, width, v.shape[-1], taps=taps)
     with triton_support.on_device_of(q):
-        kernel[(cdiv(length, ROW_BLOCK) * groups,)](
-            q, k_land, w, v, out if conv is None else conv.contiguous(), out, length, landmarks, width, v.shape[-1], q.shape[1],
-            taps, width**-0.5, HAS_CONV=conv is not None, CONV_CHUNKS=cdiv(ROW_BLOCK + taps - 1, CONV_CHUNK), CONV_CHUNK=CONV_CHUNK,
-            BLOCK_N=ROW_BLOCK, BLOCK_M=_block(landmarks), BLOCK_D=_block(width), BLOCK_DV=_block(v.shape[-1]),
-            EXACT=q.dtype == torch.float32, INTERPRETED=_interpreted(kernel),
-        )  # fmt: skip
+        kernel[(cdiv(length, ROW_BLOCK) * groups,)](q, k_land, w, v, out if conv is None else conv.contiguous(), out, length, landmarks,
+                                                    width, v.shape[-1], q.shape[1], taps, width**-0.5, INTERPRETED=_interpreted(kernel),
+                                                    **constants)  # fmt: skip
     return out
 
 

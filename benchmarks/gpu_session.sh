@@ -11,7 +11,8 @@
 #                                      # Combiner-Mixture's plans timed against each other;
 #                                      # Combiner with backend=compile, checked, then timed at 64k
 #   bash benchmarks/gpu_session.sh 4   # the Triton backends: their GPU tests, then cosFormer's chunk lengths
-#                                      # against the eager plan and sdpa-flash at 8k and 64k, and Combiner-
+#                                      # and Nyströmformer's kernels against the eager plans and sdpa-flash at
+#                                      # 8k and 64k (bidirectional: Nyström has no causal form), and Combiner-
 #                                      # Fixed's, -Axial's and -Mixture's fused parts against their eager plans at 64k,
 #                                      # top kernels
 #
@@ -83,9 +84,11 @@ case $part in
     # triton_resources.py); its block shapes and warps are guesses
     step triton-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k triton
     TRITON="cosformer:backend=triton,chunk_size=32,cosformer:backend=triton,cosformer:backend=triton,chunk_size=128"
-    TAIL=20 step triton-8k 150 "$PY" benchmarks/kernel_profile.py --length 8k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
-    TAIL=20 step triton-64k 180 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 \
-        --impl "sdpa-flash,cosformer,$TRITON,combiner-fixed,combiner-fixed:backend=triton,combiner-axial,combiner-axial:backend=triton,combiner-mixture,combiner-mixture:backend=triton"
+    TAIL=20 step triton-8k 120 "$PY" benchmarks/kernel_profile.py --length 8k --kernels 6 --impl "sdpa-flash,cosformer,$TRITON"
+    NYSTROM="sdpa-flash,nystromformer,nystromformer:backend=triton"
+    TAIL=20 step nystrom-triton 60 "$PY" benchmarks/kernel_profile.py --length 8k --causal no --kernels 6 --impl "$NYSTROM"
+    TAIL=20 step triton-64k 150 "$PY" benchmarks/kernel_profile.py --length 64k --kernels 6 \
+        --impl "sdpa-flash,cosformer,$TRITON,nystromformer,nystromformer:backend=triton,combiner-fixed,combiner-fixed:backend=triton,combiner-axial,combiner-axial:backend=triton,combiner-mixture,combiner-mixture:backend=triton"
     ;;
 esac
 exit $status

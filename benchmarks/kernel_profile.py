@@ -30,8 +30,9 @@ from attnprof.spec import Case, parse_devices, parse_dtypes, parse_impls, parse_
 from attnprof.timing import bench  # noqa: E402
 
 DEFAULT_IMPLS = ",".join(
-    ("sdpa-flash", "cosformer", "cosformer:backend=triton", "nystromformer", "combiner-fixed", "combiner-fixed:backend=triton",
-     "combiner-axial", "combiner-axial:backend=triton", "combiner-logsparse", "combiner-mixture", "combiner-mixture:backend=triton")
+    ("sdpa-flash", "cosformer", "cosformer:backend=triton", "nystromformer", "nystromformer:backend=triton", "combiner-fixed",
+     "combiner-fixed:backend=triton", "combiner-axial", "combiner-axial:backend=triton", "combiner-logsparse", "combiner-mixture",
+     "combiner-mixture:backend=triton")
 )  # fmt: skip
 
 

@@ -108,6 +108,25 @@ def test_triton_combiner_on_cuda_matches_the_explicit_matrix_with_its_gradients(
     assert_gradients_close(out, expected, tested, (q, k, v), generator, 5 * tolerance)
 
 
+@pytest.mark.parametrize("n", [1000, 8192])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_triton_nystromformer_on_cuda_matches_float64_with_its_gradients(n, dtype):
+    """backend=triton compiled for the GPU (the CPU tests run its kernels through Triton's interpreter): the profiled
+    options (64 landmarks, 6 iterations, the seeded 33-tap conv), within the registered check's tolerance; at 8192 the
+    keys split into 64 parts of 128 a head (16 heads: 1024 programs)."""
+    from attnprof.impls.nystromformer import nystrom_attention, seeded_conv_weight
+    from attnprof.impls.reference.nystromformer import nystrom_reference
+
+    generator = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(1, 16, n, 64, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3))
+    expected = nystrom_reference(q, k, v, conv_weight=seeded_conv_weight(16, 33, "cpu", torch.float64))
+    tested = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
+    out = nystrom_attention(*tested, conv_weight=seeded_conv_weight(16, 33, "cuda", dtype), backend="triton")
+    tolerance = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}[dtype]
+    assert out.dtype == dtype and rel_error(out, expected) < tolerance
+    assert_gradients_close(out, expected, tested, (q, k, v), generator, 5 * tolerance)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_compiled_mixture_on_cuda_matches_the_explicit_matrix(causal):
     """backend=compile on a GPU (Triton kernels): the same function. gpu_session.sh runs it in part 3 (compiling

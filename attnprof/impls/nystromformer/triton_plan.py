@@ -1,10 +1,11 @@
 """Nyströmformer's forward through Triton kernels (option backend="triton"), with the eager backward by recomputation.
 
 Why: the eager forward is many small PyTorch ops (counted on meta at N = 8192, B = 1, H = 16, d = 64, bf16: 53 ops
-moving 0.62 GB), so on a GPU it is bound by launches and dispatch up to lengths where sdpa-flash still takes under a
-millisecond; the linear mechanisms are meant to beat it from N = 8k on. Here, after the segment means and the
-m x m landmark kernel A (PyTorch, 7 small ops), three launches (`triton_kernels.py`), each a torch custom op
-with a fake kernel, so on `meta` the accounting sees one op per launch with the bytes it reads and writes:
+moving 0.62 GB), so on a GPU it is bound by launches and dispatch where sdpa-flash takes about a millisecond (its
+275 GFLOP at 8k bidirectional; an estimate, not yet timed), and the linear mechanisms are meant to beat it from
+8k on. Here, after the segment means and the m x m landmark kernel A (PyTorch: two means, three small ops for A
+and three for the scale of the pseudo-inverse's start), three launches (`triton_kernels.py`), each a torch custom
+op with a fake kernel, so on `meta` the accounting sees one op per launch with the bytes it reads and writes:
 - `landmark_values`: Bk @ V = softmax(Ql K^T / sqrt(d)) V as flash attention with m queries, its keys split into
   parts for about TARGET_PROGRAMS programs, each part's unnormalised sums written out (m x d per part);
 - `pinv_values`: one program per head merges the parts, runs the pseudo-inverse's iterations on A and writes

@@ -85,11 +85,12 @@ def launch_constants(kernel: str, dtype, args) -> dict:
         return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32)
     if kernel.startswith("prefix_max_kernel"):
         return triton_scan.launch_constants(args.head_dim, reverse=kernel.endswith("_reversed"))
-    if kernel in NYSTROM_KERNELS:  # the profiled defaults: 64 landmarks, 6 iterations, a conv of 33 taps
+    if kernel in NYSTROM_KERNELS:  # the most landmarks it takes (the profiled default, 64), 6 iterations, 33 taps
         from attnprof.impls.nystromformer import triton_plan as nystrom_plan
 
         sizes = {"keys": args.length, "groups": args.heads, "taps": 33}
-        return nystrom_plan.launch_constants(kernel, dtype, 64, args.head_dim, args.head_dim, **sizes) | {"INTERPRETED": False}
+        landmarks = nystrom_plan.MAX_LANDMARKS
+        return nystrom_plan.launch_constants(kernel, dtype, landmarks, args.head_dim, args.head_dim, **sizes) | {"INTERPRETED": False}
     tile = args.chunk if kernel == "causal_out_kernel" else triton_plan.KEY_BLOCK
     rows = triton_plan.parts_of(args.length, args.heads, tile)
     return triton_plan.launch_constants(kernel, dtype, args.head_dim, args.head_dim, rows, args.chunk)

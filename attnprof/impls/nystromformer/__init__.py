@@ -45,10 +45,10 @@ def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weig
     tensor, mlpen's default; couples batch items) or "per-head" (batch-invariant, see module doc).
     backend: "eager" (PyTorch operators) or "triton" (for N > m: the forward as three Triton launches after the
     landmarks and their m x m kernel, see triton_plan.py; CUDA tensors, or meta for the accounting, or any device
-    under Triton's interpreter; float32, float16 or bfloat16; head dims and m up to 128). Counted on meta at
+    under Triton's interpreter; float32, float16 or bfloat16; head dims up to 128, m up to 64). Counted on meta at
     N = 8192, B = 1, H = 16, d = 64, bf16, forward: eager 53 ops, triton 12.
     """
-    _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init)
+    _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init, q.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"nystromformer backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "triton" and q.shape[-2] > num_landmarks:
@@ -59,11 +59,13 @@ def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weig
     return eager_attention(q, k, v, num_landmarks, pinv_iterations, conv_weight, pinv_init)
 
 
-def _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init) -> None:
+def _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init, heads: int) -> None:
     if num_landmarks < 1 or pinv_iterations < 0:
         raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 0, not {num_landmarks} and {pinv_iterations}")
     if pinv_init not in PINV_INITS:
         raise ValueError(f"unknown pinv_init {pinv_init!r}: choose one of {', '.join(PINV_INITS)}")
+    if conv_weight is not None and (conv_weight.dim() != 4 or conv_weight.shape[0] != heads or conv_weight.shape[1::2] != (1, 1)):
+        raise ValueError(f"conv_weight must be (H, 1, k, 1) = ({heads}, 1, k, 1), one filter a head, not {tuple(conv_weight.shape)}")
     if conv_weight is not None and conv_weight.shape[2] % 2 == 0:
         raise ValueError(f"conv kernel size must be odd (an even one changes the length), not {conv_weight.shape[2]}")
 

@@ -28,7 +28,7 @@ def landmark_values_kernel(
 ):  # fmt: skip
     """Program (part, group), part fastest: softmax(Ql K^T / sqrt(d)) V over the part's keys [part KEYS_PER_PART, ...)
     as flash attention's online softmax leaves it, unnormalised: acc (landmarks, width_v) = sum_j exp(l_j - top) v_j,
-    top (landmarks,) = the max logit, total = sum_j exp(l_j - top). A part past the last key leaves top -inf, total 0.
+    top (landmarks,) = the max logit, total = sum_j exp(l_j - top). Every part holds a key; its tiles past the last one add nothing.
     q_land (groups, landmarks, width) fp32 unscaled; k (groups, keys, width), v (groups, keys, width_v), contiguous;
     acc, top, total (groups, parts, landmarks[, width_v]) fp32. Ql is scaled and rounded to k's dtype as the eager
     plan's (q_land * scale).to(q.dtype)."""
@@ -114,8 +114,10 @@ def nystrom_out_kernel(
     k_land fp32 unscaled (groups, landmarks, width), scaled and rounded to q's dtype as the eager plan does. The conv
     (taps odd, zero padding taps // 2, filter conv[head] of `taps` values in v's dtype) as a banded product: for
     CONV_CHUNKS chunks of CONV_CHUNK rows of v from the block's first row - taps // 2 on, out += T v_chunk with
-    T[i, r] = conv[chunk CONV_CHUNK + r - i] (0 outside the taps), gathered from the small filter: v is read once
-    (with a halo of taps - 1 rows) and the sum runs on the tensor cores."""
+    T[i, r] = conv[chunk CONV_CHUNK + r - i] (0 outside the taps), gathered from the small filter: the sum runs on
+    the tensor cores, and a block loads BLOCK_N + taps - 1 rows of v rounded up to chunks (96 for 64 rows and 33
+    taps), so each row of v is loaded 1.5 times over; the accounting counts one read, the halo's repeat being likely
+    to come from L2."""
     program = tl.program_id(0)
     blocks = tl.cdiv(length, BLOCK_N)
     block, group = program % blocks, (program // blocks).to(tl.int64)

@@ -16,8 +16,9 @@ The backward recomputes the eager forward (`eager.py`) under autograd and differ
 the eager plan's, at the cost of one more eager forward.
 
 Differences from the eager plan, all rounding: the logits of Bk and F stay fp32 (the eager plan's bmm rounds them to
-the input dtype), Bk's softmax is normalised after its product with V (flash attention's order), and the conv skip
-is summed with F W in fp32 before one rounding. Checked on the CPU through Triton's interpreter against the float64
+the input dtype), Bk's softmax is normalised after its product with V (flash attention's order), Bk @ V stays fp32
+where the eager plan rounds it to v's dtype before Z takes it, and the conv skip is summed with F W in fp32 before
+one rounding. Checked on the CPU through Triton's interpreter against the float64
 reference and the eager plan (tests/impls/test_nystromformer_triton.py), compiled for sm_90 by
 benchmarks/triton_resources.py; on a GPU by tests/gpu.
 """
@@ -34,9 +35,13 @@ from attnprof.impls.nystromformer.eager import eager_attention, landmark_kernel,
 TARGET_PROGRAMS = 1024  # landmark_values programs per launch: ~8 per SM of an H100 (132); a guess until a GPU times it
 KEY_BLOCK = 64  # keys per tile of landmark_values
 ROW_BLOCK = 64  # query rows per nystrom_out program
-CONV_CHUNK = 64  # rows of v per banded product of the conv skip
+# rows of v per banded product of the conv skip: 32 (tl.dot's least is 16) loads the 96 rows a block of 64 needs at 33
+# taps in 3 products, where chunks of 64 loaded 128 in 2
+CONV_CHUNK = 32
 MAX_WIDTH = 128  # head dims: a row block's q, out and v tiles in registers
-MAX_LANDMARKS = 128  # pinv_values holds A, Z and three m x m products of one head in registers
+# pinv_values holds A, Z and three m x m fp32 products of one head on chip: at m = 128 (the tiles padded to 128 from
+# m = 65 on) it compiled for sm_90 to 256 KiB of shared memory, over the 227 KiB an H100 gives a block
+MAX_LANDMARKS = 64
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 WARPS = 4  # Triton's default, for landmark_values and nystrom_out: untimed until a GPU session
 PINV_WARPS = 8  # five m x m fp32 matrices live at once: 8 warps spread them over twice Triton's default threads
@@ -92,7 +97,9 @@ def triton_forward(q, k, v, conv_weight, num_landmarks: int, iterations: int, pi
     a = landmark_kernel(q_land, k_land)  # (B, H, m, m)
     acc, top, total = torch.ops.attnprof.nystrom_landmark_values(q_land, k, v)
     w = torch.ops.attnprof.nystrom_pinv_values(a, pinv_scale(a, pinv_init), acc, top, total, iterations, v.dtype)  # (B, H, m, Dv)
-    conv = None if conv_weight is None else conv_weight.reshape(conv_weight.shape[0], -1).to(v.dtype)  # (H, taps), the eager conv's dtype
+    if conv_weight is None:
+        return torch.ops.attnprof.nystrom_out(q, k_land, w, None, None)  # v is not read again
+    conv = conv_weight.reshape(conv_weight.shape[0], -1).to(device=v.device, dtype=v.dtype)  # (H, taps), as the eager conv takes it
     return torch.ops.attnprof.nystrom_out(q, k_land, w, v, conv)
 
 
@@ -190,28 +197,30 @@ def _(a, scale, acc, top, total, iterations, dtype):
 
 
 @torch.library.custom_op("attnprof::nystrom_out", mutates_args=())
-def _nystrom_out(q: Tensor, k_land: Tensor, w: Tensor, v: Tensor, conv: Tensor | None) -> Tensor:
+def _nystrom_out(q: Tensor, k_land: Tensor, w: Tensor, v: Tensor | None, conv: Tensor | None) -> Tensor:
+    """v and conv: both for the conv skip, or both None (then v is neither read nor counted)."""
     from triton import cdiv
 
     from attnprof.impls.nystromformer import triton_kernels
 
-    q, k_land, w, v = q.contiguous(), k_land.contiguous(), w.contiguous(), v.contiguous()
-    out = _out_buffer(q, v)
-    length, width, landmarks, taps = q.shape[-2], q.shape[-1], k_land.shape[-2], 0 if conv is None else conv.shape[-1]
-    groups = q.shape[0] * q.shape[1]
+    q, k_land, w = q.contiguous(), k_land.contiguous(), w.contiguous()
+    out = _out_buffer(q, w)
+    length, width, landmarks, width_v = q.shape[-2], q.shape[-1], k_land.shape[-2], w.shape[-1]
+    taps = 0 if conv is None else conv.shape[-1]
+    skip = (out, out) if conv is None else (v.contiguous(), conv.contiguous())  # without the skip, never loaded
     kernel = triton_kernels.nystrom_out_kernel
-    constants = launch_constants("nystrom_out_kernel", q.dtype, landmarks, width, v.shape[-1], taps=taps)
+    constants = launch_constants("nystrom_out_kernel", q.dtype, landmarks, width, width_v, taps=taps)
+    grid = (cdiv(length, ROW_BLOCK) * q.shape[0] * q.shape[1],)
     with triton_support.on_device_of(q):
-        kernel[(cdiv(length, ROW_BLOCK) * groups,)](q, k_land, w, v, out if conv is None else conv.contiguous(), out, length, landmarks,
-                                                    width, v.shape[-1], q.shape[1], taps, width**-0.5, INTERPRETED=_interpreted(kernel),
-                                                    **constants)  # fmt: skip
+        kernel[grid](q, k_land, w, *skip, out, length, landmarks, width, width_v, q.shape[1], taps, width**-0.5,
+                     INTERPRETED=_interpreted(kernel), **constants)  # fmt: skip
     return out
 
 
-def _out_buffer(q: Tensor, v: Tensor) -> Tensor:
-    return v.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, H, N, Dv)
+def _out_buffer(q: Tensor, w: Tensor) -> Tensor:
+    return w.new_empty((*q.shape[:-1], w.shape[-1]))  # (B, H, N, Dv) in v's dtype (W's)
 
 
 @_nystrom_out.register_fake
 def _(q, k_land, w, v, conv):
-    return _out_buffer(q, v)
+    return _out_buffer(q, w)

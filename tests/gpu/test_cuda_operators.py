@@ -113,7 +113,7 @@ def test_triton_combiner_on_cuda_matches_the_explicit_matrix_with_its_gradients(
 def test_triton_nystromformer_on_cuda_matches_float64_with_its_gradients(n, dtype):
     """backend=triton compiled for the GPU (the CPU tests run its kernels through Triton's interpreter): the profiled
     options (64 landmarks, 6 iterations, the seeded 33-tap conv), within the registered check's tolerance; at 8192 the
-    keys split into 64 parts of 128 a head (16 heads: 1024 programs)."""
+    keys split into 16 parts of 512 a head (triton_plan.MIN_PART_KEYS)."""
     from attnprof.impls.nystromformer import nystrom_attention, seeded_conv_weight
     from attnprof.impls.reference.nystromformer import nystrom_reference
 

@@ -72,6 +72,7 @@ def test_any_split_of_the_keys_gives_the_same_output(interpreted, monkeypatch, t
     """Bk @ V's parts merged in the pseudo-inverse's program: one part of 512 keys (the tiles past key 300 empty), two of
     256 (the second mostly empty), or 5 of 64 (the last 44 keys long)."""
     monkeypatch.setattr(triton_plan, "TARGET_PROGRAMS", target)
+    monkeypatch.setattr(triton_plan, "MIN_PART_KEYS", 64)  # the plan's 512 would leave 300 keys one part whatever the target
     assert triton_plan.key_parts(300, 6) == {1: (1, 512), 12: (2, 256), 1024: (5, 64)}[target]
     q, k, v = qkv(2, 3, 300, 32, seed=5)
     expected = nystrom_reference(q, k, v, num_landmarks=32)
@@ -141,10 +142,11 @@ def tally(case: Case):
 
 
 def test_the_forward_takes_a_quarter_of_the_ops_and_bytes():
-    """N = 8192, bf16, forward: 53 ops moving 0.62 GB eager, 12 moving 0.16 GB; N = 65536: 4.73 against 0.98 GB, where
-    q, k, v and out alone are 0.54 GB and the landmarks force q, k and v to be read twice (min_bytes: 0.94 GB)."""
+    """N = 8192, bf16, forward: 53 ops moving 0.62 GB eager, 12 moving 0.13 GB (0.16 with parts of 128 keys); N = 65536:
+    4.73 against 0.98 GB, where q, k, v and out alone are 0.54 GB and the landmarks force q, k and v to be read twice
+    (min_bytes: 0.94 GB)."""
     assert tally(case_at(8192, "fwd", "eager")) == (53, pytest.approx(0.62, abs=0.01))
-    assert tally(case_at(8192, "fwd", "triton")) == (12, pytest.approx(0.16, abs=0.01))
+    assert tally(case_at(8192, "fwd", "triton")) == (12, pytest.approx(0.13, abs=0.01))
     assert tally(case_at(65536, "fwd", "eager"))[1] == pytest.approx(4.73, abs=0.01)
     case = case_at(65536, "fwd", "triton")
     moved = tally(case)[1]

@@ -34,6 +34,10 @@ from attnprof.impls.nystromformer.eager import eager_attention, landmark_kernel,
 
 TARGET_PROGRAMS = 1024  # landmark_values programs per launch: ~8 per SM of an H100 (132); a guess until a GPU times it
 KEY_BLOCK = 64  # keys per tile of landmark_values
+# keys per part at least: pinv_values merges a head's parts one after another, so at short lengths fewer, longer parts
+# (8k, 16 heads: 16 parts of 512 where 1024 programs would take 64 of 128) cut that serial loop and the parts' sums
+# written and read back, at 2 programs per SM; from 32k on TARGET_PROGRAMS decides
+MIN_PART_KEYS = 512
 ROW_BLOCK = 64  # query rows per nystrom_out program
 # rows of v per banded product of the conv skip: 32 (tl.dot's least is 16) loads the 96 rows a block of 64 needs at 33
 # taps in 3 products, where chunks of 64 loaded 128 in 2
@@ -105,10 +109,10 @@ def triton_forward(q, k, v, conv_weight, num_landmarks: int, iterations: int, pi
 
 def key_parts(keys: int, groups: int) -> tuple[int, int]:
     """(parts, keys per part): the keys split for about TARGET_PROGRAMS programs of landmark_values, a part a power of
-    two times KEY_BLOCK (a constexpr: few compiled variants)."""
+    two times KEY_BLOCK (a constexpr: few compiled variants) of at least MIN_PART_KEYS."""
     from triton import cdiv, next_power_of_2
 
-    per_part = max(KEY_BLOCK, next_power_of_2(cdiv(keys, max(1, TARGET_PROGRAMS // groups))))
+    per_part = max(KEY_BLOCK, MIN_PART_KEYS, next_power_of_2(cdiv(keys, max(1, TARGET_PROGRAMS // groups))))
     return cdiv(keys, per_part), per_part
 
 

@@ -1,5 +1,5 @@
-"""What the impls' Triton backends (cosformer, combiner-fixed and combiner-mixture backend=triton) share: whether Triton is
-there, whether its interpreter is on, and the reasons a call or a case is refused."""
+"""What the impls' Triton backends (cosformer, nystromformer, combiner-fixed, -axial and -mixture backend=triton) share:
+whether Triton is there, whether its interpreter is on, and the reasons a call or a case is refused."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def case_problems(name: str, device: str) -> list[str]:
     if kind == "cpu":
         return [f"{name} backend=triton runs on CUDA, not cpu (Triton kernels)"]
     return [missing(name)] if kind == "cuda" and not triton_installed() else []
+
+
+def refusals(name: str, case, options: dict, kernel_problems) -> list[str]:
+    """An impl's `refuse` for its backend option: backend="triton" runs on CUDA (and meta, counted through its ops' fake
+    kernels), never timed on the CPU, and within what its kernels take (kernel_problems(), asked only then)."""
+    if options.get("backend") != "triton":
+        return []
+    return case_problems(name, case.device) + kernel_problems()
 
 
 def on_device_of(tensor):

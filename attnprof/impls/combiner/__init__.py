@@ -126,9 +126,8 @@ def _option_problems(variant: str, options) -> list[str]:
 
 
 def _refusals(variant: str, case, options) -> list[str]:
-    if options.get("backend") != "triton":
-        return []
-    return triton_support.case_problems(f"combiner-{variant}", case.device) + _head_dim_problems(variant, case.head_dim)
+    shapes = functools.partial(_head_dim_problems, variant, case.head_dim)
+    return triton_support.refusals(f"combiner-{variant}", case, options, shapes)
 
 
 def _head_dim_problems(variant: str, head_dim: int) -> list[str]:

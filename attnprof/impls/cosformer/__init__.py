@@ -59,6 +59,8 @@ C = 64 still fastest (48 within 1 %, 32 +8 %), CPU_STEP_ROWS 2^12 (2^11 within 1
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from attnprof.impls import register, triton_support
@@ -161,11 +163,9 @@ def _option_problems(options: dict) -> list[str]:
 
 
 def _refusals(case, options: dict) -> list[str]:
-    """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
-    if options.get("backend") != "triton":
-        return []
-    shape = triton_plan.shape_problems(getattr(torch, case.dtype), case.head_dim, case.causal, options.get("chunk_size"))
-    return triton_support.case_problems("cosformer", case.device) + shape
+    dtype = getattr(torch, case.dtype)
+    shapes = functools.partial(triton_plan.shape_problems, dtype, case.head_dim, case.causal, options.get("chunk_size"))
+    return triton_support.refusals("cosformer", case, options, shapes)
 
 
 register(

@@ -23,6 +23,8 @@ triton (`triton_plan.py`: the forward in three Triton launches on CUDA, the eage
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from attnprof.impls import register, triton_support
@@ -145,11 +147,8 @@ def _option_problems(options) -> list[str]:
 
 
 def _refusals(case, options) -> list[str]:
-    """backend="triton" runs on CUDA (and meta, counted through its ops' fake kernels), never timed on the CPU."""
-    if options.get("backend") != "triton":
-        return []
-    shape = triton_plan.shape_problems(getattr(torch, case.dtype), case.head_dim, options["num_landmarks"])
-    return triton_support.case_problems("nystromformer", case.device) + shape
+    shapes = functools.partial(triton_plan.shape_problems, getattr(torch, case.dtype), case.head_dim, options["num_landmarks"])
+    return triton_support.refusals("nystromformer", case, options, shapes)
 
 
 register(

@@ -31,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 
-COMBINER_KERNELS = ("softmax_values_kernel", "prefix_max_kernel", "prefix_max_kernel_reversed")  # the last: REVERSE=True
+COMBINER_KERNELS = (
+    "softmax_values_kernel",
+    "softmax_values_qk_kernel",
+    "prefix_max_kernel",
+    "prefix_max_kernel_reversed",
+)  # the last: REVERSE=True
 NYSTROM_KERNELS = ("landmark_values_kernel", "pinv_values_kernel", "nystrom_out_kernel")
 KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", *NYSTROM_KERNELS, *COMBINER_KERNELS)
 # Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
@@ -81,8 +86,9 @@ def launch_constants(kernel: str, dtype, args) -> dict:
     from attnprof.impls.combiner import triton_scan, triton_softmax
     from attnprof.impls.cosformer import triton_plan
 
-    if kernel == "softmax_values_kernel":  # fp32 logits and values whatever the inputs (Combiner upcasts halves)
-        return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32)
+    if kernel.startswith("softmax_values"):  # fp32 logits (or queries and keys) and values whatever the inputs (Combiner upcasts halves)
+        depth = args.head_dim if kernel == "softmax_values_qk_kernel" else None
+        return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32, depth=depth)
     if kernel.startswith("prefix_max_kernel"):
         return triton_scan.launch_constants(args.head_dim, reverse=kernel.endswith("_reversed"))
     if kernel in NYSTROM_KERNELS:  # the most landmarks it takes (the profiled default, 64), 6 iterations, 33 taps

@@ -93,17 +93,21 @@ def test_combiner_bf16_on_cuda_matches_the_explicit_matrix(variant, causal):
 @pytest.mark.parametrize("variant", ["fixed", "axial", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_combiner_on_cuda_matches_the_explicit_matrix_with_its_gradients(variant, causal, dtype):
-    """backend=triton compiled for the GPU (the CPU tests run its kernel through Triton's interpreter)."""
+@pytest.mark.parametrize("n", [1000, 1024], ids=["padded", "whole blocks"])
+def test_triton_combiner_on_cuda_matches_the_explicit_matrix_with_its_gradients(variant, causal, dtype, n):
+    """backend=triton compiled for the GPU (the CPU tests run its kernel through Triton's interpreter); whole blocks
+    take softmax_values_qk where a Band is all the masking (Axial's row attention and direct part: forward only)."""
     from attnprof.impls.combiner import TOLERANCE, combiner_attention
     from attnprof.impls.reference.combiner import combiner_reference
 
     generator = torch.Generator().manual_seed(11)
-    q, k, v = (torch.randn(1, 4, 1000, 64, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(1, 4, n, 64, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3))
     expected = combiner_reference(q, k, v, variant=variant, causal=causal)
     tested = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
-    out = combiner_attention(*tested, variant=variant, causal=causal, backend="triton")
     tolerance = TOLERANCE["bfloat16" if dtype == torch.bfloat16 else "float32"]
+    with torch.no_grad():
+        assert rel_error(combiner_attention(*tested, variant=variant, causal=causal, backend="triton"), expected) < tolerance
+    out = combiner_attention(*tested, variant=variant, causal=causal, backend="triton")
     assert out.dtype == dtype and rel_error(out, expected) < tolerance
     assert_gradients_close(out, expected, tested, (q, k, v), generator, 5 * tolerance)
 

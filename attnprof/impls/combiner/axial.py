@@ -33,7 +33,7 @@ def axial_attention(
     (qr, kr, vr), pad = to_blocks(q, k, v, block_size)  # (B, H, rows, m, D) each; pad (rows, m) or None
     rows, m = qr.shape[-3], qr.shape[-2]
     if fused:
-        return finish(_fused_parts(qr, kr, vr, n, causal, fused_attend(q.dtype)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
+        return finish(_fused_parts(qr, kr, vr, n, causal, q.dtype).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
     logits = qr @ kr.transpose(-2, -1)  # (B, H, rows, m, m)  doubles as the direct logits below
     if pad is not None:
         logits.masked_fill_(~pad[:, None, :], mask_value(logits))
@@ -58,31 +58,41 @@ def _region_drop(rows: int, causal: bool, device) -> torch.Tensor:
     return r[None, :] >= r[:, None] if causal else r[None, :] == r[:, None]  # (rows, rows)
 
 
-def _fused_parts(qr, kr, vr, n: int, causal: bool, attend) -> torch.Tensor:
+def _fused_parts(qr, kr, vr, n: int, causal: bool, dtype: torch.dtype) -> torch.Tensor:
     """The row attention (on values and on keys) and the direct and region parts, each through the fused softmax
     kernel (triton_softmax), the parts merged by their log-normalisers: no weights are written, and the kernel drops
-    the causal and region masks' keys (Band) where the joint softmax filled them in the logits. One part at a time,
-    as Mixture's merged plan. qr, kr, vr (B, H, rows, m, D) -> (B, H, rows, m, D). attend: fused_attend of the
-    inputs' dtype."""
+    the causal and region masks' keys (Band) where the joint softmax filled them in the logits. Where a Band is all the
+    masking, the kernel forms the logits from queries and keys too (softmax_values_qk): the region part always; the
+    row attention and the direct part when no gradient is wanted and the last row holds no padding. Else they share
+    one logits tensor, its padded keys filled: each backward of the in-kernel form would form the shared logits again
+    (counted at N = 65536, bf16, causal: forward 8.9 GB in-kernel, 14.8 shared; forward + backward 89.0 in-kernel, 86.8
+    shared).
+    One part at a time, as Mixture's merged plan. qr, kr, vr (B, H, rows, m, D) -> (B, H, rows, m, D); dtype: the
+    inputs'."""
     rows, m = qr.shape[-3], qr.shape[-2]
-    logits = qr @ kr.transpose(-2, -1)  # (B, H, rows, m, m)  the row attention's logits and the direct ones
     tail = n - (rows - 1) * m  # real tokens in the last row, 1 .. m
-    if tail < m:
+    differentiated = torch.is_grad_enabled() and any(x.requires_grad for x in (qr, kr, vr))
+    if tail == m and not differentiated:
+        attend, scores = fused_attend(dtype, from_queries=True), (qr, kr)  # the logits formed in each kernel
+    else:
+        attend, logits = fused_attend(dtype), qr @ kr.transpose(-2, -1)  # (B, H, rows, m, m)  the row attention's and direct
         with torch.no_grad():  # a dropped logit weighs 0 and gets no gradient: autograd need not know of the fill
             logits[..., -1, :, tail:].fill_(float("-inf"))  # the last row's padded keys (no other row holds padding)
+        scores = (logits,)
     # The row attention applied to values and to keys. One launch over both, concatenated, where the accumulator fits:
     # the same bytes forward as two (the copy against a second read of the logits), and one backward, not two
     # (counted at N = 65536, bf16, causal: forward + backward 86.3 against 100.3 GB; eager 88.7).
     if 2 * vr.shape[-1] <= MAX_HEAD_DIM:
-        both = attend(logits, torch.cat([vr, kr], dim=-1))[0]  # (B, H, rows, m, 2 D)
+        both = attend(*scores, torch.cat([vr, kr], dim=-1))[0]  # (B, H, rows, m, 2 D)
         row_value, row_key = both.transpose(-3, -2).chunk(2, dim=-1)  # (B, H, m, rows, D) each
     else:
-        row_value, row_key = (attend(logits, x)[0].transpose(-3, -2) for x in (vr, kr))  # (B, H, m, rows, D) each
-    direct_out, direct_lse = attend(logits, vr, band=Band(1, 1, m) if causal else None)  # (B, H, rows, m, D), (..., 1)
-    del logits
-    region = qr.transpose(-3, -2) @ row_key.transpose(-2, -1)  # (B, H, m, rows, rows)  query row r vs row summaries r'
+        row_value, row_key = (attend(*scores, x)[0].transpose(-3, -2) for x in (vr, kr))  # (B, H, m, rows, D) each
+    direct_out, direct_lse = attend(*scores, vr, band=Band(1, 1, m) if causal else None)  # (B, H, rows, m, D), (..., 1)
+    del scores
     # query row r drops the summaries of rows r .. rows - 1 (causal) or of its own row alone; the first row keeps none
     # when causal (and every row of a one-row grid): lse -inf, weight 0
     band = Band(0, 1, rows) if causal else Band(0, 1, 1, 1)
-    region_out, region_lse = (x.transpose(-3, -2) for x in attend(region, row_value, band=band))  # (B, H, rows, m, D), (..., 1)
+    # query row r against the row summaries r': (B, H, m, rows, D), (..., 1), then to (B, H, rows, m, D), (..., 1)
+    region = fused_attend(dtype, from_queries=True)(qr.transpose(-3, -2), row_key, row_value, band=band)
+    region_out, region_lse = (x.transpose(-3, -2) for x in region)
     return merge_by_normalisers(direct_out, direct_lse, region_out, region_lse)

@@ -32,7 +32,7 @@ def fixed_attention(
     q_hat = masked_max(qb, None if pad is None else pad[..., None], dim=-2)  # (B, H, nb, D)
     v_hat = local_attention(q_hat, kb, vb, None if pad is None else ~pad)  # (B, H, nb, D)
     if fused:
-        return finish(_fused_parts(qb, kb, vb, k_hat, v_hat, n, causal, fused_attend(q.dtype)), n, q.dtype)  # (B, H, N, D)
+        return finish(_fused_parts(qb, kb, vb, k_hat, v_hat, n, causal, q.dtype), n, q.dtype)  # (B, H, N, D)
     direct = qb @ kb.transpose(-2, -1)  # (B, H, nb, s, s)
     region = (qs @ k_hat.transpose(-2, -1)).unflatten(-2, (nb, s))  # (B, H, nb, s, nb)
     parts = [(direct, _direct_drop(pad, s, causal, q.device), False), (region, _region_drop(nb, causal, q.device), False)]
@@ -59,24 +59,28 @@ def _region_drop(nb: int, causal: bool, device) -> torch.Tensor:
     return drop[:, None, :]  # (nb, 1, nb)
 
 
-def _fused_parts(qb, kb, vb, k_hat, v_hat, n: int, causal: bool, attend) -> torch.Tensor:
+def _fused_parts(qb, kb, vb, k_hat, v_hat, n: int, causal: bool, dtype: torch.dtype) -> torch.Tensor:
     """The direct and the region part each through the fused softmax kernel (triton_softmax), merged by their
     log-normalisers: their weights are never written, and the kernel drops the masks' keys (Band) where the joint
-    softmax filled them in the logits. One part at a time, as Mixture's merged plan: no more logits alive at once
-    than the joint plan holds. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved: see
-    combiner_attention. qb, kb, vb (B, H, nb, s, D); k_hat, v_hat (B, H, nb, D) -> (B, H, L, D). attend: fused_attend
-    of the inputs' dtype."""
+    softmax filled them in the logits. Where a Band is all the masking, the kernel forms the logits from queries and
+    keys too (softmax_values_qk): the region part always, the direct part unless the last block holds padding, whose
+    keys are filled in its logits. One part at a time, as Mixture's merged plan: no more logits alive at once than the
+    joint plan holds. Counted on meta at N = 65536, B = 1, H = 16, bf16, forward, bytes moved: see combiner_attention.
+    qb, kb, vb (B, H, nb, s, D); k_hat, v_hat (B, H, nb, D) -> (B, H, L, D); dtype: the inputs'."""
     nb, s = qb.shape[-3], qb.shape[-2]
-    direct = qb @ kb.transpose(-2, -1)  # (B, H, nb, s, s)
     tail = n - (nb - 1) * s  # real tokens in the last block, 1 .. s
-    if tail < s:
+    direct_band = Band(1, 1, s) if causal else None
+    if tail == s:
+        direct_out, direct_lse = fused_attend(dtype, from_queries=True)(qb, kb, vb, band=direct_band)  # (B, H, nb, s, D), (..., 1)
+    else:
+        direct = qb @ kb.transpose(-2, -1)  # (B, H, nb, s, s)
         with torch.no_grad():  # a dropped logit weighs 0 and gets no gradient: autograd need not know of the fill
             direct[..., -1, :, tail:].fill_(float("-inf"))  # the last block's padded keys (no other block holds padding)
-    direct_out, direct_lse = attend(direct, vb, band=Band(1, 1, s) if causal else None)  # (B, H, nb, s, D), (B, H, nb, s, 1)
-    del direct
-    region = qb.flatten(-3, -2) @ k_hat.transpose(-2, -1)  # (B, H, L, nb): query row t against block summaries
+        direct_out, direct_lse = fused_attend(dtype)(direct, vb, band=direct_band)  # (B, H, nb, s, D), (B, H, nb, s, 1)
+        del direct
     # query t of block t // s drops the summaries of blocks t // s .. nb - 1 (causal) or of its own block alone; the
     # first block's queries keep none when causal (and every query of a one-block sequence): lse -inf, weight 0
     band = Band(0, 1, nb, 0, s) if causal else Band(0, 1, 1, 1, s)
-    region_out, region_lse = attend(region, v_hat, band=band)  # (B, H, L, D), (B, H, L, 1)
+    # (B, H, L, D), (B, H, L, 1): query row t against the block summaries
+    region_out, region_lse = fused_attend(dtype, from_queries=True)(qb.flatten(-3, -2), k_hat, v_hat, band=band)
     return merge_by_normalisers(direct_out.flatten(-3, -2), direct_lse.flatten(-3, -2), region_out, region_lse)

@@ -1,5 +1,5 @@
-"""The Triton kernels of Combiner's backend="triton" (Fixed, Axial, Mixture): the fused softmax and values (launched by
-`triton_softmax.py`) and Mixture's running max (`triton_scan.py`)."""
+"""The Triton kernels of Combiner's backend="triton" (Fixed, Axial, Mixture): the fused softmax and values, from logits
+or from queries and keys (launched by `triton_softmax.py`), and Mixture's running max (`triton_scan.py`)."""
 
 from __future__ import annotations
 
@@ -60,17 +60,68 @@ def _add_tile(
     logits = tl.load(logits_ptr + group * rows * keys + row[:, None] * keys + key[None, :], mask=inside, other=float("-inf"))
     dropped = (key[None, :] >= drop_start[:, None]) & (key[None, :] < drop_end[:, None])  # (BLOCK_M, BLOCK_K)
     logits = tl.where(dropped, float("-inf"), logits)
+    values = tl.load(values_at + key[:, None] * key_stride + column[None, :] * column_stride,
+                     mask=(key < keys)[:, None] & (column < width)[None, :], other=0.0)  # fmt: skip
+    return _online_step(logits, values, acc, total, top, PRECISION, INTERPRETED)
+
+
+@triton.jit
+def _online_step(logits, values, acc, total, top, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """The online softmax's update by one tile: logits (BLOCK_M, BLOCK_K) with the dropped keys at -inf, values
+    (BLOCK_K, BLOCK_D) -> the state (acc, total, top) after it."""
     new_top = tl.maximum(top, tl.max(logits, axis=1))
     shift = tl.where(new_top == float("-inf"), 0.0, new_top)  # a tile of masked keys only: no inf - inf
     weights = tl.exp(logits - shift[:, None])  # (BLOCK_M, BLOCK_K)
     rescale = tl.exp(top - shift)
-    values = tl.load(values_at + key[:, None] * key_stride + column[None, :] * column_stride,
-                     mask=(key < keys)[:, None] & (column < width)[None, :], other=0.0)  # fmt: skip
-    if INTERPRETED:
-        product = tl.dot(weights, values.to(tl.float32))  # the interpreter computes in fp32 whatever the precision
-    else:
-        product = tl.dot(weights, values.to(tl.float32), input_precision=PRECISION)
+    product = _dot(weights, values.to(tl.float32), PRECISION, INTERPRETED)
     return acc * rescale[:, None] + product, total * rescale + tl.sum(weights, axis=1), new_top
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    if INTERPRETED:
+        return tl.dot(a, b)  # the interpreter computes in fp32 whatever the precision
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def softmax_values_qk_kernel(
+    queries_ptr, keys_ptr, values_ptr, out_ptr, lse_ptr, rows, keys, width, depth, inner_count, outer_stride, inner_stride,
+    key_stride, column_stride, drop_from, drop_from_step, drop_to, drop_to_step, drop_divisor,
+    STATIC_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+    PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """softmax_values_kernel with the logits formed in the kernel, queries @ keys^T, never written: queries (groups,
+    rows, depth) and keys (groups, keys, depth), fp32 and contiguous; values, out, lse, the band and the program
+    numbering as softmax_values_kernel's."""
+    program = tl.program_id(0)
+    blocks = tl.cdiv(rows, BLOCK_M)
+    block, group = program % blocks, (program // blocks).to(tl.int64)
+    inner, outer = group % inner_count, group // inner_count
+    row = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    column, channel = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_Q)
+    queries = tl.load(queries_ptr + group * rows * depth + row[:, None] * depth + channel[None, :],
+                      mask=(row < rows)[:, None] & (channel < depth)[None, :], other=0.0)  # fmt: skip
+    values_at = values_ptr + outer * outer_stride + inner * inner_stride
+    top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    drop_start = drop_from + (drop_from_step * row) // drop_divisor  # (BLOCK_M,)
+    drop_end = drop_to + (drop_to_step * row) // drop_divisor
+    for first in range(0, keys if STATIC_KEYS == 0 else STATIC_KEYS, BLOCK_K):
+        key = first + tl.arange(0, BLOCK_K)
+        key_tile = tl.load(keys_ptr + group * keys * depth + key[:, None] * depth + channel[None, :],
+                           mask=(key < keys)[:, None] & (channel < depth)[None, :], other=0.0)  # fmt: skip
+        logits = _dot(queries, tl.trans(key_tile), PRECISION, INTERPRETED)  # (BLOCK_M, BLOCK_K)
+        dropped = (key[None, :] >= keys) | ((key[None, :] >= drop_start[:, None]) & (key[None, :] < drop_end[:, None]))
+        values = tl.load(values_at + key[:, None] * key_stride + column[None, :] * column_stride,
+                         mask=(key < keys)[:, None] & (column < width)[None, :], other=0.0)  # fmt: skip
+        acc, total, top = _online_step(tl.where(dropped, float("-inf"), logits), values, acc, total, top, PRECISION, INTERPRETED)
+    total = tl.where(total > 0, total, 1.0)  # rows past the end (never stored), and rows with every key dropped: out 0
+    inside = (row < rows)[:, None] & (column < width)[None, :]
+    tl.store(out_ptr + group * rows * width + row[:, None] * width + column[None, :], (acc / total[:, None]).to(out_ptr.dtype.element_ty),
+             mask=inside)  # fmt: skip
+    tl.store(lse_ptr + group * rows + row, top + tl.log(total), mask=row < rows)
 
 
 @triton.jit

@@ -1,7 +1,8 @@
 """Combiner's softmaxes through one Triton kernel each (the option backend="triton": Fixed, Axial, Mixture):
 softmax(logits) applied to the values, and the log-normaliser, in one pass over the masked logits, as flash
 attention does over its key blocks; for each variant's two logit parts, Axial's row attention and Mixture's
-summaries.
+summaries. softmax_values_qk forms the logits in the kernel from queries and keys, where a Band is all a part's
+masking (Fixed's and Axial's parts without padding): the logits are then never written nor read back.
 
 Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
 its logits, and reads them again for the product with the values (the parts also read the logits once more
@@ -83,10 +84,10 @@ def softmax_values(logits: Tensor, values: Tensor, exact: bool, band: Band | Non
     return SoftmaxValues.apply(logits, values, exact, band or NO_BAND)
 
 
-def fused_attend(dtype: torch.dtype):
+def fused_attend(dtype: torch.dtype, from_queries: bool = False):
     """softmax_values for inputs of `dtype` (fp32 inputs take the exact products): (logits, values, band=None) ->
-    (out, lse)."""
-    return functools.partial(softmax_values, exact=dtype == torch.float32)
+    (out, lse); from_queries: softmax_values_qk, (queries, keys, values, band=None) -> (out, lse)."""
+    return functools.partial(softmax_values_qk if from_queries else softmax_values, exact=dtype == torch.float32)
 
 
 class SoftmaxValues(torch.autograd.Function):
@@ -101,17 +102,50 @@ class SoftmaxValues(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, grad_lse):
         logits, values, out, lse = ctx.saved_tensors
-        # autograd hands an unused output's gradient in as zeros (materialised), never None
-        # A row with no key (lse -inf) holds only -inf logits and dropped ones: shifted by 0, not by -inf (inf - inf),
-        # the first exponentiate to 0, and the band's fill zeroes the others (whatever exp made of them).
-        weights = torch.sub(logits, lse.masked_fill(torch.isneginf(lse), 0.0)).exp_()  # (..., M, K)
-        if ctx.band != NO_BAND:
-            ctx.band.drop_weights_(weights)
-        grad_values = weights.transpose(-2, -1) @ grad_out  # (..., K, D)
-        grad_weights = grad_out @ values.transpose(-2, -1)  # (..., M, K)
-        # sum_j w_j dW_j = dout . out (out = w @ values); the normaliser's gradient w g_lse joins softmax's backward
-        shift = (grad_out * out).sum(-1, keepdim=True) - grad_lse  # (..., M, 1)
-        return grad_weights.sub_(shift).mul_(weights), grad_values, None, None  # w (dW - shift): two passes over the weights' size
+        return *_softmax_backward(logits, values, out, lse, ctx.band, grad_out, grad_lse, own_logits=False), None, None
+
+
+def softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: bool, band: Band | None = None) -> tuple[Tensor, Tensor]:
+    """softmax_values(queries @ keys^T, values, exact, band) with the logits formed in the kernel and never written:
+    queries (..., M, E), keys (..., K, E) of the same groups. Where a plan's masks are a Band alone (no padding to fill),
+    this saves writing the logits and reading them back, and keeps q and k for the backward instead of the logits; the
+    backward forms them again (one product)."""
+    return SoftmaxValuesQK.apply(queries, keys, values, exact, band or NO_BAND)
+
+
+class SoftmaxValuesQK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries, keys, values, exact: bool, band: Band):
+        out, lse = torch.ops.attnprof.softmax_values_qk(queries, keys, values, exact, band.as_ints())
+        ctx.save_for_backward(queries, keys, values, out, lse)
+        ctx.band = band
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        queries, keys, values, out, lse = ctx.saved_tensors
+        logits = queries @ keys.transpose(-2, -1)  # (..., M, K)
+        grad_logits, grad_values = _softmax_backward(logits, values, out, lse, ctx.band, grad_out, grad_lse, own_logits=True)
+        return grad_logits @ keys, grad_logits.transpose(-2, -1) @ queries, grad_values, None, None
+
+
+def _softmax_backward(logits, values, out, lse, band: Band, grad_out, grad_lse, own_logits: bool) -> tuple[Tensor, Tensor]:
+    """The gradients of the logits and of the values, from the forward's output and log-normaliser. own_logits: the
+    logits are the backward's own (formed again), turned into the weights in place; else saved ones, left as they are
+    (Axial's row attention and direct part share theirs). autograd hands an unused output's gradient in as zeros
+    (materialised), never None."""
+    # A row with no key (lse -inf) holds only -inf logits and dropped ones: shifted by 0, not by -inf (inf - inf),
+    # the first exponentiate to 0, and the band's fill zeroes the others (whatever exp made of them).
+    shift_by = lse.masked_fill(torch.isneginf(lse), 0.0)  # (..., M, 1)
+    weights = (logits.sub_(shift_by) if own_logits else torch.sub(logits, shift_by)).exp_()  # (..., M, K)
+    if band != NO_BAND:
+        band.drop_weights_(weights)
+    grad_values = weights.transpose(-2, -1) @ grad_out  # (..., K, D)
+    grad_weights = grad_out @ values.transpose(-2, -1)  # (..., M, K)
+    # sum_j w_j dW_j = dout . out (out = w @ values); the normaliser's gradient w g_lse joins softmax's backward
+    shift = (grad_out * out).sum(-1, keepdim=True) - grad_lse  # (..., M, 1)
+    return grad_weights.sub_(shift).mul_(weights), grad_values  # w (dW - shift): two passes over the weights' size
 
 
 def _buffers(logits, values):
@@ -127,13 +161,7 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: list[int]
 
     logits = logits.contiguous()
     out, lse = _buffers(logits, values)
-    groups = logits.shape[:-2]
-    values = values.expand(*groups, *values.shape[-2:])
-    levels = _two_levels(values)  # the value groups as (outer, inner) with one stride each: Mixture's views stay views
-    if levels is None:  # a layout Mixture does not make: one copy
-        values = values.contiguous()
-        levels = _two_levels(values)
-    outer, inner = levels
+    values, (outer, inner) = _value_layout(values, logits.shape[:-2])
     rows, width = logits.shape[-2], values.shape[-1]
     grid = (-(-rows // BLOCK_M) * inner[0] * outer[0],)
     kernel = triton_kernels.softmax_values_kernel
@@ -145,18 +173,62 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: list[int]
     return out, lse
 
 
-def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = False) -> dict:
+@torch.library.custom_op("attnprof::softmax_values_qk", mutates_args=())
+def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: bool, band: list[int]) -> tuple[Tensor, Tensor]:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from attnprof.impls.combiner import triton_kernels
+
+    groups = queries.shape[:-2]
+    queries, keys = queries.contiguous(), keys.expand(*groups, *keys.shape[-2:]).contiguous()
+    out, lse = _buffers(queries, values)
+    values, (outer, inner) = _value_layout(values, groups)
+    rows, width, depth = queries.shape[-2], values.shape[-1], queries.shape[-1]
+    grid = (-(-rows // BLOCK_M) * inner[0] * outer[0],)
+    kernel = triton_kernels.softmax_values_qk_kernel
+    constants = launch_constants(keys.shape[-2], width, exact, isinstance(kernel, InterpretedFunction), depth=depth)
+    with triton_support.on_device_of(queries):
+        kernel[grid](queries, keys, values, out, lse, rows, keys.shape[-2], width, depth, inner[0], outer[1], inner[1], values.stride(-2),
+                     values.stride(-1), *band, **constants)  # fmt: skip
+    return out, lse
+
+
+@_softmax_values_qk.register_fake
+def _(queries, keys, values, exact, band):
+    return _buffers(queries, values)
+
+
+def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = False, depth: int | None = None) -> dict:
     """The constexprs of a launch over `keys` keys of `width`-wide values (also what benchmarks/triton_resources.py
-    compiles); exact: fp32 inputs ("tf32x3" products), else TF32."""
+    compiles); exact: fp32 inputs ("tf32x3" products), else TF32; depth: the queries' and keys' width, for the kernel
+    that forms the logits (softmax_values_qk_kernel)."""
     from triton import next_power_of_2
 
-    return {"STATIC_KEYS": keys if interpreted else 0, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K, "BLOCK_D": max(16, next_power_of_2(width)),
-            "PRECISION": "tf32x3" if exact else "tf32", "INTERPRETED": interpreted, "num_warps": WARPS}  # fmt: skip
+    constants = {"STATIC_KEYS": keys if interpreted else 0, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K,
+                 "BLOCK_D": max(16, next_power_of_2(width)), "PRECISION": "tf32x3" if exact else "tf32", "INTERPRETED": interpreted,
+                 "num_warps": WARPS}  # fmt: skip
+    if depth is None:
+        return constants
+    # the key tiles staged 3 deep beside the value tiles took 256 KiB of shared memory at a depth of 128 (fp32 inputs; an
+    # H100 gives a block 227 KiB), and 224 KiB with bf16 inputs: 2 deep there
+    stages = {"num_stages": 2} if depth > 64 else {}
+    return constants | {"BLOCK_Q": max(16, next_power_of_2(depth)), **stages}
 
 
 @_softmax_values.register_fake
 def _(logits, values, exact, band):
     return _buffers(logits, values)
+
+
+def _value_layout(values: Tensor, groups) -> tuple[Tensor, tuple[tuple[int, int], tuple[int, int]]]:
+    """values expanded to the logits' groups, and their groups as (outer, inner) levels of one stride each (see
+    _two_levels): Mixture's views stay views; a layout Mixture does not make is copied once."""
+    values = values.expand(*groups, *values.shape[-2:])
+    levels = _two_levels(values)
+    if levels is None:
+        values = values.contiguous()
+        levels = _two_levels(values)
+    return values, levels
 
 
 def _two_levels(values: Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:

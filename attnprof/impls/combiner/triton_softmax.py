@@ -9,7 +9,8 @@ its logits, and reads them again for the product with the values (the parts also
 for the row maximum). Here the kernel reads the logits once and writes only the output and the
 log-normaliser; the causal triangles are dropped in the kernel (Band), not filled in the logits. Counted on meta at
 N = 65536, B = 1, H = 16, bf16, forward, bytes moved: 72.2 -> 46.8 GB causal, 85.0 -> 54.8 GB bidirectional (53.7
-and 59.1 with the triangles filled; 41.4 and 47.6 with the running max in a kernel too, triton_scan.py). Forward +
+and 59.1 with the triangles filled; 41.4 and 47.6 with the running max in a kernel too, triton_scan.py; 36.6 and 41.2
+with the summaries' logits formed in the kernel, softmax_values_qk). Forward +
 backward move 2-3% more than the eager plan (414 -> 425 GB, 440 -> 453, both kernels): the backward recomputes
 the weights, and drops the band from them.
 
@@ -180,7 +181,8 @@ def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: boo
     from attnprof.impls.combiner import triton_kernels
 
     groups = queries.shape[:-2]
-    queries, keys = queries.contiguous(), keys.expand(*groups, *keys.shape[-2:]).contiguous()
+    queries, query_strides = _one_level(queries)
+    keys, key_strides = _one_level(keys.expand(*groups, *keys.shape[-2:]))
     out, lse = _buffers(queries, values)
     values, (outer, inner) = _value_layout(values, groups)
     rows, width, depth = queries.shape[-2], values.shape[-1], queries.shape[-1]
@@ -188,8 +190,8 @@ def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: boo
     kernel = triton_kernels.softmax_values_qk_kernel
     constants = launch_constants(keys.shape[-2], width, exact, isinstance(kernel, InterpretedFunction), depth=depth)
     with triton_support.on_device_of(queries):
-        kernel[grid](queries, keys, values, out, lse, rows, keys.shape[-2], width, depth, inner[0], outer[1], inner[1], values.stride(-2),
-                     values.stride(-1), *band, **constants)  # fmt: skip
+        kernel[grid](queries, keys, values, out, lse, rows, keys.shape[-2], width, depth, *query_strides, *key_strides, inner[0], outer[1],
+                     inner[1], values.stride(-2), values.stride(-1), *band, **constants)  # fmt: skip
     return out, lse
 
 
@@ -218,6 +220,16 @@ def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = Fal
 @_softmax_values.register_fake
 def _(logits, values, exact, band):
     return _buffers(logits, values)
+
+
+def _one_level(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """x (..., R, E) and the strides (group, row) that reach its rows, its groups merged into one level and E contiguous:
+    Mixture's summaries hand slices of positions, which stay views; another layout is copied once."""
+    merged = _two_levels(x)
+    if x.stride(-1) != 1 or merged is None or merged[0][0] != 1:
+        x = x.contiguous()
+        merged = _two_levels(x)
+    return x, (merged[1][1], x.stride(-2))
 
 
 def _value_layout(values: Tensor, groups) -> tuple[Tensor, tuple[tuple[int, int], tuple[int, int]]]:

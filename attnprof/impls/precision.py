@@ -9,7 +9,8 @@ TF32 operands keep 10 mantissa bits (bf16 keeps 7, fp16 10) and the sums stay fp
 were fp16 or bf16 to begin with TF32 rounds no more than the inputs already were. fp32 and fp64 inputs,
 and every device but CUDA, are left alone; the setting is restored on the way out (even on an error).
 Backward passes run by autograd after the call (Combiner's) are outside this context, and so stay IEEE fp32;
-cosFormer's hand-written backwards enter it themselves. The setting is process-wide: two calls overlapping
+cosFormer's hand-written backwards enter it themselves, as does Combiner's softmax_values_qk where it forms the
+forward's logits again. The setting is process-wide: two calls overlapping
 in threads could leave it wrong, which the sweep never does (one call at a time per worker process).
 """
 

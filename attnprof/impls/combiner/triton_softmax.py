@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from attnprof.impls import triton_support
+from attnprof.impls.precision import tf32_products
 
 BLOCK_M, BLOCK_K = 64, 64  # query rows and keys per tile
 MAX_HEAD_DIM = 128  # the accumulator (BLOCK_M, head dim) in registers; at 128 fp32, 193 KiB of shared memory
@@ -119,14 +120,17 @@ class SoftmaxValuesQK(torch.autograd.Function):
     def forward(ctx, queries, keys, values, exact: bool, band: Band):
         out, lse = torch.ops.attnprof.softmax_values_qk(queries, keys, values, exact, band.as_ints())
         ctx.save_for_backward(queries, keys, values, out, lse)
-        ctx.band = band
+        ctx.band, ctx.exact = band, exact
         return out, lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_lse):
         queries, keys, values, out, lse = ctx.saved_tensors
-        logits = queries @ keys.transpose(-2, -1)  # (..., M, K)
+        # formed with the forward's products (TF32 for half inputs on CUDA, as the kernel's): else exp(logits - lse) is
+        # off by the two roundings' difference (~|logit| 2^-11), not by the sums' order alone
+        with tf32_products(torch.float32 if ctx.exact else torch.bfloat16, queries.device):
+            logits = queries @ keys.transpose(-2, -1)  # (..., M, K)
         grad_logits, grad_values = _softmax_backward(logits, values, out, lse, ctx.band, grad_out, grad_lse, own_logits=True)
         return grad_logits @ keys, grad_logits.transpose(-2, -1) @ queries, grad_values, None, None
 

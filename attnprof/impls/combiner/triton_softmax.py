@@ -2,7 +2,8 @@
 softmax(logits) applied to the values, and the log-normaliser, in one pass over the masked logits, as flash
 attention does over its key blocks; for each variant's two logit parts, Axial's row attention and Mixture's
 summaries. softmax_values_qk forms the logits in the kernel from queries and keys, where a Band is all a part's
-masking (Fixed's and Axial's parts without padding): the logits are then never written nor read back.
+masking (the region parts of Fixed and Axial; Fixed's direct part, Axial's row attention and direct part when nothing
+needs a gradient, and Mixture's summaries, where no padding is filled): the logits are never written nor read back.
 
 Why: on a GPU each eager softmax (mixture._part_softmax, mixture._summaries) writes fp32 weights as large as
 its logits, and reads them again for the product with the values (the parts also read the logits once more
@@ -14,7 +15,8 @@ with the summaries' logits formed in the kernel, softmax_values_qk). Forward +
 backward move 2-3% more than the eager plan (414 -> 425 GB, 440 -> 453, both kernels): the backward recomputes
 the weights, and drops the band from them.
 
-The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits
+The backward (eager PyTorch) recomputes the weights as exp(logits - lse), one pass, from the saved logits (softmax_values_qk
+forms them again)
 (where the eager plan saves the weights: the same bytes), and uses FlashAttention's identity
 sum_j w_j dW_j = dout . out for the softmax's backward.
 Checked on the CPU through Triton's interpreter, and compiled for sm_90 by benchmarks/triton_resources.py.
@@ -118,6 +120,10 @@ def softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: bool
 class SoftmaxValuesQK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, queries, keys, values, exact: bool, band: Band):
+        _check_qk_shapes(queries, keys, values)
+        # a layout the kernel cannot address (Axial's transposed rows) is copied here, outside the custom op, so that
+        # the accounting on meta counts the copy (inside, only the op's fake kernel runs)
+        queries, keys = _one_level(queries)[0], _one_level(keys.expand(*queries.shape[:-2], *keys.shape[-2:]))[0]
         out, lse = torch.ops.attnprof.softmax_values_qk(queries, keys, values, exact, band.as_ints())
         ctx.save_for_backward(queries, keys, values, out, lse)
         ctx.band, ctx.exact = band, exact
@@ -184,6 +190,7 @@ def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: boo
 
     from attnprof.impls.combiner import triton_kernels
 
+    _check_qk_shapes(queries, keys, values)
     groups = queries.shape[:-2]
     queries, query_strides = _one_level(queries)
     keys, key_strides = _one_level(keys.expand(*groups, *keys.shape[-2:]))
@@ -224,6 +231,13 @@ def launch_constants(keys: int, width: int, exact: bool, interpreted: bool = Fal
 @_softmax_values.register_fake
 def _(logits, values, exact, band):
     return _buffers(logits, values)
+
+
+def _check_qk_shapes(queries: Tensor, keys: Tensor, values: Tensor) -> None:
+    """The kernel reads `depth` channels of every key row and a value row per key: a mismatch would read past them."""
+    if keys.shape[-1] != queries.shape[-1] or values.shape[-2] != keys.shape[-2] or queries.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"softmax_values_qk needs queries (..., M, E), keys (..., K, E) and values (..., K, D) with E <= {MAX_HEAD_DIM}, "
+                         f"not {tuple(queries.shape)}, {tuple(keys.shape)}, {tuple(values.shape)}")  # fmt: skip
 
 
 def _one_level(x: Tensor) -> tuple[Tensor, tuple[int, int]]:

@@ -158,16 +158,16 @@ def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create the PNG folder {str(folder)!r}: {error.strerror}") from None
-    paths = []
-    for name, figure in figures.items():
-        path = folder / f"{run_id}-{name}.png"
-        try:
-            figure.write_image(path, width=PNG_WIDTH, height=png_height(figure))
-        except Exception as error:  # noqa: BLE001  (kaleido fails in many ways: no Chromium, sandbox, ...)
-            raise UsageError(
-                f"kaleido could not write {str(path)!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-            ) from None
-        paths.append(path)
+    import plotly.io
+
+    paths = [folder / f"{run_id}-{name}.png" for name in figures]
+    try:
+        # one Chromium for all the figures: figure.write_image started one a figure (report_png's test, 7 figures:
+        # 27.7 s that way)
+        plotly.io.write_images(list(figures.values()), paths, width=PNG_WIDTH, height=[png_height(f) for f in figures.values()])
+    except Exception as error:  # noqa: BLE001  (kaleido fails in many ways: no Chromium, sandbox, ...)
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"kaleido could not write the PNG files in {str(folder)!r}: {first_line}") from None
     return paths
 
 

@@ -51,3 +51,13 @@ def test_report_writes_every_figure_as_png_at_its_height(two_runs_db, tmp_path):
         width, height = struct.unpack(">II", header[16:24])  # the IHDR chunk
         name = path.stem.removeprefix(f"{seeding.BASE}-")
         assert (width, height) == (PNG_WIDTH, png_height(figures[name])) and height >= PNG_MIN_HEIGHT, path.name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="needs kaleido (pip install 'attnprof[png]')")
+def test_kaleido_without_a_browser_is_one_line_naming_the_folder(two_runs_db, tmp_path, monkeypatch):
+    """choreographer (kaleido's browser driver) takes the Chromium from BROWSER_PATH: a path that is no browser."""
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", tmp_path / "r.html", "--png", tmp_path / "png")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: kaleido could not write the PNG files in {str(tmp_path / 'png')!r}: ")
+    assert result.output.count("\n") == 1 and not list((tmp_path / "png").glob("*.png"))

@@ -218,8 +218,10 @@ def test_variant_matches_the_explicit_matrix_with_its_gradients(interpreted, var
     in the kernel): outputs and gradients of fp32 inputs against the float64 effective matrix. Measured, the largest
     absolute difference of a case, over the cases and both causalities: outputs 2.0-6.0e-7 (Fixed), 2.3-5.4e-7
     (Axial), 2.3e-7-1.0e-6 (Mixture); gradients 4.0e-7-1.8e-6 for each variant."""
-    q, k, v = (randn(2, 2, n, dim, seed=seed, dtype=torch.float64) for seed in (11, 12, 13))
-    grad = randn(2, 2, n, dim, seed=14, dtype=torch.float64)
+    # one batch of two heads: Triton's interpreter runs the programs one by one, and a second batch doubled this test's
+    # 117 s (the forward-only test below takes two batches of one head)
+    q, k, v = (randn(1, 2, n, dim, seed=seed, dtype=torch.float64) for seed in (11, 12, 13))
+    grad = randn(1, 2, n, dim, seed=14, dtype=torch.float64)
     leaves64 = [t.clone().requires_grad_() for t in (q, k, v)]
     expected = combiner_reference(*leaves64, variant=variant, causal=causal, block_size=block)
     expected.backward(grad)
@@ -238,7 +240,7 @@ def test_variant_matches_the_explicit_matrix_with_its_gradients(interpreted, var
 def test_variant_without_gradients_matches_the_explicit_matrix(interpreted, variant, causal, n, block):
     """Forward only (as the sweep times it): Axial forms the logits of its row attention and direct part in the kernel
     when no gradient is wanted and no row is padded, and shares one logits tensor otherwise."""
-    q, k, v = (randn(2, 2, n, 16, seed=seed, dtype=torch.float64) for seed in (41, 42, 43))
+    q, k, v = (randn(2, 1, n, 16, seed=seed, dtype=torch.float64) for seed in (41, 42, 43))  # (B, H, N, D)
     expected = combiner_reference(q, k, v, variant=variant, causal=causal, block_size=block)
     with torch.no_grad():
         out = combiner_attention(q.float(), k.float(), v.float(), variant=variant, causal=causal, block_size=block, backend="triton")
@@ -248,7 +250,7 @@ def test_variant_without_gradients_matches_the_explicit_matrix(interpreted, vari
 @pytest.mark.parametrize("variant", ["fixed", "axial", "mixture"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 def test_bf16_stays_within_its_tolerance(interpreted, variant, causal):
-    q, k, v = (randn(1, 2, 300, 32, seed=seed).to(torch.bfloat16) for seed in (21, 22, 23))
+    q, k, v = (randn(1, 1, 300, 32, seed=seed).to(torch.bfloat16) for seed in (21, 22, 23))  # one head: the interpreter is slow
     expected = combiner_reference(q.double(), k.double(), v.double(), variant=variant, causal=causal)
     out = combiner_attention(q, k, v, variant=variant, causal=causal, backend="triton")
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

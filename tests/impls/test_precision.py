@@ -65,10 +65,15 @@ print(torch.get_float32_matmul_precision())"""
 OTHERS = [("torch.float32", "cuda"), ("torch.float64", "cuda"), ("torch.bfloat16", "cpu"), ("torch.bfloat16", "meta")]
 
 
-@pytest.mark.parametrize("dtype, device", OTHERS)
-def test_other_inputs_are_left_alone(dtype, device):
-    body = f"""
+def test_other_inputs_are_left_alone():
+    """One interpreter for the four (each case is a fresh interpreter's 2.7 s): any of them that set TF32 changes
+    what the state reads from then on."""
+    body = "".join(
+        f"""
 with tf32_products({dtype}, "{device}"):
-    print({STATE})"""
-    before, inside, after = run("", body)
-    assert before == inside == after
+    print({STATE})
+print({STATE})"""
+        for dtype, device in OTHERS
+    )
+    states = run("", body)
+    assert len(states) == 2 + 2 * len(OTHERS) and len(set(states)) == 1, states

@@ -34,9 +34,11 @@ from attnprof.spec import parse_dtypes, parse_length, parse_sizes  # noqa: E402
 COMBINER_KERNELS = (
     "softmax_values_kernel",
     "softmax_values_qk_kernel",
+    "softmax_values_qk_kernel_rows",
     "prefix_max_kernel",
     "prefix_max_kernel_reversed",
-)  # the last: REVERSE=True
+)  # _rows: Axial's row attention, on values and keys together (2 d wide, where that fits); _reversed: REVERSE=True
+LAUNCHED_AS = {"softmax_values_qk_kernel_rows": "softmax_values_qk_kernel", "prefix_max_kernel_reversed": "prefix_max_kernel"}
 NYSTROM_KERNELS = ("landmark_values_kernel", "pinv_values_kernel", "nystrom_out_kernel")
 KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", *NYSTROM_KERNELS, *COMBINER_KERNELS)
 # Shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability: a kernel
@@ -58,7 +60,7 @@ def main() -> int:
     import torch
 
     print(f"sm_{args.arch}, N={args.length} B*H={args.heads} d={args.head_dim}, causal chunk {args.chunk}")
-    print(f"{'kernel':<26} {'dtype':<9} {'warps':>5} {'registers':>9} {'stack B':>8} {'shared B':>8}")
+    print(f"{'kernel':<30} {'dtype':<9} {'warps':>5} {'registers':>9} {'stack B':>8} {'shared B':>8}")
     failed = False
     for dtype in args.dtype:
         torch_dtype = getattr(torch, dtype)
@@ -70,12 +72,12 @@ def main() -> int:
                 usage = resources(kernel, torch_dtype, constants, args.arch)
             except Exception as error:  # a compile error is this check's finding: report it, go on with the others
                 failed = True
-                print(f"{kernel:<26} {dtype:<9} did not compile: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+                print(f"{kernel:<30} {dtype:<9} did not compile: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
                 continue
             over = usage["SHARED"] > SHARED_LIMIT.get(args.arch, usage["SHARED"])
             failed = failed or over
             note = f"  over sm_{args.arch}'s {SHARED_LIMIT[args.arch]} B a block: it would not launch" if over else ""
-            print(f"{kernel:<26} {dtype:<9} {constants['num_warps']:>5} {usage['REG']:>9} {usage['STACK']:>8} {usage['SHARED']:>8}{note}")
+            print(f"{kernel:<30} {dtype:<9} {constants['num_warps']:>5} {usage['REG']:>9} {usage['STACK']:>8} {usage['SHARED']:>8}{note}")
     return 1 if failed else 0
 
 
@@ -87,8 +89,9 @@ def launch_constants(kernel: str, dtype, args) -> dict:
     from attnprof.impls.cosformer import triton_plan
 
     if kernel.startswith("softmax_values"):  # fp32 logits (or queries and keys) and values whatever the inputs (Combiner upcasts halves)
-        depth = args.head_dim if kernel == "softmax_values_qk_kernel" else None
-        return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim, dtype == torch.float32, depth=depth)
+        depth = args.head_dim if kernel.startswith("softmax_values_qk") else None
+        both = kernel.endswith("_rows") and 2 * args.head_dim <= triton_softmax.MAX_HEAD_DIM  # else two launches, d wide
+        return triton_softmax.launch_constants(MIXTURE_KEYS, args.head_dim * (2 if both else 1), dtype == torch.float32, depth=depth)
     if kernel.startswith("prefix_max_kernel"):
         return triton_scan.launch_constants(args.head_dim, reverse=kernel.endswith("_reversed"))
     if kernel in NYSTROM_KERNELS:  # the most landmarks it takes (the profiled default, 64), 6 iterations, 33 taps
@@ -115,7 +118,7 @@ def resources(kernel: str, dtype, constants: dict, arch: int) -> dict[str, int]:
 
     combiner = kernel in COMBINER_KERNELS
     module = combiner_kernels if combiner else nystrom_kernels if kernel in NYSTROM_KERNELS else cosformer_kernels
-    fn = getattr(module, kernel.removesuffix("_reversed"))
+    fn = getattr(module, LAUNCHED_AS.get(kernel, kernel))
     constants = dict(constants)
     options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
     source = ASTSource(fn=fn, signature=signature(fn.arg_names, torch.float32 if combiner else dtype, constants), constexprs=constants)

@@ -95,8 +95,8 @@ def test_mixture_plans_needs_cuda_by_default():
 
 
 TRITON_KERNELS = ("key_states_kernel", "bidirectional_out_kernel", "causal_out_kernel", "landmark_values_kernel", "pinv_values_kernel",
-                  "nystrom_out_kernel", "softmax_values_kernel", "softmax_values_qk_kernel", "prefix_max_kernel",
-                  "prefix_max_kernel_reversed")  # fmt: skip
+                  "nystrom_out_kernel", "softmax_values_kernel", "softmax_values_qk_kernel", "softmax_values_qk_kernel_rows",
+                  "prefix_max_kernel", "prefix_max_kernel_reversed")  # fmt: skip
 
 
 def triton_resources(*args):
@@ -108,8 +108,9 @@ def triton_resources(*args):
 def test_triton_kernels_compile_for_the_gpu_without_spilling_much():
     """cosFormer's, Nyströmformer's and Combiner's kernels, compiled for sm_90 (the H100s and H200s here) by Triton's
     own compiler and ptxas, no GPU needed, within the target's shared memory (else exit 1). Measured, bf16, d = 64:
-    stacks of 0, 0, 232, 0, 368, 0, 32, 0, 0 and 0 bytes (key states, bidirectional, causal output, landmark values,
-    pseudo-inverse, Nyström output, softmax and values from logits and from queries and keys, running max both ways;
+    stacks of 0, 0, 232, 0, 368, 0, 32, 0, 0, 0 and 0 bytes (key states, bidirectional, causal output, landmark values,
+    pseudo-inverse, Nyström output, softmax and values from logits and from queries and keys, the latter as Axial's row
+    attention launches it, on values and keys together, 128 wide: 160 KiB of shared memory; running max both ways;
     the running max with 40 registers and no shared memory; the pseudo-inverse holds five 64 x 64 fp32 matrices in one
     program). (For sm_80, --arch 80: 0, 48, 712 and 0 for cosFormer's three and the softmax before it took its band;
     not run here, the GPUs lent to this project being H100s and H200s.)"""

@@ -73,7 +73,7 @@ def combiner_attention(
     values in one Triton kernel (triton_softmax.py), the parts merged by their log-normalisers; Mixture's running
     maxima in a Triton kernel too (triton_scan.py); CUDA tensors, or meta for the accounting. Counted on meta at
     N = 65536, B = 1, H = 16, bf16, forward, bytes moved, eager -> triton, causal and bidirectional: Fixed
-    27.7 -> 6.8 and 25.6 -> 6.8 GB; Axial 34.2 -> 10.0 and 32.0 -> 10.0; Mixture 72.2 -> 36.6 and 85.0 -> 41.2 (each
+    27.7 -> 6.8 and 25.6 -> 6.8 GB; Axial 34.2 -> 8.9 and 32.0 -> 8.9; Mixture 72.2 -> 36.6 and 85.0 -> 41.2 (each
     forms its logits in the kernel where a Band is all the masking: softmax_values_qk)."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")

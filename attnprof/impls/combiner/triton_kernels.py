@@ -86,14 +86,17 @@ def _dot(a, b, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
 
 @triton.jit
 def softmax_values_qk_kernel(
-    queries_ptr, keys_ptr, values_ptr, out_ptr, lse_ptr, rows, keys, width, depth, query_group_stride, query_row_stride,
-    key_group_stride, key_row_stride, inner_count, outer_stride, inner_stride, key_stride, column_stride,
+    queries_ptr, keys_ptr, values_ptr, out_ptr, lse_ptr, rows, keys, width, depth, query_inner_count, query_outer_stride,
+    query_inner_stride, query_row_stride, key_inner_count, key_outer_stride, key_inner_stride, key_row_stride, inner_count, outer_stride,
+    inner_stride, key_stride, column_stride,
     drop_from, drop_from_step, drop_to, drop_to_step, drop_divisor,
     STATIC_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """softmax_values_kernel with the logits formed in the kernel, queries @ keys^T, never written: queries (groups,
-    rows, depth) and keys (groups, keys, depth), fp32, each group and row one stride apart, the depth contiguous;
+    rows, depth) and keys (groups, keys, depth), fp32, the depth contiguous, their groups at two levels each as the
+    values' (group g = outer * inner_count + inner, at outer * outer_stride + inner * inner_stride: Axial's region
+    part hands its queries and keys transposed, (B, H, m, rows, D) views of (B, H, rows, m, D) tensors, uncopied);
     values, out, lse, the band and the program numbering as softmax_values_kernel's."""
     program = tl.program_id(0)
     blocks = tl.cdiv(rows, BLOCK_M)
@@ -101,7 +104,9 @@ def softmax_values_qk_kernel(
     inner, outer = group % inner_count, group // inner_count
     row = block * BLOCK_M + tl.arange(0, BLOCK_M)
     column, channel = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_Q)
-    queries = tl.load(queries_ptr + group * query_group_stride + row[:, None] * query_row_stride + channel[None, :],
+    queries_at = queries_ptr + (group // query_inner_count) * query_outer_stride + (group % query_inner_count) * query_inner_stride
+    keys_at = keys_ptr + (group // key_inner_count) * key_outer_stride + (group % key_inner_count) * key_inner_stride
+    queries = tl.load(queries_at + row[:, None] * query_row_stride + channel[None, :],
                       mask=(row < rows)[:, None] & (channel < depth)[None, :], other=0.0)  # fmt: skip
     values_at = values_ptr + outer * outer_stride + inner * inner_stride
     top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -111,7 +116,7 @@ def softmax_values_qk_kernel(
     drop_end = drop_to + (drop_to_step * row) // drop_divisor
     for first in range(0, keys if STATIC_KEYS == 0 else STATIC_KEYS, BLOCK_K):
         key = first + tl.arange(0, BLOCK_K)
-        key_tile = tl.load(keys_ptr + group * key_group_stride + key[:, None] * key_row_stride + channel[None, :],
+        key_tile = tl.load(keys_at + key[:, None] * key_row_stride + channel[None, :],
                            mask=(key < keys)[:, None] & (channel < depth)[None, :], other=0.0)  # fmt: skip
         logits = _dot(queries, tl.trans(key_tile), PRECISION, INTERPRETED)  # (BLOCK_M, BLOCK_K)
         dropped = (key[None, :] >= keys) | ((key[None, :] >= drop_start[:, None]) & (key[None, :] < drop_end[:, None]))

@@ -65,8 +65,8 @@ def _fused_parts(qr, kr, vr, n: int, causal: bool, dtype: torch.dtype) -> torch.
     masking, the kernel forms the logits from queries and keys too (softmax_values_qk): the region part always; the
     row attention and the direct part when no gradient is wanted and the last row holds no padding. Else they share
     one logits tensor, its padded keys filled: each backward of the in-kernel form would form the shared logits again
-    (counted at N = 65536, bf16, causal: forward 8.9 GB in-kernel, 14.8
-    shared; forward + backward 89.0 in-kernel, 86.8 shared).
+    (counted at N = 65536, bf16, causal: forward 8.9 GB in-kernel, 14.8 shared; forward + backward 89.0 in-kernel, 86.8
+    shared, before the region part's copies were counted and then removed).
     One part at a time, as Mixture's merged plan. qr, kr, vr (B, H, rows, m, D) -> (B, H, rows, m, D); dtype: the
     inputs'."""
     rows, m = qr.shape[-3], qr.shape[-2]

@@ -245,8 +245,8 @@ def test_variant_matches_the_explicit_matrix_with_its_gradients(interpreted, var
     in the kernel): outputs and gradients of fp32 inputs against the float64 effective matrix. Measured, the largest
     absolute difference of a case, over the cases and both causalities: outputs 2.0-5.9e-7 (Fixed), 2.0-5.4e-7 (Axial),
     2.0e-7-1.0e-6 (Mixture); gradients 4.3e-7-1.8e-6 (Fixed), 3.8e-7-1.2e-6 (Axial), 3.4e-7-1.1e-6 (Mixture)."""
-    # one batch of two heads: Triton's interpreter runs the programs one by one, and a second batch doubled this test's
-    # 117 s (the forward-only test below takes two batches of one head)
+    # one batch of two heads: Triton's interpreter runs the programs one by one (with two batches of two heads this test
+    # took 117 s, the file 190 s; the file now 70 s). The forward-only test below takes two batches of one head
     q, k, v = (randn(1, 2, n, dim, seed=seed, dtype=torch.float64) for seed in (11, 12, 13))
     grad = randn(1, 2, n, dim, seed=14, dtype=torch.float64)
     leaves64 = [t.clone().requires_grad_() for t in (q, k, v)]

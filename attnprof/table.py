@@ -10,7 +10,7 @@ AXES = ("batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
 def format_bytes(value: int | None) -> str:
     if value is None:
         return "-"
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, size in (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if abs(value) >= size:
             return f"{value / size:.1f} {unit}"
     return f"{value} B"

@@ -20,6 +20,7 @@ from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
+from attnprof.table import format_bytes
 
 HOST_MEMORY_FRACTION = 0.8  # refuse a CPU case predicted to need more than this share of free RAM
 
@@ -52,6 +53,15 @@ class CaseMeasurer:
         _release_cached_memory(case.device)
         measurement.wall_s = time.perf_counter() - started
         return measurement
+
+    def warm_up(self, device: str) -> None:
+        """Measure one tiny case and forget it, before the worker says "ready": torch's first-use costs then
+        fall in start-up, not in the first case's timeout. On the CPU the first op on `meta` (the host-memory
+        guard's) imports torch._dynamo, 1.3-1.7 s here, which timed a 2 ms case out under --timeout 1; on a
+        GPU the first op creates the CUDA context and the cuBLAS handle."""
+        tiny = Case(impl="softmax", seq_len=16, batch=1, heads=1, head_dim=16, dtype="float32", device=device, causal=False, mode="fwd")
+        self.measure(tiny, Settings(warmup_ms=0.0, rep_ms=0.0, min_reps=1))
+        self.checks.clear()  # checks run at min(N, 256): the tiny one must not stand in for a real case's
 
     def _measure(self, case: Case, settings: Settings) -> Measurement:
         impl = impls.get(case.impl)
@@ -162,19 +172,34 @@ def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement)
 def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
     """On the CPU a case far beyond free RAM would bring in the kernel's OOM killer (or swap the
     machine to a halt); the exact meta accounting predicts its peak in milliseconds instead."""
-    if case.device != "cpu" or not impl.meta_exact:
+    if case.device != "cpu":
         return None
     import psutil
 
-    from attnprof.accounting_runs import account_on_meta
-
-    predicted = account_on_meta(impl, case).peak_bytes + make_inputs(case, device="meta").nbytes
     available = psutil.virtual_memory().available
-    if predicted > HOST_MEMORY_FRACTION * available:
-        gib = 1024**3
-        share = f"{HOST_MEMORY_FRACTION:.0%} of available host memory ({available / gib:.1f} GiB)"
-        return f"predicted peak {predicted / gib:.1f} GiB exceeds {share}; not run"
+    limit = HOST_MEMORY_FRACTION * available
+    inputs = make_inputs(case, device="meta")
+    share = f"{HOST_MEMORY_FRACTION:.0%} of available host memory ({format_bytes(available)})"
+    # Inputs that alone overflow are refused before the call is accounted: accounting a chunked impl at
+    # millions of tokens takes longer than running out of memory (cosFormer at N = 16M: over a minute).
+    if inputs.nbytes > limit:
+        return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}; not run"
+    predicted = inputs.nbytes + _predicted_call_peak(impl, case, inputs.q)
+    if predicted > limit:
+        return f"predicted peak {format_bytes(predicted)} exceeds {share}; not run"
     return None
+
+
+def _predicted_call_peak(impl: AttentionImpl, case: Case, query) -> int:
+    """The call's peak above its inputs: exact on meta where the impl runs there as it would here, else its
+    analytic model, else at least its output (a fused kernel writes that much whatever else it needs)."""
+    if impl.meta_exact:
+        from attnprof.accounting_runs import account_on_meta
+
+        return account_on_meta(impl, case).peak_bytes
+    if impl.memory_model is not None:
+        return int(impl.memory_model(case, impl.resolve_options(case.options)))
+    return query.numel() * query.element_size()  # the output has the queries' shape and dtype
 
 
 def _release_cached_memory(device: str) -> None:
@@ -195,6 +220,7 @@ def worker_main(connection, device: str) -> None:
     impls.names()
     cpu_heap.strict()  # host RSS follows live tensors; timing passes switch to a retained heap
     measurer = CaseMeasurer()
+    measurer.warm_up(device)
     connection.send(("ready",))
     while True:
         message = connection.recv()

@@ -7,7 +7,9 @@ frame = load_measurements(run_id, db="x.db")
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
+import numbers
 import os
 import secrets
 import signal
@@ -45,8 +47,33 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
         dtype=sweep.dtype or (("float32",) if cpu_only else ("bfloat16",)),
         impls=_expand_impls(sweep.impls),
     )
+    _check_values(resolved)
     _check_input_size(resolved)
     return resolved
+
+
+MAX_SEED = 2**63 - 1  # SQLite's largest INTEGER: every measurement stores its seed
+
+
+def _check_values(sweep: Sweep) -> None:
+    """What the CLI's and TOML's parsers guarantee, checked again for a Sweep built in Python."""
+    for name in ("lengths", "batch", "heads", "head_dim"):
+        for value in getattr(sweep, name):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise UsageError(f"bad {name} {value!r}: must be a positive integer")
+    for name, zero_allowed in (("warmup_ms", True), ("rep_ms", False), ("timeout", False)):
+        value = getattr(sweep, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+            or (value == 0 and not zero_allowed)
+        ):
+            raise UsageError(f"bad {name} {value!r}: must be a finite number, {'0 or more' if zero_allowed else 'positive'}")
+    seed = sweep.seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"bad seed {seed!r}: must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
 
 
 MAX_INPUT_BYTES = 2**50  # 1 PiB for one of q, k, v: beyond any device; far beyond it, torch's size arithmetic overflows
@@ -91,12 +118,23 @@ def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
     return tuple(dict.fromkeys(expanded))
 
 
-def plan(sweep: Sweep) -> list[tuple]:
-    """(case, refusal reasons) for every case of the resolved sweep: what `--dry-run` prints."""
+def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None) -> list[tuple]:
+    """(case, refusal reasons) for every case of the resolved sweep, or for the cases of run `resume` in
+    `db` that have no row yet: what `--dry-run` prints. A resume that run_sweep would refuse is refused."""
     from attnprof import impls
+    from attnprof.store import Store
 
-    resolved = resolve_sweep(sweep)
-    return [(case, impls.get(case.impl).not_supported(case)) for case in resolved.cases()]
+    if resume is None:
+        cases = resolve_sweep(sweep).cases()
+    else:
+        store = Store.open(db or default_db(), create=False)
+        try:
+            run, stored = _resumable(store, resume)
+            done = store.measured_keys(run.run_id)
+        finally:
+            store.close()
+        cases = [case for case in stored.cases() if case.key not in done]
+    return [(case, impls.get(case.impl).not_supported(case)) for case in cases]
 
 
 def new_run_id() -> str:
@@ -120,6 +158,8 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         raise RuntimeError(SPAWN_HINT)
     store = Store.open(db or default_db(), create=resume is None)  # resuming needs the run's database: never create an empty one
     try:
+        if resume is not None and store.read_only:
+            raise UsageError(f"database path {str(store.path)!r} is not writable: resuming adds the missing rows to it")
         if resume is not None:
             run, sweep = _resumable(store, resume)
         else:

@@ -83,6 +83,7 @@ class Store:
     def __init__(self, connection: sqlite3.Connection, path: Path):
         self.connection = connection
         self.path = path
+        self.read_only = False  # opened by _open_read_only: a file or medium this process cannot write
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
@@ -110,6 +111,7 @@ class Store:
         immutable=1 reads the file as it is (nobody can be writing to it)."""
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
         store = cls(sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False), path)
+        store.read_only = True
         try:
             tables = {row[0] for row in store.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables or store._meta("app") != APP_ID:

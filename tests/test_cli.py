@@ -69,6 +69,7 @@ def assert_bad_input(result, *fragments):
         (["--timeout", "inf"], ["timeout", "inf", "finite"]),
         (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),
         (["--bogus-flag"], ["--bogus-flag"]),
+        (["--seed", "9223372036854775808"], ["seed", "9223372036854775808", "2^63 - 1"]),  # SQLite's INTEGER is 64-bit signed
     ],
 )
 def test_bad_sweep_input(db, args, fragments):
@@ -138,6 +139,18 @@ def test_resume_of_unknown_run_and_with_sweep_options(db):
     assert_bad_input(invoke("sweep", "--resume", "--db", elsewhere), "no database", "elsewhere.db")
     assert not elsewhere.exists()  # a typo in --db used to leave an empty database behind
     assert_bad_input(invoke("sweep", "--resume", "--lengths", "1k", "--db", db), "--lengths")
+    assert_bad_input(invoke("sweep", "--resume", "nosuchrun", "--dry-run", "--db", db), "'nosuchrun'")  # listed the default grid
+
+
+def test_a_dry_run_of_a_resume_lists_the_cases_without_a_row(db):
+    assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
+    assert invoke("sweep", "--resume", "--dry-run", "--db", db).output.splitlines() == ["0 cases, 0 refused, 0 to measure"]
+    connection = sqlite3.connect(db)
+    connection.execute("DELETE FROM measurements WHERE seq_len = 128")
+    connection.commit()
+    connection.close()
+    listed = invoke("sweep", "--resume", "--dry-run", "--db", db).output.splitlines()
+    assert len(listed) == 2 and "softmax N=128" in listed[0] and listed[1] == "1 cases, 0 refused, 1 to measure"
 
 
 def test_sweep_show_export_runs_list(db, tmp_path):

@@ -4,9 +4,10 @@ import sqlite3
 
 import pytest
 
+from attnprof.api import run_sweep
 from attnprof.errors import UsageError
 from attnprof.records import Measurement, RunInfo, Status
-from attnprof.spec import Case
+from attnprof.spec import Case, Sweep
 from attnprof.store import SCHEMA_VERSION, Store
 
 
@@ -142,5 +143,7 @@ def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
         assert back.times_ms == [1.0]
         with pytest.raises(UsageError, match="not writable"):
             Store.open(mount / "results.db")  # a writer is still refused, with the reason
+        with pytest.raises(UsageError, match="not writable: resuming adds"):  # was sqlite3's 'attempt to write a readonly database'
+            run_sweep(Sweep(), mount / "results.db", resume="latest")
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: a reader left open must not keep it

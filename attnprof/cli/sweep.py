@@ -35,7 +35,9 @@ from attnprof.errors import UsageError
 )
 @db_option
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
-@click.option("--dry-run", is_flag=True, help="List the cases and refusals; measure nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="List the cases and refusals (with --resume: the run's cases without a row); measure nothing."
+)
 @click.pass_context
 def sweep(ctx, scenario, db, resume, dry_run, **options):
     """Measure every impl over a grid of lengths and shapes; every cell gets a row.
@@ -57,14 +59,14 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
     db = db or file_options.get("db")
     spec = sweep_from_options({**file_options, **given})
     if dry_run:
-        return _print_plan(spec)
+        return _print_plan(spec, db, resume)
     _run_and_report(spec, db, resume)
 
 
-def _print_plan(spec) -> None:
+def _print_plan(spec, db, resume) -> None:
     from attnprof.api import plan
 
-    cases = plan(spec)
+    cases = plan(spec, db, resume=resume)
     for case, reasons in cases:
         click.echo(f"{case.describe()}" + (f"  -> unsupported: {'; '.join(reasons)}" if reasons else ""))
     refused = sum(1 for _, reasons in cases if reasons)

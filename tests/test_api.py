@@ -1,0 +1,34 @@
+"""A Sweep built in Python is checked as the CLI checks its flags: one UsageError naming the bad value."""
+
+import pytest
+
+from attnprof.api import plan
+from attnprof.errors import UsageError
+from attnprof.spec import Sweep, parse_impls
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (dict(lengths=(0,)), "bad lengths 0"),
+        (dict(lengths=(-5,)), "bad lengths -5"),
+        (dict(lengths=(256.0,)), "bad lengths 256.0"),
+        (dict(batch=(0,)), "bad batch 0"),
+        (dict(heads=(True,)), "bad heads True"),
+        (dict(head_dim=(-1,)), "bad head_dim -1"),
+        (dict(rep_ms=0.0), "bad rep_ms 0.0"),
+        (dict(timeout=float("nan")), "bad timeout nan"),
+        (dict(warmup_ms=-1.0), "bad warmup_ms -1.0"),
+        (dict(seed=-1), "bad seed -1"),
+        (dict(seed=2**63), f"bad seed {2**63}"),
+    ],
+)
+def test_a_bad_value_in_a_python_sweep_is_one_usage_error_naming_it(changes, fragment):
+    sweep = Sweep(**{"impls": parse_impls("softmax"), "lengths": (64,), "device": ("cpu",), **changes})
+    with pytest.raises(UsageError, match=fragment):
+        plan(sweep)
+
+
+def test_the_largest_seed_sqlite_stores_is_accepted():
+    cases = plan(Sweep(impls=parse_impls("softmax"), lengths=(64,), device=("cpu",), seed=2**63 - 1))
+    assert {case.seed for case, _ in cases} == {2**63 - 1}

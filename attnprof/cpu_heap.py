@@ -32,7 +32,7 @@ import time
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
 STRICT_THRESHOLD = 128 * 1024  # glibc's initial mmap threshold
 GLIBC_MMAP_MAX = 65536  # glibc's default cap on the number of mmapped blocks
-NO_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
+NO_TRIM = -1  # mallopt's 'never trim' (its largest int, 2**31 - 1, trimmed every working set over 2 GiB each call)
 SETTLED_FAULT_BYTES = 1 << 20  # a call faulting in less than this found its working set in the heap
 MAX_PRIME_CALLS = 10
 

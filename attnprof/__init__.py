@@ -6,6 +6,7 @@ The library API a notebook uses is the one the CLI calls:
     sweep = attnprof.Sweep(impls=attnprof.parse_impls("softmax,sdpa"), lengths=(256, 512))
     run_id = attnprof.run_sweep(sweep, db="my.db")
     frame = attnprof.load_measurements("latest", db="my.db")   # a pandas DataFrame
+    result = attnprof.analyse(frame, budget_bytes=attnprof.run_budget("latest", db="my.db"))  # fits, crossovers, frontiers
 """
 
 __version__ = "0.1.0"
@@ -17,7 +18,10 @@ _LAZY = {
     "Sweep": "attnprof.spec",
     "parse_impls": "attnprof.spec",
     "parse_lengths": "attnprof.spec",
+    "analyse": "attnprof.analysis",
+    "run_budget": "attnprof.api",
 }
+_SUBMODULES = ("analysis", "impls")  # named in the README as attnprof.analysis.analyse, attnprof.impls.register
 
 
 def __getattr__(name):
@@ -26,6 +30,10 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"attnprof.{name}")
     raise AttributeError(f"module 'attnprof' has no attribute {name!r}")
 
 

@@ -236,8 +236,9 @@ def load_measurements(run: str = "latest", db: str | Path | None = None):
 
 
 def run_budget(run: str, db: str | Path | None = None) -> int | None:
-    """The default memory budget of a run: its GPU's total memory, or the host's for CPU runs;
-    None for accounting runs (meta), which belong to no device."""
+    """The default memory budget of a run (env.memory_budget): its GPU's memory, its host's for CPU runs,
+    None for accounting runs."""
+    from attnprof.env import memory_budget
     from attnprof.store import Store
 
     store = Store.open(db or default_db(), create=False)
@@ -245,10 +246,4 @@ def run_budget(run: str, db: str | Path | None = None) -> int | None:
         info = store.resolve_run(run)
     finally:
         store.close()
-    if info.env.get("gpu_total_bytes"):
-        return int(info.env["gpu_total_bytes"])
-    if "cpu" in info.sweep.get("device", []):
-        import psutil
-
-        return psutil.virtual_memory().total
-    return None
+    return memory_budget(info.env, info.sweep.get("device", []))

@@ -30,6 +30,7 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "host_memory_bytes": _host_memory_bytes(),
         "cpu_heap": cpu_heap.policy(),
         "gpu_name": None,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
@@ -40,6 +41,23 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu_name=props.name, gpu_total_bytes=props.total_memory, gpu_driver=_nvml_driver())
     return env
+
+
+def memory_budget(env: dict, devices) -> int | None:
+    """A run's default memory budget for its frontiers: its GPU's memory, else for CPU runs its host's (as
+    recorded; runs from before that was recorded use this machine's); None for accounting runs (meta), which
+    belong to no device. `fit`, `gate`, `report` and the dashboard all start from it."""
+    if env.get("gpu_total_bytes"):
+        return int(env["gpu_total_bytes"])
+    if "cpu" in devices:
+        return int(env.get("host_memory_bytes") or _host_memory_bytes())
+    return None
+
+
+def _host_memory_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def differing_fields(old: dict, new: dict) -> list[str]:

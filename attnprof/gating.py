@@ -34,7 +34,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given."""
     import pandas as pd
 
-    from attnprof.api import default_db, load_measurements, run_budget, run_sweep
+    from attnprof.api import default_db, load_measurements, resolve_sweep, run_budget, run_sweep
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
@@ -47,8 +47,14 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     if not runs:
         if not sweeps:
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
-        check_rules_are_swept(rules, [sweep_from_options(s) for s in sweeps], rules_path)
-        runs = tuple(run_sweep(sweep_from_options(s), db, progress=progress, command=f"attnprof gate {rules_path}") for s in sweeps)
+        parsed = [sweep_from_options(s) for s in sweeps]
+        for index, sweep in enumerate(parsed, 1):
+            try:  # an unknown impl or device in a [sweep] is that table's slip, not a rule's
+                resolve_sweep(sweep)
+            except UsageError as error:
+                raise UsageError(f"{rules_path}: [sweep] {index}: {error}") from None
+        check_rules_are_swept(rules, parsed, rules_path)
+        runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames = [load_measurements(run, db) for run in runs]
     run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]

@@ -32,3 +32,18 @@ def test_a_bad_value_in_a_python_sweep_is_one_usage_error_naming_it(changes, fra
 def test_the_largest_seed_sqlite_stores_is_accepted():
     cases = plan(Sweep(impls=parse_impls("softmax"), lengths=(64,), device=("cpu",), seed=2**63 - 1))
     assert {case.seed for case, _ in cases} == {2**63 - 1}
+
+
+def test_what_the_readme_calls_from_python_is_there_after_a_plain_import():
+    """In a fresh interpreter: `attnprof.analysis` was an AttributeError until something imported the submodule."""
+    import subprocess
+    import sys
+
+    code = (
+        "import attnprof\n"
+        "assert attnprof.analysis.analyse is attnprof.analyse\n"
+        "assert callable(attnprof.run_budget) and callable(attnprof.impls.register)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr

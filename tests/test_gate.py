@@ -271,3 +271,15 @@ def test_a_rule_on_an_impl_the_file_never_sweeps_is_a_usage_error_before_measuri
 def test_a_rule_may_name_an_impl_with_options_as_the_sweep_flag_does():
     [rule] = parse_rules([{"impl": "nystromformer:num_landmarks=32", "metric": "time", "max_exponent": 1.2}], "t")
     assert rule.impl == "nystromformer[num_landmarks=32]"  # the label the measurements carry
+
+
+def test_an_unknown_impl_in_a_sweep_table_is_named_as_that_tables_slip(tmp_path):
+    """It used to be blamed on the rule ("rule 1 names 'softmax', which no [sweep] of the file measures (nosuch)")."""
+    result = gate(
+        tmp_path,
+        SWEEP.replace('impl = "softmax', 'impl = "nosuch,softmax') + '[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 3\n',
+    )
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "[sweep] 1: unknown impl 'nosuch'" in lines[0] and "rule " not in lines[0], lines[0]
+    assert not (tmp_path / "gate.db").exists()

@@ -214,7 +214,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown, filters))
         rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
-        budget = 2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET))
+        budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
         boundaries = source.memo(("boundaries", *base), lambda: views.measured_by_config(shown))
         frontier = views.frontier_rows(shown, all_fits, budget, boundaries)
         return rows, chart, crossing, figures.frontier_figure(frontier, budget), note
@@ -338,16 +338,14 @@ def default_budget_log2(source, run_id) -> float:
         run = source.run(run_id)
     except Exception:  # noqa: BLE001  (no run: the slider keeps its default)
         return math.log2(DEFAULT_BUDGET)
-    budget = run.env.get("gpu_total_bytes")
-    if not budget and "cpu" in run.sweep.get("device", []):
-        import psutil
+    from attnprof.env import memory_budget
 
-        budget = psutil.virtual_memory().total
-    return round(math.log2(budget or DEFAULT_BUDGET), 2)
+    # Not rounded to the slider's step: the report and `fit` must find the same frontier for the same run.
+    return math.log2(memory_budget(run.env, run.sweep.get("device", [])) or DEFAULT_BUDGET)
 
 
 def budget_text(budget_log2) -> str:
-    return f"budget {format_bytes(int(2.0 ** float(budget_log2)))}" if budget_log2 is not None else ""
+    return f"budget {format_bytes(round(2.0 ** float(budget_log2)))}" if budget_log2 is not None else ""
 
 
 # --- the current view as CSV ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`attnprof report` (one self-contained HTML file, optional PNGs) and `attnprof serve` (binding, warnings)."""
 
 import importlib.util
+import json
 import re
 
 import pytest
@@ -133,3 +134,21 @@ def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
     ):
         result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", tmp_path / "x.html", "--only", bad)
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and fragment in result.output, result.output
+
+
+def test_fit_the_report_and_the_dashboard_start_from_the_same_budget(tmp_path):
+    """The run's recorded host memory, to the byte. The dashboard rounded its log2 to the slider's step, so a
+    report drew the frontier at 23.6 GiB (N = 564164) where `fit` said 23.5 GiB (N = 563065) for the same run."""
+    import dataclasses
+
+    from attnprof.api import run_budget
+    from attnprof.dashboard import pages
+
+    host = 17717985280  # 16.5 GiB: not a power of two, nor the memory of the machine reading the run
+    db = tmp_path / "host.db"
+    info = seeding.run_info(seeding.BASE, "2026-01-01T00:00:00+00:00")
+    seeding.write_run(db, dataclasses.replace(info, env={**info.env, "host_memory_bytes": host}), seeding.run_cells())
+    source = dashboard_app.create_app(db, warm=False).attnprof.source
+    assert run_budget("latest", db) == host == round(2.0 ** pages.default_budget_log2(source, seeding.BASE))
+    fitted = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--format", "json", "--metric", "peak_bytes"]).output)
+    assert {row["budget_bytes"] for row in fitted["frontiers"]} == {host}

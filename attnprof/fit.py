@@ -20,7 +20,9 @@ The method, written once:
      93-96%). Values that do not grow at all (a = 0) have no overhead to find: all lengths are kept.
   A fixed overhead still visible at the largest length (exact accounting: a constant workspace beside a
      linear term) never fades in range; then it is subtracted instead and ln(y - c0) is fitted (see
-     `_without_persistent_overhead`), because the raw slope there is no asymptotic exponent.
+     `_without_persistent_overhead`), because the raw slope there is no asymptotic exponent. With exactly 4
+     lengths (one degree of freedom left) only when c0 + a N^b fits them within RELATIVE_RESOLUTION: exact
+     data such as FLOPs or accounted bytes, never noisy times.
   2. Bend: then drop the smallest length while ln(y) is still significantly convex in ln(N) (one-sided t-test
      at 95% on a quadratic term), which catches fading costs that are not constant (e.g. a linear term under a
      quadratic one). A concave curve such as N log N is never cut.
@@ -105,7 +107,7 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
             f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
         )
     # One overhead fit (a grid search, the costliest step) serves both the range rule and the subtraction.
-    found = fit_overhead(med_lengths, med_values) if min_length is None and len(med_lengths) > MIN_KEPT else None
+    found = fit_overhead(med_lengths, med_values) if min_length is None and len(med_lengths) >= MIN_KEPT else None
     start, rule = _choose_range(med_lengths, med_values, min_length, found)
     used_lengths, used_values = med_lengths[start:], med_values[start:]
     fitted_values = used_values
@@ -150,6 +152,10 @@ def _without_persistent_overhead(lengths, values, found):
     (index of the first length used, values to fit, range sentence), or None when the overhead fades."""
     limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
     if found.prefactor == 0 or found.overhead <= limit * values[-1]:
+        return None
+    if len(values) == MIN_KEPT and found.scatter > RELATIVE_RESOLUTION:
+        # 4 lengths leave y = c0 + a N^b one degree of freedom: only a curve that fits them exactly (FLOPs,
+        # accounted bytes) says the overhead is real, and noisy times keep their plain log-log slope.
         return None
     keep = found.overhead < SUBTRACTABLE_SHARE * values
     first = int(np.argmax(keep))

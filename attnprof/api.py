@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from attnprof.errors import Terminated, UsageError
-from attnprof.spec import ImplSpec, Sweep, parse_lengths
+from attnprof.spec import ImplSpec, Sweep, parse_impls, parse_lengths
 
 DEFAULT_DB = Path("reports") / "attnprof.db"
 
@@ -116,6 +116,12 @@ def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
         # An option given at its default value (block_size=auto, num_landmarks=64) is the same line as the plain impl.
         expanded.append(ImplSpec(spec.name, tuple((k, v) for k, v in spec.options if resolved[k] != impl.options[k])))
     return tuple(dict.fromkeys(expanded))
+
+
+def impl_labels(text: str) -> list[str]:
+    """The labels a run gives the impls of `text`, written as --impl takes them: `nystromformer:num_landmarks=32`
+    -> `nystromformer[num_landmarks=32]`; an option at its default is dropped, as the sweep drops it."""
+    return [spec.label for spec in _expand_impls(parse_impls(text))]
 
 
 def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None) -> list[tuple]:

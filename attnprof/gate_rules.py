@@ -3,8 +3,8 @@
 Five forms, told apart by their bound keys:
 - exponent:   max_exponent and/or min_exponent (judged on the 95% interval's far end)
 - ratio:      at_length + max_ratio and/or min_ratio + to (another impl in the same run)
-- value:      at_length + max_value and/or min_value (ms for time, bytes such as "1.5GiB" for
-              peak_bytes, a count for flops)
+- value:      at_length + max_value and/or min_value (ms for time, or text such as "5ms" or "1.5s"; bytes,
+              or text such as "1.5GiB", for peak_bytes; a count for flops)
 - regression: max_regression (relative, against a baseline file)
 - frontier:   min_frontier (+ optional budget; default the device's memory)
 `at_length` takes the length grammar ("64k", "8k..64k"): the rule is judged at each length.
@@ -85,7 +85,7 @@ def _parse_rule(index: int, table: dict, source: str) -> GateRule:
     metric = str(table.get("metric", "peak_bytes" if "min_frontier" in table else "")).strip()
     if metric not in METRICS:
         raise UsageError(f"bad metric {metric!r} in {where}; choose time, peak_bytes or flops")
-    rule = GateRule(index=index, impl=impl, metric=metric, filters=_filters(table, where), **_bounds(table, where))
+    rule = GateRule(index=index, impl=impl, metric=metric, filters=_filters(table, where), **_bounds(table, where, metric))
     _check_form(rule, where)
     return rule
 
@@ -125,7 +125,7 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
 
 
-def _bounds(table: dict, where: str) -> dict:
+def _bounds(table: dict, where: str, metric: str) -> dict:
     bounds = {}
     for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression"):
         if key in table:
@@ -137,7 +137,7 @@ def _bounds(table: dict, where: str) -> dict:
     for key in ("max_value", "min_value"):
         if key in table:
             value = table[key]
-            bounds[key] = float(parse_bytes(value, f"{key} in {where}")) if isinstance(value, str) else _non_negative(key, value, where)
+            bounds[key] = _value_bound(value, metric, f"{key} in {where}") if isinstance(value, str) else _non_negative(key, value, where)
     if "budget" in table:
         bounds["budget"] = parse_bytes(table["budget"], f"budget in {where}")
     if "to" in table:
@@ -169,6 +169,27 @@ def _check_form(rule: GateRule, where: str) -> None:
         raise UsageError(f"{where}: at_length goes with a ratio or a value rule")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
+
+
+DURATION_MS = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}
+
+
+def _value_bound(value: str, metric: str, what: str) -> float:
+    """A value bound written as text, in the unit of its metric: "5ms" or "1.5s" for time (in ms), "1.5GiB" for
+    peak_bytes, "1e12" for flops."""
+    import re
+
+    if metric == "peak_bytes":
+        return float(parse_bytes(value, what))
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zµ]*)\s*", value.lower())
+    units = DURATION_MS if metric == "time" else {"": 1.0}
+    if not match or match.group(2) not in units:
+        example = "a duration such as 5ms or 1.5s" if metric == "time" else "a number such as 1e12"
+        raise UsageError(f"bad {what} {value!r}: expected {example} for metric {metric!r}")
+    try:
+        return float(match.group(1)) * units[match.group(2)]
+    except ValueError:  # "1.2.3"
+        raise UsageError(f"bad {what} {value!r}: {match.group(1)!r} is not a number") from None
 
 
 def parse_bytes(value, what: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import os
 from pathlib import Path
 
 from attnprof.errors import UsageError
@@ -89,7 +90,7 @@ def slice_filters(only, options: dict) -> dict:
             raise UsageError(f"bad --only {text!r}: expected AXIS=VALUE[,VALUE] with AXIS one of impl, {', '.join(list(options)[1:])}")
         spelled = {_spelling(value): value for value in options[axis]}
         chosen = []
-        for raw in (v.strip() for v in listed.split(",") if v.strip()):
+        for raw in _slice_values(axis, listed):
             key = {"yes": "causal", "true": "causal", "no": "bidir", "false": "bidir"}.get(raw.lower(), raw) if axis == "causal" else raw
             if key not in spelled:
                 raise UsageError(f"bad --only {text!r}: the run has {axis} {', '.join(spelled)}, not {raw!r}")
@@ -98,6 +99,19 @@ def slice_filters(only, options: dict) -> dict:
             raise UsageError(f"bad --only {text!r}: no value given")
         filters[axis] = chosen
     return filters
+
+
+def _slice_values(axis: str, listed: str) -> list[str]:
+    """The values of one --only, spelled as the run's values are: lengths in the sweep's grammar (`1k`, `1k..4k`),
+    impls also as --impl takes them (`nystromformer:num_landmarks=32`, whose commas separate options)."""
+    from attnprof.api import impl_labels
+    from attnprof.spec import parse_lengths
+
+    if axis == "seq_len":
+        return [str(n) for n in parse_lengths(listed)] if listed.strip() else []
+    if axis == "label" and ":" in listed:
+        return impl_labels(listed)
+    return [v.strip() for v in listed.split(",") if v.strip()]
 
 
 def _spelling(value) -> str:
@@ -166,8 +180,11 @@ def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
         # 27.7 s that way)
         plotly.io.write_images(list(figures.values()), paths, width=PNG_WIDTH, height=[png_height(f) for f in figures.values()])
     except Exception as error:  # noqa: BLE001  (kaleido fails in many ways: no Chromium, sandbox, ...)
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"kaleido could not write the PNG files in {str(folder)!r}: {first_line}") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # kaleido's message starts with blank lines
+        reason = lines[0] if lines else type(error).__name__
+        browser = os.environ.get("BROWSER_PATH")
+        chosen = f" (BROWSER_PATH is {browser!r})" if browser else ""
+        raise UsageError(f"kaleido could not write the PNG files in {str(folder)!r}: {reason}{chosen}") from None
     return paths
 
 

@@ -114,3 +114,5 @@ def test_fit_takes_a_label_with_options_as_one_line(tmp_path):
     assert "\n  combiner-fixed[block_size=32] bidir fwd" in one.output and "\n  combiner-fixed bidir fwd" not in one.output
     both = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed", "--metric", "flops"])
     assert "\n  combiner-fixed[block_size=32] bidir fwd" in both.output and "\n  combiner-fixed bidir fwd" in both.output
+    as_flag = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed:block_size=32", "--metric", "flops"])
+    assert as_flag.exit_code == 0 and as_flag.output == one.output, as_flag.output  # as --impl takes it, too

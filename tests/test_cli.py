@@ -130,6 +130,11 @@ def test_unwritable_and_foreign_databases(tmp_path):
     text.write_text("just some text, not sqlite at all" * 20)
     assert_bad_input(invoke("runs", "--db", text), "not an attnprof database")
     assert_bad_input(invoke("runs", "--db", tmp_path / "missing.db"), "no database")
+    from attnprof.store import Store
+
+    Store.open(tmp_path / "empty.db").close()
+    empty = CliRunner().invoke(cli, ["runs", "--db", str(tmp_path / "empty.db")])
+    assert empty.exit_code == 0 and "no runs in" in empty.output and "attnprof sweep --db" in empty.output  # was a blank line
 
 
 def test_resume_of_unknown_run_and_with_sweep_options(db):

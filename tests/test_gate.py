@@ -153,6 +153,8 @@ def test_regression_against_a_baseline(tmp_path):
         ('[rules]\nimpl = "softmax"\n', "'rules'"),
         ("[[rule]\n", "not valid TOML"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = "5 parsecs"\n', "a duration such as 5ms"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nmax_value = "5GiB"\n', "a number such as 1e12"),
     ],
 )
 def test_malformed_rules_exit_2_with_one_line(tmp_path, text, fragment):
@@ -266,6 +268,15 @@ def test_a_rule_on_an_impl_the_file_never_sweeps_is_a_usage_error_before_measuri
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "'cosformer'" in lines[0] and "rule 1" in lines[0], result.output
     assert not (tmp_path / "gate.db").exists()  # nothing was measured
+
+
+def test_a_value_bound_written_as_text_is_read_in_its_metrics_unit():
+    """ "5ms" for a time rule used to be refused as "expected a size such as 80GiB"."""
+    table = lambda metric, value: {"impl": "softmax", "metric": metric, "at_length": "1k", "max_value": value}  # noqa: E731
+    rules = parse_rules(
+        [table("time", "5ms"), table("time", "1.5s"), table("time", "250us"), table("peak_bytes", "1.5GiB"), table("flops", "1e12")], "t"
+    )
+    assert [rule.max_value for rule in rules] == [5.0, 1500.0, 0.25, 1.5 * 2**30, 1e12]
 
 
 def test_a_rule_may_name_an_impl_with_options_as_the_sweep_flag_does():

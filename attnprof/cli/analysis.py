@@ -53,10 +53,16 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
 
 def _only_impls(frame, impl_names: str):
     """The rows of the named impls (crossovers then pair only them): a name takes every line of that impl, a label
-    (`nystromformer[num_landmarks=32]`, commas inside brackets kept) one line; a name the run lacks is bad input."""
+    (`nystromformer[num_landmarks=32]`, commas inside brackets kept, or `nystromformer:num_landmarks=32` as --impl
+    takes it) one line; a name the run lacks is bad input."""
     import re
 
-    wanted = [name.strip() for name in re.split(r",(?![^\[]*\])", impl_names) if name.strip()]
+    if ":" in impl_names:  # the --impl grammar, whose commas also separate options
+        from attnprof.api import impl_labels
+
+        wanted = impl_labels(impl_names)
+    else:
+        wanted = [name.strip() for name in re.split(r",(?![^\[]*\])", impl_names) if name.strip()]
     present = (set(frame["impl"]) | set(frame["label"])) if len(frame) else set()
     missing = [name for name in wanted if name not in present]
     if not wanted or missing:

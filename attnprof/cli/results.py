@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from attnprof.cli.group import cli, db_option, print_summary
@@ -23,6 +25,8 @@ def runs(db):
     store = Store.open(db or default_db(), create=False)
     try:
         runs = store.runs()
+        if not runs:
+            click.echo(f"no runs in {str(store.path)!r} yet: attnprof sweep --db {shlex.quote(str(store.path))} makes one", err=True)
         if runs:
             click.echo(f"{'run':<20}  {'created':<25}  {'state':<11} {'cases':>11}  device  name")
         for run in runs:

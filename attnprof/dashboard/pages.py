@@ -388,5 +388,10 @@ def _cell(value):
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Measured floats to 4 significant digits; counts (bytes, FLOPs: floats only because a missing one is NaN) as
+    whole numbers, since 3883264 bytes shown as 3883000 reads as a measured value."""
     floats = table.select_dtypes("float").columns
-    return table.assign(**{c: table[c].map(lambda v: float(f"{v:.4g}") if v == v and math.isfinite(v) else v) for c in floats})
+    counts = [c for c in floats if c.endswith(("_bytes", "flops"))]
+    whole = {c: table[c].map(lambda v: int(v) if v == v and math.isfinite(v) else v).astype(object) for c in counts}
+    rounded = {c: table[c].map(lambda v: float(f"{v:.4g}") if v == v and math.isfinite(v) else v) for c in floats if c not in counts}
+    return table.assign(**rounded, **whole)

@@ -86,6 +86,9 @@ def test_compare_shows_the_ratios_of_two_runs_regressions_first(two_runs_db):
     assert cells[1]["time_ratio"] == pytest.approx(1.6) and cells[1]["config"].startswith("sdpa")
     assert "shared cells" in note and changes[0]["metric"] == "time" and changes[0]["delta"] > 0
     assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"}
+    seeded = {m.peak_bytes for m in seeding.run_cells()}
+    shown = {c[column] for c in cells for column in ("peak_a_bytes", "peak_b_bytes") if c[column] is not None}
+    assert shown and shown <= seeded  # to the byte: rounded to 4 digits, 393216 read 393200
 
 
 def test_download_gives_the_current_view_as_csv(two_runs_db):

@@ -124,6 +124,11 @@ def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
         "causal": [True],
         "label": ["softmax", "sdpa"],
     }
+    labelled = {"label": ["nystromformer[num_landmarks=32]", "sdpa"], "seq_len": [256, 1024, 2048, 4096]}
+    assert slice_filters(["impl=nystromformer:num_landmarks=32", "seq_len=1k..2k"], labelled) == {  # as sweep takes them
+        "label": ["nystromformer[num_landmarks=32]"],
+        "seq_len": [1024, 2048],
+    }
     out = tmp_path / "causal.html"
     assert invoke("report", seeding.BASE, "--db", two_runs_db, "--out", out, "--only", "causal=yes").exit_code == 0
     assert "Figures show causal = True (of False, True)" in out.read_text()

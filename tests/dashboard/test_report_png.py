@@ -61,3 +61,4 @@ def test_kaleido_without_a_browser_is_one_line_naming_the_folder(two_runs_db, tm
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"Error: kaleido could not write the PNG files in {str(tmp_path / 'png')!r}: ")
     assert result.output.count("\n") == 1 and not list((tmp_path / "png").glob("*.png"))
+    assert "Chrome" in result.output and f"(BROWSER_PATH is {str(tmp_path / 'no-chromium')!r})" in result.output  # the reason was empty

@@ -70,7 +70,25 @@ def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = Fa
 
         threading.Timer(1.0, webbrowser.open, [url]).start()
     say(f"attnprof dashboard on {url} (Ctrl-C stops it)")
-    app.run(host=host, port=port, debug=False)
+    serve_wsgi(app.server, host, port)
+
+
+def serve_wsgi(server_app, host: str, port: int) -> None:
+    """Werkzeug's threaded server, without `app.run`'s banners: Flask's development-server warning in red, Dash's
+    and Werkzeug's own "running on" lines and one log line per request (each callback is one) buried the line above.
+    Ctrl-C ends it quietly."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # errors still show
+    server = make_server(host, port, server_app, threaded=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -64,16 +64,47 @@ def test_serve_binds_where_told_and_warns_beyond_loopback(monkeypatch, tmp_path)
     calls = []
 
     class Stub:
-        def run(self, **kwargs):
-            calls.append(kwargs)
+        server = "the wsgi app"
 
     monkeypatch.setattr(dashboard_app, "create_app", lambda db: Stub())
+    monkeypatch.setattr(dashboard_app, "serve_wsgi", lambda app, host, port: calls.append({"app": app, "host": host, "port": port}))
     result = invoke("serve", "--db", tmp_path / "none.db")
-    assert result.exit_code == 0 and calls[-1] == {"host": "127.0.0.1", "port": 8050, "debug": False}
+    assert result.exit_code == 0 and calls[-1] == {"app": "the wsgi app", "host": "127.0.0.1", "port": 8050}
     assert "warning" not in result.output and "no database at" in result.output
     result = invoke("serve", "--db", tmp_path / "none.db", "--host", "0.0.0.0", "--port", "9000")
     assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 9000
     assert "warning: listening on 0.0.0.0" in result.output
+
+
+def test_serve_says_where_it_is_in_one_line_and_answers(two_runs_db, tmp_path):
+    """A real server process: Flask's red development-server warning, Dash's and Werkzeug's "running on" lines and
+    a line per request used to follow attnprof's own line."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attnprof", "serve", "--db", str(two_runs_db), "--port", str(port)], stdout=out, stderr=out
+        )
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while status is None and time.monotonic() < deadline:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/_dash-layout", timeout=5).status
+            except OSError:
+                time.sleep(0.3)
+    finally:
+        process.send_signal(2)  # Ctrl-C
+        code = process.wait(timeout=30)
+    assert status == 200 and code == 0
+    assert log.read_text().splitlines() == [f"attnprof dashboard on http://127.0.0.1:{port}/ (Ctrl-C stops it)"]
 
 
 def test_create_app_builds_a_fresh_app_each_time(two_runs_db):

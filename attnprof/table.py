@@ -58,7 +58,7 @@ def rich_table(measurements: list[Measurement], title: str = ""):
     from rich.table import Table
 
     lengths, rows = summary_grid(measurements)
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, show_lines=False, min_width=len(title) + 4)  # a table narrower than its title wrapped it a word a line
     # The name never shrinks (at 80 columns rich cut every Combiner variant to 'combiner-…'): it takes its own
     # line above the rest of the label, and the value columns fold instead when the terminal is narrow.
     table.add_column("impl", no_wrap=True)

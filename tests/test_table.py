@@ -36,3 +36,12 @@ def test_options_in_a_label_are_text_not_markup():
     console.print(rich_table(rows, title="run x"))
     text = console.export_text()
     assert "nystromformer[num_landmarks=32]" in text and text.count("nystromformer") == 2
+
+
+def test_a_table_narrower_than_its_title_keeps_the_title_on_one_line():
+    """One impl at one length: the title used to wrap a word a line ("run / 20261123 / -174357- / 94ca / ...")."""
+    title = "run 20261123-174357-94ca  (median time / peak memory)"
+    rows = [Measurement(Case(impl="softmax", seq_len=64), Status.OK, times_ms=[0.06], peak_bytes=34_816)]
+    console = Console(width=80, record=True)
+    console.print(rich_table(rows, title=title))
+    assert title in console.export_text()

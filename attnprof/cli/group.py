@@ -128,7 +128,9 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         measurements = store.measurements(run.run_id)
     finally:
         store.close()
-    if output_format == "markdown":
+    if not measurements:
+        pass  # no table: the last line says "0 cases"
+    elif output_format == "markdown":
         click.echo(markdown_table(measurements), nl=False)
     else:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed

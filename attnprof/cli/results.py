@@ -27,7 +27,7 @@ def runs(db):
         runs = store.runs()
         if not runs:
             click.echo(f"no runs in {str(store.path)!r} yet: attnprof sweep --db {shlex.quote(str(store.path))} makes one", err=True)
-        if runs:
+        else:
             click.echo(f"{'run':<20}  {'created':<25}  {'state':<11} {'cases':>11}  device  name")
         for run in runs:
             device = run.env.get("gpu_name") or ",".join(run.sweep.get("device", [])) or "?"

@@ -32,7 +32,10 @@ import time
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
 STRICT_THRESHOLD = 128 * 1024  # glibc's initial mmap threshold
 GLIBC_MMAP_MAX = 65536  # glibc's default cap on the number of mmapped blocks
-NO_TRIM = -1  # mallopt's 'never trim' (its largest int, 2**31 - 1, trimmed every working set over 2 GiB each call)
+# mallopt's "never trim". Its largest int, 2**31 - 1, let glibc give back a freed top of the heap over 2 GiB whenever
+# the layout put one there: sdpa-math at N = 4096 (2.3 GiB a call) was trimmed after its second retained call in 2 of 6
+# processes (0 of 6 with -1), and a process where it happened every call timed 2.1-2.4 s a call against 1.0-1.2 s.
+NO_TRIM = -1
 SETTLED_FAULT_BYTES = 1 << 20  # a call faulting in less than this found its working set in the heap
 MAX_PRIME_CALLS = 10
 

@@ -18,6 +18,13 @@ One untimed call is not always enough: the heap fragments, and a Combiner-Mixtur
 faulted in 50-250 MB on its second and third calls (and ran 470-760 ms against a settled 420-460), which
 put its two slowest of three timed repetitions 0.45x-0.68x of SDPA in different runs. So `prime` calls
 until a call faults in less than SETTLED_FAULT_BYTES of new pages, within the timing budget.
+
+With a working set of gigabytes the budget allows one such call, and the heap kept growing for two or three more:
+at N=4096 softmax and sdpa-math (2.0-2.3 GiB a call) faulted 0.8-4 GiB in their first timed repetitions, which
+ran 2.4-2.8 s against a settled 0.75-0.95 s, so two of three made the median (the default CPU sweep's 4k column
+read 2.7x slow, and fitted softmax's exponent at 2.4). So `reserve` first faults in one block of twice the call's
+measured peak and frees it: the calls then find their memory resident, fragmented or not (5 calls of each: no
+page faulted in after it). It costs one write of that block, about what the unsettled calls cost.
 On a C library other than glibc (no `mallopt`), both are no-ops and the run's environment says so.
 """
 
@@ -38,6 +45,8 @@ GLIBC_MMAP_MAX = 65536  # glibc's default cap on the number of mmapped blocks
 NO_TRIM = -1
 SETTLED_FAULT_BYTES = 1 << 20  # a call faulting in less than this found its working set in the heap
 MAX_PRIME_CALLS = 10
+RESERVE_FACTOR = 2.0  # fragmentation grew the heap to about twice the call's peak (softmax at N=4096); 1.25x was not enough
+RESERVE_SHARE = 0.5  # of the available host memory, at most
 
 
 @functools.cache
@@ -57,7 +66,10 @@ def policy() -> str:
     """How the timing pass treats the host heap, for the run's environment record."""
     if _glibc() is None:
         return "C library default (no mallopt)"
-    return f"glibc: strict during the memory pass, retained during timing (primed until a call faults in < {SETTLED_FAULT_BYTES >> 20} MiB)"
+    return (
+        f"glibc: strict during the memory pass, retained during timing ({RESERVE_FACTOR:g}x the call's peak faulted in first; "
+        f"primed until a call faults in < {SETTLED_FAULT_BYTES >> 20} MiB)"
+    )
 
 
 def strict() -> None:
@@ -82,6 +94,25 @@ def retained():
         yield
     finally:
         strict()
+
+
+def reserve(peak_bytes: int) -> int:
+    """Inside `retained`: fault in a heap block of RESERVE_FACTOR x the call's peak (at most RESERVE_SHARE of the
+    free memory) and free it, so that the calls find resident memory however the heap fragments. Returns the
+    bytes reserved (0 without glibc, or when malloc refuses)."""
+    libc = _glibc()
+    if libc is None or peak_bytes <= 0:
+        return 0
+    import psutil
+
+    size = int(min(RESERVE_FACTOR * peak_bytes, RESERVE_SHARE * psutil.virtual_memory().available))
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    block = libc.malloc(size)
+    if not block:
+        return 0
+    ctypes.memset(block, 0, size)  # written, so every page is faulted in now
+    libc.free(block)  # back to the heap, which `retained` keeps: resident for the calls
+    return size
 
 
 def prime(call, budget_ms: float) -> int:

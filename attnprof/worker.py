@@ -111,6 +111,7 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
         measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps)
     else:
         with cpu_heap.retained():
+            cpu_heap.reserve(measurement.peak_bytes)  # resident memory for the calls, however the heap fragments (cpu_heap.py)
             cpu_heap.prime(call, settings.rep_ms)  # grows the retained heap to the case's working set (cpu_heap.py); not timed
             # The memory pass was the first, warm-making call and counts against the warm-up budget
             # (its duration overstates a call's: the trackers slow it 1.3-6x), so a slow case costs 2 + min_reps calls.

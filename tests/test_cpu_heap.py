@@ -34,6 +34,34 @@ def test_retained_heap_keeps_freed_blocks_until_timing_ends_and_strict_gives_the
     assert after_exit < 8 * mib  # leaving timing trims the heap back
 
 
+RESERVE_CHILD = """
+import json, psutil, resource, torch
+from attnprof import cpu_heap
+rss = lambda: psutil.Process().memory_info().rss
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt * resource.getpagesize()
+cpu_heap.strict()
+base = rss()
+with cpu_heap.retained():
+    reserved = cpu_heap.reserve(128 * 2**20)
+    resident = rss() - base
+    before = faults()
+    x = torch.ones(200 * 2**20 // 4); del x     # 200 MiB of temporaries, written
+    faulted = faults() - before
+after_exit = rss() - base
+print(json.dumps([reserved, resident, faulted, after_exit]))
+"""
+
+
+@pytest.mark.skipif(cpu_heap.policy().startswith("C library"), reason="the heap policy needs glibc's mallopt")
+def test_reserve_leaves_resident_memory_that_the_calls_use_without_faulting():
+    out = subprocess.run([sys.executable, "-c", RESERVE_CHILD], capture_output=True, text=True, check=True)
+    reserved, resident, faulted, after_exit = json.loads(out.stdout)
+    mib = 2**20
+    assert reserved == 256 * mib and resident >= 250 * mib  # twice the peak given, faulted in and kept after its free
+    assert faulted < 16 * mib  # the 200 MiB tensor found resident pages (without reserve: 200 MiB faulted in)
+    assert after_exit < 16 * mib  # leaving timing gives it all back
+
+
 def test_the_run_environment_names_the_policy():
     from attnprof.env import capture_env
 

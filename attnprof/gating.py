@@ -57,9 +57,25 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames = [load_measurements(run, db) for run in runs]
     run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
+    _refuse_overlapping_runs(frames, run_ids)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
     return verdicts, run_ids
+
+
+CELL_KEY = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "seq_len"]
+
+
+def _refuse_overlapping_runs(frames, run_ids) -> None:
+    """Several --run are judged as one set of cells (a file's sweeps measure different ones). Two runs with the
+    same cell made the verdict depend on the order they were given (the first one's cell was judged, silently)."""
+    seen: dict[tuple, str] = {}
+    for frame, run_id in zip(frames, run_ids, strict=True):
+        for cell in frame[CELL_KEY].drop_duplicates().itertuples(index=False, name=None):
+            if cell in seen and seen[cell] != run_id:
+                shown = f"{cell[0]} N={cell[-1]}"
+                raise UsageError(f"runs {seen[cell]} and {run_id} both measure {shown} (and maybe more): judge them one at a time")
+            seen[cell] = run_id
 
 
 def check_rules_are_swept(rules, sweeps, rules_path) -> None:

@@ -294,3 +294,19 @@ def test_an_unknown_impl_in_a_sweep_table_is_named_as_that_tables_slip(tmp_path)
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "[sweep] 1: unknown impl 'nosuch'" in lines[0] and "rule " not in lines[0], lines[0]
     assert not (tmp_path / "gate.db").exists()
+
+
+def test_two_runs_measuring_the_same_cell_are_refused_not_judged_by_their_order(tmp_path):
+    """`--run cpu2 --run cpu1` passed and `--run cpu1 --run cpu2` failed the same rule: the first run's cell was
+    judged and the other's dropped, while the summary named both runs."""
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n'
+    assert gate(tmp_path, SWEEP + rule).exit_code == 0
+    assert gate(tmp_path, SWEEP + rule).exit_code == 0  # a second run of the same sweep
+    from attnprof.store import Store
+
+    store = Store.open(tmp_path / "gate.db", create=False)
+    newer, older = [run.run_id for run in store.runs()]
+    store.close()
+    result = gate(tmp_path, rule, "--run", newer, "--run", older)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "both measure" in lines[0] and "one at a time" in lines[0], result.output

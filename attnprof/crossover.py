@@ -42,7 +42,7 @@ class Crossover:
 @dataclass(frozen=True)
 class Frontier:
     length: float  # largest N whose fitted peak fits the budget; inf when the peak does not grow with N
-    length_low: float  # 95% interval, from the exponent interval
+    length_low: float  # 95% interval, from the exponent interval; extrapolated, also no longer than the class model's
     length_high: float
     budget_bytes: float
     kind: str  # "in range" (within the fit's measured lengths), "extrapolated", or "unbounded"
@@ -172,6 +172,9 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token)
     ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token) for e in (fit.exponent_low, fit.exponent_high)]
     low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
+    if _frontier_kind(fit, length) == "extrapolated":
+        classes = (fit.best_class, fit.runner_up) if fit.complexity == "ambiguous" else (fit.best_class,)
+        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in classes)])
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
     within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
     wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
@@ -180,6 +183,34 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     message += _conflict_message(fit, wrong_oom, wrong_ok)
     conflicts = tuple(sorted(wrong_oom + wrong_ok))
     return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
+
+
+def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) -> float:
+    """The frontier of the complexity class model c0 + c1 g(N) fitted to the same medians.
+
+    Far beyond the measured lengths a power law's interval says how well its slope is known, not whether the
+    curve keeps that slope. It does not: at 80 GiB, N = 1k..64k, Combiner-Fixed's peak (blocks of sqrt(N): still
+    bending upward) gave a 95% low end of N = 689728, where its accounted peak is 87 GiB (it fits up to about 640k);
+    cosFormer's (a workspace still fading: fitted 0.74) put N = 11.6M, where its output and inputs alone need 89 GiB.
+    The class models carry the constant term the power law lacks, so an extrapolated frontier's low end, what a
+    gate's min_frontier relies on, is also no longer than the chosen class's (both leading classes' when the choice
+    is ambiguous): 527k for Combiner-Fixed (n^1.5), 460k for -Axial (n log n or n^1.5), 6.5M for cosFormer (linear
+    or n log n), and Nyströmformer's exact linear peak keeps its 5.24M."""
+    from attnprof.complexity import CLASSES, relative_nnls
+
+    measured = dict(zip(fit.lengths_measured, fit.medians, strict=True))
+    lengths = np.asarray(fit.lengths_used, dtype=float)
+    g = CLASSES[name]
+    _, coef = relative_nnls(g(lengths)[None, :], np.array([measured[n] for n in fit.lengths_used], dtype=float))
+    c0, c1 = coef[0]
+    total = lambda x: c0 + c1 * float(g(np.exp(x))) + per_token * math.exp(x)  # noqa: E731
+    low, high = 0.0, math.log(MAX_SIZE)
+    if total(high) <= budget_bytes:
+        return math.inf
+    for _ in range(200):  # the model only grows with N: bisection on ln N
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) <= budget_bytes else (low, middle)
+    return math.exp(low)
 
 
 def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
@@ -214,7 +245,8 @@ def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, ki
         return f"unbounded: peak does not grow with N (exponent {fit.exponent:.2f}), so no length exhausts {_gib(budget_bytes)}"
     low, high = (format_length(v) for v in interval)
     inputs = " with its inputs" if with_inputs else ""
-    return f"{kind}: up to N = {format_length(length)} (95% {low}..{high}) fits {_gib(budget_bytes)}{inputs}"
+    label = "range" if kind == "extrapolated" else "95%"  # an extrapolated low end also takes the class model's
+    return f"{kind}: up to N = {format_length(length)} ({label} {low}..{high}) fits {_gib(budget_bytes)}{inputs}"
 
 
 def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list) -> str:

@@ -212,9 +212,9 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
         fit_power_law(lengths, values, metric="peak_bytes"), budget, input_bytes_per_token=inputs, **measured_boundaries(group)
     )
     described = (
-        f"frontier N={frontier.length:,.0f} [95% {frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
+        f"frontier N={frontier.length:,.0f} [{frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
     )
-    low = f"95% lower end {frontier.length_low:,.0f}"
+    low = f"lower end {frontier.length_low:,.0f}"  # the 95% one, and extrapolated no longer than the class model's
     if not frontier.length_low >= rule.min_frontier:
         return Judgement(
             subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1)

@@ -136,6 +136,43 @@ def test_the_inputs_count_against_the_budget():
     assert memory_frontier(fit_of(lambda n: 1024.0 * n), 100.0, input_bytes_per_token=1000.0).length == 0.0  # nothing fits
 
 
+PER_TOKEN, BUDGET = 3 * 16 * 64 * 2.0, 80 * 2.0**30  # q, k, v of B=1, H=16, d=64 in bf16; an 80 GiB GPU
+
+
+@pytest.mark.parametrize("impl", ["combiner-fixed", "combiner-axial"])
+def test_an_extrapolated_frontiers_low_end_is_a_length_that_fits(impl):
+    """Accounted on meta over 1k..64k (B=1, H=16, d=64, bf16), at 80 GiB: Combiner-Fixed's 95% low end was
+    N = 689728, where its peak and inputs are 87 GiB (-Axial's 669552: 98 GiB), and a `min_frontier` gate passed
+    on it. The low end is now also no longer than the class model's; the peak there is accounted again."""
+    from attnprof import impls
+    from attnprof.accounting_runs import account_on_meta
+    from attnprof.inputs import make_inputs
+    from attnprof.spec import Case
+
+    accounted = lambda n: account_on_meta(impls.get(impl), Case(impl=impl, seq_len=n, dtype="bfloat16", device="meta"))  # noqa: E731
+    lengths = [2**k for k in range(10, 17)]
+    found = memory_frontier(fit_power_law(lengths, [accounted(n).peak_bytes for n in lengths]), BUDGET, input_bytes_per_token=PER_TOKEN)
+    low = int(found.length_low)
+    inputs = make_inputs(Case(impl=impl, seq_len=low, dtype="bfloat16", device="meta"), device="meta").nbytes
+    assert found.kind == "extrapolated" and accounted(low).peak_bytes + inputs <= BUDGET, found.message
+
+
+def test_a_fading_workspace_is_not_extrapolated_at_its_flattened_slope():
+    """A fixed workspace beside a linear term (cosFormer's peak fitted 0.74 over 1k..64k, and its frontier at 80 GiB
+    read 11.6M, where its output and inputs alone need 89 GiB): the linear class model carries the constant."""
+    peak = lambda n: 4e8 + 1.5e3 * n  # noqa: E731
+    found = memory_frontier(fit_of(peak, lengths=2.0 ** np.arange(10, 17)), BUDGET, input_bytes_per_token=PER_TOKEN)
+    assert found.length_low == pytest.approx((BUDGET - 4e8) / (1.5e3 + PER_TOKEN), rel=1e-6)
+    assert found.length_low < found.length  # the power law's own point, at its flattened slope, lies beyond it
+
+
+def test_an_exact_linear_peak_keeps_a_tight_extrapolated_frontier():
+    """Nyströmformer's: linear beside a small constant, class linear; the low end stays within 1% of the truth."""
+    peak = lambda n: 2e6 + 2e3 * n  # noqa: E731
+    found = memory_frontier(fit_of(peak, lengths=2.0 ** np.arange(10, 17)), BUDGET, input_bytes_per_token=PER_TOKEN)
+    assert found.length_low == pytest.approx((BUDGET - 2e6) / (2e3 + PER_TOKEN), rel=0.01)
+
+
 def test_crossover_frame_pairs_impls_within_each_configuration():
     rows = []
     for heads in (4, 8):

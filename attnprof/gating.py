@@ -48,12 +48,14 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         if not sweeps:
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")
         parsed = [sweep_from_options(s) for s in sweeps]
+        resolved = []
         for index, sweep in enumerate(parsed, 1):
             try:  # an unknown impl or device in a [sweep] is that table's slip, not a rule's
-                resolve_sweep(sweep)
+                resolved.append(resolve_sweep(sweep))
             except UsageError as error:
                 raise UsageError(f"{rules_path}: [sweep] {index}: {error}") from None
         check_rules_are_swept(rules, parsed, rules_path)
+        check_rules_can_be_judged(rules, resolved, rules_path)
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames = [load_measurements(run, db) for run in runs]
     run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
@@ -92,6 +94,25 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
                 raise UsageError(
                     f"{rules_path}: rule {rule.index} names {name!r}, which no [sweep] of the file measures ({', '.join(sorted(measured))})"
                 )
+
+
+def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
+    """What the file's own sweeps can never give a rule, said before measuring (exit 2), not as MISSING (exit 3,
+    "the measurement failed") after it: times from accounting-only sweeps, a length none of them measures, a
+    frontier on meta runs, which belong to no device and so have no default budget."""
+    accounting_only = all(sweep.accounting for sweep in resolved_sweeps)
+    lengths = sorted(set().union(*(sweep.lengths for sweep in resolved_sweeps)))
+    for rule in rules:
+        where = f"{rules_path}: rule {rule.index}"
+        if rule.metric == "time" and accounting_only:
+            raise UsageError(f"{where} judges time, but every [sweep] of the file is an accounting run (no times)")
+        missing = [n for n in rule.at_length if n not in lengths]
+        if missing:
+            raise UsageError(
+                f"{where} asks for N={missing[0]}, which no [sweep] of the file measures (lengths {', '.join(map(str, lengths))})"
+            )
+        if rule.min_frontier is not None and rule.budget is None and accounting_only:
+            raise UsageError(f'{where}: accounting runs have no device memory to default to; set budget = "80GiB" in the rule')
 
 
 def baseline_records(frame) -> str:

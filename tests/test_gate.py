@@ -68,17 +68,30 @@ def test_failed_measurements_exit_3(tmp_path):
 impl = "fault"
 metric = "peak_bytes"
 max_exponent = 2.1
-
-[[rule]]
-impl = "fault"
-metric = "time"
-max_exponent = 2.1
 """,
     )
     assert result.exit_code == 3, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[0].startswith("MISSING") and "2 ok lengths, need 3" in lines[0] and "N=4096 error, N=8192 error" in lines[0]
-    assert lines[1].startswith("MISSING") and "carry no time (an accounting run has no times)" in lines[1]
+    # judged on an existing accounting run, a time rule is MISSING with the reason
+    judged = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "time"\nmax_exponent = 2.1\n', "--run", "latest")
+    assert judged.exit_code == 3 and "carry no time (an accounting run has no times)" in judged.output, judged.output
+
+
+@pytest.mark.parametrize(
+    "rule, fragment",
+    [
+        ('impl = "softmax"\nmetric = "time"\nmax_exponent = 2.1\n', "every [sweep] of the file is an accounting run"),
+        ('impl = "softmax"\nmetric = "peak_bytes"\nat_length = "64k"\nmax_value = "1GiB"\n', "N=65536, which no [sweep]"),
+        ('impl = "softmax"\nmin_frontier = "64k"\n', 'set budget = "80GiB"'),
+    ],
+)
+def test_a_rule_its_files_sweeps_can_never_answer_is_refused_before_measuring(tmp_path, rule, fragment):
+    """These measured first and then said MISSING, exit 3 ("the measurement failed"), for a slip in the file."""
+    result = gate(tmp_path, SWEEP + "[[rule]]\n" + rule)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+    assert not (tmp_path / "gate.db").exists()  # nothing was measured
 
 
 def test_ratio_frontier_and_judging_an_existing_run(tmp_path):

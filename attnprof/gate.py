@@ -233,6 +233,11 @@ def _judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame
         if key not in base.index:
             continue  # a case new since the baseline is not a regression
         judgements.append(_compare(rule, subject, row, base.loc[key]))
+    if len(rows) and not judgements:  # the run has the cells; the baseline names them otherwise (other options, lengths)
+        has = ", ".join(sorted(set(_matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
+        wanted = ", ".join(sorted(set(rows["label"])))
+        reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
+        return [Judgement("baseline", "MISSING", reason)]
     return judgements
 
 

@@ -149,6 +149,15 @@ def test_regression_against_a_baseline(tmp_path):
     baseline.write_text("".join(json.dumps(r) + "\n" for r in records))
     result = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
     assert result.exit_code == 1 and "sdpa-flash" in result.output and "N=8192" in result.output and "+50.0%" in result.output
+    # a baseline whose cells carry other labels (another block size, say) says so, instead of blaming the run
+    for record in records:
+        record["label"] = record["label"] + "[block_size=64]"
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in records))
+    relabelled = gate(
+        tmp_path, '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_regression = 0.10\n', "--run", "latest", "--baseline", baseline
+    )
+    assert relabelled.exit_code == 3 and "the baseline has no cell of the run's softmax" in relabelled.output, relabelled.output
+    assert "softmax[block_size=64]" in relabelled.output
 
 
 @pytest.mark.parametrize(

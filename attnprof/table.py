@@ -119,7 +119,15 @@ def fits_display(fits) -> pd.DataFrame:  # noqa: F821
         rows.append({
             "config": config, "metric": f["metric"],
             "exponent": f"{f['exponent']:.3f} [{f['exponent_low']:.3f}, {f['exponent_high']:.3f}]",
-            "class": f"{f['complexity']} (next {f['runner_up']}, dAIC {f['margin']:.1f})",
+            "class": _class_text(f),
             "r2": f"{f['r2']:.4f}", "lengths": f"{min(f['lengths_used'])}..{max(f['lengths_used'])}", "rule": f["range_rule"],
         })  # fmt: skip
     return pd.DataFrame(rows, columns=["config", "metric", "exponent", "class", "r2", "lengths", "rule"])
+
+
+def _class_text(f) -> str:
+    """The class with its runner-up and AIC margin; an ambiguous one names both leading classes ("ambiguous (next
+    n^1.5)" hid which class led)."""
+    if f["complexity"] == "ambiguous":
+        return f"ambiguous: {f['best_class']} or {f['runner_up']} (dAIC {f['margin']:.1f})"
+    return f"{f['complexity']} (next {f['runner_up']}, dAIC {f['margin']:.1f})"

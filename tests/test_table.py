@@ -45,3 +45,18 @@ def test_a_table_narrower_than_its_title_keeps_the_title_on_one_line():
     console = Console(width=80, record=True)
     console.print(rich_table(rows, title=title))
     assert title in console.export_text()
+
+
+def test_an_ambiguous_class_names_both_leading_classes():
+    """It read "ambiguous (next n^1.5, dAIC 0.0)", which hid the class that led (n log n, said only the JSON)."""
+    import pandas as pd
+
+    from attnprof.analysis import CONFIG
+    from attnprof.fit import fit_frame
+    from attnprof.table import fits_display
+
+    config = dict(label="combiner-axial", batch=1, heads=16, head_dim=64, dtype="bfloat16", device="meta", causal=False, mode="fwd")
+    rows = pd.DataFrame([{**config, "seq_len": n, "peak_bytes": 1e6 * n} for n in (1024, 2048)])  # 2 lengths: always ambiguous
+    fits = fit_frame(rows, "peak_bytes", CONFIG).assign(metric="peak_bytes")
+    [text] = fits_display(fits)["class"]
+    assert text.startswith(f"ambiguous: {fits['best_class'][0]} or {fits['runner_up'][0]} (dAIC"), text

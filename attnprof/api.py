@@ -7,9 +7,7 @@ frame = load_measurements(run_id, db="x.db")
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing
-import numbers
 import os
 import secrets
 import signal
@@ -52,28 +50,15 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     return resolved
 
 
-MAX_SEED = 2**63 - 1  # SQLite's largest INTEGER: every measurement stores its seed
-
-
 def _check_values(sweep: Sweep) -> None:
-    """What the CLI's and TOML's parsers guarantee, checked again for a Sweep built in Python."""
-    for name in ("lengths", "batch", "heads", "head_dim"):
-        for value in getattr(sweep, name):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise UsageError(f"bad {name} {value!r}: must be a positive integer")
-    for name, zero_allowed in (("warmup_ms", True), ("rep_ms", False), ("timeout", False)):
-        value = getattr(sweep, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)
-            or value < 0
-            or (value == 0 and not zero_allowed)
-        ):
-            raise UsageError(f"bad {name} {value!r}: must be a finite number, {'0 or more' if zero_allowed else 'positive'}")
-    seed = sweep.seed
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"bad seed {seed!r}: must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
+    """A Sweep built in Python gets the checks the CLI's and TOML's parsers make (scenario.SWEEP_KEYS): one
+    UsageError naming the bad value, instead of rows of N = 0 or a seed SQLite cannot store."""
+    from attnprof.scenario import SWEEP_KEYS
+
+    for key in ("lengths", "batch", "heads", "head_dim", "warmup_ms", "rep_ms", "timeout", "seed"):
+        field, parse = SWEEP_KEYS[key]
+        value = getattr(sweep, field)
+        parse(list(value) if isinstance(value, tuple) else value)
 
 
 MAX_INPUT_BYTES = 2**50  # 1 PiB for one of q, k, v: beyond any device; far beyond it, torch's size arithmetic overflows

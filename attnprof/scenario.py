@@ -19,6 +19,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+MAX_SEED = 2**63 - 1  # SQLite's largest INTEGER: every measurement stores its seed
+
+
 def _number(kind, key: str):
     def parse(value):
         try:
@@ -32,6 +35,8 @@ def _number(kind, key: str):
         zero_allowed = key in ("seed", "warmup_ms")
         if number < 0 or (number == 0 and not zero_allowed):
             raise UsageError(f"bad {key} {value!r}: must be {'0 or more' if zero_allowed else 'positive'}")
+        if key == "seed" and number > MAX_SEED:
+            raise UsageError(f"bad seed {value!r}: must be an integer from 0 to {MAX_SEED} (2^63 - 1)")
         return number
 
     return parse

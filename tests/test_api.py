@@ -1,4 +1,4 @@
-"""A Sweep built in Python is checked as the CLI checks its flags: one UsageError naming the bad value."""
+"""A Sweep built in Python is checked by the CLI's own parsers: one UsageError naming the bad value."""
 
 import pytest
 
@@ -10,12 +10,12 @@ from attnprof.spec import Sweep, parse_impls
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        (dict(lengths=(0,)), "bad lengths 0"),
-        (dict(lengths=(-5,)), "bad lengths -5"),
-        (dict(lengths=(256.0,)), "bad lengths 256.0"),
-        (dict(batch=(0,)), "bad batch 0"),
-        (dict(heads=(True,)), "bad heads True"),
-        (dict(head_dim=(-1,)), "bad head_dim -1"),
+        (dict(lengths=(0,)), "bad length '0'"),
+        (dict(lengths=(-5,)), "bad length '-5'"),
+        (dict(lengths=(256.0,)), "bad length '256.0'"),
+        (dict(batch=(0,)), "bad batch '0'"),
+        (dict(heads=(True,)), "bad heads 'True'"),
+        (dict(head_dim=(-1,)), "bad head_dim '-1'"),
         (dict(rep_ms=0.0), "bad rep_ms 0.0"),
         (dict(timeout=float("nan")), "bad timeout nan"),
         (dict(warmup_ms=-1.0), "bad warmup_ms -1.0"),

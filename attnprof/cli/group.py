@@ -128,11 +128,9 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         measurements = store.measurements(run.run_id)
     finally:
         store.close()
-    if not measurements:
-        pass  # no table: the last line says "0 cases"
-    elif output_format == "markdown":
+    if measurements and output_format == "markdown":  # no table for no cases: the last line says "0 cases"
         click.echo(markdown_table(measurements), nl=False)
-    else:
+    elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
     for line in reasons_list(measurements):

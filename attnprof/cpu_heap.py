@@ -59,6 +59,7 @@ def _glibc():
         return None
     if libc is None or not all(hasattr(libc, f) for f in ("mallopt", "malloc_trim", "gnu_get_libc_version")):
         return None
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]  # 64-bit pointers
     return libc
 
 
@@ -106,7 +107,6 @@ def reserve(peak_bytes: int) -> int:
     import psutil
 
     size = int(min(RESERVE_FACTOR * peak_bytes, RESERVE_SHARE * psutil.virtual_memory().available))
-    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
     block = libc.malloc(size)
     if not block:
         return 0

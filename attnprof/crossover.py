@@ -1,7 +1,8 @@
 """Where two implementations' fitted curves cross, and how long a sequence fits a memory budget (pure).
 
-Both questions are solved on the fitted power laws (`fit.Fit`), not on the class models: the power law is what the
-fit reports and what its interval describes, and on it both answers are closed-form.
+Both questions are solved on the fitted power laws (`fit.Fit`), with the fixed overhead a fit subtracted added back
+(then numerically, else in closed form): the power law is what the fit reports and what its interval describes.
+Beyond the measured lengths the class models (c0 + c1 g(N)) are asked too, and an answer's range spans theirs.
 
 Intervals. The exponent's 95% interval is propagated by pivoting each fitted line about its centre (mean ln N of
 the lengths it used), where the intercept is known best, and re-solving with the interval's end exponents; for a
@@ -55,7 +56,8 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
     """Length where fit_a's and fit_b's power laws cross; lo..hi (default: both fits' shared measured lengths)."""
     lo = max(fit_a.lengths_measured[0], fit_b.lengths_measured[0]) if lo is None else lo
     hi = min(fit_a.lengths_measured[-1], fit_b.lengths_measured[-1]) if hi is None else hi
-    parallel = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE
+    # Equal exponents with different overheads (c0 + a N^e) still cross once: not parallel.
+    parallel = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE and fit_a.overhead == fit_b.overhead
     length = math.nan if parallel else _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
     measured = _measured_crossover(fit_a, fit_b, (lo, hi), (name_a, name_b), length)
     if measured is not None:
@@ -71,15 +73,21 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
             )
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
     low, high = _crossing_interval(fit_a, fit_b)
-    steeper_a = fit_a.exponent > fit_b.exponent  # the steeper curve is the cheaper one below the crossing
+    steeper_a = fit_a.predict(MAX_SIZE) > fit_b.predict(MAX_SIZE)  # the one dearer far out is cheaper below the crossing
     below, above = (name_a, name_b) if steeper_a else (name_b, name_a)
     if length < 1:
         message = f"none: the curves cross only below N = 1; {above} is cheaper at every length"
         return Crossover(length, low, high, "none", "", "", lo, hi, message)
     kind = "in range" if lo <= length <= hi else "extrapolated"
     where = "within" if kind == "in range" else "outside"
+    label = "95%"
+    if kind == "extrapolated":
+        classes = _class_crossings(fit_a, fit_b)
+        widened = min(low, *classes), max(high, *classes)
+        label = "range" if widened != (low, high) else label  # the interval then also spans the class models' answer
+        low, high = widened
     message = (
-        f"{kind}: {above} is cheaper above N = {format_length(length)} (95% {format_length(low)}..{format_length(high)}), "
+        f"{kind}: {above} is cheaper above N = {format_length(length)} ({label} {format_length(low)}..{format_length(high)}), "
         f"{below} below; {where} the measured {format_length(lo)}..{format_length(hi)}"
     )
     return Crossover(length, low, high, kind, below, above, lo, hi, message)
@@ -140,13 +148,52 @@ def is_near(found: Crossover) -> bool:
 
 
 def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> float:
-    """N where the two lines, pivoted about their centres to the given exponents, meet."""
+    """N where the two curves, their lines pivoted about their centres to the given exponents, meet (the last
+    meeting when an overhead makes them meet twice: the one that decides which is cheaper above)."""
     center_a, center_b = fit_a.center_log_length, fit_b.center_log_length
     value_a = fit_a.intercept + fit_a.exponent * center_a  # ln of each fitted line at its centre
     value_b = fit_b.intercept + fit_b.exponent * center_b
+    if fit_a.overhead or fit_b.overhead:
+        with np.errstate(over="ignore"):
+            curve_a = lambda x: np.exp(value_a + exponent_a * (x - center_a)) + fit_a.overhead  # noqa: E731
+            curve_b = lambda x: np.exp(value_b + exponent_b * (x - center_b)) + fit_b.overhead  # noqa: E731
+            far = math.log(MAX_SIZE)
+            return _last_meeting(curve_a, curve_b, a_grows_faster=curve_a(far) > curve_b(far))
     # value_a + e_a (x - center_a) = value_b + e_b (x - center_b), solved for x = ln N
     x = (value_b - value_a + exponent_a * center_a - exponent_b * center_b) / (exponent_a - exponent_b)
     return _exp(x)
+
+
+def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
+    """Last N in 1..MAX_SIZE where two cost curves (functions of ln N) meet, by a grid on ln N and bisection: an
+    overhead can make them meet twice, and the last meeting decides which is cheaper above. Without a meeting: 0
+    when the faster-growing curve is the dearer one at every length (they meet below N = 1), inf when it is the
+    cheaper one at every length (they meet beyond MAX_SIZE)."""
+    log_ratio = lambda x: np.log(curve_a(x)) - np.log(curve_b(x))  # noqa: E731
+    grid = np.linspace(0.0, math.log(MAX_SIZE), 513)
+    signs = np.sign(log_ratio(grid))
+    changes = np.flatnonzero(signs[:-1] * signs[1:] < 0)
+    if not len(changes):
+        return 0.0 if (signs[0] > 0) == a_grows_faster else math.inf
+    low, high = grid[changes[-1]], grid[changes[-1] + 1]
+    for _ in range(60):  # far below one token
+        middle = (low + high) / 2
+        low, high = (middle, high) if np.sign(log_ratio(middle)) == signs[changes[-1]] else (low, middle)
+    return math.exp(low)
+
+
+def _class_crossings(fit_a: Fit, fit_b: Fit) -> list[float]:
+    """Where the complexity class models c0 + c1 g(N) of the two fits (both leading classes of an ambiguous
+    one) last meet. Beyond the measured lengths the power laws' interval says how well their slopes are known,
+    not whether the curves keep those slopes: over N = 1k..64k of accounted peaks, Combiner-Fixed's power law
+    (fitted over 8k..64k, its 5 MiB of fixed workspace left out) put "Nyströmformer cheaper above N = 258
+    (95% 137..476), Combiner-Fixed below", where Nyströmformer is cheaper at every length from 16 on."""
+    crossings = []
+    for name_a, name_b in itertools.product(_leading_classes(fit_a), _leading_classes(fit_b)):
+        model_a, model_b = _class_model(fit_a, name_a), _class_model(fit_b, name_b)
+        grows_a = model_a(math.log(MAX_SIZE)) > model_b(math.log(MAX_SIZE))  # the dearer one at the far end grows faster
+        crossings.append(_last_meeting(model_a, model_b, a_grows_faster=grows_a))
+    return crossings
 
 
 def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
@@ -173,8 +220,7 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token) for e in (fit.exponent_low, fit.exponent_high)]
     low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
     if _frontier_kind(fit, length) == "extrapolated":
-        classes = (fit.best_class, fit.runner_up) if fit.complexity == "ambiguous" else (fit.best_class,)
-        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in classes)])
+        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in _leading_classes(fit))])
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
     within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
     wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
@@ -196,14 +242,8 @@ def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) 
     gate's min_frontier relies on, is also no longer than the chosen class's (both leading classes' when the choice
     is ambiguous): 527k for Combiner-Fixed (n^1.5), 460k for -Axial (n log n or n^1.5), 6.5M for cosFormer (linear
     or n log n), and Nyströmformer's exact linear peak keeps its 5.24M."""
-    from attnprof.complexity import CLASSES, relative_nnls
-
-    measured = dict(zip(fit.lengths_measured, fit.medians, strict=True))
-    lengths = np.asarray(fit.lengths_used, dtype=float)
-    g = CLASSES[name]
-    _, coef = relative_nnls(g(lengths)[None, :], np.array([measured[n] for n in fit.lengths_used], dtype=float))
-    c0, c1 = coef[0]
-    total = lambda x: c0 + c1 * float(g(np.exp(x))) + per_token * math.exp(x)  # noqa: E731
+    model = _class_model(fit, name)
+    total = lambda x: model(x) + per_token * math.exp(x)  # noqa: E731
     low, high = 0.0, math.log(MAX_SIZE)
     if total(high) <= budget_bytes:
         return math.inf
@@ -213,16 +253,32 @@ def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) 
     return math.exp(low)
 
 
+def _class_model(fit: Fit, name: str):
+    """ln N -> c0 + c1 g(N): complexity class `name`'s model fitted to the medians at the fit's lengths."""
+    from attnprof.complexity import CLASSES, relative_nnls
+
+    measured = dict(zip(fit.lengths_measured, fit.medians, strict=True))
+    g = CLASSES[name]
+    lengths = np.asarray(fit.lengths_used, dtype=float)
+    _, coef = relative_nnls(g(lengths)[None, :], np.array([measured[n] for n in fit.lengths_used], dtype=float))
+    c0, c1 = coef[0]
+    return lambda x: c0 + c1 * g(np.exp(x))
+
+
+def _leading_classes(fit: Fit) -> tuple[str, ...]:
+    return (fit.best_class, fit.runner_up) if fit.complexity == "ambiguous" else (fit.best_class,)
+
+
 def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
     """Solve predict(N, exponent) + per_token * N = budget for N. Without inputs a peak that does not grow never
     hits the budget; with them the total grows at least linearly, and N is found by bisection on ln N (the
     total only grows with N when the exponent is not negative: a shrinking peak counts as constant)."""
     center = fit.center_log_length
-    log_peak_at_center = math.log(fit.predict(math.exp(center)))
-    if per_token <= 0:
+    log_peak_at_center = fit.intercept + fit.exponent * center  # the power-law part; the overhead is added below
+    if per_token <= 0 and not fit.overhead:
         return math.inf if exponent <= 0 else _exp(center + (math.log(budget_bytes) - log_peak_at_center) / exponent)
     slope = max(exponent, 0.0)
-    total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + per_token * math.exp(x)  # noqa: E731
+    total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + fit.overhead + per_token * math.exp(x)  # noqa: E731
     if total(0.0) > budget_bytes:
         return 0.0  # not even one token fits
     low, high = 0.0, math.log(MAX_SIZE)  # up to the longest length a case may have

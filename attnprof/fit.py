@@ -80,6 +80,7 @@ class Fit:
     notes: tuple = ()
     medians: tuple = ()  # the median value at each of lengths_measured: what crossovers are checked against
     spreads: tuple = ()  # half the interquartile range of ln(value) there (0 for one value): how far a median may be off
+    overhead: float = 0.0  # a persistent fixed overhead c0 subtracted before the log-log fit; predict adds it back
 
     @functools.cached_property
     def center_log_length(self) -> float:
@@ -88,12 +89,15 @@ class Fit:
         return float(np.mean(np.log(self.lengths_used)))
 
     def predict(self, length, exponent: float | None = None):
-        """Fitted value at `length`; with `exponent`, the line pivoted about the fit's centre (for CI bounds)."""
+        """Fitted value at `length`; with `exponent`, the line pivoted about the fit's centre (for CI bounds). The
+        subtracted overhead is added back: without it Nyströmformer's FLOPs (2.2e8 + 5.9e5 N) extrapolated to N = 145
+        crossed softmax's there, where the true crossing is near 314."""
         x = np.log(np.asarray(length, dtype=float))
         center = self.center_log_length
         slope = self.exponent if exponent is None else exponent
         with np.errstate(over="ignore"):
             value = np.exp(self.intercept + self.exponent * center + slope * (x - center))
+        value = value + self.overhead
         return float(value) if np.ndim(value) == 0 else value
 
 
@@ -140,6 +144,7 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         notes=_notes(n_dropped, len(used_lengths), choice),
         medians=_as_numbers(med_values),
         spreads=tuple(_log_spreads(all_lengths, all_values, med_lengths)),
+        overhead=0.0 if subtracted is None else float(found.overhead),
     )
 
 

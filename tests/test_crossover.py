@@ -219,11 +219,13 @@ def test_near_crossings_are_in_range_or_close_with_a_bounded_interval():
 
 def test_fitted_lines_that_contradict_the_medians_give_way_to_them():
     """An audit found 7 of 10 in-range crossings of a timed sweep contradicted by the medians. Here b carries a
-    large fixed cost beside its linear term; the fit subtracts it to find b's exponent, so the fitted lines are
-    parallel and alone reported b as cheaper at every length."""
+    large fixed cost beside its linear term; the fit subtracts it to find b's exponent, so the fitted lines were
+    parallel and alone reported b as cheaper at every length. The fits now carry that overhead: b, cheaper per
+    token, overtakes a at N = 20000, beyond the measured 16k."""
     a = fit_of(lambda n: 3000.0 * n)
-    never = crossover(a, fit_of(lambda n: 2500.0 * n + 1e7), name_a="a", name_b="b")  # b's cost stays above a's
-    assert never.kind == "none" and "a is cheaper at every measured length" in never.message
+    beyond = crossover(a, fit_of(lambda n: 2500.0 * n + 1e7), name_a="a", name_b="b")
+    assert beyond.kind == "extrapolated" and (beyond.cheaper_below, beyond.cheaper_above) == ("a", "b")
+    assert beyond.length == pytest.approx(20000, rel=1e-3)
     late = crossover(a, fit_of(lambda n: 2000.0 * n + 1e7), name_a="a", name_b="b")  # equal at N = 10000
     assert late.kind == "in range" and (late.cheaper_below, late.cheaper_above) == ("a", "b")
     assert (late.length_low, late.length_high) == (8192, 16384) and "measured: between 8k and 16k" in late.message
@@ -238,3 +240,35 @@ def test_an_in_range_crossing_agrees_with_the_medians_on_both_sides():
     assert 4096 <= found.length <= 8192 and found.length_low <= 7623 <= found.length_high
     for n in LENGTHS:  # every measured length is on the side of the crossing where its cheaper impl is named
         assert (quadratic(n) < line(n)) == (n < found.length)
+
+
+ACCOUNTED = (1024, 2048, 4096, 8192, 16384, 32768, 65536)  # N of an accounting run, B1 H16 D64 bf16 bidirectional fwd
+
+
+def test_an_extrapolated_crossing_keeps_the_overhead_the_fit_subtracted():
+    """Nyströmformer's FLOPs are 2.2e8 (the m x m pseudo-inverse) + 5.9e5 N; fitted over 1k..64k the overhead is
+    still 0.6% at 64k, so the fit subtracts it. The crossing with softmax (4096 N^2) lies near N = 314, below the
+    measured lengths; with the overhead left out of the fitted curve it was put at N = 145 (95% 144..145)."""
+    lengths = np.array(ACCOUNTED, dtype=float)
+    nystrom = fit_power_law(lengths, 2.18e8 + 5.92e5 * lengths)
+    softmax = fit_power_law(lengths, 4096.0 * lengths**2)
+    assert nystrom.overhead == pytest.approx(2.18e8, rel=1e-2)
+    truth = (5.92e5 + math.sqrt(5.92e5**2 + 4 * 4096 * 2.18e8)) / (2 * 4096)  # 4096 N^2 = 2.18e8 + 5.92e5 N
+    found = crossover(nystrom, softmax, name_a="nystromformer", name_b="softmax")
+    assert found.kind == "extrapolated" and found.cheaper_above == "nystromformer"
+    assert found.length == pytest.approx(truth, rel=0.01) and found.length_low <= truth <= found.length_high
+
+
+def test_an_extrapolated_crossing_spans_the_class_models_answer():
+    """Accounted peaks (bytes). Combiner-Fixed's fit drops 1k..4k, where its 5 MiB of fixed workspace shows, and its
+    power law then "crossed" Nyströmformer's at N = 258 (95% 137..476), Combiner-Fixed cheaper below, a default-listed
+    prediction; the accounting says Nyströmformer is cheaper at every length from 16 on. Its class model (c0 + c1
+    N^1.5) keeps the workspace and never meets Nyströmformer's, so the range reaches down to 0: no prediction."""
+    from attnprof.crossover import is_near
+
+    lengths = np.array(ACCOUNTED, dtype=float)
+    fixed = (25625600, 55447552, 118493184, 270548992, 606617600, 1481703424, 3497066496)
+    nystrom = (11535392, 22020096, 42991616, 84934656, 168820736, 336592896, 672137216)
+    found = crossover(fit_power_law(lengths, np.array(fixed, float)), fit_power_law(lengths, np.array(nystrom, float)))
+    assert found.kind == "extrapolated" and found.length_low < 16 and not is_near(found)
+    assert "(range 0.." in found.message  # not a "95%" interval: it spans the class models' answer too

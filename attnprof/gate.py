@@ -49,21 +49,43 @@ def exit_status(verdicts: list[RuleVerdict]) -> int:
     return 3 if any(v.verdict == "MISSING" for v in verdicts) else 0
 
 
+NEW_CELL = "NEW"  # a judgement's verdict for a cell the baseline lacks: said, never judged
+
+
 def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
+    new = [j for j in judgements if j.verdict == NEW_CELL]
+    judgements = [j for j in judgements if j.verdict != NEW_CELL]
     if not judgements:
         return RuleVerdict(rule, "MISSING", f"no measurements match impl {rule.impl!r} and the rule's filters", ())
+    # A cell the baseline lacks cannot regress; said, so that a rule passing on 2 of 40 cells does not read as 40.
+    unjudged = ""
+    if new:
+        unjudged = f"; {len(new)} cell{'s' * (len(new) > 1)} new since the baseline not judged ({new[0].subject}{', ...' * (len(new) > 1)})"
     for verdict in ("FAIL", "MISSING"):
-        hits = sorted((j for j in judgements if j.verdict == verdict), key=lambda j: -j.severity)
+        hits = failing(judgements, verdict)
         if hits:
-            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
-            return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}", tuple(judgements))
+            more = f" (+{len(hits) - 1} more {verdict}, listed below)" if len(hits) > 1 else ""
+            return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}{unjudged}", tuple(judgements))
     worst = max(judgements, key=lambda j: j.severity)
     return RuleVerdict(
         rule,
         "PASS",
-        f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else ""),
+        f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else "") + unjudged,
         tuple(judgements),
     )
+
+
+def failing(judgements, verdict: str) -> list[Judgement]:
+    """The judgements with this verdict, the furthest past its bound first (the rule's message names the first)."""
+    return sorted((j for j in judgements if j.verdict == verdict), key=lambda j: -j.severity)
+
+
+def other_failures(verdict: RuleVerdict) -> list[str]:
+    """Every failing configuration beyond the one the rule's message names, one line each: a kernel engineer
+    reading "+11 more" needs to know which impls and lengths, not only how many."""
+    if verdict.verdict == "PASS":
+        return []
+    return [f"{j.subject}: {j.message}" for j in failing(verdict.judgements, verdict.verdict)[1:]]
 
 
 def _matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
@@ -177,12 +199,14 @@ def _judge_value(rule, subject, group, frame, length) -> Judgement:
     value, status, why = _value_at(rule, group, length)
     if value is None:
         return _own_cell_failure(subject, status, why)
-    shown = (
-        (lambda v: format_bytes(int(v)))
-        if rule.metric == "peak_bytes"
-        else (lambda v: f"{v:.4g}" + (" ms" if rule.metric == "time" else ""))
-    )
-    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, shown)
+    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, _shown(rule.metric))
+
+
+def _shown(metric: str):
+    """A value of `metric` as a reader takes it: bytes in binary units, times in ms, FLOPs as a count."""
+    if metric == "peak_bytes":
+        return lambda v: format_bytes(int(v))
+    return lambda v: f"{v:.4g}" + (" ms" if metric == "time" else "")
 
 
 def _bounded(subject: str, what: str, value: float, maximum, minimum, shown) -> Judgement:
@@ -230,10 +254,12 @@ def _judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame
     for _, row in rows.iterrows():
         key = tuple(row[c] for c in [*CONFIG, "seq_len"])
         subject = f"{_subject(key[:-1])} N={key[-1]}"
-        if key not in base.index:
-            continue  # a case new since the baseline is not a regression
+        if key not in base.index:  # a case new since the baseline is not a regression; said, not judged
+            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
+            continue
         judgements.append(_compare(rule, subject, row, base.loc[key]))
-    if len(rows) and not judgements:  # the run has the cells; the baseline names them otherwise (other options, lengths)
+    # The run has the cells; the baseline names them otherwise (other options, lengths).
+    if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
         has = ", ".join(sorted(set(_matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
         wanted = ", ".join(sorted(set(rows["label"])))
         reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
@@ -248,7 +274,8 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
         return Judgement(subject, "PASS", f"{new['status']} now, {old['status']} in the baseline")
     column = METRICS[rule.metric]
     change = float(new[column]) / float(old[column]) - 1.0
-    described = f"{rule.metric} {change:+.1%} vs baseline"
+    show = _shown(rule.metric)
+    described = f"{rule.metric} {show(float(new[column]))} vs {show(float(old[column]))} in the baseline ({change:+.1%})"
     if change > rule.max_regression:
         if rule.metric == "time":
             return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
@@ -298,8 +325,19 @@ def _span(lengths) -> str:
 
 def markdown_report(verdicts: list[RuleVerdict]) -> str:
     lines = ["| rule | verdict | detail |", "|---|---|---|"]
-    lines += [f"| {v.rule.title} | {v.verdict} | {v.message.replace('|', '/')} |" for v in verdicts]
+    lines += [f"| {v.rule.title} | {v.verdict} | {_markdown_detail(v)} |" for v in verdicts]
     return "\n".join(lines) + f"\n\n{summary_line(verdicts)}\n"
+
+
+MARKDOWN_LISTED = 10  # failing configurations listed per rule in the Markdown summary; the rest are counted
+
+
+def _markdown_detail(verdict: RuleVerdict) -> str:
+    others = other_failures(verdict)
+    shown = [verdict.message, *others[:MARKDOWN_LISTED]]
+    if len(others) > MARKDOWN_LISTED:
+        shown.append(f"... and {len(others) - MARKDOWN_LISTED} more")
+    return "<br>".join(text.replace("|", "/") for text in shown)
 
 
 def summary_line(verdicts: list[RuleVerdict]) -> str:

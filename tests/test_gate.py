@@ -160,6 +160,40 @@ def test_regression_against_a_baseline(tmp_path):
     assert "softmax[block_size=64]" in relabelled.output
 
 
+def test_every_regressed_cell_is_listed_with_its_values_and_new_cells_are_counted(tmp_path):
+    """A failing rule named its worst cell and "+N more": which impls and lengths regressed, and from what to what,
+    was not said. Cells the baseline lacks were skipped without a word, so 2 judged cells read as the whole run."""
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    db, baseline = str(tmp_path / "gate.db"), tmp_path / "baseline.jsonl"
+    assert CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", db]).exit_code == 0
+    records = [json.loads(line) for line in baseline.read_text().splitlines()]
+    planted = {("sdpa-flash", 8192): 1.5, ("softmax", 2048): 1.25, ("sdpa-flash", 1024): 1.2}
+    for record in records:
+        record["peak_bytes"] = int(record["peak_bytes"] / planted.get((record["impl"], record["seq_len"]), 1.0))
+    kept = [r for r in records if not (r["impl"] == "softmax" and r["seq_len"] == 16384)]  # a cell new since then
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    rule = '[[rule]]\nimpl = "all"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
+    result = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline, "--markdown", tmp_path / "gate.md")
+    lines = result.output.splitlines()
+    assert result.exit_code == 1 and lines[0].startswith("FAIL") and "sdpa-flash" in lines[0] and "N=8192" in lines[0], result.output
+    assert "+50.0%" in lines[0] and " vs " in lines[0] and "in the baseline" in lines[0]  # both values, not only the change
+    assert "(+2 more FAIL, listed below)" in lines[0]
+    assert "1 cell new since the baseline not judged (softmax" in lines[0] and "N=16384" in lines[0]
+    below = [line.strip() for line in lines[1:3]]  # the others, worst first, each with its values
+    assert below[0].startswith("softmax B1 H2") and "N=2048" in below[0] and "+25.0%" in below[0], result.output
+    assert below[1].startswith("sdpa-flash B1 H2") and "N=1024" in below[1] and "+20.0%" in below[1]
+    markdown = (tmp_path / "gate.md").read_text()
+    assert "<br>softmax B1 H2" in markdown and "N=2048" in markdown and "+20.0%" in markdown
+
+
+def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(tmp_path):
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n'
+    result = gate(tmp_path, SWEEP + rule, "--markdown", tmp_path / "no" / "such" / "dir" / "gate.md")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "gate.md" in lines[0] and "Markdown summary" in lines[0], result.output
+    assert not (tmp_path / "gate.db").exists()  # nothing was measured
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [

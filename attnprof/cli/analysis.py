@@ -187,11 +187,14 @@ def gate(rules, runs, baseline, markdown, db):
     """
     import os
 
-    from attnprof.gate import exit_status, markdown_report, summary_line
+    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line
     from attnprof.gating import run_gate
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
 
+    summaries = [path for path in (os.environ.get("GITHUB_STEP_SUMMARY"), markdown) if path]
+    for path in summaries:  # a bad path found now, not after minutes of measuring
+        _append(path, "")
     try:
         with SweepProgress() as progress:
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
@@ -199,12 +202,18 @@ def gate(rules, runs, baseline, markdown, db):
         exit_interrupted(stop, db or "the rules' database")
     for verdict in verdicts:
         click.echo(f"{verdict.verdict:<7} {verdict.rule.title}: {verdict.message}")
+        for line in other_failures(verdict):  # every failing configuration, not only the worst
+            click.echo(f"{'':<10}{line}")
     click.echo(f"{summary_line(verdicts)} (run {', '.join(run_ids)})")
     report = markdown_report(verdicts)
-    for path in filter(None, (os.environ.get("GITHUB_STEP_SUMMARY"), markdown)):
-        try:
-            with open(path, "a") as handle:
-                handle.write(f"### attnprof gate: {rules}\n\n{report}")
-        except OSError as error:
-            raise UsageError(f"cannot write the Markdown summary to {path!r}: {error.strerror}") from None
+    for path in summaries:
+        _append(path, f"### attnprof gate: {rules}\n\n{report}")
     sys.exit(exit_status(verdicts))
+
+
+def _append(path: str, text: str) -> None:
+    try:
+        with open(path, "a") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise UsageError(f"cannot write the Markdown summary to {path!r}: {error.strerror}") from None

@@ -170,7 +170,7 @@ def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
     when the faster-growing curve is the dearer one at every length (they meet below N = 1), inf when it is the
     cheaper one at every length (they meet beyond MAX_SIZE)."""
     log_ratio = lambda x: np.log(curve_a(x)) - np.log(curve_b(x))  # noqa: E731
-    grid = np.linspace(0.0, math.log(MAX_SIZE), 513)
+    grid = np.linspace(math.log(2), math.log(MAX_SIZE), 513)  # from N = 2: an n log n model is 0 at N = 1
     signs = np.sign(log_ratio(grid))
     changes = np.flatnonzero(signs[:-1] * signs[1:] < 0)
     if not len(changes):

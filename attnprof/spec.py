@@ -196,7 +196,11 @@ def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
         repeated = next((key for key in keys if keys.count(key) > 1), None)  # the registry would keep one silently
         if repeated:
             raise UsageError(f"bad impl list {spec!r}: option {repeated!r} of {name!r} given {keys.count(repeated)} times")
-    return tuple(dict.fromkeys(ImplSpec(n, tuple(sorted(o))) for n, o in specs))
+    parsed = [ImplSpec(n, tuple(sorted(o))) for n, o in specs]
+    twice = next((item for item in parsed if parsed.count(item) > 1), None)  # one line would hide the slip
+    if twice:
+        raise UsageError(f"bad impl list {spec!r}: {twice.label!r} given {parsed.count(twice)} times")
+    return tuple(parsed)
 
 
 def _parse_option(text: str, whole) -> tuple[str, str]:

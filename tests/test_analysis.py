@@ -57,6 +57,11 @@ def test_fit_command_formats(accounted):
     assert any(value is None for row in payload["crossovers"] + payload["fits"] for value in row.values())
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--metric", "speed"])
     assert bad.exit_code == 2 and "'speed'" in bad.output
+    # asked for times an accounting run does not have: it printed an empty table and exit 0
+    untimed = runner.invoke(cli, ["fit", "--db", str(accounted), "--metric", "time"])
+    assert untimed.exit_code == 2 and "no time values" in untimed.output and "accounting run times nothing" in untimed.output
+    some = runner.invoke(cli, ["fit", "--db", str(accounted), "--metric", "time,flops"])
+    assert some.exit_code == 0 and "no time values" in some.output and "fitting flops" in some.output and "sdpa-flash" in some.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "lots"])
     assert bad.exit_code == 2 and "'lots'" in bad.output
     only = runner.invoke(cli, ["fit", "--db", str(accounted), "--impl", "softmax", "--metric", "flops"])

@@ -68,6 +68,10 @@ def assert_bad_input(result, *fragments):
         (["--accounting", "--device", "cpu"], ["--accounting", "GPU plan", "--device cpu"]),
         (["--timeout", "inf"], ["timeout", "inf", "finite"]),
         (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),
+        (["--impl", "softmax,cosformer,softmax"], ["'softmax'", "2 times"]),  # was merged into one line silently
+        (["--impl", "cosformer:chunk_size=64,cosformer:chunk_size=64"], ["'cosformer[chunk_size=64]'", "2 times"]),
+        (["--accounting", "--rep-ms", "5"], ["--rep-ms", "--accounting", "times nothing"]),  # was ignored silently
+        (["--accounting", "--warmup-ms", "5"], ["--warmup-ms", "--accounting"]),
         (["--bogus-flag"], ["--bogus-flag"]),
         (["--seed", "9223372036854775808"], ["seed", "9223372036854775808", "2^63 - 1"]),  # SQLite's INTEGER is 64-bit signed
     ],

@@ -14,7 +14,7 @@ from attnprof.errors import UsageError
 @cli.command()
 @click.argument("run", default="latest")
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
-@click.option("--metric", default="time,peak_bytes,flops", show_default=True, help="Metrics to fit (time, peak_bytes, flops).")
+@click.option("--metric", default=None, help="Metrics to fit (time, peak_bytes, flops; default: each the run has).")
 @click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
 @click.option(
     "--impl",
@@ -42,13 +42,30 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     from attnprof.gate_rules import parse_bytes
     from attnprof.spec import parse_choices
 
-    metrics = parse_choices(metric, ("time", "peak_bytes", "flops"), "metric")
+    metrics = parse_choices(metric or "time,peak_bytes,flops", ("time", "peak_bytes", "flops"), "metric")
     db = db or default_db()
     budget_bytes = parse_bytes(budget, "budget") if budget else run_budget(run, db)
     frame = load_measurements(run, db)
     if impl_names:
         frame = _only_impls(frame, impl_names)
+    metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
     _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers)
+
+
+def _metrics_with_values(frame, metrics, run: str, *, asked: bool) -> tuple:
+    """The asked metrics the run has values of. An accounting run has no times: `fit --metric time` printed an
+    empty table and exit 0; it is bad input when nothing is left, a note on stderr when some is."""
+    from attnprof.gate_rules import METRICS
+
+    has = [m for m in ("time", "peak_bytes", "flops") if len(frame) and frame[METRICS[m]].notna().any()]
+    kept = tuple(m for m in metrics if m in has)
+    lacking = [m for m in metrics if m not in has]
+    accounting = " (an accounting run times nothing)" if "time" in lacking and "peak_bytes" in has else ""
+    if lacking and not kept:
+        raise UsageError(f"run {run!r} has no {', '.join(lacking)} values{accounting}; it has {', '.join(has) or 'no values'}")
+    if lacking and asked:
+        click.echo(f"no {', '.join(lacking)} values in run {run!r}{accounting}: fitting {', '.join(kept)}", err=True)
+    return kept
 
 
 def _only_impls(frame, impl_names: str):

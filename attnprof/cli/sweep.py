@@ -58,6 +58,9 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
         )
     db = db or file_options.get("db")
     spec = sweep_from_options({**file_options, **given})
+    untimed = [key for key in ("warmup_ms", "rep_ms") if key in given]
+    if spec.accounting and untimed:  # a flag typed on purpose that would change nothing: say so, do not drop it
+        raise UsageError(f"--{untimed[0].replace('_', '-')} has no effect with --accounting: an accounting run times nothing")
     if dry_run:
         return _print_plan(spec, db, resume)
     _run_and_report(spec, db, resume)

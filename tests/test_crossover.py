@@ -272,3 +272,14 @@ def test_an_extrapolated_crossing_spans_the_class_models_answer():
     found = crossover(fit_power_law(lengths, np.array(fixed, float)), fit_power_law(lengths, np.array(nystrom, float)))
     assert found.kind == "extrapolated" and found.length_low < 16 and not is_near(found)
     assert "(range 0.." in found.message  # not a "95%" interval: it spans the class models' answer too
+
+
+def test_a_measured_crossing_names_the_lengths_between_where_the_two_are_level():
+    """Two accounted peaks 0.04% apart at 8k: the crossing "at 5353 (measured: between 4k and 16k)" read as if
+    cosFormer were cheaper at 8k, where Combiner-Fixed still was. The level lengths are named."""
+    lengths = np.array([1024, 2048, 4096, 8192, 16384], dtype=float)
+    fixed = np.array([1.0, 2.0, 4.0, 8.0, 16.0]) * 1e6 * np.array([1, 1, 1, 1, 1.3])
+    cosformer = np.array([2.0, 3.0, 5.0, 8.0032, 16.0]) * 1e6  # 0.04% above at 8k, below at 16k
+    found = crossover(fit_power_law(lengths, fixed), fit_power_law(lengths, cosformer), name_a="fixed", name_b="cosformer")
+    assert found.kind == "in range" and (found.length_low, found.length_high) == (4096, 16384), found.message
+    assert "at 8k the two are level" in found.message

@@ -73,7 +73,9 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
             )
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
     low, high = _crossing_interval(fit_a, fit_b)
-    steeper_a = fit_a.predict(MAX_SIZE) > fit_b.predict(MAX_SIZE)  # the one dearer far out is cheaper below the crossing
+    # The one dearer far out is cheaper below the crossing: the steeper one, or with equal exponents the larger prefactor.
+    equal = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE
+    steeper_a = fit_a.predict(MAX_SIZE) > fit_b.predict(MAX_SIZE) if equal else fit_a.exponent > fit_b.exponent
     below, above = (name_a, name_b) if steeper_a else (name_b, name_a)
     if length < 1:
         message = f"none: the curves cross only below N = 1; {above} is cheaper at every length"
@@ -161,7 +163,8 @@ def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> f
             curve_a = lambda x: np.exp(value_a + exponent_a * (x - center_a)) + fit_a.overhead  # noqa: E731
             curve_b = lambda x: np.exp(value_b + exponent_b * (x - center_b)) + fit_b.overhead  # noqa: E731
             far = math.log(MAX_SIZE)
-            return _last_meeting(curve_a, curve_b, a_grows_faster=curve_a(far) > curve_b(far))
+            equal = abs(exponent_a - exponent_b) < PARALLEL_TOLERANCE  # then the prefactors decide
+            return _last_meeting(curve_a, curve_b, a_grows_faster=curve_a(far) > curve_b(far) if equal else exponent_a > exponent_b)
     # value_a + e_a (x - center_a) = value_b + e_b (x - center_b), solved for x = ln N
     x = (value_b - value_a + exponent_a * center_a - exponent_b * center_b) / (exponent_a - exponent_b)
     return _exp(x)

@@ -139,6 +139,7 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
     "interrupted" (resumable), as it is after any other fault.
     """
     from attnprof.errors import signal_of
+    from attnprof.run_lock import measuring
     from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
     from attnprof.store import Store
     from attnprof.worker import Settings
@@ -158,17 +159,18 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
             run = _new_run(sweep, command)
             store.add_run(run)
         settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
-        store.set_run_state(run.run_id, "running")
-        try:
-            with _terminate_as_interrupt():
-                execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
-        except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
-            store.set_run_state(run.run_id, "interrupted")
-            raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
-        except BaseException:  # Ctrl-C, SIGTERM (a CI job cancelled, `timeout`), or a fault: resumable, not 'running' forever
-            store.set_run_state(run.run_id, "interrupted")
-            raise
-        store.set_run_state(run.run_id, "complete")
+        with measuring(store.path, run.run_id):  # a second resume of the same run is refused, not run alongside
+            store.set_run_state(run.run_id, "running")
+            try:
+                with _terminate_as_interrupt():
+                    execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
+            except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
+                store.set_run_state(run.run_id, "interrupted")
+                raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
+            except BaseException:  # Ctrl-C, SIGTERM (a CI job cancelled, `timeout`), or a fault: resumable, not 'running' forever
+                store.set_run_state(run.run_id, "interrupted")
+                raise
+            store.set_run_state(run.run_id, "complete")
         return run.run_id
     finally:
         store.close()

@@ -19,12 +19,14 @@ import json
 import logging
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from attnprof import columns
 from attnprof.columns import decode_stored
 from attnprof.errors import UsageError
 from attnprof.records import Measurement, RunInfo, Status, time_stats
+from attnprof.run_lock import is_measured
 from attnprof.spec import Case
 
 SCHEMA_VERSION = 3
@@ -214,7 +216,14 @@ class Store:
             "SELECT run_id, created_at, name, command, state, sweep_json, env_json, tool_version FROM runs "
             "ORDER BY created_at DESC, rowid DESC"
         ).fetchall()
-        return [_run_from_row(row) for row in rows]
+        return [self._as_seen_now(_run_from_row(row)) for row in rows]
+
+    def _as_seen_now(self, run: RunInfo) -> RunInfo:
+        """A run stored as running whose measuring process is gone (SIGKILL, a lost machine: nothing could record
+        its end) is interrupted, resumable: it read as "running" until resumed."""
+        if run.state == "running" and is_measured(self.path, run.run_id) is False:
+            return replace(run, state="interrupted")
+        return run
 
     def resolve_run(self, run: str | None) -> RunInfo:
         """A run id, a unique prefix of one, a run's name (`--name`; the newest run of that name), or

@@ -9,6 +9,7 @@ import pytest
 from attnprof import columns
 from attnprof.dashboard.data import DataSource
 from attnprof.records import Measurement, RunInfo, Status
+from attnprof.run_lock import measuring
 from attnprof.spec import Case
 from attnprof.store import Store, _column_rows
 
@@ -119,6 +120,8 @@ def test_a_version_2_database_gains_snapshots_of_its_ended_runs(db):
 @pytest.mark.parametrize("replace", [False, True])
 def test_the_dashboard_reads_only_the_rows_a_sweep_added(db, monkeypatch, replace):
     store = filled(db, count=6, state="running")
+    held = measuring(db, "r1")  # as the sweep holds it while it measures: the run reads as running
+    held.__enter__()
     source = DataSource(db)
     first = source.frame("r1")
     reads = []
@@ -132,6 +135,7 @@ def test_the_dashboard_reads_only_the_rows_a_sweep_added(db, monkeypatch, replac
     pd.testing.assert_frame_equal(grown, fresh)
     assert grown.attrs["version"] == ("r1", len(fresh), int(fresh.index[-1]), "running")
     store.set_run_state("r1", "complete")
+    held.__exit__(None, None, None)
     reads.clear()
     ended = source.frame("r1")
     assert reads == [] and ended.attrs["version"][-1] == "complete" and ended is not grown  # the state alone changed

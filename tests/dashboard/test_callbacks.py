@@ -11,6 +11,7 @@ from dash.exceptions import PreventUpdate
 from attnprof.dashboard.app import create_app
 from attnprof.dashboard.views import AXES
 from attnprof.records import Status
+from attnprof.run_lock import measuring
 from attnprof.store import Store
 
 
@@ -149,8 +150,11 @@ def test_a_running_sweep_shows_up_live(tmp_path):
     info = seeding.run_info("20260105-000000-live", "2026-01-05T00:00:00+00:00", state="running")
     seeding.write_run(db, info, [seeding.cell("softmax", 256, time_ms=1.0, peak=2**20)])
     cb = handlers(db)
-    (options, run, *_, version), (filter_options, selected, filtered_run, *_) = first_page(cb)
-    assert run == info.run_id and "1 cells" in options[0]["label"] and "running" in options[0]["label"]
+    with measuring(db, info.run_id):  # as a sweep holds it while it measures
+        (options, run, *_, version), (filter_options, selected, filtered_run, *_) = first_page(cb)
+        assert run == info.run_id and "1 cells" in options[0]["label"] and "running" in options[0]["label"]
+    # its process gone (SIGKILL: nothing recorded the end), the run reads as interrupted, not running forever
+    assert "interrupted" in first_page(cb)[0][0][0]["label"]
     assert selected["seq_len"] == list(seeding.LENGTHS) and len(selected["label"]) == 3  # the sweep's plan, not only what ran
     grid, counts = cb.coverage("coverage", run, selected, "v")
     assert counts == "35 missing, 1 ok"  # the sweep plans 36 cells; 35 have no row yet

@@ -192,6 +192,8 @@ def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
         name, _, opts = raw.partition(":")
         specs.append((name.strip(), [_parse_option(o, spec) for o in opts.split(",") if o.strip()]))
     for name, options in specs:
+        if name == "all" and options:  # each impl has its own options: they were dropped silently
+            raise UsageError(f"bad impl list {spec!r}: 'all' takes no options; give them to one impl (name:key=value)")
         keys = [key for key, _ in options]
         repeated = next((key for key in keys if keys.count(key) > 1), None)  # the registry would keep one silently
         if repeated:

@@ -129,20 +129,48 @@ class Store:
         return store
 
     def _initialise(self, create: bool) -> None:
-        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables or tables and self._meta("app") != APP_ID:
-            raise UsageError(f"{str(self.path)!r} is not an attnprof database (it has tables {', '.join(sorted(tables))})")
-        if not tables:
+        if not self._tables():
             if not create:
                 raise UsageError(f"{str(self.path)!r} is not an attnprof database (it is empty)")
             self._create()
+        tables = self._tables()
+        if "meta" not in tables or self._meta("app") != APP_ID:
+            raise UsageError(f"{str(self.path)!r} is not an attnprof database (it has tables {', '.join(sorted(tables))})")
         self._check_version()
-        self.connection.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
+
+    def _use_wal(self) -> None:
+        """WAL mode (readers beside the sweep's writes). Switching a new file to it needs a lock SQLite does not wait
+        for (no busy handler): a process opening the file while another switches it got "database is locked" at
+        once, 5 times in 40 with four processes. So: retried, for up to the connection's own timeout's worth."""
+        import time
+
+        for attempt in range(200):
+            try:
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 199:
+                    raise
+                time.sleep(0.15)
+
+    def _tables(self) -> set:
+        return {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     def _create(self) -> None:
-        with self.connection:
-            self.connection.executescript(_SCHEMA)
-            self.connection.execute("INSERT INTO meta VALUES ('app', ?), ('schema_version', ?)", (APP_ID, str(SCHEMA_VERSION)))
+        """The schema in one write transaction, checked again once the lock is held: processes creating one new
+        file at once (four sweeps started together) create it once. executescript would commit between statements,
+        and a process seeing the others' half-made tables called the file "not an attnprof database"."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._tables():
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self.connection.execute(statement)
+                self.connection.execute("INSERT INTO meta VALUES ('app', ?), ('schema_version', ?)", (APP_ID, str(SCHEMA_VERSION)))
+            self.connection.execute("COMMIT")
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
 
     def _meta(self, key: str) -> str | None:
         row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -69,6 +69,7 @@ def assert_bad_input(result, *fragments):
         (["--timeout", "inf"], ["timeout", "inf", "finite"]),
         (["--impl", "nystromformer:num_landmarks=32,num_landmarks=64"], ["'num_landmarks'", "2 times"]),
         (["--impl", "softmax,cosformer,softmax"], ["'softmax'", "2 times"]),  # was merged into one line silently
+        (["--impl", "all:num_landmarks=8"], ["'all' takes no options"]),  # the options were dropped silently
         (["--impl", "cosformer:chunk_size=64,cosformer:chunk_size=64"], ["'cosformer[chunk_size=64]'", "2 times"]),
         (["--accounting", "--rep-ms", "5"], ["--rep-ms", "--accounting", "times nothing"]),  # was ignored silently
         (["--accounting", "--warmup-ms", "5"], ["--warmup-ms", "--accounting"]),

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import secrets
 import signal
+import sqlite3
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -138,7 +139,7 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
-    from attnprof.errors import signal_of
+    from attnprof.errors import StoreFault, signal_of
     from attnprof.run_lock import measuring
     from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
     from attnprof.store import Store
@@ -157,7 +158,10 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         else:
             sweep = resolve_sweep(sweep)
             run = _new_run(sweep, command)
-            store.add_run(run)
+            try:
+                store.add_run(run)
+            except sqlite3.Error as error:
+                raise StoreFault(str(error), store.path) from None
         settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
         with measuring(store.path, run.run_id):  # a second resume of the same run is refused, not run alongside
             store.set_run_state(run.run_id, "running")
@@ -167,6 +171,10 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
             except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
                 store.set_run_state(run.run_id, "interrupted")
                 raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
+            except sqlite3.Error as error:  # disk full, I/O error: every row committed before it stays
+                with contextlib.suppress(sqlite3.Error):  # may fail alike; the run then reads as interrupted (run_lock)
+                    store.set_run_state(run.run_id, "interrupted")
+                raise StoreFault(str(error), store.path, run.run_id) from None
             except BaseException:  # Ctrl-C, SIGTERM (a CI job cancelled, `timeout`), or a fault: resumable, not 'running' forever
                 store.set_run_state(run.run_id, "interrupted")
                 raise

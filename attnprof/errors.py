@@ -17,3 +17,12 @@ class Terminated(KeyboardInterrupt):
 def signal_of(interrupt: KeyboardInterrupt) -> int:
     """The signal behind an interrupt: SIGTERM for Terminated, else SIGINT (Ctrl-C)."""
     return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
+class StoreFault(Exception):
+    """The database could not be written (disk full, I/O error) while a sweep measured: what was committed is kept,
+    and `run_id` (None before the run was recorded) resumes the rest once it can be written."""
+
+    def __init__(self, reason: str, db, run_id: str | None = None):
+        super().__init__(reason)
+        self.reason, self.db, self.run_id = reason, db, run_id

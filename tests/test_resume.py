@@ -101,3 +101,32 @@ def test_a_second_process_cannot_measure_a_run_that_is_being_measured(db):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_full_disk_keeps_what_was_measured_and_says_how_to_resume_in_two_lines(db, monkeypatch):
+    """SQLite's own 'database or disk is full' (SQLITE_FULL), made real by capping the file's pages once the run is
+    recorded (a full filesystem needs root to make). It ended in a sqlite3 traceback, without the resume command."""
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    real_add_run = Store.add_run
+
+    def add_run_then_cap(self, run):
+        real_add_run(self, run)
+        pages = self.connection.execute("PRAGMA page_count").fetchone()[0]
+        self.connection.execute(f"PRAGMA max_page_count = {pages + 1}")  # room for a few rows, not for 64
+
+    monkeypatch.setattr(Store, "add_run", add_run_then_cap)
+    args = ["sweep", "--accounting", "--impl", "softmax,sdpa-flash", "--lengths", "256..8k:+256", "--db", str(db)]
+    result = CliRunner().invoke(cli, args)
+    lines = result.stderr.strip().splitlines() if hasattr(result, "stderr") else result.output.strip().splitlines()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "cannot write the database" in lines[-2] and "database or disk is full" in lines[-2]
+    assert lines[-1].endswith(f"attnprof sweep --resume {rows(db)[0].run_id} --db {db}")
+    monkeypatch.undo()  # room again: the resume measures the rest, and nothing twice
+    run, saved = rows(db)
+    assert run.state == "interrupted" and 0 < len(saved) < 128
+    assert CliRunner().invoke(cli, ["sweep", "--resume", "--db", str(db)]).exit_code == 0
+    after = rows(db)[1]
+    assert len(after) == 128 and all(after[key].flops == m.flops for key, m in saved.items())

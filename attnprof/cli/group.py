@@ -12,7 +12,7 @@ import threading
 
 import click
 
-from attnprof.errors import Terminated, UsageError, signal_of
+from attnprof.errors import StoreFault, Terminated, UsageError, signal_of
 
 
 class BadInput(click.ClickException):
@@ -32,6 +32,12 @@ class AttnprofGroup(click.Group):
             return super().invoke(ctx)
         except UsageError as error:
             raise BadInput(str(error)) from None
+        except StoreFault as fault:  # disk full while measuring: one line and the way on, not sqlite3's traceback
+            click.echo(f"Error: cannot write the database {str(fault.db)!r}: {fault.reason}", err=True)
+            if fault.run_id:
+                click.echo(f"The cases measured before are saved in run {fault.run_id}; once it can be written, resume with: "
+                           f"attnprof sweep --resume {fault.run_id} --db {fault.db}", err=True)  # fmt: skip
+            sys.exit(1)
         except click.UsageError as error:
             raise BadInput(" ".join(error.format_message().split())) from None
         except KeyboardInterrupt as stop:  # before a sweep's run exists (torch loading) or in a reader: click said only "Aborted!", exit 1

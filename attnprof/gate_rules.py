@@ -73,6 +73,9 @@ class GateRule:
 def parse_rules(tables: list, source: str) -> list[GateRule]:
     if not isinstance(tables, list) or not tables:
         raise UsageError(f"{source} has no [[rule]] tables")
+    for index, table in enumerate(tables, 1):
+        if not isinstance(table, dict):  # `rule = [1]`: values where [[rule]] tables belong
+            raise UsageError(f"rule {index} of {source} must be a [[rule]] table, not {table!r}")
     return [_parse_rule(i + 1, table, source) for i, table in enumerate(tables)]
 
 

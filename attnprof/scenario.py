@@ -25,11 +25,11 @@ MAX_SEED = 2**63 - 1  # SQLite's largest INTEGER: every measurement stores its s
 def _number(kind, key: str):
     def parse(value):
         try:
-            if isinstance(value, bool):  # TOML true is an int to Python
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)):  # TOML true is an int; int(1.5) is 1
                 raise TypeError
             number = kind(value)
         except (TypeError, ValueError, OverflowError):
-            raise UsageError(f"bad {key} {value!r}: expected a number") from None
+            raise UsageError(f"bad {key} {value!r}: expected {'a whole number' if kind is int else 'a number'}") from None
         if not math.isfinite(number):  # nan compares false with everything: it passed the checks below
             raise UsageError(f"bad {key} {value!r}: expected a finite number")
         zero_allowed = key in ("seed", "warmup_ms")
@@ -45,6 +45,10 @@ def _number(kind, key: str):
 def _text(key: str):
     def parse(value):
         if isinstance(value, str) and value.strip():
+            try:
+                value.encode("utf-8")  # bytes the terminal's locale could not decode: the database keeps UTF-8 text
+            except UnicodeEncodeError:
+                raise UsageError(f"bad {key} {value!r}: not valid UTF-8") from None
             return value
         raise UsageError(f"bad {key} {value!r}: expected a non-empty string")
 
@@ -128,6 +132,8 @@ def sweep_tables(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",))
             raise UsageError(f"unknown table {table!r} in {str(path)!r}; expected {', '.join(allowed_tables)}")
     sweeps = data.get("sweep", [])
     sweeps = [sweeps] if isinstance(sweeps, dict) else sweeps
+    if not isinstance(sweeps, list):  # `sweep = 3`: a value where a table belongs
+        raise UsageError(f"'sweep' in {str(path)!r} must be a table ([sweep]), not {sweeps!r}")
     for options in sweeps:
         if not isinstance(options, dict):
             raise UsageError(f"'sweep' in {str(path)!r} must be a table")

@@ -90,6 +90,10 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
         path = Path(path)
+        try:
+            str(path).encode("utf-8")  # runs store their command line, this path in it, as UTF-8 text
+        except UnicodeEncodeError:
+            raise UsageError(f"database path {str(path)!r} is not valid UTF-8: give it a UTF-8 name") from None
         if not create and not path.exists():
             raise UsageError(f"no database at {str(path)!r} (run a sweep first, or pass --db)")
         if create:

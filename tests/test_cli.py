@@ -106,7 +106,21 @@ def test_missing_and_malformed_scenarios(tmp_path, db):
     nan = tmp_path / "nan.toml"
     nan.write_text("[sweep]\nimpl = 'softmax'\nwarmup_ms = nan\n")
     assert_bad_input(invoke("sweep", nan, "--db", db), "warmup_ms", "finite")
+    # each of these was a TypeError traceback (exit 1) or, for the seed, silently seed 1
+    shapes = {"sweep = 3\n": "must be a table", "[sweep]\nimpl = 'softmax'\nseed = 1.5\n": "whole number"}
+    shapes["rule = [1]\n[sweep]\nimpl = 'softmax'\naccounting = true\n"] = "must be a [[rule]] table"
+    for number, (text, fragment) in enumerate(shapes.items()):
+        shaped = tmp_path / f"shape{number}.toml"
+        shaped.write_text(text)
+        assert_bad_input(invoke("gate" if "rule" in text else "sweep", shaped, "--db", db), fragment)
     assert not db.exists()
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    """Bytes a terminal's locale could not decode reach Python as surrogates: storing them was a traceback."""
+    assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "u.db", "--name", "bad\udcff"), "name", "not valid UTF-8")
+    assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "p\udce9th.db"), "database path", "not valid UTF-8")
+    assert not list(tmp_path.iterdir())
 
 
 def test_scenario_lengths_as_a_toml_list_and_options_at_their_defaults(tmp_path, db):

@@ -9,7 +9,9 @@ the parent talks to over a pipe (runner.py).
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -213,9 +215,27 @@ def _release_cached_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent() -> None:
+    """A parent killed outright (SIGKILL: no chance to stop us) left this worker measuring its case to the end, 45 s
+    at 99% CPU in an audit, beside the resume the user started at once. A daemon thread sees the parent change (the
+    orphan is adopted) and ends the process; torch's kernels release the GIL, so it runs during a case too."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="attnprof-parent-watch", daemon=True).start()
+
+
 def worker_main(connection, device: str) -> None:
     """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
+    _exit_with_parent()
     import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
 
     impls.names()

@@ -130,3 +130,27 @@ def test_a_full_disk_keeps_what_was_measured_and_says_how_to_resume_in_two_lines
     assert CliRunner().invoke(cli, ["sweep", "--resume", "--db", str(db)]).exit_code == 0
     after = rows(db)[1]
     assert len(after) == 128 and all(after[key].flops == m.flops for key, m in saved.items())
+
+
+def test_a_killed_sweeps_worker_does_not_go_on_measuring(tmp_path):
+    """SIGKILL of the sweep left its worker measuring the case in flight to the end (45 s at 99% CPU in an audit),
+    beside the resume started at once."""
+    import psutil
+
+    long_case = [sys.executable, "-m", "attnprof", "sweep", *"--impl softmax --lengths 256 --causal no --device cpu".split()]
+    process = subprocess.Popen([*long_case, "--rep-ms", "60000", "--db", str(tmp_path / "long.db")])
+    try:
+        deadline, workers = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not workers:
+            workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert workers, "no worker started"
+        time.sleep(5)  # past start-up and warm-up: inside the 60 s case
+        assert workers[0].is_running()
+    finally:
+        process.kill()
+        process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "the worker outlived its sweep"

@@ -170,6 +170,9 @@ def _check_form(rule: GateRule, where: str) -> None:
         raise UsageError(f"{where}: a value rule needs at_length")
     if rule.at_length and not (ratio or value):
         raise UsageError(f"{where}: at_length goes with a ratio or a value rule")
+    for low, high in (("min_exponent", "max_exponent"), ("min_ratio", "max_ratio"), ("min_value", "max_value")):
+        if getattr(rule, low) is not None and getattr(rule, high) is not None and getattr(rule, low) > getattr(rule, high):
+            raise UsageError(f"{where}: {low} {getattr(rule, low):g} > {high} {getattr(rule, high):g}, so it can never pass")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
 

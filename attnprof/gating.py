@@ -57,8 +57,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         check_rules_are_swept(rules, parsed, rules_path)
         check_rules_can_be_judged(rules, resolved, rules_path)
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
-    frames = [load_measurements(run, db) for run in runs]
-    run_ids = tuple(f["run_id"].iloc[0] if len(f) else run for f, run in zip(frames, runs, strict=False))
+    frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
     _refuse_overlapping_runs(frames, run_ids)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
@@ -66,6 +65,14 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
 
 
 CELL_KEY = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "seq_len"]
+
+
+def _distinct_runs(frames, runs) -> tuple[list, tuple]:
+    """(frames, run ids), each run once: `--run latest --run <its id>` names one run twice."""
+    kept = {}
+    for frame, run in zip(frames, runs, strict=True):
+        kept.setdefault(frame["run_id"].iloc[0] if len(frame) else run, frame)
+    return list(kept.values()), tuple(kept)
 
 
 def _refuse_overlapping_runs(frames, run_ids) -> None:

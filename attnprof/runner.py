@@ -86,7 +86,9 @@ class WorkerHandle:
             self.process.join(timeout=10)
             code = self.process.exitcode
             self.kill()
-            raise RuntimeError(f"the worker for {self.device} exited during start-up (exit code {code}); {SPAWN_HINT}") from None
+            # A signal (the OOM killer, a kill by hand) is said as such; the hint is for a script's own exit only.
+            why = signal_reason(code) if code is not None and code < 0 else SPAWN_HINT
+            raise RuntimeError(f"the worker for {self.device} exited during start-up (exit code {code}); {why}") from None
 
     def run(self, case: Case, settings: Settings, timeout_s: float) -> Measurement:
         try:

@@ -260,6 +260,8 @@ class Store:
     def resolve_run(self, run: str | None) -> RunInfo:
         """A run id, a unique prefix of one, a run's name (`--name`; the newest run of that name), or
         `latest` (also None)."""
+        if run is not None and not str(run).strip():  # `show ""` (an unset variable) showed the latest run
+            raise UsageError("bad run '': an empty run id (an unset variable?); give a run id, a name or latest")
         runs = self.runs()
         if not runs:
             raise UsageError(f"no runs in {str(self.path)!r}")

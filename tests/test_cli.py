@@ -135,6 +135,16 @@ def test_scenario_lengths_as_a_toml_list_and_options_at_their_defaults(tmp_path,
     assert {line.split()[1] for line in lines[:-1]} == {"N=256", "N=1024"}
 
 
+def test_an_empty_database_path_or_run_id_is_refused_not_read_as_the_default(tmp_path, monkeypatch):
+    """`--db "$DB"` with DB unset wrote to reports/attnprof.db; `show "$RUN"` showed the latest run."""
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(invoke("sweep", *QUICK, "--db", ""), "--db ''", "empty path")
+    assert_bad_input(invoke("runs", "--db", ""), "--db ''")
+    assert not (tmp_path / "reports").exists()
+    assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "1k..4k", "--db", "a.db").exit_code == 0
+    assert_bad_input(invoke("show", "", "--db", tmp_path / "a.db"), "bad run ''")
+
+
 def test_unwritable_and_foreign_databases(tmp_path):
     assert_bad_input(invoke("sweep", *QUICK, "--db", "/proc/attnprof.db"), "/proc/attnprof.db")
     foreign = tmp_path / "foreign.db"

@@ -207,6 +207,7 @@ def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(t
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = "high"\n', "'high'"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\ncausal = "perhaps"\n', "'perhaps'"),
         ('[rules]\nimpl = "softmax"\n', "'rules'"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmax_exponent = 1.1\nmin_exponent = 2\n', "can never pass"),
         ("[[rule]\n", "not valid TOML"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = "5 parsecs"\n', "a duration such as 5ms"),
@@ -366,3 +367,11 @@ def test_two_runs_measuring_the_same_cell_are_refused_not_judged_by_their_order(
     result = gate(tmp_path, rule, "--run", newer, "--run", older)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "both measure" in lines[0] and "one at a time" in lines[0], result.output
+
+
+def test_one_run_named_twice_is_judged_once(tmp_path):
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n'
+    first = gate(tmp_path, SWEEP + rule)
+    run_id = first.output.strip().splitlines()[-1].split("(run ")[-1].rstrip(")")
+    twice = gate(tmp_path, rule, "--run", "latest", "--run", run_id[:12])
+    assert twice.exit_code == 0 and twice.output.strip().endswith(f"(run {run_id})"), twice.output  # was "(run X, X)"

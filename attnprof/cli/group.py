@@ -113,8 +113,19 @@ def cli():
 
 def db_option(function):
     return click.option(
-        "--db", type=click.Path(dir_okay=False), default=None, help="Database file (default: $ATTNPROF_DB or reports/attnprof.db)."
+        "--db",
+        type=click.Path(dir_okay=False),
+        default=None,
+        callback=_not_empty,
+        help="Database file (default: $ATTNPROF_DB or reports/attnprof.db).",
     )(function)
+
+
+def _not_empty(ctx, param, value):
+    """`--db ""` (an unset shell variable) wrote to the default database as if no --db were given."""
+    if value is not None and not value.strip():
+        raise UsageError("bad --db '': an empty path (an unset variable?); give a database file")
+    return value
 
 
 def exit_interrupted(stop, db) -> None:

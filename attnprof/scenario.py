@@ -42,6 +42,9 @@ def _number(kind, key: str):
     return parse
 
 
+MAX_TEXT = 200  # characters of a run's name
+
+
 def _text(key: str):
     def parse(value):
         if isinstance(value, str) and value.strip():
@@ -49,6 +52,10 @@ def _text(key: str):
                 value.encode("utf-8")  # bytes the terminal's locale could not decode: the database keeps UTF-8 text
             except UnicodeEncodeError:
                 raise UsageError(f"bad {key} {value!r}: not valid UTF-8") from None
+            if not value.isprintable():  # a newline or tab broke the `runs` table's columns
+                raise UsageError(f"bad {key} {value!r}: control characters (newline, tab) cannot be shown in a table")
+            if len(value) > MAX_TEXT:  # a name is a label in tables and the run picker, not a document
+                raise UsageError(f"bad {key} {value[:20]!r}...: {len(value)} characters, at most {MAX_TEXT}")
             return value
         raise UsageError(f"bad {key} {value!r}: expected a non-empty string")
 

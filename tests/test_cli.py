@@ -120,6 +120,8 @@ def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
     """Bytes a terminal's locale could not decode reach Python as surrogates: storing them was a traceback."""
     assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "u.db", "--name", "bad\udcff"), "name", "not valid UTF-8")
     assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "p\udce9th.db"), "database path", "not valid UTF-8")
+    assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "n.db", "--name", "two\nlines"), "name", "control characters")
+    assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "n.db", "--name", "x" * 100_000), "100000 characters", "at most 200")
     assert not list(tmp_path.iterdir())
 
 

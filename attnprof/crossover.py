@@ -56,8 +56,8 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
     """Length where fit_a's and fit_b's power laws cross; lo..hi (default: both fits' shared measured lengths)."""
     lo = max(fit_a.lengths_measured[0], fit_b.lengths_measured[0]) if lo is None else lo
     hi = min(fit_a.lengths_measured[-1], fit_b.lengths_measured[-1]) if hi is None else hi
-    # Equal exponents with different overheads (c0 + a N^e) still cross once: not parallel.
-    parallel = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE and fit_a.overhead == fit_b.overhead
+    same_slope = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE
+    parallel = same_slope and fit_a.overhead == fit_b.overhead  # with different overheads (c0 + a N^e) they cross once
     length = math.nan if parallel else _crossing(fit_a, fit_b, fit_a.exponent, fit_b.exponent)
     measured = _measured_crossover(fit_a, fit_b, (lo, hi), (name_a, name_b), length)
     if measured is not None:
@@ -74,8 +74,7 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
     low, high = _crossing_interval(fit_a, fit_b)
     # The one dearer far out is cheaper below the crossing: the steeper one, or with equal exponents the larger prefactor.
-    equal = abs(fit_a.exponent - fit_b.exponent) < PARALLEL_TOLERANCE
-    steeper_a = fit_a.predict(MAX_SIZE) > fit_b.predict(MAX_SIZE) if equal else fit_a.exponent > fit_b.exponent
+    steeper_a = fit_a.predict(MAX_SIZE) > fit_b.predict(MAX_SIZE) if same_slope else fit_a.exponent > fit_b.exponent
     below, above = (name_a, name_b) if steeper_a else (name_b, name_a)
     if length < 1:
         message = f"none: the curves cross only below N = 1; {above} is cheaper at every length"

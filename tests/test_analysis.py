@@ -5,9 +5,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from attnprof.analysis import analyse
+from attnprof.analysis import CONFIG, analyse
 from attnprof.api import load_measurements, run_sweep
 from attnprof.cli import cli
+from attnprof.crossover_groups import merged_crossovers
 from attnprof.spec import Sweep, parse_impls
 
 
@@ -43,7 +44,9 @@ def test_fit_command_formats(accounted):
     assert table.exit_code == 0, table.output
     assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
     # the rule, a sentence, is listed under the table: as a column it squeezed the others to a word a line
-    assert "Fitted lengths:\n  sdpa-flash bidir fwd" in table.output and "\n  softmax bidir fwd" in table.output
+    # A fit that kept every length for want of anything to drop is counted, not listed: on a run of every impl in
+    # four configurations that was half the lines. Those that drop lengths are listed in test_far_crossings_...
+    assert "Fitted lengths:\n  all 2 fits keep every length they have: no fixed overhead over its share" in table.output
     assert "┃ rule" not in table.output
     markdown = runner.invoke(cli, ["fit", "--db", str(accounted), "--format", "markdown", "--metric", "flops"])
     assert "| config | metric | exponent | class | r2 | lengths | rule |" in markdown.output
@@ -85,6 +88,9 @@ def test_far_crossings_are_left_out_unless_asked_for(tmp_path):
     assert default.exit_code == 0, default.output
     assert "(1 of 1 pairs cross; 1 whose 95% interval reaches beyond 16x the measured lengths are left out" in default.output
     assert "combiner-fixed vs combiner-logsparse" not in default.output
+    # the rule of a fit that dropped lengths is listed under the table (a column squeezed the others to a word a line)
+    assert "Fitted lengths:\n  combiner-fixed bidir fwd bfloat16 meta B1 H4 D64 peak_bytes: dropped 1k..2k" in default.output
+    assert "\n  the other 1 fits keep every length they have" in default.output and "┃ rule" not in default.output
     every = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--all-crossovers"])
     assert "(1 of 1 pairs cross):" in every.output and "peak_bytes combiner-fixed vs combiner-logsparse" in every.output
     payload = json.loads(runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes", "--format", "json"]).output)
@@ -121,3 +127,26 @@ def test_fit_takes_a_label_with_options_as_one_line(tmp_path):
     assert "\n  combiner-fixed[block_size=32] bidir fwd" in both.output and "\n  combiner-fixed bidir fwd" in both.output
     as_flag = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed:block_size=32", "--metric", "flops"])
     assert as_flag.exit_code == 0 and as_flag.output == one.output, as_flag.output  # as --impl takes it, too
+
+
+def test_impls_with_identical_curves_are_listed_once_in_the_crossovers(tmp_path):
+    """Exact attentions share their FLOPs: cosFormer's crossing with each of them was a line of its own, the same
+    answer three times here (five in a run of every impl). The listing names the set once; the frame keeps each pair."""
+    db = tmp_path / "equal.db"
+    lengths = tuple(1024 << i for i in range(4))
+    impls = parse_impls("cosformer,sdpa-flash,sdpa-math,softmax")
+    sweep = Sweep(impls=impls, lengths=lengths, heads=(2,), causal=(False,), accounting=True)
+    run_sweep(sweep, db)
+    result = analyse(load_measurements("latest", db), metrics=("flops",))
+    with_cosformer = result.crossovers[result.crossovers["impl_a"] == "cosformer"]
+    assert len(with_cosformer) == 3 and with_cosformer["length"].nunique() == 1  # one answer, three rows
+    merged = merged_crossovers(result.crossovers, result.fits, CONFIG[1:])
+    (row,) = merged.itertuples()  # the exact three never cross each other: their pairs are dropped too
+    assert row.impl_a == "cosformer" and row.impl_b == "sdpa-flash = sdpa-math = softmax"
+    assert row.length == with_cosformer["length"].iloc[0] and row.cheaper_below == "sdpa-flash = sdpa-math = softmax"
+    assert "cosformer is cheaper above N = " in row.message and "sdpa-flash = sdpa-math = softmax below" in row.message
+    listing = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "flops"]).output
+    assert "(3 of 6 pairs cross; impls with identical curves are named once, as a = b: 1 line)" in listing
+    assert listing.count(" vs ") == 1 and "flops cosformer vs sdpa-flash = sdpa-math = softmax (bidir fwd): extrapolated" in listing
+    every = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "flops", "--format", "json"]).output)
+    assert len(every["crossovers"]) == 6  # JSON keeps every pair

@@ -107,17 +107,21 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
     else:
         _print_fits_table(fits_display(result.fits))
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
-    _print_crossovers(result.crossovers, all_crossovers, item)
+    _print_crossovers(result, all_crossovers, item)
     if len(result.frontiers):
         click.echo(("\n" if markdown else "") + "Memory frontiers:" + ("\n" if markdown else ""))
         for _, row in result.frontiers.iterrows():
             click.echo(f"{item}{row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
 
 
-def _print_crossovers(crossovers, all_crossovers: bool, item: str) -> None:
-    """The pairs that cross; by default only the near ones (crossover.is_near), and a count of the others."""
+def _print_crossovers(result, all_crossovers: bool, item: str) -> None:
+    """The pairs that cross; by default only the near ones (crossover.is_near), and a count of the others. Impls
+    with identical curves (exact attentions' FLOPs) are one name, "a = b", and their crossings one line each."""
+    from attnprof.analysis import CONFIG
     from attnprof.crossover import NEAR_SPAN
+    from attnprof.crossover_groups import EQUALS, merged_crossovers
 
+    crossovers = result.crossovers
     found = crossovers[crossovers["kind"] != "none"] if len(crossovers) else crossovers
     shown = found if all_crossovers or not len(found) else found[found["near"]]
     header = f"Crossovers ({len(found)} of {len(crossovers)} pairs cross"
@@ -126,8 +130,11 @@ def _print_crossovers(crossovers, all_crossovers: bool, item: str) -> None:
             f"; {len(found) - len(shown)} whose 95% interval reaches beyond {NEAR_SPAN}x the measured lengths are left"
             " out: --all-crossovers lists them"
         )
+    lines = merged_crossovers(shown, result.fits, CONFIG[1:])
+    if len(lines) < len(shown):
+        header += f"; impls with identical curves are named once, as {EQUALS.join(['a', 'b'])}: {len(lines)} line{'s' * (len(lines) != 1)}"
     click.echo(header + "):" + ("\n" if item.startswith("-") else ""))
-    for _, row in shown.iterrows():
+    for _, row in lines.iterrows():
         click.echo(
             f"{item}{row['metric']} {row['impl_a']} vs {row['impl_b']} "
             f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
@@ -136,13 +143,20 @@ def _print_crossovers(crossovers, all_crossovers: bool, item: str) -> None:
 
 def _print_fits_table(display) -> None:
     """The fits as a terminal table, and how each fit chose its lengths as lines below it: the rule is a
-    sentence, and as a column it squeezed the others to a word a line at 80 columns ("quadrati c")."""
+    sentence, and as a column it squeezed the others to a word a line at 80 columns ("quadrati c"). A fit that
+    kept every length because none was overhead-bound or bending is counted, not listed: on a run of every impl
+    in four configurations that was 44 of 88 lines saying the same thing."""
     rules = display.pop("rule") if "rule" in display.columns else None
     _rich_frame(display)
-    if rules is not None and len(display):
-        click.echo("Fitted lengths:")
-        for config, metric, rule in zip(display["config"], display["metric"], rules, strict=True):
-            click.echo(f"  {config} {metric}: {rule}")
+    if rules is None or not len(display):
+        return
+    plain = rules.str.startswith("all ") & rules.str.endswith("no upward bend")
+    click.echo("Fitted lengths:")
+    for config, metric, rule in zip(display["config"][~plain], display["metric"][~plain], rules[~plain], strict=True):
+        click.echo(f"  {config} {metric}: {rule}")
+    if plain.any():
+        others = "the other" if (~plain).any() else "all"
+        click.echo(f"  {others} {int(plain.sum())} fits keep every length they have: no fixed overhead over its share, no upward bend")
 
 
 def _rich_frame(frame) -> None:

@@ -1,0 +1,66 @@
+"""Impls whose measured curves are identical, listed once in a crossover listing (pure).
+
+Exact attentions share their FLOPs (softmax and the four SDPA entries: 4 N^2 d each), and the SDPA backends'
+modelled peaks are one formula. Each crossing with such a set used to be printed once per member: on an accounting
+run of every impl over 1k..64k, "cosformer vs sdpa", "vs sdpa-efficient", "vs sdpa-flash", "vs sdpa-math", "vs
+softmax", five lines with one answer. Here the set is one name, "sdpa = sdpa-efficient = ... = softmax", and each
+crossing with it one line. The crossover DataFrame (`attnprof fit --format json`, `analyse`) keeps every pair.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from attnprof.crossover import crossover
+
+EQUALS = " = "
+
+
+def curve_key(fit) -> tuple:
+    """What makes two curves the same: the lengths and the median (and spread) at each. Two impls with the same
+    values there have the same fit, so every crossing with a third impl is the same too."""
+    return (tuple(fit.lengths_measured), tuple(fit.medians), tuple(fit.spreads))
+
+
+def equal_curve_names(fits: pd.DataFrame, config_cols, impl_col: str = "label") -> dict:
+    """(configuration values..., metric, impl) -> the sorted impls (itself included) whose curve is identical."""
+    names = {}
+    fitted = fits[fits["fit"].notna()]
+    for config, group in fitted.groupby([*config_cols, "metric"], dropna=False, sort=False):
+        members: dict[tuple, list[str]] = {}
+        for impl, fit in zip(group[impl_col].tolist(), group["fit"].tolist(), strict=True):
+            members.setdefault(curve_key(fit), []).append(str(impl))
+        for same in members.values():
+            for impl in same:
+                names[(*config, impl)] = tuple(sorted(same))
+    return names
+
+
+def merged_crossovers(crossovers: pd.DataFrame, fits: pd.DataFrame, config_cols, impl_col: str = "label") -> pd.DataFrame:
+    """`crossovers` with one row per pair of sets of equal curves: a row stays when both its impls are the first of
+    their set, and when a set has more than one member its names become "a = b = c" in impl_a, impl_b, the
+    cheaper sides and the message. Pairs within one set (they never cross) are dropped."""
+    if not len(crossovers):
+        return crossovers
+    names = equal_curve_names(fits, config_cols, impl_col)
+    fit_of = {(*(row[c] for c in config_cols), row["metric"], str(row[impl_col])): row["fit"] for _, row in fits.iterrows()}
+    kept = []
+    for _, row in crossovers.iterrows():
+        config = tuple(row[c] for c in config_cols) + (row["metric"],)
+        set_a = names.get((*config, str(row["impl_a"])), (str(row["impl_a"]),))
+        set_b = names.get((*config, str(row["impl_b"])), (str(row["impl_b"]),))
+        if set_a == set_b or set_a[0] != str(row["impl_a"]) or set_b[0] != str(row["impl_b"]):
+            continue
+        if len(set_a) > 1 or len(set_b) > 1:
+            row = _renamed(row, EQUALS.join(set_a), EQUALS.join(set_b), fit_of[(*config, set_a[0])], fit_of[(*config, set_b[0])])
+        kept.append(row)
+    return pd.DataFrame(kept, columns=crossovers.columns).reset_index(drop=True)
+
+
+def _renamed(row: pd.Series, name_a: str, name_b: str, fit_a, fit_b) -> pd.Series:
+    """The row again, its crossing solved anew with the sets' names (the message is built from them)."""
+    found = crossover(fit_a, fit_b, name_a=name_a, name_b=name_b)
+    row = row.copy()
+    row["impl_a"], row["impl_b"] = name_a, name_b
+    row["cheaper_below"], row["cheaper_above"], row["message"] = found.cheaper_below, found.cheaper_above, found.message
+    return row

@@ -47,6 +47,8 @@ class Store:
             raise UsageError(f"database path {str(path)!r} is not valid UTF-8: give it a UTF-8 name") from None
         if not create and not path.exists():
             raise UsageError(f"no database at {str(path)!r} (run a sweep first, or pass --db)")
+        if path.is_dir():  # SQLite's own word for it was "unable to open database file"
+            raise UsageError(f"database path {str(path)!r} is a directory: give a file in it, e.g. {str(path / 'attnprof.db')!r}")
         if create:
             _prepare_parent(path)
         connection = None

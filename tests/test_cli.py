@@ -7,6 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from attnprof.cli import cli
+from attnprof.errors import UsageError
+from attnprof.store import Store
 
 QUICK = [
     "--impl",
@@ -145,6 +147,21 @@ def test_an_empty_database_path_or_run_id_is_refused_not_read_as_the_default(tmp
     assert not (tmp_path / "reports").exists()
     assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "1k..4k", "--db", "a.db").exit_code == 0
     assert_bad_input(invoke("show", "", "--db", tmp_path / "a.db"), "bad run ''")
+
+
+def test_a_directory_as_the_database_is_refused_naming_where_it_came_from(tmp_path, monkeypatch):
+    """$ATTNPROF_DB naming a directory got SQLite's "unable to open database file" (and `sweep --dry-run` passed),
+    where --db got a clear line; both now say it is a directory, and which of the two named it."""
+    assert_bad_input(invoke("runs", "--db", tmp_path), f"bad --db {str(tmp_path)!r}: a directory")
+    monkeypatch.setenv("ATTNPROF_DB", str(tmp_path))
+    assert_bad_input(invoke("runs"), f"bad $ATTNPROF_DB {str(tmp_path)!r}: a directory", "attnprof.db")
+    assert_bad_input(invoke("sweep", *QUICK, "--dry-run"), "bad $ATTNPROF_DB")
+    assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "1k", "--db", tmp_path / "a.db").exit_code == 0  # --db wins
+    monkeypatch.setenv("ATTNPROF_DB", str(tmp_path / "a.db"))
+    listed = invoke("runs")  # a file in $ATTNPROF_DB is the default database
+    assert listed.exit_code == 0 and "complete" in listed.output and "2 cases" in listed.output, listed.output
+    with pytest.raises(UsageError, match="is a directory"):  # the library says it too
+        Store.open(tmp_path)
 
 
 def test_unwritable_and_foreign_databases(tmp_path):

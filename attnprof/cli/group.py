@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -114,17 +115,23 @@ def cli():
 def db_option(function):
     return click.option(
         "--db",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),  # a directory is refused in _database_file, which can name $ATTNPROF_DB when it came from there
         default=None,
-        callback=_not_empty,
+        envvar="ATTNPROF_DB",  # so that a bad $ATTNPROF_DB is refused as --db is (SQLite said "unable to open database file")
+        callback=_database_file,
         help="Database file (default: $ATTNPROF_DB or reports/attnprof.db).",
     )(function)
 
 
-def _not_empty(ctx, param, value):
+def _database_file(ctx, param, value):
     """`--db ""` (an unset shell variable) wrote to the default database as if no --db were given."""
+    from click.core import ParameterSource
+
+    name = "$ATTNPROF_DB" if ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT else "--db"
     if value is not None and not value.strip():
-        raise UsageError("bad --db '': an empty path (an unset variable?); give a database file")
+        raise UsageError(f"bad {name} '': an empty path (an unset variable?); give a database file")
+    if value is not None and Path(value).is_dir():
+        raise UsageError(f"bad {name} {value!r}: a directory; give a database file, e.g. {str(Path(value) / 'attnprof.db')!r}")
     return value
 
 

@@ -77,9 +77,7 @@ def _parse_length_item(item: str, whole: str) -> list[int]:
 
 def _expand_range(start: int, stop: int, step: str, whole: str) -> list[int]:
     if step[0] in "x*":
-        factor = parse_size(step[1:], "length step")
-        if factor < 2:
-            raise UsageError(f"bad lengths {whole!r}: factor {step!r} must be at least 2")
+        factor = _factor(step, whole)
         values, n = [], start
         while n <= stop:
             values.append(n)
@@ -91,6 +89,18 @@ def _expand_range(start: int, stop: int, step: str, whole: str) -> list[int]:
             raise UsageError(f"bad lengths {whole!r}: step {step!r} gives more than {MAX_LENGTHS} lengths")
         return list(range(start, stop + 1, increment))
     raise UsageError(f"bad lengths {whole!r}: step {step!r} must be xN (factor) or +N (increment)")
+
+
+def _factor(step: str, whole: str) -> int:
+    """The N of `xN`: one sentence for every bad factor (x0 read "bad length step '0': must be positive", x1 "factor
+    'x1' must be at least 2")."""
+    try:
+        factor = parse_size(step[1:], "length step")
+    except UsageError:
+        factor = 0
+    if factor < 2:
+        raise UsageError(f"bad lengths {whole!r}: factor {step!r} must be a whole number of at least 2, as in x2 or x4")
+    return factor
 
 
 def parse_sizes(spec: str | int | list, what: str) -> tuple[int, ...]:

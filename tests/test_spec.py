@@ -1,5 +1,7 @@
 """Length grammar (examples and properties), impl lists with options, case expansion."""
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -95,3 +97,11 @@ def test_case_round_trips_and_keys_are_stable():
     case = Case(impl="x", seq_len=1024, options=(("m", 32),), causal=True, mode="fwd_bwd")
     assert Case.from_dict(case.to_dict()) == case
     assert case.key == "x[m=32]|B1|H16|D64|float32|cpu|causal|fwd_bwd|N1024|seed0"
+
+
+@pytest.mark.parametrize("step", ["x0", "x1", "x-1", "x1.5", "x", "*1"])
+def test_every_bad_factor_gets_the_same_sentence(step):
+    """x0 read "bad length step '0': must be positive" and x1 "factor 'x1' must be at least 2": one rule, two wordings."""
+    quoted = re.escape(f"'1k..8k:{step}': factor '{step}' must be a whole number of at least 2")
+    with pytest.raises(UsageError, match=f"bad lengths {quoted}"):
+        parse_lengths(f"1k..8k:{step}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from attnprof.records import Measurement, Status
 
 AXES = ("batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
@@ -86,13 +88,34 @@ def markdown_table(measurements: list[Measurement]) -> str:
 
 
 def reasons_list(measurements: list[Measurement]) -> list[str]:
-    """One line per distinct reason, so a cell reading `oom` (or a modelled figure) is explained below the table."""
-    seen: dict[str, list[str]] = {}
+    """One line per distinct reason, so a cell reading `oom` (or a modelled figure) is explained below the table.
+    Reasons that differ only in their numbers are one line, each differing number given as its range: the host
+    memory refusals of one sweep read "predicted peak 2.0 TiB" and "2.1 TiB", and the free memory moved by 0.1 GiB
+    between cases, so one cause took a line per case."""
+    seen: dict[tuple[str, str], tuple[list[list[str]], list[str]]] = {}
     for m in measurements:
         if m.reason:
             prefix = "note" if m.status == Status.OK else m.status.value
-            seen.setdefault(f"{prefix}: {m.reason}", []).append(m.case.label)
-    return [f"{text} ({', '.join(sorted(set(labels)))})" for text, labels in seen.items()]
+            numbers, labels = seen.setdefault((prefix, _NUMBER.sub("#", m.reason)), ([], []))
+            numbers.append(_NUMBER.findall(m.reason))
+            labels.append(m.case.label)
+    lines = []
+    for (prefix, template), (numbers, labels) in seen.items():
+        parts = template.split("#")
+        values = [_span_of([row[i] for row in numbers]) for i in range(len(parts) - 1)]
+        text = "".join(part + value for part, value in zip(parts, [*values, ""], strict=True))
+        lines.append(f"{prefix}: {text} ({', '.join(sorted(set(labels)))})")
+    return lines
+
+
+# A number standing alone ("N=65536", "2.0 TiB", "80%"), not one inside a word or a version ("float32", "H100", "3.11.2").
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def _span_of(texts: list[str]) -> str:
+    """One number as written, or the lowest..highest of several."""
+    distinct = sorted(set(texts), key=float)
+    return distinct[0] if len(distinct) == 1 else f"{distinct[0]}..{distinct[-1]}"
 
 
 def frame_markdown(frame) -> str:

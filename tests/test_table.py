@@ -4,7 +4,7 @@ from rich.console import Console
 
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
-from attnprof.table import rich_table
+from attnprof.table import reasons_list, rich_table
 
 NAMES = ("combiner-axial", "combiner-fixed", "combiner-logsparse", "combiner-mixture", "sdpa-efficient")
 
@@ -60,3 +60,21 @@ def test_an_ambiguous_class_names_both_leading_classes():
     fits = fit_frame(rows, "peak_bytes", CONFIG).assign(metric="peak_bytes")
     [text] = fits_display(fits)["class"]
     assert text.startswith(f"ambiguous: {fits['best_class'][0]} or {fits['runner_up'][0]} (dAIC"), text
+
+
+def test_reasons_differing_only_in_numbers_are_one_line_with_their_range():
+    """The host-memory refusals of one sweep differ in the predicted peak and, by 0.1 GiB, the free memory: a line
+    per case for one cause. Numbers inside words (float32, H100) are part of the text, not merged."""
+    refusal = "predicted peak {} TiB exceeds 80% of available host memory ({} GiB); not run"
+    rows = [
+        Measurement(Case(impl="softmax", seq_len=131072), Status.OOM, refusal.format("2.0", "21.8")),
+        Measurement(Case(impl="sdpa-math", seq_len=131072), Status.OOM, refusal.format("2.1", "21.7")),
+        Measurement(Case(impl="softmax", seq_len=262144), Status.OOM, refusal.format("8.0", "21.8")),
+        Measurement(Case(impl="softmax", seq_len=64), Status.UNSUPPORTED, "needs float32, not float16"),
+        Measurement(Case(impl="cosformer", seq_len=64), Status.UNSUPPORTED, "needs float16, not float32"),
+    ]
+    assert reasons_list(rows) == [
+        "oom: predicted peak 2.0..8.0 TiB exceeds 80% of available host memory (21.7..21.8 GiB); not run (sdpa-math, softmax)",
+        "unsupported: needs float32, not float16 (softmax)",
+        "unsupported: needs float16, not float32 (cosformer)",
+    ]

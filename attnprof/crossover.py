@@ -101,7 +101,7 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
     """Within the measured lengths the medians decide, the fitted lines only beyond them. A power law bends
     neither with an overhead nor with a cap, and one noisy length can tilt it: an audit found fitted lines that
     "crossed" at N = 1141 where the medians at 1024 already had the order reversed. A length speaks when its two
-    medians differ by more than their spreads (half the interquartile range of ln value each) plus
+    medians differ by more than their spreads (half the interquartile range over the median each) plus
     MEASURED_RESOLUTION. The last change of order among those lengths is the crossing, interpolated on log-log
     (exact for two power laws), its interval the two lengths around it. Without one, a "none" naming the impl
     the medians find cheaper when the fits put a crossing inside the range or the other impl first there; else

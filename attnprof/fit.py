@@ -79,7 +79,7 @@ class Fit:
     metric: str = ""
     notes: tuple = ()
     medians: tuple = ()  # the median value at each of lengths_measured: what crossovers are checked against
-    spreads: tuple = ()  # half the interquartile range of ln(value) there (0 for one value): how far a median may be off
+    spreads: tuple = ()  # half the interquartile range over the median there (0 for one value): how far a median may be off
     overhead: float = 0.0  # a persistent fixed overhead c0 subtracted before the log-log fit; predict adds it back
 
     @functools.cached_property
@@ -101,8 +101,14 @@ class Fit:
         return float(value) if np.ndim(value) == 0 else value
 
 
-def fit_power_law(lengths, values, *, min_length: float | None = None, metric: str = "") -> Fit:
-    """Fit y ~ N^exponent over the asymptotic range of (lengths, values); repeated lengths are allowed."""
+def fit_power_law(lengths, values, *, min_length: float | None = None, metric: str = "", spreads=None) -> Fit:
+    """Fit y ~ N^exponent over the asymptotic range of (lengths, values); repeated lengths are allowed.
+
+    `spreads`, one per value: each value's own relative spread (half its samples' IQR over their median), for
+    values that are already medians (the dashboard fits the cells' stored medians). Without them a length's
+    spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree."""
+    if spreads is not None:
+        spreads = _given_spreads(lengths, values, spreads)
     all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
     med_lengths, med_values = _medians(all_lengths, all_values)
     if len(med_lengths) < 2:
@@ -143,7 +149,7 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         metric=metric,
         notes=_notes(n_dropped, len(used_lengths), choice),
         medians=_as_numbers(med_values),
-        spreads=tuple(_log_spreads(all_lengths, all_values, med_lengths)),
+        spreads=tuple(_relative_spreads(all_lengths, all_values, med_lengths) if spreads is None else spreads(med_lengths)),
         overhead=0.0 if subtracted is None else float(found.overhead),
     )
 
@@ -192,13 +198,25 @@ def _medians(lengths: np.ndarray, values: np.ndarray):
     return distinct, np.array([np.median(values[lengths == n]) for n in distinct])
 
 
-def _log_spreads(lengths: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> list[float]:
-    """Half the interquartile range of ln(value) at each distinct length."""
+def _relative_spreads(lengths: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> list[float]:
+    """Half the interquartile range over the median at each distinct length (numpy's linear quantiles, as
+    records.timing_stats stores them: the dashboard derives the same figure from a cell's iqr_ms and median_ms)."""
     spreads = []
     for n in distinct:
-        logs = np.log(values[lengths == n])
-        spreads.append(float(np.subtract(*np.percentile(logs, [75, 25]))) / 2 if len(logs) > 1 else 0.0)
+        at = values[lengths == n]
+        spreads.append(float(np.subtract(*np.percentile(at, [75, 25])) / (2 * np.median(at))) if len(at) > 1 else 0.0)
     return spreads
+
+
+def _given_spreads(lengths, values, spreads):
+    """length -> spread lookup over the valid values' given spreads (the median of those at one length)."""
+    n = np.asarray(lengths, dtype=float).ravel()
+    y = np.asarray(values, dtype=float).ravel()
+    s = np.nan_to_num(np.asarray(spreads, dtype=float).ravel(), nan=0.0)
+    if s.shape != y.shape:
+        raise ValueError(f"values and spreads differ in size ({y.size} vs {s.size})")
+    ok = np.isfinite(y) & (y > 0)
+    return lambda distinct: [float(np.median(s[ok & (n == length)])) for length in distinct]
 
 
 def local_slopes(lengths, values) -> tuple:
@@ -325,25 +343,30 @@ def _as_numbers(array) -> tuple:
 FIT_COLUMNS = tuple(name for name in Fit.__dataclass_fields__ if name != "metric")
 
 
-def fit_frame(df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str = "seq_len", min_length=None) -> pd.DataFrame:
+def fit_frame(
+    df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str = "seq_len", min_length=None, spread_col: str | None = None
+) -> pd.DataFrame:
     """One row per group: the group's keys, `metric`, the Fit fields, the Fit itself (`fit`) and `error`.
+    `spread_col`: each row's relative spread, when the metric column holds medians (fit_power_law's `spreads`).
 
     A group that cannot be fitted keeps its row, with `error` saying why and the fit fields empty.
     """
     group_cols = list(group_cols)
-    missing = [c for c in (length_col, metric_col, *group_cols) if c not in df.columns]
+    missing = [c for c in (length_col, metric_col, *group_cols, *([spread_col] if spread_col else [])) if c not in df.columns]
     if missing:
         raise ValueError(f"fit_frame: column(s) {missing} not in the frame; it has {list(df.columns)}")
     lengths, values = df[length_col].to_numpy(), df[metric_col].to_numpy()
+    spreads = None if spread_col is None else df[spread_col].to_numpy()
     # Row positions per group as numpy arrays: slicing pandas group frames cost more than the fits themselves.
     if group_cols:
         positions = df.groupby(group_cols, dropna=False, sort=True).indices  # {key (tuple when several columns): positions}
         groups = [(keys if isinstance(keys, tuple) else (keys,), index) for keys, index in sorted(positions.items(), key=_group_order)]
     else:
         groups = [((), np.arange(len(df)))]
-    rows = [
-        _fit_row(dict(zip(group_cols, keys, strict=True)), lengths[index], values[index], metric_col, min_length) for keys, index in groups
-    ]
+    rows = []
+    for keys, index in groups:
+        spread = None if spreads is None else spreads[index]
+        rows.append(_fit_row(dict(zip(group_cols, keys, strict=True)), lengths[index], values[index], metric_col, min_length, spread))
     out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])
     out.attrs["group_cols"] = tuple(group_cols)  # crossover_frame reads the configuration columns from here
     return out
@@ -355,9 +378,9 @@ def _group_order(item):
     return tuple((value != value, str(type(value)), value if value == value else 0) for value in keys)
 
 
-def _fit_row(keys: dict, lengths, values, metric_col: str, min_length) -> dict:
+def _fit_row(keys: dict, lengths, values, metric_col: str, min_length, spreads=None) -> dict:
     try:
-        fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col)
+        fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col, spreads=spreads)
     except ValueError as error:
         return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
     fields = {name: getattr(fit, name) for name in FIT_COLUMNS}  # not asdict: its deep copies were 15% of a fit

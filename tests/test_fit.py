@@ -250,3 +250,18 @@ def test_fit_frame_has_one_row_per_group_and_keeps_failures():
 def test_fit_frame_names_missing_columns():
     with pytest.raises(ValueError, match=r"\['peak_bytes'\] not in the frame"):
         fit_frame(measurement_frame(), "peak_bytes", ["impl"])
+
+
+def test_medians_with_their_spreads_fit_as_the_raw_samples_do():
+    """The dashboard fits cell medians with each cell's stored spread (iqr / 2 median): the same Fit as the samples'."""
+    rng = np.random.default_rng(3)
+    lengths = np.repeat([256, 512, 1024, 2048, 4096], 9)
+    samples = 1e-4 * lengths**1.5 * rng.lognormal(0.0, 0.05, lengths.size)
+    raw = fit_power_law(lengths, samples)
+    distinct = np.unique(lengths)
+    medians = np.array([np.median(samples[lengths == n]) for n in distinct])
+    iqr = np.array([np.subtract(*np.percentile(samples[lengths == n], [75, 25])) for n in distinct])
+    from_medians = fit_power_law(distinct, medians, spreads=iqr / (2 * medians))
+    assert from_medians.spreads == pytest.approx(raw.spreads, rel=1e-12) and min(raw.spreads) > 0
+    assert from_medians.medians == raw.medians and from_medians.exponent == pytest.approx(raw.exponent, rel=1e-12)
+    assert fit_power_law(distinct, medians).spreads == (0.0,) * 5  # one value a length, no spreads given: exact

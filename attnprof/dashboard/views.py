@@ -123,14 +123,19 @@ def default_facets(frame: pd.DataFrame) -> list[str]:
 def fit_metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One fit row per configuration (fit.fit_frame columns, `metric` = the dashboard's metric key).
 
-    Time is fitted on each cell's stored median, not on the raw samples as `attnprof fit` does: the fit takes
-    the median per length either way, so with one cell per length (a run's usual shape) the exponent is the
-    same, and the dashboard need not decode every row's samples. `n_samples` then counts cells."""
+    Time is fitted on each cell's stored median with its stored spread (iqr_ms / 2 median_ms), not on the raw
+    samples as `attnprof fit` does: the fit takes the median per length and that same spread either way, so with
+    one cell per length (a run's usual shape) exponents and crossovers are the same, and the dashboard need not
+    decode every row's samples. Without the spreads every median read as exact, and where `fit` said two impls
+    were level at a length the dashboard put a crossing there (436 against 449). `n_samples` counts cells."""
     column = METRICS[metric].column  # time: median_ms
     points = _value_points(frame, column)
     if points.empty:
         return pd.DataFrame(columns=[*CONFIG, "metric", "exponent", "fit", "error"])
-    return fit_frame(points, column, CONFIG).assign(metric=metric)
+    if column != "median_ms":
+        return fit_frame(points, column, CONFIG).assign(metric=metric)
+    points = points.assign(spread=(points["iqr_ms"] / (2 * points["median_ms"])).fillna(0.0))
+    return fit_frame(points, column, CONFIG, spread_col="spread").assign(metric=metric)
 
 
 def _value_points(frame: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -66,3 +66,21 @@ def test_store_frame_and_run_frame_match_the_export_frame(two_runs_db):
             assert np.allclose(left.astype(float), pd.to_numeric(right).astype(float), equal_nan=True, rtol=1e-12), column
         else:  # text: a missing value is None in the store's frame, NaN where pandas inferred a string dtype
             assert [None if v != v else v for v in left] == [None if v != v else v for v in right], column
+
+
+def test_time_crossovers_in_the_dashboard_are_those_of_attnprof_fit():
+    """The dashboard fits the cells' stored medians, `fit` the raw samples. Without the cells' spreads every median
+    read as exact: where `fit` said two impls were level at 512 (2% apart, each spread 1%), the dashboard put the
+    crossing between 256 and 512 (an audit's run: 436 against 449)."""
+    from attnprof.analysis import CONFIG, analyse
+    from attnprof.crossover import crossover_frame
+    from attnprof.dashboard.data import numeric_frame
+
+    lengths = (256, 512, 1024, 2048)
+    cells = [seeding.cell("cosformer", n, time_ms=1e-3 * n, peak=n) for n in lengths]
+    cells += [seeding.cell("softmax", n, time_ms=1.02e-3 * n * n / 512, peak=n) for n in lengths]  # 2% dearer at 512
+    frame = numeric_frame(measurements_frame(seeding.BASE, cells))
+    expected = analyse(frame, metrics=("time",)).crossovers.iloc[0]
+    assert "at 512 the two are level" in expected["message"]
+    shown = crossover_frame(views.fit_metric(frame, "time"), impl_col="label", config_cols=CONFIG[1:]).iloc[0]
+    assert (shown["length"], shown["kind"], shown["message"]) == (expected["length"], expected["kind"], expected["message"])

@@ -136,7 +136,7 @@ def callback_timings(app, main_run: str, other_run: str) -> list[tuple[str, floa
         ("roofline", lambda: cb.roofline("roofline", main_run, state["filters"], None, None, "v")),
         ("roofline: ceilings overridden", lambda: cb.roofline("roofline", main_run, state["filters"], 500, 2.0, "v")),
         ("coverage", lambda: cb.coverage("coverage", main_run, state["filters"], "v")),
-        ("compare", lambda: cb.compare("compare", other_run, main_run, state["filters"], "v")),
+        ("compare", lambda: cb.compare("compare", other_run, main_run, state["filters"], "v", main_run)),
         ("run info", lambda: cb.info("info", main_run, "v")),
         ("download CSV (scaling view)", lambda: cb.download(1, "scaling", main_run, state["filters"], other_run, main_run)),
     ]

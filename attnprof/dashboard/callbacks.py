@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
+from attnprof.dashboard import compare_view, pages
 from attnprof.dashboard import layout as ids
-from attnprof.dashboard import pages
 from attnprof.dashboard.views import AXES, EXPONENT_METRICS, default_facets
 
 REFRESH_OUTPUTS = ((ids.RUN, "options"), (ids.RUN, "value"), (ids.COMPARE_A, "options"), (ids.COMPARE_A, "value"),
@@ -86,9 +86,9 @@ class Callbacks:
         _only_on(tab, "coverage")
         return pages.coverage(self.source, run_id, filters)
 
-    def compare(self, tab, run_a, run_b, filters, _version):
+    def compare(self, tab, run_a, run_b, filters, _version, picked_run=None):
         _only_on(tab, "compare")
-        return pages.comparison(self.source, run_a, run_b, filters)
+        return compare_view.comparison(self.source, run_a, run_b, filters, picked_run)
 
     def info(self, tab, run_id, _version):
         _only_on(tab, "info")
@@ -144,7 +144,7 @@ def _register_state(app, callbacks: Callbacks) -> None:
 
 def _register_views(app, callbacks: Callbacks) -> None:
     """One callback per tab: its figures and tables from the run, the filters and the tab's own controls."""
-    from dash import Input, Output
+    from dash import Input, Output, State
 
     filters = {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}
     version = Input(ids.VERSION, "data")
@@ -168,7 +168,7 @@ def _register_views(app, callbacks: Callbacks) -> None:
     app.callback(
         [Output(ids.COMPARE_GRAPH, "figure"), Output(ids.COMPARE_TABLE, "data"), Output(ids.COMPARE_EXPONENTS, "data"),
          Output(ids.COMPARE_NOTE, "children")],
-        inputs=[tab, Input(ids.COMPARE_A, "value"), Input(ids.COMPARE_B, "value"), filters, version],
+        inputs=[tab, Input(ids.COMPARE_A, "value"), Input(ids.COMPARE_B, "value"), filters, version, State(ids.RUN, "value")],
     )(callbacks.compare)  # fmt: skip
     app.callback(
         [Output(ids.INFO_TABLE, "data"), Output(ids.ENV_TABLE, "data"), Output(ids.SWEEP_TABLE, "data"), Output(ids.COMMAND, "children")],

@@ -16,10 +16,9 @@ import time
 import pandas as pd
 
 from attnprof.analysis import CONFIG
-from attnprof.dashboard import cell_figures, compare, figures, runinfo, views
+from attnprof.dashboard import cell_figures, figures, runinfo, views
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
-from attnprof.fit import format_length
 from attnprof.table import format_bytes
 
 log = logging.getLogger("attnprof.dashboard")
@@ -82,7 +81,7 @@ def filter_state(source, run_id, current: dict | None, previous: dict | None, pr
     except Exception as error:  # noqa: BLE001  (the views show the message)
         failure_text(error)
         return nothing, dict(nothing)
-    options, defaults = source.memo(("axis options", frame.attrs.get("version")), lambda: _axis_options(frame, plan))
+    options, defaults = source.memo(("axis options", frame.attrs.get("version")), lambda: axis_choices(frame, plan))
     if previous_run != run_id or current is None or previous is None:
         return options, defaults
     selected = {}
@@ -93,7 +92,7 @@ def filter_state(source, run_id, current: dict | None, previous: dict | None, pr
     return options, selected
 
 
-def _axis_options(frame, plan) -> tuple[dict, dict]:
+def axis_choices(frame, plan) -> tuple[dict, dict]:
     """(axis -> options, axis -> default values) of the measured and the planned cells: remembered per data
     version, since every page load asks (100 ms at 50,000 rows)."""
     every = pd.concat([frame[list(views.AXES)], plan[list(views.AXES)]]) if len(plan) else frame
@@ -136,13 +135,14 @@ def _filtered(source, run_id, filters):
 # --- fits, cached per configuration --------------------------------------------------------------------------
 
 
-def fits(source, frame: pd.DataFrame, metric: str, filters: dict | None) -> pd.DataFrame:
-    """Fits of every configuration in `frame` (already filtered). Fitted once per data version, metric and
-    length selection: choosing other impls or facets then costs no new fit."""
+def fits(source, frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Fits of every configuration in `frame` (already filtered). Fitted once per data version, metric and the
+    lengths in the frame: choosing other impls or facets then costs no new fit. (A configuration's lengths here
+    are its own among those, whichever filter or Compare exclusion chose them: the frame's lengths key its fit.)"""
     version = frame.attrs.get("version")
     if version is None or frame.empty:
         return views.fit_metric(frame, metric)
-    lengths = tuple(sorted(map(int, (filters or {}).get("seq_len") or [])))
+    lengths = tuple(sorted(map(int, frame["seq_len"].unique())))
     lock, cache = source.memo(("fits", version, metric, lengths), lambda: (threading.Lock(), {}))
     wanted = views.config_keys(frame)
     with lock:  # a second request (or the warm-up thread) waits for these fits rather than repeating them
@@ -175,7 +175,9 @@ def warm_up(source, wait_s: float = WARM_UP_WAIT_S, pause_s: float = WARM_UP_PAU
         crossing = usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
         exponents(source, run_id, filters, crossing, default_budget_log2(source, run_id))
         if len(runs) > 1:  # the Compare tab opens on the two newest runs
-            comparison(source, runs[1].info.run_id, run_id, filters)
+            from attnprof.dashboard.compare_view import comparison  # it builds on this module
+
+            comparison(source, runs[1].info.run_id, run_id, filters, run_id)
     except Exception:  # noqa: BLE001  (the page shows the problem when it asks)
         log.debug("warm-up failed", exc_info=True)
 
@@ -198,7 +200,7 @@ def scaling(source, run_id, filters, metric: str, facets) -> tuple:
 def _scaling(source, shown, filters, metric, facets) -> tuple:
     message = " ".join(filter(None, (views.unticked_note(shown, filters), views.scaling_message(shown, metric))))
     cells = views.scaling_cells(views.with_lines(shown, facets), metric)
-    fitted = views.fits_for_lines(cells, fits(source, shown, metric, filters)) if not shown.empty else pd.DataFrame()
+    fitted = views.fits_for_lines(cells, fits(source, shown, metric)) if not shown.empty else pd.DataFrame()
     return figures.scaling_figure(cells, fitted, views.METRICS[metric], message), message
 
 
@@ -211,7 +213,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
     try:
         frame, shown = _filtered(source, run_id, filters)
         base = (frame.attrs.get("version"), views.filter_key(filters))
-        all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown, filters))
+        all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown))
         rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
         budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
@@ -223,8 +225,8 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         return [], failed, failed, failed, failure_text(error)
 
 
-def _exponent_fits(source, shown, filters) -> pd.DataFrame:
-    parts = [fits(source, shown, m, filters) for m in views.EXPONENT_METRICS]
+def _exponent_fits(source, shown) -> pd.DataFrame:
+    parts = [fits(source, shown, m) for m in views.EXPONENT_METRICS]
     return pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
 
 
@@ -232,7 +234,7 @@ def _exponent_table(shown, all_fits) -> tuple:
     table = views.exponent_table(shown, all_fits)
     timed = "time" if len(shown) and shown["median_ms"].notna().any() else "peak_bytes"
     note = views.scaling_message(shown, timed) if len(shown) else "No cells match the filters."
-    return _records(table), figures.exponent_figure(table), note
+    return records(table), figures.exponent_figure(table), note
 
 
 def _crossover_figure(shown, all_fits, metric: str):
@@ -288,36 +290,6 @@ def coverage(source, run_id, filters) -> tuple:
         return figures.message_figure(failure_text(error)), failure_text(error)
 
 
-def comparison(source, run_a, run_b, filters) -> tuple:
-    """(figure, cell rows, exponent rows, note): run_b (candidate) against run_a (baseline), regressions first."""
-    if not run_a or not run_b:
-        return figures.message_figure("Pick two runs to compare."), [], [], "Pick two runs to compare."
-    try:
-        versions = (source.frame(run_a).attrs.get("version"), source.frame(run_b).attrs.get("version"))
-        return source.memo(("compare", *versions, views.filter_key(filters)), lambda: _comparison(source, run_a, run_b, filters))
-    except Exception as error:  # noqa: BLE001
-        return figures.message_figure(failure_text(error)), [], [], failure_text(error)
-
-
-def _comparison(source, run_a, run_b, filters) -> tuple:
-    cells, changes = _compared(source, run_a, run_b, filters)
-    worse = int((cells["score"] > 1.05).sum()) if len(cells) else 0
-    note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now."
-    note += " The two runs are the same run." if run_a == run_b else ""
-    table = cells.drop(columns=["score"]).assign(seq_len=cells["seq_len"].map(format_length))
-    return cell_figures.compare_figure(cells, (run_a, run_b)), _records(_rounded(table)), _records(_rounded(changes)), note
-
-
-def _compared(source, run_a, run_b, filters):
-    frame_a, shown_a = _filtered(source, run_a, filters)
-    frame_b, shown_b = _filtered(source, run_b, filters)
-    cells = compare.compare_cells(shown_a, shown_b)
-    metrics = ("time", "peak_bytes")
-    fits_a = pd.concat([fits(source, shown_a, m, filters) for m in metrics], ignore_index=True)
-    fits_b = pd.concat([fits(source, shown_b, m, filters) for m in metrics], ignore_index=True)
-    return cells, compare.exponent_changes(pd.concat([shown_a, shown_b]), fits_a, fits_b)
-
-
 def run_info(source, run_id) -> tuple:
     """(run rows, environment rows, sweep rows, command) of the Run info view."""
     if not run_id:
@@ -354,11 +326,13 @@ def budget_text(budget_log2) -> str:
 def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tuple[str, str]:
     """(file name, CSV text) of the data behind the current tab."""
     if tab == "compare":
-        cells, changes = _compared(source, *compare_runs, filters)
+        from attnprof.dashboard.compare_view import compared_cells, left_out  # it builds on this module
+
+        cells, changes = compared_cells(source, *compare_runs, left_out(source, run_id, filters))
         return f"attnprof-compare-{compare_runs[0]}-{compare_runs[1]}.csv", cells.drop(columns=["score"]).to_csv(index=False)
     frame, shown = _filtered(source, run_id, filters)
     if tab == "exponents":
-        data = views.exponent_table(shown, _exponent_fits(source, shown, filters))
+        data = views.exponent_table(shown, _exponent_fits(source, shown))
     elif tab == "roofline":
         data = views.roofline_points(shown)[["config", "seq_len", "flops", "min_bytes", "intensity", "median_ms", "tflops", "gbps"]]
     elif tab == "coverage":
@@ -373,7 +347,7 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
     return f"attnprof-{tab}-{run_id}.csv", data.to_csv(index=False)
 
 
-def _records(table: pd.DataFrame) -> list[dict]:
+def records(table: pd.DataFrame) -> list[dict]:
     """DataTable rows: NaN and infinities as empty cells, numpy scalars as Python ones."""
     clean = table.astype(object).where(table.notna(), None)
     return [{k: _cell(v) for k, v in row.items()} for row in clean.to_dict("records")]
@@ -387,7 +361,7 @@ def _cell(value):
     return value
 
 
-def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
     """Measured floats to 4 significant digits; counts (bytes, FLOPs: floats only because a missing one is NaN) as
     whole numbers, since 3883264 bytes shown as 3883000 reads as a measured value."""
     floats = table.select_dtypes("float").columns

@@ -69,6 +69,28 @@ def apply_filters(frame: pd.DataFrame, filters: dict | None) -> pd.DataFrame:
     return frame[mask]
 
 
+def unticked(options: dict, defaults: dict, filters: dict | None) -> dict:
+    """axis -> the values of the picked run left out on purpose: on the axes whose selection differs from that run's
+    defaults, its options not selected. Compare applies these to both runs; the selection itself (made among the
+    picked run's values) left out whatever another run has beyond them: its 512 row, or its float16 cells when the
+    picked run's default dtype was bfloat16, so that a run compared with itself "shared no cell"."""
+    left = {}
+    for axis in AXES:
+        selected = list((filters or {}).get(axis) or [])
+        if not selected or sorted(map(str, selected)) == sorted(map(str, defaults.get(axis) or [])):
+            continue
+        if out := [value for value in options.get(axis) or [] if value not in selected]:
+            left[axis] = out
+    return left
+
+
+def drop_values(frame: pd.DataFrame, left_out: dict) -> pd.DataFrame:
+    mask = pd.Series(True, index=frame.index)
+    for axis, values in left_out.items():
+        mask &= ~frame[axis].isin(values)
+    return frame[mask]
+
+
 def filter_key(filters: dict | None) -> tuple:
     """A hashable form of the filters, for memo keys."""
     return tuple((axis, tuple(sorted(map(str, (filters or {}).get(axis) or ())))) for axis in AXES)

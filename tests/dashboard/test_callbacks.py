@@ -10,8 +10,9 @@ from dash.exceptions import PreventUpdate
 
 from attnprof.dashboard.app import create_app
 from attnprof.dashboard.views import AXES
-from attnprof.records import Status
+from attnprof.records import Measurement, Status
 from attnprof.run_lock import measuring
+from attnprof.spec import Case
 from attnprof.store import Store
 
 
@@ -207,3 +208,33 @@ def test_the_warm_up_computes_the_first_view_then_waits_for_a_page_to_be_served(
     cb.scaling("scaling", refreshed[1], filters[1], "time", filters[3], "v")  # a page gets its first view
     thread.join(30)
     assert not thread.is_alive() and {"scaling", "exponent fits", "compare"} <= kinds()
+
+
+def test_compare_leaves_out_only_what_the_sidebar_unticked(tmp_path):
+    """The sidebar's filters are the picked run's. Compare applied its selection to both compared runs: what they had
+    beyond it (lengths, or every cell when the picked run's default dtype was another) vanished without a note, and
+    a run compared with itself "shared no cell". Now only what was unticked there is left out, and the note says so."""
+    db = tmp_path / "three.db"
+    seeding.seed_two_runs(db)  # float32, 256..8k
+    picked = [
+        Measurement(Case(impl="softmax", seq_len=n, dtype=dtype, heads=seeding.HEADS), Status.OK, times_ms=[1.0], peak_bytes=n)
+        for n in (1024, 2048)
+        for dtype in ("bfloat16", "float32")
+    ]
+    sweep = {**seeding.sweep_dict((1024, 2048), (False,)), "dtype": ["bfloat16", "float32"]}
+    seeding.write_run(db, seeding.run_info("20260105-000000-pick", "2026-01-05T00:00:00+00:00", sweep), picked)
+    cb = handlers(db)
+    (_, run, *_), (_, selected, *_) = first_page(cb)
+    assert run == "20260105-000000-pick" and selected["dtype"] == ["bfloat16"] and selected["seq_len"] == [1024, 2048]
+    unfiltered = cb.compare("compare", seeding.BASE, seeding.CANDIDATE, {axis: [] for axis in AXES}, "v", None)[1]
+    _, cells, _, note = cb.compare("compare", seeding.BASE, seeding.CANDIDATE, selected, "v", run)
+    assert len(cells) == len(unfiltered) == 36 and {"256", "8k"} <= {c["seq_len"] for c in cells} and "Left out" not in note
+    _, itself, _, note = cb.compare("compare", seeding.BASE, seeding.BASE, selected, "v", run)
+    assert len(itself) == 36 and note.startswith("36 shared cells") and "same run" in note
+    _, cells, _, note = cb.compare("compare", seeding.BASE, seeding.CANDIDATE, {**selected, "seq_len": [1024]}, "v", run)
+    assert "2k" not in {c["seq_len"] for c in cells} and {"256", "8k"} <= {c["seq_len"] for c in cells}
+    assert note.endswith("Left out, as unticked in the sidebar: seq_len 2k.")
+    compared = pd.read_csv(
+        io.StringIO(cb.download(1, "compare", run, {**selected, "seq_len": [1024]}, seeding.BASE, seeding.CANDIDATE)["content"])
+    )
+    assert len(compared) == len(cells) and 2048 not in set(compared["seq_len"])  # the CSV is the view

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from attnprof.errors import UsageError
+from attnprof.fit import format_length
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1280px; color: #222; font-size: 14px; }
@@ -44,7 +45,9 @@ def report_sections(source, run_id: str, only=()) -> tuple[dict, str]:
     from attnprof.dashboard import pages, views
 
     frame = source.frame(run_id)
-    filters, facets = {**views.default_filters(frame), **slice_filters(only, views.axis_options(frame))}, views.default_facets(frame)
+    # the planned cells too, as the dashboard's filters have them: a running run's unmeasured cells read as missing
+    options, defaults = pages.axis_choices(frame, pages.planned(source, run_id, frame))
+    filters, facets = {**defaults, **slice_filters(only, options)}, views.default_facets(frame)
     budget = pages.default_budget_log2(source, run_id)
     crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
     figures, notes = {}, {}
@@ -58,17 +61,17 @@ def report_sections(source, run_id: str, only=()) -> tuple[dict, str]:
     )
     figures["coverage"], notes["coverage"] = pages.coverage(source, run_id, filters)
     figures["roofline"], notes["roofline"] = pages.roofline(source, run_id, filters, None, None)
-    return figures, _body(source, run_id, frame, filters, figures, notes, table)
+    return figures, _body(source, run_id, frame, (options, filters), figures, notes, table)
 
 
-def _body(source, run_id, frame, filters, figures, notes, table) -> str:
+def _body(source, run_id, frame, choices, figures, notes, table) -> str:
     from attnprof.dashboard import pages, views
     from attnprof.dashboard.runinfo import unfinished_note
 
     rows, env, sweep, command = pages.run_info(source, run_id)
     unfinished = unfinished_note(source.run(run_id), len(frame), source.path)  # a partial run must not read as the whole
     parts = [f"<h1>attnprof report: run {html.escape(run_id)}</h1>", _note(f"This run is {unfinished}." if unfinished else None)]
-    parts += [_selection(frame, filters, views)]
+    parts += [_selection(*choices, views)]
     parts += ["<h2>Scaling</h2>"] + [_figure(figures[k], notes.get(k)) for k in figures if k.startswith("scaling-")]
     parts += ["<h2>Exponents</h2>", _note(notes["exponents"]), _table(table), _figure(figures["exponents"])]
     parts += ["<h3>Crossovers</h3>", _figure(figures["crossovers"]), "<h3>Memory frontier</h3>", _figure(figures["frontier"])]
@@ -91,9 +94,11 @@ def slice_filters(only, options: dict) -> dict:
         spelled = {_spelling(value): value for value in options[axis]}
         chosen = []
         for raw in _slice_values(axis, listed):
-            key = {"yes": "causal", "true": "causal", "no": "bidir", "false": "bidir"}.get(raw.lower(), raw) if axis == "causal" else raw
+            key = _spelled_as_stored(axis, raw)
             if key not in spelled:
-                raise UsageError(f"bad --only {text!r}: the run has {axis} {', '.join(spelled)}, not {raw!r}")
+                shown = {"label": "impl"}.get(axis, axis)
+                given = format_length(int(raw)) if axis == "seq_len" else raw  # as typed: 3k, not 3072
+                raise UsageError(f"bad --only {text!r}: the run has {shown} {', '.join(spelled)}, not {given!r}")
             chosen.append(spelled[key])
         if not chosen:
             raise UsageError(f"bad --only {text!r}: no value given")
@@ -114,13 +119,19 @@ def _slice_values(axis: str, listed: str) -> list[str]:
     return [v.strip() for v in listed.split(",") if v.strip()]
 
 
+def _spelled_as_stored(axis: str, raw: str) -> str:
+    """causal yes/no/true/false as causal/bidir; a mode as --mode takes it (fwd-bwd) as stored (fwd_bwd)."""
+    if axis == "causal":
+        return {"yes": "causal", "true": "causal", "no": "bidir", "false": "bidir"}.get(raw.lower(), raw)
+    return raw.lower().replace("-", "_") if axis == "mode" else raw
+
+
 def _spelling(value) -> str:
     return ("causal" if value else "bidir") if isinstance(value, bool) else str(value)
 
 
-def _selection(frame, filters, views) -> str:
+def _selection(options, filters, views) -> str:
     """Which values of the axes with several values the figures show (the defaults narrow some to one)."""
-    options = views.axis_options(frame)
     narrowed = [f"{axis} = {', '.join(map(str, filters[axis]))} (of {', '.join(map(str, options[axis]))})"
                 for axis in views.AXES if len(filters[axis]) < len(options[axis])]  # fmt: skip
     if not narrowed:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from attnprof.cli import cli
 from attnprof.dashboard import app as dashboard_app
+from attnprof.errors import UsageError
 
 
 def invoke(*args):
@@ -131,6 +132,8 @@ def test_a_report_of_an_interrupted_run_says_it_is_partial_and_how_to_finish_it(
     text = out.read_text()
     assert f"This run is interrupted: 5 of {planned} cases, the rest with attnprof sweep --resume {run} --db {db}." in text
     assert "Every cell of the run is shown" not in text
+    # the coverage shows the cells not measured yet as the dashboard does (it left out the impls without a row)
+    assert f"{planned - 5} missing, 4 ok, 1 oom" in text
 
 
 def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_chart(tmp_path):
@@ -155,6 +158,12 @@ def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
         "causal": [True],
         "label": ["softmax", "sdpa"],
     }
+    # as `sweep --mode` spells it (fwd-bwd), and in the error the user's own words: impl (not label), 3k (not 3072)
+    assert slice_filters(["mode=fwd-bwd"], {"mode": ["fwd", "fwd_bwd"]}) == {"mode": ["fwd_bwd"]}
+    with pytest.raises(UsageError, match=r"the run has seq_len 256, 512, not '3k'$"):
+        slice_filters(["seq_len=3k"], options)
+    with pytest.raises(UsageError, match=r"the run has impl sdpa, softmax, not 'nope'$"):
+        slice_filters(["impl=nope"], options)
     labelled = {"label": ["nystromformer[num_landmarks=32]", "sdpa"], "seq_len": [256, 1024, 2048, 4096]}
     assert slice_filters(["impl=nystromformer:num_landmarks=32", "seq_len=1k..2k"], labelled) == {  # as sweep takes them
         "label": ["nystromformer[num_landmarks=32]"],

@@ -13,12 +13,13 @@ import pandas as pd
 
 from attnprof.analysis import CONFIG
 from attnprof.dashboard.views import name_column, varying
+from attnprof.fit import format_length
 
 KEY = [*CONFIG, "seq_len", "seed"]
 CELL_COLUMNS = ["config", "seq_len", "status_a", "status_b", "time_a_ms", "time_b_ms", "time_ratio", "peak_a_bytes", "peak_b_bytes",
                 "peak_ratio", "change"]  # fmt: skip
 UNCHANGED = 0.02  # ratios within 2% of 1 read "unchanged": timing noise, not a change
-EXPONENT_COLUMNS = ["config", "metric", "exponent_a", "exponent_b", "delta", "class_a", "class_b", "significant"]
+EXPONENT_COLUMNS = ["config", "metric", "exponent_a", "exponent_b", "delta", "lengths_a", "lengths_b", "class_a", "class_b", "significant"]
 
 
 def compare_cells(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
@@ -75,8 +76,10 @@ def _score(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) -
 
 
 def exponent_changes(frame: pd.DataFrame, fits_a: pd.DataFrame, fits_b: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration and metric: both exponents, the change, and whether their 95% intervals are disjoint."""
-    columns = [*CONFIG, "metric", "exponent", "exponent_low", "exponent_high", "complexity"]
+    """Per configuration and metric: both exponents, the lengths each was fitted over (two runs over 256..2k and
+    512..4k gave 1.767 and 1.488 for one softmax, a change of range as much as of code), the change, and whether
+    their 95% intervals are disjoint."""
+    columns = [*CONFIG, "metric", "exponent", "exponent_low", "exponent_high", "complexity", "lengths_used"]
     usable = lambda fits: fits[fits["fit"].notna()][columns] if len(fits) else pd.DataFrame(columns=columns)
     both = usable(fits_a).merge(usable(fits_b), on=[*CONFIG, "metric"], suffixes=("_a", "_b"))
     if both.empty:
@@ -87,7 +90,13 @@ def exponent_changes(frame: pd.DataFrame, fits_a: pd.DataFrame, fits_b: pd.DataF
         exponent_a=both["exponent_a"].round(4),
         exponent_b=both["exponent_b"].round(4),
         significant=(both["exponent_low_b"] > both["exponent_high_a"]) | (both["exponent_high_b"] < both["exponent_low_a"]),
+        lengths_a=both["lengths_used_a"].map(_span),
+        lengths_b=both["lengths_used_b"].map(_span),
         class_a=both["complexity_a"],
         class_b=both["complexity_b"],
     )
     return both.sort_values("delta", ascending=False)[EXPONENT_COLUMNS].reset_index(drop=True)
+
+
+def _span(lengths) -> str:
+    return f"{format_length(min(lengths))}..{format_length(max(lengths))}"

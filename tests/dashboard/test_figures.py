@@ -225,6 +225,9 @@ def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
     fits_b = pd.concat([views.fit_metric(candidate_frame, m) for m in ("time", "peak_bytes")])
     changes = exponent_changes(base_frame, fits_a, fits_b)
     assert changes.iloc[0]["config"].startswith("sdpa") and changes.iloc[0]["delta"] > 0.1
+    # each exponent says what lengths it was fitted over: softmax ran out of memory a length earlier in the candidate
+    softmax = changes[(changes["config"] == "softmax bidir") & (changes["metric"] == "time")].iloc[0]
+    assert (softmax["lengths_a"], softmax["lengths_b"]) == ("256..2k", "256..1k")
 
 
 def test_a_band_leaves_out_points_without_quantiles(base_frame):

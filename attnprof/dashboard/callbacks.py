@@ -60,7 +60,16 @@ class Callbacks:
             metric = pages.usable_metric(self.source, run_id, metric)
             crossover_metric = pages.usable_metric(self.source, run_id, crossover_metric, EXPONENT_METRICS)
         items = {axis: ids.option_items(axis, new_options[axis]) for axis in AXES}
-        return items, selected, run_id, facets, budget, metric, crossover_metric
+        # A run without rows yet is not remembered as filtered: when its first rows come, it gets its defaults
+        # (facets, metric) from them. Picked at 0 cells, a running run kept the facets of an empty frame.
+        remembered = run_id if self._has_rows(run_id) else None
+        return items, selected, remembered, facets, budget, metric, crossover_metric
+
+    def _has_rows(self, run_id) -> bool:
+        try:
+            return bool(run_id) and not self.source.frame(run_id).empty
+        except Exception:  # noqa: BLE001  (the views report the problem)
+            return False
 
     def _default_facets(self, run_id):
         try:

@@ -127,8 +127,15 @@ def _with_values(frame) -> set:
     return {key for key, metric in views.METRICS.items() if ok[metric.column].gt(0).any()}
 
 
-def _filtered(source, run_id, filters):
+def _filtered(source, run_id, filters, *, empty_ok: bool = False):
+    """(the run's frame, the rows the filters keep). A run without any row yet (a sweep just started) is said as
+    such, not as "No cells match the filters" (nothing was filtered out)."""
     frame = source.frame(run_id)
+    if frame.empty and not empty_ok:
+        run = source.run(run_id)
+        if run.state == "running":
+            raise UsageError(f"Run {run_id} has no measurement stored yet: its cells appear here as its sweep stores them.")
+        raise UsageError(f"Run {run_id} has no measurement stored: {runinfo.unfinished_note(run, 0, source.path) or 'it is empty'}.")
     return frame, views.apply_filters(frame, filters)
 
 
@@ -281,7 +288,7 @@ def coverage(source, run_id, filters) -> tuple:
     if not run_id:
         return figures.message_figure("No run selected."), ""
     try:
-        frame, shown = _filtered(source, run_id, filters)
+        frame, shown = _filtered(source, run_id, filters, empty_ok=True)  # the planned cells, all missing
         grid = views.coverage_grid(shown, views.apply_filters(planned(source, run_id, frame), filters))
         counts = grid["status"].value_counts()
         note = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -330,7 +337,7 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
 
         cells, changes = compared_cells(source, *compare_runs, left_out(source, run_id, filters))
         return f"attnprof-compare-{compare_runs[0]}-{compare_runs[1]}.csv", cells.drop(columns=["score"]).to_csv(index=False)
-    frame, shown = _filtered(source, run_id, filters)
+    frame, shown = _filtered(source, run_id, filters, empty_ok=True)
     if tab == "exponents":
         data = views.exponent_table(shown, _exponent_fits(source, shown))
     elif tab == "roofline":

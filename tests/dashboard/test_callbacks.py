@@ -170,6 +170,30 @@ def test_a_running_sweep_shows_up_live(tmp_path):
     assert cb.coverage("coverage", run, selected, "v")[1] == "33 missing, 2 ok, 1 oom"
 
 
+def test_a_run_picked_before_its_first_row_says_so_and_gets_its_facets_when_rows_come(tmp_path):
+    """Picked at 0 cells, a running run read "No cells match the filters" (nothing was filtered), and its facets,
+    computed from the empty frame, were never recomputed: bidir and causal lines shared one panel."""
+    db = tmp_path / "empty.db"
+    info = seeding.run_info("20260105-000000-zero", "2026-01-05T00:00:00+00:00", state="running")
+    seeding.write_run(db, info, [])
+    cb = handlers(db)
+    with measuring(db, info.run_id):  # as a sweep holds it while it measures
+        (_, run, *_, version), (filter_options, selected, filtered_run, facets, *_) = first_page(cb)
+        assert run == info.run_id and filtered_run is None and facets == []
+        figure, note = cb.scaling("scaling", run, selected, "time", facets, "v")
+        assert note == f"Run {run} has no measurement stored yet: its cells appear here as its sweep stores them."
+        assert figure.layout.meta == "message" and cb.coverage("coverage", run, selected, "v")[1] == "36 missing"  # the plan is there
+    stopped = cb.scaling("scaling", run, selected, "time", facets, "v2")[1]  # its sweep gone: resume it
+    assert stopped.startswith(f"Run {run} has no measurement stored: interrupted: 0 of 36 cases, the rest with attnprof sweep --resume")
+    store = Store.open(db)
+    for causal in (False, True):
+        store.add_measurement(run, seeding.cell("softmax", 256, causal, time_ms=1.0, peak=2**20), "later")
+    store.close()
+    refreshed = cb.refresh(1, run, None, None, version)
+    after = cb.filters(run, refreshed[7], selected, filter_options, filtered_run, facets, 30.0, "time", "time")
+    assert after[2] == run and after[3] == ["causal"]  # remembered now, and faceted as a finished run would be
+
+
 def test_values_outside_the_plan_join_the_filters_as_they_appear(tmp_path):
     db = tmp_path / "unplanned.db"
     info = seeding.run_info(

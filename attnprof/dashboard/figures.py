@@ -246,7 +246,7 @@ def _exponent_trace(metric: str, complexity: str, rows: pd.DataFrame, show_legen
     columns = [rows[c].tolist() for c in ("config", "exponent", "low", "high", "runner_up", "r2")]
     high = [h - e if _finite(h) else None for e, h in zip(columns[1], columns[3], strict=False)]
     low = [e - lo if _finite(lo) else None for e, lo in zip(columns[1], columns[2], strict=False)]
-    hover = [f"<b>{c}</b><br>{metric}: N^{e:.3f} [{_num(lo)}, {_num(h)}]<br>class {complexity}, next {r}<br>r2 {r2}"
+    hover = [f"<b>{c}</b><br>{metric}: N^{e:.3f} {_interval(lo, h)}<br>class {complexity}, next {r}<br>r2 {r2}"
              for c, e, lo, h, r, r2 in zip(*columns, strict=False)]  # fmt: skip
     colour = CLASS_COLOURS.get(complexity, "#7f7f7f")
     return {"type": "scatter", "x": columns[1], "y": columns[0], "mode": "markers", "name": complexity, "legendgroup": complexity,
@@ -259,8 +259,9 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _num(value) -> str:
-    return "-inf/inf" if value is None or value != value else f"{value:.3f}"
+def _interval(low, high) -> str:
+    """The 95% interval, or why there is none: a 2-length fit has no degree of freedom left (it read [-inf/inf, -inf/inf])."""
+    return f"[{low:.3f}, {high:.3f}]" if _finite(low) and _finite(high) else "(no 95% interval: 2 lengths)"
 
 
 def crossover_figure(groups: list, metric: str):

@@ -132,6 +132,10 @@ def test_exponent_chart_has_intervals_and_classes(base_frame):
     assert tuple(figure.layout.xaxis.range) == (-0.25, 3.25)  # the exponents, all within 0..3, and a margin
     wide = table.assign(low=table["exponent"] - 4.0, high=table["exponent"] + 4.0)  # intervals of a 2-point time fit
     assert tuple(figures.exponent_figure(wide).layout.xaxis.range) == (-0.25, 3.25)  # not stretched to -4..6
+    assert f"N^{quadratic.x[softmax]:.3f} [" in quadratic.hovertext[softmax]
+    none = table.assign(low=float("nan"), high=float("nan"))  # a 2-length fit: no interval
+    hovers = [h for t in figures.exponent_figure(none).data for h in t.hovertext]
+    assert all("(no 95% interval: 2 lengths)" in h and "inf" not in h for h in hovers)
 
 
 def test_crossover_matrix_and_frontier(base_frame):

@@ -268,6 +268,8 @@ def crossover_figure(groups: list, metric: str):
     """Impl x impl heatmaps of where fitted curves cross (one per configuration); colour log2 of the length."""
     if not groups:
         return message_figure(f"No crossovers for {metric}: it needs two impls with a fit in the same configuration.")
+    more = groups[-1][0] if groups[-1][1] is None else ""
+    groups = [group for group in groups if group[1] is not None]
     layout = subplot_grid(1, len(groups), [title for title, _ in groups], horizontal_spacing=0.12)
     size, traces = 0, []
     for i, (_, rows) in enumerate(groups, 1):
@@ -278,6 +280,8 @@ def crossover_figure(groups: list, metric: str):
                        **axis_refs(1, i, len(groups))})  # fmt: skip
     ticks = [8, 12, 16, 20, 24, 30]  # colour by log2 N, clipped to 256..1G: crossings far outside are just "far"
     title = f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper on each side); * extrapolated"
+    if more:  # the filters choose which configurations are drawn
+        title += f"<br>{len(groups)} configurations drawn, {more}: filter (dtype, causal, mode ...) to see them"
     layout.update(title={"text": title}, height=260 + 30 * size, meta="crossovers",
                   coloraxis={"colorscale": "Viridis", "cmin": 8, "cmax": 30, "colorbar": {"title": {"text": "N"}, "tickvals": ticks,
                              "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip

@@ -205,7 +205,8 @@ def scaling(source, run_id, filters, metric: str, facets) -> tuple:
 
 
 def _scaling(source, shown, filters, metric, facets) -> tuple:
-    message = " ".join(filter(None, (views.unticked_note(shown, filters), views.scaling_message(shown, metric))))
+    notes = (views.unticked_note(shown, filters), views.facets_note(facets), views.scaling_message(shown, metric))
+    message = " ".join(filter(None, notes))
     cells = views.scaling_cells(views.with_lines(shown, facets), metric)
     fitted = views.fits_for_lines(cells, fits(source, shown, metric)) if not shown.empty else pd.DataFrame()
     return figures.scaling_figure(cells, fitted, views.METRICS[metric], message), message

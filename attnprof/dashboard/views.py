@@ -125,6 +125,12 @@ def name_column(frame: pd.DataFrame, axes, with_label: bool = True) -> pd.Series
     return names.str.strip()
 
 
+def facets_note(facets) -> str:
+    """'' for up to two facets; a third ticked one was dropped without a word (its values tell the lines apart)."""
+    ticked = [f for f in facets or () if f in FACET_AXES]
+    return f"Two facets at most: {', '.join(ticked[2:])} told apart in the line names instead." if len(ticked) > 2 else ""
+
+
 def with_lines(frame: pd.DataFrame, facets=()) -> pd.DataFrame:
     """frame plus `line` (label and the varying non-facet axes), `facet_col` and `facet_row` (facet values)."""
     facets = [f for f in facets if f in FACET_AXES][:2]
@@ -254,8 +260,12 @@ def _finite(value: float):
     return round(float(value), 3) if math.isfinite(value) else None
 
 
-def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int = 4) -> list[tuple[str, pd.DataFrame]]:
-    """(configuration name without the impl, its crossover rows) for the first `limit` configurations."""
+CROSSOVER_PANELS = 4  # configurations drawn side by side in the crossover view
+
+
+def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int = CROSSOVER_PANELS) -> list[tuple[str, pd.DataFrame]]:
+    """(configuration name without the impl, its crossover rows) for the first `limit` configurations; with more,
+    a last (name, None) says how many more there are (the figure says so: they were left out without a word)."""
     if crossovers.empty:
         return []
     axes = varying(frame, CONFIG[1:])
@@ -263,7 +273,7 @@ def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int =
     named = [
         (" ".join(axis_text(a, dict(zip(CONFIG[1:], key, strict=True))[a]) for a in axes) or "all cells", rows) for key, rows in groups
     ]
-    return named[:limit]
+    return named[:limit] + ([(f"{len(named) - limit} more", None)] if len(named) > limit else [])
 
 
 def measured_by_config(frame: pd.DataFrame) -> dict:

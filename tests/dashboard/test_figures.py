@@ -105,6 +105,10 @@ def test_impl_filter_and_two_facets(base_frame):
     figure = scaling(base_frame, facets=("causal", "mode"), filters={"label": ["sdpa"]})
     assert {t.name for t in of_kind(figure, "measured")} == {"sdpa"}
     assert [t.meta for t in figure.data if str(t.meta).startswith("failed")] == ["failed:timeout"]
+    # a third facet ticked was dropped without a word; its axis tells the lines apart and the note says so
+    assert views.facets_note(("causal", "mode")) == "" and views.facets_note(("causal", "mode", "dtype")) == (
+        "Two facets at most: dtype told apart in the line names instead."
+    )
 
 
 def test_messages_for_empty_all_failed_and_one_length(base_frame):
@@ -149,6 +153,9 @@ def test_crossover_matrix_and_frontier(base_frame):
     assert list(bidir.x) == ["nystromformer[num_landmarks=32]", "sdpa", "softmax"] and list(bidir.y) == list(bidir.x)
     i, j = 0, 2  # nystromformer (linear) against softmax (quadratic) cross where 1e-3 N = 1e-5 N^2: N = 100
     assert bidir.text[i][j] == bidir.text[j][i] and "cheaper" in bidir.hovertext[i][j]
+    assert len(figure.data) == 2 and "more" not in figure.layout.title.text  # bidir and causal: both drawn
+    few = figures.crossover_figure(views.crossover_groups(base_frame, crossings, limit=1), "time")
+    assert len(few.data) == 1 and "1 configurations drawn, 1 more: filter" in few.layout.title.text  # it was left out silently
     peak = views.fit_metric(base_frame, "peak_bytes").assign(metric="peak_bytes")
     frontier = views.frontier_rows(base_frame, peak, 2**32)
     softmax = frontier[frontier["config"] == "softmax bidir"].iloc[0]

@@ -26,3 +26,17 @@ class StoreFault(Exception):
     def __init__(self, reason: str, db, run_id: str | None = None):
         super().__init__(reason)
         self.reason, self.db, self.run_id = reason, db, run_id
+
+
+def make_folder(folder, what: str) -> None:
+    """mkdir -p `folder`, or one UsageError naming `what` and why: a file in the way is named as such (mkdir says
+    "File exists", which read as if the output were there already)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{str(in_the_way)!r} is a file, not a folder" if in_the_way is not None else error.strerror
+        raise UsageError(f"cannot write {what}: {why}") from None

@@ -10,7 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from attnprof.errors import UsageError
+from attnprof.errors import UsageError, make_folder
 from attnprof.fit import format_length
 
 STYLE = """
@@ -171,18 +171,15 @@ def _page(run_id: str, body: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
+    make_folder(path.parent, f"the report to {str(path)!r}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as error:
         raise UsageError(f"cannot write the report to {str(path)!r}: {error.strerror}") from None
 
 
 def _write_pngs(figures: dict, folder: Path, run_id: str) -> list[Path]:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the PNG folder {str(folder)!r}: {error.strerror}") from None
+    make_folder(folder, f"the PNG folder {str(folder)!r}")
     import plotly.io
 
     paths = [folder / f"{run_id}-{name}.png" for name in figures]

@@ -20,7 +20,7 @@ from pathlib import Path
 from attnprof import columns
 from attnprof import store_schema as schema
 from attnprof.columns import decode_stored
-from attnprof.errors import UsageError
+from attnprof.errors import UsageError, make_folder
 from attnprof.records import Measurement, RunInfo, Status, time_stats
 from attnprof.run_lock import is_measured
 from attnprof.spec import Case
@@ -292,10 +292,7 @@ def _unwritable(path: Path) -> bool:
 
 
 def _prepare_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the folder for database {str(path)!r}: {error.strerror}") from None
+    make_folder(path.parent, f"database {str(path)!r}")
     if path.is_dir():
         raise UsageError(f"database path {str(path)!r} is a folder")
     target = path if path.exists() else path.parent

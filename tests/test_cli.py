@@ -164,6 +164,17 @@ def test_a_directory_as_the_database_is_refused_naming_where_it_came_from(tmp_pa
         Store.open(tmp_path)
 
 
+def test_a_file_where_a_folder_must_be_is_named(tmp_path):
+    """mkdir said "File exists", which read as if the output were there already."""
+    (tmp_path / "notes").write_text("x")
+    in_the_way = f"{str(tmp_path / 'notes')!r} is a file, not a folder"
+    assert_bad_input(invoke("sweep", *QUICK, "--db", tmp_path / "notes" / "a.db"), "cannot write database", in_the_way)
+    db = tmp_path / "a.db"
+    assert invoke("sweep", "--accounting", "--impl", "softmax", "--lengths", "1k", "--db", db).exit_code == 0
+    assert_bad_input(invoke("export", "--db", db, "--out", tmp_path / "notes" / "sub" / "x.csv"), in_the_way)
+    assert_bad_input(invoke("report", "--db", db, "--out", tmp_path / "notes" / "x.html"), "cannot write the report", in_the_way)
+
+
 def test_unwritable_and_foreign_databases(tmp_path):
     assert_bad_input(invoke("sweep", *QUICK, "--db", "/proc/attnprof.db"), "/proc/attnprof.db")
     foreign = tmp_path / "foreign.db"

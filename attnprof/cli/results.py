@@ -7,7 +7,7 @@ import shlex
 import click
 
 from attnprof.cli.group import cli, db_option, print_summary
-from attnprof.errors import UsageError
+from attnprof.errors import UsageError, make_folder
 
 
 @cli.command()
@@ -100,8 +100,8 @@ def _echo_records(run, db, output_format, out) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
+    make_folder(Path(out).parent, repr(out))  # as `report --out` does
     try:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)  # as `report --out` does
         Path(out).write_text(text)
     except OSError as error:
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None

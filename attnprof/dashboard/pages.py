@@ -223,6 +223,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         base = (frame.attrs.get("version"), views.filter_key(filters))
         all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown))
         rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
+        note = " ".join(filter(None, (views.unticked_note(shown, filters), note)))  # as Scaling says it
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
         budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
         boundaries = source.memo(("boundaries", *base), lambda: views.measured_by_config(shown))
@@ -292,7 +293,7 @@ def coverage(source, run_id, filters) -> tuple:
         frame, shown = _filtered(source, run_id, filters, empty_ok=True)  # the planned cells, all missing
         grid = views.coverage_grid(shown, views.apply_filters(planned(source, run_id, frame), filters))
         counts = grid["status"].value_counts()
-        note = ", ".join(f"{n} {s}" for s, n in counts.items())
+        note = " ".join(filter(None, (views.unticked_note(shown, filters), ", ".join(f"{n} {s}" for s, n in counts.items()))))
         return cell_figures.coverage_figure(grid), note
     except Exception as error:  # noqa: BLE001
         return figures.message_figure(failure_text(error)), failure_text(error)

@@ -58,6 +58,9 @@ def test_scaling_answers_metric_and_impl_filter_changes(two_runs_db):
     everything, note = cb.scaling("scaling", run, {**selected, "label": []}, "time", facets, "v")  # every impl unticked
     assert note == "Nothing ticked under impl: every value is shown."  # else it looks as if the filter were ignored
     assert {t.name for t in everything.data if t.meta == "measured"} == set(selected["label"])
+    unticked = {**selected, "label": []}  # the other views said nothing of it
+    assert cb.exponents("exponents", run, unticked, "time", 36.0, "v")[4].startswith("Nothing ticked under impl: every value is shown.")
+    assert cb.coverage("coverage", run, unticked, "v")[1].startswith("Nothing ticked under impl: every value is shown. ")
     with pytest.raises(PreventUpdate):  # another tab is shown: this view waits
         cb.scaling("coverage", run, selected, "time", facets, "v")
 

@@ -346,9 +346,10 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
         data = views.roofline_points(shown)[["config", "seq_len", "flops", "min_bytes", "intensity", "median_ms", "tflops", "gbps"]]
     elif tab == "coverage":
         data = views.coverage_grid(shown, views.apply_filters(planned(source, run_id, frame), filters))
-    elif tab == "info":
-        run = source.run(run_id)
-        data = pd.DataFrame(runinfo.mapping_rows(run.env) + runinfo.mapping_rows(run.sweep, skip=("impl_specs",)))
+    elif tab == "info":  # the whole page: the run, its command, environment and sweep (a section column tells them apart)
+        rows, env, sweep, command = run_info(source, run_id)
+        sections = {"run": rows, "reproduce": [{"field": "command", "value": command}], "environment": env, "sweep": sweep}
+        data = pd.DataFrame([{"section": name, **row} for name, part in sections.items() for row in part])
     else:
         samples = [json.dumps(times) for times in source.samples(run_id, shown)]
         data = shown.assign(times_ms=samples, options=shown["options"].map(json.dumps))

@@ -113,6 +113,9 @@ def test_download_gives_the_current_view_as_csv(two_runs_db):
     assert "time_ratio" in compared and len(compared) == 36
     for tab, column in (("exponents", "exponent"), ("roofline", "intensity"), ("coverage", "status"), ("info", "field")):
         assert column in pd.read_csv(io.StringIO(cb.download(1, tab, run, selected, run_a, run_b)["content"])), tab
+    info = pd.read_csv(io.StringIO(cb.download(1, "info", run, selected, run_a, run_b)["content"]))
+    assert set(info["section"]) == {"run", "reproduce", "environment", "sweep"}  # the whole page (it had env and sweep)
+    assert info[info["section"] == "reproduce"]["value"].iloc[0] == cb.info("info", run, "v")[3]
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty file", "corrupt", "foreign", "no runs"])

@@ -1,10 +1,11 @@
-"""Impls whose measured curves are identical, listed once in a crossover listing (pure).
+"""Impls whose measured curves are identical, listed once in the fits table and the crossover listing (pure).
 
 Exact attentions share their FLOPs (softmax and the four SDPA entries: 4 N^2 d each), and the SDPA backends'
 modelled peaks are one formula. Each crossing with such a set used to be printed once per member: on an accounting
 run of every impl over 1k..64k, "cosformer vs sdpa", "vs sdpa-efficient", "vs sdpa-flash", "vs sdpa-math", "vs
 softmax", five lines with one answer. Here the set is one name, "sdpa = sdpa-efficient = ... = softmax", and each
-crossing with it one line. The crossover DataFrame (`attnprof fit --format json`, `analyse`) keeps every pair.
+crossing with it one line; the fits table gives their one fit one row. The DataFrames (`attnprof fit --format json`,
+`analyse`) keep every impl and every pair.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ def equal_curve_names(fits: pd.DataFrame, config_cols, impl_col: str = "label") 
             for impl in same:
                 names[(*config, impl)] = tuple(sorted(same))
     return names
+
+
+def merged_fits(fits: pd.DataFrame, config_cols, impl_col: str = "label") -> pd.DataFrame:
+    """`fits` with one row per set of equal curves, its impl named "a = b = c"; failed fits stay as they are."""
+    names = equal_curve_names(fits, config_cols, impl_col)
+    keep, renamed = [], []
+    for _, row in fits.iterrows():
+        same = names.get((*(row[c] for c in config_cols), row["metric"], str(row[impl_col])))
+        if same is None or same[0] == str(row[impl_col]):
+            keep.append(True)
+            renamed.append(EQUALS.join(same) if same else row[impl_col])
+        else:
+            keep.append(False)
+    out = fits[keep].copy()
+    out[impl_col] = renamed
+    return out
 
 
 def merged_crossovers(crossovers: pd.DataFrame, fits: pd.DataFrame, config_cols, impl_col: str = "label") -> pd.DataFrame:

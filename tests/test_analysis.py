@@ -148,5 +148,7 @@ def test_impls_with_identical_curves_are_listed_once_in_the_crossovers(tmp_path)
     listing = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "flops"]).output
     assert "(3 of 6 pairs cross; impls with identical curves are named once, as a = b: 1 line)" in listing
     assert listing.count(" vs ") == 1 and "flops cosformer vs sdpa-flash = sdpa-math = softmax (bidir fwd): extrapolated" in listing
+    table_rows = [line for line in listing.splitlines() if line.startswith("│ ")]
+    assert len(table_rows) == 2 and "│ sdpa-flash = sdpa-math = softmax bidir fwd" in table_rows[1]  # their one fit: one row
     every = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "flops", "--format", "json"]).output)
     assert len(every["crossovers"]) == 6  # JSON keeps every pair

@@ -100,12 +100,16 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
         }
         click.echo(json.dumps(_json_safe(payload), default=_json_default, indent=1, allow_nan=False))
         return
+    from attnprof.analysis import CONFIG
+    from attnprof.crossover_groups import merged_fits
+
     markdown = output_format == "markdown"
     click.echo("Scaling fits (log-log least squares over the asymptotic range, 95% interval):")
+    shown = fits_display(merged_fits(result.fits, CONFIG[1:]))  # impls with identical curves: one row, "a = b"
     if markdown:
-        click.echo("\n" + frame_markdown(fits_display(result.fits)))  # blank lines around: a table ends at one
+        click.echo("\n" + frame_markdown(shown))  # blank lines around: a table ends at one
     else:
-        _print_fits_table(fits_display(result.fits))
+        _print_fits_table(shown)
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
     _print_crossovers(result, all_crossovers, item)
     if len(result.frontiers):

@@ -25,6 +25,7 @@ from attnprof.store import Store
 from attnprof.worker import Settings
 
 WORKER_START_TIMEOUT_S = 300.0  # importing torch and initialising CUDA on a cold machine
+START_ATTEMPTS = 2  # a device whose worker failed to start this often gets no further attempt in this sweep
 
 
 class SweepInterrupted(Exception):
@@ -65,6 +66,7 @@ class WorkerHandle:
         self.device = device
         self.process = None
         self.connection = None
+        self.start_failures: list[str] = []  # why each start since the last good one failed
 
     def ensure_started(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -91,12 +93,19 @@ class WorkerHandle:
             raise RuntimeError(f"the worker for {self.device} exited during start-up (exit code {code}); {why}") from None
 
     def run(self, case: Case, settings: Settings, timeout_s: float) -> Measurement:
+        if len(self.start_failures) >= START_ATTEMPTS:
+            # A worker that hangs while starting (CUDA init on a GPU in a bad state) cost the start-up limit for every
+            # case left: hours for a sweep. The rows stay, each saying why; a resume tries again.
+            reason = f"not run: the worker for {self.device} failed to start {len(self.start_failures)} times in this sweep"
+            return Measurement(case=case, status=Status.CRASHED, reason=f"{reason} ({self.start_failures[-1]}); resume the run once fixed")
         try:
             self.ensure_started()
             self.connection.send(("case", case.to_dict(), asdict(settings)))
         except (RuntimeError, OSError, EOFError) as error:
             self.kill()
+            self.start_failures.append(str(error))
             return Measurement(case=case, status=Status.CRASHED, reason=f"could not start a worker: {error}")
+        self.start_failures.clear()
         return self._wait(case, timeout_s)
 
     def _wait(self, case: Case, timeout_s: float) -> Measurement:

@@ -159,3 +159,35 @@ def test_an_unguarded_script_gets_rows_that_say_how_to_fix_it(tmp_path):
     assert len(runs) == 1
     assert [m.status for m in rows] == [Status.CRASHED]
     assert 'if __name__ == "__main__":' in rows[0].reason
+
+
+def test_a_worker_that_hangs_while_starting_is_tried_twice_not_for_every_case(tmp_path):
+    """CUDA init on a GPU in a bad state can hang a worker's start: each case then waited the whole start-up limit
+    (300 s) for a new worker, hours for a sweep. After two failed starts the device's remaining cases get their rows
+    at once, saying why; a resume tries again."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "hangs.py"
+    script.write_text(
+        "import multiprocessing, time\n"
+        "import attnprof, attnprof.runner\n"
+        "if multiprocessing.current_process().name.startswith(attnprof.runner.WORKER_NAME_PREFIX):\n"
+        "    time.sleep(600)  # the worker imports this script first: its start hangs here\n"
+        "if __name__ == '__main__':\n"
+        "    attnprof.runner.WORKER_START_TIMEOUT_S = 3.0\n"
+        "    sweep = attnprof.Sweep(impls=attnprof.parse_impls('softmax'), lengths=(64, 128, 256, 512), causal=(False,))\n"
+        "    attnprof.run_sweep(sweep, db='x.db')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=240, check=True)
+    store = Store.open(tmp_path / "x.db", create=False)
+    try:
+        rows = store.measurements(store.runs()[0].run_id)
+    finally:
+        store.close()
+    assert [m.status for m in rows] == [Status.CRASHED] * 4
+    tried = "could not start a worker: worker for cpu did not start within 3 s"
+    assert [m.reason.startswith(tried) for m in rows] == [True, True, False, False]
+    assert all(m.reason.startswith("not run: the worker for cpu failed to start 2 times in this sweep (worker for cpu") for m in rows[2:])

@@ -135,27 +135,33 @@ def test_a_fused_kernel_is_guarded_by_its_memory_model():
     assert _predicted_call_peak(sdpa, case, make_inputs(case, device="meta").q) == expected >= 4 * (1 << 20) * 16 * 64
 
 
-def test_an_unguarded_script_gets_rows_that_say_how_to_fix_it(tmp_path):
-    """Workers are spawned and import the calling script first; without a `__main__` guard its run_sweep
-    would run again in every worker. Each row then says why the worker could not start, and no worker
-    writes a run of its own."""
+def _rows_of_script(tmp_path, text: str) -> tuple[list, list]:
+    """Run `text` as a script in tmp_path (it sweeps into x.db) and return (runs, the first run's rows)."""
     import os
     import subprocess
     import sys
 
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        "import attnprof\n"
-        "run_id = attnprof.run_sweep(attnprof.Sweep(impls=attnprof.parse_impls('softmax'), lengths=(64,), causal=(False,)), db='x.db')\n"
-    )
+    script = tmp_path / "script.py"
+    script.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=240, check=True)
     store = Store.open(tmp_path / "x.db", create=False)
     try:
         runs = store.runs()
-        rows = store.measurements(runs[0].run_id)
+        return runs, store.measurements(runs[0].run_id)
     finally:
         store.close()
+
+
+def test_an_unguarded_script_gets_rows_that_say_how_to_fix_it(tmp_path):
+    """Workers are spawned and import the calling script first; without a `__main__` guard its run_sweep
+    would run again in every worker. Each row then says why the worker could not start, and no worker
+    writes a run of its own."""
+    runs, rows = _rows_of_script(
+        tmp_path,
+        "import attnprof\n"
+        "run_id = attnprof.run_sweep(attnprof.Sweep(impls=attnprof.parse_impls('softmax'), lengths=(64,), causal=(False,)), db='x.db')\n",
+    )
     assert len(runs) == 1
     assert [m.status for m in rows] == [Status.CRASHED]
     assert 'if __name__ == "__main__":' in rows[0].reason
@@ -165,12 +171,8 @@ def test_a_worker_that_hangs_while_starting_is_tried_twice_not_for_every_case(tm
     """CUDA init on a GPU in a bad state can hang a worker's start: each case then waited the whole start-up limit
     (300 s) for a new worker, hours for a sweep. After two failed starts the device's remaining cases get their rows
     at once, saying why; a resume tries again."""
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "hangs.py"
-    script.write_text(
+    _, rows = _rows_of_script(
+        tmp_path,
         "import multiprocessing, time\n"
         "import attnprof, attnprof.runner\n"
         "if multiprocessing.current_process().name.startswith(attnprof.runner.WORKER_NAME_PREFIX):\n"
@@ -178,15 +180,8 @@ def test_a_worker_that_hangs_while_starting_is_tried_twice_not_for_every_case(tm
         "if __name__ == '__main__':\n"
         "    attnprof.runner.WORKER_START_TIMEOUT_S = 3.0\n"
         "    sweep = attnprof.Sweep(impls=attnprof.parse_impls('softmax'), lengths=(64, 128, 256, 512), causal=(False,))\n"
-        "    attnprof.run_sweep(sweep, db='x.db')\n"
+        "    attnprof.run_sweep(sweep, db='x.db')\n",
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=240, check=True)
-    store = Store.open(tmp_path / "x.db", create=False)
-    try:
-        rows = store.measurements(store.runs()[0].run_id)
-    finally:
-        store.close()
     assert [m.status for m in rows] == [Status.CRASHED] * 4
     tried = "could not start a worker: worker for cpu did not start within 3 s"
     assert [m.reason.startswith(tried) for m in rows] == [True, True, False, False]

@@ -39,6 +39,9 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     exact = make_inputs(small, device="cpu", dtype="float64")  # (1, 2, n, D) each
     tested = [t.detach().to(case.device, _dtype(case.dtype)).requires_grad_(t.requires_grad) for t in (exact.q, exact.k, exact.v)]
     out = impl.bind(small)(*tested)  # (1, 2, n, D)
+    wrong = wrong_form(out, tested[0], tested[2])
+    if wrong:  # a (H, N, D) output broadcast against the reference and passed; a float64 one for float32 inputs too
+        return CheckResult(check_error=float("nan"), fidelity_error=float("nan"), failure=f"failed its check at N={small.seq_len}: {wrong}")
     ref = impl.bind_reference(small)(exact.q, exact.k, exact.v)  # (1, 2, n, D)
     error = relative_error(out, ref)
     with torch.no_grad():
@@ -52,6 +55,24 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     elif case.mode == "fwd_bwd":
         failure = _check_gradients(out, ref, tested, exact, tolerance * GRADIENT_SLACK, small)
     return CheckResult(check_error=error, fidelity_error=fidelity, failure=failure)
+
+
+def wrong_form(out, q, v) -> str | None:
+    """Why `out` is not what an impl must return for (q, k, v): a tensor shaped [batch, heads, seq_len, v's head dim],
+    in q's dtype, on q's device; None when it is."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        return f"it returned a {type(out).__name__}, not a tensor"
+    expected = (*q.shape[:-1], v.shape[-1])
+    if tuple(out.shape) != expected:
+        return f"it returned shape {tuple(out.shape)} for inputs {tuple(q.shape)}; an impl returns [batch, heads, seq_len, head_dim]"
+    if out.dtype != q.dtype:
+        returned, given = (str(t.dtype).removeprefix("torch.") for t in (out, q))
+        return f"it returned {returned} for {given} inputs; an impl returns its inputs' dtype"
+    if out.device != q.device:
+        return f"it returned a tensor on {out.device} for inputs on {q.device}"
+    return None
 
 
 def _fidelity(impl: AttentionImpl, small: Case, tested, exact_out, out) -> float:

@@ -1,7 +1,7 @@
 """Test-only impls, loaded through ATTNPROF_PLUGINS (tests/conftest.py), so workers see them too.
 
 `fault` computes exact softmax attention unless its `kind` option asks it to misbehave:
-raise, sleep past any timeout, kill its own process, raise torch's OOM error, return wrong numbers,
+raise, sleep past any timeout, kill its own process, raise torch's OOM error, return wrong numbers (or a wrong shape or dtype),
 or poison itself like a CUDA error does. With the default kind it is harmless in `--impl all`.
 """
 
@@ -32,6 +32,10 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (planted)")
     if kind == "wrong":
         return softmax_attention(q, k, v, causal=causal) * 1.5
+    if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
+        return softmax_attention(q, k, v, causal=causal)[0]
+    if kind == "float64":
+        return softmax_attention(q.double(), k.double(), v.double(), causal=causal)
     if kind == "cuda_error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (planted)")
     raise ValueError(f"unknown fault kind {kind!r}")
@@ -42,7 +46,8 @@ register(
         name="fault",
         family="test",
         fn=fault_attention,
-        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|cuda_error) from at_length on",
+        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|squeezed|float64|cuda_error)"
+        " from at_length on",
         options={"kind": "ok", "at_length": 0},
     )
 )

@@ -87,6 +87,17 @@ def test_an_impl_failing_its_reference_check_is_never_timed(db):
     assert m.times_ms == [] and m.check_error == pytest.approx(0.5, rel=1e-3)
 
 
+def test_an_impl_returning_the_wrong_shape_or_dtype_is_never_timed(db):
+    """A (H, N, D) output broadcast against the (1, H, N, D) reference and passed the check (error 3.7e-7 in an
+    audit), and a float64 output for float32 inputs passed too: both were timed as ok."""
+    rows = measure(db, "fault:kind=squeezed,fault:kind=float64", lengths=(64,))
+    squeezed, wider = rows[("fault[kind=squeezed]", 64)], rows[("fault[kind=float64]", 64)]
+    assert squeezed.status == wider.status == Status.ERROR and squeezed.times_ms == wider.times_ms == []
+    shape = "it returned shape (2, 64, 16) for inputs (1, 2, 64, 16); an impl returns [batch, heads, seq_len, head_dim]"
+    assert squeezed.reason == f"failed its check at N=64: {shape}"
+    assert wider.reason == "failed its check at N=64: it returned float64 for float32 inputs; an impl returns its inputs' dtype"
+
+
 def test_poisoned_worker_is_restarted(db):
     rows = measure(db, "fault:kind=cuda_error,at_length=128,softmax", lengths=(64, 128))
     assert rows[("fault[at_length=128,kind=cuda_error]", 128)].status == Status.ERROR

@@ -31,6 +31,7 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     """Fill the device-dependent defaults, expand `all`, and validate impls, options and devices."""
     import torch
 
+    sweep = _spelled_as_the_cli(sweep)
     if sweep.accounting and any(device.split(":")[0] not in ("cuda", "meta") for device in sweep.device or ()):
         # meta stands for a GPU: the counts are of the plan a GPU runs (cosFormer's steps, bf16 products differ on the CPU)
         shown = ",".join(sweep.device)
@@ -46,9 +47,50 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
         dtype=sweep.dtype or (("float32",) if cpu_only else ("bfloat16",)),
         impls=_expand_impls(sweep.impls),
     )
+    _check_reachable(resolved)
     _check_values(resolved)
     _check_input_size(resolved)
     return resolved
+
+
+GRID_KEYS = ("impl", "lengths", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
+NUMBER_KEYS = ("lengths", "batch", "heads", "head_dim")
+
+
+def _spelled_as_the_cli(sweep: Sweep) -> Sweep:
+    """A Sweep built in Python may use the CLI's spellings (device="cpu", causal="yes", mode=("fwd-bwd",),
+    lengths="1k..8k", impls="softmax,sdpa"): each grid field is parsed as the CLI parses it. A string where a
+    tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and "fwd-bwd" or
+    "fp32" made rows saying the impl did not support them, or a KeyError."""
+    from attnprof.scenario import SWEEP_KEYS
+
+    changes = {}
+    for key in GRID_KEYS:
+        field, parse = SWEEP_KEYS[key]
+        value = getattr(sweep, field)
+        if isinstance(value, (tuple, list)) and not value:
+            continue  # empty: the device's default
+        if key == "impl" and isinstance(value, (tuple, list)) and all(isinstance(item, ImplSpec) for item in value):
+            continue
+        if key in NUMBER_KEYS and isinstance(value, tuple) and all(type(item) is int for item in value):
+            continue  # _check_values checks their range
+        if key == "impl" and not isinstance(value, (str, tuple, list)):
+            raise UsageError(f"bad impls {value!r}: give a string as --impl takes it ('softmax,sdpa') or parse_impls(...)")
+        changes[field] = parse(list(value) if isinstance(value, (tuple, list)) else value)
+    return replace(sweep, **changes) if changes else sweep
+
+
+def _check_reachable(sweep: Sweep) -> None:
+    """An impl registered in an interactive session (a notebook, `python -c`) was accepted, and every one of its
+    rows then read "unknown impl": the workers are spawned processes, and do not run the session."""
+    from attnprof import impls
+
+    unseen = impls.unreachable(spec.name for spec in sweep.impls)
+    if unseen:
+        raise UsageError(
+            f"impl {unseen[0]!r} is registered in this interactive session, which the sweep's worker processes do not run: "
+            "register it in a module (mykernels.py) and import that here (workers import it too), or run a script file"
+        )
 
 
 def _check_values(sweep: Sweep) -> None:
@@ -149,6 +191,8 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
         # the parent then records the worker's failed start with the same hint
         raise RuntimeError(SPAWN_HINT)
+    if resume is None:
+        sweep = resolve_sweep(sweep)  # before the database: a sweep refused leaves no empty file behind
     store = Store.open(db or default_db(), create=resume is None)  # resuming needs the run's database: never create an empty one
     try:
         if resume is not None and store.read_only:
@@ -156,7 +200,6 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         if resume is not None:
             run, sweep = _resumable(store, resume)
         else:
-            sweep = resolve_sweep(sweep)
             run = _new_run(sweep, command)
             try:
                 store.add_run(run)

@@ -71,19 +71,24 @@ class WorkerHandle:
     def ensure_started(self) -> None:
         if self.process is not None and self.process.is_alive():
             return
+        from attnprof import impls
         from attnprof.worker import worker_main
 
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
         self.connection, child = context.Pipe()
         name = f"{WORKER_NAME_PREFIX}{self.device}"
-        self.process = context.Process(target=worker_main, args=(child, self.device), daemon=True, name=name)
+        args = (child, self.device, impls.worker_modules())  # the modules of impls a notebook imported: workers import them too
+        self.process = context.Process(target=worker_main, args=args, daemon=True, name=name)
         self.process.start()
         child.close()
         if not self.connection.poll(WORKER_START_TIMEOUT_S):
             self.kill()
             raise RuntimeError(f"worker for {self.device} did not start within {WORKER_START_TIMEOUT_S:.0f} s")
         try:
-            self.connection.recv()  # ("ready",)
+            said = self.connection.recv()  # ("ready",), or ("failed", why)
+            if said[0] == "failed":
+                self.kill()
+                raise RuntimeError(f"the worker for {self.device} could not load the impls: {said[1]}")
         except EOFError:  # it died before saying so
             self.process.join(timeout=10)
             code = self.process.exitcode

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from attnprof import cpu_heap, impls
 from attnprof.checks import CheckResult, check_key, run_check
+from attnprof.errors import UsageError
 from attnprof.failures import classify
 from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.inputs import make_call, make_inputs
@@ -232,13 +233,19 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="attnprof-parent-watch", daemon=True).start()
 
 
-def worker_main(connection, device: str) -> None:
-    """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out."""
+def worker_main(connection, device: str, modules=()) -> None:
+    """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out. `modules`:
+    plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
     _exit_with_parent()
     import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
 
-    impls.names()
+    try:
+        impls.import_modules(modules)
+        impls.names()
+    except UsageError as error:  # a plugin that cannot be imported here: said by the parent, not lost with our exit
+        connection.send(("failed", str(error)))
+        return
     cpu_heap.strict()  # host RSS follows live tensors; timing passes switch to a retained heap
     measurer = CaseMeasurer()
     measurer.warm_up(device)

@@ -1,5 +1,7 @@
 """A Sweep built in Python is checked by the CLI's own parsers: one UsageError naming the bad value."""
 
+import re
+
 import pytest
 
 from attnprof.api import plan
@@ -47,3 +49,96 @@ def test_what_the_readme_calls_from_python_is_there_after_a_plain_import():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_a_python_sweep_may_use_the_clis_spellings():
+    """A string where a tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and the
+    CLI's "fwd-bwd" and "fp32" gave rows saying softmax did not support them, or a KeyError."""
+    cases = plan(Sweep(impls="softmax", device="cpu", causal="yes", mode=("fwd-bwd",), lengths="256..512", dtype="fp32"))
+    assert {(c.device, c.causal, c.mode, c.dtype, c.seq_len) for c, _ in cases} == {
+        ("cpu", True, "fwd_bwd", "float32", 256),
+        ("cpu", True, "fwd_bwd", "float32", 512),
+    }
+    for changes, fragment in (
+        (dict(device="gpu"), "unknown device 'gpu'"),
+        (dict(impls=3), "bad impls 3"),
+        (dict(causal="maybe"), "bad causal"),
+    ):
+        with pytest.raises(UsageError, match=fragment):
+            plan(Sweep(**{"lengths": (64,), **changes}))
+
+
+def test_registering_refuses_what_the_cli_cannot_use_and_replaces_a_modules_own_impl():
+    from dataclasses import replace
+
+    from attnprof import impls
+    from attnprof.impls.base import AttentionImpl
+    from attnprof.impls.softmax import softmax_attention
+
+    def mine(q, k, v, *, causal=False):
+        return softmax_attention(q, k, v, causal=causal)
+
+    base = AttentionImpl(name="audit-mine", family="test", fn=mine)
+    for changes, fragment in (
+        (dict(name="my:impl"), "impl name 'my:impl': use letters"),
+        (dict(name="a,b"), "impl name 'a,b'"),
+        (dict(name="all"), "impl name 'all'"),
+        (dict(causal=True), "causal=True; give a tuple of False, True"),  # `attnprof list` then died on it
+        (dict(modes=("fwd-bwd",)), "modes=('fwd-bwd',); give a tuple of 'fwd', 'fwd_bwd'"),  # every case unsupported
+        (dict(devices=("gpu",)), "devices=('gpu',)"),
+        (dict(options={"chunk size": 4}), "option name 'chunk size'"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            impls.register(replace(base, **changes))
+    with pytest.raises(UsageError, match="impl name 'softmax' is a built-in's"):  # it said "registered twice"
+        impls.register(replace(base, name="softmax"))
+    try:
+        impls.register(base)
+
+        def edited(q, k, v, *, causal=False):  # a notebook cell run again: a new function, the same module
+            return softmax_attention(q, k, v, causal=causal)
+
+        impls.register(replace(base, fn=edited))
+        assert impls.get("audit-mine").fn is edited
+    finally:
+        impls._REGISTRY.pop("audit-mine", None)
+
+
+def _python(tmp_path, *args, stdin: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, input=stdin, capture_output=True, text=True, timeout=300)
+
+
+MODULE = """
+from attnprof.impls import register
+from attnprof.impls.base import AttentionImpl
+from attnprof.impls.softmax import softmax_attention
+
+def mine(q, k, v, *, causal=False):
+    return softmax_attention(q, k, v, causal=causal)
+
+register(AttentionImpl(name="mine", family="test", fn=mine))
+"""
+SWEEP = (
+    "import attnprof\n"
+    "run = attnprof.run_sweep(attnprof.Sweep(impls='mine', lengths=(64,), causal='no', device='cpu', rep_ms=5), db='x.db')\n"
+)
+
+
+def test_an_impl_from_a_module_a_session_imported_reaches_the_workers(tmp_path):
+    """A notebook's `import mykernels` registered its impls in the notebook only: each row read 'unknown impl'. The
+    workers now import the modules of the impls registered in the sweep's process."""
+    (tmp_path / "mykernels.py").write_text(MODULE)
+    done = _python(tmp_path, "-c", "import mykernels\n" + SWEEP + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())")
+    assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stderr[-2000:]
+
+
+def test_an_impl_registered_in_an_interactive_session_is_refused_before_measuring(tmp_path):
+    """Registered in `python -c` (or a notebook), an impl was accepted and every row then read 'unknown impl'."""
+    done = _python(tmp_path, "-c", MODULE + SWEEP)
+    assert done.returncode == 1 and "UsageError: impl 'mine' is registered in this interactive session" in done.stderr
+    assert "register it in a module (mykernels.py) and import that here" in done.stderr and not (tmp_path / "x.db").exists()

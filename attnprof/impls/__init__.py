@@ -3,13 +3,17 @@
 Each built-in module calls `register(...)` once beside its implementation. Users (and the tests)
 add their own impls by naming modules in the environment variable ATTNPROF_PLUGINS
 (comma separated, importable); worker processes import the same modules, so a plugin impl is
-measured exactly like a built-in one.
+measured exactly like a built-in one. An impl registered by a module the sweep's process imported some
+other way (a notebook's `import mykernels`) reaches the workers too: they import the modules
+`worker_modules()` names. One registered in an interactive session itself cannot: `unreachable` says so.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
+import sys
 
 from attnprof.errors import UsageError
 from attnprof.impls.base import AttentionImpl
@@ -19,11 +23,73 @@ BUILTIN_MODULES = ("softmax", "sdpa", "cosformer", "nystromformer", "combiner")
 _imported: set[str] = set()
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # what --impl can spell: no ':', ',', '=', brackets or spaces
+MAIN_MODULES = ("__main__", "__mp_main__")  # a script, as run and as a spawned worker imports it
+
+
 def register(impl: AttentionImpl) -> AttentionImpl:
-    if impl.name in _REGISTRY and _REGISTRY[impl.name].fn is not impl.fn:
-        raise ValueError(f"impl {impl.name!r} is registered twice")
+    """Add `impl` to the registry. The same module registering a name again replaces its impl (a notebook cell run
+    again, a reloaded module); another module taking a registered name, or any taking a built-in's, is refused."""
+    _validate(impl)
+    existing = _REGISTRY.get(impl.name)
+    if existing is not None and existing.fn is not impl.fn and module_of(existing) != module_of(impl):
+        if module_of(existing).startswith("attnprof."):
+            raise UsageError(f"impl name {impl.name!r} is a built-in's ({module_of(existing)}): register yours under another name")
+        raise UsageError(f"impl {impl.name!r} is registered twice: by {module_of(existing)} and by {module_of(impl)}")
     _REGISTRY[impl.name] = impl
     return impl
+
+
+def _validate(impl: AttentionImpl) -> None:
+    """What --impl and the sweep grid can use: a name they can spell, support declared as the grid's own values."""
+    from attnprof.impls.base import ALL_DEVICES
+    from attnprof.spec import DTYPES, MODES
+
+    if not isinstance(impl.name, str) or not NAME.fullmatch(impl.name) or impl.name == "all":
+        raise UsageError(f"impl name {impl.name!r}: use letters, digits and _ . + - (not 'all'), as --impl spells it")
+    for field, allowed in (("devices", ALL_DEVICES), ("dtypes", DTYPES), ("modes", MODES), ("causal", (False, True))):
+        declared = getattr(impl, field)
+        if not isinstance(declared, (tuple, list)) or not declared or any(value not in allowed for value in declared):
+            raise UsageError(f"impl {impl.name!r}: {field}={declared!r}; give a tuple of {', '.join(map(repr, allowed))}")
+    bad = [key for key in impl.options if not isinstance(key, str) or not key.isidentifier()]
+    if bad:
+        raise UsageError(f"impl {impl.name!r}: option name {bad[0]!r} is not an identifier (--impl {impl.name}:key=value)")
+
+
+def module_of(impl: AttentionImpl) -> str:
+    """The module that defines the impl's function (a functools.partial's function's)."""
+    fn = getattr(impl.fn, "func", impl.fn)
+    return getattr(fn, "__module__", None) or "?"
+
+
+def worker_modules() -> tuple[str, ...]:
+    """Modules a worker imports to know every impl registered here: those of registered impls that are neither
+    built-in, nor a script's (spawn imports the script itself), nor importable by name only in this process."""
+    modules = []
+    for impl in list(_REGISTRY.values()):
+        module = module_of(impl)
+        if module.startswith("attnprof.") or module in MAIN_MODULES or module in modules:
+            continue
+        spec = getattr(sys.modules.get(module), "__spec__", None)
+        if spec is not None and spec.origin not in (None, "built-in"):
+            modules.append(module)
+    return tuple(modules)
+
+
+def import_modules(modules) -> None:
+    """Import plugin modules (a worker: those `worker_modules` named in its sweep's process)."""
+    for module in modules:
+        if module not in _imported and module not in sys.modules:
+            _import_plugin(module, "the sweep's process")
+            _imported.add(module)
+
+
+def unreachable(names) -> list[str]:
+    """Impls among `names` that workers cannot import: registered in an interactive session's __main__ (a notebook,
+    `python -c`, `python - < file`), which a spawned worker does not run."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    interactive = not main_file or not os.path.isfile(main_file)
+    return [name for name in names if interactive and module_of(get(name)) == "__main__"]
 
 
 def _load() -> None:
@@ -35,13 +101,17 @@ def _load() -> None:
     for module in filter(None, (m.strip() for m in os.environ.get("ATTNPROF_PLUGINS", "").split(","))):
         if module in _imported:
             continue
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise UsageError(f"cannot import plugin module {module!r} from ATTNPROF_PLUGINS: {error}") from None
-        except Exception as error:  # the plugin's own code failed: its fault, one line, not our traceback
-            raise UsageError(f"plugin module {module!r} from ATTNPROF_PLUGINS failed on import: {type(error).__name__}: {error}") from None
+        _import_plugin(module, "ATTNPROF_PLUGINS")
         _imported.add(module)
+
+
+def _import_plugin(module: str, named_by: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise UsageError(f"cannot import plugin module {module!r} from {named_by}: {error}") from None
+    except Exception as error:  # the plugin's own code failed: its fault, one line, not our traceback
+        raise UsageError(f"plugin module {module!r} from {named_by} failed on import: {type(error).__name__}: {error}") from None
 
 
 def _import_builtin(module: str) -> None:

@@ -18,11 +18,14 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
+FUSED_ON_A_GPU = ("scaled_dot_product_attention",)  # torch functions meta runs unfused, a GPU as a fused kernel
+
 
 @dataclass(frozen=True)
 class AccountingReading:
     flops: int
     peak_bytes: int
+    fused_calls: tuple[str, ...] = ()  # FUSED_ON_A_GPU functions the call made: its meta peak is not a GPU's
 
 
 def _live_bytes_mode_class():
@@ -136,10 +139,29 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.bmm: any_bmm_flop})
 
 
+def _fused_sdpa_enabled() -> bool:
+    import torch
+
+    cuda = torch.backends.cuda
+    return cuda.flash_sdp_enabled() or cuda.mem_efficient_sdp_enabled() or cuda.cudnn_sdp_enabled()
+
+
 def account_call(run) -> AccountingReading:
-    """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd)."""
-    tracker = live_bytes_mode()
-    counter = flop_counter()
-    with counter, tracker:
+    """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd), and which functions
+    it called that a GPU runs fused (a custom impl calling SDPA was accounted its N x N math path without a word)."""
+    from torch.overrides import TorchFunctionMode
+
+    class FusedCalls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in FUSED_ON_A_GPU and _fused_sdpa_enabled():  # not under sdpa_kernel(MATH)
+                self.names.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    tracker, counter, fused = live_bytes_mode(), flop_counter(), FusedCalls()
+    with counter, tracker, fused:
         run()
-    return AccountingReading(flops=int(counter.get_total_flops()), peak_bytes=int(tracker.peak_bytes))
+    return AccountingReading(int(counter.get_total_flops()), int(tracker.peak_bytes), tuple(sorted(fused.names)))

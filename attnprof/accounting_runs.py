@@ -44,7 +44,11 @@ def account_case(impl: AttentionImpl, case: Case) -> Measurement:
         )  # fmt: skip
     reading = account_on_meta(impl, case)
     flops, source = (int(impl.flops(case, options)), "formula") if impl.flops else (reading.flops, "counted")
+    note = ""
+    if reading.fused_calls:  # meta ran it unfused: the peak is the N x N math path's, not the fused kernel's
+        note = (f"it calls {', '.join(reading.fused_calls)}, which meta runs unfused (N x N) and a GPU fused: this peak is "
+                "not a GPU's; declare meta_exact=False and a memory_model")  # fmt: skip
     return Measurement(
-        case=case, status=Status.OK, peak_bytes=reading.peak_bytes, peak_source="accounting",
+        case=case, status=Status.OK, reason=note, peak_bytes=reading.peak_bytes, peak_source="accounting",
         peak_live_bytes=reading.peak_bytes, flops=flops, flops_source=source, **work,
     )  # fmt: skip

@@ -72,9 +72,7 @@ class CaseMeasurer:
         if reasons:
             return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons))
         if settings.accounting:
-            from attnprof.accounting_runs import account_case
-
-            return account_case(impl, case)
+            return self._accounted(impl, case)
         check = self._check(impl, case)
         if check.failure:
             return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
@@ -83,6 +81,21 @@ class CaseMeasurer:
             return Measurement(case=case, status=Status.OOM, reason=refusal)
         measurement = _measure_passes(impl, case, settings)
         measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
+        return measurement
+
+    def _accounted(self, impl: AttentionImpl, case: Case) -> Measurement:
+        """An accounting row, after the impl's check against the reference on the CPU where it runs there: an impl
+        without its 1/sqrt(d) scale was accounted ok, and a gate on its exponents passed. A CUDA-only impl (a
+        Triton backend, a pinned SDPA backend) is checked by a GPU session's tests instead."""
+        from attnprof.accounting_runs import account_case
+
+        on_cpu = case.resized(device="cpu")
+        check = None if impl.not_supported(on_cpu) else self._check(impl, on_cpu)
+        if check is not None and check.failure:
+            return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
+        measurement = account_case(impl, case)
+        if check is not None and measurement.status == Status.OK:
+            measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
         return measurement
 
     def _check(self, impl: AttentionImpl, case: Case) -> CheckResult:

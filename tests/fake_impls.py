@@ -34,6 +34,8 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
         return softmax_attention(q, k, v, causal=causal) * 1.5
     if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
         return softmax_attention(q, k, v, causal=causal)[0]
+    if kind == "sdpa":  # a fused kernel on a GPU, the N x N math path on meta
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if kind == "float64":
         return softmax_attention(q.double(), k.double(), v.double(), causal=causal)
     if kind == "cuda_error":
@@ -46,7 +48,7 @@ register(
         name="fault",
         family="test",
         fn=fault_attention,
-        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|squeezed|float64|cuda_error)"
+        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|squeezed|float64|sdpa|cuda_error)"
         " from at_length on",
         options={"kind": "ok", "at_length": 0},
     )

@@ -98,6 +98,24 @@ def test_an_impl_returning_the_wrong_shape_or_dtype_is_never_timed(db):
     assert wider.reason == "failed its check at N=64: it returned float64 for float32 inputs; an impl returns its inputs' dtype"
 
 
+def test_an_accounting_run_checks_the_impl_against_its_reference_first(db):
+    """An impl without its 1/sqrt(d) scale was accounted ok, and a gate on its exponents passed. Now its accounting
+    rows are errors naming the failed check, and a correct impl's rows carry its check error."""
+    rows = measure(db, "fault:kind=wrong,fault,fault:kind=sdpa", lengths=(64, 1024), device=(), accounting=True)
+    wrong, right, fused = rows[("fault[kind=wrong]", 1024)], rows[("fault", 1024)], rows[("fault[kind=sdpa]", 1024)]
+    assert wrong.status == Status.ERROR and wrong.reason.startswith("failed its check against the reference at N=64")
+    assert wrong.peak_bytes is None and wrong.flops is None
+    assert right.status == Status.OK and right.case.device == "meta" and right.check_error < 1e-6 and right.flops > 0
+    # an impl calling SDPA (fused on a GPU) was accounted its unfused N x N path on meta without a word
+    assert (
+        fused.status == Status.OK
+        and right.reason == ""
+        and fused.reason.startswith(
+            "it calls scaled_dot_product_attention, which meta runs unfused (N x N) and a GPU fused: this peak is not a GPU's"
+        )
+    )
+
+
 def test_poisoned_worker_is_restarted(db):
     rows = measure(db, "fault:kind=cuda_error,at_length=128,softmax", lengths=(64, 128))
     assert rows[("fault[at_length=128,kind=cuda_error]", 128)].status == Status.ERROR

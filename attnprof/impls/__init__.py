@@ -77,7 +77,8 @@ def worker_modules() -> tuple[str, ...]:
 
 
 def import_modules(modules) -> None:
-    """Import plugin modules (a worker: those `worker_modules` named in its sweep's process)."""
+    """Import plugin modules (a worker: those `worker_modules` named in its sweep's process), after the built-ins."""
+    _load()  # first: `_imported` empty is what says the built-ins are still to import
     for module in modules:
         if module not in _imported and module not in sys.modules:
             _import_plugin(module, "the sweep's process")

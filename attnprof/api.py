@@ -267,16 +267,21 @@ def _resumable(store, resume: str):
 
 
 def load_measurements(run: str = "latest", db: str | Path | None = None):
-    """Every measurement of a run as a pandas DataFrame, one row per case (the export columns)."""
-    from attnprof.export import measurements_frame
+    """Every measurement of a run as a pandas DataFrame, one row per case (the export columns; units in their names).
+
+    Numbers are floats with NaN where a value is missing (a source this machine lacks, a case that failed), and
+    `noisy` is pandas' nullable boolean: a column's dtype no longer depends on the data (with no ok row, median_ms
+    was object holding None; the GPU memory columns always were on the CPU)."""
+    from attnprof.export import measurements_frame, numeric_frame
     from attnprof.store import Store
 
     store = Store.open(db or default_db(), create=False)
     try:
         info = store.resolve_run(run)
-        return measurements_frame(info.run_id, store.measurements(info.run_id))
+        frame = numeric_frame(measurements_frame(info.run_id, store.measurements(info.run_id)))
     finally:
         store.close()
+    return frame.astype({"noisy": "boolean"})
 
 
 def run_budget(run: str, db: str | Path | None = None) -> int | None:

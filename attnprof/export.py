@@ -38,9 +38,26 @@ def measurement_record(run_id: str, m: Measurement) -> dict:
 
 
 def measurements_frame(run_id: str, measurements: list[Measurement]):
+    """The export records as a DataFrame, values as stored (a missing number is None): what export writes."""
     import pandas as pd
 
     return pd.DataFrame([measurement_record(run_id, m) for m in measurements], columns=list(EXPORT_KEYS))
+
+
+NUMERIC = (
+    "peak_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes",
+    "flops", "min_bytes", "energy_j", "check_error", "fidelity_error", "wall_s",
+)  # fmt: skip
+DERIVED = ("median_ms", "p20_ms", "p80_ms", "iqr_ms", "tflops", "gbps")
+
+
+def numeric_frame(frame):
+    """The number columns as floats, a missing value as NaN (`export.measurements_frame` has None there, which
+    pandas cannot compare): the form every view expects."""
+    import pandas as pd
+
+    columns = [c for c in (*NUMERIC, *DERIVED) if c in frame.columns]
+    return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in columns})
 
 
 def to_json(records: list[dict]) -> str:

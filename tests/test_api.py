@@ -142,3 +142,17 @@ def test_an_impl_registered_in_an_interactive_session_is_refused_before_measurin
     done = _python(tmp_path, "-c", MODULE + SWEEP)
     assert done.returncode == 1 and "UsageError: impl 'mine' is registered in this interactive session" in done.stderr
     assert "register it in a module (mykernels.py) and import that here" in done.stderr and not (tmp_path / "x.db").exists()
+
+
+def test_loaded_measurements_have_one_dtype_per_column_whatever_the_data(tmp_path):
+    """With no ok row, median_ms, flops and peak_bytes were object columns holding None; the GPU memory columns
+    always were on the CPU. Numbers are floats with NaN now, and `noisy` a nullable boolean."""
+    from attnprof.api import load_measurements, run_sweep
+
+    db = tmp_path / "dtypes.db"
+    run_sweep(Sweep(impls=parse_impls("fault:kind=wrong"), lengths=(64,), causal=(False,), device=("cpu",), rep_ms=5.0), db)
+    frame = load_measurements("latest", db)
+    assert frame["status"].tolist() == ["error"]
+    for column in ("median_ms", "flops", "peak_bytes", "peak_alloc_bytes", "tflops", "check_error"):
+        assert frame[column].dtype == "float64", column
+    assert frame["noisy"].dtype == "boolean" and frame["median_ms"].isna().all()

@@ -14,14 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnprof.export import EXPORT_KEYS
+from attnprof.export import EXPORT_KEYS, numeric_frame
 from attnprof.records import RunInfo
 
-NUMERIC = (
-    "peak_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "peak_device_bytes", "peak_rss_bytes", "peak_live_bytes",
-    "flops", "min_bytes", "energy_j", "check_error", "fidelity_error", "wall_s",
-)  # fmt: skip
-DERIVED = ("median_ms", "p20_ms", "p80_ms", "iqr_ms", "tflops", "gbps")
 MEMO_SIZE = 256  # fits, analyses and figures of recent filter choices; each entry is small
 
 
@@ -47,15 +42,6 @@ def run_frame(run_id: str, stored):
         frame["tflops"] = np.where((frame["flops"] > 0) & (median_s > 0), frame["flops"] / median_s / 1e12, np.nan)
         frame["gbps"] = np.where((frame["min_bytes"] > 0) & (median_s > 0), frame["min_bytes"] / median_s / 1e9, np.nan)
     return frame[[key for key in EXPORT_KEYS if key != "times_ms"]]
-
-
-def numeric_frame(frame):
-    """The number columns as floats, a missing value as NaN (`export.measurements_frame` has None there, which
-    pandas cannot compare): the form every view expects."""
-    import pandas as pd
-
-    columns = [c for c in (*NUMERIC, *DERIVED) if c in frame.columns]
-    return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in columns})
 
 
 def _grown(store, cached: tuple, version: tuple):

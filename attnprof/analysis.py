@@ -33,7 +33,25 @@ def metric_points(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ok[ok[metric].notna()].astype({metric: float})
 
 
-def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | None = None) -> Analysis:
+def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | str | None = None) -> Analysis:
+    """Fits, crossovers and memory frontiers of a run's measurements.
+
+    frame: `load_measurements(run, db)` (or a slice of it). metrics: any of "time", "peak_bytes", "flops".
+    budget_bytes: the memory budget of the frontiers, in bytes or as `--budget` takes it ("80GiB");
+    `run_budget(run, db)` gives the run's device memory; None: no frontiers.
+    """
+    from attnprof.errors import UsageError
+
+    if not isinstance(frame, pd.DataFrame):
+        raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db), not {type(frame).__name__} {frame!r:.60}")
+    unknown = [m for m in ([metrics] if isinstance(metrics, str) else metrics) if m not in METRICS]
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    if isinstance(budget_bytes, str):
+        from attnprof.gate_rules import parse_bytes
+
+        budget_bytes = parse_bytes(budget_bytes, "budget_bytes")
     fits = []
     for metric in metrics:
         points = metric_points(frame, metric)

@@ -1,6 +1,7 @@
 """`attnprof fit` and the analysis API over a real (accounting) run in a real database."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -8,6 +9,7 @@ from click.testing import CliRunner
 from attnprof.analysis import CONFIG, analyse
 from attnprof.api import load_measurements, run_sweep
 from attnprof.cli import cli
+from attnprof.errors import UsageError
 from attnprof.crossover_groups import merged_crossovers
 from attnprof.spec import Sweep, parse_impls
 
@@ -157,3 +159,17 @@ def test_impls_with_identical_curves_are_listed_once_in_the_crossovers(tmp_path)
     assert len(table_rows) == 2 and "│ sdpa-flash = sdpa-math = softmax bidir fwd" in table_rows[1]  # their one fit: one row
     every = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "flops", "--format", "json"]).output)
     assert len(every["crossovers"]) == 6  # JSON keeps every pair
+
+
+def test_analyse_takes_a_budget_as_fit_does_and_names_a_wrong_argument(accounted):
+    """analyse("latest") was a TypeError from pandas, and budget_bytes="8GiB" one from a comparison deep inside."""
+    frame = load_measurements("latest", accounted)
+    result = analyse(frame, "peak_bytes", "8GiB")
+    assert set(result.fits["metric"]) == {"peak_bytes"} and set(result.frontiers["budget_bytes"]) == {8 * 2**30}
+    for args, fragment in (
+        (("latest",), "analyse takes the DataFrame of load_measurements(run, db), not str 'latest'"),
+        ((frame, ("speed",)), "unknown metric 'speed'"),
+        ((frame, ("peak_bytes",), "lots"), "bad budget_bytes 'lots'"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            analyse(*args)

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from attnprof.analysis import CONFIG, analyse
 from attnprof.api import load_measurements, run_sweep
 from attnprof.cli import cli
-from attnprof.errors import UsageError
 from attnprof.crossover_groups import merged_crossovers
+from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_impls
 
 

@@ -260,10 +260,24 @@ def _resumable(store, resume: str):
 
     run = store.resolve_run(resume)
     sweep = Sweep.from_dict(run.sweep)
+    _check_plugins_loaded(run, sweep)
     differences = differing_fields(run.env, capture_env(sweep.device))
     if differences:
         raise UsageError(f"cannot resume run {run.run_id}: it was measured in another environment ({'; '.join(differences)})")
     return run, sweep
+
+
+def _check_plugins_loaded(run, sweep: Sweep) -> None:
+    """A run of a plugin impl resumed without its module said only "unknown impl 'mine'"."""
+    from attnprof import impls
+
+    known = set(impls.names())
+    missing = [spec.name for spec in sweep.impls if spec.name not in known]
+    plugins = ",".join(run.env.get("plugins") or [])
+    if missing and plugins:
+        raise UsageError(
+            f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with ATTNPROF_PLUGINS={plugins}"
+        )
 
 
 def load_measurements(run: str = "latest", db: str | Path | None = None):

@@ -36,11 +36,20 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "gpu_total_bytes": None,
         "gpu_driver": None,
+        "plugins": list(_plugin_modules()),  # a run of a plugin impl needs them to be resumed or reproduced
     }
     if any(d.startswith("cuda") for d in devices) and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env.update(gpu_name=props.name, gpu_total_bytes=props.total_memory, gpu_driver=_nvml_driver())
     return env
+
+
+def _plugin_modules() -> tuple[str, ...]:
+    """The modules of the non-built-in impls registered here (ATTNPROF_PLUGINS', or imported by a session)."""
+    from attnprof import impls
+
+    impls.names()  # load ATTNPROF_PLUGINS
+    return impls.worker_modules()
 
 
 def memory_budget(env: dict, devices) -> int | None:

@@ -156,3 +156,23 @@ def test_loaded_measurements_have_one_dtype_per_column_whatever_the_data(tmp_pat
     for column in ("median_ms", "flops", "peak_bytes", "peak_alloc_bytes", "tflops", "check_error"):
         assert frame[column].dtype == "float64", column
     assert frame["noisy"].dtype == "boolean" and frame["median_ms"].isna().all()
+
+
+def test_a_plugin_run_names_its_modules_to_reproduce_and_resume_it(tmp_path, monkeypatch):
+    """Neither the stored command nor the environment named the plugin module: resumed without it, a run said only
+    "unknown impl 'fault'", and its Reproduce command could not run anywhere else."""
+    from attnprof import impls
+    from attnprof.api import run_sweep
+    from attnprof.dashboard.runinfo import reproduce_command
+    from attnprof.store import Store
+
+    db = tmp_path / "plugin.db"
+    run_id = run_sweep(Sweep(impls=parse_impls("fault"), lengths=(64,), causal=(False,), device=("cpu",), rep_ms=5.0), db)
+    store = Store.open(db, create=False)
+    run = store.resolve_run(run_id)
+    store.close()
+    assert run.env["plugins"] == ["fake_impls"] and reproduce_command(run).startswith("ATTNPROF_PLUGINS=fake_impls attnprof sweep")
+    monkeypatch.delitem(impls._REGISTRY, "fault")  # a process without the plugin
+    expected = f"run {run_id} measured impl 'fault' from plugin module(s) fake_impls: resume it with ATTNPROF_PLUGINS=fake_impls"
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        plan(Sweep(), db, resume=run_id)

@@ -23,8 +23,11 @@ def unfinished_note(run: RunInfo, measured: int, db) -> str:
 
 
 def reproduce_command(run: RunInfo) -> str:
-    """The command stored with the run, or one rebuilt from its sweep definition (older or API-made runs)."""
-    return run.command or rebuilt_command(run.sweep)
+    """The command stored with the run, or one rebuilt from its sweep definition (older or API-made runs); with the
+    plugin modules its impls came from, which the command line alone did not name."""
+    command = run.command or rebuilt_command(run.sweep)
+    plugins = run.env.get("plugins") or []
+    return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
 
 
 def rebuilt_command(sweep: dict) -> str:

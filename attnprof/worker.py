@@ -24,6 +24,7 @@ from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
 from attnprof.table import format_bytes
+from attnprof.trackers.host_contention import host_contention
 
 HOST_MEMORY_FRACTION = 0.8  # refuse a CPU case predicted to need more than this share of free RAM
 
@@ -131,7 +132,10 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
             cpu_heap.prime(call, settings.rep_ms)  # grows the retained heap to the case's working set (cpu_heap.py); not timed
             # The memory pass was the first, warm-making call and counts against the warm-up budget
             # (its duration overstates a call's: the trackers slow it 1.3-6x), so a slow case costs 2 + min_reps calls.
-            measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps, warm_ms=memory_pass_ms)
+            budget = (settings.warmup_ms, settings.rep_ms, settings.min_reps)
+            with host_contention() as contention:  # a busy machine inflates every sample alike: the spread misses it
+                measurement.times_ms = bench(call, case.device, *budget, warm_ms=memory_pass_ms)
+            measurement.reason = contention.note()
     if start_mj is not None:
         measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))
     _add_work_figures(impl, case, measurement)

@@ -269,7 +269,11 @@ def _refusal(connection, path: Path, error: Exception) -> UsageError:
     """The error to raise for a file Store.open refuses, after closing its connection (an open handle keeps the
     file, and its mount, busy): ours as it is, an SQLite one as 'not an attnprof database'."""
     _close_quietly(connection)
-    return error if isinstance(error, UsageError) else UsageError(f"{str(path)!r} is not an attnprof database ({error})")
+    if isinstance(error, UsageError):
+        return error
+    if not path.exists():  # nothing was there to be a database: it could not be made ('/proc/x.db')
+        return UsageError(f"cannot create database {str(path)!r} ({error})")
+    return UsageError(f"{str(path)!r} is not an attnprof database ({error})")
 
 
 def _close_quietly(connection) -> None:

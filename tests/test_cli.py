@@ -176,7 +176,7 @@ def test_a_file_where_a_folder_must_be_is_named(tmp_path):
 
 
 def test_unwritable_and_foreign_databases(tmp_path):
-    assert_bad_input(invoke("sweep", *QUICK, "--db", "/proc/attnprof.db"), "cannot create database '/proc/attnprof.db'")  # not "not an attnprof database"
+    assert_bad_input(invoke("sweep", *QUICK, "--db", "/proc/attnprof.db"), "cannot create database '/proc/attnprof.db'")
     foreign = tmp_path / "foreign.db"
     connection = sqlite3.connect(foreign)
     connection.execute("CREATE TABLE people (name TEXT)")

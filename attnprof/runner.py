@@ -79,7 +79,8 @@ class WorkerHandle:
         name = f"{WORKER_NAME_PREFIX}{self.device}"
         args = (child, self.device, impls.worker_modules())  # the modules of impls a notebook imported: workers import them too
         self.process = context.Process(target=worker_main, args=args, daemon=True, name=name)
-        self.process.start()
+        with _unrunnable_main_hidden():
+            self.process.start()
         child.close()
         if not self.connection.poll(WORKER_START_TIMEOUT_S):
             self.kill()
@@ -150,6 +151,26 @@ class WorkerHandle:
             except (OSError, BrokenPipeError):
                 pass
         self.kill()
+
+
+@contextlib.contextmanager
+def _unrunnable_main_hidden():
+    """Inside: a __main__ whose __file__ is no file (`python - < script.py` says '<stdin>') has none. A spawned worker
+    runs its parent's main file first, and died on that one (FileNotFoundError) while a notebook, with no __file__,
+    was fine: without it the worker starts as from a notebook."""
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 class Progress:

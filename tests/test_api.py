@@ -176,3 +176,11 @@ def test_a_plugin_run_names_its_modules_to_reproduce_and_resume_it(tmp_path, mon
     expected = f"run {run_id} measured impl 'fault' from plugin module(s) fake_impls: resume it with ATTNPROF_PLUGINS=fake_impls"
     with pytest.raises(UsageError, match=re.escape(expected)):
         plan(Sweep(), db, resume=run_id)
+
+
+def test_a_sweep_from_a_script_on_standard_input_runs(tmp_path):
+    """`python - < script.py` names its main file '<stdin>': each spawned worker tried to run it and died
+    (FileNotFoundError), and the rows said to add a `__main__` guard, which would not have helped."""
+    script = SWEEP.replace("'mine'", "'softmax'") + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())"
+    done = _python(tmp_path, "-", stdin=script)
+    assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stderr[-2000:]

@@ -45,8 +45,8 @@ def test_fit_command_formats(accounted):
     table = runner.invoke(cli, ["fit", "latest", "--db", str(accounted), "--budget", "80GiB", "--metric", "peak_bytes"])
     assert table.exit_code == 0, table.output
     assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
-    # the power law's point missed the accounted frontier by up to 30% (its range held it): the way to pin it is said
-    assert "softmax (bidir fwd): extrapolated" in table.output and "An extrapolated frontier is an estimate" in table.output
+    # an extrapolated frontier missed the accounted one by 30% (Combiner-Fixed) and more (-Logsparse): how to pin it is said
+    assert "softmax (bidir fwd): extrapolated" in table.output and "An extrapolated frontier is the fit's estimate" in table.output
     # the rule, a sentence, is listed under the table: as a column it squeezed the others to a word a line
     # A fit that kept every length for want of anything to drop is counted, not listed: on a run of every impl in
     # four configurations that was half the lines. Those that drop lengths are listed in test_far_crossings_...
@@ -108,7 +108,7 @@ def test_markdown_lists_crossovers_apart_from_the_table_and_equal_costs_read_as_
     table_end = markdown.index("Crossovers (")
     assert markdown[:table_end].endswith("|\n\n")  # a blank line ends the table; else the next lines join it as rows
     after = markdown[table_end:].splitlines()
-    note = [i for i, line in enumerate(after) if line.startswith("An extrapolated frontier is an estimate")]
+    note = [i for i, line in enumerate(after) if line.startswith("An extrapolated frontier is the fit's estimate")]
     assert note and after[note[0] - 1] == ""  # a paragraph of its own, not the last list item's continuation
     listed = [line for line in after[2:] if line and not line.endswith(":") and not line.startswith("An extrapolated")]
     assert after[1] == "" and all(line.startswith("- ") for line in listed)

@@ -117,13 +117,14 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
         for _, row in result.frontiers.iterrows():
             click.echo(f"{item}{row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
         if (result.frontiers["kind"] == "extrapolated").any():
-            # measured against the accounting at 128k..12M: the power law's point missed by up to 30% (Combiner-Fixed
-            # 835k for about 645k; cosFormer 11.6M for 10.4M), the ranges held the truth
+            # against the accounting at 128k..12M (B1 H16 D64 bf16): Combiner-Fixed 835k (true 645k), cosFormer 11.6M
+            # (10.4M), their ranges holding the truth; Combiner-Logsparse 1.19M with a range of 1.188M..1.195M, where its
+            # peak doubles past N = 2^20 (padding to a power of two) and the truth is 1048576
             click.echo(
                 ("\n" if markdown else "")
-                + "An extrapolated frontier is an estimate, its range the answer: `attnprof sweep --accounting` at lengths in"
-                " that range gives the exact peak of live tensors (seconds to a minute a case on the CPU; a GPU allocator"
-                " adds its rounding)."
+                + "An extrapolated frontier is the fit's estimate, not a measurement: a peak that bends or steps (padding to"
+                " a power of two) beyond the measured lengths moves it. `attnprof sweep --accounting` at lengths around it"
+                " gives the exact peak of live tensors (seconds to a minute a case on the CPU; a GPU allocator adds its rounding)."
             )
 
 

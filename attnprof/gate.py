@@ -276,11 +276,23 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     change = float(new[column]) / float(old[column]) - 1.0
     show = _shown(rule.metric)
     described = f"{rule.metric} {show(float(new[column]))} vs {show(float(old[column]))} in the baseline ({change:+.1%})"
+    if rule.metric == "time":
+        described += _busy(new, "now") + _busy(old, "in the baseline")
     if change > rule.max_regression:
         if rule.metric == "time":
             return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
         return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
     return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+
+
+def _busy(row: pd.Series, when: str) -> str:
+    """A time timed on a busy CPU says so beside the change: the slowdown may be the machine's, not the code's."""
+    from attnprof.trackers.host_contention import NOTE_START
+
+    reason = row.get("reason")
+    if not isinstance(reason, str) or not reason.startswith(NOTE_START):
+        return ""
+    return f" [{when}: {reason.split(':')[0].removeprefix('timed while ')}]"
 
 
 def _time_regression(rule: GateRule, subject: str, described: str, change: float, new: list, old: list) -> Judgement:

@@ -296,11 +296,21 @@ def test_a_regression_rule_without_a_baseline_is_a_usage_error_before_measuring(
     assert not (tmp_path / "gate.db").exists()  # nothing was measured
 
 
-def regression_verdict(new_times, old_times):
+def regression_verdict(new_times, old_times, new_reason=""):
     rule = parse_rules([{"impl": "x", "metric": "time", "max_regression": 0.2}], "t")
-    rows = lambda times: frame([dict(seq_len=1024, status="ok", times_ms=times, median_ms=float(np.median(times)), peak_bytes=1)])  # noqa: E731
-    [verdict] = evaluate(rule, rows(new_times), baseline=rows(old_times))
+    rows = lambda times, reason="": frame(  # noqa: E731
+        [dict(seq_len=1024, status="ok", times_ms=times, median_ms=float(np.median(times)), peak_bytes=1, reason=reason)]
+    )
+    [verdict] = evaluate(rule, rows(new_times, new_reason), baseline=rows(old_times))
     return verdict
+
+
+def test_a_time_regression_timed_on_a_busy_machine_says_so():
+    """A busy CPU slows every sample alike: the slowdown may be the machine's. The row's note reaches the verdict."""
+    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+    slower = regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2], new_reason=busy)
+    assert slower.verdict == "FAIL" and "[now: other processes kept 1.0 of 2 cores busy]" in slower.message
+    assert "busy" not in regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2]).message
 
 
 def test_time_regression_with_few_samples_is_judged_by_separation_not_passed():

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 NOTE_CORES = 0.5  # other processes at half a core or more: the timing row says so
+NOTE_START = "timed while other processes kept"  # how such a row's reason begins (the gate looks for it)
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Contention:
         """'' below NOTE_CORES; else the sentence a timing row carries."""
         if self.other_cores < NOTE_CORES:
             return ""
-        return f"timed while other processes kept {self.other_cores:.1f} of {self.cores} cores busy: times may be inflated"
+        return f"{NOTE_START} {self.other_cores:.1f} of {self.cores} cores busy: times may be inflated"
 
 
 @contextlib.contextmanager

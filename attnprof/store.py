@@ -296,9 +296,7 @@ def _unwritable(path: Path) -> bool:
 
 
 def _prepare_parent(path: Path) -> None:
-    make_folder(path.parent, f"database {str(path)!r}")
-    if path.is_dir():
-        raise UsageError(f"database path {str(path)!r} is a folder")
+    make_folder(path.parent, f"database {str(path)!r}")  # a directory at `path` itself is refused in Store.open
     target = path if path.exists() else path.parent
     import os
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from attnprof.errors import UsageError
 from attnprof.records import Status
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
@@ -28,6 +29,8 @@ def classify(error: BaseException) -> tuple[Status, str, bool]:
     if any(m in lowered for m in _UNSUPPORTED_MARKERS):
         return Status.UNSUPPORTED, f"refused at run time: {message}", False
     poisoned = any(m in lowered for m in _POISON_MARKERS)
+    if isinstance(error, UsageError):
+        return Status.ERROR, message, poisoned  # already a sentence for the user; the class name adds nothing
     return Status.ERROR, f"{type(error).__name__}: {message}", poisoned
 
 

@@ -42,6 +42,16 @@ def test_raise_is_an_error_row_and_the_sweep_goes_on(db):
     assert statuses(rows, "softmax") == ["ok", "ok", "ok"]
 
 
+def test_a_reason_names_the_class_of_a_foreign_error_but_not_of_our_own_sentence():
+    """A row read "UsageError: unknown impl 'mine'; known: ...": the class name is noise on a sentence written for
+    the user, while for an impl's own RuntimeError it says what kind of failure it was."""
+    from attnprof.errors import UsageError
+    from attnprof.failures import classify
+
+    assert classify(UsageError("unknown impl 'mine'; known: softmax"))[:2] == (Status.ERROR, "unknown impl 'mine'; known: softmax")
+    assert classify(RuntimeError("shape mismatch"))[1] == "RuntimeError: shape mismatch"
+
+
 def test_oom_skips_larger_lengths_of_that_configuration(db):
     rows = measure(db, "fault:kind=oom,at_length=128")
     label = "fault[at_length=128,kind=oom]"

@@ -60,7 +60,7 @@ def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = Fa
     if not is_loopback(host):
         say(f"warning: listening on {host}: anyone who can reach this machine on port {port} can read the database {str(db)!r}")
     if not Path(db).exists():
-        say(f"note: no database at {str(db)!r} yet; the page will show its runs once a sweep creates it")
+        say(_missing_database_note(Path(db)))
     app = create_app(db)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
@@ -71,6 +71,19 @@ def serve(db, host: str = "127.0.0.1", port: int = 8050, open_browser: bool = Fa
         threading.Timer(1.0, webbrowser.open, [url]).start()
     say(f"attnprof dashboard on {url} (Ctrl-C stops it)")
     serve_wsgi(app.server, host, port)
+
+
+def _missing_database_note(db: Path) -> str:
+    """Serving a database that does not exist yet is how a user watches a sweep they start next; but a typo in its
+    folder would leave the page empty forever, so a missing folder is named (a file in the way cannot ever work)."""
+    in_the_way = next((p for p in db.parents if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise UsageError(f"cannot serve {str(db)!r}: {str(in_the_way)!r} is a file, not a folder")
+    folder = next(p for p in db.parents if p.exists())
+    if folder != db.parent:
+        missing = f"no database at {str(db)!r} yet, and no folder {str(db.parent)!r} either"
+        return f"note: {missing} (check the path): a sweep with this --db creates both"
+    return f"note: no database at {str(db)!r} yet; the page will show its runs once a sweep creates it"
 
 
 def serve_wsgi(server_app, host: str, port: int) -> None:

@@ -77,6 +77,17 @@ def test_serve_binds_where_told_and_warns_beyond_loopback(monkeypatch, tmp_path)
     assert "warning: listening on 0.0.0.0" in result.output
 
 
+def test_serve_names_a_missing_folder_and_refuses_a_file_in_the_way(monkeypatch, tmp_path):
+    """`serve --db /missing/dir/x.db` used to start with the same note as a missing file: a typo in the folder left
+    the page empty forever."""
+    monkeypatch.setattr(dashboard_app, "serve_wsgi", lambda app, host, port: None)
+    result = invoke("serve", "--db", tmp_path / "typo" / "x.db")
+    assert result.exit_code == 0 and f"and no folder '{tmp_path / 'typo'}' either (check the path)" in result.output
+    (tmp_path / "afile").write_text("")
+    result = invoke("serve", "--db", tmp_path / "afile" / "x.db")
+    assert result.exit_code == 2 and f"'{tmp_path / 'afile'}' is a file, not a folder" in result.output
+
+
 def test_serve_says_where_it_is_in_one_line_and_answers(two_runs_db, tmp_path):
     """A real server process: Flask's red development-server warning, Dash's and Werkzeug's "running on" lines and
     a line per request used to follow attnprof's own line."""

@@ -147,12 +147,22 @@ def _table(component_id: str, columns: list[str], page_size: int = 15):
     from dash import dash_table
 
     return dash_table.DataTable(
-        id=component_id, columns=[{"name": c, "id": c} for c in columns], data=[], page_size=page_size, sort_action="native",
+        id=component_id, columns=[_column(c) for c in columns], data=[], page_size=page_size, sort_action="native",
         style_cell={"fontFamily": "system-ui, sans-serif", "fontSize": "13px", "textAlign": "left", "maxWidth": "300px",
                     "whiteSpace": "normal", "height": "auto"},
         style_header={"fontWeight": "bold"},
         style_table={"overflowX": "auto"},
     )  # fmt: skip
+
+
+def _column(name: str) -> dict:
+    """Byte and FLOP counts with thousands separators (4,294,967,296 reads at a glance, 4294967296 does not), still
+    numbers, so a column sorts by value."""
+    if not name.endswith(("_bytes", "flops")):
+        return {"name": name, "id": name}
+    from dash.dash_table.Format import Format
+
+    return {"name": name, "id": name, "type": "numeric", "format": Format().group(True)}
 
 
 def _scaling():

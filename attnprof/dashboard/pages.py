@@ -338,7 +338,7 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
         from attnprof.dashboard.compare_view import compared_cells, left_out  # it builds on this module
 
         cells, changes = compared_cells(source, *compare_runs, left_out(source, run_id, filters))
-        return f"attnprof-compare-{compare_runs[0]}-{compare_runs[1]}.csv", cells.drop(columns=["score"]).to_csv(index=False)
+        return f"attnprof-compare-{compare_runs[0]}-{compare_runs[1]}.csv", whole_counts(cells.drop(columns=["score"])).to_csv(index=False)
     frame, shown = _filtered(source, run_id, filters, empty_ok=True)
     if tab == "exponents":
         data = views.exponent_table(shown, _exponent_fits(source, shown))
@@ -354,7 +354,7 @@ def view_csv(source, tab: str, run_id, filters, compare_runs=(None, None)) -> tu
         samples = [json.dumps(times) for times in source.samples(run_id, shown)]
         data = shown.assign(times_ms=samples, options=shown["options"].map(json.dumps))
         data = data[[k for k in EXPORT_KEYS if k in data.columns] + [c for c in data.columns if c not in EXPORT_KEYS]]
-    return f"attnprof-{tab}-{run_id}.csv", data.to_csv(index=False)
+    return f"attnprof-{tab}-{run_id}.csv", whole_counts(data).to_csv(index=False)
 
 
 def records(table: pd.DataFrame) -> list[dict]:
@@ -374,8 +374,18 @@ def _cell(value):
 def rounded(table: pd.DataFrame) -> pd.DataFrame:
     """Measured floats to 4 significant digits; counts (bytes, FLOPs: floats only because a missing one is NaN) as
     whole numbers, since 3883264 bytes shown as 3883000 reads as a measured value."""
-    floats = table.select_dtypes("float").columns
-    counts = [c for c in floats if c.endswith(("_bytes", "flops"))]
+    counts = _count_columns(table)
     whole = {c: table[c].map(lambda v: int(v) if v == v and math.isfinite(v) else v).astype(object) for c in counts}
-    rounded = {c: table[c].map(lambda v: float(f"{v:.4g}") if v == v and math.isfinite(v) else v) for c in floats if c not in counts}
+    floats = [c for c in table.select_dtypes("float").columns if c not in counts]
+    rounded = {c: table[c].map(lambda v: float(f"{v:.4g}") if v == v and math.isfinite(v) else v) for c in floats}
     return table.assign(**rounded, **whole)
+
+
+def whole_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts as nullable integers, for a CSV: a missing peak made the column float and every byte count read
+    "393216.0"; measured floats keep every digit there."""
+    return table.assign(**{c: table[c].round().astype("Int64") for c in _count_columns(table)})
+
+
+def _count_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.select_dtypes("float").columns if c.endswith(("_bytes", "flops"))]

@@ -8,6 +8,7 @@ Screenshots of the main views go to a temporary folder, or to $ATTNPROF_SCREENSH
 import contextlib
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def test_compare_view_shows_the_ratios_of_two_seeded_runs(page, tmp_path_factory
     expect(table).to_contain_text("regressed: ok -> oom", timeout=TIMEOUT_MS)
     first_row = table.locator("tbody tr").nth(1)  # row 0 holds the headers
     expect(first_row).to_contain_text("softmax bidir")
+    expect(table).to_contain_text(re.compile(r"\b\d{1,3}(,\d{3})+\b"))  # byte counts grouped: 393216 read as a wall of digits
     ratios = [y for t in plotted(page, "compare-graph") if t["meta"] == "time_ratio" and t["name"] == "sdpa bidir time" for y in t["y"]]
     assert ratios == pytest.approx([1, 1, 1, 1.6, 1.6, 1.6])
     shot(page, "compare", tmp_path_factory)

@@ -1,5 +1,6 @@
 """The callbacks as plain functions against real SQLite files: runs, filters, each view, live refresh, messages."""
 
+import csv
 import io
 import json
 
@@ -111,6 +112,9 @@ def test_download_gives_the_current_view_as_csv(two_runs_db):
         assert json.loads(row.times_ms) == stored[(row.seq_len, bool(row.causal), row.mode)]
     compared = pd.read_csv(io.StringIO(cb.download(1, "compare", run, selected, run_a, run_b)["content"]))
     assert "time_ratio" in compared and len(compared) == 36
+    text = cb.download(1, "compare", run, selected, run_a, run_b)["content"]
+    peaks = [row["peak_a_bytes"] for row in csv.DictReader(io.StringIO(text))]
+    assert "" in peaks and all(p.isdigit() for p in peaks if p), peaks[:5]  # a missing peak made them "393216.0"
     for tab, column in (("exponents", "exponent"), ("roofline", "intensity"), ("coverage", "status"), ("info", "field")):
         assert column in pd.read_csv(io.StringIO(cb.download(1, tab, run, selected, run_a, run_b)["content"])), tab
     info = pd.read_csv(io.StringIO(cb.download(1, "info", run, selected, run_a, run_b)["content"]))

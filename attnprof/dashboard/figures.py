@@ -316,7 +316,8 @@ def frontier_figure(rows: pd.DataFrame, budget_bytes: float):
     high = [min(h, cap) - v if math.isfinite(n) else 0 for n, v, h in zip(rows["length"], x, rows["length_high"], strict=False)]
     low = [v - lo if math.isfinite(n) else 0 for n, v, lo in zip(rows["length"], x, rows["length_low"], strict=False)]
     colours = ["#2ca02c" if ok else "#d62728" for ok in rows["consistent"]]
-    text = [short_length(n) for n in rows["length"]]
+    # the exact length, as `fit` prints it: "550k" (k = 1024) for 563091 read as 550,000 beside fit's listing
+    text = [format_length(n) if math.isfinite(n) else short_length(n) for n in rows["length"]]
     bar = {"type": "bar", "x": x, "y": list(rows["config"]), "orientation": "h", "marker": {"color": colours}, "text": text,
            "textposition": "outside", "error_x": {"type": "data", "array": high, "arrayminus": low}, "hovertext": list(rows["message"]),
            "hoverinfo": "text", "meta": "frontier"}  # fmt: skip

@@ -164,6 +164,8 @@ def test_crossover_matrix_and_frontier(base_frame):
     )  # 8k predicted, OOM measured at 4k
     bars = figures.frontier_figure(frontier, 2**32)
     assert bars.layout.xaxis.type == "log" and len(bars.data[0].y) == len(frontier)
+    shown = dict(zip(bars.data[0].y, bars.data[0].text, strict=True))
+    assert shown["softmax bidir"] == str(round(softmax["length"]))  # fit's exact length, not "8k" with k = 1024
 
 
 def test_roofline_places_cells_under_the_ceilings(base_frame):

@@ -4,6 +4,7 @@ The check runs the impl at a small size (the case's head dim, dtype, device, cau
 options; batch 1, 2 heads, N = min(case length, CHECK_LENGTH)) against its registered reference in
 float64 on the CPU. Forward outputs (and, in fwd_bwd, the input gradients) must agree within the
 impl's tolerance for the dtype. Fidelity, reported beside it, is the error against exact softmax.
+An exact impl is checked again at the case's own length, on sampled rows (spot_check.py).
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ def make_inputs(case: Case, device: str | None = None, dtype: str | None = None,
     return CaseInputs(q, k, v, grad_out)
 
 
-def make_call(fn: Callable, inputs: CaseInputs) -> Callable[[], None]:
-    """A zero-argument callable doing exactly the measured work: fn(q, k, v), plus backward in fwd_bwd.
+def make_call(fn: Callable, inputs: CaseInputs) -> Callable[[], object]:
+    """A zero-argument callable doing exactly the measured work: fn(q, k, v), plus backward in fwd_bwd. It returns
+    the output (B, H, N, D), which the caller drops at once; the spot check (spot_check.py) reads the first one.
 
     Gradients are dropped after each call (set to None) so repeated calls do not accumulate memory.
     """
@@ -58,7 +59,7 @@ def make_call(fn: Callable, inputs: CaseInputs) -> Callable[[], None]:
     if grad_out is None:
 
         def forward():
-            fn(q, k, v)
+            return fn(q, k, v)
 
         return forward
 
@@ -66,5 +67,6 @@ def make_call(fn: Callable, inputs: CaseInputs) -> Callable[[], None]:
         out = fn(q, k, v)  # (B, H, N, D)
         out.backward(grad_out)
         q.grad = k.grad = v.grad = None
+        return out.detach()
 
     return forward_backward

@@ -1,9 +1,10 @@
 """Child side: measure one Case and return its Measurement, whatever happens.
 
 Order of work for a case: refusals, the check against the reference (once per configuration and
-worker), a host-memory guard on the CPU, inputs, the memory pass (one call), the timing pass,
-FLOPs and bytes. `measure_case` never raises for a problem of the case; `worker_main` is the loop
-the parent talks to over a pipe (runner.py).
+worker), a host-memory guard on the CPU, inputs, the memory pass (one call), the spot check of an
+exact impl at the case's length (on an untimed call's output), the timing pass, FLOPs and bytes.
+`measure_case` never raises for a problem of the case; `worker_main` is the loop the parent talks
+to over a pipe (runner.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from attnprof.impls.base import AttentionImpl, io_bytes
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
+from attnprof.spot_check import SpotCheck
 from attnprof.table import format_bytes
 from attnprof.trackers.host_contention import host_contention
 
@@ -115,10 +117,13 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
 
     inputs = make_inputs(case)
     call = make_call(impl.bind(case), inputs)
+    spot = SpotCheck(impl, case, inputs)  # reads the first untimed call's output, at the case's own length
     measurement = Measurement(case=case, status=Status.OK)
     memory_started = time.perf_counter()
     if case.device.startswith("cuda"):
-        _memory_pass_cuda(call, case, measurement)
+        _memory_pass_cuda(spot.watching(call), case, measurement)
+        if wrong := spot.failure():
+            return Measurement(case=case, status=Status.ERROR, reason=wrong)
     else:
         _memory_pass_cpu(call, measurement)
     memory_pass_ms = (time.perf_counter() - memory_started) * 1e3
@@ -129,7 +134,9 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
     else:
         with cpu_heap.retained():
             cpu_heap.reserve(measurement.peak_bytes)  # resident memory for the calls, however the heap fragments (cpu_heap.py)
-            cpu_heap.prime(call, settings.rep_ms)  # grows the retained heap to the case's working set (cpu_heap.py); not timed
+            cpu_heap.prime(spot.watching(call), settings.rep_ms)  # grows the retained heap to the case's working set; not timed
+            if wrong := spot.failure():
+                return Measurement(case=case, status=Status.ERROR, reason=wrong)
             # The memory pass was the first, warm-making call and counts against the warm-up budget
             # (its duration overstates a call's: the trackers slow it 1.3-6x), so a slow case costs 2 + min_reps calls.
             budget = (settings.warmup_ms, settings.rep_ms, settings.min_reps)

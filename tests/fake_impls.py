@@ -1,8 +1,9 @@
 """Test-only impls, loaded through ATTNPROF_PLUGINS (tests/conftest.py), so workers see them too.
 
 `fault` computes exact softmax attention unless its `kind` option asks it to misbehave:
-raise, sleep past any timeout, kill its own process, raise torch's OOM error, return wrong numbers (or a wrong shape or dtype),
-or poison itself like a CUDA error does. With the default kind it is harmless in `--impl all`.
+raise, sleep past any timeout, kill its own process, raise torch's OOM error, return wrong numbers
+(everywhere, or in the last row only; or a wrong shape or dtype), or poison itself like a CUDA error
+does. With the default kind it is harmless in `--impl all`.
 """
 
 import os
@@ -32,6 +33,9 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (planted)")
     if kind == "wrong":
         return softmax_attention(q, k, v, causal=causal) * 1.5
+    if kind == "last_row":  # a masked last block gone wrong: only the final query row is off
+        out = softmax_attention(q, k, v, causal=causal)
+        return torch.cat([out[..., :-1, :], out[..., -1:, :] * 0], dim=-2)
     if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
         return softmax_attention(q, k, v, causal=causal)[0]
     if kind == "sdpa":  # a fused kernel on a GPU, the N x N math path on meta
@@ -48,8 +52,8 @@ register(
         name="fault",
         family="test",
         fn=fault_attention,
-        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|squeezed|float64|sdpa|cuda_error)"
-        " from at_length on",
+        description="test-only: softmax, or a planted fault"
+        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|squeezed|float64|sdpa|cuda_error) from at_length on",
         options={"kind": "ok", "at_length": 0},
     )
 )

@@ -97,6 +97,23 @@ def test_an_impl_failing_its_reference_check_is_never_timed(db):
     assert m.times_ms == [] and m.check_error == pytest.approx(0.5, rel=1e-3)
 
 
+def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_length(db):
+    """The check runs at N <= 256: an impl wrong from 512 on (a tile loop, a masked last block) was timed as ok.
+    Sampled rows of the first untimed output are now checked against exact softmax at the case's own length."""
+    wrong, last = "fault:kind=wrong,at_length=512", "fault:kind=last_row,at_length=512"
+    run_id = run_sweep(small_sweep(f"{wrong},{last},softmax", lengths=(256, 512), causal=(False, True)), db)
+    by_case = {((m.case.label, m.case.seq_len), m.case.causal): m for m in Store.open(db, create=False).measurements(run_id)}
+    for causal in (False, True):
+        everywhere = by_case[(("fault[at_length=512,kind=wrong]", 512), causal)]
+        tail = by_case[(("fault[at_length=512,kind=last_row]", 512), causal)]
+        assert everywhere.status == tail.status == Status.ERROR and everywhere.times_ms == tail.times_ms == []
+        assert everywhere.reason.startswith("failed its check at the measured length N=512: query row 0 of batch 0, head 0 has ")
+        assert "relative error 0.5 > 0.01 against exact softmax" in everywhere.reason
+        assert "query row 511 of batch 0, head 0 has relative error 1 > 0.01" in tail.reason  # the one wrong row of 512
+        assert by_case[(("fault[at_length=512,kind=wrong]", 256), causal)].status == Status.OK
+        assert by_case[(("softmax", 512), causal)].status == Status.OK
+
+
 def test_an_impl_returning_the_wrong_shape_or_dtype_is_never_timed(db):
     """A (H, N, D) output broadcast against the (1, H, N, D) reference and passed the check (error 3.7e-7 in an
     audit), and a float64 output for float32 inputs passed too: both were timed as ok."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from attnprof.gate_rules import METRICS, GateRule
 from attnprof.table import format_bytes
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
-REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def other_failures(verdict: RuleVerdict) -> list[str]:
     return [f"{j.subject}: {j.message}" for j in failing(verdict.judgements, verdict.verdict)[1:]]
 
 
-def _matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
+def matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
     impl = impl or rule.impl
     rows = frame if impl == "all" else frame[(frame["label"] == impl) | (frame["impl"] == impl)]
     for key, allowed in rule.filters.items():
@@ -97,21 +95,23 @@ def _matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> p
 
 
 def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
-    rows = _matching(rule, frame)
+    rows = matching(rule, frame)
     if rule.kind == "regression":
-        return _judge_regression(rule, rows, baseline)
+        from attnprof.gate_regression import judge_regression  # it builds on this module
+
+        return judge_regression(rule, rows, baseline)
     judgements = []
     for keys, group in rows.groupby(CONFIG, sort=True):
         if rule.kind in ("ratio", "value"):
             judge = _judge_ratio if rule.kind == "ratio" else _judge_value
-            judgements += [judge(rule, f"{_subject(keys)} N={n}", group, frame, n) for n in rule.at_length]
+            judgements += [judge(rule, f"{subject_of(keys)} N={n}", group, frame, n) for n in rule.at_length]
         else:
             judge = _judge_exponent if rule.kind == "exponent" else _judge_frontier
-            judgements.append(judge(rule, _subject(keys), group, frame, default_budget))
+            judgements.append(judge(rule, subject_of(keys), group, frame, default_budget))
     return judgements
 
 
-def _subject(keys) -> str:
+def subject_of(keys) -> str:
     label, batch, heads, head_dim, dtype, device, causal, mode = keys
     return f"{label} B{batch} H{heads} D{head_dim} {dtype} {device} {'causal' if causal else 'bidir'} {mode}"
 
@@ -183,7 +183,7 @@ def _own_cell_failure(subject: str, status: str, why: str) -> Judgement:
 
 def _judge_ratio(rule, subject, group, frame, length) -> Judgement:
     first = group.iloc[0]
-    others = _matching(rule, frame, rule.to)
+    others = matching(rule, frame, rule.to)
     for key in CONFIG[1:]:
         others = others[others[key] == first[key]]
     mine, status, why = _value_at(rule, group, length)
@@ -199,10 +199,10 @@ def _judge_value(rule, subject, group, frame, length) -> Judgement:
     value, status, why = _value_at(rule, group, length)
     if value is None:
         return _own_cell_failure(subject, status, why)
-    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, _shown(rule.metric))
+    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric))
 
 
-def _shown(metric: str):
+def metric_text(metric: str):
     """A value of `metric` as a reader takes it: bytes in binary units, times in ms, FLOPs as a count."""
     if metric == "peak_bytes":
         return lambda v: format_bytes(int(v))
@@ -244,91 +244,6 @@ def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
             subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1)
         )
     return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
-
-
-def _judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:
-    if baseline is None:
-        return [Judgement("baseline", "MISSING", "a max_regression rule needs --baseline FILE")]
-    base = _matching(rule, baseline).set_index([*CONFIG, "seq_len"])
-    judgements = []
-    for _, row in rows.iterrows():
-        key = tuple(row[c] for c in [*CONFIG, "seq_len"])
-        subject = f"{_subject(key[:-1])} N={key[-1]}"
-        if key not in base.index:  # a case new since the baseline is not a regression; said, not judged
-            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
-            continue
-        judgements.append(_compare(rule, subject, row, base.loc[key]))
-    # The run has the cells; the baseline names them otherwise (other options, lengths).
-    if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
-        has = ", ".join(sorted(set(_matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
-        wanted = ", ".join(sorted(set(rows["label"])))
-        reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
-        return [Judgement("baseline", "MISSING", reason)]
-    return judgements
-
-
-def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Judgement:
-    if old["status"] == "ok" and new["status"] != "ok":
-        return Judgement(subject, "FAIL", f"was ok in the baseline, now {new['status']}: {new['reason']}", math.inf)
-    if new["status"] != "ok" or old["status"] != "ok":
-        return Judgement(subject, "PASS", f"{new['status']} now, {old['status']} in the baseline")
-    column = METRICS[rule.metric]
-    change = float(new[column]) / float(old[column]) - 1.0
-    show = _shown(rule.metric)
-    described = f"{rule.metric} {show(float(new[column]))} vs {show(float(old[column]))} in the baseline ({change:+.1%})"
-    if rule.metric == "time":
-        described += _busy(new, "now") + _busy(old, "in the baseline")
-    if change > rule.max_regression:
-        if rule.metric == "time":
-            return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
-        return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
-    return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
-
-
-def _busy(row: pd.Series, when: str) -> str:
-    """A time timed on a busy CPU says so beside the change: the slowdown may be the machine's, not the code's."""
-    from attnprof.trackers.host_contention import NOTE_START
-
-    reason = row.get("reason")
-    if not isinstance(reason, str) or not reason.startswith(NOTE_START):
-        return ""
-    return f" [{when}: {reason.split(':')[0].removeprefix('timed while ')}]"
-
-
-def _time_regression(rule: GateRule, subject: str, described: str, change: float, new: list, old: list) -> Judgement:
-    """A median slowdown past the bound: FAIL if the samples show it is not noise. With enough samples that is the
-    Mann-Whitney test; with too few for any outcome to reach REGRESSION_P_VALUE (fewer than 5 a side: at 3 and 3
-    the smallest one-sided p is 1/20), the test cannot speak, so the rule asks for separation instead: every new
-    sample slower than every baseline sample by more than the bound. Overlapping samples then cannot be judged."""
-    bound = f"> max {rule.max_regression:.0%}"
-    if new and old and 1 / math.comb(len(new) + len(old), len(new)) >= REGRESSION_P_VALUE:
-        counts = f"{len(new)} samples now, {len(old)} in the baseline: too few for a significance test"
-        gap = min(new) / max(old) - 1.0
-        if gap > rule.max_regression:
-            return Judgement(subject, "FAIL", f"{described} {bound} ({counts}; the fastest is {gap:+.0%} on the slowest before)", change)
-        return Judgement(subject, "MISSING", f"{described} {bound}, but the samples overlap ({counts}; a longer rep_ms gives more)")
-    p_value = mann_whitney_greater(new, old)
-    if p_value >= REGRESSION_P_VALUE:
-        return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
-    return Judgement(subject, "FAIL", f"{described} (p={p_value:.2g}) {bound}", change)
-
-
-def mann_whitney_greater(new, old) -> float:
-    """One-sided p-value that `new` samples are stochastically larger than `old` (normal approximation
-    with tie correction; with fewer than 3 samples a side nothing can be shown, p = 1)."""
-    new, old = np.asarray(new, float), np.asarray(old, float)
-    n1, n2 = len(new), len(old)
-    if n1 < 3 or n2 < 3:
-        return 1.0
-    ranks = pd.Series(np.concatenate([new, old])).rank().to_numpy()
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    _, counts = np.unique(np.concatenate([new, old]), return_counts=True)
-    n = n1 + n2
-    variance = n1 * n2 / 12 * ((n + 1) - (counts**3 - counts).sum() / (n * (n - 1)))
-    if variance <= 0:
-        return 1.0
-    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
-    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def _span(lengths) -> str:

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from attnprof.cli import cli
-from attnprof.gate import evaluate, exit_status, mann_whitney_greater
+from attnprof.gate import evaluate, exit_status
+from attnprof.gate_regression import mann_whitney_greater
 from attnprof.gate_rules import parse_rules
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]

@@ -1,0 +1,102 @@
+"""The gate's regression rules: each cell of a run against the same cell of a baseline file.
+
+Peak bytes and FLOPs are exact, so their change is the verdict. A time change must also show in the raw
+samples (one-sided Mann-Whitney U), since two runs of one cell differ by noise alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from attnprof.gate import CONFIG, NEW_CELL, Judgement, matching, metric_text, subject_of
+from attnprof.gate_rules import METRICS, GateRule
+
+REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
+
+
+def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:
+    if baseline is None:
+        return [Judgement("baseline", "MISSING", "a max_regression rule needs --baseline FILE")]
+    base = matching(rule, baseline).set_index([*CONFIG, "seq_len"])
+    judgements = []
+    for _, row in rows.iterrows():
+        key = tuple(row[c] for c in [*CONFIG, "seq_len"])
+        subject = f"{subject_of(key[:-1])} N={key[-1]}"
+        if key not in base.index:  # a case new since the baseline is not a regression; said, not judged
+            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
+            continue
+        judgements.append(_compare(rule, subject, row, base.loc[key]))
+    # The run has the cells; the baseline names them otherwise (other options, lengths).
+    if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
+        has = ", ".join(sorted(set(matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
+        wanted = ", ".join(sorted(set(rows["label"])))
+        reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
+        return [Judgement("baseline", "MISSING", reason)]
+    return judgements
+
+
+def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Judgement:
+    if old["status"] == "ok" and new["status"] != "ok":
+        return Judgement(subject, "FAIL", f"was ok in the baseline, now {new['status']}: {new['reason']}", math.inf)
+    if new["status"] != "ok" or old["status"] != "ok":
+        return Judgement(subject, "PASS", f"{new['status']} now, {old['status']} in the baseline")
+    column = METRICS[rule.metric]
+    change = float(new[column]) / float(old[column]) - 1.0
+    show = metric_text(rule.metric)
+    described = f"{rule.metric} {show(float(new[column]))} vs {show(float(old[column]))} in the baseline ({change:+.1%})"
+    if rule.metric == "time":
+        described += _busy(new, "now") + _busy(old, "in the baseline")
+    if change > rule.max_regression:
+        if rule.metric == "time":
+            return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
+        return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
+    return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+
+
+def _busy(row: pd.Series, when: str) -> str:
+    """A time timed on a busy CPU says so beside the change: the slowdown may be the machine's, not the code's."""
+    from attnprof.trackers.host_contention import NOTE_START
+
+    reason = row.get("reason")
+    if not isinstance(reason, str) or not reason.startswith(NOTE_START):
+        return ""
+    return f" [{when}: {reason.split(':')[0].removeprefix('timed while ')}]"
+
+
+def _time_regression(rule: GateRule, subject: str, described: str, change: float, new: list, old: list) -> Judgement:
+    """A median slowdown past the bound: FAIL if the samples show it is not noise. With enough samples that is the
+    Mann-Whitney test; with too few for any outcome to reach REGRESSION_P_VALUE (fewer than 5 a side: at 3 and 3
+    the smallest one-sided p is 1/20), the test cannot speak, so the rule asks for separation instead: every new
+    sample slower than every baseline sample by more than the bound. Overlapping samples then cannot be judged."""
+    bound = f"> max {rule.max_regression:.0%}"
+    if new and old and 1 / math.comb(len(new) + len(old), len(new)) >= REGRESSION_P_VALUE:
+        counts = f"{len(new)} samples now, {len(old)} in the baseline: too few for a significance test"
+        gap = min(new) / max(old) - 1.0
+        if gap > rule.max_regression:
+            return Judgement(subject, "FAIL", f"{described} {bound} ({counts}; the fastest is {gap:+.0%} on the slowest before)", change)
+        return Judgement(subject, "MISSING", f"{described} {bound}, but the samples overlap ({counts}; a longer rep_ms gives more)")
+    p_value = mann_whitney_greater(new, old)
+    if p_value >= REGRESSION_P_VALUE:
+        return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
+    return Judgement(subject, "FAIL", f"{described} (p={p_value:.2g}) {bound}", change)
+
+
+def mann_whitney_greater(new, old) -> float:
+    """One-sided p-value that `new` samples are stochastically larger than `old` (normal approximation
+    with tie correction; with fewer than 3 samples a side nothing can be shown, p = 1)."""
+    new, old = np.asarray(new, float), np.asarray(old, float)
+    n1, n2 = len(new), len(old)
+    if n1 < 3 or n2 < 3:
+        return 1.0
+    ranks = pd.Series(np.concatenate([new, old])).rank().to_numpy()
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    _, counts = np.unique(np.concatenate([new, old]), return_counts=True)
+    n = n1 + n2
+    variance = n1 * n2 / 12 * ((n + 1) - (counts**3 - counts).sum() / (n * (n - 1)))
+    if variance <= 0:
+        return 1.0
+    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))

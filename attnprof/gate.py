@@ -48,17 +48,25 @@ def exit_status(verdicts: list[RuleVerdict]) -> int:
 
 
 NEW_CELL = "NEW"  # a judgement's verdict for a cell the baseline lacks: said, never judged
+UNSUPPORTED_CONFIG = "UNSUPPORTED"  # a configuration the impl declares it does not run: said, never judged
 
 
 def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
     new = [j for j in judgements if j.verdict == NEW_CELL]
-    judgements = [j for j in judgements if j.verdict != NEW_CELL]
+    refused = [j for j in judgements if j.verdict == UNSUPPORTED_CONFIG]
+    judgements = [j for j in judgements if j.verdict not in (NEW_CELL, UNSUPPORTED_CONFIG)]
     if not judgements:
-        return RuleVerdict(rule, "MISSING", f"no measurements match impl {rule.impl!r} and the rule's filters", ())
+        why = f"no measurements match impl {rule.impl!r} and the rule's filters"
+        if refused:
+            why = f"every configuration it matches is unsupported: {refused[0].subject}: {refused[0].message}"
+        return RuleVerdict(rule, "MISSING", why, ())
     # A cell the baseline lacks cannot regress; said, so that a rule passing on 2 of 40 cells does not read as 40.
     unjudged = ""
     if new:
         unjudged = f"; {len(new)} cell{'s' * (len(new) > 1)} new since the baseline not judged ({new[0].subject}{', ...' * (len(new) > 1)})"
+    if refused:  # `impl = "all"` with causal both: Nyströmformer's causal configurations made the rule MISSING (exit 3)
+        plural = "s" * (len(refused) > 1)
+        unjudged += f"; {len(refused)} unsupported configuration{plural} not judged ({refused[0].subject}{', ...' * (len(refused) > 1)})"
     for verdict in ("FAIL", "MISSING"):
         hits = failing(judgements, verdict)
         if hits:
@@ -100,13 +108,17 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
         from attnprof.gate_regression import judge_regression  # it builds on this module
 
         return judge_regression(rule, rows, baseline)
+    from attnprof.gate_scaling import judge_exponent, judge_frontier  # they build on this module
+
     judgements = []
     for keys, group in rows.groupby(CONFIG, sort=True):
-        if rule.kind in ("ratio", "value"):
+        if (group["status"] == "unsupported").all():  # a declared refusal (nystromformer causal): nothing to judge
+            judgements.append(Judgement(subject_of(keys), UNSUPPORTED_CONFIG, group["reason"].iloc[0]))
+        elif rule.kind in ("ratio", "value"):
             judge = _judge_ratio if rule.kind == "ratio" else _judge_value
             judgements += [judge(rule, f"{subject_of(keys)} N={n}", group, frame, n) for n in rule.at_length]
         else:
-            judge = _judge_exponent if rule.kind == "exponent" else _judge_frontier
+            judge = judge_exponent if rule.kind == "exponent" else judge_frontier
             judgements.append(judge(rule, subject_of(keys), group, frame, default_budget))
     return judgements
 
@@ -114,50 +126,6 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
 def subject_of(keys) -> str:
     label, batch, heads, head_dim, dtype, device, causal, mode = keys
     return f"{label} B{batch} H{heads} D{head_dim} {dtype} {device} {'causal' if causal else 'bidir'} {mode}"
-
-
-def _ok_points(rule: GateRule, group: pd.DataFrame):
-    """(lengths, values) of the ok rows; time uses every raw sample."""
-    ok = group[group["status"] == "ok"]
-    if rule.metric == "time":
-        ok = ok[ok["times_ms"].map(len) > 0].explode("times_ms")
-        return ok["seq_len"].to_numpy(float), ok["times_ms"].to_numpy(float)
-    ok = ok[ok[METRICS[rule.metric]].notna()]
-    return ok["seq_len"].to_numpy(float), ok[METRICS[rule.metric]].to_numpy(float)
-
-
-def _not_ok(rule: GateRule, group: pd.DataFrame) -> str:
-    bad = group[group["status"] != "ok"]
-    text = ", ".join(f"N={n} {s}" for n, s in zip(bad["seq_len"], bad["status"], strict=False))
-    ok = group[group["status"] == "ok"]
-    empty = ok["times_ms"].map(len) == 0 if rule.metric == "time" else ok[METRICS[rule.metric]].isna()
-    if empty.any():
-        text += ("; " if text else "") + f"{int(empty.sum())} ok rows carry no {rule.metric} (an accounting run has no times)"
-    return text or "none"
-
-
-def _judge_exponent(rule, subject, group, frame, budget) -> Judgement:
-    from attnprof.fit import fit_power_law
-
-    lengths, values = _ok_points(rule, group)
-    if len(set(lengths)) < 3:
-        return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
-    fit = fit_power_law(lengths, values, metric=rule.metric)
-    interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
-    described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity})"
-    # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
-    high, low = f"95% upper end {fit.exponent_high:.3f}", f"95% lower end {fit.exponent_low:.3f}"
-    if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
-        return Judgement(subject, "FAIL", f"{described}: {high} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
-    if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
-        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
-    bound = ": " + ", ".join(
-        f"{end} {name} {value:g}"
-        for end, name, value in ((high, "<= max", rule.max_exponent), (low, ">= min", rule.min_exponent))
-        if value is not None
-    )
-    margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
-    return Judgement(subject, "PASS", f"{described}{bound}", margin)
 
 
 # A target not met because the cell itself failed is a failure; a cell never run is only missing.
@@ -189,17 +157,42 @@ def _judge_ratio(rule, subject, group, frame, length) -> Judgement:
     mine, status, why = _value_at(rule, group, length)
     if mine is None:
         return _own_cell_failure(subject, status, why)
+    lines = sorted(set(others["label"]))
+    if len(lines) > 1:  # a bare name matching nystromformer[num_landmarks=16] and [=256] took whichever came first
+        return Judgement(subject, "MISSING", f"to = {rule.to!r} matches {len(lines)} lines ({', '.join(lines)}): name one of them")
     theirs, _, why_theirs = _value_at(rule, others, length)
     if not theirs:
         return Judgement(subject, "MISSING", f"no ratio: {rule.to} at N={length}: {why_theirs or 'zero'}")
-    return _bounded(subject, f"{rule.metric} ratio to {rule.to}", mine / theirs, rule.max_ratio, rule.min_ratio, "{:.3g}")
+    note = _time_note(rule, pd.concat([group, others]), length)
+    return _bounded(subject, f"{rule.metric} ratio to {rule.to}", mine / theirs, rule.max_ratio, rule.min_ratio, "{:.3g}", note)
 
 
 def _judge_value(rule, subject, group, frame, length) -> Judgement:
     value, status, why = _value_at(rule, group, length)
     if value is None:
         return _own_cell_failure(subject, status, why)
-    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric))
+    return _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric), _time_note(rule, group, length))
+
+
+def _time_note(rule: GateRule, rows: pd.DataFrame, length: int) -> str:
+    return busy_note(rows[rows["seq_len"] == length]) if rule.metric == "time" else ""
+
+
+def _apart(show, value: float, bound: float) -> str:
+    """A failing value and how far past its bound: "2.0 GiB > max 2.0 GiB" hid 0.4% over (2,155,872,000 bytes)."""
+    past = f" ({value / bound - 1:+.1%})" if bound else ""
+    return f"{show(value)}{past}" if show(value) != show(bound) else f"{value:,.0f}{past}"
+
+
+def busy_note(group: pd.DataFrame) -> str:
+    """' [N=1024, 2048 timed while other processes kept 1.0 of 2 cores busy]' when CPU timing said so."""
+    from attnprof.trackers.host_contention import NOTE_START
+
+    busy = group[group["reason"].map(lambda r: isinstance(r, str) and r.startswith(NOTE_START))]
+    if busy.empty:
+        return ""
+    lengths = ", ".join(str(n) for n in sorted(set(busy["seq_len"])))
+    return f" [N={lengths} {busy['reason'].iloc[0].split(':')[0]}]"
 
 
 def metric_text(metric: str):
@@ -209,45 +202,17 @@ def metric_text(metric: str):
     return lambda v: f"{v:.4g}" + (" ms" if metric == "time" else "")
 
 
-def _bounded(subject: str, what: str, value: float, maximum, minimum, shown) -> Judgement:
+def _bounded(subject: str, what: str, value: float, maximum, minimum, shown, note: str = "") -> Judgement:
     show = shown.format if isinstance(shown, str) else shown
-    described = f"{what} {show(value)}"
     if maximum is not None and value > maximum:
+        described = f"{what} {_apart(show, value, maximum)}{note}"
         return Judgement(subject, "FAIL", f"{described} > max {show(maximum)}", value / maximum if maximum else math.inf)
     if minimum is not None and value < minimum:
+        described = f"{what} {_apart(show, value, minimum)}{note}"
         return Judgement(subject, "FAIL", f"{described} < min {show(minimum)}", minimum / value if value else math.inf)
+    described = f"{what} {show(value)}{note}"
     bound = f"<= max {show(maximum)}" if maximum is not None else f">= min {show(minimum)}"
     return Judgement(subject, "PASS", f"{described} {bound}", value / maximum if maximum else (minimum / value if value else 0.0))
-
-
-def _judge_frontier(rule, subject, group, frame, default_budget) -> Judgement:
-    from attnprof.analysis import input_bytes_per_token, measured_boundaries
-    from attnprof.crossover import memory_frontier
-    from attnprof.fit import fit_power_law
-
-    budget = rule.budget or default_budget
-    if budget is None:
-        return Judgement(subject, "MISSING", 'no budget: set budget = "80GiB" in the rule (the device\'s memory is unknown)')
-    lengths, values = _ok_points(rule, group)
-    if len(set(lengths)) < 3:
-        return Judgement(subject, "MISSING", f"{len(set(lengths))} ok lengths, need 3 to fit (not ok: {_not_ok(rule, group)})")
-    inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
-    frontier = memory_frontier(
-        fit_power_law(lengths, values, metric="peak_bytes"), budget, input_bytes_per_token=inputs, **measured_boundaries(group)
-    )
-    described = (
-        f"frontier N={frontier.length:,.0f} [{frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
-    )
-    low = f"lower end {frontier.length_low:,.0f}"  # the 95% one, and extrapolated no longer than the class model's
-    if not frontier.length_low >= rule.min_frontier:
-        return Judgement(
-            subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1)
-        )
-    return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", rule.min_frontier / max(frontier.length_low, 1))
-
-
-def _span(lengths) -> str:
-    return f"{int(min(lengths))}..{int(max(lengths))}"
 
 
 def markdown_report(verdicts: list[RuleVerdict]) -> str:

@@ -44,9 +44,16 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     if new["status"] != "ok" or old["status"] != "ok":
         return Judgement(subject, "PASS", f"{new['status']} now, {old['status']} in the baseline")
     column = METRICS[rule.metric]
-    change = float(new[column]) / float(old[column]) - 1.0
+    now, before = _number(new[column]), _number(old[column])
+    if now is None or before is None:  # "time nan ms vs nan ms (+nan%) <= max 10%" passed two accounting runs
+        where = " and ".join(w for w, v in (("the run", now), ("the baseline", before)) if v is None)
+        return Judgement(subject, "MISSING", f"no {rule.metric} in {where} (an accounting run has no times)")
+    if before == 0:  # an impl without matmuls counts 0 FLOPs: the change was a ZeroDivisionError
+        change = 0.0 if now == 0 else math.inf
+    else:
+        change = now / before - 1.0
     show = metric_text(rule.metric)
-    described = f"{rule.metric} {show(float(new[column]))} vs {show(float(old[column]))} in the baseline ({change:+.1%})"
+    described = f"{rule.metric} {show(now)} vs {show(before)} in the baseline ({change:+.1%})"
     if rule.metric == "time":
         described += _busy(new, "now") + _busy(old, "in the baseline")
     if change > rule.max_regression:
@@ -54,6 +61,15 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
             return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
         return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
     return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+
+
+def _number(value) -> float | None:
+    """A stored metric as a float, None where it is missing (None, NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 def _busy(row: pd.Series, when: str) -> str:

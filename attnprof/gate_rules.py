@@ -12,6 +12,7 @@ Five forms, told apart by their bound keys:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from attnprof.errors import UsageError
@@ -71,6 +72,8 @@ class GateRule:
 
 
 def parse_rules(tables: list, source: str) -> list[GateRule]:
+    if isinstance(tables, dict):  # one [rule] table: TOML reads it as a table, not a list of them
+        raise UsageError(f"{source} has a [rule] table: write each rule as [[rule]] (double brackets)")
     if not isinstance(tables, list) or not tables:
         raise UsageError(f"{source} has no [[rule]] tables")
     for index, table in enumerate(tables, 1):
@@ -133,10 +136,13 @@ def _bounds(table: dict, where: str, metric: str) -> dict:
     for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression"):
         if key in table:
             bounds[key] = _non_negative(key, table[key], where)
-    if "at_length" in table:
-        bounds["at_length"] = parse_lengths(str(table["at_length"]))
+    if "at_length" in table:  # "64k", "8k..64k", or a TOML list [1024, "64k"]
+        bounds["at_length"] = _keyed(parse_lengths, table["at_length"], "at_length", where)
     if "min_frontier" in table:
-        bounds["min_frontier"] = parse_size(str(table["min_frontier"]), "min_frontier")
+        frontier = table["min_frontier"]  # 1e6 is a TOML float: taken when it is a whole number
+        whole = isinstance(frontier, float) and math.isfinite(frontier) and frontier.is_integer()
+        text = str(int(frontier)) if whole else str(frontier)
+        bounds["min_frontier"] = _keyed(lambda v: parse_size(v, "min_frontier"), text, "min_frontier", where)
     for key in ("max_value", "min_value"):
         if key in table:
             value = table[key]
@@ -148,9 +154,18 @@ def _bounds(table: dict, where: str, metric: str) -> dict:
     return bounds
 
 
+def _keyed(parse, value, key: str, where: str):
+    """parse(value), its error naming the rule and the key: "bad length '1kk'" did not say where it was."""
+    try:
+        return parse(value)
+    except UsageError as error:
+        raise UsageError(f"{error} (key {key!r} in {where})") from None
+
+
 def _non_negative(key: str, value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise UsageError(f"bad {key} {value!r} in {where}: expected a non-negative number")
+    # not NaN (a ratio rule with max_ratio = nan always passed) and not inf (a bound that can never fail)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise UsageError(f"bad {key} {value!r} in {where}: expected a finite non-negative number")
     return float(value)
 
 

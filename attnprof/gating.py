@@ -26,7 +26,10 @@ def load_rules(path: str | Path):
     for rule in rules:
         for name in (rule.impl, rule.to):
             if name and name != "all":
-                impls.get(name.split("[")[0])  # raises naming the unknown impl and the known ones
+                try:
+                    impls.get(name.split("[")[0])  # raises naming the unknown impl and the known ones
+                except UsageError as error:
+                    raise UsageError(f"{path}: rule {rule.index}: {error}") from None
     return rules, sweeps
 
 
@@ -101,12 +104,17 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
                 raise UsageError(
                     f"{rules_path}: rule {rule.index} names {name!r}, which no [sweep] of the file measures ({', '.join(sorted(measured))})"
                 )
+        lines = sorted({spec.label for spec in specs if rule.to in (spec.name, spec.label)})
+        if len(lines) > 1:  # the ratio would be taken to whichever line came first
+            named = f"to = {rule.to!r}, which names {len(lines)} lines ({', '.join(lines)})"
+            raise UsageError(f"{rules_path}: rule {rule.index} has {named}: name one")
 
 
 def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
     """What the file's own sweeps can never give a rule, said before measuring (exit 2), not as MISSING (exit 3,
     "the measurement failed") after it: times from accounting-only sweeps, a length none of them measures, a
-    frontier on meta runs, which belong to no device and so have no default budget."""
+    frontier on meta runs, which belong to no device and so have no default budget, a filter keeping values no sweep
+    has."""
     accounting_only = all(sweep.accounting for sweep in resolved_sweeps)
     lengths = sorted(set().union(*(sweep.lengths for sweep in resolved_sweeps)))
     for rule in rules:
@@ -118,6 +126,11 @@ def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
             raise UsageError(
                 f"{where} asks for N={missing[0]}, which no [sweep] of the file measures (lengths {', '.join(map(str, lengths))})"
             )
+        for key, allowed in rule.filters.items():  # dtype = "bfloat16" over float32 sweeps measured, then exited 3
+            swept = sorted({value for sweep in resolved_sweeps for value in getattr(sweep, key)}, key=str)
+            if not set(allowed) & set(swept):
+                kept, shown = ", ".join(map(str, allowed)), ", ".join(map(str, swept))
+                raise UsageError(f"{where} keeps {key} {kept}, which no [sweep] of the file measures ({shown})")
         if rule.min_frontier is not None and rule.budget is None and accounting_only:
             raise UsageError(f'{where}: accounting runs have no device memory to default to; set budget = "80GiB" in the rule')
 

@@ -60,20 +60,33 @@ max_exponent = 1.1
     assert "PASS 2, FAIL 1, MISSING 0" in result.output
 
 
-def test_failed_measurements_exit_3(tmp_path):
+def test_an_impl_failing_from_some_length_on_fails_its_scaling_rules(tmp_path):
+    """An impl raising from 2k on passed "exponent <= 1.2" over the lengths before (an audit's custom kernel), and a
+    frontier rule said it fit 20M tokens; it was MISSING at best. A scaling rule covers every length measured."""
     result = gate(
         tmp_path,
-        SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096")
+        SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096").replace("1k..16k", "256..16k")
         + """
 [[rule]]
 impl = "fault"
 metric = "peak_bytes"
 max_exponent = 2.1
+
+[[rule]]
+impl = "fault"
+min_frontier = "1k"
+budget = "80GiB"
 """,
     )
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("MISSING") and "2 ok lengths, need 3" in lines[0] and "N=4096 error, N=8192 error" in lines[0]
+    broken = "N=4096, 8192, 16384 error (ValueError: planted failure in the fault impl): a scaling rule covers every length measured"
+    assert lines[0].startswith("FAIL") and broken in lines[0], lines[0]
+    assert lines[1].startswith("FAIL") and broken in lines[1], lines[1]
+
+
+def test_a_rule_that_cannot_be_judged_exits_3(tmp_path):
+    gate(tmp_path, SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n')
     # judged on an existing accounting run, a time rule is MISSING with the reason
     judged = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "time"\nmax_exponent = 2.1\n', "--run", "latest")
     assert judged.exit_code == 3 and "carry no time (an accounting run has no times)" in judged.output, judged.output
@@ -85,6 +98,9 @@ max_exponent = 2.1
         ('impl = "softmax"\nmetric = "time"\nmax_exponent = 2.1\n', "every [sweep] of the file is an accounting run"),
         ('impl = "softmax"\nmetric = "peak_bytes"\nat_length = "64k"\nmax_value = "1GiB"\n', "N=65536, which no [sweep]"),
         ('impl = "softmax"\nmin_frontier = "64k"\n', 'set budget = "80GiB"'),
+        ('impl = "softmax"\nmetric = "flops"\nmax_exponent = 2.1\ndtype = "float16"\n', "keeps dtype float16, which no [sweep]"),
+        ('impl = "softmax"\nmetric = "flops"\nmax_exponent = 2.1\ncausal = "yes"\n', "keeps causal True, which no [sweep]"),
+        ('impl = "softmaxx"\nmetric = "flops"\nmax_exponent = 2.1\n', "rules.toml: rule 1: unknown impl 'softmaxx'"),
     ],
 )
 def test_a_rule_its_files_sweeps_can_never_answer_is_refused_before_measuring(tmp_path, rule, fragment):
@@ -213,6 +229,13 @@ def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(t
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = "5 parsecs"\n', "a duration such as 5ms"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nmax_value = "5GiB"\n', "a number such as 1e12"),
+        # a bound that can never fail, or one that always passes (nan compares False with everything)
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nto = "sdpa"\nmax_ratio = nan\n', "bad max_ratio nan in rule 1"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = inf\n', "expected a finite non-negative number"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = nan\n', "bad max_value nan"),
+        ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1kk"\nmax_value = 3\n', "(key 'at_length' in rule 1 of"),
+        ('[[rule]]\nimpl = "softmax"\nmin_frontier = "lots"\nbudget = "1GiB"\n', "(key 'min_frontier' in rule 1 of"),
+        ('[rule]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "write each rule as [[rule]] (double brackets)"),
     ],
 )
 def test_malformed_rules_exit_2_with_one_line(tmp_path, text, fragment):
@@ -338,6 +361,12 @@ def test_a_rule_on_an_impl_the_file_never_sweeps_is_a_usage_error_before_measuri
     assert not (tmp_path / "gate.db").exists()  # nothing was measured
 
 
+def test_a_rule_takes_at_length_as_a_toml_list_and_min_frontier_as_a_whole_float():
+    (rule,) = parse_rules([{"impl": "x", "metric": "time", "at_length": [256, "1k"], "max_value": 3}], "t")
+    (frontier,) = parse_rules([{"impl": "x", "min_frontier": 1e6}], "t")  # it read "bad min_frontier '1000000.0'"
+    assert rule.at_length == (256, 1024) and frontier.min_frontier == 1_000_000
+
+
 def test_a_value_bound_written_as_text_is_read_in_its_metrics_unit():
     """ "5ms" for a time rule used to be refused as "expected a size such as 80GiB"."""
     table = lambda metric, value: {"impl": "softmax", "metric": metric, "at_length": "1k", "max_value": value}  # noqa: E731
@@ -386,3 +415,81 @@ def test_one_run_named_twice_is_judged_once(tmp_path):
     run_id = first.output.strip().splitlines()[-1].split("(run ")[-1].rstrip(")")
     twice = gate(tmp_path, rule, "--run", "latest", "--run", run_id[:12])
     assert twice.exit_code == 0 and twice.output.strip().endswith(f"(run {run_id})"), twice.output  # was "(run X, X)"
+
+
+def test_a_measured_oom_below_min_frontier_fails_and_limits_are_named_beside_a_fit():
+    """A frontier fitted from 1k..4k said 20M tokens fit, while the GPU ran out at 16k. Lengths the machine could
+    not hold leave the fit as it was, and are named beside it."""
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=1000 * n, device="cuda") for n in LENGTHS[:3]]
+    rows += [dict(seq_len=8192, status="oom", times_ms=[], median_ms=None, peak_bytes=None, device="cuda")]
+    rows += [dict(seq_len=16384, status="skipped", times_ms=[], median_ms=None, peak_bytes=None, device="cuda")]
+    frontier = {"impl": "x", "min_frontier": "1M", "budget": "80GiB"}
+    exponent = {"impl": "x", "metric": "peak_bytes", "max_exponent": 1.1}
+    frontier_verdict, exponent_verdict = evaluate(parse_rules([frontier, exponent], "t"), frame(rows))
+    assert frontier_verdict.verdict == "FAIL" and "ran out of memory at N=8,192 (measured), below min 1,048,576" in frontier_verdict.message
+    assert exponent_verdict.verdict == "PASS" and "; not fitted: N=8192 oom, N=16384 skipped" in exponent_verdict.message
+
+
+def test_a_timed_exponent_too_noisy_to_tell_linear_from_quadratic_is_missing_not_failed():
+    """Three runs of one unchanged kernel on a busy CPU gave PASS, PASS and FAIL (-0.770 [95% -4.100, 2.559])."""
+    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+    medians = [0.7, 70.0, 0.7, 70.0]  # samples of about 0.7 and 70 ms, as another process came and went
+    rows = [dict(seq_len=n, status="ok", times_ms=[m * 0.9, m, m * 1.1], median_ms=m, peak_bytes=n, reason=busy)
+            for m, n in zip(medians, LENGTHS, strict=False)]  # fmt: skip
+    (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent": 1.3}], "t"), frame(rows))
+    assert verdict.verdict == "MISSING" and "too noisy to judge: the 95% interval is" in verdict.message, verdict.message
+    assert "[N=1024, 2048, 4096, 8192 timed while other processes kept 1.0 of 2 cores busy]" in verdict.message
+    # wholly past the bound, however wide: still a failure
+    steep = [
+        dict(seq_len=n, status="ok", times_ms=[(n / 1024) ** 3 * f for f in (0.3, 1, 3)], median_ms=1.0, peak_bytes=n) for n in LENGTHS
+    ]
+    (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent": 1.3}], "t"), frame(steep))
+    assert verdict.verdict == "FAIL", verdict.message
+
+
+def test_zero_flops_are_missing_with_the_reason_not_a_crash():
+    """An impl without matmuls counts 0 FLOPs: the gate died with "a scaling fit needs at least 2 distinct lengths"."""
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n, flops=0) for n in LENGTHS]
+    (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "flops", "max_exponent": 1.1}], "t"), frame(rows))
+    assert verdict.verdict == "MISSING" and "flops is 0 at N=1024, 2048, 4096, 8192, 16384" in verdict.message
+
+
+def test_unsupported_configurations_are_said_not_judged_and_a_bare_to_naming_two_lines_is_missing():
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n) for n in LENGTHS]
+    rows += [dict(seq_len=n, status="unsupported", times_ms=[], median_ms=None, peak_bytes=None, causal=True, reason="x refuses causal")
+             for n in LENGTHS]  # fmt: skip
+    (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_exponent": 1.1}], "t"), frame(rows))
+    assert verdict.verdict == "PASS" and "; 1 unsupported configuration not judged (x B1 H1 D64 float32 cpu causal fwd)" in verdict.message
+    lines = [dict(row, impl="y", label=f"y[m={m}]", peak_bytes=m * n) for m in (16, 256) for row in rows[:5] for n in [row["seq_len"]]]
+    ratio = {"impl": "x", "metric": "peak_bytes", "at_length": "1k", "to": "y", "max_ratio": 1}
+    (verdict,) = evaluate(parse_rules([ratio], "t"), frame(rows[:5] + lines))
+    assert verdict.verdict == "MISSING" and "to = 'y' matches 2 lines (y[m=16], y[m=256]): name one of them" in verdict.message
+
+
+def test_a_failing_value_says_how_far_past_its_bound_even_when_rounding_hides_it():
+    rows = [dict(seq_len=1024, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=2_155_872_000)]
+    (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "at_length": "1k", "max_value": "2GiB"}], "t"), frame(rows))
+    assert verdict.verdict == "FAIL" and "peak_bytes 2,155,872,000 (+0.4%) > max 2.0 GiB" in verdict.message, verdict.message
+
+
+def test_a_regression_rule_without_the_metric_is_missing_and_zero_flops_do_not_crash():
+    """Two accounting runs (no times) passed "time nan ms vs nan ms (+nan%) <= max 10%"; a baseline of 0 FLOPs died
+    dividing by zero, and one without a peak in int(NaN)."""
+    cell = lambda **values: frame([dict(seq_len=1024, status="ok", times_ms=[], median_ms=None, peak_bytes=1, **values)])  # noqa: E731
+    time_rule = parse_rules([{"impl": "x", "metric": "time", "max_regression": 0.1}], "t")
+    [verdict] = evaluate(time_rule, cell(), baseline=cell())
+    assert verdict.verdict == "MISSING" and "no time in the run and the baseline" in verdict.message
+    flops_rule = parse_rules([{"impl": "x", "metric": "flops", "max_regression": 0.1}], "t")
+    assert evaluate(flops_rule, cell(flops=0), baseline=cell(flops=0))[0].verdict == "PASS"
+    [grown] = evaluate(flops_rule, cell(flops=10), baseline=cell(flops=0))
+    assert grown.verdict == "FAIL" and "+inf%" in grown.message
+    peak_rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.1}], "t")
+    no_peak = frame([dict(seq_len=1024, status="ok", times_ms=[], median_ms=None, peak_bytes=None)])
+    assert evaluate(peak_rule, cell(), baseline=no_peak)[0].verdict == "MISSING"
+
+
+def test_a_ratio_to_a_bare_name_the_sweep_measures_twice_is_refused_before_measuring(tmp_path):
+    """`to = "nystromformer"` over num_landmarks=16 and =256 took the ratio to whichever came first, unsaid."""
+    two_lines = SWEEP.replace("softmax,sdpa-flash,fault", "softmax,fault,fault:at_length=99999")
+    result = gate(tmp_path, two_lines + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nto = "fault"\nmax_ratio = 2\n')
+    assert result.exit_code == 2 and "has to = 'fault', which names 2 lines (fault, fault[at_length=99999]): name one" in result.output

@@ -1,0 +1,153 @@
+"""The gate's scaling rules: a fitted exponent, and a memory frontier, per configuration.
+
+A fit covers only the lengths that ran, so what happened at the others decides first:
+- a length where the impl itself failed (error, crashed) fails the rule: an impl that raised from 2k on passed
+  "exponent <= 1.2" over 256..1k, and a frontier rule said it fit 20M tokens;
+- a measured out-of-memory below `min_frontier` fails a frontier rule: the machine ran out before it;
+- lengths the machine could not hold (oom, timeout, and the skipped lengths after them) are named beside the
+  verdict, which then covers the lengths that ran.
+A timed fit whose 95% interval is wider than the gap between linear and quadratic cannot tell them apart:
+unless it lies wholly past the bound, the rule is MISSING ("too noisy to judge"), not a flaky FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from attnprof.gate import Judgement, busy_note
+from attnprof.gate_rules import METRICS, GateRule
+
+BROKEN = ("error", "crashed")  # the impl failed at that length: no fit over the others may hide it
+LIMITS = ("oom", "timeout", "skipped")  # the machine's limits: the fit covers the lengths that ran, and says so
+JUDGEABLE_WIDTH = 1.0  # widest 95% exponent interval a verdict is drawn from: linear and quadratic are 1 apart
+
+
+def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, budget) -> Judgement:
+    from attnprof.fit import fit_power_law
+
+    broken = broken_cells(group)
+    if broken:
+        return Judgement(subject, "FAIL", broken, math.inf)
+    lengths, values, missing = _fit_points(rule, group)
+    if missing:
+        return Judgement(subject, "MISSING", missing)
+    fit = fit_power_law(lengths, values, metric=rule.metric)
+    interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
+    described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity}){limits_note(group)}"
+    if rule.metric == "time":
+        described += busy_note(group)
+    # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
+    high, low = f"95% upper end {fit.exponent_high:.3f}", f"95% lower end {fit.exponent_low:.3f}"
+    wholly_past = (rule.max_exponent is not None and fit.exponent_low > rule.max_exponent) or (
+        rule.min_exponent is not None and fit.exponent_high < rule.min_exponent
+    )
+    width = fit.exponent_high - fit.exponent_low
+    if not width <= JUDGEABLE_WIDTH and not wholly_past:  # NaN too
+        # Three runs of one unchanged kernel on a busy CPU gave 0.918, -0.009 and -0.770 [95% -4.100, 2.559]: a FAIL
+        # drawn from the last would be noise.
+        why = f"too noisy to judge: the 95% interval is {width:.3g} wide, over {JUDGEABLE_WIDTH:g} (linear and quadratic both fit)"
+        return Judgement(subject, "MISSING", f"{described}: {why}; measure on a quiet machine or with a longer rep_ms")
+    if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
+        return Judgement(subject, "FAIL", f"{described}: {high} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
+    if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
+        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
+    bound = ": " + ", ".join(
+        f"{end} {name} {value:g}"
+        for end, name, value in ((high, "<= max", rule.max_exponent), (low, ">= min", rule.min_exponent))
+        if value is not None
+    )
+    margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
+    return Judgement(subject, "PASS", f"{described}{bound}", margin)
+
+
+def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, default_budget) -> Judgement:
+    from attnprof.analysis import input_bytes_per_token, measured_boundaries
+    from attnprof.crossover import memory_frontier
+    from attnprof.fit import fit_power_law
+
+    broken = broken_cells(group)
+    if broken:
+        return Judgement(subject, "FAIL", broken, math.inf)
+    boundaries = measured_boundaries(group)
+    below = sorted(n for n in boundaries["oom_lengths"] if n < rule.min_frontier)
+    if below:  # measured, on a real device: no fit can outweigh it
+        why = f"ran out of memory at N={below[0]:,} (measured), below min {rule.min_frontier:,}"
+        return Judgement(subject, "FAIL", why, rule.min_frontier / below[0])
+    budget = rule.budget or default_budget
+    if budget is None:
+        return Judgement(subject, "MISSING", 'no budget: set budget = "80GiB" in the rule (the device\'s memory is unknown)')
+    lengths, values, missing = _fit_points(rule, group)
+    if missing:
+        return Judgement(subject, "MISSING", missing)
+    inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
+    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, input_bytes_per_token=inputs, **boundaries)
+    described = (
+        f"frontier N={frontier.length:,.0f} [{frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
+        f"{limits_note(group)}"
+    )
+    low = f"lower end {frontier.length_low:,.0f}"  # the 95% one, and extrapolated no longer than the class model's
+    severity = rule.min_frontier / max(frontier.length_low, 1)
+    if not frontier.length_low >= rule.min_frontier:
+        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", severity)
+    return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", severity)
+
+
+def broken_cells(group: pd.DataFrame) -> str:
+    """'N=2048, 4096 error (reason)' for the lengths where the impl failed; '' when none did."""
+    bad = group[group["status"].isin(BROKEN)].sort_values("seq_len")
+    if bad.empty:
+        return ""
+    first = bad.iloc[0]
+    reason = f" ({first['reason']})" if isinstance(first["reason"], str) and first["reason"] else ""
+    statuses = "/".join(sorted(set(bad["status"])))
+    return f"N={_lengths(bad['seq_len'])} {statuses}{reason}: a scaling rule covers every length measured"
+
+
+def limits_note(group: pd.DataFrame) -> str:
+    """'; not fitted: N=16384 oom, N=32768, 65536 skipped' for the lengths the machine could not hold."""
+    parts = [
+        f"N={_lengths(group.loc[group['status'] == status, 'seq_len'])} {status}" for status in LIMITS if (group["status"] == status).any()
+    ]
+    return f"; not fitted: {', '.join(parts)}" if parts else ""
+
+
+def _fit_points(rule: GateRule, group: pd.DataFrame):
+    """(lengths, values, why not): the ok rows' positive values (time: every raw sample), or why fewer than 3
+    lengths have one. An impl without matmuls counts 0 FLOPs, which no power law fits."""
+    ok = group[group["status"] == "ok"]
+    if rule.metric == "time":
+        ok = ok[ok["times_ms"].map(len) > 0].explode("times_ms")
+        lengths, values = ok["seq_len"].to_numpy(float), ok["times_ms"].to_numpy(float)
+    else:
+        ok = ok[ok[METRICS[rule.metric]].notna()]
+        lengths, values = ok["seq_len"].to_numpy(float), ok[METRICS[rule.metric]].to_numpy(float)
+    zero = sorted({int(n) for n in lengths[~(values > 0)]})
+    lengths, values = lengths[values > 0], values[values > 0]
+    count = len(set(lengths))
+    if count >= 3:
+        return lengths, values, ""
+    why = f"{count} ok lengths with a positive {rule.metric}, need 3 to fit (not ok: {_not_ok(rule, group)})"
+    if zero:
+        why += f"; {rule.metric} is 0 at N={_lengths(zero)}"
+    return lengths, values, why
+
+
+def _not_ok(rule: GateRule, group: pd.DataFrame) -> str:
+    bad = group[group["status"] != "ok"]
+    text = ", ".join(f"N={n} {s}" for n, s in zip(bad["seq_len"], bad["status"], strict=False))
+    ok = group[group["status"] == "ok"]
+    empty = ok["times_ms"].map(len) == 0 if rule.metric == "time" else ok[METRICS[rule.metric]].isna()
+    if empty.any():
+        text += ("; " if text else "") + f"{int(empty.sum())} ok rows carry no {rule.metric} (an accounting run has no times)"
+    return text or "none"
+
+
+def _lengths(lengths) -> str:
+    return ", ".join(str(int(n)) for n in sorted(set(np.asarray(lengths, dtype=float))))
+
+
+def _span(lengths) -> str:
+    return f"{int(min(lengths))}..{int(max(lengths))}"

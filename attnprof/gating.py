@@ -13,8 +13,9 @@ BASELINE_KEYS = ("impl", "label", "options", "seq_len", "batch", "heads", "head_
                  "status", "reason", "median_ms", "times_ms", "peak_bytes", "flops")  # fmt: skip
 
 
-def load_rules(path: str | Path):
-    """(rules, sweep tables) from a rules file; every impl named must exist."""
+def load_rules(path: str | Path, registered: bool = True):
+    """(rules, sweep tables) from a rules file; with `registered`, every impl named must be registered here (a
+    stored run is judged on what it measured instead: its plugin modules need not be importable)."""
     from attnprof import impls
     from attnprof.gate_rules import parse_rules
     from attnprof.scenario import read_toml, sweep_from_options, sweep_tables
@@ -23,7 +24,7 @@ def load_rules(path: str | Path):
     for options in sweeps:
         sweep_from_options(options)  # validate every value before anything is measured
     rules = parse_rules(read_toml(path).get("rule", []), str(path))
-    for rule in rules:
+    for rule in rules if registered else ():
         for name in (rule.impl, rule.to):
             if name and name != "all":
                 try:
@@ -41,7 +42,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
-    rules, sweeps = load_rules(rules_path)
+    rules, sweeps = load_rules(rules_path, registered=not runs)
     needing = [n for n, rule in enumerate(rules, 1) if rule.max_regression is not None]
     if needing and not baseline:  # a usage slip: say so before measuring anything, not as a verdict afterwards
         raise UsageError(f"{rules_path}: rule {needing[0]} has max_regression, which needs --baseline FILE")
@@ -62,6 +63,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
     _refuse_overlapping_runs(frames, run_ids)
+    _check_rules_name_measured_impls(rules, frames, run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
     return verdicts, run_ids
@@ -88,6 +90,21 @@ def _refuse_overlapping_runs(frames, run_ids) -> None:
                 shown = f"{cell[0]} N={cell[-1]}"
                 raise UsageError(f"runs {seen[cell]} and {run_id} both measure {shown} (and maybe more): judge them one at a time")
             seen[cell] = run_id
+
+
+def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None:
+    """A rule naming an impl the judged runs never measured is a slip in the file (exit 2), not a MISSING verdict."""
+    import pandas as pd
+
+    cells = pd.concat(frames, ignore_index=True)
+    measured = set(cells["impl"]) | set(cells["label"])
+    for rule in rules:
+        for name in (rule.impl, rule.to):
+            if name and name != "all" and name not in measured:
+                runs = ", ".join(run_ids)
+                raise UsageError(
+                    f"{rules_path}: rule {rule.index} names {name!r}, which run {runs} does not measure ({', '.join(sorted(measured))})"
+                )
 
 
 def check_rules_are_swept(rules, sweeps, rules_path) -> None:

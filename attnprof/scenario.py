@@ -121,11 +121,14 @@ def read_toml(path: str | Path) -> dict:
         raise UsageError(f"scenario file {str(path)!r} is not valid TOML: {error}") from None
 
 
-def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> dict:
-    """The `[sweep]` table of a scenario file, with every key checked."""
+def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep", "rule")) -> dict:
+    """The `[sweep]` table of a scenario file, with every key checked. A gate's rules file is a scenario too (its
+    [[rule]] tables are the gate's): `attnprof sweep rules.toml` measures what a first baseline needs."""
     tables = sweep_tables(path, allowed_tables)
     if len(tables) > 1:
-        raise UsageError(f"{str(path)!r} has {len(tables)} [[sweep]] tables; a scenario takes one [sweep]")
+        raise UsageError(
+            f"{str(path)!r} has {len(tables)} [[sweep]] tables; a scenario takes one [sweep] (a gate measures them all: attnprof gate)"
+        )
     if not tables:  # an empty file is more likely a mistake than a request for the default sweep
         raise UsageError(f"scenario file {str(path)!r} has no [sweep] table")
     return tables[0]

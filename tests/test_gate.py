@@ -493,3 +493,31 @@ def test_a_ratio_to_a_bare_name_the_sweep_measures_twice_is_refused_before_measu
     two_lines = SWEEP.replace("softmax,sdpa-flash,fault", "softmax,fault,fault:at_length=99999")
     result = gate(tmp_path, two_lines + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nto = "fault"\nmax_ratio = 2\n')
     assert result.exit_code == 2 and "has to = 'fault', which names 2 lines (fault, fault[at_length=99999]): name one" in result.output
+
+
+def test_a_stored_run_of_a_plugin_impl_is_judged_without_its_module(tmp_path):
+    """`gate --run` refused a run of the user's own impl with "unknown impl 'mylin'" unless its module was importable,
+    though judging reads only the stored measurements. A name the run never measured is still a slip (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n').exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k != "ATTNPROF_PLUGINS"}  # the fault impl is not registered there
+
+    def judged(rule):
+        (tmp_path / "stored.toml").write_text("[[rule]]\n" + rule)
+        command = [sys.executable, "-m", "attnprof", "gate", "stored.toml", "--run", "latest", "--db", "gate.db"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    done = judged('impl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n')
+    assert done.returncode == 0 and done.stdout.startswith("PASS"), done.stdout + done.stderr
+    slip = judged('impl = "faul"\nmetric = "flops"\nmax_exponent = 2.1\n')
+    assert slip.returncode == 2 and "stored.toml: rule 1 names 'faul', which run " in slip.stderr, slip.stderr
+
+
+def test_a_rules_file_is_also_a_scenario_for_the_first_baseline(tmp_path):
+    """`attnprof sweep rules.toml` said "unknown table 'rule'": a first baseline needed the [sweep] copied out."""
+    (tmp_path / "rules.toml").write_text(SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_regression = 0.05\n')
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--dry-run", "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 0 and "15 cases, 0 refused, 15 to measure" in result.output, result.output

@@ -153,7 +153,7 @@ def _memory_pass_cpu(call, measurement: Measurement) -> None:
     from attnprof.accounting import live_bytes_mode
     from attnprof.trackers.host_rss import rss_tracker
 
-    with rss_tracker() as rss, live_bytes_mode() as live:
+    with cpu_heap.returned(), rss_tracker() as rss, live_bytes_mode() as live:
         call()
     measurement.peak_live_bytes = int(live.peak_bytes)
     measurement.peak_rss_bytes = rss.peak_above_start

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from attnprof.crossover import crossover_frame, memory_frontier
+from attnprof.crossover import crossover_frame
 from attnprof.fit import fit_frame
+from attnprof.frontier import memory_frontier
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
 METRICS = {"time": "time_ms", "peak_bytes": "peak_bytes", "flops": "flops"}

@@ -1,4 +1,4 @@
-"""Where two implementations' fitted curves cross, and how long a sequence fits a memory budget (pure).
+"""Where two implementations' fitted curves cross (pure); how long a sequence fits a memory budget is frontier.py.
 
 Both questions are solved on the fitted power laws (`fit.Fit`), with the fixed overhead a fit subtracted added back
 (then numerically, else in closed form): the power law is what the fit reports and what its interval describes.
@@ -37,18 +37,6 @@ class Crossover:
     cheaper_above: str
     lo: float  # the measured range the kind refers to
     hi: float
-    message: str
-
-
-@dataclass(frozen=True)
-class Frontier:
-    length: float  # largest N whose fitted peak fits the budget; inf when the peak does not grow with N
-    length_low: float  # 95% interval, from the exponent interval; extrapolated, also no longer than the class model's
-    length_high: float
-    budget_bytes: float
-    kind: str  # "in range" (within the fit's measured lengths), "extrapolated", or "unbounded"
-    consistent: bool  # no measured OOM at or below `length`, no measured success above it
-    conflicts: tuple  # the measured lengths that contradict the prediction
     message: str
 
 
@@ -166,7 +154,7 @@ def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> f
             return _last_meeting(curve_a, curve_b, a_grows_faster=curve_a(far) > curve_b(far) if equal else exponent_a > exponent_b)
     # value_a + e_a (x - center_a) = value_b + e_b (x - center_b), solved for x = ln N
     x = (value_b - value_a + exponent_a * center_a - exponent_b * center_b) / (exponent_a - exponent_b)
-    return _exp(x)
+    return exp_or_inf(x)
 
 
 def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
@@ -194,8 +182,8 @@ def _class_crossings(fit_a: Fit, fit_b: Fit) -> list[float]:
     (fitted over 8k..64k, its 5 MiB of fixed workspace left out) put "Nyströmformer cheaper above N = 258
     (95% 137..476), Combiner-Fixed below", where Nyströmformer is cheaper at every length from 16 on."""
     crossings = []
-    for name_a, name_b in itertools.product(_leading_classes(fit_a), _leading_classes(fit_b)):
-        model_a, model_b = _class_model(fit_a, name_a), _class_model(fit_b, name_b)
+    for name_a, name_b in itertools.product(leading_classes(fit_a), leading_classes(fit_b)):
+        model_a, model_b = class_model(fit_a, name_a), class_model(fit_b, name_b)
         grows_a = model_a(math.log(MAX_SIZE)) > model_b(math.log(MAX_SIZE))  # the dearer one at the far end grows faster
         crossings.append(_last_meeting(model_a, model_b, a_grows_faster=grows_a))
     return crossings
@@ -213,52 +201,7 @@ def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
     return min(corners), max(corners)
 
 
-def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: float = 0.0, oom_lengths=(), ok_points=()) -> Frontier:
-    """Largest N whose fitted peak, plus the inputs made before the call (input_bytes_per_token * N: q, k, v
-    and, in fwd_bwd, grad_out; the measured peaks leave them out), stays within budget_bytes; checked against
-    the lengths measured: OOM lengths, and ok_points (length, measured peak bytes) of cases that ran. A case
-    that ran contradicts the frontier only if its peak with its inputs was within the budget: one that ran
-    above it on a larger device (a what-if budget smaller than the machine's) says nothing against the fit."""
-    if not budget_bytes > 0:
-        raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
-    length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token)
-    ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token) for e in (fit.exponent_low, fit.exponent_high)]
-    low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
-    if _frontier_kind(fit, length) == "extrapolated":
-        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in _leading_classes(fit))])
-    wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
-    within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
-    wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
-    kind = _frontier_kind(fit, length)
-    message = _frontier_message(fit, budget_bytes, length, (low, high), kind, input_bytes_per_token > 0)
-    message += _conflict_message(fit, wrong_oom, wrong_ok)
-    conflicts = tuple(sorted(wrong_oom + wrong_ok))
-    return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
-
-
-def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) -> float:
-    """The frontier of the complexity class model c0 + c1 g(N) fitted to the same medians.
-
-    Far beyond the measured lengths a power law's interval says how well its slope is known, not whether the
-    curve keeps that slope. It does not: at 80 GiB, N = 1k..64k, Combiner-Fixed's peak (blocks of sqrt(N): still
-    bending upward) gave a 95% low end of N = 689728, where its accounted peak is 87 GiB (it fits up to about 640k);
-    cosFormer's (a workspace still fading: fitted 0.74) put N = 11.6M, where its output and inputs alone need 89 GiB.
-    The class models carry the constant term the power law lacks, so an extrapolated frontier's low end, what a
-    gate's min_frontier relies on, is also no longer than the chosen class's (both leading classes' when the choice
-    is ambiguous): 527k for Combiner-Fixed (n^1.5), 460k for -Axial (n log n or n^1.5), 6.5M for cosFormer (linear
-    or n log n), and Nyströmformer's exact linear peak keeps its 5.24M."""
-    model = _class_model(fit, name)
-    total = lambda x: model(x) + per_token * math.exp(x)  # noqa: E731
-    low, high = 0.0, math.log(MAX_SIZE)
-    if total(high) <= budget_bytes:
-        return math.inf
-    for _ in range(200):  # the model only grows with N: bisection on ln N
-        middle = (low + high) / 2
-        low, high = (middle, high) if total(middle) <= budget_bytes else (low, middle)
-    return math.exp(low)
-
-
-def _class_model(fit: Fit, name: str):
+def class_model(fit: Fit, name: str):
     """ln N -> c0 + c1 g(N): complexity class `name`'s model fitted to the medians at the fit's lengths."""
     from attnprof.complexity import CLASSES, relative_nnls
 
@@ -270,63 +213,12 @@ def _class_model(fit: Fit, name: str):
     return lambda x: c0 + c1 * g(np.exp(x))
 
 
-def _leading_classes(fit: Fit) -> tuple[str, ...]:
+def leading_classes(fit: Fit) -> tuple[str, ...]:
     return (fit.best_class, fit.runner_up) if fit.complexity == "ambiguous" else (fit.best_class,)
 
 
-def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
-    """Solve predict(N, exponent) + per_token * N = budget for N. Without inputs a peak that does not grow never
-    hits the budget; with them the total grows at least linearly, and N is found by bisection on ln N (the
-    total only grows with N when the exponent is not negative: a shrinking peak counts as constant)."""
-    center = fit.center_log_length
-    log_peak_at_center = fit.intercept + fit.exponent * center  # the power-law part; the overhead is added below
-    if per_token <= 0 and not fit.overhead:
-        return math.inf if exponent <= 0 else _exp(center + (math.log(budget_bytes) - log_peak_at_center) / exponent)
-    slope = max(exponent, 0.0)
-    total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + fit.overhead + per_token * math.exp(x)  # noqa: E731
-    if total(0.0) > budget_bytes:
-        return 0.0  # not even one token fits
-    low, high = 0.0, math.log(MAX_SIZE)  # up to the longest length a case may have
-    if total(high) <= budget_bytes:
-        return math.inf
-    for _ in range(200):  # ln N to well under 1e-12: far below one token
-        middle = (low + high) / 2
-        low, high = (middle, high) if total(middle) <= budget_bytes else (low, middle)
-    return math.exp(low)
-
-
-def _frontier_kind(fit: Fit, length: float) -> str:
-    if math.isinf(length):
-        return "unbounded"
-    return "in range" if fit.lengths_measured[0] <= length <= fit.lengths_measured[-1] else "extrapolated"
-
-
-def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, kind: str, with_inputs: bool) -> str:
-    if kind == "unbounded":
-        return f"unbounded: peak does not grow with N (exponent {fit.exponent:.2f}), so no length exhausts {_gib(budget_bytes)}"
-    low, high = (format_length(v) for v in interval)
-    inputs = " with its inputs" if with_inputs else ""
-    label = "range" if kind == "extrapolated" else "95%"  # an extrapolated low end also takes the class model's
-    return f"{kind}: up to N = {format_length(length)} ({label} {low}..{high}) fits {_gib(budget_bytes)}{inputs}"
-
-
-def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list) -> str:
-    text = ""
-    if wrong_oom:
-        text += f"; inconsistent: OOM measured at N = {', '.join(map(format_length, wrong_oom))} where the fit predicts "
-        text += f"{_gib(fit.predict(wrong_oom[0]))} (the fit underestimates the peak, or other memory was in use)"
-    if wrong_ok:
-        text += f"; inconsistent: N = {', '.join(map(format_length, wrong_ok))} ran within the budget where the fit predicts "
-        text += f"{_gib(fit.predict(wrong_ok[-1]))} (the fit overestimates the peak there)"
-    return text
-
-
-def _exp(x: float) -> float:
+def exp_or_inf(x: float) -> float:
     return math.exp(x) if x < 709 else math.inf  # beyond float range: as good as never
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.3g} GiB"
 
 
 # --- DataFrames -------------------------------------------------------------------------------------------------

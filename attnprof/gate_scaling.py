@@ -65,8 +65,8 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
 
 def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, default_budget) -> Judgement:
     from attnprof.analysis import input_bytes_per_token, measured_boundaries
-    from attnprof.crossover import memory_frontier
     from attnprof.fit import fit_power_law
+    from attnprof.frontier import memory_frontier
 
     broken = broken_cells(group)
     if broken:

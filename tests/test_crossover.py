@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnprof.crossover import crossover, crossover_frame, memory_frontier
+from attnprof.crossover import crossover, crossover_frame
 from attnprof.fit import fit_frame, fit_power_law
+from attnprof.frontier import memory_frontier
 
 LENGTHS = 2.0 ** np.arange(7, 15)  # 128 .. 16k
 

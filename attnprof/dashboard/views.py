@@ -293,7 +293,7 @@ def frontier_rows(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, 
     """The memory frontier of every configuration with a peak_bytes fit, at `budget_bytes`, checked against the
     lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed)."""
     from attnprof.analysis import input_bytes_per_token
-    from attnprof.crossover import memory_frontier
+    from attnprof.frontier import memory_frontier
 
     columns = [*CONFIG, "length", "length_low", "length_high", "kind", "consistent", "message"]
     peak_fits = fits[(fits["metric"] == "peak_bytes") & fits["fit"].notna()] if not fits.empty else fits

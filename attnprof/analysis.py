@@ -75,10 +75,10 @@ def input_bytes_per_token(config) -> float:
 
 
 def measured_boundaries(cells: pd.DataFrame) -> dict:
-    """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier
-    against. Accounting runs (device meta) allocate nothing, so they say nothing about a real memory limit."""
+    """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier against.
+    Accounting runs (device meta) allocate nothing, so they have no OOM to say; their peaks are exact, and count."""
     real = cells[cells["device"] != "meta"]
-    ran = real[real["status"] == "ok"]
+    ran = cells[(cells["status"] == "ok") & cells["peak_bytes"].notna()]
     return {
         "oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]),
         "ok_points": tuple(zip(ran["seq_len"].tolist(), ran["peak_bytes"].tolist(), strict=True)),

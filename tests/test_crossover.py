@@ -284,3 +284,21 @@ def test_a_measured_crossing_names_the_lengths_between_where_the_two_are_level()
     found = crossover(fit_power_law(lengths, fixed), fit_power_law(lengths, cosformer), name_a="fixed", name_b="cosformer")
     assert found.kind == "in range" and (found.length_low, found.length_high) == (4096, 16384), found.message
     assert "at 8k the two are level" in found.message
+
+
+def test_measured_peaks_on_both_sides_of_the_budget_outweigh_the_fit():
+    """An accounting run's peaks are exact: cosFormer's causal fwd_bwd at 1 GiB fit at 16384 (1001.7 MiB with its
+    inputs) and not at 20480 (1065.9), where the fit said 14059, "in range", and nothing said otherwise."""
+    peak = fit_of(lambda n: 64.0 * n**2)  # says 100000 fits
+    budget = 64.0 * 100_000.0**2
+    found = memory_frontier(peak, budget, ok_points=[(65536, 0.5 * budget), (131072, 0.9 * budget), (262144, 1.2 * budget)])
+    between = math.exp(math.log(131072) + math.log(1 / 0.9) / math.log(1.2 / 0.9) * math.log(2))
+    assert found.length == pytest.approx(between) and (found.length_low, found.length_high) == (131072, 262144)
+    assert found.message.startswith("in range: about N = ") and "(the fit alone said N = 100000)" in found.message
+    assert "measured N = 128k needs" in found.message and found.consistent
+    # beyond the longest that fits, with nothing measured over the budget: at least that long
+    longest = memory_frontier(peak, budget, ok_points=[(131072, 0.9 * budget)])
+    assert longest.length == 131072 and "at least N = 128k fits" in longest.message and longest.length_low == 131072
+    # a peak measured over the budget where the fit says it fits contradicts it
+    over = memory_frontier(peak, budget, ok_points=[(65536, 1.1 * budget)])
+    assert not over.consistent and "N = 64k measured" in over.message and "over the budget" in over.message

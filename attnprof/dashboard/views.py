@@ -278,12 +278,13 @@ def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int =
 
 def measured_by_config(frame: pd.DataFrame) -> dict:
     """Configuration -> the lengths that ran out of memory and the (length, peak) that ran (`analysis.measured_boundaries` for every
-    configuration at once; accounting cells, on meta, say nothing about a real memory limit)."""
+    configuration at once; accounting cells, on meta, have no OOM, and their exact peaks count)."""
     real = frame[frame["device"] != "meta"]
     found: dict = {}
     for key, lengths in real[real["status"] == "oom"].groupby(CONFIG, sort=False)["seq_len"]:
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["oom_lengths"] = tuple(lengths.tolist())
-    for key, cells in real[real["status"] == "ok"].groupby(CONFIG, sort=False)[["seq_len", "peak_bytes"]]:
+    ran = frame[(frame["status"] == "ok") & frame["peak_bytes"].notna()]
+    for key, cells in ran.groupby(CONFIG, sort=False)[["seq_len", "peak_bytes"]]:
         points = tuple(zip(cells["seq_len"].tolist(), cells["peak_bytes"].tolist(), strict=True))
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["ok_points"] = points
     return found

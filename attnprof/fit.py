@@ -127,7 +127,9 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         used_lengths, used_values = med_lengths[first:], med_values[first:]
     intercept, slope, se, r2 = _least_squares(np.log(used_lengths), np.log(fitted_values))
     half = t_quantile_975(len(used_lengths) - 2) * se
-    choice = select_complexity(used_lengths, used_values)
+    spread_values = _relative_spreads(all_lengths, all_values, med_lengths) if spreads is None else spreads(med_lengths)
+    used_spreads = np.asarray(spread_values[len(med_lengths) - len(used_lengths) :], dtype=float)
+    choice = select_complexity(used_lengths, used_values, noise=float(np.sqrt(np.mean(used_spreads**2))))
     return Fit(
         exponent=slope,
         exponent_low=slope - half,
@@ -149,7 +151,7 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
         metric=metric,
         notes=_notes(n_dropped, len(used_lengths), choice),
         medians=_as_numbers(med_values),
-        spreads=tuple(_relative_spreads(all_lengths, all_values, med_lengths) if spreads is None else spreads(med_lengths)),
+        spreads=tuple(spread_values),
         overhead=0.0 if subtracted is None else float(found.overhead),
     )
 

@@ -33,6 +33,16 @@ def test_three_nearly_identical_points_are_ambiguous():
     assert {choice.best, choice.runner_up} <= set(CLASSES)
 
 
+def test_residuals_below_the_measurements_own_spread_decide_nothing():
+    """Three timings with 10% spreads around a wobbly line: linear won by dAIC 2.2 over residuals the noise hides
+    (an audit saw a linear method labelled n^1.5 by dAIC 22.6 on 2-5% spreads)."""
+    lengths, values = [1024, 2048, 4096], [1024.0, 1.04 * 2048, 0.97 * 4096]
+    assert select_complexity(lengths, values).complexity == "linear"
+    assert select_complexity(lengths, values, noise=0.1).complexity == "ambiguous"
+    # a class the data tell apart beyond their spread is still chosen: clean quadratic over 10 lengths
+    assert select_complexity(LENGTHS, 0.5 * LENGTHS**2, noise=0.05).complexity == "quadratic"
+
+
 def test_a_very_short_range_is_ambiguous():
     # N^1.5 over 1000..1200 with 1% timing noise: every class bends about as little as the noise.
     lengths = np.array([1000.0, 1100.0, 1200.0])

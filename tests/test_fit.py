@@ -265,3 +265,12 @@ def test_medians_with_their_spreads_fit_as_the_raw_samples_do():
     assert from_medians.spreads == pytest.approx(raw.spreads, rel=1e-12) and min(raw.spreads) > 0
     assert from_medians.medians == raw.medians and from_medians.exponent == pytest.approx(raw.exponent, rel=1e-12)
     assert fit_power_law(distinct, medians).spreads == (0.0,) * 5  # one value a length, no spreads given: exact
+
+
+def test_a_fits_class_is_judged_against_its_lengths_own_spread():
+    """The spreads of the samples reach the class choice (complexity.select_complexity's noise)."""
+    lengths = [n for n in (1024, 2048, 4096) for _ in range(3)]
+    medians = [1024.0, 1.04 * 2048, 0.97 * 4096]
+    values = [m * f for m in medians for f in (0.9, 1.0, 1.1)]
+    assert fit_power_law(lengths, values, metric="time").complexity == "ambiguous"
+    assert fit_power_law(lengths, [m for m in medians for _ in range(3)], metric="time").complexity == "linear"

@@ -180,11 +180,12 @@ def io_bytes(case: Case) -> int:
     return tensor * (4 if case.mode == "fwd" else 12)
 
 
-def dense_attention_flops(case: Case, skip_masked: bool, recompute: bool = True) -> int:
+def dense_attention_flops(case: Case, skip_masked: bool, recompute: bool = True, causal_share: float = 0.5) -> int:
     """4 B H N^2 D for q k^T and p v. The backward of a fused kernel recomputes q k^T: five matmuls against the
     forward's two, 2.5x; one that kept the N x N weights (the math path) does four, 2x, as FlopCounterMode counts.
-    Kernels that skip fully masked blocks do about half the work when causal."""
+    Kernels that skip fully masked blocks compute `causal_share` of the scores when causal: about half on a GPU,
+    whose blocks are small against N; more where whole blocks straddle the diagonal (sdpa.cpu_flash_causal_share)."""
     fwd = 4 * case.batch * case.heads * case.seq_len**2 * case.head_dim
     if case.causal and skip_masked:
-        fwd //= 2
+        fwd = round(fwd * causal_share)
     return fwd if case.mode == "fwd" else fwd * (7 if recompute else 6) // 2

@@ -521,3 +521,17 @@ def test_a_rules_file_is_also_a_scenario_for_the_first_baseline(tmp_path):
     (tmp_path / "rules.toml").write_text(SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_regression = 0.05\n')
     result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--dry-run", "--db", str(tmp_path / "x.db")])
     assert result.exit_code == 0 and "15 cases, 0 refused, 15 to measure" in result.output, result.output
+
+
+def test_a_crash_inside_the_gate_exits_4_not_1_which_reads_as_a_failed_rule(tmp_path, monkeypatch):
+    """A ZeroDivisionError in the gate exited 1, Python's status for a traceback and the gate's for "a rule failed"."""
+    import attnprof.gate
+
+    gate(tmp_path, SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n')
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a planted bug")
+
+    monkeypatch.setattr(attnprof.gate, "evaluate", broken)
+    result = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n', "--run", "latest")
+    assert result.exit_code == 4 and "attnprof itself failed" in result.output and "ZeroDivisionError" in result.output

@@ -8,7 +8,7 @@ import sys
 import click
 
 from attnprof.cli.group import cli, db_option, exit_interrupted, output_console
-from attnprof.errors import UsageError
+from attnprof.errors import StoreFault, UsageError
 
 
 @cli.command()
@@ -223,7 +223,8 @@ def gate(rules, runs, baseline, markdown, db):
     """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
 
     Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
-    3 the measurement failed (cases not ok, so a rule could not be judged).
+    3 the measurement failed (cases not ok, so a rule could not be judged),
+    4 attnprof itself failed (a bug, with its traceback: not a verdict).
 
     \b
     Example:
@@ -245,6 +246,14 @@ def gate(rules, runs, baseline, markdown, db):
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db or "the rules' database")
+    except (UsageError, StoreFault):
+        raise  # one line and exit 2 (or the store's message): the group says them
+    except Exception:  # noqa: BLE001 - a crash exited 1, which CI reads as "a rule failed"
+        import traceback
+
+        traceback.print_exc()
+        click.echo("gate: attnprof itself failed (the traceback above; please report it): no verdict, exit 4", err=True)
+        sys.exit(4)
     for verdict in verdicts:
         click.echo(f"{verdict.verdict:<7} {verdict.rule.title}: {verdict.message}")
         for line in other_failures(verdict):  # every failing configuration, not only the worst

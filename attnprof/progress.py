@@ -25,25 +25,35 @@ class SweepProgress(Progress):
             return
         if self._bar is None:
             self._bar = self._started_bar()
+            if self._bar is None:  # not a terminal
+                return
             self._task = self._bar.add_task("starting", total=None)
         self._bar.update(self._task, total=total)
 
     def start(self, case) -> None:
         from rich.markup import escape
 
+        if self._bar is None:
+            return
         failed = f" [red]{self._failed} not ok[/]" if self._failed else ""
         self._bar.update(self._task, description=f"{escape(case.describe())}{failed}")  # "[option=value]" is text
 
     def done(self, case, measurement) -> None:
         if measurement.status not in (Status.OK, Status.UNSUPPORTED, Status.SKIPPED):
             self._failed += 1
-        self._bar.advance(self._task)
+        if self._bar is not None:
+            self._bar.advance(self._task)
 
     @staticmethod
     def _started_bar():
+        """The bar, or None when stderr is not a terminal: there a transient bar still left an empty line behind,
+        one per sweep in a CI log."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return None
         bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -51,7 +61,7 @@ class SweepProgress(Progress):
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
             transient=True,
         )
         bar.__enter__()

@@ -309,7 +309,17 @@ def test_a_usage_error_is_the_only_line_on_stderr_of_a_real_process(tmp_path, co
     argv = [sys.executable, "-m", "attnprof", *command, "--db", "x.db"]
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.startswith("Error: unknown impl 'nope'") and done.stderr.count("\n") == 1, repr(done.stderr)
+    assert done.stderr.startswith("Error: ") and "unknown impl 'nope'" in done.stderr and done.stderr.count("\n") == 1, repr(done.stderr)
+
+
+def test_a_sweep_through_a_pipe_writes_nothing_to_stderr(tmp_path):
+    """Not a terminal: the transient progress bar still left an empty line on stderr, one per sweep in a CI log."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "attnprof", "sweep", "--impl", "softmax", "--lengths", "64,128", "--accounting", "--db", "x.db"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "" and "softmax" in done.stdout, repr(done.stderr)
 
 
 def test_serve_refuses_a_file_that_is_not_an_attnprof_database(tmp_path):

@@ -232,6 +232,27 @@ def _markdown_detail(verdict: RuleVerdict) -> str:
     return "<br>".join(text.replace("|", "/") for text in shown)
 
 
+def verdicts_record(verdicts: list[RuleVerdict], rules_file, run_ids) -> dict:
+    """The gate's outcome as plain data (`gate --json`): exit status, counts, and per rule every configuration judged.
+    A severity is how far past the bound (a ratio, or an exponent difference); infinite for a cell that failed."""
+    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
+    return {
+        "rules_file": str(rules_file),
+        "runs": list(run_ids),
+        "exit_status": exit_status(verdicts),
+        "counts": counts,
+        "rules": [
+            {
+                "index": v.rule.index, "title": v.rule.title, "impl": v.rule.impl, "metric": v.rule.metric, "kind": v.rule.kind,
+                "verdict": v.verdict, "message": v.message,
+                "judgements": [{"subject": j.subject, "verdict": j.verdict, "message": j.message, "severity": j.severity}
+                               for j in v.judgements],
+            }
+            for v in verdicts
+        ],
+    }  # fmt: skip
+
+
 def summary_line(verdicts: list[RuleVerdict]) -> str:
     # Not "N passed, N failed": CI log readers take that shape for a test runner's closing line.
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}

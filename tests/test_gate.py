@@ -535,3 +535,16 @@ def test_a_crash_inside_the_gate_exits_4_not_1_which_reads_as_a_failed_rule(tmp_
     monkeypatch.setattr(attnprof.gate, "evaluate", broken)
     result = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\n', "--run", "latest")
     assert result.exit_code == 4 and "attnprof itself failed" in result.output and "ZeroDivisionError" in result.output
+
+
+def test_json_verdicts_hold_every_configuration_judged(tmp_path):
+    out = tmp_path / "verdicts.json"
+    rules = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n\n'
+    rules += '[[rule]]\nimpl = "fault"\nmetric = "peak_bytes"\nmax_exponent = 1.1\n'
+    result = gate(tmp_path, SWEEP + rules, "--json", out)
+    record = json.loads(out.read_text())
+    assert result.exit_code == 1 == record["exit_status"] and record["counts"] == {"PASS": 1, "FAIL": 1, "MISSING": 0}
+    assert [r["verdict"] for r in record["rules"]] == ["PASS", "FAIL"] and record["rules"][1]["kind"] == "exponent"
+    (judged,) = record["rules"][1]["judgements"]
+    assert judged["subject"].startswith("fault B1 H2") and judged["verdict"] == "FAIL" and judged["severity"] > 0.5
+    assert gate(tmp_path, SWEEP + rules, "--json", tmp_path / "no" / "such" / "dir.json").exit_code == 2  # before measuring

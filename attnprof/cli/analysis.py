@@ -217,9 +217,11 @@ def _json_default(value):
 @click.argument("rules", type=click.Path(dir_okay=False))
 @click.option("--run", "runs", multiple=True, help="Judge this run (id or `latest`; repeatable) instead of measuring the rules' sweeps.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Baseline file for max_regression rules.")
-@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the verdicts as Markdown here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also append the verdicts as Markdown here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the verdicts as JSON here (every configuration judged, for CI tools).")  # fmt: skip
 @db_option
-def gate(rules, runs, baseline, markdown, db):
+def gate(rules, runs, baseline, markdown, json_path, db):
     """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
 
     Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
@@ -233,7 +235,7 @@ def gate(rules, runs, baseline, markdown, db):
     """
     import os
 
-    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line
+    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line, verdicts_record
     from attnprof.gating import run_gate
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
@@ -241,6 +243,8 @@ def gate(rules, runs, baseline, markdown, db):
     summaries = [path for path in (os.environ.get("GITHUB_STEP_SUMMARY"), markdown) if path]
     for path in summaries:  # a bad path found now, not after minutes of measuring
         _append(path, "")
+    if json_path:
+        _write_json(json_path, None)
     try:
         with SweepProgress() as progress:
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
@@ -262,7 +266,22 @@ def gate(rules, runs, baseline, markdown, db):
     report = markdown_report(verdicts)
     for path in summaries:
         _append(path, f"### attnprof gate: {rules}\n\n{report}")
+    if json_path:
+        _write_json(json_path, verdicts_record(verdicts, rules, run_ids))
     sys.exit(exit_status(verdicts))
+
+
+def _write_json(path: str, record: dict | None) -> None:
+    """The verdicts as JSON; with None only checks that the file can be written (before measuring)."""
+    from pathlib import Path
+
+    try:
+        if record is None:
+            Path(path).touch()
+        else:
+            Path(path).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+    except OSError as error:
+        raise UsageError(f"cannot write the JSON verdicts to {path!r}: {error.strerror}") from None
 
 
 def _append(path: str, text: str) -> None:

@@ -20,7 +20,7 @@ from attnprof import cpu_heap, impls
 from attnprof.checks import CheckResult, check_key, run_check
 from attnprof.errors import UsageError
 from attnprof.failures import classify
-from attnprof.impls.base import AttentionImpl, io_bytes
+from attnprof.impls.base import AttentionImpl, checking_the_accounted_plan, io_bytes
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
@@ -93,7 +93,8 @@ class CaseMeasurer:
         from attnprof.accounting_runs import account_case
 
         on_cpu = case.resized(device="cpu")
-        check = None if impl.not_supported(on_cpu) else self._check(impl, on_cpu)
+        with checking_the_accounted_plan():  # the plan meta counts: backend=compile compiled first, 16 s a configuration
+            check = None if impl.not_supported(on_cpu) else self._check(impl, on_cpu)
         if check is not None and check.failure:
             return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
         measurement = account_case(impl, case)

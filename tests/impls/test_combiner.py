@@ -245,6 +245,20 @@ def test_the_compiled_backend_is_accounted_as_the_eager_plan():
     assert readings[0] == readings[1]
 
 
+def test_an_accounting_runs_check_of_the_compiled_backend_checks_the_eager_plan_without_compiling():
+    """The check of an accounting run ran backend=compile on the CPU, compiling first (16 s a configuration), to
+    check a plan other than the one meta counts."""
+    from attnprof.impls import combiner
+    from attnprof.impls.base import checking_the_accounted_plan
+
+    q, k, v = (torch.randn(1, 2, 64, 16, dtype=torch.float64) for _ in range(3))  # (B, H, N, D) each
+    combiner._compiled.cache_clear()
+    with checking_the_accounted_plan():
+        out = combiner.combiner_attention(q, k, v, variant="fixed", backend="compile")
+    assert combiner._compiled.cache_info().currsize == 0  # torch.compile was never asked for a graph
+    assert torch.equal(out, combiner.combiner_attention(q, k, v, variant="fixed", backend="eager"))
+
+
 def test_the_compiled_backend_compiles_every_shape_of_a_sweep(monkeypatch):
     """Past torch.compile's limit of graphs per function (8 by default) a function runs eagerly without a word,
     and a sweep would time the eager operator under the compiled label. With the limit here set to 1 and torch

@@ -26,7 +26,7 @@ import functools
 import torch
 
 from attnprof.impls import register, triton_support
-from attnprof.impls.base import AttentionImpl
+from attnprof.impls.base import AttentionImpl, runs_the_accounted_plan
 from attnprof.impls.combiner import triton_softmax
 from attnprof.impls.combiner.axial import axial_attention
 from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
@@ -65,7 +65,8 @@ def combiner_attention(
     backend: "eager" (the plain PyTorch operators, the reference the other is tested against) or "compile"
     (the same operator through torch.compile, one graph per shape: on a GPU its masking, shifting and
     exponentiating can fuse into single passes over the logits, which eager PyTorch makes one by one).
-    On `meta` (the accounting) "compile" runs eagerly: the counts are the eager plan's. Measured on this
+    On `meta` (the accounting), and in an accounting run's check, "compile" runs eagerly: the counts are the eager
+    plan's. Measured on this
     project's CPU (attnprof sweep, N = 8192, H = 16, fp32, medians of 3): compiled Mixture 400 against 429 ms
     eager causal, 497 against 465 bidirectional; Fixed 128 against 121 and 102 against 99. The first call of
     each shape compiles (Mixture, one graph: 20-70 s there). "triton" (Fixed, Axial, Mixture): the eager plan
@@ -85,7 +86,7 @@ def combiner_attention(
         problems += _head_dim_problems(variant, v.shape[-1])
     if problems:
         raise ValueError(problems[0])
-    compiled = backend == "compile" and q.device.type != "meta"
+    compiled = backend == "compile" and not runs_the_accounted_plan(q.device)
     operator = _compiled(variant) if compiled else OPERATORS[variant]
     if backend == "triton":
         operator = functools.partial(operator, fused=True)

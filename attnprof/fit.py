@@ -255,9 +255,18 @@ def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found):
     return start, _range_sentence(lengths, by_overhead, start, found.overhead, limit)
 
 
+_NOTHING_TO_DROP = "no upward bend"  # how the sentence of a fit that kept every length, with nothing to drop, ends
+
+
+def kept_every_length(rule: str) -> bool:
+    """Whether a fit's range rule says it kept every length because none was overhead-bound or bending (the `fit`
+    listing counts those fits instead of listing them); read here, beside the sentence it reads."""
+    return rule.startswith("all ") and rule.endswith(_NOTHING_TO_DROP)
+
+
 def _range_sentence(lengths, by_overhead: int, start: int, overhead: float, limit: float) -> str:
     if start == 0:
-        return f"all {len(lengths)} lengths kept ({_span(lengths)}): fixed overhead under {limit:.1%} of every value, no upward bend"
+        return f"all {len(lengths)} lengths kept ({_span(lengths)}): fixed overhead under {limit:.1%} of every value, {_NOTHING_TO_DROP}"
     reasons = []
     if by_overhead:
         reasons.append(f"{by_overhead} where the fixed overhead {overhead:.3g} is over {limit:.1%} of the value")

@@ -164,7 +164,9 @@ def _print_fits_table(display) -> None:
     _rich_frame(display)
     if rules is None or not len(display):
         return
-    plain = rules.str.startswith("all ") & rules.str.endswith("no upward bend")
+    from attnprof.fit import kept_every_length
+
+    plain = rules.map(kept_every_length).astype(bool)
     click.echo("Fitted lengths:")
     for config, metric, rule in zip(display["config"][~plain], display["metric"][~plain], rules[~plain], strict=True):
         click.echo(f"  {config} {metric}: {rule}")

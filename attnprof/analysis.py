@@ -76,9 +76,13 @@ def input_bytes_per_token(config) -> float:
 
 def measured_boundaries(cells: pd.DataFrame) -> dict:
     """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier against.
-    Accounting runs (device meta) allocate nothing, so they have no OOM to say; their peaks are exact, and count."""
-    real = cells[cells["device"] != "meta"]
-    ran = cells[(cells["status"] == "ok") & cells["peak_bytes"].notna()]
+    Accounting runs (device meta) allocate nothing, so they have no OOM to say; their peaks are exact, and count,
+    unless a fused kernel's analytic model gave them. The CPU's host-memory guard predicts an OOM from the free
+    memory of the moment: a prediction, not a measurement, so it is no boundary."""
+    from attnprof.failures import is_prediction
+
+    real = cells[(cells["device"] != "meta") & ~cells["reason"].map(is_prediction)]
+    ran = cells[(cells["status"] == "ok") & cells["peak_bytes"].notna() & (cells["peak_source"] != "model")]
     return {
         "oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]),
         "ok_points": tuple(zip(ran["seq_len"].tolist(), ran["peak_bytes"].tolist(), strict=True)),

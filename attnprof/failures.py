@@ -18,6 +18,14 @@ _POISON_MARKERS = (
 )
 
 
+NOT_RUN = "; not run"  # how the CPU's host-memory guard ends the reason of an OOM it predicted (worker.py)
+
+
+def is_prediction(reason) -> bool:
+    """Whether an `oom` row's reason is the host-memory guard's prediction rather than a measured OOM."""
+    return isinstance(reason, str) and reason.endswith(NOT_RUN)
+
+
 def classify(error: BaseException) -> tuple[Status, str, bool]:
     """(status, reason, poisoned) for an exception raised by an impl or by the measurement."""
     import torch

@@ -42,9 +42,8 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     if _frontier_kind(fit, length) == "extrapolated":
         low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in leading_classes(fit))])
     within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
-    kind = _frontier_kind(fit, length)
-    message = _frontier_message(fit, budget_bytes, length, (low, high), kind, input_bytes_per_token > 0)
-    below, above = _measured_bracket(oom_lengths, ok_points, input_bytes_per_token, budget_bytes)
+    kind, message = _frontier_kind(fit, length), ""
+    below, above = _measured_bracket(ok_points, input_bytes_per_token, budget_bytes)
     if below is not None and not (length >= below[0] and (above is None or length < above[0])):
         # measured peaks outweigh the fitted curve: between two of them, or beyond the longest that fits
         fitted, length = length, _between(below, above, budget_bytes)
@@ -52,14 +51,15 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
         inputs = " with its inputs" if input_bytes_per_token > 0 else ""
         measured = f"measured N = {format_length(below[0])} needs {_gib(below[1])}"
         if above is not None:
-            measured += f", N = {format_length(above[0])} " + (f"needs {_gib(above[1])}" if above[1] is not None else "ran out of memory")
-        bound = "about" if above is not None and above[1] is not None else "at least"  # interpolated, or measured
+            measured += f", N = {format_length(above[0])} needs {_gib(above[1])}"
+        bound = "about" if above is not None else "at least"  # interpolated, or the longest measured
         message = f"{kind}: {bound} N = {format_length(length)} fits {_gib(budget_bytes)}{inputs}: {measured}"
         message += f" (the fit alone said N = {format_length(fitted)})"
     if below is not None:
         low, high = max(low, below[0]), min(high, above[0] if above is not None else math.inf)
         if not low <= length <= high:  # the fit's interval missed the measured bracket altogether
             low, high = float(below[0]), float(above[0]) if above is not None else math.inf
+    message = message or _frontier_message(fit, budget_bytes, length, (low, high), kind, input_bytes_per_token > 0)
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
     wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
     wrong_over = sorted((n, peak + input_bytes_per_token * n) for n, peak in ok_points if n <= length and not within(n, peak))
@@ -68,22 +68,22 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
 
 
-def _measured_bracket(oom_lengths, ok_points, per_token: float, budget: float):
-    """((N, total) or None, (N, total or None) or None): the longest measured length that fits (with its inputs)
-    below the shortest that does not (an OOM, or a total over the budget). An accounting run's peaks are exact:
-    cosFormer's causal fwd_bwd at 1 GiB fit at 16384 (1001.7 MiB) and not at 20480 (1065.9), where the fit said
-    N = 14059; Combiner-Fixed's was said to fit at 13289, where its peak steps past the budget with its padding."""
-    totals = [(n, peak + per_token * n) for n, peak in ok_points]
-    over = sorted([(n, None) for n in oom_lengths] + [(n, total) for n, total in totals if total > budget], key=lambda p: p[0])
-    above = over[0] if over else None
-    fitting = sorted((n, total) for n, total in totals if total <= budget and (above is None or n < above[0]))
+def _measured_bracket(ok_points, per_token: float, budget: float):
+    """((N, total) or None, (N, total) or None): the longest measured length whose peak with its inputs fits the
+    budget, below the shortest whose total does not. Measured peaks say so for any budget; an OOM only for one
+    within the device's memory (a what-if budget of 1 TiB learns nothing from an 80 GB GPU's), so OOMs stay
+    conflicts of the fit. An accounting run's peaks are exact: cosFormer's causal fwd_bwd at 1 GiB fit at 16384
+    (1001.7 MiB) and not at 20480 (1065.9), where the fit said N = 14059."""
+    totals = sorted((n, peak + per_token * n) for n, peak in ok_points)
+    above = next(((n, total) for n, total in totals if total > budget), None)
+    fitting = [(n, total) for n, total in totals if total <= budget and (above is None or n < above[0])]
     return (fitting[-1] if fitting else None), above
 
 
 def _between(below: tuple, above: tuple | None, budget: float) -> float:
     """Where the budget falls between two measured totals, on the straight log-log line through them; the shorter
-    length when there is no longer one, it ran out of memory (no total), or it did not need more."""
-    if above is None or above[1] is None or not above[1] > below[1] > 0:
+    length when there is no longer one."""
+    if above is None or not above[1] > below[1] > 0:
         return float(below[0])
     share = (math.log(budget) - math.log(below[1])) / (math.log(above[1]) - math.log(below[1]))
     return math.exp(math.log(below[0]) + share * (math.log(above[0]) - math.log(below[0])))

@@ -3,11 +3,12 @@
 A fit covers only the lengths that ran, so what happened at the others decides first:
 - a length where the impl itself failed (error, crashed) fails the rule: an impl that raised from 2k on passed
   "exponent <= 1.2" over 256..1k, and a frontier rule said it fit 20M tokens;
-- a measured out-of-memory below `min_frontier` fails a frontier rule: the machine ran out before it;
+- a measured out-of-memory below `min_frontier` fails a frontier rule whose budget is within the device's
+  memory: the machine ran out before it (a bigger what-if budget learns nothing from it);
 - lengths the machine could not hold (oom, timeout, and the skipped lengths after them) are named beside the
   verdict, which then covers the lengths that ran.
 A timed fit whose 95% interval is wider than the gap between linear and quadratic cannot tell them apart:
-unless it lies wholly past the bound, the rule is MISSING ("too noisy to judge"), not a flaky FAIL.
+when the bound lies inside it, the rule is MISSING ("too noisy to judge"), not a flaky FAIL.
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
         described += busy_note(group)
     # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
     high, low = f"95% upper end {fit.exponent_high:.3f}", f"95% lower end {fit.exponent_low:.3f}"
+    passes = (rule.max_exponent is None or fit.exponent_high <= rule.max_exponent) and (
+        rule.min_exponent is None or fit.exponent_low >= rule.min_exponent
+    )
     wholly_past = (rule.max_exponent is not None and fit.exponent_low > rule.max_exponent) or (
         rule.min_exponent is not None and fit.exponent_high < rule.min_exponent
     )
     width = fit.exponent_high - fit.exponent_low
-    if not width <= JUDGEABLE_WIDTH and not wholly_past:  # NaN too
+    # Only timings are noisy: an exact metric's wide interval is the curve's bend, judged on its far end as before.
+    if rule.metric == "time" and not width <= JUDGEABLE_WIDTH and not (passes or wholly_past):  # NaN too
         # Three runs of one unchanged kernel on a busy CPU gave 0.918, -0.009 and -0.770 [95% -4.100, 2.559]: a FAIL
         # drawn from the last would be noise.
         why = f"too noisy to judge: the 95% interval is {width:.3g} wide, over {JUDGEABLE_WIDTH:g} (linear and quadratic both fit)"
@@ -72,11 +77,12 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
     if broken:
         return Judgement(subject, "FAIL", broken, math.inf)
     boundaries = measured_boundaries(group)
-    below = sorted(n for n in boundaries["oom_lengths"] if n < rule.min_frontier)
-    if below:  # measured, on a real device: no fit can outweigh it
+    budget = rule.budget or default_budget
+    device_sized = default_budget is not None and budget is not None and budget <= default_budget
+    below = sorted(n for n in boundaries["oom_lengths"] if n < rule.min_frontier) if device_sized else []
+    if below:  # measured on the device, within whose memory the budget lies: no fit can outweigh it
         why = f"ran out of memory at N={below[0]:,} (measured), below min {rule.min_frontier:,}"
         return Judgement(subject, "FAIL", why, rule.min_frontier / below[0])
-    budget = rule.budget or default_budget
     if budget is None:
         return Judgement(subject, "MISSING", 'no budget: set budget = "80GiB" in the rule (the device\'s memory is unknown)')
     lengths, values, missing = _fit_points(rule, group)

@@ -83,18 +83,18 @@ def sampled_rows(n: int, seed: int) -> list[int]:
 
 
 def exact_rows(inputs: CaseInputs, b: int, h: int, rows: list[int], causal: bool):
-    """softmax(q_rows k^T / sqrt(D)) v in float64, on the inputs' device, as (rows, D) on the CPU."""
+    """softmax(q_rows k^T / sqrt(D)) v in float64 on the CPU, as (rows, D): nothing is allocated on a GPU the case
+    may have filled (one head's k and v, 2 N D values, are copied over at their own width, then widened)."""
     import torch
 
     with torch.no_grad():
-        q = inputs.q[b, h, rows].double()  # (rows, D)
-        k, v = inputs.k[b, h].double(), inputs.v[b, h].double()  # (N, D) each
+        q = inputs.q[b, h, rows].detach().cpu().double()  # (rows, D)
+        k, v = inputs.k[b, h].detach().cpu().double(), inputs.v[b, h].detach().cpu().double()  # (N, D) each
         scores = q @ k.T / q.shape[-1] ** 0.5  # (rows, N)
         if causal:
-            index = torch.as_tensor(rows, device=scores.device)
-            future = torch.arange(k.shape[0], device=scores.device)[None, :] > index[:, None]  # (rows, N)
+            future = torch.arange(k.shape[0])[None, :] > torch.as_tensor(rows)[:, None]  # (rows, N)
             scores = scores.masked_fill(future, float("-inf"))
-        return (torch.softmax(scores, dim=-1) @ v).cpu()  # (rows, D)
+        return torch.softmax(scores, dim=-1) @ v  # (rows, D)
 
 
 def row_errors(value, reference) -> list[float]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from attnprof import cpu_heap, impls
 from attnprof.checks import CheckResult, check_key, run_check
 from attnprof.errors import UsageError
-from attnprof.failures import classify
+from attnprof.failures import NOT_RUN, classify
 from attnprof.impls.base import AttentionImpl, checking_the_accounted_plan, io_bytes
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
@@ -212,10 +212,10 @@ def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
     # Inputs that alone overflow are refused before the call is accounted: accounting a chunked impl at
     # millions of tokens takes longer than running out of memory (cosFormer at N = 16M: over a minute).
     if inputs.nbytes > limit:
-        return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}; not run"
+        return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}{NOT_RUN}"
     predicted = inputs.nbytes + _predicted_call_peak(impl, case, inputs.q)
     if predicted > limit:
-        return f"predicted peak {format_bytes(predicted)} exceeds {share}; not run"
+        return f"predicted peak {format_bytes(predicted)} exceeds {share}{NOT_RUN}"
     return None
 
 

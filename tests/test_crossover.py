@@ -91,9 +91,9 @@ def test_frontier_flags_an_oom_below_and_a_success_above_the_prediction():
     budget = 64.0 * 100_000.0**2
     found = memory_frontier(peak, budget, oom_lengths=[65536, 262144], ok_points=[(150_000, 0.9 * budget)])
     assert not found.consistent
-    assert found.conflicts == (65536, 150_000)
+    assert found.conflicts == (65536,)  # 150000 ran within the budget: the frontier is at least that, as measured
     assert "OOM measured at N = 64k" in found.message
-    assert "N = 150000 ran within the budget" in found.message
+    assert "at least N = 150000 fits" in found.message and "(the fit alone said N = 100000)" in found.message
 
 
 def test_a_case_that_ran_above_a_what_if_budget_is_no_conflict():
@@ -302,3 +302,30 @@ def test_measured_peaks_on_both_sides_of_the_budget_outweigh_the_fit():
     # a peak measured over the budget where the fit says it fits contradicts it
     over = memory_frontier(peak, budget, ok_points=[(65536, 1.1 * budget)])
     assert not over.consistent and "N = 64k measured" in over.message and "over the budget" in over.message
+
+
+def test_an_oom_does_not_bound_a_what_if_budget_but_a_measured_peak_does():
+    """An 80 GB GPU's OOM at 64k says nothing of a 1 TiB budget: it capped that frontier at 32k, "in range"."""
+    peak = fit_of(lambda n: 64.0 * n**2)
+    budget = 64.0 * 100_000.0**2
+    small = [(n, 64.0 * n**2) for n in (8192, 16384, 32768)]
+    found = memory_frontier(peak, budget, oom_lengths=[65536], ok_points=small)
+    assert found.length == pytest.approx(100_000.0, rel=1e-6) and found.conflicts == (65536,)  # said, not obeyed
+
+
+def test_predicted_ooms_and_modelled_peaks_are_no_measured_boundaries():
+    """The CPU's host-memory guard predicts an OOM from the free memory of the moment, and a fused kernel's
+    accounting peak is its analytic model: neither is a measurement a frontier or a gate may lean on."""
+    import pandas as pd
+
+    from attnprof.analysis import measured_boundaries
+
+    cells = pd.DataFrame(
+        [
+            dict(seq_len=1024, device="cpu", status="ok", peak_bytes=10.0, peak_source="live_tensors", reason=""),
+            dict(seq_len=2048, device="cpu", status="oom", peak_bytes=None, peak_source=None, reason="predicted peak 9 GiB; not run"),
+            dict(seq_len=4096, device="cpu", status="oom", peak_bytes=None, peak_source=None, reason="out of memory: CUDA out of memory"),
+            dict(seq_len=1024, device="meta", status="ok", peak_bytes=20.0, peak_source="model", reason="modelled"),
+        ]
+    )
+    assert measured_boundaries(cells) == {"oom_lengths": (4096,), "ok_points": ((1024, 10.0),)}

@@ -420,14 +420,19 @@ def test_one_run_named_twice_is_judged_once(tmp_path):
 def test_a_measured_oom_below_min_frontier_fails_and_limits_are_named_beside_a_fit():
     """A frontier fitted from 1k..4k said 20M tokens fit, while the GPU ran out at 16k. Lengths the machine could
     not hold leave the fit as it was, and are named beside it."""
-    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=1000 * n, device="cuda") for n in LENGTHS[:3]]
-    rows += [dict(seq_len=8192, status="oom", times_ms=[], median_ms=None, peak_bytes=None, device="cuda")]
-    rows += [dict(seq_len=16384, status="skipped", times_ms=[], median_ms=None, peak_bytes=None, device="cuda")]
-    frontier = {"impl": "x", "min_frontier": "1M", "budget": "80GiB"}
+    rows = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=1000 * n, device="cuda", peak_source="allocator")
+            for n in LENGTHS[:3]]  # fmt: skip
+    rows += [dict(seq_len=8192, status="oom", times_ms=[], median_ms=None, peak_bytes=None, device="cuda", peak_source=None)]
+    rows += [dict(seq_len=16384, status="skipped", times_ms=[], median_ms=None, peak_bytes=None, device="cuda", peak_source=None)]
+    frontier = {"impl": "x", "min_frontier": "1M"}  # the device's 80 GiB
     exponent = {"impl": "x", "metric": "peak_bytes", "max_exponent": 1.1}
-    frontier_verdict, exponent_verdict = evaluate(parse_rules([frontier, exponent], "t"), frame(rows))
+    frontier_verdict, exponent_verdict = evaluate(parse_rules([frontier, exponent], "t"), frame(rows), default_budget=80 << 30)
     assert frontier_verdict.verdict == "FAIL" and "ran out of memory at N=8,192 (measured), below min 1,048,576" in frontier_verdict.message
     assert exponent_verdict.verdict == "PASS" and "; not fitted: N=8192 oom, N=16384 skipped" in exponent_verdict.message
+    # a what-if budget beyond the device learns nothing from the device's OOM: the fit decides
+    bigger = {"impl": "x", "min_frontier": "1M", "budget": "1TiB"}
+    (verdict,) = evaluate(parse_rules([bigger], "t"), frame(rows), default_budget=80 << 30)
+    assert verdict.verdict == "PASS" and "(measured), below min" not in verdict.message and "lower end" in verdict.message
 
 
 def test_a_timed_exponent_too_noisy_to_tell_linear_from_quadratic_is_missing_not_failed():
@@ -439,6 +444,12 @@ def test_a_timed_exponent_too_noisy_to_tell_linear_from_quadratic_is_missing_not
     (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent": 1.3}], "t"), frame(rows))
     assert verdict.verdict == "MISSING" and "too noisy to judge: the 95% interval is" in verdict.message, verdict.message
     assert "[N=1024, 2048, 4096, 8192 timed while other processes kept 1.0 of 2 cores busy]" in verdict.message
+    # wholly on the passing side, however wide: a pass; an exact metric's wide interval is its curve, not noise
+    (loose,) = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent": 10}], "t"), frame(rows))
+    assert loose.verdict == "PASS", loose.message
+    exact = [dict(row, peak_bytes=row["median_ms"] * 1e6) for row in rows]
+    (bytes_rule,) = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_exponent": 1.3}], "t"), frame(exact))
+    assert bytes_rule.verdict == "FAIL" and "too noisy" not in bytes_rule.message, bytes_rule.message
     # wholly past the bound, however wide: still a failure
     steep = [
         dict(seq_len=n, status="ok", times_ms=[(n / 1024) ** 3 * f for f in (0.3, 1, 3)], median_ms=1.0, peak_bytes=n) for n in LENGTHS
@@ -548,3 +559,7 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
     (judged,) = record["rules"][1]["judgements"]
     assert judged["subject"].startswith("fault B1 H2") and judged["verdict"] == "FAIL" and judged["severity"] > 0.5
     assert gate(tmp_path, SWEEP + rules, "--json", tmp_path / "no" / "such" / "dir.json").exit_code == 2  # before measuring
+    # a gate that stops leaves no earlier verdicts behind to be read as this one's
+    assert gate(tmp_path, rules, "--run", "nosuchrun", "--json", out).exit_code == 2
+    stopped = json.loads(out.read_text())
+    assert stopped["exit_status"] == 2 and "nosuchrun" in stopped["error"] and stopped["rules"] == []

@@ -245,18 +245,22 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     summaries = [path for path in (os.environ.get("GITHUB_STEP_SUMMARY"), markdown) if path]
     for path in summaries:  # a bad path found now, not after minutes of measuring
         _append(path, "")
-    if json_path:
-        _write_json(json_path, None)
+    if json_path:  # replaces an earlier run's verdicts at once, so a gate that stops cannot leave them to be read
+        _write_json(json_path, _unjudged(rules, None, "the gate stopped before its verdicts"))
     try:
         with SweepProgress() as progress:
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db or "the rules' database")
-    except (UsageError, StoreFault):
+    except (UsageError, StoreFault) as error:
+        if json_path:
+            _write_json(json_path, _unjudged(rules, 2 if isinstance(error, UsageError) else 1, str(error)))
         raise  # one line and exit 2 (or the store's message): the group says them
-    except Exception:  # noqa: BLE001 - a crash exited 1, which CI reads as "a rule failed"
+    except Exception as error:  # noqa: BLE001 - a crash exited 1, which CI reads as "a rule failed"
         import traceback
 
+        if json_path:
+            _write_json(json_path, _unjudged(rules, 4, f"attnprof itself failed: {type(error).__name__}: {error}"))
         traceback.print_exc()
         click.echo("gate: attnprof itself failed (the traceback above; please report it): no verdict, exit 4", err=True)
         sys.exit(4)
@@ -273,15 +277,15 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     sys.exit(exit_status(verdicts))
 
 
-def _write_json(path: str, record: dict | None) -> None:
-    """The verdicts as JSON; with None only checks that the file can be written (before measuring)."""
+def _unjudged(rules, status: int | None, why: str) -> dict:
+    return {"rules_file": str(rules), "exit_status": status, "error": why, "rules": []}
+
+
+def _write_json(path: str, record: dict) -> None:
     from pathlib import Path
 
     try:
-        if record is None:
-            Path(path).touch()
-        else:
-            Path(path).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+        Path(path).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
     except OSError as error:
         raise UsageError(f"cannot write the JSON verdicts to {path!r}: {error.strerror}") from None
 

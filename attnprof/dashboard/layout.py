@@ -158,7 +158,9 @@ def _table(component_id: str, columns: list[str], page_size: int = 15):
 def _column(name: str) -> dict:
     """Byte and FLOP counts with thousands separators (4,294,967,296 reads at a glance, 4294967296 does not), still
     numbers, so a column sorts by value."""
-    if not name.endswith(("_bytes", "flops")):
+    from attnprof.dashboard.plotting import is_count
+
+    if not is_count(name):
         return {"name": name, "id": name}
     from dash.dash_table.Format import Format
 

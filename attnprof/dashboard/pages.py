@@ -388,4 +388,6 @@ def whole_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _count_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.select_dtypes("float").columns if c.endswith(("_bytes", "flops"))]
+    from attnprof.dashboard.plotting import is_count
+
+    return [c for c in table.select_dtypes("float").columns if is_count(c)]

@@ -106,6 +106,11 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.4g} {unit}"
 
 
+def is_count(column: str) -> bool:
+    """Byte and FLOP counts (whole numbers; floats only where one is missing): not `tflops`, a rate."""
+    return column.endswith("_bytes") or column == "flops"
+
+
 def short_length(n: float) -> str:
     """A length for labels: 1k, 1.5k, 38.7M (k = 1024, as in the length grammar); inf as "unbounded"."""
     if not math.isfinite(n):

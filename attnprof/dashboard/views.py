@@ -278,12 +278,14 @@ def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int =
 
 def measured_by_config(frame: pd.DataFrame) -> dict:
     """Configuration -> the lengths that ran out of memory and the (length, peak) that ran (`analysis.measured_boundaries` for every
-    configuration at once; accounting cells, on meta, have no OOM, and their exact peaks count)."""
-    real = frame[frame["device"] != "meta"]
+    configuration at once: the same rules)."""
+    from attnprof.failures import is_prediction
+
+    real = frame[(frame["device"] != "meta") & ~frame["reason"].map(is_prediction)]
     found: dict = {}
     for key, lengths in real[real["status"] == "oom"].groupby(CONFIG, sort=False)["seq_len"]:
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["oom_lengths"] = tuple(lengths.tolist())
-    ran = frame[(frame["status"] == "ok") & frame["peak_bytes"].notna()]
+    ran = frame[(frame["status"] == "ok") & frame["peak_bytes"].notna() & (frame["peak_source"] != "model")]
     for key, cells in ran.groupby(CONFIG, sort=False)[["seq_len", "peak_bytes"]]:
         points = tuple(zip(cells["seq_len"].tolist(), cells["peak_bytes"].tolist(), strict=True))
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["ok_points"] = points

@@ -115,6 +115,8 @@ def test_download_gives_the_current_view_as_csv(two_runs_db):
     text = cb.download(1, "compare", run, selected, run_a, run_b)["content"]
     peaks = [row["peak_a_bytes"] for row in csv.DictReader(io.StringIO(text))]
     assert "" in peaks and all(p.isdigit() for p in peaks if p), peaks[:5]  # a missing peak made them "393216.0"
+    roofline = pd.read_csv(io.StringIO(cb.download(1, "roofline", run, selected, run_a, run_b)["content"]))
+    assert roofline["tflops"].gt(0).all() and not roofline["tflops"].eq(roofline["tflops"].round()).all()  # a rate, not a count
     for tab, column in (("exponents", "exponent"), ("roofline", "intensity"), ("coverage", "status"), ("info", "field")):
         assert column in pd.read_csv(io.StringIO(cb.download(1, tab, run, selected, run_a, run_b)["content"])), tab
     info = pd.read_csv(io.StringIO(cb.download(1, "info", run, selected, run_a, run_b)["content"]))

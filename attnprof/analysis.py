@@ -34,12 +34,15 @@ def metric_points(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return ok[ok[metric].notna()].astype({metric: float})
 
 
-def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | str | None = None) -> Analysis:
+def analyse(
+    frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | str | None = None, device_bytes: int | None = None
+) -> Analysis:
     """Fits, crossovers and memory frontiers of a run's measurements.
 
     frame: `load_measurements(run, db)` (or a slice of it). metrics: any of "time", "peak_bytes", "flops".
     budget_bytes: the memory budget of the frontiers, in bytes or as `--budget` takes it ("80GiB");
-    `run_budget(run, db)` gives the run's device memory; None: no frontiers.
+    `run_budget(run, db)` gives the run's device memory; None: no frontiers. device_bytes: the memory of the
+    device the run measured on (`run_budget` again): an OOM there bounds a frontier whose budget is within it.
     """
     from attnprof.errors import UsageError
 
@@ -62,7 +65,7 @@ def analyse(frame: pd.DataFrame, metrics=tuple(METRICS), budget_bytes: int | str
     fits_df = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=[*CONFIG, "metric", "exponent", "fit", "error"])
     fits_df.attrs["group_cols"] = tuple(CONFIG)
     crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:]) if len(fits_df) else pd.DataFrame()
-    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes))
+    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes))
 
 
 def input_bytes_per_token(config) -> float:
@@ -89,7 +92,7 @@ def measured_boundaries(cells: pd.DataFrame) -> dict:
     }
 
 
-def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None) -> pd.DataFrame:
+def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None, device_bytes: int | None = None) -> pd.DataFrame:
     rows = []
     if budget_bytes is None or fits.empty:
         return pd.DataFrame(rows)
@@ -97,7 +100,8 @@ def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None
         cells = frame
         for key in CONFIG:
             cells = cells[cells[key] == row[key]]
-        found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=input_bytes_per_token(row), **measured_boundaries(cells))
+        inputs, measured = input_bytes_per_token(row), measured_boundaries(cells)
+        found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=inputs, device_bytes=device_bytes, **measured)
         figures = {name: getattr(found, name) for name in ("length", "length_low", "length_high", "kind", "consistent", "message")}
         rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, **figures})
     return pd.DataFrame(rows)

@@ -28,12 +28,15 @@ class Frontier:
     message: str
 
 
-def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: float = 0.0, oom_lengths=(), ok_points=()) -> Frontier:
+def memory_frontier(
+    fit: Fit, budget_bytes: float, *, input_bytes_per_token: float = 0.0, oom_lengths=(), ok_points=(), device_bytes: float | None = None
+) -> Frontier:
     """Largest N whose fitted peak, plus the inputs made before the call (input_bytes_per_token * N: q, k, v
     and, in fwd_bwd, grad_out; the measured peaks leave them out), stays within budget_bytes; checked against
     the lengths measured: OOM lengths, and ok_points (length, measured peak bytes) of cases that ran. A case
     that ran contradicts the frontier only if its peak with its inputs was within the budget: one that ran
-    above it on a larger device (a what-if budget smaller than the machine's) says nothing against the fit."""
+    above it on a larger device (a what-if budget smaller than the machine's) says nothing against the fit.
+    `device_bytes`, the memory of the device the OOMs happened on: within it, an OOM bounds the frontier too."""
     if not budget_bytes > 0:
         raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
     length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token)
@@ -43,7 +46,8 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
         low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in leading_classes(fit))])
     within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
     kind, message = _frontier_kind(fit, length), ""
-    below, above = _measured_bracket(ok_points, input_bytes_per_token, budget_bytes)
+    bounding_ooms = oom_lengths if device_bytes is not None and budget_bytes <= device_bytes else ()
+    below, above = _measured_bracket(ok_points, input_bytes_per_token, budget_bytes, bounding_ooms)
     if below is not None and not (length >= below[0] and (above is None or length < above[0])):
         # measured peaks outweigh the fitted curve: between two of them, or beyond the longest that fits
         fitted, length = length, _between(below, above, budget_bytes)
@@ -51,8 +55,8 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
         inputs = " with its inputs" if input_bytes_per_token > 0 else ""
         measured = f"measured N = {format_length(below[0])} needs {_gib(below[1])}"
         if above is not None:
-            measured += f", N = {format_length(above[0])} needs {_gib(above[1])}"
-        bound = "about" if above is not None else "at least"  # interpolated, or the longest measured
+            measured += f", N = {format_length(above[0])} " + (f"needs {_gib(above[1])}" if above[1] is not None else "ran out of memory")
+        bound = "about" if above is not None and above[1] is not None else "at least"  # interpolated, or the longest measured
         message = f"{kind}: {bound} N = {format_length(length)} fits {_gib(budget_bytes)}{inputs}: {measured}"
         message += f" (the fit alone said N = {format_length(fitted)})"
     if below is not None:
@@ -68,22 +72,24 @@ def memory_frontier(fit: Fit, budget_bytes: float, *, input_bytes_per_token: flo
     return Frontier(length, low, high, float(budget_bytes), kind, not conflicts, conflicts, message)
 
 
-def _measured_bracket(ok_points, per_token: float, budget: float):
-    """((N, total) or None, (N, total) or None): the longest measured length whose peak with its inputs fits the
-    budget, below the shortest whose total does not. Measured peaks say so for any budget; an OOM only for one
-    within the device's memory (a what-if budget of 1 TiB learns nothing from an 80 GB GPU's), so OOMs stay
-    conflicts of the fit. An accounting run's peaks are exact: cosFormer's causal fwd_bwd at 1 GiB fit at 16384
-    (1001.7 MiB) and not at 20480 (1065.9), where the fit said N = 14059."""
+def _measured_bracket(ok_points, per_token: float, budget: float, oom_lengths=()):
+    """((N, total) or None, (N, total or None) or None): the longest measured length whose peak with its inputs
+    fits the budget, below the shortest that does not: a total over the budget, or an OOM (no total) when the
+    caller says the budget lies within the device's memory. Measured peaks say so for any budget; an OOM does not
+    for a what-if budget above the device (1 TiB learns nothing from an 80 GB GPU's). An accounting run's peaks are
+    exact: cosFormer's causal fwd_bwd at 1 GiB fit at 16384 (1001.7 MiB) and not at 20480 (1065.9), where the fit
+    said N = 14059."""
     totals = sorted((n, peak + per_token * n) for n, peak in ok_points)
-    above = next(((n, total) for n, total in totals if total > budget), None)
+    over = sorted([(n, None) for n in oom_lengths] + [(n, total) for n, total in totals if total > budget], key=lambda p: p[0])
+    above = over[0] if over else None
     fitting = [(n, total) for n, total in totals if total <= budget and (above is None or n < above[0])]
     return (fitting[-1] if fitting else None), above
 
 
 def _between(below: tuple, above: tuple | None, budget: float) -> float:
     """Where the budget falls between two measured totals, on the straight log-log line through them; the shorter
-    length when there is no longer one."""
-    if above is None or not above[1] > below[1] > 0:
+    length when there is no longer one or it ran out of memory (no total)."""
+    if above is None or above[1] is None or not above[1] > below[1] > 0:
         return float(below[0])
     share = (math.log(budget) - math.log(below[1])) / (math.log(above[1]) - math.log(below[1]))
     return math.exp(math.log(below[0]) + share * (math.log(above[0]) - math.log(below[0])))

@@ -89,7 +89,8 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
     if missing:
         return Judgement(subject, "MISSING", missing)
     inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
-    frontier = memory_frontier(fit_power_law(lengths, values, metric="peak_bytes"), budget, input_bytes_per_token=inputs, **boundaries)
+    fit = fit_power_law(lengths, values, metric="peak_bytes")
+    frontier = memory_frontier(fit, budget, input_bytes_per_token=inputs, device_bytes=default_budget, **boundaries)
     described = (
         f"frontier N={frontier.length:,.0f} [{frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
         f"{limits_note(group)}"

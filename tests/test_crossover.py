@@ -309,8 +309,12 @@ def test_an_oom_does_not_bound_a_what_if_budget_but_a_measured_peak_does():
     peak = fit_of(lambda n: 64.0 * n**2)
     budget = 64.0 * 100_000.0**2
     small = [(n, 64.0 * n**2) for n in (8192, 16384, 32768)]
-    found = memory_frontier(peak, budget, oom_lengths=[65536], ok_points=small)
+    found = memory_frontier(peak, budget, oom_lengths=[65536], ok_points=small, device_bytes=budget / 2)
     assert found.length == pytest.approx(100_000.0, rel=1e-6) and found.conflicts == (65536,)  # said, not obeyed
+    # within the device's memory the OOM is a bound: the frontier lies between 32k, which ran, and 64k
+    on_device = memory_frontier(peak, budget, oom_lengths=[65536], ok_points=small, device_bytes=budget)
+    assert on_device.length == 32768 and (on_device.length_low, on_device.length_high) == (32768, 65536) and on_device.consistent
+    assert "at least N = 32k fits" in on_device.message and "N = 64k ran out of memory (the fit alone said N = 100000)" in on_device.message
 
 
 def test_predicted_ooms_and_modelled_peaks_are_no_measured_boundaries():

@@ -44,12 +44,13 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
 
     metrics = parse_choices(metric or "time,peak_bytes,flops", ("time", "peak_bytes", "flops"), "metric")
     db = db or default_db()
-    budget_bytes = parse_bytes(budget, "budget") if budget else run_budget(run, db)
+    device_bytes = run_budget(run, db)  # the memory the run's OOMs speak for
+    budget_bytes = parse_bytes(budget, "budget") if budget else device_bytes
     frame = load_measurements(run, db)
     if impl_names:
         frame = _only_impls(frame, impl_names)
     metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
-    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers)
+    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes)
 
 
 def _metrics_with_values(frame, metrics, run: str, *, asked: bool) -> tuple:
@@ -87,11 +88,11 @@ def _only_impls(frame, impl_names: str):
     return frame[frame["impl"].isin(wanted) | frame["label"].isin(wanted)]
 
 
-def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False) -> None:
+def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False, device_bytes=None) -> None:
     from attnprof.analysis import analyse
     from attnprof.table import fits_display, frame_markdown
 
-    result = analyse(frame, metrics, budget_bytes)
+    result = analyse(frame, metrics, budget_bytes, device_bytes)
     if output_format == "json":
         payload = {
             "fits": result.fits.drop(columns=["fit"], errors="ignore").to_dict(orient="records"),

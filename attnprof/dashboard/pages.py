@@ -227,7 +227,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
         budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
         boundaries = source.memo(("boundaries", *base), lambda: views.measured_by_config(shown))
-        frontier = views.frontier_rows(shown, all_fits, budget, boundaries)
+        frontier = views.frontier_rows(shown, all_fits, budget, boundaries, device_memory(source, run_id))
         return rows, chart, crossing, figures.frontier_figure(frontier, budget), note
     except Exception as error:  # noqa: BLE001
         failed = figures.message_figure(failure_text(error))
@@ -313,16 +313,21 @@ def run_info(source, run_id) -> tuple:
         return [{"field": "error", "value": failure_text(error)}], [], [], ""
 
 
-def default_budget_log2(source, run_id) -> float:
-    """The frontier budget a run starts with: its GPU's memory, the host's for CPU runs, else 80 GiB."""
+def device_memory(source, run_id) -> int | None:
+    """The run's device memory (its GPU's, the host's for CPU runs); None for accounting runs or no run."""
+    from attnprof.env import memory_budget
+
     try:
         run = source.run(run_id)
     except Exception:  # noqa: BLE001  (no run: the slider keeps its default)
-        return math.log2(DEFAULT_BUDGET)
-    from attnprof.env import memory_budget
+        return None
+    return memory_budget(run.env, run.sweep.get("device", []))
 
+
+def default_budget_log2(source, run_id) -> float:
+    """The frontier budget a run starts with: its GPU's memory, the host's for CPU runs, else 80 GiB."""
     # Not rounded to the slider's step: the report and `fit` must find the same frontier for the same run.
-    return math.log2(memory_budget(run.env, run.sweep.get("device", [])) or DEFAULT_BUDGET)
+    return math.log2(device_memory(source, run_id) or DEFAULT_BUDGET)
 
 
 def budget_text(budget_log2) -> str:

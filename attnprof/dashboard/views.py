@@ -292,9 +292,12 @@ def measured_by_config(frame: pd.DataFrame) -> dict:
     return found
 
 
-def frontier_rows(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, boundaries: dict | None = None) -> pd.DataFrame:
+def frontier_rows(
+    frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, boundaries: dict | None = None, device_bytes: float | None = None
+) -> pd.DataFrame:
     """The memory frontier of every configuration with a peak_bytes fit, at `budget_bytes`, checked against the
-    lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed)."""
+    lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed; `device_bytes`: the
+    run's device memory, within which its OOMs bound a frontier)."""
     from attnprof.analysis import input_bytes_per_token
     from attnprof.frontier import memory_frontier
 
@@ -307,7 +310,8 @@ def frontier_rows(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, 
     for fit_row in peak_fits.to_dict("records"):
         key = tuple(fit_row[k] for k in CONFIG)
         inputs = input_bytes_per_token(fit_row)
-        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, **boundaries.get(key, {}))
+        measured = boundaries.get(key, {})
+        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, device_bytes=device_bytes, **measured)
         rows.append({**{k: fit_row[k] for k in CONFIG}, "length": found.length, "length_low": found.length_low,
                      "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent,
                      "message": found.message})  # fmt: skip

@@ -158,6 +158,8 @@ def test_crossover_matrix_and_frontier(base_frame):
     frontier = views.frontier_rows(base_frame, peak, 2**32)
     softmax = frontier[frontier["config"] == "softmax bidir"].iloc[0]
     assert softmax["length"] == pytest.approx(8192, rel=0.01) and not softmax["consistent"]  # 8k predicted, OOM measured at 4k
+    on_device = views.frontier_rows(base_frame, peak, 2**32, device_bytes=2**32).set_index("config").loc["softmax bidir"]
+    assert on_device["length"] == 2048 and on_device["consistent"] and "N = 4k ran out of memory" in on_device["message"]
     bars = figures.frontier_figure(frontier, 2**32)
     assert bars.layout.xaxis.type == "log" and len(bars.data[0].y) == len(frontier)
     shown = dict(zip(bars.data[0].y, bars.data[0].text, strict=True))

@@ -6,7 +6,8 @@ The library API a notebook uses is the one the CLI calls:
     sweep = attnprof.Sweep(impls=attnprof.parse_impls("softmax,sdpa"), lengths=(256, 512))
     run_id = attnprof.run_sweep(sweep, db="my.db")
     frame = attnprof.load_measurements("latest", db="my.db")   # a pandas DataFrame
-    result = attnprof.analyse(frame, budget_bytes=attnprof.run_budget("latest", db="my.db"))  # fits, crossovers, frontiers
+    memory = attnprof.run_budget("latest", db="my.db")  # the device's memory: the budget, and what its OOMs speak for
+    result = attnprof.analyse(frame, budget_bytes=memory, device_bytes=memory)  # fits, crossovers, frontiers
 """
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ The samples are returned raw; median and quantiles are derived later (records.ti
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -95,3 +96,25 @@ def _estimate_cuda(call, flush) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 5
+
+
+ENERGY_WINDOW_MS = 300.0  # NVML's energy counter moves in steps of tens of ms: a window of several
+
+
+def energy_per_call(call, device: str, read_mj, call_ms: float, window_ms: float = ENERGY_WINDOW_MS) -> float | None:
+    """Joules per call: back-to-back calls for about `window_ms` between two readings of the device's energy
+    counter (`read_mj`, millijoules). The timing pass's own window held its warm-up, its estimate calls and an L2
+    flush before every repetition, all charged to the repetitions alone: 1.3-1.5x too much for short kernels."""
+    import torch
+
+    calls = max(3, math.ceil(window_ms / max(call_ms, 1e-3)))
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        before = read_mj()
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+        after = read_mj()
+    if before is None or after is None:
+        return None
+    return (after - before) / 1e3 / calls

@@ -114,7 +114,7 @@ class CaseMeasurer:
 
 
 def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Measurement:
-    from attnprof.timing import bench
+    from attnprof.timing import bench, energy_per_call
 
     inputs = make_inputs(case)
     call = make_call(impl.bind(case), inputs)
@@ -128,10 +128,11 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
     else:
         _memory_pass_cpu(call, measurement)
     memory_pass_ms = (time.perf_counter() - memory_started) * 1e3
-    energy = _energy_counter(case)
-    start_mj = energy.energy_mj() if energy else None
     if case.device.startswith("cuda"):
         measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps)
+        energy = _energy_counter(case)
+        if energy is not None:
+            measurement.energy_j = energy_per_call(call, case.device, energy.energy_mj, min(measurement.times_ms))
     else:
         with cpu_heap.retained():
             cpu_heap.reserve(measurement.peak_bytes)  # resident memory for the calls, however the heap fragments (cpu_heap.py)
@@ -144,8 +145,6 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
             with host_contention() as contention:  # a busy machine inflates every sample alike: the spread misses it
                 measurement.times_ms = bench(call, case.device, *budget, warm_ms=memory_pass_ms)
             measurement.reason = contention.note()
-    if start_mj is not None:
-        measurement.energy_j = (energy.energy_mj() - start_mj) / 1e3 / max(1, len(measurement.times_ms))
     _add_work_figures(impl, case, measurement)
     return measurement
 
@@ -167,6 +166,9 @@ def _memory_pass_cuda(call, case: Case, measurement: Measurement) -> None:
     from attnprof.trackers.torch_allocator import AllocatorTracker
 
     call()  # first-call work (kernel selection, cuBLAS workspace) is not the steady-state peak
+    # Its blocks back to the device, or the tracked call would find them cached: the reserved and NVML peaks, which
+    # measure growth, read about 0 for nearly every case (the allocated peak, counted from live blocks, did not).
+    _release_cached_memory(case.device)
     nvml = NvmlDevice(cuda_index(case.device))
     with rss_tracker() as rss, nvml.memory_tracker() as device_memory, AllocatorTracker(case.device) as allocator:
         call()

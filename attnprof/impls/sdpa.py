@@ -41,13 +41,15 @@ def _efficient_refusals(case, options) -> list[str]:
     return []
 
 
-def fused_memory_model(case, options) -> int:
+def fused_memory_model(case, options, *, backend: str | None = None) -> int:
     """Peak bytes above the inputs of a fused (flash / memory-efficient) kernel, by its algorithm.
 
     Forward: the output (B, H, N, D) in the input dtype plus the fp32 log-sum-exp (B, H, N) saved for
     backward. Forward + backward adds dq, dk, dv in the input dtype, the fp32 row sums of dO * O
-    (B, H, N), and flash-attention 2's fp32 dq accumulator (B, H, N, D). Unverified until a GPU run
-    compares it with the allocator peak (tests/gpu).
+    (B, H, N), and flash-attention 2's fp32 dq accumulator (B, H, N, D). The flash backward also copies
+    dO: PyTorch's `_flash_attention_backward` makes it contiguous in its (B, N, H, D) layout, which our
+    (B, H, N, D) gradient is not ("CUDA code assumes that dout is contiguous"); the dispatcher picks flash
+    for half types. Unverified until a GPU run compares it with the allocator peak (tests/gpu).
     """
     from attnprof.impls.base import DTYPE_BYTES
 
@@ -56,7 +58,8 @@ def fused_memory_model(case, options) -> int:
     forward = tensor + rows * 4
     if case.mode == "fwd":
         return forward
-    return forward + 3 * tensor + rows * 4 + rows * case.head_dim * 4
+    flash = backend == "FLASH_ATTENTION" or (backend is None and case.dtype in ("float16", "bfloat16"))
+    return forward + 3 * tensor + rows * 4 + rows * case.head_dim * 4 + (tensor if flash else 0)
 
 
 def cpu_flash_causal_share(n: int) -> float:
@@ -92,7 +95,7 @@ def _register(name: str, backend: str | None, description: str, devices=("cpu", 
             # only math keeps N x N (no recompute, no masked blocks skipped)
             flops=lambda case, options: dense_attention_flops(case, skip_masked, skip_masked, _causal_share(case)),
             meta_exact=backend == "MATH",  # fused kernels take the unfused path on meta
-            memory_model=None if backend == "MATH" else fused_memory_model,
+            memory_model=None if backend == "MATH" else functools.partial(fused_memory_model, backend=backend),
         )
     )
 

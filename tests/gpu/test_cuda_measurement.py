@@ -48,7 +48,10 @@ def test_allocator_peak_matches_a_hand_measurement(db):
     by_hand = torch.cuda.max_memory_allocated() - before
     del out
     assert m.peak_source == "allocator" and m.peak_bytes == by_hand
-    assert m.peak_device_bytes is not None and m.energy_j is not None
+    # growth figures: the warm call's cached blocks are given back first, or these read about 0
+    assert m.peak_reserved_bytes >= m.peak_bytes and m.peak_device_bytes >= 0.5 * m.peak_bytes, (m.peak_reserved_bytes, m.peak_device_bytes)
+    watts = m.energy_j / (m.median_ms / 1e3)  # joules per call over seconds per call: the board's power while it runs
+    assert 30 < watts < 1200, watts
 
 
 def test_out_of_memory_is_recorded_and_larger_lengths_skipped(db):
@@ -68,13 +71,12 @@ def test_same_inputs_on_cpu_and_cuda():
 
 def test_fused_memory_model_against_the_allocator(db):
     """The analytic model `sweep --accounting` uses for flash attention, checked against CUDA."""
-    from attnprof.impls.sdpa import fused_memory_model
-
-    for mode in ("fwd", "fwd_bwd"):
-        m = cases(db, "sdpa-flash", (16384,), mode=(mode,))[16384]
-        assert m.status == Status.OK, m.reason
-        modelled = fused_memory_model(m.case, {})
-        assert modelled == pytest.approx(m.peak_alloc_bytes, rel=0.15), (mode, modelled, m.peak_alloc_bytes)
+    for name, tolerance in (("sdpa-flash", 0.05), ("sdpa-efficient", 0.15)):  # flash's backward copies dO: modelled
+        for mode in ("fwd", "fwd_bwd"):
+            m = cases(db, name, (16384,), mode=(mode,))[16384]
+            assert m.status == Status.OK, m.reason
+            modelled = impls.get(name).memory_model(m.case, {})
+            assert modelled == pytest.approx(m.peak_alloc_bytes, rel=tolerance), (name, mode, modelled, m.peak_alloc_bytes)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -104,10 +104,11 @@ ENERGY_WINDOW_MS = 300.0  # NVML's energy counter moves in steps of tens of ms: 
 def energy_per_call(call, device: str, read_mj, call_ms: float, window_ms: float = ENERGY_WINDOW_MS) -> float | None:
     """Joules per call: back-to-back calls for about `window_ms` between two readings of the device's energy
     counter (`read_mj`, millijoules). The timing pass's own window held its warm-up, its estimate calls and an L2
-    flush before every repetition, all charged to the repetitions alone: 1.3-1.5x too much for short kernels."""
+    flush before every repetition, all charged to the repetitions alone (a reviewer's estimate, not a measurement:
+    1.3-1.5x too much for short kernels). A call longer than the window runs once."""
     import torch
 
-    calls = max(3, math.ceil(window_ms / max(call_ms, 1e-3)))
+    calls = max(1, math.ceil(window_ms / max(call_ms, 1e-3)))
     with torch.cuda.device(device):
         torch.cuda.synchronize()
         before = read_mj()

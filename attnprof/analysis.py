@@ -82,14 +82,20 @@ def measured_boundaries(cells: pd.DataFrame) -> dict:
     Accounting runs (device meta) allocate nothing, so they have no OOM to say; their peaks are exact, and count,
     unless a fused kernel's analytic model gave them. The CPU's host-memory guard predicts an OOM from the free
     memory of the moment: a prediction, not a measurement, so it is no boundary."""
-    from attnprof.failures import is_prediction
-
-    real = cells[(cells["device"] != "meta") & ~cells["reason"].map(is_prediction)]
-    ran = cells[(cells["status"] == "ok") & cells["peak_bytes"].notna() & (cells["peak_source"] != "model")]
+    ooms, ran = boundary_cells(cells)
     return {
-        "oom_lengths": tuple(real.loc[real["status"] == "oom", "seq_len"]),
+        "oom_lengths": tuple(ooms["seq_len"]),
         "ok_points": tuple(zip(ran["seq_len"].tolist(), ran["peak_bytes"].tolist(), strict=True)),
     }
+
+
+def boundary_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(measured OOM rows, ok rows with a measured or exact peak): the rows a frontier is checked against."""
+    from attnprof.failures import is_prediction
+
+    ooms = cells[(cells["status"] == "oom") & (cells["device"] != "meta") & ~cells["reason"].map(is_prediction)]
+    ran = cells[(cells["status"] == "ok") & cells["peak_bytes"].notna() & (cells["peak_source"] != "model")]
+    return ooms, ran
 
 
 def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None, device_bytes: int | None = None) -> pd.DataFrame:

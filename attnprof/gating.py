@@ -97,14 +97,15 @@ def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None
     import pandas as pd
 
     cells = pd.concat(frames, ignore_index=True)
-    measured = set(cells["impl"]) | set(cells["label"])
+    _refuse_unmeasured_names(rules, set(cells["impl"]) | set(cells["label"]), rules_path, f"run {', '.join(run_ids)} does not measure")
+
+
+def _refuse_unmeasured_names(rules, measured: set, rules_path, where: str) -> None:
+    """One line naming the first rule whose impl or `to` is not among `measured`."""
     for rule in rules:
         for name in (rule.impl, rule.to):
             if name and name != "all" and name not in measured:
-                runs = ", ".join(run_ids)
-                raise UsageError(
-                    f"{rules_path}: rule {rule.index} names {name!r}, which run {runs} does not measure ({', '.join(sorted(measured))})"
-                )
+                raise UsageError(f"{rules_path}: rule {rule.index} names {name!r}, which {where} ({', '.join(sorted(measured))})")
 
 
 def check_rules_are_swept(rules, sweeps, rules_path) -> None:
@@ -114,13 +115,8 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
 
     specs = [spec for sweep in sweeps for spec in sweep.impls]
     names = set(impls.names()) if any(spec.name == "all" for spec in specs) else {spec.name for spec in specs}
-    measured = names | {spec.label for spec in specs}
+    _refuse_unmeasured_names(rules, names | {spec.label for spec in specs}, rules_path, "no [sweep] of the file measures")
     for rule in rules:
-        for name in (rule.impl, rule.to):
-            if name and name != "all" and name not in measured:
-                raise UsageError(
-                    f"{rules_path}: rule {rule.index} names {name!r}, which no [sweep] of the file measures ({', '.join(sorted(measured))})"
-                )
         lines = sorted({spec.label for spec in specs if rule.to in (spec.name, spec.label)})
         if len(lines) > 1:  # the ratio would be taken to whichever line came first
             named = f"to = {rule.to!r}, which names {len(lines)} lines ({', '.join(lines)})"

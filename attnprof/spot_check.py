@@ -49,7 +49,7 @@ class SpotCheck:
             if self.wanted and self.kept is None and self.wrong is None and out is not None:
                 self.wrong = wrong_form(out, self.inputs.q, self.inputs.v)
                 if self.wrong is None:
-                    self.kept = [out[b, h, self.rows].detach().double().cpu() for b, h in self.heads]  # (rows, D) each
+                    self.kept = [out[b, h, self.rows].detach().cpu().double() for b, h in self.heads]  # (rows, D) each
             return out
 
         return first_output_kept

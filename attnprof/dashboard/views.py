@@ -279,13 +279,12 @@ def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int =
 def measured_by_config(frame: pd.DataFrame) -> dict:
     """Configuration -> the lengths that ran out of memory and the (length, peak) that ran (`analysis.measured_boundaries` for every
     configuration at once: the same rules)."""
-    from attnprof.failures import is_prediction
+    from attnprof.analysis import boundary_cells
 
-    real = frame[(frame["device"] != "meta") & ~frame["reason"].map(is_prediction)]
+    ooms, ran = boundary_cells(frame)
     found: dict = {}
-    for key, lengths in real[real["status"] == "oom"].groupby(CONFIG, sort=False)["seq_len"]:
+    for key, lengths in ooms.groupby(CONFIG, sort=False)["seq_len"]:
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["oom_lengths"] = tuple(lengths.tolist())
-    ran = frame[(frame["status"] == "ok") & frame["peak_bytes"].notna() & (frame["peak_source"] != "model")]
     for key, cells in ran.groupby(CONFIG, sort=False)[["seq_len", "peak_bytes"]]:
         points = tuple(zip(cells["seq_len"].tolist(), cells["peak_bytes"].tolist(), strict=True))
         found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["ok_points"] = points

@@ -38,8 +38,11 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         "gpu_driver": None,
         "plugins": list(_plugin_modules()),  # a run of a plugin impl needs them to be resumed or reproduced
     }
-    if any(d.startswith("cuda") for d in devices) and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
+    cuda_devices = [d for d in devices if d.startswith("cuda")]
+    if cuda_devices and torch.cuda.is_available():
+        from attnprof.trackers.nvml import cuda_index
+
+        props = torch.cuda.get_device_properties(cuda_index(cuda_devices[0]))  # the GPU measured, not always GPU 0
         env.update(gpu_name=props.name, gpu_total_bytes=props.total_memory, gpu_driver=_nvml_driver())
     return env
 

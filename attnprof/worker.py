@@ -162,14 +162,14 @@ def _memory_pass_cpu(call, measurement: Measurement) -> None:
 
 def _memory_pass_cuda(call, case: Case, measurement: Measurement) -> None:
     from attnprof.trackers.host_rss import rss_tracker
-    from attnprof.trackers.nvml import NvmlDevice, cuda_index
+    from attnprof.trackers.nvml import NvmlDevice
     from attnprof.trackers.torch_allocator import AllocatorTracker
 
     call()  # first-call work (kernel selection, cuBLAS workspace) is not the steady-state peak
     # Its blocks back to the device, or the tracked call would find them cached: the reserved and NVML peaks, which
     # measure growth, read about 0 for nearly every case (the allocated peak, counted from live blocks, did not).
     _release_cached_memory(case.device)
-    nvml = NvmlDevice(cuda_index(case.device))
+    nvml = NvmlDevice(case.device)
     with rss_tracker() as rss, nvml.memory_tracker() as device_memory, AllocatorTracker(case.device) as allocator:
         call()
     measurement.peak_alloc_bytes = allocator.reading.peak_alloc_bytes
@@ -182,9 +182,9 @@ def _memory_pass_cuda(call, case: Case, measurement: Measurement) -> None:
 def _energy_counter(case: Case):
     if not case.device.startswith("cuda"):
         return None
-    from attnprof.trackers.nvml import NvmlDevice, cuda_index
+    from attnprof.trackers.nvml import NvmlDevice
 
-    device = NvmlDevice(cuda_index(case.device))
+    device = NvmlDevice(case.device)
     return device if device.available else None
 
 

@@ -47,6 +47,20 @@ def test_rss_tracker_sees_a_large_allocation():
     assert rss.peak_above_start >= 48 * 1024 * 1024
 
 
+def test_nvml_finds_torchs_gpu_by_uuid_whatever_its_index():
+    """With CUDA_VISIBLE_DEVICES=2,0 torch's cuda:0 is NVML's GPU 2: indexes do not match, UUIDs do."""
+    import uuid
+
+    from attnprof.trackers.nvml import matching_uuid
+
+    ids = [uuid.UUID(int=i) for i in range(3)]
+    nvml_listed = [f"GPU-{u}" for u in ids]
+    assert matching_uuid(ids[2], nvml_listed) == 2  # torch's bare UUID object
+    assert matching_uuid(f"GPU-{str(ids[1]).upper()}", [s.encode() for s in nvml_listed]) == 1  # prefixed; older pynvml's bytes
+    assert matching_uuid(None, nvml_listed) is None  # a torch without UUIDs: its index stands
+    assert matching_uuid(uuid.UUID(int=7), nvml_listed) is None
+
+
 def test_nvml_without_a_driver_reads_as_unavailable():
     import torch
 
@@ -54,7 +68,7 @@ def test_nvml_without_a_driver_reads_as_unavailable():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the real NVML path is tested in tests/gpu")
-    device = NvmlDevice(0)
+    device = NvmlDevice("cuda")
     assert not device.available and device.used_bytes() is None and device.energy_mj() is None
     with device.memory_tracker() as tracker:
         pass

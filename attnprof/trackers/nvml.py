@@ -11,15 +11,16 @@ from attnprof.trackers.sampling import PeakSampler
 
 
 class NvmlDevice:
-    """Handle on one GPU; `available` is False on machines without an NVIDIA driver."""
+    """Handle on the GPU torch calls `device` ("cuda", "cuda:1"); `available` is False on machines without an
+    NVIDIA driver."""
 
-    def __init__(self, index: int):
+    def __init__(self, device: str):
         self.handle = None
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(pynvml, device))
             self._pynvml = pynvml
         except Exception:  # pynvml.NVMLError (no driver, no device) or no pynvml at all
             self.handle = None
@@ -47,5 +48,28 @@ class NvmlDevice:
 
 
 def cuda_index(device: str) -> int:
-    """`cuda` -> 0, `cuda:3` -> 3 (the torch index; CUDA_VISIBLE_DEVICES remapping is the user's)."""
+    """`cuda` -> 0, `cuda:3` -> 3: torch's index, which counts only the GPUs CUDA_VISIBLE_DEVICES lets it see."""
     return int(device.split(":")[1]) if ":" in device else 0
+
+
+def nvml_index(pynvml, device: str) -> int:
+    """NVML's index of torch's `device`. NVML counts every GPU in the machine, whatever CUDA_VISIBLE_DEVICES says
+    (with CUDA_VISIBLE_DEVICES=2, torch's cuda:0 is NVML's 2), so the two are matched by UUID; torch's index when
+    torch gives no UUID or NVML lists none that matches."""
+    import torch
+
+    index = cuda_index(device)
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    listed = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+    found = matching_uuid(uuid, listed)
+    return index if found is None else found
+
+
+def matching_uuid(torch_uuid, nvml_uuids) -> int | None:
+    """Position of torch's device UUID among NVML's: NVML writes "GPU-<uuid>" (bytes in older pynvml), torch
+    a bare UUID object (or, in some builds, with the prefix too)."""
+    if torch_uuid is None:
+        return None
+    bare = lambda u: (u.decode() if isinstance(u, bytes) else str(u)).lower().removeprefix("gpu-")  # noqa: E731
+    matches = [i for i, u in enumerate(nvml_uuids) if bare(u) == bare(torch_uuid)]
+    return matches[0] if len(matches) == 1 else None

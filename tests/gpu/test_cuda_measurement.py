@@ -54,6 +54,14 @@ def test_allocator_peak_matches_a_hand_measurement(db):
     assert 30 < watts < 1200, watts
 
 
+def test_nvml_reads_the_gpu_torch_measures():
+    from attnprof.trackers.nvml import NvmlDevice, matching_uuid
+
+    device = NvmlDevice("cuda")
+    assert device.available
+    assert matching_uuid(torch.cuda.get_device_properties(0).uuid, [device._pynvml.nvmlDeviceGetUUID(device.handle)]) == 0
+
+
 def test_out_of_memory_is_recorded_and_larger_lengths_skipped(db):
     rows = cases(db, "softmax", (65536, 131072, 262144), heads=(64,))
     assert rows[65536].status in (Status.OK, Status.OOM)

@@ -15,6 +15,7 @@ before the call are not counted: the peak is the call's own bytes above its inpu
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class AccountingReading:
     fused_calls: tuple[str, ...] = ()  # FUSED_ON_A_GPU functions the call made: its meta peak is not a GPU's
 
 
+@functools.cache  # one class for the process: a mode's class, built afresh per call, cost a class creation per case
 def _live_bytes_mode_class():
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -66,6 +68,7 @@ def _live_bytes_mode_class():
     return LiveBytesMode
 
 
+@functools.cache
 def _op_tally_class():
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -146,12 +149,13 @@ def _fused_sdpa_enabled() -> bool:
     return cuda.flash_sdp_enabled() or cuda.mem_efficient_sdp_enabled() or cuda.cudnn_sdp_enabled()
 
 
-def account_call(run) -> AccountingReading:
-    """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd), and which functions
-    it called that a GPU runs fused (a custom impl calling SDPA was accounted its N x N math path without a word)."""
+@functools.cache
+def _fused_calls_class():
     from torch.overrides import TorchFunctionMode
 
     class FusedCalls(TorchFunctionMode):
+        """Names the FUSED_ON_A_GPU functions called inside it (`names`)."""
+
         def __init__(self):
             super().__init__()
             self.names: set[str] = set()
@@ -161,7 +165,13 @@ def account_call(run) -> AccountingReading:
                 self.names.add(func.__name__)
             return func(*args, **(kwargs or {}))
 
-    tracker, counter, fused = live_bytes_mode(), flop_counter(), FusedCalls()
+    return FusedCalls
+
+
+def account_call(run) -> AccountingReading:
+    """FLOPs and peak live bytes of `run()` (a zero-argument callable doing one fwd or fwd_bwd), and which functions
+    it called that a GPU runs fused (a custom impl calling SDPA was accounted its N x N math path without a word)."""
+    tracker, counter, fused = live_bytes_mode(), flop_counter(), _fused_calls_class()()
     with counter, tracker, fused:
         run()
     return AccountingReading(int(counter.get_total_flops()), int(tracker.peak_bytes), tuple(sorted(fused.names)))

@@ -83,6 +83,7 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
 
 
 MEASURED_RESOLUTION = 0.01  # ln-ratio two medians must differ by, beyond their spreads, to say which is cheaper
+EXACT_RESOLUTION = 1e-9  # the same for two exact curves (no spread anywhere: FLOPs, accounted bytes): float rounding
 
 
 def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: float) -> Crossover | None:
@@ -90,17 +91,21 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
     neither with an overhead nor with a cap, and one noisy length can tilt it: an audit found fitted lines that
     "crossed" at N = 1141 where the medians at 1024 already had the order reversed. A length speaks when its two
     medians differ by more than their spreads (half the interquartile range over the median each) plus
-    MEASURED_RESOLUTION. The last change of order among those lengths is the crossing, interpolated on log-log
+    MEASURED_RESOLUTION (EXACT_RESOLUTION when neither curve has any spread: exact values differ when they
+    differ, and Combiner-Fixed's FLOPs 0.6% under cosFormer's at 4k were "level", widening the bracket to 2k..8k
+    around an order that changes at 4040..4104). The last change of order among those lengths is the crossing, interpolated on log-log
     (exact for two power laws), its interval the two lengths around it. Without one, a "none" naming the impl
     the medians find cheaper when the fits put a crossing inside the range or the other impl first there; else
     None: the fits' answer (a crossing beyond the measured lengths) stands."""
     (lo, hi), (name_a, name_b) = span, names
     a = dict(zip(fit_a.lengths_measured, zip(fit_a.medians, fit_a.spreads, strict=False), strict=False))
     b = dict(zip(fit_b.lengths_measured, zip(fit_b.medians, fit_b.spreads, strict=False), strict=False))
+    exact = not any(fit_a.spreads) and not any(fit_b.spreads)
+    resolution = EXACT_RESOLUTION if exact else MEASURED_RESOLUTION
     clear = []  # (N, ln(a / b)) where the medians say which is cheaper
     for n in sorted(set(a) & set(b)):
         gap = math.log(a[n][0] / b[n][0])
-        if lo <= n <= hi and abs(gap) > a[n][1] + b[n][1] + MEASURED_RESOLUTION:
+        if lo <= n <= hi and abs(gap) > a[n][1] + b[n][1] + resolution:
             clear.append((n, gap))
     flips = [i for i in range(len(clear) - 1) if (clear[i][1] < 0) != (clear[i + 1][1] < 0)]
     if not flips:
@@ -121,7 +126,8 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
     between = f"measured: between {format_length(before)} and {format_length(after)}"
     ties = [n for n in sorted(set(a) & set(b)) if before < n < after]  # lengths whose medians did not tell the two apart
     if ties:  # said: at 8k Combiner-Fixed was still 0.04% cheaper, where the crossing "at 5353" read as the reverse
-        between += f"; at {', '.join(map(format_length, ties))} the two are level, within their spread + {MEASURED_RESOLUTION:.0%}"
+        level = "equal" if exact else f"level, within their spread + {MEASURED_RESOLUTION:.0%}"
+        between += f"; at {', '.join(map(format_length, ties))} the two are {level}"
     message = f"in range: {above} is cheaper above N = {format_length(length)} ({between}), {below} below"
     if len(flips) > 1:
         message += f"; the measured order changes {len(flips)} times in {format_length(lo)}..{format_length(hi)}"

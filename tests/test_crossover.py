@@ -276,14 +276,29 @@ def test_an_extrapolated_crossing_spans_the_class_models_answer():
 
 
 def test_a_measured_crossing_names_the_lengths_between_where_the_two_are_level():
-    """Two accounted peaks 0.04% apart at 8k: the crossing "at 5353 (measured: between 4k and 16k)" read as if
+    """Two timed curves 0.04% apart at 8k: the crossing "at 5353 (measured: between 4k and 16k)" read as if
     cosFormer were cheaper at 8k, where Combiner-Fixed still was. The level lengths are named."""
     lengths = np.array([1024, 2048, 4096, 8192, 16384], dtype=float)
     fixed = np.array([1.0, 2.0, 4.0, 8.0, 16.0]) * 1e6 * np.array([1, 1, 1, 1, 1.3])
     cosformer = np.array([2.0, 3.0, 5.0, 8.0032, 16.0]) * 1e6  # 0.04% above at 8k, below at 16k
-    found = crossover(fit_power_law(lengths, fixed), fit_power_law(lengths, cosformer), name_a="fixed", name_b="cosformer")
+    spread = np.full(5, 0.002)  # medians of timings, 0.2% spread each
+    found = crossover(
+        fit_power_law(lengths, fixed, spreads=spread), fit_power_law(lengths, cosformer, spreads=spread), name_a="fixed", name_b="cosformer"
+    )
     assert found.kind == "in range" and (found.length_low, found.length_high) == (4096, 16384), found.message
     assert "at 8k the two are level" in found.message
+
+
+def test_exact_curves_differ_wherever_their_values_do():
+    """Exact values (FLOPs, accounted bytes: no spread) are not level within 1%: Combiner-Fixed's FLOPs 0.8% under
+    cosFormer's at 4k (bidirectional, B1 H16 D64) were "level", and the crossing read "3695 (between 2k and 8k)";
+    the formulas' order last changes at N = 4100."""
+    lengths = np.array([1024, 2048, 4096, 8192, 16384], dtype=float)
+    fixed = np.array([1.0, 2.0, 4.0, 8.0, 16.0]) * 1e6 * np.array([1, 1, 1, 1, 1.3])
+    cosformer = np.array([2.0, 3.0, 5.0, 8.0032, 16.0]) * 1e6  # 0.04% above at 8k, below at 16k
+    found = crossover(fit_power_law(lengths, fixed), fit_power_law(lengths, cosformer), name_a="fixed", name_b="cosformer")
+    assert found.kind == "in range" and (found.length_low, found.length_high) == (8192, 16384), found.message
+    assert (found.cheaper_below, found.cheaper_above) == ("fixed", "cosformer") and "level" not in found.message
 
 
 def test_measured_peaks_on_both_sides_of_the_budget_outweigh_the_fit():

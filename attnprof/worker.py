@@ -118,7 +118,7 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
 
     inputs = make_inputs(case)
     call = make_call(impl.bind(case), inputs)
-    spot = SpotCheck(impl, case, inputs)  # reads the first untimed call's output, at the case's own length
+    spot = SpotCheck(impl, case, inputs)  # the first untimed call's output and the gradients, at the case's own length
     measurement = Measurement(case=case, status=Status.OK)
     memory_started = time.perf_counter()
     if case.device.startswith("cuda"):
@@ -145,6 +145,7 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
             with host_contention() as contention:  # a busy machine inflates every sample alike: the spread misses it
                 measurement.times_ms = bench(call, case.device, *budget, warm_ms=memory_pass_ms)
             measurement.reason = contention.note()
+    measurement.reason = "; ".join(filter(None, (measurement.reason, spot.note)))
     _add_work_figures(impl, case, measurement)
     return measurement
 

@@ -36,6 +36,13 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
     if kind == "last_row":  # a masked last block gone wrong: only the final query row is off
         out = softmax_attention(q, k, v, causal=causal)
         return torch.cat([out[..., :-1, :], out[..., -1:, :] * 0], dim=-2)
+    if kind == "nan_head":  # one head's values lost (a wrong head stride into unwritten memory)
+        out = softmax_attention(q, k, v, causal=causal)
+        return torch.cat([out[:, :1], out[:, 1:2] * float("nan"), out[:, 2:]], dim=1)
+    if kind == "off":  # every value 0.5% high: over float32's rounding, under a 1% bound
+        return softmax_attention(q, k, v, causal=causal) * 1.005
+    if kind == "bad_dq":  # a backward kernel of its own that doubles dq; the forward is right
+        return _DoubledQueryGradient.apply(q, k, v, causal)
     if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
         return softmax_attention(q, k, v, causal=causal)[0]
     if kind == "sdpa":  # a fused kernel on a GPU, the N x N math path on meta
@@ -47,13 +54,49 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
+class _DoubledQueryGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal):
+        ctx.save_for_backward(q, k, v)
+        ctx.causal = causal
+        return softmax_attention(q, k, v, causal=causal)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            dq, dk, dv = torch.autograd.grad(softmax_attention(q, k, v, causal=ctx.causal), (q, k, v), grad)
+        return dq * 2, dk, dv, None
+
+
+def scaled_attention(q, k, v, *, causal=False, scale=1.0, wrong_from=0):
+    """Softmax of scale-times-larger logits: an exact attention with an option, so it has its own reference; from
+    `wrong_from` on its last 64 rows are 5% high."""
+    out = softmax_attention(q * scale, k, v, causal=causal)
+    if wrong_from and q.shape[-2] >= wrong_from:
+        return torch.cat([out[..., :-64, :], out[..., -64:, :] * 1.05], dim=-2)
+    return out
+
+
+register(
+    AttentionImpl(
+        name="scaled",
+        family="test",
+        fn=scaled_attention,
+        description="test-only: exact attention of scaled logits, with its own reference",
+        options={"scale": 1.0, "wrong_from": 0},
+        reference=lambda q, k, v, *, causal, scale, wrong_from: softmax_attention(q * scale, k, v, causal=causal),
+    )
+)
+
+
 register(
     AttentionImpl(
         name="fault",
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault"
-        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|squeezed|float64|sdpa|cuda_error) from at_length on",
+        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off|bad_dq|squeezed|float64|sdpa|cuda_error) from at_length on",
         options={"kind": "ok", "at_length": 0},
     )
 )

@@ -1,5 +1,8 @@
 """Every status path through a real worker process, skipping after oom/timeout, restarts, resume."""
 
+import itertools
+import re
+
 import pytest
 from small_sweeps import small_sweep
 
@@ -109,20 +112,35 @@ def test_an_impl_failing_its_reference_check_is_never_timed(db):
 
 
 def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_length(db):
-    """The check runs at N <= 256: an impl wrong from 512 on (a tile loop, a masked last block) was timed as ok.
-    Sampled rows of the first untimed output are now checked against exact softmax at the case's own length."""
-    wrong, last = "fault:kind=wrong,at_length=512", "fault:kind=last_row,at_length=512"
-    run_id = run_sweep(small_sweep(f"{wrong},{last},softmax", lengths=(256, 512), causal=(False, True)), db)
-    by_case = {((m.case.label, m.case.seq_len), m.case.causal): m for m in Store.open(db, create=False).measurements(run_id)}
-    for causal in (False, True):
-        everywhere = by_case[(("fault[at_length=512,kind=wrong]", 512), causal)]
-        tail = by_case[(("fault[at_length=512,kind=last_row]", 512), causal)]
-        assert everywhere.status == tail.status == Status.ERROR and everywhere.times_ms == tail.times_ms == []
-        assert everywhere.reason.startswith("failed its check at the measured length N=512: query row 0 of batch 0, head 0 has ")
-        assert "relative error 0.5 > 0.01 against exact softmax" in everywhere.reason
-        assert "query row 511 of batch 0, head 0 has relative error 1 > 0.01" in tail.reason  # the one wrong row of 512
-        assert by_case[(("fault[at_length=512,kind=wrong]", 256), causal)].status == Status.OK
-        assert by_case[(("softmax", 512), causal)].status == Status.OK
+    """The check runs at N <= 256: an impl wrong from 512 on (a tile loop, a masked last block, a NaN head, a
+    backward kernel of its own, 0.5% off in float32, or an impl with its own reference) was timed as ok. The first
+    untimed output and one more call's gradients are now checked at the case's own length; right impls pass."""
+    faults = ",".join(f"fault:kind={kind},at_length=512" for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq"))
+    impls = f"{faults},scaled:scale=0.5,scaled:scale=0.5,wrong_from=512,softmax"
+    sweep = small_sweep(impls, lengths=(256, 512), causal=(False, True), mode=("fwd", "fwd_bwd"), heads=(4,))
+    run_id = run_sweep(sweep, db)
+    by_case = {(m.case.label, m.case.seq_len, m.case.causal, m.case.mode): m for m in Store.open(db, create=False).measurements(run_id)}
+    at = "failed its check at the measured length N=512: "
+    for causal, mode in itertools.product((False, True), ("fwd", "fwd_bwd")):
+        row = lambda label, n=512: by_case[(label, n, causal, mode)]  # noqa: B023, E731
+        for label in ("softmax", "scaled[scale=0.5]", "fault[at_length=512,kind=bad_dq]" if mode == "fwd" else "softmax"):
+            assert row(label).status == Status.OK, (label, causal, mode, row(label).reason)
+        for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq"):
+            assert row(f"fault[at_length=512,kind={kind}]", 256).status == Status.OK  # the check at N <= 256 passes them all
+            wrong = row(f"fault[at_length=512,kind={kind}]")
+            if kind != "bad_dq" or mode == "fwd_bwd":
+                assert wrong.status == Status.ERROR and wrong.times_ms == [], (kind, causal, mode, wrong.reason)
+                assert wrong.reason.startswith(at)
+        reason = lambda kind: row(f"fault[at_length=512,kind={kind}]").reason  # noqa: B023, E731
+        assert reason("wrong").startswith(at + "query row 0 of batch 0, head 0 has relative error 0.5 > 0.001 against exact attention")
+        assert "query row 511 of batch 0, head 0 has relative error 1 > 0.001" in reason("last_row")  # the one wrong row of 512
+        assert reason("nan_head") == at + "8,192 of 32,768 values are NaN or inf, the first in query row 0 of batch 0, head 1"
+        assert "relative error 0.005 > 0.001" in reason("off")
+        if mode == "fwd_bwd":
+            assert re.search(r"dq row \d+ of batch 0, head 0 has relative error [\d.]+ > 0.002", reason("bad_dq")), reason("bad_dq")
+        own = row("scaled[scale=0.5,wrong_from=512]")  # checked against its own reference, not plain softmax
+        last_64 = r"query row (4[4-9]\d|50\d|51[01]) of batch 0, head 0 has relative error 0.05 > 0.001"
+        assert own.status == Status.ERROR and re.search(last_64, own.reason), own.reason
 
 
 def test_an_impl_returning_the_wrong_shape_or_dtype_is_never_timed(db):

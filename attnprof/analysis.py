@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from attnprof.crossover import crossover_frame
-from attnprof.fit import fit_frame
+from attnprof.fit import FIT_COLUMNS, fit_frame
 from attnprof.frontier import memory_frontier
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
+CELL_KEY = [*CONFIG, "seq_len"]
 METRICS = {"time": "time_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
 
 
@@ -52,6 +53,7 @@ def analyse(
     if unknown:
         raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    refuse_overlapping_runs(frame, "analyse")
     if isinstance(budget_bytes, str):
         from attnprof.gate_rules import parse_bytes
 
@@ -62,10 +64,28 @@ def analyse(
         if not points.empty:
             fitted = fit_frame(points, METRICS[metric], CONFIG)
             fits.append(fitted.assign(metric=metric))
-    fits_df = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=[*CONFIG, "metric", "exponent", "fit", "error"])
+    fits_df = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=[*CONFIG, "metric", *FIT_COLUMNS, "fit", "error"])
     fits_df.attrs["group_cols"] = tuple(CONFIG)
-    crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:]) if len(fits_df) else pd.DataFrame()
+    crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])  # its columns whether or not anything fitted
     return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes))
+
+
+def refuse_overlapping_runs(frame: pd.DataFrame, doing: str) -> None:
+    """Cells of several runs are one set of cells to analyse or judge only when no cell is in two of them: two runs'
+    samples of one cell were pooled into one fit (twice the points, as if one run), and a gate judged whichever
+    came first. `doing`: the verb of the error ("analyse", "judge")."""
+    from attnprof.errors import UsageError
+
+    if "run_id" not in frame.columns or frame["run_id"].nunique() < 2:
+        return
+    cells = frame[[*CELL_KEY, "run_id"]].drop_duplicates()
+    shared = cells[cells.duplicated(CELL_KEY, keep=False)]
+    if len(shared):
+        first = shared.iloc[0]
+        runs = list(dict.fromkeys(shared[(shared[CELL_KEY] == first[CELL_KEY]).all(axis=1)]["run_id"]))
+        raise UsageError(
+            f"runs {' and '.join(runs[:2])} both measure {first['label']} N={first['seq_len']} (and maybe more): {doing} them one at a time"
+        )
 
 
 def input_bytes_per_token(config) -> float:
@@ -98,10 +118,13 @@ def boundary_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return ooms, ran
 
 
+FRONTIER_COLUMNS = [*CONFIG, "budget_bytes", "length", "length_low", "length_high", "kind", "consistent", "message"]
+
+
 def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None, device_bytes: int | None = None) -> pd.DataFrame:
     rows = []
     if budget_bytes is None or fits.empty:
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
     for _, row in fits[(fits["metric"] == "peak_bytes") & fits["fit"].notna()].iterrows():
         cells = frame
         for key in CONFIG:
@@ -110,4 +133,4 @@ def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None
         found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=inputs, device_bytes=device_bytes, **measured)
         figures = {name: getattr(found, name) for name in ("length", "length_low", "length_high", "kind", "consistent", "message")}
         rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, **figures})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)

@@ -38,6 +38,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given."""
     import pandas as pd
 
+    from attnprof.analysis import refuse_overlapping_runs
     from attnprof.api import default_db, load_measurements, resolve_sweep, run_budget, run_sweep
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
@@ -62,14 +63,11 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         check_rules_can_be_judged(rules, resolved, rules_path)
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
-    _refuse_overlapping_runs(frames, run_ids)
+    refuse_overlapping_runs(pd.concat(frames, ignore_index=True), "judge")
     _check_rules_name_measured_impls(rules, frames, run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
     return verdicts, run_ids
-
-
-CELL_KEY = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode", "seq_len"]
 
 
 def _distinct_runs(frames, runs) -> tuple[list, tuple]:
@@ -80,24 +78,24 @@ def _distinct_runs(frames, runs) -> tuple[list, tuple]:
     return list(kept.values()), tuple(kept)
 
 
-def _refuse_overlapping_runs(frames, run_ids) -> None:
-    """Several --run are judged as one set of cells (a file's sweeps measure different ones). Two runs with the
-    same cell made the verdict depend on the order they were given (the first one's cell was judged, silently)."""
-    seen: dict[tuple, str] = {}
-    for frame, run_id in zip(frames, run_ids, strict=True):
-        for cell in frame[CELL_KEY].drop_duplicates().itertuples(index=False, name=None):
-            if cell in seen and seen[cell] != run_id:
-                shown = f"{cell[0]} N={cell[-1]}"
-                raise UsageError(f"runs {seen[cell]} and {run_id} both measure {shown} (and maybe more): judge them one at a time")
-            seen[cell] = run_id
-
-
 def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None:
     """A rule naming an impl the judged runs never measured is a slip in the file (exit 2), not a MISSING verdict."""
     import pandas as pd
 
     cells = pd.concat(frames, ignore_index=True)
     _refuse_unmeasured_names(rules, set(cells["impl"]) | set(cells["label"]), rules_path, f"run {', '.join(run_ids)} does not measure")
+    _refuse_ambiguous_to(rules, set(zip(cells["impl"], cells["label"], strict=True)), rules_path)
+
+
+def _refuse_ambiguous_to(rules, lines: set[tuple[str, str]], rules_path) -> None:
+    """A `to` naming two lines (nystromformer, measured with two option sets) is the file's slip, exit 2, whether
+    the gate measures its own sweeps or judges stored runs (these gave MISSING, exit 3: "the measurement failed").
+    `lines`: (impl, label) pairs."""
+    for rule in rules:
+        named = sorted({label for impl, label in lines if rule.to in (impl, label)})
+        if len(named) > 1:  # the ratio would be taken to whichever line came first
+            listed = f"{len(named)} lines ({', '.join(named)})"
+            raise UsageError(f"{rules_path}: rule {rule.index} has to = {rule.to!r}, which names {listed}: name one")
 
 
 def _refuse_unmeasured_names(rules, measured: set, rules_path, where: str) -> None:
@@ -116,11 +114,7 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
     specs = [spec for sweep in sweeps for spec in sweep.impls]
     names = set(impls.names()) if any(spec.name == "all" for spec in specs) else {spec.name for spec in specs}
     _refuse_unmeasured_names(rules, names | {spec.label for spec in specs}, rules_path, "no [sweep] of the file measures")
-    for rule in rules:
-        lines = sorted({spec.label for spec in specs if rule.to in (spec.name, spec.label)})
-        if len(lines) > 1:  # the ratio would be taken to whichever line came first
-            named = f"to = {rule.to!r}, which names {len(lines)} lines ({', '.join(lines)})"
-            raise UsageError(f"{rules_path}: rule {rule.index} has {named}: name one")
+    _refuse_ambiguous_to(rules, {(spec.name, spec.label) for spec in specs}, rules_path)
 
 
 def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:

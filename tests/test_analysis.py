@@ -173,3 +173,21 @@ def test_analyse_takes_a_budget_as_fit_does_and_names_a_wrong_argument(accounted
     ):
         with pytest.raises(UsageError, match=re.escape(fragment)):
             analyse(*args)
+
+
+def test_analyse_answers_with_the_same_columns_when_nothing_fits_and_refuses_pooled_runs(accounted):
+    """A notebook audit: with no usable fit, crossovers and frontiers had no columns and fits 12 of its 32, so
+    `frontiers.query("kind == ...")` raised KeyError; and two runs concatenated were fitted as one (twice the points)."""
+    import pandas as pd
+
+    frame = load_measurements("latest", accounted)
+    full = analyse(frame, budget_bytes="80GiB")
+    empty = analyse(frame[frame["status"] == "none"], budget_bytes="80GiB")
+    for part in ("fits", "crossovers", "frontiers"):
+        assert list(getattr(empty, part).columns) == list(getattr(full, part).columns) and len(getattr(empty, part)) == 0, part
+    assert empty.frontiers.query("kind == 'in range'").empty
+    twice = pd.concat([frame, frame.assign(run_id="20990101-000000-abcd")], ignore_index=True)
+    with pytest.raises(UsageError, match=r"runs \S+ and 20990101-000000-abcd both measure \S+ N=\d+ \(and maybe more\): analyse them one"):
+        analyse(twice)
+    other = frame[frame["label"] == "softmax"].assign(run_id="20990101-000000-abcd")  # runs of different cells: one set
+    assert len(analyse(pd.concat([frame[frame["label"] != "softmax"], other], ignore_index=True)).fits) == len(full.fits)

@@ -502,8 +502,15 @@ def test_a_regression_rule_without_the_metric_is_missing_and_zero_flops_do_not_c
 def test_a_ratio_to_a_bare_name_the_sweep_measures_twice_is_refused_before_measuring(tmp_path):
     """`to = "nystromformer"` over num_landmarks=16 and =256 took the ratio to whichever came first, unsaid."""
     two_lines = SWEEP.replace("softmax,sdpa-flash,fault", "softmax,fault,fault:at_length=99999")
-    result = gate(tmp_path, two_lines + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nto = "fault"\nmax_ratio = 2\n')
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nat_length = "1k"\nto = "fault"\nmax_ratio = 2\n'
+    result = gate(tmp_path, two_lines + rule)
     assert result.exit_code == 2 and "has to = 'fault', which names 2 lines (fault, fault[at_length=99999]): name one" in result.output
+    # the same slip judged on a stored run: exit 2 too (it was MISSING, exit 3, "the measurement failed")
+    measured = CliRunner().invoke(cli, ["sweep", "--impl", "softmax,fault,fault:at_length=99999", "--lengths", "1k,2k", "--accounting",
+                                        "--causal", "no", "--heads", "2", "--db", str(tmp_path / "gate.db")])  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    stored = gate(tmp_path, rule, "--run", "latest")
+    assert stored.exit_code == 2 and "has to = 'fault', which names 2 lines (fault, fault[at_length=99999]): name one" in stored.output
 
 
 def test_a_stored_run_of_a_plugin_impl_is_judged_without_its_module(tmp_path):

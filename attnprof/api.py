@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import sys
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -90,6 +91,14 @@ def _check_reachable(sweep: Sweep) -> None:
         raise UsageError(
             f"impl {unseen[0]!r} is registered in this interactive session, which the sweep's worker processes do not run: "
             "register it in a module (mykernels.py) and import that here (workers import it too), or run a script file"
+        )
+    hidden = impls.unimportable([spec.name for spec in sweep.impls])
+    if hidden:  # workers import it by name: it failed every cell of the sweep ("could not start a worker") seconds later
+        name, module = hidden[0]
+        where = getattr(sys.modules.get(module), "__file__", None) or "?"
+        raise UsageError(
+            f"impl {name!r} comes from module {module!r} ({where}), which the sweep's worker processes cannot import by name: "
+            "put its folder on sys.path (or PYTHONPATH) before importing it"
         )
 
 
@@ -252,7 +261,8 @@ def _new_run(sweep: Sweep, command: str):
     from attnprof.records import RunInfo
 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return RunInfo(new_run_id(), created, sweep.to_dict(), capture_env(sweep.device), attnprof.__version__, sweep.name, command, "running")
+    env = capture_env(sweep.device, [spec.name for spec in sweep.impls])
+    return RunInfo(new_run_id(), created, sweep.to_dict(), env, attnprof.__version__, sweep.name, command, "running")
 
 
 def _resumable(store, resume: str):

@@ -14,7 +14,8 @@ from pathlib import Path
 COMPARABLE_FIELDS = ("gpu_name", "gpu_driver", "cuda_version", "torch_version")
 
 
-def capture_env(devices: tuple[str, ...] = ()) -> dict:
+def capture_env(devices: tuple[str, ...] = (), impl_names=None) -> dict:
+    """The environment of a run on `devices` of the impls `impl_names` (default: every impl registered here)."""
     import torch
 
     import attnprof
@@ -36,7 +37,7 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "gpu_total_bytes": None,
         "gpu_driver": None,
-        "plugins": list(_plugin_modules()),  # a run of a plugin impl needs them to be resumed or reproduced
+        "plugins": list(_plugin_modules(impl_names)),  # a run of a plugin impl needs them to be resumed or reproduced
     }
     cuda_devices = [d for d in devices if d.startswith("cuda")]
     if cuda_devices and torch.cuda.is_available():
@@ -47,12 +48,12 @@ def capture_env(devices: tuple[str, ...] = ()) -> dict:
     return env
 
 
-def _plugin_modules() -> tuple[str, ...]:
-    """The modules of the non-built-in impls registered here (ATTNPROF_PLUGINS', or imported by a session)."""
+def _plugin_modules(impl_names=None) -> tuple[str, ...]:
+    """The modules of the non-built-in impls among `impl_names` (ATTNPROF_PLUGINS', or imported by a session)."""
     from attnprof import impls
 
     impls.names()  # load ATTNPROF_PLUGINS
-    return impls.worker_modules()
+    return impls.worker_modules(impl_names)
 
 
 def memory_budget(env: dict, devices) -> int | None:

@@ -218,7 +218,11 @@ def _given_spreads(lengths, values, spreads):
     if s.shape != y.shape:
         raise ValueError(f"values and spreads differ in size ({y.size} vs {s.size})")
     ok = np.isfinite(y) & (y > 0)
-    return lambda distinct: [float(np.median(s[ok & (n == length)])) for length in distinct]
+    n, s = n[ok], s[ok]
+    if len(np.unique(n)) == len(n):  # one value per length (the dashboard's cell medians): a lookup, no medians
+        by_length = dict(zip(n.tolist(), s.tolist(), strict=True))
+        return lambda distinct: [by_length[float(length)] for length in distinct]
+    return lambda distinct: [float(np.median(s[n == length])) for length in distinct]
 
 
 def local_slopes(lengths, values) -> tuple:

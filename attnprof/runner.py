@@ -62,8 +62,9 @@ SPAWN_HINT = (
 class WorkerHandle:
     """One worker process for one device, restarted on demand."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, modules: tuple[str, ...] = ()):
         self.device = device
+        self.modules = modules  # plugin modules the sweep's impls come from (impls.worker_modules)
         self.process = None
         self.connection = None
         self.start_failures: list[str] = []  # why each start since the last good one failed
@@ -71,13 +72,12 @@ class WorkerHandle:
     def ensure_started(self) -> None:
         if self.process is not None and self.process.is_alive():
             return
-        from attnprof import impls
         from attnprof.worker import worker_main
 
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
         self.connection, child = context.Pipe()
         name = f"{WORKER_NAME_PREFIX}{self.device}"
-        args = (child, self.device, impls.worker_modules())  # the modules of impls a notebook imported: workers import them too
+        args = (child, self.device, self.modules)  # the modules of impls a notebook imported: workers import them too
         self.process = context.Process(target=worker_main, args=args, daemon=True, name=name)
         with _unrunnable_main_hidden():
             self.process.start()
@@ -189,6 +189,9 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
     pending = [case for case in cases if case.key not in done_keys]
     failures = _failures_from(store.measurements(run_id))
     workers: dict[str, WorkerHandle] = {}
+    from attnprof import impls
+
+    modules = impls.worker_modules({case.impl for case in cases})
     progress = progress or Progress()
     progress.begin(len(pending))
     interrupt = None
@@ -197,7 +200,7 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
             progress.start(case)
             measurement = _skip_if_failed_before(case, failures) or _refusal(case)
             if measurement is None:
-                worker = workers.setdefault(case.device, WorkerHandle(case.device))
+                worker = workers.setdefault(case.device, WorkerHandle(case.device, modules))
                 measurement = worker.run(case, settings, timeout_s)
             store.add_measurement(run_id, measurement, _now())
             _note_failure(measurement, failures)

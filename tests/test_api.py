@@ -87,6 +87,11 @@ def test_registering_refuses_what_the_cli_cannot_use_and_replaces_a_modules_own_
         (dict(modes=("fwd-bwd",)), "modes=('fwd-bwd',); give a tuple of 'fwd', 'fwd_bwd'"),  # every case unsupported
         (dict(devices=("gpu",)), "devices=('gpu',)"),
         (dict(options={"chunk size": 4}), "option name 'chunk size'"),
+        # every row then read "TypeError: plain() got an unexpected keyword argument 'causal'"
+        (dict(fn=lambda q, k, v: q), "fn <lambda>(q, k, v) cannot be called as fn(q, k, v, *, causal, **options)"),
+        (dict(options={"scale": 1.0}), "with its options (scale): got an unexpected keyword argument 'scale'"),
+        (dict(reference=lambda q, k: q), "reference <lambda>(q, k) cannot be called as reference(q, k, v, *, causal"),
+        (dict(fn="softmax"), "fn is a str, not a function"),
     ):
         with pytest.raises(UsageError, match=re.escape(fragment)):
             impls.register(replace(base, **changes))
@@ -142,6 +147,37 @@ def test_an_impl_registered_in_an_interactive_session_is_refused_before_measurin
     done = _python(tmp_path, "-c", MODULE + SWEEP)
     assert done.returncode == 1 and "UsageError: impl 'mine' is registered in this interactive session" in done.stderr
     assert "register it in a module (mykernels.py) and import that here" in done.stderr and not (tmp_path / "x.db").exists()
+
+
+def test_a_module_loaded_from_a_file_workers_cannot_import_is_refused_and_spoils_no_other_sweep(tmp_path):
+    """A notebook loaded kern/mykern.py by spec_from_file_location (kern/ not on sys.path): a sweep of its impl
+    failed every cell seconds later, and so did a sweep of softmax alone (workers imported every plugin module)."""
+    (tmp_path / "kern").mkdir()
+    (tmp_path / "kern" / "mykern.py").write_text(MODULE)
+    loaded = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('mykern', 'kern/mykern.py')\n"
+        "module = sys.modules['mykern'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+    )
+    mine = _python(tmp_path, "-c", loaded + SWEEP)
+    assert mine.returncode == 1 and "UsageError: impl 'mine' comes from module 'mykern' (" in mine.stderr, mine.stderr[-2000:]
+    assert "cannot import by name: put its folder on sys.path" in mine.stderr and not (tmp_path / "x.db").exists()
+    softmax = loaded + SWEEP.replace("'mine'", "'softmax'") + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())"
+    done = _python(tmp_path, "-c", softmax)
+    assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stderr[-2000:]
+
+
+def test_a_built_in_name_is_refused_where_it_is_registered_even_before_the_built_ins_load(tmp_path):
+    """Registered before anything loaded the built-ins, a user's "softmax" was accepted, and every lookup after
+    failed with "registered twice: by __main__ and by attnprof.impls.softmax"."""
+    early = (  # nothing imports attnprof.impls.softmax first (MODULE's softmax_attention would)
+        "from attnprof.impls import register\nfrom attnprof.impls.base import AttentionImpl\n"
+        "register(AttentionImpl(name='softmax', family='test', fn=lambda q, k, v, *, causal=False: q))\nprint('accepted')\n"
+    )
+    done = _python(tmp_path, "-c", early)
+    assert done.returncode == 1 and "accepted" not in done.stdout, done.stdout
+    assert "UsageError: impl name 'softmax' is a built-in's (attnprof.impls.softmax): register yours under another name" in done.stderr
 
 
 def test_loaded_measurements_have_one_dtype_per_column_whatever_the_data(tmp_path):

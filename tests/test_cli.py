@@ -363,6 +363,28 @@ def test_a_plugin_that_fails_on_import_is_one_line_naming_it(tmp_path):
     assert "'broken_plugin'" in done.stderr and "RuntimeError: boom" in done.stderr
 
 
+def test_a_plugin_in_the_current_folder_is_found_or_the_error_says_how(tmp_path):
+    """`ATTNPROF_PLUGINS=myimpl attnprof sweep` beside myimpl.py: the attnprof command does not search the current
+    folder (python -m does), and the error gave no hint; an unknown impl did not mention ATTNPROF_PLUGINS either."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "myimpl.py").write_text("X = 1\n")
+    command = shutil.which("attnprof", path=os.path.dirname(sys.executable))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ATTNPROF_PLUGINS")}
+    done = subprocess.run(
+        [command, "list"], cwd=tmp_path, capture_output=True, text=True, env={**env, "ATTNPROF_PLUGINS": "myimpl"}, timeout=120
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "No module named 'myimpl'; it is in the current folder, which the attnprof command does not search: PYTHONPATH=." in done.stderr
+    unknown = subprocess.run(
+        [command, "sweep", "--impl", "mine", "--dry-run"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert unknown.returncode == 2 and "(an impl of your own: name its module in ATTNPROF_PLUGINS)" in unknown.stderr, unknown.stderr
+
+
 @pytest.mark.parametrize("column", ["env_json", "sweep_json"])
 def test_a_damaged_record_is_one_line_naming_it(db, column):
     assert invoke("sweep", *QUICK, "--db", db).exit_code == 0

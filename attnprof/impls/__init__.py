@@ -11,6 +11,8 @@ other way (a notebook's `import mykernels`) reaches the workers too: they import
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -31,6 +33,10 @@ def register(impl: AttentionImpl) -> AttentionImpl:
     """Add `impl` to the registry. The same module registering a name again replaces its impl (a notebook cell run
     again, a reloaded module); another module taking a registered name, or any taking a built-in's, is refused."""
     _validate(impl)
+    if not module_of(impl).startswith("attnprof.") and not _imported:
+        # the built-ins first: a user's "softmax" registered before them was accepted, and every later lookup
+        # then failed with "registered twice"
+        _load_builtins()
     existing = _REGISTRY.get(impl.name)
     if existing is not None and existing.fn is not impl.fn and module_of(existing) != module_of(impl):
         if module_of(existing).startswith("attnprof."):
@@ -54,6 +60,29 @@ def _validate(impl: AttentionImpl) -> None:
     bad = [key for key in impl.options if not isinstance(key, str) or not key.isidentifier()]
     if bad:
         raise UsageError(f"impl {impl.name!r}: option name {bad[0]!r} is not an identifier (--impl {impl.name}:key=value)")
+    for role, fn in (("fn", impl.fn), ("reference", impl.reference)):
+        _check_callable_as_an_impl(impl, role, fn)
+
+
+def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn) -> None:
+    """`fn(q, k, v)` without `causal` (or an option) was accepted, and every row then read "TypeError: plain() got
+    an unexpected keyword argument 'causal'"."""
+    if fn is None:
+        return
+    if not callable(fn):
+        raise UsageError(f"impl {impl.name!r}: {role} is a {type(fn).__name__}, not a function")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read, it answers when called
+        return
+    try:
+        signature.bind(None, None, None, causal=False, **impl.options)
+    except TypeError as error:
+        name = getattr(fn, "__name__", role)
+        raise UsageError(
+            f"impl {impl.name!r}: {role} {name}{signature} cannot be called as {role}(q, k, v, *, causal, **options) "
+            f"with its options ({', '.join(impl.options) or 'none'}): {error}"
+        ) from None
 
 
 def module_of(impl: AttentionImpl) -> str:
@@ -62,11 +91,15 @@ def module_of(impl: AttentionImpl) -> str:
     return getattr(fn, "__module__", None) or "?"
 
 
-def worker_modules() -> tuple[str, ...]:
-    """Modules a worker imports to know every impl registered here: those of registered impls that are neither
-    built-in, nor a script's (spawn imports the script itself), nor importable by name only in this process."""
+def worker_modules(names=None) -> tuple[str, ...]:
+    """Modules a worker imports to know the impls `names` (default: every impl registered here): those of the impls
+    that are neither built-in, nor a script's (spawn imports the script itself), nor importable by name only in
+    this process. Only the sweep's own: a module of another impl that workers cannot import failed every sweep."""
     modules = []
+    wanted = None if names is None else set(names)
     for impl in list(_REGISTRY.values()):
+        if wanted is not None and impl.name not in wanted:
+            continue
         module = module_of(impl)
         if module.startswith("attnprof.") or module in MAIN_MODULES or module in modules:
             continue
@@ -85,6 +118,24 @@ def import_modules(modules) -> None:
             _imported.add(module)
 
 
+def unimportable(names) -> list[tuple[str, str]]:
+    """(impl, module) for impls among `names` whose module a worker cannot import by name: loaded from a file
+    (importlib's spec_from_file_location) in a folder not on sys.path, which spawned workers share."""
+    found = []
+    for module in worker_modules(names):
+        loaded = sys.modules.pop(module, None)  # find_spec answers from sys.modules: ask the import path itself
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        finally:
+            if loaded is not None:
+                sys.modules[module] = loaded
+        if spec is None:
+            found.extend((name, module) for name in names if module_of(get(name)) == module)
+    return found
+
+
 def unreachable(names) -> list[str]:
     """Impls among `names` that workers cannot import: registered in an interactive session's __main__ (a notebook,
     `python -c`, `python - < file`), which a spawned worker does not run."""
@@ -96,9 +147,7 @@ def unreachable(names) -> list[str]:
 def _load() -> None:
     """Import the built-in modules once, and any plugin module named in ATTNPROF_PLUGINS not imported yet."""
     if not _imported:
-        for module in BUILTIN_MODULES:
-            _import_builtin(module)
-        _imported.add("")
+        _load_builtins()
     for module in filter(None, (m.strip() for m in os.environ.get("ATTNPROF_PLUGINS", "").split(","))):
         if module in _imported:
             continue
@@ -106,11 +155,26 @@ def _load() -> None:
         _imported.add(module)
 
 
+def _load_builtins() -> None:
+    _imported.add("")  # first: the built-ins' own register() calls must not come back here
+    for module in BUILTIN_MODULES:
+        _import_builtin(module)
+
+
 def _import_plugin(module: str, named_by: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as error:
-        raise UsageError(f"cannot import plugin module {module!r} from {named_by}: {error}") from None
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module.split(".")[0]:
+            here = os.path.isfile(f"{module.split('.')[0]}.py") or os.path.isdir(module.split(".")[0])
+            # `python -m attnprof` puts the current folder on sys.path; the `attnprof` command does not
+            hint = (
+                "; it is in the current folder, which the attnprof command does not search: PYTHONPATH=. attnprof ..."
+                if here
+                else ("; its folder must be on PYTHONPATH")
+            )
+        raise UsageError(f"cannot import plugin module {module!r} from {named_by}: {error}{hint}") from None
     except Exception as error:  # the plugin's own code failed: its fault, one line, not our traceback
         raise UsageError(f"plugin module {module!r} from {named_by} failed on import: {type(error).__name__}: {error}") from None
 
@@ -126,7 +190,8 @@ def _import_builtin(module: str) -> None:
 def get(name: str) -> AttentionImpl:
     _load()
     if name not in _REGISTRY:
-        raise UsageError(f"unknown impl {name!r}; known: {', '.join(names())}")
+        hint = "" if os.environ.get("ATTNPROF_PLUGINS") else " (an impl of your own: name its module in ATTNPROF_PLUGINS)"
+        raise UsageError(f"unknown impl {name!r}; known: {', '.join(names())}{hint}")
     return _REGISTRY[name]
 
 

@@ -8,6 +8,11 @@ The library API a notebook uses is the one the CLI calls:
     frame = attnprof.load_measurements("latest", db="my.db")   # a pandas DataFrame
     memory = attnprof.run_budget("latest", db="my.db")  # the device's memory: the budget, and what its OOMs speak for
     result = attnprof.analyse(frame, budget_bytes=memory, device_bytes=memory)  # fits, crossovers, frontiers
+    cells, exponents = attnprof.compare_runs("baseline-run", "latest", db="my.db")  # as `attnprof compare`
+    path, pngs = attnprof.write_report("latest", db="my.db")  # as `attnprof report`
+    verdicts, run_ids = attnprof.run_gate("rules.toml", db="my.db")  # as `attnprof gate`
+    attnprof.plan(sweep)  # (case, refusal reasons) per case: `sweep --dry-run`
+Bad input raises attnprof.UsageError (one line naming the bad value); Ctrl-C during a sweep attnprof.SweepInterrupted.
 """
 
 __version__ = "0.1.0"
@@ -21,6 +26,12 @@ _LAZY = {
     "parse_lengths": "attnprof.spec",
     "analyse": "attnprof.analysis",
     "run_budget": "attnprof.api",
+    "plan": "attnprof.api",
+    "compare_runs": "attnprof.api",
+    "write_report": "attnprof.report",
+    "run_gate": "attnprof.gating",
+    "UsageError": "attnprof.errors",
+    "SweepInterrupted": "attnprof.runner",
 }
 _SUBMODULES = ("analysis", "impls")  # named in the README as attnprof.analysis.analyse, attnprof.impls.register
 

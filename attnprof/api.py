@@ -308,6 +308,25 @@ def load_measurements(run: str = "latest", db: str | Path | None = None):
     return frame.astype({"noisy": "boolean"})
 
 
+def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None = None):
+    """(cells, exponents), candidate against baseline, as the dashboard's Compare view and `attnprof compare`:
+    cells: one row per cell both measured, worst first (dashboard.compare.CELL_COLUMNS: statuses, medians and
+    peaks of both, their ratios candidate/baseline, `change` in words; `score` the sort key: inf for ok -> failing,
+    else the larger ratio); exponents: per configuration both runs have
+    and metric (time, peak_bytes), both fitted exponents, the lengths each was fitted over, the change and whether
+    the 95% intervals are disjoint (`significant`), largest increase first."""
+    import pandas as pd
+
+    from attnprof.dashboard.compare import compare_cells, exponent_changes, shared_configurations
+    from attnprof.dashboard.views import fit_metric
+
+    a, b = load_measurements(baseline, db), load_measurements(candidate, db)
+    cells = compare_cells(a, b)
+    fitted_a, fitted_b = shared_configurations(a, b)
+    fits = [pd.concat([fit_metric(frame, m) for m in ("time", "peak_bytes")], ignore_index=True) for frame in (fitted_a, fitted_b)]
+    return cells, exponent_changes(pd.concat([a, b]), *fits)
+
+
 def run_budget(run: str, db: str | Path | None = None) -> int | None:
     """The default memory budget of a run (env.memory_budget): its GPU's memory, its host's for CPU runs,
     None for accounting runs."""

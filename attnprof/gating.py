@@ -46,7 +46,8 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     rules, sweeps = load_rules(rules_path, registered=not runs)
     needing = [n for n, rule in enumerate(rules, 1) if rule.max_regression is not None]
     if needing and not baseline:  # a usage slip: say so before measuring anything, not as a verdict afterwards
-        raise UsageError(f"{rules_path}: rule {needing[0]} has max_regression, which needs --baseline FILE")
+        needs = "needs a baseline file (--baseline FILE; baseline= from Python)"
+        raise UsageError(f"{rules_path}: rule {needing[0]} has max_regression, which {needs}")
     baseline_frame = read_baseline(baseline) if baseline else None
     db = db or next((s["db"] for s in sweeps if "db" in s), None) or default_db()
     if not runs:

@@ -122,22 +122,29 @@ def read_toml(path: str | Path) -> dict:
 
 
 def scenario_options(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep", "rule")) -> dict:
-    """The `[sweep]` table of a scenario file, with every key checked. A gate's rules file is a scenario too (its
-    [[rule]] tables are the gate's): `attnprof sweep rules.toml` measures what a first baseline needs."""
-    tables = sweep_tables(path, allowed_tables)
+    """The one `[sweep]` table of a scenario file, with every key checked."""
+    tables = scenario_sweeps(path, allowed_tables)
     if len(tables) > 1:
-        raise UsageError(
-            f"{str(path)!r} has {len(tables)} [[sweep]] tables; a scenario takes one [sweep] (a gate measures them all: attnprof gate)"
-        )
+        raise UsageError(f"{str(path)!r} has {len(tables)} [[sweep]] tables; here a scenario takes one [sweep]")
+    return tables[0]
+
+
+def scenario_sweeps(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep", "rule")) -> list[dict]:
+    """Every `[sweep]` table of a scenario file (one, or several `[[sweep]]`), with every key checked. A gate's
+    rules file is a scenario too (its [[rule]] tables are the gate's): `attnprof sweep rules.toml` measures what a
+    first baseline needs, every sweep of it (the shipped rules files have two; it refused them)."""
+    tables = sweep_tables(path, allowed_tables)
     if not tables:  # an empty file is more likely a mistake than a request for the default sweep
         raise UsageError(f"scenario file {str(path)!r} has no [sweep] table")
-    return tables[0]
+    return tables
 
 
 def sweep_tables(path: str | Path, allowed_tables: tuple[str, ...] = ("sweep",)) -> list[dict]:
     """Every sweep table of a file: one `[sweep]`, or several `[[sweep]]` (a gate may measure several)."""
     data = read_toml(path)
-    for table in data:
+    for table, value in data.items():
+        if table not in allowed_tables and not isinstance(value, (dict, list)):  # `impl = "softmax"` above any table
+            raise UsageError(f"key {table!r} in {str(path)!r} is outside any table: sweep options go under [sweep]")
         if table not in allowed_tables:
             raise UsageError(f"unknown table {table!r} in {str(path)!r}; expected {', '.join(allowed_tables)}")
     sweeps = data.get("sweep", [])

@@ -182,14 +182,18 @@ class ImplSpec:
         return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
 
 
+LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)\[([^\[\]]*)\]")  # name[k=v,...], an ImplSpec's label
+
+
 def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
     """`softmax,nystromformer:num_landmarks=32,conv_kernel=33,combiner-fixed` -> ImplSpecs.
 
     A comma-separated token holding `=` but no `:` continues the previous impl's options.
     Option values stay strings here; the registry coerces them to each option's type.
-    `all` stays as the single name `all` and is expanded against the registry.
+    `all` stays as the single name `all` and is expanded against the registry. A line's label as tables show it,
+    `nystromformer[num_landmarks=32]`, is taken too (it read "option 'nystromformer[num_landmarks' before any impl").
     """
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    items = spec if isinstance(spec, (list, tuple)) else LABEL.sub(r"\1:\2", str(spec)).split(",")
     specs: list[tuple[str, list]] = []
     for raw in (str(i).strip() for i in items):
         if not raw:

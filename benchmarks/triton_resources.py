@@ -11,8 +11,8 @@ wait on local memory.
 
 Measured with Triton 3.6.0 for sm_90, d = 64, chunk 64: bf16 key states 230 registers, no stack; bidirectional
 output 255, none; causal output 255 and a 232-byte stack at 8 warps (1088 bytes at 4, with constexpr part
-sizes); Mixture's softmax and values 255, none (512 bytes at 4 warps); fp32 with "ieee" dots compiled to 32
-registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-2 KB.
+sizes); the fused softmax and values 255 and a 32-byte stack (its qk forms 239 and 255, none; 512 bytes at 4
+warps); fp32 with "ieee" dots compiled to 32 registers and 6-28 KB stacks, with "tf32x3" to 255 and 0.1-2 KB.
 Exit status: 0 every kernel compiled within the target's shared memory, 1 one did not, 2 bad usage or no triton.
 """
 

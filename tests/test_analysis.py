@@ -134,6 +134,12 @@ def test_fit_takes_a_label_with_options_as_one_line(tmp_path):
     assert "\n  combiner-fixed[block_size=32] bidir fwd" in both.output and "\n  combiner-fixed bidir fwd" in both.output
     as_flag = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed:block_size=32", "--metric", "flops"])
     assert as_flag.exit_code == 0 and as_flag.output == one.output, as_flag.output  # as --impl takes it, too
+    # an option at its default is no option: the label names the default line (it was "not in this run")
+    default = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed[backend=eager]", "--metric", "flops"])
+    assert default.exit_code == 0 and "\n  combiner-fixed bidir fwd" in default.output, default.output
+    # an accounting run has no device memory, so no default budget: the frontiers section said nothing at all
+    peaks = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
+    assert "Memory frontiers: none without a budget; an accounting run belongs to no device" in peaks.output
 
 
 def test_impls_with_identical_curves_are_listed_once_in_the_crossovers(tmp_path):

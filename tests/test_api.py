@@ -45,6 +45,10 @@ def test_what_the_readme_calls_from_python_is_there_after_a_plain_import():
         "import attnprof\n"
         "assert attnprof.analysis.analyse is attnprof.analyse\n"
         "assert callable(attnprof.run_budget) and callable(attnprof.impls.register)\n"
+        # what the CLI does, from a notebook without private modules (an audit found report, gate and compare only there)
+        "from attnprof.errors import UsageError\n"
+        "assert attnprof.UsageError is UsageError and issubclass(attnprof.SweepInterrupted, BaseException)\n"
+        "assert all(callable(f) for f in (attnprof.write_report, attnprof.run_gate, attnprof.compare_runs, attnprof.plan))\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

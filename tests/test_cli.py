@@ -95,6 +95,9 @@ def test_missing_and_malformed_scenarios(tmp_path, db):
     table = tmp_path / "table.toml"
     table.write_text("[swep]\nimpl = 'softmax'\n")
     assert_bad_input(invoke("sweep", table, "--db", db), "'swep'")
+    top = tmp_path / "top.toml"  # it said "unknown table 'impl'": a key, above any table
+    top.write_text("impl = 'softmax'\n[sweep]\nlengths = '1k'\n")
+    assert_bad_input(invoke("sweep", top, "--db", db), "key 'impl' in", "is outside any table: sweep options go under [sweep]")
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes("# caf\u00e9\n[sweep]\nimpl = 'softmax'\n".encode("latin-1"))
     assert_bad_input(invoke("sweep", latin1, "--db", db), "latin1.toml", "UTF-8")
@@ -214,7 +217,7 @@ def test_a_dry_run_of_a_resume_lists_the_cases_without_a_row(db):
     connection.commit()
     connection.close()
     listed = invoke("sweep", "--resume", "--dry-run", "--db", db).output.splitlines()
-    assert len(listed) == 2 and "softmax N=128" in listed[0] and listed[1] == "1 cases, 0 refused, 1 to measure"
+    assert len(listed) == 2 and "softmax N=128" in listed[0] and listed[1] == "1 case, 0 refused, 1 to measure"
 
 
 def test_sweep_show_export_runs_list(db, tmp_path):

@@ -1,6 +1,7 @@
 """The gate end to end (accounting sweeps on meta, real database) and each rule form on constructed frames."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -539,6 +540,29 @@ def test_a_rules_file_is_also_a_scenario_for_the_first_baseline(tmp_path):
     (tmp_path / "rules.toml").write_text(SWEEP + '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_regression = 0.05\n')
     result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--dry-run", "--db", str(tmp_path / "x.db")])
     assert result.exit_code == 0 and "15 cases, 0 refused, 15 to measure" in result.output, result.output
+
+
+def test_a_first_baseline_of_a_rules_file_with_two_sweeps(tmp_path):
+    """The shipped rules files have two [[sweep]] tables, and `attnprof sweep RULES.toml` refused them all ("a
+    scenario takes one [sweep]"), while `export` wrote one run's baseline: no documented way to a first baseline."""
+    two = (
+        SWEEP.replace("[sweep]", "[[sweep]]").replace("softmax,sdpa-flash,fault", "softmax").replace("1k..16k", "1k,2k")
+        + SWEEP.replace("[sweep]", "[[sweep]]").replace("softmax,sdpa-flash,fault", "fault").replace("1k..16k", "1k,2k")
+        + '[[rule]]\nimpl = "all"\nmetric = "flops"\nmax_regression = 0.01\n'
+    )
+    (tmp_path / "rules.toml").write_text(two)
+    db = str(tmp_path / "gate.db")
+    measured = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--db", db])
+    assert measured.exit_code == 0 and measured.output.count("run ") >= 2, measured.output
+    assert "[[sweep]] 2 of 2 in" in measured.output
+    runs = CliRunner().invoke(cli, ["runs", "--db", db]).output
+    run_ids = re.findall(r"\d{8}-\d{6}-[0-9a-f]{4}", runs)[:2]
+    baseline = tmp_path / "baseline.jsonl"
+    exported = CliRunner().invoke(cli, ["export", *run_ids, "--format", "baseline", "--out", str(baseline), "--db", db])
+    assert exported.exit_code == 0 and "wrote 4 records" in exported.output, exported.output
+    twice = CliRunner().invoke(cli, ["export", *run_ids, run_ids[0], "latest", "--format", "csv", "--db", db])
+    assert twice.exit_code == 0 and len(twice.output.strip().splitlines()) == 1 + 2 * 2  # a header, each run once
+    assert gate(tmp_path, two, "--baseline", baseline).exit_code == 0  # both impls judged against it
 
 
 def test_a_crash_inside_the_gate_exits_4_not_1_which_reads_as_a_failed_rule(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ exit status 2. Heavy imports live inside the commands so that `attnprof --help` 
 module per group of commands; importing them registers the commands on the group.
 """
 
-from attnprof.cli import analysis, dashboard, results, sweep  # noqa: F401  (registers the commands)
+from attnprof.cli import analysis, compare, dashboard, results, sweep  # noqa: F401  (registers the commands)
 from attnprof.cli.group import cli
 
 

@@ -53,19 +53,20 @@ def show(run, output_format, db):
 
     db = db or default_db()
     if output_format in ("json", "csv"):
-        return _echo_records(run, db, output_format, None)
+        return _echo_records((run,), db, output_format, None)
     print_summary(db, run, output_format)
 
 
 @cli.command()
-@click.argument("run", default="latest")
+@click.argument("runs", nargs=-1)
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "json", "csv", "baseline"]), default="jsonl", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
 @db_option
-def export(run, output_format, out, db):
+def export(runs, output_format, out, db):
     """Write one record per case (jsonl, a json array, csv, or the small baseline file `gate --baseline` reads).
 
-    RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
+    RUNS: run ids, unique prefixes of them, runs' --name, or `latest` (the default); several go into one file
+    (a rules file with two [[sweep]] tables measures two runs, and their baseline is one file).
 
     \b
     Example:
@@ -74,27 +75,31 @@ def export(run, output_format, out, db):
     """
     from attnprof.api import default_db
 
-    _echo_records(run, db or default_db(), output_format, out)
+    _echo_records(runs or ("latest",), db or default_db(), output_format, out)
 
 
-def _echo_records(run, db, output_format, out) -> None:
+def _echo_records(runs, db, output_format, out) -> None:
     from pathlib import Path
 
-    from attnprof.export import measurement_record, to_csv, to_json, to_jsonl
+    import pandas as pd
+
+    from attnprof.export import measurement_record, measurements_frame, to_csv, to_json, to_jsonl
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
     try:
-        info = store.resolve_run(run)
-        store_measurements = store.measurements(info.run_id)
-        records = [measurement_record(info.run_id, m) for m in store_measurements]
+        run_ids = list(dict.fromkeys(store.resolve_run(run).run_id for run in runs))  # `latest <its id>` names one run twice
+        measured = {run_id: store.measurements(run_id) for run_id in run_ids}
     finally:
         store.close()
+    records = [measurement_record(run_id, m) for run_id, rows in measured.items() for m in rows]
     if output_format == "baseline":
-        from attnprof.export import measurements_frame
+        from attnprof.analysis import refuse_overlapping_runs
         from attnprof.gating import baseline_records
 
-        text = baseline_records(measurements_frame(info.run_id, store_measurements)) if records else ""
+        frame = pd.concat([measurements_frame(run_id, rows) for run_id, rows in measured.items()], ignore_index=True)
+        refuse_overlapping_runs(frame, "export the baselines of")  # one cell, two baselines: which would a rule judge?
+        text = baseline_records(frame) if records else ""
     else:
         text = {"jsonl": to_jsonl, "json": to_json, "csv": to_csv}[output_format](records)
     if out is None:

@@ -46,24 +46,28 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
     Example:
       attnprof sweep --impl softmax,sdpa --lengths 1k..64k --causal both
       attnprof sweep scenarios/quick.toml --device cpu
+      attnprof sweep scenarios/gate.toml   (each [[sweep]] of a rules file: one run each)
       attnprof sweep --resume latest
     """
-    from attnprof.scenario import scenario_options, sweep_from_options
+    from attnprof.scenario import scenario_sweeps, sweep_from_options
 
-    file_options = scenario_options(scenario) if scenario else {}
+    tables = scenario_sweeps(scenario) if scenario else [{}]
     given = {k: v for k, v in options.items() if v is not None}
     if resume is not None and (given or scenario):
         raise UsageError(
             f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}"
         )
-    db = db or file_options.get("db")
-    spec = sweep_from_options({**file_options, **given})
+    specs = [(db or table.get("db"), sweep_from_options({**table, **given})) for table in tables]  # every table checked first
     untimed = [key for key in ("warmup_ms", "rep_ms") if key in given]
-    if spec.accounting and untimed:  # a flag typed on purpose that would change nothing: say so, do not drop it
+    if any(spec.accounting for _, spec in specs) and untimed:  # a flag typed on purpose that would change nothing: say so
         raise UsageError(f"--{untimed[0].replace('_', '-')} has no effect with --accounting: an accounting run times nothing")
-    if dry_run:
-        return _print_plan(spec, db, resume)
-    _run_and_report(spec, db, resume)
+    for index, (sweep_db, spec) in enumerate(specs, 1):
+        if len(specs) > 1:
+            click.echo(f"[[sweep]] {index} of {len(specs)} in {scenario}:", err=True)
+        if dry_run:
+            _print_plan(spec, sweep_db, resume)
+        else:
+            _run_and_report(spec, sweep_db, resume)
 
 
 def _print_plan(spec, db, resume) -> None:
@@ -73,7 +77,7 @@ def _print_plan(spec, db, resume) -> None:
     for case, reasons in cases:
         click.echo(f"{case.describe()}" + (f"  -> unsupported: {'; '.join(reasons)}" if reasons else ""))
     refused = sum(1 for _, reasons in cases if reasons)
-    click.echo(f"{len(cases)} cases, {refused} refused, {len(cases) - refused} to measure")
+    click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused, {len(cases) - refused} to measure")
 
 
 def _run_and_report(spec, db, resume) -> None:

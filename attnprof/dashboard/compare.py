@@ -75,6 +75,15 @@ def _score(status_a: str, status_b: str, time_ratio: float, peak_ratio: float) -
     return max(ratios) if ratios else 0.0
 
 
+def shared_configurations(baseline: pd.DataFrame, candidate: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both frames kept to the configurations both have: exponents are compared only there, and fitting the rest
+    cost a 50,000-row baseline 13.8 s against a 5,000-row candidate whose 500 configurations it shared."""
+    from attnprof.dashboard.views import config_keys
+
+    shared = set(config_keys(baseline)) & set(config_keys(candidate))
+    return tuple(frame[pd.MultiIndex.from_frame(frame[CONFIG]).isin(shared)] for frame in (baseline, candidate))
+
+
 def exponent_changes(frame: pd.DataFrame, fits_a: pd.DataFrame, fits_b: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and metric: both exponents, the lengths each was fitted over (two runs over 256..2k and
     512..4k gave 1.767 and 1.488 for one softmax, a change of range as much as of code), the change, and whether

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG
 from attnprof.dashboard import cell_figures, compare, figures, pages, views
 from attnprof.fit import format_length
 
@@ -60,10 +59,7 @@ def compared_cells(source, run_a, run_b, dropped: dict):
     shown_a = views.drop_values(source.frame(run_a), dropped)
     shown_b = views.drop_values(source.frame(run_b), dropped)
     cells = compare.compare_cells(shown_a, shown_b)
-    # Exponents are compared where both runs have the configuration: fitting the rest cost a 50,000-row baseline
-    # 13.8 s against a 5,000-row candidate (its 5,000 configurations, where 500 are shared).
-    shared = set(views.config_keys(shown_a)) & set(views.config_keys(shown_b))
-    fitted_a, fitted_b = (frame[pd.MultiIndex.from_frame(frame[CONFIG]).isin(shared)] for frame in (shown_a, shown_b))
+    fitted_a, fitted_b = compare.shared_configurations(shown_a, shown_b)
     metrics = ("time", "peak_bytes")
     fits_a = pd.concat([pages.fits(source, fitted_a, m) for m in metrics], ignore_index=True)
     fits_b = pd.concat([pages.fits(source, fitted_b, m) for m in metrics], ignore_index=True)

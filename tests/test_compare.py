@@ -1,0 +1,46 @@
+"""`attnprof compare` and `attnprof.compare_runs`: two real runs in a real database, cell by cell and by exponent."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import attnprof
+from attnprof.cli import cli
+from attnprof.dashboard.compare import CELL_COLUMNS, EXPONENT_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    db = tmp_path_factory.mktemp("compare") / "compare.db"
+    base = dict(impls="softmax,cosformer", causal="no", heads=2, accounting=True)
+    older = attnprof.run_sweep(attnprof.Sweep(lengths=(1024, 2048, 4096), **base), db)
+    newer = attnprof.run_sweep(attnprof.Sweep(lengths=(2048, 4096, 8192), **base), db)
+    return db, older, newer
+
+
+def test_compare_runs_matches_the_shared_cells_and_configurations(two_runs):
+    db, older, newer = two_runs
+    cells, exponents = attnprof.compare_runs(older, newer, db)
+    assert list(cells.columns) == [*CELL_COLUMNS, "score"] and list(exponents.columns) == EXPONENT_COLUMNS
+    assert sorted(set(cells["seq_len"])) == [2048, 4096] and len(cells) == 4  # 2 impls x the 2 shared lengths
+    assert (cells["peak_ratio"] == 1.0).all() and set(cells["change"]) == {"same (within 2%)"}  # exact accounting: equal
+    peaks = exponents[exponents["metric"] == "peak_bytes"].set_index("config")
+    assert peaks.loc["softmax", "exponent_a"] == pytest.approx(2.0, abs=0.02) and not peaks["significant"].any()
+    assert set(peaks["lengths_a"]) == {"1k..4k"} and set(peaks["lengths_b"]) == {"2k..8k"}
+
+
+def test_the_compare_command_prints_tables_markdown_and_strict_json(two_runs):
+    db, older, newer = two_runs
+    runner = CliRunner()
+    table = runner.invoke(cli, ["compare", older, "--db", str(db)])  # the candidate defaults to the latest run
+    assert table.exit_code == 0, table.output
+    assert table.output.startswith("4 shared cells; 0 at least 5% slower or larger, or failing now; 2 exponents compared, 0 changed")
+    assert "Cells, worst first" in table.output and "Exponents, the largest changes first" in table.output
+    assert "83,886,080" in table.output  # whole bytes, grouped: softmax at 2k (accounted, bf16, 2 heads)
+    markdown = runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "markdown"])
+    assert markdown.exit_code == 0 and "| config | seq_len | status_a |" in markdown.output
+    data = json.loads(runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "json"]).output)
+    assert len(data["cells"]) == 4 and {row["metric"] for row in data["exponents"]} == {"peak_bytes"}
+    bad = runner.invoke(cli, ["compare", "nosuchrun", "--db", str(db)])
+    assert bad.exit_code == 2 and "'nosuchrun'" in bad.output and "Traceback" not in bad.output

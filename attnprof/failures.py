@@ -39,7 +39,21 @@ def classify(error: BaseException) -> tuple[Status, str, bool]:
     poisoned = any(m in lowered for m in _POISON_MARKERS)
     if isinstance(error, UsageError):
         return Status.ERROR, message, poisoned  # already a sentence for the user; the class name adds nothing
-    return Status.ERROR, f"{type(error).__name__}: {message}", poisoned
+    return Status.ERROR, f"{type(error).__name__}: {message}{raised_at(error)}", poisoned
+
+
+def raised_at(error: BaseException) -> str:
+    """ " (raised at file.py:42 in fn)": the innermost frame outside torch and the other installed packages, where a
+    plugin's or our own code raised. A row kept only the message's first line, and a kernel's author had to
+    reproduce the case to find the line."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if "site-packages" not in f.filename and "dist-packages" not in f.filename and "/torch/" not in f.filename]
+    if not own:
+        return ""
+    frame = own[-1]
+    return f" (raised at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
 
 
 def _first_line(error: BaseException) -> str:

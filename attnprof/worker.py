@@ -278,10 +278,13 @@ def worker_main(connection, device: str, modules=()) -> None:
     measurer = CaseMeasurer()
     measurer.warm_up(device)
     connection.send(("ready",))
-    while True:
-        message = connection.recv()
-        if message[0] == "stop":
-            return
-        _, case_data, settings_data = message
-        measurement = measurer.measure(Case.from_dict(case_data), Settings(**settings_data))
-        connection.send(("result", measurement.to_dict(), measurer.poisoned))
+    try:
+        while True:
+            message = connection.recv()
+            if message[0] == "stop":
+                return
+            _, case_data, settings_data = message
+            measurement = measurer.measure(Case.from_dict(case_data), Settings(**settings_data))
+            connection.send(("result", measurement.to_dict(), measurer.poisoned))
+    except (EOFError, OSError):  # the parent is gone (killed): nothing to answer, and no traceback on its terminal
+        return

@@ -246,6 +246,11 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     listing = invoke("list")
     assert "softmax" in listing.output and "sdpa-flash" in listing.output and "options" in listing.output
     assert "options: block_size=auto" in listing.output and "None" not in listing.output  # None reads as a missing value
+    # what each is checked against, and where a plugin comes from (an audit could not tell from the listing)
+    assert "exact: checked against softmax at N <= 256, and on sampled rows and gradients at every length" in listing.output
+    assert "approximation: checked against its own reference at N <= 256" in listing.output
+    assert "exact, own reference: checked against it at N <= 256, and where heads x N^2 <= 33,554,432" in listing.output  # scaled
+    assert "; plugin from fake_impls" in listing.output
 
 
 def test_dry_run_lists_cases_and_refusals(db):

@@ -81,7 +81,10 @@ budget = "80GiB"
     )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    broken = "N=4096, 8192, 16384 error (ValueError: planted failure in the fault impl): a scaling rule covers every length measured"
+    broken = (
+        "N=4096, 8192, 16384 error (ValueError: planted failure in the fault impl (raised at fake_impls.py:25 in fault_attention)):"
+        " a scaling rule covers every length measured"
+    )
     assert lines[0].startswith("FAIL") and broken in lines[0], lines[0]
     assert lines[1].startswith("FAIL") and broken in lines[1], lines[1]
 

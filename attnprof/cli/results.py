@@ -129,3 +129,19 @@ def list_impls():
         click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
         click.echo(f"{'':<20} options: {options}")
         click.echo(f"{'':<20} {impl.description}")
+        click.echo(f"{'':<20} {_checked_as(impl)}")
+
+
+def _checked_as(impl) -> str:
+    """What the checks hold it to (checks.py, spot_check.py), and where a plugin comes from."""
+    from attnprof import impls
+    from attnprof.spot_check import REFERENCE_BUDGET
+
+    if not impl.exact:
+        checked = "approximation: checked against its own reference at N <= 256; finite outputs at every length"
+    elif impl.reference is None:
+        checked = "exact: checked against softmax at N <= 256, and on sampled rows and gradients at every length"
+    else:
+        checked = f"exact, own reference: checked against it at N <= 256, and where heads x N^2 <= {REFERENCE_BUDGET:,} at the length"
+    module = impls.module_of(impl)
+    return checked + ("" if module.startswith("attnprof.") else f"; plugin from {module}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from attnprof.crossover import crossover_frame
-from attnprof.fit import FIT_COLUMNS, fit_frame
+from attnprof.fit_groups import FIT_COLUMNS, fit_frame
 from attnprof.frontier import memory_frontier
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
@@ -21,7 +21,7 @@ METRICS = {"time": "time_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
 
 @dataclass
 class Analysis:
-    fits: pd.DataFrame  # one row per configuration and metric (fit.fit_frame columns)
+    fits: pd.DataFrame  # one row per configuration and metric (fit_groups.fit_frame columns)
     crossovers: pd.DataFrame  # one row per pair of impls sharing a configuration and metric
     frontiers: pd.DataFrame  # one row per configuration with a peak_bytes fit
 

@@ -233,7 +233,7 @@ CROSSOVER_COLUMNS = ("impl_a", "impl_b", "length", "length_low", "length_high", 
 
 
 def crossover_frame(fits_df: pd.DataFrame, *, impl_col: str = "impl", config_cols=None) -> pd.DataFrame:
-    """One row per pair of impls sharing a configuration (and metric) in a `fit.fit_frame` result; `near` says
+    """One row per pair of impls sharing a configuration (and metric) in a `fit_groups.fit_frame` result; `near` says
     whether the crossing is worth listing by default (`is_near`).
 
     config_cols defaults to fit_frame's group columns without impl_col. Rows whose fit failed (`fit` is None)

@@ -1,7 +1,7 @@
 """Scaling of a metric (time, peak bytes, FLOPs) with sequence length N: the exponent, its interval, its range.
 
-Pure: numpy and pandas only, no files, no exits. Class models live in `complexity.py`; crossovers and memory
-frontiers in `crossover.py`.
+Pure: numpy only, no files, no exits. Class models live in `complexity.py`; crossovers and memory frontiers in
+`crossover.py`; a fit per group of a DataFrame (`fit_frame`) in `fit_groups.py`.
 
 The method, written once:
 
@@ -40,7 +40,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexity
 
@@ -351,52 +350,3 @@ def _span(lengths) -> str:
 def _as_numbers(array) -> tuple:
     # Lengths are integers in practice; ints read "1024" in tables and hover text, not "1024.0".
     return tuple(int(v) if float(v).is_integer() else float(v) for v in array)
-
-
-# --- DataFrames -------------------------------------------------------------------------------------------------
-
-FIT_COLUMNS = tuple(name for name in Fit.__dataclass_fields__ if name != "metric")
-
-
-def fit_frame(
-    df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str = "seq_len", min_length=None, spread_col: str | None = None
-) -> pd.DataFrame:
-    """One row per group: the group's keys, `metric`, the Fit fields, the Fit itself (`fit`) and `error`.
-    `spread_col`: each row's relative spread, when the metric column holds medians (fit_power_law's `spreads`).
-
-    A group that cannot be fitted keeps its row, with `error` saying why and the fit fields empty.
-    """
-    group_cols = list(group_cols)
-    missing = [c for c in (length_col, metric_col, *group_cols, *([spread_col] if spread_col else [])) if c not in df.columns]
-    if missing:
-        raise ValueError(f"fit_frame: column(s) {missing} not in the frame; it has {list(df.columns)}")
-    lengths, values = df[length_col].to_numpy(), df[metric_col].to_numpy()
-    spreads = None if spread_col is None else df[spread_col].to_numpy()
-    # Row positions per group as numpy arrays: slicing pandas group frames cost more than the fits themselves.
-    if group_cols:
-        positions = df.groupby(group_cols, dropna=False, sort=True).indices  # {key (tuple when several columns): positions}
-        groups = [(keys if isinstance(keys, tuple) else (keys,), index) for keys, index in sorted(positions.items(), key=_group_order)]
-    else:
-        groups = [((), np.arange(len(df)))]
-    rows = []
-    for keys, index in groups:
-        spread = None if spreads is None else spreads[index]
-        rows.append(_fit_row(dict(zip(group_cols, keys, strict=True)), lengths[index], values[index], metric_col, min_length, spread))
-    out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])
-    out.attrs["group_cols"] = tuple(group_cols)  # crossover_frame reads the configuration columns from here
-    return out
-
-
-def _group_order(item):
-    """groupby's own order for the keys of `.indices` (which is a dict in hash order): sorted, NaN last."""
-    keys = item[0] if isinstance(item[0], tuple) else (item[0],)
-    return tuple((value != value, str(type(value)), value if value == value else 0) for value in keys)
-
-
-def _fit_row(keys: dict, lengths, values, metric_col: str, min_length, spreads=None) -> dict:
-    try:
-        fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col, spreads=spreads)
-    except ValueError as error:
-        return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
-    fields = {name: getattr(fit, name) for name in FIT_COLUMNS}  # not asdict: its deep copies were 15% of a fit
-    return {**keys, "metric": metric_col, **fields, "fit": fit, "error": None}

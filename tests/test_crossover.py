@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from attnprof.crossover import crossover, crossover_frame
-from attnprof.fit import fit_frame, fit_power_law
+from attnprof.fit import fit_power_law
+from attnprof.fit_groups import fit_frame
 from attnprof.frontier import memory_frontier
 
 LENGTHS = 2.0 ** np.arange(7, 15)  # 128 .. 16k

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnprof.fit import Fit, fit_frame, fit_power_law, format_length, t_quantile_975
+from attnprof.fit import Fit, fit_power_law, format_length, t_quantile_975
+from attnprof.fit_groups import fit_frame
 
 LENGTHS = 2 ** np.arange(7, 17)  # 128 .. 64k, as a default sweep would measure
 CLASS_OF = {1.0: "linear", 1.5: "n^1.5", 2.0: "quadratic"}

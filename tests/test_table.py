@@ -52,7 +52,7 @@ def test_an_ambiguous_class_names_both_leading_classes():
     import pandas as pd
 
     from attnprof.analysis import CONFIG
-    from attnprof.fit import fit_frame
+    from attnprof.fit_groups import fit_frame
     from attnprof.table import fits_display
 
     config = dict(label="combiner-axial", batch=1, heads=16, head_dim=64, dtype="bfloat16", device="meta", causal=False, mode="fwd")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from attnprof.analysis import CONFIG
-from attnprof.fit import fit_frame, format_length
+from attnprof.fit import format_length
+from attnprof.fit_groups import fit_frame
 
 AXES = ("label", "seq_len", "dtype", "device", "causal", "mode", "batch", "heads", "head_dim")  # the filters, in order
 ONE_BY_DEFAULT = ("dtype", "device", "batch", "heads", "head_dim")  # several values would multiply the lines
@@ -149,7 +150,7 @@ def default_facets(frame: pd.DataFrame) -> list[str]:
 
 
 def fit_metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One fit row per configuration (fit.fit_frame columns, `metric` = the dashboard's metric key).
+    """One fit row per configuration (fit_groups.fit_frame columns, `metric` = the dashboard's metric key).
 
     Time is fitted on each cell's stored median with its stored spread (iqr_ms / 2 median_ms), not on the raw
     samples as `attnprof fit` does: the fit takes the median per length and that same spread either way, so with

@@ -110,7 +110,7 @@ class SpotCheck:
         q.grad = k.grad = v.grad = None
         try:
             for name, grad in grads.items():
-                if wrong := non_finite(grad):
+                if wrong := "no gradient reached it" if grad is None else non_finite(grad):
                     return f"d{name}: {wrong}"
             for b, h in self.heads:
                 dq, dk, dv = expected.gradients(b, h)  # (rows, D), (N, D), (N, D)

@@ -41,8 +41,8 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
         return torch.cat([out[:, :1], out[:, 1:2] * float("nan"), out[:, 2:]], dim=1)
     if kind == "off":  # every value 0.5% high: over float32's rounding, under a 1% bound
         return softmax_attention(q, k, v, causal=causal) * 1.005
-    if kind == "bad_dq":  # a backward kernel of its own that doubles dq; the forward is right
-        return _DoubledQueryGradient.apply(q, k, v, causal)
+    if kind in ("bad_dq", "no_dv"):  # a backward kernel of its own that doubles dq, or gives v none; the forward is right
+        return _OwnBackward.apply(q, k, v, causal, kind)
     if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
         return softmax_attention(q, k, v, causal=causal)[0]
     if kind == "sdpa":  # a fused kernel on a GPU, the N x N math path on meta
@@ -54,11 +54,11 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
-class _DoubledQueryGradient(torch.autograd.Function):
+class _OwnBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal):
+    def forward(ctx, q, k, v, causal, kind):
         ctx.save_for_backward(q, k, v)
-        ctx.causal = causal
+        ctx.causal, ctx.kind = causal, kind
         return softmax_attention(q, k, v, causal=causal)
 
     @staticmethod
@@ -66,7 +66,9 @@ class _DoubledQueryGradient(torch.autograd.Function):
         q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
         with torch.enable_grad():
             dq, dk, dv = torch.autograd.grad(softmax_attention(q, k, v, causal=ctx.causal), (q, k, v), grad)
-        return dq * 2, dk, dv, None
+        if ctx.kind == "no_dv":
+            return dq, dk, None, None, None
+        return dq * 2, dk, dv, None, None
 
 
 def scaled_attention(q, k, v, *, causal=False, scale=1.0, wrong_from=0):
@@ -96,7 +98,7 @@ register(
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault"
-        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off|bad_dq|squeezed|float64|sdpa|cuda_error) from at_length on",
+        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off|bad_dq|no_dv|squeezed|float64|sdpa|cuda_error) from at_length on",
         options={"kind": "ok", "at_length": 0},
     )
 )

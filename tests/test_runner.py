@@ -118,7 +118,7 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
     """The check runs at N <= 256: an impl wrong from 512 on (a tile loop, a masked last block, a NaN head, a
     backward kernel of its own, 0.5% off in float32, or an impl with its own reference) was timed as ok. The first
     untimed output and one more call's gradients are now checked at the case's own length; right impls pass."""
-    faults = ",".join(f"fault:kind={kind},at_length=512" for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq"))
+    faults = ",".join(f"fault:kind={kind},at_length=512" for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq", "no_dv"))
     impls = f"{faults},scaled:scale=0.5,scaled:scale=0.5,wrong_from=512,softmax"
     sweep = small_sweep(impls, lengths=(256, 512), causal=(False, True), mode=("fwd", "fwd_bwd"), heads=(4,))
     run_id = run_sweep(sweep, db)
@@ -126,12 +126,13 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
     at = "failed its check at the measured length N=512: "
     for causal, mode in itertools.product((False, True), ("fwd", "fwd_bwd")):
         row = lambda label, n=512: by_case[(label, n, causal, mode)]  # noqa: B023, E731
-        for label in ("softmax", "scaled[scale=0.5]", "fault[at_length=512,kind=bad_dq]" if mode == "fwd" else "softmax"):
+        right_forward = ("fault[at_length=512,kind=bad_dq]", "fault[at_length=512,kind=no_dv]") if mode == "fwd" else ()
+        for label in ("softmax", "scaled[scale=0.5]", *right_forward):
             assert row(label).status == Status.OK, (label, causal, mode, row(label).reason)
-        for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq"):
+        for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq", "no_dv"):
             assert row(f"fault[at_length=512,kind={kind}]", 256).status == Status.OK  # the check at N <= 256 passes them all
             wrong = row(f"fault[at_length=512,kind={kind}]")
-            if kind != "bad_dq" or mode == "fwd_bwd":
+            if kind not in ("bad_dq", "no_dv") or mode == "fwd_bwd":
                 assert wrong.status == Status.ERROR and wrong.times_ms == [], (kind, causal, mode, wrong.reason)
                 assert wrong.reason.startswith(at)
         reason = lambda kind: row(f"fault[at_length=512,kind={kind}]").reason  # noqa: B023, E731
@@ -141,6 +142,7 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
         assert "relative error 0.005 > 0.001" in reason("off")
         if mode == "fwd_bwd":
             assert re.search(r"dq row \d+ of batch 0, head 0 has relative error [\d.]+ > 0.002", reason("bad_dq")), reason("bad_dq")
+            assert reason("no_dv") == at + "dv: no gradient reached it"
         own = row("scaled[scale=0.5,wrong_from=512]")  # checked against its own reference, not plain softmax
         last_64 = r"query row (4[4-9]\d|50\d|51[01]) of batch 0, head 0 has relative error 0.05 > 0.001"
         assert own.status == Status.ERROR and re.search(last_64, own.reason), own.reason

@@ -43,17 +43,27 @@ def classify(error: BaseException) -> tuple[Status, str, bool]:
 
 
 def raised_at(error: BaseException) -> str:
-    """ " (raised at file.py:42 in fn)": the innermost frame outside torch and the other installed packages, where a
-    plugin's or our own code raised. A row kept only the message's first line, and a kernel's author had to
-    reproduce the case to find the line."""
-    import traceback
+    """ " (raised at file.py:42 in fn)": the innermost frame of the impl's (a plugin's) own code. A row kept only the
+    message's first line, and a kernel's author had to reproduce the case to find the line. Frames of torch, Triton
+    and attnprof itself are passed over (our own bugs carry their traceback in a worker's log, not a row); with no
+    other frame, nothing is said."""
+    import os
 
-    frames = traceback.extract_tb(error.__traceback__)
-    own = [f for f in frames if "site-packages" not in f.filename and "dist-packages" not in f.filename and "/torch/" not in f.filename]
-    if not own:
+    frame, line, found = None, 0, None
+    tb = error.__traceback__
+    while tb is not None:
+        frame, line = tb.tb_frame, tb.tb_lineno
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] not in FRAMEWORK_PACKAGES:
+            found = (frame.f_code.co_filename, line, frame.f_code.co_name)
+        tb = tb.tb_next
+    if found is None:
         return ""
-    frame = own[-1]
-    return f" (raised at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
+    filename, line, name = found
+    return f" (raised at {os.path.basename(filename.replace(chr(92), '/'))}:{line} in {name})"
+
+
+FRAMEWORK_PACKAGES = {"torch", "triton", "attnprof", "numpy", "functools", "contextlib"}
 
 
 def _first_line(error: BaseException) -> str:

@@ -41,7 +41,7 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
         return torch.cat([out[:, :1], out[:, 1:2] * float("nan"), out[:, 2:]], dim=1)
     if kind == "off":  # every value 0.5% high: over float32's rounding, under a 1% bound
         return softmax_attention(q, k, v, causal=causal) * 1.005
-    if kind in ("bad_dq", "no_dv"):  # a backward kernel of its own that doubles dq, or gives v none; the forward is right
+    if kind in ("bad_dq", "no_dv", "dk_last"):  # a backward kernel of its own: dq doubled, no dv, or the last key block's dk 0
         return _OwnBackward.apply(q, k, v, causal, kind)
     if kind == "squeezed":  # (H, N, D): broadcasts against the (1, H, N, D) reference
         return softmax_attention(q, k, v, causal=causal)[0]
@@ -68,16 +68,33 @@ class _OwnBackward(torch.autograd.Function):
             dq, dk, dv = torch.autograd.grad(softmax_attention(q, k, v, causal=ctx.causal), (q, k, v), grad)
         if ctx.kind == "no_dv":
             return dq, dk, None, None, None
+        if ctx.kind == "dk_last":  # a masked last key block gone wrong in the backward
+            return dq, torch.cat([dk[..., :-64, :], dk[..., -64:, :] * 0], dim=-2), dv, None, None
         return dq * 2, dk, dv, None, None
 
 
-def scaled_attention(q, k, v, *, causal=False, scale=1.0, wrong_from=0):
+def scaled_attention(q, k, v, *, causal=False, scale=1.0, wrong_from=0, ref_fails_from=0, batch_masked=False):
     """Softmax of scale-times-larger logits: an exact attention with an option, so it has its own reference; from
-    `wrong_from` on its last 64 rows are 5% high."""
+    `wrong_from` on its last 64 rows are 5% high. `batch_masked`: batch element b leaves out its last 16 b keys (as
+    padding does): right, and its reference only holds over the whole batch."""
+    if batch_masked:
+        scores = (q * scale) @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, N, N)
+        index = lambda n: torch.arange(n, device=q.device)  # noqa: E731
+        keep = index(k.shape[-2])[None, :] < k.shape[-2] - 16 * index(q.shape[0])[:, None]  # (B, N)
+        if causal:
+            scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        out = torch.softmax(scores.masked_fill(~keep[:, None, None, :], float("-inf")), dim=-1) @ v
+        return out.nan_to_num()  # a causal row with no key left: 0
     out = softmax_attention(q * scale, k, v, causal=causal)
     if wrong_from and q.shape[-2] >= wrong_from:
         return torch.cat([out[..., :-64, :], out[..., -64:, :] * 1.05], dim=-2)
     return out
+
+
+def scaled_reference(q, k, v, *, causal, scale, wrong_from, ref_fails_from, batch_masked):
+    if ref_fails_from and q.shape[-2] >= ref_fails_from:
+        raise ValueError(f"reference tables only go to {ref_fails_from}")
+    return scaled_attention(q, k, v, causal=causal, scale=scale, ref_fails_from=0, batch_masked=batch_masked)
 
 
 register(
@@ -86,8 +103,8 @@ register(
         family="test",
         fn=scaled_attention,
         description="test-only: exact attention of scaled logits, with its own reference",
-        options={"scale": 1.0, "wrong_from": 0},
-        reference=lambda q, k, v, *, causal, scale, wrong_from: softmax_attention(q * scale, k, v, causal=causal),
+        options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
+        reference=scaled_reference,
     )
 )
 
@@ -97,8 +114,8 @@ register(
         name="fault",
         family="test",
         fn=fault_attention,
-        description="test-only: softmax, or a planted fault"
-        " (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off|bad_dq|no_dv|squeezed|float64|sdpa|cuda_error) from at_length on",
+        description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
+        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error) from at_length on",
         options={"kind": "ok", "at_length": 0},
     )
 )

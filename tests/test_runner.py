@@ -69,6 +69,27 @@ def test_a_reason_names_the_class_of_a_foreign_error_but_not_of_our_own_sentence
     assert classify(RuntimeError("shape mismatch"))[1] == "RuntimeError: shape mismatch"
 
 
+def test_an_error_row_names_the_plugins_own_line_whatever_called_it():
+    """The innermost frame outside torch, Triton and attnprof, by module: a plugin installed in site-packages was
+    passed over for attnprof's bind lambda ('base.py:142 in call', which reads as our bug), and a Windows path
+    printed whole."""
+    from attnprof.failures import classify
+
+    def raised(module: str, filename: str):
+        code = compile("def boom(q):\n    raise RuntimeError('tile config')\n", filename, "exec")
+        namespace = {"__name__": module}
+        exec(code, namespace)
+        try:
+            (lambda q: namespace["boom"](q))(None)  # noqa: PLC3002  a caller's frame (this test's module) outside it
+        except RuntimeError as error:
+            return classify(error)[1]
+
+    windows = raised("mykern", r"C:\Users\me\venv\Lib\site-packages\mykern.py")
+    assert windows == "RuntimeError: tile config (raised at mykern.py:2 in boom)", windows
+    ours = raised("attnprof.impls.base", "/x/attnprof/impls/base.py")  # only framework frames below the test's own
+    assert ours.startswith("RuntimeError: tile config (raised at test_runner.py:"), ours
+
+
 def test_oom_skips_larger_lengths_of_that_configuration(db):
     rows = measure(db, "fault:kind=oom,at_length=128")
     label = "fault[at_length=128,kind=oom]"
@@ -118,7 +139,8 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
     """The check runs at N <= 256: an impl wrong from 512 on (a tile loop, a masked last block, a NaN head, a
     backward kernel of its own, 0.5% off in float32, or an impl with its own reference) was timed as ok. The first
     untimed output and one more call's gradients are now checked at the case's own length; right impls pass."""
-    faults = ",".join(f"fault:kind={kind},at_length=512" for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq", "no_dv"))
+    kinds = ("wrong", "last_row", "nan_head", "off", "bad_dq", "no_dv", "dk_last")
+    faults = ",".join(f"fault:kind={kind},at_length=512" for kind in kinds)
     impls = f"{faults},scaled:scale=0.5,scaled:scale=0.5,wrong_from=512,softmax"
     sweep = small_sweep(impls, lengths=(256, 512), causal=(False, True), mode=("fwd", "fwd_bwd"), heads=(4,))
     run_id = run_sweep(sweep, db)
@@ -126,13 +148,13 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
     at = "failed its check at the measured length N=512: "
     for causal, mode in itertools.product((False, True), ("fwd", "fwd_bwd")):
         row = lambda label, n=512: by_case[(label, n, causal, mode)]  # noqa: B023, E731
-        right_forward = ("fault[at_length=512,kind=bad_dq]", "fault[at_length=512,kind=no_dv]") if mode == "fwd" else ()
+        right_forward = tuple(f"fault[at_length=512,kind={kind}]" for kind in ("bad_dq", "no_dv", "dk_last")) if mode == "fwd" else ()
         for label in ("softmax", "scaled[scale=0.5]", *right_forward):
             assert row(label).status == Status.OK, (label, causal, mode, row(label).reason)
-        for kind in ("wrong", "last_row", "nan_head", "off", "bad_dq", "no_dv"):
+        for kind in kinds:
             assert row(f"fault[at_length=512,kind={kind}]", 256).status == Status.OK  # the check at N <= 256 passes them all
             wrong = row(f"fault[at_length=512,kind={kind}]")
-            if kind not in ("bad_dq", "no_dv") or mode == "fwd_bwd":
+            if kind not in ("bad_dq", "no_dv", "dk_last") or mode == "fwd_bwd":
                 assert wrong.status == Status.ERROR and wrong.times_ms == [], (kind, causal, mode, wrong.reason)
                 assert wrong.reason.startswith(at)
         reason = lambda kind: row(f"fault[at_length=512,kind={kind}]").reason  # noqa: B023, E731
@@ -143,9 +165,26 @@ def test_an_exact_impl_wrong_only_beyond_the_check_length_is_caught_at_its_own_l
         if mode == "fwd_bwd":
             assert re.search(r"dq row \d+ of batch 0, head 0 has relative error [\d.]+ > 0.002", reason("bad_dq")), reason("bad_dq")
             assert reason("no_dv") == at + "dv: no gradient reached it"
+            # key by key: in one norm over the head, a wrong last key block passed in bf16 and fp16
+            assert re.search(r"dk row 4(4[89]|[5-9]\d)|dk row 5(0\d|1[01]) of batch 0, head 0 has relative error", reason("dk_last"))
+            assert "of 512 key rows over; the check at N<=256 passed)" in reason("dk_last"), reason("dk_last")
         own = row("scaled[scale=0.5,wrong_from=512]")  # checked against its own reference, not plain softmax
         last_64 = r"query row (4[4-9]\d|50\d|51[01]) of batch 0, head 0 has relative error 0.05 > 0.001"
         assert own.status == Status.ERROR and re.search(last_64, own.reason), own.reason
+
+
+def test_an_own_reference_is_run_on_the_whole_batch_and_one_that_raises_is_said_not_blamed(db):
+    """A reference that depends on the batch (padding) was run one batch element at a time: a right kernel failed
+    ("query row 0 of batch 1 ... the check at N<=256 passed", at N = 256). A reference that raised past its own
+    limit made the impl's row an error."""
+    impls = "scaled:batch_masked=true,scaled:ref_fails_from=512"
+    sweep = small_sweep(impls, lengths=(256, 512), causal=(False, True), mode=("fwd", "fwd_bwd"), batch=(2,), dtype=("bfloat16",))
+    run_id = run_sweep(sweep, db)
+    for m in Store.open(db, create=False).measurements(run_id):
+        assert m.status == Status.OK, (m.case.label, m.case.seq_len, m.case.causal, m.case.mode, m.reason)
+        if m.case.label == "scaled[ref_fails_from=512]" and m.case.seq_len == 512:
+            said = "not checked against its reference at N=512: its reference raised ValueError: reference tables only go to 512"
+            assert said in m.reason, m.reason
 
 
 def test_an_impl_returning_the_wrong_shape_or_dtype_is_never_timed(db):

@@ -1,0 +1,109 @@
+"""Exact attention's values for the spot check (spot_check.py): sampled rows and their gradients in float64 on the
+CPU, from softmax directly or from an impl's own reference; and the row errors and finiteness it judges by."""
+
+from __future__ import annotations
+
+from attnprof.impls.base import AttentionImpl
+from attnprof.inputs import CaseInputs
+from attnprof.spec import Case
+
+
+class ExactRows:
+    """Exact attention's sampled rows (and their gradients) of the sampled heads, computed when first asked."""
+
+    class Unavailable(Exception):
+        """The impl's own reference raised: nothing to compare with (the impl is not to blame)."""
+
+    def __init__(self, impl: AttentionImpl, case: Case, inputs: CaseInputs, rows: list[int], heads: list[tuple[int, int]]):
+        self.impl, self.case, self.inputs, self.rows, self.heads = impl, case, inputs, rows, heads
+        self._outputs: dict = {}
+        self._grads: dict = {}
+
+    def output(self, b: int, h: int):
+        """(rows, D)"""
+        if (b, h) not in self._outputs:
+            self._compute(b, h, with_grads=False)
+        return self._outputs[(b, h)]
+
+    def gradients(self, b: int, h: int):
+        """(dq (rows, D), dk (N, D), dv (N, D)) under the case's output gradient on the sampled rows only."""
+        if self._grads.get((b, h)) is None:
+            self._compute(b, h, with_grads=True)
+        return self._grads[(b, h)]
+
+    def _compute(self, b: int, h: int, with_grads: bool) -> None:
+        if self.impl.reference is None:
+            self._outputs[(b, h)], self._grads[(b, h)] = softmax_rows(self.inputs, b, h, self.rows, self.case.causal, with_grads)
+            return
+        try:  # one call of the reference serves every sampled head
+            outs, grads = reference_rows(self.impl.bind_reference(self.case), self.inputs, self.heads, self.rows, with_grads)
+        except Exception as error:
+            from attnprof.failures import classify
+
+            raise ExactRows.Unavailable(f"its reference raised {classify(error)[1]}") from None
+        for key in self.heads:
+            self._outputs[key], self._grads[key] = outs[key], (grads or {}).get(key)
+
+
+def softmax_rows(inputs: CaseInputs, b: int, h: int, rows: list[int], causal: bool, with_grads: bool):
+    """softmax(q_rows k^T / sqrt(D)) v in float64 on the CPU, as (rows, D), and with_grads, the gradients of the
+    sampled rows' output under the case's output gradient there: (dq (rows, D), dk (N, D), dv (N, D)). Nothing is
+    allocated on a GPU the case may have filled (one head's k and v, 2 N D values, are copied over at their own
+    width, then widened)."""
+    import torch
+
+    with torch.enable_grad():
+        q = inputs.q[b, h, rows].detach().cpu().double().requires_grad_(with_grads)  # (rows, D)
+        k = inputs.k[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
+        v = inputs.v[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
+        scores = q @ k.T / q.shape[-1] ** 0.5  # (rows, N)
+        if causal:
+            future = torch.arange(k.shape[0])[None, :] > torch.as_tensor(rows)[:, None]  # (rows, N)
+            scores = scores.masked_fill(future, float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v  # (rows, D)
+        if not with_grads:
+            return out.detach(), None
+        out.backward(inputs.grad_out[b, h, rows].detach().cpu().double())
+        return out.detach(), (q.grad, k.grad, v.grad)
+
+
+def reference_rows(reference, inputs: CaseInputs, heads: list[tuple[int, int]], rows: list[int], with_grads: bool):
+    """An impl's own reference over the whole inputs in float64 on the CPU (a reference may depend on the batch, the
+    positions or the head); per (batch, head) in `heads`, the sampled rows (rows, D) and, with_grads, the gradients
+    under the case's output gradient on those rows only."""
+    import torch
+
+    with torch.enable_grad():
+        q, k, v = (t.detach().cpu().double().requires_grad_(with_grads) for t in (inputs.q, inputs.k, inputs.v))  # (B, H, N, D)
+        out = reference(q, k, v)  # (B, H, N, D)
+        outs = {(b, h): out[b, h, rows].detach() for b, h in heads}
+        if not with_grads:
+            return outs, None
+        sparse = torch.zeros_like(out)  # (B, H, N, D)
+        for b, h in heads:
+            sparse[b, h, rows] = inputs.grad_out[b, h, rows].detach().cpu().double()
+        out.backward(sparse)
+        return outs, {(b, h): (q.grad[b, h, rows], k.grad[b, h], v.grad[b, h]) for b, h in heads}
+
+
+def non_finite(tensor) -> str | None:
+    """Where a tensor (B, H, N, D) holds NaN or inf, or None."""
+    import torch
+
+    bad = ~torch.isfinite(tensor)
+    count = int(bad.sum())
+    if not count:
+        return None
+    b, h, row, _ = (int(i) for i in bad.nonzero()[0])
+    return f"{count:,} of {tensor.numel():,} values are NaN or inf, the first in query row {row} of batch {b}, head {h}"
+
+
+def row_errors(value, reference, floored: bool = False) -> list[float]:
+    """||value_r - reference_r|| / ||reference_r|| per row; `floored`: over at least the rows' RMS norm, for
+    gradients, whose exact rows can be 0 (causal row 0's dq: a softmax over one key has no gradient; a key no
+    sampled query sees) where a kernel's rounding is not."""
+    import torch
+
+    norms = torch.linalg.vector_norm(reference, dim=-1)  # (rows,)
+    floor = norms.square().mean().sqrt() if floored else torch.tensor(0.0, dtype=norms.dtype)
+    return (torch.linalg.vector_norm(value - reference, dim=-1) / norms.clamp_min(floor.clamp_min(1e-300))).tolist()

@@ -85,7 +85,15 @@ def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None
 
     cells = pd.concat(frames, ignore_index=True)
     _refuse_unmeasured_names(rules, set(cells["impl"]) | set(cells["label"]), rules_path, f"run {', '.join(run_ids)} does not measure")
-    _refuse_ambiguous_to(rules, set(zip(cells["impl"], cells["label"], strict=True)), rules_path)
+    from attnprof.analysis import CONFIG
+    from attnprof.gate import matching
+
+    for rule in (rule for rule in rules if rule.to):
+        # as the ratio is taken: within one configuration, among the rows the rule's filters keep (two option sets
+        # in two dtypes, the rule kept to one, name one line there)
+        others = matching(rule, cells, rule.to)
+        for _, group in others.groupby(CONFIG[1:], dropna=False):
+            _refuse_ambiguous_to([rule], set(zip(group["impl"], group["label"], strict=True)), rules_path)
 
 
 def _refuse_ambiguous_to(rules, lines: set[tuple[str, str]], rules_path) -> None:

@@ -182,7 +182,7 @@ class ImplSpec:
         return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
 
 
-LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)\[([^\[\]]*)\]")  # name[k=v,...], an ImplSpec's label
+LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)\[([^\[\]]*)\](?=,|$)")  # name[k=v,...], an ImplSpec's label, whole
 
 
 def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
@@ -193,7 +193,8 @@ def parse_impls(spec: str | list) -> tuple[ImplSpec, ...]:
     `all` stays as the single name `all` and is expanded against the registry. A line's label as tables show it,
     `nystromformer[num_landmarks=32]`, is taken too (it read "option 'nystromformer[num_landmarks' before any impl").
     """
-    items = spec if isinstance(spec, (list, tuple)) else LABEL.sub(r"\1:\2", str(spec)).split(",")
+    listed = spec if isinstance(spec, (list, tuple)) else [spec]  # a TOML array holds labels too
+    items = [item for entry in listed for item in LABEL.sub(r"\1:\2", str(entry)).split(",")]
     specs: list[tuple[str, list]] = []
     for raw in (str(i).strip() for i in items):
         if not raw:

@@ -153,6 +153,19 @@ def test_an_impl_registered_in_an_interactive_session_is_refused_before_measurin
     assert "register it in a module (mykernels.py) and import that here" in done.stderr and not (tmp_path / "x.db").exists()
 
 
+def test_a_plugin_registering_a_function_it_did_not_define_reaches_the_workers(tmp_path):
+    """`register(AttentionImpl(fn=functools.partial(softmax_attention)))` in myplug.py: the impl was taken for the
+    built-in module's, the workers never imported myplug, and every row read "unknown impl 'sm2'"."""
+    (tmp_path / "myplug.py").write_text(
+        "import functools\nfrom attnprof.impls import register\nfrom attnprof.impls.base import AttentionImpl\n"
+        "from attnprof.impls.softmax import softmax_attention\n"
+        "register(AttentionImpl(name='sm2', family='test', fn=functools.partial(softmax_attention)))\n"
+    )
+    sweep = SWEEP.replace("'mine'", "'sm2'") + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())"
+    done = _python(tmp_path, "-c", "import myplug\n" + sweep)
+    assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stdout + done.stderr[-2000:]
+
+
 def test_a_module_loaded_from_a_file_workers_cannot_import_is_refused_and_spoils_no_other_sweep(tmp_path):
     """A notebook loaded kern/mykern.py by spec_from_file_location (kern/ not on sys.path): a sweep of its impl
     failed every cell seconds later, and so did a sweep of softmax alone (workers imported every plugin module)."""

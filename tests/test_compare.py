@@ -40,7 +40,13 @@ def test_the_compare_command_prints_tables_markdown_and_strict_json(two_runs):
     assert "83,886,080" in table.output  # whole bytes, grouped: softmax at 2k (accounted, bf16, 2 heads)
     markdown = runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "markdown"])
     assert markdown.exit_code == 0 and "| config | seq_len | status_a |" in markdown.output
+    assert "83,886,080" in markdown.output and "nan" not in markdown.output  # as the table reads (it printed nan, raw floats)
+    itself = runner.invoke(cli, ["compare", newer, newer, "--db", str(db)])
+    assert "The two are the same run." in itself.output
     data = json.loads(runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "json"]).output)
     assert len(data["cells"]) == 4 and {row["metric"] for row in data["exponents"]} == {"peak_bytes"}
+    other = attnprof.run_sweep(attnprof.Sweep(impls="softmax", lengths=(1024,), causal="no", heads=4, accounting=True), db)
+    apart = runner.invoke(cli, ["compare", older, other, "--db", str(db)])  # 4 heads: no cell in common
+    assert apart.exit_code == 0 and "The two runs share no cell (configuration, length and seed)" in apart.output
     bad = runner.invoke(cli, ["compare", "nosuchrun", "--db", str(db)])
     assert bad.exit_code == 2 and "'nosuchrun'" in bad.output and "Traceback" not in bad.output

@@ -515,6 +515,14 @@ def test_a_ratio_to_a_bare_name_the_sweep_measures_twice_is_refused_before_measu
     assert measured.exit_code == 0, measured.output
     stored = gate(tmp_path, rule, "--run", "latest")
     assert stored.exit_code == 2 and "has to = 'fault', which names 2 lines (fault, fault[at_length=99999]): name one" in stored.output
+    # judged as the ratio is taken: within a configuration the rule keeps, the bare name names one line
+    db = str(tmp_path / "gate.db")
+    for impls, dtype in (("softmax,fault", "bfloat16"), ("fault:at_length=99999", "float32")):
+        args = ["--lengths", "1k,2k", "--accounting", "--causal", "no", "--heads", "2", "--dtype", dtype, "--db", db]
+        assert CliRunner().invoke(cli, ["sweep", "--impl", impls, *args]).exit_code == 0
+    runs = re.findall(r"\d{8}-\d{6}-[0-9a-f]{4}", CliRunner().invoke(cli, ["runs", "--db", db]).output)[:2]
+    kept = gate(tmp_path, rule + 'dtype = "bfloat16"\n', "--run", runs[0], "--run", runs[1])
+    assert kept.exit_code == 0 and kept.output.startswith("PASS"), kept.output
 
 
 def test_a_stored_run_of_a_plugin_impl_is_judged_without_its_module(tmp_path):
@@ -555,11 +563,15 @@ def test_a_first_baseline_of_a_rules_file_with_two_sweeps(tmp_path):
     )
     (tmp_path / "rules.toml").write_text(two)
     db = str(tmp_path / "gate.db")
-    measured = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--db", db])
+    measured = CliRunner().invoke(cli, ["sweep", str(tmp_path / "rules.toml"), "--db", db, "--name", "nightly"])
     assert measured.exit_code == 0 and measured.output.count("run ") >= 2, measured.output
     assert "[[sweep]] 2 of 2 in" in measured.output
     runs = CliRunner().invoke(cli, ["runs", "--db", db]).output
     run_ids = re.findall(r"\d{8}-\d{6}-[0-9a-f]{4}", runs)[:2]
+    assert "nightly-1" in runs and "nightly-2" in runs  # one name for two runs: `export nightly` took the newest alone
+    assert (
+        f"their baseline for `attnprof gate --baseline`: attnprof export {' '.join(reversed(run_ids))} --format baseline" in measured.output
+    )
     baseline = tmp_path / "baseline.jsonl"
     exported = CliRunner().invoke(cli, ["export", *run_ids, "--format", "baseline", "--out", str(baseline), "--db", db])
     assert exported.exit_code == 0 and "wrote 4 records" in exported.output, exported.output

@@ -73,6 +73,9 @@ def test_impl_lists_with_options():
     assert specs[1].label == "nystromformer[conv_kernel=0,num_landmarks=32]"
     # a line's label, as the tables show it, is taken too: it read "option 'nystromformer[num_landmarks' before any impl"
     assert parse_impls("softmax,nystromformer[num_landmarks=32,conv_kernel=0],combiner-fixed:block_size=128") == specs
+    assert parse_impls(["softmax", "nystromformer[num_landmarks=32,conv_kernel=0]", "combiner-fixed:block_size=128"]) == specs
+    with pytest.raises(UsageError, match="fault"):  # a label with more after it: it read kind='wrongx'
+        parse_impls("fault[kind=wrong]x")
     for bad in ("=3", "softmax,,sdpa", "nystromformer:num_landmarks", "a:=1"):
         with pytest.raises(UsageError):
             parse_impls(bad)

@@ -35,6 +35,10 @@ def compare(baseline, candidate, show_all, output_format, db):
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now"
     changed = int(exponents["significant"].sum()) if len(exponents) else 0
     note += f"; {len(exponents)} exponents compared, {changed} changed beyond their 95% intervals."
+    if not len(cells):  # empty tables and exit 0 said nothing of why
+        note += " The two runs share no cell (configuration, length and seed): compare runs of the same sweep."
+    if _same_run(baseline, candidate, db or default_db()):
+        note += " The two are the same run."
     if output_format == "json":
         payload = {"note": note, "cells": _records(cells), "exponents": _records(exponents)}
         click.echo(json.dumps(payload, indent=1, allow_nan=False, default=str))
@@ -44,6 +48,16 @@ def compare(baseline, candidate, show_all, output_format, db):
     click.echo(note + (f" The worst {SHOWN} of each are shown; --all lists {left} more." if left else ""))
     _print(shown_cells, "Cells, worst first", output_format)
     _print(shown_exponents, "Exponents, the largest changes first", output_format)
+
+
+def _same_run(baseline: str, candidate: str, db) -> bool:
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        return store.resolve_run(baseline).run_id == store.resolve_run(candidate).run_id
+    finally:
+        store.close()
 
 
 def _worst_exponents(exponents):
@@ -62,18 +76,21 @@ def _records(frame) -> list[dict]:
 
 
 def _print(frame, title: str, output_format: str) -> None:
+    import pandas as pd
+
     from attnprof.table import frame_markdown
 
-    if output_format == "markdown":
-        click.echo(f"\n{title}:\n\n{frame_markdown(frame) if len(frame) else '(none)'}")
+    shown = pd.DataFrame({column: [_cell(column, value) for value in frame[column]] for column in frame.columns}, columns=frame.columns)
+    if output_format == "markdown":  # as the table reads: blanks for missing values, whole bytes (it printed nan, 17 digits)
+        click.echo(f"\n{title}:\n\n{frame_markdown(shown) if len(shown) else '(none)'}")
         return
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for column in frame.columns:
         table.add_column(column, justify="right" if frame[column].dtype.kind in "fi" else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row, strict=True)))
+    for row in shown.itertuples(index=False):
+        table.add_row(*row)
     output_console().print(table)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import replace
 
 import click
 
@@ -61,13 +62,20 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
     untimed = [key for key in ("warmup_ms", "rep_ms") if key in given]
     if any(spec.accounting for _, spec in specs) and untimed:  # a flag typed on purpose that would change nothing: say so
         raise UsageError(f"--{untimed[0].replace('_', '-')} has no effect with --accounting: an accounting run times nothing")
+    run_ids = []
     for index, (sweep_db, spec) in enumerate(specs, 1):
         if len(specs) > 1:
             click.echo(f"[[sweep]] {index} of {len(specs)} in {scenario}:", err=True)
+            if spec.name:  # one name for two runs: `export NAME` took the newest alone
+                spec = replace(spec, name=f"{spec.name}-{index}")
         if dry_run:
             _print_plan(spec, sweep_db, resume)
         else:
-            _run_and_report(spec, sweep_db, resume)
+            run_ids.append(_run_and_report(spec, sweep_db, resume))
+    if len(run_ids) > 1:
+        where = f" --db {shlex.quote(str(specs[0][0]))}" if specs[0][0] else ""
+        export = f"attnprof export {' '.join(run_ids)} --format baseline --out FILE{where}"
+        click.echo(f"their baseline for `attnprof gate --baseline`: {export}", err=True)
 
 
 def _print_plan(spec, db, resume) -> None:
@@ -80,7 +88,7 @@ def _print_plan(spec, db, resume) -> None:
     click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused, {len(cases) - refused} to measure")
 
 
-def _run_and_report(spec, db, resume) -> None:
+def _run_and_report(spec, db, resume) -> str:
     from attnprof.api import default_db, run_sweep
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
@@ -95,3 +103,4 @@ def _run_and_report(spec, db, resume) -> None:
     if resume is not None and progress.total == 0:
         click.echo(f"run {run_id} already has a row for every case: nothing left to measure", err=True)
     print_summary(db, run_id, "table")
+    return run_id

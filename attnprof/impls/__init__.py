@@ -21,6 +21,7 @@ from attnprof.errors import UsageError
 from attnprof.impls.base import AttentionImpl
 
 _REGISTRY: dict[str, AttentionImpl] = {}
+_REGISTERED_BY: dict[str, str] = {}  # impl name -> the module that registered it
 BUILTIN_MODULES = ("softmax", "sdpa", "cosformer", "nystromformer", "combiner")
 _imported: set[str] = set()
 
@@ -33,16 +34,18 @@ def register(impl: AttentionImpl) -> AttentionImpl:
     """Add `impl` to the registry. The same module registering a name again replaces its impl (a notebook cell run
     again, a reloaded module); another module taking a registered name, or any taking a built-in's, is refused."""
     _validate(impl)
-    if not module_of(impl).startswith("attnprof.") and not _imported:
+    by = sys._getframe(1).f_globals.get("__name__", "?")  # the module registering it: the one a worker imports
+    if not by.startswith("attnprof.") and not _imported:
         # the built-ins first: a user's "softmax" registered before them was accepted, and every later lookup
         # then failed with "registered twice"
         _load_builtins()
     existing = _REGISTRY.get(impl.name)
-    if existing is not None and existing.fn is not impl.fn and module_of(existing) != module_of(impl):
+    if existing is not None and existing.fn is not impl.fn and module_of(existing) != by:
         if module_of(existing).startswith("attnprof."):
             raise UsageError(f"impl name {impl.name!r} is a built-in's ({module_of(existing)}): register yours under another name")
-        raise UsageError(f"impl {impl.name!r} is registered twice: by {module_of(existing)} and by {module_of(impl)}")
+        raise UsageError(f"impl {impl.name!r} is registered twice: by {module_of(existing)} and by {by}")
     _REGISTRY[impl.name] = impl
+    _REGISTERED_BY[impl.name] = by
     return impl
 
 
@@ -86,7 +89,11 @@ def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn) -> None:
 
 
 def module_of(impl: AttentionImpl) -> str:
-    """The module that defines the impl's function (a functools.partial's function's)."""
+    """The module that registered the impl (the one a worker imports to know it); for an impl not registered, the
+    module defining its function (a functools.partial's function's). Not the function's alone: a plugin
+    registering functools.partial(softmax_attention) was taken for a built-in, and workers never imported it."""
+    if _REGISTRY.get(impl.name) is impl and impl.name in _REGISTERED_BY:
+        return _REGISTERED_BY[impl.name]
     fn = getattr(impl.fn, "func", impl.fn)
     return getattr(fn, "__module__", None) or "?"
 

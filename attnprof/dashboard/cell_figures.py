@@ -119,10 +119,20 @@ def _legend_swatch(status: str) -> dict:
 # --- compare -------------------------------------------------------------------------------------------------
 
 
+COMPARE_LINES = 20  # configurations drawn: the browser took 2.1 s to leave a Compare tab of 1,000 lines
+
+
 def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
-    """Candidate / baseline ratio of time (solid) and peak memory (dashed) per configuration against length."""
+    """Candidate / baseline ratio of time (solid) and peak memory (dashed) per configuration against length; of the
+    COMPARE_LINES configurations that changed most (by `score`) when there are more (the table lists every cell)."""
     if cells.empty:
         return message_figure("The two runs share no cell (same impl, shape, dtype, device, causality, mode, length and seed).")
+    configs = cells["config"].unique()
+    shown_note = ""
+    if len(configs) > COMPARE_LINES:
+        worst = cells.groupby("config", sort=False)["score"].max().sort_values(ascending=False, kind="stable").index[:COMPARE_LINES]
+        cells = cells[cells["config"].isin(worst)]
+        shown_note = f" ({COMPARE_LINES} of {len(configs)} configurations, those that changed most; the table lists all)"
     traces = []
     colours = line_colours(cells["config"])
     # Plain tuples grouped by configuration: slicing the frame twice per configuration was most of this figure's time.
@@ -134,7 +144,7 @@ def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
             if valid:
                 traces.append(_ratio_trace(config, valid, column, dash, what, colours[config]))
     parity = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1, "line": {"color": "#999", "dash": "dot"}}
-    layout = {"title": {"text": f"{names[1]} / {names[0]}: above 1 is slower or larger (solid: time, dashed: peak memory)"},
+    layout = {"title": {"text": f"{names[1]} / {names[0]}: above 1 is slower or larger (solid: time, dashed: peak memory){shown_note}"},
               "xaxis": {"type": "log", "title": {"text": "sequence length N"}, **length_ticks(cells["seq_len"])},
               "yaxis": {"type": "log", "title": {"text": "ratio candidate / baseline"}}, "height": 480, "meta": "compare",
               "shapes": [parity]}  # fmt: skip

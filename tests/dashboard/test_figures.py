@@ -232,6 +232,12 @@ def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
     assert cells.iloc[-1]["change"].startswith("fixed: crashed")  # nystromformer 2k runs again: last
     figure = cell_figures.compare_figure(cells, ("a", "b"))
     assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"} and figure.layout.yaxis.type == "log"
+    # many configurations: the ones that changed most are drawn (a 1,000-line figure took the browser 2.1 s to leave)
+    many = pd.concat([cells.assign(config=cells["config"] + f" #{i}", score=cells["score"] / (i + 1)) for i in range(30)])
+    drawn = cell_figures.compare_figure(many, ("a", "b"))
+    names = {t.name.rsplit(" ", 1)[0].removesuffix(" peak") for t in drawn.data}
+    assert len(names) == cell_figures.COMPARE_LINES and any("#0" in n for n in names) and not any("#29" in n for n in names)
+    assert f"({cell_figures.COMPARE_LINES} of {many['config'].nunique()} configurations, those that changed most" in drawn.layout.title.text
     fits_a = pd.concat([views.fit_metric(base_frame, m) for m in ("time", "peak_bytes")])
     fits_b = pd.concat([views.fit_metric(candidate_frame, m) for m in ("time", "peak_bytes")])
     changes = exponent_changes(base_frame, fits_a, fits_b)

@@ -42,6 +42,9 @@ def classify(error: BaseException) -> tuple[Status, str, bool]:
     return Status.ERROR, f"{type(error).__name__}: {message}{raised_at(error)}", poisoned
 
 
+FRAMEWORK_PACKAGES = {"torch", "triton", "attnprof", "numpy", "functools", "contextlib"}
+
+
 def raised_at(error: BaseException) -> str:
     """ " (raised at file.py:42 in fn)": the innermost frame of the impl's (a plugin's) own code. A row kept only the
     message's first line, and a kernel's author had to reproduce the case to find the line. Frames of torch, Triton
@@ -49,21 +52,17 @@ def raised_at(error: BaseException) -> str:
     other frame, nothing is said."""
     import os
 
-    frame, line, found = None, 0, None
+    found = None  # the innermost (file, line, function) of code that is none of FRAMEWORK_PACKAGES'
     tb = error.__traceback__
     while tb is not None:
-        frame, line = tb.tb_frame, tb.tb_lineno
-        module = str(frame.f_globals.get("__name__", ""))
-        if module.split(".")[0] not in FRAMEWORK_PACKAGES:
-            found = (frame.f_code.co_filename, line, frame.f_code.co_name)
+        code = tb.tb_frame.f_code
+        if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] not in FRAMEWORK_PACKAGES:
+            found = (code.co_filename, tb.tb_lineno, code.co_name)
         tb = tb.tb_next
     if found is None:
         return ""
     filename, line, name = found
-    return f" (raised at {os.path.basename(filename.replace(chr(92), '/'))}:{line} in {name})"
-
-
-FRAMEWORK_PACKAGES = {"torch", "triton", "attnprof", "numpy", "functools", "contextlib"}
+    return f" (raised at {os.path.basename(filename.replace(chr(92), '/'))}:{line} in {name})"  # a Windows path too
 
 
 def _first_line(error: BaseException) -> str:

@@ -34,8 +34,8 @@ from attnprof.spot_check_exact import ExactRows, non_finite, row_errors
 SAMPLED_ROWS = 32
 SAMPLED_HEADS = 4
 # Per row, so a few wrong rows among many right ones cannot hide in a mean: a wrong tile gives errors of order 1.
-# Correct kernels at N = 8k on the CPU (softmax, SDPA; B1 H2 D64; fwd-bwd, both causalities) stayed within 1.0e-2
-# in bfloat16, 1.1e-3 in float16 and 1.1e-6 in float32 on every sampled row and gradient; a 5% error in the
+# Correct kernels at N = 8k on the CPU (softmax, SDPA; B1 H2 D64; fwd-bwd, both causalities) stayed within 1.5e-2
+# in bfloat16, 2.4e-3 in float16 and 1.7e-6 in float32 on every sampled row and gradient (dk, dv key by key); a 5% error in the
 # last rows passed the 10% bound 16-bit had. An impl's own looser check bound widens these.
 ROW_TOLERANCE = {"float32": 1e-3, "float16": 0.02, "bfloat16": 0.05}
 GRADIENT_SLACK = 2.0  # gradients go through one more round of rounding (checks.py allows 5x at N = 256, where it is tighter)

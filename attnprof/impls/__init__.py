@@ -173,8 +173,9 @@ def _import_plugin(module: str, named_by: str) -> None:
         importlib.import_module(module)
     except ImportError as error:
         hint = ""
-        if isinstance(error, ModuleNotFoundError) and error.name == module.split(".")[0]:
-            here = os.path.isfile(f"{module.split('.')[0]}.py") or os.path.isdir(module.split(".")[0])
+        top = module.split(".")[0]
+        if isinstance(error, ModuleNotFoundError) and error.name == top:
+            here = os.path.isfile(f"{top}.py") or os.path.isdir(top)
             # `python -m attnprof` puts the current folder on sys.path; the `attnprof` command does not
             hint = (
                 "; it is in the current folder, which the attnprof command does not search: PYTHONPATH=. attnprof ..."

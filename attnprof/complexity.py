@@ -14,7 +14,6 @@ best and runner-up stay visible.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 AMBIGUOUS_MARGIN = 2.0  # AIC difference below which the data do not prefer one class
 RELATIVE_RESOLUTION = 1e-3  # relative residual RMS treated as a perfect fit (timer and allocator granularity)
 OVERHEAD_EXPONENTS = np.linspace(0.1, 4.0, 391)  # grid for b in y = c0 + a N^b; 0.01 steps are finer than any CI
+OVERHEAD_BATCH = 128  # series searched at once: (128, 391, points) arrays, ~4 MB each at 10 lengths
 
 CLASSES = {
     "linear": lambda n: n,
@@ -56,58 +56,91 @@ def select_complexity(lengths, values, noise: float = 0.0) -> ComplexityChoice:
     `noise`: the values' own relative spread. A residual below it is noise, so each model's mean square is floored
     there: two classes fitting three timings with 2-5% spreads to 1e-3 and 1e-6 were told apart by a dAIC of 22.6
     (a linear method labelled n^1.5), a difference the measurements cannot carry."""
+    return select_complexities(lengths, np.asarray(values, dtype=float)[None, :], [noise])[0]
+
+
+def select_complexities(lengths, values, noises) -> list[ComplexityChoice]:
+    """select_complexity for each series of values (series, points) over the same lengths, with its own noise."""
     n = np.asarray(lengths, dtype=float)
-    y = np.asarray(values, dtype=float)
-    ssr, _ = relative_nnls(np.stack([g(n) for g in CLASSES.values()]), y)
-    mean_square = np.maximum(ssr / len(n), max(RELATIVE_RESOLUTION, noise) ** 2)
-    aic = dict(zip(CLASSES, (len(n) * np.log(mean_square) + 4).tolist(), strict=True))
-    ranked = sorted(aic, key=aic.get)  # stable: on a tie the simpler class (earlier in CLASSES) ranks first
-    margin = aic[ranked[1]] - aic[ranked[0]]
-    # Two lengths leave no residual to judge a two-parameter model by, whatever the margin says.
-    complexity = ranked[0] if margin >= AMBIGUOUS_MARGIN and len(n) >= 3 else "ambiguous"
-    return ComplexityChoice(complexity, ranked[0], ranked[1], margin, tuple((name, aic[name]) for name in ranked))
+    ssr, _ = relative_nnls(np.stack([g(n) for g in CLASSES.values()]), np.asarray(values, dtype=float))  # (series, classes)
+    floor = np.maximum(RELATIVE_RESOLUTION, np.asarray(noises, dtype=float)) ** 2  # (series,)
+    aic = len(n) * np.log(np.maximum(ssr / len(n), floor[:, None])) + 4  # (series, classes)
+    names = list(CLASSES)
+    choices = []
+    for row, order in zip(aic.tolist(), np.argsort(aic, axis=1, kind="stable").tolist(), strict=True):
+        ranked = [names[i] for i in order]  # stable: on a tie the simpler class (earlier in CLASSES) ranks first
+        margin = row[order[1]] - row[order[0]]
+        # Two lengths leave no residual to judge a two-parameter model by, whatever the margin says.
+        complexity = ranked[0] if margin >= AMBIGUOUS_MARGIN and len(n) >= 3 else "ambiguous"
+        choices.append(ComplexityChoice(complexity, ranked[0], ranked[1], margin, tuple((names[i], row[i]) for i in order)))
+    return choices
 
 
-def fit_overhead(lengths, values) -> Overhead:
-    """The best y = c0 + a N^b (b by nested grids); needs at least 4 lengths (3 parameters and 1 to spare)."""
+def fit_overhead(lengths, values):
+    """The best y = c0 + a N^b (b by nested grids); needs at least 4 lengths (3 parameters and 1 to spare).
+
+    `values` (points,) gives one Overhead; (series, points), several series over the same lengths, gives a list of
+    them, found together: a dashboard view fits a thousand configurations on one grid of lengths, and one batched
+    search costs about what ten single ones did (the search is most of a fit)."""
     n = np.asarray(lengths, dtype=float)
     y = np.asarray(values, dtype=float)
     if len(n) < 4:
         raise ValueError(f"fit_overhead needs at least 4 lengths; got {len(n)}")
+    series = np.atleast_2d(y)  # (series, points)
+    found = []
+    for start in range(0, len(series), OVERHEAD_BATCH):
+        found.extend(_overhead_search(n, series[start : start + OVERHEAD_BATCH]))
+    return found[0] if y.ndim == 1 else found
+
+
+def _overhead_search(n: np.ndarray, y: np.ndarray) -> list[Overhead]:
+    """fit_overhead for the series y (series, points) over the lengths n (points,)."""
     # Zoomed 20x around the best, three times (step 0.01 -> ~1e-6): an exponent between grid points would
     # otherwise be mimicked by a spurious overhead, and the range rule would drop lengths for it.
-    grid = OVERHEAD_EXPONENTS
+    grid = np.broadcast_to(OVERHEAD_EXPONENTS, (len(y), len(OVERHEAD_EXPONENTS)))  # (series, models)
+    g = n ** OVERHEAD_EXPONENTS[:, None]  # (models, points): the first grid is the same for every series
+    rows = np.arange(len(y))
     for _ in range(4):
-        ssr, coef = relative_nnls(n[None, :] ** grid[:, None], y)
-        best = int(np.argmin(ssr))
-        exponent, step = float(grid[best]), grid[1] - grid[0]
-        grid = np.linspace(exponent - step, exponent + step, 41)
-    scatter = max(math.sqrt(ssr[best] / (len(n) - 3)), RELATIVE_RESOLUTION)
-    return Overhead(float(coef[best, 0]), float(coef[best, 1]), exponent, scatter)
+        ssr, coef = relative_nnls(g, y)  # (series, models), (series, models, 2)
+        best = ssr.argmin(axis=-1)  # (series,)
+        exponent, step = grid[rows, best], grid[:, 1] - grid[:, 0]
+        grid = np.linspace(exponent - step, exponent + step, 41, axis=-1)  # (series, 41)
+        g = n ** grid[:, :, None]  # (series, 41, points)
+    scatter = np.maximum(np.sqrt(ssr[rows, best] / (len(n) - 3)), RELATIVE_RESOLUTION)
+    c0, a = coef[rows, best, 0], coef[rows, best, 1]
+    return [Overhead(*map(float, found)) for found in zip(c0, a, exponent, scatter, strict=True)]
 
 
 def relative_nnls(g: np.ndarray, y: np.ndarray):
-    """For each row of g (models, points): least sum ((y - c0 - c1 g) / y)^2 over c0, c1 >= 0.
+    """For each model row of g (..., models, points): least sum ((y - c0 - c1 g) / y)^2 over c0, c1 >= 0, with y
+    (..., points) broadcast against g's leading axes (one series, or one per leading index).
 
-    Returns (ssr per model, coefficients (models, 2)). Each candidate's SSR comes from the normal-equation sums,
-    SSR = P - 2 c.r + c'Sc, not from its residuals: 40% less time in the fits, which dominate a cold dashboard view.
-    The cancellation leaves an absolute error of ~1e-15 (P ~ 10 terms of order 1), so an exact series reads 0
+    Returns (ssr (..., models), coefficients (..., models, 2)). Each candidate's SSR comes from the normal-equation
+    sums, SSR = P - 2 c.r + c'Sc, not from its residuals: 40% less time in the fits, which dominate a cold dashboard
+    view. The cancellation leaves an absolute error of ~1e-15 (P ~ 10 terms of order 1), so an exact series reads 0
     instead of 1e-31, far below RELATIVE_RESOLUTION^2, the floor every use of an SSR applies.
     """
-    scale = g.max(axis=1, keepdims=True)  # g up to N^4 ~ 1e19: scaled to 1 so the normal equations stay tame
-    w = 1.0 / y  # (points,)
-    a1 = g / scale * w  # (models, points): the c1 column of the weighted design
-    s00, s01, s11 = w @ w, a1 @ w, (a1 * a1).sum(axis=1)
-    r0, r1 = w.sum(), a1.sum(axis=1)
-    points = len(y)
+    scale = g.max(axis=-1, keepdims=True)  # g up to N^4 ~ 1e19: scaled to 1 so the normal equations stay tame
+    w = 1.0 / np.asarray(y, dtype=float)  # (..., points)
+    a1 = g / scale * w[..., None, :]  # (..., models, points): the c1 column of the weighted design
+    s00, r0 = (w * w).sum(axis=-1)[..., None], w.sum(axis=-1)[..., None]  # (..., 1)
+    s01, s11, r1 = (a1 * w[..., None, :]).sum(axis=-1), (a1 * a1).sum(axis=-1), a1.sum(axis=-1)  # (..., models)
+    points = w.shape[-1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # collinear columns: infeasible below
         det = s00 * s11 - s01 * s01
-        c0 = np.stack([(s11 * r0 - s01 * r1) / det, np.zeros_like(r1), np.full_like(r1, r0 / s00)])  # (3, models): free, c0 = 0, c1 = 0
-        c1 = np.stack([(s00 * r1 - s01 * r0) / det, r1 / s11, np.zeros_like(r1)])  # only_c1 is always >= 0: y and g are positive
-        ssr = points - 2 * (c0 * r0 + c1 * r1) + c0 * c0 * s00 + 2 * c0 * c1 * s01 + c1 * c1 * s11  # (3, models)
-    feasible = np.isfinite(ssr) & (c0 >= 0) & (c1 >= 0)
-    ssr = np.where(feasible, np.maximum(ssr, 0.0), np.inf)
-    pick = ssr.argmin(axis=0)  # (models,): ties go to the first (free, then c0 = 0), as before
-    models = np.arange(len(g))
-    coef = np.stack([c0[pick, models], c1[pick, models] / scale[:, 0]], axis=1)
-    return ssr[pick, models], coef
+        candidates = (  # (c0, c1) of the three cases: both free, c0 = 0, c1 = 0 (only_c1 is >= 0: y and g are positive)
+            ((s11 * r0 - s01 * r1) / det, (s00 * r1 - s01 * r0) / det),
+            (np.zeros_like(r1), r1 / s11),
+            (r0 / s00, np.zeros_like(r1)),
+        )
+        best = coef0 = coef1 = None
+        for c0, c1 in candidates:  # the feasible case with the least SSR; a tie keeps the earlier case
+            ssr = points - 2 * (c0 * r0 + c1 * r1) + c0 * c0 * s00 + 2 * c0 * c1 * s01 + c1 * c1 * s11  # (..., models)
+            ssr = np.where(np.isfinite(ssr) & (c0 >= 0) & (c1 >= 0), np.maximum(ssr, 0.0), np.inf)
+            if best is None:
+                best, coef0, coef1 = ssr, c0, c1
+                continue
+            better = ssr < best
+            best, coef0, coef1 = np.where(better, ssr, best), np.where(better, c0, coef0), np.where(better, c1, coef1)
+    coef = np.stack([coef0, coef1 / scale[..., 0]], axis=-1)
+    return best, coef

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexity
+from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexities, select_complexity
 
 MIN_KEPT = 4  # the range rule never leaves fewer lengths: 3 would leave 1 degree of freedom (t = 12.7), an interval too wide to judge
 SUBTRACTABLE_SHARE = 0.75  # a persistent overhead is subtracted only where it is under 75% of the value
@@ -106,53 +106,147 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
     `spreads`, one per value: each value's own relative spread (half its samples' IQR over their median), for
     values that are already medians (the dashboard fits the cells' stored medians). Without them a length's
     spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree."""
-    if spreads is not None:
-        spreads = _given_spreads(lengths, values, spreads)
-    all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
-    med_lengths, med_values = _medians(all_lengths, all_values)
-    if len(med_lengths) < 2:
-        raise ValueError(
-            f"a scaling fit needs at least 2 distinct lengths with a positive value; got {len(med_lengths)} "
-            f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
+    samples = _Samples.of(lengths, values, spreads)
+    found = fit_overhead(samples.lengths, samples.values) if samples.needs_overhead(min_length) else None
+    shape = _Shape.of(samples, found, min_length)
+    return shape.fit(select_complexity(shape.used_lengths, shape.used_values, noise=shape.noise), metric)
+
+
+def fit_power_laws(series, *, min_length: float | None = None, metric: str = "") -> list:
+    """fit_power_law for each (lengths, values, spreads or None) of `series`, in order: a Fit, or the ValueError that
+    fit_power_law would raise. The same fits, found faster: the steps that search or rank models (the overhead
+    search, the class selection) run together for the series that share their lengths (a sweep's configurations,
+    usually), where one at a time they were most of the time a dashboard view spent."""
+    prepared = [_or_error(_Samples.of, lengths, values, spreads) for lengths, values, spreads in series]
+    searched = [i for i, samples in enumerate(prepared) if isinstance(samples, _Samples) and samples.needs_overhead(min_length)]
+    found: dict = {}
+    for indices in _by_lengths(searched, lambda i: prepared[i].lengths):
+        values = np.stack([prepared[i].values for i in indices])  # (series, lengths)
+        found.update(zip(indices, fit_overhead(prepared[indices[0]].lengths, values), strict=True))
+    shapes = [s if isinstance(s, ValueError) else _or_error(_Shape.of, s, found.get(i), min_length) for i, s in enumerate(prepared)]
+    fits = list(shapes)
+    for indices in _by_lengths([i for i, shape in enumerate(shapes) if isinstance(shape, _Shape)], lambda i: shapes[i].used_lengths):
+        values = np.stack([shapes[i].used_values for i in indices])  # (series, used lengths)
+        choices = select_complexities(shapes[indices[0]].used_lengths, values, [shapes[i].noise for i in indices])
+        for i, choice in zip(indices, choices, strict=True):
+            fits[i] = shapes[i].fit(choice, metric)
+    return fits
+
+
+def _or_error(step, *args):
+    try:
+        return step(*args)
+    except ValueError as error:  # e.g. fewer than 2 lengths, or a min_length leaving fewer
+        return error
+
+
+def _by_lengths(indices, lengths_of) -> list[list]:
+    """The indices grouped by the lengths they are fitted over (exactly equal arrays), in first-seen order."""
+    groups: dict = {}
+    for index in indices:
+        groups.setdefault(lengths_of(index).tobytes(), []).append(index)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """One series' valid samples and their median per length: what every step of a fit reads."""
+
+    all_lengths: np.ndarray  # every valid sample's length
+    all_values: np.ndarray
+    n_dropped: int
+    lengths: np.ndarray  # distinct, sorted
+    values: np.ndarray  # the median at each
+    spreads: object  # None, or fit_power_law's `spreads` as a lookup (distinct lengths -> spreads)
+
+    @classmethod
+    def of(cls, lengths, values, spreads) -> _Samples:
+        lookup = None if spreads is None else _given_spreads(lengths, values, spreads)
+        all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
+        med_lengths, med_values = _medians(all_lengths, all_values)
+        if len(med_lengths) < 2:
+            raise ValueError(
+                f"a scaling fit needs at least 2 distinct lengths with a positive value; got {len(med_lengths)} "
+                f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
+            )
+        return cls(all_lengths, all_values, n_dropped, med_lengths, med_values, lookup)
+
+    def needs_overhead(self, min_length) -> bool:
+        """The range rule's overhead fit (a grid search, the costliest step) serves it and the subtraction both."""
+        return min_length is None and len(self.lengths) >= MIN_KEPT
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A fit up to its class: the range kept, the log-log line, the spreads (what the class selection needs)."""
+
+    samples: _Samples
+    start: int  # index in samples.lengths of the first length used
+    rule: str
+    intercept: float
+    slope: float
+    se: float
+    r2: float
+    spreads: tuple  # at each of samples.lengths
+    overhead: float  # subtracted before the log-log fit
+
+    @classmethod
+    def of(cls, samples: _Samples, found, min_length) -> _Shape:
+        med_lengths, med_values = samples.lengths, samples.values
+        start, rule = _choose_range(med_lengths, med_values, min_length, found)
+        fitted_values = med_values[start:]
+        subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found)
+        if subtracted is not None:
+            start, fitted_values, rule = subtracted
+        intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
+        if samples.spreads is None:
+            spreads = _relative_spreads(samples.all_lengths, samples.all_values, med_lengths)
+        else:
+            spreads = samples.spreads(med_lengths)
+        overhead = 0.0 if subtracted is None else float(found.overhead)
+        return cls(samples, start, rule, intercept, slope, se, r2, tuple(spreads), overhead)
+
+    @property
+    def used_lengths(self) -> np.ndarray:
+        return self.samples.lengths[self.start :]
+
+    @property
+    def used_values(self) -> np.ndarray:
+        return self.samples.values[self.start :]
+
+    @property
+    def noise(self) -> float:
+        """The RMS of the used lengths' relative spreads: the class selection's floor."""
+        used = np.asarray(self.spreads[self.start :], dtype=float)
+        return float(np.sqrt(np.mean(used**2)))
+
+    def fit(self, choice: ComplexityChoice, metric: str) -> Fit:
+        samples, used_lengths = self.samples, self.used_lengths
+        half = t_quantile_975(len(used_lengths) - 2) * self.se
+        return Fit(
+            exponent=self.slope,
+            exponent_low=self.slope - half,
+            exponent_high=self.slope + half,
+            exponent_se=self.se,
+            intercept=self.intercept,
+            r2=self.r2,
+            n_points=len(used_lengths),
+            n_samples=int(np.isin(samples.all_lengths, used_lengths).sum()),
+            n_dropped=samples.n_dropped,
+            lengths_used=_as_numbers(used_lengths),
+            lengths_measured=_as_numbers(samples.lengths),
+            range_rule=self.rule,
+            local_slopes=local_slopes(samples.lengths, samples.values),
+            complexity=choice.complexity,
+            best_class=choice.best,
+            runner_up=choice.runner_up,
+            margin=choice.margin,
+            metric=metric,
+            notes=_notes(samples.n_dropped, len(used_lengths), choice),
+            medians=_as_numbers(samples.values),
+            spreads=self.spreads,
+            overhead=self.overhead,
         )
-    # One overhead fit (a grid search, the costliest step) serves both the range rule and the subtraction.
-    found = fit_overhead(med_lengths, med_values) if min_length is None and len(med_lengths) >= MIN_KEPT else None
-    start, rule = _choose_range(med_lengths, med_values, min_length, found)
-    used_lengths, used_values = med_lengths[start:], med_values[start:]
-    fitted_values = used_values
-    subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found)
-    if subtracted is not None:
-        first, fitted_values, rule = subtracted
-        used_lengths, used_values = med_lengths[first:], med_values[first:]
-    intercept, slope, se, r2 = _least_squares(np.log(used_lengths), np.log(fitted_values))
-    half = t_quantile_975(len(used_lengths) - 2) * se
-    spread_values = _relative_spreads(all_lengths, all_values, med_lengths) if spreads is None else spreads(med_lengths)
-    used_spreads = np.asarray(spread_values[len(med_lengths) - len(used_lengths) :], dtype=float)
-    choice = select_complexity(used_lengths, used_values, noise=float(np.sqrt(np.mean(used_spreads**2))))
-    return Fit(
-        exponent=slope,
-        exponent_low=slope - half,
-        exponent_high=slope + half,
-        exponent_se=se,
-        intercept=intercept,
-        r2=r2,
-        n_points=len(used_lengths),
-        n_samples=int(np.isin(all_lengths, used_lengths).sum()),
-        n_dropped=n_dropped,
-        lengths_used=_as_numbers(used_lengths),
-        lengths_measured=_as_numbers(med_lengths),
-        range_rule=rule,
-        local_slopes=local_slopes(med_lengths, med_values),
-        complexity=choice.complexity,
-        best_class=choice.best,
-        runner_up=choice.runner_up,
-        margin=choice.margin,
-        metric=metric,
-        notes=_notes(n_dropped, len(used_lengths), choice),
-        medians=_as_numbers(med_values),
-        spreads=tuple(spread_values),
-        overhead=0.0 if subtracted is None else float(found.overhead),
-    )
 
 
 def _without_persistent_overhead(lengths, values, found):
@@ -349,4 +443,4 @@ def _span(lengths) -> str:
 
 def _as_numbers(array) -> tuple:
     # Lengths are integers in practice; ints read "1024" in tables and hover text, not "1024.0".
-    return tuple(int(v) if float(v).is_integer() else float(v) for v in array)
+    return tuple(int(v) if v.is_integer() else v for v in np.asarray(array, dtype=float).tolist())

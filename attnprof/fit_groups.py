@@ -1,11 +1,11 @@
-"""Fits per group of a measurement DataFrame (pure): `fit.fit_power_law` for each configuration, as rows."""
+"""Fits per group of a measurement DataFrame (pure): `fit.fit_power_laws` over the configurations, as rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from attnprof.fit import Fit, fit_power_law
+from attnprof.fit import Fit, fit_power_laws
 
 FIT_COLUMNS = tuple(name for name in Fit.__dataclass_fields__ if name != "metric")
 
@@ -30,10 +30,9 @@ def fit_frame(
         groups = [(keys if isinstance(keys, tuple) else (keys,), index) for keys, index in sorted(positions.items(), key=_group_order)]
     else:
         groups = [((), np.arange(len(df)))]
-    rows = []
-    for keys, index in groups:
-        spread = None if spreads is None else spreads[index]
-        rows.append(_fit_row(dict(zip(group_cols, keys, strict=True)), lengths[index], values[index], metric_col, min_length, spread))
+    series = [(lengths[index], values[index], None if spreads is None else spreads[index]) for _, index in groups]
+    fitted = fit_power_laws(series, min_length=min_length, metric=metric_col)  # together: shared overhead searches
+    rows = [_fit_row(dict(zip(group_cols, keys, strict=True)), fit, metric_col) for (keys, _), fit in zip(groups, fitted, strict=True)]
     out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])
     out.attrs["group_cols"] = tuple(group_cols)  # crossover_frame reads the configuration columns from here
     return out
@@ -45,10 +44,8 @@ def _group_order(item):
     return tuple((value != value, str(type(value)), value if value == value else 0) for value in keys)
 
 
-def _fit_row(keys: dict, lengths, values, metric_col: str, min_length, spreads=None) -> dict:
-    try:
-        fit = fit_power_law(lengths, values, min_length=min_length, metric=metric_col, spreads=spreads)
-    except ValueError as error:
-        return {**keys, "metric": metric_col, "fit": None, "error": str(error)}
+def _fit_row(keys: dict, fit, metric_col: str) -> dict:
+    if isinstance(fit, ValueError):
+        return {**keys, "metric": metric_col, "fit": None, "error": str(fit)}
     fields = {name: getattr(fit, name) for name in FIT_COLUMNS}  # not asdict: its deep copies were 15% of a fit
     return {**keys, "metric": metric_col, **fields, "fit": fit, "error": None}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnprof.fit import Fit, fit_power_law, format_length, t_quantile_975
+from attnprof.fit import Fit, fit_power_law, fit_power_laws, format_length, t_quantile_975
 from attnprof.fit_groups import fit_frame
 
 LENGTHS = 2 ** np.arange(7, 17)  # 128 .. 64k, as a default sweep would measure
@@ -275,3 +275,30 @@ def test_a_fits_class_is_judged_against_its_lengths_own_spread():
     values = [m * f for m in medians for f in (0.9, 1.0, 1.1)]
     assert fit_power_law(lengths, values, metric="time").complexity == "ambiguous"
     assert fit_power_law(lengths, [m for m in medians for _ in range(3)], metric="time").complexity == "linear"
+
+
+def test_fits_found_together_are_the_fits_found_one_at_a_time():
+    """fit_power_laws batches the overhead search and the class selection across series sharing their lengths: each
+    result must be that series' own fit_power_law, whatever shares its batch (lengths, overheads, spreads, errors)."""
+    rng = np.random.default_rng(7)
+    series = []
+    for index in range(40):
+        lengths = LENGTHS if index % 4 else LENGTHS[: 2 + index % 7]  # most share a grid; some stop early
+        values = 1e-4 * lengths ** (1.0 + index / 40) * rng.lognormal(0.0, 0.03, lengths.size) + (index % 3) * 0.05
+        spreads = None if index % 2 else rng.uniform(0.0, 0.05, lengths.size)
+        series.append((lengths, values, spreads))
+    series.append((LENGTHS[:1], [1.0], None))  # one length: an error, in its place
+    series.append((LENGTHS, 1e-3 + 1e-6 * LENGTHS, None))  # exact data with a persistent overhead (subtracted)
+    for min_length in (None, 1024):
+        together = fit_power_laws(series, min_length=min_length, metric="time")
+        for (lengths, values, spreads), fit in zip(series, together, strict=True):
+            try:
+                alone = fit_power_law(lengths, values, min_length=min_length, metric="time", spreads=spreads)
+            except ValueError as error:
+                assert isinstance(fit, ValueError) and str(fit) == str(error)
+                continue
+            assert fit.range_rule == alone.range_rule and fit.complexity == alone.complexity and fit.notes == alone.notes
+            assert fit.exponent == pytest.approx(alone.exponent, rel=1e-12) and fit.margin == pytest.approx(alone.margin, abs=1e-6)
+            assert fit.overhead == pytest.approx(alone.overhead, rel=1e-12) and fit.spreads == alone.spreads
+        assert sum(isinstance(fit, ValueError) for fit in together) >= 1  # refused series kept their place
+        assert together[-1].overhead == (pytest.approx(1e-3, rel=1e-6) if min_length is None else 0.0)  # no search with a min_length

@@ -37,8 +37,8 @@ class Measurement:
     reason: str = ""
     times_ms: list[float] = field(default_factory=list)
     peak_bytes: int | None = None  # the primary memory figure for the device (see peak_source)
-    peak_source: str | None = None  # "allocator" (CUDA), "live_tensors" (CPU), "accounting" (meta)
-    peak_alloc_bytes: int | None = None  # CUDA allocator peak above the inputs
+    peak_source: str | None = None  # "allocator" (CUDA; CPU too), "live_tensors" (CPU without a profiler), "accounting"/"model" (meta)
+    peak_alloc_bytes: int | None = None  # allocator peak above the inputs: CUDA's caching allocator, or the CPU's (profiler)
     peak_reserved_bytes: int | None = None  # CUDA allocator reserved peak above the reserve before the call
     peak_device_bytes: int | None = None  # NVML device memory peak above the level before the call (sampled)
     peak_rss_bytes: int | None = None  # host RSS peak above the level before the call (sampled)

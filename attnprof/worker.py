@@ -152,13 +152,18 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Meas
 
 def _memory_pass_cpu(call, measurement: Measurement) -> None:
     from attnprof.accounting import live_bytes_mode
+    from attnprof.trackers.cpu_allocator import CpuAllocatorTracker
     from attnprof.trackers.host_rss import rss_tracker
 
-    with cpu_heap.returned(), rss_tracker() as rss, live_bytes_mode() as live:
+    with cpu_heap.returned(), rss_tracker() as rss, CpuAllocatorTracker() as allocator, live_bytes_mode() as live:
         call()
     measurement.peak_live_bytes = int(live.peak_bytes)
     measurement.peak_rss_bytes = rss.peak_above_start
-    measurement.peak_bytes, measurement.peak_source = measurement.peak_live_bytes, "live_tensors"
+    if allocator.peak_bytes is None:  # no profiler here: the live tensors, which miss a kernel's own workspace
+        measurement.peak_bytes, measurement.peak_source = measurement.peak_live_bytes, "live_tensors"
+    else:
+        measurement.peak_alloc_bytes = allocator.peak_bytes
+        measurement.peak_bytes, measurement.peak_source = allocator.peak_bytes, "allocator"
 
 
 def _memory_pass_cuda(call, case: Case, measurement: Measurement) -> None:

@@ -35,7 +35,7 @@ METRICS = {
     for m in (
         Metric("time", "median_ms", "median time", "ms", ("p20_ms", "p80_ms")),
         Metric("peak_bytes", "peak_bytes", "peak memory (primary source)", "bytes"),
-        Metric("peak_alloc_bytes", "peak_alloc_bytes", "CUDA allocator peak", "bytes"),
+        Metric("peak_alloc_bytes", "peak_alloc_bytes", "allocator peak", "bytes"),
         Metric("peak_reserved_bytes", "peak_reserved_bytes", "CUDA allocator reserved peak", "bytes"),
         Metric("peak_device_bytes", "peak_device_bytes", "NVML device peak (sampled)", "bytes"),
         Metric("peak_rss_bytes", "peak_rss_bytes", "host RSS peak (sampled)", "bytes"),

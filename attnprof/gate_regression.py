@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from attnprof.gate import CONFIG, NEW_CELL, Judgement, matching, metric_text, subject_of
+from attnprof.gate import CONFIG, NEW_CELL, Judgement, matching, metric_text, subject_of, unless_busy
 from attnprof.gate_rules import METRICS, GateRule
 
 REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
@@ -29,6 +29,7 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
             judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
             continue
         judgements.append(_compare(rule, subject, row, base.loc[key]))
+    judgements += _absent_from_the_run(rule, rows, base)
     # The run has the cells; the baseline names them otherwise (other options, lengths).
     if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
         has = ", ".join(sorted(set(matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
@@ -36,6 +37,15 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
         reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
         return [Judgement("baseline", "MISSING", reason)]
     return judgements
+
+
+def _absent_from_the_run(rule: GateRule, rows: pd.DataFrame, base: pd.DataFrame) -> list[Judgement]:
+    """Baseline cells the run lacks, within the configurations the run measures: a cell not measured cannot be
+    vouched for (a sweep trimmed to fewer lengths, or stopped early, passed on the cells it kept)."""
+    measured = set(rows.set_index([*CONFIG, "seq_len"]).index)
+    configurations = {key[:-1] for key in measured}
+    absent = [key for key in base.index if key[:-1] in configurations and key not in measured]
+    return [Judgement(f"{subject_of(key[:-1])} N={key[-1]}", "MISSING", "in the baseline, not measured in the run") for key in absent]
 
 
 def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Judgement:
@@ -47,7 +57,8 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     now, before = _number(new[column]), _number(old[column])
     if now is None or before is None:  # "time nan ms vs nan ms (+nan%) <= max 10%" passed two accounting runs
         where = " and ".join(w for w, v in (("the run", now), ("the baseline", before)) if v is None)
-        return Judgement(subject, "MISSING", f"no {rule.metric} in {where} (an accounting run has no times)")
+        why = " (an accounting run has no times)" if rule.metric == "time" else ""
+        return Judgement(subject, "MISSING", f"no {rule.metric} in {where}{why}")
     if before == 0:  # an impl without matmuls counts 0 FLOPs: the change was a ZeroDivisionError
         change = 0.0 if now == 0 else math.inf
     else:
@@ -58,7 +69,8 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
         described += _busy(new, "now") + _busy(old, "in the baseline")
     if change > rule.max_regression:
         if rule.metric == "time":
-            return _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
+            judged = _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
+            return unless_busy(judged, _busy(new, "now") + _busy(old, "in the baseline"))
         return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
     return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
 

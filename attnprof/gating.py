@@ -68,7 +68,31 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     _check_rules_name_measured_impls(rules, frames, run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
-    return verdicts, run_ids
+    unfinished = _unfinished_runs(run_ids, frames, db)
+    return [not_passed_on_part(verdict, unfinished) for verdict in verdicts] if unfinished else verdicts, run_ids
+
+
+def _unfinished_runs(run_ids, frames, db) -> str:
+    """'' when every judged run is complete; else what each unfinished one lacks and the command that measures it."""
+    from attnprof.dashboard.runinfo import unfinished_note
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        notes = [unfinished_note(store.resolve_run(run), len(frame), db) for run, frame in zip(run_ids, frames, strict=True)]
+    finally:
+        store.close()
+    return "; ".join(f"run {run} is {note}" for run, note in zip(run_ids, notes, strict=True) if note)
+
+
+def not_passed_on_part(verdict, unfinished: str):
+    """A rule cannot pass on part of a run: an interrupted sweep holding 3 of 8 cases passed its rules over the
+    lengths it had reached, exit 0. Its PASS becomes MISSING (exit 3) saying what is missing; a FAIL stands."""
+    from dataclasses import replace
+
+    if verdict.verdict != "PASS":
+        return verdict
+    return replace(verdict, verdict="MISSING", message=f"{verdict.message}; but {unfinished}")
 
 
 def _distinct_runs(frames, runs) -> tuple[list, tuple]:
@@ -168,4 +192,38 @@ def read_baseline(path: str | Path):
     missing = [k for k in BASELINE_KEYS if k not in frame.columns]
     if missing:
         raise UsageError(f"baseline file {str(path)!r} lacks the keys {', '.join(missing)}")
+    _check_baseline_values(frame, path)
     return frame
+
+
+_CELL_KEYS = ("label", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode")  # one cell of a sweep
+_NUMBER_KEYS = ("median_ms", "peak_bytes", "flops")  # a number, or null where the cell has none
+
+
+def _check_baseline_values(frame, path) -> None:
+    """Each value the gate reads has its type, and each cell is there once: a file written twice into one (a CI
+    step appending with >>) or edited by hand crashed the judging with a traceback (exit 4)."""
+    where = f"baseline file {str(path)!r}"
+    for line, row in enumerate(frame.to_dict("records"), 1):
+        bad = next((key for key in ("label", "dtype", "device", "mode", "status") if not isinstance(row[key], str)), None)
+        bad = bad or next((key for key in ("seq_len", "batch", "heads", "head_dim") if not _is_whole(row[key])), None)
+        bad = bad or ("causal" if not isinstance(row["causal"], bool) else None)
+        bad = bad or next((key for key in _NUMBER_KEYS if row[key] is not None and not _is_number(row[key])), None)
+        times = row["times_ms"]
+        if not bad and not (times is None or (isinstance(times, list) and all(_is_number(t) for t in times))):
+            bad = "times_ms"
+        if bad:
+            raise UsageError(f"{where}, line {line}: {bad} = {row[bad]!r} is not what attnprof export --format baseline writes")
+    repeated = frame.duplicated(subset=list(_CELL_KEYS), keep="first")
+    if repeated.any():
+        line = int(repeated.to_numpy().argmax()) + 1
+        cell = ", ".join(f"{key}={frame.iloc[line - 1][key]}" for key in _CELL_KEYS)
+        raise UsageError(f"{where}, line {line}: a second row for the cell {cell} (one file appended to another?): export it again")
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -207,6 +207,53 @@ def test_every_regressed_cell_is_listed_with_its_values_and_new_cells_are_counte
     assert "<br>softmax B1 H2" in markdown and "N=2048" in markdown and "+20.0%" in markdown
 
 
+def test_a_baseline_file_written_twice_or_edited_by_hand_is_refused_in_one_line(tmp_path):
+    """A CI step appending with >> put every cell in twice, and the judging died with pandas' "truth value of a
+    Series is ambiguous" (exit 4); times_ms "abc" or a peak "12MiB" died the same way."""
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    db, baseline = str(tmp_path / "gate.db"), tmp_path / "baseline.jsonl"
+    assert CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", db]).exit_code == 0
+    text = baseline.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
+    broken = {"twice": (text + text, f"line {len(records) + 1}: a second row for the cell label={records[0]['label']},"),
+              "times": ([dict(records[0], times_ms="abc"), *records[1:]], "line 1: times_ms = 'abc' is not what"),
+              "peak": ([*records[:2], dict(records[2], peak_bytes="12MiB"), *records[3:]], "line 3: peak_bytes = '12MiB' is not what"),
+              "length": ([dict(records[0], seq_len="1k"), *records[1:]], "line 1: seq_len = '1k' is not what")}  # fmt: skip
+    for name, (content, said) in broken.items():
+        if isinstance(content, list):
+            content = "".join(json.dumps(record) + "\n" for record in content)
+        (tmp_path / f"{name}.jsonl").write_text(content)
+        result = gate(tmp_path, rule, "--run", "latest", "--baseline", tmp_path / f"{name}.jsonl")
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and said in lines[0] and "Traceback" not in result.output, (name, result.output)
+
+
+def test_a_run_that_is_not_complete_cannot_pass_and_baseline_cells_it_lacks_are_said(tmp_path):
+    """An interrupted sweep holding 3 of 8 cases passed its rules, exit 0, without a word; so did a run measuring
+    fewer lengths than its baseline."""
+    from attnprof.store import Store
+
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    db, baseline = str(tmp_path / "gate.db"), tmp_path / "baseline.jsonl"
+    assert CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", db]).exit_code == 0
+    records = [json.loads(line) for line in baseline.read_text().splitlines()]
+    extra = dict(next(r for r in records if r["impl"] == "softmax" and r["seq_len"] == 16384), seq_len=32768)
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in [*records, extra]))  # a length the run does not measure
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
+    absent = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
+    assert absent.exit_code == 3 and "N=32768: in the baseline, not measured in the run" in absent.output, absent.output
+    store = Store.open(db, create=False)
+    run_id = store.resolve_run("latest").run_id
+    store.set_run_state(run_id, "interrupted")
+    store.close()
+    exponent = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n'
+    partial = gate(tmp_path, exponent, "--run", "latest")
+    first = partial.output.splitlines()[0]
+    assert partial.exit_code == 3 and first.startswith("MISSING") and f"but run {run_id} is interrupted" in first, partial.output
+    assert f"attnprof sweep --resume {run_id}" in first
+
+
 def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(tmp_path):
     rule = '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n'
     result = gate(tmp_path, SWEEP + rule, "--markdown", tmp_path / "no" / "such" / "dir" / "gate.md")
@@ -333,12 +380,58 @@ def regression_verdict(new_times, old_times, new_reason=""):
     return verdict
 
 
-def test_a_time_regression_timed_on_a_busy_machine_says_so():
-    """A busy CPU slows every sample alike: the slowdown may be the machine's. The row's note reaches the verdict."""
-    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
-    slower = regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2], new_reason=busy)
-    assert slower.verdict == "FAIL" and "[now: other processes kept 1.0 of 2 cores busy]" in slower.message
-    assert "busy" not in regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2]).message
+BUSY = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+
+
+def test_a_time_regression_timed_on_a_busy_machine_says_so_and_is_not_judged():
+    """A busy CPU slows every sample alike: the slowdown may be the machine's. The row's note reaches the verdict,
+    and a FAIL drawn from it is MISSING: an unchanged kernel failed 2 of 8 gates on this machine under load."""
+    slower = regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2], new_reason=BUSY)
+    assert slower.verdict == "MISSING" and "[now: other processes kept 1.0 of 2 cores busy]" in slower.message
+    assert "timed on a busy machine" in slower.message
+    quiet = regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2])
+    assert quiet.verdict == "FAIL" and "busy" not in quiet.message
+
+
+def test_a_time_ratio_or_value_that_would_fail_on_a_busy_machine_is_missing():
+    """A ratio to sdpa read 14.3 (> max 4) in one of eight runs of an unchanged kernel: its samples were 535-2788 ms
+    under a burst of load, sdpa's 98-128 ms timed before it. Quiet cells still fail."""
+
+    def cells(reason):
+        return frame([dict(seq_len=4096, status="ok", times_ms=[1600.0], median_ms=1600.0, peak_bytes=1, reason=reason),
+                      dict(impl="y", label="y", seq_len=4096, status="ok", times_ms=[112.0], median_ms=112.0, peak_bytes=1)])  # fmt: skip
+
+    rules = parse_rules([{"impl": "x", "metric": "time", "at_length": 4096, "to": "y", "max_ratio": 4.0},
+                         {"impl": "x", "metric": "time", "at_length": 4096, "max_value": "1s"}], "t")  # fmt: skip
+    assert [v.verdict for v in evaluate(rules, cells(""))] == ["FAIL", "FAIL"]
+    busy = evaluate(rules, cells(BUSY))
+    assert [v.verdict for v in busy] == ["MISSING", "MISSING"]
+    assert all("timed on a busy machine" in v.message for v in busy), [v.message for v in busy]
+    # a busy cell that passes still passes: the note is said, the verdict kept
+    assert evaluate(rules[:1], frame([dict(seq_len=4096, status="ok", times_ms=[200.0], median_ms=200.0, peak_bytes=1, reason=BUSY),
+                                      dict(impl="y", label="y", seq_len=4096, status="ok", times_ms=[112.0], median_ms=112.0,
+                                           peak_bytes=1)]))[0].verdict == "PASS"  # fmt: skip
+
+
+def test_a_timed_exponent_whose_interval_holds_the_bound_cannot_tell():
+    """Four quiet runs of one quadratic kernel under max_exponent = 2.0: 1.932 [1.881, 1.982] PASS and 1.937
+    [1.869, 2.005] FAIL, by noise alone. Straddling is MISSING; wholly past still fails; bytes keep the far end."""
+    from attnprof.fit import fit_power_law
+
+    wobble = [1.0, 1.08, 0.93, 1.05, 0.97]
+    medians = [1e-6 * n**1.97 * w for n, w in zip(LENGTHS, wobble, strict=True)]
+    rows = [dict(seq_len=n, status="ok", times_ms=[m], median_ms=m, peak_bytes=int(m * 1e9)) for n, m in zip(LENGTHS, medians, strict=True)]
+    fit = fit_power_law(LENGTHS, medians)
+    assert fit.exponent_low < fit.exponent < fit.exponent_high and fit.exponent_high - fit.exponent_low < 1  # judgeable width
+
+    def verdict(metric, bound):
+        return evaluate(parse_rules([{"impl": "x", "metric": metric, "max_exponent": bound}], "t"), frame(rows))[0]
+
+    inside = verdict("time", round(fit.exponent, 3))
+    assert inside.verdict == "MISSING" and "the bound lies inside the 95% interval: can't tell" in inside.message, inside.message
+    assert verdict("time", round(fit.exponent_high + 0.01, 2)).verdict == "PASS"
+    assert verdict("time", round(fit.exponent_low - 0.01, 2)).verdict == "FAIL"
+    assert verdict("peak_bytes", round(fit.exponent, 3)).verdict == "FAIL"  # an exact metric: judged on the far end
 
 
 def test_time_regression_with_few_samples_is_judged_by_separation_not_passed():

@@ -236,7 +236,8 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     """Fail CI when a scaling exponent, a ratio, a memory frontier or a baseline regresses.
 
     Exit status: 0 every rule passes, 1 a rule failed, 2 bad usage or rules file,
-    3 the measurement failed (cases not ok, so a rule could not be judged),
+    3 a rule could not be judged (cases not ok or not measured, a timing too noisy or taken on a busy
+    machine, an unfinished run, nothing in the baseline to compare with),
     4 attnprof itself failed (a bug, with its traceback: not a verdict).
 
     \b

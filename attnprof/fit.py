@@ -189,6 +189,7 @@ class _Shape:
     r2: float
     spreads: tuple  # at each of samples.lengths
     overhead: float  # subtracted before the log-log fit
+    dof: int  # degrees of freedom of the interval: lengths used less the parameters estimated from them
 
     @classmethod
     def of(cls, samples: _Samples, found, min_length) -> _Shape:
@@ -199,12 +200,15 @@ class _Shape:
         if subtracted is not None:
             start, fitted_values, rule = subtracted
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
+        dof = len(fitted_values) - 2
+        if subtracted is not None:  # the overhead was estimated from these same points: its uncertainty is the slope's too
+            se, dof = max(se, _slope_se_beside_overhead(med_lengths[start:], med_values[start:], found)), dof - 1
         if samples.spreads is None:
             spreads = _relative_spreads(samples.all_lengths, samples.all_values, med_lengths)
         else:
             spreads = samples.spreads(med_lengths)
         overhead = 0.0 if subtracted is None else float(found.overhead)
-        return cls(samples, start, rule, intercept, slope, se, r2, tuple(spreads), overhead)
+        return cls(samples, start, rule, intercept, slope, se, r2, tuple(spreads), overhead, dof)
 
     @property
     def used_lengths(self) -> np.ndarray:
@@ -222,7 +226,7 @@ class _Shape:
 
     def fit(self, choice: ComplexityChoice, metric: str) -> Fit:
         samples, used_lengths = self.samples, self.used_lengths
-        half = t_quantile_975(len(used_lengths) - 2) * self.se
+        half = t_quantile_975(self.dof) * self.se
         return Fit(
             exponent=self.slope,
             exponent_low=self.slope - half,
@@ -271,6 +275,26 @@ def _without_persistent_overhead(lengths, values, found):
     sentence = (f"a fixed overhead {found.overhead:.3g} is still {share:.1%} of the value at N={format_length(lengths[-1])}: "
                 f"subtracted, and ln(y - overhead) fitted over N = {_span(lengths[first:])}")  # fmt: skip
     return first, values[first:] - found.overhead, sentence
+
+
+def _slope_se_beside_overhead(lengths, values, found) -> float:
+    """The standard error of b in y = c0 + a N^b with all three estimated (relative residuals, as found): the
+    covariance sigma^2 (J'J)^-1 at the fitted parameters. Treating the subtracted c0 as known gave intervals that
+    held the true exponent in 53-71% of simulated fits (6 lengths, 3% noise) instead of 95% (a helper's audit)."""
+    n, y = np.asarray(lengths, dtype=float), np.asarray(values, dtype=float)
+    if len(n) <= 3:
+        return math.inf
+    grown = n**found.exponent
+    residual = (y - found.overhead - found.prefactor * grown) / y
+    sigma = max(math.sqrt(residual @ residual / (len(n) - 3)), RELATIVE_RESOLUTION)
+    scale = np.log(n).mean()  # ln N centred in b's column keeps J'J well conditioned; b's variance is unchanged
+    jacobian = np.column_stack([1 / y, grown / y, found.prefactor * grown * (np.log(n) - scale) / y])
+    jacobian[:, 1] *= found.prefactor  # a's column in relative units (d/d ln a): the three columns of one order
+    try:
+        covariance = np.linalg.inv(jacobian.T @ jacobian)
+    except np.linalg.LinAlgError:
+        return math.inf
+    return float(sigma * math.sqrt(max(covariance[2, 2], 0.0)))
 
 
 def _valid_samples(lengths, values):

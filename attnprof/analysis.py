@@ -24,6 +24,7 @@ class Analysis:
     fits: pd.DataFrame  # one row per configuration and metric (fit_groups.fit_frame columns)
     crossovers: pd.DataFrame  # one row per pair of impls sharing a configuration and metric
     frontiers: pd.DataFrame  # one row per configuration with a peak_bytes fit
+    timing_caveats: str = ""  # when time was fitted: how many timed cells were taken on a busy machine or are noisy
 
 
 def metric_points(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -67,7 +68,33 @@ def analyse(
     fits_df = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=[*CONFIG, "metric", *FIT_COLUMNS, "fit", "error"])
     fits_df.attrs["group_cols"] = tuple(CONFIG)
     crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])  # its columns whether or not anything fitted
-    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes))
+    caveats = timing_caveats(frame) if "time" in metrics else ""
+    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
+
+
+def timing_caveats(frame: pd.DataFrame) -> str:
+    """'' or one sentence on the timed cells a time fit should not be trusted on: a run timed while another process
+    kept one of two cores busy fitted Nystromformer's time exponent as 0.010 (its samples flat at 296-312 ms) and put a
+    crossover at 3465 instead of 336, and `fit` said nothing of the notes its rows carried."""
+    from attnprof.records import NOISY_IQR_RATIO
+    from attnprof.trackers.host_contention import NOTE_START
+
+    timed = frame[(frame["status"] == "ok") & frame["times_ms"].map(len).gt(0)] if len(frame) else frame
+    if not len(timed):
+        return ""
+    busy = timed["reason"].map(lambda reason: isinstance(reason, str) and reason.startswith(NOTE_START))
+    noisy = timed["noisy"].fillna(False).astype(bool)
+    parts = []
+    if busy.any():
+        parts.append(f"{int(busy.sum())} were timed while other processes kept cores busy (times may be inflated)")
+    if noisy.any():
+        parts.append(f"{int(noisy.sum())} are noisy (interquartile range over {NOISY_IQR_RATIO:.0%} of the median)")
+    if not parts:
+        return ""
+    worst = timed[busy | noisy]
+    labels = ", ".join(sorted(set(worst["label"]))[:4]) + (", ..." if worst["label"].nunique() > 4 else "")
+    return (f"Of {len(timed)} timed cells, {' and '.join(parts)}: {labels}. Their time fits and crossovers may be off;"
+            " `attnprof show` marks them, and a quiet machine or a longer --rep-ms measures them again.")  # fmt: skip
 
 
 def refuse_overlapping_runs(frame: pd.DataFrame, doing: str) -> None:

@@ -108,7 +108,7 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
     spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree."""
     samples = _Samples.of(lengths, values, spreads)
     found = fit_overhead(samples.lengths, samples.values) if samples.needs_overhead(min_length) else None
-    shape = _Shape.of(samples, found, min_length)
+    shape = _Shape.of(samples, found, min_length, metric)
     return shape.fit(select_complexity(shape.used_lengths, shape.used_values, noise=shape.noise), metric)
 
 
@@ -123,7 +123,7 @@ def fit_power_laws(series, *, min_length: float | None = None, metric: str = "")
     for indices in _by_lengths(searched, lambda i: prepared[i].lengths):
         values = np.stack([prepared[i].values for i in indices])  # (series, lengths)
         found.update(zip(indices, fit_overhead(prepared[indices[0]].lengths, values), strict=True))
-    shapes = [s if isinstance(s, ValueError) else _or_error(_Shape.of, s, found.get(i), min_length) for i, s in enumerate(prepared)]
+    shapes = [s if isinstance(s, ValueError) else _or_error(_Shape.of, s, found.get(i), min_length, metric) for i, s in enumerate(prepared)]
     fits = list(shapes)
     for indices in _by_lengths([i for i, shape in enumerate(shapes) if isinstance(shape, _Shape)], lambda i: shapes[i].used_lengths):
         values = np.stack([shapes[i].used_values for i in indices])  # (series, used lengths)
@@ -192,11 +192,11 @@ class _Shape:
     dof: int  # degrees of freedom of the interval: lengths used less the parameters estimated from them
 
     @classmethod
-    def of(cls, samples: _Samples, found, min_length) -> _Shape:
+    def of(cls, samples: _Samples, found, min_length, metric: str = "") -> _Shape:
         med_lengths, med_values = samples.lengths, samples.values
-        start, rule = _choose_range(med_lengths, med_values, min_length, found)
+        start, rule = _choose_range(med_lengths, med_values, min_length, found, metric)
         fitted_values = med_values[start:]
-        subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found)
+        subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found, metric)
         if subtracted is not None:
             start, fitted_values, rule = subtracted
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
@@ -253,7 +253,7 @@ class _Shape:
         )
 
 
-def _without_persistent_overhead(lengths, values, found):
+def _without_persistent_overhead(lengths, values, found, metric: str = ""):
     """When a fixed overhead is still visible at the largest length (an exact accounting run: a constant
     workspace beside a linear term never fades in range), the log-log slope of the raw values is no
     asymptotic exponent at all. Then the overhead c0 of y = c0 + a N^b is subtracted and ln(y - c0) is
@@ -272,7 +272,7 @@ def _without_persistent_overhead(lengths, values, found):
     if not keep[first:].all() or len(values) - first < MIN_KEPT:
         return None
     share = found.overhead / values[-1]
-    sentence = (f"a fixed overhead {found.overhead:.3g} is still {share:.1%} of the value at N={format_length(lengths[-1])}: "
+    sentence = (f"a fixed overhead {quantity(found.overhead, metric)} is still {share:.1%} of the value at N={format_length(lengths[-1])}: "
                 f"subtracted, and ln(y - overhead) fitted over N = {_span(lengths[first:])}")  # fmt: skip
     return first, values[first:] - found.overhead, sentence
 
@@ -295,6 +295,18 @@ def _slope_se_beside_overhead(lengths, values, found) -> float:
     except np.linalg.LinAlgError:
         return math.inf
     return float(sigma * math.sqrt(max(covariance[2, 2], 0.0)))
+
+
+def quantity(value: float, metric: str) -> str:
+    """A value of a fitted metric with its unit, as the range sentences give an overhead ("0.409" read as nothing:
+    a time in ms, bytes or FLOPs). Metrics are named by their frame columns or the gate's words."""
+    if metric in ("time", "time_ms", "median_ms"):
+        return f"{value:.3g} ms"
+    if "bytes" in metric:
+        from attnprof.table import format_bytes
+
+        return format_bytes(int(round(value)))
+    return f"{value:.3g} FLOPs" if metric == "flops" else f"{value:.3g}"
 
 
 def _valid_samples(lengths, values):
@@ -348,10 +360,10 @@ def local_slopes(lengths, values) -> tuple:
     return tuple(zip(_as_numbers(lengths[:-1]), _as_numbers(lengths[1:]), slopes.tolist(), strict=True))
 
 
-def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length, found):
+def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length, found, metric: str = ""):
     """Index of the first length to fit, and the sentence saying why."""
     if min_length is None:
-        return _asymptotic_start(lengths, values, found)
+        return _asymptotic_start(lengths, values, found, metric)
     start = int(np.searchsorted(lengths, min_length, side="left"))
     kept = len(lengths) - start
     if kept < 2:
@@ -359,7 +371,7 @@ def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length, found):
     return start, f"min_length={min_length} given: fit uses N = {_span(lengths[start:])} ({kept} lengths)"
 
 
-def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found):
+def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found, metric: str = ""):
     count = len(lengths)
     if count <= MIN_KEPT:
         return 0, f"all {count} lengths kept ({_span(lengths)}): too few to leave any out"
@@ -373,7 +385,7 @@ def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found):
     start = by_overhead
     while count - start > MIN_KEPT and _bends_up(x[start:], y[start:]):
         start += 1
-    return start, _range_sentence(lengths, by_overhead, start, found.overhead, limit)
+    return start, _range_sentence(lengths, by_overhead, start, quantity(found.overhead, metric), limit)
 
 
 _NOTHING_TO_DROP = "no upward bend"  # how the sentence of a fit that kept every length, with nothing to drop, ends
@@ -385,12 +397,12 @@ def kept_every_length(rule: str) -> bool:
     return rule.startswith("all ") and rule.endswith(_NOTHING_TO_DROP)
 
 
-def _range_sentence(lengths, by_overhead: int, start: int, overhead: float, limit: float) -> str:
+def _range_sentence(lengths, by_overhead: int, start: int, overhead: str, limit: float) -> str:
     if start == 0:
         return f"all {len(lengths)} lengths kept ({_span(lengths)}): fixed overhead under {limit:.1%} of every value, {_NOTHING_TO_DROP}"
     reasons = []
     if by_overhead:
-        reasons.append(f"{by_overhead} where the fixed overhead {overhead:.3g} is over {limit:.1%} of the value")
+        reasons.append(f"{by_overhead} where the fixed overhead {overhead} is over {limit:.1%} of the value")
     if start > by_overhead:
         reasons.append(f"{start - by_overhead} where log-log still bends upward (a fading cost)")
     return f"dropped {_span(lengths[:start])}: {'; then '.join(reasons)}; fit uses N = {_span(lengths[start:])}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from attnprof.records import Measurement, Status
+from attnprof.records import NOISY_IQR_RATIO, Measurement, Status, time_stats
 
 AXES = ("batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
 
@@ -24,11 +24,28 @@ def format_ms(value: float | None) -> str:
     return f"{value:.3g} ms" if value < 1000 else f"{value / 1000:.3g} s"
 
 
+NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); noisy_note explains it
+
+
 def cell_text(m: Measurement, separator: str = " / ") -> str:
     if m.status != Status.OK:
         return m.status.value
-    parts = [format_ms(m.median_ms)] if m.times_ms else []
+    parts = [(NOISY_MARK if _noisy(m) else "") + format_ms(m.median_ms)] if m.times_ms else []
     return separator.join(parts + [format_bytes(m.peak_bytes)])
+
+
+def noisy_note(measurements: list[Measurement]) -> str:
+    """'' or the line that explains the mark: a median of samples split between 2.8 and 11 ms read "6.86 ms" as
+    plainly as a steady one."""
+    count = sum(m.status == Status.OK and _noisy(m) for m in measurements)
+    if not count:
+        return ""
+    cells = f"{count} cell{'s' * (count > 1)}"
+    return f"{NOISY_MARK}: noisy, the samples' interquartile range is over {NOISY_IQR_RATIO:.0%} of their median ({cells})"
+
+
+def _noisy(m: Measurement) -> bool:
+    return bool(m.times_ms) and bool(time_stats(m.times_ms)["noisy"])
 
 
 def summary_grid(measurements: list[Measurement]) -> tuple[list[int], list[tuple[str, dict[int, Measurement]]]]:

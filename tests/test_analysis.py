@@ -197,3 +197,32 @@ def test_analyse_answers_with_the_same_columns_when_nothing_fits_and_refuses_poo
         analyse(twice)
     other = frame[frame["label"] == "softmax"].assign(run_id="20990101-000000-abcd")  # runs of different cells: one set
     assert len(analyse(pd.concat([frame[frame["label"] != "softmax"], other], ignore_index=True)).fits) == len(full.fits)
+
+
+def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
+    """A run timed while another process kept one of two cores busy fitted Nystromformer's time exponent as 0.010
+    and put a crossover at 3465 instead of 336; `fit` printed none of the notes its rows carried."""
+    from attnprof.analysis import timing_caveats
+    from attnprof.api import run_sweep
+    from attnprof.store import Store
+
+    db = tmp_path / "t.db"
+    run_sweep(Sweep(impls=parse_impls("softmax"), lengths=(64, 128, 256), heads=(2,), head_dim=(16,), causal=(False,),
+                    device=("cpu",), dtype=("float32",), warmup_ms=1.0, rep_ms=5.0), db)  # fmt: skip
+    frame = load_measurements("latest", db)
+    quiet = frame.assign(reason="", noisy=False)
+    assert timing_caveats(quiet) == ""
+    busy = quiet.assign(reason="timed while other processes kept 1.0 of 2 cores busy: times may be inflated")
+    said = timing_caveats(busy.assign(noisy=[True, False, False]))
+    assert said.startswith("Of 3 timed cells, 3 were timed while other processes kept cores busy") and "1 are noisy" in said
+    assert "softmax" in said and "`attnprof show` marks them" in said
+    # the CLI prints it below the fits, and the JSON carries it: the stored rows made busy by hand
+    store = Store.open(db, create=False)
+    store.connection.execute("UPDATE measurements SET reason = ?", ("timed while other processes kept 1.0 of 2 cores busy: x",))
+    store.connection.commit()
+    store.close()
+    table = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "time"])
+    assert table.exit_code == 0 and "Of 3 timed cells, 3 were timed while other processes kept cores busy" in table.output
+    payload = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--format", "json"]).output)
+    assert payload["timing_caveats"].startswith("Of 3 timed cells")
+    assert "timing_caveats" in payload and analyse(frame, ("peak_bytes",)).timing_caveats == ""  # no time fitted: nothing said

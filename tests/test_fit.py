@@ -317,3 +317,11 @@ def test_an_interval_beside_a_subtracted_overhead_counts_the_overheads_own_uncer
     assert covered >= 0.88 * len(subtracted), covered  # measured 0.94 (281 of 300); 0.49 before
     exact = fit_power_law(lengths, 0.4 + 1.3e-3 * lengths)  # exact data keep a hair-thin interval
     assert exact.overhead > 0 and exact.exponent_high - exact.exponent_low < 0.02 and exact.exponent == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_overhead_is_said_in_its_metrics_unit():
+    """'the fixed overhead 0.409' was a time in ms, '8.62e+04' a count of bytes: nothing said which."""
+    times = fit_power_law(LENGTHS, 0.409 + 1e-4 * LENGTHS, metric="time")
+    assert "fixed overhead 0.409 ms" in times.range_rule, times.range_rule
+    peaks = fit_power_law(LENGTHS, 86_200 + 64.0 * LENGTHS, metric="peak_bytes")
+    assert "fixed overhead 84.2 KiB" in peaks.range_rule, peaks.range_rule

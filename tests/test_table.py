@@ -78,3 +78,14 @@ def test_reasons_differing_only_in_numbers_are_one_line_with_their_range():
         "unsupported: needs float32, not float16 (softmax)",
         "unsupported: needs float16, not float32 (cosformer)",
     ]
+
+
+def test_a_noisy_median_is_marked_and_the_mark_explained():
+    """A median of samples split between 2.8 and 11 ms read "6.86 ms" as plainly as a steady one."""
+    from attnprof.table import cell_text, noisy_note
+
+    steady = Measurement(Case(impl="softmax", seq_len=1024), Status.OK, times_ms=[6.8, 6.86, 6.9], peak_bytes=1)
+    split = Measurement(Case(impl="softmax", seq_len=2048), Status.OK, times_ms=[2.8, 2.9, 6.86, 10.0, 11.0], peak_bytes=1)
+    assert cell_text(steady).startswith("6.86 ms") and cell_text(split).startswith("~6.86 ms")
+    assert noisy_note([steady, split]) == "~: noisy, the samples' interquartile range is over 10% of their median (1 cell)"
+    assert noisy_note([steady]) == ""

@@ -100,6 +100,7 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
             "fits": result.fits.drop(columns=["fit"], errors="ignore").to_dict(orient="records"),
             "crossovers": result.crossovers.to_dict(orient="records"),
             "frontiers": result.frontiers.to_dict(orient="records"),
+            "timing_caveats": result.timing_caveats,
         }
         click.echo(json.dumps(_json_safe(payload), default=_json_default, indent=1, allow_nan=False))
         return
@@ -113,6 +114,8 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
         click.echo("\n" + frame_markdown(shown))  # blank lines around: a table ends at one
     else:
         _print_fits_table(shown)
+    if result.timing_caveats:  # beside the fits it concerns, not after the crossovers drawn from them
+        click.echo(("\n" if markdown else "") + result.timing_caveats)
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
     _print_crossovers(result, all_crossovers, item)
     if budget_bytes is None and "peak_bytes" in metrics:  # an accounting run: the section was left out, unsaid

@@ -8,7 +8,7 @@ not be judged (cases not ok, too few lengths, nothing in the baseline), else PAS
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -24,6 +24,7 @@ class Judgement:
     verdict: str  # PASS, FAIL or MISSING
     message: str
     severity: float = 0.0  # how far past the bound (for ordering failures), 0 when passing
+    figures: dict = field(default_factory=dict)  # the numbers the message gives, as data (gate --json): value, bound, ...
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def unless_busy(judgement: Judgement, busy: str) -> Judgement:
     load (the impls are timed one after the other, so one can take the burst alone). It is MISSING (exit 3)."""
     if judgement.verdict != "FAIL" or not busy:
         return judgement
-    return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}")
+    return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}", figures=judgement.figures)
 
 
 def _time_note(rule: GateRule, rows: pd.DataFrame, length: int) -> str:
@@ -219,21 +220,24 @@ def metric_text(metric: str):
 
 def _bounded(subject: str, what: str, value: float, maximum, minimum, shown, note: str = "") -> Judgement:
     show = shown.format if isinstance(shown, str) else shown
+    figures = {"value": value, "max": maximum, "min": minimum}
     if maximum is not None and value > maximum:
         described = f"{what} {_apart(show, value, maximum)}{note}"
-        return Judgement(subject, "FAIL", f"{described} > max {show(maximum)}", value / maximum if maximum else math.inf)
+        return Judgement(subject, "FAIL", f"{described} > max {show(maximum)}", value / maximum if maximum else math.inf, figures)
     if minimum is not None and value < minimum:
         described = f"{what} {_apart(show, value, minimum)}{note}"
-        return Judgement(subject, "FAIL", f"{described} < min {show(minimum)}", minimum / value if value else math.inf)
+        return Judgement(subject, "FAIL", f"{described} < min {show(minimum)}", minimum / value if value else math.inf, figures)
     described = f"{what} {show(value)}{note}"
     bound = f"<= max {show(maximum)}" if maximum is not None else f">= min {show(minimum)}"
-    return Judgement(subject, "PASS", f"{described} {bound}", value / maximum if maximum else (minimum / value if value else 0.0))
+    severity = value / maximum if maximum else (minimum / value if value else 0.0)
+    return Judgement(subject, "PASS", f"{described} {bound}", severity, figures)
 
 
-def markdown_report(verdicts: list[RuleVerdict]) -> str:
+def markdown_report(verdicts: list[RuleVerdict], run_ids=()) -> str:
     lines = ["| rule | verdict | detail |", "|---|---|---|"]
     lines += [f"| {v.rule.title} | {v.verdict} | {_markdown_detail(v)} |" for v in verdicts]
-    return "\n".join(lines) + f"\n\n{summary_line(verdicts)}\n"
+    runs = f" (run {', '.join(run_ids)})" if run_ids else ""
+    return "\n".join(lines) + f"\n\n{summary_line(verdicts)}{runs}\n"
 
 
 MARKDOWN_LISTED = 10  # failing configurations listed per rule in the Markdown summary; the rest are counted
@@ -247,21 +251,29 @@ def _markdown_detail(verdict: RuleVerdict) -> str:
     return "<br>".join(text.replace("|", "/") for text in shown)
 
 
-def verdicts_record(verdicts: list[RuleVerdict], rules_file, run_ids) -> dict:
-    """The gate's outcome as plain data (`gate --json`): exit status, counts, and per rule every configuration judged.
-    A severity is how far past the bound (a ratio, or an exponent difference); infinite for a cell that failed."""
+def verdicts_record(verdicts: list[RuleVerdict], rules_file, run_ids, *, baseline=None, db=None) -> dict:
+    """The gate's outcome as plain data (`gate --json`): exit status, counts, what was judged against what, and per
+    rule every configuration judged, with its figures (the numbers its message gives: value and bounds, an
+    exponent's interval and lengths, a regression's baseline value, change and p-value). A severity only orders
+    failures, in the rule's own scale (a ratio to the bound, an exponent difference, a relative change); infinite for
+    a cell that failed."""
+    from attnprof import __version__
+
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
     return {
         "rules_file": str(rules_file),
         "runs": list(run_ids),
+        "baseline": None if baseline is None else str(baseline),
+        "db": None if db is None else str(db),  # None: the rules file's [sweep] db, else the default
+        "attnprof_version": __version__,
         "exit_status": exit_status(verdicts),
         "counts": counts,
         "rules": [
             {
                 "index": v.rule.index, "title": v.rule.title, "impl": v.rule.impl, "metric": v.rule.metric, "kind": v.rule.kind,
                 "verdict": v.verdict, "message": v.message,
-                "judgements": [{"subject": j.subject, "verdict": j.verdict, "message": j.message, "severity": j.severity}
-                               for j in v.judgements],
+                "judgements": [{"subject": j.subject, "verdict": j.verdict, "message": j.message, "severity": j.severity,
+                                "figures": j.figures} for j in v.judgements],
             }
             for v in verdicts
         ],

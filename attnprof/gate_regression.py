@@ -7,6 +7,7 @@ samples (one-sided Mann-Whitney U), since two runs of one cell differ by noise a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,23 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
     if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
         has = ", ".join(sorted(set(matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
         wanted = ", ".join(sorted(set(rows["label"])))
-        reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has})"
-        return [Judgement("baseline", "MISSING", reason)]
+        reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has}"
+        return [Judgement("baseline", "MISSING", reason + _differences(rows, matching(rule, baseline)) + ")")]
     return judgements
+
+
+def _differences(rows: pd.DataFrame, base: pd.DataFrame) -> str:
+    """'; heads 2 in the run, 4 in the baseline' for each axis whose values the two do not share: "its cells:
+    chunked" did not say that a baseline taken at 4 heads was judged against a run at 2."""
+    if base.empty:
+        return ""
+    parts = []
+    for axis in [*CONFIG[1:], "seq_len"]:
+        run_values, base_values = set(rows[axis]), set(base[axis])
+        if not run_values & base_values:
+            shown = [", ".join(map(str, sorted(values, key=str))) for values in (run_values, base_values)]
+            parts.append(f"{axis} {shown[0]} in the run, {shown[1]} in the baseline")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _absent_from_the_run(rule: GateRule, rows: pd.DataFrame, base: pd.DataFrame) -> list[Judgement]:
@@ -64,15 +79,17 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     else:
         change = now / before - 1.0
     show = metric_text(rule.metric)
+    figures = {"value": now, "baseline": before, "change": change, "max": rule.max_regression}
     described = f"{rule.metric} {show(now)} vs {show(before)} in the baseline ({change:+.1%})"
     if rule.metric == "time":
         described += _busy(new, "now") + _busy(old, "in the baseline")
     if change > rule.max_regression:
         if rule.metric == "time":
             judged = _time_regression(rule, subject, described, change, list(new["times_ms"]), list(old["times_ms"]))
+            judged = replace(judged, figures={**figures, **judged.figures})  # with the test's p-value where one ran
             return unless_busy(judged, _busy(new, "now") + _busy(old, "in the baseline"))
-        return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change)
-    return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change)
+        return Judgement(subject, "FAIL", f"{described} > max {rule.max_regression:.0%}", change, figures)
+    return Judgement(subject, "PASS", f"{described} <= max {rule.max_regression:.0%}", change, figures)
 
 
 def _number(value) -> float | None:
@@ -108,8 +125,8 @@ def _time_regression(rule: GateRule, subject: str, described: str, change: float
         return Judgement(subject, "MISSING", f"{described} {bound}, but the samples overlap ({counts}; a longer rep_ms gives more)")
     p_value = mann_whitney_greater(new, old)
     if p_value >= REGRESSION_P_VALUE:
-        return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change)
-    return Judgement(subject, "FAIL", f"{described} (p={p_value:.2g}) {bound}", change)
+        return Judgement(subject, "PASS", f"{described}, not significant (p={p_value:.2g})", change, {"p_value": p_value})
+    return Judgement(subject, "FAIL", f"{described} (p={p_value:.2g}) {bound}", change, {"p_value": p_value})
 
 
 def mann_whitney_greater(new, old) -> float:

@@ -37,6 +37,12 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
     if missing:
         return Judgement(subject, "MISSING", missing)
     fit = fit_power_law(lengths, values, metric=rule.metric)
+    figures = {"exponent": fit.exponent, "interval": [fit.exponent_low, fit.exponent_high], "lengths": list(fit.lengths_used),
+               "max": rule.max_exponent, "min": rule.min_exponent}  # fmt: skip
+
+    def judged(verdict: str, message: str, severity: float = 0.0) -> Judgement:
+        return Judgement(subject, verdict, message, severity, figures)
+
     interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
     described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity}){limits_note(group)}"
     if rule.metric == "time":
@@ -55,25 +61,25 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
         # Three runs of one unchanged kernel on a busy CPU gave 0.918, -0.009 and -0.770 [95% -4.100, 2.559]: a FAIL
         # drawn from the last would be noise.
         why = f"too noisy to judge: the 95% interval is {width:.3g} wide, over {JUDGEABLE_WIDTH:g} (linear and quadratic both fit)"
-        return Judgement(subject, "MISSING", f"{described}: {why}; measure on a quiet machine or with a longer rep_ms")
+        return judged("MISSING", f"{described}: {why}; measure on a quiet machine or with a longer rep_ms")
     if rule.metric == "time" and not (passes or wholly_past):
         # A timed exponent's interval holding the bound cannot tell: four quiet runs of one quadratic kernel under
         # max_exponent = 2.0 gave 1.932 [1.881, 1.982] and 1.937 [1.869, 2.005], PASS and FAIL by noise alone.
         why = "the bound lies inside the 95% interval: can't tell; more lengths or a longer rep_ms narrow it"
-        return Judgement(subject, "MISSING", f"{described}: {why}")
+        return judged("MISSING", f"{described}: {why}")
     if rule.metric == "time" and busy_note(group) and not passes:
-        return Judgement(subject, "MISSING", f"{described}: past the bound, but {BUSY_MACHINE}")
+        return judged("MISSING", f"{described}: past the bound, but {BUSY_MACHINE}")
     if rule.max_exponent is not None and not fit.exponent_high <= rule.max_exponent:
-        return Judgement(subject, "FAIL", f"{described}: {high} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
+        return judged("FAIL", f"{described}: {high} > max {rule.max_exponent:g}", fit.exponent_high - rule.max_exponent)
     if rule.min_exponent is not None and not fit.exponent_low >= rule.min_exponent:
-        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
+        return judged("FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - fit.exponent_low)
     bound = ": " + ", ".join(
         f"{end} {name} {value:g}"
         for end, name, value in ((high, "<= max", rule.max_exponent), (low, ">= min", rule.min_exponent))
         if value is not None
     )
     margin = (fit.exponent_high - rule.max_exponent) if rule.max_exponent is not None else (rule.min_exponent - fit.exponent_low)
-    return Judgement(subject, "PASS", f"{described}{bound}", margin)
+    return judged("PASS", f"{described}{bound}", margin)
 
 
 def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, default_budget) -> Judgement:
@@ -99,6 +105,8 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
     inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
     fit = fit_power_law(lengths, values, metric="peak_bytes")
     frontier = memory_frontier(fit, budget, input_bytes_per_token=inputs, device_bytes=default_budget, **boundaries)
+    figures = {"frontier": frontier.length, "interval": [frontier.length_low, frontier.length_high], "budget": budget,
+               "min": rule.min_frontier}  # fmt: skip
     described = (
         f"frontier N={frontier.length:,.0f} [{frontier.length_low:,.0f}, {frontier.length_high:,.0f}] within {budget / 1024**3:.3g} GiB"
         f"{limits_note(group)}"
@@ -106,8 +114,8 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
     low = f"lower end {frontier.length_low:,.0f}"  # the 95% one, and extrapolated no longer than the class model's
     severity = rule.min_frontier / max(frontier.length_low, 1)
     if not frontier.length_low >= rule.min_frontier:
-        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", severity)
-    return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", severity)
+        return Judgement(subject, "FAIL", f"{described}: {low} < min {rule.min_frontier:,}", severity, figures)
+    return Judgement(subject, "PASS", f"{described}: {low} >= min {rule.min_frontier:,}", severity, figures)
 
 
 def broken_cells(group: pd.DataFrame) -> str:

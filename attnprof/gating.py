@@ -21,8 +21,11 @@ def load_rules(path: str | Path, registered: bool = True):
     from attnprof.scenario import read_toml, sweep_from_options, sweep_tables
 
     sweeps = sweep_tables(path, allowed_tables=("sweep", "rule"))
-    for options in sweeps:
-        sweep_from_options(options)  # validate every value before anything is measured
+    for index, options in enumerate(sweeps, 1):
+        try:  # validate every value before anything is measured, naming the table as a rule's slip names the rule
+            sweep_from_options(options)
+        except UsageError as error:
+            raise UsageError(f"{path}: [sweep] {index}: {error}") from None
     rules = parse_rules(read_toml(path).get("rule", []), str(path))
     for rule in rules if registered else ():
         for name in (rule.impl, rule.to):

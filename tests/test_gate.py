@@ -449,6 +449,9 @@ def test_time_regression_with_enough_samples_uses_the_test():
     spread = [float(t) for t in range(1, 21)]  # median 10.5; shifted by 2.7 it is +26%, well inside the spread
     noisy = regression_verdict([t + 2.7 for t in spread], spread)
     assert noisy.verdict == "PASS" and "not significant" in noisy.message
+    (cell,) = noisy.judgements  # its numbers as data too: gate --json gives them
+    assert cell.figures["baseline"] == 10.5 and cell.figures["value"] == 13.2 and cell.figures["max"] == 0.2
+    assert cell.figures["change"] == pytest.approx(13.2 / 10.5 - 1) and 0.01 <= cell.figures["p_value"] <= 1
 
 
 def test_a_rule_on_an_impl_the_file_never_sweeps_is_a_usage_error_before_measuring(tmp_path):
@@ -697,8 +700,28 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
     assert [r["verdict"] for r in record["rules"]] == ["PASS", "FAIL"] and record["rules"][1]["kind"] == "exponent"
     (judged,) = record["rules"][1]["judgements"]
     assert judged["subject"].startswith("fault B1 H2") and judged["verdict"] == "FAIL" and judged["severity"] > 0.5
+    # the numbers of the message as data, and what was judged against what (a CI tool parsed them from the text)
+    figures = judged["figures"]
+    assert figures["max"] == 1.1 and figures["min"] is None and figures["interval"][0] <= figures["exponent"] <= figures["interval"][1]
+    assert figures["lengths"] == [1024, 2048, 4096, 8192, 16384] and f"{figures['exponent']:.3f}" in judged["message"]
+    assert record["attnprof_version"] and record["db"] == str(tmp_path / "gate.db") and record["baseline"] is None
     assert gate(tmp_path, SWEEP + rules, "--json", tmp_path / "no" / "such" / "dir.json").exit_code == 2  # before measuring
     # a gate that stops leaves no earlier verdicts behind to be read as this one's
     assert gate(tmp_path, rules, "--run", "nosuchrun", "--json", out).exit_code == 2
     stopped = json.loads(out.read_text())
     assert stopped["exit_status"] == 2 and "nosuchrun" in stopped["error"] and stopped["rules"] == []
+
+
+def test_a_baseline_of_another_grid_says_which_axis_differs():
+    """"its cells: chunked" did not say that the baseline was taken at 4 heads and the run at 2."""
+    run = frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=10, heads=2) for n in (1024, 2048)])
+    other = frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=10, heads=4) for n in (1024, 2048)])
+    [verdict] = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.1}], "t"), run, other)
+    assert verdict.verdict == "MISSING" and "(its cells: x; heads 2 in the run, 4 in the baseline)" in verdict.message, verdict.message
+
+
+def test_a_bad_value_in_a_sweep_table_names_the_file_and_the_table(tmp_path):
+    """A rule's slip named the file and the rule; a [sweep]'s said only "bad lengths '512..4kk'"."""
+    result = gate(tmp_path, SWEEP.replace('"1k..16k"', '"512..4kk"') + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmax_exponent = 2.1\n')
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "rules.toml: [sweep] 1: bad lengths '512..4kk'" in lines[0], result.output

@@ -282,11 +282,11 @@ def gate(rules, runs, baseline, markdown, json_path, db):
         for line in other_failures(verdict):  # every failing configuration, not only the worst
             click.echo(f"{'':<10}{line}")
     click.echo(f"{summary_line(verdicts)} (run {', '.join(run_ids)})")
-    report = markdown_report(verdicts)
+    report = markdown_report(verdicts, run_ids)
     for path in summaries:
         _append(path, f"### attnprof gate: {rules}\n\n{report}")
     if json_path:
-        _write_json(json_path, verdicts_record(verdicts, rules, run_ids))
+        _write_json(json_path, verdicts_record(verdicts, rules, run_ids, baseline=baseline, db=db))
     sys.exit(exit_status(verdicts))
 
 

@@ -110,6 +110,10 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
         from attnprof.gate_regression import judge_regression  # it builds on this module
 
         return judge_regression(rule, rows, baseline)
+    if rule.kind == "slope":
+        from attnprof.gate_slope import judge_slopes  # it builds on this module
+
+        return judge_slopes(rule, rows, baseline)
     from attnprof.gate_scaling import judge_exponent, judge_frontier  # they build on this module
 
     judgements = []

@@ -6,6 +6,7 @@ Five forms, told apart by their bound keys:
 - value:      at_length + max_value and/or min_value (ms for time, or text such as "5ms" or "1.5s"; bytes,
               or text such as "1.5GiB", for peak_bytes; a count for flops)
 - regression: max_regression (relative, against a baseline file)
+- slope:      max_exponent_increase (the fitted exponent against the baseline file's, over the lengths both have)
 - frontier:   min_frontier (+ optional budget; default the device's memory)
 `at_length` takes the length grammar ("64k", "8k..64k"): the rule is judged at each length.
 """
@@ -30,6 +31,7 @@ BOUND_KEYS = (
     "max_value",
     "min_value",
     "max_regression",
+    "max_exponent_increase",
     "min_frontier",
     "budget",
 )
@@ -51,6 +53,7 @@ class GateRule:
     max_value: float | None = None
     min_value: float | None = None
     max_regression: float | None = None
+    max_exponent_increase: float | None = None
     min_frontier: int | None = None
     budget: int | None = None
 
@@ -58,6 +61,8 @@ class GateRule:
     def kind(self) -> str:
         if self.max_regression is not None:
             return "regression"
+        if self.max_exponent_increase is not None:
+            return "slope"
         if self.min_frontier is not None:
             return "frontier"
         if self.to is not None:
@@ -65,6 +70,10 @@ class GateRule:
         if self.max_value is not None or self.min_value is not None:
             return "value"
         return "exponent"
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.kind in ("regression", "slope")
 
     @property
     def title(self) -> str:
@@ -133,7 +142,7 @@ def _as_list(value) -> list:
 
 def _bounds(table: dict, where: str, metric: str) -> dict:
     bounds = {}
-    for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression"):
+    for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression", "max_exponent_increase"):
         if key in table:
             bounds[key] = _non_negative(key, table[key], where)
     if "at_length" in table:  # "64k", "8k..64k", or a TOML list [1024, "64k"]
@@ -173,11 +182,11 @@ def _check_form(rule: GateRule, where: str) -> None:
     ratio = rule.max_ratio is not None or rule.min_ratio is not None or rule.to is not None
     value = rule.max_value is not None or rule.min_value is not None
     exponent = rule.max_exponent is not None or rule.min_exponent is not None
-    forms = [exponent, ratio, value, rule.max_regression is not None, rule.min_frontier is not None]
+    forms = [exponent, ratio, value, rule.max_regression is not None, rule.max_exponent_increase is not None, rule.min_frontier is not None]
     if sum(forms) != 1:
         raise UsageError(
             f"{where} must have exactly one form: max/min_exponent, a ratio (at_length, max/min_ratio, to), "
-            "a value (at_length, max/min_value), max_regression or min_frontier"
+            "a value (at_length, max/min_value), max_regression, max_exponent_increase or min_frontier"
         )
     if ratio and (rule.max_ratio is None and rule.min_ratio is None or rule.to is None or not rule.at_length):
         raise UsageError(f"{where}: a ratio rule needs at_length, to and max_ratio or min_ratio")

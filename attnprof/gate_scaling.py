@@ -33,7 +33,7 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
     broken = broken_cells(group)
     if broken:
         return Judgement(subject, "FAIL", broken, math.inf)
-    lengths, values, missing = _fit_points(rule, group)
+    lengths, values, missing = fit_points(rule, group)
     if missing:
         return Judgement(subject, "MISSING", missing)
     fit = fit_power_law(lengths, values, metric=rule.metric)
@@ -44,7 +44,7 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
         return Judgement(subject, verdict, message, severity, figures)
 
     interval = f"[95% {fit.exponent_low:.3f}, {fit.exponent_high:.3f}]"
-    described = f"exponent {fit.exponent:.3f} {interval} over N={_span(fit.lengths_used)} ({fit.complexity}){limits_note(group)}"
+    described = f"exponent {fit.exponent:.3f} {interval} over N={span_text(fit.lengths_used)} ({fit.complexity}){limits_note(group)}"
     if rule.metric == "time":
         described += busy_note(group)
     # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
@@ -99,7 +99,7 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
         return Judgement(subject, "FAIL", why, rule.min_frontier / below[0])
     if budget is None:
         return Judgement(subject, "MISSING", 'no budget: set budget = "80GiB" in the rule (the device\'s memory is unknown)')
-    lengths, values, missing = _fit_points(rule, group)
+    lengths, values, missing = fit_points(rule, group)
     if missing:
         return Judgement(subject, "MISSING", missing)
     inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
@@ -137,7 +137,7 @@ def limits_note(group: pd.DataFrame) -> str:
     return f"; not fitted: {', '.join(parts)}" if parts else ""
 
 
-def _fit_points(rule: GateRule, group: pd.DataFrame):
+def fit_points(rule: GateRule, group: pd.DataFrame):
     """(lengths, values, why not): the ok rows' positive values (time: every raw sample), or why fewer than 3
     lengths have one. An impl without matmuls counts 0 FLOPs, which no power law fits."""
     ok = group[group["status"] == "ok"]
@@ -172,5 +172,5 @@ def _lengths(lengths) -> str:
     return ", ".join(str(int(n)) for n in sorted(set(np.asarray(lengths, dtype=float))))
 
 
-def _span(lengths) -> str:
+def span_text(lengths) -> str:
     return f"{int(min(lengths))}..{int(max(lengths))}"

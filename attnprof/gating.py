@@ -47,10 +47,11 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     from attnprof.scenario import sweep_from_options
 
     rules, sweeps = load_rules(rules_path, registered=not runs)
-    needing = [n for n, rule in enumerate(rules, 1) if rule.max_regression is not None]
+    needing = [rule for rule in rules if rule.needs_baseline]
     if needing and not baseline:  # a usage slip: say so before measuring anything, not as a verdict afterwards
         needs = "needs a baseline file (--baseline FILE; baseline= from Python)"
-        raise UsageError(f"{rules_path}: rule {needing[0]} has max_regression, which {needs}")
+        key = "max_regression" if needing[0].kind == "regression" else "max_exponent_increase"
+        raise UsageError(f"{rules_path}: rule {needing[0].index} has {key}, which {needs}")
     baseline_frame = read_baseline(baseline) if baseline else None
     db = db or next((s["db"] for s in sweeps if "db" in s), None) or default_db()
     if not runs:

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from attnprof.cli import cli
+from attnprof.errors import UsageError
 from attnprof.gate import evaluate, exit_status
 from attnprof.gate_regression import mann_whitney_greater
 from attnprof.gate_rules import parse_rules
@@ -725,3 +726,64 @@ def test_a_bad_value_in_a_sweep_table_names_the_file_and_the_table(tmp_path):
     result = gate(tmp_path, SWEEP.replace('"1k..16k"', '"512..4kk"') + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmax_exponent = 2.1\n')
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "rules.toml: [sweep] 1: bad lengths '512..4kk'" in lines[0], result.output
+
+
+def test_a_slope_is_judged_against_the_baselines_over_the_lengths_both_have():
+    """max_exponent_increase: the kernel engineer's 'the slope must stay near the baseline's', with no exponent to pick
+    by hand (a fixed max_exponent is what flaked on a quadratic kernel's 1.937 [1.869, 2.005])."""
+    rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "max_exponent_increase": 0.1}], "t")
+    timed = parse_rules([{"impl": "x", "metric": "time", "max_exponent_increase": 0.1}], "t")
+
+    def cells(exponent, lengths=LENGTHS, noise=(1.0,), reason=""):
+        return frame([dict(seq_len=n, status="ok", times_ms=[1e-3 * n**exponent * f for f in noise], median_ms=1e-3 * n**exponent,
+                           peak_bytes=int(64 * n**exponent), reason=reason) for n in lengths])  # fmt: skip
+
+    linear, quadratic = cells(1.0), cells(2.0)
+    [same] = evaluate(rule, linear, baseline=linear)
+    assert same.verdict == "PASS" and "+0.000 <= max increase 0.1" in same.message, same.message
+    [grown] = evaluate(rule, quadratic, baseline=linear)
+    assert grown.verdict == "FAIL" and "exponent 2.000" in grown.message and "vs 1.000" in grown.message and "+1.000 > max" in grown.message
+    figures = grown.judgements[0].figures
+    assert figures["increase"] == pytest.approx(1.0) and figures["baseline_exponent"] == pytest.approx(1.0)
+    # a run measuring further than its baseline is fitted over the shared lengths only (1k..4k here)
+    [further] = evaluate(rule, cells(1.0), baseline=cells(1.0, LENGTHS[:3]))
+    assert further.verdict == "PASS" and "over N=1024..4096" in further.message
+    # times: wholly past fails, and not on a busy machine; an increase whose range holds the bound cannot tell
+    spread = (0.9, 1.0, 1.1)
+    assert evaluate(timed, cells(2.0, noise=spread), baseline=cells(1.0, noise=spread))[0].verdict == "FAIL"
+    busy = evaluate(timed, cells(2.0, noise=spread, reason=BUSY), baseline=cells(1.0, noise=spread))[0]
+    assert busy.verdict == "MISSING" and "timed on a busy machine" in busy.message
+    wobbly = frame([dict(seq_len=n, status="ok", times_ms=[1e-3 * n * w], median_ms=1e-3 * n * w, peak_bytes=1)
+                    for n, w in zip(LENGTHS, (1.0, 1.25, 0.8, 1.2, 0.85), strict=True)])  # fmt: skip
+    unsure = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent_increase": 0.02}], "t"), wobbly, baseline=cells(1.0))[0]
+    assert unsure.verdict == "MISSING" and "can't tell" in unsure.message, unsure.message
+    # a baseline of another configuration is said as such, not as "no measurements match"
+    [other] = evaluate(rule, linear, baseline=linear.assign(heads=4))
+    assert other.verdict == "MISSING" and "the baseline has no configuration of the run's x" in other.message
+    # parsing: one form per rule, a finite non-negative bound
+    for bad in ({"max_exponent_increase": 0.1, "max_exponent": 2.0}, {"max_exponent_increase": -0.1}, {"max_exponent_increase": "0.1"}):
+        with pytest.raises(UsageError):
+            parse_rules([{"impl": "x", "metric": "time", **bad}], "t")
+
+
+def test_a_slope_rule_without_a_baseline_is_refused_before_measuring(tmp_path):
+    result = gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_exponent_increase = 0.05\n')
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "rule 1 has max_exponent_increase" in lines[0] and "--baseline" in lines[0]
+    assert not (tmp_path / "gate.db").exists()
+
+
+def test_a_slope_rule_end_to_end_against_an_exported_baseline(tmp_path):
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    db, baseline = str(tmp_path / "gate.db"), tmp_path / "baseline.jsonl"
+    assert CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", db]).exit_code == 0
+    rule = '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_exponent_increase = 0.05\n'
+    unchanged = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
+    assert unchanged.exit_code == 0 and unchanged.output.startswith("PASS") and "+0.000 <= max increase 0.05" in unchanged.output
+    records = [json.loads(line) for line in baseline.read_text().splitlines()]
+    for record in records:  # the baseline's softmax held its memory linear: the run's quadratic peak is a grown slope
+        if record["impl"] == "softmax" and record["peak_bytes"]:
+            record["peak_bytes"] = record["seq_len"] * 1000
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in records))
+    grown = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
+    assert grown.exit_code == 1 and grown.output.startswith("FAIL") and "vs 1.000 [" in grown.output, grown.output

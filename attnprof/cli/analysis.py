@@ -230,7 +230,8 @@ def _json_default(value):
 @cli.command()
 @click.argument("rules", type=click.Path(dir_okay=False))
 @click.option("--run", "runs", multiple=True, help="Judge this run (id or `latest`; repeatable) instead of measuring the rules' sweeps.")
-@click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Baseline file for max_regression rules.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="Baseline file for max_regression and max_exponent_increase rules.")  # fmt: skip
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also append the verdicts as Markdown here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the verdicts as JSON here (every configuration judged, for CI tools).")  # fmt: skip

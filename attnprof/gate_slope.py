@@ -1,0 +1,82 @@
+"""The gate's slope rule: a configuration's fitted exponent against the baseline file's, over the lengths both have.
+
+`max_exponent = 2.0` fixes a number a kernel engineer must pick and keep up to date; `max_exponent_increase = 0.1`
+asks only that the slope not grow past the baseline's by more than that (a tile loop that turned quadratic, a
+cache that stopped fitting). Both exponents are fitted as the exponent rule fits them (gate_scaling.fit_points,
+fit.fit_power_law) from the same lengths, so a run measuring further than its baseline compares like with like.
+Exact metrics (bytes, FLOPs) are judged on the difference itself; a time difference must be wholly past the bound
+to fail (each 95% interval's far end against the other's), is said as "can't tell" when its range holds the
+bound, and one drawn from cells timed on a busy machine is not judged (gate.unless_busy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from attnprof.gate import CONFIG, NEW_CELL, Judgement, busy_note, matching, subject_of, unless_busy
+from attnprof.gate_rules import GateRule
+from attnprof.gate_scaling import broken_cells, fit_points, span_text
+
+
+def judge_slopes(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:
+    if baseline is None:
+        return [Judgement("baseline", "MISSING", "a max_exponent_increase rule needs --baseline FILE")]
+    before = {keys: group for keys, group in matching(rule, baseline).groupby(CONFIG, sort=False)}
+    judgements = []
+    for keys, group in rows.groupby(CONFIG, sort=True):
+        subject = subject_of(keys)
+        base = before.get(keys)
+        if base is None:  # a configuration new since the baseline cannot regress; said, not judged
+            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
+        else:
+            judgements.append(judge_slope(rule, subject, group, base))
+    if judgements and all(j.verdict == NEW_CELL for j in judgements):  # not "no measurements match": the run has them
+        has = ", ".join(sorted(set(matching(rule, baseline)["label"]))) or "none of this impl"
+        reason = f"the baseline has no configuration of the run's {', '.join(sorted(set(rows['label'])))} (its: {has})"
+        return [Judgement("baseline", "MISSING", reason)]
+    return judgements
+
+
+def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.DataFrame) -> Judgement:
+    from attnprof.fit import fit_power_law
+
+    broken = broken_cells(group)
+    if broken:
+        return Judgement(subject, "FAIL", broken, math.inf)
+    shared = sorted(set(group.loc[group["status"] == "ok", "seq_len"]) & set(base.loc[base["status"] == "ok", "seq_len"]))
+    fits = []
+    for where, cells in (("the run", group), ("the baseline", base)):
+        lengths, values, missing = fit_points(rule, cells[cells["seq_len"].isin(shared)])
+        if missing:
+            return Judgement(subject, "MISSING", f"{where}: {missing} (over the lengths both measured: {_listed(shared)})")
+        fits.append(fit_power_law(lengths, values, metric=rule.metric))
+    now, then = fits
+    increase = now.exponent - then.exponent
+    lowest, highest = now.exponent_low - then.exponent_high, now.exponent_high - then.exponent_low
+    bound = rule.max_exponent_increase
+    figures = {"exponent": now.exponent, "interval": [now.exponent_low, now.exponent_high], "baseline_exponent": then.exponent,
+               "baseline_interval": [then.exponent_low, then.exponent_high], "increase": increase, "max": bound,
+               "lengths": [int(n) for n in shared]}  # fmt: skip
+    described = (
+        f"exponent {now.exponent:.3f} [95% {now.exponent_low:.3f}, {now.exponent_high:.3f}] vs {then.exponent:.3f} "
+        f"[{then.exponent_low:.3f}, {then.exponent_high:.3f}] in the baseline over N={span_text(shared)}: {increase:+.3f}"
+    )
+    if rule.metric != "time":  # exact: the difference is the verdict
+        verdict, sign = ("FAIL", ">") if increase > bound else ("PASS", "<=")
+        return Judgement(subject, verdict, f"{described} {sign} max increase {bound:g}", increase - bound, figures)
+    busy = busy_note(group) + busy_note(base)
+    described += busy
+    if lowest > bound:
+        failed = Judgement(subject, "FAIL", f"{described} > max increase {bound:g} (at least {lowest:+.3f})", lowest - bound, figures)
+        return unless_busy(failed, busy)
+    if highest <= bound:
+        return Judgement(subject, "PASS", f"{described} <= max increase {bound:g} (at most {highest:+.3f})", highest - bound, figures)
+    why = f"the increase lies in [{lowest:+.3f}, {highest:+.3f}], which holds the bound {bound:g}: can't tell"
+    return Judgement(subject, "MISSING", f"{described}: {why}; more lengths or a longer rep_ms narrow it", 0.0, figures)
+
+
+def _listed(lengths) -> str:
+    return ", ".join(str(int(n)) for n in np.asarray(lengths, dtype=float)) or "none"

@@ -72,7 +72,11 @@ def analyse(
     return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
 
 
-def timing_caveats(frame: pd.DataFrame) -> str:
+FIT_CAVEAT = ("Their time fits and crossovers may be off; `attnprof show` marks them, and a quiet machine or a longer --rep-ms"
+              " measures them again.")  # fmt: skip
+
+
+def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     """'' or one sentence on the timed cells a time fit should not be trusted on: a run timed while another process
     kept one of two cores busy fitted Nystromformer's time exponent as 0.010 (its samples flat at 296-312 ms) and put a
     crossover at 3465 instead of 336, and `fit` said nothing of the notes its rows carried."""
@@ -93,8 +97,7 @@ def timing_caveats(frame: pd.DataFrame) -> str:
         return ""
     worst = timed[busy | noisy]
     labels = ", ".join(sorted(set(worst["label"]))[:4]) + (", ..." if worst["label"].nunique() > 4 else "")
-    return (f"Of {len(timed)} timed cells, {' and '.join(parts)}: {labels}. Their time fits and crossovers may be off;"
-            " `attnprof show` marks them, and a quiet machine or a longer --rep-ms measures them again.")  # fmt: skip
+    return f"Of {len(timed)} timed cells, {' and '.join(parts)}: {labels}. {then}"
 
 
 def refuse_overlapping_runs(frame: pd.DataFrame, doing: str) -> None:

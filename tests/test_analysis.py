@@ -226,3 +226,8 @@ def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
     payload = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--format", "json"]).output)
     assert payload["timing_caveats"].startswith("Of 3 timed cells")
     assert "timing_caveats" in payload and analyse(frame, ("peak_bytes",)).timing_caveats == ""  # no time fitted: nothing said
+    # a baseline exported from such a run says so: one timed under load read 649 ms for a 7 ms cell, and hid a 3x slowdown
+    out = tmp_path / "baseline.jsonl"
+    exported = CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(out), "--db", str(db)])
+    assert exported.exit_code == 0 and out.exists() and "note: Of 3 timed cells, 3 were timed while" in exported.stderr
+    assert "export a run timed on a quiet one" in exported.stderr

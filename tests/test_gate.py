@@ -394,6 +394,18 @@ def test_a_time_regression_timed_on_a_busy_machine_says_so_and_is_not_judged():
     assert quiet.verdict == "FAIL" and "busy" not in quiet.message
 
 
+def test_a_slowdown_past_the_bound_that_a_busy_machine_scattered_is_not_passed():
+    """'PASS time 30.41 ms vs 2.537 ms in the baseline (+1098.7%) ..., not significant (p=0.066)': noise from a busy
+    machine hid a 12x slowdown from the test. Past the bound and busy is MISSING, not PASS."""
+    rng = np.random.default_rng(3)
+    old = list(rng.uniform(1.0, 40.0, 20))  # a baseline timed under load: 1-40 ms for a 2.5 ms cell
+    new = list(rng.uniform(2.0, 60.0, 20))
+    quiet = regression_verdict(new, old)
+    assert quiet.verdict == "PASS" and "not significant" in quiet.message  # what the test alone says
+    busy = regression_verdict(new, old, new_reason=BUSY)
+    assert busy.verdict == "MISSING" and "not significant" in busy.message and "timed on a busy machine" in busy.message
+
+
 def test_a_time_ratio_or_value_that_would_fail_on_a_busy_machine_is_missing():
     """A ratio to sdpa read 14.3 (> max 4) in one of eight runs of an unchanged kernel: its samples were 535-2788 ms
     under a burst of load, sdpa's 98-128 ms timed before it. Quiet cells still fail."""

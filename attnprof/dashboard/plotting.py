@@ -112,10 +112,11 @@ def is_count(column: str) -> bool:
 
 
 def short_length(n: float) -> str:
-    """A length for labels: 1k, 1.5k, 38.7M (k = 1024, as in the length grammar); inf as "unbounded"."""
+    """A length for labels: 1258, 4k, 38.7M (k = 1024 and M = 2^20, as in the length grammar); inf as "unbounded".
+    Below 2^20 a length that is no multiple of 1024 stays whole: a crossover at 1258 read "1.23k", taken for 1230."""
     if not math.isfinite(n):
         return "unbounded"
-    if n < 1024 or (round(n) % 1024 == 0 and n < 2**20):
+    if n < 2**20:
         return format_length(n)
     for unit, size in (("G", 2**30), ("M", 2**20), ("k", 1024)):
         if n >= size:

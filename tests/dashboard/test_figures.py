@@ -271,3 +271,11 @@ def test_the_noisy_flag_is_told_on_timing_points_only():
     time, memory = views.METRICS["time"], views.METRICS["peak_bytes"]
     assert "noisy timing" in figures._point_text("a", time, 1024, 2.0, 1.5, 2.5, True, "")
     assert "noisy" not in figures._point_text("a", memory, 1024, 2.0**20, float("nan"), float("nan"), True, "")  # a peak is exact
+
+
+def test_a_length_label_is_whole_below_a_million():
+    """A crossover at N = 1258 read "1.23k" in the report's heatmap (k = 1024 there), which a reader takes for 1230."""
+    from attnprof.dashboard.plotting import short_length
+
+    assert [short_length(n) for n in (1258, 4096, 393216, 3 * 2**20, 40_580_000)] == ["1258", "4k", "384k", "3M", "38.7M"]
+    assert short_length(float("inf")) == "unbounded"

@@ -304,7 +304,10 @@ class Sweep:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def cases(self) -> list[Case]:
-        """The full grid, ordered so that each configuration's lengths run smallest first."""
+        """The full grid, ordered so that each configuration's lengths run smallest first (a length is skipped after
+        an out-of-memory or timeout at a smaller one), with the impls of one shape and length next to each other: a
+        ratio between two impls compares cells timed seconds apart, not minutes (all of one impl's lengths ran
+        before the other's, and a burst of load on a shared machine fell on one side of a gate's ratio alone)."""
         grid = itertools.product(
             self.impls, self.mode, self.causal, self.dtype, self.device, self.batch, self.heads, self.head_dim, self.lengths
         )
@@ -324,7 +327,8 @@ class Sweep:
             )
             for s, m, c, dt, dev, b, h, d, n in grid
         ]
-        return sorted(cases, key=lambda case: (case.device, case.config_key, case.seq_len))
+        shape = lambda case: (case.device, case.mode, case.causal, case.dtype, case.batch, case.heads, case.head_dim)  # noqa: E731
+        return sorted(cases, key=lambda case: (*shape(case), case.seq_len, case.config_key))
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -96,6 +96,10 @@ def test_cases_expand_the_grid_smallest_length_first_per_configuration():
         by_config.setdefault(case.config_key, []).append(case.seq_len)
     assert all(lengths == [256, 512] for lengths in by_config.values())
     assert Sweep.from_dict(sweep.to_dict()) == sweep
+    # the impls of one shape and length run one after the other: a gate's ratio of a to b compares cells timed
+    # seconds apart (all of a's lengths ran before b's, and a burst of load fell on one side of the ratio alone)
+    pairs = [(cases[i], cases[i + 1]) for i in range(0, len(cases), 2)]
+    assert all({x.label, y.label} == {"a", "b"} and x.key.split("|", 1)[1] == y.key.split("|", 1)[1] for x, y in pairs)
 
 
 def test_case_round_trips_and_keys_are_stable():

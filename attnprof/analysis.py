@@ -90,14 +90,20 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     noisy = timed["noisy"].fillna(False).astype(bool)
     parts = []
     if busy.any():
-        parts.append(f"{int(busy.sum())} were timed while other processes kept cores busy (times may be inflated)")
+        parts.append(f"{_were(int(busy.sum()))} timed while other processes kept cores busy (times may be inflated)")
     if noisy.any():
-        parts.append(f"{int(noisy.sum())} are noisy (interquartile range over {NOISY_IQR_RATIO:.0%} of the median)")
+        verb = "is" if noisy.sum() == 1 else "are"
+        parts.append(f"{int(noisy.sum())} {verb} noisy (interquartile range over {NOISY_IQR_RATIO:.0%} of the median)")
     if not parts:
         return ""
     worst = timed[busy | noisy]
     labels = ", ".join(sorted(set(worst["label"]))[:4]) + (", ..." if worst["label"].nunique() > 4 else "")
-    return f"Of {len(timed)} timed cells, {' and '.join(parts)}: {labels}. {then}"
+    cells = "the 1 timed cell" if len(timed) == 1 else f"{len(timed)} timed cells"
+    return f"Of {cells}, {' and '.join(parts)}: {labels}. {then}"
+
+
+def _were(count: int) -> str:
+    return f"{count} {'was' if count == 1 else 'were'}"
 
 
 def refuse_overlapping_runs(frame: pd.DataFrame, doing: str) -> None:

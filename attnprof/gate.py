@@ -169,9 +169,13 @@ def _judge_ratio(rule, subject, group, frame, length) -> Judgement:
     theirs, _, why_theirs = _value_at(rule, others, length)
     if not theirs:
         return Judgement(subject, "MISSING", f"no ratio: {rule.to} at N={length}: {why_theirs or 'zero'}")
-    note = _time_note(rule, pd.concat([group, others]), length)
-    judged = _bounded(subject, f"{rule.metric} ratio to {rule.to}", mine / theirs, rule.max_ratio, rule.min_ratio, "{:.3g}", note)
-    return unless_busy(judged, note)
+    mine_busy, theirs_busy = _time_note(rule, group, length), _time_note(rule, others, length)
+    note = "".join(f" [{label}: {busy[2:]}" for label, busy in ((first["label"], mine_busy), (rule.to, theirs_busy)) if busy)
+    ratio = mine / theirs
+    judged = _bounded(subject, f"{rule.metric} ratio to {rule.to}", ratio, rule.max_ratio, rule.min_ratio, "{:.3g}", note)
+    # Load only slows: a ratio too high is explained by this impl's busy cell, one too low by the other's.
+    too_high = rule.max_ratio is not None and ratio > rule.max_ratio
+    return unless_busy(judged, mine_busy if too_high else theirs_busy)
 
 
 def _judge_value(rule, subject, group, frame, length) -> Judgement:
@@ -179,7 +183,9 @@ def _judge_value(rule, subject, group, frame, length) -> Judgement:
     if value is None:
         return _own_cell_failure(subject, status, why)
     note = _time_note(rule, group, length)
-    return unless_busy(_bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric), note), note)
+    judged = _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric), note)
+    too_high = rule.max_value is not None and value > rule.max_value
+    return unless_busy(judged, note if too_high else "")  # load only slows: a time under min_value is the code's
 
 
 BUSY_MACHINE = "timed on a busy machine, so the change may be the machine's: judge a run timed on a quiet one"
@@ -188,7 +194,8 @@ BUSY_MACHINE = "timed on a busy machine, so the change may be the machine's: jud
 def unless_busy(judgement: Judgement, busy: str) -> Judgement:
     """A time FAIL drawn from cells timed while other processes kept cores busy cannot tell the code from the machine:
     a ratio to sdpa read 14.3 against 1.8-2.1 in seven quiet runs, the kernel's samples 535-2788 ms under a burst of
-    load (the impls are timed one after the other, so one can take the burst alone). It is MISSING (exit 3)."""
+    load. It is MISSING (exit 3). `busy`: the note of the cells whose load could explain this failure (load only
+    slows a call), '' when none could: a busy baseline cannot explain a slower run, only hide one."""
     if judgement.verdict != "FAIL" or not busy:
         return judgement
     return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}", figures=judgement.figures)

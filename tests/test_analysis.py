@@ -214,7 +214,7 @@ def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
     assert timing_caveats(quiet) == ""
     busy = quiet.assign(reason="timed while other processes kept 1.0 of 2 cores busy: times may be inflated")
     said = timing_caveats(busy.assign(noisy=[True, False, False]))
-    assert said.startswith("Of 3 timed cells, 3 were timed while other processes kept cores busy") and "1 are noisy" in said
+    assert said.startswith("Of 3 timed cells, 3 were timed while other processes kept cores busy") and "1 is noisy" in said
     assert "softmax" in said and "`attnprof show` marks them" in said
     # the CLI prints it below the fits, and the JSON carries it: the stored rows made busy by hand
     store = Store.open(db, create=False)

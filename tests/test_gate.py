@@ -220,7 +220,8 @@ def test_a_baseline_file_written_twice_or_edited_by_hand_is_refused_in_one_line(
     broken = {"twice": (text + text, f"line {len(records) + 1}: a second row for the cell label={records[0]['label']},"),
               "times": ([dict(records[0], times_ms="abc"), *records[1:]], "line 1: times_ms = 'abc' is not what"),
               "peak": ([*records[:2], dict(records[2], peak_bytes="12MiB"), *records[3:]], "line 3: peak_bytes = '12MiB' is not what"),
-              "length": ([dict(records[0], seq_len="1k"), *records[1:]], "line 1: seq_len = '1k' is not what")}  # fmt: skip
+              "length": ([dict(records[0], seq_len="1k"), *records[1:]], "line 1: seq_len = '1k' is not what"),
+              "null": ([dict(records[0], times_ms=None), *records[1:]], "line 1: times_ms = null is not what")}  # fmt: skip
     for name, (content, said) in broken.items():
         if isinstance(content, list):
             content = "".join(json.dumps(record) + "\n" for record in content)
@@ -392,6 +393,12 @@ def test_a_time_regression_timed_on_a_busy_machine_says_so_and_is_not_judged():
     assert "timed on a busy machine" in slower.message
     quiet = regression_verdict([50.0, 51.0, 52.0], [5.0, 5.1, 5.2])
     assert quiet.verdict == "FAIL" and "busy" not in quiet.message
+    # a busy baseline was slowed: it can hide a regression, never explain one
+    rule = parse_rules([{"impl": "x", "metric": "time", "max_regression": 0.2}], "t")
+    cell = lambda times, reason="": frame([dict(seq_len=1024, status="ok", times_ms=times, median_ms=float(np.median(times)),  # noqa: E731
+                                                peak_bytes=1, reason=reason)])  # fmt: skip
+    [slowed_baseline] = evaluate(rule, cell([50.0, 51.0, 52.0]), baseline=cell([5.0, 5.1, 5.2], BUSY))
+    assert slowed_baseline.verdict == "FAIL" and "[in the baseline: other processes kept" in slowed_baseline.message
 
 
 def test_a_slowdown_past_the_bound_that_a_busy_machine_scattered_is_not_passed():
@@ -420,6 +427,12 @@ def test_a_time_ratio_or_value_that_would_fail_on_a_busy_machine_is_missing():
     busy = evaluate(rules, cells(BUSY))
     assert [v.verdict for v in busy] == ["MISSING", "MISSING"]
     assert all("timed on a busy machine" in v.message for v in busy), [v.message for v in busy]
+    assert "[x: N=4096 timed while other processes kept 1.0 of 2 cores busy]" in busy[0].message  # whose cell was busy
+    # load only slows: a busy reference cannot explain a ratio too high, and nothing explains a time under its minimum
+    slowed_reference = cells("").assign(reason=["", BUSY])
+    assert evaluate(rules[:1], slowed_reference)[0].verdict == "FAIL"
+    too_fast = parse_rules([{"impl": "x", "metric": "time", "at_length": 4096, "min_value": "2s"}], "t")
+    assert evaluate(too_fast, cells(BUSY))[0].verdict == "FAIL"
     # a busy cell that passes still passes: the note is said, the verdict kept
     assert evaluate(rules[:1], frame([dict(seq_len=4096, status="ok", times_ms=[200.0], median_ms=200.0, peak_bytes=1, reason=BUSY),
                                       dict(impl="y", label="y", seq_len=4096, status="ok", times_ms=[112.0], median_ms=112.0,
@@ -726,7 +739,7 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
 
 
 def test_a_baseline_of_another_grid_says_which_axis_differs():
-    """"its cells: chunked" did not say that the baseline was taken at 4 heads and the run at 2."""
+    """ "its cells: chunked" did not say that the baseline was taken at 4 heads and the run at 2."""
     run = frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=10, heads=2) for n in (1024, 2048)])
     other = frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=10, heads=4) for n in (1024, 2048)])
     [verdict] = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.1}], "t"), run, other)
@@ -799,3 +812,18 @@ def test_a_slope_rule_end_to_end_against_an_exported_baseline(tmp_path):
     baseline.write_text("".join(json.dumps(r) + "\n" for r in records))
     grown = gate(tmp_path, rule, "--run", "latest", "--baseline", baseline)
     assert grown.exit_code == 1 and grown.output.startswith("FAIL") and "vs 1.000 [" in grown.output, grown.output
+
+
+def test_a_cpu_peak_from_before_the_allocator_peak_is_not_compared_with_one_after():
+    """CPU peaks were the live tensors, now the allocator's (a kernel's own workspace counts): an unchanged Nystromformer
+    failed +317% against a baseline exported before. A baseline without peak_source was, on the CPU, live tensors."""
+    rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.1}], "t")
+    now = frame([dict(seq_len=1024, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=9 << 20, peak_source="allocator")])
+    old_file = now.assign(peak_bytes=2 << 20).drop(columns=["peak_source"])  # written before the key existed
+    [verdict] = evaluate(rule, now, baseline=old_file)
+    assert verdict.verdict == "MISSING" and "the allocator peak now, the live_tensors peak in the baseline" in verdict.message
+    assert "export the baseline again" in verdict.message
+    [same] = evaluate(rule, now, baseline=now.assign(peak_bytes=2 << 20))  # both the allocator's: a real regression
+    assert same.verdict == "FAIL"
+    on_gpu = now.assign(device="cuda")
+    assert evaluate(rule, on_gpu, baseline=on_gpu.assign(peak_bytes=2 << 20).drop(columns=["peak_source"]))[0].verdict == "FAIL"

@@ -157,7 +157,10 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
-    for line in filter(None, [noisy_note(measurements), *reasons_list(measurements)]):
+    notes = list(filter(None, [noisy_note(measurements), *reasons_list(measurements)]))
+    if notes and output_format == "markdown":
+        click.echo()  # a line right below a Markdown table is read as one of its rows
+    for line in notes:
         click.echo(f"  {line}")
     unfinished = unfinished_note(run, len(measurements), db)
     click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}" + (f"; {unfinished}" if unfinished else ""))

@@ -19,13 +19,11 @@ import os
 
 log = logging.getLogger(__name__)
 
-MEMORY_EVENT = "[memory]"  # the profiler's name for an allocator report (nbytes: + allocated, - freed)
-
-
 class CpuAllocatorTracker:
     """`with CpuAllocatorTracker() as allocator: call()`, then `allocator.peak_bytes`: the most bytes the CPU allocator
-    had handed out above the start at any moment, or None when the profiler could not run (another one is active on
-    this thread, say): the caller then falls back to the live tensors and says so by its peak_source."""
+    had handed out above the start at any moment, or None when the profiler could not run (it raised on start or
+    stop): the caller then falls back to the live tensors and says so by its peak_source. The worker is a process of
+    its own, so no user's profiler runs beside this one (a profiler inside another stops the outer one)."""
 
     def __init__(self):
         self.peak_bytes: int | None = None
@@ -49,23 +47,36 @@ class CpuAllocatorTracker:
             return
         try:
             self._profile.__exit__(*exc)
-            self.peak_bytes = peak_of(self._profile.profiler.kineto_results.events())
+            self.peak_bytes = peak_of(allocations(self._profile.profiler.kineto_results.experimental_event_tree()))
         except Exception:  # noqa: BLE001
             log.debug("the CPU allocator's peak cannot be read", exc_info=True)
             self.peak_bytes = None
 
 
-def peak_of(events) -> int:
-    """The highest running sum of the CPU memory events' sizes, in time order (0 when nothing was allocated). A block
-    allocated before the profiler started and freed under it has no event (c10 warns instead), so the sum starts at
-    the call's own zero."""
-    changes = sorted((event.start_ns(), event.nbytes()) for event in events if event.name() == MEMORY_EVENT and _on_cpu(event))
+def allocations(roots) -> list[tuple[int, int, int]]:
+    """(time ns, address, bytes: + allocated, - freed) of every CPU allocator report in the profiler's event tree."""
+    found, pending = [], list(roots)
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        fields = event.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation" and str(fields.device) == "cpu":
+            found.append((event.start_time_ns, fields.ptr, fields.alloc_size))
+    return found
+
+
+def peak_of(changes) -> int:
+    """The most bytes allocated at once, counting only the blocks allocated within: a free of a block allocated
+    before the profiler started (c10 remembers the sizes it saw under an earlier profiled call, so it reports one
+    freed here) would lower the count below the call's own zero, and a 2 MiB allocation after freeing an earlier
+    4 MiB block read a peak of 0."""
+    live: dict[int, int] = {}
     current = peak = 0
-    for _, nbytes in changes:
-        current += nbytes
-        peak = max(peak, current)
+    for _, address, nbytes in sorted(changes):
+        if nbytes > 0:
+            live[address] = live.get(address, 0) + nbytes
+            current += nbytes
+            peak = max(peak, current)
+        elif address in live:
+            current -= live.pop(address)
     return peak
-
-
-def _on_cpu(event) -> bool:
-    return str(event.device_type()).endswith("CPU")

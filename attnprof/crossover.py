@@ -109,7 +109,9 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
             clear.append((n, gap))
     flips = [i for i in range(len(clear) - 1) if (clear[i][1] < 0) != (clear[i + 1][1] < 0)]
     if not flips:
-        contradicted = any((gap < 0) != (fit_a.predict(n) < fit_b.predict(n)) for n, gap in clear)
+        at = np.array([n for n, _ in clear], dtype=float)  # both fits at every clear length in one call each
+        fitted_a_cheaper = (fit_a.predict(at) < fit_b.predict(at)).tolist() if clear else []
+        contradicted = any((gap < 0) != cheaper for (_, gap), cheaper in zip(clear, fitted_a_cheaper, strict=True))
         if not clear or not (contradicted or lo <= fitted_length <= hi):
             return None
         cheaper = name_a if clear[0][1] < 0 else name_b
@@ -209,13 +211,10 @@ def _crossing_interval(fit_a: Fit, fit_b: Fit) -> tuple[float, float]:
 
 def class_model(fit: Fit, name: str):
     """ln N -> c0 + c1 g(N): complexity class `name`'s model fitted to the medians at the fit's lengths."""
-    from attnprof.complexity import CLASSES, relative_nnls
+    from attnprof.complexity import CLASSES
 
-    measured = dict(zip(fit.lengths_measured, fit.medians, strict=True))
+    c0, c1 = fit.class_coefficients(name)
     g = CLASSES[name]
-    lengths = np.asarray(fit.lengths_used, dtype=float)
-    _, coef = relative_nnls(g(lengths)[None, :], np.array([measured[n] for n in fit.lengths_used], dtype=float))
-    c0, c1 = coef[0]
     return lambda x: c0 + c1 * g(np.exp(x))
 
 

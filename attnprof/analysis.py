@@ -133,6 +133,15 @@ def input_bytes_per_token(config) -> float:
     return float(tensors * config["batch"] * config["heads"] * config["head_dim"] * DTYPE_BYTES[config["dtype"]])
 
 
+def output_bytes_per_token(config) -> float:
+    """Bytes per token a measured call's peak holds at least: its output, and in fwd_bwd the gradients of q, k and v
+    beside it (each batch * heads * head_dim wide): a frontier's floor under a fitted peak that grows slower."""
+    from attnprof.impls.base import DTYPE_BYTES
+
+    tensors = 4 if config["mode"] == "fwd_bwd" else 1
+    return float(tensors * config["batch"] * config["heads"] * config["head_dim"] * DTYPE_BYTES[config["dtype"]])
+
+
 def measured_boundaries(cells: pd.DataFrame) -> dict:
     """The lengths that ran out of memory and the (length, peak) of those that ran, to check a frontier against.
     Accounting runs (device meta) allocate nothing, so they have no OOM to say; their peaks are exact, and count,
@@ -165,8 +174,9 @@ def _frontiers(frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: int | None
         cells = frame
         for key in CONFIG:
             cells = cells[cells[key] == row[key]]
-        inputs, measured = input_bytes_per_token(row), measured_boundaries(cells)
-        found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=inputs, device_bytes=device_bytes, **measured)
+        inputs, outputs, measured = input_bytes_per_token(row), output_bytes_per_token(row), measured_boundaries(cells)
+        found = memory_frontier(row["fit"], budget_bytes, input_bytes_per_token=inputs, output_bytes_per_token=outputs,
+                                device_bytes=device_bytes, **measured)  # fmt: skip
         figures = {name: getattr(found, name) for name in ("length", "length_low", "length_high", "kind", "consistent", "message")}
         rows.append({**{k: row[k] for k in CONFIG}, "budget_bytes": budget_bytes, **figures})
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)

@@ -29,21 +29,33 @@ class Frontier:
 
 
 def memory_frontier(
-    fit: Fit, budget_bytes: float, *, input_bytes_per_token: float = 0.0, oom_lengths=(), ok_points=(), device_bytes: float | None = None
+    fit: Fit,
+    budget_bytes: float,
+    *,
+    input_bytes_per_token: float = 0.0,
+    output_bytes_per_token: float = 0.0,
+    oom_lengths=(),
+    ok_points=(),
+    device_bytes: float | None = None,
 ) -> Frontier:
     """Largest N whose fitted peak, plus the inputs made before the call (input_bytes_per_token * N: q, k, v
     and, in fwd_bwd, grad_out; the measured peaks leave them out), stays within budget_bytes; checked against
     the lengths measured: OOM lengths, and ok_points (length, measured peak bytes) of cases that ran. A case
     that ran contradicts the frontier only if its peak with its inputs was within the budget: one that ran
     above it on a larger device (a what-if budget smaller than the machine's) says nothing against the fit.
-    `device_bytes`, the memory of the device the OOMs happened on: within it, an OOM bounds the frontier too."""
+    `device_bytes`, the memory of the device the OOMs happened on: within it, an OOM bounds the frontier too.
+    `output_bytes_per_token`: what the call's peak holds at least (the output, and in fwd_bwd the input gradients):
+    the fitted peak is taken as never below it. A workspace still fading at the measured lengths fits a power law
+    below 1 (SDPA's CPU peak N^0.75), which extrapolated to 15.4M tokens in 23.5 GiB where the inputs and the
+    output alone need 29.3 GiB."""
     if not budget_bytes > 0:
         raise ValueError(f"budget_bytes must be positive; got {budget_bytes}")
-    length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token)
-    ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token) for e in (fit.exponent_low, fit.exponent_high)]
+    floor = output_bytes_per_token
+    length = _frontier_at(fit, budget_bytes, fit.exponent, input_bytes_per_token, floor)
+    ends = [_frontier_at(fit, budget_bytes, e, input_bytes_per_token, floor) for e in (fit.exponent_low, fit.exponent_high)]
     low, high = (min(ends), max(ends)) if all(map(np.isfinite, (fit.exponent_low, fit.exponent_high))) else (0.0, math.inf)
     if _frontier_kind(fit, length) == "extrapolated":
-        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token) for name in leading_classes(fit))])
+        low = min([low, *(_class_frontier(fit, name, budget_bytes, input_bytes_per_token, floor) for name in leading_classes(fit))])
     within = lambda n, peak: peak + input_bytes_per_token * n <= budget_bytes  # noqa: E731
     kind, message = _frontier_kind(fit, length), ""
     bounding_ooms = oom_lengths if device_bytes is not None and budget_bytes <= device_bytes else ()
@@ -64,6 +76,8 @@ def memory_frontier(
         if not low <= length <= high:  # the fit's interval missed the measured bracket altogether
             low, high = float(below[0]), float(above[0]) if above is not None else math.inf
     message = message or _frontier_message(fit, budget_bytes, length, (low, high), kind, input_bytes_per_token > 0)
+    if floor > 0 and math.isfinite(length) and length > 0 and floor * length >= fit.predict(length):
+        message += f" (there its output alone outgrows the fitted peak, N^{fit.exponent:.2f}: the peak is taken as at least its output)"
     wrong_oom = sorted(n for n in oom_lengths if n <= length)  # predicted to fit, yet ran out of memory
     wrong_ok = sorted(n for n, peak in ok_points if n > length and within(n, peak))  # predicted not to fit, yet fit
     wrong_over = sorted((n, peak + input_bytes_per_token * n) for n, peak in ok_points if n <= length and not within(n, peak))
@@ -95,7 +109,7 @@ def _between(below: tuple, above: tuple | None, budget: float) -> float:
     return math.exp(math.log(below[0]) + share * (math.log(above[0]) - math.log(below[0])))
 
 
-def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) -> float:
+def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float, floor: float = 0.0) -> float:
     """The frontier of the complexity class model c0 + c1 g(N) fitted to the same medians.
 
     Far beyond the measured lengths a power law's interval says how well its slope is known, not whether the
@@ -107,7 +121,7 @@ def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) 
     is ambiguous): 527k for Combiner-Fixed (n^1.5), 460k for -Axial (n log n or n^1.5), 6.5M for cosFormer (linear
     or n log n), and Nyströmformer's exact linear peak keeps its 5.24M."""
     model = class_model(fit, name)
-    total = lambda x: model(x) + per_token * math.exp(x)  # noqa: E731
+    total = lambda x: max(model(x), floor * math.exp(x)) + per_token * math.exp(x)  # noqa: E731
     low, high = 0.0, math.log(MAX_SIZE)
     if total(high) <= budget_bytes:
         return math.inf
@@ -117,16 +131,18 @@ def _class_frontier(fit: Fit, name: str, budget_bytes: float, per_token: float) 
     return math.exp(low)
 
 
-def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0) -> float:
-    """Solve predict(N, exponent) + per_token * N = budget for N. Without inputs a peak that does not grow never
-    hits the budget; with them the total grows at least linearly, and N is found by bisection on ln N (the
-    total only grows with N when the exponent is not negative: a shrinking peak counts as constant)."""
+def _frontier_at(fit: Fit, budget_bytes: float, exponent: float, per_token: float = 0.0, floor: float = 0.0) -> float:
+    """Solve max(predict(N, exponent), floor * N) + per_token * N = budget for N. Without inputs or a floor a peak
+    that does not grow never hits the budget; with them the total grows at least linearly, and N is found by
+    bisection on ln N (the total only grows with N when the exponent is not negative: a shrinking peak counts as
+    constant)."""
     center = fit.center_log_length
     log_peak_at_center = fit.intercept + fit.exponent * center  # the power-law part; the overhead is added below
-    if per_token <= 0 and not fit.overhead:
+    if per_token <= 0 and floor <= 0 and not fit.overhead:
         return math.inf if exponent <= 0 else exp_or_inf(center + (math.log(budget_bytes) - log_peak_at_center) / exponent)
     slope = max(exponent, 0.0)
-    total = lambda x: math.exp(log_peak_at_center + slope * (x - center)) + fit.overhead + per_token * math.exp(x)  # noqa: E731
+    peak = lambda x: max(math.exp(log_peak_at_center + slope * (x - center)) + fit.overhead, floor * math.exp(x))  # noqa: E731
+    total = lambda x: peak(x) + per_token * math.exp(x)  # noqa: E731
     if total(0.0) > budget_bytes:
         return 0.0  # not even one token fits
     low, high = 0.0, math.log(MAX_SIZE)  # up to the longest length a case may have
@@ -168,4 +184,7 @@ def _conflict_message(fit: Fit, wrong_oom: list, wrong_ok: list, wrong_over: lis
 
 
 def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.3g} GiB"
+    """A size in its own binary unit: a 200 MiB budget read "0.195 GiB"."""
+    from attnprof.table import format_bytes
+
+    return format_bytes(int(round(n_bytes)))

@@ -83,7 +83,7 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
 
 
 def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, default_budget) -> Judgement:
-    from attnprof.analysis import input_bytes_per_token, measured_boundaries
+    from attnprof.analysis import input_bytes_per_token, measured_boundaries, output_bytes_per_token
     from attnprof.fit import fit_power_law
     from attnprof.frontier import memory_frontier
 
@@ -104,7 +104,10 @@ def judge_frontier(rule: GateRule, subject: str, group: pd.DataFrame, frame, def
         return Judgement(subject, "MISSING", missing)
     inputs = input_bytes_per_token(group.iloc[0])  # one configuration per group
     fit = fit_power_law(lengths, values, metric="peak_bytes")
-    frontier = memory_frontier(fit, budget, input_bytes_per_token=inputs, device_bytes=default_budget, **boundaries)
+    outputs = output_bytes_per_token(group.iloc[0])
+    frontier = memory_frontier(
+        fit, budget, input_bytes_per_token=inputs, output_bytes_per_token=outputs, device_bytes=default_budget, **boundaries
+    )
     figures = {"frontier": frontier.length, "interval": [frontier.length_low, frontier.length_high], "budget": budget,
                "min": rule.min_frontier}  # fmt: skip
     described = (

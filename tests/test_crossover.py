@@ -349,3 +349,18 @@ def test_predicted_ooms_and_modelled_peaks_are_no_measured_boundaries():
         ]
     )
     assert measured_boundaries(cells) == {"oom_lengths": (4096,), "ok_points": ((1024, 10.0),)}
+
+
+def test_a_frontier_never_lets_the_peak_fall_below_the_calls_own_output():
+    """A workspace still fading at the measured lengths fits a power law under 1 (SDPA's CPU peak, N^0.75 at B1 H2):
+    extrapolated, it put 15.4M tokens in 23.5 GiB, where the inputs and the output alone need 29.3 GiB."""
+    lengths = np.array([512, 1024, 2048, 4096, 8192], dtype=float)
+    peak = fit_power_law(lengths, 400.0 * lengths**0.75, metric="peak_bytes")
+    budget = 23.5 * 2**30
+    inputs, output = 3 * 512.0, 512.0  # q, k, v and the output: B1 H2 D64 float32, per token
+    free = memory_frontier(peak, budget, input_bytes_per_token=inputs)
+    floored = memory_frontier(peak, budget, input_bytes_per_token=inputs, output_bytes_per_token=output)
+    assert free.length > budget / (inputs + output)  # the fitted peak alone: more tokens than inputs and output allow
+    assert floored.length == pytest.approx(budget / (inputs + output), rel=1e-6) and floored.length_high <= floored.length * (1 + 1e-9)
+    assert "its output alone outgrows the fitted peak, N^0.75" in floored.message
+    assert "fits 23.5 GiB" in floored.message and "200.0 MiB" in memory_frontier(peak, 200 * 2**20, output_bytes_per_token=output).message

@@ -298,7 +298,7 @@ def frontier_rows(
     """The memory frontier of every configuration with a peak_bytes fit, at `budget_bytes`, checked against the
     lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed; `device_bytes`: the
     run's device memory, within which its OOMs bound a frontier)."""
-    from attnprof.analysis import input_bytes_per_token
+    from attnprof.analysis import input_bytes_per_token, output_bytes_per_token
     from attnprof.frontier import memory_frontier
 
     columns = [*CONFIG, "length", "length_low", "length_high", "kind", "consistent", "message"]
@@ -311,7 +311,9 @@ def frontier_rows(
         key = tuple(fit_row[k] for k in CONFIG)
         inputs = input_bytes_per_token(fit_row)
         measured = boundaries.get(key, {})
-        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, device_bytes=device_bytes, **measured)
+        outputs = output_bytes_per_token(fit_row)
+        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, output_bytes_per_token=outputs,
+                                device_bytes=device_bytes, **measured)  # fmt: skip
         rows.append({**{k: fit_row[k] for k in CONFIG}, "length": found.length, "length_low": found.length_low,
                      "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent,
                      "message": found.message})  # fmt: skip

@@ -69,7 +69,21 @@ def analyse(
     fits_df.attrs["group_cols"] = tuple(CONFIG)
     crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])  # its columns whether or not anything fitted
     caveats = timing_caveats(frame) if "time" in metrics else ""
-    return Analysis(fits_df, crossovers, _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
+    return Analysis(fits_df, _with_caveats(crossovers, frame), _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
+
+
+def _with_caveats(crossovers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """A `caveat` per time crossover drawn from cells timed on a busy machine or noisy, naming them: "combiner-axial is
+    cheaper above N = 2267" rested on one busy cosFormer cell (1.02 s, where it runs in 30 ms), said only in a
+    sentence about all 95 cells."""
+    flagged = flagged_lengths(frame)
+    caveats = []
+    for row in crossovers.to_dict("records"):
+        config = tuple(row[c] for c in CONFIG[1:])
+        parts = [f"{row[side]} N={', '.join(map(str, flagged[(row[side], *config)]))}"
+                 for side in ("impl_a", "impl_b") if row.get("metric") == "time" and (row[side], *config) in flagged]  # fmt: skip
+        caveats.append(f"timed on a busy machine or noisy: {'; '.join(parts)}" if parts else "")
+    return crossovers.assign(caveat=caveats)
 
 
 FIT_CAVEAT = ("Their time fits and crossovers may be off; `attnprof show` marks them, and a quiet machine or a longer --rep-ms"
@@ -83,7 +97,7 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     from attnprof.records import NOISY_IQR_RATIO
     from attnprof.trackers.host_contention import NOTE_START
 
-    timed = frame[(frame["status"] == "ok") & frame["times_ms"].map(len).gt(0)] if len(frame) else frame
+    timed = frame[(frame["status"] == "ok") & _has_times(frame)] if len(frame) else frame
     if not len(timed):
         return ""
     busy = timed["reason"].map(lambda reason: isinstance(reason, str) and reason.startswith(NOTE_START))
@@ -100,6 +114,25 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     labels = ", ".join(sorted(set(worst["label"]))[:4]) + (", ..." if worst["label"].nunique() > 4 else "")
     cells = "the 1 timed cell" if len(timed) == 1 else f"{len(timed)} timed cells"
     return f"Of {cells}, {' and '.join(parts)}: {labels}. {then}"
+
+
+def _has_times(frame: pd.DataFrame) -> pd.Series:
+    """Rows with timing samples: load_measurements' frames carry the samples, the dashboard's only their median."""
+    return frame["times_ms"].map(len).gt(0) if "times_ms" in frame.columns else frame["median_ms"].notna()
+
+
+def flagged_lengths(frame: pd.DataFrame) -> dict:
+    """(label, *CONFIG[1:]) -> the lengths of that line's timed cells taken on a busy machine or noisy."""
+    from attnprof.trackers.host_contention import NOTE_START
+
+    if not len(frame):
+        return {}
+    timed = frame[(frame["status"] == "ok") & _has_times(frame)]
+    if not len(timed):  # an accounting run: nothing timed (and an empty mask would select columns, not rows)
+        return {}
+    busy = timed["reason"].map(lambda reason: isinstance(reason, str) and reason.startswith(NOTE_START)).astype(bool)
+    flagged = timed[busy | timed["noisy"].fillna(False).astype(bool)]
+    return {keys: sorted(int(n) for n in group["seq_len"]) for keys, group in flagged.groupby(CONFIG, sort=False)}
 
 
 def _were(count: int) -> str:

@@ -25,23 +25,35 @@ def format_ms(value: float | None) -> str:
 
 
 NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); noisy_note explains it
+BUSY_MARK = "!"  # before a median timed while other processes kept cores busy
 
 
 def cell_text(m: Measurement, separator: str = " / ") -> str:
     if m.status != Status.OK:
         return m.status.value
-    parts = [(NOISY_MARK if _noisy(m) else "") + format_ms(m.median_ms)] if m.times_ms else []
+    marks = (BUSY_MARK if _busy(m) else "") + (NOISY_MARK if _noisy(m) else "")
+    parts = [marks + format_ms(m.median_ms)] if m.times_ms else []
     return separator.join(parts + [format_bytes(m.peak_bytes)])
 
 
 def noisy_note(measurements: list[Measurement]) -> str:
-    """'' or the line that explains the mark: a median of samples split between 2.8 and 11 ms read "6.86 ms" as
-    plainly as a steady one."""
-    count = sum(m.status == Status.OK and _noisy(m) for m in measurements)
-    if not count:
-        return ""
-    cells = f"{count} cell{'s' * (count > 1)}"
-    return f"{NOISY_MARK}: noisy, the samples' interquartile range is over {NOISY_IQR_RATIO:.0%} of their median ({cells})"
+    """'' or the lines that explain the marks: a median of samples split between 2.8 and 11 ms read "6.86 ms" as
+    plainly as a steady one, and a cell timed 100x slow under load (184 ms for 1.8) as plainly as a quiet one, its
+    note below the table naming all ten impls of the run."""
+    lines = []
+    noisy = f"noisy, the samples' interquartile range is over {NOISY_IQR_RATIO:.0%} of their median"
+    for mark, flagged, what in ((BUSY_MARK, _busy, "timed while other processes kept cores busy: times may be inflated"),
+                                (NOISY_MARK, _noisy, noisy)):  # fmt: skip
+        count = sum(m.status == Status.OK and bool(m.times_ms) and flagged(m) for m in measurements)
+        if count:
+            lines.append(f"{mark}: {what} ({count} cell{'s' * (count > 1)})")
+    return "\n  ".join(lines)
+
+
+def _busy(m: Measurement) -> bool:
+    from attnprof.trackers.host_contention import NOTE_START
+
+    return bool(m.times_ms) and m.reason.startswith(NOTE_START)
 
 
 def _noisy(m: Measurement) -> bool:

@@ -207,9 +207,10 @@ def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
     from attnprof.store import Store
 
     db = tmp_path / "t.db"
-    run_sweep(Sweep(impls=parse_impls("softmax"), lengths=(64, 128, 256), heads=(2,), head_dim=(16,), causal=(False,),
+    run_sweep(Sweep(impls=parse_impls("softmax,sdpa"), lengths=(64, 128, 256), heads=(2,), head_dim=(16,), causal=(False,),
                     device=("cpu",), dtype=("float32",), warmup_ms=1.0, rep_ms=5.0), db)  # fmt: skip
     frame = load_measurements("latest", db)
+    frame = frame[frame["label"] == "softmax"]
     quiet = frame.assign(reason="", noisy=False)
     assert timing_caveats(quiet) == ""
     busy = quiet.assign(reason="timed while other processes kept 1.0 of 2 cores busy: times may be inflated")
@@ -220,14 +221,23 @@ def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
     store = Store.open(db, create=False)
     store.connection.execute("UPDATE measurements SET reason = ?", ("timed while other processes kept 1.0 of 2 cores busy: x",))
     store.connection.commit()
+    store.set_run_state(store.resolve_run("latest").run_id, "complete")  # the run's snapshot, which the report reads, again
     store.close()
-    table = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "time"])
+    table = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "time", "--impl", "softmax"])
     assert table.exit_code == 0 and "Of 3 timed cells, 3 were timed while other processes kept cores busy" in table.output
+    # each crossover says which of its cells were busy or noisy (one sentence about every cell named none of them)
+    crossings = analyse(load_measurements("latest", db), ("time",)).crossovers
+    assert list(crossings["caveat"]) == ["timed on a busy machine or noisy: sdpa N=64, 128, 256; softmax N=64, 128, 256"]
+    # the report says it too, above its exponents, crossovers and frontiers (only each cell's hover did)
+    from attnprof.report import write_report
+
+    page, _ = write_report("latest", db=db, out=tmp_path / "report.html")
+    assert "Of 6 timed cells, 6 were timed while other processes kept cores busy" in page.read_text()
     payload = json.loads(CliRunner().invoke(cli, ["fit", "--db", str(db), "--format", "json"]).output)
-    assert payload["timing_caveats"].startswith("Of 3 timed cells")
+    assert payload["timing_caveats"].startswith("Of 6 timed cells")
     assert "timing_caveats" in payload and analyse(frame, ("peak_bytes",)).timing_caveats == ""  # no time fitted: nothing said
     # a baseline exported from such a run says so: one timed under load read 649 ms for a 7 ms cell, and hid a 3x slowdown
     out = tmp_path / "baseline.jsonl"
     exported = CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(out), "--db", str(db)])
-    assert exported.exit_code == 0 and out.exists() and "note: Of 3 timed cells, 3 were timed while" in exported.stderr
+    assert exported.exit_code == 0 and out.exists() and "note: Of 6 timed cells, 6 were timed while" in exported.stderr
     assert "export a run timed on a quiet one" in exported.stderr

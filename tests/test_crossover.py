@@ -364,3 +364,15 @@ def test_a_frontier_never_lets_the_peak_fall_below_the_calls_own_output():
     assert floored.length == pytest.approx(budget / (inputs + output), rel=1e-6) and floored.length_high <= floored.length * (1 + 1e-9)
     assert "its output alone outgrows the fitted peak, N^0.75" in floored.message
     assert "fits 23.5 GiB" in floored.message and "200.0 MiB" in memory_frontier(peak, 200 * 2**20, output_bytes_per_token=output).message
+
+
+def test_two_curves_level_at_every_measured_length_do_not_cross_there():
+    """SDPA and SDPA-flash run one CPU kernel (3.78/3.79, 15.05/15.02, 118.2/118.2 ms): no length told them apart,
+    and their fitted lines, tilted by noise, "crossed in range" at 998 in one run and at 2564 in another."""
+    lengths = np.array([512, 1024, 2048, 4096, 8192], dtype=float)
+    wobble = np.array([1.004, 0.997, 1.0, 1.003, 0.996])
+    spreads = np.full(5, 0.01)
+    a = fit_power_law(lengths, 1e-6 * lengths**2 * wobble, metric="time", spreads=spreads)
+    b = fit_power_law(lengths, 1e-6 * lengths**2 / wobble, metric="time", spreads=spreads)
+    found = crossover(a, b, name_a="sdpa", name_b="sdpa-flash")
+    assert found.kind == "none" and "level, within their spread + 1% at every measured length (512..8k)" in found.message, found.message

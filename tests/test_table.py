@@ -89,3 +89,15 @@ def test_a_noisy_median_is_marked_and_the_mark_explained():
     assert cell_text(steady).startswith("6.86 ms") and cell_text(split).startswith("~6.86 ms")
     assert noisy_note([steady, split]) == "~: noisy, the samples' interquartile range is over 10% of their median (1 cell)"
     assert noisy_note([steady]) == ""
+
+
+def test_a_median_timed_on_a_busy_machine_is_marked_in_its_cell():
+    """A cell timed 100x slow under load (184 ms for 1.8) read as plainly as a quiet one; the note below the table
+    named all ten impls of the run, not which cells."""
+    from attnprof.table import cell_text, noisy_note
+
+    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+    slowed = Measurement(Case(impl="combiner-axial", seq_len=256), Status.OK, busy, times_ms=[184.0, 184.2, 183.9], peak_bytes=1)
+    quiet = Measurement(Case(impl="combiner-axial", seq_len=512), Status.OK, times_ms=[3.1, 3.1, 3.2], peak_bytes=1)
+    assert cell_text(slowed).startswith("!184 ms") and cell_text(quiet).startswith("3.1 ms")
+    assert noisy_note([slowed, quiet]) == "!: timed while other processes kept cores busy: times may be inflated (1 cell)"

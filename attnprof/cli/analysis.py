@@ -161,9 +161,10 @@ def _print_crossovers(result, all_crossovers: bool, item: str) -> None:
         header += f"; impls with identical curves are named once, as {EQUALS.join(['a', 'b'])}: {len(lines)} line{'s' * (len(lines) != 1)}"
     click.echo(header + "):" + ("\n" if item.startswith("-") else ""))
     for _, row in lines.iterrows():
+        caveat = f" [{row['caveat']}]" if isinstance(row.get("caveat"), str) and row["caveat"] else ""
         click.echo(
             f"{item}{row['metric']} {row['impl_a']} vs {row['impl_b']} "
-            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}"
+            f"({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}{caveat}"
         )
 
 

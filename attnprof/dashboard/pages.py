@@ -15,7 +15,7 @@ import time
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG
+from attnprof.analysis import CONFIG, timing_caveats
 from attnprof.dashboard import cell_figures, figures, runinfo, views
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
@@ -243,6 +243,8 @@ def _exponent_table(shown, all_fits) -> tuple:
     table = views.exponent_table(shown, all_fits)
     timed = "time" if len(shown) and shown["median_ms"].notna().any() else "peak_bytes"
     note = views.scaling_message(shown, timed) if len(shown) else "No cells match the filters."
+    caveat = timing_caveats(shown, "Their time exponents and crossovers may be off; their hover text says so.") if len(shown) else ""
+    note = " ".join(filter(None, (note, caveat)))  # the report carried no word of them: only each cell's hover did
     return records(table), figures.exponent_figure(table), note
 
 

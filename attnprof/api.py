@@ -313,7 +313,7 @@ def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None
     cells: one row per cell both measured, worst first (dashboard.compare.CELL_COLUMNS: statuses, medians and
     peaks of both, their ratios candidate/baseline, `change` in words; `score` the sort key: inf for ok -> failing,
     else the larger ratio); exponents: per configuration both runs have
-    and metric (time, peak_bytes), both fitted exponents, the lengths each was fitted over, the change and whether
+    and metric (time, peak_bytes), both fitted exponents over the lengths both runs measured, the change and whether
     the 95% intervals are disjoint (`significant`), largest increase first."""
     import pandas as pd
 

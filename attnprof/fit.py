@@ -42,16 +42,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexities, select_complexity
+from attnprof.fit_range import (
+    MIN_KEPT,
+    choose_range,
+    kept_every_length,
+    slope_se_beside_overhead,
+    t_quantile_975,
+    without_persistent_overhead,
+)
+from attnprof.fit_text import format_length, quantity
 
-MIN_KEPT = 4  # the range rule never leaves fewer lengths: 3 would leave 1 degree of freedom (t = 12.7), an interval too wide to judge
-SUBTRACTABLE_SHARE = 0.75  # a persistent overhead is subtracted only where it is under 75% of the value
-OVERHEAD_SHARE_OF_SCATTER = 0.5  # drop lengths whose fixed-overhead share exceeds this fraction of the scatter
-
-# Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30.
-_T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
-_Z_975 = 1.959963984540054
+__all__ = ["Fit", "fit_power_law", "fit_power_laws", "format_length", "kept_every_length", "local_slopes", "quantity", "t_quantile_975"]
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,9 @@ class _Shape:
     @classmethod
     def of(cls, samples: _Samples, found, min_length, metric: str = "") -> _Shape:
         med_lengths, med_values = samples.lengths, samples.values
-        start, rule = _choose_range(med_lengths, med_values, min_length, found, metric)
+        start, rule = choose_range(med_lengths, med_values, min_length, found, metric)
         fitted_values = med_values[start:]
-        subtracted = None if found is None else _without_persistent_overhead(med_lengths, med_values, found, metric)
+        subtracted = None if found is None else without_persistent_overhead(med_lengths, med_values, found, metric)
         if subtracted is not None:
             start, fitted_values, rule = subtracted
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
@@ -220,7 +221,7 @@ class _Shape:
             # (FLOPs, accounted bytes: c0 + a N^b within the resolution) keep the plain interval: with sigma at the
             # resolution floor the three-parameter one widened Nystromformer's FLOP exponent 1.000 to [0.956, 1.044]
             # over 4 lengths, and a max_exponent = 1.03 gate failed an unchanged formula.
-            se, dof = max(se, _slope_se_beside_overhead(med_lengths[start:], med_values[start:], found)), dof - 1
+            se, dof = max(se, slope_se_beside_overhead(med_lengths[start:], med_values[start:], found)), dof - 1
         if samples.spreads is None:
             spreads = _relative_spreads(samples.all_lengths, samples.all_values, med_lengths)
         else:
@@ -269,62 +270,6 @@ class _Shape:
             spreads=self.spreads,
             overhead=self.overhead,
         )
-
-
-def _without_persistent_overhead(lengths, values, found, metric: str = ""):
-    """When a fixed overhead is still visible at the largest length (an exact accounting run: a constant
-    workspace beside a linear term never fades in range), the log-log slope of the raw values is no
-    asymptotic exponent at all. Then the overhead c0 of y = c0 + a N^b is subtracted and ln(y - c0) is
-    fitted over every length where c0 is under SUBTRACTABLE_SHARE of the value (the relative noise of
-    y - c0 is at most 4x that of y there); the slope estimates b. Returns
-    (index of the first length used, values to fit, range sentence), or None when the overhead fades."""
-    limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
-    if found.prefactor == 0 or found.overhead <= limit * values[-1]:
-        return None
-    if len(values) == MIN_KEPT and found.scatter > RELATIVE_RESOLUTION:
-        # 4 lengths leave y = c0 + a N^b one degree of freedom: only a curve that fits them exactly (FLOPs,
-        # accounted bytes) says the overhead is real, and noisy times keep their plain log-log slope.
-        return None
-    keep = found.overhead < SUBTRACTABLE_SHARE * values
-    first = int(np.argmax(keep))
-    if not keep[first:].all() or len(values) - first < MIN_KEPT:
-        return None
-    share = found.overhead / values[-1]
-    sentence = (f"a fixed overhead {quantity(found.overhead, metric)} is still {share:.1%} of the value at N={format_length(lengths[-1])}: "
-                f"subtracted, and ln(y - overhead) fitted over N = {_span(lengths[first:])}")  # fmt: skip
-    return first, values[first:] - found.overhead, sentence
-
-
-def _slope_se_beside_overhead(lengths, values, found) -> float:
-    """The standard error of b in y = c0 + a N^b with all three estimated (relative residuals, as found): the
-    covariance sigma^2 (J'J)^-1 at the fitted parameters. Treating the subtracted c0 as known gave intervals that
-    held the true exponent in 53-71% of simulated fits (6 lengths, 3% noise) instead of 95% (a helper's audit)."""
-    n, y = np.asarray(lengths, dtype=float), np.asarray(values, dtype=float)
-    if len(n) <= 3:
-        return math.inf
-    grown = n**found.exponent
-    residual = (y - found.overhead - found.prefactor * grown) / y
-    sigma = max(math.sqrt(residual @ residual / (len(n) - 3)), RELATIVE_RESOLUTION)
-    scale = np.log(n).mean()  # ln N centred in b's column keeps J'J well conditioned; b's variance is unchanged
-    jacobian = np.column_stack([1 / y, grown / y, found.prefactor * grown * (np.log(n) - scale) / y])
-    jacobian[:, 1] *= found.prefactor  # a's column in relative units (d/d ln a): the three columns of one order
-    try:
-        covariance = np.linalg.inv(jacobian.T @ jacobian)
-    except np.linalg.LinAlgError:
-        return math.inf
-    return float(sigma * math.sqrt(max(covariance[2, 2], 0.0)))
-
-
-def quantity(value: float, metric: str) -> str:
-    """A value of a fitted metric with its unit, as the range sentences give an overhead ("0.409" read as nothing:
-    a time in ms, bytes or FLOPs). Metrics are named by their frame columns or the gate's words."""
-    if metric in ("time", "time_ms", "median_ms"):
-        return f"{value:.3g} ms"
-    if "bytes" in metric:
-        from attnprof.table import format_bytes
-
-        return format_bytes(int(round(value)))
-    return f"{value:.3g} FLOPs" if metric == "flops" else f"{value:.3g}"
 
 
 def _valid_samples(lengths, values):
@@ -378,66 +323,6 @@ def local_slopes(lengths, values) -> tuple:
     return tuple(zip(_as_numbers(lengths[:-1]), _as_numbers(lengths[1:]), slopes.tolist(), strict=True))
 
 
-def _choose_range(lengths: np.ndarray, values: np.ndarray, min_length, found, metric: str = ""):
-    """Index of the first length to fit, and the sentence saying why."""
-    if min_length is None:
-        return _asymptotic_start(lengths, values, found, metric)
-    start = int(np.searchsorted(lengths, min_length, side="left"))
-    kept = len(lengths) - start
-    if kept < 2:
-        raise ValueError(f"min_length={min_length} leaves {kept} of the lengths {_span(lengths)}; a fit needs at least 2")
-    return start, f"min_length={min_length} given: fit uses N = {_span(lengths[start:])} ({kept} lengths)"
-
-
-def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found, metric: str = ""):
-    count = len(lengths)
-    if count <= MIN_KEPT:
-        return 0, f"all {count} lengths kept ({_span(lengths)}): too few to leave any out"
-    if found.prefactor == 0:
-        return 0, f"all {count} lengths kept ({_span(lengths)}): the values do not grow with N, so none is overhead-bound"
-    limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
-    by_overhead = 0
-    while count - by_overhead > MIN_KEPT and found.overhead > limit * values[by_overhead]:
-        by_overhead += 1
-    x, y = np.log(lengths), np.log(values)
-    start = by_overhead
-    while count - start > MIN_KEPT and _bends_up(x[start:], y[start:]):
-        start += 1
-    return start, _range_sentence(lengths, by_overhead, start, quantity(found.overhead, metric), limit)
-
-
-_NOTHING_TO_DROP = "no upward bend"  # how the sentence of a fit that kept every length, with nothing to drop, ends
-
-
-def kept_every_length(rule: str) -> bool:
-    """Whether a fit's range rule says it kept every length because none was overhead-bound or bending (the `fit`
-    listing counts those fits instead of listing them); read here, beside the sentence it reads."""
-    return rule.startswith("all ") and rule.endswith(_NOTHING_TO_DROP)
-
-
-def _range_sentence(lengths, by_overhead: int, start: int, overhead: str, limit: float) -> str:
-    if start == 0:
-        return f"all {len(lengths)} lengths kept ({_span(lengths)}): fixed overhead under {limit:.1%} of every value, {_NOTHING_TO_DROP}"
-    reasons = []
-    if by_overhead:
-        reasons.append(f"{by_overhead} where the fixed overhead {overhead} is over {limit:.1%} of the value")
-    if start > by_overhead:
-        reasons.append(f"{start - by_overhead} where log-log still bends upward (a fading cost)")
-    return f"dropped {_span(lengths[:start])}: {'; then '.join(reasons)}; fit uses N = {_span(lengths[start:])}"
-
-
-def _bends_up(x: np.ndarray, y: np.ndarray) -> bool:
-    """Is y convex in x, significantly at 95% (one-sided t-test on a quadratic term)?"""
-    centered = x - x.mean()  # keeps the 3-column design well conditioned
-    design = np.column_stack([np.ones_like(x), centered, centered**2])
-    coef = np.linalg.lstsq(design, y, rcond=None)[0]
-    dof = len(x) - 3
-    residual = y - design @ coef
-    sigma = max(math.sqrt(residual @ residual / dof), RELATIVE_RESOLUTION)  # bends below resolution do not count
-    se = sigma * math.sqrt(np.linalg.inv(design.T @ design)[2, 2])
-    return coef[2] / se > t_quantile_975(dof)
-
-
 def _least_squares(x: np.ndarray, y: np.ndarray):
     """Ordinary least squares y = a + b x: (a, b, standard error of b, r2)."""
     x_mean, y_mean = x.mean(), y.mean()
@@ -454,19 +339,6 @@ def _least_squares(x: np.ndarray, y: np.ndarray):
     return intercept, slope, sigma / math.sqrt(sxx), r2
 
 
-def t_quantile_975(dof: int) -> float:
-    """Student-t 97.5% quantile (two-sided 95%); inf for dof < 1."""
-    if dof < 1:
-        return math.inf
-    if dof <= len(_T_975):
-        return _T_975[dof - 1]
-    z = _Z_975  # Cornish-Fisher expansion in 1/dof: within 1e-4 of the exact value for dof > 30
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
-
-
 def _notes(n_dropped: int, n_points: int, choice: ComplexityChoice) -> tuple:
     notes = []
     if n_dropped:
@@ -476,23 +348,6 @@ def _notes(n_dropped: int, n_points: int, choice: ComplexityChoice) -> tuple:
     if choice.complexity == "ambiguous":
         notes.append(f"class ambiguous: {choice.best} vs {choice.runner_up}, AIC margin {choice.margin:.2f}")
     return tuple(notes)
-
-
-def format_length(n: float) -> str:
-    """1024 -> '1k', 65536 -> '64k', 3000 -> '3000', 3172.4 -> '3172', 2.4e13 -> '2.41e+13' (an
-    extrapolation that far is an order of magnitude, not a length: its digits would be noise)."""
-    if not math.isfinite(n):
-        return str(n)
-    if abs(n) >= 1e9:
-        return f"{n:.3g}"
-    rounded = round(n)
-    if rounded >= 1024 and rounded % 1024 == 0:
-        return f"{rounded // 1024}k"
-    return str(rounded)
-
-
-def _span(lengths) -> str:
-    return format_length(lengths[0]) if len(lengths) == 1 else f"{format_length(lengths[0])}..{format_length(lengths[-1])}"
 
 
 def _as_numbers(array) -> tuple:

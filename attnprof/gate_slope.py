@@ -46,14 +46,17 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
     broken = broken_cells(group)
     if broken:
         return Judgement(subject, "FAIL", broken, math.inf)
-    shared = sorted(set(group.loc[group["status"] == "ok", "seq_len"]) & set(base.loc[base["status"] == "ok", "seq_len"]))
-    fits = []
-    for where, cells in (("the run", group), ("the baseline", base)):
-        lengths, values, missing = fit_points(rule, cells[cells["seq_len"].isin(shared)])
-        if missing:
-            return Judgement(subject, "MISSING", f"{where}: {missing} (over the lengths both measured: {_listed(shared)})")
-        fits.append(fit_power_law(lengths, values, metric=rule.metric))
-    now, then = fits
+    ok_now, ok_then = (set(cells.loc[cells["status"] == "ok", "seq_len"]) for cells in (group, base))
+    shared = sorted(ok_now & ok_then)
+    if len(shared) < 3:  # said of both sides: "the run: 0 ok lengths" blamed a run whose 5 lengths ran, for the baseline's
+        oks = f"ok in the run: {_listed(sorted(ok_now))}; in the baseline: {_listed(sorted(ok_then))}"
+        why = f"{len(shared)} lengths ok in both, need 3 to compare ({oks})"
+        return Judgement(subject, "MISSING", why)
+    now, then = _fits_over(rule, (group, base), shared, fit_power_law)
+    if isinstance(now, str) or isinstance(then, str):
+        where, why = ("the run", now) if isinstance(now, str) else ("the baseline", then)
+        return Judgement(subject, "MISSING", f"{where}: {why} (over the lengths both measured: {_listed(shared)})")
+    shared = [n for n in shared if n >= now.lengths_used[0]]  # what both fits used: the same lengths, see _fits_over
     increase = now.exponent - then.exponent
     lowest, highest = now.exponent_low - then.exponent_high, now.exponent_high - then.exponent_low
     bound = rule.max_exponent_increase
@@ -67,7 +70,10 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
     if rule.metric != "time":  # exact: the difference is the verdict
         verdict, sign = ("FAIL", ">") if increase > bound else ("PASS", "<=")
         return Judgement(subject, verdict, f"{described} {sign} max increase {bound:g}", increase - bound, figures)
-    busy = busy_note(group) + busy_note(base)
+    at = lambda cells: cells[cells["seq_len"].isin(shared)]  # noqa: E731  (only load on the fitted cells can explain them)
+    busy = "".join(
+        f" [{when}: {note[2:]}" for when, note in (("now", busy_note(at(group))), ("in the baseline", busy_note(at(base)))) if note
+    )
     described += busy
     if lowest > bound:
         failed = Judgement(subject, "FAIL", f"{described} > max increase {bound:g} (at least {lowest:+.3f})", lowest - bound, figures)
@@ -76,6 +82,22 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
         return Judgement(subject, "PASS", f"{described} <= max increase {bound:g} (at most {highest:+.3f})", highest - bound, figures)
     why = f"the increase lies in [{lowest:+.3f}, {highest:+.3f}], which holds the bound {bound:g}: can't tell"
     return Judgement(subject, "MISSING", f"{described}: {why}; more lengths or a longer rep_ms narrow it", 0.0, figures)
+
+
+def _fits_over(rule: GateRule, sides, shared: list, fit_power_law) -> tuple:
+    """The two fits (or why one cannot be made) over the same lengths: each side's range rule may drop other small
+    lengths (the baseline's dropped 256 where the run's kept it, and "over N=256..4k" was not what both fitted), so
+    both are fitted again from the larger first length either kept."""
+    fits, start = [], None
+    for _ in range(2):
+        fits = []
+        for cells in sides:
+            lengths, values, missing = fit_points(rule, cells[cells["seq_len"].isin([n for n in shared if start is None or n >= start])])
+            fits.append(missing or fit_power_law(lengths, values, metric=rule.metric, min_length=start))
+        if any(isinstance(fit, str) for fit in fits) or fits[0].lengths_used[0] == fits[1].lengths_used[0]:
+            return tuple(fits)
+        start = max(fits[0].lengths_used[0], fits[1].lengths_used[0])
+    return tuple(fits)
 
 
 def _listed(lengths) -> str:

@@ -52,3 +52,15 @@ def test_the_compare_command_prints_tables_markdown_and_strict_json(two_runs):
     assert apart.exit_code == 0 and "The two runs share no cell (configuration, length and seed)" in apart.output
     bad = runner.invoke(cli, ["compare", "nosuchrun", "--db", str(db)])
     assert bad.exit_code == 2 and "'nosuchrun'" in bad.output and "Traceback" not in bad.output
+
+
+def test_exponents_are_compared_over_the_cells_both_runs_ran(two_runs):
+    """A cell that failed in one run is no shared length: SDPA timed out at 8k in one run, and its exponents were fitted
+    over 256..4k against 256..8k."""
+    from attnprof.dashboard.compare import shared_configurations
+
+    db, older, newer = two_runs
+    a, b = attnprof.load_measurements(older, db), attnprof.load_measurements(newer, db)
+    failed = b.assign(status=b["status"].where(b["seq_len"] != 4096, "timeout"))
+    kept_a, kept_b = shared_configurations(a, failed)
+    assert sorted(set(kept_a["seq_len"])) == sorted(set(kept_b["seq_len"])) == [1024, 2048]

@@ -816,14 +816,39 @@ def test_a_slope_rule_end_to_end_against_an_exported_baseline(tmp_path):
 
 def test_a_cpu_peak_from_before_the_allocator_peak_is_not_compared_with_one_after():
     """CPU peaks were the live tensors, now the allocator's (a kernel's own workspace counts): an unchanged Nystromformer
-    failed +317% against a baseline exported before. A baseline without peak_source was, on the CPU, live tensors."""
+    failed +317% against a baseline exported before. A baseline saying another source is not compared; one saying
+    none (written before peak_source was kept) is compared, and a growth past the bound cannot be told from that."""
     rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.1}], "t")
     now = frame([dict(seq_len=1024, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=9 << 20, peak_source="allocator")])
+    [other] = evaluate(rule, now, baseline=now.assign(peak_bytes=2 << 20, peak_source="live_tensors"))
+    assert other.verdict == "MISSING" and "the allocator peak now, the live_tensors peak in the baseline" in other.message
     old_file = now.assign(peak_bytes=2 << 20).drop(columns=["peak_source"])  # written before the key existed
-    [verdict] = evaluate(rule, now, baseline=old_file)
-    assert verdict.verdict == "MISSING" and "the allocator peak now, the live_tensors peak in the baseline" in verdict.message
-    assert "export the baseline again" in verdict.message
+    [grown] = evaluate(rule, now, baseline=old_file)
+    assert grown.verdict == "MISSING" and "the baseline keeps no peak_source" in grown.message and "export it again" in grown.message
+    [unchanged] = evaluate(rule, now, baseline=now.drop(columns=["peak_source"]))  # same peaks, no source: nothing to doubt
+    assert unchanged.verdict == "PASS"
     [same] = evaluate(rule, now, baseline=now.assign(peak_bytes=2 << 20))  # both the allocator's: a real regression
     assert same.verdict == "FAIL"
     on_gpu = now.assign(device="cuda")
     assert evaluate(rule, on_gpu, baseline=on_gpu.assign(peak_bytes=2 << 20).drop(columns=["peak_source"]))[0].verdict == "FAIL"
+
+
+def test_a_slope_is_judged_on_the_cells_both_fits_used_and_says_whose_they_are():
+    """Review findings: a busy cell at a length only the run measured turned a real FAIL into MISSING; a baseline with
+    no ok cell was blamed on the run ("the run: 0 ok lengths"); 'over N=256..4k' was not what both fits used."""
+    rule = parse_rules([{"impl": "x", "metric": "time", "max_exponent_increase": 0.2}], "t")
+
+    def cells(exponent, lengths, reason_at=None, status="ok"):
+        rows = [dict(seq_len=n, status=status, times_ms=[1e-3 * n**exponent * f for f in (0.98, 1.0, 1.02)], median_ms=1e-3 * n**exponent,
+                     peak_bytes=1, reason=BUSY if n == reason_at else "") for n in lengths]  # fmt: skip
+        return frame(rows)
+
+    base = cells(1.0, [512, 1024, 2048, 4096])
+    [quiet] = evaluate(rule, cells(2.0, [512, 1024, 2048, 4096, 8192]), baseline=base)
+    [busy_beyond] = evaluate(rule, cells(2.0, [512, 1024, 2048, 4096, 8192], reason_at=8192), baseline=base)
+    assert quiet.verdict == busy_beyond.verdict == "FAIL" and "over N=512..4096" in quiet.message, busy_beyond.message
+    [busy_inside] = evaluate(rule, cells(2.0, [512, 1024, 2048, 4096], reason_at=2048), baseline=base)
+    assert busy_inside.verdict == "MISSING" and "[now: N=2048 timed while" in busy_inside.message
+    [failed_baseline] = evaluate(rule, cells(1.0, [512, 1024, 2048, 4096]), baseline=cells(1.0, [512, 1024, 2048, 4096], status="timeout"))
+    assert failed_baseline.verdict == "MISSING" and "0 lengths ok in both" in failed_baseline.message
+    assert "ok in the run: 512, 1024, 2048, 4096; in the baseline: none" in failed_baseline.message

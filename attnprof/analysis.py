@@ -95,12 +95,12 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     kept one of two cores busy fitted Nystromformer's time exponent as 0.010 (its samples flat at 296-312 ms) and put a
     crossover at 3465 instead of 336, and `fit` said nothing of the notes its rows carried."""
     from attnprof.records import NOISY_IQR_RATIO
-    from attnprof.trackers.host_contention import NOTE_START
+    from attnprof.trackers.host_contention import timed_while_busy
 
     timed = frame[(frame["status"] == "ok") & _has_times(frame)] if len(frame) else frame
     if not len(timed):
         return ""
-    busy = timed["reason"].map(lambda reason: isinstance(reason, str) and reason.startswith(NOTE_START))
+    busy = timed["reason"].map(timed_while_busy).astype(bool)
     noisy = timed["noisy"].fillna(False).astype(bool)
     parts = []
     if busy.any():
@@ -123,14 +123,14 @@ def _has_times(frame: pd.DataFrame) -> pd.Series:
 
 def flagged_lengths(frame: pd.DataFrame) -> dict:
     """(label, *CONFIG[1:]) -> the lengths of that line's timed cells taken on a busy machine or noisy."""
-    from attnprof.trackers.host_contention import NOTE_START
+    from attnprof.trackers.host_contention import timed_while_busy
 
     if not len(frame):
         return {}
     timed = frame[(frame["status"] == "ok") & _has_times(frame)]
     if not len(timed):  # an accounting run: nothing timed (and an empty mask would select columns, not rows)
         return {}
-    busy = timed["reason"].map(lambda reason: isinstance(reason, str) and reason.startswith(NOTE_START)).astype(bool)
+    busy = timed["reason"].map(timed_while_busy).astype(bool)
     flagged = timed[busy | timed["noisy"].fillna(False).astype(bool)]
     return {keys: sorted(int(n) for n in group["seq_len"]) for keys, group in flagged.groupby(CONFIG, sort=False)}
 

@@ -213,9 +213,9 @@ def _apart(show, value: float, bound: float) -> str:
 
 def busy_note(group: pd.DataFrame) -> str:
     """' [N=1024, 2048 timed while other processes kept 1.0 of 2 cores busy]' when CPU timing said so."""
-    from attnprof.trackers.host_contention import NOTE_START
+    from attnprof.trackers.host_contention import timed_while_busy
 
-    busy = group[group["reason"].map(lambda r: isinstance(r, str) and r.startswith(NOTE_START))]
+    busy = group[group["reason"].map(timed_while_busy).astype(bool)]
     if busy.empty:
         return ""
     lengths = ", ".join(str(n) for n in sorted(set(busy["seq_len"])))

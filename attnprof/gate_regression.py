@@ -122,10 +122,10 @@ def _number(value) -> float | None:
 
 def _busy(row: pd.Series, when: str) -> str:
     """A time timed on a busy CPU says so beside the change: the slowdown may be the machine's, not the code's."""
-    from attnprof.trackers.host_contention import NOTE_START
+    from attnprof.trackers.host_contention import timed_while_busy
 
     reason = row.get("reason")
-    if not isinstance(reason, str) or not reason.startswith(NOTE_START):
+    if not timed_while_busy(reason):
         return ""
     return f" [{when}: {reason.split(':')[0].removeprefix('timed while ')}]"
 

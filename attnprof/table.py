@@ -24,8 +24,8 @@ def format_ms(value: float | None) -> str:
     return f"{value:.3g} ms" if value < 1000 else f"{value / 1000:.3g} s"
 
 
-NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); noisy_note explains it
-BUSY_MARK = "!"  # before a median timed while other processes kept cores busy
+NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); marks_note explains it
+BUSY_MARK = "!"  # before a median timed while other processes kept cores busy; marks_note explains it too
 
 
 def cell_text(m: Measurement, separator: str = " / ") -> str:
@@ -36,7 +36,7 @@ def cell_text(m: Measurement, separator: str = " / ") -> str:
     return separator.join(parts + [format_bytes(m.peak_bytes)])
 
 
-def noisy_note(measurements: list[Measurement]) -> str:
+def marks_note(measurements: list[Measurement]) -> str:
     """'' or the lines that explain the marks: a median of samples split between 2.8 and 11 ms read "6.86 ms" as
     plainly as a steady one, and a cell timed 100x slow under load (184 ms for 1.8) as plainly as a quiet one, its
     note below the table naming all ten impls of the run."""
@@ -51,9 +51,9 @@ def noisy_note(measurements: list[Measurement]) -> str:
 
 
 def _busy(m: Measurement) -> bool:
-    from attnprof.trackers.host_contention import NOTE_START
+    from attnprof.trackers.host_contention import timed_while_busy
 
-    return bool(m.times_ms) and m.reason.startswith(NOTE_START)
+    return bool(m.times_ms) and timed_while_busy(m.reason)
 
 
 def _noisy(m: Measurement) -> bool:

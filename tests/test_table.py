@@ -82,22 +82,22 @@ def test_reasons_differing_only_in_numbers_are_one_line_with_their_range():
 
 def test_a_noisy_median_is_marked_and_the_mark_explained():
     """A median of samples split between 2.8 and 11 ms read "6.86 ms" as plainly as a steady one."""
-    from attnprof.table import cell_text, noisy_note
+    from attnprof.table import cell_text, marks_note
 
     steady = Measurement(Case(impl="softmax", seq_len=1024), Status.OK, times_ms=[6.8, 6.86, 6.9], peak_bytes=1)
     split = Measurement(Case(impl="softmax", seq_len=2048), Status.OK, times_ms=[2.8, 2.9, 6.86, 10.0, 11.0], peak_bytes=1)
     assert cell_text(steady).startswith("6.86 ms") and cell_text(split).startswith("~6.86 ms")
-    assert noisy_note([steady, split]) == "~: noisy, the samples' interquartile range is over 10% of their median (1 cell)"
-    assert noisy_note([steady]) == ""
+    assert marks_note([steady, split]) == "~: noisy, the samples' interquartile range is over 10% of their median (1 cell)"
+    assert marks_note([steady]) == ""
 
 
 def test_a_median_timed_on_a_busy_machine_is_marked_in_its_cell():
     """A cell timed 100x slow under load (184 ms for 1.8) read as plainly as a quiet one; the note below the table
     named all ten impls of the run, not which cells."""
-    from attnprof.table import cell_text, noisy_note
+    from attnprof.table import cell_text, marks_note
 
     busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
     slowed = Measurement(Case(impl="combiner-axial", seq_len=256), Status.OK, busy, times_ms=[184.0, 184.2, 183.9], peak_bytes=1)
     quiet = Measurement(Case(impl="combiner-axial", seq_len=512), Status.OK, times_ms=[3.1, 3.1, 3.2], peak_bytes=1)
     assert cell_text(slowed).startswith("!184 ms") and cell_text(quiet).startswith("3.1 ms")
-    assert noisy_note([slowed, quiet]) == "!: timed while other processes kept cores busy: times may be inflated (1 cell)"
+    assert marks_note([slowed, quiet]) == "!: timed while other processes kept cores busy: times may be inflated (1 cell)"

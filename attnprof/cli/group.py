@@ -144,7 +144,7 @@ def exit_interrupted(stop, db) -> None:
 def print_summary(db, run_id: str, output_format: str) -> None:
     from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
-    from attnprof.table import markdown_table, noisy_note, reasons_list, rich_table
+    from attnprof.table import markdown_table, marks_note, reasons_list, rich_table
 
     store = Store.open(db, create=False)
     try:
@@ -157,7 +157,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
-    notes = list(filter(None, [noisy_note(measurements), *reasons_list(measurements)]))
+    notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows
     for line in notes:

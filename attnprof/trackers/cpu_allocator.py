@@ -6,7 +6,8 @@ is no tensor of the call, and it missed it. A helper's audit found Nyströmforme
 taking two 2 MiB blocks at N = 1024, B1 H2 D64: live tensors read 1.16 MiB where the allocator handed out 4.50 MiB
 (4.3x at 4096), which ranked it the leanest approximation when it was the largest; SDPA's CPU flash kernel keeps
 per-thread buffers the same way (0.51 live against 1.07 MiB). Every CPU allocation goes through c10's allocator,
-which reports it to the profiler (profile_memory): the running sum of those reports is the allocator's growth.
+which reports it to the profiler (profile_memory): the running sum of those reports, over the blocks allocated
+under the call, is the allocator's growth.
 
 Not a timer: the profiler slows an op-heavy call by about a quarter (Combiner-Mixture fwd-bwd at 1k: 80-86 ->
 99-109 ms here), so it runs only in the memory pass, never around a timed call.
@@ -18,6 +19,7 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
+
 
 class CpuAllocatorTracker:
     """`with CpuAllocatorTracker() as allocator: call()`, then `allocator.peak_bytes`: the most bytes the CPU allocator

@@ -16,6 +16,12 @@ NOTE_CORES = 0.5  # other processes at half a core or more: the timing row says 
 NOTE_START = "timed while other processes kept"  # how such a row's reason begins (the gate looks for it)
 
 
+def timed_while_busy(reason) -> bool:
+    """Whether a row's reason is (or begins with) this note: the one test the gate, `fit`, `show` and the report
+    share."""
+    return isinstance(reason, str) and reason.startswith(NOTE_START)
+
+
 @dataclass
 class Contention:
     other_cores: float = 0.0  # mean number of cores other processes kept busy during the block

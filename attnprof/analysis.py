@@ -95,13 +95,10 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     kept one of two cores busy fitted Nystromformer's time exponent as 0.010 (its samples flat at 296-312 ms) and put a
     crossover at 3465 instead of 336, and `fit` said nothing of the notes its rows carried."""
     from attnprof.records import NOISY_IQR_RATIO
-    from attnprof.trackers.host_contention import timed_while_busy
 
-    timed = frame[(frame["status"] == "ok") & _has_times(frame)] if len(frame) else frame
+    timed, busy, noisy = _timed_flags(frame)
     if not len(timed):
         return ""
-    busy = timed["reason"].map(timed_while_busy).astype(bool)
-    noisy = timed["noisy"].fillna(False).astype(bool)
     parts = []
     if busy.any():
         parts.append(f"{_were(int(busy.sum()))} timed while other processes kept cores busy (times may be inflated)")
@@ -116,22 +113,26 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     return f"Of {cells}, {' and '.join(parts)}: {labels}. {then}"
 
 
-def _has_times(frame: pd.DataFrame) -> pd.Series:
-    """Rows with timing samples: load_measurements' frames carry the samples, the dashboard's only their median."""
-    return frame["times_ms"].map(len).gt(0) if "times_ms" in frame.columns else frame["median_ms"].notna()
+def _timed_flags(frame: pd.DataFrame) -> tuple:
+    """(the ok rows with timing samples, which of them were timed on a busy machine, which are noisy). Samples:
+    load_measurements' frames carry them, the dashboard's only their median."""
+    from attnprof.trackers.host_contention import timed_while_busy
+
+    if not len(frame):
+        return frame, pd.Series(dtype=bool), pd.Series(dtype=bool)
+    has_times = frame["times_ms"].map(len).gt(0) if "times_ms" in frame.columns else frame["median_ms"].notna()
+    timed = frame[(frame["status"] == "ok") & has_times]
+    if not len(timed):  # an accounting run: nothing timed (and an empty mask would select columns, not rows)
+        return timed, pd.Series(dtype=bool), pd.Series(dtype=bool)
+    return timed, timed["reason"].map(timed_while_busy).astype(bool), timed["noisy"].fillna(False).astype(bool)
 
 
 def flagged_lengths(frame: pd.DataFrame) -> dict:
     """(label, *CONFIG[1:]) -> the lengths of that line's timed cells taken on a busy machine or noisy."""
-    from attnprof.trackers.host_contention import timed_while_busy
-
-    if not len(frame):
+    timed, busy, noisy = _timed_flags(frame)
+    if not len(timed):
         return {}
-    timed = frame[(frame["status"] == "ok") & _has_times(frame)]
-    if not len(timed):  # an accounting run: nothing timed (and an empty mask would select columns, not rows)
-        return {}
-    busy = timed["reason"].map(timed_while_busy).astype(bool)
-    flagged = timed[busy | timed["noisy"].fillna(False).astype(bool)]
+    flagged = timed[busy | noisy]
     return {keys: sorted(int(n) for n in group["seq_len"]) for keys, group in flagged.groupby(CONFIG, sort=False)}
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexities, select_complexity
+from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexities
 from attnprof.fit_range import (
     MIN_KEPT,
     choose_range,
@@ -121,10 +121,10 @@ def fit_power_law(lengths, values, *, min_length: float | None = None, metric: s
     `spreads`, one per value: each value's own relative spread (half its samples' IQR over their median), for
     values that are already medians (the dashboard fits the cells' stored medians). Without them a length's
     spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree."""
-    samples = _Samples.of(lengths, values, spreads)
-    found = fit_overhead(samples.lengths, samples.values) if samples.needs_overhead(min_length) else None
-    shape = _Shape.of(samples, found, min_length, metric)
-    return shape.fit(select_complexity(shape.used_lengths, shape.used_values, noise=shape.noise), metric)
+    (fit,) = fit_power_laws([(lengths, values, spreads)], min_length=min_length, metric=metric)  # one code path for both
+    if isinstance(fit, ValueError):
+        raise fit
+    return fit
 
 
 def fit_power_laws(series, *, min_length: float | None = None, metric: str = "") -> list:

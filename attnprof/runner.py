@@ -116,25 +116,31 @@ class WorkerHandle:
 
     def _wait(self, case: Case, timeout_s: float) -> Measurement:
         deadline = time.monotonic() + timeout_s
+        stage = "its start"  # the worker names each step as it begins: a timeout in the reference check is no slow kernel
         while time.monotonic() < deadline:
             if self.connection.poll(min(0.2, max(0.0, deadline - time.monotonic()))):
                 try:
-                    _, data, poisoned = self.connection.recv()
+                    message = self.connection.recv()
                 except (EOFError, OSError):
-                    return self._crashed(case)
+                    return self._crashed(case, stage)
+                if message[0] == "stage":
+                    stage = message[1]
+                    continue
+                _, data, poisoned = message
                 if poisoned:
                     self.kill()  # a poisoned CUDA context fails every later case: start afresh
                 return Measurement.from_dict(data)
             if not self.process.is_alive():
-                return self._crashed(case)
+                return self._crashed(case, stage)
         self.kill()
-        return Measurement(case=case, status=Status.TIMEOUT, reason=f"ran longer than the {timeout_s:g} s timeout; worker killed")
+        reason = f"ran longer than the {timeout_s:g} s timeout during {stage}; worker killed"
+        return Measurement(case=case, status=Status.TIMEOUT, reason=reason)
 
-    def _crashed(self, case: Case) -> Measurement:
+    def _crashed(self, case: Case, stage: str) -> Measurement:
         self.process.join(timeout=5)
         reason = signal_reason(self.process.exitcode)
         self.kill()
-        return Measurement(case=case, status=Status.CRASHED, reason=reason)
+        return Measurement(case=case, status=Status.CRASHED, reason=f"{reason}, during {stage}")
 
     def kill(self) -> None:
         if self.process is not None and self.process.pid is not None:  # pid None: start() itself failed

@@ -45,15 +45,24 @@ class CaseMeasurer:
     def __init__(self):
         self.checks: dict[tuple, CheckResult] = {}
         self.poisoned = False  # a CUDA error left the context unusable: the parent restarts us
+        self.stage = ""  # the step of the case under way: an error row says which one raised
+        self.announce = None  # tells the parent each step too, for a timeout's or a crash's row (worker_main sets it)
+
+    def at(self, stage: str) -> None:
+        self.stage = stage
+        if self.announce is not None:
+            self.announce(stage)
 
     def measure(self, case: Case, settings: Settings) -> Measurement:
         started = time.perf_counter()
+        self.at("its refusals")
         try:
             measurement = self._measure(case, settings)
         except Exception as error:  # any failure of the case becomes its row
             status, reason, poisoned = classify(error)
             self.poisoned = self.poisoned or poisoned
-            measurement = Measurement(case=case, status=status, reason=reason)
+            # which step: an out-of-memory in the timing pass (the heap held for it) is not one in the memory pass
+            measurement = Measurement(case=case, status=status, reason=f"{reason}; during {self.stage}")
             del error
             gc.collect()  # a traceback keeps the failed call's tensors alive through reference cycles
         _release_cached_memory(case.device)
@@ -76,13 +85,15 @@ class CaseMeasurer:
             return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons))
         if settings.accounting:
             return self._accounted(impl, case)
+        self.at("its check against the reference")
         check = self._check(impl, case)
         if check.failure:
             return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
+        self.at("the host-memory guard's prediction")
         refusal = _host_memory_refusal(impl, case)
         if refusal:
             return Measurement(case=case, status=Status.OOM, reason=refusal)
-        measurement = _measure_passes(impl, case, settings)
+        measurement = _measure_passes(impl, case, settings, self.at)
         measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
         return measurement
 
@@ -93,10 +104,12 @@ class CaseMeasurer:
         from attnprof.accounting_runs import account_case
 
         on_cpu = case.resized(device="cpu")
+        self.at("its check against the reference")
         with checking_the_accounted_plan():  # the plan meta counts: backend=compile compiled first, 16 s a configuration
             check = None if impl.not_supported(on_cpu) else self._check(impl, on_cpu)
         if check is not None and check.failure:
             return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
+        self.at("the accounting on meta")
         measurement = account_case(impl, case)
         if check is not None and measurement.status == Status.OK:
             measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
@@ -113,39 +126,49 @@ class CaseMeasurer:
         return self.checks[key]
 
 
-def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings) -> Measurement:
+def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings, at=lambda stage: None) -> Measurement:
+    """The passes of a case that was checked and fits; `at(stage)` names each step as it starts (an error row's "during")."""
     from attnprof.timing import bench, energy_per_call
 
+    at("making its inputs")
     inputs = make_inputs(case)
     call = make_call(impl.bind(case), inputs)
     spot = SpotCheck(impl, case, inputs)  # the first untimed call's output and the gradients, at the case's own length
     measurement = Measurement(case=case, status=Status.OK)
     memory_started = time.perf_counter()
+    at("the memory pass (its first call)")
     if case.device.startswith("cuda"):
         _memory_pass_cuda(spot.watching(call), case, measurement)
+        at("the check at its own length")
         if wrong := spot.failure():
             return Measurement(case=case, status=Status.ERROR, reason=wrong)
     else:
         _memory_pass_cpu(call, measurement)
     memory_pass_ms = (time.perf_counter() - memory_started) * 1e3
     if case.device.startswith("cuda"):
+        at("the timing pass")
         measurement.times_ms = bench(call, case.device, settings.warmup_ms, settings.rep_ms, settings.min_reps)
         energy = _energy_counter(case)
         if energy is not None:
+            at("the energy reading (calls after timing)")
             measurement.energy_j = energy_per_call(call, case.device, energy.energy_mj, min(measurement.times_ms))
     else:
         with cpu_heap.retained():
+            at("the untimed calls before timing")
             cpu_heap.reserve(measurement.peak_bytes)  # resident memory for the calls, however the heap fragments (cpu_heap.py)
             cpu_heap.prime(spot.watching(call), settings.rep_ms)  # grows the retained heap to the case's working set; not timed
+            at("the check at its own length")
             if wrong := spot.failure():
                 return Measurement(case=case, status=Status.ERROR, reason=wrong)
             # The memory pass was the first, warm-making call and counts against the warm-up budget
             # (its duration overstates a call's: the trackers slow it 1.3-6x), so a slow case costs 2 + min_reps calls.
             budget = (settings.warmup_ms, settings.rep_ms, settings.min_reps)
+            at("the timing pass")
             with host_contention() as contention:  # a busy machine inflates every sample alike: the spread misses it
                 measurement.times_ms = bench(call, case.device, *budget, warm_ms=memory_pass_ms)
             measurement.reason = contention.note()
     measurement.reason = "; ".join(filter(None, (measurement.reason, spot.note)))
+    at("counting its FLOPs and bytes")
     _add_work_figures(impl, case, measurement)
     return measurement
 
@@ -285,6 +308,7 @@ def worker_main(connection, device: str, modules=()) -> None:
     measurer = CaseMeasurer()
     measurer.warm_up(device)
     connection.send(("ready",))
+    measurer.announce = lambda stage: connection.send(("stage", stage))  # a few small messages a case
     try:
         while True:
             message = connection.recv()

@@ -17,9 +17,9 @@ from attnprof.impls.base import AttentionImpl
 from attnprof.impls.softmax import softmax_attention
 
 
-def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0):
+def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False):
     n = q.shape[-2]
-    if kind == "ok" or n < at_length:
+    if kind == "ok" or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
         return softmax_attention(q, k, v, causal=causal)
     if kind == "raise":
         raise ValueError("planted failure in the fault impl")
@@ -115,7 +115,7 @@ register(
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
-        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error) from at_length on",
-        options={"kind": "ok", "at_length": 0},
+        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error) from at_length on (with on_data=1, not on meta)",
+        options={"kind": "ok", "at_length": 0, "on_data": False},
     )
 )

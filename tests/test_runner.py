@@ -104,7 +104,7 @@ def test_raise_is_an_error_row_and_the_sweep_goes_on(db):
     assert statuses(rows, "fault[at_length=128,kind=raise]") == ["ok", "error", "error"]
     # where it was raised too: a kernel's author had only the first line of the message
     assert rows[("fault[at_length=128,kind=raise]", 128)].reason.endswith(
-        "planted failure in the fault impl (raised at fake_impls.py:25 in fault_attention)"
+        "planted failure in the fault impl (raised at fake_impls.py:25 in fault_attention); during the host-memory guard's prediction"
     )
     assert statuses(rows, "softmax") == ["ok", "ok", "ok"]
 
@@ -152,7 +152,8 @@ def test_timeout_kills_the_worker_and_skips_larger_lengths(db):
     rows = measure(db, "fault:kind=sleep,at_length=128,softmax", timeout=3.0)
     label = "fault[at_length=128,kind=sleep]"
     assert statuses(rows, label) == ["ok", "timeout", "skipped"]
-    assert "3 s timeout" in rows[(label, 128)].reason
+    # the configuration's check ran at N=64; at 128 the first call is the host-memory guard's, on meta
+    assert "3 s timeout during the host-memory guard's prediction" in rows[(label, 128)].reason
     assert statuses(rows, "softmax") == ["ok", "ok", "ok"]  # measured by a fresh worker
 
 
@@ -176,6 +177,16 @@ def test_a_segfault_is_crashed(db):
     rows = measure(db, "fault:kind=segv,at_length=128", lengths=(128,))
     assert rows[("fault[at_length=128,kind=segv]", 128)].status == Status.CRASHED
     assert "SIGSEGV" in rows[("fault[at_length=128,kind=segv]", 128)].reason
+
+
+def test_a_failure_row_says_which_step_of_the_case_failed(db):
+    """Past the check at N=256, a fault at 512 is in the memory pass: a row said only "killed by SIGSEGV", and a
+    kernel's author could not tell a crash of the reference check from one of the kernel, nor an OOM of the memory
+    pass from one of the timing pass's retained heap."""
+    rows = measure(db, "fault:kind=segv,at_length=512,on_data=1,fault:kind=raise,at_length=512,on_data=1", lengths=(512,))
+    crashed, raised = (rows[(f"fault[at_length=512,kind={kind},on_data=1]", 512)] for kind in ("segv", "raise"))
+    assert crashed.status == Status.CRASHED and crashed.reason.endswith("SIGSEGV, during the memory pass (its first call)"), crashed.reason
+    assert raised.status == Status.ERROR and raised.reason.endswith("; during the memory pass (its first call)"), raised.reason
 
 
 def test_an_impl_failing_its_reference_check_is_never_timed(db):

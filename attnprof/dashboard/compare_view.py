@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnprof.dashboard import cell_figures, compare, figures, pages, views
+from attnprof.dashboard import cell_figures, compare, figures, fit_cache, pages, views
 from attnprof.fit import format_length
 
 
@@ -61,6 +61,6 @@ def compared_cells(source, run_a, run_b, dropped: dict):
     cells = compare.compare_cells(shown_a, shown_b)
     fitted_a, fitted_b = compare.shared_configurations(shown_a, shown_b)
     metrics = ("time", "peak_bytes")
-    fits_a = pd.concat([pages.fits(source, fitted_a, m) for m in metrics], ignore_index=True)
-    fits_b = pd.concat([pages.fits(source, fitted_b, m) for m in metrics], ignore_index=True)
+    fits_a = pd.concat([fit_cache.fits(source, fitted_a, m) for m in metrics], ignore_index=True)
+    fits_b = pd.concat([fit_cache.fits(source, fitted_b, m) for m in metrics], ignore_index=True)
     return cells, compare.exponent_changes(pd.concat([shown_a, shown_b]), fits_a, fits_b)

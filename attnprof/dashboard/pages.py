@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 
 import pandas as pd
 
 from attnprof.analysis import CONFIG, timing_caveats
-from attnprof.dashboard import cell_figures, figures, runinfo, views
+from attnprof.dashboard import cell_figures, figures, fit_cache, runinfo, views
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
 from attnprof.table import format_bytes
@@ -142,28 +141,6 @@ def _filtered(source, run_id, filters, *, empty_ok: bool = False):
 # --- fits, cached per configuration --------------------------------------------------------------------------
 
 
-def fits(source, frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Fits of every configuration in `frame` (already filtered). Fitted once per data version, metric and the
-    lengths in the frame: choosing other impls or facets then costs no new fit. (A configuration's lengths here
-    are its own among those, whichever filter or Compare exclusion chose them: the frame's lengths key its fit.)"""
-    version = frame.attrs.get("version")
-    if version is None or frame.empty:
-        return views.fit_metric(frame, metric)
-    lengths = tuple(sorted(map(int, frame["seq_len"].unique())))
-    lock, cache = source.memo(("fits", version, metric, lengths), lambda: (threading.Lock(), {}))
-    wanted = views.config_keys(frame)
-    with lock:  # a second request (or the warm-up thread) waits for these fits rather than repeating them
-        missing = [key for key in wanted if key not in cache]
-        if missing:
-            subset = frame[pd.MultiIndex.from_frame(frame[CONFIG]).isin(missing)]
-            for row in views.fit_metric(subset, metric).to_dict("records"):
-                cache[tuple(row[c] for c in CONFIG)] = row
-            for key in missing:  # configurations with no point at all: remember that too
-                cache.setdefault(key, None)
-    rows = [cache[key] for key in wanted if cache.get(key) is not None]
-    return pd.DataFrame(rows) if rows else views.fit_metric(frame.iloc[0:0], metric)
-
-
 def warm_up(source, wait_s: float = WARM_UP_WAIT_S, pause_s: float = WARM_UP_PAUSE_S) -> None:
     """Load the newest run and compute what its first page shows (scaling, exponents, and the comparison with the
     run before, with the default filters), so the first visit finds them ready: the scaling view first, the others
@@ -208,7 +185,7 @@ def _scaling(source, shown, filters, metric, facets) -> tuple:
     notes = (views.unticked_note(shown, filters), views.facets_note(facets), views.scaling_message(shown, metric))
     message = " ".join(filter(None, notes))
     cells = views.scaling_cells(views.with_lines(shown, facets), metric)
-    fitted = views.fits_for_lines(cells, fits(source, shown, metric)) if not shown.empty else pd.DataFrame()
+    fitted = views.fits_for_lines(cells, fit_cache.fits(source, shown, metric)) if not shown.empty else pd.DataFrame()
     return figures.scaling_figure(cells, fitted, views.METRICS[metric], message), message
 
 
@@ -235,7 +212,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
 
 
 def _exponent_fits(source, shown) -> pd.DataFrame:
-    parts = [fits(source, shown, m) for m in views.EXPONENT_METRICS]
+    parts = [fit_cache.fits(source, shown, m) for m in views.EXPONENT_METRICS]
     return pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
 
 

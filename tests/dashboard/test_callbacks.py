@@ -274,3 +274,23 @@ def test_compare_leaves_out_only_what_the_sidebar_unticked(tmp_path):
         io.StringIO(cb.download(1, "compare", run, {**selected, "seq_len": [1024]}, seeding.BASE, seeding.CANDIDATE)["content"])
     )
     assert len(compared) == len(cells) and 2048 not in set(compared["seq_len"])  # the CSV is the view
+
+
+def test_a_comparison_and_the_exponents_tab_never_share_a_fit_of_other_lengths(two_runs_db):
+    """Fits were cached per configuration under the frame's lengths: Compare fits the base run's softmax bidir over the
+    lengths the candidate also ran (256..1k: it ran out of memory at 2k), and the Exponents tab of the base run, opened
+    next, showed that fit where the base run measured 256..2k; opened first, its fit stood in Compare's place."""
+
+    def softmax_lengths(rows):
+        return {r["lengths"] for r in rows if r["config"] == "softmax bidir" and r["metric"] == "time"}
+
+    cb = handlers(two_runs_db)
+    (_, _, _, run_a, _, run_b, *_), (_, selected, *_) = first_page(cb)
+    everything = {axis: [] for axis in AXES}
+    changes = cb.compare("compare", run_a, run_b, everything, "v")[2]
+    assert {(c["lengths_a"], c["lengths_b"]) for c in changes if c["config"] == "softmax bidir"} == {("256..1k", "256..1k")}
+    assert softmax_lengths(cb.exponents("exponents", run_a, everything, "time", 36.0, "v")[0]) == {"256..2k"}
+    cb = handlers(two_runs_db)  # the other order
+    assert softmax_lengths(cb.exponents("exponents", run_a, everything, "time", 36.0, "v")[0]) == {"256..2k"}
+    changes = cb.compare("compare", run_a, run_b, everything, "v")[2]
+    assert {(c["lengths_a"], c["lengths_b"]) for c in changes if c["config"] == "softmax bidir"} == {("256..1k", "256..1k")}

@@ -164,7 +164,6 @@ def impl_labels(text: str) -> list[str]:
 def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None) -> list[tuple]:
     """(case, refusal reasons) for every case of the resolved sweep, or for the cases of run `resume` in
     `db` that have no row yet: what `--dry-run` prints. A resume that run_sweep would refuse is refused."""
-    from attnprof import impls
     from attnprof.store import Store
 
     if resume is None:
@@ -177,7 +176,15 @@ def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = Non
         finally:
             store.close()
         cases = [case for case in stored.cases() if case.key not in done]
-    return [(case, impls.get(case.impl).not_supported(case)) for case in cases]
+    return [(case, _refused(case)) for case in cases]
+
+
+def _refused(case) -> list[str]:
+    """A case's refusal reasons, as the sweep will store them (a refuse hook that raises: the error it will store)."""
+    from attnprof.runner import refusal
+
+    answer = refusal(case)
+    return [] if answer is None else [answer.reason] if answer.status == "unsupported" else [f"error: {answer.reason}"]
 
 
 def new_run_id() -> str:

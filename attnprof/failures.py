@@ -18,6 +18,16 @@ _POISON_MARKERS = (
 )
 
 
+# How the rows of cases whose worker never started begin (runner.WorkerHandle.run): they say "resume the run once
+# fixed", so a resume measures those cases again (Store.measured_keys leaves them out).
+NEVER_STARTED = ("could not start a worker", "not run: the worker for ")
+
+
+def never_started(status, reason) -> bool:
+    """Whether a row is that of a case whose worker never started (not a measurement of the case at all)."""
+    return str(status) == "crashed" and isinstance(reason, str) and reason.startswith(NEVER_STARTED)
+
+
 NOT_RUN = "; not run"  # how the CPU's host-memory guard ends the reason of an OOM it predicted (worker.py)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from attnprof.errors import signal_of
-from attnprof.failures import signal_reason
+from attnprof.failures import classify, signal_reason
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
 from attnprof.store import Store
@@ -59,6 +59,21 @@ SPAWN_HINT = (
 )
 
 
+def _start_hint() -> str:
+    """Why a worker may exit while it starts: it imports the script that started the sweep (unguarded, that script
+    runs again there) and the plugin modules. The script's hint only where a script started it: a plugin exiting at
+    import under the `attnprof` command was told to guard a script there was none of."""
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    script = getattr(main, "__file__", None)
+    ours = (spec is not None and spec.name.startswith("attnprof")) or os.path.basename(script or "") in ("attnprof", "attnprof.exe")
+    plugins = "a plugin module (ATTNPROF_PLUGINS or one a script imported) may exit or fail as it is imported there"
+    return plugins if ours or not script else f"{SPAWN_HINT}; or {plugins}"
+
+
 class WorkerHandle:
     """One worker process for one device, restarted on demand."""
 
@@ -95,7 +110,7 @@ class WorkerHandle:
             code = self.process.exitcode
             self.kill()
             # A signal (the OOM killer, a kill by hand) is said as such; the hint is for a script's own exit only.
-            why = signal_reason(code) if code is not None and code < 0 else SPAWN_HINT
+            why = signal_reason(code) if code is not None and code < 0 else _start_hint()
             raise RuntimeError(f"the worker for {self.device} exited during start-up (exit code {code}); {why}") from None
 
     def run(self, case: Case, settings: Settings, timeout_s: float) -> Measurement:
@@ -147,6 +162,7 @@ class WorkerHandle:
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(timeout=10)
+            _kill_group(self.process.pid)
         self.process = None
 
     def stop(self) -> None:
@@ -157,6 +173,17 @@ class WorkerHandle:
             except (OSError, BrokenPipeError):
                 pass
         self.kill()
+
+
+def _kill_group(worker_pid: int) -> None:
+    """Kill what the worker started and left running: it leads its own process group (worker_main), and a process an impl
+    spawned outlived a timed-out worker, burning a core beside the next cases' timing in an audit."""
+    import os
+
+    if not hasattr(os, "killpg") or worker_pid == os.getpgrp():  # never our own group
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # none left (the usual case)
+        os.killpg(worker_pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -204,7 +231,7 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
     try:
         for case in pending:
             progress.start(case)
-            measurement = _skip_if_failed_before(case, failures) or _refusal(case)
+            measurement = _skip_if_failed_before(case, failures) or refusal(case)
             if measurement is None:
                 worker = workers.setdefault(case.device, WorkerHandle(case.device, modules))
                 measurement = worker.run(case, settings, timeout_s)
@@ -224,11 +251,16 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
         raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt)) from None
 
 
-def _refusal(case: Case) -> Measurement | None:
-    """Refusals are known without a worker: answer them here and save the round trip."""
+def refusal(case: Case) -> Measurement | None:
+    """Refusals are known without a worker: answer them here and save the round trip. A plugin's `refuse` hook that
+    raises makes its case an `error` row (it ended the sweep with a traceback, and every resume the same way)."""
     from attnprof import impls
 
-    reasons = impls.get(case.impl).not_supported(case)
+    try:
+        reasons = impls.get(case.impl).not_supported(case)
+    except Exception as error:  # noqa: BLE001  (the impl's own code, run here in the sweep's process)
+        _, reason, _ = classify(error)
+        return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
     return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
 
 

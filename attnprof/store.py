@@ -234,8 +234,12 @@ class Store:
         return found
 
     def measured_keys(self, run_id: str) -> set[str]:
-        rows = self.connection.execute("SELECT case_key FROM measurements WHERE run_id = ?", (run_id,))
-        return {row[0] for row in rows}
+        """Keys of the cases with a row to keep. A case whose worker never started has a row saying "resume the run once
+        fixed": a resume measures it again, its new row replacing that one (a resume said "nothing left to measure")."""
+        from attnprof.failures import never_started
+
+        rows = self.connection.execute("SELECT case_key, status, reason FROM measurements WHERE run_id = ?", (run_id,))
+        return {key for key, status, reason in rows if not never_started(status, reason)}
 
     def count(self, run_id: str) -> int:
         return self.connection.execute("SELECT COUNT(*) FROM measurements WHERE run_id = ?", (run_id,)).fetchone()[0]

@@ -137,13 +137,14 @@ def reasons_list(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
-# A number standing alone ("N=65536", "2.0 TiB", "80%"), not one inside a word or a version ("float32", "H100", "3.11.2").
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+# A number standing alone ("N=65536", "2.0 TiB", "80%", "65,536"), not one inside a word or a version ("float32", "H100",
+# "3.11.2"). Thousands separators first: "65,536 of 65,536 values" read "65..131,072..536 of ..." as four numbers.
+_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.]|,\d)|(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
 
 
 def _span_of(texts: list[str]) -> str:
     """One number as written, or the lowest..highest of several."""
-    distinct = sorted(set(texts), key=float)
+    distinct = sorted(set(texts), key=lambda text: float(text.replace(",", "")))
     return distinct[0] if len(distinct) == 1 else f"{distinct[0]}..{distinct[-1]}"
 
 

@@ -3,7 +3,7 @@
 Order of work for a case: refusals, the check against the reference (once per configuration and
 worker), a host-memory guard on the CPU, inputs, the memory pass (one call), the spot check of an
 exact impl at the case's length (on an untimed call's output), the timing pass, FLOPs and bytes.
-`measure_case` never raises for a problem of the case; `worker_main` is the loop the parent talks
+`CaseMeasurer.measure` never raises for a problem of the case; `worker_main` is the loop the parent talks
 to over a pipe (runner.py).
 """
 
@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from attnprof import cpu_heap, impls
+from attnprof import cpu_heap, impls, torch_state
 from attnprof.checks import CheckResult, check_key, run_check
 from attnprof.errors import UsageError
 from attnprof.failures import NOT_RUN, classify
@@ -47,6 +47,10 @@ class CaseMeasurer:
         self.poisoned = False  # a CUDA error left the context unusable: the parent restarts us
         self.stage = ""  # the step of the case under way: an error row says which one raised
         self.announce = None  # tells the parent each step too, for a timeout's or a crash's row (worker_main sets it)
+        self.torch_settings: dict = {}  # torch's global settings as the worker started: put back after each case
+
+    def keep_torch_settings(self) -> None:
+        self.torch_settings = torch_state.snapshot()
 
     def at(self, stage: str) -> None:
         self.stage = stage
@@ -58,7 +62,8 @@ class CaseMeasurer:
         self.at("its refusals")
         try:
             measurement = self._measure(case, settings)
-        except Exception as error:  # any failure of the case becomes its row
+        except (Exception, KeyboardInterrupt, SystemExit) as error:  # any failure of the case becomes its row (an impl's
+            # sys.exit or KeyboardInterrupt too: it killed the worker, leaving "exited with status 1" and a traceback on the terminal)
             status, reason, poisoned = classify(error)
             self.poisoned = self.poisoned or poisoned
             # which step: an out-of-memory in the timing pass (the heap held for it) is not one in the memory pass
@@ -66,6 +71,8 @@ class CaseMeasurer:
             del error
             gc.collect()  # a traceback keeps the failed call's tensors alive through reference cycles
         _release_cached_memory(case.device)
+        note = torch_state.changed_note(torch_state.restore(self.torch_settings))
+        measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
         measurement.wall_s = time.perf_counter() - started
         return measurement
 
@@ -120,8 +127,11 @@ class CaseMeasurer:
         if key not in self.checks:
             try:
                 self.checks[key] = run_check(impl, case)
-            except Exception as error:  # the check itself raising is a failed check
-                status, reason, self.poisoned = classify(error)
+            except (Exception, KeyboardInterrupt, SystemExit) as error:  # the check itself raising is a failed check
+                status, reason, poisoned = classify(error)
+                if status == Status.OOM:  # the memory of the moment, not a wrong impl: an `oom` row (larger lengths skipped), not kept
+                    raise
+                self.poisoned = self.poisoned or poisoned
                 self.checks[key] = CheckResult(float("nan"), float("nan"), f"raised during its check against the reference: {reason}")
         return self.checks[key]
 
@@ -295,6 +305,8 @@ def worker_main(connection, device: str, modules=()) -> None:
     """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out. `modules`:
     plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # a group of its own: the parent kills what an impl spawned along with us (runner._kill_group)
     _exit_with_parent()
     import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
 
@@ -307,6 +319,7 @@ def worker_main(connection, device: str, modules=()) -> None:
     cpu_heap.strict()  # host RSS follows live tensors; timing passes switch to a retained heap
     measurer = CaseMeasurer()
     measurer.warm_up(device)
+    measurer.keep_torch_settings()
     connection.send(("ready",))
     measurer.announce = lambda stage: connection.send(("stage", stage))  # a few small messages a case
     try:

@@ -8,7 +8,10 @@ does. With the default kind it is harmless in `--impl all`.
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,9 +20,16 @@ from attnprof.impls.base import AttentionImpl
 from attnprof.impls.softmax import softmax_attention
 
 
-def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False):
+def planted_raise_at() -> str:
+    """Where kind=raise raises, as a row says it ("fake_impls.py:27"): the tests need not change with this file's lines."""
+    lines = Path(__file__).read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith('raise ValueError("planted failure'))
+    return f"fake_impls.py:{line}"
+
+
+def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False, pid_file=""):
     n = q.shape[-2]
-    if kind == "ok" or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
+    if kind in ("ok", "refuse_raises") or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
         return softmax_attention(q, k, v, causal=causal)
     if kind == "raise":
         raise ValueError("planted failure in the fault impl")
@@ -49,9 +59,30 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if kind == "float64":
         return softmax_attention(q.double(), k.double(), v.double(), causal=causal)
+    if kind == "threads1":  # global state the next impls in this worker would inherit
+        torch.set_num_threads(1)
+        return softmax_attention(q, k, v, causal=causal)
+    if kind == "nograd":
+        torch.set_grad_enabled(False)
+        return softmax_attention(q, k, v, causal=causal)
+    if kind == "sys_exit":
+        sys.exit("planted sys.exit")
+    if kind == "keyboard":
+        raise KeyboardInterrupt
+    if kind == "spawn":  # a child process that outlives the call, then a hang: the timeout kills the worker
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(pid_file, "w") as file:
+            file.write(str(child.pid))
+        time.sleep(3600)
     if kind == "cuda_error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (planted)")
     raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def _refuse_hook(case, options) -> list[str]:
+    if options["kind"] == "refuse_raises" and case.seq_len >= options["at_length"]:
+        return [f"{case.seq_len % 0}"]  # a plugin's refuse hook with a bug: ZeroDivisionError
+    return []
 
 
 class _OwnBackward(torch.autograd.Function):
@@ -115,7 +146,9 @@ register(
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
-        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error) from at_length on (with on_data=1, not on meta)",
-        options={"kind": "ok", "at_length": 0, "on_data": False},
+        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|threads1|nograd|sys_exit|keyboard|spawn|refuse_raises) from at_length on"
+        " (with on_data=1, not on meta)",
+        options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},
+        refuse=_refuse_hook,
     )
 )

@@ -1,9 +1,15 @@
 """Every status path through a real worker process, skipping after oom/timeout, restarts, resume."""
 
 import itertools
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+from fake_impls import planted_raise_at
 from small_sweeps import small_sweep
 
 from attnprof.api import run_sweep
@@ -104,7 +110,7 @@ def test_raise_is_an_error_row_and_the_sweep_goes_on(db):
     assert statuses(rows, "fault[at_length=128,kind=raise]") == ["ok", "error", "error"]
     # where it was raised too: a kernel's author had only the first line of the message
     assert rows[("fault[at_length=128,kind=raise]", 128)].reason.endswith(
-        "planted failure in the fault impl (raised at fake_impls.py:25 in fault_attention); during the host-memory guard's prediction"
+        f"planted failure in the fault impl (raised at {planted_raise_at()} in fault_attention); during the host-memory guard's prediction"
     )
     assert statuses(rows, "softmax") == ["ok", "ok", "ok"]
 
@@ -187,6 +193,39 @@ def test_a_failure_row_says_which_step_of_the_case_failed(db):
     crashed, raised = (rows[(f"fault[at_length=512,kind={kind},on_data=1]", 512)] for kind in ("segv", "raise"))
     assert crashed.status == Status.CRASHED and crashed.reason.endswith("SIGSEGV, during the memory pass (its first call)"), crashed.reason
     assert raised.status == Status.ERROR and raised.reason.endswith("; during the memory pass (its first call)"), raised.reason
+
+
+def test_an_impl_that_misbehaves_beyond_raising_costs_no_other_cell(db):
+    """An audit's plugins: one setting torch's grad mode off made softmax's later fwd-bwd checks fail (the worker is
+    shared); sys.exit or KeyboardInterrupt killed the worker ("exited with status 1", a traceback on the terminal); an
+    out-of-memory in the reference check was an `error` for every length; a refuse hook raising ended the sweep with a
+    traceback, and every resume the same way."""
+    impls = "fault:kind=nograd,softmax,fault:kind=sys_exit,fault:kind=keyboard,fault:kind=oom,fault:kind=refuse_raises,at_length=128"
+    rows = measure(db, impls, lengths=(64, 128), mode=("fwd_bwd",))
+    assert statuses(rows, "softmax") == ["ok", "ok"], [rows["softmax", n].reason for n in (64, 128)]
+    assert "changed torch's global settings (grad mode True -> False); put back after this case" in rows["fault[kind=nograd]", 64].reason
+    for kind, raised in (("sys_exit", "SystemExit: planted sys.exit"), ("keyboard", "KeyboardInterrupt")):
+        assert statuses(rows, f"fault[kind={kind}]") == ["error", "error"]
+        assert raised in rows[f"fault[kind={kind}]", 64].reason
+    assert statuses(rows, "fault[kind=oom]") == ["oom", "skipped"]
+    assert rows["fault[kind=oom]", 64].reason.endswith("; during its check against the reference")
+    assert statuses(rows, "fault[at_length=128,kind=refuse_raises]") == ["ok", "error"]
+    assert "ZeroDivisionError" in rows["fault[at_length=128,kind=refuse_raises]", 128].reason
+
+
+def test_a_killed_worker_takes_the_processes_its_impl_started_along(db, tmp_path):
+    """A process an impl spawned outlived its timed-out worker, burning a core beside the next cases' timing."""
+    pid_file = tmp_path / "child.pid"
+    rows = measure(db, f"fault:kind=spawn,pid_file={pid_file},on_data=1", lengths=(64,), timeout=3.0)
+    assert [m.status for m in rows.values()] == [Status.TIMEOUT]
+    child = int(pid_file.read_text())
+    for _ in range(50):  # killed with the worker; reaped by init
+        if not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError(f"process {child}, started by the impl, outlived its killed worker")
 
 
 def test_an_impl_failing_its_reference_check_is_never_timed(db):
@@ -327,10 +366,6 @@ def test_a_fused_kernel_is_guarded_by_its_memory_model():
 
 def _rows_of_script(tmp_path, text: str) -> tuple[list, list]:
     """Run `text` as a script in tmp_path (it sweeps into x.db) and return (runs, the first run's rows)."""
-    import os
-    import subprocess
-    import sys
-
     script = tmp_path / "script.py"
     script.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -376,6 +411,14 @@ def test_a_worker_that_hangs_while_starting_is_tried_twice_not_for_every_case(tm
     tried = "could not start a worker: worker for cpu did not start within 3 s"
     assert [m.reason.startswith(tried) for m in rows] == [True, True, False, False]
     assert all(m.reason.startswith("not run: the worker for cpu failed to start 2 times in this sweep (worker for cpu") for m in rows[2:])
+    # the rows say "resume the run once fixed": a resume (here from the command, whose workers start) measures them
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    resumed = subprocess.run([sys.executable, "-m", "attnprof", "sweep", "--resume", "latest", "--db", "x.db"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    store = Store.open(tmp_path / "x.db", create=False)
+    assert [m.status for m in store.measurements(store.runs()[0].run_id)] == [Status.OK] * 4
+    store.close()
 
 
 def test_a_worker_whose_parent_is_gone_exits_without_a_traceback(capfd):

@@ -80,6 +80,14 @@ def test_reasons_differing_only_in_numbers_are_one_line_with_their_range():
     ]
 
 
+def test_numbers_with_thousands_separators_merge_whole():
+    """ "65,536 of 65,536" and "131,072 of 131,072" read "65..131,072..536 of ...": the separator split each in two."""
+    wrong = "failed its check at the measured length N={}: {} of {} values are NaN or inf"
+    rows = [Measurement(Case(impl="fault", seq_len=n), Status.ERROR, wrong.format(n, f"{n * 128:,}", f"{n * 128:,}")) for n in (512, 1024)]
+    merged = "N=512..1024: 65,536..131,072 of 65,536..131,072 values are NaN or inf (fault)"
+    assert reasons_list(rows) == [f"error: failed its check at the measured length {merged}"]
+
+
 def test_a_noisy_median_is_marked_and_the_mark_explained():
     """A median of samples split between 2.8 and 11 ms read "6.86 ms" as plainly as a steady one."""
     from attnprof.table import cell_text, marks_note

@@ -83,7 +83,8 @@ def _print_plan(spec, db, resume) -> None:
 
     cases = plan(spec, db, resume=resume)
     for case, reasons in cases:
-        click.echo(f"{case.describe()}" + (f"  -> unsupported: {'; '.join(reasons)}" if reasons else ""))
+        said = "; ".join(reasons)  # a refuse hook that raised reads "error: ...", as its row will
+        click.echo(f"{case.describe()}" + (f"  -> {'' if said.startswith('error: ') else 'unsupported: '}{said}" if reasons else ""))
     refused = sum(1 for _, reasons in cases if reasons)
     click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused, {len(cases) - refused} to measure")
 

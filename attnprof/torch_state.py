@@ -1,0 +1,55 @@
+"""torch's process-wide settings, kept as the worker found them between cases.
+
+Every impl of a device runs in one reused worker, so an impl that changes a global setting (its thread count, grad
+mode, the SDPA backends it allows, TF32) changed the cases of every impl after it: in an audit a plugin calling
+`torch.set_num_threads(1)` made softmax's next cells read 1.9-2.5x slower with no word on their rows, and one calling
+`torch.set_grad_enabled(False)` made softmax's fwd-bwd check "fail". The worker takes a snapshot once it has started,
+and after each case puts back what the case changed, saying so on that case's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _settings() -> list[tuple[str, Callable, Callable]]:
+    """(name, getter, setter) of each setting an impl may change; the ones this torch lacks are left out."""
+    import torch
+
+    backends = torch.backends
+    found = [
+        ("threads", torch.get_num_threads, torch.set_num_threads),
+        ("grad mode", torch.is_grad_enabled, torch.set_grad_enabled),
+        ("default dtype", torch.get_default_dtype, torch.set_default_dtype),
+        ("float32 matmul precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        ("deterministic algorithms", torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
+        ("cuda matmul TF32", lambda: backends.cuda.matmul.allow_tf32, lambda on: setattr(backends.cuda.matmul, "allow_tf32", on)),
+        ("cudnn TF32", lambda: backends.cudnn.allow_tf32, lambda on: setattr(backends.cudnn, "allow_tf32", on)),
+        ("cudnn benchmark", lambda: backends.cudnn.benchmark, lambda on: setattr(backends.cudnn, "benchmark", on)),
+    ]
+    for backend in ("flash", "mem_efficient", "math", "cudnn"):  # what sdpa may choose: an impl pinning one pinned every sdpa
+        getter, setter = getattr(backends.cuda, f"{backend}_sdp_enabled", None), getattr(backends.cuda, f"enable_{backend}_sdp", None)
+        if getter is not None and setter is not None:
+            found.append((f"sdpa {backend} backend", getter, setter))
+    return found
+
+
+def snapshot() -> dict:
+    """The current value of every setting, by name."""
+    return {name: getter() for name, getter, _ in _settings()}
+
+
+def restore(kept: dict) -> list[str]:
+    """Put back every setting that differs from `kept`; returns "name: was -> now" for each one put back."""
+    changed = []
+    for name, getter, setter in _settings():
+        now = getter()
+        if name in kept and now != kept[name]:
+            setter(kept[name])
+            changed.append(f"{name} {kept[name]} -> {now}")
+    return changed
+
+
+def changed_note(changed: list[str]) -> str:
+    """A row's note for the settings its case changed (and the worker put back)."""
+    return f"the impl changed torch's global settings ({', '.join(changed)}); put back after this case" if changed else ""

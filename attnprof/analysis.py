@@ -69,13 +69,15 @@ def analyse(
     fits_df.attrs["group_cols"] = tuple(CONFIG)
     crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])  # its columns whether or not anything fitted
     caveats = timing_caveats(frame) if "time" in metrics else ""
-    return Analysis(fits_df, _with_caveats(crossovers, frame), _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
+    return Analysis(fits_df, with_caveats(crossovers, frame), _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
 
 
-def _with_caveats(crossovers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+def with_caveats(crossovers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """A `caveat` per time crossover drawn from cells timed on a busy machine or noisy, naming them: "combiner-axial is
     cheaper above N = 2267" rested on one busy cosFormer cell (1.02 s, where it runs in 30 ms), said only in a
     sentence about all 95 cells."""
+    if crossovers.empty:
+        return crossovers.assign(caveat=pd.Series(dtype=object))
     flagged = flagged_lengths(frame)
     caveats = []
     for row in crossovers.to_dict("records"):
@@ -125,6 +127,15 @@ def _timed_flags(frame: pd.DataFrame) -> tuple:
     if not len(timed):  # an accounting run: nothing timed (and an empty mask would select columns, not rows)
         return timed, pd.Series(dtype=bool), pd.Series(dtype=bool)
     return timed, timed["reason"].map(timed_while_busy).astype(bool), timed["noisy"].fillna(False).astype(bool)
+
+
+def timing_flags(frame: pd.DataFrame) -> pd.Series:
+    """Per row of `frame`: "" or why its time should not be trusted ("busy", "noisy" or "busy, noisy")."""
+    timed, busy, noisy = _timed_flags(frame)
+    flags = pd.Series("", index=frame.index, dtype=object)
+    if len(timed):
+        flags.loc[timed.index] = [", ".join(w for w, on in (("busy", b), ("noisy", n)) if on) for b, n in zip(busy, noisy, strict=True)]
+    return flags
 
 
 def flagged_lengths(frame: pd.DataFrame) -> dict:

@@ -163,8 +163,10 @@ def _frontier_kind(fit: Fit, length: float) -> str:
 def _frontier_message(fit: Fit, budget_bytes: float, length: float, interval, kind: str, with_inputs: bool) -> str:
     if kind == "unbounded":
         return f"unbounded: peak does not grow with N (exponent {fit.exponent:.2f}), so no length exhausts {_gib(budget_bytes)}"
-    low, high = (format_length(v) for v in interval)
     inputs = " with its inputs" if with_inputs else ""
+    if length < 1:  # "up to N = 0 (range 0..0) fits 1.0 MiB"
+        return f"nothing fits: even one token's peak{inputs} exceeds {_gib(budget_bytes)}"
+    low, high = (format_length(v) for v in interval)
     label = "range" if kind == "extrapolated" else "95%"  # an extrapolated low end also takes the class model's
     return f"{kind}: up to N = {format_length(length)} ({label} {low}..{high}) fits {_gib(budget_bytes)}{inputs}"
 

@@ -87,6 +87,12 @@ def test_frontier_matches_the_analytic_length():
     assert "inconsistent" not in found.message
 
 
+def test_a_frontier_where_nothing_fits_says_so():
+    """ "up to N = 0 (range 0..0) fits 1.0 MiB" (an audit, at the dashboard slider's lowest budget)."""
+    found = memory_frontier(fit_of(lambda n: 4e6 + 64.0 * n), 2**20)
+    assert found.length < 1 and found.message == "nothing fits: even one token's peak exceeds 1.0 MiB", found.message
+
+
 def test_frontier_flags_an_oom_below_and_a_success_above_the_prediction():
     peak = fit_of(lambda n: 64.0 * n**2)
     budget = 64.0 * 100_000.0**2

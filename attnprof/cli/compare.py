@@ -28,11 +28,13 @@ def compare(baseline, candidate, show_all, output_format, db):
     import json
 
     from attnprof.api import compare_runs, default_db
+    from attnprof.dashboard.compare import caveat_note
 
     cells, exponents = compare_runs(baseline, candidate, db or default_db())
     worse = int((cells["score"] > 1.05).sum())  # as the dashboard's Compare note counts them
     cells = cells.drop(columns=["score"])
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now"
+    note += f" ({caveat_note(cells).removesuffix('.')})" if caveat_note(cells) else ""
     changed = int(exponents["significant"].sum()) if len(exponents) else 0
     note += f"; {len(exponents)} exponents compared, {changed} changed beyond their 95% intervals."
     if not len(cells):  # empty tables and exit 0 said nothing of why

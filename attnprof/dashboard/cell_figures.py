@@ -136,13 +136,16 @@ def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
     traces = []
     colours = line_colours(cells["config"])
     # Plain tuples grouped by configuration: slicing the frame twice per configuration was most of this figure's time.
-    rows = sorted(zip(*(cells[c].tolist() for c in ("config", "seq_len", "time_ratio", "peak_ratio")), strict=True), key=lambda r: r[:2])
+    caveats = cells["caveat"].tolist() if "caveat" in cells.columns else [""] * len(cells)
+    columns = [cells[c].tolist() for c in ("config", "seq_len", "time_ratio", "peak_ratio")]
+    rows = sorted(zip(*columns, caveats, strict=True), key=lambda r: r[:2])
     for config, group in itertools.groupby(rows, key=lambda r: r[0]):
         points = list(group)
         for index, column, dash, what in ((2, "time_ratio", "solid", "time"), (3, "peak_ratio", "dash", "peak memory")):
-            valid = [(p[1], p[index]) for p in points if is_present(p[index])]
+            valid = [(p[1], p[index], p[4] if column == "time_ratio" else "") for p in points if is_present(p[index])]
             if valid:
                 traces.append(_ratio_trace(config, valid, column, dash, what, colours[config]))
+    traces += _status_change_traces(cells, traces)
     parity = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1, "line": {"color": "#999", "dash": "dot"}}
     layout = {"title": {"text": f"{names[1]} / {names[0]}: above 1 is slower or larger (solid: time, dashed: peak memory){shown_note}"},
               "xaxis": {"type": "log", "title": {"text": "sequence length N"}, **length_ticks(cells["seq_len"])},
@@ -152,10 +155,34 @@ def compare_figure(cells: pd.DataFrame, names: tuple[str, str]):
 
 
 def _ratio_trace(config: str, points: list[tuple], column: str, dash: str, what: str, colour: str) -> dict:
-    x, y = [n for n, _ in points], [r for _, r in points]
-    hover = [f"<b>{config}</b><br>N = {format_length(n)}<br>{what} x{r:.3g}" for n, r in points]
+    x, y = [n for n, _, _ in points], [r for _, r, _ in points]
+    hover = [f"<b>{config}</b><br>N = {format_length(n)}<br>{what} x{r:.3g}" + (f"<br>timed {c}" if c else "") for n, r, c in points]
     return {"type": "scatter", "x": x, "y": y, "mode": "lines+markers", "name": f"{config} {what}", "line": {"dash": dash, "color": colour},
             "hovertext": hover, "hovertemplate": "%{hovertext}<extra></extra>", "meta": column}  # fmt: skip
+
+
+def _status_change_traces(cells: pd.DataFrame, ratio_traces: list[dict]) -> list[dict]:
+    """Cells whose status changed have no ratio: they were left off the plot, where a line read "x0.37, faster" beside
+    its own 2k cell timing out now. Drawn as markers above the highest ratio (their height means nothing; the hover
+    says what changed), failing now and working now apart."""
+    changed = cells[cells["status_a"] != cells["status_b"]]
+    if changed.empty:
+        return []
+    ratios = [y for trace in ratio_traces for y in trace["y"]]
+    top = max([1.0, *ratios]) * 1.5
+    traces = []
+    for name, rows, symbol, colour in (("failing now", changed[changed["status_a"] == "ok"], "x", "#d62728"),
+                                       ("working now", changed[changed["status_b"] == "ok"], "circle-open", "#2ca02c"),
+                                       ("other status change", changed[(changed["status_a"] != "ok") & (changed["status_b"] != "ok")],
+                                        "diamond-open", "#7f7f7f")):  # fmt: skip
+        if rows.empty:
+            continue
+        hover = [f"<b>{config}</b><br>N = {format_length(n)}<br>{change}" for config, n, change in
+                 zip(rows["config"], rows["seq_len"], rows["change"], strict=True)]  # fmt: skip
+        traces.append({"type": "scatter", "x": rows["seq_len"].tolist(), "y": [top] * len(rows), "mode": "markers", "meta": "status_change",
+                       "name": f"{name} (no ratio: placed above)", "marker": {"symbol": symbol, "size": 11, "color": colour},
+                       "hovertext": hover, "hovertemplate": "%{hovertext}<extra></extra>"})  # fmt: skip
+    return traces
 
 
 def finite_or_none(value):

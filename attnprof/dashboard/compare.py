@@ -11,21 +11,21 @@ import math
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG
+from attnprof.analysis import CONFIG, timing_flags
 from attnprof.dashboard.views import name_column, varying
 from attnprof.fit import format_length
 
 KEY = [*CONFIG, "seq_len", "seed"]
 CELL_COLUMNS = ["config", "seq_len", "status_a", "status_b", "time_a_ms", "time_b_ms", "time_ratio", "peak_a_bytes", "peak_b_bytes",
-                "peak_ratio", "change"]  # fmt: skip
+                "peak_ratio", "change", "caveat"]  # fmt: skip
 UNCHANGED = 0.02  # ratios within 2% of 1 read "unchanged": timing noise, not a change
 EXPONENT_COLUMNS = ["config", "metric", "exponent_a", "exponent_b", "delta", "lengths_a", "lengths_b", "class_a", "class_b", "significant"]
 
 
 def compare_cells(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
     """One row per cell both runs measured, worst first (`score`: status regression, then the larger ratio)."""
-    a = baseline[[*KEY, "status", "median_ms", "peak_bytes"]]
-    b = candidate[[*KEY, "status", "median_ms", "peak_bytes"]]
+    a = baseline[[*KEY, "status", "median_ms", "peak_bytes"]].assign(timing=timing_flags(baseline))
+    b = candidate[[*KEY, "status", "median_ms", "peak_bytes"]].assign(timing=timing_flags(candidate))
     both = a.merge(b, on=KEY, suffixes=("_a", "_b"))
     if both.empty:
         return pd.DataFrame(columns=[*CELL_COLUMNS, "score"])
@@ -36,11 +36,25 @@ def compare_cells(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFra
     )
     rows = list(zip(*(both[c].tolist() for c in ("status_a", "status_b", "time_ratio", "peak_ratio")), strict=False))
     both["change"] = [_change(*row) for row in rows]
+    # a time ratio from a cell timed on a busy machine (or noisy) on either side: an audit's unchanged code read "x19 slower"
+    both["caveat"] = [
+        "; ".join(f"{flag} in the {side}" for flag, side in ((a_flag, "baseline"), (b_flag, "candidate")) if flag)
+        for a_flag, b_flag in zip(both["timing_a"].fillna(""), both["timing_b"].fillna(""), strict=True)
+    ]
     both["score"] = [_score(*row) for row in rows]
     both = both.rename(
         columns={"median_ms_a": "time_a_ms", "median_ms_b": "time_b_ms", "peak_bytes_a": "peak_a_bytes", "peak_bytes_b": "peak_b_bytes"}
     )
     return both.sort_values(["score", "config", "seq_len"], ascending=[False, True, True])[[*CELL_COLUMNS, "score"]].reset_index(drop=True)
+
+
+def caveat_note(cells: pd.DataFrame) -> str:
+    """'' or a sentence on the shared cells whose time ratio rests on a cell timed on a busy machine or noisy."""
+    flagged = int((cells["caveat"] != "").sum()) if len(cells) else 0
+    if not flagged:
+        return ""
+    return (f"{flagged} of them timed on a busy machine or noisy in one run or both (the caveat column): their time ratios may "
+            "reflect the machine, not the code; time them again on a quiet one.")  # fmt: skip
 
 
 def _ratio(new: pd.Series, old: pd.Series) -> pd.Series:

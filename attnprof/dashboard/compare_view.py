@@ -41,6 +41,7 @@ def _comparison(source, run_a, run_b, dropped: dict) -> tuple:
     cells, changes = compared_cells(source, run_a, run_b, dropped)
     worse = int((cells["score"] > 1.05).sum()) if len(cells) else 0
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now."
+    note = " ".join(filter(None, (note, compare.caveat_note(cells))))
     note += " The two runs are the same run." if run_a == run_b else ""
     if dropped:
         unticked = "; ".join(f"{axis} {', '.join(map(_value_text(axis), values))}" for axis, values in dropped.items())

@@ -155,7 +155,9 @@ def _failures(failed, measured_by_line, fits_by_line, status, show_legend) -> di
     """Failed cells at their length, at the height their line would have had (the fit, else the last value)."""
     name, symbol, colour = FAILURE_MARKERS[status]
     ys = [_failure_height(measured_by_line, fits_by_line.get(p[0]), p[0], p[1]) for p in failed]
-    text = [f"<b>{p[0]}</b><br>N = {format_length(p[1])}<br>{status}: {p[6] or 'no reason recorded'}" for p in failed]
+    # the height is a placement, never a measurement: a timed-out cell sat at the fit's 289 ms where it ran past 2 s
+    placed = "<br><i>(its height is where its line would be: not measured)</i>"
+    text = [f"<b>{p[0]}</b><br>N = {format_length(p[1])}<br>{status}: {p[6] or 'no reason recorded'}{placed}" for p in failed]
     return {"type": "scatter", "x": [p[1] for p in failed], "y": ys, "mode": "markers", "name": name, "legendgroup": name,
             "showlegend": show_legend, "marker": {"symbol": symbol, "size": 13, "color": colour, "line": {"width": 2, "color": colour}},
             "hovertext": text, "hovertemplate": "%{hovertext}<extra></extra>", "meta": f"failed:{status}"}  # fmt: skip
@@ -296,13 +298,14 @@ def _crossover_matrix(rows: pd.DataFrame):
     text = [["" for _ in labels] for _ in labels]
     hover = [[f"{a} vs {a}" for a in labels] for _ in labels]
     columns = [rows[c].tolist() for c in ("impl_a", "impl_b", "length", "kind", "message")]
-    for impl_a, impl_b, length, kind, message in zip(*columns, strict=False):
+    columns.append(rows["caveat"].tolist() if "caveat" in rows.columns else [""] * len(rows))
+    for impl_a, impl_b, length, kind, message, caveat in zip(*columns, strict=False):
         crossing = kind != "none" and math.isfinite(length)
         cell_text = (short_length(length) + ("*" if kind == "extrapolated" else "")) if crossing else "none"
         for a, b in ((impl_a, impl_b), (impl_b, impl_a)):
             z[index[a]][index[b]] = math.log2(length) if crossing else None
             text[index[a]][index[b]] = cell_text
-            hover[index[a]][index[b]] = f"<b>{impl_a} vs {impl_b}</b><br>{message}"
+            hover[index[a]][index[b]] = f"<b>{impl_a} vs {impl_b}</b><br>{message}" + (f"<br>{caveat}" if caveat else "")
     return labels, z, text, hover
 
 

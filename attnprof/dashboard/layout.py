@@ -194,6 +194,7 @@ def _exponents():
             value=36.32,
             marks={20: "1 MiB", 30: "1 GiB", 34: "16 GiB", 36.32: "80 GiB", 40: "1 TiB", 44: "16 TiB"},
             updatemode="mouseup",
+            allow_direct_input=False,  # Dash 4's box showed log2 bytes ("34.557"): typing 80 asked for 2^80, clamped to 16 TiB
         ),  # fmt: skip
         _graph(FRONTIER_GRAPH),
     ]

@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG, timing_caveats
+from attnprof.analysis import CONFIG, timing_caveats, timing_flags, with_caveats
 from attnprof.dashboard import cell_figures, figures, fit_cache, runinfo, views
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
@@ -181,12 +181,21 @@ def scaling(source, run_id, filters, metric: str, facets) -> tuple:
         return figures.message_figure(failure_text(error)), failure_text(error)
 
 
+TIMED_METRICS = ("time", "tflops", "gbps")  # read from the median time: a busy machine's cells mislead them
+
+
 def _scaling(source, shown, filters, metric, facets) -> tuple:
     notes = (views.unticked_note(shown, filters), views.facets_note(facets), views.scaling_message(shown, metric))
     message = " ".join(filter(None, notes))
+    caveat, flagged = "", ""
+    if metric in TIMED_METRICS and len(shown):  # said only in the Exponents note, before: a PNG of this view said nothing
+        caveat = timing_caveats(shown, "Their points may sit high (TFLOP/s and GB/s low); each point's hover says so.")
+        flags = timing_flags(shown)
+        flagged = f"{int((flags != '').sum())} timed cells busy or noisy (hover says which)" if caveat else ""
     cells = views.scaling_cells(views.with_lines(shown, facets), metric)
     fitted = views.fits_for_lines(cells, fit_cache.fits(source, shown, metric)) if not shown.empty else pd.DataFrame()
-    return figures.scaling_figure(cells, fitted, views.METRICS[metric], message), message
+    figure_note = " ".join(filter(None, (message, flagged)))  # the figure's subtitle: one line, the note has the sentence
+    return figures.scaling_figure(cells, fitted, views.METRICS[metric], figure_note), " ".join(filter(None, (message, caveat)))
 
 
 def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float) -> tuple:
@@ -220,13 +229,14 @@ def _exponent_table(shown, all_fits) -> tuple:
     table = views.exponent_table(shown, all_fits)
     timed = "time" if len(shown) and shown["median_ms"].notna().any() else "peak_bytes"
     note = views.scaling_message(shown, timed) if len(shown) else "No cells match the filters."
-    caveat = timing_caveats(shown, "Their time exponents and crossovers may be off; their hover text says so.") if len(shown) else ""
+    then = "Their time exponents and crossovers may be off; the Scaling view's points and the crossovers' hover name them."
+    caveat = timing_caveats(shown, then) if len(shown) else ""
     note = " ".join(filter(None, (note, caveat)))  # the report carried no word of them: only each cell's hover did
     return records(table), figures.exponent_figure(table), note
 
 
 def _crossover_figure(shown, all_fits, metric: str):
-    crossing = _crossovers(all_fits[all_fits["metric"] == metric] if len(all_fits) else all_fits)
+    crossing = with_caveats(_crossovers(all_fits[all_fits["metric"] == metric] if len(all_fits) else all_fits), shown)
     return figures.crossover_figure(views.crossover_groups(shown, crossing), metric)
 
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -91,7 +92,7 @@ def test_compare_shows_the_ratios_of_two_runs_regressions_first(two_runs_db):
     assert cells[0]["change"] == "regressed: ok -> oom" and cells[0]["config"] == "softmax bidir"
     assert cells[1]["time_ratio"] == pytest.approx(1.6) and cells[1]["config"].startswith("sdpa")
     assert "shared cells" in note and changes[0]["metric"] == "time" and changes[0]["delta"] > 0
-    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"}
+    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio", "status_change"}
     seeded = {m.peak_bytes for m in seeding.run_cells()}
     shown = {c[column] for c in cells for column in ("peak_a_bytes", "peak_b_bytes") if c[column] is not None}
     assert shown and shown <= seeded  # to the byte: rounded to 4 digits, 393216 read 393200
@@ -152,6 +153,7 @@ def test_all_failed_and_one_length_runs_explain_themselves(tmp_path):
     cb = handlers(db)
     figure, note = cb.scaling("scaling", failed, {}, "time", [], "v")
     assert "Every cell in view failed (2 oom)" in note and [t.meta for t in figure.data] == ["failed:oom"]
+    assert all(text.endswith("(its height is where its line would be: not measured)</i>") for text in figure.data[0].hovertext)
     figure, note = cb.scaling("scaling", one, {}, "time", [], "v")
     assert "Only one length" in note and not [s for s in figure.layout.shapes if s.type == "line"]  # no fit line
     rows, chart, crossings, frontier, note, _ = cb.exponents("exponents", one, {}, "time", 30, "v")
@@ -294,3 +296,45 @@ def test_a_comparison_and_the_exponents_tab_never_share_a_fit_of_other_lengths(t
     assert softmax_lengths(cb.exponents("exponents", run_a, everything, "time", 36.0, "v")[0]) == {"256..2k"}
     changes = cb.compare("compare", run_a, run_b, everything, "v")[2]
     assert {(c["lengths_a"], c["lengths_b"]) for c in changes if c["config"] == "softmax bidir"} == {("256..1k", "256..1k")}
+
+
+def test_views_of_cells_timed_on_a_busy_machine_say_so(tmp_path):
+    """An audit compared two runs of unchanged code, one timed beside other work: Compare said "8 at least 5% slower"
+    ("time x19 (slower)") with no word of the load, the Scaling view and its PNG said nothing, and the Exponents note
+    sent the reader to crossover hover text that did not say it either."""
+    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+    db = tmp_path / "busy.db"
+    seeding.write_run(db, seeding.run_info(seeding.BASE, "2026-01-01T00:00:00+00:00"), seeding.run_cells())
+    loaded = [replace(m, reason=busy) if m.case.impl == "sdpa" and m.status == Status.OK else m for m in seeding.run_cells(candidate=True)]
+    seeding.write_run(db, seeding.run_info(seeding.CANDIDATE, "2026-01-02T00:00:00+00:00"), loaded)
+    cb = handlers(db)
+    (_, run, _, run_a, _, run_b, *_), (_, selected, _, facets, budget, *_) = first_page(cb)
+    _, cells, _, note = cb.compare("compare", run_a, run_b, selected, "v")
+    sdpa = [c for c in cells if c["config"].startswith("sdpa") and c["status_b"] == "ok"]
+    assert sdpa and all(c["caveat"] == "busy in the candidate" for c in sdpa)
+    assert not [c for c in cells if c["caveat"] and not c["config"].startswith("sdpa")]
+    assert f"{len(sdpa)} of them timed on a busy machine or noisy in one run or both (the caveat column)" in note
+    figure, note = cb.scaling("scaling", run, selected, "time", facets, "v")
+    assert "were timed while other processes kept cores busy" in note
+    assert "timed cells busy or noisy (hover says which)" in figure.layout.title.text  # a PNG of the view has no note
+    assert "busy" not in cb.scaling("scaling", run, selected, "peak_bytes", facets, "v")[1]  # memory is not timed
+    _, _, crossings, _, note, _ = cb.exponents("exponents", run, selected, "time", budget, "v")
+    hovers = [text for trace in crossings.data for row in trace.hovertext for text in row if "sdpa vs" in text or "vs sdpa" in text]
+    assert "crossovers' hover name them" in note and any("timed on a busy machine or noisy: sdpa N=" in text for text in hovers), hovers
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    said = CliRunner().invoke(cli, ["compare", seeding.BASE, seeding.CANDIDATE, "--db", str(db), "--format", "json"])
+    payload = json.loads(said.output)
+    assert said.exit_code == 0 and f"({len(sdpa)} of them timed on a busy machine or noisy" in payload["note"]
+    assert {c["caveat"] for c in payload["cells"] if c["config"].startswith("sdpa") and c["status_b"] == "ok"} == {"busy in the candidate"}
+
+
+def test_the_budget_slider_takes_no_typed_value(two_runs_db):
+    """Dash 4 shows a box beside a slider: it held log2 bytes ("34.557"), and typing 80 (GiB, a reader would think)
+    asked for 2^80 bytes, clamped to 16 TiB."""
+    from attnprof.dashboard import layout
+
+    found = [c for c in layout.build(60_000)._traverse() if getattr(c, "id", None) == layout.BUDGET]
+    assert len(found) == 1 and found[0].allow_direct_input is False

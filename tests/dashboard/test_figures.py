@@ -231,11 +231,17 @@ def test_compare_ratios_put_regressions_first(base_frame, candidate_frame):
     assert _change("ok", "ok", 1.01, 1.3) == "memory x1.3 (more)" and _change("ok", "ok", 1.01, 0.99) == "same (within 2%)"
     assert cells.iloc[-1]["change"].startswith("fixed: crashed")  # nystromformer 2k runs again: last
     figure = cell_figures.compare_figure(cells, ("a", "b"))
-    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio"} and figure.layout.yaxis.type == "log"
+    assert {t.meta for t in figure.data} == {"time_ratio", "peak_ratio", "status_change"} and figure.layout.yaxis.type == "log"
+    # cells with no ratio (a status changed) were left off the plot: markers above the ratios now, what changed in their hover
+    changed = {t.name: t for t in figure.data if t.meta == "status_change"}
+    highest = max(y for t in figure.data if t.meta != "status_change" for y in t.y)
+    assert {"failing now (no ratio: placed above)", "working now (no ratio: placed above)"} <= set(changed)
+    failing = changed["failing now (no ratio: placed above)"]
+    assert min(failing.y) > highest and "regressed: ok -> oom" in failing.hovertext[list(failing.x).index(2048)]
     # many configurations: the ones that changed most are drawn (a 1,000-line figure took the browser 2.1 s to leave)
     many = pd.concat([cells.assign(config=cells["config"] + f" #{i}", score=cells["score"] / (i + 1)) for i in range(30)])
     drawn = cell_figures.compare_figure(many, ("a", "b"))
-    names = {t.name.rsplit(" ", 1)[0].removesuffix(" peak") for t in drawn.data}
+    names = {t.name.rsplit(" ", 1)[0].removesuffix(" peak") for t in drawn.data if t.meta != "status_change"}
     assert len(names) == cell_figures.COMPARE_LINES and any("#0" in n for n in names) and not any("#29" in n for n in names)
     assert f"({cell_figures.COMPARE_LINES} of {many['config'].nunique()} configurations, those that changed most" in drawn.layout.title.text
     fits_a = pd.concat([views.fit_metric(base_frame, m) for m in ("time", "peak_bytes")])

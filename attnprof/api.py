@@ -142,6 +142,7 @@ def _check_device(device: str, accounting: bool) -> None:
 
 def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
     from attnprof import impls
+    from attnprof.impls.base import option_text
 
     expanded: list[ImplSpec] = []
     for spec in specs:
@@ -151,7 +152,8 @@ def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
         impl = impls.get(spec.name)
         resolved = impl.resolve_options(spec.options)  # raises UsageError naming the bad option
         # An option given at its default value (block_size=auto, num_landmarks=64) is the same line as the plain impl.
-        expanded.append(ImplSpec(spec.name, tuple((k, v) for k, v in spec.options if resolved[k] != impl.options[k])))
+        kept = tuple((k, option_text(resolved[k])) for k, _ in spec.options if resolved[k] != impl.options[k])
+        expanded.append(ImplSpec(spec.name, kept))
     return tuple(dict.fromkeys(expanded))
 
 

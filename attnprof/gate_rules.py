@@ -114,13 +114,20 @@ def _required_text(table: dict, key: str, where: str) -> str:
 
 def _impl_label(text: str, where: str) -> str:
     """A rule names an impl as tables label it (`nystromformer[num_landmarks=32]`) or as --impl takes it
-    (`nystromformer:num_landmarks=32`); both become the label the measurements carry."""
-    if ":" not in text:
+    (`nystromformer:num_landmarks=32`); both become the label the measurements carry: an option at its default
+    dropped and each value spelled one way, as a sweep labels it (`chunked:chunk=256`, the default, was "not
+    measured" by a run of `chunked`). An impl not registered here (a stored run's plugin) keeps the label as written."""
+    from attnprof.api import impl_labels
+
+    if text == "all":
         return text
     specs = parse_impls(text)
     if len(specs) != 1:
         raise UsageError(f"bad impl {text!r} in {where}: one impl per rule")
-    return specs[0].label
+    try:
+        return impl_labels(text)[0]
+    except UsageError:
+        return specs[0].label
 
 
 def _filters(table: dict, where: str) -> dict:

@@ -65,7 +65,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
                 resolved.append(resolve_sweep(sweep))
             except UsageError as error:
                 raise UsageError(f"{rules_path}: [sweep] {index}: {error}") from None
-        check_rules_are_swept(rules, parsed, rules_path)
+        check_rules_are_swept(rules, resolved, rules_path)  # their labels as the sweep gives them (defaults dropped)
         check_rules_can_be_judged(rules, resolved, rules_path)
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
@@ -149,7 +149,7 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
     as a MISSING verdict (exit 3, "the measurement failed") after them."""
     from attnprof import impls
 
-    specs = [spec for sweep in sweeps for spec in sweep.impls]
+    specs = [spec for sweep in sweeps for spec in sweep.impls]  # resolved sweeps: `all` expanded, labels as measured
     names = set(impls.names()) if any(spec.name == "all" for spec in specs) else {spec.name for spec in specs}
     _refuse_unmeasured_names(rules, names | {spec.label for spec in specs}, rules_path, "no [sweep] of the file measures")
     _refuse_ambiguous_to(rules, {(spec.name, spec.label) for spec in specs}, rules_path)

@@ -241,3 +241,17 @@ def test_fit_says_which_timed_cells_it_should_not_be_trusted_on(tmp_path):
     exported = CliRunner().invoke(cli, ["export", "latest", "--format", "baseline", "--out", str(out), "--db", str(db)])
     assert exported.exit_code == 0 and out.exists() and "note: Of 6 timed cells, 6 were timed while" in exported.stderr
     assert "export a run timed on a quiet one" in exported.stderr
+
+
+def test_an_exact_impl_with_its_own_reference_keeps_its_distance_from_softmax():
+    """fidelity_error is the error against exact softmax: an exact impl checked against its own reference (scaled
+    logits) stored its check error there, 2.5e-7 where it is half its size off softmax."""
+    from attnprof import impls
+    from attnprof.checks import run_check
+    from attnprof.spec import Case, ImplSpec
+
+    case = Case(impl="scaled", seq_len=128, heads=2, head_dim=16, options=ImplSpec("scaled", (("scale", "2.0"),)).options)
+    result = run_check(impls.get("scaled"), case)
+    assert result.failure is None and result.check_error < 1e-5 and result.fidelity_error > 0.05
+    plain = run_check(impls.get("softmax"), Case(impl="softmax", seq_len=128, heads=2, head_dim=16))
+    assert plain.fidelity_error == plain.check_error < 1e-5

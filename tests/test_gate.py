@@ -850,3 +850,18 @@ def test_a_slope_is_judged_on_the_cells_both_fits_used_and_says_whose_they_are()
     [failed_baseline] = evaluate(rule, cells(1.0, [512, 1024, 2048, 4096]), baseline=cells(1.0, [512, 1024, 2048, 4096], status="timeout"))
     assert failed_baseline.verdict == "MISSING" and "0 lengths ok in both" in failed_baseline.message
     assert "ok in the run: 512, 1024, 2048, 4096; in the baseline: none" in failed_baseline.message
+
+
+def test_a_rule_naming_an_option_at_its_default_names_the_plain_impl(tmp_path):
+    """`chunked:chunk=256` (its default) in a rule was "not measured" by a run of `chunked`, and with a [sweep] of the
+    same spelling the gate measured first and refused after; labels are resolved as a sweep gives them."""
+    from attnprof.gate_rules import parse_rules
+
+    (rule,) = parse_rules(
+        [{"impl": "nystromformer:num_landmarks=64", "to": "sdpa", "metric": "time", "max_ratio": 2.0, "at_length": 1024}], "r.toml"
+    )
+    assert rule.impl == "nystromformer"
+    (rule,) = parse_rules([{"impl": "nystromformer[num_landmarks=032]", "metric": "time", "max_exponent": 2.0}], "r.toml")
+    assert rule.impl == "nystromformer[num_landmarks=32]"
+    (rule,) = parse_rules([{"impl": "mine:chunk=0128", "metric": "time", "max_exponent": 2.0}], "r.toml")  # not registered here
+    assert rule.impl == "mine[chunk=0128]"

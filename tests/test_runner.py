@@ -190,7 +190,7 @@ def test_a_failure_row_says_which_step_of_the_case_failed(db):
     kernel's author could not tell a crash of the reference check from one of the kernel, nor an OOM of the memory
     pass from one of the timing pass's retained heap."""
     rows = measure(db, "fault:kind=segv,at_length=512,on_data=1,fault:kind=raise,at_length=512,on_data=1", lengths=(512,))
-    crashed, raised = (rows[(f"fault[at_length=512,kind={kind},on_data=1]", 512)] for kind in ("segv", "raise"))
+    crashed, raised = (rows[(f"fault[at_length=512,kind={kind},on_data=true]", 512)] for kind in ("segv", "raise"))
     assert crashed.status == Status.CRASHED and crashed.reason.endswith("SIGSEGV, during the memory pass (its first call)"), crashed.reason
     assert raised.status == Status.ERROR and raised.reason.endswith("; during the memory pass (its first call)"), raised.reason
 

@@ -114,3 +114,18 @@ def test_every_bad_factor_gets_the_same_sentence(step):
     quoted = re.escape(f"'1k..8k:{step}': factor '{step}' must be a whole number of at least 2")
     with pytest.raises(UsageError, match=f"bad lengths {quoted}"):
         parse_lengths(f"1k..8k:{step}")
+
+
+def test_one_option_value_is_one_label_however_it_is_written():
+    """`two_pass=1`, `=true` and `=True` were three lines (measured three times, compared and gated apart), as were
+    `num_landmarks=32` and `=032`: labels carry each value as its option's type writes it, and defaults are dropped."""
+    from attnprof.api import impl_labels, plan
+
+    assert impl_labels("nystromformer:num_landmarks=032,nystromformer:num_landmarks=+32") == ["nystromformer[num_landmarks=32]"]
+    assert impl_labels("nystromformer:num_landmarks=64") == ["nystromformer"]  # its default
+    assert impl_labels("cosformer:chunk_size=0128") == ["cosformer[chunk_size=128]"]  # untyped (None default): its guessed type
+    sweep = Sweep(impls=parse_impls("nystromformer:num_landmarks=32,nystromformer:num_landmarks=032"), lengths=(256,), causal=(False,))
+    assert len(plan(sweep)) == 1
+    from attnprof.impls.base import option_text
+
+    assert [option_text(v) for v in (True, False, 2.0, 64, "reference")] == ["true", "false", "2.0", "64", "reference"]

@@ -179,6 +179,16 @@ def coerce_option(impl: str, key: str, raw, default):
     return text
 
 
+def option_text(value) -> str:
+    """An option's value as labels and stored options write it, one spelling per value: `two_pass=1`, `=true` and
+    `=True` were three lines (measured three times, compared and gated apart), as were `chunk=128` and `=0128`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
 def _guess_type(text: str):
     if text.lower() in ("none", "auto", ""):
         return None

@@ -49,4 +49,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'attnprof' has no attribute {name!r}")
 
 
+def __dir__():
+    # the lazy names too: tab completion and help(attnprof) listed none of the API
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+
+
 __all__ = ["__version__", *_LAZY]

@@ -35,7 +35,9 @@ def account_case(impl: AttentionImpl, case: Case) -> Measurement:
     work = dict(min_bytes=int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case))
     if not impl.meta_exact:
         if impl.memory_model is None or impl.flops is None:
-            reason = f"{impl.name} is a fused kernel: meta runs the unfused math path, and it has no analytic model"
+            declared = (("a memory_model", impl.memory_model), ("a flops formula", impl.flops))
+            lacks = " and ".join(what for what, given in declared if given is None)
+            reason = f"{impl.name} is a fused kernel (meta_exact=False): meta runs the unfused math path, and it declares no {lacks}"
             return Measurement(case=case, status=Status.UNSUPPORTED, reason=reason)
         return Measurement(
             case=case, status=Status.OK, reason="modelled: analytic formula, unverified on a GPU",

@@ -54,11 +54,15 @@ def analyse(
     if unknown:
         raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    needed = (*CONFIG, "seq_len", "status", *("times_ms" if m == "time" else METRICS[m] for m in metrics))
+    lacking = [c for c in needed if c not in frame.columns]
+    if lacking:  # an empty DataFrame() raised KeyError: 'status'
+        raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db): this one lacks {', '.join(lacking)}")
     refuse_overlapping_runs(frame, "analyse")
-    if isinstance(budget_bytes, str):
+    if budget_bytes is not None:  # -1 or NaN raised frontier's ValueError, not the UsageError bad input gets
         from attnprof.gate_rules import parse_bytes
 
-        budget_bytes = parse_bytes(budget_bytes, "budget_bytes")
+        budget_bytes = parse_bytes(budget_bytes if isinstance(budget_bytes, str) else repr(float(budget_bytes)), "budget_bytes")
     fits = []
     for metric in metrics:
         points = metric_points(frame, metric)

@@ -223,21 +223,36 @@ def _value_bound(value: str, metric: str, what: str) -> float:
     if not match or match.group(2) not in units:
         example = "a duration such as 5ms or 1.5s" if metric == "time" else "a number such as 1e12"
         raise UsageError(f"bad {what} {value!r}: expected {example} for metric {metric!r}")
+    return _finite_number(match.group(1), value, what) * units[match.group(2)]
+
+
+def _finite_number(text: str, value, what: str) -> float:
+    """The number `text` of the bound `value`: "1.2.3" raised ValueError (a traceback, exit 4 from the gate) and "1e400"
+    was an infinite bound that always passed."""
+    import math
+
     try:
-        return float(match.group(1)) * units[match.group(2)]
-    except ValueError:  # "1.2.3"
-        raise UsageError(f"bad {what} {value!r}: {match.group(1)!r} is not a number") from None
+        number = float(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {value!r}: {text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise UsageError(f"bad {what} {value!r}: must be a finite number")
+    return number
 
 
 def parse_bytes(value, what: str) -> int:
     """`80GiB`, `512 MiB`, `1e9`, 1000000 -> bytes."""
+    import math
     import re
 
     match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
     unit = match.group(2).lower() if match else None
     if not match or unit not in UNITS:
         raise UsageError(f"bad {what} {value!r}: expected a size such as 80GiB or 512MiB")
-    size = int(float(match.group(1)) * UNITS[unit])
+    scaled = _finite_number(match.group(1), value, what) * UNITS[unit]
+    if not math.isfinite(scaled):
+        raise UsageError(f"bad {what} {value!r}: must be a finite number")
+    size = int(scaled)
     if size <= 0:
         raise UsageError(f"bad {what} {value!r}: must be more than 0 bytes")
     return size

@@ -47,6 +47,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
+    runs = (runs,) if isinstance(runs, str) else tuple(runs)  # runs="alpha" was read as the runs a, l, p, h, a
     rules, sweeps = load_rules(rules_path, registered=not runs)
     needing = [rule for rule in rules if rule.needs_baseline]
     if needing and not baseline:  # a usage slip: say so before measuring anything, not as a verdict afterwards

@@ -31,6 +31,7 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=()) 
 
     if png_dir is not None and importlib.util.find_spec("kaleido") is None:
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
+    only = (only,) if isinstance(only, str) else tuple(only)  # one "dtype=float32" was read a character at a time
     source = DataSource(db or default_db())
     info = source.run(run)
     figures, body = report_sections(source, info.run_id, only)

@@ -180,7 +180,7 @@ class Store:
     def add_measurement(self, run_id: str, m: Measurement, recorded_at: str) -> None:
         case = m.case
         case_values = [getattr(case, c) if c != "options" else json.dumps(dict(case.options)) for c in CASE_COLUMNS]
-        values = [getattr(m, c) for c in VALUE_COLUMNS]
+        values = [_sqlite_number(getattr(m, c)) for c in VALUE_COLUMNS]
         values[0] = m.status.value
         values[2] = json.dumps(m.times_ms)
         columns = ("run_id", "case_key", "label", *CASE_COLUMNS, *VALUE_COLUMNS, "recorded_at", *STAT_COLUMNS)
@@ -262,6 +262,17 @@ def _keep_snapshot(connection: sqlite3.Connection, run_id: str) -> None:
         return
     version = (len(rows), rows[-1][0] if rows else None)  # (row count, last id): what frame checks it against
     connection.execute("INSERT OR REPLACE INTO run_columns VALUES (?, ?, ?, ?)", (run_id, *version, snapshot))
+
+
+SQLITE_INTEGER_MAX = 2**63 - 1
+
+
+def _sqlite_number(value):
+    """An integer past SQLite's 64 bits as a float (stored REAL; the columns read numbers as float64 anyway): softmax's
+    FLOPs at N = 2^26, H16 D64 are 2^64, and the store's OverflowError ended an accounting sweep and each resume."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SQLITE_INTEGER_MAX:
+        return float(value)
+    return value
 
 
 def _stat_values(times_ms: list[float]) -> tuple:

@@ -97,10 +97,11 @@ class CaseMeasurer:
         if check.failure:
             return Measurement(case=case, status=Status.ERROR, reason=check.failure, check_error=check.check_error)
         self.at("the host-memory guard's prediction")
-        refusal = _host_memory_refusal(impl, case)
+        refusal, guard_note = _host_memory_refusal(impl, case)
         if refusal:
             return Measurement(case=case, status=Status.OOM, reason=refusal)
         measurement = _measure_passes(impl, case, settings, self.at)
+        measurement.reason = "; ".join(filter(None, (measurement.reason, guard_note)))
         measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
         return measurement
 
@@ -237,15 +238,19 @@ def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement)
     elif impl.meta_exact:
         from attnprof.accounting_runs import account_on_meta
 
-        measurement.flops, measurement.flops_source = account_on_meta(impl, case).flops, "counted"
+        try:
+            measurement.flops, measurement.flops_source = account_on_meta(impl, case).flops, "counted"
+        except Exception as error:  # noqa: BLE001  (it ran on the device and was checked: only the count is lost)
+            note = f"FLOPs not counted: it does not run on meta ({classify(error)[1]})"
+            measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
     measurement.min_bytes = int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case)
 
 
-def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
+def _host_memory_refusal(impl: AttentionImpl, case: Case) -> tuple[str | None, str]:
     """On the CPU a case far beyond free RAM would bring in the kernel's OOM killer (or swap the
     machine to a halt); the exact meta accounting predicts its peak in milliseconds instead."""
     if case.device != "cpu":
-        return None
+        return None, ""
     import psutil
 
     available = psutil.virtual_memory().available
@@ -255,11 +260,20 @@ def _host_memory_refusal(impl: AttentionImpl, case: Case) -> str | None:
     # Inputs that alone overflow are refused before the call is accounted: accounting a chunked impl at
     # millions of tokens takes longer than running out of memory (cosFormer at N = 16M: over a minute).
     if inputs.nbytes > limit:
-        return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}{NOT_RUN}"
-    predicted = inputs.nbytes + _predicted_call_peak(impl, case, inputs.q)
+        return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}{NOT_RUN}", ""
+    note = ""
+    try:
+        call_peak = _predicted_call_peak(impl, case, inputs.q)
+    except Exception as error:  # an impl that runs here but not on meta (a tensor made without q's device) is no error
+        status, reason, _ = classify(error)
+        if status == Status.OOM:
+            raise
+        call_peak = inputs.q.numel() * inputs.q.element_size()  # at least its output
+        note = f"the host-memory guard could not run it on meta ({reason}): its peak was predicted as its output only"
+    predicted = inputs.nbytes + call_peak
     if predicted > limit:
-        return f"predicted peak {format_bytes(predicted)} exceeds {share}{NOT_RUN}"
-    return None
+        return f"predicted peak {format_bytes(predicted)} exceeds {share}{NOT_RUN}", ""
+    return None, note
 
 
 def _predicted_call_peak(impl: AttentionImpl, case: Case, query) -> int:

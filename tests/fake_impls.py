@@ -59,6 +59,9 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if kind == "float64":
         return softmax_attention(q.double(), k.double(), v.double(), causal=causal)
+    if kind == "cpu_only":  # a value read back to Python (a tile size from the data): fine on the CPU, an error on meta
+        float(q.abs().max())
+        return softmax_attention(q, k, v, causal=causal)
     if kind == "threads1":  # global state the next impls in this worker would inherit
         torch.set_num_threads(1)
         return softmax_attention(q, k, v, causal=causal)
@@ -146,7 +149,8 @@ register(
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
-        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|threads1|nograd|sys_exit|keyboard|spawn|refuse_raises) from at_length on"
+        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|nograd|sys_exit|keyboard|spawn"
+        "|refuse_raises) from at_length on"
         " (with on_data=1, not on meta)",
         options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},
         refuse=_refuse_hook,

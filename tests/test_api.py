@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import attnprof
 from attnprof.api import plan
 from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_impls
@@ -237,3 +238,51 @@ def test_a_sweep_from_a_script_on_standard_input_runs(tmp_path):
     script = SWEEP.replace("'mine'", "'softmax'") + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())"
     done = _python(tmp_path, "-", stdin=script)
     assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stderr[-2000:]
+
+
+def test_the_api_lists_its_names_and_takes_one_string_where_it_takes_several(tmp_path):
+    """dir(attnprof) held none of the lazily imported API (tab completion, help()), and run_gate(runs="alpha") read the
+    runs 'a', 'l', 'p', 'h', 'a'."""
+    from attnprof.store import Store
+
+    assert {"run_sweep", "load_measurements", "analyse", "run_gate", "write_report", "UsageError"} <= set(dir(attnprof))
+    from attnprof.records import RunInfo
+
+    store = Store.open(tmp_path / "x.db")
+    store.add_run(RunInfo("r1", "2026-01-01T00:00:00", {"impl_specs": [["softmax", {}]]}, {"torch_version": "x"}, "0.1.0"))
+    store.close()
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_exponent = 2.5\n')
+    with pytest.raises(attnprof.UsageError, match="'nosuchrun'"):
+        attnprof.run_gate(rules, runs="nosuchrun", db=tmp_path / "x.db")
+
+
+def test_a_refuse_hook_may_return_one_reason_as_a_string():
+    """ "too long" read "t; o; o;  ; l; o; n; g"."""
+    from attnprof.impls.base import AttentionImpl
+    from attnprof.impls.softmax import softmax_attention
+    from attnprof.spec import Case
+
+    impl = AttentionImpl(name="refuser", family="test", fn=softmax_attention, refuse=lambda case, options: "too long")
+    assert impl.not_supported(Case(impl="refuser", seq_len=64)) == ["too long"]
+
+
+def test_an_impl_from_a_module_never_put_in_sys_modules_is_refused_before_measuring(tmp_path):
+    """Loaded with spec_from_file_location and exec_module alone, its sweep ran and every row read "unknown impl"."""
+    import importlib.util
+
+    from attnprof import impls
+
+    path = tmp_path / "fileonly_kernels.py"
+    path.write_text(
+        "from attnprof.impls import register\nfrom attnprof.impls.base import AttentionImpl\n"
+        "from attnprof.impls.softmax import softmax_attention\n"
+        "register(AttentionImpl(name='fileonly', family='test', fn=softmax_attention))\n"
+    )
+    spec = importlib.util.spec_from_file_location("fileonly_kernels", path)
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        with pytest.raises(attnprof.UsageError, match="'fileonly' comes from module 'fileonly_kernels'"):
+            attnprof.plan(attnprof.Sweep(impls=attnprof.parse_impls("fileonly"), lengths=(64,)))
+    finally:
+        impls._REGISTRY.pop("fileonly", None)

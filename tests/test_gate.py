@@ -865,3 +865,20 @@ def test_a_rule_naming_an_option_at_its_default_names_the_plain_impl(tmp_path):
     assert rule.impl == "nystromformer[num_landmarks=32]"
     (rule,) = parse_rules([{"impl": "mine:chunk=0128", "metric": "time", "max_exponent": 2.0}], "r.toml")  # not registered here
     assert rule.impl == "mine[chunk=0128]"
+
+
+@pytest.mark.parametrize(
+    "table, fragment",
+    [
+        ({"metric": "peak_bytes", "max_value": "1.2.3GiB"}, "'1.2.3' is not a number"),
+        ({"metric": "peak_bytes", "max_value": "1e400"}, "must be a finite number"),
+        ({"metric": "time", "max_value": "1e400ms"}, "must be a finite number"),
+        ({"metric": "peak_bytes", "min_frontier": "1k", "budget": "1..2GiB"}, "is not a number"),
+    ],
+)
+def test_a_bound_that_is_no_finite_number_is_refused(table, fragment):
+    """ "1.2.3GiB" was a traceback (exit 4 from the gate), and "1e400ms" an infinite bound that always passed."""
+    from attnprof.gate_rules import parse_rules
+
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        parse_rules([{"impl": "softmax", **table}], "r.toml")

@@ -33,6 +33,20 @@ def test_round_trip_and_wal(db):
     assert back == m and back.median_ms == 2.0 and back.peak_alloc_bytes is None
 
 
+def test_a_count_past_64_bits_is_stored(db):
+    """Softmax's FLOPs at N = 2^26, H16 D64 are 2^64: an OverflowError ended the accounting sweep there, and each
+    resume. Such a count is kept as a float (the columns read numbers as float64 anyway)."""
+    from attnprof.dashboard.data import run_frame
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=1 << 26), Status.OK, flops=2**64, min_bytes=2**70), "now")
+    [back] = store.measurements("r1")
+    assert back.flops == pytest.approx(2.0**64) and back.min_bytes == pytest.approx(2.0**70)
+    assert run_frame("r1", store.frame("r1"))["flops"].iloc[0] == pytest.approx(2.0**64)
+    store.close()
+
+
 def test_resolve_run_latest_prefix_unknown(db):
     store = Store.open(db)
     store.add_run(a_run("20260101-aaaa", "2026-01-01T00:00:00"))

@@ -110,8 +110,10 @@ def worker_modules(names=None) -> tuple[str, ...]:
         module = module_of(impl)
         if module.startswith("attnprof.") or module in MAIN_MODULES or module in modules:
             continue
-        spec = getattr(sys.modules.get(module), "__spec__", None)
-        if spec is not None and spec.origin not in (None, "built-in"):
+        loaded = sys.modules.get(module)
+        spec = getattr(loaded, "__spec__", None)
+        # a module executed from a file but never put in sys.modules is one too: its impls read "unknown impl" in workers
+        if loaded is None or (spec is not None and spec.origin not in (None, "built-in")):
             modules.append(module)
     return tuple(modules)
 

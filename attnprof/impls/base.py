@@ -130,7 +130,8 @@ class AttentionImpl:
         if case.mode not in self.modes:
             reasons.append(f"{self.name} does not support mode {case.mode}")
         if self.refuse is not None and not reasons:
-            reasons.extend(self.refuse(case, self.resolve_options(case.options)))
+            refused = self.refuse(case, self.resolve_options(case.options))
+            reasons.extend([refused] if isinstance(refused, str) else refused or [])  # "too long" read "t; o; o;  ; l; ..."
         return reasons
 
     def bind(self, case: Case) -> Callable:

@@ -183,6 +183,10 @@ def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
     out = tmp_path / "causal.html"
     assert invoke("report", seeding.BASE, "--db", two_runs_db, "--out", out, "--only", "causal=yes").exit_code == 0
     assert "Figures show causal = True (of False, True)" in out.read_text()
+    from attnprof.report import write_report
+
+    one, _ = write_report(seeding.BASE, db=two_runs_db, out=tmp_path / "one.html", only="causal=yes")  # read 'c', 'a', ...
+    assert "Figures show causal = True (of False, True)" in one.read_text()
     for bad, fragment in (
         ("dtype=float8", "the run has dtype float32, not 'float8'"),
         ("colour=red", "AXIS=VALUE"),

@@ -33,6 +33,8 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     import torch
 
     sweep = _spelled_as_the_cli(sweep)
+    if sweep.name.strip().lower() == "latest":  # `show latest` means the newest run: a run named so could not be named
+        raise UsageError("bad name 'latest': it means the newest run wherever a run is named; choose another")
     if sweep.accounting and any(device.split(":")[0] not in ("cuda", "meta") for device in sweep.device or ()):
         # meta stands for a GPU: the counts are of the plan a GPU runs (cosFormer's steps, bf16 products differ on the CPU)
         shown = ",".join(sweep.device)

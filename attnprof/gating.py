@@ -72,9 +72,11 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
     refuse_overlapping_runs(pd.concat(frames, ignore_index=True), "judge")
     _check_rules_name_measured_impls(rules, frames, run_ids, rules_path)
+    unfinished = _unfinished_runs(run_ids, frames, db)
+    if not unfinished:  # an unfinished run may lack values it will measure: MISSING then, not the file's slip
+        _check_filters_measured(rules, pd.concat(frames, ignore_index=True), run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
     verdicts = evaluate(rules, pd.concat(frames, ignore_index=True), baseline_frame, default_budget=min(budgets) if budgets else None)
-    unfinished = _unfinished_runs(run_ids, frames, db)
     return [not_passed_on_part(verdict, unfinished) for verdict in verdicts] if unfinished else verdicts, run_ids
 
 
@@ -124,6 +126,17 @@ def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None
         others = matching(rule, cells, rule.to)
         for _, group in others.groupby(CONFIG[1:], dropna=False):
             _refuse_ambiguous_to([rule], set(zip(group["impl"], group["label"], strict=True)), rules_path)
+
+
+def _check_filters_measured(rules, cells, run_ids, rules_path) -> None:
+    """A filter keeping values the judged runs never measured (a typo, `heads = 7`) is the file's slip, exit 2, as it is
+    against the file's own [sweep]; under --run it was MISSING (exit 3), which CI reads as "can't tell"."""
+    for rule in rules:
+        for key, allowed in rule.filters.items():
+            measured = sorted(set(cells[key].tolist()), key=str)
+            if not set(allowed) & set(measured):
+                kept, shown, runs = ", ".join(map(str, allowed)), ", ".join(map(str, measured)), ", ".join(run_ids)
+                raise UsageError(f"{rules_path}: rule {rule.index} keeps {key} {kept}, which run {runs} does not measure ({shown})")
 
 
 def _refuse_ambiguous_to(rules, lines: set[tuple[str, str]], rules_path) -> None:

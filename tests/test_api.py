@@ -14,6 +14,7 @@ from attnprof.spec import Sweep, parse_impls
     "changes, fragment",
     [
         (dict(lengths=(0,)), "bad length '0'"),
+        (dict(name="latest"), "bad name 'latest'"),  # unreachable: `show latest` is the newest run
         (dict(lengths=(-5,)), "bad length '-5'"),
         (dict(lengths=(256.0,)), "bad length '256.0'"),
         (dict(batch=(0,)), "bad batch '0'"),

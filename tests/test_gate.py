@@ -93,6 +93,9 @@ def test_a_rule_that_cannot_be_judged_exits_3(tmp_path):
     # judged on an existing accounting run, a time rule is MISSING with the reason
     judged = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "time"\nmax_exponent = 2.1\n', "--run", "latest")
     assert judged.exit_code == 3 and "carry no time (an accounting run has no times)" in judged.output, judged.output
+    # a filter keeping values the run never measured is the file's slip (exit 2), as against a [sweep]; it was MISSING
+    typo = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\nheads = 7\n', "--run", "latest")
+    assert typo.exit_code == 2 and "keeps heads 7, which run " in typo.output and "does not measure (2)" in typo.output, typo.output
 
 
 @pytest.mark.parametrize(

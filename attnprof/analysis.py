@@ -6,6 +6,7 @@ both call `analyse`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -59,10 +60,12 @@ def analyse(
     if lacking:  # an empty DataFrame() raised KeyError: 'status'
         raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db): this one lacks {', '.join(lacking)}")
     refuse_overlapping_runs(frame, "analyse")
-    if budget_bytes is not None:  # -1 or NaN raised frontier's ValueError, not the UsageError bad input gets
+    if isinstance(budget_bytes, str):
         from attnprof.gate_rules import parse_bytes
 
-        budget_bytes = parse_bytes(budget_bytes if isinstance(budget_bytes, str) else repr(float(budget_bytes)), "budget_bytes")
+        budget_bytes = parse_bytes(budget_bytes, "budget_bytes")
+    elif budget_bytes is not None and not (math.isfinite(float(budget_bytes)) and budget_bytes > 0):  # frontier's ValueError, before
+        raise UsageError(f"bad budget_bytes {budget_bytes!r}: must be a finite number of bytes above 0")
     fits = []
     for metric in metrics:
         points = metric_points(frame, metric)

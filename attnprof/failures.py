@@ -33,7 +33,8 @@ NOT_RUN = "; not run"  # how the CPU's host-memory guard ends the reason of an O
 
 def is_prediction(reason) -> bool:
     """Whether an `oom` row's reason is the host-memory guard's prediction rather than a measured OOM."""
-    return isinstance(reason, str) and reason.endswith(NOT_RUN)
+    # a note may follow ("; the impl changed torch's global settings ...")
+    return isinstance(reason, str) and (reason.endswith(NOT_RUN) or f"{NOT_RUN}; " in reason)
 
 
 def classify(error: BaseException) -> tuple[Status, str, bool]:

@@ -17,14 +17,19 @@ def _settings() -> list[tuple[str, Callable, Callable]]:
     import torch
 
     backends = torch.backends
-    found = [
+    found = []
+    for backend, label in ((backends.cuda.matmul, "cuda matmul"), (backends.cudnn, "cudnn")):
+        # torch >= 2.9's fp32_precision where it has it: its legacy allow_tf32 (and get_float32_matmul_precision) raise
+        # once the new one is set (precision.py); put back first, so the legacy getter below reads again
+        attribute = "fp32_precision" if hasattr(backend, "fp32_precision") else "allow_tf32"
+        getter, setter = (lambda b=backend, a=attribute: getattr(b, a)), (lambda v, b=backend, a=attribute: setattr(b, a, v))
+        found.append((f"{label} {attribute}", getter, setter))
+    found += [
         ("threads", torch.get_num_threads, torch.set_num_threads),
         ("grad mode", torch.is_grad_enabled, torch.set_grad_enabled),
         ("default dtype", torch.get_default_dtype, torch.set_default_dtype),
         ("float32 matmul precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
         ("deterministic algorithms", torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
-        ("cuda matmul TF32", lambda: backends.cuda.matmul.allow_tf32, lambda on: setattr(backends.cuda.matmul, "allow_tf32", on)),
-        ("cudnn TF32", lambda: backends.cudnn.allow_tf32, lambda on: setattr(backends.cudnn, "allow_tf32", on)),
         ("cudnn benchmark", lambda: backends.cudnn.benchmark, lambda on: setattr(backends.cudnn, "benchmark", on)),
     ]
     for backend in ("flash", "mem_efficient", "math", "cudnn"):  # what sdpa may choose: an impl pinning one pinned every sdpa
@@ -35,18 +40,31 @@ def _settings() -> list[tuple[str, Callable, Callable]]:
 
 
 def snapshot() -> dict:
-    """The current value of every setting, by name."""
-    return {name: getter() for name, getter, _ in _settings()}
+    """The current value of every setting this torch lets us read, by name."""
+    kept = {}
+    for name, getter, _ in _settings():
+        try:
+            kept[name] = getter()
+        except Exception:  # noqa: BLE001  (a legacy getter refusing a mix with torch's new precision API: not kept)
+            continue
+    return kept
 
 
 def restore(kept: dict) -> list[str]:
-    """Put back every setting that differs from `kept`; returns "name: was -> now" for each one put back."""
+    """Put back every setting that differs from `kept`; returns "name was -> now" for each one put back. Never raises:
+    a getter or setter that refuses (the legacy TF32 getters once an impl used the new API crashed the worker after
+    every case) is said, not raised."""
     changed = []
     for name, getter, setter in _settings():
-        now = getter()
-        if name in kept and now != kept[name]:
-            setter(kept[name])
-            changed.append(f"{name} {kept[name]} -> {now}")
+        if name not in kept:
+            continue
+        try:
+            now = getter()
+            if now != kept[name]:
+                setter(kept[name])
+                changed.append(f"{name} {kept[name]} -> {now}")
+        except Exception as error:  # noqa: BLE001
+            changed.append(f"{name} could not be read or put back: {type(error).__name__}")
     return changed
 
 

@@ -310,6 +310,8 @@ def _exit_with_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own group (worker_main): what an impl started too
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         os._exit(1)
 
     threading.Thread(target=watch, name="attnprof-parent-watch", daemon=True).start()

@@ -247,6 +247,12 @@ def test_the_api_lists_its_names_and_takes_one_string_where_it_takes_several(tmp
     from attnprof.store import Store
 
     assert {"run_sweep", "load_measurements", "analyse", "run_gate", "write_report", "UsageError"} <= set(dir(attnprof))
+    import pandas as pd
+
+    from attnprof.analysis import CONFIG
+
+    columns = [*CONFIG, "seq_len", "status", "times_ms", "peak_bytes", "flops"]
+    assert attnprof.analyse(pd.DataFrame(columns=columns), budget_bytes=2**60).frontiers.empty  # 1e18 bytes read "bad"
     from attnprof.records import RunInfo
 
     store = Store.open(tmp_path / "x.db")

@@ -1,6 +1,7 @@
 """A sweep killed with SIGKILL or stopped with Ctrl-C or SIGTERM loses nothing and resumes where it stopped;
 readers see rows while the sweep writes (WAL)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -165,3 +166,26 @@ def test_a_killed_sweeps_worker_does_not_go_on_measuring(tmp_path):
     for orphan in alive:
         orphan.kill()
     assert not alive, "the worker outlived its sweep"
+
+
+def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path):
+    """The worker leads its own process group, so a kill of the sweep's group no longer reached what an impl spawned:
+    the worker's parent watch kills its whole group when the sweep is gone."""
+    pid_file = tmp_path / "child.pid"
+    sweep = [sys.executable, "-m", "attnprof", "sweep", "--impl", f"fault:kind=spawn,pid_file={pid_file},on_data=1", "--lengths", "64",
+             "--causal", "no", "--device", "cpu", "--heads", "2", "--head-dim", "16", "--db", str(tmp_path / "spawn.db")]  # fmt: skip
+    process = subprocess.Popen(sweep, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (pid_file.exists() and pid_file.read_text()):
+            time.sleep(0.2)
+        child = int(pid_file.read_text())
+    finally:
+        process.kill()  # SIGKILL: nothing of the sweep's own runs
+        process.wait()
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"process {child}, started by the impl, outlived the killed sweep")

@@ -34,13 +34,13 @@ def compare(baseline, candidate, show_all, output_format, db):
     worse = int((cells["score"] > 1.05).sum())  # as the dashboard's Compare note counts them
     cells = cells.drop(columns=["score"])
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now"
-    note += f" ({caveat_note(cells).removesuffix('.')})" if caveat_note(cells) else ""
     changed = int(exponents["significant"].sum()) if len(exponents) else 0
     note += f"; {len(exponents)} exponents compared, {changed} changed beyond their 95% intervals."
     if not len(cells):  # empty tables and exit 0 said nothing of why
         note += " The two runs share no cell (configuration, length and seed): compare runs of the same sweep."
     if _same_run(baseline, candidate, db or default_db()):
         note += " The two are the same run."
+    note = " ".join(filter(None, (note, caveat_note(cells))))
     if output_format == "json":
         payload = {"note": note, "cells": _records(cells), "exponents": _records(exponents)}
         click.echo(json.dumps(payload, indent=1, allow_nan=False, default=str))

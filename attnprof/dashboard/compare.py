@@ -53,8 +53,8 @@ def caveat_note(cells: pd.DataFrame) -> str:
     flagged = int((cells["caveat"] != "").sum()) if len(cells) else 0
     if not flagged:
         return ""
-    return (f"{flagged} of them timed on a busy machine or noisy in one run or both (the caveat column): their time ratios may "
-            "reflect the machine, not the code; time them again on a quiet one.")  # fmt: skip
+    return (f"Of the shared cells, {flagged} were timed on a busy machine or are noisy in one run or both (the caveat column): "
+            "their time ratios may reflect the machine, not the code; time them again on a quiet one.")  # fmt: skip
 
 
 def _ratio(new: pd.Series, old: pd.Series) -> pd.Series:

@@ -5,6 +5,8 @@ The layout holds no data; callbacks fill every option and figure, so building it
 
 from __future__ import annotations
 
+import inspect
+
 from attnprof.dashboard.views import AXES, FACET_AXES, METRICS
 from attnprof.fit import format_length
 
@@ -194,7 +196,8 @@ def _exponents():
             value=36.32,
             marks={20: "1 MiB", 30: "1 GiB", 34: "16 GiB", 36.32: "80 GiB", 40: "1 TiB", 44: "16 TiB"},
             updatemode="mouseup",
-            allow_direct_input=False,  # Dash 4's box showed log2 bytes ("34.557"): typing 80 asked for 2^80, clamped to 16 TiB
+            # Dash 4's box showed log2 bytes ("34.557"): typing 80 asked for 2^80, clamped to 16 TiB (Dash 2-3 have no box)
+            **({"allow_direct_input": False} if "allow_direct_input" in inspect.signature(dcc.Slider).parameters else {}),
         ),  # fmt: skip
         _graph(FRONTIER_GRAPH),
     ]

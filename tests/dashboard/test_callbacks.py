@@ -313,7 +313,7 @@ def test_views_of_cells_timed_on_a_busy_machine_say_so(tmp_path):
     sdpa = [c for c in cells if c["config"].startswith("sdpa") and c["status_b"] == "ok"]
     assert sdpa and all(c["caveat"] == "busy in the candidate" for c in sdpa)
     assert not [c for c in cells if c["caveat"] and not c["config"].startswith("sdpa")]
-    assert f"{len(sdpa)} of them timed on a busy machine or noisy in one run or both (the caveat column)" in note
+    assert f"Of the shared cells, {len(sdpa)} were timed on a busy machine or are noisy in one run or both (the caveat column)" in note
     figure, note = cb.scaling("scaling", run, selected, "time", facets, "v")
     assert "were timed while other processes kept cores busy" in note
     assert "timed cells busy or noisy (hover says which)" in figure.layout.title.text  # a PNG of the view has no note
@@ -327,7 +327,7 @@ def test_views_of_cells_timed_on_a_busy_machine_say_so(tmp_path):
 
     said = CliRunner().invoke(cli, ["compare", seeding.BASE, seeding.CANDIDATE, "--db", str(db), "--format", "json"])
     payload = json.loads(said.output)
-    assert said.exit_code == 0 and f"({len(sdpa)} of them timed on a busy machine or noisy" in payload["note"]
+    assert said.exit_code == 0 and f". Of the shared cells, {len(sdpa)} were timed on a busy machine or are noisy" in payload["note"]
     assert {c["caveat"] for c in payload["cells"] if c["config"].startswith("sdpa") and c["status_b"] == "ok"} == {"busy in the candidate"}
 
 

@@ -72,7 +72,7 @@ class CaseMeasurer:
             gc.collect()  # a traceback keeps the failed call's tensors alive through reference cycles
         _release_cached_memory(case.device)
         note = torch_state.changed_note(torch_state.restore(self.torch_settings))
-        measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
+        _add_note(measurement, note)
         measurement.wall_s = time.perf_counter() - started
         return measurement
 
@@ -101,7 +101,7 @@ class CaseMeasurer:
         if refusal:
             return Measurement(case=case, status=Status.OOM, reason=refusal)
         measurement = _measure_passes(impl, case, settings, self.at)
-        measurement.reason = "; ".join(filter(None, (measurement.reason, guard_note)))
+        _add_note(measurement, guard_note)
         measurement.check_error, measurement.fidelity_error = check.check_error, check.fidelity_error
         return measurement
 
@@ -178,7 +178,7 @@ def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings, at=lamb
             with host_contention() as contention:  # a busy machine inflates every sample alike: the spread misses it
                 measurement.times_ms = bench(call, case.device, *budget, warm_ms=memory_pass_ms)
             measurement.reason = contention.note()
-    measurement.reason = "; ".join(filter(None, (measurement.reason, spot.note)))
+    _add_note(measurement, spot.note)
     at("counting its FLOPs and bytes")
     _add_work_figures(impl, case, measurement)
     return measurement
@@ -242,7 +242,7 @@ def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement)
             measurement.flops, measurement.flops_source = account_on_meta(impl, case).flops, "counted"
         except Exception as error:  # noqa: BLE001  (it ran on the device and was checked: only the count is lost)
             note = f"FLOPs not counted: it does not run on meta ({classify(error)[1]})"
-            measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
+            _add_note(measurement, note)
     measurement.min_bytes = int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case)
 
 
@@ -268,7 +268,7 @@ def _host_memory_refusal(impl: AttentionImpl, case: Case) -> tuple[str | None, s
         status, reason, _ = classify(error)
         if status == Status.OOM:
             raise
-        call_peak = inputs.q.numel() * inputs.q.element_size()  # at least its output
+        call_peak = _output_bytes(inputs.q)
         note = f"the host-memory guard could not run it on meta ({reason}): its peak was predicted as its output only"
     predicted = inputs.nbytes + call_peak
     if predicted > limit:
@@ -285,7 +285,17 @@ def _predicted_call_peak(impl: AttentionImpl, case: Case, query) -> int:
         return account_on_meta(impl, case).peak_bytes
     if impl.memory_model is not None:
         return int(impl.memory_model(case, impl.resolve_options(case.options)))
-    return query.numel() * query.element_size()  # the output has the queries' shape and dtype
+    return _output_bytes(query)
+
+
+def _output_bytes(query) -> int:
+    """At least what any impl's call needs: its output, of the queries' shape and dtype."""
+    return query.numel() * query.element_size()
+
+
+def _add_note(measurement: Measurement, note: str) -> None:
+    """`note` after the row's reason (one "; " between, none for an empty part)."""
+    measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
 
 
 def _release_cached_memory(device: str) -> None:

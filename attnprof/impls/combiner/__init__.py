@@ -33,6 +33,7 @@ from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
 from attnprof.impls.combiner.fixed import fixed_attention
 from attnprof.impls.combiner.logsparse import logsparse_attention
 from attnprof.impls.combiner.mixture import mixture_attention
+from attnprof.impls.operator_inputs import check_qkv
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.combiner import combiner_reference
 
@@ -78,6 +79,8 @@ def combiner_attention(
     forms its logits in the kernel where a Band is all the masking: softmax_values_qk)."""
     if variant not in OPERATORS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(OPERATORS)}")
+    # Mixture stacks q, k and v into one tensor: their widths must agree; the other variants take any value width
+    check_qkv(f"combiner-{variant}", q, k, v, causal=causal, value_width=variant != "mixture")
     problems = _option_problems(variant, {"backend": backend, "block_size": block_size})
     if not problems and backend == "triton":
         problems = triton_support.call_problems(f"combiner-{variant}", q.device.type)

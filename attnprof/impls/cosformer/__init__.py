@@ -69,6 +69,7 @@ from attnprof.impls.cosformer import triton_plan
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
 from attnprof.impls.cosformer.common import CAUSAL_CHUNK, auto_chunk_size, chunk_size_problems, half_plan
+from attnprof.impls.operator_inputs import check_positive, check_qkv
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference
 
@@ -86,7 +87,8 @@ def cosformer_attention(
     as three Triton kernel launches, `triton_plan.py`; the same backward). Triton needs CUDA tensors (or
     meta, for the accounting); float32, float16 or bfloat16; head dims up to 128; a causal chunk_size of
     16, 32, 64 or 128 (at most 64 for float32 and float16 at head dims over 64)."""
-    _check_shapes(q, k, v, causal)
+    check_qkv("cosformer", q, k, v, causal=causal, cross_length=True)
+    check_positive("cosformer", "eps", eps)
     reasons = chunk_size_problems(chunk_size) + backend_problems(backend)
     if not reasons and backend == "triton":
         reasons = triton_plan.triton_problems(q, k, v, causal, chunk_size)
@@ -104,17 +106,6 @@ def cosformer_attention(
 
 def backend_problems(backend) -> list[str]:
     return [] if backend in BACKENDS else [f"cosformer backend must be one of {', '.join(BACKENDS)}, not {backend!r}"]
-
-
-def _check_shapes(q, k, v, causal: bool) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"cosformer needs (B, H, N, D) q, k, v, not {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"cosformer shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[-2] < 1 or k.shape[-2] < 1:
-        raise ValueError(f"cosformer needs at least one query and one key, not {q.shape[-2]} and {k.shape[-2]}")
-    if causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"causal cosformer needs as many queries as keys, not {q.shape[-2]} and {k.shape[-2]}")
 
 
 def cosformer_flops(case, options: dict) -> int:

@@ -31,6 +31,7 @@ from attnprof.impls import register, triton_support
 from attnprof.impls.base import DTYPE_BYTES, AttentionImpl, io_bytes
 from attnprof.impls.nystromformer import triton_plan
 from attnprof.impls.nystromformer.eager import eager_attention
+from attnprof.impls.operator_inputs import check_count, check_qkv
 from attnprof.impls.reference.nystromformer import nystrom_reference
 
 PINV_INITS = ("reference", "per-head")
@@ -50,10 +51,11 @@ def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weig
     under Triton's interpreter; float32, float16 or bfloat16; head dims up to 128, m up to 64). Counted on meta at
     N = 8192, B = 1, H = 16, d = 64, bf16, forward: eager 53 ops, triton 12.
     """
+    check_qkv("nystromformer", q, k, v)
     _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init, q.shape[1])
     if backend not in BACKENDS:
         raise ValueError(f"nystromformer backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend == "triton" and q.shape[-2] > num_landmarks:
+    if backend == "triton" and q.shape[-2] > num_landmarks and q.numel():  # an empty batch has nothing to launch
         reasons = triton_plan.triton_problems(q, k, v, num_landmarks, conv_weight)
         if reasons:
             raise ValueError(reasons[0])
@@ -62,10 +64,12 @@ def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weig
 
 
 def _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init, heads: int) -> None:
-    if num_landmarks < 1 or pinv_iterations < 0:
-        raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 0, not {num_landmarks} and {pinv_iterations}")
+    check_count("nystromformer", "num_landmarks", num_landmarks, minimum=1)
+    check_count("nystromformer", "pinv_iterations", pinv_iterations, minimum=0)
     if pinv_init not in PINV_INITS:
         raise ValueError(f"unknown pinv_init {pinv_init!r}: choose one of {', '.join(PINV_INITS)}")
+    if conv_weight is not None and not isinstance(conv_weight, torch.Tensor):
+        raise TypeError(f"conv_weight must be a tensor (H, 1, k, 1) or None, not {type(conv_weight).__name__}")
     if conv_weight is not None and (conv_weight.dim() != 4 or conv_weight.shape[0] != heads or conv_weight.shape[1::2] != (1, 1)):
         raise ValueError(f"conv_weight must be (H, 1, k, 1) = ({heads}, 1, k, 1), one filter a head, not {tuple(conv_weight.shape)}")
     if conv_weight is not None and conv_weight.shape[2] % 2 == 0:

@@ -72,7 +72,8 @@ def pinv_scale(a, pinv_init):
     """A is a row-softmax (non-negative), so its column/row sums are its 1-/inf-norm sums."""
     col_max = a.sum(dim=-2).amax(dim=-1, keepdim=True)  # (B, H, 1) largest column sum per (b, h)
     if pinv_init == "reference":
-        return col_max.amax()  # () one scalar over all batch items and heads, as mlpen does
+        # () one scalar over all batch items and heads, as mlpen does (an empty batch has none: any scale serves)
+        return col_max.amax() if col_max.numel() else col_max.new_ones(())
     return (col_max * a.sum(dim=-1).amax(dim=-1, keepdim=True))[..., None]  # (B, H, 1, 1)
 
 

@@ -1,0 +1,123 @@
+"""The seed operators called from a notebook: a slip in q, k, v or an option is one clear error naming it, never a
+silent wrong answer (an operator library audit found NaN, uninitialised memory and rounded-down inputs)."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+
+from attnprof.impls.combiner import combiner_attention
+from attnprof.impls.cosformer import cosformer_attention
+from attnprof.impls.nystromformer import nystrom_attention
+
+OPERATORS = {
+    "cosformer": cosformer_attention,
+    "nystromformer": functools.partial(nystrom_attention, num_landmarks=4),
+    **{f"combiner-{v}": functools.partial(combiner_attention, variant=v) for v in ("fixed", "axial", "logsparse", "mixture")},
+}
+
+
+def qkv(shape_q=(1, 2, 8, 4), shape_k=None, shape_v=None, dtypes=(torch.float32,) * 3, devices=("cpu",) * 3):
+    shapes = (shape_q, shape_k or shape_q, shape_v or shape_k or shape_q)
+    gen = torch.Generator().manual_seed(0)
+    made = [torch.randn(s, generator=gen, dtype=torch.float64).to(d) for s, d in zip(shapes, dtypes, strict=True)]
+    return [x if device == "cpu" else torch.empty_like(x, device=device) for x, device in zip(made, devices, strict=True)]
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_fewer_keys_than_queries_is_refused_naming_the_shapes(name):
+    # Nyström averaged empty key segments into an all-NaN output; Combiner failed deep inside unflatten
+    q, k, v = qkv((1, 1, 20, 4), (1, 1, 3, 4))
+    if name == "cosformer":  # bidirectional cosFormer is defined for other key lengths; causal is not
+        with pytest.raises(ValueError, match=r"causal cosformer needs as many queries as keys, not 20 and 3"):
+            OPERATORS[name](q, k, v, causal=True)
+        return
+    with pytest.raises(ValueError, match=rf"{name} shape mismatch: q \(1, 1, 20, 4\), k \(1, 1, 3, 4\)"):
+        OPERATORS[name](q, k, v)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_inputs_on_two_devices_are_refused(name):
+    # CPU `@` takes a meta operand: Combiner read uninitialised memory, Nyström returned 5e9
+    q, k, v = qkv(devices=("cpu", "meta", "cpu"))
+    with pytest.raises(ValueError, match=rf"{name} needs q, k, v on one device, not cpu, meta, cpu"):
+        OPERATORS[name](q, k, v)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.float32, torch.float32), (torch.float32, torch.float64, torch.float32)])
+def test_mixed_dtypes_are_refused_not_rounded_down(name, dtypes):
+    q, k, v = qkv(dtypes=dtypes)
+    names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+    with pytest.raises(TypeError, match=rf"{name} needs q, k, v of one floating dtype, not {names}"):
+        OPERATORS[name](q, k, v)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_integer_inputs_and_non_tensors_are_refused(name):
+    ints = [torch.randint(0, 3, (1, 2, 8, 4)) for _ in range(3)]  # Nyström returned an all-zero int64 tensor
+    with pytest.raises(TypeError, match="one floating dtype, not int64, int64, int64"):
+        OPERATORS[name](*ints)
+    with pytest.raises(TypeError, match="takes torch tensors q, k, v, not list, Tensor, Tensor"):
+        OPERATORS[name]([[1.0]], *qkv()[1:])
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize("shape", [(1, 2, 0, 4), (1, 2, 8, 0)])
+def test_no_token_or_no_channel_is_refused(name, shape):
+    with pytest.raises(ValueError, match="needs at least one token and one channel"):
+        OPERATORS[name](*qkv(shape))
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize("shape", [(0, 2, 8, 4), (1, 0, 8, 4)])
+def test_an_empty_batch_gives_an_empty_output(name, shape):
+    q, k, v = qkv(shape)
+    assert OPERATORS[name](q, k, v).shape == shape
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATORS if n != "nystromformer"])
+def test_causal_must_be_a_bool(name):
+    with pytest.raises(TypeError, match=rf"{name} causal must be True or False, not 'no'"):
+        OPERATORS[name](*qkv(), causal="no")  # any non-empty string ran the causal form
+
+
+def test_three_dimensional_inputs_are_refused():
+    flat = [torch.randn(2, 8, 4) for _ in range(3)]  # Nyström read N as the heads
+    for name, operator in OPERATORS.items():
+        with pytest.raises(ValueError, match=rf"{name} needs \(B, H, N, D\) q, k, v, not \(2, 8, 4\)"):
+            operator(*flat)
+
+
+def test_value_width_is_free_except_where_the_operator_stacks_q_k_v():
+    q, k, v = qkv((1, 2, 8, 4), shape_v=(1, 2, 8, 6))
+    for name in ("cosformer", "nystromformer", "combiner-fixed", "combiner-axial", "combiner-logsparse"):
+        assert OPERATORS[name](q, k, v).shape == (1, 2, 8, 6), name
+    with pytest.raises(ValueError, match="combiner-mixture shape mismatch"):
+        OPERATORS["combiner-mixture"](q, k, v)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan"), float("inf"), "x", True])
+def test_cosformer_eps_must_be_positive_and_finite(eps):
+    # eps = 0 gave NaN rows where a query's features are all 0 (the clamp promises 0 there)
+    with pytest.raises(ValueError, match=re.escape(f"cosformer eps must be a positive finite number, not {eps!r}")):
+        cosformer_attention(*qkv(), eps=eps)
+
+
+BAD_COUNTS = [("num_landmarks", 2.5), ("num_landmarks", True), ("num_landmarks", "4"), ("num_landmarks", 0)]
+BAD_COUNTS += [("pinv_iterations", 2.5), ("pinv_iterations", -1), ("pinv_iterations", None)]
+
+
+@pytest.mark.parametrize(("option", "value"), BAD_COUNTS)
+def test_nystrom_counts_must_be_integers(option, value):
+    minimum = 1 if option == "num_landmarks" else 0
+    with pytest.raises(ValueError, match=rf"nystromformer {option} must be an integer >= {minimum}, not {value!r}"):
+        nystrom_attention(*qkv(), **{option: value})
+
+
+def test_nystrom_conv_weight_must_be_a_tensor():
+    with pytest.raises(TypeError, match="conv_weight must be a tensor .* not list"):
+        nystrom_attention(*qkv(), conv_weight=[[1.0]])

@@ -227,7 +227,7 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
                 raise StoreFault(str(error), store.path) from None
         settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
         with measuring(store.path, run.run_id):  # a second resume of the same run is refused, not run alongside
-            store.set_run_state(run.run_id, "running")
+            _mark_running(store, run.run_id)
             try:
                 with _terminate_as_interrupt():
                     execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
@@ -274,6 +274,19 @@ def _new_run(sweep: Sweep, command: str):
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     env = capture_env(sweep.device, [spec.name for spec in sweep.impls])
     return RunInfo(new_run_id(), created, sweep.to_dict(), env, attnprof.__version__, sweep.name, command, "running")
+
+
+def _mark_running(store, run_id: str) -> None:
+    """The run's first write. A file this process may read but not write (mode 444 for its user) opens, SQLite
+    reading it read-only, and failed here with a traceback: the resume's refusal is one line, as a new sweep's is."""
+    from attnprof.errors import StoreFault
+
+    try:
+        store.set_run_state(run_id, "running")
+    except sqlite3.Error as error:
+        if "readonly" in str(error):
+            raise UsageError(f"database path {str(store.path)!r} is not writable ({error}): resuming adds the missing rows to it") from None
+        raise StoreFault(str(error), store.path, run_id) from None
 
 
 def _resumable(store, resume: str):

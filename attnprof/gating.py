@@ -71,8 +71,10 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         runs = tuple(run_sweep(sweep, db, progress=progress, command=f"attnprof gate {rules_path}") for sweep in parsed)
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
     refuse_overlapping_runs(pd.concat(frames, ignore_index=True), "judge")
-    _check_rules_name_measured_impls(rules, frames, run_ids, rules_path)
-    unfinished = _unfinished_runs(run_ids, frames, db)
+    infos = _run_infos(run_ids, db)
+    unfinished = _unfinished_runs(infos, frames, db)
+    # an unfinished run's rules may name what it has yet to measure (MISSING then), not only what it has
+    _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, planned=_planned_lines(infos) if unfinished else set())
     if not unfinished:  # an unfinished run may lack values it will measure: MISSING then, not the file's slip
         _check_filters_measured(rules, pd.concat(frames, ignore_index=True), run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
@@ -80,25 +82,40 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     return [not_passed_on_part(verdict, unfinished) for verdict in verdicts] if unfinished else verdicts, run_ids
 
 
-def _unfinished_runs(run_ids, frames, db) -> str:
-    """'' when every judged run is complete; else what each unfinished one lacks and the command that measures it."""
-    from attnprof.dashboard.runinfo import unfinished_note
+def _run_infos(run_ids, db) -> list:
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
     try:
-        notes = [unfinished_note(store.resolve_run(run), len(frame), db) for run, frame in zip(run_ids, frames, strict=True)]
+        return [store.resolve_run(run) for run in run_ids]
     finally:
         store.close()
-    return "; ".join(f"run {run} is {note}" for run, note in zip(run_ids, notes, strict=True) if note)
+
+
+def _unfinished_runs(infos, frames, db) -> str:
+    """'' when every judged run is complete; else what each unfinished one lacks and the command that measures it."""
+    from attnprof.dashboard.runinfo import unfinished_note
+
+    notes = [unfinished_note(info, len(frame), db) for info, frame in zip(infos, frames, strict=True)]
+    return "; ".join(f"run {info.run_id} is {note}" for info, note in zip(infos, notes, strict=True) if note)
+
+
+def _planned_lines(infos) -> set[str]:
+    """The impl names and labels the runs' sweeps plan: an interrupted run that has not reached softmax yet still
+    measures it (a rule naming it was called the file's slip, exit 2, where the README promises MISSING, exit 3)."""
+    from attnprof.spec import Sweep
+
+    cases = [case for info in infos for case in Sweep.from_dict(info.sweep).cases()]
+    return {case.impl for case in cases} | {case.label for case in cases}
 
 
 def not_passed_on_part(verdict, unfinished: str):
     """A rule cannot pass on part of a run: an interrupted sweep holding 3 of 8 cases passed its rules over the
-    lengths it had reached, exit 0. Its PASS becomes MISSING (exit 3) saying what is missing; a FAIL stands."""
+    lengths it had reached, exit 0. Its PASS becomes MISSING (exit 3) saying what is missing, and a MISSING says it
+    too (a rule on an impl the sweep has not reached yet: resuming it is the answer); a FAIL stands."""
     from dataclasses import replace
 
-    if verdict.verdict != "PASS":
+    if verdict.verdict == "FAIL":
         return verdict
     return replace(verdict, verdict="MISSING", message=f"{verdict.message}; but {unfinished}")
 
@@ -111,12 +128,14 @@ def _distinct_runs(frames, runs) -> tuple[list, tuple]:
     return list(kept.values()), tuple(kept)
 
 
-def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path) -> None:
-    """A rule naming an impl the judged runs never measured is a slip in the file (exit 2), not a MISSING verdict."""
+def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, *, planned: set[str]) -> None:
+    """A rule naming an impl the judged runs never measured (nor plan to: `planned`) is a slip in the file (exit 2),
+    not a MISSING verdict."""
     import pandas as pd
 
     cells = pd.concat(frames, ignore_index=True)
-    _refuse_unmeasured_names(rules, set(cells["impl"]) | set(cells["label"]), rules_path, f"run {', '.join(run_ids)} does not measure")
+    names = set(cells["impl"]) | set(cells["label"]) | planned
+    _refuse_unmeasured_names(rules, names, rules_path, f"run {', '.join(run_ids)} does not measure")
     from attnprof.analysis import CONFIG
     from attnprof.gate import matching
 

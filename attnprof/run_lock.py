@@ -24,7 +24,9 @@ except ImportError:  # not POSIX: no guard, as before
 
 
 def lock_path(db_path: str | Path, run_id: str) -> Path:
-    path = Path(db_path)
+    """Beside the database file itself: a sweep resumed through a symlink to it took a lock of its own (the link's
+    name) and measured the cells the first was measuring, each skewing the other's timings."""
+    path = Path(os.path.realpath(db_path))
     return path.with_name(f"{path.name}.{run_id}.lock")
 
 

@@ -77,7 +77,7 @@ class Store:
                 raise UsageError(
                     f"{str(path)!r} is not an attnprof database (read-only; it has tables {', '.join(sorted(tables)) or 'none'})"
                 )
-            if int(store._meta("schema_version") or 0) != SCHEMA_VERSION:
+            if schema.schema_version(store.connection, path) != SCHEMA_VERSION:
                 raise UsageError(
                     f"{str(path)!r} is read-only and has schema version {store._meta('schema_version')}: copy it somewhere writable"
                 )
@@ -312,11 +312,9 @@ def _unwritable(path: Path) -> bool:
 
 def _prepare_parent(path: Path) -> None:
     make_folder(path.parent, f"database {str(path)!r}")  # a directory at `path` itself is refused in Store.open
-    target = path if path.exists() else path.parent
-    import os
-
-    if not os.access(target, os.W_OK):
-        raise UsageError(f"database path {str(path)!r} is not writable")
+    for target, what in ((path, "the file"), (path.parent, "its folder, where SQLite keeps its journal")):
+        if target.exists() and not os.access(target, os.W_OK):  # a folder that is not: "not an attnprof database"
+            raise UsageError(f"database path {str(path)!r} is not writable ({what})")
 
 
 def _run_from_row(row) -> RunInfo:

@@ -94,9 +94,18 @@ def create(connection: sqlite3.Connection) -> None:
         raise
 
 
+def schema_version(connection: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; one that is no number (a hand-edited file) is refused, not a ValueError traceback."""
+    stored = meta(connection, "schema_version")
+    try:
+        return int(stored or 0)
+    except ValueError:
+        raise UsageError(f"{str(path)!r} has schema version {stored!r}, which is no version number this attnprof knows") from None
+
+
 def migrate(connection: sqlite3.Connection, path: Path) -> None:
     """An older file brought up to SCHEMA_VERSION; a newer one refused."""
-    version = int(meta(connection, "schema_version") or 0)
+    version = schema_version(connection, path)
     if version > SCHEMA_VERSION:
         raise UsageError(f"{str(path)!r} has schema version {version}, newer than this attnprof ({SCHEMA_VERSION}); upgrade attnprof")
     for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -106,7 +115,7 @@ def migrate(connection: sqlite3.Connection, path: Path) -> None:
         # requests, a sweep) migrate it once; the second finds it done. DDL and all in one transaction.
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if int(meta(connection, "schema_version") or 0) < target:
+            if schema_version(connection, path) < target:
                 _MIGRATIONS[target](connection)
                 connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
             connection.execute("COMMIT")

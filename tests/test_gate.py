@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -255,6 +256,16 @@ def test_a_run_that_is_not_complete_cannot_pass_and_baseline_cells_it_lacks_are_
     first = partial.output.splitlines()[0]
     assert partial.exit_code == 3 and first.startswith("MISSING") and f"but run {run_id} is interrupted" in first, partial.output
     assert f"attnprof sweep --resume {run_id}" in first
+    # stopped before it reached softmax: a rule naming softmax waits for it (MISSING), a typo is still the file's slip
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM measurements WHERE run_id = ? AND impl = 'softmax'", (run_id,))
+    connection.close()
+    waiting = gate(tmp_path, exponent, "--run", "latest")
+    assert waiting.exit_code == 3 and waiting.output.startswith("MISSING") and f"but run {run_id} is interrupted" in waiting.output, (
+        waiting.output
+    )
+    typo = gate(tmp_path, exponent.replace('"softmax"', '"softmaks"'), "--run", "latest")
+    assert typo.exit_code == 2 and "names 'softmaks', which run" in typo.output, typo.output
 
 
 def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(tmp_path):

@@ -89,16 +89,21 @@ def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db,
 
 def test_a_second_process_cannot_measure_a_run_that_is_being_measured(db):
     """Two `--resume` of one run measured the same missing cells at once (each skewing the other's timings) and
-    the store kept whichever row came last: an audit saw 552 ms printed and 664 ms stored."""
+    the store kept whichever row came last: an audit saw 552 ms printed and 664 ms stored. The same file through a
+    symlink took a lock of its own and measured alongside (a database audit)."""
     process = start_and_wait_for(db, 3)
+    link = db.parent / "link.db"
+    link.symlink_to(db)
     try:
-        second = subprocess.run(
-            [sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(db)], capture_output=True, text=True, timeout=300
-        )
-        lines = second.stderr.strip().splitlines()
-        assert second.returncode == 2 and len(lines) == 1 and "is being measured by another process" in lines[0], second.stderr
-        assert f"pid {process.pid}" in lines[0]
-        assert rows(db)[0].state == "running"  # the refusal left the run as it was
+        # both at once, while the first sweep still measures (one after the other, it could finish meanwhile)
+        tries = [subprocess.Popen([sys.executable, "-m", "attnprof", "sweep", "--resume", "--db", str(path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for path in (db, link)]  # fmt: skip
+        for second in tries:
+            _, stderr = second.communicate(timeout=300)
+            lines = stderr.strip().splitlines()
+            assert second.returncode == 2 and len(lines) == 1 and "is being measured by another process" in lines[0], stderr
+            assert f"pid {process.pid}" in lines[0]
+        assert rows(db)[0].state == "running"  # the refusals left the run as it was
     finally:
         process.kill()
         process.wait()

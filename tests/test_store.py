@@ -163,6 +163,84 @@ def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
         subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: a reader left open must not keep it
 
 
+def _as_a_user_file_modes_bind(command: list[str]) -> list[str]:
+    """`command` run so that file modes apply: root ignores them (CAP_DAC_OVERRIDE), so root drops that capability."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("setpriv"):
+        pytest.skip("root ignores file modes, and setpriv (util-linux), which drops that, is not installed")
+    return ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override", *command]
+
+
+def test_resuming_a_file_this_user_may_only_read_is_one_line(db):
+    """Mode 444: SQLite opens the file read-only, and the resume's first write ended in sqlite3's 'attempt to write a
+    readonly database' traceback (a new sweep there was refused in one line)."""
+    import subprocess
+    import sys
+
+    from attnprof.api import _new_run, resolve_sweep
+
+    run = _new_run(resolve_sweep(Sweep(impls=("softmax",), lengths=(256,), accounting=True)), "attnprof sweep")
+    store = Store.open(db)
+    store.add_run(run)  # this machine's environment, nothing measured yet
+    store.set_run_state(run.run_id, "interrupted")
+    store.close()
+    db.chmod(0o444)
+    resumed = subprocess.run(
+        _as_a_user_file_modes_bind([sys.executable, "-m", "attnprof", "sweep", "--resume", run.run_id, "--db", str(db)]),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 2 and len(lines) == 1 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert f"database path {str(db)!r} is not writable" in lines[0] and "resuming adds the missing rows" in lines[0]
+    db.chmod(0o644)
+    db.parent.chmod(0o555)  # the file may be written, its folder (where SQLite keeps its journal) not
+    try:
+        command = [sys.executable, "-m", "attnprof", "sweep", "--accounting", "--impl", "softmax", "--lengths", "256", "--db", str(db)]
+        new = subprocess.run(_as_a_user_file_modes_bind(command), capture_output=True, text=True, timeout=300)
+    finally:
+        db.parent.chmod(0o755)
+    assert (
+        new.returncode == 2
+        and new.stderr.strip() == f"Error: database path {str(db)!r} is not writable (its folder, where SQLite keeps its journal)"
+    )
+
+
+def test_a_damaged_or_foreign_database_is_one_line_naming_it(db, tmp_path):
+    """Found only once read: a page overwritten (sqlite3's 'database disk image is malformed'), a column dropped, a
+    schema version that is no number. Each was a traceback, exit 1, from every command."""
+    import shutil
+    import subprocess
+    import sys
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    for n in range(1, 300):  # enough rows for the measurements to fill pages of their own
+        store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=64 * n), Status.OK, times_ms=[1.0] * 50), "now")
+    store.close()
+    damaged = {name: tmp_path / f"{name}.db" for name in ("page", "column", "version")}
+    for path in damaged.values():
+        shutil.copy(db, path)
+    with open(damaged["page"], "r+b") as file:
+        file.seek(4096 * 5)
+        file.write(b"\x5a" * 4096 * 4)
+    with sqlite3.connect(damaged["column"]) as connection:
+        connection.execute("ALTER TABLE measurements DROP COLUMN peak_live_bytes")
+    with sqlite3.connect(damaged["version"]) as connection:
+        connection.execute("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'")
+    said = {"page": "malformed", "column": "no such column: peak_live_bytes", "version": "has schema version 'abc'"}
+    for name, path in damaged.items():
+        for command in ("show", "fit", "export"):
+            result = subprocess.run(
+                [sys.executable, "-m", "attnprof", command, "--db", str(path)], capture_output=True, text=True, timeout=120
+            )
+            lines, shown = result.stderr.strip().splitlines(), (name, command, result.stderr)
+            assert result.returncode == 2 and len(lines) == 1 and said[name] in lines[0] and repr(str(path)) in lines[0], shown
+
+
 def _open_after(path, barrier, results):
     barrier.wait()
     try:

@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import click
 
 from attnprof.errors import StoreFault, Terminated, UsageError, signal_of
+
+DB_KEY = "attnprof.db"  # where --db leaves its value in the context's meta
 
 
 class BadInput(click.ClickException):
@@ -41,6 +44,11 @@ class AttnprofGroup(click.Group):
             sys.exit(1)
         except click.UsageError as error:
             raise BadInput(" ".join(error.format_message().split())) from None
+        except sqlite3.Error as error:  # a damaged file (a page overwritten), or one without a column: found only once read
+            from attnprof.api import default_db
+
+            db = ctx.meta.get(DB_KEY) or default_db()
+            raise BadInput(f"cannot read the database {str(db)!r}: {error} (damaged? restore a copy, or give another --db)") from None
         except KeyboardInterrupt as stop:  # before a sweep's run exists (torch loading) or in a reader: click said only "Aborted!", exit 1
             click.echo("Interrupted.", err=True)
             sys.exit(128 + signal_of(stop))
@@ -132,6 +140,7 @@ def _database_file(ctx, param, value):
         raise UsageError(f"bad {name} '': an empty path (an unset variable?); give a database file")
     if value is not None and Path(value).is_dir():
         raise UsageError(f"bad {name} {value!r}: a directory; give a database file, e.g. {str(Path(value) / 'attnprof.db')!r}")
+    ctx.meta[DB_KEY] = value  # shared with the group's context: an unreadable file's error names it
     return value
 
 
@@ -144,7 +153,7 @@ def exit_interrupted(stop, db) -> None:
 def print_summary(db, run_id: str, output_format: str) -> None:
     from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
-    from attnprof.table import markdown_table, marks_note, reasons_list, rich_table
+    from attnprof.table import cpu_heap_note, markdown_table, marks_note, reasons_list, rich_table
 
     store = Store.open(db, create=False)
     try:
@@ -157,7 +166,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
-    notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements)]))
+    notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows
     for line in notes:

@@ -87,12 +87,16 @@ class WorkerHandle:
     def ensure_started(self) -> None:
         if self.process is not None and self.process.is_alive():
             return
+        import torch
+
         from attnprof.worker import worker_main
 
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
         self.connection, child = context.Pipe()
         name = f"{WORKER_NAME_PREFIX}{self.device}"
-        args = (child, self.device, self.modules)  # the modules of impls a notebook imported: workers import them too
+        # the modules of impls a notebook imported: workers import them too; and the sweep's thread count, which the run
+        # records (a notebook's torch.set_num_threads(1) was recorded while its worker timed with every core)
+        args = (child, self.device, self.modules, torch.get_num_threads())
         self.process = context.Process(target=worker_main, args=args, daemon=True, name=name)
         with _unrunnable_main_hidden():
             self.process.start()

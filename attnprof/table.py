@@ -50,6 +50,19 @@ def marks_note(measurements: list[Measurement]) -> str:
     return "\n  ".join(lines)
 
 
+def cpu_heap_note(env: dict, measurements: list[Measurement]) -> str:
+    """'' or a line saying that CPU times were taken on a retained heap. A plain script on glibc's default heap
+    page-faults an impl's temporaries in on every call: softmax, fwd, N = 1024, H16, one thread, read 104 ms here and
+    286 ms in a helper's script (sdpa alike in both), and nothing near the table said why (a harness audit)."""
+    timed_on_cpu = any(m.status == Status.OK and m.times_ms and m.case.device.startswith("cpu") for m in measurements)
+    if not timed_on_cpu or not str(env.get("cpu_heap", "")).startswith("glibc"):
+        return ""
+    return (
+        "CPU times: freed memory stays in the heap while timing, as a GPU's caching allocator keeps it; a script on "
+        "glibc's default heap also pays the page faults of an impl's temporaries (README, Timing pass)"
+    )
+
+
 def _busy(m: Measurement) -> bool:
     from attnprof.trackers.host_contention import timed_while_busy
 

@@ -327,14 +327,18 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="attnprof-parent-watch", daemon=True).start()
 
 
-def worker_main(connection, device: str, modules=()) -> None:
+def worker_main(connection, device: str, modules=(), threads: int = 0) -> None:
     """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out. `modules`:
-    plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load."""
+    plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load.
+    `threads`: the sweep's intra-op thread count (its env's cpu_threads), set here before the settings are kept."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # a group of its own: the parent kills what an impl spawned along with us (runner._kill_group)
     _exit_with_parent()
-    import torch  # noqa: F401  (import cost paid before "ready", not inside a case's timeout)
+    import torch  # import cost paid before "ready", not inside a case's timeout
+
+    if threads:
+        torch.set_num_threads(threads)
 
     try:
         impls.import_modules(modules)

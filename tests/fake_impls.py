@@ -65,6 +65,10 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
     if kind == "threads1":  # global state the next impls in this worker would inherit
         torch.set_num_threads(1)
         return softmax_attention(q, k, v, causal=causal)
+    if kind == "threads_file":  # says the worker's thread count
+        with open(pid_file, "w") as file:
+            file.write(str(torch.get_num_threads()))
+        return softmax_attention(q, k, v, causal=causal)
     if kind == "nograd":
         torch.set_grad_enabled(False)
         return softmax_attention(q, k, v, causal=causal)
@@ -149,7 +153,7 @@ register(
         family="test",
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
-        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|nograd|sys_exit|keyboard|spawn"
+        "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|threads_file|nograd|sys_exit|keyboard|spawn"
         "|refuse_raises) from at_length on"
         " (with on_data=1, not on meta)",
         options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},

@@ -214,6 +214,24 @@ def test_an_impl_that_misbehaves_beyond_raising_costs_no_other_cell(db):
     assert "ZeroDivisionError" in rows["fault[at_length=128,kind=refuse_raises]", 128].reason
 
 
+def test_workers_time_with_the_thread_count_the_run_records(db, tmp_path):
+    """A notebook's torch.set_num_threads(1) before run_sweep: the run recorded cpu_threads 1, its worker timed with
+    every core (a harness audit)."""
+    import torch
+
+    said = tmp_path / "threads.txt"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        measure(db, f"fault:kind=threads_file,pid_file={said}", lengths=(64,))
+    finally:
+        torch.set_num_threads(before)
+    store = Store.open(db, create=False)
+    recorded = store.resolve_run("latest").env["cpu_threads"]
+    store.close()
+    assert recorded == 1 and said.read_text() == "1"
+
+
 def test_an_impl_that_runs_here_but_not_on_meta_is_measured_with_a_note(db):
     """A plugin making a tensor without q's device runs on the CPU, but the host-memory guard and the FLOP count run it
     on meta first: every cell was an error "during the host-memory guard's prediction"."""

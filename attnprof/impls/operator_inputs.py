@@ -18,12 +18,12 @@ def check_qkv(name: str, q, k, v, *, causal: bool = False, cross_length: bool = 
     tensors = (q, k, v)
     if not all(isinstance(x, torch.Tensor) for x in tensors):
         raise TypeError(f"{name} takes torch tensors q, k, v, not {', '.join(type(x).__name__ for x in tensors)}")
-    shapes = ", ".join(str(tuple(x.shape)) for x in tensors)
-    if any(x.dim() != 4 for x in tensors):
-        raise ValueError(f"{name} needs (B, H, N, D) q, k, v, not {shapes}")
-    if len({x.device for x in tensors}) > 1:
+    shapes = lambda: ", ".join(str(tuple(x.shape)) for x in tensors)  # noqa: E731  (only for an error: this runs every call)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{name} needs (B, H, N, D) q, k, v, not {shapes()}")
+    if not q.device == k.device == v.device:
         raise ValueError(f"{name} needs q, k, v on one device, not {', '.join(str(x.device) for x in tensors)}")
-    if len({x.dtype for x in tensors}) > 1 or not q.dtype.is_floating_point:
+    if not q.dtype == k.dtype == v.dtype or not q.dtype.is_floating_point:
         dtypes = ", ".join(str(x.dtype).removeprefix("torch.") for x in tensors)
         raise TypeError(f"{name} needs q, k, v of one floating dtype, not {dtypes}")
     lengths_differ = q.shape[2] != k.shape[2] and not cross_length
@@ -31,7 +31,7 @@ def check_qkv(name: str, q, k, v, *, causal: bool = False, cross_length: bool = 
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3] or v.shape[:3] != k.shape[:3] or lengths_differ or widths_differ:
         raise ValueError(f"{name} shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if min(q.shape[2], k.shape[2]) < 1 or min(q.shape[3], v.shape[3]) < 1:
-        raise ValueError(f"{name} needs at least one token and one channel, not q, k, v of {shapes}")
+        raise ValueError(f"{name} needs at least one token and one channel, not q, k, v of {shapes()}")
     check_flag(name, "causal", causal)
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal {name} needs as many queries as keys, not {q.shape[2]} and {k.shape[2]}")

@@ -480,6 +480,22 @@ def test_time_regression_with_few_samples_is_judged_by_separation_not_passed():
     assert regression_verdict([5.0, 5.1, 5.2], [5.0, 5.1, 5.2]).verdict == "PASS"  # no change: within the bound
 
 
+@pytest.mark.parametrize(("bound", "noise"), [(0.0, 0.1), (0.0, 0.02), (0.1, 0.1)])
+def test_few_sample_regressions_fail_unchanged_code_at_most_at_the_rules_level(bound, noise):
+    """3 and 3 samples of one distribution: every new sample past every old one alone failed 5.7% of cells at bound 0
+    (and 0.9% at 10% with 10% noise; a statistics audit), where the rule's level is 1%. Welch's t of the log times
+    must now pass the bound at 1% too. Counted on the judging function itself (2,000 cells; fixed seed)."""
+    from attnprof.gate_regression import _time_regression
+
+    [rule] = parse_rules([{"impl": "x", "metric": "time", "max_regression": bound}], "t")
+    rng = np.random.default_rng(11)
+    draw = lambda scale=1.0: list(10.0 * scale * np.exp(rng.normal(0.0, noise, 3)))  # noqa: E731
+    failed = sum(_time_regression(rule, "c", "d", 0.0, draw(), draw()).verdict == "FAIL" for _ in range(2000))
+    assert failed <= 20, failed  # 1%; the separation rule alone failed 114 at bound 0
+    caught = sum(_time_regression(rule, "c", "d", 1.0, draw(2.0), draw()).verdict == "FAIL" for _ in range(200))
+    assert caught >= (190 if noise <= 0.02 else 140), caught  # a real 2x slowdown still fails at 3 samples (else MISSING)
+
+
 def test_time_regression_with_enough_samples_uses_the_test():
     rng = np.random.default_rng(1)
     old = rng.normal(10, 0.3, 20)

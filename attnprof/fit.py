@@ -19,7 +19,8 @@ The method, written once:
      scatter the interval keeps its 95% coverage (simulated, 3-10% noise, overhead up to 1/16 of the range:
      93-96%). Values that do not grow at all (a = 0) have no overhead to find: all lengths are kept.
   A fixed overhead still visible at the largest length (exact accounting: a constant workspace beside a
-     linear term) never fades in range; then it is subtracted instead and ln(y - c0) is fitted (see
+     linear term) never fades in range, and in timings (samples that differ) one still over its limit where only
+     MIN_KEPT lengths are left tilts them; then it is subtracted instead and ln(y - c0) is fitted (see
      `_without_persistent_overhead`), because the raw slope there is no asymptotic exponent. With exactly 4
      lengths (one degree of freedom left) only when c0 + a N^b fits them within RELATIVE_RESOLUTION: exact
      data such as FLOPs or accounted bytes, never noisy times.
@@ -211,7 +212,12 @@ class _Shape:
         med_lengths, med_values = samples.lengths, samples.values
         start, rule = choose_range(med_lengths, med_values, min_length, found, metric)
         fitted_values = med_values[start:]
-        subtracted = None if found is None else without_persistent_overhead(med_lengths, med_values, found, metric)
+        if samples.spreads is None:
+            spreads = _relative_spreads(samples.all_lengths, samples.all_values, med_lengths)
+        else:
+            spreads = samples.spreads(med_lengths)
+        noisy = bool(np.any(np.asarray(spreads, dtype=float) > 0))  # samples that differ: timings
+        subtracted = None if found is None else without_persistent_overhead(med_lengths, med_values, found, metric, sampled_noise=noisy)
         if subtracted is not None:
             start, fitted_values, rule = subtracted
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
@@ -222,10 +228,6 @@ class _Shape:
             # resolution floor the three-parameter one widened Nystromformer's FLOP exponent 1.000 to [0.956, 1.044]
             # over 4 lengths, and a max_exponent = 1.03 gate failed an unchanged formula.
             se, dof = max(se, slope_se_beside_overhead(med_lengths[start:], med_values[start:], found)), dof - 1
-        if samples.spreads is None:
-            spreads = _relative_spreads(samples.all_lengths, samples.all_values, med_lengths)
-        else:
-            spreads = samples.spreads(med_lengths)
         overhead = 0.0 if subtracted is None else float(found.overhead)
         return cls(samples, start, rule, intercept, slope, se, r2, tuple(spreads), overhead, dof)
 

@@ -83,7 +83,7 @@ def _bends_up(x: np.ndarray, y: np.ndarray) -> bool:
     return coef[2] / se > t_quantile_975(dof)
 
 
-def without_persistent_overhead(lengths, values, found, metric: str = ""):
+def without_persistent_overhead(lengths, values, found, metric: str = "", *, sampled_noise: bool = False):
     """When a fixed overhead is still visible at the largest length (an exact accounting run: a constant
     workspace beside a linear term never fades in range), the log-log slope of the raw values is no
     asymptotic exponent at all. Then the overhead c0 of y = c0 + a N^b is subtracted and ln(y - c0) is
@@ -91,7 +91,15 @@ def without_persistent_overhead(lengths, values, found, metric: str = ""):
     y - c0 is at most 4x that of y there); the slope estimates b. Returns
     (index of the first length used, values to fit, range sentence), or None when the overhead fades."""
     limit = max(OVERHEAD_SHARE_OF_SCATTER * found.scatter, RELATIVE_RESOLUTION)
-    if found.prefactor == 0 or found.overhead <= limit * values[-1]:
+    # Values with sampled noise (timings: `sampled_noise`, several samples a length that differ): still over its limit
+    # where the range rule has to stop dropping (MIN_KEPT lengths left), not only at the largest, the kept lengths
+    # carry it and tilt the slope. Tested at the largest length alone, N^2 + c with c 4x the work at N = 256 (6% of the
+    # value at 2k, 3% noise) fitted 1.964 [1.949, 1.978] over 2k..16k, and such intervals held the true 2 in 156 of
+    # 200 seeds (a statistics audit; 197 now). Single exact values keep the largest length's test: their "overhead" is
+    # as often a lower-order growing term (Combiner's linear bytes beside its N^1.5), which a subtracted constant does
+    # not remove, and the drop's steeper top lengths keep extrapolated frontiers within the budget.
+    at = max(len(values) - MIN_KEPT, 0) if sampled_noise else len(values) - 1
+    if found.prefactor == 0 or found.overhead <= limit * values[at]:
         return None
     if len(values) == MIN_KEPT and found.scatter > RELATIVE_RESOLUTION:
         # 4 lengths leave y = c0 + a N^b one degree of freedom: only a curve that fits them exactly (FLOPs,

@@ -100,7 +100,21 @@ def test_noisy_overhead_curve_intervals_cover_the_true_exponent(p):
     covered, _ = coverage(overhead_curve(p), p, sigma=0.03, repeats=3)
     assert 0.88 <= covered <= 0.995
     fit = fit_power_law(*noisy(overhead_curve(p), sigma=0.03, seed=0, repeats=3))
-    assert min(fit.lengths_used) > 512
+    # dropped, or (still over its limit where 4 lengths are left: p = 1, 0.8% at 8k) subtracted beside a wider interval
+    assert min(fit.lengths_used) > 512 or "subtracted, and ln(y - overhead) fitted" in fit.range_rule, fit.range_rule
+
+
+@pytest.mark.parametrize(("p", "share"), [(2.0, 4.0), (1.0, 1 / 3)])
+def test_an_overhead_the_range_rule_cannot_drop_enough_of_is_subtracted_from_noisy_times(p, share):
+    """N^p + c over 256..16k, c `share` x the work at 256, 3% noise, 10 samples a length: the rule stopped dropping with
+    4 lengths left where c was still 6% of the value (p = 2), and the intervals held p in 156 (p = 1: 168) of 200
+    seeds (a statistics audit). The overhead is now subtracted there, with the three-parameter interval."""
+    lengths = 2 ** np.arange(8, 15)
+    curve = 1e-6 * lengths**p + share * 1e-6 * 256.0**p
+    rng = np.random.default_rng(5)
+    fits = [fit_power_law(np.repeat(lengths, 10), np.repeat(curve, 10) * np.exp(rng.normal(0.0, 0.03, 70))) for _ in range(100)]
+    covered = np.mean([f.exponent_low <= p <= f.exponent_high for f in fits])
+    assert 0.9 <= covered <= 0.995, covered
 
 
 def test_range_rule_cuts_a_fading_linear_term_under_a_quadratic_one():

@@ -15,6 +15,10 @@ _POISON_MARKERS = (
     "cublas_status",
     "cudnn_status",
     "unspecified launch failure",
+    "triton error [cuda]",  # Triton's own wording of a CUDA error ("Triton Error [CUDA]: misaligned address")
+    "misaligned address",
+    "illegal instruction",
+    "launch timed out",
 )
 
 

@@ -160,9 +160,13 @@ def parse_causal(spec: str | bool | list) -> tuple[bool, ...]:
 
 def parse_devices(spec: str | list) -> tuple[str, ...]:
     def canonical(raw: str) -> str:
-        if not re.fullmatch(r"cpu|meta|cuda(:\d+)?", raw.lower()):
+        found = re.fullmatch(r"(cpu|meta|cuda)(?::(\d+))?", raw.lower())
+        if not found or (found[2] is not None and found[1] != "cuda"):
             raise UsageError(f"unknown device {raw!r}; choose cpu, cuda, cuda:N (or meta, for --accounting)")
-        return raw.lower()
+        # one GPU, one name: `cuda` is `cuda:0` (a fresh process's current device) and `cuda:01` is `cuda:1`. Each
+        # spelling was a device of its own: two workers with a context each on one card, runs sharing no cell.
+        index = int(found[2] or 0)
+        return found[1] if found[1] != "cuda" or index == 0 else f"cuda:{index}"
 
     return _parse_items(spec, "device", canonical)
 

@@ -70,10 +70,25 @@ class CaseMeasurer:
             measurement = Measurement(case=case, status=status, reason=f"{reason}; during {self.stage}")
             del error
             gc.collect()  # a traceback keeps the failed call's tensors alive through reference cycles
-        _release_cached_memory(case.device)
+        try:
+            _release_cached_memory(case.device)
+        except Exception as error:  # noqa: BLE001 - a dead CUDA context raises here too (sticky errors): the worker is done
+            measurement = self._after_a_dead_context(measurement, error)
         note = torch_state.changed_note(torch_state.restore(self.torch_settings))
         _add_note(measurement, note)
         measurement.wall_s = time.perf_counter() - started
+        return measurement
+
+    def _after_a_dead_context(self, measurement: Measurement, error: BaseException) -> Measurement:
+        """The device failed after the case (its release of cached memory raised): a fault of this case's kernels seen
+        late (CUDA reports them asynchronously) or the case's own error leaving the context dead. It raised out of
+        measure() and killed the worker: a `crashed` row without the CUDA message (a GPU-path review). Now the case
+        keeps its own failure, or an ok one becomes that error, and the parent starts a fresh worker."""
+        self.poisoned = True
+        status, reason, _ = classify(error)
+        if measurement.status == Status.OK:
+            return Measurement(case=measurement.case, status=status, reason=f"{reason}; after the case (the device reported it late)")
+        _add_note(measurement, f"then the device failed ({reason}): the next case gets a fresh worker")
         return measurement
 
     def warm_up(self, device: str) -> None:
@@ -305,6 +320,7 @@ def _release_cached_memory(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
+        torch.cuda.synchronize(device)  # an asynchronous fault of the case's kernels raises here, not in the next case
         torch.cuda.empty_cache()
 
 

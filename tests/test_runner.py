@@ -351,6 +351,52 @@ def test_poisoned_worker_is_restarted(db):
     assert statuses(rows, "softmax") == ["ok", "ok"]
 
 
+def test_a_device_that_fails_after_the_case_keeps_the_worker_honest(monkeypatch):
+    """A dead CUDA context raises from empty_cache too (sticky errors), which ran outside measure()'s try: the worker
+    died and the row read "crashed ... exited with status 1" without the CUDA message (a GPU-path review). The release
+    is made to raise as a dead context's does (no GPU here): the case keeps its failure, an ok one becomes the late
+    error, and the worker asks to be replaced."""
+    from attnprof import worker
+    from attnprof.spec import Case
+    from attnprof.worker import CaseMeasurer, Settings
+
+    late = RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def dead(device):
+        raise late
+
+    monkeypatch.setattr(worker, "_release_cached_memory", dead)
+    quick = Settings(warmup_ms=0.0, rep_ms=0.0, min_reps=1)
+    ok = CaseMeasurer().measure(Case(impl="softmax", seq_len=16, heads=1, head_dim=16), quick)
+    assert ok.status == Status.ERROR and ok.reason.startswith("RuntimeError: CUDA error: an illegal memory access"), ok.reason
+    assert ok.reason.endswith("after the case (the device reported it late)")
+    measurer = CaseMeasurer()
+    failed = measurer.measure(Case(impl="fault", seq_len=16, heads=1, head_dim=16, options=(("kind", "raise"),)), quick)
+    assert failed.status == Status.ERROR and "then the device failed (RuntimeError: CUDA error" in failed.reason and measurer.poisoned
+
+
+def test_triton_wordings_of_a_dead_context_are_poison():
+    """Triton says "Triton Error [CUDA]: misaligned address": kept as a healthy worker, the next (correct) impl got
+    the error row, sdpa-flash perhaps, every GPU rule's denominator (a GPU-path review)."""
+    from attnprof.failures import classify
+
+    for said in ("Triton Error [CUDA]: misaligned address", "Triton Error [CUDA]: an illegal instruction was encountered",
+                 "CUDA error: the launch timed out and was terminated", "CUDA error: misaligned address"):  # fmt: skip
+        assert classify(RuntimeError(said))[2], said
+    assert not classify(RuntimeError("shape mismatch"))[2]
+
+
+def test_one_gpu_has_one_device_name():
+    """`cuda` and `cuda:0` (and `cuda:01` and `cuda:1`) were two devices: two workers with a context each on one card,
+    and runs that named it otherwise shared no cell (a GPU-path review)."""
+    from attnprof.spec import parse_devices
+
+    assert parse_devices("cuda,cuda:0,CUDA:01,cuda:1,cpu") == ("cuda", "cuda:1", "cpu")
+    for bad in ("cpu:0", "meta:1", "cuda:", "cuda:x"):
+        with pytest.raises(Exception, match=f"unknown device '{bad}'"):
+            parse_devices(bad)
+
+
 def test_unsupported_is_a_row_with_the_reason(db):
     rows = measure(db, "sdpa-efficient", lengths=(64,))
     m = rows[("sdpa-efficient", 64)]

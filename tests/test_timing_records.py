@@ -73,3 +73,25 @@ def test_nvml_without_a_driver_reads_as_unavailable():
     with device.memory_tracker() as tracker:
         pass
     assert tracker.peak_above_start is None  # unavailable is None, never 0
+
+
+def test_an_nvml_memory_read_that_fails_is_no_reading_not_an_error():
+    """A sampled second view: NVMLError from nvmlDeviceGetMemoryInfo (some vGPUs, a GPU lost) made every CUDA cell an
+    error, its allocator figure lost with it (a GPU-path review). pynvml's own error class, raised by a stand-in
+    handle: no GPU here to refuse the call."""
+    import pynvml
+
+    from attnprof.trackers.nvml import NvmlDevice
+
+    class Refusing:
+        NVMLError = pynvml.NVMLError
+
+        def nvmlDeviceGetMemoryInfo(self, handle):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    device = NvmlDevice.__new__(NvmlDevice)
+    device._pynvml, device.handle = Refusing(), object()
+    assert device.used_bytes() is None
+    with device.memory_tracker() as tracker:
+        pass
+    assert tracker.peak_above_start is None

@@ -36,6 +36,20 @@ def test_torchs_new_precision_api_is_put_back_without_raising():
         matmul.fp32_precision = before
 
 
+def test_putting_one_setting_back_that_moves_another_blames_no_later_case():
+    """set_float32_matmul_precision (restoring 'float32 matmul precision') sets cuda matmul fp32_precision to 'ieee'
+    after that was put back to 'none': the next case, which changed nothing, was named as changing it."""
+    kept = torch_state.snapshot()
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # a common line in an impl
+        assert any(change.startswith("float32 matmul precision") for change in torch_state.restore(kept))
+        assert torch_state.restore(kept) == []  # the next case: nothing to say
+        assert torch_state.snapshot() == kept
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_a_note_after_a_predicted_oom_keeps_it_a_prediction():
     """The settings note followed "; not run", and the guard's prediction read as a measured out-of-memory."""
     assert is_prediction("predicted peak 513.0 GiB exceeds 80% of available host memory (20 GiB); not run")

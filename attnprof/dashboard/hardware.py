@@ -7,6 +7,7 @@ rate because torch does not use TF32 for matmuls unless asked to. Keyed by a sub
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -18,7 +19,8 @@ class Ceilings:
     known: bool  # False: a rough default; the plot says to override it
 
 
-# (substrings that must all appear in the upper-cased gpu_name, name, {dtype: TFLOP/s}, TB/s)
+# (words that must all appear in the upper-cased gpu_name, name, {dtype: TFLOP/s}, TB/s); a word is not followed by a
+# digit there ("L4" read "NVIDIA L40" as an L4, known, so no override was asked for: a GPU-path review)
 GPUS = (
     (("GH200",), "GH200", {"bfloat16": 989, "float16": 989, "float32": 67}, 4.0),
     (("H200",), "H200", {"bfloat16": 989, "float16": 989, "float32": 67}, 4.8),
@@ -27,6 +29,7 @@ GPUS = (
     (("H100",), "H100 SXM", {"bfloat16": 989, "float16": 989, "float32": 67}, 3.35),
     (("A100",), "A100", {"bfloat16": 312, "float16": 312, "float32": 19.5}, 2.0),
     (("L40S",), "L40S", {"bfloat16": 362, "float16": 362, "float32": 91.6}, 0.864),
+    (("L40",), "L40", {"bfloat16": 181, "float16": 181, "float32": 90.5}, 0.864),
     (("L4",), "L4", {"bfloat16": 121, "float16": 121, "float32": 30.3}, 0.3),
     (("A10",), "A10", {"bfloat16": 125, "float16": 125, "float32": 31.2}, 0.6),
     (("4090",), "RTX 4090", {"bfloat16": 165, "float16": 165, "float32": 82.6}, 1.008),
@@ -41,7 +44,7 @@ def ceilings_for(env: dict, device: str) -> Ceilings:
     if device.startswith("cuda"):
         name = str(env.get("gpu_name") or "")
         for needles, label, tflops, tbps in GPUS:
-            if all(needle in name.upper() for needle in needles):
+            if all(re.search(rf"{needle}(?!\d)", name.upper()) for needle in needles):
                 return Ceilings(label, dict(tflops), tbps, True)
         fallback = next(g for g in GPUS if g[1] == "H100 SXM")
         return Ceilings(f"{name or 'unknown GPU'} (not in the table: H100 SXM figures)", dict(fallback[2]), fallback[3], False)

@@ -30,9 +30,14 @@ class NvmlDevice:
         return self.handle is not None
 
     def used_bytes(self) -> int | None:
+        """The device's used memory; None where NVML cannot say (some vGPUs, a GPU lost): a sampled second view, whose
+        failure made every CUDA cell an error, the allocator's figure lost with it (a GPU-path review)."""
         if self.handle is None:
             return None
-        return int(self._pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+        try:
+            return int(self._pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+        except self._pynvml.NVMLError:
+            return None
 
     def energy_mj(self) -> int | None:
         """Total energy since driver load in millijoules (Volta and newer); None when unsupported."""

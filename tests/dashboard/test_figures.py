@@ -182,7 +182,14 @@ def test_roofline_places_cells_under_the_ceilings(base_frame):
 
 @pytest.mark.parametrize(
     "gpu, tflops, tbps",
-    [("NVIDIA H100 80GB HBM3", 989, 3.35), ("NVIDIA H200", 989, 4.8), ("NVIDIA A100-SXM4-80GB", 312, 2.0), ("NVIDIA H100 PCIe", 756, 2.0)],
+    [
+        ("NVIDIA H100 80GB HBM3", 989, 3.35),
+        ("NVIDIA H200", 989, 4.8),
+        ("NVIDIA A100-SXM4-80GB", 312, 2.0),
+        ("NVIDIA H100 PCIe", 756, 2.0),
+        ("NVIDIA L40", 181, 0.864),
+        ("NVIDIA L4", 121, 0.3),
+    ],  # an L40 read as an L4 ("L4" in "L40"), known: no override asked
 )
 def test_known_gpus_have_their_datasheet_ceilings(gpu, tflops, tbps):
     found = ceilings_for({"gpu_name": gpu}, "cuda")

@@ -45,6 +45,8 @@ import numpy as np
 from attnprof.complexity import RELATIVE_RESOLUTION, ComplexityChoice, fit_overhead, select_complexities
 from attnprof.fit_range import (
     MIN_KEPT,
+    STILL_BENDING,
+    bending_at_the_top,
     choose_range,
     kept_every_length,
     slope_se_beside_overhead,
@@ -220,6 +222,9 @@ class _Shape:
         subtracted = None if found is None else without_persistent_overhead(med_lengths, med_values, found, metric, sampled_noise=noisy)
         if subtracted is not None:
             start, fitted_values, rule = subtracted
+        elif not noisy and min_length is None and len(med_values) - start == MIN_KEPT < len(med_values):
+            if bending_at_the_top(med_lengths[start:], fitted_values):  # the range rule stopped, the curve did not
+                rule += STILL_BENDING
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
         dof = len(fitted_values) - 2
         if subtracted is not None and found.scatter > RELATIVE_RESOLUTION:

@@ -51,6 +51,24 @@ def _asymptotic_start(lengths: np.ndarray, values: np.ndarray, found, metric: st
     return start, _range_sentence(lengths, by_overhead, start, quantity(found.overhead, metric), limit)
 
 
+# How a range sentence ends when exact values kept at MIN_KEPT lengths still bend upward: their slope is under the
+# asymptotic exponent. An exact 4 N^2 + 16384 N fitted 1.836 [1.712, 1.959] over 8k..64k, and a min_exponent = 1.9
+# rule failed a quadratic (a statistics audit); the gate then judges the local slope at the largest lengths, a lower
+# bound on the asymptotic exponent. (The convexity test has one degree of freedom left there: t = 12.7.)
+STILL_BENDING = "; still bending upward there (the asymptotic exponent is above the fitted one)"
+
+
+def bending_at_the_top(lengths: np.ndarray, values: np.ndarray) -> bool:
+    """Exact values whose log-log slope rises at every step of the lengths kept, each by more than the resolution."""
+    slopes = np.diff(np.log(values)) / np.diff(np.log(lengths))
+    return len(slopes) >= 2 and bool(np.all(np.diff(slopes) > RELATIVE_RESOLUTION))
+
+
+def still_bends(rule: str) -> bool:
+    """Whether a fit's range rule says its lengths still bend upward (STILL_BENDING), read beside the sentence."""
+    return rule.endswith(STILL_BENDING)
+
+
 _NOTHING_TO_DROP = "no upward bend"  # how the sentence of a fit that kept every length, with nothing to drop, ends
 
 

@@ -316,6 +316,22 @@ def frame(rows):
     return pd.DataFrame([{**base, **row} for row in rows])
 
 
+def test_an_exact_curve_still_bending_at_the_largest_lengths_is_judged_on_its_top_slope():
+    """Exact bytes 4 N^2 + 16384 N over 1k..64k: the range rule stops at 4 lengths (8k..64k) still bending, fitted
+    1.836 [1.712, 1.959], and min_exponent = 1.9 failed a quadratic (a statistics audit). The slope between the two
+    largest lengths, 1.918, bounds the asymptotic exponent from below; a max rule under 2 still fails."""
+    lengths = [1024 * 2**i for i in range(7)]
+    rows = [dict(seq_len=n, status="ok", times_ms=[], median_ms=None, peak_bytes=4 * n * n + 16384 * n, device="meta") for n in lengths]
+    bounds = [("min_exponent", 1.9), ("max_exponent", 1.95), ("min_exponent", 1.95)]
+    rules = parse_rules([{"impl": "x", "metric": "peak_bytes", key: value} for key, value in bounds], "t")
+    at_least, at_most, too_much = evaluate(rules, frame(rows))
+    assert at_least.verdict == "PASS" and "slope at the largest lengths 1.918 (still bending upward" in at_least.message, at_least.message
+    assert at_most.verdict == "FAIL" and "95% upper end 1.959 > max 1.95" in at_most.message, at_most.message
+    assert too_much.verdict == "FAIL" and "slope at the largest lengths 1.918" in too_much.message, too_much.message
+    straight = [dict(row, peak_bytes=4 * row["seq_len"] ** 2) for row in rows]  # no bend: the interval, as before
+    assert "95% lower end" in evaluate(rules[:1], frame(straight))[0].message
+
+
 def test_time_exponent_uses_raw_samples_and_min_bound():
     rows = [
         dict(seq_len=n, status="ok", times_ms=[n**2 * 1e-6 * f for f in (0.98, 1.0, 1.02)], median_ms=n**2 * 1e-6, peak_bytes=n)

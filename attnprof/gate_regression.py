@@ -147,12 +147,18 @@ def _time_regression(rule: GateRule, subject: str, described: str, change: float
             return Judgement(subject, "MISSING", f"{described} {bound}, but too few samples to tell ({counts}; a longer rep_ms gives more)")
         statistic, freedom = tested
         critical = T_CRITICAL_1PCT[min(freedom, len(T_CRITICAL_1PCT)) - 1]
-        t_text = f"Welch's t of the log times {statistic:.1f} {'>' if statistic > critical else '<='} {critical:.2f}, 1% one-sided"
-        figures = {"t": statistic, "t_critical": critical, "degrees_of_freedom": freedom}
+        if math.isfinite(statistic):
+            t_text = f"Welch's t of the log times {statistic:.1f} {'>' if statistic > critical else '<='} {critical:.2f}, 1% one-sided"
+        else:  # samples without any spread: the separation decides alone (an infinite t read "inf", and null in JSON)
+            t_text = "no spread in either side's samples"
+        figures = {"t": statistic if math.isfinite(statistic) else None, "t_critical": critical, "degrees_of_freedom": freedom}
         if gap > rule.max_regression and statistic > critical:
             said = f"{described} {bound} ({counts}; the fastest is {gap:+.0%} on the slowest before, and {t_text})"
             return Judgement(subject, "FAIL", said, change, figures)
-        why = "the samples overlap" if gap <= rule.max_regression else f"their spread leaves it unsure ({t_text})"
+        if gap <= rule.max_regression:
+            why = "the samples overlap"
+        else:  # with no spread, a gap past the bound only by rounding (110 on 100 against 10%)
+            why = f"their spread leaves it unsure ({t_text})" if math.isfinite(statistic) else f"it sits on the bound ({t_text})"
         return Judgement(subject, "MISSING", f"{described} {bound}, but {why} ({counts}; a longer rep_ms gives more)", figures=figures)
     p_value = mann_whitney_greater(new, old)
     if p_value >= REGRESSION_P_VALUE:
@@ -178,7 +184,7 @@ def log_t_statistic(new, old, bound: float) -> tuple[float, int] | None:
     if parts[0] + parts[1] == 0:
         return (math.inf if shift > 0 else -math.inf), len(logs_new) + len(logs_old) - 2
     freedom = (parts[0] + parts[1]) ** 2 / (parts[0] ** 2 / (len(logs_new) - 1) + parts[1] ** 2 / (len(logs_old) - 1))
-    return shift / math.sqrt(parts[0] + parts[1]), max(1, math.floor(freedom))
+    return float(shift / math.sqrt(parts[0] + parts[1])), max(1, math.floor(freedom))
 
 
 def mann_whitney_greater(new, old) -> float:

@@ -49,9 +49,7 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
         described += busy_note(group)
     # Judged on the interval's far end, and said so: "1.937 [95% 1.793, 2.082] < min 1.8" read as a false statement.
     low_end, high_end, low, high = _judged_ends(rule, fit)
-    passes = (rule.max_exponent is None or high_end <= rule.max_exponent) and (
-        rule.min_exponent is None or low_end >= rule.min_exponent
-    )
+    passes = (rule.max_exponent is None or high_end <= rule.max_exponent) and (rule.min_exponent is None or low_end >= rule.min_exponent)
     wholly_past = (rule.max_exponent is not None and low_end > rule.max_exponent) or (
         rule.min_exponent is not None and high_end < rule.min_exponent
     )
@@ -86,7 +84,7 @@ def _judged_ends(rule: GateRule, fit) -> tuple[float, float, str, str]:
     """(low end, high end, how each reads) the rule judges: the 95% interval's, except for an exact metric whose kept
     lengths still bend upward, where the local slope at the largest lengths bounds the asymptotic exponent from below
     (an exact 4 N^2 + 16384 N fitted 1.836 [1.712, 1.959] over 8k..64k and failed min_exponent = 1.9, its slope at the
-    top 1.94; a statistics audit)."""
+    top 1.918; a statistics audit)."""
     from attnprof.fit_range import still_bends
 
     low_end, high_end = fit.exponent_low, fit.exponent_high

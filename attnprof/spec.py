@@ -163,12 +163,13 @@ def parse_devices(spec: str | list) -> tuple[str, ...]:
         found = re.fullmatch(r"(cpu|meta|cuda)(?::(\d+))?", raw.lower())
         if not found or (found[2] is not None and found[1] != "cuda"):
             raise UsageError(f"unknown device {raw!r}; choose cpu, cuda, cuda:N (or meta, for --accounting)")
-        # one GPU, one name: `cuda` is `cuda:0` (a fresh process's current device) and `cuda:01` is `cuda:1`. Each
-        # spelling was a device of its own: two workers with a context each on one card, runs sharing no cell.
-        index = int(found[2] or 0)
-        return found[1] if found[1] != "cuda" or index == 0 else f"cuda:{index}"
+        # `cuda:01` is `cuda:1`. (`cuda` and `cuda:0` stay two spellings: runs and baselines store them as given.)
+        return found[1] if found[2] is None else f"cuda:{int(found[2])}"
 
-    return _parse_items(spec, "device", canonical)
+    devices = _parse_items(spec, "device", canonical)
+    if "cuda" in devices and "cuda:0" in devices:  # one GPU (a fresh process's current one): two workers on one card
+        raise UsageError(f"bad device {spec!r}: cuda and cuda:0 name one GPU; give one of them")
+    return devices
 
 
 @dataclass(frozen=True, order=True)

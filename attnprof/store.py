@@ -288,6 +288,8 @@ def _refusal(connection, path: Path, error: Exception) -> UsageError:
         return error
     if not path.exists():  # nothing was there to be a database: it could not be made ('/proc/x.db')
         return UsageError(f"cannot create database {str(path)!r} ({error})")
+    if "locked" in str(error):  # held by another process past the 30 s wait: the file is fine
+        return UsageError(f"{str(path)!r} is locked by another process (waited 30 s): try again once it is done")
     return UsageError(f"{str(path)!r} is not an attnprof database ({error})")
 
 

@@ -494,6 +494,9 @@ def test_time_regression_with_few_samples_is_judged_by_separation_not_passed():
     overlapping = regression_verdict([5.0, 7.0, 8.0], [4.0, 5.5, 6.0])  # median +27%, samples overlap
     assert overlapping.verdict == "MISSING" and "too few for a significance test" in overlapping.message
     assert regression_verdict([5.0, 5.1, 5.2], [5.0, 5.1, 5.2]).verdict == "PASS"  # no change: within the bound
+    steady = regression_verdict([80.0] * 3, [40.0] * 3)  # no spread: the separation decides; t is no figure (it read inf, null in JSON)
+    assert steady.verdict == "FAIL" and "no spread in either side's samples" in steady.message
+    assert steady.judgements[0].figures["t"] is None
 
 
 @pytest.mark.parametrize(("bound", "noise"), [(0.0, 0.1), (0.0, 0.02), (0.1, 0.1)])

@@ -386,14 +386,17 @@ def test_triton_wordings_of_a_dead_context_are_poison():
     assert not classify(RuntimeError("shape mismatch"))[2]
 
 
-def test_one_gpu_has_one_device_name():
-    """`cuda` and `cuda:0` (and `cuda:01` and `cuda:1`) were two devices: two workers with a context each on one card,
-    and runs that named it otherwise shared no cell (a GPU-path review)."""
+def test_one_gpu_is_not_swept_twice_under_two_names():
+    """`cuda` and `cuda:0` (and `cuda:01` and `cuda:1`) were two devices of one sweep: two workers with a context each
+    on one card (a GPU-path review). Each spelling is kept as given otherwise: stored runs and baselines use them."""
+    from attnprof.errors import UsageError
     from attnprof.spec import parse_devices
 
-    assert parse_devices("cuda,cuda:0,CUDA:01,cuda:1,cpu") == ("cuda", "cuda:1", "cpu")
+    assert parse_devices("cuda:0,CUDA:01,cuda:1,cpu") == ("cuda:0", "cuda:1", "cpu") and parse_devices("cuda") == ("cuda",)
+    with pytest.raises(UsageError, match="cuda and cuda:0 name one GPU"):
+        parse_devices("cuda,cuda:0")
     for bad in ("cpu:0", "meta:1", "cuda:", "cuda:x"):
-        with pytest.raises(Exception, match=f"unknown device '{bad}'"):
+        with pytest.raises(UsageError, match=f"unknown device '{bad}'"):
             parse_devices(bad)
 
 

@@ -239,6 +239,12 @@ def test_a_damaged_or_foreign_database_is_one_line_naming_it(db, tmp_path):
             )
             lines, shown = result.stderr.strip().splitlines(), (name, command, result.stderr)
             assert result.returncode == 2 and len(lines) == 1 and said[name] in lines[0] and repr(str(path)) in lines[0], shown
+        rules = tmp_path / "rules.toml"  # the gate too: it caught every exception as its own crash (exit 4, a traceback)
+        rules.write_text('[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nmax_exponent = 2.5\n')
+        gate = [sys.executable, "-m", "attnprof", "gate", str(rules), "--run", "r1", "--db", str(path)]
+        result = subprocess.run(gate, capture_output=True, text=True, timeout=120)
+        lines, shown = result.stderr.strip().splitlines(), (name, "gate", result.stderr)
+        assert result.returncode == 2 and len(lines) == 1 and said[name] in lines[0] and repr(str(path)) in lines[0], shown
 
 
 def _open_after(path, barrier, results):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 
 import click
@@ -267,9 +268,9 @@ def gate(rules, runs, baseline, markdown, json_path, db):
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db or "the rules' database")
-    except (UsageError, StoreFault) as error:
+    except (UsageError, StoreFault, sqlite3.Error) as error:  # a damaged database too: the file's fault, not attnprof's
         if json_path:
-            _write_json(json_path, _unjudged(rules, 2 if isinstance(error, UsageError) else 1, str(error)))
+            _write_json(json_path, _unjudged(rules, 1 if isinstance(error, StoreFault) else 2, str(error)))
         raise  # one line and exit 2 (or the store's message): the group says them
     except Exception as error:  # noqa: BLE001 - a crash exited 1, which CI reads as "a rule failed"
         import traceback

@@ -7,7 +7,9 @@ k, v rounded the wider inputs down without a word."""
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 
@@ -44,12 +46,13 @@ def check_flag(name: str, option: str, value) -> None:
 
 
 def check_count(name: str, option: str, value, *, minimum: int) -> None:
-    """A count option is an int of at least `minimum` (True is no count, 2.5 no number of landmarks)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """A count option is an integer of at least `minimum` (True is no count, 2.5 no number of landmarks); numpy's
+    integers are integers (a notebook's `for m in np.arange(...)`)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} {option} must be an integer >= {minimum}, not {value!r}")
 
 
 def check_positive(name: str, option: str, value) -> None:
     """A positive finite number (cosFormer's eps: 0 or below gave NaN rows where every query feature is 0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} {option} must be a positive finite number, not {value!r}")

@@ -121,3 +121,14 @@ def test_nystrom_counts_must_be_integers(option, value):
 def test_nystrom_conv_weight_must_be_a_tensor():
     with pytest.raises(TypeError, match="conv_weight must be a tensor .* not list"):
         nystrom_attention(*qkv(), conv_weight=[[1.0]])
+
+
+def test_numpy_numbers_are_numbers():
+    """A notebook's `for m in np.arange(...)`: np.int64 landmarks and an np.float32 eps ran before the checks came."""
+    import numpy as np
+
+    q, k, v = qkv((1, 2, 16, 4))
+    assert torch.equal(nystrom_attention(q, k, v, num_landmarks=np.int64(4)), nystrom_attention(q, k, v, num_landmarks=4))
+    assert torch.equal(cosformer_attention(q, k, v, eps=np.float32(1e-6)), cosformer_attention(q, k, v, eps=float(np.float32(1e-6))))
+    with pytest.raises(ValueError, match="num_landmarks must be an integer"):
+        nystrom_attention(q, k, v, num_landmarks=np.bool_(True))

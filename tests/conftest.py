@@ -8,6 +8,10 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # spawned workers inherit sys.path, so they import fake_impls too
 os.environ["ATTNPROF_PLUGINS"] = "fake_impls"
 os.environ.pop("ATTNPROF_DB", None)
+# The CLI's tables take $COLUMNS as their width (cli/group.py): a shell exporting it, or pytest-xdist (its workers get
+# COLUMNS=80), would wrap the tables the tests read. A test wanting a width sets it itself.
+for name in ("COLUMNS", "LINES"):
+    os.environ.pop(name, None)
 
 import torch  # noqa: E402  (torch does not import triton: the line below still comes first)
 

@@ -1,0 +1,37 @@
+"""How a worker ends: stopped after the sweep, or orphaned by a parent killed outright."""
+
+from small_sweeps import small_sweep
+
+from attnprof.api import run_sweep
+from attnprof.records import Status
+from attnprof.store import Store
+
+
+def test_a_stopped_worker_ends_at_once_without_losing_what_an_impl_printed(db, capfd, monkeypatch):
+    """The worker skips Python's finalisation when stopped (about 1 s at the end of every sweep), after flushing what
+    an impl printed: to a pipe or a file, print keeps its line in a buffer that only that finalisation wrote out."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the worker inherits it: its prints buffered, as by default
+    run_id = run_sweep(small_sweep("fault:kind=print", lengths=(64,)), db)
+    store = Store.open(db, create=False)
+    (row,) = store.measurements(run_id)
+    store.close()
+    assert row.status == Status.OK, row.reason
+    assert "fault impl ran at N = 64" in capfd.readouterr().out
+
+
+def test_a_worker_whose_parent_is_gone_exits_without_a_traceback(capfd):
+    """After `kill -9` of a notebook's sweep, its idle worker printed a ConnectionResetError traceback (from
+    connection.recv) onto the terminal the two shared."""
+    import multiprocessing
+
+    from attnprof.worker import worker_main
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=worker_main, args=(child, "cpu", ()), daemon=True)
+    process.start()
+    child.close()
+    assert parent.poll(120) and parent.recv() == ("ready",)
+    parent.close()  # what the parent's death does to its end
+    process.join(30)
+    assert process.exitcode == 0 and "Traceback" not in capfd.readouterr().err

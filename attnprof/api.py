@@ -201,16 +201,26 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
-    from attnprof.errors import StoreFault, signal_of
-    from attnprof.run_lock import measuring
-    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, SweepInterrupted, execute
-    from attnprof.store import Store
-    from attnprof.worker import Settings
+    from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, discard_spare_worker, start_spare_worker
 
     if multiprocessing.current_process().name.startswith(WORKER_NAME_PREFIX):
         # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
         # the parent then records the worker's failed start with the same hint
         raise RuntimeError(SPAWN_HINT)
+    start_spare_worker()  # its imports overlap this process's (resolve_sweep imports torch); ended below if unused
+    try:
+        return _measure(sweep, db, resume, progress, command)
+    finally:
+        discard_spare_worker()
+
+
+def _measure(sweep: Sweep, db, resume: str | None, progress, command: str) -> str:
+    from attnprof.errors import StoreFault, signal_of
+    from attnprof.run_lock import measuring
+    from attnprof.runner import SweepInterrupted, execute
+    from attnprof.store import Store
+    from attnprof.worker import Settings
+
     if resume is None:
         sweep = resolve_sweep(sweep)  # before the database: a sweep refused leaves no empty file behind
     store = Store.open(db or default_db(), create=resume is None)  # resuming needs the run's database: never create an empty one

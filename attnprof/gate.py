@@ -188,7 +188,8 @@ def _judge_value(rule, subject, group, frame, length) -> Judgement:
     return unless_busy(judged, note if too_high else "")  # load only slows: a time under min_value is the code's
 
 
-BUSY_MACHINE = "timed on a busy machine, so the change may be the machine's: judge a run timed on a quiet one"
+QUIET = "judge a run timed on a quiet one"
+BUSY_MACHINE = f"timed on a busy machine, so the change may be the machine's: {QUIET}"
 
 
 def unless_busy(judgement: Judgement, busy: str) -> Judgement:
@@ -198,7 +199,8 @@ def unless_busy(judgement: Judgement, busy: str) -> Judgement:
     slows a call), '' when none could: a busy baseline cannot explain a slower run, only hide one."""
     if judgement.verdict != "FAIL" or not busy:
         return judgement
-    return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}", figures=judgement.figures)
+    # figures.busy: what a CI script reads to tell a busy runner from a cell not measured
+    return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}", figures={**judgement.figures, "busy": True})
 
 
 def _time_note(rule: GateRule, rows: pd.DataFrame, length: int) -> str:

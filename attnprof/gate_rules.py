@@ -195,8 +195,11 @@ def _check_form(rule: GateRule, where: str) -> None:
             f"{where} must have exactly one form: max/min_exponent, a ratio (at_length, max/min_ratio, to), "
             "a value (at_length, max/min_value), max_regression, max_exponent_increase or min_frontier"
         )
-    if ratio and (rule.max_ratio is None and rule.min_ratio is None or rule.to is None or not rule.at_length):
-        raise UsageError(f"{where}: a ratio rule needs at_length, to and max_ratio or min_ratio")
+    no_bound = rule.max_ratio is None and rule.min_ratio is None
+    needed = (("at_length", not rule.at_length), ("to", rule.to is None), ("max_ratio or min_ratio", no_bound))
+    lacking = [key for key, absent in needed if absent]
+    if ratio and lacking:
+        raise UsageError(f"{where}: a ratio rule needs at_length, to and max_ratio or min_ratio; it has no {' and no '.join(lacking)}")
     if value and not rule.at_length:
         raise UsageError(f"{where}: a value rule needs at_length")
     if rule.at_length and not (ratio or value):

@@ -27,6 +27,8 @@ def load_rules(path: str | Path, registered: bool = True):
             sweep_from_options(options)
         except UsageError as error:
             raise UsageError(f"{path}: [sweep] {index}: {error}") from None
+    if registered:
+        impls.names()  # the plugin modules load here: one that cannot be imported is no rule's slip
     rules = parse_rules(read_toml(path).get("rule", []), str(path))
     for rule in rules if registered else ():
         for name in (rule.impl, rule.to):

@@ -91,16 +91,15 @@ class WorkerHandle:
 
         from attnprof.worker import worker_main
 
-        context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
-        self.connection, child = context.Pipe()
-        name = f"{WORKER_NAME_PREFIX}{self.device}"
         # the modules of impls a notebook imported: workers import them too; and the sweep's thread count, which the run
         # records (a notebook's torch.set_num_threads(1) was recorded while its worker timed with every core)
-        args = (child, self.device, self.modules, torch.get_num_threads())
-        self.process = context.Process(target=worker_main, args=args, daemon=True, name=name)
-        with _unrunnable_main_hidden():
-            self.process.start()
-        child.close()
+        config = (self.device, self.modules, torch.get_num_threads())
+        spare = _take_spare()
+        if spare is not None:
+            self.process, self.connection = spare
+            self.connection.send(("become", *config))
+        else:
+            self.process, self.connection = _spawn(worker_main, f"{WORKER_NAME_PREFIX}{self.device}", *config)
         if not self.connection.poll(WORKER_START_TIMEOUT_S):
             self.kill()
             raise RuntimeError(f"worker for {self.device} did not start within {WORKER_START_TIMEOUT_S:.0f} s")
@@ -177,6 +176,55 @@ class WorkerHandle:
             except (OSError, BrokenPipeError):
                 pass
         self.kill()
+
+
+def _spawn(target, name: str, *args):
+    """(process, connection): `target(child_connection, *args)` started in a fresh interpreter."""
+    context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
+    connection, child = context.Pipe()
+    process = context.Process(target=target, args=(child, *args), daemon=True, name=name)
+    with _unrunnable_main_hidden():
+        process.start()
+    child.close()
+    return process, connection
+
+
+_spare = None  # (process, connection) of the worker start_spare_worker started, until a device takes it
+
+
+def start_spare_worker() -> None:
+    """Start a worker before the sweep's process imports torch: both imports (about 2 s each, and torch._dynamo's
+    1.5 s in the worker) ran one after the other before the first case, 7.5 s to the first row of a one-cell sweep
+    on this 2-core machine. The first device's worker is this one (worker.spare_main); discard_spare_worker ends one
+    that no device took."""
+    global _spare
+    if _spare is None:
+        from attnprof.worker import spare_main
+
+        _spare = _spawn(spare_main, f"{WORKER_NAME_PREFIX}spare")
+
+
+def _take_spare():
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None and not spare[0].is_alive():  # died starting (a script that cannot be imported twice, ...):
+        _end(*spare)  # a worker started as before says why
+        return None
+    return spare
+
+
+def discard_spare_worker() -> None:
+    spare = _take_spare()
+    if spare is not None:
+        _end(*spare)
+
+
+def _end(process, connection) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=10)
+    _kill_group(process.pid)
+    connection.close()
 
 
 def _kill_group(worker_pid: int) -> None:

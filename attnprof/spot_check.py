@@ -147,9 +147,18 @@ class SpotCheck:
         passed = f"; the check at N<={CHECK_LENGTH} passed" if self.case.seq_len > CHECK_LENGTH else ""
         first = over[0]
         return (
-            f"{what.format(row=rows[first])} has relative error {errors[first]:.3g} > {tolerance:g} {against} "
+            f"{what.format(row=rows[first])} has relative error {_past(errors[first], tolerance)} > {tolerance:g} {against} "
             f"({len(over)} of {len(rows)} {counted} over{passed})"
         )
+
+
+def _past(error: float, tolerance: float) -> str:
+    """The error in as few digits as show it over the tolerance: '0.001 > 0.001' read as a contradiction."""
+    for digits in (3, 6):
+        text = f"{error:.{digits}g}"
+        if not float(text) <= tolerance:
+            return text
+    return repr(error)
 
 
 def sampled_rows(n: int, seed: int) -> list[int]:

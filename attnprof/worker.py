@@ -362,10 +362,35 @@ def worker_main(connection, device: str, modules=(), threads: int = 0) -> None:
     """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out. `modules`:
     plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load.
     `threads`: the sweep's intra-op thread count (its env's cpu_threads), set here before the settings are kept."""
+    _detach()
+    _serve(connection, device, modules, threads)
+
+
+def spare_main(connection) -> None:
+    """A worker started before its sweep knows the device (runner.start_spare_worker): it imports torch and
+    torch._dynamo (which the first op on `meta` imports, 1.3-1.7 s) while the sweep's process imports torch too, and
+    becomes the first device's worker on ("become", device, modules, threads). The impls load only then, after the
+    plugin modules, as in worker_main. Anything else (the sweep ended or was refused): it exits."""
+    _detach()
+    import torch  # noqa: F401  (the cost this process is started early to pay)
+    import torch._dynamo  # noqa: F401
+
+    try:
+        message = connection.recv()
+    except (EOFError, OSError):
+        return
+    if message[0] == "become":
+        _serve(connection, *message[1:])
+
+
+def _detach() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # a group of its own: the parent kills what an impl spawned along with us (runner._kill_group)
     _exit_with_parent()
+
+
+def _serve(connection, device: str, modules, threads: int) -> None:
     import torch  # import cost paid before "ready", not inside a case's timeout
 
     if threads:

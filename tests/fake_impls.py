@@ -69,6 +69,10 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         with open(pid_file, "w") as file:
             file.write(str(torch.get_num_threads()))
         return softmax_attention(q, k, v, causal=causal)
+    if kind == "pid_file":  # says which process ran it
+        with open(pid_file, "w") as file:
+            file.write(str(os.getpid()))
+        return softmax_attention(q, k, v, causal=causal)
     if kind == "print":  # a line to standard output, left in Python's buffer (a pipe or file: block-buffered)
         print(f"fault impl ran at N = {n}")
         return softmax_attention(q, k, v, causal=causal)

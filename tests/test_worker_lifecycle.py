@@ -1,10 +1,41 @@
-"""How a worker ends: stopped after the sweep, or orphaned by a parent killed outright."""
+"""How a worker starts (the spare, started before the sweep's imports) and ends (stopped after the sweep, or orphaned
+by a parent killed outright)."""
 
+import multiprocessing
+
+import pytest
 from small_sweeps import small_sweep
 
+from attnprof import runner
 from attnprof.api import run_sweep
+from attnprof.errors import UsageError
 from attnprof.records import Status
+from attnprof.spec import Sweep, parse_impls
 from attnprof.store import Store
+
+
+def test_the_spare_worker_started_with_the_sweep_measures_its_first_device(db, tmp_path, monkeypatch):
+    spares = []
+    start = runner.start_spare_worker
+
+    def start_and_note():
+        start()
+        spares.append(runner._spare[0].pid)
+
+    monkeypatch.setattr(runner, "start_spare_worker", start_and_note)
+    pid_file = tmp_path / "pid"
+    run_id = run_sweep(small_sweep(f"fault:kind=pid_file,pid_file={pid_file}", lengths=(64,)), db)
+    store = Store.open(db, create=False)
+    (row,) = store.measurements(run_id)
+    store.close()
+    assert row.status == Status.OK, row.reason
+    assert [int(pid_file.read_text())] == spares and not multiprocessing.active_children()
+
+
+def test_a_refused_sweep_leaves_no_spare_worker_behind(db):
+    with pytest.raises(UsageError, match="no-such-impl"):
+        run_sweep(Sweep(impls=parse_impls("no-such-impl"), lengths=(64,)), db)
+    assert runner._spare is None and not multiprocessing.active_children()
 
 
 def test_a_stopped_worker_ends_at_once_without_losing_what_an_impl_printed(db, capfd, monkeypatch):

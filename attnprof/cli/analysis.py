@@ -249,7 +249,8 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     \b
     Example:
       attnprof gate scenarios/gate.toml
-      attnprof gate scenarios/targets.toml --run latest --baseline reports/baseline.jsonl
+      attnprof gate scenarios/targets.toml --run RUN1 --run RUN2   (judge stored runs: each [[sweep]]'s)
+      attnprof gate rules.toml --baseline reports/baseline.jsonl   (regression and slope rules read it)
     """
     import os
 

@@ -12,7 +12,12 @@ SHOWN = 20  # rows of each table without --all: the worst changes come first
 @cli.command()
 @click.argument("baseline")
 @click.argument("candidate", default="latest")
-@click.option("--all", "show_all", is_flag=True, help=f"Every shared cell and configuration (default: the worst {SHOWN} of each).")
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help=f"Every shared cell and configuration (default: the worst {SHOWN} of each; --format json always lists every one).",
+)
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @db_option
 def compare(baseline, candidate, show_all, output_format, db):

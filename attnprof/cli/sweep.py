@@ -14,12 +14,17 @@ from attnprof.errors import UsageError
 
 @cli.command()
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False))
-@click.option("--impl", help="Comma-separated impls, `all`, with options as name:key=value (default: all).")
-@click.option("--lengths", help="1k..64k (powers of two), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000 (default: 1k..64k on GPU, 256..4k on CPU).")
+@click.option("--impl", help="Comma-separated impls, `all`, with options as name:key=value,key=value (default: all).")
+@click.option(
+    "--lengths",
+    help="1k..64k (powers of two), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000 (default: 1k..64k on GPU and with --accounting, 256..4k on CPU).",
+)
 @click.option("--batch", help="Batch sizes, comma separated (default 1).")
 @click.option("--heads", help="Head counts, comma separated (default 16).")
 @click.option("--head-dim", "head_dim", help="Head dims, comma separated (default 64).")
-@click.option("--dtype", help="float32, float16, bfloat16 (comma separated; default: bfloat16 on a GPU, float32 on the CPU).")
+@click.option(
+    "--dtype", help="float32, float16, bfloat16 (comma separated; default: bfloat16 on a GPU and with --accounting, float32 on the CPU)."
+)
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available, else cpu).")
 @click.option("--causal", help="no, yes or both (default both).")
 @click.option("--mode", help="fwd, fwd-bwd (comma separated; default fwd).")

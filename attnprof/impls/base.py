@@ -176,7 +176,9 @@ def coerce_option(impl: str, key: str, raw, default):
         if isinstance(default, float):
             return float(text)
     except ValueError:
-        raise UsageError(f"bad value {text!r} for option {key!r} of impl {impl!r}: expected {type(default).__name__}") from None
+        # `name:a=1:b=2` reads as a = "1:b=2": say how two options are written
+        hint = "; separate an impl's options with ',' (name:a=1,b=2)" if ":" in text and "=" in text else ""
+        raise UsageError(f"bad value {text!r} for option {key!r} of impl {impl!r}: expected {type(default).__name__}{hint}") from None
     return text
 
 

@@ -15,7 +15,7 @@ from attnprof.errors import UsageError
 from attnprof.impls.nystromformer import nystrom_attention, nystrom_flops, seeded_conv_weight
 from attnprof.impls.reference.nystromformer import nystrom_reference, segment_lengths
 from attnprof.inputs import make_call, make_inputs
-from attnprof.spec import Case
+from attnprof.spec import Case, parse_impls
 
 GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden"
 GOLDEN_FILES = sorted(GOLDEN.glob("nystrom_*.npz")) if GOLDEN.is_dir() else []
@@ -159,6 +159,11 @@ def test_refusals_have_reasons():
         impl.resolve_options({"conv_kernel": 32})
     with pytest.raises(UsageError, match="pinv_init"):
         impl.resolve_options({"pinv_init": "x"})
+    (two_options,) = parse_impls("nystromformer:num_landmarks=32,pinv_iterations=3")
+    assert impl.resolve_options(dict(two_options.options)) == {**impl.resolve_options({}), "num_landmarks": 32, "pinv_iterations": 3}
+    (colons,) = parse_impls("nystromformer:num_landmarks=32:pinv_iterations=3")  # the guess a user makes
+    with pytest.raises(UsageError, match=r"'32:pinv_iterations=3' .* separate an impl's options with ','"):
+        impl.resolve_options(dict(colons.options))
     assert impl.not_supported(Case(impl="nystromformer", seq_len=256, options=(("conv_kernel", 0),))) == []
     with pytest.raises(ValueError, match="causal"):
         impl.fn(*qkv(1, 1, 8, 4), causal=True)

@@ -73,9 +73,18 @@ def _host_memory_bytes() -> int:
     return psutil.virtual_memory().total
 
 
-def differing_fields(old: dict, new: dict) -> list[str]:
-    """`field: old -> new` for every comparable field that changed."""
-    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in COMPARABLE_FIELDS if old.get(key) != new.get(key)]
+# What a time depends on beyond the code: a gate baseline keeps them (`timed_on`), and a time is compared only with one
+# taken where they agree (a 3x slowdown at 1 thread passed against a baseline timed at 2, in a gate audit).
+TIMING_FIELDS = ("cpu", "cpu_threads", "cpu_heap", "gpu_name", "torch_version")
+
+
+def timing_setup(env: dict) -> dict:
+    return {key: env.get(key) for key in TIMING_FIELDS}
+
+
+def differing_fields(old: dict, new: dict, fields=COMPARABLE_FIELDS) -> list[str]:
+    """`field: old -> new` for every one of `fields` that changed."""
+    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in fields if old.get(key) != new.get(key)]
 
 
 def _git_sha() -> str | None:

@@ -73,6 +73,10 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     if rule.metric == "peak_bytes" and then and now_source and now_source != then:  # another figure, not another kernel
         why = f"peak_bytes is the {now_source} peak now, the {then} peak in the baseline: not comparable"
         return Judgement(subject, "MISSING", f"{why}; export the baseline again from a run of this version")
+    other_setup = _other_setup(old, new) if rule.metric == "time" else ""
+    if other_setup:
+        why = f"time is compared only with a baseline timed on the same setup, and it was not ({other_setup})"
+        return Judgement(subject, "MISSING", f"{why}; export the baseline again from a run on this one")
     now, before = _number(new[column]), _number(old[column])
     if now is None or before is None:  # "time nan ms vs nan ms (+nan%) <= max 10%" passed two accounting runs
         where = " and ".join(w for w, v in (("the run", now), ("the baseline", before)) if v is None)
@@ -109,6 +113,17 @@ def _source(row: pd.Series) -> str | None:
     """What a row's peak_bytes measured; None where the row does not say (a baseline written before it was kept)."""
     source = row.get("peak_source")
     return source if isinstance(source, str) and source else None
+
+
+def _other_setup(old: pd.Series, new: pd.Series) -> str:
+    """'cpu_threads: 2 -> 1' where the baseline's times were taken on another setup (env.TIMING_FIELDS); '' where
+    they agree, or where the baseline does not say (written before it was kept)."""
+    from attnprof.env import TIMING_FIELDS, differing_fields
+
+    then, now = old.get("timed_on"), new.get("timed_on")
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return ""
+    return "; ".join(differing_fields(then, now, TIMING_FIELDS))
 
 
 def _number(value) -> float | None:

@@ -11,7 +11,8 @@ from attnprof.errors import UsageError
 
 BASELINE_KEYS = ("impl", "label", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode",
                  "status", "reason", "median_ms", "times_ms", "peak_bytes", "peak_source", "flops")  # fmt: skip
-OPTIONAL_BASELINE_KEYS = ("peak_source",)  # files written before it was kept read as they did (gate_regression: source)
+# files written before these were kept read as they did (gate_regression: _source, _other_setup)
+OPTIONAL_BASELINE_KEYS = ("peak_source", "timed_on")
 
 
 def load_rules(path: str | Path, registered: bool = True):
@@ -74,6 +75,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     frames, run_ids = _distinct_runs([load_measurements(run, db) for run in runs], runs)
     refuse_overlapping_runs(pd.concat(frames, ignore_index=True), "judge")
     infos = _run_infos(run_ids, db)
+    frames = [with_timing_setup(frame, info.env) for frame, info in zip(frames, infos, strict=True)]
     unfinished = _unfinished_runs(infos, frames, db)
     # an unfinished run's rules may name what it has yet to measure (MISSING then), not only what it has
     _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, planned=_planned_lines(infos) if unfinished else set())
@@ -215,9 +217,16 @@ def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
             raise UsageError(f'{where}: accounting runs have no device memory to default to; set budget = "80GiB" in the rule')
 
 
+def with_timing_setup(frame, env: dict):
+    """The run's frame with `timed_on` (env.timing_setup of its run) on every row: what its times were taken on."""
+    from attnprof.env import timing_setup
+
+    return frame.assign(timed_on=[timing_setup(env)] * len(frame))
+
+
 def baseline_records(frame) -> str:
-    """The small baseline file a regression rule reads: one JSON object per case."""
-    return frame[list(BASELINE_KEYS)].to_json(orient="records", lines=True)
+    """The small baseline file a regression rule reads: one JSON object per case (with_timing_setup's frame)."""
+    return frame[[*BASELINE_KEYS, "timed_on"]].to_json(orient="records", lines=True)
 
 
 def read_baseline(path: str | Path):
@@ -249,6 +258,8 @@ def _check_baseline_values(frame, path) -> None:
         bad = bad or next((key for key in ("seq_len", "batch", "heads", "head_dim") if not _is_whole(row[key])), None)
         bad = bad or ("causal" if not isinstance(row["causal"], bool) else None)
         bad = bad or next((key for key in _NUMBER_KEYS if row[key] is not None and not _is_number(row[key])), None)
+        if not bad and not isinstance(row.get("timed_on", {}), dict):
+            bad = "timed_on"
         times = row["times_ms"]
         if not bad and not (isinstance(times, list) and all(_is_number(t) for t in times)):
             bad = "times_ms"

@@ -7,6 +7,7 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from fake_impls import planted_raise_at
 
@@ -424,6 +425,41 @@ def regression_verdict(new_times, old_times, new_reason=""):
 
 
 BUSY = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+
+
+def test_a_time_is_compared_only_with_a_baseline_timed_on_the_same_setup(tmp_path):
+    """A 3x slowdown at 1 thread passed against a baseline timed at 2 (-48.8% at N=512): the baseline keeps what its
+    times were taken on (timed_on), and a time against one taken elsewhere is MISSING, naming what differs."""
+    setup = {"cpu": "Xeon", "cpu_threads": 2, "cpu_heap": "retained", "gpu_name": None, "torch_version": "2.13.0"}
+    rule = parse_rules([{"impl": "x", "metric": "time", "max_regression": 0.2}], "t")
+    cell = dict(seq_len=1024, status="ok", peak_bytes=1)
+    baseline = frame([dict(cell, times_ms=[5.0, 5.1, 5.2], median_ms=5.1, timed_on=setup)])
+
+    def verdict(timed_on):
+        run = frame([dict(cell, times_ms=[50.0, 51.0, 52.0], median_ms=51.0, timed_on=timed_on)])
+        return evaluate(rule, run, baseline=baseline)[0]
+
+    assert verdict(dict(setup)).verdict == "FAIL"
+    other = verdict(dict(setup, cpu_threads=1))
+    assert other.verdict == "MISSING" and "not (cpu_threads: 2 -> 1)" in other.message, other.message
+    unsaid = evaluate(rule, frame([dict(cell, times_ms=[50.0, 51.0, 52.0], median_ms=51.0, timed_on=dict(setup, cpu_threads=1))]),
+                      baseline=baseline.drop(columns="timed_on"))[0]  # fmt: skip
+    assert unsaid.verdict == "FAIL"  # a baseline written before timed_on was kept is judged as before
+    bytes_rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "max_regression": 0.2}], "t")  # bytes are the code's
+    assert evaluate(bytes_rule, frame([dict(cell, times_ms=[1.0], median_ms=1.0, timed_on=dict(setup, cpu_threads=1))]),
+                    baseline=baseline)[0].verdict == "PASS"  # fmt: skip
+
+
+def test_an_exported_baseline_says_what_its_times_were_taken_on(tmp_path):
+    assert gate(tmp_path, SWEEP + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n').exit_code == 0
+    baseline = tmp_path / "baseline.jsonl"
+    export = ["export", "latest", "--format", "baseline", "--out", str(baseline), "--db", str(tmp_path / "gate.db")]
+    assert CliRunner().invoke(cli, export).exit_code == 0
+    records = [json.loads(line) for line in baseline.read_text().splitlines()]
+    assert all(record["timed_on"]["cpu_threads"] == torch.get_num_threads() for record in records)
+    assert set(records[0]["timed_on"]) == {"cpu", "cpu_threads", "cpu_heap", "gpu_name", "torch_version"}
+    rule = '[[rule]]\nimpl = "all"\nmetric = "peak_bytes"\nmax_regression = 0.10\n'
+    assert gate(tmp_path, rule, "--run", "latest", "--baseline", baseline).exit_code == 0  # the file reads back
 
 
 def test_a_time_regression_timed_on_a_busy_machine_says_so_and_is_not_judged():

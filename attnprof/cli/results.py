@@ -90,14 +90,16 @@ def _echo_records(runs, db, output_format, out) -> None:
     try:
         run_ids = list(dict.fromkeys(store.resolve_run(run).run_id for run in runs))  # `latest <its id>` names one run twice
         measured = {run_id: store.measurements(run_id) for run_id in run_ids}
+        envs = {run_id: store.resolve_run(run_id).env for run_id in run_ids}
     finally:
         store.close()
     records = [measurement_record(run_id, m) for run_id, rows in measured.items() for m in rows]
     if output_format == "baseline":
         from attnprof.analysis import refuse_overlapping_runs
-        from attnprof.gating import baseline_records
+        from attnprof.gating import baseline_records, with_timing_setup
 
-        frame = pd.concat([measurements_frame(run_id, rows) for run_id, rows in measured.items()], ignore_index=True)
+        parts = [with_timing_setup(measurements_frame(run_id, rows), envs[run_id]) for run_id, rows in measured.items()]
+        frame = pd.concat(parts, ignore_index=True)
         refuse_overlapping_runs(frame, "export the baselines of")  # one cell, two baselines: which would a rule judge?
         text = baseline_records(frame) if records else ""
         _warn_of_slowed_baseline(frame)

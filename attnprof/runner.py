@@ -162,10 +162,7 @@ class WorkerHandle:
 
     def kill(self) -> None:
         if self.process is not None and self.process.pid is not None:  # pid None: start() itself failed
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join(timeout=10)
-            _kill_group(self.process.pid)
+            _end(self.process)
         self.process = None
 
     def stop(self) -> None:
@@ -208,7 +205,8 @@ def _take_spare():
     global _spare
     spare, _spare = _spare, None
     if spare is not None and not spare[0].is_alive():  # died starting (a script that cannot be imported twice, ...):
-        _end(*spare)  # a worker started as before says why
+        _end(spare[0])  # a worker started as before says why
+        spare[1].close()
         return None
     return spare
 
@@ -216,15 +214,16 @@ def _take_spare():
 def discard_spare_worker() -> None:
     spare = _take_spare()
     if spare is not None:
-        _end(*spare)
+        _end(spare[0])
+        spare[1].close()
 
 
-def _end(process, connection) -> None:
+def _end(process) -> None:
+    """Kill a worker process and what it started (its process group), and reap it."""
     if process.is_alive():
         process.kill()
     process.join(timeout=10)
     _kill_group(process.pid)
-    connection.close()
 
 
 def _kill_group(worker_pid: int) -> None:

@@ -89,7 +89,7 @@ class WorkerHandle:
             return
         import torch
 
-        from attnprof.worker import worker_main
+        from attnprof.worker_process import worker_main
 
         # the modules of impls a notebook imported: workers import them too; and the sweep's thread count, which the run
         # records (a notebook's torch.set_num_threads(1) was recorded while its worker timed with every core)
@@ -192,11 +192,11 @@ _spare = None  # (process, connection) of the worker start_spare_worker started,
 def start_spare_worker() -> None:
     """Start a worker before the sweep's process imports torch: both imports (about 2 s each, and torch._dynamo's
     1.5 s in the worker) ran one after the other before the first case, 7.5 s to the first row of a one-cell sweep
-    on this 2-core machine. The first device's worker is this one (worker.spare_main); discard_spare_worker ends one
+    on this 2-core machine. The first device's worker is this one (worker_process.spare_main); discard_spare_worker ends one
     that no device took."""
     global _spare
     if _spare is None:
-        from attnprof.worker import spare_main
+        from attnprof.worker_process import spare_main
 
         _spare = _spawn(spare_main, f"{WORKER_NAME_PREFIX}spare")
 

@@ -3,23 +3,18 @@
 Order of work for a case: refusals, the check against the reference (once per configuration and
 worker), a host-memory guard on the CPU, inputs, the memory pass (one call), the spot check of an
 exact impl at the case's length (on an untimed call's output), the timing pass, FLOPs and bytes.
-`CaseMeasurer.measure` never raises for a problem of the case; `worker_main` is the loop the parent talks
-to over a pipe (runner.py).
+`CaseMeasurer.measure` never raises for a problem of the case; the process around it, the loop the parent talks
+to over a pipe (runner.py), is worker_process.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
 from attnprof import cpu_heap, impls, torch_state
 from attnprof.checks import CheckResult, check_key, run_check
-from attnprof.errors import UsageError
 from attnprof.failures import NOT_RUN, classify
 from attnprof.impls.base import AttentionImpl, checking_the_accounted_plan, io_bytes
 from attnprof.inputs import make_call, make_inputs
@@ -47,7 +42,7 @@ class CaseMeasurer:
         self.checks: dict[tuple, CheckResult] = {}
         self.poisoned = False  # a CUDA error left the context unusable: the parent restarts us
         self.stage = ""  # the step of the case under way: an error row says which one raised
-        self.announce = None  # tells the parent each step too, for a timeout's or a crash's row (worker_main sets it)
+        self.announce = None  # tells the parent each step too, for a timeout's or a crash's row (worker_process sets it)
         self.torch_settings: dict = {}  # torch's global settings as the worker started: put back after each case
 
     def keep_torch_settings(self) -> None:
@@ -323,98 +318,3 @@ def _release_cached_memory(device: str) -> None:
 
         torch.cuda.synchronize(device)  # an asynchronous fault of the case's kernels raises here, not in the next case
         torch.cuda.empty_cache()
-
-
-PARENT_POLL_S = 0.5
-
-
-def _exit_with_parent() -> None:
-    """A parent killed outright (SIGKILL: no chance to stop us) left this worker measuring its case to the end, 45 s
-    at 99% CPU in an audit, beside the resume the user started at once. A daemon thread sees the parent change (the
-    orphan is adopted) and ends the process; torch's kernels release the GIL, so it runs during a case too."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own group (worker_main): what an impl started too
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="attnprof-parent-watch", daemon=True).start()
-
-
-def _exit_now() -> None:
-    """Ends the worker without Python's finalisation, which took about 1 s at the end of every sweep once torch was
-    loaded (0.05 s this way, measured from the parent's stop to the join). Nothing here needs it: the results went
-    through the pipe and the database is the parent's. What an impl wrote through Python's buffers is flushed first."""
-    import logging
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    logging.shutdown()
-    os._exit(0)
-
-
-def worker_main(connection, device: str, modules=(), threads: int = 0) -> None:
-    """The loop run in the worker process: ("case", case_dict, settings_dict) in, ("result", ...) out. `modules`:
-    plugin modules the sweep's process imported (impls.worker_modules), imported here before the impls load.
-    `threads`: the sweep's intra-op thread count (its env's cpu_threads), set here before the settings are kept."""
-    _detach()
-    _serve(connection, device, modules, threads)
-
-
-def spare_main(connection) -> None:
-    """A worker started before its sweep knows the device (runner.start_spare_worker): it imports torch and
-    torch._dynamo (which the first op on `meta` imports, 1.3-1.7 s) while the sweep's process imports torch too, and
-    becomes the first device's worker on ("become", device, modules, threads). The impls load only then, after the
-    plugin modules, as in worker_main. Anything else (the sweep ended or was refused): it exits."""
-    _detach()
-    import torch  # noqa: F401  (the cost this process is started early to pay)
-    import torch._dynamo  # noqa: F401
-
-    try:
-        message = connection.recv()
-    except (EOFError, OSError):
-        return
-    if message[0] == "become":
-        _serve(connection, *message[1:])
-
-
-def _detach() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
-    if hasattr(os, "setpgrp"):
-        os.setpgrp()  # a group of its own: the parent kills what an impl spawned along with us (runner._kill_group)
-    _exit_with_parent()
-
-
-def _serve(connection, device: str, modules, threads: int) -> None:
-    import torch  # import cost paid before "ready", not inside a case's timeout
-
-    if threads:
-        torch.set_num_threads(threads)
-
-    try:
-        impls.import_modules(modules)
-        impls.names()
-    except UsageError as error:  # a plugin that cannot be imported here: said by the parent, not lost with our exit
-        connection.send(("failed", str(error)))
-        return
-    cpu_heap.strict()  # host RSS follows live tensors; timing passes switch to a retained heap
-    measurer = CaseMeasurer()
-    measurer.warm_up(device)
-    measurer.keep_torch_settings()
-    connection.send(("ready",))
-    measurer.announce = lambda stage: connection.send(("stage", stage))  # a few small messages a case
-    try:
-        while True:
-            message = connection.recv()
-            if message[0] == "stop":
-                _exit_now()
-            _, case_data, settings_data = message
-            measurement = measurer.measure(Case.from_dict(case_data), Settings(**settings_data))
-            connection.send(("result", measurement.to_dict(), measurer.poisoned))
-    except (EOFError, OSError):  # the parent is gone (killed): nothing to answer, and no traceback on its terminal
-        return

@@ -55,7 +55,7 @@ def test_a_worker_whose_parent_is_gone_exits_without_a_traceback(capfd):
     connection.recv) onto the terminal the two shared."""
     import multiprocessing
 
-    from attnprof.worker import worker_main
+    from attnprof.worker_process import worker_main
 
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()

@@ -73,10 +73,8 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
     if rule.metric == "peak_bytes" and then and now_source and now_source != then:  # another figure, not another kernel
         why = f"peak_bytes is the {now_source} peak now, the {then} peak in the baseline: not comparable"
         return Judgement(subject, "MISSING", f"{why}; export the baseline again from a run of this version")
-    other_setup = _other_setup(old, new) if rule.metric == "time" else ""
-    if other_setup:
-        why = f"time is compared only with a baseline timed on the same setup, and it was not ({other_setup})"
-        return Judgement(subject, "MISSING", f"{why}; export the baseline again from a run on this one")
+    if rule.metric == "time" and other_setup(old, new):
+        return Judgement(subject, "MISSING", timed_elsewhere("a time", old, new))
     now, before = _number(new[column]), _number(old[column])
     if now is None or before is None:  # "time nan ms vs nan ms (+nan%) <= max 10%" passed two accounting runs
         where = " and ".join(w for w, v in (("the run", now), ("the baseline", before)) if v is None)
@@ -115,7 +113,12 @@ def _source(row: pd.Series) -> str | None:
     return source if isinstance(source, str) and source else None
 
 
-def _other_setup(old: pd.Series, new: pd.Series) -> str:
+def timed_elsewhere(what: str, old: pd.Series, new: pd.Series) -> str:
+    why = f"{what} is compared only with a baseline timed on the same setup, and it was not ({other_setup(old, new)})"
+    return f"{why}; export the baseline again from a run on this one"
+
+
+def other_setup(old: pd.Series, new: pd.Series) -> str:
     """'cpu_threads: 2 -> 1' where the baseline's times were taken on another setup (env.TIMING_FIELDS); '' where
     they agree, or where the baseline does not say (written before it was kept)."""
     from attnprof.env import TIMING_FIELDS, differing_fields

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from attnprof.gate import CONFIG, NEW_CELL, Judgement, busy_note, matching, subject_of, unless_busy
+from attnprof.gate_regression import other_setup, timed_elsewhere
 from attnprof.gate_rules import GateRule
 from attnprof.gate_scaling import broken_cells, fit_points, span_text
 
@@ -46,6 +47,11 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
     broken = broken_cells(group)
     if broken:
         return Judgement(subject, "FAIL", broken, math.inf)
+    if rule.metric == "time":  # the lengths of a configuration may come from two runs: each row against the other side
+        pairs = [(base.iloc[0], row) for _, row in group.iterrows()] + [(row, group.iloc[0]) for _, row in base.iterrows()]
+        elsewhere = next(((old, new) for old, new in pairs if other_setup(old, new)), None)
+        if elsewhere:
+            return Judgement(subject, "MISSING", timed_elsewhere("a time exponent", *elsewhere))
     ok_now, ok_then = (set(cells.loc[cells["status"] == "ok", "seq_len"]) for cells in (group, base))
     shared = sorted(ok_now & ok_then)
     if len(shared) < 3:  # said of both sides: "the run: 0 ok lengths" blamed a run whose 5 lengths ran, for the baseline's

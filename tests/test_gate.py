@@ -883,6 +883,14 @@ def test_a_slope_is_judged_against_the_baselines_over_the_lengths_both_have():
                     for n, w in zip(LENGTHS, (1.0, 1.25, 0.8, 1.2, 0.85), strict=True)])  # fmt: skip
     unsure = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent_increase": 0.02}], "t"), wobbly, baseline=cells(1.0))[0]
     assert unsure.verdict == "MISSING" and "can't tell" in unsure.message, unsure.message
+    # a time exponent against a baseline timed on another setup cannot tell; bytes can
+    setup = {"cpu": "Xeon", "cpu_threads": 2}
+    elsewhere = cells(2.0, noise=spread).assign(timed_on=[dict(setup, cpu_threads=1)] * len(LENGTHS))
+    baseline = cells(1.0, noise=spread).assign(timed_on=[setup] * len(LENGTHS))
+    [other_setup] = evaluate(timed, elsewhere, baseline=baseline)
+    assert other_setup.verdict == "MISSING" and "a time exponent is compared only with a baseline timed on the same" in other_setup.message
+    assert "cpu_threads: 2 -> 1" in other_setup.message and evaluate(rule, elsewhere, baseline=baseline)[0].verdict == "FAIL"
+    assert evaluate(timed, elsewhere.assign(timed_on=[setup] * len(LENGTHS)), baseline=baseline)[0].verdict == "FAIL"
     # a baseline of another configuration is said as such, not as "no measurements match"
     [other] = evaluate(rule, linear, baseline=linear.assign(heads=4))
     assert other.verdict == "MISSING" and "the baseline has no configuration of the run's x" in other.message

@@ -95,7 +95,7 @@ def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Ju
             judged = replace(judged, figures={**figures, **judged.figures})  # with the test's p-value where one ran
             busy_now = _busy(new, "now")
             if judged.verdict == "PASS" and busy_now + _busy(old, "in the baseline"):  # "not significant" as load scattered it
-                return Judgement(subject, "MISSING", f"{judged.message}, but {BUSY_MACHINE}", figures=judged.figures)
+                return Judgement(subject, "MISSING", f"{judged.message}, but {BUSY_MACHINE}", figures={**judged.figures, "busy": True})
             return unless_busy(judged, busy_now)  # a busy baseline was slowed: it cannot explain a slower run
         if rule.metric == "peak_bytes" and new["device"] == "cpu" and not then:  # the baseline's device is the run's: keyed by cell
             # Baselines written before peak_source was kept may hold the CPU's live tensors (attnprof 2ca3a97 and

@@ -488,6 +488,7 @@ def test_a_slowdown_past_the_bound_that_a_busy_machine_scattered_is_not_passed()
     assert quiet.verdict == "PASS" and "not significant" in quiet.message  # what the test alone says
     busy = regression_verdict(new, old, new_reason=BUSY)
     assert busy.verdict == "MISSING" and "not significant" in busy.message and "timed on a busy machine" in busy.message
+    assert busy.judgements[0].figures["busy"] is True  # what a CI script reads
 
 
 def test_a_time_ratio_or_value_that_would_fail_on_a_busy_machine_is_missing():

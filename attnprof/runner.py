@@ -205,8 +205,7 @@ def _take_spare():
     global _spare
     spare, _spare = _spare, None
     if spare is not None and not spare[0].is_alive():  # died starting (a script that cannot be imported twice, ...):
-        _end(spare[0])  # a worker started as before says why
-        spare[1].close()
+        _close(spare)  # a worker started as before says why
         return None
     return spare
 
@@ -214,8 +213,13 @@ def _take_spare():
 def discard_spare_worker() -> None:
     spare = _take_spare()
     if spare is not None:
-        _end(spare[0])
-        spare[1].close()
+        _close(spare)
+
+
+def _close(spare) -> None:
+    process, connection = spare
+    _end(process)
+    connection.close()
 
 
 def _end(process) -> None:

@@ -8,7 +8,7 @@ not be judged (cases not ok, too few lengths, nothing in the baseline), else PAS
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -25,6 +25,7 @@ class Judgement:
     message: str
     severity: float = 0.0  # how far past the bound (for ordering failures), 0 when passing
     figures: dict = field(default_factory=dict)  # the numbers the message gives, as data (gate --json): value, bound, ...
+    cell: dict = field(default_factory=dict)  # the subject as data (gate --json): impl, label, the CONFIG keys, seq_len, status
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,43 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
 
     judgements = []
     for keys, group in rows.groupby(CONFIG, sort=True):
+        impl = group["impl"].iloc[0]
         if (group["status"] == "unsupported").all():  # a declared refusal (nystromformer causal): nothing to judge
-            judgements.append(Judgement(subject_of(keys), UNSUPPORTED_CONFIG, group["reason"].iloc[0]))
+            judged = Judgement(subject_of(keys), UNSUPPORTED_CONFIG, group["reason"].iloc[0])
+            judgements.append(located(judged, cell_of(keys, impl)))
         elif rule.kind in ("ratio", "value"):
             judge = _judge_ratio if rule.kind == "ratio" else _judge_value
-            judgements += [judge(rule, f"{subject_of(keys)} N={n}", group, frame, n) for n in rule.at_length]
+            for n in rule.at_length:
+                judged = judge(rule, f"{subject_of(keys)} N={n}", group, frame, n)
+                judgements.append(located(judged, cell_of(keys, impl, n, status_at(group, n))))
         else:
             judge = judge_exponent if rule.kind == "exponent" else judge_frontier
-            judgements.append(judge(rule, subject_of(keys), group, frame, default_budget))
+            judgements.append(located(judge(rule, subject_of(keys), group, frame, default_budget), cell_of(keys, impl)))
     return judgements
 
 
 def subject_of(keys) -> str:
     label, batch, heads, head_dim, dtype, device, causal, mode = keys
     return f"{label} B{batch} H{heads} D{head_dim} {dtype} {device} {'causal' if causal else 'bidir'} {mode}"
+
+
+def cell_of(keys, impl: str, seq_len=None, status: str | None = None) -> dict:
+    """The subject as data: a CI script filters judgements by impl, causal or length here instead of parsing the
+    subject text. seq_len and status only for a judgement of one length (status 'missing': the run has no row)."""
+    cell = {"impl": str(impl), **{key: value.item() if hasattr(value, "item") else value for key, value in zip(CONFIG, keys, strict=True)}}
+    cell["causal"] = bool(cell["causal"])
+    if seq_len is not None:
+        cell.update(seq_len=int(seq_len), status=status)
+    return cell
+
+
+def status_at(rows: pd.DataFrame, length: int) -> str:
+    at = rows["status"][rows["seq_len"] == length]
+    return str(at.iloc[0]) if len(at) else "missing"
+
+
+def located(judgement: Judgement, cell: dict) -> Judgement:
+    return replace(judgement, cell=cell)
 
 
 # A target not met because the cell itself failed is a failure; a cell never run is only missing.
@@ -270,27 +294,37 @@ def verdicts_record(verdicts: list[RuleVerdict], rules_file, run_ids, *, baselin
     exponent's interval and lengths, a regression's baseline value, change and p-value). A severity only orders
     failures, in the rule's own scale (a ratio to the bound, an exponent difference, a relative change); infinite for
     a cell that failed."""
+    record = unjudged_record(rules_file, exit_status(verdicts), None, run_ids, baseline=baseline, db=db)
+    record["counts"] = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
+    return record | {
+        "rules": [
+            {
+                "index": v.rule.index, "title": v.rule.title, "impl": v.rule.impl, "metric": v.rule.metric, "kind": v.rule.kind,
+                "verdict": v.verdict, "message": v.message,
+                "judgements": [{"subject": j.subject, "cell": j.cell, "verdict": j.verdict, "message": j.message,
+                                "severity": j.severity, "figures": j.figures} for j in v.judgements],
+            }
+            for v in verdicts
+        ],
+    }  # fmt: skip
+
+
+def unjudged_record(rules_file, status: int | None, error: str | None, run_ids=(), *, baseline=None, db=None) -> dict:
+    """verdicts_record's shape with no verdict: every key present (counts 0, rules empty), `error` saying why, so that
+    a CI script reads one shape whatever the exit status. status None: the gate has not finished (still measuring)."""
     from attnprof import __version__
 
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
     return {
         "rules_file": str(rules_file),
         "runs": list(run_ids),
         "baseline": None if baseline is None else str(baseline),
         "db": None if db is None else str(db),  # None: the rules file's [sweep] db, else the default
         "attnprof_version": __version__,
-        "exit_status": exit_status(verdicts),
-        "counts": counts,
-        "rules": [
-            {
-                "index": v.rule.index, "title": v.rule.title, "impl": v.rule.impl, "metric": v.rule.metric, "kind": v.rule.kind,
-                "verdict": v.verdict, "message": v.message,
-                "judgements": [{"subject": j.subject, "verdict": j.verdict, "message": j.message, "severity": j.severity,
-                                "figures": j.figures} for j in v.judgements],
-            }
-            for v in verdicts
-        ],
-    }  # fmt: skip
+        "exit_status": status,
+        "error": error,
+        "counts": {"PASS": 0, "FAIL": 0, "MISSING": 0},
+        "rules": [],
+    }
 
 
 def summary_line(verdicts: list[RuleVerdict]) -> str:

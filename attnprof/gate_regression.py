@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from attnprof.gate import BUSY_MACHINE, CONFIG, NEW_CELL, Judgement, matching, metric_text, subject_of, unless_busy
+from attnprof.gate import BUSY_MACHINE, CONFIG, NEW_CELL, Judgement, cell_of, located, matching, metric_text, subject_of, unless_busy
 from attnprof.gate_rules import METRICS, GateRule
 
 REGRESSION_P_VALUE = 0.01  # a time regression must also be significant (one-sided Mann-Whitney U)
@@ -25,11 +25,11 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
     judgements = []
     for _, row in rows.iterrows():
         key = tuple(row[c] for c in [*CONFIG, "seq_len"])
-        subject = f"{subject_of(key[:-1])} N={key[-1]}"
+        subject, cell = f"{subject_of(key[:-1])} N={key[-1]}", cell_of(key[:-1], row["impl"], key[-1], row["status"])
         if key not in base.index:  # a case new since the baseline is not a regression; said, not judged
-            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
+            judgements.append(located(Judgement(subject, NEW_CELL, "not in the baseline"), cell))
             continue
-        judgements.append(_compare(rule, subject, row, base.loc[key]))
+        judgements.append(located(_compare(rule, subject, row, base.loc[key]), cell))
     judgements += _absent_from_the_run(rule, rows, base)
     # The run has the cells; the baseline names them otherwise (other options, lengths).
     if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
@@ -60,7 +60,11 @@ def _absent_from_the_run(rule: GateRule, rows: pd.DataFrame, base: pd.DataFrame)
     measured = set(rows.set_index([*CONFIG, "seq_len"]).index)
     configurations = {key[:-1] for key in measured}
     absent = [key for key in base.index if key[:-1] in configurations and key not in measured]
-    return [Judgement(f"{subject_of(key[:-1])} N={key[-1]}", "MISSING", "in the baseline, not measured in the run") for key in absent]
+    return [
+        located(Judgement(f"{subject_of(key[:-1])} N={key[-1]}", "MISSING", "in the baseline, not measured in the run"),
+                cell_of(key[:-1], base.loc[key]["impl"], key[-1], "missing"))
+        for key in absent
+    ]  # fmt: skip
 
 
 def _compare(rule: GateRule, subject: str, new: pd.Series, old: pd.Series) -> Judgement:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from attnprof.gate import CONFIG, NEW_CELL, Judgement, busy_note, matching, subject_of, unless_busy
+from attnprof.gate import CONFIG, NEW_CELL, Judgement, busy_note, cell_of, located, matching, subject_of, unless_busy
 from attnprof.gate_regression import other_setup, timed_elsewhere
 from attnprof.gate_rules import GateRule
 from attnprof.gate_scaling import broken_cells, fit_points, span_text
@@ -28,12 +28,12 @@ def judge_slopes(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | No
     before = {keys: group for keys, group in matching(rule, baseline).groupby(CONFIG, sort=False)}
     judgements = []
     for keys, group in rows.groupby(CONFIG, sort=True):
-        subject = subject_of(keys)
+        subject, cell = subject_of(keys), cell_of(keys, group["impl"].iloc[0])
         base = before.get(keys)
         if base is None:  # a configuration new since the baseline cannot regress; said, not judged
-            judgements.append(Judgement(subject, NEW_CELL, "not in the baseline"))
+            judgements.append(located(Judgement(subject, NEW_CELL, "not in the baseline"), cell))
         else:
-            judgements.append(judge_slope(rule, subject, group, base))
+            judgements.append(located(judge_slope(rule, subject, group, base), cell))
     if judgements and all(j.verdict == NEW_CELL for j in judgements):  # not "no measurements match": the run has them
         has = ", ".join(sorted(set(matching(rule, baseline)["label"]))) or "none of this impl"
         reason = f"the baseline has no configuration of the run's {', '.join(sorted(set(rows['label'])))} (its: {has})"

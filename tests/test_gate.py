@@ -439,7 +439,14 @@ def test_a_time_is_compared_only_with_a_baseline_timed_on_the_same_setup(tmp_pat
         run = frame([dict(cell, times_ms=[50.0, 51.0, 52.0], median_ms=51.0, timed_on=timed_on)])
         return evaluate(rule, run, baseline=baseline)[0]
 
-    assert verdict(dict(setup)).verdict == "FAIL"
+    failed = verdict(dict(setup))
+    assert failed.verdict == "FAIL" and failed.judgements[0].cell == {"impl": "x", "label": "x", "batch": 1, "heads": 1, "head_dim": 64,
+        "dtype": "float32", "device": "cpu", "causal": False, "mode": "fwd", "seq_len": 1024, "status": "ok"}  # fmt: skip
+    # baseline cells the run lacks name their lengths as data too
+    two = pd.concat([baseline, baseline.assign(seq_len=2048)], ignore_index=True)
+    [gaps] = evaluate(rule, frame([dict(cell, seq_len=4096, times_ms=[5.0], median_ms=5.0, timed_on=setup)]), baseline=two)
+    judged = sorted((j.cell["seq_len"], j.cell["status"], j.verdict) for j in gaps.judgements)
+    assert judged == [(1024, "missing", "MISSING"), (2048, "missing", "MISSING")], judged  # 4096, new, is said in the message
     other = verdict(dict(setup, cpu_threads=1))
     assert other.verdict == "MISSING" and "not (cpu_threads: 2 -> 1)" in other.message, other.message
     unsaid = evaluate(rule, frame([dict(cell, times_ms=[50.0, 51.0, 52.0], median_ms=51.0, timed_on=dict(setup, cpu_threads=1))]),
@@ -828,6 +835,9 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
     assert [r["verdict"] for r in record["rules"]] == ["PASS", "FAIL"] and record["rules"][1]["kind"] == "exponent"
     (judged,) = record["rules"][1]["judgements"]
     assert judged["subject"].startswith("fault B1 H2") and judged["verdict"] == "FAIL" and judged["severity"] > 0.5
+    # the subject as data: a CI script filtered by impl or causal by parsing the text (no length: a scaling rule)
+    assert judged["cell"] == {"impl": "fault", "label": "fault", "batch": 1, "heads": 2, "head_dim": 64, "dtype": "bfloat16",
+                              "device": "meta", "causal": False, "mode": "fwd"}  # fmt: skip
     # the numbers of the message as data, and what was judged against what (a CI tool parsed them from the text)
     figures = judged["figures"]
     assert figures["max"] == 1.1 and figures["min"] is None and figures["interval"][0] <= figures["exponent"] <= figures["interval"][1]
@@ -838,6 +848,52 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
     assert gate(tmp_path, rules, "--run", "nosuchrun", "--json", out).exit_code == 2
     stopped = json.loads(out.read_text())
     assert stopped["exit_status"] == 2 and "nosuchrun" in stopped["error"] and stopped["rules"] == []
+    # one shape whatever the status: a script reading counts or runs of a refused gate got a KeyError
+    assert set(stopped) == set(record) and record["error"] is None and stopped["counts"] == {"PASS": 0, "FAIL": 0, "MISSING": 0}
+
+
+def test_json_judgements_at_a_length_name_the_cell_and_its_status(tmp_path):
+    """A value rule judges one cell per length: its cell carries seq_len and the row's status ('missing' when the
+    run has none there), so that a CI script tells an OOM at 8k from a length never measured without the text."""
+    out = tmp_path / "verdicts.json"
+    rules = SWEEP.replace("softmax,sdpa-flash,fault", "fault:kind=raise,at_length=4096").replace("1k..16k", "1k..8k")
+    rules += '[[rule]]\nimpl = "fault"\nmetric = "peak_bytes"\nat_length = [2048, 4096]\nmax_value = "1TiB"\n'
+    result = gate(tmp_path, rules, "--json", out)
+    (judged,) = json.loads(out.read_text())["rules"]
+    assert result.exit_code == 1 and judged["verdict"] == "FAIL", result.output
+    cells = [(j["cell"]["seq_len"], j["cell"]["status"], j["verdict"]) for j in judged["judgements"]]
+    assert cells == [(2048, "ok", "PASS"), (4096, "error", "FAIL")], cells
+    assert {j["cell"]["impl"] for j in judged["judgements"]} == {"fault"}
+    assert judged["judgements"][0]["cell"]["label"] == "fault[at_length=4096,kind=raise]"
+    # a length the run has no row at (the rules file checks its own sweeps; a stored run of fewer lengths has gaps)
+    rule = parse_rules([{"impl": "x", "metric": "peak_bytes", "at_length": [1024, 2048], "max_value": 100}], "t")
+    [verdict] = evaluate(rule, frame([dict(seq_len=1024, status="ok", times_ms=[], median_ms=None, peak_bytes=10)]))
+    judged = [(j.cell["seq_len"], j.cell["status"], j.verdict) for j in verdict.judgements]
+    assert judged == [(1024, "ok", "PASS"), (2048, "missing", "MISSING")], judged
+
+
+def test_a_gate_stopped_by_sigterm_writes_the_status_it_exits_with(tmp_path):
+    """The JSON of a gate that SIGTERM (a cancelled CI job) stopped said exit_status null while the process exited 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rules, out = tmp_path / "rules.toml", tmp_path / "verdicts.json"
+    sweep = '[sweep]\nimpl = "softmax,sdpa-math"\nlengths = "64..2k"\nheads = 2\nhead_dim = 16\ndevice = "cpu"\nrep_ms = 200\n'
+    rules.write_text(sweep + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n')
+    command = [sys.executable, "-m", "attnprof", "gate", str(rules), "--db", str(tmp_path / "g.db"), "--json", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "g.db").exists():  # measuring: the verdicts are not in yet
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert json.loads(out.read_text())["exit_status"] is None  # still measuring: no status yet
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    record = json.loads(out.read_text())
+    assert process.returncode == 143 == record["exit_status"], stderr
+    assert record["error"].startswith("interrupted after") and len(record["runs"]) == 1 and record["counts"]["FAIL"] == 0
 
 
 def test_a_baseline_of_another_grid_says_which_axis_differs():
@@ -871,6 +927,7 @@ def test_a_slope_is_judged_against_the_baselines_over_the_lengths_both_have():
     [grown] = evaluate(rule, quadratic, baseline=linear)
     assert grown.verdict == "FAIL" and "exponent 2.000" in grown.message and "vs 1.000" in grown.message and "+1.000 > max" in grown.message
     figures = grown.judgements[0].figures
+    assert grown.judgements[0].cell["impl"] == "x" and "seq_len" not in grown.judgements[0].cell  # a slope spans the lengths
     assert figures["increase"] == pytest.approx(1.0) and figures["baseline_exponent"] == pytest.approx(1.0)
     # a run measuring further than its baseline is fitted over the shared lengths only (1k..4k here)
     [further] = evaluate(rule, cells(1.0), baseline=cells(1.0, LENGTHS[:3]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import sys
@@ -254,7 +255,7 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     """
     import os
 
-    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line, verdicts_record
+    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line, unjudged_record, verdicts_record
     from attnprof.gating import run_gate
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
@@ -262,22 +263,25 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     summaries = [path for path in (os.environ.get("GITHUB_STEP_SUMMARY"), markdown) if path]
     for path in summaries:  # a bad path found now, not after minutes of measuring
         _append(path, "")
+    unjudged = functools.partial(unjudged_record, rules, baseline=baseline, db=db)
     if json_path:  # replaces an earlier run's verdicts at once, so a gate that stops cannot leave them to be read
-        _write_json(json_path, _unjudged(rules, None, "the gate stopped before its verdicts"))
+        _write_json(json_path, unjudged(None, "the gate has not finished: still measuring, or killed"))
     try:
         with SweepProgress() as progress:
             verdicts, run_ids = run_gate(rules, runs=runs, baseline=baseline, db=db, progress=progress)
     except SweepInterrupted as stop:
+        if json_path:  # the status the process exits with, not null: a CI step reads both
+            _write_json(json_path, unjudged(128 + stop.signum, f"interrupted after {stop.done} of {stop.total} cases", [stop.run_id]))
         exit_interrupted(stop, db or "the rules' database")
     except (UsageError, StoreFault, sqlite3.Error) as error:  # a damaged database too: the file's fault, not attnprof's
         if json_path:
-            _write_json(json_path, _unjudged(rules, 1 if isinstance(error, StoreFault) else 2, str(error)))
+            _write_json(json_path, unjudged(1 if isinstance(error, StoreFault) else 2, str(error)))
         raise  # one line and exit 2 (or the store's message): the group says them
     except Exception as error:  # noqa: BLE001 - a crash exited 1, which CI reads as "a rule failed"
         import traceback
 
         if json_path:
-            _write_json(json_path, _unjudged(rules, 4, f"attnprof itself failed: {type(error).__name__}: {error}"))
+            _write_json(json_path, unjudged(4, f"attnprof itself failed: {type(error).__name__}: {error}"))
         traceback.print_exc()
         click.echo("gate: attnprof itself failed (the traceback above; please report it): no verdict, exit 4", err=True)
         sys.exit(4)
@@ -292,10 +296,6 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     if json_path:
         _write_json(json_path, verdicts_record(verdicts, rules, run_ids, baseline=baseline, db=db))
     sys.exit(exit_status(verdicts))
-
-
-def _unjudged(rules, status: int | None, why: str) -> dict:
-    return {"rules_file": str(rules), "exit_status": status, "error": why, "rules": []}
 
 
 def _write_json(path: str, record: dict) -> None:

@@ -3,6 +3,8 @@ CPU, from softmax directly or from an impl's own reference; and the row errors a
 
 from __future__ import annotations
 
+import functools
+
 from attnprof.impls.base import AttentionImpl
 from attnprof.inputs import CaseInputs
 from attnprof.spec import Case
@@ -33,9 +35,14 @@ class ExactRows:
 
     def _compute(self, b: int, h: int, with_grads: bool) -> None:
         if self.impl.reference is None:
-            self._outputs[(b, h)], self._grads[(b, h)] = softmax_rows(self.inputs, b, h, self.rows, self.case.causal, with_grads)
+            softmax = functools.partial(softmax_rows, causal=self.case.causal)
+            self._outputs[(b, h)], self._grads[(b, h)] = head_rows(softmax, self.inputs, b, h, self.rows, with_grads)
             return
-        try:  # one call of the reference serves every sampled head
+        try:  # a row reference: these rows of this head; else one call of the reference serves every sampled head
+            if self.impl.row_reference is not None:
+                row_reference = self.impl.bind_row_reference(self.case)
+                self._outputs[(b, h)], self._grads[(b, h)] = head_rows(row_reference, self.inputs, b, h, self.rows, with_grads)
+                return
             outs, grads = reference_rows(self.impl.bind_reference(self.case), self.inputs, self.heads, self.rows, with_grads)
         except Exception as error:
             from attnprof.failures import classify
@@ -45,10 +52,21 @@ class ExactRows:
             self._outputs[key], self._grads[key] = outs[key], (grads or {}).get(key)
 
 
-def softmax_rows(inputs: CaseInputs, b: int, h: int, rows: list[int], causal: bool, with_grads: bool):
-    """softmax(q_rows k^T / sqrt(D)) v in float64 on the CPU, as (rows, D), and with_grads, the gradients of the
-    sampled rows' output under the case's output gradient there: (dq (rows, D), dk (N, D), dv (N, D)). Nothing is
-    allocated on a GPU the case may have filled (one head's k and v, 2 N D values, are copied over at their own
+def softmax_rows(q_rows, rows: list[int], k, v, *, causal: bool):
+    """softmax(q_rows k^T / sqrt(D)) v: exact attention's rows `rows`, (R, D) from (R, D), (N, D), (N, D)."""
+    import torch
+
+    scores = q_rows @ k.T / q_rows.shape[-1] ** 0.5  # (R, N)
+    if causal:
+        future = torch.arange(k.shape[0])[None, :] > torch.as_tensor(rows)[:, None]  # (R, N)
+        scores = scores.masked_fill(future, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (R, D)
+
+
+def head_rows(attend, inputs: CaseInputs, b: int, h: int, rows: list[int], with_grads: bool):
+    """attend(q_rows, rows, k, v) of one head in float64 on the CPU, as (rows, D), and with_grads, the gradients of
+    the sampled rows' output under the case's output gradient there: (dq (rows, D), dk (N, D), dv (N, D)). Nothing
+    is allocated on a GPU the case may have filled (one head's k and v, 2 N D values, are copied over at their own
     width, then widened)."""
     import torch
 
@@ -56,11 +74,7 @@ def softmax_rows(inputs: CaseInputs, b: int, h: int, rows: list[int], causal: bo
         q = inputs.q[b, h, rows].detach().cpu().double().requires_grad_(with_grads)  # (rows, D)
         k = inputs.k[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
         v = inputs.v[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
-        scores = q @ k.T / q.shape[-1] ** 0.5  # (rows, N)
-        if causal:
-            future = torch.arange(k.shape[0])[None, :] > torch.as_tensor(rows)[:, None]  # (rows, N)
-            scores = scores.masked_fill(future, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v  # (rows, D)
+        out = attend(q, rows, k, v)  # (rows, D)
         if not with_grads:
             return out.detach(), None
         out.backward(inputs.grad_out[b, h, rows].detach().cpu().double())

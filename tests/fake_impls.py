@@ -18,6 +18,7 @@ import torch
 from attnprof.impls import register
 from attnprof.impls.base import AttentionImpl
 from attnprof.impls.softmax import softmax_attention
+from attnprof.spot_check_exact import softmax_rows
 
 
 def planted_raise_at() -> str:
@@ -150,6 +151,20 @@ register(
         description="test-only: exact attention of scaled logits, with its own reference",
         options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
         reference=scaled_reference,
+    )
+)
+
+
+register(
+    AttentionImpl(
+        name="approx",
+        family="test",
+        fn=scaled_attention,
+        description="test-only: an approximation with a reference of its own (scaled's) and its rows, wrong from wrong_from on",
+        options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
+        reference=scaled_reference,
+        row_reference=lambda q_rows, rows, k, v, *, causal, scale, **_: softmax_rows(q_rows * scale, rows, k, v, causal=causal),
+        exact=False,
     )
 )
 

@@ -63,11 +63,12 @@ def _validate(impl: AttentionImpl) -> None:
     bad = [key for key in impl.options if not isinstance(key, str) or not key.isidentifier()]
     if bad:
         raise UsageError(f"impl {impl.name!r}: option name {bad[0]!r} is not an identifier (--impl {impl.name}:key=value)")
-    for role, fn in (("fn", impl.fn), ("reference", impl.reference)):
-        _check_callable_as_an_impl(impl, role, fn)
+    for role, fn, arguments in (("fn", impl.fn, "q, k, v"), ("reference", impl.reference, "q, k, v"),
+                                ("row_reference", impl.row_reference, "q_rows, rows, k, v")):  # fmt: skip
+        _check_callable_as_an_impl(impl, role, fn, arguments)
 
 
-def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn) -> None:
+def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn, arguments: str = "q, k, v") -> None:
     """`fn(q, k, v)` without `causal` (or an option) was accepted, and every row then read "TypeError: plain() got
     an unexpected keyword argument 'causal'"."""
     if fn is None:
@@ -79,11 +80,11 @@ def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn) -> None:
     except (TypeError, ValueError):  # a builtin or C function: nothing to read, it answers when called
         return
     try:
-        signature.bind(None, None, None, causal=False, **impl.options)
+        signature.bind(*[None] * len(arguments.split(",")), causal=False, **impl.options)
     except TypeError as error:
         name = getattr(fn, "__name__", role)
         raise UsageError(
-            f"impl {impl.name!r}: {role} {name}{signature} cannot be called as {role}(q, k, v, *, causal, **options) "
+            f"impl {impl.name!r}: {role} {name}{signature} cannot be called as {role}({arguments}, *, causal, **options) "
             f"with its options ({', '.join(impl.options) or 'none'}): {error}"
         ) from None
 

@@ -71,7 +71,7 @@ from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
 from attnprof.impls.cosformer.common import CAUSAL_CHUNK, auto_chunk_size, chunk_size_problems, half_plan
 from attnprof.impls.operator_inputs import check_positive, check_qkv
 from attnprof.impls.precision import tf32_products
-from attnprof.impls.reference.cosformer import cosformer_reference
+from attnprof.impls.reference.cosformer import cosformer_reference, cosformer_rows
 
 __all__ = ["auto_chunk_size", "chunk_size_problems", "cosformer_attention", "cosformer_flops"]
 
@@ -170,6 +170,7 @@ register(
         ),
         options={"chunk_size": None, "backend": "eager"},
         reference=cosformer_reference,
+        row_reference=cosformer_rows,
         refuse=_refusals,
         check_options=_option_problems,
         flops=cosformer_flops,

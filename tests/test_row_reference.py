@@ -1,0 +1,83 @@
+"""The check at the measured length for impls with a reference of their own: approximations too (their reference is
+their own algorithm computed the plain way), and at any length through a row reference (cosFormer's)."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from small_sweeps import small_sweep
+
+import attnprof.spot_check
+from attnprof import impls
+from attnprof.api import run_sweep
+from attnprof.impls.reference.cosformer import cosformer_reference, cosformer_rows
+from attnprof.inputs import make_call, make_inputs
+from attnprof.records import Status
+from attnprof.spec import Case
+from attnprof.spot_check import SpotCheck
+from attnprof.store import Store
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cosformer_rows_are_the_dense_references_rows_values_and_gradients(causal):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(700, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))  # (N, D) one head
+    rows = [0, 1, 350, 698, 699]
+    dense = cosformer_reference(q[None, None], k[None, None], v[None, None], causal=causal)[0, 0, rows]  # (R, D)
+    grads = torch.autograd.grad(dense.square().sum(), (q, k, v))
+    sampled = cosformer_rows(q[rows], rows, k, v, causal=causal)  # (R, D)
+    torch.testing.assert_close(sampled, dense, rtol=1e-12, atol=1e-12)
+    for theirs, mine in zip(grads, torch.autograd.grad(sampled.square().sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def spot_failure(impl, case):
+    """The spot check of one case in this process: the first call's output read, then judged (values, gradients)."""
+    inputs = make_inputs(case)
+    spot = SpotCheck(impl, case, inputs)
+    spot.watching(make_call(impl.bind(case), inputs))()
+    return spot.failure(), spot
+
+
+def last_rows_high(fn):
+    """cosFormer whose last 64 query rows are 5% high: wrong only past the check at N = 256, as a wrong carry is."""
+
+    def wrong(q, k, v, **kwargs):
+        out = fn(q, k, v, **kwargs)  # (B, H, N, D)
+        return torch.cat([out[..., :-64, :], out[..., -64:, :] * 1.05], dim=-2) if q.shape[-2] > 256 else out
+
+    return wrong
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_cosformer_is_checked_by_its_rows_beyond_the_whole_references_budget(monkeypatch, mode):
+    """Beyond REFERENCE_BUDGET the whole reference is not run; an approximation was then checked for finite values
+    only, and a kernel wrong past N = 256 was timed as ok. cosFormer's row reference checks it at any length."""
+    monkeypatch.setattr(attnprof.spot_check, "REFERENCE_BUDGET", 0)  # N = 3000 is within it; the rows must do it alone
+    cosformer = impls.get("cosformer")
+    for causal in (False, True):
+        case = Case("cosformer", 3000, heads=2, head_dim=16, causal=causal, mode=mode)
+        failure, spot = spot_failure(cosformer, case)
+        assert failure is None and spot.note is None and spot.kept is not None, failure  # compared, and right
+        wrong = dataclasses.replace(cosformer, fn=last_rows_high(cosformer.fn))
+        failure, _ = spot_failure(wrong, case)
+        rows = r"query row (29[3-9]\d) of batch 0, head 0 has relative error 0.05 > 0.001 against its reference"
+        assert failure and re.search(rows, failure) and "the check at N<=256 passed" in failure, failure
+        unchecked = dataclasses.replace(wrong, row_reference=None)  # without the rows: finiteness only, as before
+        assert spot_failure(unchecked, case)[0] is None
+
+
+def test_an_approximation_wrong_beyond_the_check_length_is_caught_at_its_own_length(db):
+    """An approximation with its own reference got only the finiteness check at its measured length: one wrong from
+    N = 512 on was timed as ok. Its row reference now judges it there, as softmax's rows judge an exact impl."""
+    sweep = small_sweep("approx,approx:wrong_from=512", lengths=(256, 512), causal=(False, True), mode=("fwd", "fwd_bwd"))
+    run_id = run_sweep(sweep, db)
+    rows = {(m.case.label, m.case.seq_len, m.case.causal, m.case.mode): m for m in Store.open(db, create=False).measurements(run_id)}
+    for (label, n, causal, mode), m in rows.items():
+        if label == "approx[wrong_from=512]" and n == 512:
+            assert m.status == Status.ERROR and m.times_ms == [], (causal, mode, m.reason)
+            assert m.reason.startswith("failed its check at the measured length N=512: query row"), m.reason
+            assert "relative error 0.05 > 0.001 against its reference (" in m.reason, m.reason
+        else:
+            assert m.status == Status.OK, (label, n, causal, mode, m.reason)

@@ -26,6 +26,7 @@ class Analysis:
     crossovers: pd.DataFrame  # one row per pair of impls sharing a configuration and metric
     frontiers: pd.DataFrame  # one row per configuration with a peak_bytes fit
     timing_caveats: str = ""  # when time was fitted: how many timed cells were taken on a busy machine or are noisy
+    not_fitted: pd.DataFrame | None = None  # the cells left out of every fit for their status (not_fitted_cells)
 
 
 def metric_points(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -76,7 +77,19 @@ def analyse(
     fits_df.attrs["group_cols"] = tuple(CONFIG)
     crossovers = crossover_frame(fits_df, impl_col="label", config_cols=CONFIG[1:])  # its columns whether or not anything fitted
     caveats = timing_caveats(frame) if "time" in metrics else ""
-    return Analysis(fits_df, with_caveats(crossovers, frame), _frontiers(frame, fits_df, budget_bytes, device_bytes), caveats)
+    frontiers = _frontiers(frame, fits_df, budget_bytes, device_bytes)
+    return Analysis(fits_df, with_caveats(crossovers, frame), frontiers, caveats, not_fitted_cells(frame))
+
+
+NOT_FITTED_COLUMNS = [*CONFIG, "seq_len", "status", "reason"]
+
+
+def not_fitted_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells a fit leaves out for their status (oom, timeout, skipped, error, crashed; not unsupported, which is
+    no length of the impl at all): "hog: all 2 lengths kept (256..512)" did not say that 1k ran out of memory, and a
+    frontier extrapolated past it. One row each, in CONFIG and length order."""
+    failed = frame[~frame["status"].isin(["ok", "unsupported"])] if len(frame) else frame
+    return failed.reindex(columns=NOT_FITTED_COLUMNS).sort_values([*CONFIG, "seq_len"]).reset_index(drop=True)
 
 
 def with_caveats(crossovers: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

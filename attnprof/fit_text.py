@@ -25,10 +25,10 @@ def span(lengths) -> str:
 def quantity(value: float, metric: str) -> str:
     """A value of a fitted metric with its unit, as the range sentences give an overhead ("0.409" read as nothing:
     a time in ms, bytes or FLOPs). Metrics are named by their frame columns or the gate's words."""
-    if metric in ("time", "time_ms", "median_ms"):
-        return f"{value:.3g} ms"
-    if "bytes" in metric:
-        from attnprof.table import format_bytes
+    from attnprof.table import format_bytes, format_ms
 
+    if metric in ("time", "time_ms", "median_ms"):
+        return format_ms(value)
+    if "bytes" in metric:
         return format_bytes(int(round(value)))
     return f"{value:.3g} FLOPs" if metric == "flops" else f"{value:.3g}"

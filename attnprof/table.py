@@ -9,19 +9,24 @@ from attnprof.records import NOISY_IQR_RATIO, Measurement, Status, time_stats
 AXES = ("batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
 
 
+BYTE_UNITS = (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+
+
 def format_bytes(value: int | None) -> str:
+    """In the largest binary unit it reaches once rounded: 1,048,575 bytes read '1024.0 KiB', not '1.0 MiB'."""
     if value is None:
         return "-"
-    for unit, size in (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(value) >= size:
+    for unit, size in BYTE_UNITS:
+        if abs(value) >= size or (abs(value) >= 1024 and round(abs(value) / size, 1) >= 1):
             return f"{value / size:.1f} {unit}"
     return f"{value} B"
 
 
 def format_ms(value: float | None) -> str:
+    """3 significant figures, in s from 999.5 ms on (999.7 ms read '1e+03 ms')."""
     if value is None:
         return "-"
-    return f"{value:.3g} ms" if value < 1000 else f"{value / 1000:.3g} s"
+    return f"{value:.3g} ms" if abs(value) < 999.5 else f"{value / 1000:.3g} s"
 
 
 NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); marks_note explains it

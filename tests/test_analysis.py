@@ -255,3 +255,28 @@ def test_an_exact_impl_with_its_own_reference_keeps_its_distance_from_softmax():
     assert result.failure is None and result.check_error < 1e-5 and result.fidelity_error > 0.05
     plain = run_check(impls.get("softmax"), Case(impl="softmax", seq_len=128, heads=2, head_dim=16))
     assert plain.fidelity_error == plain.check_error < 1e-5
+
+
+def test_fit_names_its_run_its_state_and_the_lengths_it_left_out(tmp_path):
+    """`fit` never named the run it fitted (after a resume, `latest` is another run), said nothing of an interrupted
+    run, and "fault: all 2 lengths kept" hid that 4k errored (a consistency audit)."""
+    from attnprof.store import Store
+
+    db = tmp_path / "fit.db"
+    sweep = Sweep(impls=parse_impls("softmax,fault:kind=raise,at_length=4096"), lengths=(1024, 2048, 4096), heads=(2,),
+                  causal=(False,), accounting=True, name="nightly")  # fmt: skip
+    run_id = run_sweep(sweep, db)
+    runner = CliRunner()
+    table = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
+    assert table.exit_code == 0 and table.output.startswith(f"Run {run_id} (nightly).\n"), table.output
+    assert "Lengths not fitted (no measurement there):\n  fault[at_length=4096,kind=raise] (bidir fwd): N=4096 error (" in table.output
+    assert "softmax (bidir" not in table.output.split("Lengths not fitted")[1].split("Crossovers")[0]  # softmax measured all
+    payload = json.loads(runner.invoke(cli, ["fit", "--db", str(db), "--format", "json"]).output)
+    assert payload["run"] == run_id and payload["state"] == "complete"
+    left_out = [(row["label"], row["seq_len"], row["status"]) for row in payload["not_fitted"]]
+    assert left_out == [("fault[at_length=4096,kind=raise]", 4096, "error")]
+    store = Store.open(db, create=False)
+    store.set_run_state(run_id, "interrupted")
+    store.close()
+    stopped = runner.invoke(cli, ["fit", "--db", str(db), "--format", "markdown", "--metric", "peak_bytes"])
+    assert stopped.output.startswith(f"Run {run_id} (nightly): interrupted: 6 of 6 cases, the rest with attnprof sweep --resume {run_id}")

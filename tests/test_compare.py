@@ -8,6 +8,7 @@ from click.testing import CliRunner
 import attnprof
 from attnprof.cli import cli
 from attnprof.dashboard.compare import CELL_COLUMNS, EXPONENT_COLUMNS
+from attnprof.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +38,33 @@ def test_the_compare_command_prints_tables_markdown_and_strict_json(two_runs):
     runner = CliRunner()
     table = runner.invoke(cli, ["compare", older, "--db", str(db)])  # the candidate defaults to the latest run
     assert table.exit_code == 0, table.output
-    assert table.output.startswith("6 shared cells; 0 at least 5% slower or larger, or failing now; 2 exponents compared, 0 changed")
+    runs = f"Candidate run {newer} against baseline run {older}. Not compared: 0 cells only the baseline has, 2 only"
+    assert table.output.startswith(runs), table.output
+    assert "6 shared cells; 0 at least 5% slower or larger, or failing now; 2 exponents compared, 0 changed" in table.output
     assert "Cells, worst first" in table.output and "Exponents, the largest changes first" in table.output
     assert "83,886,080" in table.output  # whole bytes, grouped: softmax at 2k (accounted, bf16, 2 heads)
     markdown = runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "markdown"])
     assert markdown.exit_code == 0 and "| config | seq_len | status_a |" in markdown.output
     assert "83,886,080" in markdown.output and "nan" not in markdown.output  # as the table reads (it printed nan, raw floats)
     itself = runner.invoke(cli, ["compare", newer, newer, "--db", str(db)])
-    assert "The two are the same run." in itself.output
+    assert itself.output.startswith(f"Run {newer} against itself: the two are the same run.")
     data = json.loads(runner.invoke(cli, ["compare", older, newer, "--db", str(db), "--format", "json"]).output)
     assert len(data["cells"]) == 6 and {row["metric"] for row in data["exponents"]} == {"peak_bytes"}
     other = attnprof.run_sweep(attnprof.Sweep(impls="softmax", lengths=(1024,), causal="no", heads=4, accounting=True), db)
     apart = runner.invoke(cli, ["compare", older, other, "--db", str(db)])  # 4 heads: no cell in common
     assert apart.exit_code == 0 and "The two runs share no cell (configuration, length and seed)" in apart.output
+    # an unfinished candidate says so, with the command that measures the rest (it read as a whole comparison)
+    store = Store.open(db, create=False)
+    store.set_run_state(other, "interrupted")
+    store.close()
+    stopped = runner.invoke(cli, ["compare", older, other, "--db", str(db), "--format", "json"])
+    said = f"The candidate is interrupted: 1 of 1 cases, the rest with attnprof sweep --resume {other} --db {db}."
+    assert said in json.loads(stopped.output)["note"]
+    assert "Not compared: 6 cells only the baseline has, 1 only the candidate." in stopped.output
+    # and its baseline file says it holds part of the run (a rule calls the missing cells new and judges none of them)
+    exported = runner.invoke(cli, ["export", other, "--format", "baseline", "--out", str(db.parent / "b.jsonl"), "--db", str(db)])
+    assert exported.exit_code == 0 and f"run {other} is interrupted: 1 of 1 cases" in exported.output, exported.output
+    assert "a rule judges the cells it lacks as new, not against it" in exported.output
     bad = runner.invoke(cli, ["compare", "nosuchrun", "--db", str(db)])
     assert bad.exit_code == 2 and "'nosuchrun'" in bad.output and "Traceback" not in bad.output
 

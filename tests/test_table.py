@@ -2,9 +2,10 @@
 
 from rich.console import Console
 
+from attnprof.fit_text import quantity
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
-from attnprof.table import reasons_list, rich_table
+from attnprof.table import format_bytes, format_ms, reasons_list, rich_table
 
 NAMES = ("combiner-axial", "combiner-fixed", "combiner-logsparse", "combiner-mixture", "sdpa-efficient")
 
@@ -109,3 +110,11 @@ def test_a_median_timed_on_a_busy_machine_is_marked_in_its_cell():
     quiet = Measurement(Case(impl="combiner-axial", seq_len=512), Status.OK, times_ms=[3.1, 3.1, 3.2], peak_bytes=1)
     assert cell_text(slowed).startswith("!184 ms") and cell_text(quiet).startswith("3.1 ms")
     assert marks_note([slowed, quiet]) == "!: timed while other processes kept cores busy: times may be inflated (1 cell)"
+
+
+def test_a_value_that_rounds_up_to_the_next_unit_is_written_in_it():
+    """999.7 ms read '1e+03 ms' and 1,048,575 bytes '1024.0 KiB' in tables and hovers (a consistency audit)."""
+    assert [format_ms(v) for v in (0.5, 999.4, 999.7, 1000.0, 59_999.0)] == ["0.5 ms", "999 ms", "1 s", "1 s", "60 s"]
+    written = [format_bytes(v) for v in (1023, 1024, 1_048_575, 1_048_576, 2**30 - 1)]
+    assert written == ["1023 B", "1.0 KiB", "1.0 MiB", "1.0 MiB", "1.0 GiB"]
+    assert quantity(1500.0, "time") == "1.5 s"  # a fit's overhead, said in the same units as the tables

@@ -52,7 +52,24 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     if impl_names:
         frame = _only_impls(frame, impl_names)
     metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
-    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes)
+    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes, _fitted_run(run, db))
+
+
+def _fitted_run(run: str, db) -> dict:
+    """Which run the fits are of (`latest` and names resolved: after a resume, `latest` is still the newest created)
+    and, for an unfinished one, what it lacks: the fits of an interrupted run of 4 of 18 cells read as the sweep's."""
+    from attnprof.dashboard.runinfo import unfinished_note
+    from attnprof.store import Store
+
+    store = Store.open(db, create=False)
+    try:
+        info = store.resolve_run(run)
+        unfinished = unfinished_note(info, store.count(info.run_id), db)
+    finally:
+        store.close()
+    named = f"{info.run_id} ({info.name})" if info.name else info.run_id
+    note = f"Run {named}" + (f": {unfinished}." if unfinished else ".")
+    return {"run": info.run_id, "name": info.name, "state": info.state, "note": note}
 
 
 def _metrics_with_values(frame, metrics, run: str, *, asked: bool) -> tuple:
@@ -92,17 +109,20 @@ def _only_impls(frame, impl_names: str):
     return frame[frame["impl"].isin(wanted) | frame["label"].isin(wanted)]
 
 
-def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False, device_bytes=None) -> None:
+def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers: bool = False, device_bytes=None, run=None) -> None:
     from attnprof.analysis import analyse
     from attnprof.table import fits_display, frame_markdown
 
     result = analyse(frame, metrics, budget_bytes, device_bytes)
+    run = run or {}
     if output_format == "json":
         payload = {
+            **{key: run[key] for key in ("run", "name", "state") if key in run},
             "fits": result.fits.drop(columns=["fit"], errors="ignore").to_dict(orient="records"),
             "crossovers": result.crossovers.to_dict(orient="records"),
             "frontiers": result.frontiers.to_dict(orient="records"),
             "timing_caveats": result.timing_caveats,
+            "not_fitted": result.not_fitted.to_dict(orient="records"),
         }
         click.echo(json.dumps(_json_safe(payload), default=_json_default, indent=1, allow_nan=False))
         return
@@ -110,6 +130,8 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
     from attnprof.crossover_groups import merged_fits
 
     markdown = output_format == "markdown"
+    if run:
+        click.echo(run["note"] + ("\n" if markdown else ""))
     click.echo("Scaling fits (log-log least squares over the asymptotic range, 95% interval):")
     shown = fits_display(merged_fits(result.fits, CONFIG[1:]))  # impls with identical curves: one row, "a = b"
     if markdown:
@@ -119,6 +141,7 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
     if result.timing_caveats:  # beside the fits it concerns, not after the crossovers drawn from them
         click.echo(("\n" if markdown else "") + result.timing_caveats)
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
+    _print_not_fitted(result.not_fitted, item)
     _print_crossovers(result, all_crossovers, item)
     if budget_bytes is None and "peak_bytes" in metrics:  # an accounting run: the section was left out, unsaid
         click.echo(
@@ -140,6 +163,21 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
                 " gives the exact peak of live tensors (about 0.1 s a case to 64k on the CPU, 2 s at 1M-2M;"
                 " a GPU allocator adds its rounding)."
             )
+
+
+def _print_not_fitted(cells, item: str) -> None:
+    """One line per configuration with lengths its fits leave out, each length with its status (and the first reason)."""
+    if not len(cells):
+        return
+    from attnprof.analysis import CONFIG
+
+    gap = "\n" if item.startswith("-") else ""  # Markdown: a list apart from the lines around it
+    click.echo(f"{gap}Lengths not fitted (no measurement there):{gap}")
+    for _, group in cells.groupby(CONFIG, sort=False):
+        first = group.iloc[0]
+        lengths = ", ".join(f"N={n} {status}" for n, status in zip(group["seq_len"], group["status"], strict=True))
+        why = f" ({first['reason'].splitlines()[0][:160]})" if isinstance(first["reason"], str) and first["reason"] else ""
+        click.echo(f"{item}{first['label']} ({'causal' if first['causal'] else 'bidir'} {first['mode']}): {lengths}{why}")
 
 
 def _print_crossovers(result, all_crossovers: bool, item: str) -> None:

@@ -38,14 +38,13 @@ def compare(baseline, candidate, show_all, output_format, db):
     cells, exponents = compare_runs(baseline, candidate, db or default_db())
     worse = int((cells["score"] > 1.05).sum())  # as the dashboard's Compare note counts them
     cells = cells.drop(columns=["score"])
+    runs = _runs_note(baseline, candidate, db or default_db(), len(cells))
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now"
     changed = int(exponents["significant"].sum()) if len(exponents) else 0
     note += f"; {len(exponents)} exponents compared, {changed} changed beyond their 95% intervals."
     if not len(cells):  # empty tables and exit 0 said nothing of why
         note += " The two runs share no cell (configuration, length and seed): compare runs of the same sweep."
-    if _same_run(baseline, candidate, db or default_db()):
-        note += " The two are the same run."
-    note = " ".join(filter(None, (note, caveat_note(cells))))
+    note = " ".join(filter(None, (runs, note, caveat_note(cells))))
     if output_format == "json":
         payload = {"note": note, "cells": _records(cells), "exponents": _records(exponents)}
         click.echo(json.dumps(payload, indent=1, allow_nan=False, default=str))
@@ -57,14 +56,33 @@ def compare(baseline, candidate, show_all, output_format, db):
     _print(shown_exponents, "Exponents, the largest changes first", output_format)
 
 
-def _same_run(baseline: str, candidate: str, db) -> bool:
+def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
+    """Which two runs were compared (`latest` and names resolved: after a resume, `latest` is still the newest
+    created), an unfinished one's state, and how many cells only one of them has: an interrupted candidate of 4 of
+    18 cells read as a whole comparison."""
+    from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
     try:
-        return store.resolve_run(baseline).run_id == store.resolve_run(candidate).run_id
+        runs = [store.resolve_run(run) for run in (baseline, candidate)]
+        counts = [store.count(run.run_id) for run in runs]
     finally:
         store.close()
+    if runs[0].run_id == runs[1].run_id:
+        return f"Run {_named(runs[0])} against itself: the two are the same run."
+    note = f"Candidate run {_named(runs[1])} against baseline run {_named(runs[0])}."
+    for role, run, count in zip(("baseline", "candidate"), runs, counts, strict=True):
+        if unfinished := unfinished_note(run, count, db):
+            note += f" The {role} is {unfinished}."
+    only = [count - shared for count in counts]
+    if any(only):
+        note += f" Not compared: {only[0]} cells only the baseline has, {only[1]} only the candidate."
+    return note
+
+
+def _named(run) -> str:
+    return f"{run.run_id} ({run.name})" if run.name else run.run_id
 
 
 def _worst_exponents(exponents):

@@ -90,9 +90,10 @@ def _echo_records(runs, db, output_format, out) -> None:
     try:
         run_ids = list(dict.fromkeys(store.resolve_run(run).run_id for run in runs))  # `latest <its id>` names one run twice
         measured = {run_id: store.measurements(run_id) for run_id in run_ids}
-        envs = {run_id: store.resolve_run(run_id).env for run_id in run_ids}
+        infos = {run_id: store.resolve_run(run_id) for run_id in run_ids}
     finally:
         store.close()
+    envs = {run_id: info.env for run_id, info in infos.items()}
     records = [measurement_record(run_id, m) for run_id, rows in measured.items() for m in rows]
     if output_format == "baseline":
         from attnprof.analysis import refuse_overlapping_runs
@@ -103,6 +104,7 @@ def _echo_records(runs, db, output_format, out) -> None:
         refuse_overlapping_runs(frame, "export the baselines of")  # one cell, two baselines: which would a rule judge?
         text = baseline_records(frame) if records else ""
         _warn_of_slowed_baseline(frame)
+        _warn_of_unfinished_runs(infos, measured, db)
     else:
         text = {"jsonl": to_jsonl, "json": to_json, "csv": to_csv}[output_format](records)
     if out is None:
@@ -114,6 +116,16 @@ def _echo_records(runs, db, output_format, out) -> None:
     except OSError as error:
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
     click.echo(f"wrote {len(records)} records to {out}")
+
+
+def _warn_of_unfinished_runs(infos, measured, db) -> None:
+    """A baseline of an interrupted run holds some of its cells: a regression rule then calls the others new and judges
+    none of them ("wrote 4 records", exit 0, for 4 of 18). Said on stderr; the file is written all the same."""
+    from attnprof.dashboard.runinfo import unfinished_note
+
+    for run_id, info in infos.items():
+        if unfinished := unfinished_note(info, len(measured[run_id]), db):
+            click.echo(f"run {run_id} is {unfinished}: a rule judges the cells it lacks as new, not against it", err=True)
 
 
 def _warn_of_slowed_baseline(frame) -> None:

@@ -29,6 +29,21 @@ def format_ms(value: float | None) -> str:
     return f"{value:.3g} ms" if abs(value) < 999.5 else f"{value / 1000:.3g} s"
 
 
+PEAK_SOURCES = {  # records.Measurement.peak_source, as a table's title says what its peaks are
+    "allocator": "allocator peak",
+    "live_tensors": "live tensors",
+    "accounting": "accounted live tensors",
+    "model": "modelled",
+}
+
+
+def peak_sources_text(measurements) -> str:
+    """': allocator peak': which figure the table's peaks are ("peak memory" alone did not say it is the allocator's,
+    not the process RSS); '' when no row has a peak."""
+    sources = sorted({m.peak_source for m in measurements if m.peak_bytes is not None and m.peak_source})
+    return f": {', '.join(PEAK_SOURCES.get(source, source) for source in sources)}" if sources else ""
+
+
 NOISY_MARK = "~"  # before a median whose samples are noisy (records.NOISY_IQR_RATIO); marks_note explains it
 BUSY_MARK = "!"  # before a median timed while other processes kept cores busy; marks_note explains it too
 

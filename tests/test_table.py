@@ -5,7 +5,7 @@ from rich.console import Console
 from attnprof.fit_text import quantity
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
-from attnprof.table import format_bytes, format_ms, reasons_list, rich_table
+from attnprof.table import format_bytes, format_ms, peak_sources_text, reasons_list, rich_table
 
 NAMES = ("combiner-axial", "combiner-fixed", "combiner-logsparse", "combiner-mixture", "sdpa-efficient")
 
@@ -118,3 +118,11 @@ def test_a_value_that_rounds_up_to_the_next_unit_is_written_in_it():
     written = [format_bytes(v) for v in (1023, 1024, 1_048_575, 1_048_576, 2**30 - 1)]
     assert written == ["1023 B", "1.0 KiB", "1.0 MiB", "1.0 MiB", "1.0 GiB"]
     assert quantity(1500.0, "time") == "1.5 s"  # a fit's overhead, said in the same units as the tables
+
+
+def test_the_title_says_which_peak_the_table_shows():
+    """ "peak memory" did not say it is the allocator's peak, not the process RSS (a consistency audit)."""
+    rows = [Measurement(case=Case("softmax", n), status=Status.OK, peak_bytes=n, peak_source=source)
+            for n, source in ((256, "allocator"), (512, "allocator"), (1024, "live_tensors"))]  # fmt: skip
+    assert peak_sources_text(rows) == ": allocator peak, live tensors"
+    assert peak_sources_text(rows[:2]) == ": allocator peak" and peak_sources_text([Measurement(Case("softmax", 256), Status.OOM)]) == ""

@@ -153,7 +153,7 @@ def exit_interrupted(stop, db) -> None:
 def print_summary(db, run_id: str, output_format: str) -> None:
     from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
-    from attnprof.table import cpu_heap_note, markdown_table, marks_note, reasons_list, rich_table
+    from attnprof.table import cpu_heap_note, markdown_table, marks_note, peak_sources_text, reasons_list, rich_table
 
     store = Store.open(db, create=False)
     try:
@@ -165,6 +165,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         click.echo(markdown_table(measurements), nl=False)
     elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
+        what += peak_sources_text(measurements)
         output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":

@@ -79,3 +79,16 @@ def test_exponents_are_compared_over_the_cells_both_runs_ran(two_runs):
     failed = b.assign(status=b["status"].where(b["seq_len"] != 4096, "timeout"))
     kept_a, kept_b = shared_configurations(a, failed)
     assert sorted(set(kept_a["seq_len"])) == sorted(set(kept_b["seq_len"])) == [1024, 2048]
+
+
+def test_compare_keeps_the_exponents_unrounded_as_fit_does(two_runs):
+    """compare rounded its exponents to 4 decimals, then showed 4 significant figures: 1.9175378 read 1.917 there and
+    1.918 in `fit` (a consistency audit). Over the same lengths both give the same number."""
+    from attnprof.analysis import analyse
+
+    db, _, newer = two_runs
+    _, exponents = attnprof.compare_runs(newer, newer, db)
+    fits = analyse(attnprof.load_measurements(newer, db), ("peak_bytes",)).fits.set_index("label")
+    compared = exponents[exponents["metric"] == "peak_bytes"].set_index("config")
+    for label in ("softmax", "cosformer"):
+        assert compared.loc[label, "exponent_a"] == compared.loc[label, "exponent_b"] == fits.loc[label, "exponent"]

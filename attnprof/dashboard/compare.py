@@ -111,9 +111,7 @@ def exponent_changes(frame: pd.DataFrame, fits_a: pd.DataFrame, fits_b: pd.DataF
         return pd.DataFrame(columns=EXPONENT_COLUMNS)
     both = both.assign(
         config=name_column(both, varying(frame, CONFIG[1:])),
-        delta=(both["exponent_b"] - both["exponent_a"]).round(4),
-        exponent_a=both["exponent_a"].round(4),
-        exponent_b=both["exponent_b"].round(4),
+        delta=both["exponent_b"] - both["exponent_a"],  # unrounded: each output rounds as it shows (1.9175 read 1.917 here, 1.918 in fit)
         significant=(both["exponent_low_b"] > both["exponent_high_a"]) | (both["exponent_high_b"] < both["exponent_low_a"]),
         lengths_a=both["lengths_used_a"].map(_span),
         lengths_b=both["lengths_used_b"].map(_span),

@@ -52,11 +52,11 @@ class ExactRows:
             self._outputs[key], self._grads[key] = outs[key], (grads or {}).get(key)
 
 
-def softmax_rows(q_rows, rows: list[int], k, v, *, causal: bool):
-    """softmax(q_rows k^T / sqrt(D)) v: exact attention's rows `rows`, (R, D) from (R, D), (N, D), (N, D)."""
+def softmax_rows(q, k, v, rows: list[int], *, causal: bool):
+    """softmax(q_rows k^T / sqrt(D)) v: exact attention's rows `rows`, (R, D) from q, k, v (N, D)."""
     import torch
 
-    scores = q_rows @ k.T / q_rows.shape[-1] ** 0.5  # (R, N)
+    scores = q[rows] @ k.T / q.shape[-1] ** 0.5  # (R, N)
     if causal:
         future = torch.arange(k.shape[0])[None, :] > torch.as_tensor(rows)[:, None]  # (R, N)
         scores = scores.masked_fill(future, float("-inf"))
@@ -64,21 +64,19 @@ def softmax_rows(q_rows, rows: list[int], k, v, *, causal: bool):
 
 
 def head_rows(attend, inputs: CaseInputs, b: int, h: int, rows: list[int], with_grads: bool):
-    """attend(q_rows, rows, k, v) of one head in float64 on the CPU, as (rows, D), and with_grads, the gradients of
-    the sampled rows' output under the case's output gradient there: (dq (rows, D), dk (N, D), dv (N, D)). Nothing
-    is allocated on a GPU the case may have filled (one head's k and v, 2 N D values, are copied over at their own
+    """attend(q, k, v, rows) of one head in float64 on the CPU, as (rows, D), and with_grads, the gradients of the
+    sampled rows' output under the case's output gradient there: (dq (rows, D), dk (N, D), dv (N, D)). Nothing is
+    allocated on a GPU the case may have filled (one head's q, k and v, 3 N D values, are copied over at their own
     width, then widened)."""
     import torch
 
     with torch.enable_grad():
-        q = inputs.q[b, h, rows].detach().cpu().double().requires_grad_(with_grads)  # (rows, D)
-        k = inputs.k[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
-        v = inputs.v[b, h].detach().cpu().double().requires_grad_(with_grads)  # (N, D)
-        out = attend(q, rows, k, v)  # (rows, D)
+        q, k, v = (t[b, h].detach().cpu().double().requires_grad_(with_grads) for t in (inputs.q, inputs.k, inputs.v))  # (N, D) each
+        out = attend(q, k, v, rows)  # (rows, D)
         if not with_grads:
             return out.detach(), None
         out.backward(inputs.grad_out[b, h, rows].detach().cpu().double())
-        return out.detach(), (q.grad, k.grad, v.grad)
+        return out.detach(), (q.grad[rows], k.grad, v.grad)  # dq of the sampled rows: the check compares those
 
 
 def reference_rows(reference, inputs: CaseInputs, heads: list[tuple[int, int]], rows: list[int], with_grads: bool):

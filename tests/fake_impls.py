@@ -163,7 +163,7 @@ register(
         description="test-only: an approximation with a reference of its own (scaled's) and its rows, wrong from wrong_from on",
         options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
         reference=scaled_reference,
-        row_reference=lambda q_rows, rows, k, v, *, causal, scale, **_: softmax_rows(q_rows * scale, rows, k, v, causal=causal),
+        row_reference=lambda q, k, v, rows, *, causal, scale, **_: softmax_rows(q * scale, k, v, rows, causal=causal),
         exact=False,
     )
 )

@@ -68,10 +68,10 @@ class AttentionImpl:
     fn(q, k, v, *, causal, **options) -> out, all (B, H, N, D).
     reference(q, k, v, *, causal, **options) -> out: the check `fn` must match (float64 on the CPU);
         defaults to exact softmax attention, which is right for every exact impl.
-    row_reference(q_rows, rows, k, v, *, causal, **options) -> out_rows: the reference's output rows `rows` (a list
-        of query positions) of one head, q_rows (R, D), k and v (N, D) -> (R, D), in about R x N x D work: with it the
-        check at the measured length (spot_check.py) compares sampled rows at any length, where the whole reference
-        would cost N^2. For a reference whose rows depend only on their own query (and its position).
+    row_reference(q, k, v, rows, *, causal, **options) -> out_rows: the reference's output rows `rows` (a list of
+        query positions) of one head, q, k, v (N, D) -> (R, D), in far less than the whole reference's work (cosFormer:
+        R x N x D): with it the check at the measured length (spot_check.py) compares sampled rows at any length, where
+        the whole reference would cost N^2.
     refuse(case, options) -> list of extra reasons beyond the declared device/dtype/causal/mode support.
     check_options(options) -> list of reasons the options' values are invalid whatever the case; a bad
         value is the user's slip, refused before the sweep (exit 2), not an `unsupported` row per case.
@@ -159,9 +159,9 @@ class AttentionImpl:
         return lambda q, k, v: reference(q, k, v, causal=case.causal, **options)
 
     def bind_row_reference(self, case: Case) -> Callable:
-        """row_reference(q_rows, rows, k, v) with the case's causality and options fixed."""
+        """row_reference(q, k, v, rows) with the case's causality and options fixed."""
         options, row_reference = self.resolve_options(case.options), self.row_reference
-        return lambda q_rows, rows, k, v: row_reference(q_rows, rows, k, v, causal=case.causal, **options)
+        return lambda q, k, v, rows: row_reference(q, k, v, rows, causal=case.causal, **options)
 
     def supports_summary(self) -> str:
         causal = {(False,): "bidir", (True,): "causal", (False, True): "bidir+causal"}[tuple(sorted(self.causal))]

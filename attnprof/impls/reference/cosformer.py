@@ -19,11 +19,11 @@ def cosformer_reference(q, k, v, *, causal: bool = False, eps: float = 1e-6, chu
     return _attend(q, positions, k, v, causal, eps, m=max(q.shape[-2], k.shape[-2]))  # (B, H, Nq, Dv)
 
 
-def cosformer_rows(q_rows, rows, k, v, *, causal: bool = False, eps: float = 1e-6, chunk_size=None, backend=None) -> torch.Tensor:
-    """Rows `rows` (0-based query positions) of cosformer_reference for self-attention over k, v (N, D):
-    q_rows (R, D) -> (R, Dv), in R x N x D work (the spot check's rows at any length)."""
-    positions = torch.as_tensor(rows, device=q_rows.device)  # (R,)
-    return _attend(q_rows, positions, k, v, causal, eps, m=k.shape[-2])  # (R, Dv)
+def cosformer_rows(q, k, v, rows, *, causal: bool = False, eps: float = 1e-6, chunk_size=None, backend=None) -> torch.Tensor:
+    """Rows `rows` (0-based query positions) of cosformer_reference over one head's q, k, v (N, D) -> (R, Dv), in
+    R x N x D work: a row needs only its own query (the spot check's rows at any length)."""
+    positions = torch.as_tensor(rows, device=q.device)  # (R,)
+    return _attend(q[..., positions, :], positions, k, v, causal, eps, m=k.shape[-2])  # (R, Dv)
 
 
 def _attend(q, positions, k, v, causal: bool, eps: float, m: int) -> torch.Tensor:

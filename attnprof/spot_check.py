@@ -12,14 +12,18 @@ while wrong. So on the case's own inputs, before any timing:
    - An exact impl checked against softmax gets softmax rows, O(rows x N x D) at any length.
    - An impl with its own reference (an exact one whose option changes what it computes: a scale, a window; or an
      approximation, whose reference is its own algorithm computed the plain way) gets its row reference where it
-     declares one: cosFormer's rows, O(rows x N x D) at any length. The check at N <= 256 (B = 1, H = 2) runs its
-     causal scan as one step; the carry between steps runs from N = 2049 on there.
+     declares one: cosFormer's rows (O(rows x N x D) at any length) and Combiner's (the rows' own plan and the
+     summaries of the regions they see: reference/combiner_rows.py). The check at N <= 256 (B = 1, H = 2) runs
+     cosFormer's causal scan as one step (the carry between steps runs from N = 2049 on there) and Combiner's
+     blocks at their smallest.
    - Else an exact impl gets its reference over the whole inputs (positions, batches and per-head options intact)
      while that costs at most REFERENCE_BUDGET scores: to N = 1448 at B = 1, H = 16. Beyond that, and when the
      reference itself raises (said on the row), only check 1 holds.
-   - Else (Nystromformer, Combiner) check 1 only: their whole references cost too much per case. Measured here for
-     one forward case at H = 16 and N = 1024 (fp32, CPU): Nystromformer 1.7 s, Combiner-Fixed 1.3 s, -Axial 5.9 s,
-     -Mixture 14 s, -LogSparse 33 s, where the default CPU sweep measures all of its 110 cases in about 100 s.
+   - Else (Nystromformer: its landmarks pool every query, so no row stands alone) check 1 only: a whole reference
+     per case costs too much. Measured here for one forward case at H = 16 and N = 1024 (fp32, CPU), before the row
+     references: Nystromformer 1.7 s, Combiner-Fixed 1.3 s, -Axial 5.9 s, -Mixture 14 s, -LogSparse 33 s, where the
+     default CPU sweep measures all of its 110 cases in about 80 s. With the rows, that sweep took 82.3 s against
+     76.7 s without (one run each, quiet machine).
 3. In fwd_bwd: one more call, its output gradient zero but on the sampled rows, so the exact gradients need only
    those rows: dq of each sampled row, and dk and dv of every key of the sampled heads, key by key (a wrong last
    key block hid in a norm over the head).

@@ -36,6 +36,7 @@ from attnprof.impls.combiner.mixture import mixture_attention
 from attnprof.impls.operator_inputs import check_qkv
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.combiner import combiner_reference
+from attnprof.impls.reference.combiner_rows import combiner_rows
 
 OPERATORS = {"fixed": fixed_attention, "axial": axial_attention, "logsparse": logsparse_attention, "mixture": mixture_attention}
 DESCRIPTIONS = {
@@ -150,6 +151,7 @@ for _variant in OPERATORS:
             description=DESCRIPTIONS[_variant],
             options={"backend": "eager"} if _variant == "logsparse" else {"block_size": None, "backend": "eager"},
             reference=functools.partial(combiner_reference, variant=_variant),
+            row_reference=functools.partial(combiner_rows, variant=_variant),
             check_options=functools.partial(_option_problems, _variant),
             refuse=functools.partial(_refusals, _variant),
             flops=functools.partial(combiner_flops, _variant),

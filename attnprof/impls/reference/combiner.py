@@ -36,6 +36,9 @@ class Plan:
     regions: tuple[tuple[int, ...], ...]  # per region: its member tokens (never empty)
     access: tuple[tuple[int, ...], ...]  # per query: the regions it attends to
     local_query: tuple[int | None, ...] | None = None  # Axial: token whose q is the local query (None: zeros)
+    # The queries `direct` and `access` describe, in order: every position, or the rows a row reference was asked
+    # for (combiner_rows.py), whose plan holds only the regions those rows see.
+    queries: tuple[int, ...] = ()
 
 
 class _Regions:
@@ -54,24 +57,26 @@ class _Regions:
         return self.ids[name]
 
 
-def fixed_plan(n: int, s: int, causal: bool) -> Plan:
+def fixed_plan(n: int, s: int, causal: bool, queries=None) -> Plan:
     """Blocks of s tokens. Direct: the own block (causal: j <= i). Regions: every other block
     (causal: only earlier blocks). The own block is never a region (paper eq. 10)."""
     blocks = [tuple(range(start, min(n, start + s))) for start in range(0, n, s)]
     direct, access = [], []
-    for i in range(n):
+    queries = tuple(range(n) if queries is None else queries)
+    for i in queries:
         own = i // s
         direct.append(tuple(j for j in blocks[own] if j <= i or not causal))
         access.append(tuple(b for b in range(len(blocks)) if (b < own if causal else b != own)))
-    return Plan(n, tuple(direct), tuple(blocks), tuple(access))
+    return Plan(n, tuple(direct), tuple(blocks), tuple(access), queries=queries)
 
 
-def logsparse_plan(n: int, causal: bool) -> Plan:
+def logsparse_plan(n: int, causal: bool, queries=None) -> Plan:
     """The dyadic tree over positions: query i sees itself and, at every level l, the sibling of
     its level-l ancestor block (size 2^l). Level 0 siblings are single tokens (direct); levels
     l >= 1 are regions. Causal: only siblings on the left. Levels: bit_length(n - 1)."""
     regions, direct, access = _Regions(), [], []
-    for i in range(n):
+    queries = tuple(range(n) if queries is None else queries)
+    for i in queries:
         sibling = i ^ 1
         direct.append((i, sibling) if sibling < n and (sibling < i or not causal) else (i,))
         seen = []
@@ -82,24 +87,25 @@ def logsparse_plan(n: int, causal: bool) -> Plan:
                 continue
             seen.append(regions.id((level, block), range(start, min(n, start + (1 << level)))))
         access.append(tuple(seen))
-    return Plan(n, tuple(direct), tuple(regions.members), tuple(access))
+    return Plan(n, tuple(direct), tuple(regions.members), tuple(access), queries=queries)
 
 
-def axial_plan(n: int, m: int, causal: bool) -> Plan:
+def axial_plan(n: int, m: int, causal: bool, queries=None) -> Plan:
     """Rows of m tokens. Direct: the own row (causal: j <= i). Regions: every other row r' seen
     from the query's column c (causal: r' < r), with the query at (r', c) as local query (zeros
     when the short last row has no token in column c)."""
     rows = [tuple(range(start, min(n, start + m))) for start in range(0, n, m)]
     regions, direct, access = _Regions(), [], []
-    for i in range(n):
+    queries = tuple(range(n) if queries is None else queries)
+    for i in queries:
         r, c = divmod(i, m)
         direct.append(tuple(j for j in rows[r] if j <= i or not causal))
         others = [row for row in range(len(rows)) if (row < r if causal else row != r)]
         access.append(tuple(regions.id((row, c), rows[row], _token(row, c, m, n)) for row in others))
-    return Plan(n, tuple(direct), tuple(regions.members), tuple(access), tuple(regions.local_query))
+    return Plan(n, tuple(direct), tuple(regions.members), tuple(access), tuple(regions.local_query), queries)
 
 
-def mixture_plan(n: int, m: int, causal: bool) -> Plan:
+def mixture_plan(n: int, m: int, causal: bool, queries=None) -> Plan:
     """Grid of rows of m tokens; query (r, c). Direct: own row (causal: c' <= c) and own column
     (causal: r' < r; bidirectional: r' != r, so the query itself is counted once). Regions, all
     max-pooled and dropped when empty: for each other column c', its part above row r (and, when
@@ -107,7 +113,8 @@ def mixture_plan(n: int, m: int, causal: bool) -> Plan:
     its part right of column c."""
     regions, direct, access = _Regions(), [], []
     n_rows = -(-n // m)
-    for i in range(n):
+    queries = tuple(range(n) if queries is None else queries)
+    for i in queries:
         r, c = divmod(i, m)
         other_rows = [row for row in range(n_rows) if (row < r if causal else row != r)]
         row_part = [_token(r, col, m, n) for col in range(m) if col <= c or not causal]
@@ -124,7 +131,7 @@ def mixture_plan(n: int, m: int, causal: bool) -> Plan:
             parts[("right", row, c)] = [_token(row, col, m, n) for col in range(c + 1, m)]
         members = {name: [j for j in tokens if j is not None] for name, tokens in parts.items()}
         access.append(tuple(regions.id(name, tokens) for name, tokens in members.items() if tokens))
-    return Plan(n, tuple(direct), tuple(regions.members), tuple(access))
+    return Plan(n, tuple(direct), tuple(regions.members), tuple(access), queries=queries)
 
 
 def _token(row: int, col: int, m: int, n: int) -> int | None:
@@ -146,13 +153,19 @@ def block_length(block_size: int | None, n: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def build_plan(variant: str, n: int, block_size: int | None, causal: bool) -> Plan:
+    """The plan of every query (cached: the oracle of many checks of one shape)."""
+    return plan_of(variant, n, block_size, causal)
+
+
+def plan_of(variant: str, n: int, block_size: int | None, causal: bool, queries=None) -> Plan:
+    """The plan of every query, or of `queries` only (then its regions are those they see); not cached."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown Combiner variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if variant == "logsparse":
-        return logsparse_plan(n, causal)
+        return logsparse_plan(n, causal, queries)
     block = block_length(block_size, n)
     builder = {"fixed": fixed_plan, "axial": axial_plan, "mixture": mixture_plan}[variant]
-    return builder(n, block, causal)
+    return builder(n, block, causal, queries)
 
 
 def _index_table(lists, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 
-from attnprof.analysis import CONFIG, timing_caveats, timing_flags, with_caveats
+from attnprof.analysis import CONFIG, boundaries_by_config, timing_caveats, timing_flags, with_caveats
 from attnprof.dashboard import cell_figures, figures, fit_cache, runinfo, views
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
@@ -212,7 +212,7 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         note = " ".join(filter(None, (views.unticked_note(shown, filters), note)))  # as Scaling says it
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
         budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
-        boundaries = source.memo(("boundaries", *base), lambda: views.measured_by_config(shown))
+        boundaries = source.memo(("boundaries", *base), lambda: boundaries_by_config(shown))
         frontier = views.frontier_rows(shown, all_fits, budget, boundaries, device_memory(source, run_id))
         return rows, chart, crossing, figures.frontier_figure(frontier, budget), note
     except Exception as error:  # noqa: BLE001

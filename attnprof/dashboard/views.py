@@ -277,47 +277,17 @@ def crossover_groups(frame: pd.DataFrame, crossovers: pd.DataFrame, limit: int =
     return named[:limit] + ([(f"{len(named) - limit} more", None)] if len(named) > limit else [])
 
 
-def measured_by_config(frame: pd.DataFrame) -> dict:
-    """Configuration -> the lengths that ran out of memory and the (length, peak) that ran (`analysis.measured_boundaries` for every
-    configuration at once: the same rules)."""
-    from attnprof.analysis import boundary_cells
-
-    ooms, ran = boundary_cells(frame)
-    found: dict = {}
-    for key, lengths in ooms.groupby(CONFIG, sort=False)["seq_len"]:
-        found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["oom_lengths"] = tuple(lengths.tolist())
-    for key, cells in ran.groupby(CONFIG, sort=False)[["seq_len", "peak_bytes"]]:
-        points = tuple(zip(cells["seq_len"].tolist(), cells["peak_bytes"].tolist(), strict=True))
-        found.setdefault(key, {"oom_lengths": (), "ok_points": ()})["ok_points"] = points
-    return found
-
-
 def frontier_rows(
     frame: pd.DataFrame, fits: pd.DataFrame, budget_bytes: float, boundaries: dict | None = None, device_bytes: float | None = None
 ) -> pd.DataFrame:
     """The memory frontier of every configuration with a peak_bytes fit, at `budget_bytes`, checked against the
-    lengths measured (`boundaries`: measured_by_config(frame), passed in when already computed; `device_bytes`: the
+    lengths measured (`boundaries`: analysis.boundaries_by_config(frame), passed in when already computed; `device_bytes`: the
     run's device memory, within which its OOMs bound a frontier)."""
-    from attnprof.analysis import input_bytes_per_token, output_bytes_per_token
-    from attnprof.frontier import memory_frontier
+    from attnprof.analysis import frontier_table
 
-    columns = [*CONFIG, "length", "length_low", "length_high", "kind", "consistent", "message"]
-    peak_fits = fits[(fits["metric"] == "peak_bytes") & fits["fit"].notna()] if not fits.empty else fits
-    if peak_fits.empty:
-        return pd.DataFrame(columns=[*columns, "config"])
-    boundaries = measured_by_config(frame) if boundaries is None else boundaries
-    rows = []
-    for fit_row in peak_fits.to_dict("records"):
-        key = tuple(fit_row[k] for k in CONFIG)
-        inputs = input_bytes_per_token(fit_row)
-        measured = boundaries.get(key, {})
-        outputs = output_bytes_per_token(fit_row)
-        found = memory_frontier(fit_row["fit"], budget_bytes, input_bytes_per_token=inputs, output_bytes_per_token=outputs,
-                                device_bytes=device_bytes, **measured)  # fmt: skip
-        rows.append({**{k: fit_row[k] for k in CONFIG}, "length": found.length, "length_low": found.length_low,
-                     "length_high": found.length_high, "kind": found.kind, "consistent": found.consistent,
-                     "message": found.message})  # fmt: skip
-    table = pd.DataFrame(rows, columns=columns)
+    table = frontier_table(frame, fits, budget_bytes, device_bytes, boundaries).drop(columns="budget_bytes")
+    if table.empty:
+        return table.assign(config=pd.Series(dtype=object))
     return table.assign(config=named_configs(frame, table))
 
 

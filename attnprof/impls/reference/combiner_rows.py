@@ -19,7 +19,9 @@ import torch
 
 from attnprof.impls.reference.combiner import Plan, _index_table, plan_of
 
-REGION_CHUNK = 512  # regions summarised at once: a (chunk, W, D) gather of members at a time
+# Regions are summarised in chunks of similar size, at most this many (padded) members a chunk: one padded table of
+# all of them made LogSparse's 156 regions at N = 65536 (up to 32768 members each) a 2.6 GB gather per tensor.
+CHUNK_MEMBERS = 1 << 18
 
 
 def combiner_rows(q, k, v, rows, *, causal: bool = False, variant: str = "fixed", block_size: int | None = None, backend: str = "eager"):
@@ -46,12 +48,12 @@ def combiner_rows(q, k, v, rows, *, causal: bool = False, variant: str = "fixed"
 def _summaries(q64, k64, v64, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
     """Each region's key and value summary: (R, D), (R, D). Key: the max-pool of its members' keys, or (Axial) their
     local-softmax-weighted sum; value: the local-softmax-weighted sum of its members' values."""
-    keys, values = [], []
-    for start in range(0, len(plan.regions), REGION_CHUNK):
-        chunk = plan.regions[start : start + REGION_CHUNK]
-        members, valid = _index_table(chunk, plan.n, q64.device)  # (C, W)
+    keys, values, order = [], [], []
+    for chunk in _similar_sized_chunks(plan.regions):
+        order += chunk
+        members, valid = _index_table([plan.regions[r] for r in chunk], plan.n, q64.device)  # (C, W)
         member_keys = k64[members]  # (C, W, D)
-        local_query = _local_queries(q64, plan, start, chunk, members, valid)  # (C, D)
+        local_query = _local_queries(q64, plan, chunk, members, valid)  # (C, D)
         local_logits = torch.einsum("cd,cwd->cw", local_query, member_keys).masked_fill(~valid, float("-inf"))  # (C, W)
         local = torch.softmax(local_logits, dim=-1)  # (C, W): p(j | region)
         if plan.local_query is not None:
@@ -61,14 +63,27 @@ def _summaries(q64, k64, v64, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         values.append(torch.einsum("cw,cwd->cd", local, v64[members]))  # (C, D)
     if not keys:
         return q64.new_zeros((0, q64.shape[-1])), q64.new_zeros((0, q64.shape[-1]))
-    return torch.cat(keys), torch.cat(values)
+    back = torch.empty(len(order), dtype=torch.long)  # chunk order -> region order
+    back[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(keys)[back], torch.cat(values)[back]  # (R, D) each, in the plan's region order
 
 
-def _local_queries(q64, plan: Plan, start: int, chunk, members, valid) -> torch.Tensor:
+def _similar_sized_chunks(regions) -> list[list[int]]:
+    """Region indices in chunks of similar member counts, each padded to at most CHUNK_MEMBERS members."""
+    chunks: list[list[int]] = []
+    for region in sorted(range(len(regions)), key=lambda r: len(regions[r])):
+        if chunks and (len(chunks[-1]) + 1) * len(regions[region]) <= CHUNK_MEMBERS:
+            chunks[-1].append(region)
+        else:
+            chunks.append([region])
+    return chunks
+
+
+def _local_queries(q64, plan: Plan, chunk: list[int], members, valid) -> torch.Tensor:
     """The chunk's local queries: the max-pool of the members' queries, or (Axial) one token's query or zeros."""
     if plan.local_query is None:
         return q64[members].masked_fill(~valid[..., None], float("-inf")).amax(dim=1)  # (C, D)
-    tokens = plan.local_query[start : start + len(chunk)]
+    tokens = [plan.local_query[r] for r in chunk]
     index = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long, device=q64.device)  # (C,)
     present = torch.tensor([t is not None for t in tokens], dtype=torch.bool, device=q64.device)  # (C,)
     return q64[index] * present[:, None]  # (C, D)

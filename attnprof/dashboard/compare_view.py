@@ -43,12 +43,21 @@ def _comparison(source, run_a, run_b, dropped: dict) -> tuple:
     note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now."
     note = " ".join(filter(None, (note, compare.caveat_note(cells))))
     note += " The two runs are the same run." if run_a == run_b else ""
+    note += _unfinished(source, run_a, "baseline") + _unfinished(source, run_b, "candidate")
     if dropped:
         unticked = "; ".join(f"{axis} {', '.join(map(_value_text(axis), values))}" for axis, values in dropped.items())
         note += f" Left out, as unticked in the sidebar: {unticked}."
     table = cells.drop(columns=["score"]).assign(seq_len=cells["seq_len"].map(format_length))
     rows, changed = pages.records(pages.rounded(table)), pages.records(pages.rounded(changes))
     return cell_figures.compare_figure(cells, (run_a, run_b)), rows, changed, note
+
+
+def _unfinished(source, run_id: str, role: str) -> str:
+    """' The candidate is interrupted: 4 of 18 cases, the rest with ...' (as `attnprof compare` says it), or ''."""
+    from attnprof.dashboard.runinfo import unfinished_note
+
+    unfinished = unfinished_note(source.run(run_id), len(source.frame(run_id)), source.path)
+    return f" The {role} is {unfinished}." if unfinished else ""
 
 
 def _value_text(axis: str):

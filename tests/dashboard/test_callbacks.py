@@ -338,3 +338,19 @@ def test_the_budget_slider_takes_no_typed_value(two_runs_db):
 
     found = [c for c in layout.build(60_000)._traverse() if getattr(c, "id", None) == layout.BUDGET]
     assert len(found) == 1 and found[0].allow_direct_input is False
+
+
+def test_compare_says_an_unfinished_run_as_the_compare_command_does(tmp_path):
+    """The Compare note read as a whole comparison when the candidate was an interrupted run (a consistency audit)."""
+    from attnprof.store import Store
+
+    db = tmp_path / "two.db"
+    seeding.seed_two_runs(db)
+    store = Store.open(db, create=False)
+    store.set_run_state(seeding.CANDIDATE, "interrupted")
+    store.close()
+    cb = handlers(db)
+    (_, _, _, run_a, _, run_b, *_), (_, selected, *_) = first_page(cb)
+    note = cb.compare("compare", run_a, run_b, selected, "v")[3]
+    assert "The candidate is interrupted: " in note and f"attnprof sweep --resume {seeding.CANDIDATE}" in note, note
+    assert "The baseline is" not in note

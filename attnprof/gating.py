@@ -41,12 +41,19 @@ def load_rules(path: str | Path, registered: bool = True):
     return rules, sweeps
 
 
+def gate_db(sweeps: list[dict], db=None):
+    """The database a gate reads and measures into: `db` (--db), else the first [sweep]'s db, else the default."""
+    from attnprof.api import default_db
+
+    return db or next((s["db"] for s in sweeps if "db" in s), None) or default_db()
+
+
 def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = None, db=None, progress=None):
     """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given."""
     import pandas as pd
 
     from attnprof.analysis import refuse_overlapping_runs
-    from attnprof.api import default_db, load_measurements, resolve_sweep, run_budget, run_sweep
+    from attnprof.api import load_measurements, resolve_sweep, run_budget, run_sweep
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
@@ -58,7 +65,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         key = "max_regression" if needing[0].kind == "regression" else "max_exponent_increase"
         raise UsageError(f"{rules_path}: rule {needing[0].index} has {key}, which {needs}")
     baseline_frame = read_baseline(baseline) if baseline else None
-    db = db or next((s["db"] for s in sweeps if "db" in s), None) or default_db()
+    db = gate_db(sweeps, db)
     if not runs:
         if not sweeps:
             raise UsageError(f"{rules_path} has no [sweep] table: pass --run RUN to judge an existing run")

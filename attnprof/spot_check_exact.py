@@ -16,15 +16,17 @@ class ExactRows:
     class Unavailable(Exception):
         """The impl's own reference raised: nothing to compare with (the impl is not to blame)."""
 
-    def __init__(self, impl: AttentionImpl, case: Case, inputs: CaseInputs, rows: list[int], heads: list[tuple[int, int]]):
-        self.impl, self.case, self.inputs, self.rows, self.heads = impl, case, inputs, rows, heads
+    def __init__(self, impl: AttentionImpl, case: Case, inputs: CaseInputs, rows: list[int], heads: list[tuple[int, int]],
+                 with_grads: bool = False):  # fmt: skip
+        """with_grads: the gradients will be asked for; then each head's rows and gradients come from one call."""
+        self.impl, self.case, self.inputs, self.rows, self.heads, self.with_grads = impl, case, inputs, rows, heads, with_grads
         self._outputs: dict = {}
         self._grads: dict = {}
 
     def output(self, b: int, h: int):
         """(rows, D)"""
         if (b, h) not in self._outputs:
-            self._compute(b, h, with_grads=False)
+            self._compute(b, h, with_grads=self.with_grads)
         return self._outputs[(b, h)]
 
     def gradients(self, b: int, h: int):

@@ -13,11 +13,15 @@ BYTE_UNITS = (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024
 
 
 def format_bytes(value: int | None) -> str:
-    """In the largest binary unit it reaches once rounded: 1,048,575 bytes read '1024.0 KiB', not '1.0 MiB'."""
+    """In the largest binary unit it reaches, one decimal; a value that rounds to 1024.0 of a unit is written as 1.0 of
+    the next (1,048,575 bytes read '1024.0 KiB'). Only then: 1000 MiB stays '1000.0 MiB', so a bound of 1000 MiB and
+    a peak 1% over it do not both read '1.0 GiB'."""
     if value is None:
         return "-"
-    for unit, size in BYTE_UNITS:
-        if abs(value) >= size or (abs(value) >= 1024 and round(abs(value) / size, 1) >= 1):
+    for index, (unit, size) in enumerate(BYTE_UNITS):
+        if abs(value) >= size:
+            if index and f"{abs(value) / size:.1f}" == "1024.0":
+                unit, size = BYTE_UNITS[index - 1]
             return f"{value / size:.1f} {unit}"
     return f"{value} B"
 

@@ -269,8 +269,9 @@ def test_fit_names_its_run_its_state_and_the_lengths_it_left_out(tmp_path):
     runner = CliRunner()
     table = runner.invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
     assert table.exit_code == 0 and table.output.startswith(f"Run {run_id} (nightly).\n"), table.output
-    assert "Lengths not fitted (no measurement there):\n  fault[at_length=4096,kind=raise] (bidir fwd): N=4096 error (" in table.output
-    assert "softmax (bidir" not in table.output.split("Lengths not fitted")[1].split("Crossovers")[0]  # softmax measured all
+    said = "Lengths not fitted (no measurement there):\n  fault[at_length=4096,kind=raise] B1 H2 D64 bfloat16 meta bidir fwd: N=4096 error"
+    assert said in table.output, table.output
+    assert "softmax B1" not in table.output.split("Lengths not fitted")[1].split("Crossovers")[0]  # softmax measured all
     payload = json.loads(runner.invoke(cli, ["fit", "--db", str(db), "--format", "json"]).output)
     assert payload["run"] == run_id and payload["state"] == "complete"
     left_out = [(row["label"], row["seq_len"], row["status"]) for row in payload["not_fitted"]]

@@ -881,8 +881,9 @@ def test_a_gate_stopped_by_sigterm_writes_the_status_it_exits_with(tmp_path):
 
     rules, out = tmp_path / "rules.toml", tmp_path / "verdicts.json"
     sweep = '[sweep]\nimpl = "softmax,sdpa-math"\nlengths = "64..2k"\nheads = 2\nhead_dim = 16\ndevice = "cpu"\nrep_ms = 200\n'
+    sweep += f"db = {str(tmp_path / 'g.db')!r}\n"  # the rules' own database: the resume command must name it
     rules.write_text(sweep + '[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmin_exponent = 1.9\n')
-    command = [sys.executable, "-m", "attnprof", "gate", str(rules), "--db", str(tmp_path / "g.db"), "--json", str(out)]
+    command = [sys.executable, "-m", "attnprof", "gate", str(rules), "--json", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (tmp_path / "g.db").exists():  # measuring: the verdicts are not in yet
@@ -894,6 +895,8 @@ def test_a_gate_stopped_by_sigterm_writes_the_status_it_exits_with(tmp_path):
     record = json.loads(out.read_text())
     assert process.returncode == 143 == record["exit_status"], stderr
     assert record["error"].startswith("interrupted after") and len(record["runs"]) == 1 and record["counts"]["FAIL"] == 0
+    resume = f"Resume with: attnprof sweep --resume {record['runs'][0]} --db {tmp_path / 'g.db'}"  # was "--db the rules' database"
+    assert resume in stderr, stderr
 
 
 def test_a_baseline_of_another_grid_says_which_axis_differs():

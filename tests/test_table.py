@@ -115,8 +115,8 @@ def test_a_median_timed_on_a_busy_machine_is_marked_in_its_cell():
 def test_a_value_that_rounds_up_to_the_next_unit_is_written_in_it():
     """999.7 ms read '1e+03 ms' and 1,048,575 bytes '1024.0 KiB' in tables and hovers (a consistency audit)."""
     assert [format_ms(v) for v in (0.5, 999.4, 999.7, 1000.0, 59_999.0)] == ["0.5 ms", "999 ms", "1 s", "1 s", "60 s"]
-    written = [format_bytes(v) for v in (1023, 1024, 1_048_575, 1_048_576, 2**30 - 1)]
-    assert written == ["1023 B", "1.0 KiB", "1.0 MiB", "1.0 MiB", "1.0 GiB"]
+    written = [format_bytes(v) for v in (1023, 1024, 1_048_575, 1_048_576, 2**30 - 1, 1000 * 2**20, 1010 * 2**20)]
+    assert written == ["1023 B", "1.0 KiB", "1.0 MiB", "1.0 MiB", "1.0 GiB", "1000.0 MiB", "1010.0 MiB"]  # only 1024.0 moves up
     assert quantity(1500.0, "time") == "1.5 s"  # a fit's overhead, said in the same units as the tables
 
 

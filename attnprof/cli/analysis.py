@@ -173,11 +173,13 @@ def _print_not_fitted(cells, item: str) -> None:
 
     gap = "\n" if item.startswith("-") else ""  # Markdown: a list apart from the lines around it
     click.echo(f"{gap}Lengths not fitted (no measurement there):{gap}")
-    for _, group in cells.groupby(CONFIG, sort=False):
+    from attnprof.gate import subject_of
+
+    for keys, group in cells.groupby(CONFIG, sort=False):
         first = group.iloc[0]
         lengths = ", ".join(f"N={n} {status}" for n, status in zip(group["seq_len"], group["status"], strict=True))
         why = f" ({first['reason'].splitlines()[0][:160]})" if isinstance(first["reason"], str) and first["reason"] else ""
-        click.echo(f"{item}{first['label']} ({'causal' if first['causal'] else 'bidir'} {first['mode']}): {lengths}{why}")
+        click.echo(f"{item}{subject_of(keys)}: {lengths}{why}")  # the whole configuration: bf16 and fp16 lines read alike
 
 
 def _print_crossovers(result, all_crossovers: bool, item: str) -> None:
@@ -310,7 +312,10 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     except SweepInterrupted as stop:
         if json_path:  # the status the process exits with, not null: a CI step reads both
             _write_json(json_path, unjudged(128 + stop.signum, f"interrupted after {stop.done} of {stop.total} cases", [stop.run_id]))
-        exit_interrupted(stop, db or "the rules' database")
+        from attnprof.gating import gate_db
+        from attnprof.scenario import sweep_tables
+
+        exit_interrupted(stop, gate_db(sweep_tables(rules, allowed_tables=("sweep", "rule")), db))  # a command to paste
     except (UsageError, StoreFault, sqlite3.Error) as error:  # a damaged database too: the file's fault, not attnprof's
         if json_path:
             _write_json(json_path, unjudged(1 if isinstance(error, StoreFault) else 2, str(error)))

@@ -105,6 +105,9 @@ class AttentionImpl:
     # fidelity_options: parts of the operator that are not an approximation of softmax (Nyströmformer's
     # conv skip) are switched off when measuring how close it comes to exact softmax attention.
     check_tolerance: dict[str, float] = field(default_factory=dict)  # dtype -> relative error bound
+    # max_pools: the impl max-pools queries or keys (Combiner), so a gradient at tied maxima is not unique; the check at
+    # the measured length compares its gradients in float32 only (16-bit inputs tie often).
+    max_pools: bool = False
     fidelity_options: dict[str, Any] = field(default_factory=dict)  # options for the fidelity-to-softmax figure
 
     def resolve_options(self, given: dict | tuple) -> dict:

@@ -157,6 +157,7 @@ for _variant in OPERATORS:
             flops=functools.partial(combiner_flops, _variant),
             min_bytes=functools.partial(combiner_min_bytes, _variant),
             exact=False,
+            max_pools=True,
             check_tolerance=dict(TOLERANCE),
         )
     )

@@ -13,6 +13,7 @@ from padded member tables (R, W), never from an (R, N) mask. The arithmetic is t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,11 +27,10 @@ CHUNK_MEMBERS = 1 << 18
 
 def combiner_rows(q, k, v, rows, *, causal: bool = False, variant: str = "fixed", block_size: int | None = None, backend: str = "eager"):
     """Rows `rows` of combiner_reference over one head's q, k, v (N, D) -> (R, D), in float64 (q's dtype out)."""
-    n = q.shape[-2]
-    plan = plan_of(variant, n, block_size, causal, tuple(int(r) for r in rows))
+    plan = _rows_plan(variant, q.shape[-2], block_size, causal, tuple(int(r) for r in rows))
     q64, k64, v64 = q.to(torch.float64) / math.sqrt(q.shape[-1]), k.to(torch.float64), v.to(torch.float64)  # (N, D) each
     region_keys, region_values = _summaries(q64, k64, v64, plan)  # (R, D), (R, D)
-    direct, direct_valid = _index_table(plan.direct, n, q.device)  # (Q, Wd)
+    direct, direct_valid = _index_table(plan.direct, plan.n, q.device)  # (Q, Wd)
     access, access_valid = _index_table(plan.access, len(plan.regions), q.device)  # (Q, Wa)
     queries = q64[list(plan.queries)]  # (Q, D)
     direct_logits = torch.einsum("qd,qwd->qw", queries, k64[direct]).masked_fill(~direct_valid, float("-inf"))  # (Q, Wd)
@@ -43,6 +43,12 @@ def combiner_rows(q, k, v, rows, *, causal: bool = False, variant: str = "fixed"
     if len(plan.regions):
         out = out + torch.einsum("qw,qwd->qd", weights[:, direct.shape[1] :], region_values[access])
     return out.to(q.dtype)  # (Q, D)
+
+
+@functools.lru_cache(maxsize=2)
+def _rows_plan(variant: str, n: int, block_size: int | None, causal: bool, rows: tuple[int, ...]) -> Plan:
+    """The sampled rows' plan, built once for the sampled heads of a case (0.26 s for Mixture at N = 65536)."""
+    return plan_of(variant, n, block_size, causal, rows)
 
 
 def _summaries(q64, k64, v64, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:

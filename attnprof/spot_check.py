@@ -22,8 +22,8 @@ while wrong. So on the case's own inputs, before any timing:
    - Else (Nystromformer: its landmarks pool every query, so no row stands alone) check 1 only: a whole reference
      per case costs too much. Measured here for one forward case at H = 16 and N = 1024 (fp32, CPU), before the row
      references: Nystromformer 1.7 s, Combiner-Fixed 1.3 s, -Axial 5.9 s, -Mixture 14 s, -LogSparse 33 s, where the
-     default CPU sweep measures all of its 110 cases in about 80 s. With the rows, that sweep took 82.3 s against
-     76.7 s without (one run each, quiet machine).
+     default CPU sweep measures all of its 110 cases in about 80 s. With the rows, that sweep took 82.3 and 87.7 s
+     against 76.7 s without (single runs, quiet machine).
 3. In fwd_bwd: one more call, its output gradient zero but on the sampled rows, so the exact gradients need only
    those rows: dq of each sampled row, and dk and dv of every key of the sampled heads, key by key (a wrong last
    key block hid in a norm over the head).

@@ -58,7 +58,7 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
 def _fitted_run(run: str, db) -> dict:
     """Which run the fits are of (`latest` and names resolved: after a resume, `latest` is still the newest created)
     and, for an unfinished one, what it lacks: the fits of an interrupted run of 4 of 18 cells read as the sweep's."""
-    from attnprof.dashboard.runinfo import unfinished_note
+    from attnprof.dashboard.runinfo import run_name, unfinished_note
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
@@ -67,8 +67,7 @@ def _fitted_run(run: str, db) -> dict:
         unfinished = unfinished_note(info, store.count(info.run_id), db)
     finally:
         store.close()
-    named = f"{info.run_id} ({info.name})" if info.name else info.run_id
-    note = f"Run {named}" + (f": {unfinished}." if unfinished else ".")
+    note = f"Run {run_name(info)}" + (f": {unfinished}." if unfinished else ".")
     return {"run": info.run_id, "name": info.name, "state": info.state, "note": note}
 
 
@@ -170,10 +169,10 @@ def _print_not_fitted(cells, item: str) -> None:
     if not len(cells):
         return
     from attnprof.analysis import CONFIG
+    from attnprof.gate import subject_of
 
     gap = "\n" if item.startswith("-") else ""  # Markdown: a list apart from the lines around it
     click.echo(f"{gap}Lengths not fitted (no measurement there):{gap}")
-    from attnprof.gate import subject_of
 
     for keys, group in cells.groupby(CONFIG, sort=False):
         first = group.iloc[0]

@@ -60,7 +60,7 @@ def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
     """Which two runs were compared (`latest` and names resolved: after a resume, `latest` is still the newest
     created), an unfinished one's state, and how many cells only one of them has: an interrupted candidate of 4 of
     18 cells read as a whole comparison."""
-    from attnprof.dashboard.runinfo import unfinished_note
+    from attnprof.dashboard.runinfo import run_name, unfinished_note
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
@@ -70,8 +70,8 @@ def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
     finally:
         store.close()
     if runs[0].run_id == runs[1].run_id:
-        return f"Run {_named(runs[0])} against itself: the two are the same run."
-    note = f"Candidate run {_named(runs[1])} against baseline run {_named(runs[0])}."
+        return f"Run {run_name(runs[0])} against itself: the two are the same run."
+    note = f"Candidate run {run_name(runs[1])} against baseline run {run_name(runs[0])}."
     for role, run, count in zip(("baseline", "candidate"), runs, counts, strict=True):
         if unfinished := unfinished_note(run, count, db):
             note += f" The {role} is {unfinished}."
@@ -79,10 +79,6 @@ def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
     if any(only):
         note += f" Not compared: {only[0]} cells only the baseline has, {only[1]} only the candidate."
     return note
-
-
-def _named(run) -> str:
-    return f"{run.run_id} ({run.name})" if run.name else run.run_id
 
 
 def _worst_exponents(exponents):

@@ -10,6 +10,11 @@ from attnprof.records import RunInfo
 SWEEP_FLAGS = (("batch", "--batch"), ("heads", "--heads"), ("head_dim", "--head-dim"), ("dtype", "--dtype"), ("device", "--device"))
 
 
+def run_name(run: RunInfo) -> str:
+    """'<id> (<name>)', or the id of a run without a name: how the notes of fit and compare name a run."""
+    return f"{run.run_id} ({run.name})" if run.name else run.run_id
+
+
 def unfinished_note(run: RunInfo, measured: int, db) -> str:
     """'' for a complete run; else how much of it there is and the command that measures the rest."""
     if run.state == "complete":

@@ -130,16 +130,31 @@ def live_bytes_mode():
 
 
 def flop_counter():
-    """A FlopCounterMode that also counts the mixed-precision bmm (half operands, `out_dtype=torch.float32`).
-    torch's formula for aten.bmm takes the overload's out_dtype argument for its own out_shape keyword and
-    raises TypeError (torch 2.13); this one takes and ignores it: the FLOPs are those of any bmm."""
+    """A FlopCounterMode that also counts the mixed-precision bmm (half operands, `out_dtype=torch.float32`) and the
+    CPU's fused attention kernel. torch's formula for aten.bmm takes the overload's out_dtype argument for its own
+    out_shape keyword and raises TypeError (torch 2.13); this one takes and ignores it: the FLOPs are those of any bmm.
+    torch has no formula for `_scaled_dot_product_flash_attention_for_cpu` and its backward (it counts the GPU's
+    flash kernels only), so a CPU plan calling it (Combiner-Mixture's) counted 0 for them; they take the GPU
+    kernels' formulas: the two products of every query and key, masked or not."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode, bmm_flop
+    from torch.utils.flop_counter import FlopCounterMode, bmm_flop, sdpa_backward_flop_count, sdpa_flop_count
 
     def any_bmm_flop(a_shape, b_shape, out_dtype=None, *, out_shape=None, **kwargs) -> int:
         return bmm_flop(a_shape, b_shape)
 
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.bmm: any_bmm_flop})
+    def flash_flop(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    def flash_backward_flop(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
+
+    aten = torch.ops.aten
+    mapping = {
+        aten.bmm: any_bmm_flop,
+        aten._scaled_dot_product_flash_attention_for_cpu: flash_flop,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: flash_backward_flop,
+    }
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def _fused_sdpa_enabled() -> bool:

@@ -1,13 +1,13 @@
-"""Combiner-Mixture's plans timed against each other on one device, for the choice `separate_softmaxes` and
-`scan.default_method` make by counts alone: the logit parts' own softmaxes merged by log-normalisers (the GPU
-plan) against one joint softmax in place (the CPU plan), and the blocked running max against torch.cummax.
+"""Combiner-Mixture's plans timed against each other on one device, for the choice `mixture.plan` and
+`scan.default_method` make: the logit parts' own eager softmaxes merged by log-normalisers (the GPU plan) against
+the fused CPU flash kernel (the CPU plan, CPU only), and the blocked running max against torch.cummax and the steps.
 B = 1, H = 16, d = 64, bf16, forward, both causalities; each plan's output is first checked against the
 default plan's on fp32 inputs (relative error within Combiner's bf16 tolerance), then timed with the sweep's
 timer. Exit status 1 when a plan's output is past the tolerance.
 
     python benchmarks/mixture_plans.py [--length 64k] [--device cuda]   (gpu_session.sh part 3)
 
---device cpu runs it here (at --length 8k, say); the CPU's default is the joint softmax and the steps scan.
+--device cpu runs it here (at --length 8k, say); the CPU's default is the flash plan and the steps scan.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from attnprof.errors import UsageError  # noqa: E402
 from attnprof.spec import parse_devices, parse_length  # noqa: E402
 from attnprof.timing import bench  # noqa: E402
 
-PLANS = {  # name -> (separate softmaxes, running-max method)
-    "merged + blocked": (True, "blocked"),  # CUDA's default
-    "joint + blocked": (False, "blocked"),
-    "merged + cummax": (True, "cummax"),
-    "joint + steps": (False, "steps"),  # the CPU's default
+PLANS = {  # name -> (mixture.plan, running-max method)
+    "merged + blocked": ("merged", "blocked"),  # CUDA's default
+    "merged + cummax": ("merged", "cummax"),
+    "merged + steps": ("merged", "steps"),
+    "flash + steps": ("flash", "steps"),  # the CPU's default; its kernel is the CPU's only
 }
 
 
@@ -38,14 +38,17 @@ def main() -> int:
     import torch
 
     from attnprof.impls.combiner import TOLERANCE, combiner_attention
-    from attnprof.impls.combiner.mixture import separate_softmaxes
+    from attnprof.impls.combiner.mixture import plan
     from attnprof.impls.combiner.scan import default_method
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("mixture_plans: no CUDA device here (try --device cpu)", file=sys.stderr)
         return 2
-    default = (separate_softmaxes(args.device), default_method(torch.device(args.device)))
-    plans = [name for name, plan in PLANS.items() if plan == default] + [name for name, plan in PLANS.items() if plan != default]
+    default = (plan(args.device), default_method(torch.device(args.device)))
+    runnable = {name: choice for name, choice in PLANS.items() if choice[0] != "flash" or args.device == "cpu"}
+    plans = [name for name, choice in runnable.items() if choice == default] + [
+        name for name, choice in runnable.items() if choice != default
+    ]
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(1, 16, args.length, 64, generator=generator).to(args.device) for _ in range(3)]  # fp32
     print(f"combiner-mixture N={args.length} B=1 H=16 d=64 bfloat16 fwd on {args.device}; error: against the default plan on fp32 inputs")
@@ -71,20 +74,17 @@ def main() -> int:
 
 
 @contextlib.contextmanager
-def forced(separate, method):
-    """The plan's choices patched in for the duration (None: left as the device picks)."""
+def forced(name, method):
+    """The plan's choices patched in for the duration."""
     import attnprof.impls.combiner.mixture as mixture
     import attnprof.impls.combiner.scan as scan
 
-    saved = mixture.separate_softmaxes, scan.default_method
-    if separate is not None:
-        mixture.separate_softmaxes = lambda device: separate
-    if method is not None:
-        scan.default_method = lambda device: method
+    saved = mixture.plan, scan.default_method
+    mixture.plan, scan.default_method = (lambda device: name), (lambda device: method)
     try:
         yield
     finally:
-        mixture.separate_softmaxes, scan.default_method = saved
+        mixture.plan, scan.default_method = saved
 
 
 def parse_args():

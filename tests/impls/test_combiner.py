@@ -12,7 +12,7 @@ from combiner_helpers import naive_prefix_max
 from attnprof import impls
 from attnprof.accounting import account_call
 from attnprof.errors import UsageError
-from attnprof.impls.base import io_bytes
+from attnprof.impls.base import io_bytes, meta_stands_for
 from attnprof.impls.combiner import combiner_attention
 from attnprof.impls.combiner.common import default_block
 from attnprof.impls.combiner.scan import prefix_max
@@ -127,14 +127,14 @@ def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape)
 
 
 @pytest.mark.parametrize("causal", (False, True))
-@pytest.mark.parametrize("method,separate", [("blocked", True), ("cummax", True), ("blocked", False)])
+@pytest.mark.parametrize("method,plan", [("blocked", "merged"), ("cummax", "merged"), ("blocked", "flash")])
 @pytest.mark.parametrize("n,block", [(23, 5), (24, 3), (9, 9), (7, 3), (2, 1)], ids=["ragged", "whole", "one-row", "short", "tiny"])
-def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, method, separate, n, block):
-    """The CPU runs the steps scan and the joint softmax; CUDA and meta run the blocked scan and the parts' own
-    softmaxes, merged. Check the whole operator on those too: with padding (the last row's keys and regions),
+def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, method, plan, n, block):
+    """The CPU runs the steps scan and the fused flash kernel (mixture_flash.py); CUDA and meta run the blocked scan
+    and the parts' own eager softmaxes, merged. Check the whole operator on those too: with padding (the last row's keys and regions),
     on a one-row grid (no column key at all) and with causal row blocks (row 0 has no earlier row)."""
     monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: method)
-    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: separate)
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: plan)
     fast, slow = qkv(n, seed=8, grad=True), qkv(n, seed=8, grad=True)
     out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=block)
     expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=block)
@@ -145,13 +145,28 @@ def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, meth
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("causal,mode", list(itertools.product((False, True), ("fwd", "fwd_bwd"))))
+def test_mixture_cpu_plan_flops_formula_equals_the_counted_flops(causal, mode):
+    """The CPU plan (fused flash kernel, whole summary groups) counted on meta standing for the CPU, as the host-memory
+    guard accounts a CPU case: the counter must see the kernel (torch has no formula for it) and the formula the plan."""
+    impl = impls.get("combiner-mixture")
+    for n, block in [(1000, None), (96, 7), (2, None)]:
+        options = () if block is None else (("block_size", block),)
+        case = Case(impl=impl.name, seq_len=n, heads=2, head_dim=8, dtype="float32", causal=causal, mode=mode, options=options)
+        with meta_stands_for("cpu"):
+            reading = account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
+        assert impl.flops(case, impl.resolve_options(case.options)) == reading.flops > 0
+
+
 @pytest.mark.parametrize("variant,causal,mode", list(itertools.product(VARIANTS, (False, True), ("fwd", "fwd_bwd"))))
 def test_flops_formula_equals_the_counted_flops(variant, causal, mode):
     impl = impls.get(f"combiner-{variant}")
     for n, block in [(1000, None), (96, 7), (2, None)]:
         options = () if block is None or variant == "logsparse" else (("block_size", block),)
-        case = Case(impl=impl.name, seq_len=n, heads=2, head_dim=8, dtype="bfloat16", causal=causal, mode=mode, options=options)
-        reading = account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))
+        case = Case(
+            impl=impl.name, seq_len=n, heads=2, head_dim=8, dtype="bfloat16", device="cuda", causal=causal, mode=mode, options=options
+        )
+        reading = account_call(make_call(impl.bind(case), make_inputs(case, device="meta")))  # meta standing for cuda
         assert impl.flops(case, impl.resolve_options(case.options)) == reading.flops
         min_bytes = impl.min_bytes(case, impl.resolve_options(case.options))
         assert (
@@ -250,7 +265,7 @@ def test_the_compiled_backend_takes_the_device_plan_too(monkeypatch, compiled_by
     one graph kept for its backward (AOTAutograd's findings, which need no inductor)."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: True)
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: "merged")
     counters.clear()
     check_the_compiled_backend("mixture", False, 37, 6)
     assert not counters["graph_break"], dict(counters["graph_break"])

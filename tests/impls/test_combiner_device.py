@@ -12,7 +12,7 @@ from attnprof import impls
 from attnprof.accounting import account_call, op_tally
 from attnprof.impls.base import meta_stands_for
 from attnprof.impls.combiner import combiner_attention
-from attnprof.impls.combiner.mixture import SoftmaxWithNormaliser, separate_softmaxes
+from attnprof.impls.combiner.mixture import SoftmaxWithNormaliser, plan
 from attnprof.impls.combiner.scan import default_method
 from attnprof.inputs import make_call, make_inputs
 from attnprof.spec import Case
@@ -27,10 +27,10 @@ def meta_call(causal: bool, mode: str = "fwd", n: int = 65536):
 
 
 def test_meta_takes_the_plan_of_the_device_it_stands_for():
-    for device, plan in (("cuda", ("blocked", True)), ("cpu", ("steps", False))):
+    for device, expected in (("cuda", ("blocked", "merged")), ("cpu", ("steps", "flash"))):
         with meta_stands_for(device):
-            assert (default_method("meta"), separate_softmaxes("meta")) == plan
-    assert (default_method("cpu"), separate_softmaxes("cpu")) == ("steps", False)
+            assert (default_method("meta"), plan("meta")) == expected
+    assert (default_method("cpu"), plan("cpu")) == ("steps", "flash")
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_softmax_with_normaliser_has_exact_gradients():
 def device_plan(monkeypatch):
     """The plan Mixture takes on a GPU, taken on the CPU: the blocked scan, the parts' softmaxes merged."""
     monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: "blocked")
-    monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device: True)
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: "merged")
 
 
 def rel_error(actual, expected) -> float:
@@ -95,12 +95,13 @@ def test_device_plan_half_inputs_stay_finite_at_a_long_length(device_plan, causa
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_merged_softmaxes_agree_with_the_joint_one_for_large_logits(monkeypatch, causal):
-    """Queries scaled by 30 (logits in the hundreds, rows dominated by one key): the parts' normalisers, merged,
-    give the joint softmax's output (when written: 2e-6 apart in fp32)."""
+def test_the_merged_plans_agree_for_large_logits(monkeypatch, causal):
+    """Queries scaled by 30 (logits in the hundreds, rows dominated by one key): the eager parts' normalisers,
+    merged, give the CPU flash plan's output (when written against the joint softmax since replaced by the flash
+    plan: 2e-6 apart in fp32)."""
     q, k, v = (torch.randn(1, 2, 1000, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
     outputs = []
-    for separate in (True, False):
-        monkeypatch.setattr("attnprof.impls.combiner.mixture.separate_softmaxes", lambda device, s=separate: s)
+    for name in ("merged", "flash"):
+        monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device, name=name: name)
         outputs.append(combiner_attention(q * 30, k, v, variant="mixture", causal=causal))
     assert torch.isfinite(outputs[0]).all() and rel_error(*outputs) < 1e-5

@@ -44,9 +44,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def prepare(q, k, v, length: int):
     """q scaled by 1/sqrt(d) (max-pooling commutes with it), all cast to the compute dtype and
     right-padded with zeros to `length` tokens: three (B, H, length, D) tensors."""
+    return padded(q.to(compute_dtype(q.dtype)) * (1.0 / math.sqrt(q.shape[-1])), k, v, length)  # cast first: half q scaled in fp32
+
+
+def padded(q, k, v, length: int):
+    """q, k, v cast to the compute dtype and right-padded with zeros to `length` tokens: three (B, H, length, D)
+    tensors, the inputs themselves where they need neither."""
     dtype = compute_dtype(q.dtype)
     pad = length - q.shape[-2]
-    q = q.to(dtype) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, N, D)
     return tuple(F.pad(x.to(dtype), (0, 0, 0, pad)) if pad else x.to(dtype) for x in (q, k, v))  # 3 x (B, H, L, D)
 
 
@@ -100,11 +105,11 @@ def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple
     detached: softmax does not depend on it, so gradients are exact.
 
     The alternative, each part's own fused softmax merged by log-normalisers as flash attention merges
-    blocks, is what Combiner-Mixture takes off the CPU (mixture.separate_softmaxes): there it saves passes over
+    blocks, is what Combiner-Mixture takes off the CPU (mixture.plan): there it saves passes over
     the logits, and doing one part at a time, weights applied before the next part's logits are formed, keeps
     the peak. Tried here first for every variant with both parts' logits alive at once, it grew the peak by a
     logits tensor (Fixed 3.3 -> 5.3 GiB, Mixture bidirectional 11.2 -> 17.2 GiB, past its 16 GiB target). On the
-    CPU the in-place joint softmax stays the faster (see separate_softmaxes)."""
+    CPU Mixture takes neither: its flash plan fuses each part in one kernel (mixture_flash.py)."""
     for logits, drop, _ in parts:
         if drop is not None:
             logits.masked_fill_(drop, float("-inf"))
@@ -128,6 +133,12 @@ def merge_by_normalisers(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.
     # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
     # keeps its outputs for its backward, which eager bmm does not.
     return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
+
+
+def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:
+    """[a, b) ranges of grid rows, `count` of them as equal as possible (fewer when rows < count)."""
+    edges = [round(i * rows / count) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def _unswap(x: torch.Tensor, swapped: bool) -> torch.Tensor:

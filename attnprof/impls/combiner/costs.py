@@ -3,7 +3,8 @@
 FLOPs are the matrix-product FLOPs the operator performs (2 M N K per product, as
 torch.utils.flop_counter counts them) on its padded shapes; max-pools, masks, exp and the
 normalisation are not counted, as for every other impl. Every product's operands require grad in
-fwd_bwd, so the backward does two products of the same size per forward one: fwd_bwd = 3 x fwd.
+fwd_bwd, so the backward does two products of the same size per forward one: fwd_bwd = 3 x fwd (Mixture's CPU
+plan: 3.5 x fwd, its fused kernel's backward recomputes the logits first).
 With G = batch * heads, D = head dim:
 
     fixed      block s, nb = ceil(N / s), L = nb s:  4 G D L (1 + s + nb)
@@ -22,7 +23,8 @@ With G = batch * heads, D = head dim:
                region, in SUMMARY_BLOCKS = 2 position blocks that reach only the keys before the block's
                end; then own row + vertical summaries per query, and own column + left + right
                horizontal summaries per query, causal in CAUSAL_ROW_BLOCKS = 4 query row blocks that
-               reach only the key rows before the block's end)
+               reach only the key rows before the block's end). The CPU plan (mixture_flash.py) forms each
+               summary group's whole T x T in its fused kernel: R(T, 1) = T^2 in the summaries' term.
 
 Minimum bytes: q, k, v in and the output out (`io_bytes`), plus the region summaries (key and value,
 D each), which are shared by many queries, so even a fused kernel writes them once and reads them
@@ -32,9 +34,10 @@ back once; in fwd_bwd their gradients travel the same way again.
 from __future__ import annotations
 
 from attnprof.impls.base import DTYPE_BYTES, io_bytes
-from attnprof.impls.combiner.common import resolve_block
+from attnprof.impls.combiner.common import resolve_block, row_blocks
 from attnprof.impls.combiner.logsparse import TILE_LEVELS
-from attnprof.impls.combiner.mixture import CAUSAL_ROW_BLOCKS, SUMMARY_BLOCKS, row_blocks
+from attnprof.impls.combiner.mixture import SUMMARY_BLOCKS, plan
+from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS
 from attnprof.spec import Case
 
 
@@ -51,15 +54,17 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
         fwd = {
             "fixed": 4 * g * d * length * (1 + block + groups),
             "axial": 4 * g * d * length * (2 * block + groups),
-            "mixture": _mixture_flops(g, d, block, groups, case.causal),
+            "mixture": _mixture_flops(g, d, block, groups, case.causal, 1 if plan(case.device) == "flash" else SUMMARY_BLOCKS),
         }[variant]
-    return fwd if case.mode == "fwd" else 3 * fwd
+    if case.mode == "fwd":
+        return fwd
+    return 7 * fwd // 2 if variant == "mixture" and plan(case.device) == "flash" else 3 * fwd
 
 
-def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool) -> int:
+def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool, summary_blocks: int) -> int:
     length = block * groups
     vertical = 1 if causal else 2  # scan directions of the vertical summaries (horizontal: always 2)
-    summaries = vertical * block * _reach(groups, SUMMARY_BLOCKS) + 2 * groups * _reach(block, SUMMARY_BLOCKS)
+    summaries = vertical * block * _reach(groups, summary_blocks) + 2 * groups * _reach(block, summary_blocks)
     column_reach = _reach(groups, CAUSAL_ROW_BLOCKS) if causal else groups * groups
     return 4 * g * d * (summaries + length * block * (1 + vertical) + 3 * block * column_reach)
 

@@ -36,13 +36,13 @@ import functools
 import torch
 
 from attnprof.impls.base import planning_device_type
-from attnprof.impls.combiner.common import finish, joint_softmax, mask_value, merge_by_normalisers, prepare, resolve_block, token_valid
-from attnprof.impls.combiner.mixture_masks import MixtureMasks
+from attnprof.impls.combiner.common import finish, mask_value, merge_by_normalisers, prepare, resolve_block, row_blocks, token_valid
+from attnprof.impls.combiner.mixture_flash import flash_mixture
+from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, MixtureMasks
 from attnprof.impls.combiner.scan import prefix_max
 from attnprof.impls.combiner.triton_softmax import Band, fused_attend
 
 SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
-CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
 
 
 def mixture_attention(
@@ -52,6 +52,8 @@ def mixture_attention(
     (backend="triton", triton_softmax.py) instead of eager ops; implies the merged plan, on any device."""
     n = q.shape[-2]
     m = resolve_block(block_size, n)
+    if not fused and plan(q.device) == "flash":
+        return flash_mixture(q, k, v, causal=causal, m=m)
     rows = -(-n // m)
     valid = token_valid(n, rows * m, q.device).view(rows, m)  # (rows, m)
     pad = valid if rows * m > n else None
@@ -76,7 +78,7 @@ def mixture_attention(
     if fused:
         block = functools.partial(_merged_block, part=functools.partial(_part_softmax, attend=attend[0]))
     else:
-        block = _merged_block if separate_softmaxes(q.device) else _joint_block
+        block = _merged_block
     out = []
     for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
@@ -87,33 +89,20 @@ def mixture_attention(
     return finish(torch.cat(out, dim=-3).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
 
 
-def separate_softmaxes(device) -> bool:
-    """Which softmax plan a call on `device` takes (on meta, the plan of the device it stands in for).
+def plan(device) -> str:
+    """Which plan a call on `device` takes (on meta, the plan of the device it stands in for).
 
-    Off the CPU: each part's own fused softmax, merged afterwards by log-normalisers (_merged_block), two
-    passes over the logits where the joint softmax takes six in eager PyTorch (max, shift, exponentiate,
-    sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, bytes read and written,
-    joint -> merged: forward causal 84 -> 72 GB, bidirectional 104 -> 85 GB; forward + backward 422 -> 414 and
-    452 -> 440 GB (see SoftmaxWithNormaliser). Each part's weights are gone before the other's logits are
+    "merged", off the CPU: each part's own softmax, merged afterwards by log-normalisers (_merged_block), two
+    passes over the logits where one joint softmax over both parts takes six in eager PyTorch (max, shift,
+    exponentiate, sum; three of them in place). Counted on meta at N = 65536, B = 1, H = 16, bf16, bytes read and
+    written, joint -> merged: forward causal 84 -> 72 GB, bidirectional 104 -> 85 GB; forward + backward 422 -> 414
+    and 452 -> 440 GB (see SoftmaxWithNormaliser). Each part's weights are gone before the other's logits are
     formed, so the peaks barely move: forward 5.6 -> 5.8 GiB causal, 11.0 -> 10.8 GiB bidirectional.
-    On the CPU: the joint softmax in place (_joint_block). Measured at N = 8192, H = 16, fp32: with the heap kept
-    as the sweep times (cpu_heap.retained), the split plan took the same time causal and 7% more bidirectional
-    (392 against 398 ms, 449 against 480); in a plain script, where each call page-faults its fresh softmax
-    outputs in, 27% more bidirectional (process time)."""
-    return planning_device_type(device) != "cpu"
-
-
-def _joint_block(row_part, col_part) -> torch.Tensor:
-    """One softmax over both parts together, in place (see joint_softmax)."""
-    (row_queries, row_kv, mask_rows), (col_queries, col_kv, mask_columns) = row_part, col_part
-    row_logits = row_queries @ row_kv[0].transpose(-2, -1)  # (B, H, nb, m, K row)
-    col_logits = col_queries @ col_kv[0].transpose(-2, -1)  # (B, H, m, nb, K column)
-    with torch.no_grad():  # see MixtureMasks: the dropped logits get no gradient, and autograd need not copy for the fills
-        mask_rows(row_logits)
-        mask_columns(col_logits)
-    (w_row, w_col), total = joint_softmax([(row_logits, None, False), (col_logits, None, True)])
-    block = (w_row @ row_kv[1]).add_((w_col @ col_kv[1]).transpose(-3, -2))  # (B, H, nb, m, D)
-    return block.div_(total.unsqueeze(-1))
+    "flash", on the CPU: the same parts and summaries in PyTorch's fused CPU flash kernel (mixture_flash.py), which
+    never writes the logits out. Measured against the eager joint softmax it replaced (N = 8192, B = 1, H = 16, D = 64,
+    fp32, forward, 2 cores, heap retained as the sweep times, medians of 5, two alternating runs each): causal 346-347
+    -> 261-266 ms, bidirectional 398-406 -> 310-320 ms (SDPA: 468-489 and 864-882 ms)."""
+    return "merged" if planning_device_type(device) != "cpu" else "flash"
 
 
 def _merged_block(row_part, col_part, part=None) -> torch.Tensor:
@@ -165,12 +154,6 @@ class SoftmaxWithNormaliser(torch.autograd.Function):
             return weights * grad_lse
         grad = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)  # w * (g - sum(g w))
         return grad if grad_lse is None else grad.addcmul_(weights, grad_lse)
-
-
-def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:
-    """[a, b) ranges of grid rows, `count` of them as equal as possible (fewer when rows < count)."""
-    edges = [round(i * rows / count) for i in range(count + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out: torch.Tensor, attend=None) -> None:

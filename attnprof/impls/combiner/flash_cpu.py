@@ -1,0 +1,81 @@
+"""Masked softmax attention through PyTorch's fused CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu`),
+for the Combiner plans that run on the CPU.
+
+The kernel takes blocks of queries against blocks of keys, adds the mask and keeps a running softmax, so no logits
+tensor is ever written to memory; it returns the log-normaliser too, and its backward recomputes the weights from
+it. Eager PyTorch writes the logits and then passes over them once per mask fill, the max, the shift, the
+exponential and the sum: at N = 8192 (H = 16, fp32, forward) those passes were most of Combiner-Mixture's CPU time.
+
+Two parts seen by the same queries (`merged_attention`) are merged by their log-normalisers, as flash attention
+merges key blocks; the backward of each part is the kernel's own backward given the merged output and the merged
+log-normaliser: its weights exp(s - lse) are then the joint softmax's, and its correction sum(dO * O) the joint
+output's, so each part's gradients are those of the one softmax over both (how ring attention splits its backward).
+
+Conventions: 4-D tensors (G, P, L, D) (the kernel's batch and
+head axes: groups of queries with their own keys), masks additive and broadcastable to (G, P, L, S) in q's dtype. A
+query whose keys are all -inf gets output 0 and log-normaliser 0 from the kernel, which a merge would misread as a
+real normaliser; the merged parts must therefore give such a row finite filler (the dtype's minimum: its log-
+normaliser is about that and weighs 0 in the merge).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale q k^T + mask) v: q (G, P, L, D), k and v (G, P, S, D) -> (G, P, L, D); a row with no key gives 0."""
+    return _MaskedAttention.apply(q, k, v, mask, scale)
+
+
+def merged_attention(row_part, column_part, scale: float) -> torch.Tensor:
+    """One softmax over two key sets, each with its own layout of the same queries: row_part (q, k, v, mask) with q
+    (G, P, Q, D); column_part the same with q (G, Q, P, D), the query axes swapped (the column layout of a
+    grid). Returns (G, P, Q, D) in the row part's layout. Every query must keep a finite logit in each part."""
+    return _MergedAttention.apply(scale, *row_part, *column_part)
+
+
+def _flash(q, k, v, mask, scale):
+    return FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)  # (G, P, L, D), (G, P, L)
+
+
+def _flash_backward(grad, q, k, v, out, lse, mask, scale):
+    return FLASH_BACKWARD(grad.contiguous(), q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+
+
+class _MaskedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        out, lse = _flash(q, k, v, mask, scale)
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        return (*_flash_backward(grad, q, k, v, out, lse, mask, ctx.scale), None, None)
+
+
+class _MergedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scale, q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col):
+        out_row, lse_row = _flash(q_row, k_row, v_row, mask_row, scale)  # (G, P, Q, D), (G, P, Q)
+        out_col, lse_col = _flash(q_col, k_col, v_col, mask_col, scale)  # (G, Q, P, D), (G, Q, P)
+        out_col, lse_col = out_col.transpose(-3, -2), lse_col.transpose(-2, -1)  # into the row layout
+        lse = torch.logaddexp(lse_row, lse_col)  # (G, P, Q): the joint log-normaliser
+        out = out_row.mul_(torch.exp(lse_row - lse).unsqueeze(-1)).add_(out_col * torch.exp(lse_col - lse).unsqueeze(-1))
+        ctx.save_for_backward(q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col, out, lse = ctx.saved_tensors
+        row = _flash_backward(grad, q_row, k_row, v_row, out, lse, mask_row, ctx.scale)
+        swapped = grad.transpose(-3, -2), out.transpose(-3, -2), lse.transpose(-2, -1)  # into the column layout
+        col = _flash_backward(swapped[0], q_col, k_col, v_col, *swapped[1:], mask_col, ctx.scale)
+        return (None, *row, None, *col, None)

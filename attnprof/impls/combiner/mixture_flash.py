@@ -1,0 +1,98 @@
+"""Combiner-Mixture's CPU plan: the terms, layouts and masks of mixture.py, each softmax in PyTorch's fused CPU flash
+kernel (flash_cpu.py), which never writes the logits out.
+
+- Running summaries: one masked attention per scan direction and summary kind, the whole T x T of each group (the
+  kernel's cost at these small groups is mostly per block, so skipping the masked triangle saved nothing: 26.8 ms
+  causal against 26.8 ms masked for the vertical summaries at N = 8192). The running maxima scan the layout in
+  which the scanned axis is the outer one (vertical summaries in the row layout, horizontal in the column layout):
+  each step is then one contiguous slab, where a step over the other layout's strided slices ran about 2x slower
+  (16 KiB apart, every slice fell into the same cache sets).
+- The two logit parts (own row + vertical summaries, own column + horizontal summaries) merged by their
+  log-normalisers (flash_cpu.merged_attention), in causal query row blocks as the eager plans.
+
+Same values as the eager plans up to rounding (tests compare each plan with the oracle, values and gradients). Its time
+against the eager plan it replaced: mixture.plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnprof.impls.combiner.common import finish, padded, row_blocks, token_valid
+from attnprof.impls.combiner.flash_cpu import masked_attention, merged_attention
+from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, MixtureMasks
+from attnprof.impls.combiner.scan import prefix_max
+
+
+def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, m: int) -> torch.Tensor:
+    """Combiner-Mixture on rows of m tokens, (B, H, N, D) -> (B, H, N, D); see mixture.py for the terms.
+
+    Copies are what is left besides the kernel (at N = 8192 they were a quarter of the time), so: q is scaled by the
+    kernel (max-pooling commutes with the positive scale), the row layout is the inputs themselves, and each column
+    layout tensor is written once, k and v straight into their slots of the column keys. Every write into the key
+    tensors comes before anything saves a view of them for the backward (the horizontal summaries, then the vertical
+    ones, whose keys and values are views of the column keys)."""
+    n = q.shape[-2]
+    rows = -(-n // m)
+    scale = q.shape[-1] ** -0.5
+    valid = token_valid(n, rows * m, q.device).view(rows, m)  # (rows, m)
+    pad = valid if rows * m > n else None
+    q_row, k_row, v_row = (x.unflatten(-2, (rows, m)) for x in padded(q, k, v, rows * m))  # (B, H, rows, m, D) each
+    batch, heads, width = q_row.shape[0], q_row.shape[1], q_row.shape[-1]
+    qk_col = q_row.new_empty((2, batch, heads, m, rows, width))  # (2, B, H, m, rows, D): q and k in the column layout
+    qk_col[0], qk_col[1] = q_row.transpose(-3, -2), k_row.transpose(-3, -2)
+    col_kv = q_row.new_empty((2, batch, heads, m, rows, 3, width))  # (2, B, H, m, rows, 3, D): key 3 r' + term
+    col_kv[0, ..., 0, :], col_kv[1, ..., 0, :] = qk_col[1], v_row.transpose(-3, -2)
+    for i, reverse in enumerate((False, True)):  # horizontal summaries: positions are columns, groups rows
+        _summaries(qk_col, k_row, v_row, None if pad is None else pad.T, reverse, col_kv[..., i + 1, :], scale)
+    directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
+    row_kv = q_row.new_empty((2, batch, heads, rows, m * (1 + len(directions)), width))  # (2, B, H, rows, K row, D)
+    row_kv[0, ..., :m, :], row_kv[1, ..., :m, :] = k_row, v_row
+    for i, reverse in enumerate(directions):  # vertical summaries: positions are rows, groups columns
+        slot = row_kv[..., m * (i + 1) : m * (i + 2), :]
+        _summaries((q_row, k_row), col_kv[0, ..., 0, :], col_kv[1, ..., 0, :], pad, reverse, slot, scale)
+    col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
+    masks = MixtureMasks(n, m, rows, causal)
+    out = []
+    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
+        reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
+        row_mask = _additive(masks.mask_row_part, (b - a, m, row_kv.shape[-2]), q_row, a, b)  # (1, nb, m, K row)
+        col_mask = _additive(masks.mask_column_part, (m, b - a, reach), q_row, a, b)  # (1, m, nb, reach)
+        # (B H, nb, m, D) queries and (B H, nb, K row, D) keys and values; (B H, m, nb, D) and (B H, m, reach, D)
+        row_part = (q_row[:, :, a:b].flatten(0, 1), *row_kv[:, :, :, a:b].flatten(1, 2), row_mask)
+        col_part = (qk_col[0, ..., a:b, :].flatten(0, 1), *col_kv[..., :reach, :].flatten(1, 2), col_mask)
+        out.append(merged_attention(row_part, col_part, scale))  # (B H, nb, m, D)
+    return finish(torch.cat(out, dim=1).unflatten(0, (batch, heads)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
+
+
+def _summaries(scanned, group_keys, group_values, valid, reverse: bool, out: torch.Tensor, scale: float) -> None:
+    """For every group and position t, the summary of the group's tokens strictly before t (after t when `reverse`):
+    max-pooled key and the softmax attention of the max-pooled query over those tokens, written into out (2, B, H, T,
+    G, D). scanned: the queries and keys (B, H, T, G, D) each (positions outer: each step of the running max is then
+    one contiguous slab); group_keys and group_values (B, H, G, T, D): the same keys and the values by group; valid
+    (T, G) or None. A position with an empty region gets a zero key and value (masked in the joint softmax)."""
+    valid = None if valid is None else valid[..., None]
+    pooled_q, pooled_k = (prefix_max(x, -3, reverse=reverse, valid=valid) for x in scanned)  # (B, H, T, G, D) each
+    out[0] = pooled_k
+    queries = pooled_q.transpose(-3, -2).contiguous().flatten(0, 1)  # (B H, G, T, D)
+    keys, values = group_keys.flatten(0, 1), group_values.flatten(0, 1)  # (B H, G, T, D) each
+    mask = _summary_mask(pooled_q.shape[-3], reverse, None if valid is None else valid[..., 0].T, pooled_q)  # (T, T) or (1, G, T, T)
+    out[1] = masked_attention(queries, keys, values, mask, scale).unflatten(0, out.shape[1:3]).transpose(-3, -2)
+
+
+def _summary_mask(size: int, reverse: bool, valid, like: torch.Tensor) -> torch.Tensor:
+    """-inf where key u is not strictly before (after, reversed) query position t, or is padding: (T, T), or (1, G, T, T)
+    with valid (G, T) (the kernel takes 2-D and 4-D masks); in like's dtype and on its device."""
+    t = torch.arange(size, device=like.device)
+    drop = (t[None, :] <= t[:, None]) if reverse else (t[None, :] >= t[:, None])  # (T, T)
+    if valid is not None:
+        drop = (drop | ~valid[:, None, :]).unsqueeze(0)  # (1, G, T, T)
+    return like.new_zeros(drop.shape).masked_fill_(drop, float("-inf"))
+
+
+def _additive(fill, shape: tuple[int, ...], like: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """A MixtureMasks fill of one logit part as an additive mask, (1, *shape) in like's dtype and on its device: 0 where
+    a key is seen, -inf where it is dropped, the dtype's minimum for a query with no key in the part (see flash_cpu)."""
+    mask = like.new_zeros((1, 1, *shape))
+    fill(mask, a=a, b=b)
+    return mask[0]

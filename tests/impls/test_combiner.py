@@ -145,11 +145,28 @@ def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, meth
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("causal,mode", list(itertools.product((False, True), ("fwd", "fwd_bwd"))))
-def test_mixture_cpu_plan_flops_formula_equals_the_counted_flops(causal, mode):
-    """The CPU plan (fused flash kernel, whole summary groups) counted on meta standing for the CPU, as the host-memory
-    guard accounts a CPU case: the counter must see the kernel (torch has no formula for it) and the formula the plan."""
-    impl = impls.get("combiner-mixture")
+@pytest.mark.parametrize("causal", (False, True))
+@pytest.mark.parametrize("n,block", [(23, 5), (24, 3), (9, 9), (1, None)], ids=["ragged", "whole", "one-block", "one-token"])
+def test_fixed_on_the_device_plan_matches_the_oracle(monkeypatch, causal, n, block):
+    """The CPU runs Fixed's fused-kernel plan; CUDA and meta the eager joint softmax: check that one here too."""
+    monkeypatch.setattr("attnprof.impls.combiner.fixed.plan", lambda device: "joint")
+    fast, slow = qkv(n, seed=9, grad=True), qkv(n, seed=9, grad=True)
+    out = combiner_attention(*fast, variant="fixed", causal=causal, block_size=block)
+    expected = combiner_reference(*slow, variant="fixed", causal=causal, block_size=block)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    for mine, theirs in zip(fast, slow, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant,causal,mode", list(itertools.product(("fixed", "mixture"), (False, True), ("fwd", "fwd_bwd"))))
+def test_cpu_plan_flops_formula_equals_the_counted_flops(variant, causal, mode):
+    """The CPU plans of Fixed and Mixture (fused flash kernel; Mixture's whole summary groups) counted on meta standing for
+    the CPU, as the host-memory guard accounts a CPU case: the counter must see the kernel (torch has no formula for it)
+    and the formula the plan."""
+    impl = impls.get(f"combiner-{variant}")
     for n, block in [(1000, None), (96, 7), (2, None)]:
         options = () if block is None else (("block_size", block),)
         case = Case(impl=impl.name, seq_len=n, heads=2, head_dim=8, dtype="float32", causal=causal, mode=mode, options=options)

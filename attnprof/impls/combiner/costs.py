@@ -4,7 +4,7 @@ FLOPs are the matrix-product FLOPs the operator performs (2 M N K per product, a
 torch.utils.flop_counter counts them) on its padded shapes; max-pools, masks, exp and the
 normalisation are not counted, as for every other impl. Every product's operands require grad in
 fwd_bwd, so the backward does two products of the same size per forward one: fwd_bwd = 3 x fwd (Mixture's CPU
-plan: 3.5 x fwd, its fused kernel's backward recomputes the logits first).
+plan, and Fixed's but for its block summaries: 3.5 x fwd, their fused kernel's backward recomputes the logits first).
 With G = batch * heads, D = head dim:
 
     fixed      block s, nb = ceil(N / s), L = nb s:  4 G D L (1 + s + nb)
@@ -33,7 +33,7 @@ back once; in fwd_bwd their gradients travel the same way again.
 
 from __future__ import annotations
 
-from attnprof.impls.base import DTYPE_BYTES, io_bytes
+from attnprof.impls.base import DTYPE_BYTES, io_bytes, planning_device_type
 from attnprof.impls.combiner.common import resolve_block, row_blocks
 from attnprof.impls.combiner.logsparse import TILE_LEVELS
 from attnprof.impls.combiner.mixture import SUMMARY_BLOCKS, plan
@@ -58,7 +58,10 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
         }[variant]
     if case.mode == "fwd":
         return fwd
-    return 7 * fwd // 2 if variant == "mixture" and plan(case.device) == "flash" else 3 * fwd
+    if planning_device_type(case.device) == "cpu" and variant in ("fixed", "mixture"):  # their fused-kernel CPU plans
+        fused = fwd if variant == "mixture" else 4 * g * d * length * (block + groups)  # Fixed: all but the block summaries
+        return 3 * fwd + fused // 2
+    return 3 * fwd
 
 
 def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool, summary_blocks: int) -> int:

@@ -31,11 +31,12 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return _MaskedAttention.apply(q, k, v, mask, scale)
 
 
-def merged_attention(row_part, column_part, scale: float) -> torch.Tensor:
-    """One softmax over two key sets, each with its own layout of the same queries: row_part (q, k, v, mask) with q
-    (G, P, Q, D); column_part the same with q (G, Q, P, D), the query axes swapped (the column layout of a
-    grid). Returns (G, P, Q, D) in the row part's layout. Every query must keep a finite logit in each part."""
-    return _MergedAttention.apply(scale, *row_part, *column_part)
+def merged_attention(first, second, scale: float, *, swapped: bool = True) -> torch.Tensor:
+    """One softmax over two key sets, each with its own layout of the same queries: first (q, k, v, mask) with q
+    (G, P, Q, D); second the same with q (G, Q, P, D) when `swapped` (the column layout of a grid), else any shape
+    holding the queries in the same order (e.g. (G, 1, P Q, D)). Returns (G, P, Q, D) in the first part's layout.
+    Every query must keep a finite logit in each part."""
+    return _MergedAttention.apply(scale, swapped, *first, *second)
 
 
 def _flash(q, k, v, mask, scale):
@@ -62,20 +63,30 @@ class _MaskedAttention(torch.autograd.Function):
 
 class _MergedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scale, q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col):
-        out_row, lse_row = _flash(q_row, k_row, v_row, mask_row, scale)  # (G, P, Q, D), (G, P, Q)
-        out_col, lse_col = _flash(q_col, k_col, v_col, mask_col, scale)  # (G, Q, P, D), (G, Q, P)
-        out_col, lse_col = out_col.transpose(-3, -2), lse_col.transpose(-2, -1)  # into the row layout
-        lse = torch.logaddexp(lse_row, lse_col)  # (G, P, Q): the joint log-normaliser
-        out = out_row.mul_(torch.exp(lse_row - lse).unsqueeze(-1)).add_(out_col * torch.exp(lse_col - lse).unsqueeze(-1))
-        ctx.save_for_backward(q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col, out, lse)
-        ctx.scale = scale
+    def forward(ctx, scale, swapped, q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b):
+        out_a, lse_a = _flash(q_a, k_a, v_a, mask_a, scale)  # (G, P, Q, D), (G, P, Q)
+        out_b, lse_b = _flash(q_b, k_b, v_b, mask_b, scale)  # the second part's layout
+        out_b, lse_b = _relaid(out_b, lse_b, out_a.shape, swapped)  # into the first part's
+        lse = torch.logaddexp(lse_a, lse_b)  # (G, P, Q): the joint log-normaliser
+        out = out_a.mul_(torch.exp(lse_a - lse).unsqueeze(-1)).add_(out_b * torch.exp(lse_b - lse).unsqueeze(-1))
+        ctx.save_for_backward(q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b, out, lse)
+        ctx.scale, ctx.swapped = scale, swapped
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q_row, k_row, v_row, mask_row, q_col, k_col, v_col, mask_col, out, lse = ctx.saved_tensors
-        row = _flash_backward(grad, q_row, k_row, v_row, out, lse, mask_row, ctx.scale)
-        swapped = grad.transpose(-3, -2), out.transpose(-3, -2), lse.transpose(-2, -1)  # into the column layout
-        col = _flash_backward(swapped[0], q_col, k_col, v_col, *swapped[1:], mask_col, ctx.scale)
-        return (None, *row, None, *col, None)
+        q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b, out, lse = ctx.saved_tensors
+        first = _flash_backward(grad, q_a, k_a, v_a, out, lse, mask_a, ctx.scale)
+        shape_b = (*q_b.shape[:-1], out.shape[-1])
+        grad_b, _ = _relaid(grad, None, shape_b, ctx.swapped)
+        out_b, lse_b = _relaid(out, lse, shape_b, ctx.swapped)
+        second = _flash_backward(grad_b, q_b, k_b, v_b, out_b, lse_b, mask_b, ctx.scale)
+        return (None, None, *first, None, *second, None)
+
+
+def _relaid(out: torch.Tensor, lse: torch.Tensor | None, shape, swapped: bool):
+    """An output (G, X, Y, D) and its log-normaliser (G, X, Y) in the other part's layout `shape` (G, X', Y', D):
+    the two query axes swapped, or the same queries reshaped (views)."""
+    if swapped:
+        return out.transpose(-3, -2), None if lse is None else lse.transpose(-2, -1)
+    return out.reshape(shape), None if lse is None else lse.reshape(shape[:-1])

@@ -135,14 +135,7 @@ def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, meth
     on a one-row grid (no column key at all) and with causal row blocks (row 0 has no earlier row)."""
     monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: method)
     monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: plan)
-    fast, slow = qkv(n, seed=8, grad=True), qkv(n, seed=8, grad=True)
-    out = combiner_attention(*fast, variant="mixture", causal=causal, block_size=block)
-    expected = combiner_reference(*slow, variant="mixture", causal=causal, block_size=block)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    out.sum().backward()
-    expected.sum().backward()
-    for mine, theirs in zip(fast, slow, strict=True):
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+    check_against_the_oracle("mixture", causal, n, block)
 
 
 @pytest.mark.parametrize("causal", (False, True))
@@ -150,15 +143,7 @@ def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, meth
 def test_fixed_on_the_device_plan_matches_the_oracle(monkeypatch, causal, n, block):
     """The CPU runs Fixed's fused-kernel plan; CUDA and meta the eager joint softmax: check that one here too."""
     monkeypatch.setattr("attnprof.impls.combiner.fixed.plan", lambda device: "joint")
-    fast, slow = qkv(n, seed=9, grad=True), qkv(n, seed=9, grad=True)
-    out = combiner_attention(*fast, variant="fixed", causal=causal, block_size=block)
-    expected = combiner_reference(*slow, variant="fixed", causal=causal, block_size=block)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    expected.backward(grad_out)
-    for mine, theirs in zip(fast, slow, strict=True):
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
+    check_against_the_oracle("fixed", causal, n, block)
 
 
 @pytest.mark.parametrize("variant,causal,mode", list(itertools.product(("fixed", "mixture"), (False, True), ("fwd", "fwd_bwd"))))
@@ -260,16 +245,17 @@ def test_the_compiled_backend_matches_the_oracle(variant, causal, n, block, requ
     machine); Mixture goes through AOTAutograd only (see compiled_by_aot_autograd)."""
     if variant == "mixture":
         request.getfixturevalue("compiled_by_aot_autograd")
-    check_the_compiled_backend(variant, causal, n, block)
+    check_against_the_oracle(variant, causal, n, block, backend="compile")
 
 
-def check_the_compiled_backend(variant, causal, n, block):
+def check_against_the_oracle(variant, causal, n, block, **options):
+    """Outputs (1e-12) and gradients (1e-10) of combiner_attention against the oracle's, in float64."""
     fast, slow = qkv(n, seed=8, grad=True), qkv(n, seed=8, grad=True)
-    compiled = combiner_attention(*fast, variant=variant, causal=causal, block_size=block, backend="compile")
+    out = combiner_attention(*fast, variant=variant, causal=causal, block_size=block, **options)
     expected = combiner_reference(*slow, variant=variant, causal=causal, block_size=block)
-    torch.testing.assert_close(compiled, expected, rtol=1e-12, atol=1e-12)
-    grad_out = torch.randn_like(compiled)
-    compiled.backward(grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
     expected.backward(grad_out)
     for mine, theirs in zip(fast, slow, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-10)
@@ -284,7 +270,7 @@ def test_the_compiled_backend_takes_the_device_plan_too(monkeypatch, compiled_by
 
     monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: "merged")
     counters.clear()
-    check_the_compiled_backend("mixture", False, 37, 6)
+    check_against_the_oracle("mixture", False, 37, 6, backend="compile")
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 

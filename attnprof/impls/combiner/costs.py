@@ -36,8 +36,8 @@ from __future__ import annotations
 from attnprof.impls.base import DTYPE_BYTES, io_bytes, planning_device_type
 from attnprof.impls.combiner.common import resolve_block, row_blocks
 from attnprof.impls.combiner.logsparse import TILE_LEVELS
-from attnprof.impls.combiner.mixture import SUMMARY_BLOCKS, plan
-from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS
+from attnprof.impls.combiner.mixture import plan
+from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, SUMMARY_BLOCKS
 from attnprof.spec import Case
 
 

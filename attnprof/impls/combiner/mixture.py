@@ -38,11 +38,9 @@ import torch
 from attnprof.impls.base import planning_device_type
 from attnprof.impls.combiner.common import finish, mask_value, merge_by_normalisers, prepare, resolve_block, row_blocks, token_valid
 from attnprof.impls.combiner.mixture_flash import flash_mixture
-from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, MixtureMasks
+from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, SUMMARY_BLOCKS, MixtureMasks
 from attnprof.impls.combiner.scan import prefix_max
 from attnprof.impls.combiner.triton_softmax import Band, fused_attend
-
-SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention
 
 
 def mixture_attention(

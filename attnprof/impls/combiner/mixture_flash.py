@@ -43,14 +43,13 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     qk_col[0], qk_col[1] = q_row.transpose(-3, -2), k_row.transpose(-3, -2)
     col_kv = q_row.new_empty((2, batch, heads, m, rows, 3, width))  # (2, B, H, m, rows, 3, D): key 3 r' + term
     col_kv[0, ..., 0, :], col_kv[1, ..., 0, :] = qk_col[1], v_row.transpose(-3, -2)
-    for i, reverse in enumerate((False, True)):  # horizontal summaries: positions are columns, groups rows
-        _summaries(qk_col, k_row, v_row, None if pad is None else pad.T, reverse, col_kv[..., i + 1, :], scale)
+    # horizontal summaries: positions are columns, groups rows; left and right
+    _summaries(qk_col, k_row, v_row, None if pad is None else pad.T, (False, True), [col_kv[..., 1, :], col_kv[..., 2, :]], scale)
     directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
     row_kv = q_row.new_empty((2, batch, heads, rows, m * (1 + len(directions)), width))  # (2, B, H, rows, K row, D)
     row_kv[0, ..., :m, :], row_kv[1, ..., :m, :] = k_row, v_row
-    for i, reverse in enumerate(directions):  # vertical summaries: positions are rows, groups columns
-        slot = row_kv[..., m * (i + 1) : m * (i + 2), :]
-        _summaries((q_row, k_row), col_kv[0, ..., 0, :], col_kv[1, ..., 0, :], pad, reverse, slot, scale)
+    slots = [row_kv[..., m * (i + 1) : m * (i + 2), :] for i in range(len(directions))]
+    _summaries((q_row, k_row), col_kv[0, ..., 0, :], col_kv[1, ..., 0, :], pad, directions, slots, scale)  # vertical: positions rows
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
     masks = MixtureMasks(n, m, rows, causal)
     out = []
@@ -65,19 +64,32 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     return finish(torch.cat(out, dim=1).unflatten(0, (batch, heads)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
 
 
-def _summaries(scanned, group_keys, group_values, valid, reverse: bool, out: torch.Tensor, scale: float) -> None:
-    """For every group and position t, the summary of the group's tokens strictly before t (after t when `reverse`):
-    max-pooled key and the softmax attention of the max-pooled query over those tokens, written into out (2, B, H, T,
-    G, D). scanned: the queries and keys (B, H, T, G, D) each (positions outer: each step of the running max is then
-    one contiguous slab); group_keys and group_values (B, H, G, T, D): the same keys and the values by group; valid
-    (T, G) or None. A position with an empty region gets a zero key and value (masked in the joint softmax)."""
-    valid = None if valid is None else valid[..., None]
-    pooled_q, pooled_k = (prefix_max(x, -3, reverse=reverse, valid=valid) for x in scanned)  # (B, H, T, G, D) each
-    out[0] = pooled_k
-    queries = pooled_q.transpose(-3, -2).contiguous().flatten(0, 1)  # (B H, G, T, D)
+def _summaries(scanned, group_keys, group_values, valid, directions, outs, scale: float) -> None:
+    """For every group, position t and scan direction (False: the group's tokens strictly before t; True: after t),
+    the summary of those tokens: max-pooled key and the softmax attention of the max-pooled query over them, written
+    into the direction's out (2, B, H, T, G, D). scanned: the queries and keys (B, H, T, G, D) each (positions outer:
+    each step of the running max is then one contiguous slab); group_keys and group_values (B, H, G, T, D): the same
+    keys and the values by group; valid (T, G) or None. A position with an empty region gets a zero key and value
+    (masked in the joint softmax).
+
+    One kernel call, every direction's queries against the whole group (fewer, larger blocks). Measured in the whole
+    operator at N = 8192 (causal, six alternating runs each): 246.9 and 251.1 ms, against 251.4 and 255.5 with
+    position blocks reaching only their side of the block's far end as the eager plans form them (3/4 of the logits)."""
+    scan_valid = None if valid is None else valid[..., None]
+    batch, heads, size, groups, width = scanned[0].shape
+    queries = scanned[0].new_empty((batch, heads, groups, len(directions) * size, width))  # the directions' pooled queries
+    for i, reverse in enumerate(directions):
+        pooled_q, pooled_k = (prefix_max(x, -3, reverse=reverse, valid=scan_valid) for x in scanned)  # (B, H, T, G, D) each
+        outs[i][0] = pooled_k
+        queries[..., i * size : (i + 1) * size, :] = pooled_q.transpose(-3, -2)
+    group_valid = None if valid is None else valid.T  # (G, T)
+    mask = torch.cat(
+        [_summary_mask(size, reverse, group_valid, queries) for reverse in directions], dim=-2
+    )  # (dirs T, T) or (1, G, dirs T, T)
     keys, values = group_keys.flatten(0, 1), group_values.flatten(0, 1)  # (B H, G, T, D) each
-    mask = _summary_mask(pooled_q.shape[-3], reverse, None if valid is None else valid[..., 0].T, pooled_q)  # (T, T) or (1, G, T, T)
-    out[1] = masked_attention(queries, keys, values, mask, scale).unflatten(0, out.shape[1:3]).transpose(-3, -2)
+    summaries = masked_attention(queries.flatten(0, 1), keys, values, mask, scale).unflatten(0, (batch, heads))  # (B, H, G, dirs T, D)
+    for i, out in enumerate(outs):
+        out[1] = summaries[..., i * size : (i + 1) * size, :].transpose(-3, -2)
 
 
 def _summary_mask(size: int, reverse: bool, valid, like: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from attnprof.impls.combiner.common import mask_value
 from attnprof.impls.combiner.triton_softmax import Band
 
 NEG_INF = float("-inf")
+SUMMARY_BLOCKS = 2  # position blocks of the running-summary attention: each reaches only its side of the block's far end
 CAUSAL_ROW_BLOCKS = 4  # query row blocks in causal mode: column products over (1 + 2 + 3 + 4) / 16 of the key rows
 
 

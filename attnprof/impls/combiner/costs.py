@@ -24,7 +24,8 @@ With G = batch * heads, D = head dim:
                end; then own row + vertical summaries per query, and own column + left + right
                horizontal summaries per query, causal in CAUSAL_ROW_BLOCKS = 4 query row blocks that
                reach only the key rows before the block's end). The CPU plan (mixture_flash.py) forms each
-               summary group's whole T x T in its fused kernel: R(T, 1) = T^2 in the summaries' term.
+               summary group's whole T x T in its fused kernel, R(n, 1) and R(m, 1) in the summaries' term, and
+               takes 2 causal row blocks, C = R(n, 2) (mixture_masks.SUMMARY_BLOCKS, CAUSAL_ROW_BLOCKS).
 
 Minimum bytes: q, k, v in and the output out (`io_bytes`), plus the region summaries (key and value,
 D each), which are shared by many queries, so even a fused kernel writes them once and reads them
@@ -54,7 +55,7 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
         fwd = {
             "fixed": 4 * g * d * length * (1 + block + groups),
             "axial": 4 * g * d * length * (2 * block + groups),
-            "mixture": _mixture_flops(g, d, block, groups, case.causal, 1 if plan(case.device) == "flash" else SUMMARY_BLOCKS),
+            "mixture": _mixture_flops(g, d, block, groups, case.causal, plan(case.device)),
         }[variant]
     if case.mode == "fwd":
         return fwd
@@ -64,11 +65,12 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
     return 3 * fwd
 
 
-def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool, summary_blocks: int) -> int:
+def _mixture_flops(g: int, d: int, block: int, groups: int, causal: bool, plan_name: str) -> int:
     length = block * groups
     vertical = 1 if causal else 2  # scan directions of the vertical summaries (horizontal: always 2)
+    summary_blocks = SUMMARY_BLOCKS[plan_name]
     summaries = vertical * block * _reach(groups, summary_blocks) + 2 * groups * _reach(block, summary_blocks)
-    column_reach = _reach(groups, CAUSAL_ROW_BLOCKS) if causal else groups * groups
+    column_reach = _reach(groups, CAUSAL_ROW_BLOCKS[plan_name]) if causal else groups * groups
     return 4 * g * d * (summaries + length * block * (1 + vertical) + 3 * block * column_reach)
 
 

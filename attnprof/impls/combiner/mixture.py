@@ -17,7 +17,7 @@ one product (row layout (B, H, rows, m, D)); terms 2 and 4 share the query's col
 (B, H, m, rows, D)), and their keys are interleaved by key row, (r', direct), (r', left), (r', right),
 so that the keys of rows [0, b) are a prefix. Queries are processed in blocks of grid rows; in
 causal mode a block of rows [a, b) forms column logits only against that prefix, which skips most
-of the masked upper triangle of the column terms (CAUSAL_ROW_BLOCKS = 4: 5/8 of them are formed).
+of the masked upper triangle of the column terms (CAUSAL_ROW_BLOCKS: 4 off the CPU, 5/8 of them formed).
 
 Deviations from the reference code:
 - TF's `approx_cummax` is a cumsum; this uses a true running max (as JAX `lax.cummax` does).
@@ -78,7 +78,7 @@ def mixture_attention(
     else:
         block = _merged_block
     out = []
-    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
+    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS["merged"] if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
         # queries (B, H, nb, m, D) and (B, H, m, nb, D); with fused, the kernel drops the causal triangles (the masks return them)
         row_part = (by_row[0, :, :, a:b], row_kv[:, :, :, a:b], functools.partial(masks.mask_row_part, a=a, b=b, band=fused))
@@ -171,7 +171,7 @@ def _summaries(qkv: torch.Tensor, valid: torch.Tensor | None, reverse: bool, out
     size = qkv.shape[-2]
     out[0] = pooled[1]
     t = torch.arange(size, device=qkv.device)  # (T,)
-    for a, b in row_blocks(size, SUMMARY_BLOCKS):
+    for a, b in row_blocks(size, SUMMARY_BLOCKS["merged"]):
         lo, hi = (a, size) if reverse else (0, b)  # the keys positions [a, b) can reach
         # (B, H, G, b - a, D) pooled queries; (B, H, G, hi - lo, D) keys and values
         queries, keys, values = pooled[0, ..., a:b, :], qkv[1, ..., lo:hi, :], qkv[2, ..., lo:hi, :]

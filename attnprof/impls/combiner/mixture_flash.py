@@ -53,7 +53,7 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     col_kv = col_kv.flatten(-3, -2)  # (2, B, H, m, 3 rows, D)
     masks = MixtureMasks(n, m, rows, causal)
     out = []
-    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS if causal else 1):
+    for a, b in row_blocks(rows, CAUSAL_ROW_BLOCKS["flash"] if causal else 1):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
         row_mask = _additive(masks.mask_row_part, (b - a, m, row_kv.shape[-2]), q_row, a, b)  # (1, nb, m, K row)
         col_mask = _additive(masks.mask_column_part, (m, b - a, reach), q_row, a, b)  # (1, m, nb, reach)

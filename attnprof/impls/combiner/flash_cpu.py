@@ -68,7 +68,7 @@ class _MergedAttention(torch.autograd.Function):
         out_b, lse_b = _flash(q_b, k_b, v_b, mask_b, scale)  # the second part's layout
         out_b, lse_b = _relaid(out_b, lse_b, out_a.shape, swapped)  # into the first part's
         lse = torch.logaddexp(lse_a, lse_b)  # (G, P, Q): the joint log-normaliser
-        out = out_a.mul_(torch.exp(lse_a - lse).unsqueeze(-1)).add_(out_b * torch.exp(lse_b - lse).unsqueeze(-1))
+        out = out_a.mul_(torch.exp(lse_a - lse).unsqueeze(-1)).addcmul_(out_b, torch.exp(lse_b - lse).unsqueeze(-1))  # no temporary
         ctx.save_for_backward(q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b, out, lse)
         ctx.scale, ctx.swapped = scale, swapped
         return out

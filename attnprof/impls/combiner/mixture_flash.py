@@ -40,34 +40,34 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     valid = token_valid(n, rows * m, q.device).view(rows, m)  # (rows, m)
     pad = valid if rows * m > n else None
     q_row, k_row, v_row = (x.unflatten(-2, (rows, m)) for x in padded(q, k, v, rows * m))  # (B, H, rows, m, D) each
-    batch, heads, width = q_row.shape[0], q_row.shape[1], q_row.shape[-1]
-    qkv_col = q_row.new_empty((3, batch, heads, m, rows, width))  # (3, B, H, m, rows, D): the column layout
-    qkv_col[0], qkv_col[1], qkv_col[2] = (x.transpose(-3, -2) for x in (q_row, k_row, v_row))
+    batch, heads = q_row.shape[:2]
+    q_col, k_col, v_col = torch.stack([x.transpose(-3, -2) for x in (q_row, k_row, v_row)])  # (B, H, m, rows, D) each
     blocks = row_blocks(rows, CAUSAL_ROW_BLOCKS["flash"] if causal else 1)
-    col_kv = q_row.new_empty((2, batch, heads, m, 3 * rows, width))  # (2, B, H, m, 3 rows, D): block by block, see above
     # direct keys, then the horizontal summaries (positions are columns, groups rows): left, right
-    terms = [(qkv_col[1], qkv_col[2]), *_summaries(qkv_col[:2], k_row, v_row, None if pad is None else pad.T, (False, True), scale)]
-    for a, b in blocks:
-        for term, (keys, values) in enumerate(terms):  # (B, H, m, rows, D) each
-            run = slice(3 * a + term * (b - a), 3 * a + (term + 1) * (b - a))
-            col_kv[0, ..., run, :], col_kv[1, ..., run, :] = keys[..., a:b, :], values[..., a:b, :]
+    terms = [(k_col, v_col), *_summaries((q_col, k_col), k_row, v_row, None if pad is None else pad.T, (False, True), scale)]
+    # (B, H, m, 3 rows, D) each, block by block (see above). Pieces by split, not by slicing: a slice's backward writes a
+    # zero tensor of the whole for each piece (counted at N = 8192: 131 ms of zero fills in Mixture's backward)
+    sizes = [b - a for a, b in blocks]
+    pieces = [[x.split(sizes, dim=-2) for x in term] for term in terms]  # term, k | v, block
+    col_k, col_v = (torch.cat([term[i][j] for j in range(len(blocks)) for term in pieces], dim=-2) for i in (0, 1))
     directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
-    row_kv = q_row.new_empty((2, batch, heads, rows, m * (1 + len(directions)), width))  # (2, B, H, rows, K row, D)
-    row_kv[0, ..., :m, :], row_kv[1, ..., :m, :] = k_row, v_row
-    # vertical summaries: positions are rows, groups columns
-    for i, (keys, values) in enumerate(_summaries((q_row, k_row), qkv_col[1], qkv_col[2], pad, directions, scale), start=1):
-        row_kv[0, ..., m * i : m * (i + 1), :], row_kv[1, ..., m * i : m * (i + 1), :] = keys, values  # (B, H, rows, m, D)
+    vertical = _summaries((q_row, k_row), k_col, v_col, pad, directions, scale)  # positions are rows, groups columns
+    # (B, H, rows, K row, D) each: the own row's keys, then each direction's vertical summaries
+    row_k, row_v = (torch.cat([(k_row, v_row)[i], *(term[i] for term in vertical)], dim=-2) for i in (0, 1))
     masks = MixtureMasks(n, m, rows, causal)
     out = []
-    for a, b in blocks:
+    row_pieces = [x.split(sizes, dim=2) for x in (q_row, row_k, row_v)]  # (B, H, nb, ...) per block
+    col_queries = q_col.split(sizes, dim=-2)  # (B, H, m, nb, D) per block
+    for j, (a, b) in enumerate(blocks):
         reach = 3 * (b if causal else rows)  # column keys of the key rows a causal block can see
-        row_mask = _additive(masks.mask_row_part, (b - a, m, row_kv.shape[-2]), q_row, a, b)  # (1, nb, m, K row)
+        row_mask = _additive(masks.mask_row_part, (b - a, m, row_k.shape[-2]), q_row, a, b)  # (1, nb, m, K row)
         col_mask = _additive(masks.mask_column_part, (m, b - a, reach), q_row, a, b)[
             ..., _column_order(blocks, reach // 3)
         ]  # (1, m, nb, reach)
         # (B H, nb, m, D) queries and (B H, nb, K row, D) keys and values; (B H, m, nb, D) and (B H, m, reach, D)
-        row_part = (q_row[:, :, a:b].flatten(0, 1), *row_kv[:, :, :, a:b].flatten(1, 2), row_mask)
-        col_part = (qkv_col[0, ..., a:b, :].flatten(0, 1), *col_kv[..., :reach, :].flatten(1, 2), col_mask)
+        row_part = (*(pieces_of_x[j].flatten(0, 1) for pieces_of_x in row_pieces), row_mask)
+        col_keys = (x if reach == x.shape[-2] else x[..., :reach, :] for x in (col_k, col_v))  # the last block sees them all
+        col_part = (col_queries[j].flatten(0, 1), *(x.flatten(0, 1) for x in col_keys), col_mask)
         out.append(merged_attention(row_part, col_part, scale))  # (B H, nb, m, D)
     return finish(torch.cat(out, dim=1).unflatten(0, (batch, heads)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
 
@@ -91,19 +91,15 @@ def _summaries(scanned, group_keys, group_values, valid, directions, scale: floa
     position blocks reaching only their side of the block's far end as the eager plans form them (3/4 of the logits)."""
     scan_valid = None if valid is None else valid[..., None]
     batch, heads, size, groups, width = scanned[0].shape
-    queries = scanned[0].new_empty((batch, heads, groups, len(directions) * size, width))  # the directions' pooled queries
-    pooled_keys = []
-    for i, reverse in enumerate(directions):
-        pooled_q, pooled_k = (prefix_max(x, -3, reverse=reverse, valid=scan_valid) for x in scanned)  # (B, H, T, G, D) each
-        pooled_keys.append(pooled_k)
-        queries[..., i * size : (i + 1) * size, :] = pooled_q.transpose(-3, -2)
+    pooled = [[prefix_max(x, -3, reverse=reverse, valid=scan_valid) for x in scanned] for reverse in directions]  # (B, H, T, G, D)
+    queries = torch.cat([pooled_q.transpose(-3, -2) for pooled_q, _ in pooled], dim=-2)  # (B, H, G, dirs T, D)
     group_valid = None if valid is None else valid.T  # (G, T)
     mask = torch.cat(
         [_summary_mask(size, reverse, group_valid, queries) for reverse in directions], dim=-2
     )  # (dirs T, T) or (1, G, dirs T, T)
     keys, values = group_keys.flatten(0, 1), group_values.flatten(0, 1)  # (B H, G, T, D) each
     summaries = masked_attention(queries.flatten(0, 1), keys, values, mask, scale).unflatten(0, (batch, heads))  # (B, H, G, dirs T, D)
-    return [(key, summaries[..., i * size : (i + 1) * size, :].transpose(-3, -2)) for i, key in enumerate(pooled_keys)]
+    return [(key, summaries[..., i * size : (i + 1) * size, :].transpose(-3, -2)) for i, (_, key) in enumerate(pooled)]
 
 
 def _summary_mask(size: int, reverse: bool, valid, like: torch.Tensor) -> torch.Tensor:

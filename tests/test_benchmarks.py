@@ -76,7 +76,7 @@ def test_mixture_plans_agree_and_are_timed_on_the_cpu():
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[2:-1]]
     assert len(rows) == 8  # four plans, both causalities
-    assert [row[:3] for row in rows[:1]] == [["joint", "+", "steps"]] and rows[0][3] == "*"  # the CPU's default first
+    assert [row[:3] for row in rows[:1]] == [["flash", "+", "steps"]] and rows[0][3] == "*"  # the CPU's default first
     for row in rows:
         ms, error = float(row[-3]), float(row[-1])
         assert ms > 0 and error < 3e-2, row  # a plan whose output disagreed would print nan

@@ -33,7 +33,11 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     left and right summaries one contiguous run each (the keys of rows [0, b) still a prefix): copies into runs of
     rows instead of into every third key row. Measured with the merge's in-place
     multiply-add, causal operator at N = 8192, four alternating runs, medians of 5: 244.0-248.3 -> 238.4-244.1 ms
-    against the keys interleaved key row by key row."""
+    against the keys interleaved key row by key row.
+
+    The summaries and the column-layout keys and values are freed once copied into the key tensors (_column_keys,
+    _row_keys): the host peak the sweep reads at N = 8192 (B = 1, H = 16, fp32, forward) fell from 680 to 480 MiB
+    causal and from 820 to 608 MiB bidirectional (the eager joint-softmax plan before it: 624 and 928 MiB)."""
     n = q.shape[-2]
     rows = -(-n // m)
     scale = q.shape[-1] ** -0.5
@@ -41,19 +45,12 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     pad = valid if rows * m > n else None
     q_row, k_row, v_row = (x.unflatten(-2, (rows, m)) for x in padded(q, k, v, rows * m))  # (B, H, rows, m, D) each
     batch, heads = q_row.shape[:2]
-    q_col, k_col, v_col = torch.stack([x.transpose(-3, -2) for x in (q_row, k_row, v_row)])  # (B, H, m, rows, D) each
+    q_col, k_col, v_col = (x.transpose(-3, -2).contiguous() for x in (q_row, k_row, v_row))  # (B, H, m, rows, D) each
     blocks = row_blocks(rows, CAUSAL_ROW_BLOCKS["flash"] if causal else 1)
-    # direct keys, then the horizontal summaries (positions are columns, groups rows): left, right
-    terms = [(k_col, v_col), *_summaries((q_col, k_col), k_row, v_row, None if pad is None else pad.T, (False, True), scale)]
-    # (B, H, m, 3 rows, D) each, block by block (see above). Pieces by split, not by slicing: a slice's backward writes a
-    # zero tensor of the whole for each piece (counted at N = 8192: 131 ms of zero fills in Mixture's backward)
     sizes = [b - a for a, b in blocks]
-    pieces = [[x.split(sizes, dim=-2) for x in term] for term in terms]  # term, k | v, block
-    col_k, col_v = (torch.cat([term[i][j] for j in range(len(blocks)) for term in pieces], dim=-2) for i in (0, 1))
-    directions = (False,) if causal else (False, True)  # scan forward (above / left) and, bidirectional, backward
-    vertical = _summaries((q_row, k_row), k_col, v_col, pad, directions, scale)  # positions are rows, groups columns
-    # (B, H, rows, K row, D) each: the own row's keys, then each direction's vertical summaries
-    row_k, row_v = (torch.cat([(k_row, v_row)[i], *(term[i] for term in vertical)], dim=-2) for i in (0, 1))
+    col_k, col_v = _column_keys((q_col, k_col, v_col), k_row, v_row, None if pad is None else pad.T, sizes, scale)
+    row_k, row_v = _row_keys((q_row, k_row, v_row), k_col, v_col, pad, causal, scale)
+    del k_col, v_col  # their copies in the key tensors are what the joint part reads (the backward keeps what it needs)
     masks = MixtureMasks(n, m, rows, causal)
     out = []
     row_pieces = [x.split(sizes, dim=2) for x in (q_row, row_k, row_v)]  # (B, H, nb, ...) per block
@@ -70,6 +67,26 @@ def flash_mixture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
         col_part = (col_queries[j].flatten(0, 1), *(x.flatten(0, 1) for x in col_keys), col_mask)
         out.append(merged_attention(row_part, col_part, scale))  # (B H, nb, m, D)
     return finish(torch.cat(out, dim=1).unflatten(0, (batch, heads)).flatten(-3, -2), n, q.dtype)  # (B, H, N, D)
+
+
+def _column_keys(col, k_row, v_row, valid, sizes: list[int], scale: float):
+    """Keys and values of the column part, (B, H, m, 3 rows, D) each, block by block of `sizes` rows (see flash_mixture):
+    each block's direct keys, then the horizontal summaries (positions are columns, groups rows), left and right.
+    col: q, k, v in the column layout; valid (m, rows) or None. A function of its own so that the summaries are
+    freed once copied in (Mixture's host peak at N = 8192: see flash_mixture)."""
+    terms = [col[1:], *_summaries(col[:2], k_row, v_row, valid, (False, True), scale)]  # (k, v) of each term
+    # Pieces by split, not by slicing: a slice's backward writes a zero tensor of the whole for each piece (counted at
+    # N = 8192: 131 ms of zero fills in Mixture's backward)
+    pieces = [[x.split(sizes, dim=-2) for x in term] for term in terms]  # term, k | v, block
+    return tuple(torch.cat([term[i][j] for j in range(len(sizes)) for term in pieces], dim=-2) for i in (0, 1))
+
+
+def _row_keys(row, k_col, v_col, valid, causal: bool, scale: float):
+    """Keys and values of the row part, (B, H, rows, m (1 + directions), D) each: the own row's, then each scan
+    direction's vertical summaries (positions are rows, groups columns). row: q, k, v in the row layout."""
+    directions = (False,) if causal else (False, True)  # scan forward (above) and, bidirectional, backward (below)
+    vertical = _summaries(row[:2], k_col, v_col, valid, directions, scale)
+    return tuple(torch.cat([row[1 + i], *(term[i] for term in vertical)], dim=-2) for i in (0, 1))
 
 
 def _column_order(blocks, key_rows: int) -> list[int]:

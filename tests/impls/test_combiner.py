@@ -146,6 +146,18 @@ def test_fixed_on_the_device_plan_matches_the_oracle(monkeypatch, causal, n, blo
     check_against_the_oracle("fixed", causal, n, block)
 
 
+@pytest.mark.parametrize("variant", ("fixed", "mixture"))
+def test_cpu_plans_refuse_a_second_derivative(variant):
+    """The CPU plans' fused kernel has no second derivative: a backward with create_graph=True raises a plain error
+    rather than give a second derivative that treats the kernel's gradients as constants (Mixture's was silently
+    wrong before the fused plan; Fixed's ran eagerly)."""
+    q, k, v = qkv(13, grad=True)
+    out = combiner_attention(q, k, v, variant=variant, causal=True, block_size=4)
+    with pytest.raises(RuntimeError, match="no derivative: create_graph=True"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(out.sum(), q)[0]).all()  # the first derivative still works
+
+
 @pytest.mark.parametrize("variant,causal,mode", list(itertools.product(("fixed", "mixture"), (False, True), ("fwd", "fwd_bwd"))))
 def test_cpu_plan_flops_formula_equals_the_counted_flops(variant, causal, mode):
     """The CPU plans of Fixed and Mixture (fused flash kernel; Mixture's whole summary groups) counted on meta standing for

@@ -11,11 +11,17 @@ merges key blocks; the backward of each part is the kernel's own backward given 
 log-normaliser: its weights exp(s - lse) are then the joint softmax's, and its correction sum(dO * O) the joint
 output's, so each part's gradients are those of the one softmax over both (how ring attention splits its backward).
 
-Conventions: 4-D tensors (G, P, L, D) (the kernel's batch and
-head axes: groups of queries with their own keys), masks additive and broadcastable to (G, P, L, S) in q's dtype. A
-query whose keys are all -inf gets output 0 and log-normaliser 0 from the kernel, which a merge would misread as a
-real normaliser; the merged parts must therefore give such a row finite filler (the dtype's minimum: its log-
-normaliser is about that and weighs 0 in the merge).
+Conventions: 4-D tensors (G, P, L, D) (the kernel's batch and head axes: groups of queries with their own keys), masks
+additive and broadcastable to (G, P, L, S) in q's dtype. Every query keeps a finite mask entry: a query whose keys are
+all -inf gets output 0 and log-normaliser 0 from torch 2.4.1 on (NaN before: pytorch#127055), which a merge would
+misread as a real normaliser; the callers give such a row finite filler instead (the dtype's minimum: its output is
+some average of the values, its log-normaliser about that minimum, weighing 0 in a merge).
+
+Limits, as PyTorch's own CPU flash attention: no second derivative (the kernel's backward has none: a backward with
+create_graph=True raises, see _refuse_a_graph), torch.func transforms are not supported,
+and in fp32 the gradients of very large logits are coarser than an eager softmax's (the weights are recomputed from
+an fp32 log-normaliser: Mixture's dq 2.2e-4 off the float64 oracle with q scaled by 300, 5.2e-3 by 1000, against
+3.2e-5 and 1.5e-4 before; outputs about 3e-6 either way).
 """
 
 from __future__ import annotations
@@ -39,6 +45,18 @@ def merged_attention(first, second, scale: float, *, swapped: bool = True) -> to
     return _MergedAttention.apply(scale, swapped, *first, *second)
 
 
+def _refuse_a_graph() -> None:
+    """A backward runs with grad enabled only under create_graph=True. The kernel's backward has no derivative, and
+    torch's once_differentiable would let a second derivative through silently wrong when the incoming gradient does
+    not require grad (Fixed's eager summaries kept the graph alive): refuse it plainly instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the CPU plans of combiner-fixed and combiner-mixture run PyTorch's fused CPU flash kernel, whose backward has no "
+            "derivative: create_graph=True (a second derivative) is not supported; run the operator on float64 CUDA or meta "
+            "tensors, or compute the higher derivative another way"
+        )
+
+
 def _flash(q, k, v, mask, scale):
     return FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)  # (G, P, L, D), (G, P, L)
 
@@ -57,6 +75,7 @@ class _MaskedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        _refuse_a_graph()
         q, k, v, mask, out, lse = ctx.saved_tensors
         return (*_flash_backward(grad, q, k, v, out, lse, mask, ctx.scale), None, None)
 
@@ -75,6 +94,7 @@ class _MergedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        _refuse_a_graph()
         q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b, out, lse = ctx.saved_tensors
         first = _flash_backward(grad, q_a, k_a, v_a, out, lse, mask_a, ctx.scale)
         shape_b = (*q_b.shape[:-1], out.shape[-1])

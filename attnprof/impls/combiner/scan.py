@@ -167,7 +167,7 @@ class _ScannedMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        if ctx.method == "steps":
+        if ctx.method == "steps" and not torch.is_grad_enabled():  # create_graph: the cummax path, differentiable again
             return _steps_backward(x, grad, ctx.dim, ctx.reverse), None, None, None, None
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()

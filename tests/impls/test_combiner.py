@@ -126,6 +126,21 @@ def test_prefix_max_methods_agree_with_a_plain_loop(dim, reverse, padded, shape)
         torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], expected_grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ("steps", "blocked"))
+def test_prefix_max_gradients_stay_differentiable_under_create_graph(method):
+    """A gradient taken with create_graph=True is a function of the incoming gradient, as the cummax path's is (the
+    steps and blocked scans' first versions returned it detached: a second derivative through them read 0 or failed)."""
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    w, c = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True), torch.randn(2, 9, 3, dtype=torch.float64)
+    valid = torch.rand(9, 1) > 0.2
+    second = []
+    for m in (method, "cummax"):
+        (grad_x,) = torch.autograd.grad((prefix_max(x, -2, valid=valid, method=m) * w).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad((grad_x * c).sum(), w)[0])
+    torch.testing.assert_close(second[0], second[1], rtol=0, atol=1e-12)
+    assert second[1].abs().sum() > 0
+
+
 @pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("method,plan", [("blocked", "merged"), ("cummax", "merged"), ("blocked", "flash")])
 @pytest.mark.parametrize("n,block", [(23, 5), (24, 3), (9, 9), (7, 3), (2, 1)], ids=["ragged", "whole", "one-row", "short", "tiny"])

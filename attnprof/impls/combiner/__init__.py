@@ -68,11 +68,11 @@ def combiner_attention(
     (the same operator through torch.compile, one graph per shape: on a GPU its masking, shifting and
     exponentiating can fuse into single passes over the logits, which eager PyTorch makes one by one).
     On `meta` (the accounting), and in an accounting run's check, "compile" runs eagerly: the counts are the eager
-    plan's. On the CPU the eager plans are the
-    faster: measured on this project's 2-core CPU (N = 8192, B = 1, H = 16, fp32, forward, medians of 3, heap kept):
-    compiled Mixture 1783 ms against 246 eager causal, 2347 against 294 bidirectional (at the commit before the
-    CPU's fused-kernel plans, compiled causal took 2750 ms); Fixed 51.9 against 51.4 and 51.9 against 56.1. The
-    first call of each shape compiles (Mixture, one graph: 8-70 s there). "triton" (Fixed, Axial, Mixture): the eager plan
+    plan's. On the CPU Mixture's eager plan is far the faster, Fixed's about as fast: measured on this project's
+    2-core CPU (N = 8192, B = 1, H = 16, fp32, forward, medians of 3, heap kept): compiled Mixture 1783 ms against
+    246 eager causal, 2347 against 294 bidirectional (at the commit before the CPU's fused-kernel plans, compiled
+    causal took 2750 ms); Fixed 51.9 against 51.4 and 51.9 against 56.1. The first call of each shape compiles
+    (Mixture, one graph: 8-70 s there). "triton" (Fixed, Axial, Mixture): the eager plan
     with each softmax (the logit parts', Axial's row attention, Mixture's summaries) and its product with the
     values in one Triton kernel (triton_softmax.py), the parts merged by their log-normalisers; Mixture's running
     maxima in a Triton kernel too (triton_scan.py); CUDA tensors, or meta for the accounting. Counted on meta at

@@ -52,8 +52,7 @@ def _refuse_a_graph() -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(
             "the CPU plans of combiner-fixed and combiner-mixture run PyTorch's fused CPU flash kernel, whose backward has no "
-            "derivative: create_graph=True (a second derivative) is not supported; run the operator on float64 CUDA or meta "
-            "tensors, or compute the higher derivative another way"
+            "derivative: create_graph=True (a second derivative) is not supported there"
         )
 
 

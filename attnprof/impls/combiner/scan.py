@@ -148,7 +148,8 @@ def _blocked(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
 
 class _ScannedMax(torch.autograd.Function):
     """Forward: the steps, blocked or triton scan. Backward: the steps scan's own reverse sweep (_steps_backward) after
-    the steps scan; the others recompute through the cummax path, whose arg-max bookkeeping torch already does."""
+    the steps scan; the others, and every method under create_graph=True, recompute through the cummax path, whose
+    arg-max bookkeeping torch already does (differentiable again)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int, reverse: bool, padded: bool, method: str) -> torch.Tensor:
@@ -167,9 +168,12 @@ class _ScannedMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        if ctx.method == "steps" and not torch.is_grad_enabled():  # create_graph: the cummax path, differentiable again
+        create_graph = torch.is_grad_enabled()  # a backward runs with grad enabled only under create_graph=True
+        if ctx.method == "steps" and not create_graph:  # the sweep's out= writes are not differentiable
             return _steps_backward(x, grad, ctx.dim, ctx.reverse), None, None, None, None
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
-            (grad_x,) = torch.autograd.grad(_cummax_prefix(leaf, ctx.dim, ctx.reverse), leaf, grad)
+            # under create_graph, keep grad_x a function of the incoming gradient (the max's selection is locally
+            # constant in x, so that is all a second derivative needs); without it grad_x came back detached
+            (grad_x,) = torch.autograd.grad(_cummax_prefix(leaf, ctx.dim, ctx.reverse), leaf, grad, create_graph=create_graph)
         return grad_x, None, None, None, None

@@ -34,8 +34,9 @@ back once; in fwd_bwd their gradients travel the same way again.
 
 from __future__ import annotations
 
-from attnprof.impls.base import DTYPE_BYTES, io_bytes, planning_device_type
+from attnprof.impls.base import DTYPE_BYTES, io_bytes
 from attnprof.impls.combiner.common import resolve_block, row_blocks
+from attnprof.impls.combiner.fixed import plan as fixed_plan
 from attnprof.impls.combiner.logsparse import TILE_LEVELS
 from attnprof.impls.combiner.mixture import plan
 from attnprof.impls.combiner.mixture_masks import CAUSAL_ROW_BLOCKS, SUMMARY_BLOCKS
@@ -59,7 +60,7 @@ def combiner_flops(variant: str, case: Case, options: dict) -> int:
         }[variant]
     if case.mode == "fwd":
         return fwd
-    if planning_device_type(case.device) == "cpu" and variant in ("fixed", "mixture"):  # their fused-kernel CPU plans
+    if {"fixed": fixed_plan, "mixture": plan}.get(variant, lambda device: None)(case.device) == "flash":  # fused-kernel CPU plans
         fused = fwd if variant == "mixture" else 4 * g * d * length * (block + groups)  # Fixed: all but the block summaries
         return 3 * fwd + fused // 2
     return 3 * fwd

@@ -97,7 +97,8 @@ def plan(device) -> str:
     and 452 -> 440 GB (see SoftmaxWithNormaliser). Each part's weights are gone before the other's logits are
     formed, so the peaks barely move: forward 5.6 -> 5.8 GiB causal, 11.0 -> 10.8 GiB bidirectional.
     "flash", on the CPU: the same parts and summaries in PyTorch's fused CPU flash kernel (mixture_flash.py), which
-    never writes the logits out. Measured against the eager joint softmax it replaced (N = 8192, B = 1, H = 16, D = 64,
+    never writes the logits out. Its first version measured against the eager joint softmax it replaced (later
+    gains: flash_mixture) (N = 8192, B = 1, H = 16, D = 64,
     fp32, forward, 2 cores, heap retained as the sweep times, medians of 5, two alternating runs each): causal 346-347
     -> 261-266 ms, bidirectional 398-406 -> 310-320 ms (SDPA: 468-489 and 864-882 ms)."""
     return "merged" if planning_device_type(device) != "cpu" else "flash"

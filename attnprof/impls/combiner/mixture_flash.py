@@ -1,14 +1,15 @@
 """Combiner-Mixture's CPU plan: the terms, layouts and masks of mixture.py, each softmax in PyTorch's fused CPU flash
 kernel (flash_cpu.py), which never writes the logits out.
 
-- Running summaries: one masked attention per scan direction and summary kind, the whole T x T of each group (the
-  kernel's cost at these small groups is mostly per block, so skipping the masked triangle saved nothing: 26.8 ms
-  causal against 26.8 ms masked for the vertical summaries at N = 8192). The running maxima scan the layout in
-  which the scanned axis is the outer one (vertical summaries in the row layout, horizontal in the column layout):
-  each step is then one contiguous slab, where a step over the other layout's strided slices ran about 2x slower
-  (16 KiB apart, every slice fell into the same cache sets).
+- Running summaries: one masked attention per summary kind (vertical, horizontal), every scan direction's queries
+  against the whole T x T of each group (the kernel's cost at these small groups is mostly per block: the kernel's
+  own causal skipping saved nothing, 26.8 ms against 26.8 ms masked for the vertical summaries at N = 8192). The
+  running maxima scan the layout in which the scanned axis is the outer one (vertical summaries in the row layout,
+  horizontal in the column layout), so that each step is one contiguous slab: the horizontal scans took 28.7 ms in
+  the column layout against 37.9 ms in the row layout (profiled inside the operator at N = 8192).
 - The two logit parts (own row + vertical summaries, own column + horizontal summaries) merged by their
-  log-normalisers (flash_cpu.merged_attention), in causal query row blocks as the eager plans.
+  log-normalisers (flash_cpu.merged_attention), in causal query row blocks as the eager plans (2 of them here:
+  mixture_masks.CAUSAL_ROW_BLOCKS).
 
 Same values as the eager plans up to rounding (tests compare each plan with the oracle, values and gradients). Its time
 against the eager plan it replaced: mixture.plan.
@@ -107,7 +108,7 @@ def _summaries(scanned, group_keys, group_values, valid, directions, scale: floa
     operator at N = 8192 (causal, six alternating runs each): 246.9 and 251.1 ms, against 251.4 and 255.5 with
     position blocks reaching only their side of the block's far end as the eager plans form them (3/4 of the logits)."""
     scan_valid = None if valid is None else valid[..., None]
-    batch, heads, size, groups, width = scanned[0].shape
+    batch, heads, size = scanned[0].shape[:3]
     pooled = [[prefix_max(x, -3, reverse=reverse, valid=scan_valid) for x in scanned] for reverse in directions]  # (B, H, T, G, D)
     queries = torch.cat([pooled_q.transpose(-3, -2) for pooled_q, _ in pooled], dim=-2)  # (B, H, G, dirs T, D)
     group_valid = None if valid is None else valid.T  # (G, T)

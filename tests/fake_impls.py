@@ -143,13 +143,16 @@ def scaled_reference(q, k, v, *, causal, scale, wrong_from, ref_fails_from, batc
     return scaled_attention(q, k, v, causal=causal, scale=scale, ref_fails_from=0, batch_masked=batch_masked)
 
 
+SCALED_OPTIONS = {"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False}  # scaled's, and approx's
+
+
 register(
     AttentionImpl(
         name="scaled",
         family="test",
         fn=scaled_attention,
         description="test-only: exact attention of scaled logits, with its own reference",
-        options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
+        options=dict(SCALED_OPTIONS),
         reference=scaled_reference,
     )
 )
@@ -161,7 +164,7 @@ register(
         family="test",
         fn=scaled_attention,
         description="test-only: an approximation with a reference of its own (scaled's) and its rows, wrong from wrong_from on",
-        options={"scale": 1.0, "wrong_from": 0, "ref_fails_from": 0, "batch_masked": False},
+        options=dict(SCALED_OPTIONS),
         reference=scaled_reference,
         row_reference=lambda q, k, v, rows, *, causal, scale, **_: softmax_rows(q * scale, k, v, rows, causal=causal),
         exact=False,

@@ -15,7 +15,8 @@ def test_bench_respects_min_and_max_reps():
     slow = bench(lambda: time.sleep(0.01), "cpu", warmup_ms=0, rep_ms=1, min_reps=4)
     assert len(slow) == 4 and min(slow) >= 9.0
     calls.clear()
-    bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0.001, min_reps=3, warm_ms=50.0)
+    # rep_ms=0: a budget of 1 us (as before) held a 4th call on a fast machine, where 3 appends took under 1 us.
+    bench(lambda: calls.append(1), "cpu", warmup_ms=0, rep_ms=0, min_reps=3, warm_ms=50.0)
     assert len(calls) == 3  # already warm and its duration known: only the repetitions
     # A hint 10x the true duration (the memory pass runs under trackers) must not shrink the repetitions: the
     # budget is 40 ms of 2 ms calls, so ~20; a count from the hint gave max(3, 40 // 20) = 3.

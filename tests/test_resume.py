@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from small_sweeps import process_gone
 
 from attnprof.errors import UsageError
 from attnprof.store import Store
@@ -26,9 +27,9 @@ def rows(db):
         store.close()
 
 
-def start_and_wait_for(db, count):
+def start_and_wait_for(db, count, sweep=SWEEP):
     """Start a sweep and read the database while it writes, until `count` rows are there."""
-    process = subprocess.Popen([*SWEEP, "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*sweep, "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline and (not seen or seen[-1] < count):
         if db.exists():
@@ -91,7 +92,10 @@ def test_a_second_process_cannot_measure_a_run_that_is_being_measured(db):
     """Two `--resume` of one run measured the same missing cells at once (each skewing the other's timings) and
     the store kept whichever row came last: an audit saw 552 ms printed and 664 ms stored. The same file through a
     symlink took a lock of its own and measured alongside (a database audit)."""
-    process = start_and_wait_for(db, 3)
+    # its last causal=no case never ends: the sweep is still measuring however slowly the two resumes start
+    impls = SWEEP.index("--impl") + 1
+    endless = [*SWEEP[:impls], "softmax,fault:kind=sleep,at_length=2048,on_data=1", *SWEEP[impls + 1 :]]
+    process = start_and_wait_for(db, 3, endless)
     link = db.parent / "link.db"
     link.symlink_to(db)
     try:
@@ -154,16 +158,18 @@ def test_a_killed_sweeps_worker_does_not_go_on_measuring(tmp_path):
     beside the resume started at once."""
     import psutil
 
-    long_case = [sys.executable, "-m", "attnprof", "sweep", *"--impl softmax --lengths 256 --causal no --device cpu".split()]
-    process = subprocess.Popen([*long_case, "--rep-ms", "60000", "--db", str(tmp_path / "long.db")])
+    # a case that never ends: a --rep-ms budget ended at the timing's 1000 repetitions, on a fast machine within the 5 s below
+    case = "--impl fault:kind=sleep,on_data=1 --lengths 256 --causal no --device cpu --timeout 600"
+    endless = [sys.executable, "-m", "attnprof", "sweep", *case.split()]
+    process = subprocess.Popen([*endless, "--db", str(tmp_path / "long.db")])
     try:
         deadline, workers = time.monotonic() + 60, []
         while time.monotonic() < deadline and not workers:
             workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in _command_line(p)]
             time.sleep(0.2)
         assert workers, "no worker started"
-        time.sleep(5)  # past start-up and warm-up: inside the 60 s case
-        assert workers[0].is_running()
+        time.sleep(5)  # past start-up: inside the endless case
+        assert workers[0].is_running() and not rows(tmp_path / "long.db")[1]
     finally:
         process.kill()
         process.wait()
@@ -189,7 +195,7 @@ def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path):
         process.kill()  # SIGKILL: nothing of the sweep's own runs
         process.wait()
     for _ in range(50):
-        if not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z":
+        if process_gone(child):
             return
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)

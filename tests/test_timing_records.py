@@ -20,8 +20,9 @@ def test_bench_respects_min_and_max_reps():
     assert len(calls) == 3  # already warm and its duration known: only the repetitions
     # A hint 10x the true duration (the memory pass runs under trackers) must not shrink the repetitions: the
     # budget is 40 ms of 2 ms calls, so ~20; a count from the hint gave max(3, 40 // 20) = 3.
+    # Stopped by the budget, not by a count: a CPU quota's stall can make one sample 50 ms (6 samples asserted before).
     hinted = bench(lambda: time.sleep(0.002), "cpu", warmup_ms=0, rep_ms=40, min_reps=3, warm_ms=20.0)
-    assert len(hinted) >= 6 and sum(hinted) >= 40
+    assert sum(hinted[:-1]) < 40 <= sum(hinted)
 
 
 def test_statistics_derive_from_raw_samples():

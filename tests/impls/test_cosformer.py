@@ -11,10 +11,12 @@ import pytest
 import torch
 from cosformer_helpers import qkv, randn, rel_error
 
+import attnprof.impls.cosformer.causal as causal_module
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
 from attnprof.accounting import account_call
 from attnprof.errors import UsageError
+from attnprof.impls.base import meta_stands_for
 from attnprof.impls.cosformer import chunk_size_problems, cosformer_attention
 from attnprof.impls.reference.cosformer import cosformer_reference
 from attnprof.inputs import make_call, make_inputs, torch_dtype
@@ -89,6 +91,65 @@ def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
     assert rel_error(out, expected) < 1e-12
     for ours, theirs in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True):
         assert rel_error(ours, theirs) < 1e-11
+
+
+@pytest.fixture
+def sequential_calls(monkeypatch):
+    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); counts its calls."""
+    calls = []
+    real = causal_module._sequential_forward
+    monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
+    monkeypatch.setattr(causal_module, "_sequential_forward", lambda *args: calls.append(args[-1]) or real(*args))
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 4), (2, 3, 37, 8), (1, 2, 129, 16), (2, 1, 64, 5)], ids=str)
+@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 500])
+def test_sequential_plan_matches_dense_reference_values_and_gradients(sequential_calls, shape, chunk_size):
+    q, k, v = (t.requires_grad_() for t in qkv(*shape, seed=1))  # seed 1: not an all-zero output at N = 1
+    grad = randn(*shape, seed=9)
+    out = cosformer_attention(q, k, v, causal=True, chunk_size=chunk_size)
+    expected = cosformer_reference(q, k, v, causal=True)
+    assert sequential_calls and rel_error(out, expected) < 1e-12
+    for ours, theirs in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-14)  # atol: at N = 1, dq is 0 up to rounding
+
+
+@pytest.mark.skipif(not GOLDEN_FILES, reason=f"no cosformer golden files under {GOLDEN}")
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=["float64", "float32"])
+def test_sequential_plan_matches_the_causal_golden_vectors(sequential_calls, dtype, bound):
+    causal_files = [load_golden(path) for path in GOLDEN_FILES if load_golden(path)[4]]
+    for q, k, v, expected, _, eps in causal_files:
+        assert rel_error(cosformer_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, eps=eps), expected) < bound
+    assert causal_files and len(sequential_calls) == len(causal_files)
+
+
+def test_the_sequential_plan_gives_the_chunked_plans_outputs_bit_for_bit():
+    """The same sums in the same order: at B H = 16 (taken by default) against the same call with the chunks plan."""
+    q, k, v = qkv(1, 16, 200, 8, seed=4, dtype=torch.float32)
+    assert causal_module.sequential_plan(q, 64)
+    sequential = cosformer_attention(q, k, v, causal=True)
+    chunked, _ = causal_module._forward(q, k, v, 1e-6, 64)
+    assert torch.equal(sequential, chunked)
+
+
+def test_the_cpu_takes_the_sequential_plan_when_a_chunk_of_every_head_fills_a_step():
+    q = torch.empty(1, 16, 8192, 64, device="meta")  # B H C = 1024 rows at C = 64
+    with meta_stands_for("cpu"):
+        assert causal_module.sequential_plan(q, 64) and causal_module.sequential_plan(q[:, :8], 128)
+        assert not causal_module.sequential_plan(q[:, :8], 64) and not causal_module.sequential_plan(q[..., :32, :], 64)  # C <= N
+    with meta_stands_for("cuda"):
+        assert not causal_module.sequential_plan(q, 64)  # a step per chunk: 2 N / C launches
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("seq_len", [1, 130, 1000])
+def test_flop_formula_counts_the_sequential_plan(mode, seq_len):
+    impl = impls.get("cosformer")
+    case = Case(impl="cosformer", seq_len=seq_len, heads=16, head_dim=8, causal=True, mode=mode, device="cpu")
+    with meta_stands_for("cpu"):
+        counted = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
+    assert impl.flops(case, impl.resolve_options(())) == counted
 
 
 def test_weights_are_relu_features_times_cosine_of_position_gap():

@@ -13,7 +13,8 @@ positions; inside a chunk the masked C x C weights (q' k'^T) * cos(a_i - a_j) [j
 summed for the denominator, and phi(q_i) S_<chunk, phi(q_i) . z_<chunk add every earlier chunk, S_<chunk and
 z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and
 phi(k). G = step_rows / (B H max(C, 64)) chunks are batched per step (step_rows by device, see `common.py`),
-so only one step's [G, 2d, d] chunk states exist at a time. The backward is written by hand (recomputing
+so only one step's [G, 2d, d] chunk states exist at a time; on the CPU from B H C >= 2^10, one chunk of every
+head per step, the carried sums read and then advanced in place. The backward is written by hand (recomputing
 from q, k, v, the output and the denominators): dq in a forward sweep, dk and dv in a reverse sweep. Peak
 memory is therefore the output (plus dq, dk, dv in fwd_bwd) plus one step's temporaries; nothing of size N x
 d x d is ever formed.

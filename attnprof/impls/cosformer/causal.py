@@ -8,6 +8,10 @@ widening v by a ones column: at Dv = 64 the products with 65 columns ran 15-20 %
 64 x 64 x 64 products 148 GFLOP/s against 123 at 65 columns), and the forward as a whole took 7 % less
 process CPU time (173.6 against 187.7 ms at N = 8192, B = 1, H = 16, fp32, one thread, median of 8 interleaved).
 
+On the CPU with B H C >= 2^10 the forward takes one chunk of every head per step instead and advances the
+carried sums in place (`_sequential_forward`): there the per-chunk states cost more memory traffic than the
+extra steps cost dispatch.
+
 The backward recomputes each step's pieces from q, k, v, the output and the denominators, with v widened
 by a ones column so that one product carries the numerator's and the denominator's gradients: dq in a
 forward sweep, dk and dv in a reverse sweep.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from attnprof.impls.base import planning_device_type
 from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import (
     add_product_,
@@ -50,7 +55,7 @@ class CausalCosformer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
-        plan = _half_forward if half_products(q, k, v) else _forward
+        plan = _half_forward if half_products(q, k, v) else _sequential_forward if sequential_plan(q, chunk) else _forward
         out, denominator = plan(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
         ctx.save_for_backward(q, k, v, out, denominator)
         ctx.eps, ctx.chunk = eps, chunk
@@ -84,6 +89,41 @@ def _forward(q, k, v, eps: float, chunk: int):
         add_product_(numerator, phi_q, past)
         row_sums = add_product_(weights.sum(-1, keepdim=True), phi_q, past_keys.transpose(-2, -1))  # (B, H, G, C, 1)
         normalise_into(numerator, row_sums, eps, step.view(out), step.view(denominator))
+    return out, denominator
+
+
+def sequential_plan(q, chunk: int) -> bool:
+    """Whether the forward takes _sequential_forward: on the CPU (or meta standing for it), when one chunk of every
+    head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
+    return planning_device_type(q.device) == "cpu" and q.shape[0] * q.shape[1] * min(chunk, q.shape[-2]) >= common.SEQUENTIAL_ROWS
+
+
+def _sequential_forward(q, k, v, eps: float, chunk: int):
+    """_forward with one chunk of every head a step: the carried sums are the chunk's past, read by its queries
+    and then advanced in place, so no per-chunk states are written, summed or read back. 3-d operands (B H, C, X):
+    the step's slices of q, k, v are views. The same sums in the same order as _forward, so the same outputs.
+    Measured on the CPU (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two rounds; ms, _forward
+    against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62; 128: 67-70 / 59-60; 12 (N = 8192): 45-49 /
+    46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100; 4: 105-116 / 114; 1: 119-121 / 228-229."""
+    dtype, (batch, heads, n, d), dv = compute_dtype(q.dtype), q.shape, v.shape[-1]
+    state = q.new_zeros((batch * heads, 2 * d, dv), dtype=dtype)  # (BH, 2D, Dv): sum phi(k)^T v so far
+    key_sum = q.new_zeros((batch * heads, 2 * d, 1), dtype=dtype)  # (BH, 2D, 1): sum phi(k) so far
+    out = q.new_empty((batch, heads, n, dv))  # (B, H, N, Dv)
+    denominator = q.new_empty((batch, heads, n, 1), dtype=dtype)  # (B, H, N, 1)
+    rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
+    reweight = _causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        size = rows.stop - rows.start
+        (q_f, phi_q), (k_f, phi_k) = (features_of(x[..., rows, :].flatten(0, 1), rotation[rows], dtype) for x in (q, k))  # (BH, C, D | 2D)
+        values = v[..., rows, :].flatten(0, 1).to(dtype)  # (BH, C, Dv): a view of v for fp32/fp64
+        weights = torch.bmm(q_f, k_f.transpose(-2, -1)).mul_(reweight[:size, :size])  # (BH, C, C)
+        numerator = torch.baddbmm(torch.bmm(weights, values), phi_q, state)  # (BH, C, Dv)
+        row_sums = torch.baddbmm(weights.sum(-1, keepdim=True), phi_q, key_sum)  # (BH, C, 1)
+        torch.baddbmm(state, phi_k.transpose(-2, -1), values, out=state)
+        key_sum += phi_k.sum(-2).unsqueeze(-1)
+        per_head = lambda x: x.unflatten(0, (batch, heads))  # (B, H, C, X)  # noqa: E731
+        normalise_into(per_head(numerator), per_head(row_sums), eps, out[..., rows, :], denominator[..., rows, :])
     return out, denominator
 
 

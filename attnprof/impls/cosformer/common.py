@@ -25,6 +25,9 @@ from attnprof.impls.base import planning_device_type
 CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package docstring)
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
+# causal on the CPU: from B H C >= 2^10 rows, one chunk of every head per step with the sums advanced in place
+# (causal._sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save
+SEQUENTIAL_ROWS = 1 << 10
 # bmm(half, half, out_dtype=float32): torch >= 2.8, on CUDA (ROCm builds refuse it on some of their backends)
 MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads() and torch.version.hip is None
 MAX_STEP_CHUNKS = 128  # chunks per causal step: bf16 sums them by a G x G triangular GEMM (see causal.py)

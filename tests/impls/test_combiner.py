@@ -154,6 +154,24 @@ def test_mixture_on_the_device_plan_matches_the_oracle(monkeypatch, causal, meth
 
 
 @pytest.mark.parametrize("causal", (False, True))
+@pytest.mark.parametrize("method", ("blocked", "cummax"))
+def test_mixture_device_plan_second_derivatives_match_the_oracle(monkeypatch, causal, method):
+    """Hessian-vector products through the merged plan (the GPU's). A causal row block whose column part has no key
+    (log-normaliser -inf) made them NaN: logaddexp's double backward multiplies 0 by inf."""
+    monkeypatch.setattr("attnprof.impls.combiner.scan.default_method", lambda device: method)
+    monkeypatch.setattr("attnprof.impls.combiner.mixture.plan", lambda device: "merged")
+    q, k, v = qkv(23, grad=True)
+    grad, direction = qkv(23, seed=7)[:2]
+    products = []
+    for attention in (combiner_attention, combiner_reference):
+        out = attention(q, k, v, variant="mixture", causal=causal, block_size=5)
+        (grad_q,) = torch.autograd.grad((out * grad).sum(), q, create_graph=True)
+        products.append(torch.autograd.grad((grad_q * direction).sum(), (q, k, v)))
+    for ours, theirs in zip(*products, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", (False, True))
 @pytest.mark.parametrize("n,block", [(23, 5), (24, 3), (9, 9), (1, None)], ids=["ragged", "whole", "one-block", "one-token"])
 def test_fixed_on_the_device_plan_matches_the_oracle(monkeypatch, causal, n, block):
     """The CPU runs Fixed's fused-kernel plan; CUDA and meta the eager joint softmax: check that one here too."""

@@ -128,11 +128,14 @@ def joint_softmax(parts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> tuple
 
 def merge_by_normalisers(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
     """The softmax over two sets of keys from each set's own softmax output (..., M, D) and log-normaliser (..., M, 1),
-    as flash attention merges key blocks. A set with no key (lse -inf) weighs 0; the other must hold one."""
-    lse = torch.logaddexp(lse_a, lse_b)  # (..., M, 1): the joint log-normaliser
+    as flash attention merges key blocks. A set with no key (lse -inf) weighs 0; the other must hold one.
+    Each set's weight, exp(lse_a - logaddexp(lse_a, lse_b)), is written as sigmoid(lse_a - lse_b): the same value,
+    and derivatives of every order stay finite at -inf (logaddexp's second derivative there multiplies 0 by inf:
+    NaN Hessian-vector products, causal)."""
+    gap = lse_a - lse_b  # (..., M, 1): -inf or +inf where one set has no key
     # Not in place: under torch.compile, where dynamo breaks the graph (the scan's strided out= writes), a graph
     # keeps its outputs for its backward, which eager bmm does not.
-    return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
+    return out_a * torch.sigmoid(gap) + out_b * torch.sigmoid(-gap)
 
 
 def row_blocks(rows: int, count: int) -> list[tuple[int, int]]:

@@ -98,8 +98,7 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
     the medians find cheaper when the fits put a crossing inside the range or the other impl first there; else
     None: the fits' answer (a crossing beyond the measured lengths) stands."""
     (lo, hi), (name_a, name_b) = span, names
-    a = dict(zip(fit_a.lengths_measured, zip(fit_a.medians, fit_a.spreads, strict=False), strict=False))
-    b = dict(zip(fit_b.lengths_measured, zip(fit_b.medians, fit_b.spreads, strict=False), strict=False))
+    a, b = fit_a.measured_points, fit_b.measured_points
     exact = not any(fit_a.spreads) and not any(fit_b.spreads)
     resolution = EXACT_RESOLUTION if exact else MEASURED_RESOLUTION
     clear = []  # (N, ln(a / b)) where the medians say which is cheaper
@@ -198,6 +197,9 @@ def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> f
     return exp_or_inf(x)
 
 
+REFINE_ROUNDS = 8  # a grid step of ln N (0.08) cut by 64^8: about 2e-16, far below one token at any length
+
+
 def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
     """Last N in 1..MAX_SIZE where two cost curves (functions of ln N) meet, by a grid on ln N and bisection: an
     overhead can make them meet twice, and the last meeting decides which is cheaper above. Without a meeting: 0
@@ -209,10 +211,12 @@ def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
     changes = np.flatnonzero(signs[:-1] * signs[1:] < 0)
     if not len(changes):
         return 0.0 if (signs[0] > 0) == a_grows_faster else math.inf
-    low, high = grid[changes[-1]], grid[changes[-1] + 1]
-    for _ in range(60):  # far below one token
-        middle = (low + high) / 2
-        low, high = (middle, high) if np.sign(log_ratio(middle)) == signs[changes[-1]] else (low, middle)
+    low, high, side = grid[changes[-1]], grid[changes[-1] + 1], signs[changes[-1]]
+    for _ in range(REFINE_ROUNDS):  # the bracket cut in 64 at once, where bisection evaluated one point a step
+        points = np.linspace(low, high, 65)
+        beyond = np.flatnonzero(np.sign(log_ratio(points[1:-1])) != side)  # first interior point past the meeting
+        end = beyond[0] + 1 if len(beyond) else 64
+        low, high = points[end - 1], points[end]
     return math.exp(low)
 
 

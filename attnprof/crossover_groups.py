@@ -60,24 +60,25 @@ def merged_crossovers(crossovers: pd.DataFrame, fits: pd.DataFrame, config_cols,
     if not len(crossovers):
         return crossovers
     names = equal_curve_names(fits, config_cols, impl_col)
-    fit_of = {(*(row[c] for c in config_cols), row["metric"], str(row[impl_col])): row["fit"] for _, row in fits.iterrows()}
-    kept = []
-    for _, row in crossovers.iterrows():
-        config = tuple(row[c] for c in config_cols) + (row["metric"],)
-        set_a = names.get((*config, str(row["impl_a"])), (str(row["impl_a"]),))
-        set_b = names.get((*config, str(row["impl_b"])), (str(row["impl_b"]),))
-        if set_a == set_b or set_a[0] != str(row["impl_a"]) or set_b[0] != str(row["impl_b"]):
-            continue
-        if len(set_a) > 1 or len(set_b) > 1:
-            row = _renamed(row, EQUALS.join(set_a), EQUALS.join(set_b), fit_of[(*config, set_a[0])], fit_of[(*config, set_b[0])])
-        kept.append(row)
-    return pd.DataFrame(kept, columns=crossovers.columns).reset_index(drop=True)
+    columns = [*config_cols, "metric"]
+    # plain tuples, not iterrows: a Series per row took 10 s of a 50k-cell run's 167,704 pairs
+    fit_of = {(*config, str(impl)): fit for *config, impl, fit in _tuples(fits, [*columns, impl_col, "fit"])}
+    keep, renames = [], {}
+    for index, (*config, impl_a, impl_b) in enumerate(_tuples(crossovers, [*columns, "impl_a", "impl_b"])):
+        impl_a, impl_b = str(impl_a), str(impl_b)
+        set_a, set_b = names.get((*config, impl_a), (impl_a,)), names.get((*config, impl_b), (impl_b,))
+        keep.append(set_a != set_b and set_a[0] == impl_a and set_b[0] == impl_b)
+        if keep[-1] and (len(set_a) > 1 or len(set_b) > 1):
+            renames[index] = (EQUALS.join(set_a), EQUALS.join(set_b), fit_of[(*config, impl_a)], fit_of[(*config, impl_b)])
+    out = crossovers.reset_index(drop=True)
+    # edited as lists and put back whole: a .loc write per renamed row took 7.6 ms (14 s for 1,804 rows)
+    edited = {name: out[name].tolist() for name in ("impl_a", "impl_b", "cheaper_below", "cheaper_above", "message")}
+    for index, (name_a, name_b, fit_a, fit_b) in renames.items():  # solved anew with the sets' names (the message is built from them)
+        found = crossover(fit_a, fit_b, name_a=name_a, name_b=name_b)
+        for name, value in zip(edited, (name_a, name_b, found.cheaper_below, found.cheaper_above, found.message), strict=True):
+            edited[name][index] = value
+    return out.assign(**edited)[keep].reset_index(drop=True)
 
 
-def _renamed(row: pd.Series, name_a: str, name_b: str, fit_a, fit_b) -> pd.Series:
-    """The row again, its crossing solved anew with the sets' names (the message is built from them)."""
-    found = crossover(fit_a, fit_b, name_a=name_a, name_b=name_b)
-    row = row.copy()
-    row["impl_a"], row["impl_b"] = name_a, name_b
-    row["cheaper_below"], row["cheaper_above"], row["message"] = found.cheaper_below, found.cheaper_above, found.message
-    return row
+def _tuples(frame: pd.DataFrame, columns: list[str]):
+    return zip(*(frame[c] for c in columns), strict=True)

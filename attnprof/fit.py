@@ -91,6 +91,11 @@ class Fit:
         for it thousands of times in one view)."""
         return float(np.mean(np.log(self.lengths_used)))
 
+    @functools.cached_property
+    def measured_points(self) -> dict:
+        """{N: (median, spread)} at lengths_measured (cached: a crossover listing reads each fit once per pair)."""
+        return dict(zip(self.lengths_measured, zip(self.medians, self.spreads, strict=False), strict=False))
+
     def class_coefficients(self, name: str) -> tuple[float, float]:
         """(c0, c1) of complexity class `name`'s model c0 + c1 g(N) fitted to the medians at lengths_used. Kept on the
         fit (in its __dict__, as cached_property keeps its values; not a field): crossovers ask for it once per pair,

@@ -145,6 +145,32 @@ def rich_table(measurements: list[Measurement], title: str = ""):
     return table
 
 
+LARGE_TABLE_ROWS = 300  # beyond, plain text: rich took 7.2 s to draw a 5,000-row summary (50k cells), pandas 0.1 s
+
+
+def is_large(row_count: int) -> bool:
+    return row_count > LARGE_TABLE_ROWS
+
+
+def summary_text(measurements: list[Measurement]) -> str:
+    """The summary grid as a plain fixed-width table, one line a configuration ("time / memory" cells): for runs too
+    large for a drawn table (is_large), which a terminal scrolls past anyway."""
+    lengths, rows = summary_grid(measurements)
+    cells = [[label, *(cell_text(by_length[n]) if n in by_length else "" for n in lengths)] for label, by_length in rows]
+    return plain_table(["impl", *(f"N={n}" for n in lengths)], cells)
+
+
+def plain_table(header: list[str], rows: list[list]) -> str:
+    """A fixed-width text table (pandas' to_string): the first column left-aligned, the others right-aligned."""
+    import pandas as pd
+
+    frame = pd.DataFrame([[str(cell) for cell in row] for row in rows], columns=[str(name) for name in header])
+    first = frame.columns[0]
+    width = max([len(first), *frame[first].str.len()])
+    left = {first: lambda text: text.ljust(width)}
+    return frame.to_string(index=False, formatters=left, justify="right").replace(first.rjust(width), first.ljust(width), 1)
+
+
 def markdown_table(measurements: list[Measurement]) -> str:
     lengths, rows = summary_grid(measurements)
     lines = ["| impl | " + " | ".join(f"N={n}" for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]

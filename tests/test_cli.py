@@ -407,3 +407,27 @@ def test_a_damaged_record_is_one_line_naming_it(db, column):
 def test_serve_on_an_address_this_machine_lacks_asks_for_another_host(db):
     # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no machine has it; the message used to advise another --port
     assert_bad_input(invoke("serve", "--host", "192.0.2.1", "--db", db), "192.0.2.1", "--host")
+
+
+def test_show_prints_a_large_run_as_plain_lines(tmp_path):
+    """A run of more configurations than LARGE_TABLE_ROWS: one plain line each, no box drawing (rich took 7.2 s for
+    5,000 rows); a small run keeps the drawn table."""
+    from attnprof.records import Measurement, RunInfo, Status
+    from attnprof.spec import Case
+    from attnprof.table import LARGE_TABLE_ROWS
+
+    db = tmp_path / "large.db"
+    store = Store.open(db)
+    for run_id, configurations in (("20260101-000000-small", 3), ("20260101-000001-large", LARGE_TABLE_ROWS + 1)):
+        store.add_run(RunInfo(run_id, run_id[:8], {}, {}, "0.1.0", state="running"))
+        for batch in range(1, configurations + 1):
+            m = Measurement(Case(impl="softmax", seq_len=64, batch=batch), Status.OK, times_ms=[2.0], peak_bytes=2048)
+            store.add_measurement(run_id, m, "2026-01-01T00:00:00")
+        store.set_run_state(run_id, "complete")
+    store.close()
+    large = invoke("show", "20260101-000001-large", "--db", str(db))
+    lines = large.output.splitlines()
+    assert large.exit_code == 0 and "┃" not in large.output and lines[1].split() == ["impl", "N=64"]
+    assert sum(line.startswith("softmax batch=") and line.endswith("2 ms / 2.0 KiB") for line in lines) == LARGE_TABLE_ROWS + 1
+    small = invoke("show", "20260101-000000-small", "--db", str(db))
+    assert small.exit_code == 0 and "┃" in small.output

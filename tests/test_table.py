@@ -126,3 +126,27 @@ def test_the_title_says_which_peak_the_table_shows():
             for n, source in ((256, "allocator"), (512, "allocator"), (1024, "live_tensors"))]  # fmt: skip
     assert peak_sources_text(rows) == ": allocator peak, live tensors"
     assert peak_sources_text(rows[:2]) == ": allocator peak" and peak_sources_text([Measurement(Case("softmax", 256), Status.OOM)]) == ""
+
+
+def test_a_large_summary_is_plain_lines_with_every_cell():
+    """Past LARGE_TABLE_ROWS configurations the summary is a plain fixed-width table: rich took 7.2 s to draw a
+    5,000-row summary (50k cells). Same cells, one line a configuration, labels left-aligned."""
+    from attnprof.table import LARGE_TABLE_ROWS, is_large, summary_text
+
+    rows = [
+        Measurement(
+            Case(impl="softmax", seq_len=n, batch=batch),
+            Status.OK if n < 2048 else Status.OOM,
+            times_ms=[1.5 * batch],
+            peak_bytes=batch * 1024**2,
+        )  # fmt: skip
+        for batch in range(1, LARGE_TABLE_ROWS + 2)
+        for n in (1024, 2048)
+    ]
+    assert is_large(len(rows) // 2) and not is_large(LARGE_TABLE_ROWS)
+    lines = summary_text(rows).splitlines()
+    assert lines[0].split() == ["impl", "N=1024", "N=2048"] and lines[0].startswith("impl ")
+    assert len(lines) == 1 + LARGE_TABLE_ROWS + 1 and len({len(line) for line in lines}) == 1
+    assert lines[1].startswith("softmax batch=1 ") and lines[1].endswith(" oom")
+    assert "  1.5 ms / 1.0 MiB  " in lines[1]
+    assert {" ".join(line.split()[:2]) for line in lines[1:]} == {f"softmax batch={b}" for b in range(1, LARGE_TABLE_ROWS + 2)}

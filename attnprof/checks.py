@@ -18,6 +18,11 @@ from attnprof.spec import Case
 CHECK_LENGTH = 256
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 GRADIENT_SLACK = 5.0  # gradients go through one more round of rounding: allow 5x the forward bound
+# A gradient is compared over at least this share of the call's largest one (norms of the exact dq, dk, dv): at N = 1
+# dq and dk are exactly 0 (a softmax over one key; cosFormer's weight cancels), and a kernel's rounding there, up to
+# 1.6 fp32 eps of the largest gradient (every impl, fp32/fp16/bf16), read as a relative error of 1.6e+08: every
+# length of the configuration was refused. At N >= 2 the three were within 0.17-1x of each other.
+GRADIENT_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -87,25 +92,32 @@ def _fidelity(impl: AttentionImpl, small: Case, tested, exact_out, out) -> float
 
 
 def _check_gradients(out, ref, tested, exact, tolerance, small) -> str | None:
+    import torch
+
     grad_out = exact.grad_out  # (1, 2, n, D) float64
     out.backward(grad_out.to(out.device, out.dtype))
     ref.backward(grad_out)
+    scale = max(torch.linalg.vector_norm(t.grad).item() for t in (exact.q, exact.k, exact.v))
     for name, mine, theirs in zip("qkv", tested, (exact.q, exact.k, exact.v), strict=False):
-        error = relative_error(mine.grad, theirs.grad)
+        # no path from an input to the output is a zero gradient (Combiner-Logsparse's q and k at N = 1), judged as one
+        grad = torch.zeros_like(mine) if mine.grad is None else mine.grad
+        error = relative_error(grad, theirs.grad, floor=GRADIENT_FLOOR * scale)
         if not error <= tolerance:
+            unreached = " (no gradient reached it)" if mine.grad is None else ""
             return (
                 f"failed its gradient check against the reference at N={small.seq_len}: d{name} relative error {error:.3g} > {tolerance:g}"
+                + unreached
             )
     return None
 
 
-def relative_error(value, reference) -> float:
-    """Relative Frobenius error ||value - reference|| / ||reference||, in float64 on the CPU."""
+def relative_error(value, reference, floor: float = 0.0) -> float:
+    """Relative Frobenius error ||value - reference|| / max(||reference||, floor), in float64 on the CPU."""
     import torch
 
     with torch.no_grad():
         value64, ref64 = value.detach().double().cpu(), reference.detach().double().cpu()
-        denominator = torch.linalg.vector_norm(ref64).item() or 1.0
+        denominator = max(torch.linalg.vector_norm(ref64).item(), floor) or 1.0
         return torch.linalg.vector_norm(value64 - ref64).item() / denominator
 
 

@@ -112,12 +112,18 @@ def non_finite(tensor) -> str | None:
     return f"{count:,} of {tensor.numel():,} values are NaN or inf, the first in query row {row} of batch {b}, head {h}"
 
 
-def row_errors(value, reference, floored: bool = False) -> list[float]:
+def rms_row_norm(rows) -> float:
+    import torch
+
+    return torch.linalg.vector_norm(rows, dim=-1).square().mean().sqrt().item()
+
+
+def row_errors(value, reference, floored: bool = False, floor: float = 0.0) -> list[float]:
     """||value_r - reference_r|| / ||reference_r|| per row; `floored`: over at least the rows' RMS norm, for
     gradients, whose exact rows can be 0 (causal row 0's dq: a softmax over one key has no gradient; a key no
-    sampled query sees) where a kernel's rounding is not."""
+    sampled query sees) where a kernel's rounding is not; and over at least `floor` (every row 0: dq at N = 1)."""
     import torch
 
     norms = torch.linalg.vector_norm(reference, dim=-1)  # (rows,)
-    floor = norms.square().mean().sqrt() if floored else torch.tensor(0.0, dtype=norms.dtype)
-    return (torch.linalg.vector_norm(value - reference, dim=-1) / norms.clamp_min(floor.clamp_min(1e-300))).tolist()
+    rms = norms.square().mean().sqrt() if floored else torch.tensor(0.0, dtype=norms.dtype)
+    return (torch.linalg.vector_norm(value - reference, dim=-1) / norms.clamp_min(rms.clamp_min(max(floor, 1e-300)))).tolist()

@@ -145,3 +145,28 @@ def test_a_right_combiner_in_16_bit_passes_though_its_tied_maxima_send_gradients
         case = Case("combiner-mixture", 512, heads=4, head_dim=64, dtype=dtype, causal=causal, mode="fwd_bwd")
         failure, spot = spot_failure(impl, case)
         assert failure is None and spot.kept is not None, failure
+
+
+@pytest.mark.parametrize("name", ["cosformer", "combiner-fixed", "combiner-logsparse", "softmax"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_token_passes_both_checks_though_dq_and_dk_are_zero(name, dtype):
+    """At N = 1 the output is v whatever q and k are: the exact dq and dk are 0 (or 1e-16 of dv), and a kernel's rounding
+    read as a relative error of 1e+08 (cosFormer), 5e+293 (Combiner-Fixed's rows), or as no gradient at all (Logsparse):
+    the check at N = 1, kept for the configuration, marked every length of a sweep from N = 1 an error."""
+    from attnprof.checks import run_check
+
+    impl = impls.get(name)
+    for causal in (False, True):
+        case = Case(name, 1, heads=2, head_dim=16, dtype=dtype, causal=causal, mode="fwd_bwd")
+        assert run_check(impl, case).failure is None
+        failure, spot = spot_failure(impl, case)
+        assert failure is None and spot.kept is not None, failure
+
+
+def test_one_token_still_catches_a_missing_value_gradient():
+    """The floor is a share of the largest exact gradient (dv at N = 1), so a dv that never arrives still fails."""
+    from attnprof.checks import run_check
+
+    case = Case("fault", 1, heads=2, head_dim=16, causal=True, mode="fwd_bwd", options=(("kind", "no_dv"),))
+    failure = run_check(impls.get("fault"), case).failure
+    assert failure is not None and "dv relative error" in failure, failure

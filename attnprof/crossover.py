@@ -199,7 +199,7 @@ def _crossing(fit_a: Fit, fit_b: Fit, exponent_a: float, exponent_b: float) -> f
 
 MEETING_GRID = np.linspace(math.log(2), math.log(MAX_SIZE), 513)  # ln N from N = 2: an n log n model is 0 at N = 1
 CUTS = np.linspace(0.0, 1.0, 65)  # a bracket's 64 parts
-REFINE_ROUNDS = 4  # a grid step of ln N (0.08) cut by 64^4: N to 5e-9 of itself, below one token up to N = 2e8
+REFINE_ROUNDS = 8  # a grid step of ln N (0.08) cut by 64^8: to float precision, as 60 bisections were (4 rounds moved N = 4e8 by 2)
 
 
 def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:

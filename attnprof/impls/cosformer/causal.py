@@ -101,7 +101,8 @@ def sequential_plan(q, chunk: int) -> bool:
 def _sequential_forward(q, k, v, eps: float, chunk: int):
     """_forward with one chunk of every head a step: the carried sums are the chunk's past, read by its queries
     and then advanced in place, so no per-chunk states are written, summed or read back. 3-d operands (B H, C, X):
-    the step's slices of q, k, v are views. The same sums in the same order as _forward, so the same outputs.
+    the step's slices of q, k, v are views. The same sums in the same order as _forward: equal outputs for contiguous
+    inputs at C = 64, within fp32 rounding (6e-8) where a GEMM blocks differently (transposed inputs, C = 100).
     Measured on the CPU (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two rounds; ms, _forward
     against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62; 128: 67-70 / 59-60; 12 (N = 8192): 45-49 /
     46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100; 4: 105-116 / 114; 1: 119-121 / 228-229."""

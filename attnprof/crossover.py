@@ -203,7 +203,7 @@ REFINE_ROUNDS = 8  # a grid step of ln N (0.08) cut by 64^8: to float precision,
 
 
 def _last_meeting(curve_a, curve_b, *, a_grows_faster: bool) -> float:
-    """Last N in 1..MAX_SIZE where two cost curves (functions of ln N) meet, by a grid on ln N and bisection: an
+    """Last N in 1..MAX_SIZE where two cost curves (functions of ln N) meet, by a grid on ln N, refined: an
     overhead can make them meet twice, and the last meeting decides which is cheaper above. Without a meeting: 0
     when the faster-growing curve is the dearer one at every length (they meet below N = 1), inf when it is the
     cheaper one at every length (they meet beyond MAX_SIZE)."""

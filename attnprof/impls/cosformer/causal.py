@@ -113,6 +113,7 @@ def _sequential_forward(q, k, v, eps: float, chunk: int):
     denominator = q.new_empty((batch, heads, n, 1), dtype=dtype)  # (B, H, N, 1)
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = _causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
+    per_head = lambda x: x.unflatten(0, (batch, heads))  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
         size = rows.stop - rows.start
@@ -123,7 +124,6 @@ def _sequential_forward(q, k, v, eps: float, chunk: int):
         row_sums = torch.baddbmm(weights.sum(-1, keepdim=True), phi_q, key_sum)  # (BH, C, 1)
         torch.baddbmm(state, phi_k.transpose(-2, -1), values, out=state)
         key_sum += phi_k.sum(-2).unsqueeze(-1)
-        per_head = lambda x: x.unflatten(0, (batch, heads))  # (B, H, C, X)  # noqa: E731
         normalise_into(per_head(numerator), per_head(row_sums), eps, out[..., rows, :], denominator[..., rows, :])
     return out, denominator
 

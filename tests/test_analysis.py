@@ -12,6 +12,7 @@ from attnprof.cli import cli
 from attnprof.crossover_groups import merged_crossovers
 from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_impls
+from attnprof.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_fit_command_formats(accounted):
     runner = CliRunner()
     table = runner.invoke(cli, ["fit", "latest", "--db", str(accounted), "--budget", "80GiB", "--metric", "peak_bytes"])
     assert table.exit_code == 0, table.output
-    assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers" in table.output
+    assert "quadratic" in table.output and "linear" in table.output and "Memory frontiers (budget 80.0 GiB, from --budget):" in table.output
     # an extrapolated frontier missed the accounted one by 30% (Combiner-Fixed) and more (-Logsparse): how to pin it is said
     assert "softmax (bidir fwd): extrapolated" in table.output and "An extrapolated frontier is the fit's estimate" in table.output
     # the rule, a sentence, is listed under the table: as a column it squeezed the others to a word a line
@@ -281,3 +282,16 @@ def test_fit_names_its_run_its_state_and_the_lengths_it_left_out(tmp_path):
     store.close()
     stopped = runner.invoke(cli, ["fit", "--db", str(db), "--format", "markdown", "--metric", "peak_bytes"])
     assert stopped.output.startswith(f"Run {run_id} (nightly): interrupted: 6 of 6 cases, the rest with attnprof sweep --resume {run_id}")
+
+
+def test_a_cpu_runs_frontiers_say_their_budget_is_the_hosts_ram(db):
+    """A CPU frontier's budget is the host's whole RAM, where the sweep refuses a case predicted past 80% of the RAM
+    available as it runs: the frontiers' heading says both, or the two read as disagreeing."""
+    from attnprof.table import format_bytes
+
+    run_sweep(Sweep(impls=parse_impls("softmax"), lengths=(64, 128, 256), heads=(2,), head_dim=(16,), device=("cpu",), causal=(False,),
+                    rep_ms=5.0, warmup_ms=1.0), db)  # fmt: skip
+    host = Store.open(db, create=False).resolve_run("latest").env["host_memory_bytes"]
+    shown = CliRunner().invoke(cli, ["fit", "latest", "--db", str(db), "--metric", "peak_bytes"])
+    assert shown.exit_code == 0, shown.output
+    assert f"Memory frontiers (budget {format_bytes(host)}, the host's RAM; the sweep refuses a CPU case predicted past 80%" in shown.output

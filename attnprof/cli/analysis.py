@@ -52,7 +52,23 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     if impl_names:
         frame = _only_impls(frame, impl_names)
     metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
-    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes, _fitted_run(run, db))
+    fitted = _fitted_run(run, db)
+    fitted["budget"] = _budget_text(budget_bytes, "--budget" if budget else "gpu" if fitted.pop("on_gpu") else "host")
+    _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes, fitted)
+
+
+def _budget_text(budget_bytes, source: str) -> str:
+    """What the frontiers' budget is, for their heading: a CPU run's is the host's whole RAM, where the sweep refused a
+    case predicted past HOST_MEMORY_FRACTION of the RAM available as it ran, so it may have stopped short of them."""
+    from attnprof.table import format_bytes
+    from attnprof.worker import HOST_MEMORY_FRACTION
+
+    if budget_bytes is None:
+        return ""
+    where = {"--budget": "from --budget", "gpu": "the run's GPU memory",
+             "host": f"the host's RAM; the sweep refuses a CPU case predicted past {HOST_MEMORY_FRACTION:.0%} of the RAM available"
+                     " as it runs, so it may stop short of these"}[source]  # fmt: skip
+    return f"budget {format_bytes(budget_bytes)}, {where}"
 
 
 def _fitted_run(run: str, db) -> dict:
@@ -68,7 +84,7 @@ def _fitted_run(run: str, db) -> dict:
     finally:
         store.close()
     note = f"Run {run_name(info)}" + (f": {unfinished}." if unfinished else ".")
-    return {"run": info.run_id, "name": info.name, "state": info.state, "note": note}
+    return {"run": info.run_id, "name": info.name, "state": info.state, "note": note, "on_gpu": bool(info.env.get("gpu_total_bytes"))}
 
 
 def _metrics_with_values(frame, metrics, run: str, *, asked: bool) -> tuple:
@@ -148,7 +164,8 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
             + "Memory frontiers: none without a budget; an accounting run belongs to no device: pass one, e.g. --budget 80GiB"
         )
     if len(result.frontiers):
-        click.echo(("\n" if markdown else "") + "Memory frontiers:" + ("\n" if markdown else ""))
+        budget = f" ({run['budget']})" if run.get("budget") else ""
+        click.echo(("\n" if markdown else "") + f"Memory frontiers{budget}:" + ("\n" if markdown else ""))
         for _, row in result.frontiers.iterrows():
             click.echo(f"{item}{row['label']} ({'causal' if row['causal'] else 'bidir'} {row['mode']}): {row['message']}")
         if (result.frontiers["kind"] == "extrapolated").any():

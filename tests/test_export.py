@@ -37,15 +37,8 @@ def test_a_failure_halfway_leaves_no_file(tmp_path, monkeypatch):
 
     import attnprof.export as export
     from attnprof.cli import cli
-    from attnprof.records import RunInfo
-    from attnprof.store import Store
 
-    db = tmp_path / "x.db"
-    store = Store.open(db)
-    store.add_run(RunInfo("20260101-000000-abcd", "2026", {}, {}, "0.1.0", state="running"))
-    for i in range(3):
-        store.add_measurement("20260101-000000-abcd", Measurement(Case(impl="softmax", seq_len=64 + i), Status.OK, times_ms=[1.0]), "t")
-    store.close()
+    db = one_run_db(tmp_path)
     real = export.measurement_record
 
     def fails_on_the_third(run_id, m):
@@ -57,7 +50,50 @@ def test_a_failure_halfway_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "measurement_record", fails_on_the_third)
     result = CliRunner().invoke(cli, ["export", "--db", str(db), "--out", str(out)])
     assert result.exit_code == 2 and "cannot write" in result.output and "No space left on device" in result.output
-    assert not list(tmp_path.glob("out.jsonl*"))  # neither the file nor its .part
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("x.db")] == []  # neither the file nor a temporary one
     monkeypatch.undo()
     assert CliRunner().invoke(cli, ["export", "--db", str(db), "--out", str(out)]).exit_code == 0
     assert len(out.read_text().splitlines()) == 3
+
+
+def one_run_db(tmp_path, rows: int = 3):
+    from attnprof.records import RunInfo
+    from attnprof.store import Store
+
+    db = tmp_path / "x.db"
+    store = Store.open(db)
+    store.add_run(RunInfo("20260101-000000-abcd", "2026", {}, {}, "0.1.0", state="running"))
+    for i in range(rows):
+        store.add_measurement("20260101-000000-abcd", Measurement(Case(impl="softmax", seq_len=64 + i), Status.OK, times_ms=[1.0]), "t")
+    store.close()
+    return db
+
+
+def test_out_writes_through_what_is_not_a_regular_file_and_keeps_a_files_permissions(tmp_path):
+    """A rename over --out replaced a symlink, a FIFO (its reader got nothing) or, as root, /dev/null with a regular file
+    (a review). Those are written through, as `>` would; a regular file keeps its permissions."""
+    import os
+    import stat
+    import threading
+
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    db = one_run_db(tmp_path)
+    export = lambda out: CliRunner().invoke(cli, ["export", "--db", str(db), "--out", str(out)])  # noqa: E731
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    assert export(link).exit_code == 0 and link.is_symlink() and len(target.read_text().splitlines()) == 3
+    fifo, received = tmp_path / "pipe", []
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    assert export(fifo).exit_code == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and len(received[0].splitlines()) == 3
+    private = tmp_path / "private.jsonl"
+    private.write_text("")
+    private.chmod(0o600)
+    assert export(private).exit_code == 0 and stat.S_IMODE(private.stat().st_mode) == 0o600 and len(private.read_text().splitlines()) == 3

@@ -170,3 +170,31 @@ def test_one_token_still_catches_a_missing_value_gradient():
     case = Case("fault", 1, heads=2, head_dim=16, causal=True, mode="fwd_bwd", options=(("kind", "no_dv"),))
     failure = run_check(impls.get("fault"), case).failure
     assert failure is not None and "dv relative error" in failure, failure
+
+
+def test_the_check_of_a_one_token_case_runs_at_sixteen():
+    """The check is kept for every length of a configuration: at N = 1, where a wrong dq cannot show, it let an impl
+    right only at N = 1 pass for all of a sweep from N = 1 (a review). It runs at MIN_CHECK_LENGTH instead."""
+    from attnprof.checks import MIN_CHECK_LENGTH, run_check
+
+    case = Case("fault", 1, heads=2, head_dim=16, options=(("at_length", 2), ("kind", "off")))  # right at N = 1 only
+    failure = run_check(impls.get("fault"), case).failure
+    assert MIN_CHECK_LENGTH == 16 and failure and failure.startswith("failed its check against the reference at N=16"), failure
+
+
+def test_a_missing_dq_that_is_truly_small_is_still_caught():
+    """Logits scaled by 1e-5 make the exact dq about 1e-5 of dv: a floor on the gradients' scale at every length (it is for
+    N = 1 only) passed a dq that never arrived (a review)."""
+    from fake_impls import SCALED_OPTIONS, scaled_attention, scaled_reference
+
+    from attnprof.checks import run_check
+    from attnprof.impls.base import AttentionImpl
+
+    no_dq = AttentionImpl(name="scaled", family="test", fn=lambda q, k, v, **options: scaled_attention(q.detach(), k, v, **options),
+                          description="test-only: dq never arrives", options=dict(SCALED_OPTIONS), reference=scaled_reference)  # fmt: skip
+    for n in (2, 64):
+        case = Case("scaled", n, heads=2, head_dim=16, dtype="bfloat16", causal=True, mode="fwd_bwd", options=(("scale", 1e-5),))
+        failure = run_check(no_dq, case).failure
+        assert failure and "dq relative error 1 >" in failure and failure.endswith("(no gradient reached it)"), failure
+        failure, _ = spot_failure(no_dq, case)
+        assert failure and "dq" in failure, failure

@@ -94,9 +94,7 @@ def _echo_records(runs, db, output_format, out) -> None:
 
 
 def _stream_records(store, run_ids, output_format, out) -> None:
-    """Each record written as it is read, into `out` by way of a temporary file beside it (a failure halfway leaves
-    no half file), or to stdout."""
-    import os
+    """Each record written as it is read, to `out` (write_whole) or to stdout."""
     import sys
     from pathlib import Path
 
@@ -107,18 +105,40 @@ def _stream_records(store, run_ids, output_format, out) -> None:
         write_records(records, output_format, sys.stdout)
         return
     make_folder(Path(out).parent, repr(out))  # as `report --out` does
-    partial = Path(out).with_name(Path(out).name + ".part")
     try:
-        with open(partial, "w", newline="") as stream:  # newline="": csv's \r\n as csv writes it
-            count = write_records(records, output_format, stream)
-        os.replace(partial, out)
+        count = write_whole(Path(out), lambda stream: write_records(records, output_format, stream))
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     click.echo(f"wrote {count} records to {out}")
+
+
+def write_whole(path, write):
+    """write(stream) into `path`, returning what it returns. A regular file (or a new one) is written beside it under a
+    name of its own and renamed over it at the end, with its permissions: a failure halfway (a full disk, Ctrl-C) leaves
+    the previous file as it was, and two exports to one file cannot interleave. Anything else (/dev/null, /dev/stdout,
+    a FIFO, `>(...)`, a symlink) is written through, as the shell's `>` would: a rename would replace it."""
+    import contextlib
+    import os
+    import stat
+    import tempfile
+
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "w", newline="") as stream:  # newline="": csv's \r\n as csv writes it
+            return write(stream)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~umask
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".attnprof-", suffix=".part")  # a short name: any out fits
+    try:
+        os.chmod(partial, mode)
+        with os.fdopen(descriptor, "w", newline="") as stream:
+            result = write(stream)
+        os.replace(partial, path)
+        return result
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
 
 
 def _echo_baseline(measured, infos, db, out) -> None:

@@ -36,13 +36,18 @@ from __future__ import annotations
 
 import random
 
-from attnprof.checks import CHECK_LENGTH, GRADIENT_FLOOR, wrong_form
+from attnprof.checks import CHECK_LENGTH, wrong_form
 from attnprof.impls.base import AttentionImpl
 from attnprof.inputs import CaseInputs
 from attnprof.spec import Case
 from attnprof.spot_check_exact import ExactRows, non_finite, rms_row_norm, row_errors
 
 SAMPLED_ROWS = 32
+# At N = 1 a gradient row is compared over at least this share of the largest exact gradient's RMS row (dq, dk, dv): the
+# exact dq and dk are 0 there (a softmax over one key; cosFormer's weight cancels), and a kernel's rounding, up to 1.6
+# fp32 eps of the largest gradient (every impl, fp32/fp16/bf16), read as a relative error of 5.4e+293 on Combiner-Fixed's
+# rows. Only there: at every length it hid a missing dq 1e-5 of dv (a review).
+GRADIENT_FLOOR = 1e-3
 SAMPLED_HEADS = 4
 # Per row, so a few wrong rows among many right ones cannot hide in a mean: a wrong tile gives errors of order 1.
 # Correct kernels at N = 8k on the CPU (softmax, SDPA; B1 H2 D64; fwd-bwd, both causalities) stayed within 1.5e-2
@@ -158,10 +163,10 @@ class SpotCheck:
         if not compared:
             return None
         keys = list(range(self.case.seq_len))
+        one_key = self.case.seq_len == 1  # every exact dq and dk row 0 (GRADIENT_FLOOR)
         for b, h in self.heads:
             dq, dk, dv = expected.gradients(b, h)  # (rows, D), (N, D), (N, D)
             where = f"of batch {b}, head {h}"
-            one_key = self.case.seq_len == 1  # every exact dq and dk row 0 (checks.GRADIENT_FLOOR)
             floor = GRADIENT_FLOOR * max(rms_row_norm(rows) for rows in (dq, dk, dv)) if one_key else 0.0
             dq_errors = row_errors(grads["q"][b, h, self.rows].cpu().double(), dq, floored=True, floor=floor)
             if wrong := self._over(dq_errors, tolerance, self.rows, f"dq row {{row}} {where}"):

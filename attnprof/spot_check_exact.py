@@ -125,5 +125,5 @@ def row_errors(value, reference, floored: bool = False, floor: float = 0.0) -> l
     import torch
 
     norms = torch.linalg.vector_norm(reference, dim=-1)  # (rows,)
-    rms = norms.square().mean().sqrt() if floored else torch.tensor(0.0, dtype=norms.dtype)
-    return (torch.linalg.vector_norm(value - reference, dim=-1) / norms.clamp_min(rms.clamp_min(max(floor, 1e-300)))).tolist()
+    least = max(rms_row_norm(reference) if floored else 0.0, floor, 1e-300)
+    return (torch.linalg.vector_norm(value - reference, dim=-1) / norms.clamp_min(least)).tolist()

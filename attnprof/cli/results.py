@@ -96,7 +96,6 @@ def _echo_records(runs, db, output_format, out) -> None:
 def _stream_records(store, run_ids, output_format, out) -> None:
     """Each record written as it is read, to `out` (write_whole) or to stdout."""
     import sys
-    from pathlib import Path
 
     from attnprof.export import measurement_record, write_records
 
@@ -104,12 +103,19 @@ def _stream_records(store, run_ids, output_format, out) -> None:
     if out is None:
         write_records(records, output_format, sys.stdout)
         return
-    make_folder(Path(out).parent, repr(out))  # as `report --out` does
+    count = _write_out(out, lambda stream: write_records(records, output_format, stream))
+    click.echo(f"wrote {count} records to {out}")
+
+
+def _write_out(out, write):
+    """write(stream) into the --out file (write_whole), its folder made as `report --out` makes it; an OS error is bad input."""
+    from pathlib import Path
+
+    make_folder(Path(out).parent, repr(out))
     try:
-        count = write_whole(Path(out), lambda stream: write_records(records, output_format, stream))
+        return write_whole(Path(out), write)
     except OSError as error:
         raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
-    click.echo(f"wrote {count} records to {out}")
 
 
 def write_whole(path, write):
@@ -142,8 +148,6 @@ def write_whole(path, write):
 
 
 def _echo_baseline(measured, infos, db, out) -> None:
-    from pathlib import Path
-
     import pandas as pd
 
     from attnprof.analysis import refuse_overlapping_runs
@@ -161,11 +165,7 @@ def _echo_baseline(measured, infos, db, out) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    make_folder(Path(out).parent, repr(out))  # as `report --out` does
-    try:
-        Path(out).write_text(text)
-    except OSError as error:
-        raise UsageError(f"cannot write {out!r}: {error.strerror}") from None
+    _write_out(out, lambda stream: stream.write(text))
     click.echo(f"wrote {count} records to {out}")
 
 

@@ -97,9 +97,9 @@ def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
 def sequential_calls(monkeypatch):
     """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); counts its calls."""
     calls = []
-    real = causal_module._sequential_forward
+    real = causal_module.sequential_forward
     monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
-    monkeypatch.setattr(causal_module, "_sequential_forward", lambda *args: calls.append(args[-1]) or real(*args))
+    monkeypatch.setattr(causal_module, "sequential_forward", lambda *args: calls.append(args[-1]) or real(*args))
     return calls
 
 
@@ -122,6 +122,25 @@ def test_sequential_plan_matches_the_causal_golden_vectors(sequential_calls, dty
     for q, k, v, expected, _, eps in causal_files:
         assert rel_error(cosformer_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, eps=eps), expected) < bound
     assert causal_files and len(sequential_calls) == len(causal_files)
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)], ids=["fp16", "bf16"])
+def test_sequential_plan_casts_half_inputs_into_its_fp32_workspace(sequential_calls, dtype, bound):
+    """Half q, k, v are rectified and cast into the fp32 buffers, and v (not a view in the compute dtype) is copied."""
+    q, k, v = (t.to(dtype) for t in qkv(2, 3, 203, 16, seed=21, dtype=torch.float32))
+    out = cosformer_attention(q, k, v, causal=True, chunk_size=32)
+    expected = cosformer_reference(q.double(), k.double(), v.double(), causal=True)
+    assert sequential_calls and out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_error(out, expected) < bound
+
+
+def test_sequential_plan_reads_inputs_whose_heads_do_not_flatten(sequential_calls):
+    """(B, N, H, D) tensors seen as (B, H, N, D): B H does not flatten to a view, so v goes through the workspace copy."""
+    q, k, v = (randn(2, 70, 3, 8, seed=31 + i).transpose(1, 2) for i in range(3))  # (B, H, N, D), strides of (B, N, H, D)
+    assert not q.is_contiguous() and q.stride(0) != q.shape[1] * q.stride(1)
+    out = cosformer_attention(q, k, v, causal=True, chunk_size=16)
+    assert sequential_calls and rel_error(out, cosformer_reference(q, k, v, causal=True)) < 1e-12
+    assert torch.equal(out, cosformer_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, chunk_size=16))
 
 
 def test_the_sequential_plan_gives_the_chunked_plans_outputs_bit_for_bit():

@@ -9,7 +9,7 @@ widening v by a ones column: at Dv = 64 the products with 65 columns ran 15-20 %
 process CPU time (173.6 against 187.7 ms at N = 8192, B = 1, H = 16, fp32, one thread, median of 8 interleaved).
 
 On the CPU with B H C >= 2^10 the forward takes one chunk of every head per step instead and advances the
-carried sums in place (`_sequential_forward`): there the per-chunk states cost more memory traffic than the
+carried sums in place (`sequential.py`): there the per-chunk states cost more memory traffic than the
 extra steps cost dispatch.
 
 The backward recomputes each step's pieces from q, k, v, the output and the denominators, with v widened
@@ -19,17 +19,16 @@ forward sweep, dk and dv in a reverse sweep.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from attnprof.impls.base import planning_device_type
 from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import (
     add_product_,
     bmm,
+    causal_reweight,
     compute_dtype,
     empty_state,
     features_of,
@@ -44,6 +43,7 @@ from attnprof.impls.cosformer.common import (
     wide_bmm,
     widened,
 )
+from attnprof.impls.cosformer.sequential import sequential_forward, sequential_plan
 from attnprof.impls.precision import tf32_products
 
 ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum (_exclusive_cumsum)
@@ -55,7 +55,7 @@ class CausalCosformer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
-        plan = _half_forward if half_products(q, k, v) else _sequential_forward if sequential_plan(q, chunk) else _forward
+        plan = _half_forward if half_products(q, k, v) else sequential_forward if sequential_plan(q, chunk) else _forward
         out, denominator = plan(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
         ctx.save_for_backward(q, k, v, out, denominator)
         ctx.eps, ctx.chunk = eps, chunk
@@ -89,42 +89,6 @@ def _forward(q, k, v, eps: float, chunk: int):
         add_product_(numerator, phi_q, past)
         row_sums = add_product_(weights.sum(-1, keepdim=True), phi_q, past_keys.transpose(-2, -1))  # (B, H, G, C, 1)
         normalise_into(numerator, row_sums, eps, step.view(out), step.view(denominator))
-    return out, denominator
-
-
-def sequential_plan(q, chunk: int) -> bool:
-    """Whether the forward takes _sequential_forward: on the CPU (or meta standing for it), when one chunk of every
-    head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
-    return planning_device_type(q.device) == "cpu" and q.shape[0] * q.shape[1] * min(chunk, q.shape[-2]) >= common.SEQUENTIAL_ROWS
-
-
-def _sequential_forward(q, k, v, eps: float, chunk: int):
-    """_forward with one chunk of every head a step: the carried sums are the chunk's past, read by its queries
-    and then advanced in place, so no per-chunk states are written, summed or read back. 3-d operands (B H, C, X):
-    the step's slices of q, k, v are views. The same sums in the same order as _forward: equal outputs for contiguous
-    inputs at C = 64, within fp32 rounding (6e-8) where a GEMM blocks differently (transposed inputs, C = 100).
-    Measured on the CPU (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two rounds; ms, _forward
-    against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62; 128: 67-70 / 59-60; 12 (N = 8192): 45-49 /
-    46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100; 4: 105-116 / 114; 1: 119-121 / 228-229."""
-    dtype, (batch, heads, n, d), dv = compute_dtype(q.dtype), q.shape, v.shape[-1]
-    state = q.new_zeros((batch * heads, 2 * d, dv), dtype=dtype)  # (BH, 2D, Dv): sum phi(k)^T v so far
-    key_sum = q.new_zeros((batch * heads, 2 * d, 1), dtype=dtype)  # (BH, 2D, 1): sum phi(k) so far
-    out = q.new_empty((batch, heads, n, dv))  # (B, H, N, Dv)
-    denominator = q.new_empty((batch, heads, n, 1), dtype=dtype)  # (B, H, N, 1)
-    rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
-    reweight = _causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
-    per_head = lambda x: x.unflatten(0, (batch, heads))  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        size = rows.stop - rows.start
-        (q_f, phi_q), (k_f, phi_k) = (features_of(x[..., rows, :].flatten(0, 1), rotation[rows], dtype) for x in (q, k))  # (BH, C, D | 2D)
-        values = v[..., rows, :].flatten(0, 1).to(dtype)  # (BH, C, Dv): a view of v for fp32/fp64
-        weights = torch.bmm(q_f, k_f.transpose(-2, -1)).mul_(reweight[:size, :size])  # (BH, C, C)
-        numerator = torch.baddbmm(torch.bmm(weights, values), phi_q, state)  # (BH, C, Dv)
-        row_sums = torch.baddbmm(weights.sum(-1, keepdim=True), phi_q, key_sum)  # (BH, C, 1)
-        torch.baddbmm(state, phi_k.transpose(-2, -1), values, out=state)
-        key_sum += phi_k.sum(-2).unsqueeze(-1)
-        normalise_into(per_head(numerator), per_head(row_sums), eps, out[..., rows, :], denominator[..., rows, :])
     return out, denominator
 
 
@@ -183,7 +147,7 @@ class _Step:
 def _causal_steps(q, chunk: int, dtype) -> list[_Step]:
     n, chunk = q.shape[-2], min(chunk, q.shape[-2])
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
-    reweight = _causal_reweight(chunk, n, dtype, q.device)  # (C, C)
+    reweight = causal_reweight(chunk, n, dtype, q.device)  # (C, C)
     return [
         _Step(start, count, size, rotation[start : start + count * size].unflatten(0, (count, size)), reweight[:size, :size], dtype)
         for start, count, size in step_spans(n, chunk, q.shape[0] * q.shape[1], q.device)
@@ -202,12 +166,6 @@ def step_spans(n: int, chunk: int, batch_heads: int, device) -> list[tuple[int, 
     full = n // chunk
     spans = [(first * chunk, min(per_step, full - first), chunk) for first in range(0, full, per_step)]
     return spans + ([(full * chunk, 1, n - full * chunk)] if n % chunk else [])
-
-
-def _causal_reweight(chunk: int, m: int, dtype, device):
-    """cos(pi/2 (i - j) / M) for j <= i inside a chunk, 0 above: the same for every chunk."""
-    offset = torch.arange(chunk, dtype=torch.float64, device=device)  # (C,)
-    return torch.cos((math.pi / 2) * (offset[:, None] - offset[None, :]) / m).tril().to(dtype)  # (C, C)
 
 
 def _exclusive_cumsum(carry, parts, reverse: bool = False):

@@ -26,7 +26,7 @@ CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package d
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
 # causal on the CPU: from B H C >= 2^10 rows, one chunk of every head per step with the sums advanced in place
-# (causal._sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save
+# (sequential.sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save
 SEQUENTIAL_ROWS = 1 << 10
 # bmm(half, half, out_dtype=float32): torch >= 2.8, on CUDA (ROCm builds refuse it on some of their backends)
 MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads() and torch.version.hip is None
@@ -102,6 +102,12 @@ def position_rotation(n: int, m: int, dtype, device):
     """[sin a_t, cos a_t] for t = 1..n, a_t = pi/2 * t / m, shaped to multiply (..., n, 2, D) features."""
     angle = (math.pi / 2) * torch.arange(1, n + 1, dtype=torch.float64, device=device) / m  # (n,)
     return torch.stack((torch.sin(angle), torch.cos(angle)), dim=-1).to(dtype)[..., None]  # (n, 2, 1)
+
+
+def causal_reweight(chunk: int, m: int, dtype, device):
+    """cos(pi/2 (i - j) / M) for j <= i inside a chunk, 0 above: the same for every chunk."""
+    offset = torch.arange(chunk, dtype=torch.float64, device=device)  # (C,)
+    return torch.cos((math.pi / 2) * (offset[:, None] - offset[None, :]) / m).tril().to(dtype)  # (C, C)
 
 
 def chunk_slices(n: int, size: int) -> list[slice]:

@@ -1,0 +1,101 @@
+"""The causal cosFormer's CPU forward for many heads: one chunk of every head a step, the carried sums advanced in place.
+
+On the CPU with B H C >= common.SEQUENTIAL_ROWS the forward takes one chunk of every head per step instead of G chunks
+(causal._forward): the carried sums are the chunk's past, read by its queries and then advanced in place, so no per-chunk
+states are written, summed or read back. It makes the same sums in the same order as causal._forward: equal outputs for
+contiguous inputs at C = 64, within fp32 rounding (6e-8) where a GEMM blocks differently (transposed inputs, C = 100).
+
+Every step writes into one set of buffers (`_Workspace`), allocated once a call, instead of into fresh tensors: the
+step's ~2 MB of temporaries then stay where the previous step left them in cache, and no allocation is made per step.
+Measured on the CPU (2 cores, N = 8192, B = 1, H = 16, D = 64, fp32, 11 interleaved calls, the heap retained as the
+timing pass retains it, `cpu_heap`): 63.6 -> 50.4 ms median (1 thread: 113.3 -> 95.8 ms; default glibc heap: 73.9 ->
+61.0 ms), outputs equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnprof.impls.base import planning_device_type
+from attnprof.impls.cosformer import common
+from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, normalise_into, position_rotation
+
+
+def sequential_plan(q, chunk: int) -> bool:
+    """Whether the forward takes sequential_forward: on the CPU (or meta standing for it), when one chunk of every
+    head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
+    return planning_device_type(q.device) == "cpu" and q.shape[0] * q.shape[1] * min(chunk, q.shape[-2]) >= common.SEQUENTIAL_ROWS
+
+
+def sequential_forward(q, k, v, eps: float, chunk: int):
+    """(out (B, H, N, Dv), denominators (B, H, N, 1)) of the causal cosFormer, one chunk of every head a step, with
+    3-d operands (B H, C, X): the step's slices of q and k are read once each, into the workspace.
+    Measured on the CPU before the workspace (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two
+    rounds; ms, causal._forward against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62;
+    128: 67-70 / 59-60; 12 (N = 8192): 45-49 / 46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100;
+    4: 105-116 / 114; 1: 119-121 / 228-229."""
+    dtype, (batch, heads, n, d), dv = compute_dtype(q.dtype), q.shape, v.shape[-1]
+    state = q.new_zeros((batch * heads, 2 * d, dv), dtype=dtype)  # (BH, 2D, Dv): sum phi(k)^T v so far
+    key_sum = q.new_zeros((batch * heads, 2 * d, 1), dtype=dtype)  # (BH, 2D, 1): sum phi(k) so far
+    out = q.new_empty((batch, heads, n, dv))  # (B, H, N, Dv)
+    denominator = q.new_empty((batch, heads, n, 1), dtype=dtype)  # (B, H, N, 1)
+    rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
+    reweight = causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
+    flat_values = v.flatten(0, 1) if v.dtype == dtype and _heads_merge(v) else None  # (BH, N, Dv): a view of v
+    work = None
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        size = rows.stop - rows.start
+        if work is None or work.size != size:  # the first chunk, and a last one of N mod C
+            work = _Workspace(batch, heads, size, d, dv, dtype, q.device)
+        q_f, phi_q = work.features(q[..., rows, :], rotation[rows], work.q_f, work.phi_q)  # (BH, C, D), (BH, C, 2D)
+        k_f, phi_k = work.features(k[..., rows, :], rotation[rows], work.k_f, work.phi_k)
+        values = flat_values[:, rows] if flat_values is not None else work.load_values(v[..., rows, :])  # (BH, C, Dv)
+        weights = torch.bmm(q_f, k_f.transpose(-2, -1), out=work.weights).mul_(reweight[:size, :size])  # (BH, C, C)
+        numerator = torch.bmm(weights, values, out=work.numerator)  # (BH, C, Dv)
+        torch.baddbmm(numerator, phi_q, state, out=numerator)
+        row_sums = torch.sum(weights, -1, keepdim=True, out=work.row_sums)  # (BH, C, 1)
+        torch.baddbmm(row_sums, phi_q, key_sum, out=row_sums)
+        torch.baddbmm(state, phi_k.transpose(-2, -1), values, out=state)
+        key_sum += torch.sum(phi_k, -2, out=work.key_part).unsqueeze(-1)
+        normalise_into(work.per_head(numerator), work.per_head(row_sums), eps, out[..., rows, :], denominator[..., rows, :])
+    return out, denominator
+
+
+def _heads_merge(x) -> bool:
+    """Whether x (B, H, N, X) flattens to (B H, N, X) as a view."""
+    return x.shape[0] == 1 or x.shape[1] == 1 or x.stride(0) == x.shape[1] * x.stride(1)
+
+
+class _Workspace:
+    """One step's temporaries for `size` positions of every head, in the compute dtype, written in place each step."""
+
+    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device):
+        empty = lambda *shape: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
+        rows = batch * heads
+        self.batch, self.heads, self.size = batch, heads, size
+        self.q_f, self.k_f = empty(rows, size, d), empty(rows, size, d)  # relu(x): (BH, C, D)
+        self.phi_q, self.phi_k = empty(rows, size, 2, d), empty(rows, size, 2, d)  # [relu(x) sin a, relu(x) cos a]: (BH, C, 2, D)
+        self.values = empty(rows, size, dv)  # (BH, C, Dv): v of the step when it is not a view of v
+        self.weights = empty(rows, size, size)  # (BH, C, C)
+        self.numerator, self.row_sums = empty(rows, size, dv), empty(rows, size, 1)  # (BH, C, Dv), (BH, C, 1)
+        self.key_part = empty(rows, 2 * d)  # (BH, 2D): the step's sum of phi(k)
+
+    def per_head(self, x):
+        return x.view(self.batch, self.heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)
+
+    def features(self, x, rotation, x_f, phi):
+        """relu(x) and phi(x) of the step's rows x (B, H, C, D) into x_f (BH, C, D) and phi (BH, C, 2, D), cast to
+        their dtype; as common.features_of computes them. clamp_min(x, 0) is relu with an out= form; it writes only its
+        own dtype, so half rows are cast in first and rectified there (exact either way)."""
+        if x.dtype == x_f.dtype:
+            torch.clamp_min(x, 0, out=self.per_head(x_f))
+        else:
+            self.per_head(x_f).copy_(x).clamp_min_(0)
+        torch.mul(x_f.unsqueeze(-2), rotation, out=phi)  # (BH, C, 2, D)
+        return x_f, phi.flatten(-2)  # (BH, C, D), (BH, C, 2D)
+
+    def load_values(self, v):
+        """v of the step (B, H, C, Dv), cast to the compute dtype, as (BH, C, Dv)."""
+        self.per_head(self.values).copy_(v)
+        return self.values

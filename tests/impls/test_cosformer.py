@@ -99,7 +99,7 @@ def sequential_calls(monkeypatch):
     calls = []
     real = causal_module.sequential_forward
     monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
-    monkeypatch.setattr(causal_module, "sequential_forward", lambda *args: calls.append(args[-1]) or real(*args))
+    monkeypatch.setattr(causal_module, "sequential_forward", lambda *args, **kwargs: calls.append(args[-1]) or real(*args, **kwargs))
     return calls
 
 
@@ -141,6 +141,16 @@ def test_sequential_plan_reads_inputs_whose_heads_do_not_flatten(sequential_call
     out = cosformer_attention(q, k, v, causal=True, chunk_size=16)
     assert sequential_calls and rel_error(out, cosformer_reference(q, k, v, causal=True)) < 1e-12
     assert torch.equal(out, cosformer_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, chunk_size=16))
+
+
+def test_sequential_plan_keeps_denominators_only_for_a_backward(sequential_calls):
+    """Inputs needing no gradient: no denominators are written, and the output is the one the backward's path gives."""
+    q, k, v = qkv(1, 4, 100, 8, seed=11)
+    out = cosformer_attention(q, k, v, causal=True, chunk_size=32)
+    with_grad = cosformer_attention(q, k, v.clone().requires_grad_(), causal=True, chunk_size=32)
+    assert len(sequential_calls) == 2 and torch.equal(out, with_grad.detach()) and with_grad.grad_fn is not None
+    assert causal_module.sequential_forward(q, k, v, 1e-6, 32, denominators=False)[1] is None
+    assert causal_module.sequential_forward(q, k, v, 1e-6, 32)[1].shape == (1, 4, 100, 1)
 
 
 def test_the_sequential_plan_gives_the_chunked_plans_outputs_bit_for_bit():

@@ -55,8 +55,12 @@ class CausalCosformer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, eps: float, chunk: int):
-        plan = _half_forward if half_products(q, k, v) else sequential_forward if sequential_plan(q, chunk) else _forward
-        out, denominator = plan(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
+        if half_products(q, k, v):
+            out, denominator = _half_forward(q, k, v, eps, chunk)  # (B, H, N, Dv), (B, H, N, 1) in the compute dtype
+        elif sequential_plan(q, chunk):  # the denominators only where a backward may read them
+            out, denominator = sequential_forward(q, k, v, eps, chunk, denominators=any(ctx.needs_input_grad[:3]))
+        else:
+            out, denominator = _forward(q, k, v, eps, chunk)
         ctx.save_for_backward(q, k, v, out, denominator)
         ctx.eps, ctx.chunk = eps, chunk
         return out

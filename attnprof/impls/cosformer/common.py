@@ -148,8 +148,10 @@ def widened(v, dtype):
 
 
 def normalise_into(numerator, row_sums, eps: float, out, denominator) -> None:
-    """numerator / clamp_min(row sums, eps) into the output rows, and the raw row sums into the denominators."""
-    denominator.copy_(row_sums)  # (..., L, 1)
+    """numerator / clamp_min(row sums, eps) into the output rows, and the raw row sums into the denominators
+    (unless None: no backward will read them)."""
+    if denominator is not None:
+        denominator.copy_(row_sums)  # (..., L, 1)
     torch.div(numerator, row_sums.clamp_min(eps), out=out)  # (..., L, Dv), cast to out's dtype
 
 

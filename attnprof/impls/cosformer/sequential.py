@@ -9,7 +9,8 @@ Every step writes into one set of buffers (`_Workspace`), allocated once a call,
 step's ~2 MB of temporaries then stay where the previous step left them in cache, and no allocation is made per step.
 Measured on the CPU (2 cores, N = 8192, B = 1, H = 16, D = 64, fp32, 11 interleaved calls, the heap retained as the
 timing pass retains it, `cpu_heap`): 63.6 -> 50.4 ms median (1 thread: 113.3 -> 95.8 ms; default glibc heap: 73.9 ->
-61.0 ms), outputs equal bit for bit.
+61.0 ms), outputs equal bit for bit. The views the steps read the buffers through are made once too: 53.4 -> 51.1 ms
+(15 interleaved calls). One mul for the features of q and k together was slower (53.4 -> 55.0 ms), so each has its own.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ def sequential_plan(q, chunk: int) -> bool:
     return planning_device_type(q.device) == "cpu" and q.shape[0] * q.shape[1] * min(chunk, q.shape[-2]) >= common.SEQUENTIAL_ROWS
 
 
-def sequential_forward(q, k, v, eps: float, chunk: int):
+def sequential_forward(q, k, v, eps: float, chunk: int, denominators: bool = True):
     """(out (B, H, N, Dv), denominators (B, H, N, 1)) of the causal cosFormer, one chunk of every head a step, with
-    3-d operands (B H, C, X): the step's slices of q and k are read once each, into the workspace.
+    3-d operands (B H, C, X): the step's slices of q and k are read once each, into the workspace. Without
+    `denominators` (no input needs a gradient, so no backward reads them) the second is None: 1.3 ms less of 50
+    (B H = 16, N = 8192, D = 64, fp32, 2 cores, 11 interleaved calls).
     Measured on the CPU before the workspace (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two
     rounds; ms, causal._forward against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62;
     128: 67-70 / 59-60; 12 (N = 8192): 45-49 / 46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100;
@@ -38,27 +41,26 @@ def sequential_forward(q, k, v, eps: float, chunk: int):
     state = q.new_zeros((batch * heads, 2 * d, dv), dtype=dtype)  # (BH, 2D, Dv): sum phi(k)^T v so far
     key_sum = q.new_zeros((batch * heads, 2 * d, 1), dtype=dtype)  # (BH, 2D, 1): sum phi(k) so far
     out = q.new_empty((batch, heads, n, dv))  # (B, H, N, Dv)
-    denominator = q.new_empty((batch, heads, n, 1), dtype=dtype)  # (B, H, N, 1)
+    denominator = q.new_empty((batch, heads, n, 1), dtype=dtype) if denominators else None  # (B, H, N, 1)
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
     flat_values = v.flatten(0, 1) if v.dtype == dtype and _heads_merge(v) else None  # (BH, N, Dv): a view of v
     work = None
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
-        size = rows.stop - rows.start
-        if work is None or work.size != size:  # the first chunk, and a last one of N mod C
-            work = _Workspace(batch, heads, size, d, dv, dtype, q.device)
-        q_f, phi_q = work.features(q[..., rows, :], rotation[rows], work.q_f, work.phi_q)  # (BH, C, D), (BH, C, 2D)
-        k_f, phi_k = work.features(k[..., rows, :], rotation[rows], work.k_f, work.phi_k)
+        if work is None or work.size != rows.stop - rows.start:  # the first chunk, and a last one of N mod C
+            work = _Workspace(batch, heads, rows.stop - rows.start, d, dv, dtype, q.device, reweight)
+        work.load_features(q[..., rows, :], k[..., rows, :], rotation[rows])
         values = flat_values[:, rows] if flat_values is not None else work.load_values(v[..., rows, :])  # (BH, C, Dv)
-        weights = torch.bmm(q_f, k_f.transpose(-2, -1), out=work.weights).mul_(reweight[:size, :size])  # (BH, C, C)
-        numerator = torch.bmm(weights, values, out=work.numerator)  # (BH, C, Dv)
-        torch.baddbmm(numerator, phi_q, state, out=numerator)
-        row_sums = torch.sum(weights, -1, keepdim=True, out=work.row_sums)  # (BH, C, 1)
-        torch.baddbmm(row_sums, phi_q, key_sum, out=row_sums)
-        torch.baddbmm(state, phi_k.transpose(-2, -1), values, out=state)
-        key_sum += torch.sum(phi_k, -2, out=work.key_part).unsqueeze(-1)
-        normalise_into(work.per_head(numerator), work.per_head(row_sums), eps, out[..., rows, :], denominator[..., rows, :])
+        torch.bmm(work.q_f, work.k_f_t, out=work.weights).mul_(work.reweight)
+        torch.bmm(work.weights, values, out=work.numerator)
+        torch.baddbmm(work.numerator, work.phi_q, state, out=work.numerator)
+        torch.sum(work.weights, -1, keepdim=True, out=work.row_sums)
+        torch.baddbmm(work.row_sums, work.phi_q, key_sum, out=work.row_sums)
+        torch.baddbmm(state, work.phi_k_t, values, out=state)
+        key_sum += torch.sum(work.phi_k, -2, keepdim=True, out=work.key_part).transpose(-2, -1)
+        denominator_rows = denominator[..., rows, :] if denominators else None
+        normalise_into(work.numerator_heads, work.row_sums_heads, eps, out[..., rows, :], denominator_rows)
     return out, denominator
 
 
@@ -68,34 +70,43 @@ def _heads_merge(x) -> bool:
 
 
 class _Workspace:
-    """One step's temporaries for `size` positions of every head, in the compute dtype, written in place each step."""
+    """One step's temporaries for `size` positions of every head, in the compute dtype, written in place each step;
+    with the views the step reads them through, made once (a view costs ~1-2 us of dispatch, ~12 of them a step).
+    relu(q) and relu(k) share one buffer; their features share another but are written by one op each."""
 
-    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device):
+    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight):
         empty = lambda *shape: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
         rows = batch * heads
-        self.batch, self.heads, self.size = batch, heads, size
-        self.q_f, self.k_f = empty(rows, size, d), empty(rows, size, d)  # relu(x): (BH, C, D)
-        self.phi_q, self.phi_k = empty(rows, size, 2, d), empty(rows, size, 2, d)  # [relu(x) sin a, relu(x) cos a]: (BH, C, 2, D)
+        per_head = lambda x: x.view(batch, heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
+        self.size = size
+        self.rectified = empty(2, rows, size, d)  # relu(q), then relu(k): (2, BH, C, D)
+        self.phi_parts = empty(2, rows, size, 2, d)  # [relu(x) sin a, relu(x) cos a] of q, then k: (2, BH, C, 2, D)
         self.values = empty(rows, size, dv)  # (BH, C, Dv): v of the step when it is not a view of v
         self.weights = empty(rows, size, size)  # (BH, C, C)
         self.numerator, self.row_sums = empty(rows, size, dv), empty(rows, size, 1)  # (BH, C, Dv), (BH, C, 1)
-        self.key_part = empty(rows, 2 * d)  # (BH, 2D): the step's sum of phi(k)
+        self.key_part = empty(rows, 1, 2 * d)  # (BH, 1, 2D): the step's sum of phi(k)
+        self.reweight = reweight[:size, :size]  # (C, C)
+        # the views read each step
+        self.q_f, self.k_f = self.rectified  # (BH, C, D)
+        self.q_f_heads, self.k_f_heads, self.values_heads = per_head(self.q_f), per_head(self.k_f), per_head(self.values)
+        self.rectified_column = self.rectified.unsqueeze(-2)  # (2, BH, C, 1, D)
+        self.phi_q, self.phi_k = self.phi_parts[0].flatten(-2), self.phi_parts[1].flatten(-2)  # (BH, C, 2D)
+        self.k_f_t, self.phi_k_t = self.k_f.transpose(-2, -1), self.phi_k.transpose(-2, -1)  # (BH, D | 2D, C)
+        self.numerator_heads, self.row_sums_heads = per_head(self.numerator), per_head(self.row_sums)  # (B, H, C, Dv | 1)
 
-    def per_head(self, x):
-        return x.view(self.batch, self.heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)
-
-    def features(self, x, rotation, x_f, phi):
-        """relu(x) and phi(x) of the step's rows x (B, H, C, D) into x_f (BH, C, D) and phi (BH, C, 2, D), cast to
-        their dtype; as common.features_of computes them. clamp_min(x, 0) is relu with an out= form; it writes only its
-        own dtype, so half rows are cast in first and rectified there (exact either way)."""
-        if x.dtype == x_f.dtype:
-            torch.clamp_min(x, 0, out=self.per_head(x_f))
-        else:
-            self.per_head(x_f).copy_(x).clamp_min_(0)
-        torch.mul(x_f.unsqueeze(-2), rotation, out=phi)  # (BH, C, 2, D)
-        return x_f, phi.flatten(-2)  # (BH, C, D), (BH, C, 2D)
+    def load_features(self, q, k, rotation):
+        """relu and phi of the step's rows q, k (B, H, C, D) into the buffers, cast to their dtype; as common.features_of
+        computes them. clamp_min(x, 0) is relu with an out= form; it writes only its own dtype, so half rows are
+        cast in first and rectified there (exact either way)."""
+        for x, x_f in ((q, self.q_f_heads), (k, self.k_f_heads)):
+            if x.dtype == x_f.dtype:
+                torch.clamp_min(x, 0, out=x_f)
+            else:
+                x_f.copy_(x).clamp_min_(0)
+        torch.mul(self.rectified_column[0], rotation, out=self.phi_parts[0])  # (BH, C, 2, D)
+        torch.mul(self.rectified_column[1], rotation, out=self.phi_parts[1])
 
     def load_values(self, v):
         """v of the step (B, H, C, Dv), cast to the compute dtype, as (BH, C, Dv)."""
-        self.per_head(self.values).copy_(v)
+        self.values_heads.copy_(v)
         return self.values

@@ -4,14 +4,11 @@ the memory / FLOP accounting it declares."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from cosformer_helpers import qkv, randn, rel_error
+from cosformer_helpers import GOLDEN, GOLDEN_FILES, half_and_float64_grads, load_golden, qkv, randn, rel_error
 
-import attnprof.impls.cosformer.causal as causal_module
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
 from attnprof.accounting import account_call
@@ -22,18 +19,10 @@ from attnprof.impls.reference.cosformer import cosformer_reference
 from attnprof.inputs import make_call, make_inputs, torch_dtype
 from attnprof.spec import Case
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden"
-GOLDEN_FILES = sorted(GOLDEN.glob("cosformer_*.npz")) if GOLDEN.is_dir() else []
 MiB = 2**20
 
 
 # ---- golden vectors from the reference repo -------------------------------------------------------
-
-
-def load_golden(path):
-    data = np.load(path)
-    q, k, v, out = (torch.from_numpy(data[key]) for key in ("q", "k", "v", "out"))
-    return q, k, v, out, bool(data["causal"]), float(data["eps"])
 
 
 @pytest.mark.skipif(not GOLDEN_FILES, reason=f"no cosformer golden files under {GOLDEN}")
@@ -91,84 +80,6 @@ def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
     assert rel_error(out, expected) < 1e-12
     for ours, theirs in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True):
         assert rel_error(ours, theirs) < 1e-11
-
-
-@pytest.fixture
-def sequential_calls(monkeypatch):
-    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); counts its calls."""
-    calls = []
-    real = causal_module.sequential_forward
-    monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
-    monkeypatch.setattr(causal_module, "sequential_forward", lambda *args, **kwargs: calls.append(args[-1]) or real(*args, **kwargs))
-    return calls
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1, 4), (2, 3, 37, 8), (1, 2, 129, 16), (2, 1, 64, 5)], ids=str)
-@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 500])
-def test_sequential_plan_matches_dense_reference_values_and_gradients(sequential_calls, shape, chunk_size):
-    q, k, v = (t.requires_grad_() for t in qkv(*shape, seed=1))  # seed 1: not an all-zero output at N = 1
-    grad = randn(*shape, seed=9)
-    out = cosformer_attention(q, k, v, causal=True, chunk_size=chunk_size)
-    expected = cosformer_reference(q, k, v, causal=True)
-    assert sequential_calls and rel_error(out, expected) < 1e-12
-    for ours, theirs in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-14)  # atol: at N = 1, dq is 0 up to rounding
-
-
-@pytest.mark.skipif(not GOLDEN_FILES, reason=f"no cosformer golden files under {GOLDEN}")
-@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=["float64", "float32"])
-def test_sequential_plan_matches_the_causal_golden_vectors(sequential_calls, dtype, bound):
-    causal_files = [load_golden(path) for path in GOLDEN_FILES if load_golden(path)[4]]
-    for q, k, v, expected, _, eps in causal_files:
-        assert rel_error(cosformer_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, eps=eps), expected) < bound
-    assert causal_files and len(sequential_calls) == len(causal_files)
-
-
-@pytest.mark.parametrize("dtype, bound", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)], ids=["fp16", "bf16"])
-def test_sequential_plan_casts_half_inputs_into_its_fp32_workspace(sequential_calls, dtype, bound):
-    """Half q, k, v are rectified and cast into the fp32 buffers, and v (not a view in the compute dtype) is copied."""
-    q, k, v = (t.to(dtype) for t in qkv(2, 3, 203, 16, seed=21, dtype=torch.float32))
-    out = cosformer_attention(q, k, v, causal=True, chunk_size=32)
-    expected = cosformer_reference(q.double(), k.double(), v.double(), causal=True)
-    assert sequential_calls and out.dtype == dtype and torch.isfinite(out).all()
-    assert rel_error(out, expected) < bound
-
-
-def test_sequential_plan_reads_inputs_whose_heads_do_not_flatten(sequential_calls):
-    """(B, N, H, D) tensors seen as (B, H, N, D): B H does not flatten to a view, so v goes through the workspace copy."""
-    q, k, v = (randn(2, 70, 3, 8, seed=31 + i).transpose(1, 2) for i in range(3))  # (B, H, N, D), strides of (B, N, H, D)
-    assert not q.is_contiguous() and q.stride(0) != q.shape[1] * q.stride(1)
-    out = cosformer_attention(q, k, v, causal=True, chunk_size=16)
-    assert sequential_calls and rel_error(out, cosformer_reference(q, k, v, causal=True)) < 1e-12
-    assert torch.equal(out, cosformer_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, chunk_size=16))
-
-
-def test_sequential_plan_keeps_denominators_only_for_a_backward(sequential_calls):
-    """Inputs needing no gradient: no denominators are written, and the output is the one the backward's path gives."""
-    q, k, v = qkv(1, 4, 100, 8, seed=11)
-    out = cosformer_attention(q, k, v, causal=True, chunk_size=32)
-    with_grad = cosformer_attention(q, k, v.clone().requires_grad_(), causal=True, chunk_size=32)
-    assert len(sequential_calls) == 2 and torch.equal(out, with_grad.detach()) and with_grad.grad_fn is not None
-    assert causal_module.sequential_forward(q, k, v, 1e-6, 32, denominators=False)[1] is None
-    assert causal_module.sequential_forward(q, k, v, 1e-6, 32)[1].shape == (1, 4, 100, 1)
-
-
-def test_the_sequential_plan_gives_the_chunked_plans_outputs_bit_for_bit():
-    """The same sums in the same order: at B H = 16 (taken by default) against the same call with the chunks plan."""
-    q, k, v = qkv(1, 16, 200, 8, seed=4, dtype=torch.float32)
-    assert causal_module.sequential_plan(q, 64)
-    sequential = cosformer_attention(q, k, v, causal=True)
-    chunked, _ = causal_module._forward(q, k, v, 1e-6, 64)
-    assert torch.equal(sequential, chunked)
-
-
-def test_the_cpu_takes_the_sequential_plan_when_a_chunk_of_every_head_fills_a_step():
-    q = torch.empty(1, 16, 8192, 64, device="meta")  # B H C = 1024 rows at C = 64
-    with meta_stands_for("cpu"):
-        assert causal_module.sequential_plan(q, 64) and causal_module.sequential_plan(q[:, :8], 128)
-        assert not causal_module.sequential_plan(q[:, :8], 64) and not causal_module.sequential_plan(q[..., :32, :], 64)  # C <= N
-    with meta_stands_for("cuda"):
-        assert not causal_module.sequential_plan(q, 64)  # a step per chunk: 2 N / C launches
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -275,12 +186,8 @@ def test_half_inputs_stay_finite_past_the_fp16_overflow(causal, dtype, bound):
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("dtype, bound", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)], ids=["fp16", "bf16"])
 def test_half_gradients_are_close_to_float64(causal, dtype, bound):
-    inputs = [t.to(dtype) for t in qkv(1, 2, 1000, 32, seed=51, dtype=torch.float32)]
-    grad = randn(1, 2, 1000, 32, seed=55, dtype=torch.float32).to(dtype)
-    half = [t.clone().requires_grad_() for t in inputs]
-    wide = [t.double().requires_grad_() for t in inputs]
-    grads_half = torch.autograd.grad(cosformer_attention(*half, causal=causal, chunk_size=48), half, grad)
-    grads_wide = torch.autograd.grad(cosformer_attention(*wide, causal=causal, chunk_size=48), wide, grad.double())
+    call = lambda *qkv_: cosformer_attention(*qkv_, causal=causal, chunk_size=48)  # noqa: E731
+    grads_half, grads_wide = half_and_float64_grads((1, 2, 1000, 32), dtype, 51, call)
     for ours, exact in zip(grads_half, grads_wide, strict=True):
         assert ours.dtype == dtype and torch.isfinite(ours).all()
         assert rel_error(ours, exact) < bound

@@ -70,6 +70,7 @@ from attnprof.impls.cosformer import triton_plan
 from attnprof.impls.cosformer.bidirectional import BidirectionalCosformer
 from attnprof.impls.cosformer.causal import CausalCosformer, step_spans
 from attnprof.impls.cosformer.common import CAUSAL_CHUNK, auto_chunk_size, chunk_size_problems, half_plan
+from attnprof.impls.cosformer.sequential import sequential_case
 from attnprof.impls.operator_inputs import check_positive, check_qkv
 from attnprof.impls.precision import tf32_products
 from attnprof.impls.reference.cosformer import cosformer_reference, cosformer_rows
@@ -115,7 +116,8 @@ def cosformer_flops(case, options: dict) -> int:
     bidirectional: fwd 4 d e (Nq + Nk) [key states, query products], bwd 8 d e (Nq + Nk);
     causal, summed over the chunks of length L (C, and a last one of N mod C): fwd 4 L^2 d + 8 L d^2 + 4 L d
     [intra weights and values, chunk states and query products, query . key sums], bwd 6 L^2 (d + e) + 20 L d e
-    (both sweeps recompute their chunk's pieces, with v widened). The bf16 plan off the CPU (half_products) adds,
+    (both sweeps recompute their chunk's pieces, with v widened; the CPU's sequential backward, B H C >= 2^10, takes dv
+    from products without the ones column: 4 L^2 (e + 2 d) + 4 L d (4 e + d)). The bf16 plan off the CPU (half_products) adds,
     per step of G chunks, the triangular GEMM that sums the chunk states: 2 G^2 (2 d) d (up to 0.7 x the rest at
     N = 65536, B H = 16; uncounted, TFLOP/s read 1.66 x low there)."""
     n, d = case.seq_len, case.head_dim
@@ -126,7 +128,10 @@ def cosformer_flops(case, options: dict) -> int:
         chunk = min(int(options.get("chunk_size") or auto_chunk_size(True, case.batch, case.heads)), n)
         lengths = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
         fwd = sum(4 * length**2 * d + 8 * length * d * d + 4 * length * d for length in lengths)
-        bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
+        if sequential_case(case.batch * case.heads, chunk, n, case.device):  # its dv products leave out the ones column
+            bwd = sum(4 * length**2 * (e + 2 * d) + 4 * length * d * (4 * e + d) for length in lengths)
+        else:
+            bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)
         if half_plan(case.dtype, case.device):
             fwd += sum(2 * count**2 * 2 * d * d for _, count, _ in step_spans(n, chunk, case.batch * case.heads, case.device))
     if options.get("backend") == "triton":

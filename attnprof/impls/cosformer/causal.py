@@ -44,6 +44,7 @@ from attnprof.impls.cosformer.common import (
     widened,
 )
 from attnprof.impls.cosformer.sequential import sequential_forward, sequential_plan
+from attnprof.impls.cosformer.sequential_backward import sequential_backward
 from attnprof.impls.precision import tf32_products
 
 ADDS_UP_TO = 8  # chunks per step summed by in-place adds; more go through torch.cumsum (_exclusive_cumsum)
@@ -69,6 +70,8 @@ class CausalCosformer(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, denominator = ctx.saved_tensors
+        if sequential_plan(q, ctx.chunk):  # the forward's plan, on the CPU (where no TF32 applies)
+            return *sequential_backward(q, k, v, out, denominator, grad_out, ctx.eps, ctx.chunk), None, None
         with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on CUDA (precision.py)
             steps = _causal_steps(q, ctx.chunk, denominator.dtype)
             grads_of = lambda step: row_grads(step.view(grad_out), step.view(out), step.view(denominator), ctx.eps, step.dtype)

@@ -23,9 +23,15 @@ from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, norm
 
 
 def sequential_plan(q, chunk: int) -> bool:
-    """Whether the forward takes sequential_forward: on the CPU (or meta standing for it), when one chunk of every
-    head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
-    return planning_device_type(q.device) == "cpu" and q.shape[0] * q.shape[1] * min(chunk, q.shape[-2]) >= common.SEQUENTIAL_ROWS
+    """Whether the forward and the backward take sequential_forward and sequential_backward: on the CPU (or meta
+    standing for it), when one chunk of every head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
+    return sequential_case(q.shape[0] * q.shape[1], chunk, q.shape[-2], q.device)
+
+
+def sequential_case(batch_heads: int, chunk: int, n: int, device) -> bool:
+    """sequential_plan for B H = `batch_heads` and N = `n` on `device` (a torch.device or a name): what cosformer_flops
+    counts by."""
+    return planning_device_type(device) == "cpu" and batch_heads * min(chunk, n) >= common.SEQUENTIAL_ROWS
 
 
 def sequential_forward(q, k, v, eps: float, chunk: int, denominators: bool = True):

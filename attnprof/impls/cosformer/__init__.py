@@ -14,8 +14,10 @@ summed for the denominator, and phi(q_i) S_<chunk, phi(q_i) . z_<chunk add every
 z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and
 phi(k). G = step_rows / (B H max(C, 64)) chunks are batched per step (step_rows by device, see `common.py`),
 so only one step's [G, 2d, d] chunk states exist at a time; on the CPU from B H C >= 2^10, one chunk of every
-head per step, the carried sums read and then advanced in place. The backward is written by hand (recomputing
-from q, k, v, the output and the denominators): dq in a forward sweep, dk and dv in a reverse sweep. Peak
+head per step, the carried sums read and then advanced in place, each step writing into buffers allocated once a
+call (`sequential.py`). The backward is written by hand (recomputing from q, k, v, the output and the
+denominators): dq in a forward sweep, dk and dv in a reverse sweep, taken the same way on the CPU from
+B H C >= 2^10 (`sequential_backward.py`). Peak
 memory is therefore the output (plus dq, dk, dv in fwd_bwd) plus one step's temporaries; nothing of size N x
 d x d is ever formed.
 

@@ -121,11 +121,12 @@ def _row_label(m: Measurement, varying: list[str]) -> str:
     return " ".join(parts)
 
 
-def rich_table(measurements: list[Measurement], title: str = ""):
+def rich_table(measurements: list[Measurement], title: str = "", grid=None):
+    """The summary grid as a drawn table; `grid`: summary_grid(measurements), when the caller has it already."""
     from rich.markup import escape
     from rich.table import Table
 
-    lengths, rows = summary_grid(measurements)
+    lengths, rows = grid or summary_grid(measurements)
     table = Table(title=title, show_lines=False, min_width=len(title) + 4)  # a table narrower than its title wrapped it a word a line
     # The name never shrinks (at 80 columns rich cut every Combiner variant to 'combiner-…'): it takes its own
     # line above the rest of the label, and the value columns fold instead when the terminal is narrow.
@@ -152,10 +153,10 @@ def is_large(row_count: int) -> bool:
     return row_count > LARGE_TABLE_ROWS
 
 
-def summary_text(measurements: list[Measurement]) -> str:
+def summary_text(measurements: list[Measurement], grid=None) -> str:
     """The summary grid as a plain fixed-width table, one line a configuration ("time / memory" cells): for runs too
-    large for a drawn table (is_large), which a terminal scrolls past anyway."""
-    lengths, rows = summary_grid(measurements)
+    large for a drawn table (is_large), which a terminal scrolls past anyway. `grid`: as rich_table's."""
+    lengths, rows = grid or summary_grid(measurements)
     cells = [[label, *(cell_text(by_length[n]) if n in by_length else "" for n in lengths)] for label, by_length in rows]
     return plain_table(["impl", *(f"N={n}" for n in lengths)], cells)
 

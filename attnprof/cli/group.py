@@ -177,10 +177,11 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         what = "peak memory" if run.sweep.get("accounting") else "median time / peak memory"  # accounting runs are not timed
         what += peak_sources_text(measurements)
         title = f"run {run.run_id}  ({what})"
-        if is_large(len(summary_grid(measurements)[1])):  # lines, not a drawn table: fast however many configurations
-            click.echo(f"{title}\n{summary_text(measurements)}")
+        grid = summary_grid(measurements)  # built once: 0.13 s a build at 50k cells
+        if is_large(len(grid[1])):  # lines, not a drawn table: fast however many configurations
+            click.echo(f"{title}\n{summary_text(measurements, grid)}")
         else:
-            output_console().print(rich_table(measurements, title=title))
+            output_console().print(rich_table(measurements, title=title, grid=grid))
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows

@@ -9,14 +9,21 @@ from cosformer_helpers import GOLDEN, GOLDEN_FILES, half_and_float64_grads, load
 
 import attnprof.impls.cosformer.causal as causal_module
 import attnprof.impls.cosformer.common as cosformer_common
+import attnprof.impls.cosformer.sequential as sequential
+import attnprof.impls.cosformer.sequential_backward as sequential_backward
+from attnprof import impls
+from attnprof.accounting import account_call
 from attnprof.impls.base import meta_stands_for
 from attnprof.impls.cosformer import cosformer_attention
 from attnprof.impls.reference.cosformer import cosformer_reference
+from attnprof.inputs import make_call, make_inputs
+from attnprof.spec import Case
 
 
 @pytest.fixture
 def sequential_calls(monkeypatch):
-    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); counts its calls."""
+    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); records the chunk size
+    of each forward it makes."""
     calls = []
     real = causal_module.sequential_forward
     monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
@@ -150,3 +157,21 @@ def test_sequential_backward_matches_the_chunk_steps_backward():
     chunked = (causal_module._causal_query_grads(steps, q, k, v, grads_of), *causal_module._causal_key_grads(steps, q, k, v, grads_of))
     for mine, theirs in zip(ours, chunked, strict=True):
         assert rel_error(mine, theirs) < 1e-6
+
+
+@pytest.mark.parametrize("batch, n, mode", [(4, 1023, "fwd"), (4, 1023, "fwd_bwd"), (1, 256, "fwd_bwd"), (4, 1024, "fwd_bwd")])
+def test_a_call_holds_one_workspace_at_a_time(batch, n, mode):
+    """Counted on meta standing for the CPU: the output (and in fwd_bwd dq, dk, dv and the denominators) plus at most
+    one step workspace, whatever N mod C, and the backward's two sweeps one between them (a short last chunk's views
+    of the full buffers, the dq sweep's workspace not held through the dk sweep: 15 MiB more at B = 4, N = 1024)."""
+    case = Case(impl="cosformer", seq_len=n, batch=batch, heads=16, head_dim=64, causal=True, mode=mode, device="cpu")
+    with meta_stands_for("cpu"):
+        assert causal_module.sequential_plan(torch.empty(batch, 16, n, 64, device="meta"), 64)
+        peak = account_call(make_call(impls.get("cosformer").bind(case), make_inputs(case, device="meta"))).peak_bytes
+    workspace = (sequential_backward._BackwardWorkspace if mode == "fwd_bwd" else sequential._Workspace)(
+        batch, 16, 64, 64, 64, torch.float32, "meta", torch.empty(64, 64, device="meta")
+    )
+    one_workspace = sum(t.numel() * t.element_size() for t in workspace.buffers.values())
+    tensor = batch * 16 * n * 64 * 4  # one (B, H, N, D) fp32 tensor
+    kept = tensor if mode == "fwd" else 4 * tensor + tensor // 64  # the output; dq, dk, dv and the denominators
+    assert peak <= kept + 1.5 * one_workspace

@@ -14,7 +14,8 @@ extra steps cost dispatch.
 
 The backward recomputes each step's pieces from q, k, v, the output and the denominators, with v widened
 by a ones column so that one product carries the numerator's and the denominator's gradients: dq in a
-forward sweep, dk and dv in a reverse sweep.
+forward sweep, dk and dv in a reverse sweep. Where the forward took the sequential plan, so does the backward
+(`sequential_backward.py`, whose dv products leave the ones column out).
 """
 
 from __future__ import annotations

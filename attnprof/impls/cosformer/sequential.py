@@ -51,11 +51,10 @@ def sequential_forward(q, k, v, eps: float, chunk: int, denominators: bool = Tru
     rotation = position_rotation(n, n, dtype, q.device)  # (N, 2, 1)
     reweight = causal_reweight(min(chunk, n), n, dtype, q.device)  # (C, C)
     flat_values = v.flatten(0, 1) if v.dtype == dtype and _heads_merge(v) else None  # (BH, N, Dv): a view of v
-    work = None
+    full = _Workspace(batch, heads, min(chunk, n), d, dv, dtype, q.device, reweight)
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
-        if work is None or work.size != rows.stop - rows.start:  # the first chunk, and a last one of N mod C
-            work = _Workspace(batch, heads, rows.stop - rows.start, d, dv, dtype, q.device, reweight)
+        work = full.sized(rows.stop - rows.start)  # a last chunk of N mod C: views of the same buffers
         work.load_features(q[..., rows, :], k[..., rows, :], rotation[rows])
         values = flat_values[:, rows] if flat_values is not None else work.load_values(v[..., rows, :])  # (BH, C, Dv)
         torch.bmm(work.q_f, work.k_f_t, out=work.weights).mul_(work.reweight)
@@ -75,30 +74,53 @@ def _heads_merge(x) -> bool:
     return x.shape[0] == 1 or x.shape[1] == 1 or x.stride(0) == x.shape[1] * x.stride(1)
 
 
+def step_buffers(rows: int, shapes: dict, size: int, dtype, device, full: dict | None = None) -> dict:
+    """Buffers (rows, ...) by name, `shapes` giving the dims after the first, "C" standing for the step's positions:
+    new ones, or `full`'s narrowed to the first `size` positions along each "C" dim (views), so that a call holds one
+    set of step buffers whatever N mod C."""
+    if full is not None:
+        narrow = lambda shape: (slice(None), *(slice(0, size) if dim == "C" else slice(None) for dim in shape))  # noqa: E731
+        return {name: full[name][narrow(shape)] for name, shape in shapes.items()}
+    sized = lambda shape: (rows, *(size if dim == "C" else dim for dim in shape))  # noqa: E731
+    return {name: torch.empty(sized(shape), dtype=dtype, device=device) for name, shape in shapes.items()}
+
+
 class _Workspace:
     """One step's temporaries for `size` positions of every head, in the compute dtype, written in place each step;
     with the views the step reads them through, made once (a view costs ~1-2 us of dispatch, ~12 of them a step).
-    relu(q) and relu(k) share one buffer; their features share another but are written by one op each."""
+    `sized` gives a shorter step the first positions of the same buffers."""
 
-    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight):
-        empty = lambda *shape: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
-        rows = batch * heads
+    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight, full=None):
+        self.batch, self.heads, self.size, self.dims, self.full_reweight = batch, heads, size, (d, dv, dtype, device), reweight
         per_head = lambda x: x.view(batch, heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
-        self.size = size
-        self.rectified = empty(2, rows, size, d)  # relu(q), then relu(k): (2, BH, C, D)
-        self.phi_parts = empty(2, rows, size, 2, d)  # [relu(x) sin a, relu(x) cos a] of q, then k: (2, BH, C, 2, D)
-        self.values = empty(rows, size, dv)  # (BH, C, Dv): v of the step when it is not a view of v
-        self.weights = empty(rows, size, size)  # (BH, C, C)
-        self.numerator, self.row_sums = empty(rows, size, dv), empty(rows, size, 1)  # (BH, C, Dv), (BH, C, 1)
-        self.key_part = empty(rows, 1, 2 * d)  # (BH, 1, 2D): the step's sum of phi(k)
+        shapes = {
+            "q_f": ("C", d),  # relu(q): (BH, C, D)
+            "k_f": ("C", d),
+            "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
+            "phi_k_parts": ("C", 2, d),
+            "values": ("C", dv),  # (BH, C, Dv): v of the step when it is not a view of v
+            "weights": ("C", "C"),  # (BH, C, C)
+            "numerator": ("C", dv),  # (BH, C, Dv)
+            "row_sums": ("C", 1),  # (BH, C, 1)
+            "key_part": (1, 2 * d),  # (BH, 1, 2D): the step's sum of phi(k)
+        }
+        self.buffers = step_buffers(batch * heads, shapes, size, dtype, device, None if full is None else full.buffers)
+        b = self.buffers
+        self.q_f, self.k_f, self.values, self.weights, self.numerator, self.row_sums = (
+            b[name] for name in ("q_f", "k_f", "values", "weights", "numerator", "row_sums")
+        )
+        self.phi_q_parts, self.phi_k_parts, self.key_part = b["phi_q_parts"], b["phi_k_parts"], b["key_part"]
         self.reweight = reweight[:size, :size]  # (C, C)
         # the views read each step
-        self.q_f, self.k_f = self.rectified  # (BH, C, D)
         self.q_f_heads, self.k_f_heads, self.values_heads = per_head(self.q_f), per_head(self.k_f), per_head(self.values)
-        self.rectified_column = self.rectified.unsqueeze(-2)  # (2, BH, C, 1, D)
-        self.phi_q, self.phi_k = self.phi_parts[0].flatten(-2), self.phi_parts[1].flatten(-2)  # (BH, C, 2D)
+        self.q_f_column, self.k_f_column = self.q_f.unsqueeze(-2), self.k_f.unsqueeze(-2)  # (BH, C, 1, D)
+        self.phi_q, self.phi_k = self.phi_q_parts.flatten(-2), self.phi_k_parts.flatten(-2)  # (BH, C, 2D)
         self.k_f_t, self.phi_k_t = self.k_f.transpose(-2, -1), self.phi_k.transpose(-2, -1)  # (BH, D | 2D, C)
         self.numerator_heads, self.row_sums_heads = per_head(self.numerator), per_head(self.row_sums)  # (B, H, C, Dv | 1)
+
+    def sized(self, size: int):
+        """This workspace for a step of `size` positions (at most its own): itself, or views of its first positions."""
+        return self if size == self.size else _Workspace(self.batch, self.heads, size, *self.dims, self.full_reweight, full=self)
 
     def load_features(self, q, k, rotation):
         """relu and phi of the step's rows q, k (B, H, C, D) into the buffers, cast to their dtype; as common.features_of
@@ -109,8 +131,8 @@ class _Workspace:
                 torch.clamp_min(x, 0, out=x_f)
             else:
                 x_f.copy_(x).clamp_min_(0)
-        torch.mul(self.rectified_column[0], rotation, out=self.phi_parts[0])  # (BH, C, 2, D)
-        torch.mul(self.rectified_column[1], rotation, out=self.phi_parts[1])
+        torch.mul(self.q_f_column, rotation, out=self.phi_q_parts)  # (BH, C, 2, D)
+        torch.mul(self.k_f_column, rotation, out=self.phi_k_parts)
 
     def load_values(self, v):
         """v of the step (B, H, C, Dv), cast to the compute dtype, as (BH, C, Dv)."""

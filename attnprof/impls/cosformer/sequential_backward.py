@@ -3,9 +3,10 @@
 The same sums as causal._causal_query_grads and _causal_key_grads (up to rounding: the rotation's gradient is folded
 into the products' results by two multiply-adds instead of a temporary and a sum), taken the way sequential.py takes the
 forward: the sums of the chunks already swept, [2d, Dv + 1] a head, are read by the step and then advanced in place,
-and each step writes into one set of buffers allocated once a call. Where sequential_plan holds (B H C >= 2^10 rows on
-the CPU) the backward takes this instead of the G chunks a step (the forward then took sequential_forward too, so
-its denominators were saved). Measured on the CPU: see sequential_backward.
+and each step writes into one set of buffers allocated once a call (both sweeps, and a last chunk of N mod C, use
+it). Where sequential_plan holds (B H C >= 2^10 rows on the CPU) the backward takes this instead of the G chunks a
+step (the forward then took sequential_forward too, so its denominators were saved). Measured on the CPU: see
+sequential_backward.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls.cosformer.common import causal_reweight, position_rotation
+from attnprof.impls.cosformer.sequential import step_buffers
 
 
 def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: int):
@@ -32,13 +34,14 @@ def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: 
     sums = q.new_zeros((batch * heads, 2 * d, dv + 1), dtype=dtype)  # (BH, 2D, Dv+1): sum phi(k)^T u of the chunks before
     sums_t = sums.transpose(-2, -1)  # (BH, Dv+1, 2D)
 
+    full = _BackwardWorkspace(batch, heads, min(chunk, n), d, dv, dtype, q.device, reweight)  # both sweeps' steps
+
     def sweep(order, keys: bool):
         """Each step of `order`, its pieces loaded and d loss / d relu(x) of its queries (keys: of its keys) in grad_f."""
-        work = None
         for rows in order:
-            work = _workspace(work, batch, heads, rows, d, dv, dtype, q.device, reweight)
+            work = full.sized(rows.stop - rows.start)  # a last chunk of N mod C: views of the same buffers
             rotation_rows = rotation[rows]  # (C, 2, 1)
-            work.load(q, k, v, out, denominator, grad_out, rows, rotation_rows, eps, queries=keys)
+            work.load(q, k, v, out, denominator, grad_out, rows, rotation_rows, eps, with_queries=keys)
             work.relu_feature_grads(sums_t, rotation_rows, keys)
             yield rows, work
 
@@ -56,31 +59,36 @@ def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: 
     return grad_q, grad_k, grad_v
 
 
-def _workspace(work, batch, heads, rows: slice, d, dv, dtype, device, reweight):
-    """The workspace for a step of `rows`: the current one, or a new one when the chunk's length changes (the first
-    chunk, and a last one of N mod C at either end of a sweep)."""
-    size = rows.stop - rows.start
-    return work if work is not None and work.size == size else _BackwardWorkspace(batch, heads, size, d, dv, dtype, device, reweight)
-
-
 class _BackwardWorkspace:
     """One backward step's temporaries for `size` positions of every head, in the compute dtype, written in place; with
-    the views the steps read them through, made once (as sequential._Workspace)."""
+    the views the steps read them through, made once (as sequential._Workspace, whose `sized` this mirrors)."""
 
-    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight):
-        empty = lambda *shape: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
+    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight, full=None):
+        self.batch, self.heads, self.size, self.dims, self.full_reweight = batch, heads, size, (d, dv, dtype, device), reweight
         per_head = lambda x: x.view(batch, heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
-        rows = batch * heads
-        self.size, self.reweight = size, reweight[:size, :size]  # (C, C)
-        self.q_f, self.k_f = empty(rows, size, d), empty(rows, size, d)  # relu(x): (BH, C, D)
-        self.phi_q_parts, self.phi_k_parts = empty(rows, size, 2, d), empty(rows, size, 2, d)  # (BH, C, 2, D)
-        self.u = empty(rows, size, dv + 1)  # [v, 1]: (BH, C, Dv+1)
-        self.u[..., -1] = 1
-        self.g = empty(rows, size, dv + 1)  # d loss / d (numerator | denominator): (BH, C, Dv+1)
-        self.product = empty(rows, size, dv)  # g's numerator part * out: (BH, C, Dv)
-        self.weights = empty(rows, size, size)  # (BH, C, C)
-        self.grad_f, self.grad_phi = empty(rows, size, d), empty(rows, size, 2 * d)  # (BH, C, D), (BH, C, 2D)
-        self.grad_v = empty(rows, size, dv)  # (BH, C, Dv)
+        shapes = {
+            "q_f": ("C", d),  # relu(q): (BH, C, D)
+            "k_f": ("C", d),
+            "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
+            "phi_k_parts": ("C", 2, d),
+            "u": ("C", dv + 1),  # [v, 1]: (BH, C, Dv+1)
+            "g": ("C", dv + 1),  # d loss / d (numerator | denominator): (BH, C, Dv+1)
+            "product": ("C", dv),  # g's numerator part * out: (BH, C, Dv)
+            "weights": ("C", "C"),  # (BH, C, C)
+            "grad_f": ("C", d),  # (BH, C, D)
+            "grad_phi": ("C", 2 * d),  # (BH, C, 2D)
+            "grad_v": ("C", dv),  # (BH, C, Dv)
+        }
+        b = step_buffers(batch * heads, shapes, size, dtype, device, None if full is None else full.buffers)
+        self.buffers, self.reweight = b, reweight[:size, :size]  # (C, C)
+        self.q_f, self.k_f, self.phi_q_parts, self.phi_k_parts, self.u, self.g = (
+            b[x] for x in ("q_f", "k_f", "phi_q_parts", "phi_k_parts", "u", "g")
+        )
+        self.product, self.weights, self.grad_f, self.grad_phi, self.grad_v = (
+            b[x] for x in ("product", "weights", "grad_f", "grad_phi", "grad_v")
+        )
+        if full is None:
+            self.u[..., -1] = 1  # a shorter step's u is a view of these rows: its ones are there already
         # the views read each step
         self.features = ((self.q_f, per_head(self.q_f), self.q_f.unsqueeze(-2), self.phi_q_parts),)  # relu(q), per head, column, phi
         self.features += ((self.k_f, per_head(self.k_f), self.k_f.unsqueeze(-2), self.phi_k_parts),)
@@ -93,10 +101,15 @@ class _BackwardWorkspace:
         self.weights_t = self.weights.transpose(-2, -1)  # (BH, C, C)
         self.grad_phi_sin, self.grad_phi_cos = self.grad_phi[..., :d], self.grad_phi[..., d:]  # (BH, C, D) each
 
-    def load(self, q, k, v, out, denominator, grad_out, rows: slice, rotation, eps: float, queries: bool) -> None:
-        """relu and phi of k (and of q, when `queries`: the keys' sweep reads them), u = [v, 1] and g of the step's
+    def sized(self, size: int):
+        """This workspace for a step of `size` positions (at most its own): itself, or views of its first positions."""
+        return self if size == self.size else _BackwardWorkspace(self.batch, self.heads, size, *self.dims, self.full_reweight, full=self)
+
+    def load(self, q, k, v, out, denominator, grad_out, rows: slice, rotation, eps: float, with_queries: bool) -> None:
+        """relu and phi of k (and of q, `with_queries`: the keys' sweep reads them), u = [v, 1] and g of the step's
         rows, cast to the compute dtype."""
-        for x, (x_f, x_f_heads, column, phi) in zip((q, k) if queries else (k,), self.features[:: 1 if queries else -1], strict=False):
+        inputs, features = ((q, k), self.features) if with_queries else ((k,), self.features[1:])
+        for x, (x_f, x_f_heads, column, phi) in zip(inputs, features, strict=True):
             if x.dtype == x_f.dtype:
                 torch.clamp_min(x[..., rows, :], 0, out=x_f_heads)  # relu with an out= form
             else:

@@ -366,3 +366,21 @@ def test_refusals(monkeypatch):
         combiner_attention(*(torch.empty(1, 1, 16, 256, device="meta") for _ in range(3)), variant="mixture", backend="triton")
     with pytest.raises(ValueError, match="not torch.float64"):
         combiner_attention(*(q.double().to("meta") for _ in range(3)), variant="mixture", backend="triton")
+
+
+@pytest.mark.parametrize("from_queries", [False, True], ids=["from logits", "from queries and keys"])
+def test_softmax_values_refuse_a_second_derivative(interpreted, from_queries):
+    """Their backwards are written by hand: create_graph=True raises rather than return gradients with no graph."""
+    from attnprof.impls.combiner.triton_softmax import softmax_values, softmax_values_qk
+
+    values = randn(1, 2, 30, 8, seed=6).requires_grad_()
+    if from_queries:
+        queries, keys = randn(1, 2, 10, 8, seed=3).requires_grad_(), randn(1, 2, 30, 8, seed=4)
+        out, _ = softmax_values_qk(queries, keys, values, True)
+        wrt = queries
+    else:
+        wrt = randn(1, 2, 10, 30, seed=5).requires_grad_()
+        out, _ = softmax_values(wrt, values, True)
+    with pytest.raises(RuntimeError, match=r"no derivative: create_graph=True \(a second derivative\) is not supported"):
+        torch.autograd.grad(out.sum(), wrt, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(out.sum(), wrt)[0]).all()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from cosformer_helpers import GOLDEN, GOLDEN_FILES, half_and_float64_grads, load_golden, qkv, randn, rel_error
 
+import attnprof.impls.cosformer.causal as causal_module
 import attnprof.impls.cosformer.common as cosformer_common
 from attnprof import impls
 from attnprof.accounting import account_call
@@ -262,3 +263,15 @@ def test_flop_formula_counts_the_bf16_plans_scan_gemm(mode, seq_len):
 def test_min_bytes_is_the_io():
     case = Case(impl="cosformer", seq_len=1024, heads=4, head_dim=32, dtype="bfloat16", mode="fwd_bwd")
     assert impls.get("cosformer").min_bytes(case, {"chunk_size": None}) == 12 * 1024 * 4 * 32 * 2
+
+
+@pytest.mark.parametrize("causal, heads", [(False, 2), (True, 2), (True, 16)], ids=["bidir", "causal", "causal sequential"])
+def test_a_second_derivative_is_refused_plainly(causal, heads):
+    """The backward is written by hand: create_graph=True raises, where once_differentiable alone would hand back the
+    gradient of out.sum() with no graph and a gradient penalty on it would add nothing, silently."""
+    q, k, v = (t.requires_grad_() for t in qkv(1, heads, 70, 8, seed=13))
+    out = cosformer_attention(q, k, v, causal=causal)
+    assert causal_module.sequential_plan(q, 64) == (causal and heads == 16)
+    with pytest.raises(RuntimeError, match=r"no derivative of its own: create_graph=True \(a second derivative\) is not supported"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(out.sum(), q)[0]).all()  # the first derivative still works

@@ -219,3 +219,13 @@ def test_refusals(monkeypatch):
     q = torch.randn(1, 1, 128, 8)
     with pytest.raises(ValueError, match="runs on CUDA .* not cpu"):
         nystrom_attention(q, q, q, backend="triton")
+
+
+def test_a_second_derivative_is_refused_plainly(interpreted):
+    """The backward differentiates the eager forward once, with no graph: create_graph=True raises instead of giving a
+    gradient with no graph that a gradient penalty would silently drop."""
+    q, k, v = (t.float().requires_grad_() for t in qkv(1, 2, 40, 8, seed=3))
+    out = nystrom_attention(q, k, v, num_landmarks=8, backend="triton")
+    with pytest.raises(RuntimeError, match=r"no graph: create_graph=True \(a second derivative\) is not supported"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(out.sum(), q)[0]).all()  # the first derivative still works

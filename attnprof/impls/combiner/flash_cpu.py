@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from attnprof.impls.autograd_guards import refuse_a_graph
+
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -46,14 +48,10 @@ def merged_attention(first, second, scale: float, *, swapped: bool = True) -> to
 
 
 def _refuse_a_graph() -> None:
-    """A backward runs with grad enabled only under create_graph=True. The kernel's backward has no derivative, and
-    torch's once_differentiable would let a second derivative through silently wrong when the incoming gradient does
-    not require grad (Fixed's eager summaries kept the graph alive): refuse it plainly instead."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "the CPU plans of combiner-fixed and combiner-mixture run PyTorch's fused CPU flash kernel, whose backward has no "
-            "derivative: create_graph=True (a second derivative) is not supported there"
-        )
+    """The kernel's backward has no derivative (autograd_guards; Fixed's eager summaries kept the graph alive)."""
+    refuse_a_graph(
+        "the CPU plans of combiner-fixed and combiner-mixture run PyTorch's fused CPU flash kernel, whose backward has no derivative"
+    )
 
 
 def _flash(q, k, v, mask, scale):

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from attnprof.impls import triton_support
+from attnprof.impls.autograd_guards import refuse_a_graph
 from attnprof.impls.precision import tf32_products
 
 BLOCK_M, BLOCK_K = 64, 64  # query rows and keys per tile
@@ -39,6 +39,7 @@ MAX_HEAD_DIM = 128  # the accumulator (BLOCK_M, head dim) in registers; at 128 f
 # Compiled for sm_90 (benchmarks/triton_resources.py), bf16 inputs, d = 64: 4 warps spill 888 bytes a thread, 8 spill 32
 # (512 and 0 before the kernel took the band)
 WARPS = 8
+TRITON_BACKWARD = "backend=triton's fused softmax kernels of the Combiner plans have a backward written by hand, with no derivative"
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class SoftmaxValues(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_lse):
+        refuse_a_graph(TRITON_BACKWARD)
         logits, values, out, lse = ctx.saved_tensors
         return *_softmax_backward(logits, values, out, lse, ctx.band, grad_out, grad_lse, own_logits=False), None, None
 
@@ -130,8 +131,8 @@ class SoftmaxValuesQK(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_lse):
+        refuse_a_graph(TRITON_BACKWARD)
         queries, keys, values, out, lse = ctx.saved_tensors
         queries, keys = _one_group_stride(queries), _one_group_stride(keys)
         # formed with the forward's products (TF32 for half inputs on CUDA, as the kernel's): else exp(logits - lse) is

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from attnprof.impls.autograd_guards import refuse_a_graph
 from attnprof.impls.cosformer.common import (
+    COSFORMER_BACKWARD,
     bmm,
     chunk_slices,
     compute_dtype,
@@ -39,8 +40,8 @@ class BidirectionalCosformer(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        refuse_a_graph(COSFORMER_BACKWARD)
         q, k, v, out, denominator, state = ctx.saved_tensors
         with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on CUDA (precision.py)
             m, dtype = max(q.shape[-2], k.shape[-2]), state.dtype

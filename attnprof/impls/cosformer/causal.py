@@ -23,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from attnprof.impls.autograd_guards import refuse_a_graph
 from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import (
+    COSFORMER_BACKWARD,
     add_product_,
     bmm,
     causal_reweight,
@@ -68,8 +69,8 @@ class CausalCosformer(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        refuse_a_graph(COSFORMER_BACKWARD)
         q, k, v, out, denominator = ctx.saved_tensors
         if sequential_plan(q, ctx.chunk):  # the forward's plan, on the CPU (where no TF32 applies)
             return *sequential_backward(q, k, v, out, denominator, grad_out, ctx.eps, ctx.chunk), None, None

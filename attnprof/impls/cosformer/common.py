@@ -28,6 +28,9 @@ DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded tempor
 # causal on the CPU: from B H C >= 2^10 rows, one chunk of every head per step with the sums advanced in place
 # (sequential.sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save
 SEQUENTIAL_ROWS = 1 << 10
+COSFORMER_BACKWARD = (  # autograd_guards.refuse_a_graph
+    "cosformer's backward is written by hand (cosformer/causal.py, bidirectional.py) and has no derivative of its own"
+)
 # bmm(half, half, out_dtype=float32): torch >= 2.8, on CUDA (ROCm builds refuse it on some of their backends)
 MIXED_BMM = "dtype" in torch.ops.aten.bmm.overloads() and torch.version.hip is None
 MAX_STEP_CHUNKS = 128  # chunks per causal step: bf16 sums them by a G x G triangular GEMM (see causal.py)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from attnprof.impls import triton_support
+from attnprof.impls.autograd_guards import refuse_a_graph
 from attnprof.impls.nystromformer.eager import eager_attention, landmark_kernel, pinv_scale, segment_means, work_dtype
 
 TARGET_PROGRAMS = 1024  # landmark_values programs per launch: ~8 per SM of an H100 (132); a guess until a GPU times it
@@ -82,8 +82,8 @@ class TritonNystrom(torch.autograd.Function):
         return triton_forward(q, k, v, conv_weight, num_landmarks, iterations, pinv_init)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        refuse_a_graph("nystromformer backend=triton's backward recomputes the eager forward and differentiates it once, with no graph")
         num_landmarks, iterations, pinv_init = ctx.options
         needed = ctx.needs_input_grad[:4]
         with torch.enable_grad():

@@ -85,9 +85,10 @@ def test_causal_state_carries_across_steps(monkeypatch, step_rows, chunk_size):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("seq_len", [1, 130, 1000])
-def test_flop_formula_counts_the_sequential_plan(mode, seq_len):
+@pytest.mark.parametrize("heads", [4, 16], ids=["sequential forward", "sequential forward and backward"])
+def test_flop_formula_counts_the_sequential_plan(mode, seq_len, heads):
     impl = impls.get("cosformer")
-    case = Case(impl="cosformer", seq_len=seq_len, heads=16, head_dim=8, causal=True, mode=mode, device="cpu")
+    case = Case(impl="cosformer", seq_len=seq_len, heads=heads, head_dim=8, causal=True, mode=mode, device="cpu")
     with meta_stands_for("cpu"):
         counted = account_call(make_call(impl.bind(case), make_inputs(case, device="meta"))).flops
     assert impl.flops(case, impl.resolve_options(())) == counted

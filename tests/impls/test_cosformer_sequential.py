@@ -22,11 +22,12 @@ from attnprof.spec import Case
 
 @pytest.fixture
 def sequential_calls(monkeypatch):
-    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step); records the chunk size
-    of each forward it makes."""
+    """Every causal call on the CPU takes the sequential plan (one chunk of every head a step), forward and backward;
+    records the chunk size of each forward it makes."""
     calls = []
     real = causal_module.sequential_forward
     monkeypatch.setattr(cosformer_common, "SEQUENTIAL_ROWS", 1)
+    monkeypatch.setattr(cosformer_common, "SEQUENTIAL_BACKWARD_ROWS", 1)
     monkeypatch.setattr(causal_module, "sequential_forward", lambda *args, **kwargs: calls.append(args[-1]) or real(*args, **kwargs))
     return calls
 
@@ -91,12 +92,30 @@ def test_the_sequential_plan_gives_the_chunked_plans_outputs_bit_for_bit():
 
 
 def test_the_cpu_takes_the_sequential_plan_when_a_chunk_of_every_head_fills_a_step():
+    """The forward from B H C = 256 rows, the backward from 1024 (common.SEQUENTIAL_ROWS, SEQUENTIAL_BACKWARD_ROWS)."""
     q = torch.empty(1, 16, 8192, 64, device="meta")  # B H C = 1024 rows at C = 64
     with meta_stands_for("cpu"):
-        assert causal_module.sequential_plan(q, 64) and causal_module.sequential_plan(q[:, :8], 128)
-        assert not causal_module.sequential_plan(q[:, :8], 64) and not causal_module.sequential_plan(q[..., :32, :], 64)  # C <= N
+        assert causal_module.sequential_plan(q[:, :4], 64) and not causal_module.sequential_plan(q[:, :3], 64)
+        assert causal_module.sequential_plan(q, 64, backward=True) and causal_module.sequential_plan(q[:, :8], 128, backward=True)
+        assert not causal_module.sequential_plan(q[:, :8], 64, backward=True)
+        assert not causal_module.sequential_plan(q[:, :4, :32], 64) and not causal_module.sequential_plan(
+            q[:, :, :32], 64, backward=True
+        )  # C <= N
     with meta_stands_for("cuda"):
-        assert not causal_module.sequential_plan(q, 64)  # a step per chunk: 2 N / C launches
+        assert not causal_module.sequential_plan(q, 64) and not causal_module.sequential_plan(q, 64, backward=True)
+
+
+@pytest.mark.parametrize("heads", [4, 8])
+def test_a_forward_on_the_sequential_plan_feeds_the_chunk_steps_backward(heads):
+    """B H C from 256 to below 1024: the sequential forward (which saves what the G-chunk backward reads) and the
+    G-chunk backward, against autograd through the dense reference."""
+    q, k, v = (t.requires_grad_() for t in qkv(1, heads, 150, 8, seed=47))
+    grad = randn(1, heads, 150, 8, seed=49)
+    assert causal_module.sequential_plan(q, 64) and not causal_module.sequential_plan(q, 64, backward=True)
+    ours = grads(cosformer_attention(q, k, v, causal=True), (q, k, v), grad)
+    theirs = grads(cosformer_reference(q, k, v, causal=True), (q, k, v), grad)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert rel_error(mine, reference) < 1e-11
 
 
 def grads(out, inputs, grad):

@@ -13,7 +13,7 @@ positions; inside a chunk the masked C x C weights (q' k'^T) * cos(a_i - a_j) [j
 summed for the denominator, and phi(q_i) S_<chunk, phi(q_i) . z_<chunk add every earlier chunk, S_<chunk and
 z_<chunk being the carried sums plus an exclusive running sum of the step's chunk sums phi(k)^T v and
 phi(k). G = step_rows / (B H max(C, 64)) chunks are batched per step (step_rows by device, see `common.py`),
-so only one step's [G, 2d, d] chunk states exist at a time; on the CPU from B H C >= 2^10, one chunk of every
+so only one step's [G, 2d, d] chunk states exist at a time; on the CPU from B H C >= 2^8, one chunk of every
 head per step, the carried sums read and then advanced in place, each step writing into buffers allocated once a
 call (`sequential.py`). The backward is written by hand (recomputing from q, k, v, the output and the
 denominators): dq in a forward sweep, dk and dv in a reverse sweep, taken the same way on the CPU from
@@ -130,7 +130,7 @@ def cosformer_flops(case, options: dict) -> int:
         chunk = min(int(options.get("chunk_size") or auto_chunk_size(True, case.batch, case.heads)), n)
         lengths = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
         fwd = sum(4 * length**2 * d + 8 * length * d * d + 4 * length * d for length in lengths)
-        if sequential_case(case.batch * case.heads, chunk, n, case.device):  # its dv products leave out the ones column
+        if sequential_case(case.batch * case.heads, chunk, n, case.device, backward=True):  # its dv products leave out the ones column
             bwd = sum(4 * length**2 * (e + 2 * d) + 4 * length * d * (4 * e + d) for length in lengths)
         else:
             bwd = sum(6 * length**2 * (d + e) + 20 * length * d * e for length in lengths)

@@ -8,14 +8,14 @@ widening v by a ones column: at Dv = 64 the products with 65 columns ran 15-20 %
 64 x 64 x 64 products 148 GFLOP/s against 123 at 65 columns), and the forward as a whole took 7 % less
 process CPU time (173.6 against 187.7 ms at N = 8192, B = 1, H = 16, fp32, one thread, median of 8 interleaved).
 
-On the CPU with B H C >= 2^10 the forward takes one chunk of every head per step instead and advances the
+On the CPU with B H C >= 2^8 the forward takes one chunk of every head per step instead and advances the
 carried sums in place (`sequential.py`): there the per-chunk states cost more memory traffic than the
 extra steps cost dispatch.
 
 The backward recomputes each step's pieces from q, k, v, the output and the denominators, with v widened
 by a ones column so that one product carries the numerator's and the denominator's gradients: dq in a
-forward sweep, dk and dv in a reverse sweep. Where the forward took the sequential plan, so does the backward
-(`sequential_backward.py`, whose dv products leave the ones column out).
+forward sweep, dk and dv in a reverse sweep. On the CPU the backward takes one chunk of every head a step too
+(`sequential_backward.py`, whose dv products leave the ones column out) from B H C >= 2^10.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class CausalCosformer(torch.autograd.Function):
     def backward(ctx, grad_out):
         refuse_a_graph(COSFORMER_BACKWARD)
         q, k, v, out, denominator = ctx.saved_tensors
-        if sequential_plan(q, ctx.chunk):  # the forward's plan, on the CPU (where no TF32 applies)
+        if sequential_plan(q, ctx.chunk, backward=True):  # on the CPU (where no TF32 applies); either forward saved the same
             return *sequential_backward(q, k, v, out, denominator, grad_out, ctx.eps, ctx.chunk), None, None
         with tf32_products(q.dtype, q.device):  # fp32 products of half inputs on CUDA (precision.py)
             steps = _causal_steps(q, ctx.chunk, denominator.dtype)

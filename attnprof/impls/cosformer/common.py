@@ -25,9 +25,14 @@ from attnprof.impls.base import planning_device_type
 CAUSAL_CHUNK = 64  # measured fastest causal chunk on the CPU (see the package docstring)
 CPU_STEP_ROWS = 1 << 12  # batch*heads*positions per causal step and per automatic bidirectional chunk (measured)
 DEVICE_STEP_ROWS = 1 << 17  # the same off the CPU: few launches, bounded temporaries (see above)
-# causal on the CPU: from B H C >= 2^10 rows, one chunk of every head per step with the sums advanced in place
-# (sequential.sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save
-SEQUENTIAL_ROWS = 1 << 10
+# Causal on the CPU: from B H C >= SEQUENTIAL_ROWS, one chunk of every head per step with the sums advanced in place
+# (sequential.sequential_forward); below, its 2 N / C small steps cost more than the per-chunk states they save. The
+# backward from SEQUENTIAL_BACKWARD_ROWS (sequential_backward). Measured with the step buffers allocated once a call
+# (2 cores, fp32, D = 64, C = 64, N = 2^17 / (B H), median of 7 interleaved; ms, G-chunk plan / sequential):
+# forward B H = 1: 94.9 / 154.5; 2: 94.1-97.3 / 97.3-100.4; 4: 100.8-102.9 / 77.6-80.2; 8: 76.9 / 61.3; 16: 73.4 / 50.4;
+# forward + backward B H = 2: 333.8 / 425.8; 4: 332.9 / 342.8; 8: 279.8 / 293.8; 16: 271.3 / 201.5; 32: 265.0 / 189.8.
+SEQUENTIAL_ROWS = 1 << 8
+SEQUENTIAL_BACKWARD_ROWS = 1 << 10
 COSFORMER_BACKWARD = (  # autograd_guards.refuse_a_graph
     "cosformer's backward is written by hand (cosformer/causal.py, bidirectional.py) and has no derivative of its own"
 )

@@ -22,16 +22,17 @@ from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, normalise_into, position_rotation
 
 
-def sequential_plan(q, chunk: int) -> bool:
-    """Whether the forward and the backward take sequential_forward and sequential_backward: on the CPU (or meta
-    standing for it), when one chunk of every head fills a step (B H C >= common.SEQUENTIAL_ROWS)."""
-    return sequential_case(q.shape[0] * q.shape[1], chunk, q.shape[-2], q.device)
+def sequential_plan(q, chunk: int, backward: bool = False) -> bool:
+    """Whether the forward takes sequential_forward (the backward: sequential_backward): on the CPU (or meta standing
+    for it), when one chunk of every head fills a step, B H C >= common.SEQUENTIAL_ROWS (SEQUENTIAL_BACKWARD_ROWS)."""
+    return sequential_case(q.shape[0] * q.shape[1], chunk, q.shape[-2], q.device, backward)
 
 
-def sequential_case(batch_heads: int, chunk: int, n: int, device) -> bool:
+def sequential_case(batch_heads: int, chunk: int, n: int, device, backward: bool = False) -> bool:
     """sequential_plan for B H = `batch_heads` and N = `n` on `device` (a torch.device or a name): what cosformer_flops
     counts by."""
-    return planning_device_type(device) == "cpu" and batch_heads * min(chunk, n) >= common.SEQUENTIAL_ROWS
+    rows = common.SEQUENTIAL_BACKWARD_ROWS if backward else common.SEQUENTIAL_ROWS
+    return planning_device_type(device) == "cpu" and batch_heads * min(chunk, n) >= rows
 
 
 def sequential_forward(q, k, v, eps: float, chunk: int, denominators: bool = True):
@@ -41,8 +42,8 @@ def sequential_forward(q, k, v, eps: float, chunk: int, denominators: bool = Tru
     (B H = 16, N = 8192, D = 64, fp32, 2 cores, 11 interleaved calls).
     Measured on the CPU before the workspace (2 cores, fp32, N = 2^17 / (B H), D = 64, C = 64, median of 5, two
     rounds; ms, causal._forward against this): B H = 16: 75-82 / 68-69; 32: 77-81 / 64-65; 64: 87-94 / 62;
-    128: 67-70 / 59-60; 12 (N = 8192): 45-49 / 46-47 (a tie, hence SEQUENTIAL_ROWS); 8: 80-83 / 98-100;
-    4: 105-116 / 114; 1: 119-121 / 228-229."""
+    128: 67-70 / 59-60; 12 (N = 8192): 45-49 / 46-47 (a tie); 8: 80-83 / 98-100;
+    4: 105-116 / 114; 1: 119-121 / 228-229. With the workspace: common.SEQUENTIAL_ROWS."""
     dtype, (batch, heads, n, d), dv = compute_dtype(q.dtype), q.shape, v.shape[-1]
     state = q.new_zeros((batch * heads, 2 * d, dv), dtype=dtype)  # (BH, 2D, Dv): sum phi(k)^T v so far
     key_sum = q.new_zeros((batch * heads, 2 * d, 1), dtype=dtype)  # (BH, 2D, 1): sum phi(k) so far

@@ -4,9 +4,9 @@ The same sums as causal._causal_query_grads and _causal_key_grads (up to roundin
 into the products' results by two multiply-adds instead of a temporary and a sum), taken the way sequential.py takes the
 forward: the sums of the chunks already swept, [2d, Dv + 1] a head, are read by the step and then advanced in place,
 and each step writes into one set of buffers allocated once a call (both sweeps, and a last chunk of N mod C, use
-it). Where sequential_plan holds (B H C >= 2^10 rows on the CPU) the backward takes this instead of the G chunks a
-step (the forward then took sequential_forward too, so its denominators were saved). Measured on the CPU: see
-sequential_backward.
+it). Where sequential_plan(backward=True) holds (B H C >= 2^10 rows on the CPU) the backward takes this instead of the
+G chunks a step; it reads what either forward saves (out and the denominators). Measured on the CPU: see
+sequential_backward and common.SEQUENTIAL_BACKWARD_ROWS.
 """
 
 from __future__ import annotations

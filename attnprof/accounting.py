@@ -78,7 +78,8 @@ def _op_tally_class():
         """The aten ops that do work (each a kernel launch on a GPU; views and allocations launch nothing), the
         bytes they write and read, and the overloads seen: on `meta`, a proxy for a GPU's launch count and traffic.
         Reads: each tensor argument's distinct elements (a broadcast dimension is read once), except the tensors an
-        op only writes (out=, and the destination of copy_, fill_, zero_); in-place ops read what they rewrite.
+        op only writes (its schema's out arguments, whatever their name: out=, grad_input=, ...; and the destination of
+        copy_, fill_, zero_); in-place ops read what they rewrite.
         gather reads as many elements of its input as it writes. Caches are not modelled: an operand that a GPU
         would hold in L2 between two ops is counted twice."""
 
@@ -100,12 +101,13 @@ def _op_tally_class():
                 self.ops += 1
                 outputs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
                 self.bytes_written += sum(t.numel() * t.element_size() for t in outputs)
-                self.bytes_read += self._read(name, args, kwargs, outputs)
+                written_only = {arg.name for arg in func._schema.arguments if arg.is_out}  # out=, grad_input=, ...
+                self.bytes_read += self._read(name, args, {k: v for k, v in kwargs.items() if k not in written_only}, outputs)
             return out
 
         def _read(self, name: str, args, kwargs, outputs) -> int:
             read = args[1:] if name in self.WRITE_ONLY_FIRST else args
-            tensors = [t for t in tree_leaves((read, {k: v for k, v in kwargs.items() if k != "out"})) if isinstance(t, torch.Tensor)]
+            tensors = [t for t in tree_leaves((read, kwargs)) if isinstance(t, torch.Tensor)]
             if name == "gather" and outputs:  # (input, dim, index): the gathered elements and the index
                 return outputs[0].numel() * tensors[0].element_size() + _distinct_bytes(tensors[-1])
             return sum(_distinct_bytes(t) for t in tensors)

@@ -104,6 +104,7 @@ def test_op_tally_counts_launches_and_bytes_op_by_op():
         y.fill_(0)  # reads nothing
         x.expand(3, 4, 8).transpose(1, 2).mul(2)  # two views, then reads 128 once and writes 384
         x.gather(1, index)  # reads the 8 gathered floats and the index (64), writes 32
-    assert tally.ops == 6
-    assert tally.bytes_read == 4 * 128 + 32 + 64
-    assert tally.bytes_written == 4 * 128 + 384 + 32
+        torch.ops.aten.threshold_backward.grad_input(y, x, 0, grad_input=y)  # an out argument by another name: reads y, x
+    assert tally.ops == 7
+    assert tally.bytes_read == 4 * 128 + 32 + 64 + 2 * 128
+    assert tally.bytes_written == 4 * 128 + 384 + 32 + 128

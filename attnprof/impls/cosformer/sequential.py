@@ -3,7 +3,8 @@
 On the CPU with B H C >= common.SEQUENTIAL_ROWS the forward takes one chunk of every head per step instead of G chunks
 (causal._forward): the carried sums are the chunk's past, read by its queries and then advanced in place, so no per-chunk
 states are written, summed or read back. It makes the same sums in the same order as causal._forward: equal outputs for
-contiguous inputs at C = 64, within fp32 rounding (6e-8) where a GEMM blocks differently (transposed inputs, C = 100).
+contiguous inputs at C = 64 and N a multiple of it (B H = 16), within fp32 rounding where a GEMM blocks differently or
+the G-chunk plan's steps split otherwise (up to 9e-8: transposed inputs, C = 100, B H = 4 at N = 150).
 
 Every step writes into one set of buffers (`_Workspace`), allocated once a call, instead of into fresh tensors: the
 step's ~2 MB of temporaries then stay where the previous step left them in cache, and no allocation is made per step.

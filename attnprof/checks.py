@@ -4,7 +4,9 @@ The check runs the impl at a small size (the case's head dim, dtype, device, cau
 options; batch 1, 2 heads, N = the case length within MIN_CHECK_LENGTH..CHECK_LENGTH) against its registered reference in
 float64 on the CPU. Forward outputs (and, in fwd_bwd, the input gradients) must agree within the
 impl's tolerance for the dtype. Fidelity, reported beside it, is the error against exact softmax.
-An exact impl is checked again at the case's own length, on sampled rows (spot_check.py).
+An exact impl, or one with a row reference, is checked again at the case's own length, batch and heads, on sampled
+rows (spot_check.py): the plan that is timed where an impl picks its plan by those (cosFormer's sequential CPU plan
+from B H C >= 256 rows; a broken sequential backward gave `error` there while this check passed).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 from attnprof.impls.base import planning_device_type
 from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, normalise_into, position_rotation
+from attnprof.impls.cosformer.step_workspace import StepWorkspace
 
 
 def sequential_plan(q, chunk: int, backward: bool = False) -> bool:
@@ -76,26 +77,21 @@ def _heads_merge(x) -> bool:
     return x.shape[0] == 1 or x.shape[1] == 1 or x.stride(0) == x.shape[1] * x.stride(1)
 
 
-def step_buffers(rows: int, shapes: dict, size: int, dtype, device, full: dict | None = None) -> dict:
-    """Buffers (rows, ...) by name, `shapes` giving the dims after the first, "C" standing for the step's positions:
-    new ones, or `full`'s narrowed to the first `size` positions along each "C" dim (views), so that a call holds one
-    set of step buffers whatever N mod C."""
-    if full is not None:
-        narrow = lambda shape: (slice(None), *(slice(0, size) if dim == "C" else slice(None) for dim in shape))  # noqa: E731
-        return {name: full[name][narrow(shape)] for name, shape in shapes.items()}
-    sized = lambda shape: (rows, *(size if dim == "C" else dim for dim in shape))  # noqa: E731
-    return {name: torch.empty(sized(shape), dtype=dtype, device=device) for name, shape in shapes.items()}
+class _Workspace(StepWorkspace):
+    """The forward's step buffers, and the views its steps read them through."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        per_head = self.per_head
+        self.q_f_heads, self.k_f_heads, self.values_heads = per_head(self.q_f), per_head(self.k_f), per_head(self.values)
+        self.q_f_column, self.k_f_column = self.q_f.unsqueeze(-2), self.k_f.unsqueeze(-2)  # (BH, C, 1, D)
+        self.phi_q, self.phi_k = self.phi_q_parts.flatten(-2), self.phi_k_parts.flatten(-2)  # (BH, C, 2D)
+        self.k_f_t, self.phi_k_t = self.k_f.transpose(-2, -1), self.phi_k.transpose(-2, -1)  # (BH, D | 2D, C)
+        self.numerator_heads, self.row_sums_heads = per_head(self.numerator), per_head(self.row_sums)  # (B, H, C, Dv | 1)
 
-class _Workspace:
-    """One step's temporaries for `size` positions of every head, in the compute dtype, written in place each step;
-    with the views the step reads them through, made once (a view costs ~1-2 us of dispatch, ~12 of them a step).
-    `sized` gives a shorter step the first positions of the same buffers."""
-
-    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight, full=None):
-        self.batch, self.heads, self.size, self.dims, self.full_reweight = batch, heads, size, (d, dv, dtype, device), reweight
-        per_head = lambda x: x.view(batch, heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
-        shapes = {
+    @staticmethod
+    def shapes(d: int, dv: int) -> dict:
+        return {
             "q_f": ("C", d),  # relu(q): (BH, C, D)
             "k_f": ("C", d),
             "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
@@ -106,23 +102,6 @@ class _Workspace:
             "row_sums": ("C", 1),  # (BH, C, 1)
             "key_part": (1, 2 * d),  # (BH, 1, 2D): the step's sum of phi(k)
         }
-        self.buffers = step_buffers(batch * heads, shapes, size, dtype, device, None if full is None else full.buffers)
-        b = self.buffers
-        self.q_f, self.k_f, self.values, self.weights, self.numerator, self.row_sums = (
-            b[name] for name in ("q_f", "k_f", "values", "weights", "numerator", "row_sums")
-        )
-        self.phi_q_parts, self.phi_k_parts, self.key_part = b["phi_q_parts"], b["phi_k_parts"], b["key_part"]
-        self.reweight = reweight[:size, :size]  # (C, C)
-        # the views read each step
-        self.q_f_heads, self.k_f_heads, self.values_heads = per_head(self.q_f), per_head(self.k_f), per_head(self.values)
-        self.q_f_column, self.k_f_column = self.q_f.unsqueeze(-2), self.k_f.unsqueeze(-2)  # (BH, C, 1, D)
-        self.phi_q, self.phi_k = self.phi_q_parts.flatten(-2), self.phi_k_parts.flatten(-2)  # (BH, C, 2D)
-        self.k_f_t, self.phi_k_t = self.k_f.transpose(-2, -1), self.phi_k.transpose(-2, -1)  # (BH, D | 2D, C)
-        self.numerator_heads, self.row_sums_heads = per_head(self.numerator), per_head(self.row_sums)  # (B, H, C, Dv | 1)
-
-    def sized(self, size: int):
-        """This workspace for a step of `size` positions (at most its own): itself, or views of its first positions."""
-        return self if size == self.size else _Workspace(self.batch, self.heads, size, *self.dims, self.full_reweight, full=self)
 
     def load_features(self, q, k, rotation):
         """relu and phi of the step's rows q, k (B, H, C, D) into the buffers, cast to their dtype; as common.features_of

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls.cosformer.common import causal_reweight, position_rotation
-from attnprof.impls.cosformer.sequential import step_buffers
+from attnprof.impls.cosformer.step_workspace import StepWorkspace
 
 
 def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: int):
@@ -59,14 +59,28 @@ def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: 
     return grad_q, grad_k, grad_v
 
 
-class _BackwardWorkspace:
-    """One backward step's temporaries for `size` positions of every head, in the compute dtype, written in place; with
-    the views the steps read them through, made once (as sequential._Workspace, whose `sized` this mirrors)."""
+class _BackwardWorkspace(StepWorkspace):
+    """The backward's step buffers, and the views its steps read them through."""
 
-    def __init__(self, batch: int, heads: int, size: int, d: int, dv: int, dtype, device, reweight, full=None):
-        self.batch, self.heads, self.size, self.dims, self.full_reweight = batch, heads, size, (d, dv, dtype, device), reweight
-        per_head = lambda x: x.view(batch, heads, *x.shape[1:])  # (BH, C, X) -> (B, H, C, X)  # noqa: E731
-        shapes = {
+    def __init__(self, *args, full=None, **kwargs):
+        super().__init__(*args, full=full, **kwargs)
+        if full is None:
+            self.u[..., -1] = 1  # a shorter step's u is a view of these rows: its ones are there already
+        per_head, d = self.per_head, self.q_f.shape[-1]
+        self.features = ((self.q_f, per_head(self.q_f), self.q_f.unsqueeze(-2), self.phi_q_parts),)  # relu(q), per head, column, phi
+        self.features += ((self.k_f, per_head(self.k_f), self.k_f.unsqueeze(-2), self.phi_k_parts),)
+        self.phi_q, self.phi_k = self.phi_q_parts.flatten(-2), self.phi_k_parts.flatten(-2)  # (BH, C, 2D)
+        self.phi_q_t, self.phi_k_t, self.k_f_t = self.phi_q.transpose(-2, -1), self.phi_k.transpose(-2, -1), self.k_f.transpose(-2, -1)
+        self.u_t, self.u_values = self.u.transpose(-2, -1), per_head(self.u)[..., :-1]  # (BH, Dv+1, C), (B, H, C, Dv)
+        self.g_values, g_heads = self.g[..., :-1], per_head(self.g)  # (BH, C, Dv); (B, H, C, Dv+1)
+        self.g_values_heads, self.g_last_heads = g_heads[..., :-1], g_heads[..., -1:]  # (B, H, C, Dv), (B, H, C, 1)
+        self.product_heads, self.grad_f_heads, self.grad_v_heads = per_head(self.product), per_head(self.grad_f), per_head(self.grad_v)
+        self.weights_t = self.weights.transpose(-2, -1)  # (BH, C, C)
+        self.grad_phi_sin, self.grad_phi_cos = self.grad_phi[..., :d], self.grad_phi[..., d:]  # (BH, C, D) each
+
+    @staticmethod
+    def shapes(d: int, dv: int) -> dict:
+        return {
             "q_f": ("C", d),  # relu(q): (BH, C, D)
             "k_f": ("C", d),
             "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
@@ -79,31 +93,6 @@ class _BackwardWorkspace:
             "grad_phi": ("C", 2 * d),  # (BH, C, 2D)
             "grad_v": ("C", dv),  # (BH, C, Dv)
         }
-        b = step_buffers(batch * heads, shapes, size, dtype, device, None if full is None else full.buffers)
-        self.buffers, self.reweight = b, reweight[:size, :size]  # (C, C)
-        self.q_f, self.k_f, self.phi_q_parts, self.phi_k_parts, self.u, self.g = (
-            b[x] for x in ("q_f", "k_f", "phi_q_parts", "phi_k_parts", "u", "g")
-        )
-        self.product, self.weights, self.grad_f, self.grad_phi, self.grad_v = (
-            b[x] for x in ("product", "weights", "grad_f", "grad_phi", "grad_v")
-        )
-        if full is None:
-            self.u[..., -1] = 1  # a shorter step's u is a view of these rows: its ones are there already
-        # the views read each step
-        self.features = ((self.q_f, per_head(self.q_f), self.q_f.unsqueeze(-2), self.phi_q_parts),)  # relu(q), per head, column, phi
-        self.features += ((self.k_f, per_head(self.k_f), self.k_f.unsqueeze(-2), self.phi_k_parts),)
-        self.phi_q, self.phi_k = self.phi_q_parts.flatten(-2), self.phi_k_parts.flatten(-2)  # (BH, C, 2D)
-        self.phi_q_t, self.phi_k_t, self.k_f_t = self.phi_q.transpose(-2, -1), self.phi_k.transpose(-2, -1), self.k_f.transpose(-2, -1)
-        self.u_t, self.u_values = self.u.transpose(-2, -1), per_head(self.u)[..., :-1]  # (BH, Dv+1, C), (B, H, C, Dv)
-        self.g_values, g_heads = self.g[..., :-1], per_head(self.g)  # (BH, C, Dv); (B, H, C, Dv+1)
-        self.g_values_heads, self.g_last_heads = g_heads[..., :-1], g_heads[..., -1:]  # (B, H, C, Dv), (B, H, C, 1)
-        self.product_heads, self.grad_f_heads, self.grad_v_heads = per_head(self.product), per_head(self.grad_f), per_head(self.grad_v)
-        self.weights_t = self.weights.transpose(-2, -1)  # (BH, C, C)
-        self.grad_phi_sin, self.grad_phi_cos = self.grad_phi[..., :d], self.grad_phi[..., d:]  # (BH, C, D) each
-
-    def sized(self, size: int):
-        """This workspace for a step of `size` positions (at most its own): itself, or views of its first positions."""
-        return self if size == self.size else _BackwardWorkspace(self.batch, self.heads, size, *self.dims, self.full_reweight, full=self)
 
     def load(self, q, k, v, out, denominator, grad_out, rows: slice, rotation, eps: float, with_queries: bool) -> None:
         """relu and phi of k (and of q, `with_queries`: the keys' sweep reads them), u = [v, 1] and g of the step's

@@ -21,7 +21,7 @@ import torch
 from attnprof.impls.base import planning_device_type
 from attnprof.impls.cosformer import common
 from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, normalise_into, position_rotation
-from attnprof.impls.cosformer.step_workspace import StepWorkspace
+from attnprof.impls.cosformer.step_workspace import StepWorkspace, feature_shapes
 
 
 def sequential_plan(q, chunk: int, backward: bool = False) -> bool:
@@ -92,10 +92,7 @@ class _Workspace(StepWorkspace):
     @staticmethod
     def shapes(d: int, dv: int) -> dict:
         return {
-            "q_f": ("C", d),  # relu(q): (BH, C, D)
-            "k_f": ("C", d),
-            "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
-            "phi_k_parts": ("C", 2, d),
+            **feature_shapes(d),
             "values": ("C", dv),  # (BH, C, Dv): v of the step when it is not a view of v
             "weights": ("C", "C"),  # (BH, C, C)
             "numerator": ("C", dv),  # (BH, C, Dv)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from attnprof.impls.cosformer.common import causal_reweight, position_rotation
-from attnprof.impls.cosformer.step_workspace import StepWorkspace
+from attnprof.impls.cosformer.step_workspace import StepWorkspace, feature_shapes
 
 
 def sequential_backward(q, k, v, out, denominator, grad_out, eps: float, chunk: int):
@@ -81,10 +81,7 @@ class _BackwardWorkspace(StepWorkspace):
     @staticmethod
     def shapes(d: int, dv: int) -> dict:
         return {
-            "q_f": ("C", d),  # relu(q): (BH, C, D)
-            "k_f": ("C", d),
-            "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
-            "phi_k_parts": ("C", 2, d),
+            **feature_shapes(d),
             "u": ("C", dv + 1),  # [v, 1]: (BH, C, Dv+1)
             "g": ("C", dv + 1),  # d loss / d (numerator | denominator): (BH, C, Dv+1)
             "product": ("C", dv),  # g's numerator part * out: (BH, C, Dv)

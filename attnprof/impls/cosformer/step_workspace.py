@@ -21,6 +21,16 @@ def step_buffers(rows: int, shapes: dict, size: int, dtype, device, full: dict |
     return {name: torch.empty(sized(shape), dtype=dtype, device=device) for name, shape in shapes.items()}
 
 
+def feature_shapes(d: int) -> dict:
+    """The buffers both plans' steps load q and k into (step_buffers' shapes)."""
+    return {
+        "q_f": ("C", d),  # relu(q): (BH, C, D)
+        "k_f": ("C", d),
+        "phi_q_parts": ("C", 2, d),  # [relu(q) sin a, relu(q) cos a]: (BH, C, 2, D)
+        "phi_k_parts": ("C", 2, d),
+    }
+
+
 class StepWorkspace:
     """One step's buffers for `size` positions of every head (B H rows), in the compute dtype, as attributes named by
     the subclass's `shapes(d, dv)`; `reweight` (C, C) cut to the step. Subclasses add the views their steps read

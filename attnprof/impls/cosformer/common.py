@@ -142,13 +142,24 @@ def unrotated(grad_phi, rotation):
     return (grad_phi.unflatten(-1, (2, -1)) * rotation).sum(-2)  # (..., L, D)
 
 
-def relu_grad(grad_f, x):
-    """grad_f where x > 0, else 0, in place (..., L, D): relu's own backward kernel, one pass and no mask tensor. On the
-    CPU (2 threads, 16 x 1024 x 64 fp32 elements, median of 200) the mask x <= 0 and masked_fill_ took 2251-2282 us, this
-    146 us. Half x with fp32 grad_f (the compute dtype): the mask, as the kernel wants one dtype."""
+def relu_grad(grad_f, x, into=None):
+    """grad_f where x > 0, else 0 (..., L, D), into `into` (cast to its dtype; default: grad_f itself): relu's own
+    backward kernel, one pass and no mask tensor. On the CPU (2 threads, 16 x 1024 x 64 fp32 elements, median of 200)
+    the mask x <= 0 and masked_fill_ took 2251-2282 us, this 146 us. Half x with fp32 grad_f (the compute dtype): the
+    mask, as the kernel wants one dtype."""
     if x.dtype != grad_f.dtype:
-        return grad_f.masked_fill_(x <= 0, 0)
-    return torch.ops.aten.threshold_backward.grad_input(grad_f, x, 0, grad_input=grad_f)
+        grad_f.masked_fill_(x <= 0, 0)
+        return grad_f if into is None else into.copy_(grad_f)
+    return torch.ops.aten.threshold_backward.grad_input(grad_f, x, 0, grad_input=grad_f if into is None else into)
+
+
+def load_relu(x, into) -> None:
+    """relu(x) into the buffer `into`, cast to its dtype (the compute dtype). clamp_min(x, 0) is relu with an out= form;
+    it writes only its own dtype, so half rows are cast in first and rectified there (exact either way)."""
+    if x.dtype == into.dtype:
+        torch.clamp_min(x, 0, out=into)
+    else:
+        into.copy_(x).clamp_min_(0)
 
 
 def widened(v, dtype):

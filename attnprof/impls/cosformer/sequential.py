@@ -20,7 +20,7 @@ import torch
 
 from attnprof.impls.base import planning_device_type
 from attnprof.impls.cosformer import common
-from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, normalise_into, position_rotation
+from attnprof.impls.cosformer.common import causal_reweight, compute_dtype, load_relu, normalise_into, position_rotation
 from attnprof.impls.cosformer.step_workspace import StepWorkspace, feature_shapes
 
 
@@ -102,13 +102,9 @@ class _Workspace(StepWorkspace):
 
     def load_features(self, q, k, rotation):
         """relu and phi of the step's rows q, k (B, H, C, D) into the buffers, cast to their dtype; as common.features_of
-        computes them. clamp_min(x, 0) is relu with an out= form; it writes only its own dtype, so half rows are
-        cast in first and rectified there (exact either way)."""
-        for x, x_f in ((q, self.q_f_heads), (k, self.k_f_heads)):
-            if x.dtype == x_f.dtype:
-                torch.clamp_min(x, 0, out=x_f)
-            else:
-                x_f.copy_(x).clamp_min_(0)
+        computes them."""
+        load_relu(q, self.q_f_heads)
+        load_relu(k, self.k_f_heads)
         torch.mul(self.q_f_column, rotation, out=self.phi_q_parts)  # (BH, C, 2, D)
         torch.mul(self.k_f_column, rotation, out=self.phi_k_parts)
 

@@ -19,6 +19,7 @@ import json
 import numpy as np
 
 from attnprof.errors import UsageError
+from attnprof.impls.base import typed_options
 
 TEXT = ("label", "impl", "options", "dtype", "device", "mode", "status", "reason", "peak_source", "flops_source")
 INTEGER = ("seq_len", "batch", "heads", "head_dim", "seed")  # always present (case columns)
@@ -110,14 +111,15 @@ def decode_stored(text, what: str):
 
 def to_frame(columns: dict[str, np.ndarray]):
     """Typed columns -> the pandas DataFrame `Store.frame` returns: indexed by row id, `options` decoded to dicts
-    (one dict per distinct options text, shared by its rows: treat them as read-only), `noisy` as True, False or
-    None."""
+    of typed values (impls.base.typed_options; one dict per distinct options text, shared by its rows: treat them as
+    read-only), `noisy` as True, False or None."""
     import pandas as pd
 
     data = dict(columns)
     index = pd.Index(data.pop("id"), name="id")
     codes, distinct = pd.factorize(data["options"])
-    decoded = np.array([decode_stored(text, f"the options {text!r}") for text in distinct] + [None], dtype=object)  # -1 (NULL): None
+    decoded = [typed_options(decode_stored(text, f"the options {text!r}")) for text in distinct]
+    decoded = np.array([*decoded, None], dtype=object)  # -1 (NULL): None
     data["options"] = decoded.take(codes)
     noisy = data["noisy"]  # Python bools, not numpy's: views test `noisy is True`
     data["noisy"] = np.array([None, False, True], dtype=object).take(np.where(np.isnan(noisy), 0, np.where(noisy == 1, 2, 1)))

@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Iterable
 from typing import TextIO
 
+from attnprof.impls.base import typed_options
 from attnprof.records import Measurement, time_stats
 
 EXPORT_KEYS = (
@@ -24,7 +25,8 @@ def measurement_record(run_id: str, m: Measurement) -> dict:
     median_s = stats["median_ms"] / 1e3 if stats["median_ms"] else None
     record = {
         "run_id": run_id,
-        **{k: v for k, v in case.to_dict().items()},
+        **case.to_dict(),
+        "options": typed_options(dict(case.options)),
         "label": case.label,
         "status": m.status.value,
         "reason": m.reason,

@@ -97,3 +97,39 @@ def test_out_writes_through_what_is_not_a_regular_file_and_keeps_a_files_permiss
     private.write_text("")
     private.chmod(0o600)
     assert export(private).exit_code == 0 and stat.S_IMODE(private.stat().st_mode) == 0o600 and len(private.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("value", [True, False, 0, 32, -3, 1e-06, 0.5, float("inf"), "reference", "per-head", "eager"])
+def test_an_options_value_comes_back_with_the_type_it_was_run_with(value):
+    from attnprof.impls.base import option_text, typed_options
+
+    (typed,) = typed_options({"key": option_text(value)}).values()
+    assert typed == value and type(typed) is type(value)
+
+
+def test_export_and_the_dataframe_give_options_typed_and_the_label_and_stored_text_unchanged(tmp_path):
+    """`num_landmarks` came back "32": a script filtering an export on options["num_landmarks"] == 32 matched nothing."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from attnprof.api import load_measurements
+    from attnprof.cli import cli
+
+    db = tmp_path / "o.db"
+    sweep = ["sweep", "--impl", "nystromformer:num_landmarks=8,pinv_iterations=3,pinv_init=per-head", "--lengths", "64", "--heads", "1",
+             "--head-dim", "16", "--device", "cpu", "--dtype", "float32", "--causal", "no", "--rep-ms", "5",
+             "--warmup-ms", "1", "--db", str(db)]  # fmt: skip
+    assert CliRunner().invoke(cli, sweep).exit_code == 0
+    wanted = {"num_landmarks": 8, "pinv_iterations": 3, "pinv_init": "per-head"}
+    for output_format in ("json", "csv"):
+        text = CliRunner().invoke(cli, ["export", "--format", output_format, "--db", str(db)]).output
+        record = json.loads(text)[0] if output_format == "json" else next(csv.DictReader(io.StringIO(text, newline="")))
+        options = record["options"] if output_format == "json" else json.loads(record["options"])
+        assert options == wanted and type(options["num_landmarks"]) is int
+        assert record["label"] == "nystromformer[num_landmarks=8,pinv_init=per-head,pinv_iterations=3]"
+    frame = load_measurements("latest", db)
+    assert frame["options"].tolist() == [wanted] and type(frame["options"][0]["pinv_iterations"]) is int
+    with sqlite3.connect(db) as connection:  # the cell's identity (resume, compare) stays the text it was stored as
+        (stored,) = connection.execute("SELECT options FROM measurements").fetchone()
+    assert json.loads(stored) == {"num_landmarks": "8", "pinv_iterations": "3", "pinv_init": "per-head"}

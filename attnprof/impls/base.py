@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,6 +204,32 @@ def option_text(value) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def typed_options(options: dict | None) -> dict | None:
+    """Stored options (option_text's spellings) with their values typed as the sweep ran them: `true`/`false` as bools,
+    whole numbers as ints, repr(float) as floats, any other text as text; what export and the DataFrame API give.
+    Kept as text, `num_landmarks` read "32", so a script filtering an export on `options["num_landmarks"] == 32`
+    matched nothing. Read from the text alone, as `show` and `export` import no impl (no torch): every built-in text
+    option (backend, pinv_init) takes words, so this is each option's declared type; a plugin's text option written
+    as a number comes back a number."""
+    return None if options is None else {key: _stored_value(value) for key, value in options.items()}
+
+
+def _stored_value(value):
+    if not isinstance(value, str):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    if INTEGER.fullmatch(value):
+        return int(value)
+    try:
+        return float(value) if repr(float(value)) == value else value  # option_text writes floats with repr
+    except ValueError:
+        return value
 
 
 def _guess_type(text: str):

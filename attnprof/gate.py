@@ -121,11 +121,16 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
     theirs = _by_configuration(matching(rule, frame, rule.to)) if rule.kind == "ratio" else {}
     for keys, group in rows.groupby(CONFIG, sort=True):
         impl = group["impl"].iloc[0]
+        others = theirs.get(tuple(keys[1:]), frame.iloc[:0])  # a ratio rule's `to` impl's cells of this configuration
         if (group["status"] == "unsupported").all():  # a declared refusal (nystromformer causal): nothing to judge
             judged = Judgement(subject_of(keys), UNSUPPORTED_CONFIG, group["reason"].iloc[0])
             judgements.append(located(judged, cell_of(keys, impl)))
+        elif len(others) and (others["status"] == "unsupported").all():
+            # nor against one: `to = "nystromformer"` without a causal filter was MISSING (exit 3) on every run, where
+            # `impl = "nystromformer"` passed with its causal configurations "not judged"
+            judged = Judgement(subject_of(keys), UNSUPPORTED_CONFIG, f"{rule.to}: {others['reason'].iloc[0]}")
+            judgements.append(located(judged, cell_of(keys, impl)))
         elif rule.kind in ("ratio", "value"):
-            others = theirs.get(tuple(keys[1:]), frame.iloc[:0])  # the `to` impl's cells of this configuration
             for n in rule.at_length:
                 subject = f"{subject_of(keys)} N={n}"
                 judged = _judge_ratio(rule, subject, group, others, n) if rule.kind == "ratio" else _judge_value(rule, subject, group, n)

@@ -159,9 +159,17 @@ def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, *, plan
 
 
 def _check_filters_measured(rules, cells, run_ids, rules_path) -> None:
-    """A filter keeping values the judged runs never measured (a typo, `heads = 7`) is the file's slip, exit 2, as it is
-    against the file's own [sweep]; under --run it was MISSING (exit 3), which CI reads as "can't tell"."""
+    """A filter keeping values the judged runs never measured (a typo, `heads = 7`), or an at_length none of them
+    measures (`3k` over 128..1024), is the file's slip, exit 2, as it is against the file's own [sweep]; under --run
+    it was MISSING (exit 3), which CI reads as "can't tell"."""
+    lengths = sorted(set(cells["seq_len"].tolist()))
     for rule in rules:
+        missing = [n for n in rule.at_length if n not in lengths]
+        if missing:
+            shown, runs = ", ".join(map(str, lengths)), ", ".join(run_ids)
+            raise UsageError(
+                f"{rules_path}: rule {rule.index} asks for N={missing[0]}, which run {runs} does not measure (lengths {shown})"
+            )
         for key, allowed in rule.filters.items():
             measured = sorted(set(cells[key].tolist()), key=str)
             if not set(allowed) & set(measured):

@@ -98,6 +98,10 @@ def test_a_rule_that_cannot_be_judged_exits_3(tmp_path):
     # a filter keeping values the run never measured is the file's slip (exit 2), as against a [sweep]; it was MISSING
     typo = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "flops"\nmax_exponent = 2.1\nheads = 7\n', "--run", "latest")
     assert typo.exit_code == 2 and "keeps heads 7, which run " in typo.output and "does not measure (2)" in typo.output, typo.output
+    # so is a length it never measured (3k over 1k..16k): MISSING under --run, exit 2 against the file's own [sweep]
+    length = gate(tmp_path, '[[rule]]\nimpl = "fault"\nmetric = "flops"\nat_length = "3k"\nmax_value = 1\n', "--run", "latest")
+    assert length.exit_code == 2 and "rule 1 asks for N=3072, which run " in length.output, length.output
+    assert "does not measure (lengths 1024, 2048, 4096, 8192, 16384)" in length.output and len(length.output.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -710,6 +714,32 @@ def test_unsupported_configurations_are_said_not_judged_and_a_bare_to_naming_two
     ratio = {"impl": "x", "metric": "peak_bytes", "at_length": "1k", "to": "y", "max_ratio": 1}
     (verdict,) = evaluate(parse_rules([ratio], "t"), frame(rows[:5] + lines))
     assert verdict.verdict == "MISSING" and "to = 'y' matches 2 lines (y[m=16], y[m=256]): name one of them" in verdict.message
+
+
+def test_a_ratio_to_an_impl_that_does_not_run_a_configuration_leaves_it_unjudged_as_its_own_refusal_does():
+    """`to = "y"`, where y has no causal form and the rule no causal filter, was MISSING (exit 3) on every run, though
+    the bidirectional ratio passed; `impl = "y"` against x passed with y's causal configuration "not judged"."""
+    mine = [
+        dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n, causal=causal)
+        for n in LENGTHS
+        for causal in (False, True)
+    ]
+    theirs = [dict(row, impl="y", label="y", peak_bytes=4 * row["seq_len"]) for row in mine if not row["causal"]]
+    refused = dict(impl="y", label="y", status="unsupported", median_ms=None, times_ms=[], peak_bytes=None, reason="y has no causal form")
+    theirs += [dict(row, **refused) for row in mine if row["causal"]]
+    rule = {"impl": "x", "metric": "peak_bytes", "at_length": "1k", "to": "y"}
+    (verdict,) = evaluate(parse_rules([dict(rule, max_ratio=0.5)], "t"), frame(mine + theirs))
+    assert verdict.verdict == "PASS" and "ratio to y 0.25" in verdict.message, verdict.message
+    assert "; 1 unsupported configuration not judged (x B1 H1 D64 float32 cpu causal fwd)" in verdict.message
+    assert exit_status([verdict]) == 0
+    (verdict,) = evaluate(parse_rules([dict(rule, max_ratio=0.1)], "t"), frame(mine + theirs))  # still judged where y runs
+    assert verdict.verdict == "FAIL" and "bidir fwd N=1024" in verdict.message, verdict.message
+    (verdict,) = evaluate(parse_rules([dict(rule, max_ratio=0.5, causal="yes")], "t"), frame(mine + theirs))
+    assert verdict.verdict == "MISSING" and "every configuration it matches is unsupported" in verdict.message
+    assert "y: y has no causal form" in verdict.message, verdict.message
+    missing = [row for row in theirs if row["causal"] is False]  # y never measured causal: that is still MISSING
+    (verdict,) = evaluate(parse_rules([dict(rule, max_ratio=0.5)], "t"), frame(mine + missing))
+    assert verdict.verdict == "MISSING" and "no ratio: y at N=1024: not measured" in verdict.message, verdict.message
 
 
 def test_a_failing_value_says_how_far_past_its_bound_even_when_rounding_hides_it():

@@ -13,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +40,7 @@ class Store:
         self.connection = connection
         self.path = path
         self.read_only = False  # opened by _open_read_only: a file or medium this process cannot write
+        self._copy: tempfile.TemporaryDirectory | None = None  # where a read-only file and its -wal are read (_open_copy)
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
@@ -68,7 +71,10 @@ class Store:
     def _open_read_only(cls, path: Path) -> Store:
         """A database on a read-only medium (a mounted CI artifact, a shared archive). A WAL database's readers
         need its -shm file, which cannot be created there, so SQLite refused it as 'unable to open database file';
-        immutable=1 reads the file as it is (nobody can be writing to it)."""
+        immutable=1 reads the file as it is (nobody can be writing to it), but not its -wal: that is read in a copy."""
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            return cls._open_copy(path, wal)
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
         store = cls(sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False), path)
         store.read_only = True
@@ -86,6 +92,30 @@ class Store:
             raise _refusal(store.connection, path, error) from None
         return store
 
+    @classmethod
+    def _open_copy(cls, path: Path, wal: Path) -> Store:
+        """A read-only database with a write-ahead log, read in a temporary copy of both: the rows a killed sweep
+        committed live in its -wal until a checkpoint, and immutable=1 reads the file alone. A killed sweep's file,
+        archived without its -shm, read "no runs in it yet" (an audit's; plain SQLite without immutable read 29 rows)."""
+        folder = tempfile.TemporaryDirectory(prefix="attnprof-read-only-")
+        copy = Path(folder.name) / "attnprof.db"
+        connection = None
+        try:
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            connection = sqlite3.connect(copy, timeout=30, check_same_thread=False)  # SQLite replays the log into it
+            store = cls(connection, path)
+            store.read_only, store._copy = True, folder
+            store._initialise(create=False)  # an older schema is brought up to date in the copy
+        except OSError as error:
+            _close_quietly(connection)
+            folder.cleanup()
+            raise UsageError(f"cannot read {str(path)!r}: it is read-only, and copying it with its -wal failed ({error})") from None
+        except (sqlite3.DatabaseError, UsageError) as error:
+            folder.cleanup()
+            raise _refusal(connection, path, error) from None
+        return store
+
     def _initialise(self, create: bool) -> None:
         if not schema.tables(self.connection):
             if not create:
@@ -95,13 +125,16 @@ class Store:
         if "meta" not in tables or self._meta("app") != APP_ID:
             raise UsageError(f"{str(self.path)!r} is not an attnprof database (it has tables {', '.join(sorted(tables))})")
         schema.migrate(self.connection, self.path)
-        schema.use_wal(self.connection)
+        if create:  # a reader leaves the journal as it is: `runs` rewrote a rollback-journal file (an audit's)
+            schema.use_wal(self.connection)
 
     def _meta(self, key: str) -> str | None:
         return schema.meta(self.connection, key)
 
     def close(self) -> None:
         self.connection.close()
+        if self._copy is not None:
+            self._copy.cleanup()
 
     @contextlib.contextmanager
     def consistent(self):

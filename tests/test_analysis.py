@@ -77,6 +77,9 @@ def test_fit_command_formats(accounted):
     assert "softmax" in only.output and "sdpa-flash" not in only.output and "(0 of 0 pairs cross)" in only.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--impl", "nope"])
     assert bad.exit_code == 2 and "'nope'" in bad.output and "Traceback" not in bad.output
+    for empty in ("--metric=", "--impl="):  # a CI variable left unset: it fitted everything, exit 0
+        bad = runner.invoke(cli, ["fit", "--db", str(accounted), empty])
+        assert bad.exit_code == 2 and "''" in bad.output and len(bad.output.splitlines()) == 1, bad.output
     bad = runner.invoke(cli, ["fit", "--db", str(accounted), "--budget", "0"])
     assert bad.exit_code == 2 and "'0'" in bad.output and "Traceback" not in bad.output
 

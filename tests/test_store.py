@@ -163,6 +163,66 @@ def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
         subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: a reader left open must not keep it
 
 
+def test_a_killed_sweeps_rows_in_its_wal_are_read_on_a_read_only_mount(db, tmp_path):
+    """A killed sweep's committed rows live in its -wal until a checkpoint. Archived without its -shm and read from a
+    read-only medium (immutable=1, which ignores the -wal), the file read "no runs in it yet": now both are read in a
+    temporary copy, removed on close."""
+    import glob
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    writer = f"""
+import os
+from attnprof.records import Measurement, RunInfo, Status
+from attnprof.spec import Case
+from attnprof.store import Store
+store = Store.open({str(db)!r})
+store.add_run(RunInfo("r1", "2026-01-01T00:00:00", {{}}, {{}}, "0.1.0", state="running"))
+for n in (64, 128, 256):
+    store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=n), Status.OK, times_ms=[n / 64]), "now")
+os._exit(0)  # as a SIGKILL leaves it: no close, no checkpoint
+"""
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
+    assert (tmp_path / "test.db-wal").stat().st_size > 0
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        shutil.copy(db, mount / "results.db")
+        shutil.copy(tmp_path / "test.db-wal", mount / "results.db-wal")  # not the -shm
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+        copies_before = set(glob.glob(f"{tempfile.gettempdir()}/attnprof-read-only-*"))
+        reader = Store.open(mount / "results.db", create=False)
+        assert reader.read_only and [run.run_id for run in reader.runs()] == ["r1"]
+        assert [m.times_ms for m in reader.measurements("r1")] == [[1.0], [2.0], [4.0]]
+        reader.close()
+        assert set(glob.glob(f"{tempfile.gettempdir()}/attnprof-read-only-*")) == copies_before  # the copy is gone
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
+
+
+def test_a_reader_leaves_a_rollback_journal_file_as_it_is(db):
+    """`attnprof runs` switched a file in rollback-journal mode (a copy VACUUMed by another tool) to WAL, rewriting it."""
+    import hashlib
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    store.close()
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    reader = Store.open(db, create=False)
+    assert [run.run_id for run in reader.runs()] == ["r1"]
+    reader.close()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    writer = Store.open(db)  # a sweep still takes WAL, for the readers beside its writes
+    assert writer.connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    writer.close()
+
+
 def _as_a_user_file_modes_bind(command: list[str]) -> list[str]:
     """`command` run so that file modes apply: root ignores them (CAP_DAC_OVERRIDE), so root drops that capability."""
     import os

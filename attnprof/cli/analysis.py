@@ -44,12 +44,13 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     from attnprof.gate_rules import parse_bytes
     from attnprof.spec import parse_choices
 
-    metrics = parse_choices(metric or "time,peak_bytes,flops", ("time", "peak_bytes", "flops"), "metric")
+    # an empty --metric or --impl (a CI variable left unset) is bad input, not "all of them"
+    metrics = parse_choices("time,peak_bytes,flops" if metric is None else metric, ("time", "peak_bytes", "flops"), "metric")
     db = db or default_db()
     device_bytes = run_budget(run, db)  # the memory the run's OOMs speak for
     budget_bytes = parse_bytes(budget, "budget") if budget else device_bytes
     frame = load_measurements(run, db)
-    if impl_names:
+    if impl_names is not None:
         frame = _only_impls(frame, impl_names)
     metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
     fitted = _fitted_run(run, db)

@@ -30,7 +30,12 @@ from attnprof.errors import UsageError
 @click.option("--mode", help="fwd, fwd-bwd (comma separated; default fwd).")
 @click.option("--warmup-ms", "warmup_ms", type=float, help="Warm-up time budget per case (default 25).")
 @click.option("--rep-ms", "rep_ms", type=float, help="Timing budget per case (default 100).")
-@click.option("--timeout", type=float, help="Seconds a case may take before its worker is killed (default 300).")
+@click.option(
+    "--timeout",
+    type=float,
+    help="Seconds a case may take, its correctness checks and untimed calls included, before its worker is killed; the"
+    " configuration's longer lengths are then skipped (default 300).",
+)
 @click.option("--seed", type=int, help="Seed of the inputs (default 0).")
 @click.option("--name", help="A name for the run.")
 @click.option(

@@ -6,7 +6,8 @@ cache that stopped fitting). Both exponents are fitted as the exponent rule fits
 fit.fit_power_law) from the same lengths, so a run measuring further than its baseline compares like with like.
 Exact metrics (bytes, FLOPs) are judged on the difference itself; a time difference must be wholly past the bound
 to fail (each 95% interval's far end against the other's), is said as "can't tell" when its range holds the
-bound, and one drawn from cells timed on a busy machine is not judged (gate.unless_busy).
+bound, and one drawn from cells timed on a busy machine is not judged (gate.unless_busy), nor is a pass (load bends
+either curve, as it does a timed exponent's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from attnprof.gate import CONFIG, NEW_CELL, Judgement, busy_note, cell_of, located, matching, subject_of, unless_busy
+from attnprof.gate import CONFIG, NEW_CELL, QUIET, Judgement, busy_note, cell_of, located, matching, subject_of, unless_busy
 from attnprof.gate_regression import other_setup, timed_elsewhere
 from attnprof.gate_rules import GateRule
 from attnprof.gate_scaling import broken_cells, fit_points, span_text
@@ -84,6 +85,13 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
     if lowest > bound:
         failed = Judgement(subject, "FAIL", f"{described} > max increase {bound:g} (at least {lowest:+.3f})", lowest - bound, figures)
         return unless_busy(failed, busy)
+    if highest <= bound and busy:
+        # as a timed exponent within its bound (gate_scaling.judge_exponent): load on either side bends its curve (a floor
+        # flattening the run's, a burst at the baseline's largest lengths steepening the baseline's), hiding an increase
+        within = f"{described} <= max increase {bound:g} (at most {highest:+.3f})"
+        return Judgement(
+            subject, "MISSING", f"{within}: within the bound, but timed on a busy machine: {QUIET}", 0.0, {**figures, "busy": True}
+        )
     if highest <= bound:
         return Judgement(subject, "PASS", f"{described} <= max increase {bound:g} (at most {highest:+.3f})", highest - bound, figures)
     why = f"the increase lies in [{lowest:+.3f}, {highest:+.3f}], which holds the bound {bound:g}: can't tell"

@@ -970,6 +970,13 @@ def test_a_slope_is_judged_against_the_baselines_over_the_lengths_both_have():
     assert evaluate(timed, cells(2.0, noise=spread), baseline=cells(1.0, noise=spread))[0].verdict == "FAIL"
     busy = evaluate(timed, cells(2.0, noise=spread, reason=BUSY), baseline=cells(1.0, noise=spread))[0]
     assert busy.verdict == "MISSING" and "timed on a busy machine" in busy.message
+    # a pass drawn from busy cells cannot tell either: a baseline slowed at its largest lengths is steeper (an audit's)
+    for busy_side in ("run", "baseline"):
+        run, base = (cells(1.0, noise=spread, reason=BUSY if side == busy_side else "") for side in ("run", "baseline"))
+        [hidden] = evaluate(timed, run, baseline=base)
+        assert hidden.verdict == "MISSING" and "within the bound, but timed on a busy machine" in hidden.message, hidden.message
+        assert hidden.judgements[0].figures["busy"] is True
+    assert evaluate(timed, cells(1.0, noise=spread), baseline=cells(1.0, noise=spread))[0].verdict == "PASS"
     wobbly = frame([dict(seq_len=n, status="ok", times_ms=[1e-3 * n * w], median_ms=1e-3 * n * w, peak_bytes=1)
                     for n, w in zip(LENGTHS, (1.0, 1.25, 0.8, 1.2, 0.85), strict=True)])  # fmt: skip
     unsure = evaluate(parse_rules([{"impl": "x", "metric": "time", "max_exponent_increase": 0.02}], "t"), wobbly, baseline=cells(1.0))[0]

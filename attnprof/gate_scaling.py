@@ -72,10 +72,16 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
         if passes:
             return judged("MISSING", f"{described}: within the bound, but timed on a busy machine, whose load flattens a curve: {QUIET}")
         return judged("MISSING", f"{described}: past the bound, but {BUSY_MACHINE}")
+    # which reading failed: "95% upper end 2.380 > max 1.5" left open whether the estimate itself was past (an audit's)
+    estimate_within = (rule.max_exponent is None or fit.exponent <= rule.max_exponent) and (
+        rule.min_exponent is None or fit.exponent >= rule.min_exponent
+    )
+    how = "; the whole interval is past the bound" if wholly_past else ""
+    how = how or (f"; the estimate {fit.exponent:.3f} is within it, but an exact metric fails on its far end" if estimate_within else "")
     if rule.max_exponent is not None and not high_end <= rule.max_exponent:
-        return judged("FAIL", f"{described}: {high} > max {rule.max_exponent:g}", high_end - rule.max_exponent)
+        return judged("FAIL", f"{described}: {high} > max {rule.max_exponent:g}{how}", high_end - rule.max_exponent)
     if rule.min_exponent is not None and not low_end >= rule.min_exponent:
-        return judged("FAIL", f"{described}: {low} < min {rule.min_exponent:g}", rule.min_exponent - low_end)
+        return judged("FAIL", f"{described}: {low} < min {rule.min_exponent:g}{how}", rule.min_exponent - low_end)
     bound = ": " + ", ".join(
         f"{end} {name} {value:g}"
         for end, name, value in ((high, "<= max", rule.max_exponent), (low, ">= min", rule.min_exponent))

@@ -53,6 +53,8 @@ class Store:
             raise UsageError(f"no database at {str(path)!r} (run a sweep first, or pass --db)")
         if path.is_dir():  # SQLite's own word for it was "unable to open database file"
             raise UsageError(f"database path {str(path)!r} is a directory: give a file in it, e.g. {str(path / 'attnprof.db')!r}")
+        if path.exists() and not path.is_file():  # /dev/null read "not an attnprof database (cannot rollback - no transaction is active)"
+            raise UsageError(f"database path {str(path)!r} is not a regular file: give a file, e.g. attnprof.db")
         if create:
             _prepare_parent(path)
         connection = None

@@ -165,6 +165,8 @@ def test_a_directory_as_the_database_is_refused_naming_where_it_came_from(tmp_pa
     assert listed.exit_code == 0 and "complete" in listed.output and "2 cases" in listed.output, listed.output
     with pytest.raises(UsageError, match="is a directory"):  # the library says it too
         Store.open(tmp_path)
+    for command in ("sweep", "runs"):  # a device: "not an attnprof database (cannot rollback - no transaction is active)"
+        assert_bad_input(invoke(command, "--db", "/dev/null"), "database path '/dev/null' is not a regular file")
 
 
 def test_a_file_where_a_folder_must_be_is_named(tmp_path):

@@ -8,10 +8,15 @@ import torch
 
 from attnprof.impls import register
 from attnprof.impls.base import AttentionImpl
+from attnprof.impls.operator_inputs import check_flag, check_qkv
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v, computed the plain way; softmax in fp32 for half inputs."""
+    """softmax(q k^T / sqrt(d)) v, computed the plain way; softmax in fp32 for half inputs. q may have another length
+    than k and v (causal: top-left aligned). The reference is checked as the others are: a meta k beside cpu q and v
+    gave a cpu tensor of NaN, int64 inputs int64 zeros, and causal="no" the causal answer (an API audit's)."""
+    check_qkv("softmax", q, k, v, cross_length=True)
+    check_flag("softmax", "causal", causal)
     n_q, n_k = q.shape[-2], k.shape[-2]
     scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Nq, Nk)
     if causal:

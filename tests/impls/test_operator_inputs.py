@@ -12,11 +12,13 @@ import torch
 from attnprof.impls.combiner import combiner_attention
 from attnprof.impls.cosformer import cosformer_attention
 from attnprof.impls.nystromformer import nystrom_attention
+from attnprof.impls.softmax import softmax_attention
 
 OPERATORS = {
     "cosformer": cosformer_attention,
     "nystromformer": functools.partial(nystrom_attention, num_landmarks=4),
     **{f"combiner-{v}": functools.partial(combiner_attention, variant=v) for v in ("fixed", "axial", "logsparse", "mixture")},
+    "softmax": softmax_attention,  # the reference: a meta k gave NaN, int64 inputs zeros, causal="no" the causal form
 }
 
 
@@ -31,6 +33,9 @@ def qkv(shape_q=(1, 2, 8, 4), shape_k=None, shape_v=None, dtypes=(torch.float32,
 def test_fewer_keys_than_queries_is_refused_naming_the_shapes(name):
     # Nyström averaged empty key segments into an all-NaN output; Combiner failed deep inside unflatten
     q, k, v = qkv((1, 1, 20, 4), (1, 1, 3, 4))
+    if name == "softmax":  # cross-attention of any lengths, causal top-left aligned as SDPA's
+        assert OPERATORS[name](q, k, v).shape == OPERATORS[name](q, k, v, causal=True).shape == (1, 1, 20, 4)
+        return
     if name == "cosformer":  # bidirectional cosFormer is defined for other key lengths; causal is not
         with pytest.raises(ValueError, match=r"causal cosformer needs as many queries as keys, not 20 and 3"):
             OPERATORS[name](q, k, v, causal=True)
@@ -94,7 +99,7 @@ def test_three_dimensional_inputs_are_refused():
 
 def test_value_width_is_free_except_where_the_operator_stacks_q_k_v():
     q, k, v = qkv((1, 2, 8, 4), shape_v=(1, 2, 8, 6))
-    for name in ("cosformer", "nystromformer", "combiner-fixed", "combiner-axial", "combiner-logsparse"):
+    for name in ("cosformer", "nystromformer", "combiner-fixed", "combiner-axial", "combiner-logsparse", "softmax"):
         assert OPERATORS[name](q, k, v).shape == (1, 2, 8, 6), name
     with pytest.raises(ValueError, match="combiner-mixture shape mismatch"):
         OPERATORS["combiner-mixture"](q, k, v)

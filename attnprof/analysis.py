@@ -7,6 +7,7 @@ both call `analyse`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import pandas as pd
@@ -47,8 +48,11 @@ def analyse(
     budget_bytes: the memory budget of the frontiers, in bytes or as `--budget` takes it ("80GiB");
     `run_budget(run, db)` gives the run's device memory; None: no frontiers. device_bytes: the memory of the
     device the run measured on (`run_budget` again): an OOM there bounds a frontier whose budget is within it.
+    metrics None: all three.
     """
     from attnprof.errors import UsageError
+
+    metrics = tuple(METRICS) if metrics is None else metrics  # was "'NoneType' object is not iterable"
 
     if not isinstance(frame, pd.DataFrame):
         raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db), not {type(frame).__name__} {frame!r:.60}")
@@ -61,12 +65,14 @@ def analyse(
     if lacking:  # an empty DataFrame() raised KeyError: 'status'
         raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db): this one lacks {', '.join(lacking)}")
     refuse_overlapping_runs(frame, "analyse")
+    frame = _samples_as_lists(frame)
     if isinstance(budget_bytes, str):
         from attnprof.gate_rules import parse_bytes
 
         budget_bytes = parse_bytes(budget_bytes, "budget_bytes")
-    elif budget_bytes is not None and not (math.isfinite(float(budget_bytes)) and budget_bytes > 0):  # frontier's ValueError, before
-        raise UsageError(f"bad budget_bytes {budget_bytes!r}: must be a finite number of bytes above 0")
+    for name, value in (("budget_bytes", budget_bytes), ("device_bytes", device_bytes)):  # frontier's ValueError, before
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):  # [1] and "80GiB" were TypeErrors
+            raise UsageError(f"bad {name} {value!r}: must be a finite number of bytes above 0")
     fits = []
     for metric in metrics:
         points = metric_points(frame, metric)
@@ -79,6 +85,25 @@ def analyse(
     caveats = timing_caveats(frame) if "time" in metrics else ""
     frontiers = frontier_table(frame, fits_df, budget_bytes, device_bytes)
     return Analysis(fits_df, with_caveats(crossovers, frame), frontiers, caveats, not_fitted_cells(frame))
+
+
+def _samples_as_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """An export read back: `pd.read_csv` of `attnprof export --format csv` holds each cell's samples as JSON text and
+    an empty reason as NaN (the time fit died casting '[74.77, 74.97, 77.14]' to float, deep inside pandas)."""
+    import json
+
+    def samples(value):
+        return json.loads(value) if isinstance(value, str) else [] if value is None or value != value else value
+
+    if "times_ms" in frame.columns and frame["times_ms"].map(lambda value: isinstance(value, str)).any():
+        frame = frame.assign(times_ms=frame["times_ms"].map(samples))
+    if "reason" in frame.columns and frame["reason"].isna().any():
+        frame = frame.assign(reason=frame["reason"].fillna(""))
+    return frame
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's numbers too
 
 
 NOT_FITTED_COLUMNS = [*CONFIG, "seq_len", "status", "reason"]

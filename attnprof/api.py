@@ -32,6 +32,10 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     """Fill the device-dependent defaults, expand `all`, and validate impls, options and devices."""
     import torch
 
+    if not isinstance(sweep, Sweep):  # run_sweep("softmax") was an AttributeError: 'str' object has no attribute 'impls'
+        raise UsageError(f"a sweep is an attnprof.Sweep, not {type(sweep).__name__}: e.g. Sweep(impls='softmax,sdpa', lengths='1k..8k')")
+    if not isinstance(sweep.name, str):
+        raise UsageError(f"bad name {sweep.name!r}: a run's name is text")
     sweep = _spelled_as_the_cli(sweep)
     if sweep.name.strip().lower() == "latest":  # `show latest` means the newest run: a run named so could not be named
         raise UsageError("bad name 'latest': it means the newest run wherever a run is named; choose another")
@@ -58,6 +62,7 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
 
 GRID_KEYS = ("impl", "lengths", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode")
 NUMBER_KEYS = ("lengths", "batch", "heads", "head_dim")
+DEVICE_DEFAULTS = ("lengths", "dtype", "device")  # the Sweep fields whose empty tuple means "the device's default"
 
 
 def _spelled_as_the_cli(sweep: Sweep) -> Sweep:
@@ -71,8 +76,10 @@ def _spelled_as_the_cli(sweep: Sweep) -> Sweep:
     for key in GRID_KEYS:
         field, parse = SWEEP_KEYS[key]
         value = getattr(sweep, field)
-        if isinstance(value, (tuple, list)) and not value:
+        if isinstance(value, (tuple, list)) and not value and field in DEVICE_DEFAULTS:
             continue  # empty: the device's default
+        if isinstance(value, (tuple, list)) and not value:  # impls=() ran a "complete" run of 0 cases, then `latest`
+            raise UsageError(f"bad {field} {value!r}: give at least one value")
         if key == "impl" and isinstance(value, (tuple, list)) and all(isinstance(item, ImplSpec) for item in value):
             continue
         if key in NUMBER_KEYS and isinstance(value, tuple) and all(type(item) is int for item in value):

@@ -5,6 +5,7 @@ The I/O side of the gate; the judging itself is gate.py (pure).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from attnprof.errors import UsageError
@@ -57,7 +58,9 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     from attnprof.gate import evaluate
     from attnprof.scenario import sweep_from_options
 
-    runs = (runs,) if isinstance(runs, str) else tuple(runs)  # runs="alpha" was read as the runs a, l, p, h, a
+    if not isinstance(rules_path, (str, os.PathLike)):
+        raise UsageError(f"bad rules file {rules_path!r}: give the path of a TOML file")
+    runs = (runs,) if isinstance(runs, str) else tuple(runs or ())  # runs="alpha" was read as the runs a, l, p, h, a
     rules, sweeps = load_rules(rules_path, registered=not runs)
     needing = [rule for rule in rules if rule.needs_baseline]
     if needing and not baseline:  # a usage slip: say so before measuring anything, not as a verdict afterwards

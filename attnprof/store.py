@@ -44,6 +44,8 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
+        if not isinstance(path, (str, os.PathLike)):  # db=5 was a TypeError from pathlib
+            raise UsageError(f"bad database path {path!r}: give a file path")
         path = Path(path)
         try:
             str(path).encode("utf-8")  # runs store their command line, this path in it, as UTF-8 text
@@ -199,6 +201,8 @@ class Store:
     def resolve_run(self, run: str | None) -> RunInfo:
         """A run id, a unique prefix of one, a run's name (`--name`; the newest run of that name), or
         `latest` (also None)."""
+        if run is not None and not isinstance(run, str):  # compare_runs(frame_a, frame_b): "truth value ... ambiguous"
+            raise UsageError(f"bad run: a run is named by its id or name (text), not a {type(run).__name__}")
         if run is not None and not str(run).strip():  # `show ""` (an unset variable) showed the latest run
             raise UsageError("bad run '': an empty run id (an unset variable?); give a run id, a name or latest")
         # `latest` and an exact id read one row: every run decoded per call cost 75 ms at 4000 runs, on each of the

@@ -298,3 +298,29 @@ def test_a_cpu_runs_frontiers_say_their_budget_is_the_hosts_ram(db):
     shown = CliRunner().invoke(cli, ["fit", "latest", "--db", str(db), "--metric", "peak_bytes"])
     assert shown.exit_code == 0, shown.output
     assert f"Memory frontiers (budget {format_bytes(host)}, the host's RAM; the sweep refuses a CPU case predicted past 80%" in shown.output
+
+
+def test_a_csv_export_read_back_is_analysed_as_the_run_is(tmp_path):
+    """pd.read_csv of `export --format csv` holds the samples as JSON text: the time fit died casting '[74.77, ...]' to
+    float inside pandas."""
+    import pandas as pd
+
+    db, out = tmp_path / "t.db", tmp_path / "e.csv"
+    sweep = Sweep(impls=parse_impls("softmax,cosformer"), lengths=(64, 128, 256), heads=(1,), head_dim=(16,), device=("cpu",),
+                  dtype=("float32",), causal=(False,), warmup_ms=1.0, rep_ms=5.0)  # fmt: skip
+    run_sweep(sweep, db)
+    assert CliRunner().invoke(cli, ["export", "--db", str(db), "--format", "csv", "--out", str(out)]).exit_code == 0
+    read_back, stored = analyse(pd.read_csv(out)), analyse(load_measurements("latest", db))
+    columns = ["label", "metric", "exponent", "exponent_low", "exponent_high", "n_samples"]
+    assert "time" in set(stored.fits["metric"])
+    pd.testing.assert_frame_equal(read_back.fits[columns], stored.fits[columns])
+    assert read_back.crossovers["message"].tolist() == stored.crossovers["message"].tolist()
+    assert read_back.timing_caveats == stored.timing_caveats
+
+
+def test_the_analysis_refuses_budgets_that_are_not_byte_counts(accounted):
+    frame = load_measurements("latest", accounted)
+    for name, value in (("budget_bytes", [1]), ("device_bytes", "80GiB"), ("device_bytes", -5), ("budget_bytes", True)):
+        with pytest.raises(UsageError, match=re.escape(f"bad {name} {value!r}: must be a finite number of bytes above 0")):
+            analyse(frame, **{name: value})
+    assert set(analyse(frame, metrics=None).fits["metric"]) == {"peak_bytes", "flops"}  # None: every metric (no times here)

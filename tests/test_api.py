@@ -293,3 +293,32 @@ def test_an_impl_from_a_module_never_put_in_sys_modules_is_refused_before_measur
             attnprof.plan(attnprof.Sweep(impls=attnprof.parse_impls("fileonly"), lengths=(64,)))
     finally:
         impls._REGISTRY.pop("fileonly", None)
+
+
+EMPTY_DB = "empty.db"  # made in the test's folder
+
+
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda api: api.plan(None), "a sweep is an attnprof.Sweep, not NoneType"),
+        (lambda api: api.run_sweep("softmax"), "a sweep is an attnprof.Sweep, not str"),
+        (lambda api: api.plan(api.Sweep(impls="softmax", name=None)), "bad name None: a run's name is text"),
+        (lambda api: api.plan(api.Sweep(impls=())), "bad impls (): give at least one value"),
+        (lambda api: api.plan(api.Sweep(impls="softmax", causal=())), "bad causal (): give at least one value"),
+        (lambda api: api.plan(api.Sweep(impls="softmax", mode=())), "bad mode (): give at least one value"),
+        (lambda api: api.load_measurements("latest", 5), "bad database path 5: give a file path"),
+        (lambda api: api.compare_runs(api.Sweep(), "latest", EMPTY_DB), "bad run: a run is named by its id or name (text), not a Sweep"),
+        (lambda api: api.run_gate(None), "bad rules file None: give the path of a TOML file"),
+    ],
+)
+def test_a_notebooks_slips_are_usage_errors_naming_the_value(call, fragment, tmp_path, monkeypatch):
+    """A notebook API audit: these were AttributeError, TypeError or pandas' 'truth value is ambiguous' from deep inside,
+    and impls=() recorded a "complete" run of 0 cases that then became `latest`."""
+    from attnprof.store import Store
+
+    Store.open(tmp_path / "empty.db").close()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as raised:
+        call(attnprof)
+    assert fragment in str(raised.value)

@@ -12,6 +12,8 @@ The library API a notebook uses is the one the CLI calls:
     path, pngs = attnprof.write_report("latest", db="my.db")  # as `attnprof report`
     verdicts, run_ids = attnprof.run_gate("rules.toml", db="my.db")  # as `attnprof gate`
     attnprof.plan(sweep)  # (case, refusal reasons) per case: `sweep --dry-run`
+    runs = attnprof.list_runs(db="my.db")  # a DataFrame, newest first: `attnprof runs`
+    attnprof.export_runs(["latest"], db="my.db", output_format="baseline", out="baseline.jsonl")  # `attnprof export`
 Bad input raises attnprof.UsageError (one line naming the bad value); Ctrl-C during a sweep attnprof.SweepInterrupted.
 """
 
@@ -30,6 +32,8 @@ _LAZY = {
     "compare_runs": "attnprof.api",
     "write_report": "attnprof.report",
     "run_gate": "attnprof.gating",
+    "list_runs": "attnprof.run_export",
+    "export_runs": "attnprof.run_export",
     "UsageError": "attnprof.errors",
     "SweepInterrupted": "attnprof.runner",
 }

@@ -133,3 +133,29 @@ def test_export_and_the_dataframe_give_options_typed_and_the_label_and_stored_te
     with sqlite3.connect(db) as connection:  # the cell's identity (resume, compare) stays the text it was stored as
         (stored,) = connection.execute("SELECT options FROM measurements").fetchone()
     assert json.loads(stored) == {"num_landmarks": "8", "pinv_iterations": "3", "pinv_init": "per-head"}
+
+
+def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
+    """A notebook had no function for `runs` or `export` (a baseline file only through the CLI or private helpers)."""
+    from click.testing import CliRunner
+
+    import attnprof
+    from attnprof.cli import cli
+
+    db = one_run_db(tmp_path)
+    listed = attnprof.list_runs(db)
+    assert listed.to_dict("records") == [
+        {"run_id": "20260101-000000-abcd", "created_at": "2026", "state": "interrupted", "cases": 3, "device": "?", "name": ""}
+    ]
+    stream = io.StringIO()
+    assert attnprof.export_runs("latest", db, "jsonl", stream=stream) == 3
+    assert stream.getvalue() == CliRunner().invoke(cli, ["export", "--db", str(db)]).output
+    measured = tmp_path / "measured.db"  # a real run: its baseline file, as `export --format baseline` writes it
+    attnprof.run_sweep(attnprof.Sweep(impls="softmax", lengths=(1024, 2048), heads=(1,), causal=(False,), accounting=True), measured)
+    notes = []
+    assert attnprof.export_runs(["latest"], measured, "baseline", tmp_path / "out" / "baseline.jsonl", note=notes.append) == 2
+    cli_out = tmp_path / "cli.jsonl"
+    assert CliRunner().invoke(cli, ["export", "--db", str(measured), "--format", "baseline", "--out", str(cli_out)]).exit_code == 0
+    assert (tmp_path / "out" / "baseline.jsonl").read_text() == cli_out.read_text() and notes == []
+    with pytest.raises(attnprof.UsageError, match="unknown export format 'xlsx'; choose from jsonl, json, csv, baseline"):
+        attnprof.export_runs("latest", db, "xlsx")

@@ -297,7 +297,8 @@ def run_info(source, run_id) -> tuple:
         frame = source.frame(run_id)
         statuses = frame["status"].value_counts().to_dict()
         rows = runinfo.info_rows(run, len(frame), statuses)
-        return rows, runinfo.mapping_rows(run.env), runinfo.mapping_rows(run.sweep, skip=("impl_specs",)), runinfo.reproduce_command(run)
+        command = runinfo.reproduce_command(run, source.path)
+        return rows, runinfo.mapping_rows(run.env), runinfo.mapping_rows(run.sweep, skip=("impl_specs",)), command
     except Exception as error:  # noqa: BLE001
         return [{"field": "error", "value": failure_text(error)}], [], [], ""
 

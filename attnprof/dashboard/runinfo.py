@@ -27,10 +27,16 @@ def unfinished_note(run: RunInfo, measured: int, db) -> str:
     return f"{state}: {measured} of {planned} cases, the rest with {resume}"
 
 
-def reproduce_command(run: RunInfo) -> str:
-    """The command stored with the run, or one rebuilt from its sweep definition (older or API-made runs); with the
-    plugin modules its impls came from, which the command line alone did not name."""
-    command = run.command or rebuilt_command(run.sweep)
+def reproduce_command(run: RunInfo, db=None) -> str:
+    """The command that measures the run's sweep again: rebuilt from its resolved definition, so that the devices,
+    dtypes and lengths it ran with are pinned, with the database it is in (`db`). The command line as typed left them
+    to the machine's defaults: a CPU run's "reproduction" measured cuda and bfloat16 on a GPU machine, into
+    reports/attnprof.db (a dashboard audit's). Older runs, whose definition lacks them, show the command stored. With
+    the plugin modules its impls came from, which the command line alone did not name."""
+    resolved = bool(run.sweep.get("device") and run.sweep.get("dtype"))
+    command = rebuilt_command(run.sweep) if resolved or not run.command else run.command
+    if resolved and db is not None:
+        command += " " + shlex.join(["--db", str(db)])
     plugins = run.env.get("plugins") or []
     return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
 

@@ -81,7 +81,9 @@ def test_exponents_roofline_coverage_info_views(two_runs_db):
     grid, counts = cb.coverage("coverage", run, selected, "v")
     assert "26 ok" in counts and "6 unsupported" in counts and "1 oom" in counts
     info, env, sweep, command = cb.info("info", seeding.BASE, "v")
-    assert command == "attnprof sweep --impl softmax,sdpa --device cpu" and {"field": "cpu", "value": "Test CPU"} in env
+    # rebuilt from the resolved sweep, not the command as typed: the devices and dtypes pinned, and the database named
+    assert command.startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32 --lengths") and " --db " in command
+    assert "--dtype float32 --device cpu" in command and {"field": "cpu", "value": "Test CPU"} in env
     assert cb.info("info", seeding.CANDIDATE, "v")[3].startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32")
 
 

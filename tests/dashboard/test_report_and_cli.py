@@ -29,7 +29,7 @@ def test_report_is_one_self_contained_html_file(two_runs_db, tmp_path):
     for heading in ("Scaling", "Exponents", "Crossovers", "Memory frontier", "Coverage", "Roofline", "Run info", "Environment", "Sweep"):
         assert f">{heading}</h" in text, heading
     assert text.count('class="plotly-graph-div"') == 7  # time and memory scaling, exponents, crossovers, frontier, coverage, roofline
-    assert "attnprof sweep --impl softmax,sdpa --device cpu" in text and seeding.OOM_REASON in text
+    assert "--dtype float32 --device cpu --causal both" in text and seeding.OOM_REASON in text  # reproduced as it ran
 
 
 def test_report_default_path_is_reports_run_id(two_runs_db, tmp_path, monkeypatch):

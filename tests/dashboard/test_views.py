@@ -42,7 +42,12 @@ def test_rebuilt_command_parses_back_to_the_same_sweep():
     rebuilt = sweep_from_options(options)
     assert list(rebuilt.lengths) == sweep["lengths"] and rebuilt.causal == (False, True) and rebuilt.heads == (seeding.HEADS,)
     assert [s.label for s in rebuilt.impls] == sweep["impls"]
-    assert runinfo.reproduce_command(seeding.run_info("r", "t", command="attnprof sweep --impl x")) == "attnprof sweep --impl x"
+    # a run's resolved definition pins its devices and dtypes, which the command as typed left to the machine's defaults
+    typed = seeding.run_info("r", "t", command="attnprof sweep --impl softmax")
+    assert runinfo.reproduce_command(typed, "my runs.db") == f"{command} --db 'my runs.db'"
+    assert "--device cpu" in command and "--dtype float32" in command
+    older = seeding.run_info("r", "t", sweep={"impls": ["x"]}, command="attnprof sweep --impl x")  # no resolved device: as typed
+    assert runinfo.reproduce_command(older, "my runs.db") == "attnprof sweep --impl x"
 
 
 def test_store_frame_and_run_frame_match_the_export_frame(two_runs_db):

@@ -260,8 +260,11 @@ def roofline(source, run_id, filters, tflops, tbps) -> tuple:
         points = views.roofline_points(shown)
         devices = sorted(points["device"].unique()) if len(points) else ["cpu"]
         ceilings = with_overrides(ceilings_for(run.env, devices[0]), _number(tflops), _number(tbps))
-        note = f"Cells on {', '.join(devices)}; ceilings of the first." if len(devices) > 1 else ""
-        return cell_figures.roofline_figure(points, ceilings), note
+        notes = [f"Cells on {', '.join(devices)}; ceilings of the first."] if len(devices) > 1 else []
+        for given, what in ((tflops, "compute ceiling (TFLOP/s)"), (tbps, "bandwidth ceiling (TB/s)")):
+            if given not in (None, "") and _number(given) is None:  # 0 and -3 were left in the box, the table's roof drawn unsaid
+                notes.append(f"The {what} {given!r} is not a positive number: the device table's is drawn.")
+        return cell_figures.roofline_figure(points, ceilings), " ".join(notes)
     except Exception as error:  # noqa: BLE001
         return figures.message_figure(failure_text(error)), failure_text(error)
 

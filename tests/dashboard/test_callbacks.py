@@ -78,6 +78,9 @@ def test_exponents_roofline_coverage_info_views(two_runs_db):
     assert "rough estimate" in roof.layout.title.text
     custom, _ = cb.roofline("roofline", run, selected, 50, 1.5, "v")
     assert "50 TFLOP/s, 1.5 TB/s" in [t.name for t in custom.data if str(t.meta).startswith("roof")][0]
+    refused, note = cb.roofline("roofline", run, selected, 0, -3, "v")  # drawn from the table, and said: it was silent
+    assert "rough estimate" in refused.layout.title.text and "The compute ceiling (TFLOP/s) 0 is not a positive number" in note
+    assert "The bandwidth ceiling (TB/s) -3 is not a positive number: the device table's is drawn." in note
     grid, counts = cb.coverage("coverage", run, selected, "v")
     assert "26 ok" in counts and "6 unsupported" in counts and "1 oom" in counts
     info, env, sweep, command = cb.info("info", seeding.BASE, "v")

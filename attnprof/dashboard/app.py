@@ -30,7 +30,7 @@ def create_app(store_or_db, refresh_ms: int = 2000, warm: bool = True):
     # A function: each page load gets the current runs and its first run's filters with the layout. The static page
     # is the validation layout (every id, no data), so Dash does not call the function, reading the database, here.
     app.validation_layout = layout.build(refresh_ms)
-    app.layout = lambda: layout.prefill(layout.build(refresh_ms), app.attnprof.initial_props())
+    app.layout = lambda: layout.prefill(layout.build(refresh_ms), app.attnprof.initial_props(_wanted_selection()))
     register(app, app.attnprof)
     if warm:
         import threading
@@ -39,6 +39,16 @@ def create_app(store_or_db, refresh_ms: int = 2000, warm: bool = True):
 
         threading.Thread(target=warm_up, args=(app.attnprof.source,), name="attnprof-warm-up", daemon=True).start()
     return app
+
+
+def _wanted_selection() -> dict:
+    """The selection in the address of the page being loaded: the renderer fetches the layout from a URL of its own,
+    and the page's address comes as the request's referrer (same origin: sent whole)."""
+    import flask
+
+    from attnprof.dashboard.address import wanted
+
+    return wanted(flask.request.referrer) if flask.has_request_context() else {}
 
 
 def is_loopback(host: str) -> bool:

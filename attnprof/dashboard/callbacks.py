@@ -28,18 +28,31 @@ class Callbacks:
     def __init__(self, source):
         self.source = source
 
-    def initial_props(self) -> dict:
+    def initial_props(self, wanted: dict | None = None) -> dict:
         """(component id, property) -> value for a page as the refresh and filter callbacks would leave it: served
-        with the layout, so the first view is computed in the first round trip instead of the third."""
-        refreshed = self.refresh(None, None, None, None, None)
+        with the layout, so the first view is computed in the first round trip instead of the third. wanted: the
+        selection in the page's address (address.wanted): its run, tab and filters where they still exist."""
+        wanted = wanted or {}
+        refreshed = self.refresh(None, wanted.get("run"), None, None, None)
         props = dict(zip(REFRESH_OUTPUTS, refreshed, strict=True))
         empty = {axis: [] for axis in AXES}
         budget = math.log2(pages.DEFAULT_BUDGET)
         items, selected, *rest = self.filters(refreshed[1], refreshed[7], None, empty, None, [], budget, "time", "time")
         props.update(zip(FILTER_OUTPUTS, rest, strict=True))
+        kept = wanted.get("filters", {}) if refreshed[1] == wanted.get("run") else {}  # another run's filters do not apply
         for axis in AXES:
-            props[(ids.FILTERS[axis], "options")], props[(ids.FILTERS[axis], "value")] = items[axis], selected[axis]
+            offered = [item["value"] for item in items[axis]]
+            chosen = [value for value in kept[axis] if value in offered] if axis in kept else selected[axis]
+            props[(ids.FILTERS[axis], "options")], props[(ids.FILTERS[axis], "value")] = items[axis], chosen
+        if wanted.get("tab") in ids.TAB_NAMES:
+            props[(ids.TABS, "value")] = wanted["tab"]
         return props
+
+    def address(self, run_id, tab, filters):
+        """The page's address query for its selection (address.py)."""
+        from attnprof.dashboard.address import query
+
+        return query(run_id, tab, filters)
 
     def refresh(self, _ticks, run_id, run_a, run_b, version):
         """Runs, newest first, and the database's state; nothing changes while the state is the same."""
@@ -143,6 +156,9 @@ def _register_state(app, callbacks: Callbacks) -> None:
                 State(ids.BUDGET, "value"), State(ids.METRIC, "value"), State(ids.CROSSOVER_METRIC, "value")],
         prevent_initial_call=True,  # the page is served with the filters of its first run (initial_props)
     )(callbacks.filters)  # fmt: skip
+    app.callback(
+        Output(ids.ADDRESS, "search"), inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}]
+    )(callbacks.address)
     app.callback(
         Output(ids.DOWNLOAD, "data"),
         inputs=[Input(ids.DOWNLOAD_BUTTON, "n_clicks"), State(ids.TABS, "value"), State(ids.RUN, "value"),

@@ -156,3 +156,31 @@ def test_an_empty_database_shows_its_message_then_a_new_run_live(browser, tmp_pa
         wait_for(page, "scaling-graph", "d.data.some(t => t.meta === 'measured' && t.x.length === 2)")
         expect(page.locator("#db-message")).to_have_text("")
         page.close()
+
+
+def test_a_reload_keeps_the_run_the_tab_and_the_filters_and_a_stale_address_falls_back(browser, two_runs_db):
+    """A reload went back to the newest run, every filter ticked and the Scaling tab (a dashboard audit)."""
+    from playwright.sync_api import expect
+
+    with served(two_runs_db) as url:
+        page = browser.new_page(viewport={"width": 1600, "height": 950})
+        page.goto(url)
+        wait_for(page, "scaling-graph", "d.data.some(t => t.meta === 'measured')")
+        page.locator("#run-picker").click()
+        page.get_by_role("option", name=re.compile(seeding.BASE)).click()
+        expect(page.locator("#run-picker")).to_contain_text(seeding.BASE, timeout=TIMEOUT_MS)
+        page.locator("#filter-label").get_by_label("softmax", exact=True).uncheck()
+        page.get_by_text("Exponents", exact=True).click()
+        page.wait_for_function(
+            f"() => location.search.includes('{seeding.BASE}') && location.search.includes('exponents')", timeout=TIMEOUT_MS
+        )
+        page.reload()
+        wait_for(page, "exponent-graph", "d.layout.meta === 'exponents'")
+        expect(page.locator("#run-picker")).to_contain_text(seeding.BASE)
+        assert not page.locator("#filter-label").get_by_label("softmax", exact=True).is_checked()
+        assert page.locator("#filter-label").get_by_label("sdpa", exact=True).is_checked()
+        page.goto(url + "?run=no-such-run&tab=nonsense&filters=%7Bbroken")  # an old bookmark: the defaults, no error
+        wait_for(page, "scaling-graph", "d.data.some(t => t.meta === 'measured')")
+        expect(page.locator("#run-picker")).to_contain_text(seeding.CANDIDATE)
+        assert page.locator("#filter-label").get_by_label("softmax", exact=True).is_checked()
+        page.close()

@@ -1,5 +1,6 @@
 """The SQLite store: schema version, refusals, one transaction per measurement, runs."""
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -137,20 +138,12 @@ def test_samples_reads_only_the_asked_rows_in_batches(db, monkeypatch):
 def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
     """A WAL database's readers need its -shm file; on a read-only medium (a mounted CI artifact) SQLite cannot
     create it and every reader said "not an attnprof database". Needs a real read-only mount (root here)."""
-    import shutil
-    import subprocess
 
     store = Store.open(db)
     store.add_run(a_run())
     store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=64), Status.OK, times_ms=[1.0]), "now")
     store.close()
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
-    try:
-        shutil.copy(db, mount / "results.db")
-        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+    with read_only_mount(tmp_path, {"results.db": db}) as mount:
         reader = Store.open(mount / "results.db", create=False)
         [back] = reader.measurements(reader.resolve_run("latest").run_id)
         reader.close()
@@ -159,6 +152,23 @@ def test_a_database_on_a_read_only_mount_is_read(db, tmp_path):
             Store.open(mount / "results.db")  # a writer is still refused, with the reason
         with pytest.raises(UsageError, match="not writable: resuming adds"):  # was sqlite3's 'attempt to write a readonly database'
             run_sweep(Sweep(), mount / "results.db", resume="latest")
+
+
+@contextlib.contextmanager
+def read_only_mount(tmp_path, files: dict):
+    """A real read-only medium (a tmpfs remounted ro; root here) holding `files` (name -> source path)."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        for name, source in files.items():
+            shutil.copy(source, mount / name)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+        yield mount
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # lazy: a reader left open must not keep it
 
@@ -168,7 +178,6 @@ def test_a_killed_sweeps_rows_in_its_wal_are_read_on_a_read_only_mount(db, tmp_p
     read-only medium (immutable=1, which ignores the -wal), the file read "no runs in it yet": now both are read in a
     temporary copy, removed on close."""
     import glob
-    import shutil
     import subprocess
     import sys
     import tempfile
@@ -186,22 +195,13 @@ os._exit(0)  # as a SIGKILL leaves it: no close, no checkpoint
 """
     subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
     assert (tmp_path / "test.db-wal").stat().st_size > 0
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
-    try:
-        shutil.copy(db, mount / "results.db")
-        shutil.copy(tmp_path / "test.db-wal", mount / "results.db-wal")  # not the -shm
-        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+    with read_only_mount(tmp_path, {"results.db": db, "results.db-wal": tmp_path / "test.db-wal"}) as mount:  # not the -shm
         copies_before = set(glob.glob(f"{tempfile.gettempdir()}/attnprof-read-only-*"))
         reader = Store.open(mount / "results.db", create=False)
         assert reader.read_only and [run.run_id for run in reader.runs()] == ["r1"]
         assert [m.times_ms for m in reader.measurements("r1")] == [[1.0], [2.0], [4.0]]
         reader.close()
         assert set(glob.glob(f"{tempfile.gettempdir()}/attnprof-read-only-*")) == copies_before  # the copy is gone
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
 
 
 def test_a_reader_leaves_a_rollback_journal_file_as_it_is(db):

@@ -76,8 +76,14 @@ def judge_exponent(rule: GateRule, subject: str, group: pd.DataFrame, frame, bud
     estimate_within = (rule.max_exponent is None or fit.exponent <= rule.max_exponent) and (
         rule.min_exponent is None or fit.exponent >= rule.min_exponent
     )
-    how = "; the whole interval is past the bound" if wholly_past else ""
-    how = how or (f"; the estimate {fit.exponent:.3f} is within it, but an exact metric fails on its far end" if estimate_within else "")
+    # of the 95% interval itself: where a still-bending curve is judged on its top slope instead, that reading says so
+    interval_past = (rule.max_exponent is not None and fit.exponent_low > rule.max_exponent) or (
+        rule.min_exponent is not None and fit.exponent_high < rule.min_exponent
+    )
+    on_the_interval = (low_end, high_end) == (fit.exponent_low, fit.exponent_high)
+    how = "; the whole interval is past the bound" if interval_past else ""
+    if not how and estimate_within and on_the_interval:
+        how = f"; the estimate {fit.exponent:.3f} is within it, but an exact metric fails on its far end"
     if rule.max_exponent is not None and not high_end <= rule.max_exponent:
         return judged("FAIL", f"{described}: {high} > max {rule.max_exponent:g}{how}", high_end - rule.max_exponent)
     if rule.min_exponent is not None and not low_end >= rule.min_exponent:

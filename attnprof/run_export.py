@@ -21,15 +21,19 @@ def list_runs(db=None):
     GPU's name, or the devices the sweep asked for)."""
     import pandas as pd
 
+    return pd.DataFrame(run_rows(db), columns=list(RUN_COLUMNS))
+
+
+def run_rows(db=None) -> list[tuple]:
+    """list_runs' rows as tuples: `attnprof runs` prints them without importing pandas (0.3 s of its 0.35)."""
     from attnprof.api import default_db
     from attnprof.store import Store
 
     store = Store.open(db or default_db(), create=False)
     try:
-        rows = [(run.run_id, run.created_at, run.state, store.count(run.run_id), run_device(run), run.name) for run in store.runs()]
+        return [(run.run_id, run.created_at, run.state, store.count(run.run_id), run_device(run), run.name) for run in store.runs()]
     finally:
         store.close()
-    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
 def run_device(run) -> str:

@@ -348,6 +348,15 @@ def test_an_exact_curve_still_bending_at_the_largest_lengths_is_judged_on_its_to
     assert too_much.verdict == "FAIL" and "slope at the largest lengths 1.918" in too_much.message, too_much.message
     straight = [dict(row, peak_bytes=4 * row["seq_len"] ** 2) for row in rows]  # no bend: the interval, as before
     assert "95% lower end" in evaluate(rules[:1], frame(straight))[0].message
+    # which reading failed, said of the interval printed beside it: a bent curve's top slope is not "the whole interval"
+    for bound in (1.85, 1.9):
+        [bent] = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_exponent": bound}], "t"), frame(rows))
+        assert bent.verdict == "FAIL" and "whole interval" not in bent.message and "estimate" not in bent.message, bent.message
+    worded = [
+        evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "max_exponent": m}], "t"), frame(straight))[0] for m in (1.5, 2.0005)
+    ]
+    assert "upper end 2.001 > max 1.5; the whole interval is past the bound" in worded[0].message, worded[0].message
+    assert "upper end 2.001 > max 2.0005; the estimate 2.000 is within it, but an exact metric fails on its far end" in worded[1].message
 
 
 def test_time_exponent_uses_raw_samples_and_min_bound():

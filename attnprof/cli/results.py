@@ -19,16 +19,16 @@ def runs(db):
       attnprof runs --db reports/attnprof.db
     """
     from attnprof.api import default_db
-    from attnprof.run_export import list_runs
+    from attnprof.run_export import run_rows
 
     db = db or default_db()
-    listed = list_runs(db)
-    if listed.empty:
+    listed = run_rows(db)
+    if not listed:
         click.echo(f"no runs in {str(db)!r} yet: attnprof sweep --db {shlex.quote(str(db))} makes one", err=True)
     else:
         click.echo(f"{'run':<20}  {'created':<25}  {'state':<11} {'cases':>11}  device  name")
-    for run in listed.itertuples():
-        click.echo(f"{run.run_id}  {run.created_at}  {run.state:<11} {run.cases:>5} cases  {run.device}  {run.name}")
+    for run_id, created_at, state, cases, device, name in listed:
+        click.echo(f"{run_id}  {created_at}  {state:<11} {cases:>5} cases  {device}  {name}")
 
 
 @cli.command()

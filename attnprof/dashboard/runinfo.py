@@ -54,7 +54,8 @@ def rebuilt_command(sweep: dict) -> str:
         if sweep.get(key):
             parts += [flag, ",".join(map(str, sweep[key]))]
     parts += _causal_and_mode(sweep)
-    for key, flag in (("warmup_ms", "--warmup-ms"), ("rep_ms", "--rep-ms"), ("timeout", "--timeout"), ("seed", "--seed")):
+    timing = () if sweep.get("accounting") else (("warmup_ms", "--warmup-ms"), ("rep_ms", "--rep-ms"))  # refused there: nothing is timed
+    for key, flag in (*timing, ("timeout", "--timeout"), ("seed", "--seed")):
         if sweep.get(key) is not None:
             parts += [flag, _number(sweep[key])]
     if sweep.get("name"):

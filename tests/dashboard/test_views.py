@@ -89,3 +89,17 @@ def test_time_crossovers_in_the_dashboard_are_those_of_attnprof_fit():
     assert "at 512 the two are level" in expected["message"]
     shown = crossover_frame(views.fit_metric(frame, "time"), impl_col="label", config_cols=CONFIG[1:]).iloc[0]
     assert (shown["length"], shown["kind"], shown["message"]) == (expected["length"], expected["kind"], expected["message"])
+
+
+def test_an_accounting_runs_reproduce_command_runs():
+    """Rebuilt from the resolved sweep it said --warmup-ms 25 --rep-ms 100 --accounting, which the sweep refuses (exit 2:
+    an accounting run times nothing), in the dashboard and in every shared report (a review's)."""
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    sweep = dict(seeding.sweep_dict(), device=["meta"], dtype=["bfloat16"], accounting=True)
+    command = runinfo.reproduce_command(seeding.run_info("r", "t", sweep=sweep))
+    assert "--accounting" in command and "--rep-ms" not in command and "--warmup-ms" not in command
+    result = CliRunner().invoke(cli, [*command.split()[1:], "--dry-run"])  # after "attnprof"
+    assert result.exit_code == 0, result.output

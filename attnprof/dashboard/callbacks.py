@@ -15,6 +15,12 @@ from attnprof.dashboard.views import AXES, EXPONENT_METRICS, default_facets
 
 REFRESH_OUTPUTS = ((ids.RUN, "options"), (ids.RUN, "value"), (ids.COMPARE_A, "options"), (ids.COMPARE_A, "value"),
                    (ids.COMPARE_B, "options"), (ids.COMPARE_B, "value"), (ids.DB_MESSAGE, "children"), (ids.VERSION, "data"))  # fmt: skip
+REPLACE_ADDRESS = """function(search) {
+    if (typeof search === "string" && window.location.search !== search) {
+        window.history.replaceState(window.history.state, "", search || window.location.pathname);
+    }
+    return window.dash_clientside.no_update;
+}"""
 FILTER_OUTPUTS = (
     (ids.FILTER_RUN, "data"),
     (ids.FACETS, "value"),
@@ -157,8 +163,11 @@ def _register_state(app, callbacks: Callbacks) -> None:
         prevent_initial_call=True,  # the page is served with the filters of its first run (initial_props)
     )(callbacks.filters)  # fmt: skip
     app.callback(
-        Output(ids.ADDRESS, "search"), inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}]
+        Output(ids.ADDRESS, "data"), inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}]
     )(callbacks.address)
+    # The address replaced, not pushed: dcc.Location pushed a history entry per filter click, and Back then changed the
+    # address but not the page (a review's: 4 Backs to leave the dashboard).
+    app.clientside_callback(REPLACE_ADDRESS, Output(ids.ADDRESS_WRITTEN, "data"), Input(ids.ADDRESS, "data"))
     app.callback(
         Output(ids.DOWNLOAD, "data"),
         inputs=[Input(ids.DOWNLOAD_BUTTON, "n_clicks"), State(ids.TABS, "value"), State(ids.RUN, "value"),

@@ -15,7 +15,7 @@ VERSION = "data-version"  # the database's state; a change refreshes the views
 FILTER_RUN = "filter-run"  # the run the filter choices belong to
 DB_MESSAGE = "db-message"
 RUN = "run-picker"
-ADDRESS = "address"  # the page's URL, which keeps the selection (address.py)
+ADDRESS, ADDRESS_WRITTEN = "address", "address-written"  # the query the page's URL keeps the selection in (address.py)
 DOWNLOAD_BUTTON = "download-button"
 DOWNLOAD = "download"
 FILTERS = {axis: f"filter-{axis.replace('_', '-')}" for axis in AXES}
@@ -61,7 +61,8 @@ def build(refresh_ms: int = 2000):
 
     return html.Div(
         [
-            dcc.Location(id=ADDRESS, refresh=False),
+            dcc.Store(id=ADDRESS),
+            dcc.Store(id=ADDRESS_WRITTEN),
             dcc.Interval(id=INTERVAL, interval=refresh_ms),
             dcc.Store(id=VERSION),
             dcc.Store(id=FILTER_RUN),

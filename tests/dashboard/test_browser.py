@@ -166,6 +166,7 @@ def test_a_reload_keeps_the_run_the_tab_and_the_filters_and_a_stale_address_fall
         page = browser.new_page(viewport={"width": 1600, "height": 950})
         page.goto(url)
         wait_for(page, "scaling-graph", "d.data.some(t => t.meta === 'measured')")
+        entries = page.evaluate("() => history.length")
         page.locator("#run-picker").click()
         page.get_by_role("option", name=re.compile(seeding.BASE)).click()
         expect(page.locator("#run-picker")).to_contain_text(seeding.BASE, timeout=TIMEOUT_MS)
@@ -174,6 +175,7 @@ def test_a_reload_keeps_the_run_the_tab_and_the_filters_and_a_stale_address_fall
         page.wait_for_function(
             f"() => location.search.includes('{seeding.BASE}') && location.search.includes('exponents')", timeout=TIMEOUT_MS
         )
+        assert page.evaluate("() => history.length") == entries  # replaced, not pushed: Back leaves the dashboard
         page.reload()
         wait_for(page, "exponent-graph", "d.layout.meta === 'exponents'")
         expect(page.locator("#run-picker")).to_contain_text(seeding.BASE)

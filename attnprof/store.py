@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +38,6 @@ class Store:
         self.connection = connection
         self.path = path
         self.read_only = False  # opened by _open_read_only: a file or medium this process cannot write
-        self._copy: tempfile.TemporaryDirectory | None = None  # where a read-only file and its -wal are read (_open_copy)
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
@@ -98,25 +95,21 @@ class Store:
 
     @classmethod
     def _open_copy(cls, path: Path, wal: Path) -> Store:
-        """A read-only database with a write-ahead log, read in a temporary copy of both: the rows a killed sweep
-        committed live in its -wal until a checkpoint, and immutable=1 reads the file alone. A killed sweep's file,
-        archived without its -shm, read "no runs in it yet" (an audit's; plain SQLite without immutable read 29 rows)."""
-        folder = tempfile.TemporaryDirectory(prefix="attnprof-read-only-")
-        copy = Path(folder.name) / "attnprof.db"
+        """A read-only database with a write-ahead log, read in a temporary copy of both (store_copies): the rows a
+        killed sweep committed live in its -wal until a checkpoint, and immutable=1 reads the file alone. A killed
+        sweep's file, archived without its -shm, read "no runs in it yet" (an audit's; plain SQLite read 29 rows)."""
+        from attnprof.store_copies import readable_copy
+
         connection = None
         try:
-            shutil.copyfile(path, copy)
-            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            connection = sqlite3.connect(copy, timeout=30, check_same_thread=False)  # SQLite replays the log into it
+            connection = sqlite3.connect(readable_copy(path, wal), timeout=30, check_same_thread=False)
             store = cls(connection, path)
-            store.read_only, store._copy = True, folder
+            store.read_only = True
             store._initialise(create=False)  # an older schema is brought up to date in the copy
         except OSError as error:
             _close_quietly(connection)
-            folder.cleanup()
             raise UsageError(f"cannot read {str(path)!r}: it is read-only, and copying it with its -wal failed ({error})") from None
         except (sqlite3.DatabaseError, UsageError) as error:
-            folder.cleanup()
             raise _refusal(connection, path, error) from None
         return store
 
@@ -137,8 +130,6 @@ class Store:
 
     def close(self) -> None:
         self.connection.close()
-        if self._copy is not None:
-            self._copy.cleanup()
 
     @contextlib.contextmanager
     def consistent(self):

@@ -292,3 +292,15 @@ def test_a_length_label_is_whole_below_a_million():
 
     assert [short_length(n) for n in (1258, 4096, 393216, 3 * 2**20, 40_580_000)] == ["1258", "4k", "384k", "3M", "38.7M"]
     assert short_length(float("inf")) == "unbounded"
+
+
+def test_a_view_of_failed_cells_only_shows_no_value_scale(base_frame):
+    """Every cell failed: the markers' heights are placeholders, and the report's peak axis read "100mB" (0.1 byte) and
+    "1 B" beside them, the title promising a fitted power law (a dashboard audit)."""
+    failed = base_frame[base_frame["status"] != "ok"]
+    assert len(failed) and not failed["status"].eq("ok").any()
+    for metric in ("time", "peak_bytes"):
+        figure = scaling(failed, metric, facets=())
+        assert of_kind(figure, "failed:oom") and figure.layout.yaxis.showticklabels is False
+        assert "failed cells only" in figure.layout.yaxis.title.text and "fitted power law" not in figure.layout.title.text
+    assert scaling(base_frame, facets=()).layout.yaxis.showticklabels is not False  # values measured: the scale as before

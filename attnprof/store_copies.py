@@ -21,7 +21,7 @@ _LOCK = threading.Lock()
 def readable_copy(path: Path, wal: Path) -> Path:
     """A copy of database `path` and its write-ahead log `wal`, SQLite's to open read-write (it replays the log there);
     made once while neither file changes (size and mtime). OSError when the copy cannot be made."""
-    signature = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in (path, wal))
+    signature = tuple((stat.st_mtime_ns, stat.st_size) for stat in (path.stat(), wal.stat()))
     key = path.resolve()
     with _LOCK:
         cached = _COPIES.get(key)

@@ -23,7 +23,9 @@ The method, written once:
      MIN_KEPT lengths are left tilts them; then it is subtracted instead and ln(y - c0) is fitted (see
      `_without_persistent_overhead`), because the raw slope there is no asymptotic exponent. With exactly 4
      lengths (one degree of freedom left) only when c0 + a N^b fits them within RELATIVE_RESOLUTION: exact
-     data such as FLOPs or accounted bytes, never noisy times.
+     data such as FLOPs or accounted bytes, never noisy times. Where c0 is under 75% of the value at fewer than 4
+     lengths, too few to subtract it, and at least 5 were measured, the exponent is b of c0 + a N^b fitted to every
+     length, its interval from all three parameters (`overhead_model_exponent`): the raw slope there is no estimate.
   2. Bend: then drop the smallest length while ln(y) is still significantly convex in ln(N) (one-sided t-test
      at 95% on a quadratic term), which catches fading costs that are not constant (e.g. a linear term under a
      quadratic one). A concave curve such as N log N is never cut.
@@ -49,6 +51,8 @@ from attnprof.fit_range import (
     bending_at_the_top,
     choose_range,
     kept_every_length,
+    overhead_model_exponent,
+    overhead_tilts,
     slope_se_beside_overhead,
     t_quantile_975,
     without_persistent_overhead,
@@ -225,6 +229,12 @@ class _Shape:
             spreads = samples.spreads(med_lengths)
         noisy = bool(np.any(np.asarray(spreads, dtype=float) > 0))  # samples that differ: timings
         subtracted = None if found is None else without_persistent_overhead(med_lengths, med_values, found, metric, sampled_noise=noisy)
+        modelled = None
+        if subtracted is None and found is not None and overhead_tilts(med_values, found, sampled_noise=noisy):
+            modelled = overhead_model_exponent(med_lengths, med_values, found, metric)
+        if modelled is not None:
+            intercept, slope, se, dof, r2, rule = modelled
+            return cls(samples, 0, rule, intercept, slope, se, r2, tuple(spreads), float(found.overhead), dof)
         if subtracted is not None:
             start, fitted_values, rule = subtracted
         elif not noisy and min_length is None and len(med_values) - start == MIN_KEPT < len(med_values):

@@ -12,10 +12,15 @@ import torch.nn.functional as F
 
 from attnprof.impls import register
 from attnprof.impls.base import AttentionImpl, dense_attention_flops
+from attnprof.impls.operator_inputs import check_flag, check_qkv
 
 
 def sdpa_attention(q, k, v, *, causal: bool = False, backend: str | None = None):
-    """F.scaled_dot_product_attention, optionally restricted to one backend."""
+    """F.scaled_dot_product_attention, optionally restricted to one backend; q, k, v checked as every seed operator's
+    (a v shorter than k ran, PyTorch's CPU kernel leaving the extra keys out: an operator audit). q may have another
+    length than k and v (causal: top-left aligned, PyTorch's rule)."""
+    check_qkv("sdpa", q, k, v, cross_length=True)
+    check_flag("sdpa", "causal", causal)
     if backend is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, N, D)
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from attnprof.impls.combiner import combiner_attention
 from attnprof.impls.cosformer import cosformer_attention
 from attnprof.impls.nystromformer import nystrom_attention
+from attnprof.impls.sdpa import sdpa_attention
 from attnprof.impls.softmax import softmax_attention
 
 OPERATORS = {
@@ -19,6 +21,7 @@ OPERATORS = {
     "nystromformer": functools.partial(nystrom_attention, num_landmarks=4),
     **{f"combiner-{v}": functools.partial(combiner_attention, variant=v) for v in ("fixed", "axial", "logsparse", "mixture")},
     "softmax": softmax_attention,  # the reference: a meta k gave NaN, int64 inputs zeros, causal="no" the causal form
+    "sdpa": sdpa_attention,  # PyTorch's: a v shorter than k ran, its CPU kernel leaving the extra keys out
 }
 
 
@@ -33,7 +36,7 @@ def qkv(shape_q=(1, 2, 8, 4), shape_k=None, shape_v=None, dtypes=(torch.float32,
 def test_fewer_keys_than_queries_is_refused_naming_the_shapes(name):
     # Nyström averaged empty key segments into an all-NaN output; Combiner failed deep inside unflatten
     q, k, v = qkv((1, 1, 20, 4), (1, 1, 3, 4))
-    if name == "softmax":  # cross-attention of any lengths, causal top-left aligned as SDPA's
+    if name in ("softmax", "sdpa"):  # cross-attention of any lengths, causal top-left aligned as SDPA's
         assert OPERATORS[name](q, k, v).shape == OPERATORS[name](q, k, v, causal=True).shape == (1, 1, 20, 4)
         return
     if name == "cosformer":  # bidirectional cosFormer is defined for other key lengths; causal is not
@@ -85,6 +88,37 @@ def test_an_empty_batch_gives_an_empty_output(name, shape):
 
 
 @pytest.mark.parametrize("name", [n for n in OPERATORS if n != "nystromformer"])
+def test_an_empty_batch_gives_an_empty_causal_output(name):
+    for shape in ((0, 2, 8, 4), (1, 0, 8, 4)):  # causal cosFormer divided by B H while planning its steps
+        assert OPERATORS[name](*qkv(shape), causal=True).shape == shape
+
+
+def strided_views(tensors):
+    """The same values, each laid out with its last axis strided: transposed copies, and v expanded from one channel."""
+    q, k, v = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in tensors)
+    return q, k, v[..., :1].expand(v.shape)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_views_give_the_values_and_gradients_of_their_contiguous_copies(name, causal):
+    """Combiner-Fixed and -Mixture handed such views to PyTorch's CPU flash kernel, which reads the last axis as
+    stride 1: outputs off by 2, and reads past the tensor for an expanded v (an operator audit). N = 16 needs no
+    padding, which copied the inputs and hid it."""
+    if name == "nystromformer" and causal:
+        return  # refuses causal
+    views = [t.requires_grad_() for t in strided_views(qkv((1, 2, 16, 4), dtypes=(torch.float64,) * 3))]
+    copies = [t.detach().contiguous().requires_grad_() for t in views]
+    assert any(t.stride(-1) != 1 for t in views)
+    options = {} if name == "nystromformer" else {"causal": causal}
+    out_views, out_copies = OPERATORS[name](*views, **options), OPERATORS[name](*copies, **options)
+    torch.testing.assert_close(out_views, out_copies, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out_copies)
+    for got, want in zip(torch.autograd.grad(out_views, views, grad), torch.autograd.grad(out_copies, copies, grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATORS if n != "nystromformer"])
 def test_causal_must_be_a_bool(name):
     with pytest.raises(TypeError, match=rf"{name} causal must be True or False, not 'no'"):
         OPERATORS[name](*qkv(), causal="no")  # any non-empty string ran the causal form
@@ -95,6 +129,19 @@ def test_three_dimensional_inputs_are_refused():
     for name, operator in OPERATORS.items():
         with pytest.raises(ValueError, match=rf"{name} needs \(B, H, N, D\) q, k, v, not \(2, 8, 4\)"):
             operator(*flat)
+
+
+def test_a_value_length_other_than_the_keys_is_refused_by_sdpa_too():
+    q, k, v = qkv((1, 1, 5, 4), shape_v=(1, 1, 4, 4))  # PyTorch's CPU kernel ran, over the first 4 keys only
+    with pytest.raises(ValueError, match=r"sdpa shape mismatch: q \(1, 1, 5, 4\), k \(1, 1, 5, 4\), v \(1, 1, 4, 4\)"):
+        sdpa_attention(q, k, v)
+
+
+@pytest.mark.parametrize("option", ["block_size", "chunk_size"])
+def test_numpy_integers_are_integers(option):
+    q, k, v = qkv((1, 2, 16, 4))  # np.int64(4), from a notebook's np.arange, was "not a positive integer"
+    operator = functools.partial(combiner_attention, variant="fixed") if option == "block_size" else cosformer_attention
+    torch.testing.assert_close(operator(q, k, v, causal=True, **{option: np.int64(4)}), operator(q, k, v, causal=True, **{option: 4}))
 
 
 def test_value_width_is_free_except_where_the_operator_stacks_q_k_v():

@@ -29,6 +29,7 @@ from attnprof.impls import register, triton_support
 from attnprof.impls.base import AttentionImpl, runs_the_accounted_plan
 from attnprof.impls.combiner import triton_softmax
 from attnprof.impls.combiner.axial import axial_attention
+from attnprof.impls.combiner.common import is_positive_integer
 from attnprof.impls.combiner.costs import combiner_flops, combiner_min_bytes
 from attnprof.impls.combiner.fixed import fixed_attention
 from attnprof.impls.combiner.logsparse import logsparse_attention
@@ -120,7 +121,7 @@ def _room_for_every_shape():
 
 def _option_problems(variant: str, options) -> list[str]:
     block = options.get("block_size")
-    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+    if block is not None and not is_positive_integer(block):
         return [f"block_size must be a positive integer or None, not {block!r}"]
     backend = options.get("backend", "eager")
     if backend not in BACKENDS:

@@ -14,6 +14,7 @@ the CPU): every query keeps at least its own key there, so no joint row is fully
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,14 @@ def resolve_block(block_size: int | None, n: int) -> int:
     """The block (Fixed) or row length (Axial, Mixture) used for n tokens; never more than n."""
     if block_size is None:
         return default_block(n)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    if not is_positive_integer(block_size):
         raise ValueError(f"block_size must be a positive integer or None, not {block_size!r}")
-    return max(1, min(block_size, n))
+    return max(1, min(int(block_size), n))
+
+
+def is_positive_integer(value) -> bool:
+    """An int of 1 or more, numpy's too (np.int64(4) was refused as "not a positive integer"); never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -54,6 +54,13 @@ def _refuse_a_graph() -> None:
     )
 
 
+def _unit_stride(tensor: torch.Tensor) -> torch.Tensor:
+    """The kernel reads the last axis as if its stride were 1 (public SDPA checks that and takes another path): a
+    transposed or expanded v gave outputs off by 2, larger than any value, and reads past the tensor (an operator
+    audit; inputs that needed padding were copied by the pad and came out right)."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
 def _flash(q, k, v, mask, scale):
     return FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)  # (G, P, L, D), (G, P, L)
 
@@ -65,6 +72,7 @@ def _flash_backward(grad, q, k, v, out, lse, mask, scale):
 class _MaskedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):
+        q, k, v = map(_unit_stride, (q, k, v))  # saved as the kernel read them: its backward reads them the same way
         out, lse = _flash(q, k, v, mask, scale)
         ctx.save_for_backward(q, k, v, mask, out, lse)
         ctx.scale = scale
@@ -80,6 +88,7 @@ class _MaskedAttention(torch.autograd.Function):
 class _MergedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scale, swapped, q_a, k_a, v_a, mask_a, q_b, k_b, v_b, mask_b):
+        q_a, k_a, v_a, q_b, k_b, v_b = map(_unit_stride, (q_a, k_a, v_a, q_b, k_b, v_b))
         out_a, lse_a = _flash(q_a, k_a, v_a, mask_a, scale)  # (G, P, Q, D), (G, P, Q)
         out_b, lse_b = _flash(q_b, k_b, v_b, mask_b, scale)  # the second part's layout
         out_b, lse_b = _relaid(out_b, lse_b, out_a.shape, swapped)  # into the first part's

@@ -168,7 +168,8 @@ def step_spans(n: int, chunk: int, batch_heads: int, device) -> list[tuple[int, 
     then the remainder N mod C as a step of one short chunk. Also what cosformer_flops counts the scan GEMMs by."""
     chunk = min(chunk, n)
     # max(chunk, CAUSAL_CHUNK): a small chunk_size must not multiply the step's [G, 2D, Dv] chunk states
-    per_step = max(1, common.step_rows(device) // (batch_heads * max(chunk, common.CAUSAL_CHUNK)))
+    # max(batch_heads, 1): an empty batch (B or H = 0) has its steps too, of no rows (it divided by zero)
+    per_step = max(1, common.step_rows(device) // (max(batch_heads, 1) * max(chunk, common.CAUSAL_CHUNK)))
     # at most MAX_STEP_CHUNKS: the bf16 plan's triangular GEMM grows as G^2 (at B H = 1, G = 1024 it was 6.3 x
     # the call's own FLOPs; capped, at most 1.7 x, as at B H = 16, and cheap on tensor cores)
     per_step = min(per_step, common.MAX_STEP_CHUNKS)

@@ -17,6 +17,7 @@ Step sizes depend on the device, because the two are bound by different things:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -59,7 +60,7 @@ def chunk_size_problems(chunk_size) -> list[str]:
     """Why `chunk_size` is not acceptable (empty when it is): None or a positive integer."""
     if chunk_size is None:
         return []
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, float)) or not float(chunk_size).is_integer() or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Real) or not float(chunk_size).is_integer() or chunk_size < 1:
         return [f"cosformer chunk_size must be a positive integer or None (automatic), not {chunk_size!r}"]
     return []
 

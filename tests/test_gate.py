@@ -971,6 +971,12 @@ def test_a_slope_is_judged_against_the_baselines_over_the_lengths_both_have():
     figures = grown.judgements[0].figures
     assert grown.judgements[0].cell["impl"] == "x" and "seq_len" not in grown.judgements[0].cell  # a slope spans the lengths
     assert figures["increase"] == pytest.approx(1.0) and figures["baseline_exponent"] == pytest.approx(1.0)
+    # exactly at the bound passes, as a ratio's does: 1000 N^1.1 rounded to whole bytes read +0.10000000141 (an audit's)
+    at_bound = frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=round(1000 * n**1.1)) for n in LENGTHS])
+    [exactly] = evaluate(
+        rule, at_bound, baseline=frame([dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=1000 * n) for n in LENGTHS])
+    )
+    assert exactly.verdict == "PASS" and "+0.100 <= max increase 0.1" in exactly.message, exactly.message
     # a run measuring further than its baseline is fitted over the shared lengths only (1k..4k here)
     [further] = evaluate(rule, cells(1.0), baseline=cells(1.0, LENGTHS[:3]))
     assert further.verdict == "PASS" and "over N=1024..4096" in further.message

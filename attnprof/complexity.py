@@ -67,8 +67,12 @@ def select_complexities(lengths, values, noises) -> list[ComplexityChoice]:
     aic = len(n) * np.log(np.maximum(ssr / len(n), floor[:, None])) + 4  # (series, classes)
     names = list(CLASSES)
     choices = []
-    for row, order in zip(aic.tolist(), np.argsort(aic, axis=1, kind="stable").tolist(), strict=True):
-        ranked = [names[i] for i in order]  # stable: on a tie the simpler class (earlier in CLASSES) ranks first
+    # Classes tied at the noise floor rank by their own residuals (then the simpler first): all four tie when the noise
+    # exceeds every misfit, and the dictionary's order named "linear or n log n" for softmax timed 2.141 [1.645, 2.636]
+    # (a user audit). The margin stays 0: "ambiguous", now between the two that fit best.
+    orders = np.lexsort((np.broadcast_to(np.arange(len(names)), aic.shape), ssr, aic), axis=1)  # (series, classes)
+    for row, order in zip(aic.tolist(), orders.tolist(), strict=True):
+        ranked = [names[i] for i in order]
         margin = row[order[1]] - row[order[0]]
         # Two lengths leave no residual to judge a two-parameter model by, whatever the margin says.
         complexity = ranked[0] if margin >= AMBIGUOUS_MARGIN and len(n) >= 3 else "ambiguous"

@@ -43,6 +43,19 @@ def test_residuals_below_the_measurements_own_spread_decide_nothing():
     assert select_complexity(LENGTHS, 0.5 * LENGTHS**2, noise=0.05).complexity == "quadratic"
 
 
+def test_classes_tied_at_the_noise_floor_name_the_two_that_fit_best():
+    """Timings noisier than every class's misfit tie all four at the floor; the dictionary's order then named "linear or
+    n log n" beside an exponent of 2.141 [1.645, 2.636] (a user audit). Ties rank by the residuals themselves."""
+    lengths, values = [256, 512, 1024, 2048, 4096], [17.7, 43.6, 116.2, 554.2, 2236.9]
+    tied = select_complexity(lengths, values, noise=0.5)
+    assert tied.complexity == "ambiguous" and tied.margin == 0.0
+    assert (
+        (tied.best, tied.runner_up)
+        == ("quadratic", "n^1.5")
+        == (select_complexity(lengths, values).best, select_complexity(lengths, values).runner_up)
+    )
+
+
 def test_a_very_short_range_is_ambiguous():
     # N^1.5 over 1000..1200 with 1% timing noise: every class bends about as little as the noise.
     lengths = np.array([1000.0, 1100.0, 1200.0])

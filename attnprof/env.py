@@ -56,6 +56,14 @@ def _plugin_modules(impl_names=None) -> tuple[str, ...]:
     return impls.worker_modules(impl_names)
 
 
+# The frontiers' budget where a run has no device memory (an accounting run belongs to no device): an 80 GiB GPU is
+# the usual question. `fit`, the report and the dashboard's slider all start from it, and each says it is a default.
+DEFAULT_BUDGET = 80 * 2**30
+# An accounting run's frontiers said nothing in `fit`, then "none without a budget", while the report of the same run
+# drew them at the dashboard's 80 GiB (a user audit).
+DEFAULT_BUDGET_SAID = "a default: the run has no device memory (an accounting run belongs to no device); --budget sets it"
+
+
 def memory_budget(env: dict, devices) -> int | None:
     """A run's default memory budget for its frontiers: its GPU's memory, else for CPU runs its host's (as
     recorded; runs from before that was recorded use this machine's); None for accounting runs (meta), which

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -21,37 +23,60 @@ pre { background: #f4f4f4; padding: 8px; white-space: pre-wrap; } .note { color:
 """
 
 
-def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=()) -> tuple[Path, list[Path]]:
+def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), budget=None) -> tuple[Path, list[Path]]:
     """Write the report of `run` (id, prefix or `latest`) to `out` (default reports/<run_id>.html); with `png_dir`,
     each figure as PNG too; `only`: "axis=value[,value]" texts choosing the slice shown (default: the dashboard's,
-    the first dtype, device, batch, heads and head dim). Returns (html path, png paths). Raises UsageError for a bad
-    run, database, path or slice."""
+    the first dtype, device, batch, heads and head dim); `budget`: the memory frontier's, in bytes or as "80GiB"
+    (default: the run's device memory, else env.DEFAULT_BUDGET, as `attnprof fit`). Returns (html path, png paths).
+    Raises UsageError for a bad run, database, path, slice or budget."""
     from attnprof.api import default_db
     from attnprof.dashboard.data import DataSource
 
     if png_dir is not None and importlib.util.find_spec("kaleido") is None:
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
     only = (only,) if isinstance(only, str) else tuple(only)  # one "dtype=float32" was read a character at a time
+    budget_bytes = _budget_bytes(budget)
     source = DataSource(db or default_db())
     info = source.run(run)
-    figures, body = report_sections(source, info.run_id, only)
+    figures, body = report_sections(source, info.run_id, only, budget_bytes)
     path = Path(out) if out else Path("reports") / f"{info.run_id}.html"
     _write(path, _page(info.run_id, body))
     return path, (_write_pngs(figures, Path(png_dir), info.run_id) if png_dir is not None else [])
 
 
-def report_sections(source, run_id: str, only=()) -> tuple[dict, str]:
+def _budget_origin(budget_bytes, device_bytes) -> str:
+    """Where the frontier's budget came from, as `attnprof fit` says it in its heading."""
+    from attnprof.env import DEFAULT_BUDGET_SAID
+
+    if budget_bytes is not None:
+        return "Budget from --budget."
+    return "Budget: the run's device memory; --budget sets another." if device_bytes else f"Budget: {DEFAULT_BUDGET_SAID}."
+
+
+def _budget_bytes(budget) -> int | None:
+    from attnprof.gate_rules import parse_bytes
+
+    if budget is None or isinstance(budget, str):
+        return None if budget is None else parse_bytes(budget, "budget")
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"bad budget {budget!r}: must be a finite number of bytes above 0, or a size such as '80GiB'")
+    return int(budget)
+
+
+def report_sections(source, run_id: str, only=(), budget_bytes: int | None = None) -> tuple[dict, str]:
     """(name -> figure, HTML body) of a run, with the dashboard's default filters (narrowed or widened by `only`)
-    and facets."""
+    and facets; the memory frontier at budget_bytes (default: the dashboard's, the run's device memory or
+    env.DEFAULT_BUDGET)."""
     from attnprof.dashboard import pages, views
 
     frame = source.frame(run_id)
     # the planned cells too, as the dashboard's filters have them: a running run's unmeasured cells read as missing
     options, defaults = pages.axis_choices(frame, pages.planned(source, run_id, frame))
     filters, facets = {**defaults, **slice_filters(only, options)}, views.default_facets(frame)
-    budget = pages.default_budget_log2(source, run_id)
-    crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
     figures, notes = {}, {}
+    budget = pages.default_budget_log2(source, run_id) if budget_bytes is None else math.log2(budget_bytes)
+    notes["frontier"] = _budget_origin(budget_bytes, pages.device_memory(source, run_id))
+    crossing = pages.usable_metric(source, run_id, "time", views.EXPONENT_METRICS)
     # Timed runs: time and memory. Accounting runs have no times (their report opened on an empty time chart): memory
     # and FLOPs, both exact there.
     has = pages.metrics_with_values(source, run_id)
@@ -75,7 +100,12 @@ def _body(source, run_id, frame, choices, figures, notes, table) -> str:
     parts += [_selection(*choices, views)]
     parts += ["<h2>Scaling</h2>"] + [_figure(figures[k], notes.get(k)) for k in figures if k.startswith("scaling-")]
     parts += ["<h2>Exponents</h2>", _note(notes["exponents"]), _table(table), _figure(figures["exponents"])]
-    parts += ["<h3>Crossovers</h3>", _figure(figures["crossovers"]), "<h3>Memory frontier</h3>", _figure(figures["frontier"])]
+    parts += [
+        "<h3>Crossovers</h3>",
+        _figure(figures["crossovers"]),
+        "<h3>Memory frontier</h3>",
+        _figure(figures["frontier"], notes["frontier"]),
+    ]
     parts += ["<h2>Coverage</h2>", _figure(figures["coverage"], notes["coverage"])]
     parts += ["<h2>Roofline</h2>", _figure(figures["roofline"], notes["roofline"])]
     parts += ["<h2>Run info</h2>", _table(rows), "<h3>Reproduce</h3>", f"<pre>{html.escape(command)}</pre>"]

@@ -141,9 +141,10 @@ def test_fit_takes_a_label_with_options_as_one_line(tmp_path):
     # an option at its default is no option: the label names the default line (it was "not in this run")
     default = CliRunner().invoke(cli, ["fit", "--db", str(db), "--impl", "combiner-fixed[backend=eager]", "--metric", "flops"])
     assert default.exit_code == 0 and "\n  combiner-fixed bidir fwd" in default.output, default.output
-    # an accounting run has no device memory, so no default budget: the frontiers section said nothing at all
+    # an accounting run has no device memory: its frontiers said nothing at all, then "none without a budget" where the
+    # report drew them at 80 GiB; now at that default, said to be one
     peaks = CliRunner().invoke(cli, ["fit", "--db", str(db), "--metric", "peak_bytes"])
-    assert "Memory frontiers: none without a budget; an accounting run belongs to no device" in peaks.output
+    assert "Memory frontiers (budget 80.0 GiB, a default: the run has no device memory (an accounting run" in peaks.output
 
 
 def test_impls_with_identical_curves_are_listed_once_in_the_crossovers(tmp_path):

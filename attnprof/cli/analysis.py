@@ -41,6 +41,7 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
       attnprof fit latest --impl softmax,cosformer --metric time
     """
     from attnprof.api import default_db, load_measurements, run_budget
+    from attnprof.env import DEFAULT_BUDGET
     from attnprof.gate_rules import parse_bytes
     from attnprof.spec import parse_choices
 
@@ -48,25 +49,29 @@ def fit(run, output_format, metric, budget, impl_names, all_crossovers, db):
     metrics = parse_choices("time,peak_bytes,flops" if metric is None else metric, ("time", "peak_bytes", "flops"), "metric")
     db = db or default_db()
     device_bytes = run_budget(run, db)  # the memory the run's OOMs speak for
-    budget_bytes = parse_bytes(budget, "budget") if budget else device_bytes
+    budget_bytes = parse_bytes(budget, "budget") if budget else device_bytes or DEFAULT_BUDGET  # as the report and the dashboard
     frame = load_measurements(run, db)
     if impl_names is not None:
         frame = _only_impls(frame, impl_names)
     metrics = _metrics_with_values(frame, metrics, run, asked=metric is not None)
     fitted = _fitted_run(run, db)
-    fitted["budget"] = _budget_text(budget_bytes, "--budget" if budget else "gpu" if fitted.pop("on_gpu") else "host")
+    on_gpu = fitted.pop("on_gpu")
+    fitted["budget"] = _budget_text(
+        budget_bytes, "--budget" if budget else "default" if device_bytes is None else "gpu" if on_gpu else "host"
+    )
     _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers, device_bytes, fitted)
 
 
 def _budget_text(budget_bytes, source: str) -> str:
     """What the frontiers' budget is, for their heading: a CPU run's is the host's whole RAM, where the sweep refused a
     case predicted past HOST_MEMORY_FRACTION of the RAM available as it ran, so it may have stopped short of them."""
+    from attnprof.env import DEFAULT_BUDGET_SAID
     from attnprof.table import format_bytes
     from attnprof.worker import HOST_MEMORY_FRACTION
 
     if budget_bytes is None:
         return ""
-    where = {"--budget": "from --budget", "gpu": "the run's GPU memory",
+    where = {"--budget": "from --budget", "gpu": "the run's GPU memory", "default": DEFAULT_BUDGET_SAID,
              "host": f"the host's RAM; the sweep refuses a CPU case predicted past {HOST_MEMORY_FRACTION:.0%} of the RAM available"
                      " as it runs, so it may stop short of these"}[source]  # fmt: skip
     return f"budget {format_bytes(budget_bytes)}, {where}"
@@ -159,11 +164,6 @@ def _print_analysis(frame, metrics, budget_bytes, output_format, all_crossovers:
     item = "- " if markdown else "  "  # list items in Markdown, so that no line joins the table above
     _print_not_fitted(result.not_fitted, item)
     _print_crossovers(result, all_crossovers, item)
-    if budget_bytes is None and "peak_bytes" in metrics:  # an accounting run: the section was left out, unsaid
-        click.echo(
-            ("\n" if markdown else "")
-            + "Memory frontiers: none without a budget; an accounting run belongs to no device: pass one, e.g. --budget 80GiB"
-        )
     if len(result.frontiers):
         budget = f" ({run['budget']})" if run.get("budget") else ""
         click.echo(("\n" if markdown else "") + f"Memory frontiers{budget}:" + ("\n" if markdown else ""))

@@ -37,8 +37,13 @@ def serve(db, host, port, open_browser):
     metavar="AXIS=VALUES",
     help="The slice to show, e.g. dtype=float32 or heads=2,4 (repeatable; default: the first dtype, device, batch, heads, head dim).",
 )
+@click.option(
+    "--budget",
+    default=None,
+    help="Memory budget of the frontier, e.g. 80GiB (default: the run's device memory; 80 GiB for an accounting run, as `fit`).",
+)
 @db_option
-def report(run, out, png_dir, only, db):
+def report(run, out, png_dir, only, budget, db):
     """Write a self-contained HTML report of a run (plotly.js inline: opens offline).
 
     RUN: a run id, a unique prefix of one, a run's --name, or `latest` (the default).
@@ -50,5 +55,5 @@ def report(run, out, png_dir, only, db):
     """
     from attnprof.report import write_report
 
-    path, pngs = write_report(run, db, out, png_dir, only)
+    path, pngs = write_report(run, db, out, png_dir, only, budget)
     click.echo(f"wrote {path}" + (f" and {len(pngs)} PNG files in {png_dir}" if pngs else ""))

@@ -12,6 +12,7 @@ import math
 from attnprof.dashboard import compare_view, pages
 from attnprof.dashboard import layout as ids
 from attnprof.dashboard.views import AXES, EXPONENT_METRICS, default_facets
+from attnprof.env import DEFAULT_BUDGET
 
 REFRESH_OUTPUTS = ((ids.RUN, "options"), (ids.RUN, "value"), (ids.COMPARE_A, "options"), (ids.COMPARE_A, "value"),
                    (ids.COMPARE_B, "options"), (ids.COMPARE_B, "value"), (ids.DB_MESSAGE, "children"), (ids.VERSION, "data"))  # fmt: skip
@@ -42,7 +43,7 @@ class Callbacks:
         refreshed = self.refresh(None, wanted.get("run"), None, None, None)
         props = dict(zip(REFRESH_OUTPUTS, refreshed, strict=True))
         empty = {axis: [] for axis in AXES}
-        budget = math.log2(pages.DEFAULT_BUDGET)
+        budget = math.log2(DEFAULT_BUDGET)
         items, selected, *rest = self.filters(refreshed[1], refreshed[7], None, empty, None, [], budget, "time", "time")
         props.update(zip(FILTER_OUTPUTS, rest, strict=True))
         kept = wanted.get("filters", {}) if refreshed[1] == wanted.get("run") else {}  # another run's filters do not apply

@@ -16,12 +16,12 @@ import pandas as pd
 
 from attnprof.analysis import CONFIG, boundaries_by_config, timing_caveats, timing_flags, with_caveats
 from attnprof.dashboard import cell_figures, figures, fit_cache, runinfo, views
+from attnprof.env import DEFAULT_BUDGET
 from attnprof.errors import UsageError
 from attnprof.export import EXPORT_KEYS
 from attnprof.table import format_bytes
 
 log = logging.getLogger("attnprof.dashboard")
-DEFAULT_BUDGET = 80 * 2**30  # accounting runs belong to no device: an 80 GiB GPU is the usual question
 BUDGET_RANGE = (20, 44)  # the budget slider, log2 bytes: 1 MiB .. 16 TiB
 # The warm-up computes the first view, then leaves the 2 cores to the browser until a page has its first view and
 # drawn it (plotly.js takes ~1 s to start and ~0.5 s to draw): a warm-up running on meanwhile made a just-started

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from attnprof.cli import cli
 from attnprof.dashboard import app as dashboard_app
 from attnprof.errors import UsageError
+from attnprof.fit import format_length
 
 
 def invoke(*args):
@@ -158,6 +159,15 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     text = out.read_text()
     assert '"title":{"text":"FLOPs per call"}' in text and "peak memory (primary source) (bytes)" in text
     assert "median time (ms)" not in text  # accounting runs are not timed
+    # its frontier at fit's budget, each saying where the budget came from: the report drew 80 GiB, fit none (a user audit)
+    assert "Budget: a default: the run has no device memory" in text and "Memory frontier at 80.0 GiB" in text
+    fitted = invoke("fit", "latest", "--db", db, "--metric", "peak_bytes", "--format", "json")
+    frontier = json.loads(fitted.output)["frontiers"][0]
+    assert f"up to N = {format_length(frontier['length'])} " in frontier["message"] and format_length(frontier["length"]) in text
+    assert invoke("report", "latest", "--db", db, "--out", out, "--budget", "1GiB").exit_code == 0
+    assert "Memory frontier at 1.0 GiB" in out.read_text() and "Budget from --budget." in out.read_text()
+    bad = invoke("report", "latest", "--db", db, "--out", out, "--budget", "lots")
+    assert bad.exit_code == 2 and "bad budget 'lots'" in bad.output
 
 
 def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):

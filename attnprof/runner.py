@@ -264,6 +264,9 @@ def _unrunnable_main_hidden():
 class Progress:
     """What the runner reports while it works; the CLI draws a bar, a notebook may log or ignore it."""
 
+    def named(self, run_id: str) -> None:
+        """The run being measured, before its first case (a log then holds its id even if the process is killed)."""
+
     def begin(self, total: int) -> None: ...
 
     def start(self, case: Case) -> None: ...
@@ -281,6 +284,7 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
 
     modules = impls.worker_modules({case.impl for case in cases})
     progress = progress or Progress()
+    progress.named(run_id)
     progress.begin(len(pending))
     interrupt = None
     try:

@@ -322,14 +322,25 @@ def test_a_usage_error_is_the_only_line_on_stderr_of_a_real_process(tmp_path, co
     assert done.stderr.startswith("Error: ") and "unknown impl 'nope'" in done.stderr and done.stderr.count("\n") == 1, repr(done.stderr)
 
 
-def test_a_sweep_through_a_pipe_writes_nothing_to_stderr(tmp_path):
-    """Not a terminal: the transient progress bar still left an empty line on stderr, one per sweep in a CI log."""
+def test_a_sweep_through_a_pipe_says_its_run_and_where_it_is_in_plain_lines(tmp_path, monkeypatch):
+    """Not a terminal: the transient progress bar still left an empty line on stderr, one per sweep in a CI log; then
+    nothing at all until the sweep ended, so a CI log showed nothing for minutes and a killed job's log had no run id
+    (a user audit). Now the run and its case count first, and where it is at most every LINE_EVERY_S."""
+    import re
     import subprocess
     import sys
 
+    from attnprof import progress
+
     argv = [sys.executable, "-m", "attnprof", "sweep", "--impl", "softmax", "--lengths", "64,128", "--accounting", "--db", "x.db"]
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stderr == "" and "softmax" in done.stdout, repr(done.stderr)
+    run_id = Store.open(tmp_path / "x.db").resolve_run("latest").run_id
+    assert done.returncode == 0 and done.stderr == f"run {run_id}: 4 cases to measure\n" and "softmax" in done.stdout, repr(done.stderr)
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # a line after every case
+    every = CliRunner().invoke(cli, ["sweep", "--impl", "softmax", "--lengths", "64,128", "--accounting", "--db", str(tmp_path / "y.db")])
+    lines = [line for line in every.output.splitlines() if line.startswith("run ") and " to measure" in line or " after " in line]
+    assert len(lines) == 5 and lines[0].endswith(": 4 cases to measure"), every.output
+    assert re.fullmatch(r"run \S+: 4/4 after \d:\d\d:\d\d, ETA 0:00:00; last softmax .*N=128.*", lines[-1]), lines
 
 
 def test_serve_refuses_a_file_that_is_not_an_attnprof_database(tmp_path):

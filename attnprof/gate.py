@@ -329,7 +329,7 @@ def unjudged_record(rules_file, status: int | None, error: str | None, run_ids=(
         "rules_file": str(rules_file),
         "runs": list(run_ids),
         "baseline": None if baseline is None else str(baseline),
-        "db": None if db is None else str(db),  # None: the rules file's [sweep] db, else the default
+        "db": None if db is None else str(db),  # the database read and measured into (None: the rules file was unreadable)
         "attnprof_version": __version__,
         "exit_status": status,
         "error": error,

@@ -250,7 +250,12 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     assert "options: block_size=auto" in listing.output and "None" not in listing.output  # None reads as a missing value
     # what each is checked against, and where a plugin comes from (an audit could not tell from the listing)
     assert "exact: checked against softmax at N <= 256, and on sampled rows and gradients at every length" in listing.output
-    assert "approximation: checked against its own reference at N <= 256" in listing.output
+    assert "approximation: checked against its own reference at N <= 256; finite outputs at every length" in listing.output
+    # cosFormer's and Combiner's row references check sampled rows at every length: the listing said finite outputs only
+    approximations = {line.split()[0]: listing.output.splitlines()[i + 3] for i, line in enumerate(listing.output.splitlines())
+                      if line.split() and line.split()[0] in ("cosformer", "combiner-fixed", "nystromformer")}  # fmt: skip
+    assert all("on sampled rows and gradients at every length" in approximations[name] for name in ("cosformer", "combiner-fixed"))
+    assert "finite outputs at every length" in approximations["nystromformer"], approximations
     assert "exact, own reference: checked against it at N <= 256, and where heads x N^2 <= 33,554,432" in listing.output  # scaled
     assert "; plugin from fake_impls" in listing.output
 

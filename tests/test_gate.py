@@ -883,6 +883,11 @@ def test_json_verdicts_hold_every_configuration_judged(tmp_path):
     assert figures["lengths"] == [1024, 2048, 4096, 8192, 16384] and f"{figures['exponent']:.3f}" in judged["message"]
     assert record["attnprof_version"] and record["db"] == str(tmp_path / "gate.db") and record["baseline"] is None
     assert gate(tmp_path, SWEEP + rules, "--json", tmp_path / "no" / "such" / "dir.json").exit_code == 2  # before measuring
+    # without --db, the database the runs went into: "db" was null where they were in the [sweep]'s (a user audit)
+    in_sweep = SWEEP.replace("[sweep]\n", f'[sweep]\ndb = "{tmp_path / "sweep.db"}"\n') + rules
+    (tmp_path / "own.toml").write_text(in_sweep)
+    CliRunner().invoke(cli, ["gate", str(tmp_path / "own.toml"), "--json", str(out)])
+    assert json.loads(out.read_text())["db"] == str(tmp_path / "sweep.db") and (tmp_path / "sweep.db").exists()
     # a gate that stops leaves no earlier verdicts behind to be read as this one's
     assert gate(tmp_path, rules, "--run", "nosuchrun", "--json", out).exit_code == 2
     stopped = json.loads(out.read_text())

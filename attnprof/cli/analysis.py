@@ -325,6 +325,7 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     summaries = [path for path in (os.environ.get("GITHUB_STEP_SUMMARY"), markdown) if path]
     for path in summaries:  # a bad path found now, not after minutes of measuring
         _append(path, "")
+    db = _gate_db(rules, db)
     unjudged = functools.partial(unjudged_record, rules, baseline=baseline, db=db)
     if json_path:  # replaces an earlier run's verdicts at once, so a gate that stops cannot leave them to be read
         _write_json(json_path, unjudged(None, "the gate has not finished: still measuring, or killed"))
@@ -334,10 +335,7 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     except SweepInterrupted as stop:
         if json_path:  # the status the process exits with, not null: a CI step reads both
             _write_json(json_path, unjudged(128 + stop.signum, f"interrupted after {stop.done} of {stop.total} cases", [stop.run_id]))
-        from attnprof.gating import gate_db
-        from attnprof.scenario import sweep_tables
-
-        exit_interrupted(stop, gate_db(sweep_tables(rules, allowed_tables=("sweep", "rule")), db))  # a command to paste
+        exit_interrupted(stop, db)  # a command to paste
     except (UsageError, StoreFault, sqlite3.Error) as error:  # a damaged database too: the file's fault, not attnprof's
         if json_path:
             _write_json(json_path, unjudged(1 if isinstance(error, StoreFault) else 2, str(error)))
@@ -361,6 +359,19 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     if json_path:
         _write_json(json_path, verdicts_record(verdicts, rules, run_ids, baseline=baseline, db=db))
     sys.exit(exit_status(verdicts))
+
+
+def _gate_db(rules: str, db):
+    """The database the gate reads and measures into, for the JSON verdicts: without --db they said "db": null, where
+    the runs were in the rules file's [sweep] db or the default one (a user audit). A rules file that cannot be read
+    keeps --db as given: run_gate says what is wrong with it."""
+    from attnprof.gating import gate_db
+    from attnprof.scenario import sweep_tables
+
+    try:
+        return str(gate_db(sweep_tables(rules, allowed_tables=("sweep", "rule")), db))
+    except UsageError:
+        return db
 
 
 def _write_json(path: str, record: dict) -> None:

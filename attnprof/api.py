@@ -355,7 +355,7 @@ def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None
     peaks of both, their ratios candidate/baseline, `change` in words; `score` the sort key: inf for ok -> failing,
     else the larger ratio); exponents: per configuration both runs have
     and metric (time, peak_bytes), both fitted exponents over the lengths both runs measured, the change and whether
-    the 95% intervals are disjoint (`significant`), largest increase first."""
+    the 95% intervals are disjoint (`significant`), those first, each group by the size of the change either way."""
     import pandas as pd
 
     from attnprof.dashboard.compare import compare_cells, exponent_changes, shared_configurations

@@ -92,3 +92,45 @@ def test_compare_keeps_the_exponents_unrounded_as_fit_does(two_runs):
     compared = exponents[exponents["metric"] == "peak_bytes"].set_index("config")
     for label in ("softmax", "cosformer"):
         assert compared.loc[label, "exponent_a"] == compared.loc[label, "exponent_b"] == fits.loc[label, "exponent"]
+
+
+def test_cells_and_exponents_are_listed_worst_first_in_one_order_everywhere():
+    """Improved cells were ordered by their unchanged memory (0.646, 0.926, 0.425, 0.0337), unchanged ones split around
+    them, and `--all` and JSON listed exponents by the signed change, a drop of 2.389 last, where the default table put
+    it first (a user audit)."""
+    import math
+
+    import pandas as pd
+
+    from attnprof.analysis import CONFIG
+    from attnprof.dashboard.compare import _score, exponent_changes
+
+    nan = math.nan
+    rows = {"faster .646": ("ok", "ok", 0.646, 1.0), "faster .926": ("ok", "ok", 0.926, 1.0), "faster .425": ("ok", "ok", 0.425, 1.0),
+            "faster .0337": ("ok", "ok", 0.0337, 1.0), "same 1.015": ("ok", "ok", 1.015, 0.99), "same .99": ("ok", "ok", 0.99, 1.0),
+            "slower 1.3": ("ok", "ok", 1.3, 0.5), "fixed": ("oom", "ok", nan, nan), "failing": ("ok", "oom", nan, nan)}  # fmt: skip
+    ranked = sorted(rows, key=lambda name: _score(*rows[name]), reverse=True)
+    assert ranked == [
+        "failing",
+        "slower 1.3",
+        "same 1.015",
+        "same .99",
+        "faster .926",
+        "faster .646",
+        "faster .425",
+        "faster .0337",
+        "fixed",
+    ]
+
+    config = dict(impl="x", label="x", batch=1, heads=2, head_dim=64, dtype="float32", device="cpu", causal=False, mode="fwd")
+    assert set(config) == {"impl", *CONFIG}
+
+    def fits(exponents):
+        return pd.DataFrame([{**config, "label": label, "impl": label, "metric": "time", "exponent": e, "exponent_low": e - w,
+                              "exponent_high": e + w, "complexity": "linear", "lengths_used": (1024, 4096), "fit": object()}
+                             for label, (e, w) in exponents.items()])  # fmt: skip
+
+    before = fits({"up": (1.0, 0.01), "down": (3.0, 0.01), "small": (1.0, 0.01), "unsure": (1.0, 1.0)})
+    after = fits({"up": (1.5, 0.01), "down": (0.611, 0.01), "small": (1.1, 0.01), "unsure": (3.0, 1.0)})
+    changes = exponent_changes(pd.concat([before, after]), before, after)
+    assert list(changes["config"]) == ["down", "up", "small", "unsure"], changes[["config", "delta", "significant"]]

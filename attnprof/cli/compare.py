@@ -49,7 +49,7 @@ def compare(baseline, candidate, show_all, output_format, db):
         payload = {"note": note, "cells": _records(cells), "exponents": _records(exponents)}
         click.echo(json.dumps(payload, indent=1, allow_nan=False, default=str))
         return
-    shown_cells, shown_exponents = (cells, exponents) if show_all else (cells.head(SHOWN), _worst_exponents(exponents))
+    shown_cells, shown_exponents = (cells, exponents) if show_all else (cells.head(SHOWN), exponents.head(SHOWN))
     left = len(cells) - len(shown_cells) + len(exponents) - len(shown_exponents)
     click.echo(note + (f" The worst {SHOWN} of each are shown; --all lists {left} more." if left else ""))
     _print(shown_cells, "Cells, worst first", output_format)
@@ -79,14 +79,6 @@ def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
     if any(only):
         note += f" Not compared: {only[0]} cells only the baseline has, {only[1]} only the candidate."
     return note
-
-
-def _worst_exponents(exponents):
-    """The SHOWN largest changes either way, significant ones first."""
-    if not len(exponents):
-        return exponents
-    order = exponents.assign(size=exponents["delta"].abs()).sort_values(["significant", "size"], ascending=[False, False])
-    return order.head(SHOWN).drop(columns=["size"])
 
 
 def _records(frame) -> list[dict]:

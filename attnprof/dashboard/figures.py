@@ -28,6 +28,7 @@ from attnprof.dashboard.plotting import (
 )
 from attnprof.fit import format_length
 from attnprof.table import format_bytes
+from attnprof.trackers.host_contention import timed_while_busy
 
 FAILURE_MARKERS = {  # status -> (legend name, marker symbol, colour)
     "oom": ("out of memory", "x", "#d62728"),
@@ -131,8 +132,11 @@ def _point_text(line, metric, n, value, low, high, noisy, reason) -> str:
     text = f"<b>{line}</b><br>N = {format_length(n)}<br>{metric.title}: {format_value(value, metric.unit)}"
     if metric.band and low == low:
         text += f"<br>p20-p80: {format_value(low, metric.unit)} - {format_value(high, metric.unit)}"
-    if noisy is True and metric.key in ("time", "tflops", "gbps"):  # a flag on the timing samples, not on a memory peak
+    timed = metric.key in ("time", "tflops", "gbps")
+    if noisy is True and timed:  # a flag on the timing samples, not on a memory peak
         text += "<br>noisy timing: IQR over 10% of the median"
+    if reason and not timed:  # nor the busy machine's note: every point of a peak chart repeated it (a user audit)
+        reason = "; ".join(part for part in reason.split("; ") if not timed_while_busy(part))
     return text + (f"<br>note: {reason}" if reason else "")
 
 

@@ -284,6 +284,12 @@ def test_the_noisy_flag_is_told_on_timing_points_only():
     time, memory = views.METRICS["time"], views.METRICS["peak_bytes"]
     assert "noisy timing" in figures._point_text("a", time, 1024, 2.0, 1.5, 2.5, True, "")
     assert "noisy" not in figures._point_text("a", memory, 1024, 2.0**20, float("nan"), float("nan"), True, "")  # a peak is exact
+    # nor the busy machine's note, which every point of a peak chart repeated (a user audit); other notes stay
+    busy = "timed while other processes kept 1.4 of 2 cores busy: times may be inflated"
+    assert busy in figures._point_text("a", time, 1024, 2.0, 1.5, 2.5, False, busy)
+    assert "note" not in figures._point_text("a", memory, 1024, 2.0**20, float("nan"), float("nan"), False, busy)
+    kept = figures._point_text("a", memory, 1024, 2.0**20, float("nan"), float("nan"), False, f"{busy}; sampled rows unchecked")
+    assert kept.endswith("<br>note: sampled rows unchecked")
 
 
 def test_a_length_label_is_whole_below_a_million():

@@ -88,6 +88,7 @@ class Fit:
     medians: tuple = ()  # the median value at each of lengths_measured: what crossovers are checked against
     spreads: tuple = ()  # half the interquartile range over the median there (0 for one value): how far a median may be off
     overhead: float = 0.0  # a persistent fixed overhead c0 subtracted before the log-log fit; predict adds it back
+    counts: tuple = ()  # samples behind each median (0: not known): a spread of 3 says less than one of 30
 
     @functools.cached_property
     def center_log_length(self) -> float:
@@ -97,8 +98,9 @@ class Fit:
 
     @functools.cached_property
     def measured_points(self) -> dict:
-        """{N: (median, spread)} at lengths_measured (cached: a crossover listing reads each fit once per pair)."""
-        return dict(zip(self.lengths_measured, zip(self.medians, self.spreads, strict=False), strict=False))
+        """{N: (median, spread, samples)} at lengths_measured (cached: a crossover listing reads each fit once per pair)."""
+        counts = self.counts or (0,) * len(self.lengths_measured)
+        return dict(zip(self.lengths_measured, zip(self.medians, self.spreads, counts, strict=False), strict=False))
 
     def class_coefficients(self, name: str) -> tuple[float, float]:
         """(c0, c1) of complexity class `name`'s model c0 + c1 g(N) fitted to the medians at lengths_used. Kept on the
@@ -127,24 +129,25 @@ class Fit:
         return float(value) if np.ndim(value) == 0 else value
 
 
-def fit_power_law(lengths, values, *, min_length: float | None = None, metric: str = "", spreads=None) -> Fit:
+def fit_power_law(lengths, values, *, min_length: float | None = None, metric: str = "", spreads=None, counts=None) -> Fit:
     """Fit y ~ N^exponent over the asymptotic range of (lengths, values); repeated lengths are allowed.
 
     `spreads`, one per value: each value's own relative spread (half its samples' IQR over their median), for
     values that are already medians (the dashboard fits the cells' stored medians). Without them a length's
-    spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree."""
-    (fit,) = fit_power_laws([(lengths, values, spreads)], min_length=min_length, metric=metric)  # one code path for both
+    spread is that of its values, so a fit of the raw samples and one of the medians with their spreads agree.
+    `counts`, with `spreads`: how many samples each value is the median of (a crossover trusts a spread of few less)."""
+    (fit,) = fit_power_laws([(lengths, values, spreads, counts)], min_length=min_length, metric=metric)  # one code path for both
     if isinstance(fit, ValueError):
         raise fit
     return fit
 
 
 def fit_power_laws(series, *, min_length: float | None = None, metric: str = "") -> list:
-    """fit_power_law for each (lengths, values, spreads or None) of `series`, in order: a Fit, or the ValueError that
+    """fit_power_law for each (lengths, values, spreads or None[, counts or None]) of `series`, in order: a Fit, or the ValueError that
     fit_power_law would raise. The same fits, found faster: the steps that search or rank models (the overhead
     search, the class selection) run together for the series that share their lengths (a sweep's configurations,
     usually), where one at a time they were most of the time a dashboard view spent."""
-    prepared = [_or_error(_Samples.of, lengths, values, spreads) for lengths, values, spreads in series]
+    prepared = [_or_error(_Samples.of, lengths, values, spreads, *rest) for lengths, values, spreads, *rest in series]
     searched = [i for i, samples in enumerate(prepared) if isinstance(samples, _Samples) and samples.needs_overhead(min_length)]
     found: dict = {}
     for indices in _by_lengths(searched, lambda i: prepared[i].lengths):
@@ -185,10 +188,13 @@ class _Samples:
     lengths: np.ndarray  # distinct, sorted
     values: np.ndarray  # the median at each
     spreads: object  # None, or fit_power_law's `spreads` as a lookup (distinct lengths -> spreads)
+    counts: object  # None (the samples' own, at each length), or a lookup of fit_power_law's `counts` (0 where not given)
 
     @classmethod
-    def of(cls, lengths, values, spreads) -> _Samples:
+    def of(cls, lengths, values, spreads, counts=None) -> _Samples:
         lookup = None if spreads is None else _given_spreads(lengths, values, spreads)
+        if spreads is not None:  # medians: as many samples as given behind each (the fewest where several share a length)
+            counts = _given_spreads(lengths, values, np.zeros(np.size(values)) if counts is None else counts, reduce=np.min)
         all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
         med_lengths, med_values = _medians(all_lengths, all_values)
         if len(med_lengths) < 2:
@@ -196,7 +202,12 @@ class _Samples:
                 f"a scaling fit needs at least 2 distinct lengths with a positive value; got {len(med_lengths)} "
                 f"({n_dropped} of {n_dropped + len(all_values)} values were NaN, inf or <= 0)"
             )
-        return cls(all_lengths, all_values, n_dropped, med_lengths, med_values, lookup)
+        return cls(all_lengths, all_values, n_dropped, med_lengths, med_values, lookup, counts)
+
+    def counts_at(self, distinct) -> tuple:
+        if self.counts is not None:
+            return tuple(int(count) for count in self.counts(distinct))
+        return tuple(int(count) for count in (self.all_lengths[:, None] == np.asarray(distinct)[None, :]).sum(axis=0))
 
     def needs_overhead(self, min_length) -> bool:
         """The range rule's overhead fit (a grid search, the costliest step) serves it and the subtraction both."""
@@ -291,6 +302,7 @@ class _Shape:
             medians=_as_numbers(samples.values),
             spreads=self.spreads,
             overhead=self.overhead,
+            counts=samples.counts_at(samples.lengths),
         )
 
 
@@ -324,8 +336,8 @@ def _relative_spreads(lengths: np.ndarray, values: np.ndarray, distinct: np.ndar
     return spreads
 
 
-def _given_spreads(lengths, values, spreads):
-    """length -> spread lookup over the valid values' given spreads (the median of those at one length)."""
+def _given_spreads(lengths, values, spreads, reduce=np.median):
+    """length -> spread lookup over the valid values' given spreads (the median of those at one length; `reduce`)."""
     n = np.asarray(lengths, dtype=float).ravel()
     y = np.asarray(values, dtype=float).ravel()
     s = np.nan_to_num(np.asarray(spreads, dtype=float).ravel(), nan=0.0)
@@ -336,7 +348,7 @@ def _given_spreads(lengths, values, spreads):
     if len(np.unique(n)) == len(n):  # one value per length (the dashboard's cell medians): a lookup, no medians
         by_length = dict(zip(n.tolist(), s.tolist(), strict=True))
         return lambda distinct: [by_length[float(length)] for length in distinct]
-    return lambda distinct: [float(np.median(s[n == length])) for length in distinct]
+    return lambda distinct: [float(reduce(s[n == length])) for length in distinct]
 
 
 def local_slopes(lengths, values) -> tuple:

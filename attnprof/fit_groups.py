@@ -11,26 +11,35 @@ FIT_COLUMNS = tuple(name for name in Fit.__dataclass_fields__ if name != "metric
 
 
 def fit_frame(
-    df: pd.DataFrame, metric_col: str, group_cols, *, length_col: str = "seq_len", min_length=None, spread_col: str | None = None
+    df: pd.DataFrame,
+    metric_col: str,
+    group_cols,
+    *,
+    length_col: str = "seq_len",
+    min_length=None,
+    spread_col: str | None = None,
+    count_col: str | None = None,
 ) -> pd.DataFrame:
     """One row per group: the group's keys, `metric`, the Fit fields, the Fit itself (`fit`) and `error`.
-    `spread_col`: each row's relative spread, when the metric column holds medians (fit_power_law's `spreads`).
+    `spread_col`: each row's relative spread, when the metric column holds medians (fit_power_law's `spreads`);
+    `count_col`, with it: how many samples each median is of (fit_power_law's `counts`).
 
     A group that cannot be fitted keeps its row, with `error` saying why and the fit fields empty.
     """
     group_cols = list(group_cols)
-    missing = [c for c in (length_col, metric_col, *group_cols, *([spread_col] if spread_col else [])) if c not in df.columns]
+    missing = [c for c in (length_col, metric_col, *group_cols, *(c for c in (spread_col, count_col) if c)) if c not in df.columns]
     if missing:
         raise ValueError(f"fit_frame: column(s) {missing} not in the frame; it has {list(df.columns)}")
     lengths, values = df[length_col].to_numpy(), df[metric_col].to_numpy()
     spreads = None if spread_col is None else df[spread_col].to_numpy()
+    counts = None if count_col is None else df[count_col].to_numpy()
     # Row positions per group as numpy arrays: slicing pandas group frames cost more than the fits themselves.
     if group_cols:
         positions = df.groupby(group_cols, dropna=False, sort=True).indices  # {key (tuple when several columns): positions}
         groups = [(keys if isinstance(keys, tuple) else (keys,), index) for keys, index in sorted(positions.items(), key=_group_order)]
     else:
         groups = [((), np.arange(len(df)))]
-    series = [(lengths[index], values[index], None if spreads is None else spreads[index]) for _, index in groups]
+    series = [(lengths[index], values[index], *(None if x is None else x[index] for x in (spreads, counts))) for _, index in groups]
     fitted = fit_power_laws(series, min_length=min_length, metric=metric_col)  # together: shared overhead searches
     rows = [_fit_row(dict(zip(group_cols, keys, strict=True)), fit, metric_col) for (keys, _), fit in zip(groups, fitted, strict=True)]
     out = pd.DataFrame(rows, columns=[*group_cols, "metric", *FIT_COLUMNS, "fit", "error"])

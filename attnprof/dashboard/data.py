@@ -26,12 +26,12 @@ class RunSummary:
     count: int  # measurements stored so far
 
 
-def run_frame(run_id: str, stored):
+def run_frame(run_id: str, stored, counts: dict | None = None):
     """`Store.frame` rows -> the export columns (`export.EXPORT_KEYS`), throughput derived column-wise.
 
     Same values as `export.measurements_frame`, except that a missing number is NaN rather than None and
-    `times_ms` is absent (the statistics come stored; `DataSource.samples` reads the samples where needed).
-    The index is the stored row id.
+    `times_ms` is absent (the statistics come stored; `DataSource.samples` reads the samples where needed), its
+    length `samples` instead (`Store.sample_counts`, by row id; 0 where not given). The index is the stored row id.
     """
     import numpy as np
 
@@ -41,7 +41,10 @@ def run_frame(run_id: str, stored):
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["tflops"] = np.where((frame["flops"] > 0) & (median_s > 0), frame["flops"] / median_s / 1e12, np.nan)
         frame["gbps"] = np.where((frame["min_bytes"] > 0) & (median_s > 0), frame["min_bytes"] / median_s / 1e9, np.nan)
-    return frame[[key for key in EXPORT_KEYS if key != "times_ms"]]
+    import pandas as pd
+
+    frame["samples"] = pd.Series(counts or {}, dtype=float).reindex(frame.index).fillna(0).astype(int)
+    return frame[[*(key for key in EXPORT_KEYS if key != "times_ms"), "samples"]]
 
 
 def _grown(store, cached: tuple, version: tuple):
@@ -58,7 +61,7 @@ def _grown(store, cached: tuple, version: tuple):
     added = store.frame(run_id, after_id=last_before)
     if len(added) != count - count_before:
         return None
-    return pd.concat([before, run_frame(run_id, added)])  # len(added) >= 1 here: count or last id moved
+    return pd.concat([before, run_frame(run_id, added, store.sample_counts(run_id, after_id=last_before))])  # len(added) >= 1 here
 
 
 class DataSource:
@@ -103,7 +106,7 @@ class DataSource:
                 return cached[1]
             frame = _grown(store, cached, version) if cached else None
             if frame is None:
-                frame = run_frame(info.run_id, store.frame(info.run_id))
+                frame = run_frame(info.run_id, store.frame(info.run_id), store.sample_counts(info.run_id))
             frame.attrs["version"] = version
             with self._lock:
                 self._frames[info.run_id] = (version, frame)

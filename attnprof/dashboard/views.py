@@ -156,7 +156,8 @@ def fit_metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     samples as `attnprof fit` does: the fit takes the median per length and that same spread either way, so with
     one cell per length (a run's usual shape) exponents and crossovers are the same, and the dashboard need not
     decode every row's samples. Without the spreads every median read as exact, and where `fit` said two impls
-    were level at a length the dashboard put a crossing there (436 against 449). `n_samples` counts cells."""
+    were level at a length the dashboard put a crossing there (436 against 449). Each cell's sample count (`samples`)
+    goes with its spread, as the raw samples' count does in `fit`. `n_samples` counts cells."""
     column = METRICS[metric].column  # time: median_ms
     points = _value_points(frame, column)
     if points.empty:
@@ -164,7 +165,8 @@ def fit_metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     if column != "median_ms":
         return fit_frame(points, column, CONFIG).assign(metric=metric)
     points = points.assign(spread=(points["iqr_ms"] / (2 * points["median_ms"])).fillna(0.0))
-    return fit_frame(points, column, CONFIG, spread_col="spread").assign(metric=metric)
+    counted = "samples" if "samples" in points.columns else None  # a frame of another source may lack it: counts unknown
+    return fit_frame(points, column, CONFIG, spread_col="spread", count_col=counted).assign(metric=metric)
 
 
 def _value_points(frame: pd.DataFrame, column: str) -> pd.DataFrame:

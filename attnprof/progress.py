@@ -8,6 +8,7 @@ import time
 from attnprof.records import Status
 from attnprof.runner import Progress
 
+BAR_WIDTH = 20
 LINE_EVERY_S = 30.0  # off a terminal: a progress line at most this often (a CI log of a 50,000-case sweep stays short)
 
 
@@ -51,8 +52,15 @@ class SweepProgress(Progress):
 
         if self._bar is None:
             return
-        failed = f" [red]{self._failed} not ok[/]" if self._failed else ""
-        self._bar.update(self._task, description=f"{escape(case.describe())}{failed}")  # "[option=value]" is text
+        failed = f"{self._failed} not ok " if self._failed else ""
+        # The case last, cut to the terminal's width: first, at 80 columns it left no room for the count, the elapsed
+        # time and the ETA ("96/… 0:0… ETA 0:00:…", a user audit). BAR_WIDTH + the count, times and "ETA", spaced.
+        room = self._bar.console.width - (BAR_WIDTH + 2 * len(str(self.total or 0)) + 1 + 7 + 3 + 7 + 6)
+        text = f"{failed}{case.describe()}"
+        text = text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+        self._bar.update(
+            self._task, description=f"[red]{escape(text[: len(failed)])}[/]{escape(text[len(failed) :])}"
+        )  # "[option=value]" is text
 
     def done(self, case, measurement) -> None:
         if measurement.status not in (Status.OK, Status.UNSUPPORTED, Status.SKIPPED):
@@ -75,22 +83,22 @@ class SweepProgress(Progress):
         click.echo(text, err=True)
 
     @staticmethod
-    def _started_bar():
-        """The bar, or None when stderr is not a terminal: there a transient bar still left an empty line behind,
-        one per sweep in a CI log."""
+    def _started_bar(console=None):
+        """The bar on `console` (stderr's), or None when it is not a terminal: there a transient bar still left an empty
+        line behind, one per sweep in a CI log."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        console = Console(stderr=True)
+        console = console or Console(stderr=True)
         if not console.is_terminal:
             return None
         bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=BAR_WIDTH),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.description}"),
             console=console,
             transient=True,
         )

@@ -449,3 +449,31 @@ def test_show_prints_a_large_run_as_plain_lines(tmp_path):
     assert sum(line.startswith("softmax batch=") and line.endswith("2 ms / 2.0 KiB") for line in lines) == LARGE_TABLE_ROWS + 1
     small = invoke("show", "20260101-000000-small", "--db", str(db))
     assert small.exit_code == 0 and "┃" in small.output
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_progress_bar_keeps_its_count_and_eta_on_a_narrow_terminal(width):
+    """At 80 columns the case's description took the line: "sdpa-math N=2048 … ━━━╺ 96/… 0:0… ETA 0:00:…" (a user
+    audit). The count, the times and the ETA come first now, the case after them, cut to what is left."""
+    import io
+
+    from rich.console import Console
+
+    from attnprof.progress import SweepProgress
+    from attnprof.records import Measurement, Status
+    from attnprof.spec import Case
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    case = Case(impl="sdpa-math", seq_len=2048, causal=True, mode="fwd_bwd")
+    with SweepProgress() as progress:
+        progress._bar, progress._plain = SweepProgress._started_bar(console), False
+        progress._bar.stop()  # no live refresh: the line is drawn once, below
+        progress.begin(110)
+        for _ in range(96):
+            progress.done(case, Measurement(case=case, status=Status.OOM))
+        progress.start(case)
+        with console.capture() as shown:
+            console.print(progress._bar.make_tasks_table(progress._bar.tasks))
+    line = shown.get().rstrip("\n")
+    assert "\n" not in line and len(line) <= width and " 96/110 " in line and "ETA" in line, repr(line)
+    assert ("96 not ok sdpa-math" if width >= 80 else "96 not ok") in line and line.endswith("fwd_bwd" if width >= 120 else "…"), repr(line)

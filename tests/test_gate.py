@@ -58,7 +58,7 @@ max_exponent = 1.1
 """,
     )
     assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]  # the verdicts; stderr has the sweep's progress
     assert lines[0].startswith("PASS") and "sdpa-flash" in lines[0] and "exponent 1.000" in lines[0]
     assert lines[1].startswith("PASS") and "softmax" in lines[1]
     assert lines[2].startswith("FAIL") and "fault" in lines[2] and "> max 1.1" in lines[2]
@@ -84,7 +84,7 @@ budget = "80GiB"
 """,
     )
     assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]  # the verdicts; stderr has the sweep's progress
     broken = f"N=4096, 8192, 16384 error (ValueError: planted failure in the fault impl (raised at {planted_raise_at()} in fault_attention)"
     for line in lines[:2]:
         assert line.startswith("FAIL") and broken in line and "): a scaling rule covers every length measured" in line, line

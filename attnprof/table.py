@@ -121,8 +121,27 @@ def _row_label(m: Measurement, varying: list[str]) -> str:
     return " ".join(parts)
 
 
+def rich_tables(measurements: list[Measurement], title: str = "", grid=None, width: int | None = None) -> list:
+    """The summary grid as drawn tables of at most `width` columns each: the lengths split between as many tables as
+    that needs, each with the impl column (at 80 columns five lengths folded "!~60.4 ms" into "!~60.4" and a "ms" line
+    beside another cell's memory, a user audit). One table without a width, or where one length alone is too wide."""
+    lengths, rows = grid or summary_grid(measurements)
+    if width is None:
+        return [rich_table(measurements, title, (lengths, rows))]
+    widest = lambda texts: max((len(line) for text in texts for line in text.split("\n")), default=0)  # noqa: E731
+    name = widest([label.split(" ", 1)[0] for label, _ in rows] + ["impl"]) + 3  # its padding and its border
+    needed = {n: max(widest([cell_text(cells[n], "\n") for _, cells in rows if n in cells]), len(f"N={n}")) + 3 for n in lengths}
+    groups = [[]]
+    for n in lengths:
+        if groups[-1] and 1 + name + sum(needed[m] for m in groups[-1]) + needed[n] > width:
+            groups.append([])
+        groups[-1].append(n)
+    return [rich_table(measurements, title if i == 0 else "", (part, rows)) for i, part in enumerate(groups)]
+
+
 def rich_table(measurements: list[Measurement], title: str = "", grid=None):
-    """The summary grid as a drawn table; `grid`: summary_grid(measurements), when the caller has it already."""
+    """The summary grid as a drawn table; `grid`: summary_grid(measurements), when the caller has it already (or the
+    lengths to show of it)."""
     from rich.markup import escape
     from rich.table import Table
 

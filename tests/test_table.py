@@ -5,7 +5,7 @@ from rich.console import Console
 from attnprof.fit_text import quantity
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
-from attnprof.table import format_bytes, format_ms, peak_sources_text, reasons_list, rich_table
+from attnprof.table import format_bytes, format_ms, peak_sources_text, reasons_list, rich_table, rich_tables
 
 NAMES = ("combiner-axial", "combiner-fixed", "combiner-logsparse", "combiner-mixture", "sdpa-efficient")
 
@@ -24,6 +24,24 @@ def test_names_stay_whole_at_80_columns():
     text = console.export_text()
     assert all(f" {name} " in text for name in NAMES), text  # rich used to print 'combiner-…' for each variant
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_lengths_too_many_for_the_width_go_to_a_second_table_not_into_folded_cells():
+    """At 80 columns five lengths folded "!~60.4 ms" into "!~60.4" and a "ms" line beside another cell's memory, and
+    "128.3 MiB" into two lines (a user audit): each table now holds the lengths that fit, each keeps the impl column."""
+    lengths = (256, 512, 1024, 2048, 4096)
+    rows = [Measurement(Case(impl=name, seq_len=n, causal=True), Status.OK, times_ms=[60.4, 60.4 * 1.2, 60.4 * 0.8], peak_bytes=134_545_203)
+            for name in NAMES[:4] for n in lengths]  # fmt: skip
+    tables = rich_tables(rows, title="run x", width=80)
+    assert len(tables) == 2 and [len(t.columns) for t in tables] == [5, 2] and tables[1].title == ""
+    console = Console(width=80, record=True)
+    for table in tables:
+        console.print(table)
+    text = console.export_text()
+    cells = [cell.strip() for line in text.splitlines() for cell in line.split("│")[2:-1]]  # the value cells, line by line
+    assert max(len(line) for line in text.splitlines()) <= 80 and all(f"N={n}" in text for n in lengths)
+    assert {cell for cell in cells if cell} == {"~60.4 ms", "128.3 MiB"}, text  # never a number without its unit
+    assert text.count("combiner-mixture") == 2 and len(rich_tables(rows, width=200)) == 1 and len(rich_tables(rows)) == 1
 
 
 def test_options_in_a_label_are_text_not_markup():

@@ -160,7 +160,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         marks_note,
         peak_sources_text,
         reasons_list,
-        rich_table,
+        rich_tables,
         summary_grid,
         summary_text,
     )
@@ -181,7 +181,9 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         if is_large(len(grid[1])):  # lines, not a drawn table: fast however many configurations
             click.echo(f"{title}\n{summary_text(measurements, grid)}")
         else:
-            output_console().print(rich_table(measurements, title=title, grid=grid))
+            console = output_console()
+            for table in rich_tables(measurements, title=title, grid=grid, width=console.width):
+                console.print(table)
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows

@@ -95,6 +95,12 @@ FEW_SAMPLES_FACTOR = {2: 3.94, 3: 2.50, 4: 1.80, 5: 1.71, 6: 1.38, 7: 1.30, 8: 1
 def _median_error(point) -> float:
     """How far the median of a (median, spread, samples) point may be off, as a ln-ratio."""
     _, spread, count = point
+    return median_error(spread, count)
+
+
+def median_error(spread: float, count: int) -> float:
+    """How far a median may be off, as a ln-ratio: its samples' spread (half their IQR over the median), scaled up for
+    fewer than 10 samples (FEW_SAMPLES_FACTOR). The gate's time rules read it too."""
     return spread * FEW_SAMPLES_FACTOR.get(count, 1.0)
 
 

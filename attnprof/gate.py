@@ -208,6 +208,10 @@ def _judge_ratio(rule, subject, group, others, length) -> Judgement:
     note = "".join(f" [{label}: {busy[2:]}" for label, busy in ((first["label"], mine_busy), (rule.to, theirs_busy)) if busy)
     ratio = mine / theirs
     judged = _bounded(subject, f"{rule.metric} ratio to {rule.to}", ratio, rule.max_ratio, rule.min_ratio, "{:.3g}", note)
+    if rule.metric == "time":
+        judged = _unless_within_noise(
+            judged, ratio, (rule.max_ratio, rule.min_ratio), _median_error_at(group, length) + _median_error_at(others, length)
+        )
     # Load only slows: a ratio too high is explained by this impl's busy cell, one too low by the other's.
     too_high = rule.max_ratio is not None and ratio > rule.max_ratio
     return unless_busy(judged, mine_busy if too_high else theirs_busy)
@@ -219,8 +223,33 @@ def _judge_value(rule, subject, group, length) -> Judgement:
         return _own_cell_failure(subject, status, why)
     note = _time_note(rule, group, length)
     judged = _bounded(subject, rule.metric, value, rule.max_value, rule.min_value, metric_text(rule.metric), note)
+    if rule.metric == "time":
+        judged = _unless_within_noise(judged, value, (rule.max_value, rule.min_value), _median_error_at(group, length))
     too_high = rule.max_value is not None and value > rule.max_value
     return unless_busy(judged, note if too_high else "")  # load only slows: a time under min_value is the code's
+
+
+def _median_error_at(rows: pd.DataFrame, length: int) -> float:
+    """How far the median time of the cell at `length` may be off, as a ln-ratio (crossover.median_error)."""
+    from attnprof.crossover import median_error
+
+    row = rows[rows["seq_len"] == length].iloc[0]
+    median, iqr, samples = row.get("median_ms", math.nan), row.get("iqr_ms", math.nan), row.get("times_ms")
+    if not (median > 0 and iqr == iqr):  # no spread stored (a frame from elsewhere): nothing to widen by
+        return 0.0
+    return median_error(iqr / (2 * median), len(samples) if isinstance(samples, list) else 0)
+
+
+def _unless_within_noise(judgement: Judgement, value: float, bounds, error: float) -> Judgement:
+    """A time (or time ratio) closer to its bound than its medians may be off cannot tell which side it is on:
+    Combiner-Mixture's ratio to SDPA read 0.503 (FAIL) and 0.499 (PASS) in two runs a minute apart against max 0.5,
+    each median of 7-9 samples 0.3-0.6% wide (a user audit). Then MISSING, as a timed exponent whose interval holds
+    its bound is. `error`: the medians' ln-ratio error summed (median_error); exact metrics never come here."""
+    near = [bound for bound in bounds if bound is not None and bound > 0 and value > 0 and abs(math.log(value / bound)) <= error]
+    if not near:
+        return judgement
+    why = f"within {error:.1%} of the bound {near[0]:.3g}, as far as its medians may be off (their samples' spread): can't tell"
+    return replace(judgement, verdict="MISSING", message=f"{judgement.message}: {why}; a longer rep_ms or a quieter machine narrows it")
 
 
 QUIET = "judge a run timed on a quiet one"

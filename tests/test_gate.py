@@ -511,6 +511,30 @@ def test_a_slowdown_past_the_bound_that_a_busy_machine_scattered_is_not_passed()
     assert busy.judgements[0].figures["busy"] is True  # what a CI script reads
 
 
+def test_a_time_ratio_or_value_closer_to_its_bound_than_its_medians_may_be_off_cannot_tell():
+    """Combiner-Mixture's ratio to SDPA read 0.503 (FAIL) and 0.499 (PASS) against max 0.5 in two runs a minute apart,
+    each median of 7-9 samples 0.3-0.6% wide (a user audit): either verdict was the noise's. Within the medians' own
+    error it is MISSING, either side; beyond it the verdict stands."""
+
+    def cells(mixture_ms, spread=0.005, samples=7):
+        times = [mixture_ms] * samples  # the stored median and IQR are what the judgement reads; the samples, how many
+        return frame([dict(seq_len=8192, status="ok", times_ms=times, median_ms=mixture_ms, iqr_ms=2 * spread * mixture_ms, peak_bytes=1),
+                      dict(impl="y", label="y", seq_len=8192, status="ok", times_ms=[500.0] * samples, median_ms=500.0,
+                           iqr_ms=2 * spread * 500.0, peak_bytes=1)])  # fmt: skip
+
+    rules = parse_rules([{"impl": "x", "metric": "time", "at_length": 8192, "to": "y", "max_ratio": 0.5},
+                         {"impl": "x", "metric": "time", "at_length": 8192, "max_value": "250ms"}], "t")  # fmt: skip
+    for mixture_ms in (251.5, 249.5):  # 0.503 and 0.499: each within 2 x 0.5% x 1.30 (7 samples) of 0.5
+        verdicts = evaluate(rules, cells(mixture_ms))
+        assert [v.verdict for v in verdicts] == ["MISSING", "MISSING"], [v.message for v in verdicts]
+        assert "can't tell; a longer rep_ms or a quieter machine narrows it" in verdicts[0].message
+    assert [v.verdict for v in evaluate(rules, cells(243.0))] == ["PASS", "PASS"]  # 0.486: 2.8% under, beyond 1.3%
+    assert [v.verdict for v in evaluate(rules, cells(258.0))] == ["FAIL", "FAIL"]
+    assert [v.verdict for v in evaluate(rules, cells(251.5, spread=0.0))] == ["FAIL", "FAIL"]  # no spread: as measured
+    assert evaluate(rules[:1], cells(246.0, samples=3))[0].verdict == "MISSING"  # 1.6% under: 3 samples say less (2.5 x)
+    assert evaluate(rules[:1], cells(246.0, samples=20))[0].verdict == "PASS"
+
+
 def test_a_time_ratio_or_value_that_would_fail_on_a_busy_machine_is_missing():
     """A ratio to sdpa read 14.3 (> max 4) in one of eight runs of an unchanged kernel: its samples were 535-2788 ms
     under a burst of load, sdpa's 98-128 ms timed before it. Quiet cells still fail."""

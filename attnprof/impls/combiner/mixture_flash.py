@@ -110,7 +110,10 @@ def _summaries(scanned, group_keys, group_values, valid, directions, scale: floa
     scan_valid = None if valid is None else valid[..., None]
     batch, heads, size = scanned[0].shape[:3]
     pooled = [[prefix_max(x, -3, reverse=reverse, valid=scan_valid) for x in scanned] for reverse in directions]  # (B, H, T, G, D)
-    queries = torch.cat([pooled_q.transpose(-3, -2) for pooled_q, _ in pooled], dim=-2)  # (B, H, G, dirs T, D)
+    # One direction (causal's vertical summaries): the transposed view itself, which the kernel reads by its strides
+    # (same values, same kernel time) where a cat of one copied 67 MB at N = 8192, 7 ms of a 255 ms call
+    transposed = [pooled_q.transpose(-3, -2) for pooled_q, _ in pooled]
+    queries = transposed[0] if len(transposed) == 1 else torch.cat(transposed, dim=-2)  # (B, H, G, dirs T, D)
     group_valid = None if valid is None else valid.T  # (G, T)
     mask = torch.cat(
         [_summary_mask(size, reverse, group_valid, queries) for reverse in directions], dim=-2

@@ -17,7 +17,11 @@ from attnprof.errors import StoreFault, UsageError
 @click.argument("run", default="latest")
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 @click.option("--metric", default=None, help="Metrics to fit (time, peak_bytes, flops; default: each the run has).")
-@click.option("--budget", default=None, help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory).")
+@click.option(
+    "--budget",
+    default=None,
+    help="Memory budget for the frontier, e.g. 80GiB (default: the device's memory; 80 GiB for an accounting run).",
+)
 @click.option(
     "--impl",
     "impl_names",

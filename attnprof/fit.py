@@ -194,7 +194,9 @@ class _Samples:
     def of(cls, lengths, values, spreads, counts=None) -> _Samples:
         lookup = None if spreads is None else _given_spreads(lengths, values, spreads)
         if spreads is not None:  # medians: as many samples as given behind each (the fewest where several share a length)
-            counts = _given_spreads(lengths, values, np.zeros(np.size(values)) if counts is None else counts, reduce=np.min)
+            counts = _given_spreads(lengths, values, np.zeros(np.size(values)) if counts is None else counts, np.min, "counts")
+        elif counts is not None:  # raw samples count themselves (a list here was called as the lookup: a TypeError)
+            raise ValueError("counts go with spreads: the samples behind each given median; raw samples count themselves")
         all_lengths, all_values, n_dropped = _valid_samples(lengths, values)
         med_lengths, med_values = _medians(all_lengths, all_values)
         if len(med_lengths) < 2:
@@ -336,13 +338,14 @@ def _relative_spreads(lengths: np.ndarray, values: np.ndarray, distinct: np.ndar
     return spreads
 
 
-def _given_spreads(lengths, values, spreads, reduce=np.median):
-    """length -> spread lookup over the valid values' given spreads (the median of those at one length; `reduce`)."""
+def _given_spreads(lengths, values, spreads, reduce=np.median, name: str = "spreads"):
+    """length -> spread lookup over the valid values' given spreads (the median of those at one length; `reduce`);
+    `name`: what they are, for the error."""
     n = np.asarray(lengths, dtype=float).ravel()
     y = np.asarray(values, dtype=float).ravel()
     s = np.nan_to_num(np.asarray(spreads, dtype=float).ravel(), nan=0.0)
     if s.shape != y.shape:
-        raise ValueError(f"values and spreads differ in size ({y.size} vs {s.size})")
+        raise ValueError(f"values and {name} differ in size ({y.size} vs {s.size})")
     ok = np.isfinite(y) & (y > 0)
     n, s = n[ok], s[ok]
     if len(np.unique(n)) == len(n):  # one value per length (the dashboard's cell medians): a lookup, no medians

@@ -245,7 +245,8 @@ def _unless_within_noise(judgement: Judgement, value: float, bounds, error: floa
     Combiner-Mixture's ratio to SDPA read 0.503 (FAIL) and 0.499 (PASS) in two runs a minute apart against max 0.5,
     each median of 7-9 samples 0.3-0.6% wide (a user audit). Then MISSING, as a timed exponent whose interval holds
     its bound is. `error`: the medians' ln-ratio error summed (median_error); exact metrics never come here."""
-    near = [bound for bound in bounds if bound is not None and bound > 0 and value > 0 and abs(math.log(value / bound)) <= error]
+    # strictly: a time exactly at its bound with no spread (one sample, or an IQR of 0) passes as it did (a review)
+    near = [bound for bound in bounds if bound is not None and bound > 0 and value > 0 and abs(math.log(value / bound)) < error]
     if not near:
         return judgement
     why = f"within {error:.1%} of the bound {near[0]:.3g}, as far as its medians may be off (their samples' spread): can't tell"

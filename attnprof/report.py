@@ -50,7 +50,9 @@ def _budget_origin(budget_bytes, device_bytes) -> str:
 
     if budget_bytes is not None:
         return "Budget from --budget."
-    return "Budget: the run's device memory; --budget sets another." if device_bytes else f"Budget: {DEFAULT_BUDGET_SAID}."
+    if device_bytes:
+        return "Budget: the run's device memory (a CPU run's: the host's RAM); --budget sets another."
+    return f"Budget: {DEFAULT_BUDGET_SAID}."
 
 
 def _budget_bytes(budget) -> int | None:

@@ -168,14 +168,15 @@ def test_an_extrapolated_frontiers_low_end_is_a_length_that_fits(impl):
 def test_a_fading_workspace_is_not_extrapolated_at_its_flattened_slope():
     """A fixed workspace beside a linear term, over 75% of the peak at every length (cosFormer's peak fitted 0.74
     over 1k..64k, and its frontier at 80 GiB read 11.6M, where its output and inputs alone need 89 GiB): the
-    exponent is that of workspace + a N^b, 1, and the frontier the exact one; its low end within 0.2% of it."""
+    exponent is that of workspace + a N^b, 1, and the frontier the exact one; its range (from an exponent fitted to the
+    5-30% of the peak the workspace leaves) holds it, the low end within 10%."""
     peak = lambda n: 4e8 + 1.5e3 * n  # noqa: E731
     fit = fit_of(peak, lengths=2.0 ** np.arange(10, 17))
     found = memory_frontier(fit, BUDGET, input_bytes_per_token=PER_TOKEN)
     exact = (BUDGET - 4e8) / (1.5e3 + PER_TOKEN)
     assert fit.exponent == pytest.approx(1.0, abs=1e-5) and fit.overhead == pytest.approx(4e8, rel=1e-6), fit.range_rule
     assert found.length == pytest.approx(exact, rel=1e-6)
-    assert exact * 0.998 < found.length_low <= exact * (1 + 1e-6) <= found.length_high, found.message
+    assert exact * 0.9 < found.length_low <= exact * (1 + 1e-6) <= found.length_high, found.message
 
 
 def test_an_exact_linear_peak_keeps_a_tight_extrapolated_frontier():

@@ -140,11 +140,34 @@ def test_an_exact_peak_with_a_large_workspace_keeps_its_exponent_and_frontier():
 
     lengths = 2 ** np.arange(10, 15)
     fit = fit_power_law(lengths, 16.0 * lengths**2 + 1.07e9)
-    assert fit.exponent == pytest.approx(2.0, abs=1e-4) and fit.exponent_high < 2.01, fit.range_rule
+    assert fit.exponent == pytest.approx(2.0, abs=1e-4) and fit.exponent_low <= 2.0 <= fit.exponent_high < 2.05, fit.range_rule
     assert fit.complexity == "quadratic"
     found = memory_frontier(fit, 64 * 2**30)
     assert found.length == pytest.approx(math.sqrt((64 * 2**30 - 1.07e9) / 16), rel=1e-4), found.message
-    assert found.length_low <= found.length <= found.length_high < 66_000
+    assert found.length_low <= found.length <= found.length_high < 70_000
+
+
+def test_a_constant_dominated_exact_peak_takes_its_interval_from_all_three_parameters():
+    """N^2 + 2e4 N + 3.16e10 bytes over 1k..64k (the constant 86% of the peak at 64k): c0 + a N^b fits it within the
+    resolution with b = 1.70, and the plain interval at the resolution floor read [1.698, 1.700], where b is fitted to
+    the 14% the constant leaves: its 80 GiB frontier's low end, 249,946, passed a min_frontier of 240,000 that the true
+    frontier, 223,238, fails (a review)."""
+    from attnprof.frontier import memory_frontier
+
+    lengths = 1024 * 2 ** np.arange(7)
+    fit = fit_power_law(lengths, lengths**2.0 + 2e4 * lengths + 3.16e10)
+    true = (-2e4 + math.sqrt(4e8 + 4 * (80 * 2**30 - 3.16e10))) / 2
+    found = memory_frontier(fit, 80 * 2**30)
+    assert "fitted to every length" in fit.range_rule and fit.exponent_high - fit.exponent_low > 0.1, fit
+    assert found.length_low <= true <= found.length_high, found.message
+
+
+def test_counts_without_spreads_are_refused_naming_them():
+    lengths = np.array([256, 512, 1024, 2048.0])  # raw samples count themselves: a list of counts was called, a TypeError
+    with pytest.raises(ValueError, match="counts go with spreads"):
+        fit_power_law(lengths, lengths**2, counts=[5] * 4)
+    with pytest.raises(ValueError, match=r"values and counts differ in size \(4 vs 3\)"):
+        fit_power_law(lengths, lengths**2, spreads=[0.01] * 4, counts=[5] * 3)
 
 
 def test_range_rule_cuts_a_fading_linear_term_under_a_quadratic_one():

@@ -531,6 +531,7 @@ def test_a_time_ratio_or_value_closer_to_its_bound_than_its_medians_may_be_off_c
     assert [v.verdict for v in evaluate(rules, cells(243.0))] == ["PASS", "PASS"]  # 0.486: 2.8% under, beyond 1.3%
     assert [v.verdict for v in evaluate(rules, cells(258.0))] == ["FAIL", "FAIL"]
     assert [v.verdict for v in evaluate(rules, cells(251.5, spread=0.0))] == ["FAIL", "FAIL"]  # no spread: as measured
+    assert [v.verdict for v in evaluate(rules, cells(250.0, spread=0.0))] == ["PASS", "PASS"]  # at the bound, no spread: as before
     assert evaluate(rules[:1], cells(246.0, samples=3))[0].verdict == "MISSING"  # 1.6% under: 3 samples say less (2.5 x)
     assert evaluate(rules[:1], cells(246.0, samples=20))[0].verdict == "PASS"
 

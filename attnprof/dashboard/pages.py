@@ -211,7 +211,8 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
         rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
         note = " ".join(filter(None, (views.unticked_note(shown, filters), note)))  # as Scaling says it
         crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
-        budget = round(2.0 ** float(budget_log2 or math.log2(DEFAULT_BUDGET)))  # the bytes fit's frontier was given
+        # the bytes fit's frontier was given; `is None`: a budget of 1 byte (log2 0) drew the default 80 GiB (a review)
+        budget = round(2.0 ** float(budget_log2 if budget_log2 is not None else math.log2(DEFAULT_BUDGET)))
         boundaries = source.memo(("boundaries", *base), lambda: boundaries_by_config(shown))
         frontier = views.frontier_rows(shown, all_fits, budget, boundaries, device_memory(source, run_id))
         return rows, chart, crossing, figures.frontier_figure(frontier, budget), note

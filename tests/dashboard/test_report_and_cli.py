@@ -166,6 +166,10 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     assert f"up to N = {format_length(frontier['length'])} " in frontier["message"] and format_length(frontier["length"]) in text
     assert invoke("report", "latest", "--db", db, "--out", out, "--budget", "1GiB").exit_code == 0
     assert "Memory frontier at 1.0 GiB" in out.read_text() and "Budget from --budget." in out.read_text()
+    assert invoke("report", "latest", "--db", db, "--out", out, "--budget", "1").exit_code == 0  # log2 0 drew 80 GiB (a review)
+    assert "Memory frontier at 1 B" in out.read_text() or "Memory frontier at 1.0 B" in out.read_text(), re.findall(
+        r"Memory frontier at [^:]*", out.read_text()
+    )
     bad = invoke("report", "latest", "--db", db, "--out", out, "--budget", "lots")
     assert bad.exit_code == 2 and "bad budget 'lots'" in bad.output
 

@@ -355,9 +355,12 @@ def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None
     peaks of both, their ratios candidate/baseline, `change` in words; `score` the sort key: inf for ok -> failing,
     else the larger ratio); exponents: per configuration both runs have
     and metric (time, peak_bytes), both fitted exponents over the lengths both runs measured, the change and whether
-    the 95% intervals are disjoint (`significant`), those first, each group by the size of the change either way."""
+    the 95% intervals are disjoint (`significant`), those first, each group by the size of the change either way.
+    `cells.attrs["note"]`: the sentence `attnprof compare` prints (which runs, an unfinished one, cells only one has,
+    busy or noisy cells)."""
     import pandas as pd
 
+    from attnprof.compare_note import comparison_note
     from attnprof.dashboard.compare import compare_cells, exponent_changes, shared_configurations
     from attnprof.dashboard.views import fit_metric
 
@@ -365,7 +368,9 @@ def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None
     cells = compare_cells(a, b)
     fitted_a, fitted_b = shared_configurations(a, b)
     fits = [pd.concat([fit_metric(frame, m) for m in ("time", "peak_bytes")], ignore_index=True) for frame in (fitted_a, fitted_b)]
-    return cells, exponent_changes(pd.concat([a, b]), *fits)
+    exponents = exponent_changes(pd.concat([a, b]), *fits)
+    cells.attrs["note"] = comparison_note(baseline, candidate, db or default_db(), cells, exponents)
+    return cells, exponents
 
 
 def run_budget(run: str, db: str | Path | None = None) -> int | None:

@@ -31,6 +31,9 @@ def test_compare_runs_matches_the_shared_cells_and_configurations(two_runs):
     # both fitted over the lengths both measured: each over its own (1k..4k, 1k..8k) read a change of range as one of
     # code (cosFormer's time 1.105 -> 0.729, "significant", where every shared cell agreed within 0.5%)
     assert set(peaks["lengths_a"]) == {"1k..4k"} and set(peaks["lengths_b"]) == {"1k..4k"}
+    # the sentence the CLI prints goes with the tables: a notebook was not told which runs, or of cells only one has
+    assert cells.attrs["note"].startswith(f"Candidate run {newer} against baseline run {older}. Not compared: 0 cells only")
+    assert attnprof.compare_runs(newer, newer, db)[0].attrs["note"].startswith(f"Run {newer} against itself")
 
 
 def test_the_compare_command_prints_tables_markdown_and_strict_json(two_runs):

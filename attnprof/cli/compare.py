@@ -33,18 +33,10 @@ def compare(baseline, candidate, show_all, output_format, db):
     import json
 
     from attnprof.api import compare_runs, default_db
-    from attnprof.dashboard.compare import caveat_note
 
     cells, exponents = compare_runs(baseline, candidate, db or default_db())
-    worse = int((cells["score"] > 1.05).sum())  # as the dashboard's Compare note counts them
+    note = cells.attrs["note"]
     cells = cells.drop(columns=["score"])
-    runs = _runs_note(baseline, candidate, db or default_db(), len(cells))
-    note = f"{len(cells)} shared cells; {worse} at least 5% slower or larger, or failing now"
-    changed = int(exponents["significant"].sum()) if len(exponents) else 0
-    note += f"; {len(exponents)} exponents compared, {changed} changed beyond their 95% intervals."
-    if not len(cells):  # empty tables and exit 0 said nothing of why
-        note += " The two runs share no cell (configuration, length and seed): compare runs of the same sweep."
-    note = " ".join(filter(None, (runs, note, caveat_note(cells))))
     if output_format == "json":
         payload = {"note": note, "cells": _records(cells), "exponents": _records(exponents)}
         click.echo(json.dumps(payload, indent=1, allow_nan=False, default=str))
@@ -54,31 +46,6 @@ def compare(baseline, candidate, show_all, output_format, db):
     click.echo(note + (f" The worst {SHOWN} of each are shown; --all lists {left} more." if left else ""))
     _print(shown_cells, "Cells, worst first", output_format)
     _print(shown_exponents, "Exponents, the largest changes first", output_format)
-
-
-def _runs_note(baseline: str, candidate: str, db, shared: int) -> str:
-    """Which two runs were compared (`latest` and names resolved: after a resume, `latest` is still the newest
-    created), an unfinished one's state, and how many cells only one of them has: an interrupted candidate of 4 of
-    18 cells read as a whole comparison."""
-    from attnprof.dashboard.runinfo import run_name, unfinished_note
-    from attnprof.store import Store
-
-    store = Store.open(db, create=False)
-    try:
-        runs = [store.resolve_run(run) for run in (baseline, candidate)]
-        counts = [store.count(run.run_id) for run in runs]
-    finally:
-        store.close()
-    if runs[0].run_id == runs[1].run_id:
-        return f"Run {run_name(runs[0])} against itself: the two are the same run."
-    note = f"Candidate run {run_name(runs[1])} against baseline run {run_name(runs[0])}."
-    for role, run, count in zip(("baseline", "candidate"), runs, counts, strict=True):
-        if unfinished := unfinished_note(run, count, db):
-            note += f" The {role} is {unfinished}."
-    only = [count - shared for count in counts]
-    if any(only):
-        note += f" Not compared: {only[0]} cells only the baseline has, {only[1]} only the candidate."
-    return note
 
 
 def _records(frame) -> list[dict]:

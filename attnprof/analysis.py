@@ -6,8 +6,6 @@ both call `analyse`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import pandas as pd
@@ -66,13 +64,12 @@ def analyse(
         raise UsageError(f"analyse takes the DataFrame of load_measurements(run, db): this one lacks {', '.join(lacking)}")
     refuse_overlapping_runs(frame, "analyse")
     frame = _samples_as_lists(frame)
-    if isinstance(budget_bytes, str):
-        from attnprof.gate_rules import parse_bytes
+    from attnprof.gate_rules import bytes_or_none
 
-        budget_bytes = parse_bytes(budget_bytes, "budget_bytes")
-    for name, value in (("budget_bytes", budget_bytes), ("device_bytes", device_bytes)):  # frontier's ValueError, before
-        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):  # [1] and "80GiB" were TypeErrors
-            raise UsageError(f"bad {name} {value!r}: must be a finite number of bytes above 0")
+    budget_bytes = bytes_or_none(budget_bytes, "budget_bytes")  # the frontier's ValueError, before: [1] was a TypeError
+    if isinstance(device_bytes, str):  # a number only, as run_budget gives it
+        raise UsageError(f"bad device_bytes {device_bytes!r}: must be a finite number of bytes above 0")
+    device_bytes = bytes_or_none(device_bytes, "device_bytes")
     fits = []
     for metric in metrics:
         points = metric_points(frame, metric)
@@ -100,10 +97,6 @@ def _samples_as_lists(frame: pd.DataFrame) -> pd.DataFrame:
     if "reason" in frame.columns and frame["reason"].isna().any():
         frame = frame.assign(reason=frame["reason"].fillna(""))
     return frame
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's numbers too
 
 
 NOT_FITTED_COLUMNS = [*CONFIG, "seq_len", "status", "reason"]

@@ -245,6 +245,19 @@ def _finite_number(text: str, value, what: str) -> float:
     return number
 
 
+def bytes_or_none(value, what: str):
+    """A memory size given by a caller: None, a size text (parse_bytes), or a finite number of bytes above 0; else a
+    UsageError naming `what` (a list or "80GiB" as a number were TypeErrors deep in the frontier)."""
+    import math
+    import numbers
+
+    if value is None or isinstance(value, str):
+        return None if value is None else parse_bytes(value, what)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise UsageError(f"bad {what} {value!r}: must be a finite number of bytes above 0")
+    return value
+
+
 def parse_bytes(value, what: str) -> int:
     """`80GiB`, `512 MiB`, `1e9`, 1000000 -> bytes."""
     import math

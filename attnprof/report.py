@@ -8,12 +8,12 @@ from __future__ import annotations
 import html
 import importlib.util
 import math
-import numbers
 import os
 from pathlib import Path
 
 from attnprof.errors import UsageError, make_folder
 from attnprof.fit import format_length
+from attnprof.gate_rules import bytes_or_none
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1280px; color: #222; font-size: 14px; }
@@ -35,7 +35,7 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), 
     if png_dir is not None and importlib.util.find_spec("kaleido") is None:
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
     only = (only,) if isinstance(only, str) else tuple(only)  # one "dtype=float32" was read a character at a time
-    budget_bytes = _budget_bytes(budget)
+    budget_bytes = bytes_or_none(budget, "budget")
     source = DataSource(db or default_db())
     info = source.run(run)
     figures, body = report_sections(source, info.run_id, only, budget_bytes)
@@ -53,16 +53,6 @@ def _budget_origin(budget_bytes, device_bytes) -> str:
     if device_bytes:
         return "Budget: the run's device memory (a CPU run's: the host's RAM); --budget sets another."
     return f"Budget: {DEFAULT_BUDGET_SAID}."
-
-
-def _budget_bytes(budget) -> int | None:
-    from attnprof.gate_rules import parse_bytes
-
-    if budget is None or isinstance(budget, str):
-        return None if budget is None else parse_bytes(budget, "budget")
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not (math.isfinite(budget) and budget > 0):
-        raise UsageError(f"bad budget {budget!r}: must be a finite number of bytes above 0, or a size such as '80GiB'")
-    return int(budget)
 
 
 def report_sections(source, run_id: str, only=(), budget_bytes: int | None = None) -> tuple[dict, str]:

@@ -34,6 +34,7 @@ class RuleVerdict:
     verdict: str
     message: str
     judgements: tuple[Judgement, ...]
+    unjudged: tuple[Judgement, ...] = ()  # cells new since the baseline and unsupported configurations: said, not judged
 
 
 def evaluate(
@@ -62,7 +63,7 @@ def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
         why = f"no measurements match impl {rule.impl!r} and the rule's filters"
         if refused:
             why = f"every configuration it matches is unsupported: {refused[0].subject}: {refused[0].message}"
-        return RuleVerdict(rule, "MISSING", why, ())
+        return RuleVerdict(rule, "MISSING", why, (), tuple(refused))
     # A cell the baseline lacks cannot regress; said, so that a rule passing on 2 of 40 cells does not read as 40.
     unjudged = ""
     if new:
@@ -74,13 +75,14 @@ def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
         hits = failing(judgements, verdict)
         if hits:
             more = f" (+{len(hits) - 1} more {verdict}, listed below)" if len(hits) > 1 else ""
-            return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}{unjudged}", tuple(judgements))
+            return RuleVerdict(rule, verdict, f"{hits[0].subject}: {hits[0].message}{more}{unjudged}", tuple(judgements), (*new, *refused))
     worst = max(judgements, key=lambda j: j.severity)
     return RuleVerdict(
         rule,
         "PASS",
         f"{worst.subject}: {worst.message}" + (f" (and {len(judgements) - 1} more)" if len(judgements) > 1 else "") + unjudged,
         tuple(judgements),
+        (*new, *refused),
     )
 
 
@@ -97,12 +99,19 @@ def other_failures(verdict: RuleVerdict) -> list[str]:
     return [f"{j.subject}: {j.message}" for j in failing(verdict.judgements, verdict.verdict)[1:]]
 
 
-def matching(rule: GateRule, frame: pd.DataFrame, impl: str | None = None) -> pd.DataFrame:
-    impl = impl or rule.impl
-    rows = frame if impl == "all" else frame[(frame["label"] == impl) | (frame["impl"] == impl)]
+def matching(rule: GateRule, frame: pd.DataFrame, *, to: bool = False) -> pd.DataFrame:
+    """The rows of the rule's impl (its `to` impl with to=True) that its filters keep."""
+    impl, exact = (rule.to, rule.to_exact) if to else (rule.impl, rule.impl_exact)
+    rows = frame if impl == "all" else frame[names_line(impl, exact, frame["impl"], frame["label"])]
     for key, allowed in rule.filters.items():
         rows = rows[rows[key].isin(list(allowed))]
     return rows
+
+
+def names_line(name: str, exact: bool, impl, label):
+    """Whether a rule's impl name picks a line (impl, label), elementwise on Series too: a bare name every line of
+    its impl, a name with options (GateRule.impl_exact) only its own label."""
+    return label == name if exact else (label == name) | (impl == name)
 
 
 def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
@@ -118,10 +127,12 @@ def _judge(rule: GateRule, frame, baseline, default_budget) -> list[Judgement]:
     from attnprof.gate_scaling import judge_exponent, judge_frontier  # they build on this module
 
     judgements = []
-    theirs = _by_configuration(matching(rule, frame, rule.to)) if rule.kind == "ratio" else {}
+    theirs = _by_configuration(matching(rule, frame, to=True)) if rule.kind == "ratio" else {}
     for keys, group in rows.groupby(CONFIG, sort=True):
         impl = group["impl"].iloc[0]
         others = theirs.get(tuple(keys[1:]), frame.iloc[:0])  # a ratio rule's `to` impl's cells of this configuration
+        if keys[0] in set(others["label"]):  # the `to` line itself (impl = "all"): a ratio of 1 is no judgement
+            continue
         if (group["status"] == "unsupported").all():  # a declared refusal (nystromformer causal): nothing to judge
             judged = Judgement(subject_of(keys), UNSUPPORTED_CONFIG, group["reason"].iloc[0])
             judgements.append(located(judged, cell_of(keys, impl)))
@@ -208,13 +219,19 @@ def _judge_ratio(rule, subject, group, others, length) -> Judgement:
     note = "".join(f" [{label}: {busy[2:]}" for label, busy in ((first["label"], mine_busy), (rule.to, theirs_busy)) if busy)
     ratio = mine / theirs
     judged = _bounded(subject, f"{rule.metric} ratio to {rule.to}", ratio, rule.max_ratio, rule.min_ratio, "{:.3g}", note)
+    judged = replace(judged, figures={**judged.figures, "to": rule.to, "numerator": mine, "denominator": theirs})
     if rule.metric == "time":
         judged = _unless_within_noise(
             judged, ratio, (rule.max_ratio, rule.min_ratio), _median_error_at(group, length) + _median_error_at(others, length)
         )
-    # Load only slows: a ratio too high is explained by this impl's busy cell, one too low by the other's.
+    # Load only slows: a ratio too high is explained by this impl's busy cell, one too low by the other's; and a
+    # pass under max_ratio may be the other's load (sdpa slowed 3.5x by load passed a quadratic kernel at 0.53 against
+    # its true 1.85, a gate audit), one over min_ratio this impl's.
     too_high = rule.max_ratio is not None and ratio > rule.max_ratio
-    return unless_busy(judged, mine_busy if too_high else theirs_busy)
+    judged = unless_busy(judged, mine_busy if too_high else theirs_busy)
+    hiding = [rule.to] * bool(theirs_busy and rule.max_ratio is not None)
+    hiding += [first["label"]] * bool(mine_busy and rule.min_ratio is not None)
+    return unless_busy_pass(judged, hiding)
 
 
 def _judge_value(rule, subject, group, length) -> Judgement:
@@ -226,7 +243,8 @@ def _judge_value(rule, subject, group, length) -> Judgement:
     if rule.metric == "time":
         judged = _unless_within_noise(judged, value, (rule.max_value, rule.min_value), _median_error_at(group, length))
     too_high = rule.max_value is not None and value > rule.max_value
-    return unless_busy(judged, note if too_high else "")  # load only slows: a time under min_value is the code's
+    judged = unless_busy(judged, note if too_high else "")  # load only slows: a time under min_value is the code's
+    return unless_busy_pass(judged, [group["label"].iloc[0]] * bool(note and rule.min_value is not None))  # and may lift one over it
 
 
 def _median_error_at(rows: pd.DataFrame, length: int) -> float:
@@ -266,6 +284,17 @@ def unless_busy(judgement: Judgement, busy: str) -> Judgement:
         return judgement
     # figures.busy: what a CI script reads to tell a busy runner from a cell not measured
     return Judgement(judgement.subject, "MISSING", f"{judgement.message}, but {BUSY_MACHINE}", figures={**judgement.figures, "busy": True})
+
+
+def unless_busy_pass(judgement: Judgement, busy: list[str]) -> Judgement:
+    """A time PASS that load could have made: a cell whose slowing moves the figure away from a bound it would
+    otherwise cross. MISSING (exit 3), as a timed exponent or a time regression passed on a busy machine is.
+    `busy`: the lines whose busy cells could have done so (their notes are in the message already)."""
+    if judgement.verdict != "PASS" or not busy:
+        return judgement
+    was = "was" if len(busy) == 1 else "were"
+    why = f"{judgement.message}, but {' and '.join(busy)} {was} timed on a busy machine, which may have hidden a change: {QUIET}"
+    return Judgement(judgement.subject, "MISSING", why, 0.0, {**judgement.figures, "busy": True})
 
 
 def _time_note(rule: GateRule, rows: pd.DataFrame, length: int) -> str:
@@ -309,66 +338,3 @@ def _bounded(subject: str, what: str, value: float, maximum, minimum, shown, not
     bound = f"<= max {show(maximum)}" if maximum is not None else f">= min {show(minimum)}"
     severity = value / maximum if maximum else (minimum / value if value else 0.0)
     return Judgement(subject, "PASS", f"{described} {bound}", severity, figures)
-
-
-def markdown_report(verdicts: list[RuleVerdict], run_ids=()) -> str:
-    lines = ["| rule | verdict | detail |", "|---|---|---|"]
-    lines += [f"| {v.rule.title} | {v.verdict} | {_markdown_detail(v)} |" for v in verdicts]
-    runs = f" (run {', '.join(run_ids)})" if run_ids else ""
-    return "\n".join(lines) + f"\n\n{summary_line(verdicts)}{runs}\n"
-
-
-MARKDOWN_LISTED = 10  # failing configurations listed per rule in the Markdown summary; the rest are counted
-
-
-def _markdown_detail(verdict: RuleVerdict) -> str:
-    others = other_failures(verdict)
-    shown = [verdict.message, *others[:MARKDOWN_LISTED]]
-    if len(others) > MARKDOWN_LISTED:
-        shown.append(f"... and {len(others) - MARKDOWN_LISTED} more")
-    return "<br>".join(text.replace("|", "/") for text in shown)
-
-
-def verdicts_record(verdicts: list[RuleVerdict], rules_file, run_ids, *, baseline=None, db=None) -> dict:
-    """The gate's outcome as plain data (`gate --json`): exit status, counts, what was judged against what, and per
-    rule every configuration judged, with its figures (the numbers its message gives: value and bounds, an
-    exponent's interval and lengths, a regression's baseline value, change and p-value). A severity only orders
-    failures, in the rule's own scale (a ratio to the bound, an exponent difference, a relative change); infinite for
-    a cell that failed."""
-    record = unjudged_record(rules_file, exit_status(verdicts), None, run_ids, baseline=baseline, db=db)
-    record["counts"] = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
-    return record | {
-        "rules": [
-            {
-                "index": v.rule.index, "title": v.rule.title, "impl": v.rule.impl, "metric": v.rule.metric, "kind": v.rule.kind,
-                "verdict": v.verdict, "message": v.message,
-                "judgements": [{"subject": j.subject, "cell": j.cell, "verdict": j.verdict, "message": j.message,
-                                "severity": j.severity, "figures": j.figures} for j in v.judgements],
-            }
-            for v in verdicts
-        ],
-    }  # fmt: skip
-
-
-def unjudged_record(rules_file, status: int | None, error: str | None, run_ids=(), *, baseline=None, db=None) -> dict:
-    """verdicts_record's shape with no verdict: every key present (counts 0, rules empty), `error` saying why, so that
-    a CI script reads one shape whatever the exit status. status None: the gate has not finished (still measuring)."""
-    from attnprof import __version__
-
-    return {
-        "rules_file": str(rules_file),
-        "runs": list(run_ids),
-        "baseline": None if baseline is None else str(baseline),
-        "db": None if db is None else str(db),  # the database read and measured into (None: the rules file was unreadable)
-        "attnprof_version": __version__,
-        "exit_status": status,
-        "error": error,
-        "counts": {"PASS": 0, "FAIL": 0, "MISSING": 0},
-        "rules": [],
-    }
-
-
-def summary_line(verdicts: list[RuleVerdict]) -> str:
-    # Not "N passed, N failed": CI log readers take that shape for a test runner's closing line.
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("PASS", "FAIL", "MISSING")}
-    return f"gate: {len(verdicts)} rules; PASS {counts['PASS']}, FAIL {counts['FAIL']}, MISSING {counts['MISSING']}"

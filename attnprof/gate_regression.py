@@ -24,7 +24,8 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
         return [Judgement("baseline", "MISSING", "a max_regression rule needs --baseline FILE")]
     # Rows as dicts keyed by cell: iterrows and a MultiIndex .loc per cell cost 0.15 ms a cell (12 s of a gate at 50k
     # rows, an audit's profile); a dict lookup costs next to nothing. (A baseline holds each cell once: gating.py.)
-    base = matching(rule, baseline).set_index([*CONFIG, "seq_len"]).to_dict("index")
+    theirs = matching(rule, baseline)
+    base = theirs.set_index([*CONFIG, "seq_len"]).to_dict("index")
     judgements = []
     for row in rows.to_dict("records"):
         key = tuple(row[c] for c in [*CONFIG, "seq_len"])
@@ -33,14 +34,16 @@ def judge_regression(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame 
             judgements.append(located(Judgement(subject, NEW_CELL, "not in the baseline"), cell))
             continue
         judgements.append(located(_compare(rule, subject, row, base[key]), cell))
-    judgements += _absent_from_the_run(rule, rows, base)
+    judgements += _absent_from_the_run(rows, base)
     # The run has the cells; the baseline names them otherwise (other options, lengths).
     if len(rows) and all(j.verdict == NEW_CELL for j in judgements):
-        has = ", ".join(sorted(set(matching(rule, baseline)["label"]) or set(baseline["label"]))) or "no cells"
+        has = ", ".join(sorted(set(theirs["label"]) or set(baseline["label"]))) or "no cells"
         wanted = ", ".join(sorted(set(rows["label"])))
         reason = f"the baseline has no cell of the run's {wanted} at these shapes and lengths (its cells: {has}"
-        return [Judgement("baseline", "MISSING", reason + _differences(rows, matching(rule, baseline)) + ")")]
-    return judgements
+        return [Judgement("baseline", "MISSING", reason + _differences(rows, theirs) + ")")]
+    # A configuration the run does not measure at all: a baseline's accounting cells passed a run of the timed ones,
+    # unsaid (a gate audit)
+    return judgements + absent_configurations(set(zip(*(rows[c] for c in CONFIG), strict=True)), theirs)
 
 
 def _differences(rows: pd.DataFrame, base: pd.DataFrame) -> str:
@@ -57,7 +60,7 @@ def _differences(rows: pd.DataFrame, base: pd.DataFrame) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
-def _absent_from_the_run(rule: GateRule, rows: pd.DataFrame, base: dict) -> list[Judgement]:
+def _absent_from_the_run(rows: pd.DataFrame, base: dict) -> list[Judgement]:
     """Baseline cells the run lacks, within the configurations the run measures: a cell not measured cannot be
     vouched for (a sweep trimmed to fewer lengths, or stopped early, passed on the cells it kept)."""
     measured = set(rows.set_index([*CONFIG, "seq_len"]).index)
@@ -68,6 +71,20 @@ def _absent_from_the_run(rule: GateRule, rows: pd.DataFrame, base: dict) -> list
                 cell_of(key[:-1], base[key]["impl"], key[-1], "missing"))
         for key in absent
     ]  # fmt: skip
+
+
+def absent_configurations(measured: set, baseline: pd.DataFrame) -> list[Judgement]:
+    """A MISSING judgement for each configuration (CONFIG values) of the baseline's rows that the run does not measure
+    at all; one the baseline holds as unsupported only is nothing to vouch for."""
+    from attnprof.gate_scaling import span_text
+
+    judgements = []
+    for keys, group in baseline.groupby(CONFIG, sort=True):
+        if keys in measured or (group["status"] == "unsupported").all():
+            continue
+        why = f"in the baseline (N={span_text(sorted(group['seq_len']))}), not measured in the run"
+        judgements.append(located(Judgement(subject_of(keys), "MISSING", why), cell_of(keys, group["impl"].iloc[0])))
+    return judgements
 
 
 def _compare(rule: GateRule, subject: str, new: Mapping, old: Mapping) -> Judgement:

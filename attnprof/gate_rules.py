@@ -20,6 +20,7 @@ from attnprof.errors import UsageError
 from attnprof.spec import parse_causal, parse_devices, parse_dtypes, parse_impls, parse_lengths, parse_modes, parse_size
 
 METRICS = {"time": "median_ms", "peak_bytes": "peak_bytes", "flops": "flops"}
+EXPONENT_LIMIT = 4  # the largest exponent bound taken: a percentage written as an exponent (110) is a slip
 FILTER_KEYS = ("causal", "mode", "dtype", "device", "batch", "heads", "head_dim")
 BOUND_KEYS = (
     "max_exponent",
@@ -56,6 +57,11 @@ class GateRule:
     max_exponent_increase: float | None = None
     min_frontier: int | None = None
     budget: int | None = None
+    # The impl (and `to`) named with options, even at their defaults (`mylin[variant=good]`): that line only. A bare
+    # name is every line of the impl; the label a sweep gives the default options is the bare name, so without this a
+    # rule naming the default line judged every option set beside it too (a gate audit).
+    impl_exact: bool = False
+    to_exact: bool = False
 
     @property
     def kind(self) -> str:
@@ -96,11 +102,12 @@ def _parse_rule(index: int, table: dict, source: str) -> GateRule:
     unknown = sorted(set(table) - {"impl", "metric", *FILTER_KEYS, *BOUND_KEYS})
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} in {where}; known: impl, metric, {', '.join(FILTER_KEYS + BOUND_KEYS)}")
-    impl = _impl_label(_required_text(table, "impl", where), where)
+    impl, impl_exact = _impl_label(_required_text(table, "impl", where), where)
     metric = str(table.get("metric", "peak_bytes" if "min_frontier" in table else "")).strip()
     if metric not in METRICS:
         raise UsageError(f"bad metric {metric!r} in {where}; choose time, peak_bytes or flops")
-    rule = GateRule(index=index, impl=impl, metric=metric, filters=_filters(table, where), **_bounds(table, where, metric))
+    bounds = _bounds(table, where, metric)
+    rule = GateRule(index=index, impl=impl, metric=metric, filters=_filters(table, where), impl_exact=impl_exact, **bounds)
     _check_form(rule, where)
     return rule
 
@@ -112,24 +119,25 @@ def _required_text(table: dict, key: str, where: str) -> str:
     return value.strip()
 
 
-def _impl_label(text: str, where: str) -> str:
+def _impl_label(text: str, where: str) -> tuple[str, bool]:
     """A rule names an impl as tables label it (`nystromformer[num_landmarks=32]`) or as --impl takes it
     (`nystromformer:num_landmarks=32`); both become the label the measurements carry: an option at its default
     dropped and each value spelled one way, as a sweep labels it (`chunked:chunk=256`, the default, was "not
-    measured" by a run of `chunked`). An impl not registered here (a stored run's plugin) keeps the label as written."""
+    measured" by a run of `chunked`). An impl not registered here (a stored run's plugin) keeps the label as written.
+    Returns (label, exact): exact when options were named, even at their defaults (GateRule.impl_exact)."""
     from attnprof.api import impl_labels
 
     if text == "all":
-        return text
+        return text, False
     specs = parse_impls(text)
     if len(specs) != 1:
         raise UsageError(f"bad impl {text!r} in {where}: one impl per rule")
     if not specs[0].options:  # a bare name is its own label: no registry, so `gate --run` imports no torch (1.3 s)
-        return specs[0].label
+        return specs[0].label, False
     try:
-        return impl_labels(text)[0]
+        return impl_labels(text)[0], True
     except UsageError:
-        return specs[0].label
+        return specs[0].label, True
 
 
 def _filters(table: dict, where: str) -> dict:
@@ -151,9 +159,17 @@ def _as_list(value) -> list:
 
 def _bounds(table: dict, where: str, metric: str) -> dict:
     bounds = {}
-    for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_regression", "max_exponent_increase"):
+    for key in ("max_exponent", "min_exponent", "max_ratio", "min_ratio", "max_exponent_increase"):
         if key in table:
             bounds[key] = _non_negative(key, table[key], where)
+    for key in ("max_exponent", "min_exponent"):
+        if bounds.get(key, 0) > EXPONENT_LIMIT:  # `max_exponent = 110` passed a quadratic kernel (a gate audit)
+            raise UsageError(
+                f"bad {key} {table[key]!r} in {where}: an exponent of N above {EXPONENT_LIMIT} bounds nothing an attention "
+                "cost reaches (N^2 is quadratic); a relative change is max_regression"
+            )
+    if "max_regression" in table:
+        bounds["max_regression"] = _relative(table["max_regression"], f"max_regression in {where}")
     if "at_length" in table:  # "64k", "8k..64k", or a TOML list [1024, "64k"]
         bounds["at_length"] = _keyed(parse_lengths, table["at_length"], "at_length", where)
     if "min_frontier" in table:
@@ -168,8 +184,25 @@ def _bounds(table: dict, where: str, metric: str) -> dict:
     if "budget" in table:
         bounds["budget"] = parse_bytes(table["budget"], f"budget in {where}")
     if "to" in table:
-        bounds["to"] = _impl_label(_required_text(table, "to", where), where)
+        bounds["to"], bounds["to_exact"] = _impl_label(_required_text(table, "to", where), where)
     return bounds
+
+
+def _relative(value, what: str) -> float:
+    """A relative bound: a fraction up to 1 (0.1 is 10%), or a percentage as text ("10%", "250%"). A bare number above
+    1 is refused: `max_regression = 10`, meant as 10%, allowed +1000% and passed a 740% growth (a gate audit)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        fraction = _finite_number(number, value, what) / 100 if number and number[0] != "-" else math.nan
+        if not 0 <= fraction < math.inf:
+            raise UsageError(f'bad {what} {value!r}: expected a percentage such as "10%"')
+        return fraction
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise UsageError(f'bad {what} {value!r}: expected a fraction such as 0.1 or a percentage such as "10%"')
+    if value > 1:
+        percent = f'"{value * 100:g}%"'
+        raise UsageError(f"bad {what} {value!r}: a fraction, 0.1 for 10%; a change above 100% is written as a percentage ({percent})")
+    return float(value)
 
 
 def _keyed(parse, value, key: str, where: str):
@@ -211,6 +244,10 @@ def _check_form(rule: GateRule, where: str) -> None:
             raise UsageError(f"{where}: {low} {getattr(rule, low):g} > {high} {getattr(rule, high):g}, so it can never pass")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
+    if rule.min_frontier is not None and rule.metric != "peak_bytes":  # milliseconds against a budget of bytes passed
+        raise UsageError(f"{where}: a frontier rule is for metric peak_bytes (the longest N within a memory budget), not {rule.metric}")
+    if rule.to is not None and rule.to == rule.impl:  # `to` copied from `impl`: a ratio of 1 whatever the code does
+        raise UsageError(f"{where}: to = {rule.to!r} is the rule's own impl, so the ratio is 1 whatever it measures; name another")
 
 
 DURATION_MS = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from attnprof.gate import CONFIG, NEW_CELL, QUIET, Judgement, busy_note, cell_of, located, matching, subject_of, unless_busy
-from attnprof.gate_regression import other_setup, timed_elsewhere
+from attnprof.gate_regression import absent_configurations, other_setup, timed_elsewhere
 from attnprof.gate_rules import GateRule
 from attnprof.gate_scaling import broken_cells, fit_points, span_text
 
@@ -30,7 +30,8 @@ ROUNDING = 1e-6
 def judge_slopes(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | None) -> list[Judgement]:
     if baseline is None:
         return [Judgement("baseline", "MISSING", "a max_exponent_increase rule needs --baseline FILE")]
-    before = {keys: group for keys, group in matching(rule, baseline).groupby(CONFIG, sort=False)}
+    theirs = matching(rule, baseline)
+    before = {keys: group for keys, group in theirs.groupby(CONFIG, sort=False)}
     judgements = []
     for keys, group in rows.groupby(CONFIG, sort=True):
         subject, cell = subject_of(keys), cell_of(keys, group["impl"].iloc[0])
@@ -40,10 +41,10 @@ def judge_slopes(rule: GateRule, rows: pd.DataFrame, baseline: pd.DataFrame | No
         else:
             judgements.append(located(judge_slope(rule, subject, group, base), cell))
     if judgements and all(j.verdict == NEW_CELL for j in judgements):  # not "no measurements match": the run has them
-        has = ", ".join(sorted(set(matching(rule, baseline)["label"]))) or "none of this impl"
+        has = ", ".join(sorted(set(theirs["label"]))) or "none of this impl"
         reason = f"the baseline has no configuration of the run's {', '.join(sorted(set(rows['label'])))} (its: {has})"
         return [Judgement("baseline", "MISSING", reason)]
-    return judgements
+    return judgements + absent_configurations(set(zip(*(rows[c] for c in CONFIG), strict=True)), theirs)
 
 
 def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.DataFrame) -> Judgement:

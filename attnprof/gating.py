@@ -156,7 +156,7 @@ def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, *, plan
     for rule in (rule for rule in rules if rule.to):
         # as the ratio is taken: within one configuration, among the rows the rule's filters keep (two option sets
         # in two dtypes, the rule kept to one, name one line there)
-        others = matching(rule, cells, rule.to)
+        others = matching(rule, cells, to=True)
         for _, group in others.groupby(CONFIG[1:], dropna=False):
             _refuse_ambiguous_to([rule], set(zip(group["impl"], group["label"], strict=True)), rules_path)
 
@@ -184,8 +184,10 @@ def _refuse_ambiguous_to(rules, lines: set[tuple[str, str]], rules_path) -> None
     """A `to` naming two lines (nystromformer, measured with two option sets) is the file's slip, exit 2, whether
     the gate measures its own sweeps or judges stored runs (these gave MISSING, exit 3: "the measurement failed").
     `lines`: (impl, label) pairs."""
+    from attnprof.gate import names_line
+
     for rule in rules:
-        named = sorted({label for impl, label in lines if rule.to in (impl, label)})
+        named = sorted({label for impl, label in lines if names_line(rule.to, rule.to_exact, impl, label)})
         if len(named) > 1:  # the ratio would be taken to whichever line came first
             listed = f"{len(named)} lines ({', '.join(named)})"
             raise UsageError(f"{rules_path}: rule {rule.index} has to = {rule.to!r}, which names {listed}: name one")
@@ -256,6 +258,8 @@ def read_baseline(path: str | Path):
         raise UsageError(f"baseline file {str(path)!r} not found") from None
     except ValueError as error:
         raise UsageError(f"baseline file {str(path)!r} is not an attnprof baseline (JSON lines): {error}") from None
+    if frame.empty:  # "lacks the keys impl, label, ..." said of a file with no rows at all
+        raise UsageError(f"baseline file {str(path)!r} is empty: export one with `attnprof export RUN --format baseline`")
     missing = [k for k in BASELINE_KEYS if k not in frame.columns and k not in OPTIONAL_BASELINE_KEYS]
     if missing:
         raise UsageError(f"baseline file {str(path)!r} lacks the keys {', '.join(missing)}")

@@ -321,7 +321,8 @@ def gate(rules, runs, baseline, markdown, json_path, db):
     """
     import os
 
-    from attnprof.gate import exit_status, markdown_report, other_failures, summary_line, unjudged_record, verdicts_record
+    from attnprof.gate import exit_status, other_failures
+    from attnprof.gate_output import markdown_report, summary_line, unjudged_record, verdicts_record
     from attnprof.gating import run_gate
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted

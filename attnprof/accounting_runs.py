@@ -13,6 +13,7 @@ from attnprof.impls.base import AttentionImpl, io_bytes, meta_stands_for
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status
 from attnprof.spec import Case
+from attnprof.work_figures import declared_count
 
 
 @functools.lru_cache(maxsize=256)
@@ -32,25 +33,35 @@ def account_on_meta(impl: AttentionImpl, case: Case) -> AccountingReading:
 def account_case(impl: AttentionImpl, case: Case) -> Measurement:
     """The Measurement of an accounting run: no times, peak_source "accounting" (or "model")."""
     options = impl.resolve_options(case.options)
-    work = dict(min_bytes=int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case))
+    min_bytes, min_bytes_note = declared_count(impl.min_bytes, case, options, "min_bytes") if impl.min_bytes else (io_bytes(case), "")
+    work = dict(min_bytes=min_bytes)
     if not impl.meta_exact:
         if impl.memory_model is None or impl.flops is None:
             declared = (("a memory_model", impl.memory_model), ("a flops formula", impl.flops))
             lacks = " and ".join(what for what, given in declared if given is None)
             reason = f"{impl.name} is a fused kernel (meta_exact=False): meta runs the unfused math path, and it declares no {lacks}"
             return Measurement(case=case, status=Status.UNSUPPORTED, reason=reason)
+        flops, flops_note = declared_count(impl.flops, case, options, "FLOPs")
         return Measurement(
-            case=case, status=Status.OK, reason="modelled: analytic formula, unverified on a GPU",
+            case=case, status=Status.OK, reason=_notes("modelled: analytic formula, unverified on a GPU", flops_note, min_bytes_note),
             peak_bytes=int(impl.memory_model(case, options)), peak_source="model",
-            flops=int(impl.flops(case, options)), flops_source="formula", **work,
+            flops=flops, flops_source="formula" if flops is not None else None, **work,
         )  # fmt: skip
     reading = account_on_meta(impl, case)
-    flops, source = (int(impl.flops(case, options)), "formula") if impl.flops else (reading.flops, "counted")
+    flops, source, flops_note = reading.flops, "counted", ""
+    if impl.flops:  # a formula that fails leaves the count meta took
+        formula, flops_note = declared_count(impl.flops, case, options, "FLOPs")
+        flops, source = (formula, "formula") if formula is not None else (flops, source)
+        flops_note = flops_note and f"{flops_note}; counted on meta instead"
     note = ""
     if reading.fused_calls:  # meta ran it unfused: the peak is the N x N math path's, not the fused kernel's
         note = (f"it calls {', '.join(reading.fused_calls)}, which meta runs unfused (N x N) and a GPU fused: this peak is "
                 "not a GPU's; declare meta_exact=False and a memory_model")  # fmt: skip
     return Measurement(
-        case=case, status=Status.OK, reason=note, peak_bytes=reading.peak_bytes, peak_source="accounting",
-        peak_live_bytes=reading.peak_bytes, flops=flops, flops_source=source, **work,
+        case=case, status=Status.OK, reason=_notes(note, flops_note, min_bytes_note), peak_bytes=reading.peak_bytes,
+        peak_source="accounting", peak_live_bytes=reading.peak_bytes, flops=flops, flops_source=source, **work,
     )  # fmt: skip
+
+
+def _notes(*parts: str) -> str:
+    return "; ".join(filter(None, parts))

@@ -172,9 +172,11 @@ def impl_labels(text: str) -> list[str]:
     return [spec.label for spec in _expand_impls(parse_impls(text))]
 
 
-def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None) -> list[tuple]:
+def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, retry=()) -> list[tuple]:
     """(case, refusal reasons) for every case of the resolved sweep, or for the cases of run `resume` in
-    `db` that have no row yet: what `--dry-run` prints. A resume that run_sweep would refuse is refused."""
+    `db` that have no row yet (or one of a status in `retry`): what `--dry-run` prints. A resume that run_sweep would
+    refuse is refused."""
+    from attnprof.resuming import resumable, retried
     from attnprof.store import Store
 
     if resume is None:
@@ -182,8 +184,8 @@ def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = Non
     else:
         store = Store.open(db or default_db(), create=False)
         try:
-            run, stored = _resumable(store, resume)
-            done = store.measured_keys(run.run_id)
+            run, stored = resumable(store, resume)
+            done = store.measured_keys(run.run_id, retried(retry, resume))
         finally:
             store.close()
         cases = [case for case in stored.cases() if case.key not in done]
@@ -194,7 +196,7 @@ def _refused(case) -> list[str]:
     """A case's refusal reasons, as the sweep will store them (a refuse hook that raises: the error it will store)."""
     from attnprof.runner import refusal
 
-    answer = refusal(case)
+    answer = refusal(case, plugin_hooks=True)
     return [] if answer is None else [answer.reason] if answer.status == "unsupported" else [f"error: {answer.reason}"]
 
 
@@ -202,12 +204,15 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, progress=None, command: str = "") -> str:
-    """Measure every case of `sweep` (or the missing cases of run `resume`) into `db`; returns the run id.
+def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, retry=(), progress=None, command: str = "") -> str:
+    """Measure every case of `sweep` (or the missing cases of run `resume`) into `db`; returns the run id. `retry`
+    (statuses among spec.RETRYABLE, with `resume`): the run's cells of those statuses are measured again, and the
+    lengths skipped after them; a transient kill or timeout was otherwise a run's last word on its cells.
 
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
+    from attnprof.resuming import retried
     from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, discard_spare_worker, start_spare_worker
 
     if multiprocessing.current_process().name.startswith(WORKER_NAME_PREFIX):
@@ -216,13 +221,14 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
         raise RuntimeError(SPAWN_HINT)
     start_spare_worker()  # its imports overlap this process's (resolve_sweep imports torch); ended below if unused
     try:
-        return _measure(sweep, db, resume, progress, command)
+        return _measure(sweep, db, resume, retried(retry, resume), progress, command)
     finally:
         discard_spare_worker()
 
 
-def _measure(sweep: Sweep, db, resume: str | None, progress, command: str) -> str:
+def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:
     from attnprof.errors import StoreFault, signal_of
+    from attnprof.resuming import resumable
     from attnprof.run_lock import measuring
     from attnprof.runner import SweepInterrupted, execute
     from attnprof.store import Store
@@ -235,7 +241,7 @@ def _measure(sweep: Sweep, db, resume: str | None, progress, command: str) -> st
         if resume is not None and store.read_only:
             raise UsageError(f"database path {str(store.path)!r} is not writable: resuming adds the missing rows to it")
         if resume is not None:
-            run, sweep = _resumable(store, resume)
+            run, sweep = resumable(store, resume)
         else:
             run = _new_run(sweep, command)
             try:
@@ -247,7 +253,7 @@ def _measure(sweep: Sweep, db, resume: str | None, progress, command: str) -> st
             _mark_running(store, run.run_id)
             try:
                 with _terminate_as_interrupt():
-                    execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress)
+                    execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress, retry)
             except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
                 store.set_run_state(run.run_id, "interrupted")
                 raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
@@ -304,31 +310,6 @@ def _mark_running(store, run_id: str) -> None:
         if "readonly" in str(error):
             raise UsageError(f"database path {str(store.path)!r} is not writable ({error}): resuming adds the missing rows to it") from None
         raise StoreFault(str(error), store.path, run_id) from None
-
-
-def _resumable(store, resume: str):
-    from attnprof.env import capture_env, differing_fields
-
-    run = store.resolve_run(resume)
-    sweep = Sweep.from_dict(run.sweep)
-    _check_plugins_loaded(run, sweep)
-    differences = differing_fields(run.env, capture_env(sweep.device))
-    if differences:
-        raise UsageError(f"cannot resume run {run.run_id}: it was measured in another environment ({'; '.join(differences)})")
-    return run, sweep
-
-
-def _check_plugins_loaded(run, sweep: Sweep) -> None:
-    """A run of a plugin impl resumed without its module said only "unknown impl 'mine'"."""
-    from attnprof import impls
-
-    known = set(impls.names())
-    missing = [spec.name for spec in sweep.impls if spec.name not in known]
-    plugins = ",".join(run.env.get("plugins") or [])
-    if missing and plugins:
-        raise UsageError(
-            f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with ATTNPROF_PLUGINS={plugins}"
-        )
 
 
 def load_measurements(run: str = "latest", db: str | Path | None = None):

@@ -1,7 +1,7 @@
 """The environment a run was measured in: GPU, driver, CUDA, torch, Python, host, git sha.
 
-Resume refuses to mix runs whose `COMPARABLE_FIELDS` differ: timings from another GPU, driver or
-torch build are not the same experiment.
+Resume refuses to mix runs whose `resume_fields` differ: timings from another GPU, driver, torch build, CPU or
+thread count, or by another attnprof, are not the same experiment.
 """
 
 from __future__ import annotations
@@ -88,6 +88,13 @@ TIMING_FIELDS = ("cpu", "cpu_threads", "cpu_heap", "gpu_name", "torch_version")
 
 def timing_setup(env: dict) -> dict:
     return {key: env.get(key) for key in TIMING_FIELDS}
+
+
+def resume_fields(timed: bool) -> tuple[str, ...]:
+    """What a resumed run must share with its first part: a resume after a commit to attnprof, or on another node's
+    CPU, was accepted and the run read as one (a robustness audit). The CPU's fields only for a timed run: exact
+    accounting does not depend on them."""
+    return COMPARABLE_FIELDS + ("attnprof_version", "git_sha") + (("cpu", "cpu_threads", "cpu_heap") if timed else ())
 
 
 def differing_fields(old: dict, new: dict, fields=COMPARABLE_FIELDS) -> list[str]:

@@ -11,12 +11,22 @@ class UsageError(ValueError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM raised as Ctrl-C is (the same cleanup runs), told apart for the exit status."""
+    """SIGTERM (or SIGHUP: the terminal closed, an ssh session dropped) raised as Ctrl-C is (the same cleanup runs),
+    told apart for the exit status."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
+
+
+# The signals that stop a command as Ctrl-C does: what was measured is saved and the run can be resumed. SIGHUP ended a
+# sweep with status 129, no word on how to resume, and its lock file left behind (a robustness audit).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def signal_of(interrupt: KeyboardInterrupt) -> int:
-    """The signal behind an interrupt: SIGTERM for Terminated, else SIGINT (Ctrl-C)."""
-    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+    """The signal behind an interrupt: Terminated's own (SIGTERM, SIGHUP), else SIGINT (Ctrl-C)."""
+    return interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 class StoreFault(Exception):

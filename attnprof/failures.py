@@ -32,6 +32,14 @@ def never_started(status, reason) -> bool:
     return str(status) == "crashed" and isinstance(reason, str) and reason.startswith(NEVER_STARTED)
 
 
+KILLED_BY_SIGKILL = "worker process killed by SIGKILL"  # signal_reason's words
+
+
+def killed_by_sigkill(status, reason) -> bool:
+    """Whether a row is that of a case whose worker the SIGKILL signal ended (the kernel's OOM killer sends it)."""
+    return str(status) == "crashed" and isinstance(reason, str) and reason.startswith(KILLED_BY_SIGKILL)
+
+
 NOT_RUN = "; not run"  # how the CPU's host-memory guard ends the reason of an OOM it predicted (worker.py)
 
 

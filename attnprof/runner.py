@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from attnprof.errors import signal_of
-from attnprof.failures import classify, signal_reason
+from attnprof.errors import STOP_SIGNALS, signal_of
+from attnprof.failures import classify, killed_by_sigkill, signal_reason
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
 from attnprof.store import Store
@@ -44,7 +44,7 @@ def interrupts_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -274,11 +274,15 @@ class Progress:
     def done(self, case: Case, measurement: Measurement) -> None: ...
 
 
-def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, timeout_s: float, progress: Progress | None = None) -> None:
-    """Measure every case that has no row in `run_id` yet, storing each result as it arrives."""
-    done_keys = store.measured_keys(run_id)
+def execute(
+    store: Store, run_id: str, cases: list[Case], settings: Settings, timeout_s: float, progress: Progress | None = None, retry=()
+) -> None:
+    """Measure every case that has no row in `run_id` yet, and those whose row has a status in `retry` (each new row
+    replacing the old one as it arrives: an interrupted retry keeps the rows it did not reach), storing each result as
+    it arrives."""
+    done_keys = store.measured_keys(run_id, retry)
     pending = [case for case in cases if case.key not in done_keys]
-    failures = _failures_from(store.measurements(run_id))
+    failures = _failures_from([m for m in store.measurements(run_id) if m.case.key in done_keys])  # a retried one skips nothing
     workers: dict[str, WorkerHandle] = {}
     from attnprof import impls
 
@@ -310,13 +314,19 @@ def execute(store: Store, run_id: str, cases: list[Case], settings: Settings, ti
         raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt)) from None
 
 
-def refusal(case: Case) -> Measurement | None:
+def refusal(case: Case, plugin_hooks: bool = False) -> Measurement | None:
     """Refusals are known without a worker: answer them here and save the round trip. A plugin's `refuse` hook that
-    raises makes its case an `error` row (it ended the sweep with a traceback, and every resume the same way)."""
+    raises makes its case an `error` row (it ended the sweep with a traceback, and every resume the same way). A plugin's
+    hook runs in the worker unless `plugin_hooks` (a dry run's list): one that crashed the process ended the sweep,
+    and every resume, and one that hung ignored --timeout (a robustness audit); there it is a row."""
     from attnprof import impls
 
+    impl = impls.get(case.impl)
+    if not plugin_hooks and impl.refuse is not None and not impls.is_builtin(impl):
+        reasons = impl.declared_unsupported(case)
+        return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
     try:
-        reasons = impls.get(case.impl).not_supported(case)
+        reasons = impl.not_supported(case)
     except Exception as error:  # noqa: BLE001  (the impl's own code, run here in the sweep's process)
         _, reason, _ = classify(error)
         return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
@@ -331,18 +341,28 @@ def _failures_from(measurements: list[Measurement]) -> dict[str, tuple[int, Stat
 
 
 def _note_failure(measurement: Measurement, failures: dict[str, tuple[int, Status]]) -> None:
-    if measurement.status not in FINAL_FAILURES:
+    if measurement.status not in FINAL_FAILURES and not _killed(measurement):
         return
     key = measurement.case.config_key
     if key not in failures or measurement.case.seq_len < failures[key][0]:
         failures[key] = (measurement.case.seq_len, measurement.status)
 
 
+KILLED_WHY = "killed (SIGKILL, the OOM killer's signal)"
+
+
+def _killed(measurement: Measurement) -> bool:
+    """A worker killed by SIGKILL: the kernel's OOM killer, most likely, which every larger length of the line would wake
+    again, maybe killing other users' jobs on a shared host (a robustness audit: each length after the first was killed
+    in turn). Skipped after it as after an OOM; `--retry crashed` measures them again when it was not memory."""
+    return killed_by_sigkill(measurement.status, measurement.reason)
+
+
 def _skip_if_failed_before(case: Case, failures: dict[str, tuple[int, Status]]) -> Measurement | None:
     failed = failures.get(case.config_key)
     if failed is None or case.seq_len <= failed[0]:
         return None
-    what = "ran out of memory" if failed[1] == Status.OOM else "timed out"
+    what = {Status.OOM: "ran out of memory", Status.TIMEOUT: "timed out"}.get(failed[1], f"had its worker {KILLED_WHY}")
     return Measurement(case=case, status=Status.SKIPPED, reason=f"the same configuration {what} at N={failed[0]}")
 
 

@@ -65,14 +65,16 @@ def parse_length(text: str) -> int:
 def _parse_length_item(item: str, whole: str) -> list[int]:
     if ".." not in item:
         return [parse_size(item, "length")]
-    range_part, _, step = item.partition(":")
+    range_part, colon, step = item.partition(":")
+    if colon and not step.strip():  # `1k..4k:` was read as doubling, a step meant and left out (a robustness audit)
+        raise UsageError(f"bad lengths {whole!r}: a step after ':' such as x4 or +1k, or no ':'")
     start_text, _, stop_text = range_part.partition("..")
     if not start_text.strip() or not stop_text.strip():
         raise UsageError(f"bad lengths {whole!r}: a range needs both ends, e.g. 1k..64k")
     start, stop = parse_size(start_text, "length"), parse_size(stop_text, "length")
     if start > stop:
         raise UsageError(f"bad lengths {whole!r}: range {item!r} is reversed ({start} > {stop})")
-    return _expand_range(start, stop, step.strip() or "x2", whole)
+    return _expand_range(start, stop, step.strip() if colon else "x2", whole)
 
 
 def _expand_range(start: int, stop: int, step: str, whole: str) -> list[int]:
@@ -156,6 +158,20 @@ def parse_causal(spec: str | bool | list) -> tuple[bool, ...]:
     if word not in table:
         raise UsageError(f"bad causal {spec!r}: choose no, yes or both")
     return table[word]
+
+
+RETRYABLE = ("crashed", "timeout", "oom", "error")  # statuses `--retry` measures again (skipped ones follow them)
+
+
+def parse_retry(spec: str | list | tuple) -> tuple[str, ...]:
+    """`crashed,timeout` -> the statuses a resume measures again: a transient kill was a run's last word on its cells."""
+    words = [str(w).strip().lower() for w in (spec if isinstance(spec, (list, tuple)) else str(spec).split(","))]
+    bad = next((w for w in words if w not in RETRYABLE), None)
+    if bad is not None or not words:
+        raise UsageError(
+            f"bad retry {spec!r}: choose among {', '.join(RETRYABLE)} (comma separated; the lengths skipped after them follow)"
+        )
+    return tuple(dict.fromkeys(words))
 
 
 def parse_devices(spec: str | list) -> tuple[str, ...]:

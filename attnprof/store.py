@@ -287,13 +287,15 @@ class Store:
             found.update((row_id, decode_stored(text, f"the samples of row {row_id}")) for row_id, text in rows)
         return found
 
-    def measured_keys(self, run_id: str) -> set[str]:
+    def measured_keys(self, run_id: str, retry: tuple[str, ...] = ()) -> set[str]:
         """Keys of the cases with a row to keep. A case whose worker never started has a row saying "resume the run once
-        fixed": a resume measures it again, its new row replacing that one (a resume said "nothing left to measure")."""
+        fixed": a resume measures it again, its new row replacing that one (a resume said "nothing left to measure").
+        So are the rows of a status in `retry` (`--retry`), and with them the skipped ones, which follow from them."""
         from attnprof.failures import never_started
 
+        again = set(retry) | ({"skipped"} if retry else set())
         rows = self.connection.execute("SELECT case_key, status, reason FROM measurements WHERE run_id = ?", (run_id,))
-        return {key for key, status, reason in rows if not never_started(status, reason)}
+        return {key for key, status, reason in rows if not never_started(status, reason) and status not in again}
 
     def count(self, run_id: str) -> int:
         return self.connection.execute("SELECT COUNT(*) FROM measurements WHERE run_id = ?", (run_id,)).fetchone()[0]

@@ -243,9 +243,13 @@ def _energy_counter(case: Case):
 
 def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement) -> None:
     """FLOPs (the impl's formula, else counted on meta) and the minimum bytes moved."""
+    from attnprof.work_figures import declared_count
+
     options = impl.resolve_options(case.options)
     if impl.flops is not None:
-        measurement.flops, measurement.flops_source = int(impl.flops(case, options)), "formula"
+        measurement.flops, note = declared_count(impl.flops, case, options, "FLOPs")
+        measurement.flops_source = "formula" if note == "" else None
+        _add_note(measurement, note)
     elif impl.meta_exact:
         from attnprof.accounting_runs import account_on_meta
 
@@ -254,7 +258,11 @@ def _add_work_figures(impl: AttentionImpl, case: Case, measurement: Measurement)
         except Exception as error:  # noqa: BLE001  (it ran on the device and was checked: only the count is lost)
             note = f"FLOPs not counted: it does not run on meta ({classify(error)[1]})"
             _add_note(measurement, note)
-    measurement.min_bytes = int(impl.min_bytes(case, options)) if impl.min_bytes else io_bytes(case)
+    if impl.min_bytes is None:
+        measurement.min_bytes = io_bytes(case)
+    else:
+        measurement.min_bytes, note = declared_count(impl.min_bytes, case, options, "min_bytes")
+        _add_note(measurement, note)
 
 
 def _host_memory_refusal(impl: AttentionImpl, case: Case) -> tuple[str | None, str]:

@@ -76,7 +76,18 @@ def _detach() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it saves and stops us
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # a group of its own: the parent kills what an impl spawned along with us (runner._kill_group)
+    _stdout_to_stderr()
     _exit_with_parent()
+
+
+def _stdout_to_stderr() -> None:
+    """What an impl prints (Python's print, or a C library's printf) goes to the sweep's standard error: on its standard
+    output it landed in the middle of `attnprof sweep > table.txt`, binary bytes and all (a robustness audit)."""
+    import sys
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # streams without a descriptor: left as they are
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 def _serve(connection, device: str, modules, threads: int) -> None:

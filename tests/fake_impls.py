@@ -28,9 +28,12 @@ def planted_raise_at() -> str:
     return f"fake_impls.py:{line}"
 
 
+REFUSE_KINDS = ("refuse_raises", "refuse_segv", "refuse_hangs")  # faults of the refuse hook: the call itself is softmax
+
+
 def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False, pid_file=""):
     n = q.shape[-2]
-    if kind in ("ok", "refuse_raises") or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
+    if kind in ("ok", *REFUSE_KINDS) or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
         return softmax_attention(q, k, v, causal=causal)
     if kind == "raise":
         raise ValueError("planted failure in the fault impl")
@@ -38,6 +41,10 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         time.sleep(3600)
     if kind == "exit":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "exit_while_file":  # a transient kill: only while pid_file exists (what `--retry` measures again)
+        if os.path.exists(pid_file):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return softmax_attention(q, k, v, causal=causal)
     if kind == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     if kind == "oom":
@@ -97,6 +104,10 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
 def _refuse_hook(case, options) -> list[str]:
     if options["kind"] == "refuse_raises" and case.seq_len >= options["at_length"]:
         return [f"{case.seq_len % 0}"]  # a plugin's refuse hook with a bug: ZeroDivisionError
+    if options["kind"] == "refuse_segv" and case.seq_len >= options["at_length"] and case.device != "meta":
+        os.kill(os.getpid(), signal.SIGSEGV)  # a hook calling into a C library that crashes
+    if options["kind"] == "refuse_hangs" and case.seq_len >= options["at_length"] and case.device != "meta":
+        time.sleep(3600)
     return []
 
 
@@ -179,9 +190,30 @@ register(
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
         "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|threads_file|nograd|sys_exit|keyboard|spawn"
-        "|refuse_raises) from at_length on"
+        "|refuse_raises|refuse_segv|refuse_hangs) from at_length on"
         " (with on_data=1, not on meta)",
         options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},
         refuse=_refuse_hook,
+    )
+)
+
+
+def _broken_count(case, options):
+    """A declared FLOP or byte count with a bug: raises, or gives what is no count."""
+    broken = options["broken"]
+    if broken == "raise":
+        return case.seq_len // 0
+    return {"negative": -5, "nan": float("nan"), "text": "many"}.get(broken, 4 * case.seq_len**2 * case.head_dim)
+
+
+register(
+    AttentionImpl(
+        name="badcount",
+        family="test",
+        fn=lambda q, k, v, *, causal=False, broken="none": softmax_attention(q, k, v, causal=causal),
+        description="test-only: softmax whose flops and min_bytes formulas are broken (broken=raise|negative|nan|text; none: right)",
+        options={"broken": "none"},
+        flops=_broken_count,
+        min_bytes=_broken_count,
     )
 )

@@ -290,6 +290,31 @@ def test_resume_refuses_a_different_environment(db):
     assert_bad_input(result, "cannot resume", "gpu_name: NVIDIA A100 -> None", "torch_version: 1.0.0 ->")
 
 
+@pytest.mark.parametrize(
+    "args", [["--impl", "softmax", "--impl", "cosformer"], ["--lengths", "64", "--lengths=128"], ["--causal", "no", "--causal", "yes"]]
+)
+def test_an_option_given_twice_is_refused_not_overwritten(db, args):
+    """click keeps the last of two: `--impl softmax --impl cosformer` measured cosformer alone (a robustness audit)."""
+    result = invoke("sweep", "--dry-run", *args, "--db", db)
+    assert_bad_input(result, f"{args[0]} given twice: give it once")
+
+
+CHANGED = [("git_sha", "5dbc0a5"), ("attnprof_version", "0.0.1"), ("cpu", "AMD EPYC"), ("cpu_threads", 64)]
+
+
+@pytest.mark.parametrize(("field", "value"), CHANGED)
+def test_resume_refuses_another_attnprof_or_another_cpu(db, field, value):
+    """A resume after a commit, or on another node's CPU, was accepted: the run read as one experiment, half old code."""
+    assert invoke("sweep", *QUICK, "--db", db).exit_code == 0
+    connection = sqlite3.connect(db)
+    env = json.loads(connection.execute("SELECT env_json FROM runs").fetchone()[0])
+    env[field] = value
+    connection.execute("UPDATE runs SET env_json = ?, state = 'interrupted'", (json.dumps(env),))
+    connection.commit()
+    connection.close()
+    assert_bad_input(invoke("sweep", "--resume", "latest", "--db", db), "cannot resume", f"{field}: {value} ->", "in a new run")
+
+
 def test_accounting_sweep_on_meta_is_exact_and_marks_models(db):
     result = invoke("sweep", "--accounting", "--impl", "softmax,sdpa-flash", "--lengths", "1k,64k", "--causal", "no", "--db", db)
     assert result.exit_code == 0, result.output

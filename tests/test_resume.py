@@ -69,11 +69,14 @@ def test_kill_9_then_resume_loses_nothing_and_measures_nothing_twice(db):
     assert again.returncode == 0 and again.stderr == f"run {run.run_id} already has a row for every case: nothing left to measure\n"
 
 
-@pytest.mark.parametrize("stops", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT] * 3], ids=["ctrl-c", "sigterm", "ctrl-c-thrice"])
+@pytest.mark.parametrize(
+    "stops", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGHUP], [signal.SIGINT] * 3], ids=["ctrl-c", "sigterm", "sighup", "ctrl-c-thrice"]
+)
 def test_ctrl_c_or_sigterm_saves_what_finished_and_prints_the_resume_command(db, stops):
     """SIGTERM is how CI cancels a job and how `timeout` stops one: it must leave a resumable run, not one
     that says 'running' forever. Ctrl-C pressed again while the workers stop used to end in click's bare
-    'Aborted!' (exit 1) without the resume command."""
+    'Aborted!' (exit 1) without the resume command. SIGHUP (the terminal closed, an ssh session dropped) ended it
+    with 129 and no word on how to resume (a robustness audit)."""
     process = start_and_wait_for(db, 3)
     for stop in stops:
         process.send_signal(stop)
@@ -200,3 +203,37 @@ def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     raise AssertionError(f"process {child}, started by the impl, outlived the killed sweep")
+
+
+def test_retry_measures_again_a_transient_kill_and_the_lengths_skipped_after_it(db, tmp_path):
+    """A worker killed once by someone else (SIGKILL) was a run's last word on that cell and, skipped after it, on every
+    larger length of its line: `--resume` measured only cells without a row (a robustness audit). `--retry crashed`
+    measures them again, each new row replacing the old one, and leaves the other rows as they were."""
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    flag = tmp_path / "kill-while-here"
+    flag.write_text("")
+    impl = f"fault:kind=exit_while_file,at_length=128,pid_file={flag},softmax"
+    args = ["--impl", impl, "--lengths", "64..256", "--heads", "2", "--head-dim", "16", "--device", "cpu", "--causal", "no"]
+    first = CliRunner().invoke(cli, ["sweep", *args, "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)])
+    assert first.exit_code == 0, first.output
+    run, before = rows(db)
+    assert sorted(str(m.status) for m in before.values()) == ["crashed", "ok", "ok", "ok", "ok", "skipped"]
+    flag.unlink()  # whatever killed it has gone
+    bare = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--db", str(db)])
+    assert "nothing left to measure" in bare.output  # a resume alone keeps every row
+    dry = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "crashed", "--dry-run", "--db", str(db)])
+    assert dry.output.strip().endswith("2 cases, 0 refused, 2 to measure"), dry.output
+    again = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "crashed", "--db", str(db)])
+    assert again.exit_code == 0, again.output
+    run_after, after = rows(db)
+    assert run_after.run_id == run.run_id and run_after.state == "complete" and set(after) == set(before)
+    assert all(str(m.status) == "ok" for m in after.values()), [(m.case.label, m.case.seq_len, m.reason) for m in after.values()]
+    kept = [key for key, m in before.items() if str(m.status) == "ok"]
+    assert all(after[key].times_ms == before[key].times_ms for key in kept)  # not measured again
+    wrong = CliRunner().invoke(cli, ["sweep", *args, "--retry", "crashed", "--db", str(db)])
+    assert wrong.exit_code == 2 and "--retry crashed goes with --resume RUN" in wrong.output, wrong.output
+    unknown = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "ok", "--db", str(db)])
+    assert unknown.exit_code == 2 and "bad retry 'ok': choose among crashed, timeout, oom, error" in unknown.output, unknown.output

@@ -174,11 +174,15 @@ def test_the_timeout_counts_the_case_not_the_start_of_its_worker(db):
 
 
 def test_a_worker_that_dies_is_crashed_and_replaced(db):
-    rows = measure(db, "fault:kind=exit,at_length=128,softmax", lengths=(64, 128))
+    """SIGKILL, the kernel's OOM killer's signal, also skips the larger lengths of its line, as an OOM does: each one
+    was killed in turn (a robustness audit), on a shared host maybe taking other users' jobs with it."""
+    rows = measure(db, "fault:kind=exit,at_length=128,softmax,fault:kind=segv,at_length=128", lengths=(64, 128, 256))
     label = "fault[at_length=128,kind=exit]"
-    assert statuses(rows, label) == ["ok", "crashed"]
+    assert statuses(rows, label) == ["ok", "crashed", "skipped"]
     assert "SIGKILL" in rows[(label, 128)].reason
-    assert statuses(rows, "softmax") == ["ok", "ok"]
+    assert rows[(label, 256)].reason == "the same configuration had its worker killed (SIGKILL, the OOM killer's signal) at N=128"
+    assert statuses(rows, "softmax") == ["ok", "ok", "ok"]
+    assert statuses(rows, "fault[at_length=128,kind=segv]") == ["ok", "crashed", "crashed"]  # any other crash: each length its own
 
 
 def test_a_segfault_is_crashed(db):
@@ -213,6 +217,36 @@ def test_an_impl_that_misbehaves_beyond_raising_costs_no_other_cell(db):
     assert rows["fault[kind=oom]", 64].reason.endswith("; during its check against the reference")
     assert statuses(rows, "fault[at_length=128,kind=refuse_raises]") == ["ok", "error"]
     assert "ZeroDivisionError" in rows["fault[at_length=128,kind=refuse_raises]", 128].reason
+
+
+def test_a_plugins_refuse_hook_that_crashes_or_hangs_costs_only_its_cells(db):
+    """The hook ran in the sweep's own process: a segfault there ended the sweep (and every resume the same way), and a
+    hang ignored --timeout (a robustness audit). It runs in the worker now, under the case's timeout."""
+    impls = "fault:kind=refuse_segv,at_length=128,fault:kind=refuse_hangs,at_length=128,softmax"
+    rows = measure(db, impls, lengths=(64, 128), timeout=5.0)
+    crashed, hung = rows["fault[at_length=128,kind=refuse_segv]", 128], rows["fault[at_length=128,kind=refuse_hangs]", 128]
+    assert crashed.status == Status.CRASHED and crashed.reason.endswith("SIGSEGV, during its refusals"), crashed.reason
+    assert hung.status == Status.TIMEOUT and "during its refusals" in hung.reason, hung.reason
+    assert statuses(rows, "softmax") == ["ok", "ok"] and rows["fault[at_length=128,kind=refuse_segv]", 64].status == Status.OK
+
+
+def test_a_broken_flops_or_min_bytes_formula_costs_only_its_figure(db):
+    """The formulas run after the timing and memory passes: one that raised made the case an `error` row with neither
+    (a robustness audit), and -5 FLOPs was stored as an ok count. Now the figure is left out and said; the accounting
+    path keeps the count meta took."""
+    rows = measure(db, "badcount:broken=raise,badcount:broken=negative,badcount:broken=nan,badcount", lengths=(64,))
+    for broken, said in (("raise", "raised (ZeroDivisionError"), ("negative", "gave -5, not a count"), ("nan", "gave nan, not a count")):
+        row = rows[f"badcount[broken={broken}]", 64]
+        assert row.status == Status.OK and len(row.times_ms) >= 3 and row.peak_bytes > 0, row.reason
+        assert row.flops is None and row.flops_source is None and row.min_bytes is None
+        assert f"FLOPs not counted: its FLOPs formula {said}" in row.reason
+        assert f"min_bytes not counted: its min_bytes formula {said}" in row.reason
+    right = rows["badcount", 64]
+    assert right.flops == 4 * 64**2 * 16 and right.flops_source == "formula" and "not counted" not in right.reason
+    accounted = measure(db, "badcount:broken=text", lengths=(64,), device=("meta",), accounting=True, dtype=("bfloat16",))
+    row = accounted["badcount[broken=text]", 64]
+    assert row.status == Status.OK and row.flops_source == "counted" and row.flops > 0 and row.min_bytes is None, row
+    assert "FLOPs not counted: its FLOPs formula gave 'many', not a count; counted on meta instead" in row.reason
 
 
 def test_workers_time_with_the_thread_count_the_run_records(db, tmp_path):

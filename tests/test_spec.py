@@ -30,7 +30,25 @@ def test_length_examples(spec, expected):
 
 
 @pytest.mark.parametrize(
-    "spec", ["64k..1k", "..", "1q", "", "0", "-5", "1k..", "..4k", "1k..4k:x1", "1k..4k:y2", "1k..4k:+0", "1..1M:+1", "1k,,2k", "1.5k"]
+    "spec",
+    [
+        "64k..1k",
+        "..",
+        "1q",
+        "",
+        "0",
+        "-5",
+        "1k..",
+        "..4k",
+        "1k..4k:x1",
+        "1k..4k:y2",
+        "1k..4k:+0",
+        "1..1M:+1",
+        "1k,,2k",
+        "1.5k",
+        "1k..4k:",
+        "1k..4k: ",
+    ],
 )
 def test_bad_lengths_name_the_value(spec):
     with pytest.raises(UsageError) as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from attnprof.errors import StoreFault, Terminated, UsageError, signal_of
+from attnprof.errors import STOP_SIGNALS, StoreFault, Terminated, UsageError, signal_of
 
 DB_KEY = "attnprof.db"  # where --db leaves its value in the context's meta
 
@@ -26,7 +26,38 @@ class BadInput(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
+class OnceCommand(click.Command):
+    """A command whose options that take a value are given once each: click keeps the last of two, so
+    `--impl softmax --impl cosformer` measured cosformer alone, and `--lengths 256 --lengths 512` N = 512 alone, without
+    a word (a robustness audit); within one option a value twice is refused already."""
+
+    def parse_args(self, ctx, args):
+        repeated = _repeated_option(self, args)
+        if repeated:
+            raise UsageError(f"{repeated} given twice: give it once (a comma-separated list takes several values)")
+        return super().parse_args(ctx, args)
+
+
+def _repeated_option(command: click.Command, args) -> str | None:
+    """The first option taking a value (not a flag, not `multiple`) that `args` give twice, as first written."""
+    once = {opt: param.name for param in command.params if isinstance(param, click.Option) and not (param.is_flag or param.multiple)
+            for opt in param.opts}  # fmt: skip
+    seen: dict[str, str] = {}
+    for arg in args:
+        if arg == "--":  # what follows is arguments, not options
+            break
+        opt = arg.split("=", 1)[0]
+        name = once.get(opt)
+        if name is not None and name in seen:
+            return seen[name]
+        if name is not None:
+            seen[name] = opt
+    return None
+
+
 class AttnprofGroup(click.Group):
+    command_class = OnceCommand
+
     def invoke(self, ctx):
         with _first_stop_only():
             return self._invoke(ctx)
@@ -63,7 +94,7 @@ class AttnprofGroup(click.Group):
 
 @contextlib.contextmanager
 def _first_stop_only():
-    """Ctrl-C or SIGTERM stops a command once; any later one is ignored while it saves and exits. People press
+    """Ctrl-C, SIGTERM or SIGHUP stops a command once; any later one is ignored while it saves and exits. People press
     Ctrl-C twice, and a second one landing while a sweep stopped its workers and saved its state replaced the
     saved-and-resumable message by a bare 'Aborted!' or killed the process. Main thread only (CliRunner's too)."""
     if threading.current_thread() is not threading.main_thread():
@@ -74,11 +105,11 @@ def _first_stop_only():
 
     def stop(signum, frame):
         stopped.append(signum)
-        for each in (signal.SIGINT, signal.SIGTERM):
+        for each in STOP_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -190,4 +221,5 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     for line in notes:
         click.echo(f"  {line}")
     unfinished = unfinished_note(run, len(measurements), db)
-    click.echo(f"run {run.run_id}: {len(measurements)} cases in {db}" + (f"; {unfinished}" if unfinished else ""))
+    cases = f"{len(measurements)} case{'s' * (len(measurements) != 1)}"
+    click.echo(f"run {run.run_id}: {cases} in {db}" + (f"; {unfinished}" if unfinished else ""))

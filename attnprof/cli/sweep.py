@@ -47,10 +47,15 @@ from attnprof.errors import UsageError
 @db_option
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
 @click.option(
+    "--retry",
+    help="With --resume: measure again the run's cells of these statuses (crashed, timeout, oom, error; comma separated) "
+    "and the lengths skipped after them, each new row replacing the old one.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="List the cases and refusals (with --resume: the run's cases without a row); measure nothing."
 )
 @click.pass_context
-def sweep(ctx, scenario, db, resume, dry_run, **options):
+def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
     """Measure every impl over a grid of lengths and shapes; every cell gets a row.
 
     \b
@@ -59,9 +64,12 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
       attnprof sweep scenarios/quick.toml --device cpu
       attnprof sweep scenarios/gate.toml   (each [[sweep]] of a rules file: one run each)
       attnprof sweep --resume latest
+      attnprof sweep --resume latest --retry crashed,timeout
     """
     from attnprof.scenario import scenario_sweeps, sweep_from_options
 
+    if retry is not None and resume is None:
+        raise UsageError(f"--retry {retry} goes with --resume RUN: it measures again the cells of a stored run")
     tables = scenario_sweeps(scenario) if scenario else [{}]
     given = {k: v for k, v in options.items() if v is not None}
     if resume is not None and (given or scenario):
@@ -79,19 +87,19 @@ def sweep(ctx, scenario, db, resume, dry_run, **options):
             if spec.name:  # one name for two runs: `export NAME` took the newest alone
                 spec = replace(spec, name=f"{spec.name}-{index}")
         if dry_run:
-            _print_plan(spec, sweep_db, resume)
+            _print_plan(spec, sweep_db, resume, retry)
         else:
-            run_ids.append(_run_and_report(spec, sweep_db, resume))
+            run_ids.append(_run_and_report(spec, sweep_db, resume, retry))
     if len(run_ids) > 1:
         where = f" --db {shlex.quote(str(specs[0][0]))}" if specs[0][0] else ""
         export = f"attnprof export {' '.join(run_ids)} --format baseline --out FILE{where}"
         click.echo(f"their baseline for `attnprof gate --baseline`: {export}", err=True)
 
 
-def _print_plan(spec, db, resume) -> None:
+def _print_plan(spec, db, resume, retry) -> None:
     from attnprof.api import plan
 
-    cases = plan(spec, db, resume=resume)
+    cases = plan(spec, db, resume=resume, retry=retry or ())
     for case, reasons in cases:
         said = "; ".join(reasons)  # a refuse hook that raised reads "error: ...", as its row will
         click.echo(f"{case.describe()}" + (f"  -> {'' if said.startswith('error: ') else 'unsupported: '}{said}" if reasons else ""))
@@ -99,7 +107,7 @@ def _print_plan(spec, db, resume) -> None:
     click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused, {len(cases) - refused} to measure")
 
 
-def _run_and_report(spec, db, resume) -> str:
+def _run_and_report(spec, db, resume, retry) -> str:
     from attnprof.api import default_db, run_sweep
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
@@ -108,10 +116,11 @@ def _run_and_report(spec, db, resume) -> str:
     command = shlex.join(["attnprof", *sys.argv[1:]])  # pasted into a shell by the Reproduce views: quoted
     try:
         with SweepProgress() as progress:
-            run_id = run_sweep(spec, db, resume=resume, progress=progress, command=command)
+            run_id = run_sweep(spec, db, resume=resume, retry=retry or (), progress=progress, command=command)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db)
     if resume is not None and progress.total == 0:
-        click.echo(f"run {run_id} already has a row for every case: nothing left to measure", err=True)
+        what = f" and none of status {retry}" if retry else ""
+        click.echo(f"run {run_id} already has a row for every case{what}: nothing left to measure", err=True)
     print_summary(db, run_id, "table")
     return run_id

@@ -89,6 +89,11 @@ def _check_callable_as_an_impl(impl: AttentionImpl, role: str, fn, arguments: st
         ) from None
 
 
+def is_builtin(impl: AttentionImpl) -> bool:
+    """Whether one of attnprof's own modules registered the impl (its code is trusted to run in the sweep's process)."""
+    return module_of(impl).startswith("attnprof.impls.")
+
+
 def module_of(impl: AttentionImpl) -> str:
     """The module that registered the impl (the one a worker imports to know it); for an impl not registered, the
     module defining its function (a functools.partial's function's). Not the function's alone: a plugin

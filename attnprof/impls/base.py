@@ -128,6 +128,14 @@ class AttentionImpl:
 
     def not_supported(self, case: Case) -> list[str]:
         """Every reason this impl refuses `case`; empty when it runs it."""
+        reasons = self.declared_unsupported(case)
+        if self.refuse is not None and not reasons:
+            refused = self.refuse(case, self.resolve_options(case.options))
+            reasons.extend([refused] if isinstance(refused, str) else refused or [])  # "too long" read "t; o; o;  ; l; ..."
+        return reasons
+
+    def declared_unsupported(self, case: Case) -> list[str]:
+        """The reasons its declared devices, dtypes, causality and modes give (data: no code of the impl's runs)."""
         reasons = []
         device_kind = case.device.split(":")[0]
         if device_kind not in self.devices and device_kind != "meta":  # meta: accounting, any impl
@@ -138,9 +146,6 @@ class AttentionImpl:
             reasons.append(f"{self.name} has no {'causal' if case.causal else 'bidirectional'} form")
         if case.mode not in self.modes:
             reasons.append(f"{self.name} does not support mode {case.mode}")
-        if self.refuse is not None and not reasons:
-            refused = self.refuse(case, self.resolve_options(case.options))
-            reasons.extend([refused] if isinstance(refused, str) else refused or [])  # "too long" read "t; o; o;  ; l; ..."
         return reasons
 
     def bind(self, case: Case) -> Callable:

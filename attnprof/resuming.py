@@ -1,0 +1,46 @@
+"""What a resume may measure into a stored run: only in the environment it was measured in, with its plugins
+loaded, and the cells without a row (or, with `retry`, of the statuses asked for). The API's run_sweep and plan ask."""
+
+from __future__ import annotations
+
+from attnprof.errors import UsageError
+from attnprof.spec import Sweep, parse_retry
+
+
+def retried(retry, resume) -> tuple[str, ...]:
+    """The statuses `retry` names (spec.parse_retry), () for none; refused without a run to resume."""
+    if not retry:
+        return ()
+    if resume is None:
+        raise UsageError("retry goes with resume: it measures again the cells of a stored run")
+    return parse_retry(retry)
+
+
+def resumable(store, resume: str):
+    """(run, sweep) of the stored run `resume` names, refused when it was measured in another environment
+    (env.resume_fields) or its plugin modules are not loaded."""
+    from attnprof.env import capture_env, differing_fields, resume_fields
+
+    run = store.resolve_run(resume)
+    sweep = Sweep.from_dict(run.sweep)
+    check_plugins_loaded(run, sweep)
+    differences = differing_fields(run.env, capture_env(sweep.device), resume_fields(timed=not sweep.accounting))
+    if differences:
+        raise UsageError(
+            f"cannot resume run {run.run_id}: it was measured in another environment ({'; '.join(differences)}); "
+            "measure the rest in a new run"
+        )
+    return run, sweep
+
+
+def check_plugins_loaded(run, sweep: Sweep) -> None:
+    """A run of a plugin impl resumed without its module said only "unknown impl 'mine'"."""
+    from attnprof import impls
+
+    known = set(impls.names())
+    missing = [spec.name for spec in sweep.impls if spec.name not in known]
+    plugins = ",".join(run.env.get("plugins") or [])
+    if missing and plugins:
+        raise UsageError(
+            f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with ATTNPROF_PLUGINS={plugins}"
+        )

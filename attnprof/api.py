@@ -175,21 +175,24 @@ def impl_labels(text: str) -> list[str]:
 def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, retry=()) -> list[tuple]:
     """(case, refusal reasons) for every case of the resolved sweep, or for the cases of run `resume` in
     `db` that have no row yet (or one of a status in `retry`): what `--dry-run` prints. A resume that run_sweep would
-    refuse is refused."""
+    refuse is refused. A resumed case that a failure the run kept will skip reads "skipped: ..." (listed as to be
+    measured, it then got a `skipped` row: a robustness audit)."""
     from attnprof.resuming import resumable, retried
+    from attnprof.runner import skipped_after
     from attnprof.store import Store
 
     if resume is None:
-        cases = resolve_sweep(sweep).cases()
-    else:
-        store = Store.open(db or default_db(), create=False)
-        try:
-            run, stored = resumable(store, resume)
-            done = store.measured_keys(run.run_id, retried(retry, resume))
-        finally:
-            store.close()
-        cases = [case for case in stored.cases() if case.key not in done]
-    return [(case, _refused(case)) for case in cases]
+        return [(case, _refused(case)) for case in resolve_sweep(sweep).cases()]
+    store = Store.open(db or default_db(), create=False)
+    try:
+        run, stored = resumable(store, resume)
+        done = store.measured_keys(run.run_id, retried(retry, resume))
+        kept = [m for m in store.measurements(run.run_id) if m.case.key in done]
+    finally:
+        store.close()
+    skip = skipped_after(kept)
+    pending = [case for case in stored.cases() if case.key not in done]
+    return [(case, [f"skipped: {skipped.reason}"] if (skipped := skip(case)) else _refused(case)) for case in pending]
 
 
 def _refused(case) -> list[str]:

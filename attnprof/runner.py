@@ -333,6 +333,12 @@ def refusal(case: Case, plugin_hooks: bool = False) -> Measurement | None:
     return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
 
 
+def skipped_after(measurements: list[Measurement]):
+    """case -> the `skipped` Measurement a sweep would store for it after these failures, or None (a dry run's view)."""
+    failures = _failures_from(measurements)
+    return lambda case: _skip_if_failed_before(case, failures)
+
+
 def _failures_from(measurements: list[Measurement]) -> dict[str, tuple[int, Status]]:
     failures: dict[str, tuple[int, Status]] = {}
     for measurement in measurements:

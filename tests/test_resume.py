@@ -237,3 +237,24 @@ def test_retry_measures_again_a_transient_kill_and_the_lengths_skipped_after_it(
     assert wrong.exit_code == 2 and "--retry crashed goes with --resume RUN" in wrong.output, wrong.output
     unknown = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "ok", "--db", str(db)])
     assert unknown.exit_code == 2 and "bad retry 'ok': choose among crashed, timeout, oom, error" in unknown.output, unknown.output
+
+
+def test_a_resumes_dry_run_says_which_cases_a_kept_failure_will_skip(db):
+    """Listed as "to measure", they then got `skipped` rows (a robustness audit)."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    args = ["--impl", "fault:kind=exit,at_length=128", "--lengths", "64..256", "--heads", "2", "--head-dim", "16", "--device", "cpu"]
+    assert CliRunner().invoke(cli, ["sweep", *args, "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)]).exit_code == 0
+    connection = sqlite3.connect(db)  # as if stopped before N = 256
+    connection.execute("DELETE FROM measurements WHERE seq_len = 256")
+    connection.execute("UPDATE runs SET state = 'interrupted'")
+    connection.commit()
+    connection.close()
+    dry = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--dry-run", "--db", str(db)])
+    listed = dry.output.strip().splitlines()
+    assert listed[-1] == "1 case, 0 refused, 1 skipped, 0 to measure", dry.output
+    assert listed[0].endswith("-> skipped: the same configuration had its worker killed (SIGKILL, the OOM killer's signal) at N=128")

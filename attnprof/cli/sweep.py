@@ -101,10 +101,13 @@ def _print_plan(spec, db, resume, retry) -> None:
 
     cases = plan(spec, db, resume=resume, retry=retry or ())
     for case, reasons in cases:
-        said = "; ".join(reasons)  # a refuse hook that raised reads "error: ...", as its row will
-        click.echo(f"{case.describe()}" + (f"  -> {'' if said.startswith('error: ') else 'unsupported: '}{said}" if reasons else ""))
-    refused = sum(1 for _, reasons in cases if reasons)
-    click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused, {len(cases) - refused} to measure")
+        said = "; ".join(reasons)  # a refuse hook that raised reads "error: ...", a skip "skipped: ...", as their rows will
+        kind = "" if said.startswith(("error: ", "skipped: ")) else "unsupported: "
+        click.echo(f"{case.describe()}" + (f"  -> {kind}{said}" if reasons else ""))
+    skipped = sum(1 for _, reasons in cases if reasons and reasons[0].startswith("skipped: "))
+    refused = sum(1 for _, reasons in cases if reasons) - skipped
+    skips = f", {skipped} skipped" if skipped else ""
+    click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused{skips}, {len(cases) - refused - skipped} to measure")
 
 
 def _run_and_report(spec, db, resume, retry) -> str:

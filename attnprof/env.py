@@ -103,11 +103,21 @@ def differing_fields(old: dict, new: dict, fields=COMPARABLE_FIELDS) -> list[str
 
 
 def _git_sha() -> str | None:
+    """attnprof's commit, with "-dirty" when its tracked files differ from it: an edit, sweep, report loop recorded the
+    clean commit for code that was not what got measured (a report audit). None unless attnprof's own files are tracked
+    there: an install in a project's virtualenv would record the project's commit."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        sha = git("rev-parse", "HEAD")
+        if sha.returncode != 0 or not sha.stdout.strip() or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        changed = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return sha.stdout.strip() + ("-dirty" if changed.returncode == 0 and changed.stdout.strip() else "")
 
 
 def _cpu_name() -> str:

@@ -30,13 +30,13 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), 
     (default: the run's device memory, else env.DEFAULT_BUDGET, as `attnprof fit`). Returns (html path, png paths).
     Raises UsageError for a bad run, database, path, slice or budget."""
     from attnprof.api import default_db
-    from attnprof.dashboard.data import DataSource
+    from attnprof.dashboard.data import SnapshotSource
 
     if png_dir is not None and importlib.util.find_spec("kaleido") is None:
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
     only = (only,) if isinstance(only, str) else tuple(only)  # one "dtype=float32" was read a character at a time
     budget_bytes = bytes_or_none(budget, "budget")
-    source = DataSource(db or default_db())
+    source = SnapshotSource(db or default_db())  # one read of the run for every section
     info = source.run(run)
     figures, body = report_sections(source, info.run_id, only, budget_bytes)
     path = Path(out) if out else Path("reports") / f"{info.run_id}.html"
@@ -99,10 +99,30 @@ def _body(source, run_id, frame, choices, figures, notes, table) -> str:
         _figure(figures["frontier"], notes["frontier"]),
     ]
     parts += ["<h2>Coverage</h2>", _figure(figures["coverage"], notes["coverage"])]
+    failed = failure_rows(frame)
+    parts += ["<h3>Cells not measured ok</h3>", _note(failed[1]), _table(failed[0])] if failed[0] else []
     parts += ["<h2>Roofline</h2>", _figure(figures["roofline"], notes["roofline"])]
     parts += ["<h2>Run info</h2>", _table(rows), "<h3>Reproduce</h3>", f"<pre>{html.escape(command)}</pre>"]
     parts += ["<h3>Environment</h3>", _table(env), "<h3>Sweep</h3>", _table(sweep)]
     return "\n".join(parts)
+
+
+FAILURES_LISTED = 500  # rows of the failures table; the rest are counted
+
+
+def failure_rows(frame) -> tuple[list[dict], str]:
+    """Every cell of the run that is not ok, with its status and reason, as text (and a note when some are left out):
+    the reasons were only in the plots' hover text, lost in a printed, PDF or PNG copy (a report audit)."""
+    if not len(frame):
+        return [], ""
+    failed = frame[frame["status"] != "ok"].sort_values(["label", "causal", "mode", "dtype", "batch", "heads", "head_dim", "seq_len"])
+    rows = [
+        {"impl": r.label, "N": format_length(r.seq_len), "B": r.batch, "H": r.heads, "D": r.head_dim, "dtype": r.dtype, "device": r.device,
+         "causal": "causal" if r.causal else "bidir", "mode": r.mode, "status": r.status, "reason": r.reason}
+        for r in failed.head(FAILURES_LISTED).itertuples()
+    ]  # fmt: skip
+    more = len(failed) - len(rows)
+    return rows, (f"The first {len(rows)} of {len(failed)}: `attnprof show` lists them all." if more > 0 else "")
 
 
 def slice_filters(only, options: dict) -> dict:

@@ -55,13 +55,26 @@ def export_runs(runs=("latest",), db=None, output_format: str = "jsonl", out=Non
     store = Store.open(db, create=False)
     try:
         run_ids = list(dict.fromkeys(store.resolve_run(run).run_id for run in runs))  # `latest <its id>` names one run twice
+        note = note or (lambda text: print(text, file=sys.stderr))
         if output_format != "baseline":
-            return _stream_records(store, run_ids, output_format, out, stream)
+            count = _stream_records(store, run_ids, output_format, out, stream)
+            _note_partial_runs({run_id: store.resolve_run(run_id) for run_id in run_ids}, store, db, note)
+            return count
         measured = {run_id: store.measurements(run_id) for run_id in run_ids}
         infos = {run_id: store.resolve_run(run_id) for run_id in run_ids}
     finally:
         store.close()
-    return _write_baseline(measured, infos, db, out, stream, note or (lambda text: print(text, file=sys.stderr)))
+    return _write_baseline(measured, infos, db, out, stream, note)
+
+
+def _note_partial_runs(infos, store, db, note) -> None:
+    """An export of an interrupted, killed or still running run looked like a finished sweep: the records name no state,
+    and "wrote 3 records" said nothing of the 13 cells without a row (a report audit). Said; the file is written."""
+    from attnprof.dashboard.runinfo import unfinished_note
+
+    for run_id, info in infos.items():
+        if unfinished := unfinished_note(info, store.count(run_id), db):
+            note(f"note: run {run_id} is {unfinished}; the export holds the cells it has measured")
 
 
 def _stream_records(store, run_ids, output_format, out, stream) -> int:

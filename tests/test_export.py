@@ -149,7 +149,7 @@ def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
     ]
     stream = io.StringIO()
     assert attnprof.export_runs("latest", db, "jsonl", stream=stream) == 3
-    assert stream.getvalue() == CliRunner().invoke(cli, ["export", "--db", str(db)]).output
+    assert stream.getvalue() == CliRunner().invoke(cli, ["export", "--db", str(db)]).stdout
     measured = tmp_path / "measured.db"  # a real run: its baseline file, as `export --format baseline` writes it
     attnprof.run_sweep(attnprof.Sweep(impls="softmax", lengths=(1024, 2048), heads=(1,), causal=(False,), accounting=True), measured)
     notes = []
@@ -159,3 +159,29 @@ def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
     assert (tmp_path / "out" / "baseline.jsonl").read_text() == cli_out.read_text() and notes == []
     with pytest.raises(attnprof.UsageError, match="unknown export format 'xlsx'; choose from jsonl, json, csv, baseline"):
         attnprof.export_runs("latest", db, "xlsx")
+
+
+@pytest.mark.parametrize("output_format", ["csv", "json", "jsonl"])
+def test_an_export_of_an_unfinished_run_says_so(tmp_path, output_format):
+    """ "wrote 3 records" for an interrupted run of 16 cells: the file looked like a finished sweep (a report audit)."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    db = tmp_path / "a.db"
+    sweep = ["sweep", "--impl", "softmax", "--lengths", "64,128", "--heads", "2", "--head-dim", "16", "--device", "cpu", "--causal", "no"]
+    assert CliRunner().invoke(cli, [*sweep, "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)]).exit_code == 0
+    out = tmp_path / f"out.{output_format}"
+    finished = CliRunner().invoke(cli, ["export", "--format", output_format, "--out", str(out), "--db", str(db)])
+    assert finished.exit_code == 0 and "note:" not in finished.output, finished.output
+    connection = sqlite3.connect(db)
+    connection.execute("DELETE FROM measurements WHERE seq_len = 128")
+    connection.execute("UPDATE runs SET state = 'interrupted'")
+    connection.commit()
+    connection.close()
+    partial = CliRunner().invoke(cli, ["export", "--format", output_format, "--out", str(out), "--db", str(db)])
+    assert partial.exit_code == 0, partial.output
+    assert "is interrupted: 1 of 2 cases, the rest with attnprof sweep --resume" in partial.output
+    assert "the export holds the cells it has measured" in partial.output

@@ -209,3 +209,21 @@ def test_a_row_committed_while_the_dashboard_reads_is_read_once(db, monkeypatch)
     assert again.index.is_unique and len(again) == 8
     writer.close()
     store.close()
+
+
+def test_a_reports_source_answers_every_section_from_one_read(tmp_path):
+    """A report of a running sweep read it section by section: 6 of 16 cases in its banner, 7 ok in Coverage, 8 in its
+    run info (a report audit). SnapshotSource reads the rows and the state once; a DataSource sees the new row."""
+    from attnprof.dashboard.data import SnapshotSource
+
+    db = tmp_path / "a.db"
+    filled(db, count=4, state="running").close()
+    snapshot, live = SnapshotSource(db), DataSource(db)
+    before = snapshot.frame("latest")
+    assert len(before) == len(live.frame("r1")) == 4 and snapshot.run("r1").state == "interrupted"  # no sweep holds its lock
+    store = Store.open(db)
+    store.add_measurement("r1", varied(5), "t5")
+    store.set_run_state("r1", "complete")
+    store.close()
+    assert len(live.frame("r1")) == 5 and live.run("r1").state == "complete"
+    assert snapshot.frame("r1") is before and snapshot.frame("latest") is before and snapshot.run("r1").state == "interrupted"

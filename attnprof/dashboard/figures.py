@@ -14,9 +14,11 @@ import math
 
 import pandas as pd
 
+from attnprof.crossover import NEAR_SPAN
 from attnprof.dashboard.plotting import (
     axis_refs,
     build_figure,
+    byte_ticks,
     format_value,
     is_present,
     length_ticks,
@@ -65,6 +67,8 @@ def scaling_figure(cells: pd.DataFrame, fits: pd.DataFrame, metric, message: str
             shapes += [{**shape, "xref": refs["xaxis"], "yref": refs["yaxis"]} for shape in panel_shapes]
     measured = any(trace["meta"] == "measured" for trace in traces)
     _scaling_axes(grid, cells, metric, len(rows), message, measured)
+    if metric.unit == "bytes":  # every value drawn: points, bands and the failed cells' markers
+        update_axes(grid, "yaxis", **byte_ticks(y for trace in traces if trace.get("y") is not None for y in trace["y"]))
     return build_figure(traces, {**grid, "shapes": shapes})
 
 
@@ -193,8 +197,6 @@ def _scaling_axes(layout: dict, cells, metric, n_rows: int, message: str, measur
     y_title = metric.title if metric.unit in metric.title else f"{metric.title} ({metric.unit})"
     update_axes(layout, "xaxis", type="log", **length_ticks(cells["seq_len"]), showgrid=True)
     update_axes(layout, "yaxis", type="log", showgrid=True)
-    if metric.unit == "bytes":
-        update_axes(layout, "yaxis", tickformat=".3~s", ticksuffix="B")
     n_cols = len(cells["facet_col"].unique())
     for col in range(1, n_cols + 1):  # titles on the bottom row's x axes and the first column's y axes
         layout["xaxis" + axis_refs(n_rows, col, n_cols)["xaxis"][1:]]["title"] = {"text": "sequence length N"}
@@ -290,7 +292,10 @@ def crossover_figure(groups: list, metric: str):
                        "hoverinfo": "text", "coloraxis": "coloraxis", "xgap": 1, "ygap": 1, "meta": "crossovers",
                        **axis_refs(1, i, len(groups))})  # fmt: skip
     ticks = [8, 12, 16, 20, 24, 30]  # colour by log2 N, clipped to 256..1G: crossings far outside are just "far"
-    title = f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper on each side); * extrapolated"
+    title = (
+        f"Crossover lengths ({metric}): where two impls' fitted curves cross (hover says which is cheaper on each side); "
+        "* extrapolated; far: too unsure to draw"
+    )
     if more:  # the filters choose which configurations are drawn
         title += f"<br>{len(groups)} configurations drawn, {more}: filter (dtype, causal, mode ...) to see them"
     layout.update(title={"text": title}, height=260 + 30 * size, meta="crossovers",
@@ -298,6 +303,12 @@ def crossover_figure(groups: list, metric: str):
                              "ticktext": [short_length(2**t) for t in ticks]}})  # fmt: skip
     update_axes(layout, "xaxis", tickangle=-35)
     return build_figure(traces, layout)
+
+
+FAR_CROSSING = (
+    f"Not drawn: its 95% interval reaches beyond {NEAR_SPAN}x the measured lengths, an artefact of the fits rather than a "
+    "prediction (`fit` leaves it out; --all-crossovers lists it)."
+)
 
 
 def _crossover_matrix(rows: pd.DataFrame):
@@ -308,9 +319,14 @@ def _crossover_matrix(rows: pd.DataFrame):
     hover = [[f"{a} vs {a}" for a in labels] for _ in labels]
     columns = [rows[c].tolist() for c in ("impl_a", "impl_b", "length", "kind", "message")]
     columns.append(rows["caveat"].tolist() if "caveat" in rows.columns else [""] * len(rows))
-    for impl_a, impl_b, length, kind, message, caveat in zip(*columns, strict=False):
+    columns.append(rows["near"].tolist() if "near" in rows.columns else [True] * len(rows))
+    for impl_a, impl_b, length, kind, message, caveat, near in zip(*columns, strict=False):
         crossing = kind != "none" and math.isfinite(length)
-        cell_text = (short_length(length) + ("*" if kind == "extrapolated" else "")) if crossing else "none"
+        if crossing and not near:  # `fit` leaves these out: "927*" stood beside a softmax that timed out at 1024 (a report audit)
+            crossing, caveat = False, " ".join(filter(None, (caveat, FAR_CROSSING)))
+            cell_text = "far"
+        else:
+            cell_text = (short_length(length) + ("*" if kind == "extrapolated" else "")) if crossing else "none"
         for a, b in ((impl_a, impl_b), (impl_b, impl_a)):
             z[index[a]][index[b]] = math.log2(length) if crossing else None
             text[index[a]][index[b]] = cell_text

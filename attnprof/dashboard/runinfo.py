@@ -15,16 +15,27 @@ def run_name(run: RunInfo) -> str:
     return f"{run.run_id} ({run.name})" if run.name else run.run_id
 
 
+def absolute(db) -> str:
+    """The database's path as a command to be run elsewhere needs it: `report --db rep/a.db`, run from /tmp, wrote a
+    path relative to the reporter's folder into the report's commands (a report audit)."""
+    from pathlib import Path
+
+    return str(Path(db).absolute())
+
+
 def unfinished_note(run: RunInfo, measured: int, db) -> str:
     """'' for a complete run; else how much of it there is and the command that measures the rest."""
     if run.state == "complete":
         return ""
     from attnprof.spec import Sweep
 
-    planned = len(Sweep.from_dict(run.sweep).cases())
+    try:
+        of_planned = f" of {len(Sweep.from_dict(run.sweep).cases())}"
+    except (KeyError, TypeError, ValueError):  # a stored definition this version cannot read: the count alone
+        of_planned = ""
     state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
-    resume = shlex.join(["attnprof", "sweep", "--resume", run.run_id, "--db", str(db)])
-    return f"{state}: {measured} of {planned} cases, the rest with {resume}"
+    resume = shlex.join(["attnprof", "sweep", "--resume", run.run_id, "--db", absolute(db)])
+    return f"{state}: {measured}{of_planned} cases, the rest with {resume}"
 
 
 def reproduce_command(run: RunInfo, db=None) -> str:
@@ -36,7 +47,7 @@ def reproduce_command(run: RunInfo, db=None) -> str:
     resolved = bool(run.sweep.get("device") and run.sweep.get("dtype"))
     command = rebuilt_command(run.sweep) if resolved or not run.command else run.command
     if resolved and db is not None:
-        command += " " + shlex.join(["--db", str(db)])
+        command += " " + shlex.join(["--db", absolute(db)])
     plugins = run.env.get("plugins") or []
     return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
 

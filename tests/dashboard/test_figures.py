@@ -1,5 +1,7 @@
 """Figure functions on constructed frames (no database, no server): traces, axes, markers, hover text."""
 
+import math
+
 import pandas as pd
 import pytest
 import seeding
@@ -94,7 +96,11 @@ def test_metric_switch_changes_values_and_units(base_frame):
     assert not bands(memory)  # only time has quantiles
     softmax = [t for t in of_kind(memory, "measured") if t.name == "softmax"][0]
     assert list(softmax.y[:2]) == [64 * 256**2, 64 * 512**2]  # 4 bytes x 4 heads x 4 N^2
-    assert memory.layout.yaxis.ticksuffix == "B" and "peak memory" in memory.layout.yaxis.title.text
+    assert "peak memory" in memory.layout.yaxis.title.text
+    # ticks at powers of two in binary units, as the tables and hovers: SI ticks put a 40.0 GiB peak at "43G" (a report audit)
+    ticks = dict(zip(memory.layout.yaxis.tickvals, memory.layout.yaxis.ticktext, strict=True))
+    assert ticks[2.0**20] == "1 MiB" and all(math.log2(v).is_integer() for v in ticks)
+    assert min(ticks) <= min(softmax.y) and max(ticks) >= max(softmax.y)
     rss = scaling(base_frame, metric="peak_rss_bytes")
     assert of_kind(rss, "measured")[0].y[0] != softmax.y[0]
 
@@ -298,6 +304,21 @@ def test_a_length_label_is_whole_below_a_million():
 
     assert [short_length(n) for n in (1258, 4096, 393216, 3 * 2**20, 40_580_000)] == ["1258", "4k", "384k", "3M", "38.7M"]
     assert short_length(float("inf")) == "unbounded"
+    assert (short_length(3 * 2**30), short_length(1.02e22)) == ("3G", "1.02e+22")  # not "9.47e+12G" (a report audit)
+
+
+def test_a_crossover_fit_leaves_out_as_too_unsure_is_not_drawn_as_a_length():
+    """The report's matrix showed "927*" (softmax cheaper above N = 927, 95% 0..inf) beside a softmax that timed out at
+    1024, where `fit` left the pair out as reaching beyond 16x the measured lengths (a report audit)."""
+    rows = pd.DataFrame([
+        dict(impl_a="sdpa", impl_b="softmax", length=927.0, kind="extrapolated", message="extrapolated: softmax ...", near=False),
+        dict(impl_a="sdpa", impl_b="cosformer", length=3000.0, kind="extrapolated", message="extrapolated: sdpa ...", near=True),
+    ])  # fmt: skip
+    labels, z, text, hover = figures._crossover_matrix(rows)
+    sdpa, softmax, cosformer = (labels.index(name) for name in ("sdpa", "softmax", "cosformer"))
+    assert text[sdpa][softmax] == text[softmax][sdpa] == "far" and z[sdpa][softmax] is None
+    assert "Not drawn: its 95% interval reaches beyond 16x the measured lengths" in hover[sdpa][softmax]
+    assert text[sdpa][cosformer] == "3000*" and z[sdpa][cosformer] is not None
 
 
 def test_a_view_of_failed_cells_only_shows_no_value_scale(base_frame):

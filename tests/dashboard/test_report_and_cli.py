@@ -1,5 +1,6 @@
 """`attnprof report` (one self-contained HTML file, optional PNGs) and `attnprof serve` (binding, warnings)."""
 
+import html
 import importlib.util
 import json
 import re
@@ -31,6 +32,9 @@ def test_report_is_one_self_contained_html_file(two_runs_db, tmp_path):
         assert f">{heading}</h" in text, heading
     assert text.count('class="plotly-graph-div"') == 7  # time and memory scaling, exponents, crossovers, frontier, coverage, roofline
     assert "--dtype float32 --device cpu --causal both" in text and seeding.OOM_REASON in text  # reproduced as it ran
+    # every failed cell and its reason as text, not only in the plots' hover (lost in a printed or PNG copy: a report audit)
+    table = text.split(">Cells not measured ok</h3>", 1)[1].split("</table>", 1)[0]
+    assert f"<td>oom</td><td>{html.escape(seeding.OOM_REASON)}</td>" in table, table[:2000]
 
 
 def test_report_default_path_is_reports_run_id(two_runs_db, tmp_path, monkeypatch):
@@ -134,12 +138,13 @@ def test_create_app_builds_a_fresh_app_each_time(two_runs_db):
         store.close()
 
 
-def test_a_report_of_an_interrupted_run_says_it_is_partial_and_how_to_finish_it(tmp_path):
+def test_a_report_of_an_interrupted_run_says_it_is_partial_and_how_to_finish_it(tmp_path, monkeypatch):
     db = tmp_path / "partial.db"
     cells = seeding.run_cells()[:5]
     run = seeding.write_run(db, seeding.run_info("20260105-000000-part", "2026-01-05T00:00:00+00:00", state="interrupted"), cells)
     out = tmp_path / "partial.html"
-    assert invoke("report", run, "--db", db, "--out", out).exit_code == 0
+    monkeypatch.chdir(tmp_path)  # the commands name the database wherever the reader runs them, not as the reporter typed it
+    assert invoke("report", run, "--db", "partial.db", "--out", out).exit_code == 0
     planned = len(seeding.sweep_dict()["lengths"]) * 2 * 3  # lengths x causal x impls
     text = out.read_text()
     assert f"This run is interrupted: 5 of {planned} cases, the rest with attnprof sweep --resume {run} --db {db}." in text

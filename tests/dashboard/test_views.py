@@ -1,5 +1,7 @@
 """Pure view helpers and the fast read path: filters, line names, the reproduce command, Store.frame + run_frame."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import seeding
@@ -44,7 +46,8 @@ def test_rebuilt_command_parses_back_to_the_same_sweep():
     assert [s.label for s in rebuilt.impls] == sweep["impls"]
     # a run's resolved definition pins its devices and dtypes, which the command as typed left to the machine's defaults
     typed = seeding.run_info("r", "t", command="attnprof sweep --impl softmax")
-    assert runinfo.reproduce_command(typed, "my runs.db") == f"{command} --db 'my runs.db'"
+    # the database as a path that holds wherever the command is run (a relative one was the reporter's folder's: a report audit)
+    assert runinfo.reproduce_command(typed, "my runs.db") == f"{command} --db '{Path('my runs.db').absolute()}'"
     assert "--device cpu" in command and "--dtype float32" in command
     older = seeding.run_info("r", "t", sweep={"impls": ["x"]}, command="attnprof sweep --impl x")  # no resolved device: as typed
     assert runinfo.reproduce_command(older, "my runs.db") == "attnprof sweep --impl x"

@@ -89,8 +89,11 @@ def raised_at(error: BaseException) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    """The message's first line; with the next one where it only introduces it: torch.compile's "backend='inductor'
+    raised:" said nothing of why (found running the tests on torch 2.4)."""
     text = str(error).strip() or repr(error)
-    line = text.splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
     return line if len(line) <= 300 else line[:297] + "..."
 
 

@@ -199,6 +199,27 @@ def test_a_built_in_name_is_refused_where_it_is_registered_even_before_the_built
     assert "UsageError: impl name 'softmax' is a built-in's (attnprof.impls.softmax): register yours under another name" in done.stderr
 
 
+def test_a_built_in_that_fails_to_import_fails_every_lookup_alike(tmp_path):
+    """On torch 2.4 a built-in's custom_op raised on import: the first lookup said so, and every later one in that
+    process (a notebook) said "unknown impl 'cosformer'", the registry left half-loaded and marked loaded."""
+    script = (
+        "import importlib.abc, sys\n"
+        "class Planted(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'attnprof.impls.nystromformer':\n"
+        "            raise ValueError('planted: this torch cannot register the op')\n"
+        "sys.meta_path.insert(0, Planted())\n"
+        "from attnprof import impls\n"
+        "for attempt in range(2):\n"
+        "    try:\n"
+        "        impls.get('cosformer')\n"
+        "    except Exception as error:\n"
+        "        print(type(error).__name__, error)\n"
+    )
+    done = _python(tmp_path, "-c", script)
+    assert done.stdout.splitlines() == ["ValueError planted: this torch cannot register the op"] * 2, done.stdout + done.stderr[-2000:]
+
+
 def test_loaded_measurements_have_one_dtype_per_column_whatever_the_data(tmp_path):
     """With no ok row, median_ms, flops and peak_bytes were object columns holding None; the GPU memory columns
     always were on the CPU. Numbers are floats with NaN now, and `noisy` a nullable boolean."""

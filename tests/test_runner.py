@@ -527,3 +527,13 @@ def test_a_worker_that_hangs_while_starting_is_tried_twice_not_for_every_case(tm
     store = Store.open(tmp_path / "x.db", create=False)
     assert [m.status for m in store.measurements(store.runs()[0].run_id)] == [Status.OK] * 4
     store.close()
+
+
+def test_a_message_whose_first_line_only_introduces_the_cause_keeps_the_cause():
+    """torch.compile's error rows read "BackendCompilerFailed: backend='inductor' raised:" and nothing of why (found
+    running the tests on torch 2.4)."""
+    from attnprof.failures import classify
+
+    said = "backend='inductor' raised:\nAssertionError: Please convert all Tensors to FakeTensors first\n\nSet TORCH_LOGS=..."
+    assert "raised: AssertionError: Please convert all Tensors to FakeTensors first" in classify(RuntimeError(said))[1]
+    assert classify(RuntimeError("shape mismatch\nmore detail"))[1].endswith("shape mismatch")  # a whole first line alone

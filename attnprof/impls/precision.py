@@ -39,9 +39,17 @@ def tf32_products(dtype: torch.dtype, device):
 def _allow_tf32():
     """Allow TF32 for CUDA matmuls; returns what puts the previous setting back. torch >= 2.9 has a new API
     (fp32_precision) beside the legacy allow_tf32, and refuses to read the legacy flag once the new one was set
-    (RuntimeError: "mix of the legacy and new APIs"), so where the new API exists only it is read and written."""
+    (RuntimeError: "mix of the legacy and new APIs"), so where the new API exists only it is read and written.
+    Before it, the one setting is torch's float32 matmul precision, read and written as such: put back through
+    allow_tf32, a user's "medium" came back "high" (found running the tests on torch 2.7); "medium" and "high"
+    allow TF32 already and are left as they are."""
     matmul = torch.backends.cuda.matmul
-    name, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
-    before = getattr(matmul, name)
-    setattr(matmul, name, value)
-    return lambda: setattr(matmul, name, before)
+    if hasattr(matmul, "fp32_precision"):
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "tf32"
+        return lambda: setattr(matmul, "fp32_precision", before)
+    before = torch.get_float32_matmul_precision()
+    if before != "highest":
+        return lambda: None
+    torch.set_float32_matmul_precision("high")
+    return lambda: torch.set_float32_matmul_precision(before)

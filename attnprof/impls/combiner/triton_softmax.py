@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import List  # noqa: UP035  (custom_op's schema inference reads list[int] from torch 2.7 on, List[int] from 2.5, the floor)
 
 import torch
 from torch import Tensor
@@ -167,7 +168,7 @@ def _buffers(logits, values):
 
 
 @torch.library.custom_op("attnprof::softmax_values", mutates_args=())
-def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: list[int]) -> tuple[Tensor, Tensor]:
+def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: List[int]) -> tuple[Tensor, Tensor]:  # noqa: UP006
     from triton.runtime.interpreter import InterpretedFunction
 
     from attnprof.impls.combiner import triton_kernels
@@ -187,7 +188,7 @@ def _softmax_values(logits: Tensor, values: Tensor, exact: bool, band: list[int]
 
 
 @torch.library.custom_op("attnprof::softmax_values_qk", mutates_args=())
-def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: bool, band: list[int]) -> tuple[Tensor, Tensor]:
+def _softmax_values_qk(queries: Tensor, keys: Tensor, values: Tensor, exact: bool, band: List[int]) -> tuple[Tensor, Tensor]:  # noqa: UP006
     from triton.runtime.interpreter import InterpretedFunction
 
     from attnprof.impls.combiner import triton_kernels

@@ -218,8 +218,8 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows
-    for line in notes:
-        click.echo(f"  {line}")
+    for line in notes:  # Markdown joins plain lines into one paragraph: a list keeps them apart (a report audit)
+        click.echo(f"- {line}" if output_format == "markdown" else f"  {line}")
     unfinished = unfinished_note(run, len(measurements), db)
     cases = f"{len(measurements)} case{'s' * (len(measurements) != 1)}"
     click.echo(f"run {run.run_id}: {cases} in {db}" + (f"; {unfinished}" if unfinished else ""))

@@ -165,7 +165,8 @@ def _failures(failed, measured_by_line, fits_by_line, status, show_legend) -> di
     name, symbol, colour = FAILURE_MARKERS[status]
     ys = [_failure_height(measured_by_line, fits_by_line.get(p[0]), p[0], p[1]) for p in failed]
     # the height is a placement, never a measurement: a timed-out cell sat at the fit's 289 ms where it ran past 2 s
-    placed = "<br><i>(its height is where its line would be: not measured)</i>"
+    # and not always where its line would be: kept within FAILURE_HEADROOM of the plotted values (a report audit)
+    placed = "<br><i>(its height is a placement near its line, within the plotted values: not measured)</i>"
     text = [f"<b>{p[0]}</b><br>N = {format_length(p[1])}<br>{status}: {p[6] or 'no reason recorded'}{placed}" for p in failed]
     return {"type": "scatter", "x": [p[1] for p in failed], "y": ys, "mode": "markers", "name": name, "legendgroup": name,
             "showlegend": show_legend, "marker": {"symbol": symbol, "size": 13, "color": colour, "line": {"width": 2, "color": colour}},

@@ -158,7 +158,8 @@ def test_all_failed_and_one_length_runs_explain_themselves(tmp_path):
     cb = handlers(db)
     figure, note = cb.scaling("scaling", failed, {}, "time", [], "v")
     assert "Every cell in view failed (2 oom)" in note and [t.meta for t in figure.data] == ["failed:oom"]
-    assert all(text.endswith("(its height is where its line would be: not measured)</i>") for text in figure.data[0].hovertext)
+    placed = "(its height is a placement near its line, within the plotted values: not measured)</i>"
+    assert all(text.endswith(placed) for text in figure.data[0].hovertext)
     figure, note = cb.scaling("scaling", one, {}, "time", [], "v")
     assert "Only one length" in note and not [s for s in figure.layout.shapes if s.type == "line"]  # no fit line
     rows, chart, crossings, frontier, note, _ = cb.exponents("exponents", one, {}, "time", 30, "v")

@@ -178,7 +178,7 @@ def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = Non
     refuse is refused. A resumed case that a failure the run kept will skip reads "skipped: ..." (listed as to be
     measured, it then got a `skipped` row: a robustness audit)."""
     from attnprof.resuming import resumable, retried
-    from attnprof.runner import skipped_after
+    from attnprof.runner import kept_rows, skipped_after
     from attnprof.store import Store
 
     if resume is None:
@@ -186,11 +186,10 @@ def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = Non
     store = Store.open(db or default_db(), create=False)
     try:
         run, stored = resumable(store, resume)
-        done = store.measured_keys(run.run_id, retried(retry, resume))
-        kept = [m for m in store.measurements(run.run_id) if m.case.key in done]
+        done, failures = kept_rows(store, run.run_id, retried(retry, resume))
     finally:
         store.close()
-    skip = skipped_after(kept)
+    skip = skipped_after(failures)
     pending = [case for case in stored.cases() if case.key not in done]
     return [(case, [f"skipped: {skipped.reason}"] if (skipped := skip(case)) else _refused(case)) for case in pending]
 
@@ -259,7 +258,7 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
                     execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress, retry)
             except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
                 store.set_run_state(run.run_id, "interrupted")
-                raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error)) from None
+                raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error), retry) from None
             except sqlite3.Error as error:  # disk full, I/O error: every row committed before it stays
                 with contextlib.suppress(sqlite3.Error):  # may fail alike; the run then reads as interrupted (run_lock)
                     store.set_run_state(run.run_id, "interrupted")

@@ -103,21 +103,25 @@ def differing_fields(old: dict, new: dict, fields=COMPARABLE_FIELDS) -> list[str
 
 
 def _git_sha() -> str | None:
-    """attnprof's commit, with "-dirty" when its tracked files differ from it: an edit, sweep, report loop recorded the
-    clean commit for code that was not what got measured (a report audit). None unless attnprof's own files are tracked
-    there: an install in a project's virtualenv would record the project's commit."""
+    """attnprof's commit, with "-dirty-<hash of the change>" when its package's tracked files differ from it: an edit,
+    sweep, report loop recorded the clean commit for code that was not what got measured (a report audit). The package
+    only (an edited scenario in the repository is no other code), and the change's hash (a second edit is other code
+    again: a resume across it is refused). None unless the package is tracked there: an install in a project's
+    virtualenv would record the project's commit."""
+    import hashlib
 
     def git(*args):
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, timeout=5)
 
     try:
         sha = git("rev-parse", "HEAD")
         if sha.returncode != 0 or not sha.stdout.strip() or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
             return None
-        changed = git("status", "--porcelain", "--untracked-files=no")
+        change = git("diff", "HEAD", "--", ".")  # the package's folder: paths are the working folder's
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha.stdout.strip() + ("-dirty" if changed.returncode == 0 and changed.stdout.strip() else "")
+    dirty = f"-dirty-{hashlib.sha1(change.stdout).hexdigest()[:8]}" if change.returncode == 0 and change.stdout.strip() else ""
+    return sha.stdout.decode().strip() + dirty
 
 
 def _cpu_name() -> str:

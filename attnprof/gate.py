@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from attnprof.gate_rules import METRICS, GateRule
+from attnprof.gate_rules import METRICS, GateRule, exact_name
 from attnprof.table import format_bytes
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
@@ -60,7 +60,7 @@ def _verdict(rule: GateRule, judgements: list[Judgement]) -> RuleVerdict:
     refused = [j for j in judgements if j.verdict == UNSUPPORTED_CONFIG]
     judgements = [j for j in judgements if j.verdict not in (NEW_CELL, UNSUPPORTED_CONFIG)]
     if not judgements:
-        why = f"no measurements match impl {rule.impl!r} and the rule's filters"
+        why = f"no measurements match impl {exact_name(rule.impl, rule.impl_exact)!r} and the rule's filters"
         if refused:
             why = f"every configuration it matches is unsupported: {refused[0].subject}: {refused[0].message}"
         return RuleVerdict(rule, "MISSING", why, (), tuple(refused))

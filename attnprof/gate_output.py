@@ -58,7 +58,8 @@ def _rule_terms(rule: GateRule) -> dict:
     terms = {key: value for key, value in terms.items() if value is not None}
     if rule.at_length:
         terms["at_length"] = list(rule.at_length)
-    return {"filters": {key: list(values) for key, values in rule.filters.items()}, **terms}
+    exact = {"impl_exact": rule.impl_exact} | ({"to_exact": rule.to_exact} if rule.to is not None else {})  # that line alone
+    return {"filters": {key: list(values) for key, values in rule.filters.items()}, **terms, **exact}
 
 
 def unjudged_record(rules_file, status: int | None, error: str | None, run_ids=(), *, baseline=None, db=None) -> dict:

@@ -83,7 +83,13 @@ class GateRule:
 
     @property
     def title(self) -> str:
-        return f"rule {self.index} ({self.impl} {self.metric} {self.kind})"
+        return f"rule {self.index} ({exact_name(self.impl, self.impl_exact)} {self.metric} {self.kind})"
+
+
+def exact_name(label: str, exact: bool) -> str:
+    """A rule's impl as said to a reader: a name with options at their defaults labels as the bare name, which reads
+    as every line of the impl; "[default options]" says it is the one line."""
+    return f"{label}[default options]" if exact and "[" not in label else label
 
 
 def parse_rules(tables: list, source: str) -> list[GateRule]:

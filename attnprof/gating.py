@@ -88,7 +88,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
     frames = [with_timing_setup(frame, info.env) for frame, info in zip(frames, infos, strict=True)]
     unfinished = _unfinished_runs(infos, frames, db)
     # an unfinished run's rules may name what it has yet to measure (MISSING then), not only what it has
-    _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, planned=_planned_lines(infos) if unfinished else set())
+    _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, planned=_planned_lines(infos) if unfinished else (set(), set()))
     if not unfinished:  # an unfinished run may lack values it will measure: MISSING then, not the file's slip
         _check_filters_measured(rules, pd.concat(frames, ignore_index=True), run_ids, rules_path)
     budgets = [b for b in (run_budget(run, db) for run in run_ids) if b]
@@ -114,13 +114,13 @@ def _unfinished_runs(infos, frames, db) -> str:
     return "; ".join(f"run {info.run_id} is {note}" for info, note in zip(infos, notes, strict=True) if note)
 
 
-def _planned_lines(infos) -> set[str]:
-    """The impl names and labels the runs' sweeps plan: an interrupted run that has not reached softmax yet still
+def _planned_lines(infos) -> tuple[set[str], set[str]]:
+    """(impl names, labels) the runs' sweeps plan: an interrupted run that has not reached softmax yet still
     measures it (a rule naming it was called the file's slip, exit 2, where the README promises MISSING, exit 3)."""
     from attnprof.spec import Sweep
 
     cases = [case for info in infos for case in Sweep.from_dict(info.sweep).cases()]
-    return {case.impl for case in cases} | {case.label for case in cases}
+    return {case.impl for case in cases}, {case.label for case in cases}
 
 
 def not_passed_on_part(verdict, unfinished: str):
@@ -142,14 +142,14 @@ def _distinct_runs(frames, runs) -> tuple[list, tuple]:
     return list(kept.values()), tuple(kept)
 
 
-def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, *, planned: set[str]) -> None:
+def _check_rules_name_measured_impls(rules, frames, run_ids, rules_path, *, planned: tuple[set[str], set[str]]) -> None:
     """A rule naming an impl the judged runs never measured (nor plan to: `planned`) is a slip in the file (exit 2),
     not a MISSING verdict."""
     import pandas as pd
 
     cells = pd.concat(frames, ignore_index=True)
-    names = set(cells["impl"]) | set(cells["label"]) | planned
-    _refuse_unmeasured_names(rules, names, rules_path, f"run {', '.join(run_ids)} does not measure")
+    impl_names, labels = set(cells["impl"]) | planned[0], set(cells["label"]) | planned[1]
+    _refuse_unmeasured_names(rules, impl_names, labels, rules_path, f"run {', '.join(run_ids)} does not measure")
     from attnprof.analysis import CONFIG
     from attnprof.gate import matching
 
@@ -193,12 +193,17 @@ def _refuse_ambiguous_to(rules, lines: set[tuple[str, str]], rules_path) -> None
             raise UsageError(f"{rules_path}: rule {rule.index} has to = {rule.to!r}, which names {listed}: name one")
 
 
-def _refuse_unmeasured_names(rules, measured: set, rules_path, where: str) -> None:
-    """One line naming the first rule whose impl or `to` is not among `measured`."""
+def _refuse_unmeasured_names(rules, impl_names: set, labels: set, rules_path, where: str) -> None:
+    """One line naming the first rule whose impl or `to` names no measured line: a bare name an impl measured, a name
+    with options (GateRule.impl_exact) a label. `nystromformer[num_landmarks=64]` (the default) over a sweep of
+    num_landmarks=32 measured first, then was MISSING, "no measurements match impl 'nystromformer'" (a review)."""
+    from attnprof.gate_rules import exact_name
+
     for rule in rules:
-        for name in (rule.impl, rule.to):
-            if name and name != "all" and name not in measured:
-                raise UsageError(f"{rules_path}: rule {rule.index} names {name!r}, which {where} ({', '.join(sorted(measured))})")
+        for name, exact in ((rule.impl, rule.impl_exact), (rule.to, rule.to_exact)):
+            if name and name != "all" and name not in (labels if exact else impl_names | labels):
+                shown = exact_name(name, exact)
+                raise UsageError(f"{rules_path}: rule {rule.index} names {shown!r}, which {where} ({', '.join(sorted(labels))})")
 
 
 def check_rules_are_swept(rules, sweeps, rules_path) -> None:
@@ -208,7 +213,8 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
 
     specs = [spec for sweep in sweeps for spec in sweep.impls]  # resolved sweeps: `all` expanded, labels as measured
     names = set(impls.names()) if any(spec.name == "all" for spec in specs) else {spec.name for spec in specs}
-    _refuse_unmeasured_names(rules, names | {spec.label for spec in specs}, rules_path, "no [sweep] of the file measures")
+    labels = {spec.label for spec in specs} | (names if any(spec.name == "all" for spec in specs) else set())
+    _refuse_unmeasured_names(rules, names, labels, rules_path, "no [sweep] of the file measures")
     _refuse_ambiguous_to(rules, {(spec.name, spec.label) for spec in specs}, rules_path)
 
 

@@ -8,8 +8,9 @@ from attnprof.spec import Sweep, parse_retry
 
 
 def retried(retry, resume) -> tuple[str, ...]:
-    """The statuses `retry` names (spec.parse_retry), () for none; refused without a run to resume."""
-    if not retry:
+    """The statuses `retry` names (spec.parse_retry), () for none; refused without a run to resume. `--retry ""` is
+    refused as a bad value, not taken for none (a review)."""
+    if retry is None or retry == ():
         return ()
     if resume is None:
         raise UsageError("retry goes with resume: it measures again the cells of a stored run")

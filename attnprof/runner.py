@@ -18,11 +18,11 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 from attnprof.errors import STOP_SIGNALS, signal_of
-from attnprof.failures import classify, killed_by_sigkill, signal_reason
+from attnprof.failures import killed_by_sigkill, signal_reason
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
 from attnprof.store import Store
-from attnprof.worker import Settings
+from attnprof.worker import Settings, refusal_of
 
 WORKER_START_TIMEOUT_S = 300.0  # importing torch and initialising CUDA on a cold machine
 START_ATTEMPTS = 2  # a device whose worker failed to start this often gets no further attempt in this sweep
@@ -32,9 +32,10 @@ class SweepInterrupted(Exception):
     """Ctrl-C or SIGTERM: everything measured so far is saved; `run_id` resumes the rest. `signum` is the
     signal that stopped it (the CLI exits 128 + signum, as a shell reports a process that signal ended)."""
 
-    def __init__(self, run_id: str, done: int, total: int, signum: int = signal.SIGINT):
+    def __init__(self, run_id: str, done: int, total: int, signum: int = signal.SIGINT, retry: tuple[str, ...] = ()):
         super().__init__(f"interrupted after {done} of {total} cases")
         self.run_id, self.done, self.total, self.signum = run_id, done, total, int(signum)
+        self.retry = tuple(retry)  # the statuses a --retry measured again: the resume asks for them too
 
 
 @contextlib.contextmanager
@@ -280,9 +281,8 @@ def execute(
     """Measure every case that has no row in `run_id` yet, and those whose row has a status in `retry` (each new row
     replacing the old one as it arrives: an interrupted retry keeps the rows it did not reach), storing each result as
     it arrives."""
-    done_keys = store.measured_keys(run_id, retry)
+    done_keys, failures = kept_rows(store, run_id, retry)
     pending = [case for case in cases if case.key not in done_keys]
-    failures = _failures_from([m for m in store.measurements(run_id) if m.case.key in done_keys])  # a retried one skips nothing
     workers: dict[str, WorkerHandle] = {}
     from attnprof import impls
 
@@ -311,7 +311,7 @@ def execute(
                 else:
                     worker.stop()
     if interrupt is not None:
-        raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt)) from None
+        raise SweepInterrupted(run_id, store.count(run_id), len(cases), signal_of(interrupt), retry) from None
 
 
 def refusal(case: Case, plugin_hooks: bool = False) -> Measurement | None:
@@ -325,17 +325,22 @@ def refusal(case: Case, plugin_hooks: bool = False) -> Measurement | None:
     if not plugin_hooks and impl.refuse is not None and not impls.is_builtin(impl):
         reasons = impl.declared_unsupported(case)
         return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
-    try:
-        reasons = impl.not_supported(case)
-    except Exception as error:  # noqa: BLE001  (the impl's own code, run here in the sweep's process)
-        _, reason, _ = classify(error)
-        return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
-    return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
+    return refusal_of(impl, case)
 
 
-def skipped_after(measurements: list[Measurement]):
-    """case -> the `skipped` Measurement a sweep would store for it after these failures, or None (a dry run's view)."""
-    failures = _failures_from(measurements)
+def kept_rows(store: Store, run_id: str, retry=()) -> tuple[set[str], dict]:
+    """(keys of the rows a resume keeps, the failures among them that skip larger lengths). Not kept: rows of a status
+    in `retry` (store.measured_keys), and a `skipped` row whose failure is gone: a --retry interrupted after the
+    failure measured ok left the lengths after it "skipped" after a failure no row holds, and a resume kept them."""
+    done_keys = store.measured_keys(run_id, retry)
+    kept = [m for m in store.measurements(run_id) if m.case.key in done_keys]
+    failures = _failures_from(kept)  # a retried one skips nothing
+    stale = {m.case.key for m in kept if m.status == Status.SKIPPED and _skip_if_failed_before(m.case, failures) is None}
+    return done_keys - stale, failures
+
+
+def skipped_after(failures: dict):
+    """case -> the `skipped` Measurement a sweep would store for it after `failures` (kept_rows'), or None (a dry run's view)."""
     return lambda case: _skip_if_failed_before(case, failures)
 
 

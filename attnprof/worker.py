@@ -98,9 +98,9 @@ class CaseMeasurer:
 
     def _measure(self, case: Case, settings: Settings) -> Measurement:
         impl = impls.get(case.impl)
-        reasons = impl.not_supported(case)
-        if reasons:
-            return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons))
+        refused = refusal_of(impl, case)
+        if refused is not None:
+            return refused
         if settings.accounting:
             return self._accounted(impl, case)
         self.at("its check against the reference")
@@ -146,6 +146,19 @@ class CaseMeasurer:
                 self.poisoned = self.poisoned or poisoned
                 self.checks[key] = CheckResult(float("nan"), float("nan"), f"raised during its check against the reference: {reason}")
         return self.checks[key]
+
+
+def refusal_of(impl: AttentionImpl, case: Case) -> Measurement | None:
+    """The impl's refusal of `case` as its row (`unsupported`), None when it runs it; a refuse hook that raises is an
+    `error` row saying so, whatever it raised. One answer wherever it is asked: the sweep's process for built-in impls
+    (runner.refusal), a worker for plugins', whose MemoryError there became an `oom` row with skips after it where the
+    dry run said error (a review)."""
+    try:
+        reasons = impl.not_supported(case)
+    except Exception as error:  # noqa: BLE001  (the impl's own code)
+        _, reason, _ = classify(error)
+        return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
+    return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None
 
 
 def _measure_passes(impl: AttentionImpl, case: Case, settings: Settings, at=lambda stage: None) -> Measurement:

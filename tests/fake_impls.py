@@ -28,7 +28,7 @@ def planted_raise_at() -> str:
     return f"fake_impls.py:{line}"
 
 
-REFUSE_KINDS = ("refuse_raises", "refuse_segv", "refuse_hangs")  # faults of the refuse hook: the call itself is softmax
+REFUSE_KINDS = ("refuse_raises", "refuse_segv", "refuse_hangs", "refuse_memory")  # faults of the refuse hook: the call itself is softmax
 
 
 def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False, pid_file=""):
@@ -104,6 +104,8 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
 def _refuse_hook(case, options) -> list[str]:
     if options["kind"] == "refuse_raises" and case.seq_len >= options["at_length"]:
         return [f"{case.seq_len % 0}"]  # a plugin's refuse hook with a bug: ZeroDivisionError
+    if options["kind"] == "refuse_memory" and case.seq_len >= options["at_length"]:
+        raise MemoryError("planted: the hook's table did not fit")
     if options["kind"] == "refuse_segv" and case.seq_len >= options["at_length"] and case.device != "meta":
         os.kill(os.getpid(), signal.SIGSEGV)  # a hook calling into a C library that crashes
     if options["kind"] == "refuse_hangs" and case.seq_len >= options["at_length"] and case.device != "meta":
@@ -190,7 +192,7 @@ register(
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
         "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|threads_file|nograd|sys_exit|keyboard|spawn"
-        "|refuse_raises|refuse_segv|refuse_hangs) from at_length on"
+        "|refuse_raises|refuse_segv|refuse_hangs|refuse_memory) from at_length on"
         " (with on_data=1, not on meta)",
         options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},
         refuse=_refuse_hook,

@@ -230,8 +230,9 @@ def test_sweep_show_export_runs_list(db, tmp_path):
     assert "complete" in runs.output and "smoke" in runs.output and "2 cases" in runs.output
     markdown = invoke("show", "latest", "--format", "markdown", "--db", db)
     assert markdown.output.startswith("| impl | N=64 | N=128 |") and "ms /" in markdown.output
-    legend = markdown.output.split("\n\n", 1)[1].splitlines()[:-1]  # between the table and the closing line
+    legend = markdown.output.split("\n\n")[1].splitlines()  # between the table and the closing line, blank lines around
     assert legend and all(line.startswith("- ") for line in legend), markdown.output  # one paragraph otherwise (a report audit)
+    assert markdown.output.rstrip().splitlines()[-1].startswith("run ")
     records = json.loads(invoke("show", "--format", "json", "--db", db).output)  # one JSON array
     assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
     lines = invoke("export", "--format", "jsonl", "--db", db).output.splitlines()

@@ -39,8 +39,13 @@ def test_an_edit_not_committed_is_recorded_as_dirty(tmp_path):
     head = git(repo, "rev-parse", "HEAD")
     assert module._git_sha() == head
     (package / "__init__.py").write_text("# an edit\n")
-    assert module._git_sha() == f"{head}-dirty"
+    edited = module._git_sha()
+    assert edited.startswith(f"{head}-dirty-") and module._git_sha() == edited  # the same change, the same name
+    (package / "__init__.py").write_text("# another edit\n")
+    assert module._git_sha().startswith(f"{head}-dirty-") and module._git_sha() != edited  # other code again
     (package / "untracked.py").write_text("")  # a new file not added: the measured code may not import it
+    (repo / "rules.toml").write_text("")
+    git(repo, "add", "rules.toml")  # a file of the repository outside the package: no other code (a review)
     (package / "__init__.py").write_text("")
     assert module._git_sha() == head
 

@@ -139,3 +139,16 @@ def test_an_empty_baseline_file_says_it_is_empty(tmp_path):
     args = ["gate", str(tmp_path / "rules.toml"), "--run", "latest", "--baseline", str(tmp_path / "empty.jsonl")]
     result = CliRunner().invoke(cli, [*args, "--db", str(tmp_path / "a.db")])
     assert result.exit_code == 2 and "is empty: export one with" in result.output, result.output
+
+
+def test_a_rule_naming_default_options_the_sweep_does_not_measure_is_refused_before_measuring(tmp_path):
+    """`nystromformer[num_landmarks=64]` (the default) over a sweep of num_landmarks=32 measured first, then was MISSING,
+    "no measurements match impl 'nystromformer'", read as every line of the impl (a review)."""
+    rules = tmp_path / "rules.toml"
+    sweep = '[sweep]\nimpl = "nystromformer:num_landmarks=32"\nlengths = "1k..4k"\naccounting = true\ncausal = "no"\nheads = 2\n'
+    rules.write_text(sweep + '[[rule]]\nimpl = "nystromformer[num_landmarks=64]"\nmetric = "peak_bytes"\nmax_exponent = 1.5\n')
+    result = CliRunner().invoke(cli, ["gate", str(rules), "--db", str(tmp_path / "g.db")])
+    assert result.exit_code == 2 and "rule 1 names 'nystromformer[default options]', which no [sweep] of the file measures" in result.output
+    assert not (tmp_path / "g.db").exists()  # nothing measured
+    (rule,) = parse_rules([{"impl": "nystromformer:num_landmarks=64", "metric": "peak_bytes", "max_exponent": 1.5}], "t")
+    assert rule.title == "rule 1 (nystromformer[default options] peak_bytes exponent)"

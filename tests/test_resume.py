@@ -258,3 +258,53 @@ def test_a_resumes_dry_run_says_which_cases_a_kept_failure_will_skip(db):
     listed = dry.output.strip().splitlines()
     assert listed[-1] == "1 case, 0 refused, 1 skipped, 0 to measure", dry.output
     assert listed[0].endswith("-> skipped: the same configuration had its worker killed (SIGKILL, the OOM killer's signal) at N=128")
+
+
+def test_a_sweep_started_with_sighup_ignored_outlives_its_terminal(db):
+    """`nohup attnprof sweep` ignores SIGHUP so that a long sweep outlives an ssh session; the sweep's own SIGHUP handler
+    stopped it there all the same (a review)."""
+    ignore_hangup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731  (what nohup does)
+    sweep = [*("64..256" if arg == "64..2k" else arg for arg in SWEEP[:-2]), "--name", "nohup", "--db", str(db)]
+    process = subprocess.Popen(sweep, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hangup)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (db.exists() and _has_rows(db)):
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()  # still measuring when the session drops
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=300)
+    run, saved = rows(db)
+    assert process.returncode == 0 and run.state == "complete" and len(saved) == 2 * 3 * 2, stderr
+
+
+def _has_rows(db) -> bool:
+    try:
+        return len(rows(db)[1]) > 0
+    except UsageError:  # the run row not written yet
+        return False
+
+
+def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_go_on(db, tmp_path, capsys):
+    """A --retry stopped once the crashed length measured ok left the lengths after it "skipped" after a failure no row
+    holds; the printed resume dropped --retry, and following it marked the run complete with those skips (a review)."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+    from attnprof.cli.group import exit_interrupted
+    from attnprof.runner import SweepInterrupted
+
+    args = ["--impl", "fault:kind=exit,at_length=128", "--lengths", "64..256", "--heads", "2", "--head-dim", "16", "--device", "cpu"]
+    assert CliRunner().invoke(cli, ["sweep", *args, "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)]).exit_code == 0
+    connection = sqlite3.connect(db)  # as a retry leaves it when stopped after measuring N = 128 again, ok this time
+    connection.execute("UPDATE measurements SET status = 'ok', reason = '' WHERE seq_len = 128")
+    connection.execute("UPDATE runs SET state = 'interrupted'")
+    connection.commit()
+    connection.close()
+    dry = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--dry-run", "--db", str(db)])
+    assert dry.output.strip().splitlines()[-1] == "1 case, 0 refused, 1 to measure" and "N=256" in dry.output, dry.output
+    with pytest.raises(SystemExit):
+        exit_interrupted(SweepInterrupted("r1", 3, 3, retry=("crashed",)), "a.db")
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["Interrupted: 3 of 3 cases saved in run r1 (the crashed rows not reached yet keep their old result).",
+                    "Resume with: attnprof sweep --resume r1 --retry crashed --db a.db"]  # fmt: skip

@@ -222,12 +222,16 @@ def test_an_impl_that_misbehaves_beyond_raising_costs_no_other_cell(db):
 def test_a_plugins_refuse_hook_that_crashes_or_hangs_costs_only_its_cells(db):
     """The hook ran in the sweep's own process: a segfault there ended the sweep (and every resume the same way), and a
     hang ignored --timeout (a robustness audit). It runs in the worker now, under the case's timeout."""
-    impls = "fault:kind=refuse_segv,at_length=128,fault:kind=refuse_hangs,at_length=128,softmax"
-    rows = measure(db, impls, lengths=(64, 128), timeout=5.0)
+    impls = "fault:kind=refuse_segv,at_length=128,fault:kind=refuse_hangs,at_length=128,softmax,fault:kind=refuse_memory,at_length=128"
+    rows = measure(db, impls, lengths=(64, 128, 256), timeout=5.0)
+    # the same row the sweep's process gave and the dry run says: an error of the hook, no oom with skips after it (a review)
+    memory = [rows["fault[at_length=128,kind=refuse_memory]", n] for n in (128, 256)]
+    assert [m.status for m in memory] == [Status.ERROR] * 2, [m.reason for m in memory]
+    assert memory[0].reason.endswith("; during its refusals (the impl's refuse hook)"), memory[0].reason
     crashed, hung = rows["fault[at_length=128,kind=refuse_segv]", 128], rows["fault[at_length=128,kind=refuse_hangs]", 128]
     assert crashed.status == Status.CRASHED and crashed.reason.endswith("SIGSEGV, during its refusals"), crashed.reason
     assert hung.status == Status.TIMEOUT and "during its refusals" in hung.reason, hung.reason
-    assert statuses(rows, "softmax") == ["ok", "ok"] and rows["fault[at_length=128,kind=refuse_segv]", 64].status == Status.OK
+    assert statuses(rows, "softmax") == ["ok"] * 3 and rows["fault[at_length=128,kind=refuse_segv]", 64].status == Status.OK
 
 
 def test_a_broken_flops_or_min_bytes_formula_costs_only_its_figure(db):

@@ -34,7 +34,9 @@ class OnceCommand(click.Command):
     def parse_args(self, ctx, args):
         repeated = _repeated_option(self, args)
         if repeated:
-            raise UsageError(f"{repeated} given twice: give it once (a comma-separated list takes several values)")
+            takes_lists = any(repeated in p.opts and "comma" in (p.help or "").lower() for p in self.params if isinstance(p, click.Option))
+            hint = " (a comma-separated list takes several values)" if takes_lists else ""  # not for --db (a review)
+            raise UsageError(f"{repeated} given twice: give it once{hint}")
         return super().parse_args(ctx, args)
 
 
@@ -105,11 +107,14 @@ def _first_stop_only():
 
     def stop(signum, frame):
         stopped.append(signum)
-        for each in STOP_SIGNALS:
+        for each in previous:
             signal.signal(each, signal.SIG_IGN)
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    # A signal ignored when we started stays ignored: `nohup attnprof sweep` ignores SIGHUP so that the sweep outlives
+    # its terminal or ssh session (handled here, it stopped the sweep when the session dropped: a review)
+    handled = [signum for signum in STOP_SIGNALS if signum != getattr(signal, "SIGHUP", None) or signal.getsignal(signum) != signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, stop) for signum in handled}
     try:
         yield
     finally:
@@ -176,8 +181,11 @@ def _database_file(ctx, param, value):
 
 
 def exit_interrupted(stop, db) -> None:
-    click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}.", err=True)
-    click.echo(f"Resume with: attnprof sweep --resume {stop.run_id} --db {db}", err=True)
+    retry = ",".join(getattr(stop, "retry", ()))
+    # a --retry stopped early keeps the old rows it had not reached: "4 of 4 saved" said nothing of them (a review)
+    again = f" (the {retry} rows not reached yet keep their old result)" if retry else ""
+    click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}{again}.", err=True)
+    click.echo(f"Resume with: attnprof sweep --resume {stop.run_id}{f' --retry {retry}' if retry else ''} --db {db}", err=True)
     sys.exit(128 + stop.signum)  # 130 Ctrl-C, 143 SIGTERM: what a shell reports for a process that signal ended
 
 
@@ -218,8 +226,13 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     notes = list(filter(None, [marks_note(measurements), *reasons_list(measurements), cpu_heap_note(run.env, measurements)]))
     if notes and output_format == "markdown":
         click.echo()  # a line right below a Markdown table is read as one of its rows
-    for line in notes:  # Markdown joins plain lines into one paragraph: a list keeps them apart (a report audit)
-        click.echo(f"- {line}" if output_format == "markdown" else f"  {line}")
+    if output_format == "markdown":  # Markdown joins plain lines into one paragraph: a list keeps them apart (a report audit)
+        for line in (part.strip() for note in notes for part in note.splitlines()):  # a note of several lines: one item each
+            click.echo(f"- {line}")
+        if notes:
+            click.echo()  # else the closing line joins the last item
+    for line in notes if output_format != "markdown" else ():
+        click.echo(f"  {line}")
     unfinished = unfinished_note(run, len(measurements), db)
     cases = f"{len(measurements)} case{'s' * (len(measurements) != 1)}"
     click.echo(f"run {run.run_id}: {cases} in {db}" + (f"; {unfinished}" if unfinished else ""))

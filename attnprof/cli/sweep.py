@@ -87,9 +87,9 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
             if spec.name:  # one name for two runs: `export NAME` took the newest alone
                 spec = replace(spec, name=f"{spec.name}-{index}")
         if dry_run:
-            _print_plan(spec, sweep_db, resume, retry)
+            _print_plan(spec, sweep_db, resume, () if retry is None else retry)
         else:
-            run_ids.append(_run_and_report(spec, sweep_db, resume, retry))
+            run_ids.append(_run_and_report(spec, sweep_db, resume, () if retry is None else retry))
     if len(run_ids) > 1:
         where = f" --db {shlex.quote(str(specs[0][0]))}" if specs[0][0] else ""
         export = f"attnprof export {' '.join(run_ids)} --format baseline --out FILE{where}"
@@ -99,7 +99,7 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
 def _print_plan(spec, db, resume, retry) -> None:
     from attnprof.api import plan
 
-    cases = plan(spec, db, resume=resume, retry=retry or ())
+    cases = plan(spec, db, resume=resume, retry=retry)
     for case, reasons in cases:
         said = "; ".join(reasons)  # a refuse hook that raised reads "error: ...", a skip "skipped: ...", as their rows will
         kind = "" if said.startswith(("error: ", "skipped: ")) else "unsupported: "
@@ -119,7 +119,7 @@ def _run_and_report(spec, db, resume, retry) -> str:
     command = shlex.join(["attnprof", *sys.argv[1:]])  # pasted into a shell by the Reproduce views: quoted
     try:
         with SweepProgress() as progress:
-            run_id = run_sweep(spec, db, resume=resume, retry=retry or (), progress=progress, command=command)
+            run_id = run_sweep(spec, db, resume=resume, retry=retry, progress=progress, command=command)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db)
     if resume is not None and progress.total == 0:

@@ -12,6 +12,30 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Older Tritons fail to compile some of the kernels for a GPU (an assertion in Triton's compiler, which aborts the worker:
+# triton 3.1 with torch 2.5, 3.2 with 2.6, 3.3 with 2.7: found compiling them for an H100 with each); 3.6 compiles them
+# all (tests/test_benchmarks.py). The dev extras ask for 3.4 too.
+MIN_TRITON = (3, 4)
+
+
+def triton_version() -> tuple[int, ...] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(part) for part in version("triton").split(".")[:2] if part.isdigit())
+    except PackageNotFoundError:
+        return None
+
+
+def too_old(name: str) -> list[str]:
+    """Why the installed Triton cannot compile `name`'s kernels for a GPU (empty when it can, or cannot tell)."""
+    found = triton_version()
+    if found is None or len(found) < 2 or found >= MIN_TRITON:
+        return []
+    wanted, have = (".".join(map(str, v)) for v in (MIN_TRITON, found))
+    return [f"{name} backend=triton needs Triton {wanted} or later (torch 2.8+ brings one), not {have}: older ones fail to compile it"]
+
+
 def interpreting() -> bool:
     """Triton's interpreter is on: its kernels run on CPU tensors (the CPU tests; tests/conftest.py)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -36,7 +60,9 @@ def case_problems(name: str, device: str) -> list[str]:
     kind = device.split(":")[0]
     if kind == "cpu":
         return [f"{name} backend=triton runs on CUDA, not cpu (Triton kernels)"]
-    return [missing(name)] if kind == "cuda" and not triton_installed() else []
+    if kind != "cuda":
+        return []
+    return too_old(name) if triton_installed() else [missing(name)]
 
 
 def refusals(name: str, case, options: dict, kernel_problems) -> list[str]:

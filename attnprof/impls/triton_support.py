@@ -12,9 +12,10 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-# Older Tritons fail to compile some of the kernels for a GPU (an assertion in Triton's compiler, which aborts the worker:
-# triton 3.1 with torch 2.5, 3.2 with 2.6, 3.3 with 2.7: found compiling them for an H100 with each); 3.6 compiles them
-# all (tests/test_benchmarks.py). The dev extras ask for 3.4 too.
+# Older Tritons fail to compile some of the kernels for an H100 (sm_90), found compiling them with each, no GPU needed:
+# an assertion in Triton's compiler aborted the process on five kernels with triton 3.1 (torch 2.5) and on cosFormer's
+# causal output with 3.2 (torch 2.6), and 3.3 (torch 2.7) raised on that one. For sm_80 they compiled. 3.6 compiles them
+# all (tests/test_benchmarks.py); the dev extras ask for 3.4 too. Refused below it on any GPU: conservative for an A100.
 MIN_TRITON = (3, 4)
 
 

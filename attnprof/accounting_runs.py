@@ -11,7 +11,7 @@ import functools
 from attnprof.accounting import AccountingReading, account_call
 from attnprof.impls.base import AttentionImpl, io_bytes, meta_stands_for
 from attnprof.inputs import make_call, make_inputs
-from attnprof.records import Measurement, Status
+from attnprof.records import Measurement, Status, join_notes
 from attnprof.spec import Case
 from attnprof.work_figures import declared_count
 
@@ -43,7 +43,7 @@ def account_case(impl: AttentionImpl, case: Case) -> Measurement:
             return Measurement(case=case, status=Status.UNSUPPORTED, reason=reason)
         flops, flops_note = declared_count(impl.flops, case, options, "FLOPs")
         return Measurement(
-            case=case, status=Status.OK, reason=_notes("modelled: analytic formula, unverified on a GPU", flops_note, min_bytes_note),
+            case=case, status=Status.OK, reason=join_notes("modelled: analytic formula, unverified on a GPU", flops_note, min_bytes_note),
             peak_bytes=int(impl.memory_model(case, options)), peak_source="model",
             flops=flops, flops_source="formula" if flops is not None else None, **work,
         )  # fmt: skip
@@ -58,10 +58,6 @@ def account_case(impl: AttentionImpl, case: Case) -> Measurement:
         note = (f"it calls {', '.join(reading.fused_calls)}, which meta runs unfused (N x N) and a GPU fused: this peak is "
                 "not a GPU's; declare meta_exact=False and a memory_model")  # fmt: skip
     return Measurement(
-        case=case, status=Status.OK, reason=_notes(note, flops_note, min_bytes_note), peak_bytes=reading.peak_bytes,
+        case=case, status=Status.OK, reason=join_notes(note, flops_note, min_bytes_note), peak_bytes=reading.peak_bytes,
         peak_source="accounting", peak_live_bytes=reading.peak_bytes, flops=flops, flops_source=source, **work,
     )  # fmt: skip
-
-
-def _notes(*parts: str) -> str:
-    return "; ".join(filter(None, parts))

@@ -27,6 +27,13 @@ class Status(str, Enum):
 
 
 FINAL_FAILURES = (Status.OOM, Status.TIMEOUT)  # larger lengths of the same configuration are skipped after these
+
+
+def join_notes(*parts: str) -> str:
+    """A row's reason from its parts, "; " between them, empty parts left out."""
+    return "; ".join(filter(None, parts))
+
+
 NOISY_IQR_RATIO = 0.10  # a case whose IQR exceeds 10% of its median is flagged as noisy
 
 

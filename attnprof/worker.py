@@ -18,7 +18,7 @@ from attnprof.checks import CheckResult, check_key, run_check
 from attnprof.failures import NOT_RUN, classify
 from attnprof.impls.base import AttentionImpl, checking_the_accounted_plan, io_bytes
 from attnprof.inputs import make_call, make_inputs
-from attnprof.records import Measurement, Status
+from attnprof.records import Measurement, Status, join_notes
 from attnprof.spec import Case
 from attnprof.spot_check import SpotCheck
 from attnprof.table import format_bytes
@@ -327,7 +327,7 @@ def _output_bytes(query) -> int:
 
 def _add_note(measurement: Measurement, note: str) -> None:
     """`note` after the row's reason (one "; " between, none for an empty part)."""
-    measurement.reason = "; ".join(filter(None, (measurement.reason, note)))
+    measurement.reason = join_notes(measurement.reason, note)
 
 
 def _release_cached_memory(device: str) -> None:

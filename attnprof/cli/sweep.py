@@ -70,6 +70,7 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
 
     if retry is not None and resume is None:
         raise UsageError(f"--retry {retry} goes with --resume RUN: it measures again the cells of a stored run")
+    retry = () if retry is None else retry  # "" stays: refused as a bad value
     tables = scenario_sweeps(scenario) if scenario else [{}]
     given = {k: v for k, v in options.items() if v is not None}
     if resume is not None and (given or scenario):
@@ -87,9 +88,9 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
             if spec.name:  # one name for two runs: `export NAME` took the newest alone
                 spec = replace(spec, name=f"{spec.name}-{index}")
         if dry_run:
-            _print_plan(spec, sweep_db, resume, () if retry is None else retry)
+            _print_plan(spec, sweep_db, resume, retry)
         else:
-            run_ids.append(_run_and_report(spec, sweep_db, resume, () if retry is None else retry))
+            run_ids.append(_run_and_report(spec, sweep_db, resume, retry))
     if len(run_ids) > 1:
         where = f" --db {shlex.quote(str(specs[0][0]))}" if specs[0][0] else ""
         export = f"attnprof export {' '.join(run_ids)} --format baseline --out FILE{where}"

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from attnprof.errors import STOP_SIGNALS, signal_of
 from attnprof.failures import killed_by_sigkill, signal_reason
+from attnprof.process_tree import descendants, kill_all
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
 from attnprof.store import Store
@@ -224,11 +225,15 @@ def _close(spare) -> None:
 
 
 def _end(process) -> None:
-    """Kill a worker process and what it started (its process group), and reap it."""
+    """Kill a worker process and what it started (its process group, and its descendants in groups of their own), and
+    reap it."""
+    escaped = []
     if process.is_alive():
+        escaped = descendants(process.pid)  # taken before the kill: once the worker is gone they are init's children
         process.kill()
     process.join(timeout=10)
     _kill_group(process.pid)
+    kill_all(escaped)
 
 
 def _kill_group(worker_pid: int) -> None:

@@ -26,6 +26,9 @@ def _exit_with_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
+        from attnprof.process_tree import descendants, kill_all
+
+        kill_all(descendants(os.getpid()))  # those in sessions of their own too, which the group kill misses
         if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own group (worker_main): what an impl started too
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os._exit(1)

@@ -91,8 +91,9 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         sys.exit("planted sys.exit")
     if kind == "keyboard":
         raise KeyboardInterrupt
-    if kind == "spawn":  # a child process that outlives the call, then a hang: the timeout kills the worker
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    if kind in ("spawn", "spawn_session"):  # a child process that outlives the call, then a hang: the timeout kills the worker
+        # spawn_session: the child leaves the worker's process group (a daemon-like helper, a server an impl starts)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=kind == "spawn_session")
         with open(pid_file, "w") as file:
             file.write(str(child.pid))
         time.sleep(3600)

@@ -182,11 +182,12 @@ def test_a_killed_sweeps_worker_does_not_go_on_measuring(tmp_path):
     assert not alive, "the worker outlived its sweep"
 
 
-def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path):
+@pytest.mark.parametrize("kind", ["spawn", "spawn_session"])
+def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path, kind):
     """The worker leads its own process group, so a kill of the sweep's group no longer reached what an impl spawned:
-    the worker's parent watch kills its whole group when the sweep is gone."""
+    the worker's parent watch kills its whole group when the sweep is gone, and its descendants in sessions of their own."""
     pid_file = tmp_path / "child.pid"
-    sweep = [sys.executable, "-m", "attnprof", "sweep", "--impl", f"fault:kind=spawn,pid_file={pid_file},on_data=1", "--lengths", "64",
+    sweep = [sys.executable, "-m", "attnprof", "sweep", "--impl", f"fault:kind={kind},pid_file={pid_file},on_data=1", "--lengths", "64",
              "--causal", "no", "--device", "cpu", "--heads", "2", "--head-dim", "16", "--db", str(tmp_path / "spawn.db")]  # fmt: skip
     process = subprocess.Popen(sweep, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -276,10 +276,12 @@ def test_an_impl_that_runs_here_but_not_on_meta_is_measured_with_a_note(db):
     assert "FLOPs not counted: it does not run on meta (" in m.reason
 
 
-def test_a_killed_worker_takes_the_processes_its_impl_started_along(db, tmp_path):
-    """A process an impl spawned outlived its timed-out worker, burning a core beside the next cases' timing."""
+@pytest.mark.parametrize("kind", ["spawn", "spawn_session"])
+def test_a_killed_worker_takes_the_processes_its_impl_started_along(db, tmp_path, kind):
+    """A process an impl spawned outlived its timed-out worker, burning a core beside the next cases' timing; one in a
+    session of its own escaped the kill of the worker's process group."""
     pid_file = tmp_path / "child.pid"
-    rows = measure(db, f"fault:kind=spawn,pid_file={pid_file},on_data=1", lengths=(64,), timeout=3.0)
+    rows = measure(db, f"fault:kind={kind},pid_file={pid_file},on_data=1", lengths=(64,), timeout=3.0)
     assert [m.status for m in rows.values()] == [Status.TIMEOUT]
     child = int(pid_file.read_text())
     for _ in range(50):  # killed with the worker; reaped by init

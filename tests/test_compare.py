@@ -137,3 +137,14 @@ def test_cells_and_exponents_are_listed_worst_first_in_one_order_everywhere():
     after = fits({"up": (1.5, 0.01), "down": (0.611, 0.01), "small": (1.1, 0.01), "unsure": (3.0, 1.0)})
     changes = exponent_changes(pd.concat([before, after]), before, after)
     assert list(changes["config"]) == ["down", "up", "small", "unsure"], changes[["config", "delta", "significant"]]
+
+
+def test_the_compare_table_names_option_lines_in_full(tmp_path):
+    """rich read a label's "[num_landmarks=32]" as markup and printed the line as plain `nystromformer`, beside the
+    default line of the same name: which option set regressed could not be told (a plugin author's audit)."""
+    db = tmp_path / "options.db"
+    sweep = attnprof.Sweep(impls="nystromformer,nystromformer:num_landmarks=32", lengths=(256,), causal="no", heads=2, accounting=True)
+    older, newer = attnprof.run_sweep(sweep, db), attnprof.run_sweep(sweep, db)
+    table = CliRunner().invoke(cli, ["compare", older, newer, "--db", str(db)])
+    assert table.exit_code == 0, table.output
+    assert "nystromformer[num_landmarks=32]" in table.output, table.output

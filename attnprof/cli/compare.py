@@ -64,13 +64,14 @@ def _print(frame, title: str, output_format: str) -> None:
     if output_format == "markdown":  # as the table reads: blanks for missing values, whole bytes (it printed nan, 17 digits)
         click.echo(f"\n{title}:\n\n{frame_markdown(shown) if len(shown) else '(none)'}")
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for column in frame.columns:
         table.add_column(column, justify="right" if frame[column].dtype.kind in "fi" else "left")
     for row in shown.itertuples(index=False):
-        table.add_row(*row)
+        table.add_row(*map(escape, row))  # labels hold "[option=value]": text, not markup (it printed option lines bare)
     output_console().print(table)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from attnprof.impls import register, triton_support
 from attnprof.impls.base import DTYPE_BYTES, AttentionImpl, io_bytes
@@ -81,10 +82,16 @@ def seeded_conv_weight(heads: int, kernel: int, device, dtype) -> torch.Tensor:
     drawn on the CPU in float32 from a fixed seed, then moved; cached so timed calls reuse them."""
     key = (heads, kernel, str(device), dtype)
     if key not in _conv_weights:
-        generator = torch.Generator().manual_seed(CONV_SEED + 1000 * heads + kernel)
-        draw = (torch.rand(heads, 1, kernel, 1, generator=generator) * 2 - 1) * kernel**-0.5  # (H, 1, k, 1)
-        _conv_weights[key] = draw.to(device=device, dtype=dtype)
+        # Drawn outside any dispatch mode: the weights are the layer's, kept like its inputs, and the accounting's first
+        # call of a worker counted them (132 bytes more at B 1, H 2, bf16 than the same case after another line)
+        with _disable_current_modes():
+            _conv_weights[key] = _drawn_weight(heads, kernel).to(device=device, dtype=dtype)
     return _conv_weights[key]
+
+
+def _drawn_weight(heads: int, kernel: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(CONV_SEED + 1000 * heads + kernel)
+    return (torch.rand(heads, 1, kernel, 1, generator=generator) * 2 - 1) * kernel**-0.5  # (H, 1, k, 1)
 
 
 def _options_weight(q, conv_kernel):

@@ -13,7 +13,7 @@ from attnprof.impls.base import AttentionImpl, io_bytes, meta_stands_for
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Measurement, Status, join_notes
 from attnprof.spec import Case
-from attnprof.work_figures import declared_count
+from attnprof.work_figures import declared_count, modelled_peak
 
 
 @functools.lru_cache(maxsize=256)
@@ -37,14 +37,17 @@ def account_case(impl: AttentionImpl, case: Case) -> Measurement:
     work = dict(min_bytes=min_bytes)
     if not impl.meta_exact:
         if impl.memory_model is None or impl.flops is None:
-            declared = (("a memory_model", impl.memory_model), ("a flops formula", impl.flops))
-            lacks = " and ".join(what for what, given in declared if given is None)
-            reason = f"{impl.name} is a fused kernel (meta_exact=False): meta runs the unfused math path, and it declares no {lacks}"
+            missing = [what for what, given in (("memory_model", impl.memory_model), ("flops formula", impl.flops)) if given is None]
+            lacks = "neither a memory_model nor a flops formula" if len(missing) == 2 else f"no {missing[0]}"  # not "no a ..."
+            reason = f"{impl.name} is a fused kernel (meta_exact=False): meta runs the unfused math path, and it declares {lacks}"
             return Measurement(case=case, status=Status.UNSUPPORTED, reason=reason)
+        peak, peak_note = modelled_peak(impl, case, options)
+        if peak is None:  # the row's one figure
+            return Measurement(case=case, status=Status.ERROR, reason=f"{impl.name} is a fused kernel (meta_exact=False): {peak_note}")
         flops, flops_note = declared_count(impl.flops, case, options, "FLOPs")
         return Measurement(
             case=case, status=Status.OK, reason=join_notes("modelled: analytic formula, unverified on a GPU", flops_note, min_bytes_note),
-            peak_bytes=int(impl.memory_model(case, options)), peak_source="model",
+            peak_bytes=peak, peak_source="model",
             flops=flops, flops_source="formula" if flops is not None else None, **work,
         )  # fmt: skip
     reading = account_on_meta(impl, case)

@@ -23,6 +23,7 @@ from attnprof.spec import Case
 from attnprof.spot_check import SpotCheck
 from attnprof.table import format_bytes
 from attnprof.trackers.host_contention import host_contention
+from attnprof.work_figures import modelled_peak
 
 HOST_MEMORY_FRACTION = 0.8  # refuse a CPU case predicted to need more than this share of free RAM
 
@@ -295,29 +296,35 @@ def _host_memory_refusal(impl: AttentionImpl, case: Case) -> tuple[str | None, s
         return f"its inputs alone need {format_bytes(inputs.nbytes)}, over {share}{NOT_RUN}", ""
     note = ""
     try:
-        call_peak = _predicted_call_peak(impl, case, inputs.q)
+        call_peak, model_note = _predicted_call_peak(impl, case, inputs.q)
     except Exception as error:  # an impl that runs here but not on meta (a tensor made without q's device) is no error
         status, reason, _ = classify(error)
         if status == Status.OOM:
             raise
-        call_peak = _output_bytes(inputs.q)
+        call_peak, model_note = _output_bytes(inputs.q), ""
         note = f"the host-memory guard could not run it on meta ({reason}): its peak was predicted as its output only"
+    if model_note:
+        note = f"the host-memory guard predicted its peak as its output only ({model_note})"
     predicted = inputs.nbytes + call_peak
     if predicted > limit:
         return f"predicted peak {format_bytes(predicted)} exceeds {share}{NOT_RUN}", ""
     return None, note
 
 
-def _predicted_call_peak(impl: AttentionImpl, case: Case, query) -> int:
-    """The call's peak above its inputs: exact on meta where the impl runs there as it would here, else its
-    analytic model, else at least its output (a fused kernel writes that much whatever else it needs)."""
+def _predicted_call_peak(impl: AttentionImpl, case: Case, query) -> tuple[int, str]:
+    """(the call's peak above its inputs, "") exact on meta where the impl runs there as it would here, else from its
+    analytic model, else at least its output (a fused kernel writes that much whatever else it needs); a model that
+    gives no count leaves the output, and the note says why."""
     if impl.meta_exact:
         from attnprof.accounting_runs import account_on_meta
 
-        return account_on_meta(impl, case).peak_bytes
+        return account_on_meta(impl, case).peak_bytes, ""
     if impl.memory_model is not None:
-        return int(impl.memory_model(case, impl.resolve_options(case.options)))
-    return _output_bytes(query)
+        peak, note = modelled_peak(impl, case, impl.resolve_options(case.options))
+        if peak is not None:
+            return peak, ""
+        return _output_bytes(query), note
+    return _output_bytes(query), ""
 
 
 def _output_bytes(query) -> int:

@@ -220,3 +220,28 @@ register(
         min_bytes=_broken_count,
     )
 )
+
+
+register(
+    AttentionImpl(
+        name="badmodel",
+        family="test",
+        fn=lambda q, k, v, *, causal=False, broken="none": softmax_attention(q, k, v, causal=causal),
+        description="test-only: softmax said to be fused (meta_exact=False), its memory_model broken (broken=raise|negative|nan|text)",
+        options={"broken": "none"},
+        meta_exact=False,
+        memory_model=_broken_count,
+        flops=lambda case, options: 4 * case.seq_len**2 * case.head_dim,
+    )
+)
+
+register(
+    AttentionImpl(
+        name="nomodel",
+        family="test",
+        fn=lambda q, k, v, *, causal=False: softmax_attention(q, k, v, causal=causal),
+        description="test-only: softmax said to be fused (meta_exact=False) with no memory_model",
+        meta_exact=False,
+        flops=lambda case, options: 4 * case.seq_len**2 * case.head_dim,
+    )
+)

@@ -253,6 +253,27 @@ def test_a_broken_flops_or_min_bytes_formula_costs_only_its_figure(db):
     assert "FLOPs not counted: its FLOPs formula gave 'many', not a count; counted on meta instead" in row.reason
 
 
+def test_a_broken_memory_model_is_said_and_never_a_peak(db):
+    """A fused kernel's memory_model giving -5 was an ok accounting row peaking at "-5 B", one giving None an error naming
+    neither the model nor its line (a plugin author's audit). Now its accounting row is an error saying so, and the
+    CPU's host-memory guard predicts the output only, with a note."""
+    impls = "badmodel:broken=raise,badmodel:broken=negative,badmodel:broken=text,badmodel"
+    accounted = measure(db, impls, lengths=(64,), device=("meta",), accounting=True, dtype=("bfloat16",))
+    said_for = {"raise": "raised (ZeroDivisionError", "negative": "gave -5, not a count", "text": "gave 'many', not a count"}
+    for broken, said in said_for.items():
+        row = accounted[f"badmodel[broken={broken}]", 64]
+        assert row.status == Status.ERROR and row.peak_bytes is None, (row.status, row.peak_bytes)
+        assert f"peak not counted: its memory_model {said}" in row.reason, row.reason
+    right = accounted["badmodel", 64]
+    assert right.status == Status.OK and right.peak_bytes == 4 * 64**2 * 16 and right.peak_source == "model", right.reason
+    none = measure(db, "nomodel", lengths=(64,), device=("meta",), accounting=True, dtype=("bfloat16",))["nomodel", 64]
+    assert none.status == Status.UNSUPPORTED and none.reason.endswith("the unfused math path, and it declares no memory_model"), none.reason
+    timed = measure(db, "badmodel:broken=negative", lengths=(64,))["badmodel[broken=negative]", 64]
+    assert timed.status == Status.OK and len(timed.times_ms) >= 3, timed.reason
+    guard = "the host-memory guard predicted its peak as its output only (peak not counted: its memory_model gave -5, not a count)"
+    assert guard in timed.reason, timed.reason
+
+
 def test_workers_time_with_the_thread_count_the_run_records(db, tmp_path):
     """A notebook's torch.set_num_threads(1) before run_sweep: the run recorded cpu_threads 1, its worker timed with
     every core (a harness audit)."""

@@ -302,9 +302,14 @@ def _time_note(rule: GateRule, rows: pd.DataFrame, length: int) -> str:
 
 
 def _apart(show, value: float, bound: float) -> str:
-    """A failing value and how far past its bound: "2.0 GiB > max 2.0 GiB" hid 0.4% over (2,155,872,000 bytes)."""
-    past = f" ({value / bound - 1:+.1%})" if bound else ""
-    return f"{show(value)}{past}" if show(value) != show(bound) else f"{value:,.0f}{past}"
+    """A failing value and how far past its bound, in as many digits as tell them apart: "2.0 GiB > max 2.0 GiB" hid
+    0.4% over (2,155,872,000 bytes), and "ratio to softmax 1 (+0.0%) > max 1" a ratio of 1.000195."""
+    change = value / bound - 1 if bound else 0.0
+    past = (f" ({change:+.1%})" if abs(change) >= 0.001 else f" ({change * 100:+.2g}%)") if bound else ""
+    for text in (show, "{:,.0f}".format, *(f"{{:.{digits}g}}".format for digits in (6, 9, 17))):
+        if text(value) != text(bound):
+            return f"{text(value)}{past}"
+    return f"{value!r}{past}"
 
 
 def busy_note(group: pd.DataFrame) -> str:

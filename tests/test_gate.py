@@ -781,6 +781,12 @@ def test_a_failing_value_says_how_far_past_its_bound_even_when_rounding_hides_it
     rows = [dict(seq_len=1024, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=2_155_872_000)]
     (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", "at_length": "1k", "max_value": "2GiB"}], "t"), frame(rows))
     assert verdict.verdict == "FAIL" and "peak_bytes 2,155,872,000 (+0.4%) > max 2.0 GiB" in verdict.message, verdict.message
+    # a ratio a hair over its bound read "ratio to y 1 (+0.0%) > max 1" (a plugin author's audit)
+    mine = [dict(rows[0], peak_bytes=1_000_195)]
+    theirs = [dict(rows[0], impl="y", label="y", peak_bytes=1_000_000)]
+    rule = {"impl": "x", "metric": "peak_bytes", "at_length": "1k", "to": "y", "max_ratio": 1}
+    (verdict,) = evaluate(parse_rules([rule], "t"), frame(mine + theirs))
+    assert verdict.verdict == "FAIL" and "ratio to y 1.00019 (+0.019%) > max 1" in verdict.message, verdict.message
 
 
 def test_a_regression_rule_without_the_metric_is_missing_and_zero_flops_do_not_crash():

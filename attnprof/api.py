@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import sys
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -104,9 +103,10 @@ def _check_reachable(sweep: Sweep) -> None:
     hidden = impls.unimportable([spec.name for spec in sweep.impls])
     if hidden:  # workers import it by name: it failed every cell of the sweep ("could not start a worker") seconds later
         name, module = hidden[0]
-        where = getattr(sys.modules.get(module), "__file__", None) or "?"
+        where = impls.file_of(name)  # a module loaded by path is in no sys.modules entry: the error said "(?)"
+        where = f" ({where})" if where else ""
         raise UsageError(
-            f"impl {name!r} comes from module {module!r} ({where}), which the sweep's worker processes cannot import by name: "
+            f"impl {name!r} comes from module {module!r}{where}, which the sweep's worker processes cannot import by name: "
             "put its folder on sys.path (or PYTHONPATH) before importing it"
         )
 

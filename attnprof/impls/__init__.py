@@ -22,6 +22,7 @@ from attnprof.impls.base import AttentionImpl
 
 _REGISTRY: dict[str, AttentionImpl] = {}
 _REGISTERED_BY: dict[str, str] = {}  # impl name -> the module that registered it
+_REGISTERED_IN: dict[str, str] = {}  # impl name -> that module's file, where it has one
 BUILTIN_MODULES = ("softmax", "sdpa", "cosformer", "nystromformer", "combiner")
 _imported: set[str] = set()
 
@@ -34,7 +35,8 @@ def register(impl: AttentionImpl) -> AttentionImpl:
     """Add `impl` to the registry. The same module registering a name again replaces its impl (a notebook cell run
     again, a reloaded module); another module taking a registered name, or any taking a built-in's, is refused."""
     _validate(impl)
-    by = sys._getframe(1).f_globals.get("__name__", "?")  # the module registering it: the one a worker imports
+    registering = sys._getframe(1).f_globals
+    by = registering.get("__name__", "?")  # the module registering it: the one a worker imports
     if not by.startswith("attnprof.") and not _imported:
         # the built-ins first: a user's "softmax" registered before them was accepted, and every later lookup
         # then failed with "registered twice"
@@ -46,7 +48,13 @@ def register(impl: AttentionImpl) -> AttentionImpl:
         raise UsageError(f"impl {impl.name!r} is registered twice: by {module_of(existing)} and by {by}")
     _REGISTRY[impl.name] = impl
     _REGISTERED_BY[impl.name] = by
+    _REGISTERED_IN[impl.name] = registering.get("__file__") or ""
     return impl
+
+
+def file_of(name: str) -> str:
+    """The file of the module that registered impl `name` ("" for a session's own cell, or an unknown name)."""
+    return _REGISTERED_IN.get(name, "")
 
 
 def _validate(impl: AttentionImpl) -> None:

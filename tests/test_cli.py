@@ -505,3 +505,21 @@ def test_the_progress_bar_keeps_its_count_and_eta_on_a_narrow_terminal(width):
     line = shown.get().rstrip("\n")
     assert "\n" not in line and len(line) <= width and " 96/110 " in line and "ETA" in line, repr(line)
     assert ("96 not ok sdpa-math" if width >= 80 else "96 not ok") in line and line.endswith("fwd_bwd" if width >= 120 else "…"), repr(line)
+
+
+def test_list_gives_an_impl_without_a_description_no_blank_line():
+    """A plugin registered without `description` got an empty line, read as a row missing (a plugin author's audit)."""
+    from attnprof import impls
+    from attnprof.impls.base import AttentionImpl
+    from attnprof.impls.softmax import softmax_attention
+
+    impls.register(AttentionImpl(name="undescribed", family="test", fn=softmax_attention))
+    try:
+        listed = CliRunner().invoke(cli, ["list"])
+    finally:
+        impls._REGISTRY.pop("undescribed", None)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("undescribed "))
+    assert lines[at + 1].strip().startswith("options:") and lines[at + 2].strip().startswith("exact: checked"), lines[at : at + 3]
+    assert all(line.strip() for line in lines[at : at + 3])

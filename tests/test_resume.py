@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from small_sweeps import process_gone
 
+import attnprof
 from attnprof.errors import UsageError
 from attnprof.store import Store
 
@@ -308,4 +310,10 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
         exit_interrupted(SweepInterrupted("r1", 3, 3, retry=("crashed",)), "a.db")
     said = capsys.readouterr().err.splitlines()
     assert said == ["Interrupted: 3 of 3 cases saved in run r1 (the crashed rows not reached yet keep their old result).",
-                    "Resume with: attnprof sweep --resume r1 --retry crashed --db a.db"]  # fmt: skip
+                    f"Resume with: attnprof sweep --resume r1 --retry crashed --db {Path('a.db').absolute()}"]  # fmt: skip
+    # a run of a plugin's impl: its resume needs the plugin modules, which the command printed left out (an audit)
+    run_id = attnprof.load_measurements("latest", db)["run_id"].iloc[0]
+    with pytest.raises(SystemExit):
+        exit_interrupted(SweepInterrupted(run_id, 2, 3), db)
+    resume = f"Resume with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id} --db {db}"
+    assert capsys.readouterr().err.splitlines()[-1] == resume

@@ -73,7 +73,7 @@ class AttnprofGroup(click.Group):
             click.echo(f"Error: cannot write the database {str(fault.db)!r}: {fault.reason}", err=True)
             if fault.run_id:
                 click.echo(f"The cases measured before are saved in run {fault.run_id}; once it can be written, resume with: "
-                           f"attnprof sweep --resume {fault.run_id} --db {fault.db}", err=True)  # fmt: skip
+                           f"{_resume_command(fault.run_id, fault.db)}", err=True)  # fmt: skip
             sys.exit(1)
         except click.UsageError as error:
             raise BadInput(" ".join(error.format_message().split())) from None
@@ -185,8 +185,25 @@ def exit_interrupted(stop, db) -> None:
     # a --retry stopped early keeps the old rows it had not reached: "4 of 4 saved" said nothing of them (a review)
     again = f" (the {retry} rows not reached yet keep their old result)" if retry else ""
     click.echo(f"Interrupted: {stop.done} of {stop.total} cases saved in run {stop.run_id}{again}.", err=True)
-    click.echo(f"Resume with: attnprof sweep --resume {stop.run_id}{f' --retry {retry}' if retry else ''} --db {db}", err=True)
+    click.echo(f"Resume with: {_resume_command(stop.run_id, db, retry)}", err=True)
     sys.exit(128 + stop.signum)  # 130 Ctrl-C, 143 SIGTERM: what a shell reports for a process that signal ended
+
+
+def _resume_command(run_id: str, db, retry: str = "") -> str:
+    """runinfo.resume_command with the plugin modules the run recorded (none where the database cannot be read)."""
+    from attnprof.api import default_db
+    from attnprof.dashboard.runinfo import resume_command
+    from attnprof.store import Store
+
+    db = db or default_db()
+    plugins = ()
+    with contextlib.suppress(Exception):  # the stop's own message comes first: an unreadable file costs only the plugins
+        store = Store.open(db, create=False)
+        try:
+            plugins = store.resolve_run(run_id).env.get("plugins") or ()
+        finally:
+            store.close()
+    return resume_command(run_id, db, plugins, retry)
 
 
 def print_summary(db, run_id: str, output_format: str) -> None:

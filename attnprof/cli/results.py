@@ -96,7 +96,8 @@ def list_impls():
         options = ", ".join(f"{k}={'auto' if v is None else repr(v)}" for k, v in impl.options.items()) or "-"
         click.echo(f"{impl.name:<20} {impl.family:<9} {impl.supports_summary()}")
         click.echo(f"{'':<20} options: {options}")
-        click.echo(f"{'':<20} {impl.description}")
+        if impl.description:  # a plugin's may be left out: a blank line read as a missing row (a plugin author's audit)
+            click.echo(f"{'':<20} {impl.description}")
         click.echo(f"{'':<20} {_checked_as(impl)}")
 
 

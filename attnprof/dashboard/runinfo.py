@@ -34,8 +34,15 @@ def unfinished_note(run: RunInfo, measured: int, db) -> str:
     except (KeyError, TypeError, ValueError):  # a stored definition this version cannot read: the count alone
         of_planned = ""
     state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
-    resume = shlex.join(["attnprof", "sweep", "--resume", run.run_id, "--db", absolute(db)])
+    resume = resume_command(run.run_id, db, run.env.get("plugins") or ())
     return f"{state}: {measured}{of_planned} cases, the rest with {resume}"
+
+
+def resume_command(run_id: str, db, plugins=(), retry: str = "") -> str:
+    """The command that measures the rest of run `run_id`, with the plugin modules its impls came from: without them
+    the resume is refused ("resume it with ATTNPROF_PLUGINS=..."), which the command printed at a stop left out."""
+    command = shlex.join(["attnprof", "sweep", "--resume", run_id, *(["--retry", retry] if retry else []), "--db", absolute(db)])
+    return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
 
 
 def reproduce_command(run: RunInfo, db=None) -> str:

@@ -1,8 +1,8 @@
 """Correct before fast: an impl is checked against its reference before any time is reported.
 
 The check runs the impl at a small size (the case's head dim, dtype, device, causality, mode and
-options; batch 1, 2 heads, N = the case length within MIN_CHECK_LENGTH..CHECK_LENGTH) against its registered reference in
-float64 on the CPU. Forward outputs (and, in fwd_bwd, the input gradients) must agree within the
+options; batch 1, 2 heads, N = the case length within MIN_CHECK_LENGTH..CHECK_LENGTH, once a worker for each)
+against its registered reference in float64 on the CPU. Forward outputs (and, in fwd_bwd, the input gradients) must agree within the
 impl's tolerance for the dtype. Fidelity, reported beside it, is the error against exact softmax.
 An exact impl, or one with a row reference, is checked again at the case's own length, batch and heads, on sampled
 rows (spot_check.py): the plan that is timed where an impl picks its plan by those (cosFormer's sequential CPU plan
@@ -33,7 +33,15 @@ class CheckResult:
 
 
 def check_key(case: Case) -> tuple:
-    return (case.label, case.head_dim, case.dtype, case.device, case.causal, case.mode)
+    """What a check's result is kept for: the configuration and the length the check runs at. With the configuration
+    alone, a window impl's N = 512 row stored the fidelity of a check at N = 128, where its window held every key
+    (3.4e-7, against 0.63 when 512 came first): a row's figures depended on the sweep's other lengths."""
+    return (case.label, case.head_dim, case.dtype, case.device, case.causal, case.mode, check_length(case.seq_len))
+
+
+def check_length(seq_len: int) -> int:
+    """The length a case's check runs at: its own within MIN_CHECK_LENGTH..CHECK_LENGTH."""
+    return min(max(seq_len, MIN_CHECK_LENGTH), CHECK_LENGTH)
 
 
 def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
@@ -41,7 +49,7 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
 
     from attnprof.impls.softmax import softmax_attention
 
-    small = case.resized(batch=1, heads=2, seq_len=min(max(case.seq_len, MIN_CHECK_LENGTH), CHECK_LENGTH))
+    small = case.resized(batch=1, heads=2, seq_len=check_length(case.seq_len))
     exact = make_inputs(small, device="cpu", dtype="float64")  # (1, 2, n, D) each
     tested = [t.detach().to(case.device, _dtype(case.dtype)).requires_grad_(t.requires_grad) for t in (exact.q, exact.k, exact.v)]
     out = impl.bind(small)(*tested)  # (1, 2, n, D)

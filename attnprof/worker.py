@@ -95,7 +95,7 @@ class CaseMeasurer:
         GPU the first op creates the CUDA context and the cuBLAS handle."""
         tiny = Case(impl="softmax", seq_len=16, batch=1, heads=1, head_dim=16, dtype="float32", device=device, causal=False, mode="fwd")
         self.measure(tiny, Settings(warmup_ms=0.0, rep_ms=0.0, min_reps=1, accounting=device == "meta"))  # meta only accounts
-        self.checks.clear()  # checks run at min(N, 256): the tiny one must not stand in for a real case's
+        self.checks.clear()  # the tiny case's check is no real case's
 
     def _measure(self, case: Case, settings: Settings) -> Measurement:
         impl = impls.get(case.impl)

@@ -274,6 +274,17 @@ def test_a_broken_memory_model_is_said_and_never_a_peak(db):
     assert guard in timed.reason, timed.reason
 
 
+def test_a_rows_check_figures_do_not_depend_on_the_sweeps_other_lengths(db):
+    """The check ran once per configuration at its first length: cosFormer's N = 300 row stored the fidelity of a check
+    at N = 64 when 64 came first, and of one at 256 alone (a window plugin's read 3.4e-7 against 0.63; an audit)."""
+    with_short = measure(db, "cosformer", lengths=(64, 300))["cosformer", 300]
+    alone = measure(db, "cosformer", lengths=(300,))["cosformer", 300]
+    assert with_short.status == alone.status == Status.OK, (with_short.reason, alone.reason)
+    assert with_short.fidelity_error == alone.fidelity_error and with_short.check_error == alone.check_error
+    short = measure(db, "cosformer", lengths=(64,))["cosformer", 64]
+    assert short.fidelity_error != alone.fidelity_error  # the two lengths' checks differ: the test can tell
+
+
 def test_workers_time_with_the_thread_count_the_run_records(db, tmp_path):
     """A notebook's torch.set_num_threads(1) before run_sweep: the run recorded cpu_threads 1, its worker timed with
     every core (a harness audit)."""

@@ -142,12 +142,12 @@ def tally(case: Case):
 
 
 def test_the_forward_takes_a_quarter_of_the_ops_and_bytes():
-    """N = 8192, bf16, forward: 53 ops moving 0.62 GB eager, 12 moving 0.13 GB (0.16 with parts of 128 keys); N = 65536:
-    4.73 against 0.98 GB, where q, k, v and out alone are 0.54 GB and the landmarks force q, k and v to be read twice
-    (min_bytes: 0.94 GB)."""
-    assert tally(case_at(8192, "fwd", "eager")) == (53, pytest.approx(0.62, abs=0.01))
+    """N = 8192, bf16, forward: 49 ops moving 0.75 GB eager (fp32 copies of q, k and v), 12 moving 0.13 GB (0.16 with
+    parts of 128 keys); N = 65536: 5.80 against 0.98 GB, where q, k, v and out alone are 0.54 GB and the landmarks force
+    q, k and v to be read twice (min_bytes: 0.94 GB)."""
+    assert tally(case_at(8192, "fwd", "eager")) == (49, pytest.approx(0.75, abs=0.01))
     assert tally(case_at(8192, "fwd", "triton")) == (12, pytest.approx(0.13, abs=0.01))
-    assert tally(case_at(65536, "fwd", "eager"))[1] == pytest.approx(4.73, abs=0.01)
+    assert tally(case_at(65536, "fwd", "eager"))[1] == pytest.approx(5.80, abs=0.01)
     case = case_at(65536, "fwd", "triton")
     moved = tally(case)[1]
     assert (

@@ -13,8 +13,8 @@ numerically equivalent unless stated:
   N % m == 0); N <= m is exact softmax attention (plus the conv), as mlpen does for N == m;
 - pinv_init="per-head" (not the default) starts each (b, h) from A^T / (max column sum x max row
   sum) of its own A, the paper's rule, so outputs do not depend on the other batch items;
-- for float16/bfloat16 inputs the landmarks, softmaxes and the pseudo-inverse run in float32 and the
-  N-sized products in the input dtype (mlpen runs everything in float32).
+- for float16/bfloat16 inputs everything runs in float32, as mlpen does, on float32 copies of q, k and v, and
+  the output is rounded once (eager.nystrom_core says what the input dtype's products cost).
 No key mask and no causal form (segment means mix future tokens into every landmark).
 
 Option `backend`: eager (default; PyTorch operators, `eager.py`, the reference the other is tested against) or
@@ -50,7 +50,7 @@ def nystrom_attention(q, k, v, *, num_landmarks=64, pinv_iterations=6, conv_weig
     backend: "eager" (PyTorch operators) or "triton" (for N > m: the forward as three Triton launches after the
     landmarks and their m x m kernel, see triton_plan.py; CUDA tensors, or meta for the accounting, or any device
     under Triton's interpreter; float32, float16 or bfloat16; head dims up to 128, m up to 64). Counted on meta at
-    N = 8192, B = 1, H = 16, d = 64, bf16, forward: eager 53 ops, triton 12.
+    N = 8192, B = 1, H = 16, d = 64, bf16, forward: eager 49 ops, triton 12.
     """
     check_qkv("nystromformer", q, k, v)
     _check_args(num_landmarks, pinv_iterations, conv_weight, pinv_init, q.shape[1])

@@ -13,31 +13,34 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def exact_softmax(q, k, v):
-    """softmax(q k^T / sqrt(d)) v: Nyström with N <= m landmarks has nothing to approximate."""
-    logits = q @ (k * q.shape[-1] ** -0.5).transpose(-2, -1)  # (B, H, N, N), N <= m
-    weights = torch.softmax(logits, dim=-1, dtype=work_dtype(q.dtype)).to(v.dtype)  # (B, H, N, N)
-    return weights @ v  # (B, H, N, D)
+    """softmax(q k^T / sqrt(d)) v: Nyström with N <= m landmarks has nothing to approximate (in float32 for half
+    inputs, as nystrom_core)."""
+    work = work_dtype(q.dtype)
+    logits = q.to(work) @ (k.to(work) * q.shape[-1] ** -0.5).transpose(-2, -1)  # (B, H, N, N), N <= m
+    return (torch.softmax(logits, dim=-1) @ v.to(work)).to(q.dtype)  # (B, H, N, D)
 
 
 def nystrom_core(q, k, v, m, iterations, pinv_init):
     """F @ (Z @ (Bk @ V)) with the d^-1/2 of q . k put on the landmark side of each product.
-    No N-sized temporary is bound to a local, so each dies as soon as the next one is made."""
+    No N-sized temporary is bound to a local, so each dies as soon as the next one is made.
+
+    Half inputs are multiplied as float32 copies, the logits, weights and products in float32, the output rounded
+    once (a numerics audit, CPU, N = 4096): logits rounded to bf16 lost a share of each logit's size, 1.2e-2 off
+    float64 at a logit spread of 16 and 2.8e-2 at 100 (past the check's 2e-2), against 1.7e-3, the rounding of the
+    output alone, in float32; and with fp16 inputs, the backward of Bk @ V formed dBk = dW V^T in fp16, which
+    overflowed (83,468) under a loss-scaled output gradient (2^11) where the true Bk-logit gradients reached 56:
+    every dk NaN. Bytes (meta, N = 65536, B 1, H 16, d 64, bf16): see README."""
     work, scale = work_dtype(q.dtype), q.shape[-1] ** -0.5
     q_land, k_land = segment_means(q, m, work), segment_means(k, m, work)  # (B, H, m, D) each
     z = iterative_pinv(landmark_kernel(q_land, k_land), iterations, pinv_init)  # (B, H, m, m)
-    bk_v = _softmax_in(work, v.dtype, (q_land * scale).to(q.dtype) @ k.transpose(-2, -1)) @ v  # (B, H, m, D) via Bk (B, H, m, N)
-    w = (z @ bk_v.to(work)).to(v.dtype)  # (B, H, m, D)
-    return _softmax_in(work, v.dtype, q @ (k_land * scale).to(q.dtype).transpose(-2, -1)) @ w  # (B, H, N, D) via F (B, H, N, m)
+    bk_v = torch.softmax((q_land * scale) @ k.to(work).transpose(-2, -1), dim=-1) @ v.to(work)  # (B, H, m, D) via Bk (B, H, m, N)
+    w = z @ bk_v  # (B, H, m, D)
+    return (torch.softmax(q.to(work) @ (k_land * scale).transpose(-2, -1), dim=-1) @ w).to(q.dtype)  # (B, H, N, D) via F (B, H, N, m)
 
 
 def landmark_kernel(q_land, k_land):
     """A = softmax(Ql Kl^T / sqrt(d)) (B, H, m, m), in the landmarks' (work) precision."""
     return torch.softmax(q_land @ (k_land * q_land.shape[-1] ** -0.5).transpose(-2, -1), dim=-1)  # (B, H, m, m)
-
-
-def _softmax_in(work, dtype, logits):
-    """Softmax over the last dim computed in `work` precision, returned in `dtype`."""
-    return torch.softmax(logits, dim=-1, dtype=work).to(dtype)
 
 
 def segment_means(x, m, work):

@@ -1,7 +1,7 @@
 """Nyströmformer's forward through Triton kernels (option backend="triton"), with the eager backward by recomputation.
 
-Why: the eager forward is many small PyTorch ops (counted on meta at N = 8192, B = 1, H = 16, d = 64, bf16: 53 ops
-moving 0.62 GB), so on a GPU it is bound by launches and dispatch where sdpa-flash takes about a millisecond (its
+Why: the eager forward is many small PyTorch ops (counted on meta at N = 8192, B = 1, H = 16, d = 64, bf16: 49 ops
+moving 0.75 GB), so on a GPU it is bound by launches and dispatch where sdpa-flash takes about a millisecond (its
 275 GFLOP at 8k bidirectional; an estimate, not yet timed), and the linear mechanisms are meant to beat it from
 8k on. Here, after the segment means and the m x m landmark kernel A (PyTorch: two means, three small ops for A
 and three for the scale of the pseudo-inverse's start), three launches (`triton_kernels.py`), each a torch custom
@@ -15,12 +15,11 @@ op with a fake kernel, so on `meta` the accounting sees one op per launch with t
 The backward recomputes the eager forward (`eager.py`) under autograd and differentiates it: the gradients are
 the eager plan's, at the cost of one more eager forward.
 
-Differences from the eager plan, all rounding: the logits of Bk and F stay fp32 (the eager plan's bmm rounds them to
-the input dtype), Bk's softmax is normalised after its product with V (flash attention's order), Bk @ V stays fp32
-where the eager plan rounds it to v's dtype before Z takes it, and the conv skip is summed with F W in fp32 before
-one rounding. Checked on the CPU through Triton's interpreter against the float64
-reference and the eager plan (tests/impls/test_nystromformer_triton.py), compiled for sm_90 by
-benchmarks/triton_resources.py; on a GPU by tests/gpu.
+Differences from the eager plan, all rounding: the kernels multiply half q, k and v as they are, into fp32 sums (the
+eager plan multiplies fp32 copies), Bk's softmax is normalised after its product with V (flash attention's order),
+and the conv skip is summed with F W in fp32 before one rounding (the eager plan adds it to the rounded output).
+Checked on the CPU through Triton's interpreter against the float64 reference and the eager plan
+(tests/impls/test_nystromformer_triton.py), compiled for sm_90 by benchmarks/triton_resources.py; on a GPU by tests/gpu.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ def test_cosformer_rows_are_the_dense_references_rows_values_and_gradients(causa
     torch.testing.assert_close(sampled, dense, rtol=1e-12, atol=1e-12)
     for theirs, mine in zip(grads, torch.autograd.grad(sampled.square().sum(), (q, k, v)), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+    # more queries than keys (cross-attention): the reference's M is max(Nq, Nk); the rows took Nk (0.24 off, an audit)
+    short_k, short_v = k[:10].detach(), v[:10].detach()  # (10, D)
+    dense = cosformer_reference(q[None, None], short_k[None, None], short_v[None, None], causal=causal)[0, 0, rows]  # (R, D)
+    torch.testing.assert_close(cosformer_rows(q, short_k, short_v, rows, causal=causal), dense, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["fixed", "axial", "logsparse", "mixture"])

@@ -111,6 +111,9 @@ def test_gradients_are_the_eager_plans(interpreted):
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+# bf16's bound is wide for the interpreter, not the kernel: Triton's interpreter truncates fp32 -> bf16 where a GPU
+# rounds to nearest (520 of 1024 stores differ, mean error -1.3e-3; a numerics audit), 1.2-1.5e-2 here against eager's
+# 2.6-7e-3. tests/gpu holds the compiled kernel to the check's bound.
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 def test_half_inputs_stay_finite_and_within_the_check_tolerance(interpreted, dtype, tolerance):
     q, k, v = qkv(1, 2, 600, 64, seed=11)

@@ -23,7 +23,8 @@ def cosformer_rows(q, k, v, rows, *, causal: bool = False, eps: float = 1e-6, ch
     """Rows `rows` (0-based query positions) of cosformer_reference over one head's q, k, v (N, D) -> (R, Dv), in
     R x N x D work: a row needs only its own query (the spot check's rows at any length)."""
     positions = torch.as_tensor(rows, device=q.device)  # (R,)
-    return _attend(q[..., positions, :], positions, k, v, causal, eps, m=k.shape[-2])  # (R, Dv)
+    m = max(q.shape[-2], k.shape[-2])  # cosformer_reference's M: more queries than keys (cross-attention) read Nk, 0.24 off
+    return _attend(q[..., positions, :], positions, k, v, causal, eps, m=m)  # (R, Dv)
 
 
 def _attend(q, positions, k, v, causal: bool, eps: float, m: int) -> torch.Tensor:

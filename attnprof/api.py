@@ -36,6 +36,9 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     if not isinstance(sweep.name, str):
         raise UsageError(f"bad name {sweep.name!r}: a run's name is text")
     sweep = _spelled_as_the_cli(sweep)
+    from attnprof.scenario import SWEEP_KEYS
+
+    sweep = replace(sweep, accounting=SWEEP_KEYS["accounting"][1](sweep.accounting))  # "false" is a true string: refused
     if sweep.name.strip().lower() == "latest":  # `show latest` means the newest run: a run named so could not be named
         raise UsageError("bad name 'latest': it means the newest run wherever a run is named; choose another")
     if sweep.accounting and any(device.split(":")[0] not in ("cuda", "meta") for device in sweep.device or ()):
@@ -54,7 +57,7 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
         impls=_expand_impls(sweep.impls),
     )
     _check_reachable(resolved)
-    _check_values(resolved)
+    resolved = _checked_values(resolved)
     _check_input_size(resolved)
     return resolved
 
@@ -98,7 +101,8 @@ def _check_reachable(sweep: Sweep) -> None:
     if unseen:
         raise UsageError(
             f"impl {unseen[0]!r} is registered in this interactive session, which the sweep's worker processes do not run: "
-            "register it in a module (mykernels.py) and import that here (workers import it too), or run a script file"
+            "register it in a module (mykernels.py) and import that here (workers import it too), or run a script file; "
+            f"attnprof.impls.unregister({unseen[0]!r}) takes this one back"
         )
     hidden = impls.unimportable([spec.name for spec in sweep.impls])
     if hidden:  # workers import it by name: it failed every cell of the sweep ("could not start a worker") seconds later
@@ -111,15 +115,19 @@ def _check_reachable(sweep: Sweep) -> None:
         )
 
 
-def _check_values(sweep: Sweep) -> None:
-    """A Sweep built in Python gets the checks the CLI's and TOML's parsers make (scenario.SWEEP_KEYS): one
-    UsageError naming the bad value, instead of rows of N = 0 or a seed SQLite cannot store."""
+def _checked_values(sweep: Sweep) -> Sweep:
+    """A Sweep built in Python gets the checks the CLI's and TOML's parsers make (scenario.SWEEP_KEYS), and their
+    values: one UsageError naming the bad value, instead of rows of N = 0 or a seed SQLite cannot store. The values
+    parsed are kept: rep_ms="50" was checked, then stored as text, and every row failed comparing it with a float
+    (an API audit)."""
     from attnprof.scenario import SWEEP_KEYS
 
+    changes = {}
     for key in ("lengths", "batch", "heads", "head_dim", "warmup_ms", "rep_ms", "timeout", "seed"):
         field, parse = SWEEP_KEYS[key]
         value = getattr(sweep, field)
-        parse(list(value) if isinstance(value, tuple) else value)
+        changes[field] = parse(list(value) if isinstance(value, tuple) else value)
+    return replace(sweep, **changes)
 
 
 MAX_INPUT_BYTES = 2**50  # 1 PiB for one of q, k, v: beyond any device; far beyond it, torch's size arithmetic overflows

@@ -38,7 +38,8 @@ def parse_lengths(spec: str | list) -> tuple[int, ...]:
 
     Items may be mixed: `256,1k..4k`. Result is sorted and de-duplicated. A TOML list holds items.
     """
-    text = ",".join(str(item) for item in spec) if isinstance(spec, (list, tuple)) else str(spec).strip()
+    # any sequence of lengths (a range, a numpy array): its items, not its repr ("bad length 'range(256'", an API audit)
+    text = str(spec).strip() if isinstance(spec, (str, int)) or not hasattr(spec, "__iter__") else ",".join(str(item) for item in spec)
     if not text:
         raise UsageError("bad lengths '': give e.g. 1k..64k or 512,1k,3000")
     lengths: set[int] = set()

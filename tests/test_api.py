@@ -74,6 +74,24 @@ def test_a_python_sweep_may_use_the_clis_spellings():
             plan(Sweep(**{"lengths": (64,), **changes}))
 
 
+def test_a_python_sweeps_numbers_given_as_text_are_used_as_numbers_and_flags_must_be_booleans(tmp_path):
+    """rep_ms="5" was checked, then kept as text: every row an error comparing it with a float; timeout="30" raised a
+    bare TypeError after creating the run; accounting="false", never checked, made an accounting run (an API audit)."""
+    import numpy as np
+
+    from attnprof.api import resolve_sweep
+
+    sweep = Sweep(impls="softmax", lengths=range(64, 129, 64), causal="no", device="cpu", rep_ms="5", warmup_ms="1", timeout="30", seed="3")
+    resolved = resolve_sweep(sweep)
+    assert (resolved.lengths, resolved.rep_ms, resolved.warmup_ms, resolved.timeout, resolved.seed) == ((64, 128), 5.0, 1.0, 30.0, 3)
+    assert resolve_sweep(Sweep(impls="softmax", lengths=np.array([256, 512]), device="cpu")).lengths == (256, 512)
+    run = attnprof.run_sweep(sweep, tmp_path / "text.db")
+    assert attnprof.load_measurements(run, tmp_path / "text.db")["status"].tolist() == ["ok", "ok"]
+    for flag in ("false", "no", 1):
+        with pytest.raises(UsageError, match=re.escape(f"bad accounting {flag!r}: expected true or false")):
+            plan(Sweep(impls="softmax", lengths=(64,), accounting=flag))
+
+
 def test_registering_refuses_what_the_cli_cannot_use_and_replaces_a_modules_own_impl():
     from dataclasses import replace
 
@@ -153,6 +171,23 @@ def test_an_impl_registered_in_an_interactive_session_is_refused_before_measurin
     done = _python(tmp_path, "-c", MODULE + SWEEP)
     assert done.returncode == 1 and "UsageError: impl 'mine' is registered in this interactive session" in done.stderr
     assert "register it in a module (mykernels.py) and import that here" in done.stderr and not (tmp_path / "x.db").exists()
+    assert "attnprof.impls.unregister('mine') takes this one back" in done.stderr
+
+
+def test_a_sessions_impl_may_be_taken_over_by_a_module_or_unregistered(tmp_path):
+    """Following the refusal's advice, the same impl moved to a module and imported read "registered twice: by __main__
+    and by mykernels", and nothing but a kernel restart took the cell's registration back (an API audit)."""
+    (tmp_path / "mykernels.py").write_text(MODULE)
+    taken_over = MODULE + "import mykernels\n" + SWEEP + "print(attnprof.load_measurements(run, 'x.db')['status'].tolist())"
+    done = _python(tmp_path, "-c", taken_over)
+    assert done.returncode == 0 and done.stdout.strip() == "['ok']", done.stderr[-2000:]
+    taken_back = MODULE + (
+        "from attnprof import impls\nimpls.unregister('mine')\nprint('mine' in impls.names())\n"
+        "try:\n    impls.unregister('softmax')\nexcept attnprof.UsageError as error:\n    print(error)\n"
+    )
+    done = _python(tmp_path, "-c", "import attnprof\n" + taken_back)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["False", "impl 'softmax' is a built-in (attnprof.impls.softmax): it cannot be unregistered"]
 
 
 def test_a_plugin_registering_a_function_it_did_not_define_reaches_the_workers(tmp_path):

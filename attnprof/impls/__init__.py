@@ -42,7 +42,10 @@ def register(impl: AttentionImpl) -> AttentionImpl:
         # then failed with "registered twice"
         _load_builtins()
     existing = _REGISTRY.get(impl.name)
-    if existing is not None and existing.fn is not impl.fn and module_of(existing) != by:
+    # A name a notebook cell registered may be taken over by a module (what the sweep's refusal of the cell's impl
+    # advises): "registered twice: by __main__ and by mine2mod" left a kernel restart as the way out (an API audit)
+    taken_from_a_session = existing is not None and unreachable([impl.name]) == [impl.name]
+    if existing is not None and existing.fn is not impl.fn and module_of(existing) != by and not taken_from_a_session:
         if module_of(existing).startswith("attnprof."):
             raise UsageError(f"impl name {impl.name!r} is a built-in's ({module_of(existing)}): register yours under another name")
         raise UsageError(f"impl {impl.name!r} is registered twice: by {module_of(existing)} and by {by}")
@@ -55,6 +58,17 @@ def register(impl: AttentionImpl) -> AttentionImpl:
 def file_of(name: str) -> str:
     """The file of the module that registered impl `name` ("" for a session's own cell, or an unknown name)."""
     return _REGISTERED_IN.get(name, "")
+
+
+def unregister(name: str) -> None:
+    """Take back a plugin's impl `name` (a notebook's cell registered it; a module's, to register it again under new
+    code). Built-ins stay: a name not registered, or a built-in's, is a UsageError."""
+    impl = get(name)
+    if is_builtin(impl):
+        raise UsageError(f"impl {name!r} is a built-in ({module_of(impl)}): it cannot be unregistered")
+    del _REGISTRY[name]
+    _REGISTERED_BY.pop(name, None)
+    _REGISTERED_IN.pop(name, None)
 
 
 def _validate(impl: AttentionImpl) -> None:

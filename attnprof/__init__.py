@@ -14,7 +14,8 @@ The library API a notebook uses is the one the CLI calls:
     attnprof.plan(sweep)  # (case, refusal reasons) per case: `sweep --dry-run`
     runs = attnprof.list_runs(db="my.db")  # a DataFrame, newest first: `attnprof runs`
     attnprof.export_runs(["latest"], db="my.db", output_format="baseline", out="baseline.jsonl")  # `attnprof export`
-Bad input raises attnprof.UsageError (one line naming the bad value); Ctrl-C during a sweep attnprof.SweepInterrupted.
+Bad input raises attnprof.UsageError (one line naming the bad value); Ctrl-C during a sweep attnprof.SweepInterrupted,
+a KeyboardInterrupt carrying the run id to resume.
 """
 
 __version__ = "0.1.0"

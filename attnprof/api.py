@@ -264,6 +264,8 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
             try:
                 with _terminate_as_interrupt():
                     execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress, retry)
+            except SweepInterrupted:  # execute's own, said already (it is a KeyboardInterrupt too)
+                raise
             except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
                 store.set_run_state(run.run_id, "interrupted")
                 raise SweepInterrupted(run.run_id, store.count(run.run_id), len(sweep.cases()), signal_of(error), retry) from None

@@ -29,12 +29,17 @@ WORKER_START_TIMEOUT_S = 300.0  # importing torch and initialising CUDA on a col
 START_ATTEMPTS = 2  # a device whose worker failed to start this often gets no further attempt in this sweep
 
 
-class SweepInterrupted(Exception):
+class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: everything measured so far is saved; `run_id` resumes the rest. `signum` is the
-    signal that stopped it (the CLI exits 128 + signum, as a shell reports a process that signal ended)."""
+    signal that stopped it (the CLI exits 128 + signum, as a shell reports a process that signal ended).
+
+    A KeyboardInterrupt, as the Ctrl-C it stands for: as an Exception, a notebook's loop of sweeps under `except
+    Exception` caught it, and the interrupt button stopped one sweep of the loop, not the loop (an API audit)."""
 
     def __init__(self, run_id: str, done: int, total: int, signum: int = signal.SIGINT, retry: tuple[str, ...] = ()):
-        super().__init__(f"interrupted after {done} of {total} cases")
+        again = f", retry={tuple(retry)!r}" if retry else ""
+        resume = f"run_sweep(..., resume={run_id!r}{again}) measures the rest"
+        super().__init__(f"interrupted after {done} of {total} cases of run {run_id}: {resume}")
         self.run_id, self.done, self.total, self.signum = run_id, done, total, int(signum)
         self.retry = tuple(retry)  # the statuses a --retry measured again: the resume asks for them too
 

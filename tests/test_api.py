@@ -57,6 +57,29 @@ def test_what_the_readme_calls_from_python_is_there_after_a_plain_import():
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
+def test_ctrl_c_stops_a_notebooks_loop_of_sweeps_that_catches_exceptions(tmp_path):
+    """SweepInterrupted was an Exception: a loop of sweeps under `except Exception` caught it, and the interrupt
+    stopped one sweep of the loop, not the loop (an API audit). It is a KeyboardInterrupt naming the run to resume."""
+    code = (
+        "import _thread, threading, attnprof\n"
+        "threading.Timer(4.0, _thread.interrupt_main).start()\n"
+        "try:\n"
+        "    for heads in (1, 2):\n"
+        "        try:\n"
+        "            attnprof.run_sweep(attnprof.Sweep(impls='fault:kind=sleep', lengths=(64,), heads=(heads,), causal='no',\n"
+        "                                              device='cpu', timeout=60), db='loop.db')\n"
+        "        except Exception as error:\n"
+        "            print('caught', type(error).__name__)\n"
+        "except KeyboardInterrupt as stop:\n"
+        "    print(type(stop).__name__, stop)\n"
+    )
+    done = _python(tmp_path, "-c", code)
+    assert done.returncode == 0 and "caught" not in done.stdout, done.stdout + done.stderr[-2000:]
+    run = attnprof.list_runs(db=tmp_path / "loop.db")["run_id"].tolist()
+    said = f"SweepInterrupted interrupted after 0 of 1 cases of run {run[0]}: run_sweep(..., resume={run[0]!r}) measures the rest"
+    assert done.stdout.strip() == said and len(run) == 1
+
+
 def test_a_python_sweep_may_use_the_clis_spellings():
     """A string where a tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and the
     CLI's "fwd-bwd" and "fp32" gave rows saying softmax did not support them, or a KeyError."""

@@ -180,12 +180,12 @@ def impl_labels(text: str) -> list[str]:
     return [spec.label for spec in _expand_impls(parse_impls(text))]
 
 
-def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, retry=()) -> list[tuple]:
+def plan(sweep: Sweep | None, db: str | Path | None = None, *, resume: str | None = None, retry=()) -> list[tuple]:
     """(case, refusal reasons) for every case of the resolved sweep, or for the cases of run `resume` in
     `db` that have no row yet (or one of a status in `retry`): what `--dry-run` prints. A resume that run_sweep would
     refuse is refused. A resumed case that a failure the run kept will skip reads "skipped: ..." (listed as to be
     measured, it then got a `skipped` row: a robustness audit)."""
-    from attnprof.resuming import resumable, retried
+    from attnprof.resuming import resumable, retried, same_sweep
     from attnprof.runner import kept_rows, skipped_after
     from attnprof.store import Store
 
@@ -194,6 +194,7 @@ def plan(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = Non
     store = Store.open(db or default_db(), create=False)
     try:
         run, stored = resumable(store, resume)
+        same_sweep(sweep, stored, run.run_id)
         done, failures = kept_rows(store, run.run_id, retried(retry, resume))
     finally:
         store.close()
@@ -214,8 +215,11 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None = None, retry=(), progress=None, command: str = "") -> str:
-    """Measure every case of `sweep` (or the missing cases of run `resume`) into `db`; returns the run id. `retry`
+def run_sweep(
+    sweep: Sweep | None, db: str | Path | None = None, *, resume: str | None = None, retry=(), progress=None, command: str = ""
+) -> str:
+    """Measure every case of `sweep` (or the missing cases of run `resume`, whose stored sweep is measured: `sweep`
+    None, or the same sweep) into `db`; returns the run id. `retry`
     (statuses among spec.RETRYABLE, with `resume`): the run's cells of those statuses are measured again, and the
     lengths skipped after them; a transient kill or timeout was otherwise a run's last word on its cells.
 
@@ -238,7 +242,7 @@ def run_sweep(sweep: Sweep, db: str | Path | None = None, *, resume: str | None 
 
 def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:
     from attnprof.errors import StoreFault, signal_of
-    from attnprof.resuming import resumable
+    from attnprof.resuming import resumable, same_sweep
     from attnprof.run_lock import measuring
     from attnprof.runner import SweepInterrupted, execute
     from attnprof.store import Store
@@ -251,7 +255,9 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
         if resume is not None and store.read_only:
             raise UsageError(f"database path {str(store.path)!r} is not writable: resuming adds the missing rows to it")
         if resume is not None:
-            run, sweep = resumable(store, resume)
+            run, stored = resumable(store, resume)
+            same_sweep(sweep, stored, run.run_id)
+            sweep = stored
         else:
             run = _new_run(sweep, command)
             try:

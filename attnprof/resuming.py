@@ -45,3 +45,21 @@ def check_plugins_loaded(run, sweep: Sweep) -> None:
         raise UsageError(
             f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with ATTNPROF_PLUGINS={plugins}"
         )
+
+
+def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:
+    """A resume measures the stored run's sweep: a Python caller's other sweep (new lengths, rep_ms) was ignored without
+    a word, where the CLI refuses such flags (an API audit). None, Sweep() or the same sweep resolved pass."""
+    from dataclasses import fields
+
+    if given is None or given == Sweep():
+        return
+    from attnprof.api import resolve_sweep
+
+    mine = resolve_sweep(given)
+    differ = [f.name for f in fields(Sweep) if f.compare and getattr(mine, f.name) != getattr(stored, f.name)]
+    if differ:
+        raise UsageError(
+            f"resume takes the sweep from run {run_id}; this sweep differs in {', '.join(differ)}: pass sweep=None to resume it, "
+            "or measure this one in a new run"
+        )

@@ -80,6 +80,20 @@ def test_ctrl_c_stops_a_notebooks_loop_of_sweeps_that_catches_exceptions(tmp_pat
     assert done.stdout.strip() == said and len(run) == 1
 
 
+def test_a_resume_refuses_a_sweep_other_than_the_runs(tmp_path):
+    """run_sweep(other, resume=run) measured the stored run's sweep and ignored `other` (new lengths, rep_ms) without a
+    word, where the CLI refuses such flags (an API audit). None, Sweep() or the same sweep resume it."""
+    db = tmp_path / "resume.db"
+    sweep = Sweep(impls="softmax", lengths=(64, 128), causal="no", accounting=True)
+    run = attnprof.run_sweep(sweep, db)
+    other = Sweep(impls="softmax", lengths="2k", causal="no", accounting=True)
+    for call in (attnprof.run_sweep, plan):
+        with pytest.raises(UsageError, match=f"resume takes the sweep from run {run}; this sweep differs in lengths: pass sweep=None"):
+            call(other, db, resume=run)
+    for same in (None, Sweep(), sweep):
+        assert attnprof.run_sweep(same, db, resume=run) == run and plan(same, db, resume=run) == []
+
+
 def test_a_python_sweep_may_use_the_clis_spellings():
     """A string where a tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and the
     CLI's "fwd-bwd" and "fp32" gave rows saying softmax did not support them, or a KeyError."""

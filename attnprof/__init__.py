@@ -37,6 +37,7 @@ _LAZY = {
     "export_runs": "attnprof.run_export",
     "UsageError": "attnprof.errors",
     "SweepInterrupted": "attnprof.runner",
+    "Progress": "attnprof.runner",
 }
 _SUBMODULES = ("analysis", "impls")  # named in the README as attnprof.analysis.analyse, attnprof.impls.register
 

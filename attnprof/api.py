@@ -223,6 +223,9 @@ def run_sweep(
     (statuses among spec.RETRYABLE, with `resume`): the run's cells of those statuses are measured again, and the
     lengths skipped after them; a transient kill or timeout was otherwise a run's last word on its cells.
 
+    `progress`: an attnprof.Progress, or any object with some of its methods (named, begin, start, done), told of
+    each case as it is measured.
+
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
@@ -233,11 +236,29 @@ def run_sweep(
         # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
         # the parent then records the worker's failed start with the same hint
         raise RuntimeError(SPAWN_HINT)
+    progress = _progress_of(progress)  # before the run exists: a bad one left an empty run, then `latest`
     start_spare_worker()  # its imports overlap this process's (resolve_sweep imports torch); ended below if unused
     try:
         return _measure(sweep, db, resume, retried(retry, resume), progress, command)
     finally:
         discard_spare_worker()
+
+
+def _progress_of(progress):
+    """`progress` as the runner calls it: None, or an object with any of runner.Progress's methods (named(run_id),
+    begin(total), start(case), done(case, measurement)), the others doing nothing. progress=print, or one with done()
+    alone, failed with an AttributeError after the run was created (an API audit)."""
+    from attnprof.runner import PROGRESS_METHODS, PartialProgress, Progress
+
+    if progress is None or isinstance(progress, Progress):
+        return progress
+    if not any(callable(getattr(progress, name, None)) for name in PROGRESS_METHODS):
+        raise UsageError(
+            f"bad progress {progress!r}: give an object with any of the methods {', '.join(PROGRESS_METHODS)} "
+            "(attnprof.Progress says what each is given), or None"
+        )
+
+    return PartialProgress(progress)
 
 
 def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:

@@ -285,6 +285,33 @@ class Progress:
     def done(self, case: Case, measurement: Measurement) -> None: ...
 
 
+PROGRESS_METHODS = ("named", "begin", "start", "done")
+
+
+class PartialProgress(Progress):
+    """A caller's object with some of Progress's methods: those it has are called, the others do nothing."""
+
+    def __init__(self, given):
+        self.given = given
+
+    def named(self, run_id: str) -> None:
+        self._call("named", run_id)
+
+    def begin(self, total: int) -> None:
+        self._call("begin", total)
+
+    def start(self, case: Case) -> None:
+        self._call("start", case)
+
+    def done(self, case: Case, measurement: Measurement) -> None:
+        self._call("done", case, measurement)
+
+    def _call(self, name: str, *args) -> None:
+        method = getattr(self.given, name, None)
+        if callable(method):
+            method(*args)
+
+
 def execute(
     store: Store, run_id: str, cases: list[Case], settings: Settings, timeout_s: float, progress: Progress | None = None, retry=()
 ) -> None:

@@ -94,6 +94,28 @@ def test_a_resume_refuses_a_sweep_other_than_the_runs(tmp_path):
         assert attnprof.run_sweep(same, db, resume=run) == run and plan(same, db, resume=run) == []
 
 
+def test_progress_may_be_any_object_with_some_of_its_methods_and_a_bad_one_leaves_no_run(tmp_path):
+    """progress=print, or an object with done() alone, failed with an AttributeError after the run was created, which
+    then read as `latest` with no rows (an API audit)."""
+    db = tmp_path / "progress.db"
+    sweep = Sweep(impls="softmax", lengths=(64, 128), causal="no", accounting=True)
+    for bad in (print, True):
+        with pytest.raises(UsageError, match="bad progress .*: give an object with any of the methods named, begin, start, done"):
+            attnprof.run_sweep(sweep, db, progress=bad)
+    assert not db.exists()
+
+    class Counting:  # done() alone
+        def __init__(self):
+            self.seen = []
+
+        def done(self, case, measurement):
+            self.seen.append((case.seq_len, measurement.status.value))
+
+    counting = Counting()
+    attnprof.run_sweep(sweep, db, progress=counting)
+    assert counting.seen == [(64, "ok"), (128, "ok")] and issubclass(attnprof.Progress, object)
+
+
 def test_a_python_sweep_may_use_the_clis_spellings():
     """A string where a tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and the
     CLI's "fwd-bwd" and "fp32" gave rows saying softmax did not support them, or a KeyError."""

@@ -159,6 +159,8 @@ def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
     assert (tmp_path / "out" / "baseline.jsonl").read_text() == cli_out.read_text() and notes == []
     with pytest.raises(attnprof.UsageError, match="unknown export format 'xlsx'; choose from jsonl, json, csv, baseline"):
         attnprof.export_runs("latest", db, "xlsx")
+    with pytest.raises(attnprof.UsageError, match="no runs to export"):  # it exported the newest run (an API audit)
+        attnprof.export_runs([], db, stream=io.StringIO())
 
 
 @pytest.mark.parametrize("output_format", ["csv", "json", "jsonl"])

@@ -366,7 +366,9 @@ def load_measurements(run: str = "latest", db: str | Path | None = None):
         frame = numeric_frame(measurements_frame(info.run_id, store.measurements(info.run_id)))
     finally:
         store.close()
-    return frame.astype({"noisy": "boolean"})
+    # the grid's own dtypes whatever the rows: a run without rows gave object columns, and a concat with another run's
+    # frame then had seq_len as object, which np.log2 refused (an API audit)
+    return frame.astype({"noisy": "boolean", "causal": bool, **dict.fromkeys(("seq_len", "batch", "heads", "head_dim", "seed"), "int64")})
 
 
 def compare_runs(baseline: str, candidate: str = "latest", db: str | Path | None = None):

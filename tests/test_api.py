@@ -116,6 +116,25 @@ def test_progress_may_be_any_object_with_some_of_its_methods_and_a_bad_one_leave
     assert counting.seen == [(64, "ok"), (128, "ok")] and issubclass(attnprof.Progress, object)
 
 
+def test_a_run_without_rows_gives_a_frame_of_the_grids_dtypes(tmp_path):
+    """Its frame had seq_len, causal... as object: concatenated with another run's, np.log2(seq_len) failed (an audit)."""
+    import numpy as np
+    import pandas as pd
+
+    from attnprof.api import _new_run, resolve_sweep
+    from attnprof.store import Store
+
+    db = tmp_path / "empty.db"
+    full = attnprof.load_measurements(attnprof.run_sweep(Sweep(impls="softmax", lengths=(64,), causal="no", accounting=True), db), db)
+    store = Store.open(db)
+    store.add_run(_new_run(resolve_sweep(Sweep(impls="softmax", lengths=(64,), accounting=True)), ""))
+    store.close()
+    empty = attnprof.load_measurements("latest", db)
+    grid = ["seq_len", "batch", "heads", "head_dim", "seed", "causal", "noisy", "median_ms", "peak_bytes"]
+    assert empty.empty and dict(empty.dtypes[grid]) == dict(full.dtypes[grid])
+    assert np.log2(pd.concat([empty, full])["seq_len"]).tolist() == [6.0]
+
+
 def test_a_python_sweep_may_use_the_clis_spellings():
     """A string where a tuple belongs was read letter by letter (devices 'c', 'p', 'u'; causal 'y', 'e', 's'), and the
     CLI's "fwd-bwd" and "fp32" gave rows saying softmax did not support them, or a KeyError."""

@@ -10,6 +10,7 @@ The library API a notebook uses is the one the CLI calls:
     result = attnprof.analyse(frame, budget_bytes=memory, device_bytes=memory)  # fits, crossovers, frontiers
     cells, exponents = attnprof.compare_runs("baseline-run", "latest", db="my.db")  # as `attnprof compare`
     path, pngs = attnprof.write_report("latest", db="my.db")  # as `attnprof report`
+    figures = attnprof.report_figures("latest", db="my.db")  # its plotly Figures by name, to show or restyle
     verdicts, run_ids = attnprof.run_gate("rules.toml", db="my.db")  # as `attnprof gate`
     attnprof.plan(sweep)  # (case, refusal reasons) per case: `sweep --dry-run`
     runs = attnprof.list_runs(db="my.db")  # a DataFrame, newest first: `attnprof runs`
@@ -32,6 +33,7 @@ _LAZY = {
     "plan": "attnprof.api",
     "compare_runs": "attnprof.api",
     "write_report": "attnprof.report",
+    "report_figures": "attnprof.report",
     "run_gate": "attnprof.gating",
     "list_runs": "attnprof.run_export",
     "export_runs": "attnprof.run_export",

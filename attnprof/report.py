@@ -44,6 +44,18 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), 
     return path, (_write_pngs(figures, Path(png_dir), info.run_id) if png_dir is not None else [])
 
 
+def report_figures(run: str = "latest", db=None, only=(), budget=None) -> dict:
+    """The report's figures of `run` as plotly Figures, by name (scaling-time, scaling-peak_bytes, exponents,
+    crossovers, frontier, coverage, roofline; an accounting run's scaling-flops for time), to show in a notebook or
+    restyle: `only` and `budget` as write_report takes them. A notebook had them only through private functions."""
+    from attnprof.api import default_db
+    from attnprof.dashboard.data import SnapshotSource
+
+    only = (only,) if isinstance(only, str) else tuple(only)
+    source = SnapshotSource(db or default_db())
+    return report_sections(source, source.run(run).run_id, only, bytes_or_none(budget, "budget"))[0]
+
+
 def _budget_origin(budget_bytes, device_bytes) -> str:
     """Where the frontier's budget came from, as `attnprof fit` says it in its heading."""
     from attnprof.env import DEFAULT_BUDGET_SAID

@@ -177,6 +177,15 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     )
     bad = invoke("report", "latest", "--db", db, "--out", out, "--budget", "lots")
     assert bad.exit_code == 2 and "bad budget 'lots'" in bad.output
+    # the same figures for a notebook, as plotly Figures (only private functions had them: an API audit)
+    import plotly.graph_objects as go
+
+    import attnprof
+
+    figures = attnprof.report_figures("latest", db, budget="1GiB")
+    assert list(figures) == ["scaling-peak_bytes", "scaling-flops", "exponents", "crossovers", "frontier", "coverage", "roofline"]
+    assert all(isinstance(figure, go.Figure) for figure in figures.values())
+    assert figures["scaling-flops"].layout.title.text.startswith("FLOPs per call against sequence length")
 
 
 def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):

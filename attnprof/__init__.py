@@ -12,6 +12,7 @@ The library API a notebook uses is the one the CLI calls:
     path, pngs = attnprof.write_report("latest", db="my.db")  # as `attnprof report`
     figures = attnprof.report_figures("latest", db="my.db")  # its plotly Figures by name, to show or restyle
     verdicts, run_ids = attnprof.run_gate("rules.toml", db="my.db")  # as `attnprof gate`
+    status = attnprof.gate_exit_status(verdicts)  # 0 pass, 1 a rule failed, 3 one could not be judged
     attnprof.plan(sweep)  # (case, refusal reasons) per case: `sweep --dry-run`
     runs = attnprof.list_runs(db="my.db")  # a DataFrame, newest first: `attnprof runs`
     attnprof.export_runs(["latest"], db="my.db", output_format="baseline", out="baseline.jsonl")  # `attnprof export`
@@ -35,6 +36,7 @@ _LAZY = {
     "write_report": "attnprof.report",
     "report_figures": "attnprof.report",
     "run_gate": "attnprof.gating",
+    "gate_exit_status": "attnprof.gate",
     "list_runs": "attnprof.run_export",
     "export_runs": "attnprof.run_export",
     "UsageError": "attnprof.errors",

@@ -50,7 +50,9 @@ def gate_db(sweeps: list[dict], db=None):
 
 
 def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = None, db=None, progress=None):
-    """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given."""
+    """Judge the rules; returns (verdicts, run ids). Measures the file's sweeps when no run is given. Each verdict is a
+    gate.RuleVerdict (`verdict` PASS, FAIL or MISSING, `message`); attnprof.gate_exit_status(verdicts) is the status
+    `attnprof gate` exits with (0 pass, 1 a rule failed, 3 one could not be judged)."""
     import pandas as pd
 
     from attnprof.analysis import refuse_overlapping_runs

@@ -53,6 +53,8 @@ from attnprof.fit_range import (
     kept_every_length,
     overhead_model_exponent,
     overhead_tilts,
+    rising_at_the_top,
+    said_still_bending,
     slope_se_beside_overhead,
     t_quantile_975,
     without_persistent_overhead,
@@ -254,6 +256,8 @@ class _Shape:
             if bending_at_the_top(med_lengths[start:], fitted_values):  # the range rule stopped, the curve did not
                 rule += STILL_BENDING
         intercept, slope, se, r2 = _least_squares(np.log(med_lengths[start:]), np.log(fitted_values))
+        if subtracted is None and not noisy and min_length is None and rising_at_the_top(med_lengths[start:], fitted_values, slope):
+            rule = said_still_bending(rule)
         dof = len(fitted_values) - 2
         if subtracted is not None and found.scatter > RELATIVE_RESOLUTION:
             # The overhead was estimated from these same noisy points: its uncertainty is the slope's too. Exact data

@@ -393,3 +393,22 @@ def test_an_overhead_is_said_in_its_metrics_unit():
     assert "fixed overhead 0.409 ms" in times.range_rule, times.range_rule
     peaks = fit_power_law(LENGTHS, 86_200 + 64.0 * LENGTHS, metric="peak_bytes")
     assert "fixed overhead 84.2 KiB" in peaks.range_rule, peaks.range_rule
+
+
+def test_exact_values_still_steepening_at_the_top_say_so_however_many_lengths_are_kept():
+    """The range rule's convexity test reads every length kept: cosFormer's accounted peak over 4k..1M (its plan changing
+    with N) fitted 0.731 [0.650, 0.812] "no upward bend", its slopes at the top 0.59, 0.74, 0.85 on the way to 1; and
+    Combiner-Fixed's, its block rounded to a power of two, 1.400 [1.362, 1.437] beside slopes zig-zagging towards 1.5
+    (a numbers audit). Both now say the asymptotic exponent is above the fitted one; a pure power law does not."""
+    from attnprof.fit_range import still_bends
+
+    lengths = np.array([4096 * 2**i for i in range(9)], dtype=float)
+    cosformer = np.array([16.3, 32.4, 64.8, 129.4, 194.6, 260.1, 391.1, 653.1, 1177.1]) * 2**20  # the audit's MiB
+    fit = fit_power_law(lengths, cosformer, metric="peak_bytes")
+    assert fit.exponent < 0.85 and still_bends(fit.range_rule) and "no upward bend" not in fit.range_rule, fit.range_rule
+    # Combiner-Fixed's accounted forward peaks there (B 1, H 4, D 64, fp32, meta), bytes
+    fixed = [21237760, 50872320, 118112256, 303366144, 740098048, 2017198080, 5106302976, 14508097536, 37601935360]
+    fitted = fit_power_law(lengths, np.array(fixed, dtype=float), metric="peak_bytes")
+    assert fitted.exponent_high < 1.5 and still_bends(fitted.range_rule), (fitted.exponent, fitted.range_rule)
+    plain = fit_power_law(lengths, 3.0 * lengths**1.5, metric="peak_bytes")
+    assert not still_bends(plain.range_rule) and plain.exponent == pytest.approx(1.5, abs=1e-9)

@@ -252,6 +252,8 @@ def _progress_of(progress):
 
     if progress is None or isinstance(progress, Progress):
         return progress
+    if isinstance(progress, type):  # progress=MyProgress, the parentheses forgotten: its methods unbound
+        raise UsageError(f"bad progress {progress.__name__}: a class; give an instance of it ({progress.__name__}())")
     if not any(callable(getattr(progress, name, None)) for name in PROGRESS_METHODS):
         raise UsageError(
             f"bad progress {progress!r}: give an object with any of the methods {', '.join(PROGRESS_METHODS)} "
@@ -291,7 +293,8 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
             try:
                 with _terminate_as_interrupt():
                     execute(store, run.run_id, sweep.cases(), settings, sweep.timeout, progress, retry)
-            except SweepInterrupted:  # execute's own, said already (it is a KeyboardInterrupt too)
+            except SweepInterrupted:  # execute's own, said already (it is a KeyboardInterrupt too): the run is interrupted
+                store.set_run_state(run.run_id, "interrupted")
                 raise
             except KeyboardInterrupt as error:  # outside execute's loop (starting, finishing): the same saved, resumable stop
                 store.set_run_state(run.run_id, "interrupted")

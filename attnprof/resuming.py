@@ -52,7 +52,7 @@ def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:
     a word, where the CLI refuses such flags (an API audit). None, Sweep() or the same sweep resolved pass."""
     from dataclasses import fields
 
-    if given is None or given == Sweep():
+    if given is None or _is_default(given):
         return
     from attnprof.api import resolve_sweep
 
@@ -63,3 +63,16 @@ def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:
             f"resume takes the sweep from run {run_id}; this sweep differs in {', '.join(differ)}: pass sweep=None to resume it, "
             "or measure this one in a new run"
         )
+
+
+def _is_default(sweep: Sweep) -> bool:
+    """Whether `sweep` is Sweep() (the CLI's, which a resume gets): field by field, a value of another type (a numpy
+    array of lengths) never compared with the default's tuple, which raised "could not be broadcast" (a review)."""
+    from dataclasses import fields
+
+    default = Sweep()
+    return all(
+        type(getattr(sweep, f.name)) is type(getattr(default, f.name)) and getattr(sweep, f.name) == getattr(default, f.name)
+        for f in fields(Sweep)
+        if f.compare
+    )

@@ -50,7 +50,7 @@ def export_runs(runs=("latest",), db=None, output_format: str = "jsonl", out=Non
 
     if output_format not in FORMATS:
         raise UsageError(f"unknown export format {output_format!r}; choose from {', '.join(FORMATS)}")
-    runs = (runs,) if isinstance(runs, str) else tuple(runs)
+    runs = ("latest",) if runs is None else (runs,) if isinstance(runs, str) else tuple(runs)  # None: latest, as before
     if not runs:  # export_runs([]) wrote the newest run's records, a list meant to be filled that came out empty (an API audit)
         raise UsageError("no runs to export: give run ids, names or 'latest'")
     db = db or default_db()

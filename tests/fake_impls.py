@@ -97,6 +97,11 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         with open(pid_file, "w") as file:
             file.write(str(child.pid))
         time.sleep(3600)
+    if kind == "spawn_and_return":  # a helper process in a session of its own, left running by a call that succeeds
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        with open(pid_file, "w") as file:
+            file.write(str(child.pid))
+        return softmax_attention(q, k, v, causal=causal)
     if kind == "cuda_error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (planted)")
     raise ValueError(f"unknown fault kind {kind!r}")

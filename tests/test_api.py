@@ -1,5 +1,6 @@
 """A Sweep built in Python is checked by the CLI's own parsers: one UsageError naming the bad value."""
 
+import contextlib
 import re
 
 import pytest
@@ -78,6 +79,10 @@ def test_ctrl_c_stops_a_notebooks_loop_of_sweeps_that_catches_exceptions(tmp_pat
     run = attnprof.list_runs(db=tmp_path / "loop.db")["run_id"].tolist()
     said = f"SweepInterrupted interrupted after 0 of 1 cases of run {run[0]}: run_sweep(..., resume={run[0]!r}) measures the rest"
     assert done.stdout.strip() == said and len(run) == 1
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "loop.db")) as connection:  # stored so, not only read so (a review)
+        assert connection.execute("SELECT state FROM runs").fetchall() == [("interrupted",)]
 
 
 def test_a_resume_refuses_a_sweep_other_than_the_runs(tmp_path):
@@ -92,6 +97,11 @@ def test_a_resume_refuses_a_sweep_other_than_the_runs(tmp_path):
             call(other, db, resume=run)
     for same in (None, Sweep(), sweep):
         assert attnprof.run_sweep(same, db, resume=run) == run and plan(same, db, resume=run) == []
+    import numpy as np  # its default impls and numpy lengths: compared with Sweep(), "could not be broadcast" (a review)
+
+    arrays = Sweep(lengths=np.array([64, 128]), heads=(2,), head_dim=(16,), causal="no", accounting=True)
+    run = attnprof.run_sweep(arrays, db)
+    assert attnprof.run_sweep(arrays, db, resume=run) == run
 
 
 def test_progress_may_be_any_object_with_some_of_its_methods_and_a_bad_one_leaves_no_run(tmp_path):
@@ -102,6 +112,8 @@ def test_progress_may_be_any_object_with_some_of_its_methods_and_a_bad_one_leave
     for bad in (print, True):
         with pytest.raises(UsageError, match="bad progress .*: give an object with any of the methods named, begin, start, done"):
             attnprof.run_sweep(sweep, db, progress=bad)
+    with pytest.raises(UsageError, match=re.escape("bad progress Progress: a class; give an instance of it (Progress())")):
+        attnprof.run_sweep(sweep, db, progress=attnprof.Progress)
     assert not db.exists()
 
     class Counting:  # done() alone

@@ -161,6 +161,7 @@ def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
         attnprof.export_runs("latest", db, "xlsx")
     with pytest.raises(attnprof.UsageError, match="no runs to export"):  # it exported the newest run (an API audit)
         attnprof.export_runs([], db, stream=io.StringIO())
+    assert attnprof.export_runs(None, db, stream=io.StringIO()) == 3  # None: latest, as it was (a review)
 
 
 @pytest.mark.parametrize("output_format", ["csv", "json", "jsonl"])

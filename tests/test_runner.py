@@ -326,6 +326,21 @@ def test_a_killed_worker_takes_the_processes_its_impl_started_along(db, tmp_path
         raise AssertionError(f"process {child}, started by the impl, outlived its killed worker")
 
 
+def test_a_finished_sweep_takes_along_what_its_impl_left_running_in_a_session_of_its_own(db, tmp_path):
+    """Stopped at the end of a sweep, a worker's child in a session of its own outlived it: a piped sweep's reader waited
+    for it (125 s; a review)."""
+    pid_file = tmp_path / "child.pid"
+    rows = measure(db, f"fault:kind=spawn_and_return,pid_file={pid_file},on_data=1", lengths=(64,))
+    assert [m.status for m in rows.values()] == [Status.OK]
+    child = int(pid_file.read_text())
+    for _ in range(50):
+        if process_gone(child):
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"process {child}, started by the impl in a session of its own, outlived the finished sweep")
+
+
 def test_an_impl_failing_its_reference_check_is_never_timed(db):
     rows = measure(db, "fault:kind=wrong", lengths=(64,))
     m = rows[("fault[kind=wrong]", 64)]

@@ -13,8 +13,9 @@ numerically equivalent unless stated:
   N % m == 0); N <= m is exact softmax attention (plus the conv), as mlpen does for N == m;
 - pinv_init="per-head" (not the default) starts each (b, h) from A^T / (max column sum x max row
   sum) of its own A, the paper's rule, so outputs do not depend on the other batch items;
-- for float16/bfloat16 inputs everything runs in float32, as mlpen does, on float32 copies of q, k and v, and
-  the output is rounded once (eager.nystrom_core says what the input dtype's products cost).
+- for float16/bfloat16 inputs the attention runs in float32, as mlpen does, on float32 copies of q, k and v, its
+  output rounded once to the input dtype, and the conv skip is added to it in the input dtype (eager.nystrom_core
+  says what the input dtype's products cost; backend=triton sums the skip in fp32 before one rounding).
 No key mask and no causal form (segment means mix future tokens into every landmark).
 
 Option `backend`: eager (default; PyTorch operators, `eager.py`, the reference the other is tested against) or

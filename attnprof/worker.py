@@ -65,8 +65,12 @@ class CaseMeasurer:
             self.poisoned = self.poisoned or poisoned
             # which step: an out-of-memory in the timing pass (the heap held for it) is not one in the memory pass
             measurement = Measurement(case=case, status=status, reason=f"{reason}; during {self.stage}")
-            del error
-            gc.collect()  # a traceback keeps the failed call's tensors alive through reference cycles
+        if measurement.status in (Status.ERROR, Status.OOM):
+            # A traceback keeps the failed call's tensors alive through reference cycles; collected here, past every
+            # except block (the check's too): inside one the exception being handled still held them, and a collect
+            # there freed nothing (200 MB in a cycle stayed allocated through the cache release into the next cases: a
+            # GPU-path review)
+            gc.collect()
         try:
             _release_cached_memory(case.device)
         except Exception as error:  # noqa: BLE001 - a dead CUDA context raises here too (sticky errors): the worker is done
@@ -142,7 +146,9 @@ class CaseMeasurer:
                 self.checks[key] = run_check(impl, case)
             except (Exception, KeyboardInterrupt, SystemExit) as error:  # the check itself raising is a failed check
                 status, reason, poisoned = classify(error)
-                if status == Status.OOM:  # the memory of the moment, not a wrong impl: an `oom` row (larger lengths skipped), not kept
+                # the memory of the moment, not a wrong impl: an `oom` row (larger lengths skipped), not kept; a kernel
+                # refused at run time ("No viable backend") an `unsupported` row, not an `error` for every length
+                if status in (Status.OOM, Status.UNSUPPORTED):
                     raise
                 self.poisoned = self.poisoned or poisoned
                 self.checks[key] = CheckResult(float("nan"), float("nan"), f"raised during its check against the reference: {reason}")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from attnprof.impls import register
 from attnprof.impls.base import AttentionImpl
 from attnprof.impls.softmax import softmax_attention
 from attnprof.spot_check_exact import softmax_rows
+
+HELD_IN_A_CYCLE: list = []  # weak references to the tensors kind=cycle_raise left in a cycle
 
 
 def planted_raise_at() -> str:
@@ -102,6 +105,13 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         with open(pid_file, "w") as file:
             file.write(str(child.pid))
         return softmax_attention(q, k, v, causal=causal)
+    if kind == "cycle_raise":  # its tensors held in a reference cycle, which the traceback's frames reach
+        held = {"tensor": torch.ones(1 << 16)}
+        held["self"] = held
+        HELD_IN_A_CYCLE.append(weakref.ref(held["tensor"]))
+        raise ValueError("planted failure with a cycle")
+    if kind == "no_kernel":  # a fused kernel torch refuses at run time (SDPA pinned to a backend that cannot take the case)
+        raise RuntimeError("No available kernel. Aborting execution. (planted)")
     if kind == "cuda_error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (planted)")
     raise ValueError(f"unknown fault kind {kind!r}")
@@ -198,6 +208,7 @@ register(
         fn=fault_attention,
         description="test-only: softmax, or a planted fault (kind=raise|sleep|exit|segv|oom|wrong|last_row|nan_head|off"
         "|bad_dq|no_dv|dk_last|squeezed|float64|sdpa|cuda_error|cpu_only|threads1|threads_file|nograd|sys_exit|keyboard|spawn"
+        "|spawn_session|spawn_and_return|cycle_raise|no_kernel"
         "|refuse_raises|refuse_segv|refuse_hangs|refuse_memory) from at_length on"
         " (with on_data=1, not on meta)",
         options={"kind": "ok", "at_length": 0, "on_data": False, "pid_file": ""},

@@ -341,6 +341,28 @@ def test_a_finished_sweep_takes_along_what_its_impl_left_running_in_a_session_of
     raise AssertionError(f"process {child}, started by the impl in a session of its own, outlived the finished sweep")
 
 
+def test_a_kernel_refused_at_run_time_in_the_check_is_unsupported_not_an_error(db):
+    """torch's "No available kernel" in the check against the reference was turned into the check's failure: an `error`
+    row, kept for every length of the configuration (a GPU-path review: sdpa-efficient in fp32 at a head dim torch
+    refuses)."""
+    rows = measure(db, "fault:kind=no_kernel", lengths=(64, 128))
+    assert statuses(rows, "fault[kind=no_kernel]") == ["unsupported", "unsupported"], [m.reason for m in rows.values()]
+    assert "No available kernel" in rows["fault[kind=no_kernel]", 64].reason
+
+
+@pytest.mark.parametrize(("dtype", "head_dim", "alignment"), [("float32", 6, 4), ("bfloat16", 12, 8)])
+def test_sdpa_efficient_declares_the_head_dims_torch_refuses_on_a_gpu(dtype, head_dim, alignment):
+    """torch's minimum_gemm_alignment on sm_80 and later: only the half types' rule was declared, so fp32 at head dim 6
+    would have been refused at run time (a GPU-path review)."""
+    from attnprof import impls
+    from attnprof.spec import Case
+
+    efficient = impls.get("sdpa-efficient")
+    case = Case(impl="sdpa-efficient", seq_len=64, head_dim=head_dim, dtype=dtype, device="cuda")
+    assert efficient.not_supported(case) == [f"efficient backend needs head_dim a multiple of {alignment} for {dtype}, not {head_dim}"]
+    assert efficient.not_supported(case.resized(head_dim=2 * alignment)) == []
+
+
 def test_an_impl_failing_its_reference_check_is_never_timed(db):
     rows = measure(db, "fault:kind=wrong", lengths=(64,))
     m = rows[("fault[kind=wrong]", 64)]

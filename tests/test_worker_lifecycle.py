@@ -68,3 +68,28 @@ def test_a_worker_whose_parent_is_gone_exits_without_a_traceback(capfd):
     parent.close()  # what the parent's death does to its end
     process.join(30)
     assert process.exitcode == 0 and "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("at_length", [0, 300], ids=["in the check", "in the memory pass"])
+def test_a_failed_calls_tensors_held_in_a_cycle_are_freed_before_the_next_case(at_length):
+    """The collect after a failure ran inside the except block, where the exception still held the failed call's frames:
+    a tensor in a reference cycle stayed allocated through the cache release into the next cases (a GPU-path review). A
+    check that raised was converted to its row without any collect."""
+    import gc
+
+    import fake_impls
+
+    from attnprof.spec import Case
+    from attnprof.worker import CaseMeasurer, Settings
+
+    case = Case(impl="fault", seq_len=300, heads=2, head_dim=16, options=(("at_length", at_length), ("kind", "cycle_raise")))
+    fake_impls.HELD_IN_A_CYCLE.clear()
+    gc.collect()
+    gc.disable()  # only the worker's own collect may free the cycle
+    try:
+        measurement = CaseMeasurer().measure(case, Settings(warmup_ms=1.0, rep_ms=5.0))
+        held = list(fake_impls.HELD_IN_A_CYCLE)
+    finally:
+        gc.enable()
+    assert measurement.status == Status.ERROR and "planted failure with a cycle" in measurement.reason, measurement.reason
+    assert held and all(ref() is None for ref in held), "a tensor of the failed call outlived the case"

@@ -47,8 +47,11 @@ def _flash_refusals(case, options) -> list[str]:
 
 
 def _efficient_refusals(case, options) -> list[str]:
-    if case.head_dim % 8 and case.dtype != "float32":
-        return [f"efficient backend needs head_dim a multiple of 8 for half types, not {case.head_dim}"]
+    # torch's minimum_gemm_alignment on sm_80 and later: 128 bits of the dtype for half types, 4 values for fp32 (a
+    # GPU-path review read it in sdp_utils.cpp; fp32 at head dim 6 was an `error` row at run time)
+    alignment = 4 if case.dtype == "float32" else 8
+    if case.head_dim % alignment:
+        return [f"efficient backend needs head_dim a multiple of {alignment} for {case.dtype}, not {case.head_dim}"]
     return []
 
 

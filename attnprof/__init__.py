@@ -41,7 +41,7 @@ _LAZY = {
     "export_runs": "attnprof.run_export",
     "UsageError": "attnprof.errors",
     "SweepInterrupted": "attnprof.runner",
-    "Progress": "attnprof.runner",
+    "Progress": "attnprof.progress_base",
 }
 _SUBMODULES = ("analysis", "impls")  # named in the README as attnprof.analysis.analyse, attnprof.impls.register
 

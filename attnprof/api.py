@@ -229,6 +229,7 @@ def run_sweep(
     Raises runner.SweepInterrupted on Ctrl-C or SIGTERM after saving everything measured; the run is then
     "interrupted" (resumable), as it is after any other fault.
     """
+    from attnprof.progress_base import given_progress
     from attnprof.resuming import retried
     from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, discard_spare_worker, start_spare_worker
 
@@ -236,31 +237,12 @@ def run_sweep(
         # a worker importing the user's unguarded script: stop it here, before it writes a run of its own;
         # the parent then records the worker's failed start with the same hint
         raise RuntimeError(SPAWN_HINT)
-    progress = _progress_of(progress)  # before the run exists: a bad one left an empty run, then `latest`
+    progress = given_progress(progress)  # before the run exists: a bad one left an empty run, then `latest`
     start_spare_worker()  # its imports overlap this process's (resolve_sweep imports torch); ended below if unused
     try:
         return _measure(sweep, db, resume, retried(retry, resume), progress, command)
     finally:
         discard_spare_worker()
-
-
-def _progress_of(progress):
-    """`progress` as the runner calls it: None, or an object with any of runner.Progress's methods (named(run_id),
-    begin(total), start(case), done(case, measurement)), the others doing nothing. progress=print, or one with done()
-    alone, failed with an AttributeError after the run was created (an API audit)."""
-    from attnprof.runner import PROGRESS_METHODS, PartialProgress, Progress
-
-    if progress is None or isinstance(progress, Progress):
-        return progress
-    if isinstance(progress, type):  # progress=MyProgress, the parentheses forgotten: its methods unbound
-        raise UsageError(f"bad progress {progress.__name__}: a class; give an instance of it ({progress.__name__}())")
-    if not any(callable(getattr(progress, name, None)) for name in PROGRESS_METHODS):
-        raise UsageError(
-            f"bad progress {progress!r}: give an object with any of the methods {', '.join(PROGRESS_METHODS)} "
-            "(attnprof.Progress says what each is given), or None"
-        )
-
-    return PartialProgress(progress)
 
 
 def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
+from attnprof.progress_base import Progress
 from attnprof.records import Status
-from attnprof.runner import Progress
 
 BAR_WIDTH = 20
 LINE_EVERY_S = 30.0  # off a terminal: a progress line at most this often (a CI log of a 50,000-case sweep stays short)

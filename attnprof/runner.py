@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from attnprof.errors import STOP_SIGNALS, signal_of
 from attnprof.failures import killed_by_sigkill, signal_reason
 from attnprof.process_tree import descendants, kill_all
+from attnprof.progress_base import Progress
 from attnprof.records import FINAL_FAILURES, Measurement, Status
 from attnprof.spec import Case
 from attnprof.store import Store
@@ -273,46 +274,6 @@ def _unrunnable_main_hidden():
         yield
     finally:
         main.__file__ = path
-
-
-class Progress:
-    """What the runner reports while it works; the CLI draws a bar, a notebook may log or ignore it."""
-
-    def named(self, run_id: str) -> None:
-        """The run being measured, before its first case (a log then holds its id even if the process is killed)."""
-
-    def begin(self, total: int) -> None: ...
-
-    def start(self, case: Case) -> None: ...
-
-    def done(self, case: Case, measurement: Measurement) -> None: ...
-
-
-PROGRESS_METHODS = ("named", "begin", "start", "done")
-
-
-class PartialProgress(Progress):
-    """A caller's object with some of Progress's methods: those it has are called, the others do nothing."""
-
-    def __init__(self, given):
-        self.given = given
-
-    def named(self, run_id: str) -> None:
-        self._call("named", run_id)
-
-    def begin(self, total: int) -> None:
-        self._call("begin", total)
-
-    def start(self, case: Case) -> None:
-        self._call("start", case)
-
-    def done(self, case: Case, measurement: Measurement) -> None:
-        self._call("done", case, measurement)
-
-    def _call(self, name: str, *args) -> None:
-        method = getattr(self.given, name, None)
-        if callable(method):
-            method(*args)
 
 
 def execute(

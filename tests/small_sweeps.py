@@ -26,6 +26,20 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+def assert_gone_soon(pid: int, outlived: str) -> None:
+    """Process `pid` is gone within 5 s; else it is killed and the test fails saying it outlived `outlived`."""
+    import os
+    import signal
+    import time
+
+    for _ in range(50):
+        if process_gone(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"process {pid}, started by the impl, outlived {outlived}")
+
+
 def small_sweep(impl: str, lengths=(64, 128, 256), **changes):
     """A sweep small enough for the 2-core CI machine: 2 heads, head dim 16, tiny time budgets."""
     from attnprof.spec import Sweep, parse_impls

@@ -1,7 +1,6 @@
 """A sweep killed with SIGKILL or stopped with Ctrl-C or SIGTERM loses nothing and resumes where it stopped;
 readers see rows while the sweep writes (WAL)."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from small_sweeps import process_gone
+from small_sweeps import assert_gone_soon
 
 import attnprof
 from attnprof.errors import UsageError
@@ -200,12 +199,7 @@ def test_a_killed_sweep_takes_the_processes_its_impl_started_along(tmp_path, kin
     finally:
         process.kill()  # SIGKILL: nothing of the sweep's own runs
         process.wait()
-    for _ in range(50):
-        if process_gone(child):
-            return
-        time.sleep(0.1)
-    os.kill(child, signal.SIGKILL)
-    raise AssertionError(f"process {child}, started by the impl, outlived the killed sweep")
+    assert_gone_soon(child, "the killed sweep")
 
 
 def test_retry_measures_again_a_transient_kill_and_the_lengths_skipped_after_it(db, tmp_path):

@@ -3,14 +3,12 @@
 import itertools
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from fake_impls import planted_raise_at
-from small_sweeps import process_gone, small_sweep, torch_threads
+from small_sweeps import assert_gone_soon, small_sweep, torch_threads
 
 from attnprof.api import run_sweep
 from attnprof.records import Status
@@ -317,13 +315,7 @@ def test_a_killed_worker_takes_the_processes_its_impl_started_along(db, tmp_path
     rows = measure(db, f"fault:kind={kind},pid_file={pid_file},on_data=1", lengths=(64,), timeout=3.0)
     assert [m.status for m in rows.values()] == [Status.TIMEOUT]
     child = int(pid_file.read_text())
-    for _ in range(50):  # killed with the worker; reaped by init
-        if process_gone(child):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(child, signal.SIGKILL)
-        raise AssertionError(f"process {child}, started by the impl, outlived its killed worker")
+    assert_gone_soon(child, "its killed worker")  # killed with the worker; reaped by init
 
 
 def test_a_finished_sweep_takes_along_what_its_impl_left_running_in_a_session_of_its_own(db, tmp_path):
@@ -333,12 +325,7 @@ def test_a_finished_sweep_takes_along_what_its_impl_left_running_in_a_session_of
     rows = measure(db, f"fault:kind=spawn_and_return,pid_file={pid_file},on_data=1", lengths=(64,))
     assert [m.status for m in rows.values()] == [Status.OK]
     child = int(pid_file.read_text())
-    for _ in range(50):
-        if process_gone(child):
-            return
-        time.sleep(0.1)
-    os.kill(child, signal.SIGKILL)
-    raise AssertionError(f"process {child}, started by the impl in a session of its own, outlived the finished sweep")
+    assert_gone_soon(child, "the finished sweep")
 
 
 def test_a_kernel_refused_at_run_time_in_the_check_is_unsupported_not_an_error(db):

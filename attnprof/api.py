@@ -36,9 +36,6 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
     if not isinstance(sweep.name, str):
         raise UsageError(f"bad name {sweep.name!r}: a run's name is text")
     sweep = _spelled_as_the_cli(sweep)
-    from attnprof.scenario import SWEEP_KEYS
-
-    sweep = replace(sweep, accounting=SWEEP_KEYS["accounting"][1](sweep.accounting))  # "false" is a true string: refused
     if sweep.name.strip().lower() == "latest":  # `show latest` means the newest run: a run named so could not be named
         raise UsageError("bad name 'latest': it means the newest run wherever a run is named; choose another")
     if sweep.accounting and any(device.split(":")[0] not in ("cuda", "meta") for device in sweep.device or ()):
@@ -85,10 +82,11 @@ def _spelled_as_the_cli(sweep: Sweep) -> Sweep:
         if key == "impl" and isinstance(value, (tuple, list)) and all(isinstance(item, ImplSpec) for item in value):
             continue
         if key in NUMBER_KEYS and isinstance(value, tuple) and all(type(item) is int for item in value):
-            continue  # _check_values checks their range
+            continue  # _checked_values checks their range
         if key == "impl" and not isinstance(value, (str, tuple, list)):
             raise UsageError(f"bad impls {value!r}: give a string as --impl takes it ('softmax,sdpa') or parse_impls(...)")
         changes[field] = parse(list(value) if isinstance(value, (tuple, list)) else value)
+    SWEEP_KEYS["accounting"][1](sweep.accounting)  # a boolean or refused: "false", a true string, made an accounting run
     return replace(sweep, **changes) if changes else sweep
 
 

@@ -3,6 +3,8 @@ loaded, and the cells without a row (or, with `retry`, of the statuses asked for
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_retry
 
@@ -50,8 +52,6 @@ def check_plugins_loaded(run, sweep: Sweep) -> None:
 def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:
     """A resume measures the stored run's sweep: a Python caller's other sweep (new lengths, rep_ms) was ignored without
     a word, where the CLI refuses such flags (an API audit). None, Sweep() or the same sweep resolved pass."""
-    from dataclasses import fields
-
     if given is None or _is_default(given):
         return
     from attnprof.api import resolve_sweep
@@ -68,8 +68,6 @@ def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:
 def _is_default(sweep: Sweep) -> bool:
     """Whether `sweep` is Sweep() (the CLI's, which a resume gets): field by field, a value of another type (a numpy
     array of lengths) never compared with the default's tuple, which raised "could not be broadcast" (a review)."""
-    from dataclasses import fields
-
     default = Sweep()
     return all(
         type(getattr(sweep, f.name)) is type(getattr(default, f.name)) and getattr(sweep, f.name) == getattr(default, f.name)

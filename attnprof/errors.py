@@ -10,6 +10,16 @@ class UsageError(ValueError):
     """
 
 
+def path_argument(value, what: str):
+    """`value` as a Path, or a UsageError naming it when it is no path (an API's out=123 was pathlib's TypeError)."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"bad {what} {value!r}: give a file path")
+    return Path(value)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (or SIGHUP: the terminal closed, an ssh session dropped) raised as Ctrl-C is (the same cleanup runs),
     told apart for the exit status."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from attnprof.errors import UsageError
+from attnprof.errors import UsageError, path_argument
 
 BASELINE_KEYS = ("impl", "label", "options", "seq_len", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode",
                  "status", "reason", "median_ms", "times_ms", "peak_bytes", "peak_source", "flops")  # fmt: skip
@@ -69,7 +69,7 @@ def run_gate(rules_path, *, runs: tuple[str, ...] = (), baseline: str | None = N
         needs = "needs a baseline file (--baseline FILE; baseline= from Python)"
         key = "max_regression" if needing[0].kind == "regression" else "max_exponent_increase"
         raise UsageError(f"{rules_path}: rule {needing[0].index} has {key}, which {needs}")
-    baseline_frame = read_baseline(baseline) if baseline else None
+    baseline_frame = read_baseline(path_argument(baseline, "baseline")) if baseline else None
     db = gate_db(sweeps, db)
     if not runs:
         if not sweeps:

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from attnprof.errors import UsageError, make_folder
+from attnprof.errors import UsageError, make_folder, path_argument
 from attnprof.fit import format_length
 from attnprof.gate_rules import bytes_or_none
 
@@ -32,6 +32,8 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), 
     from attnprof.api import default_db
     from attnprof.dashboard.data import SnapshotSource
 
+    out = None if out is None else path_argument(out, "out")
+    png_dir = None if png_dir is None else path_argument(png_dir, "png_dir")
     if png_dir is not None and importlib.util.find_spec("kaleido") is None:
         raise UsageError("--png needs kaleido, which is not installed: pip install 'attnprof[png]' (kaleido also needs a Chromium)")
     only = (only,) if isinstance(only, str) else tuple(only)  # one "dtype=float32" was read a character at a time

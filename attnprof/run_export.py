@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from attnprof.errors import UsageError, make_folder
+from attnprof.errors import UsageError, make_folder, path_argument
 
 FORMATS = ("jsonl", "json", "csv", "baseline")
 RUN_COLUMNS = ("run_id", "created_at", "state", "cases", "device", "name")
@@ -50,6 +50,9 @@ def export_runs(runs=("latest",), db=None, output_format: str = "jsonl", out=Non
 
     if output_format not in FORMATS:
         raise UsageError(f"unknown export format {output_format!r}; choose from {', '.join(FORMATS)}")
+    out = None if out is None else path_argument(out, "out")  # out=123 was pathlib's TypeError (an API audit)
+    if stream is not None and not callable(getattr(stream, "write", None)):
+        raise UsageError(f"bad stream {stream!r}: give a text stream (an open file, io.StringIO, sys.stdout)")
     runs = ("latest",) if runs is None else (runs,) if isinstance(runs, str) else tuple(runs)  # None: latest, as before
     if not runs:  # export_runs([]) wrote the newest run's records, a list meant to be filled that came out empty (an API audit)
         raise UsageError("no runs to export: give run ids, names or 'latest'")

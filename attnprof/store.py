@@ -21,7 +21,7 @@ from pathlib import Path
 from attnprof import columns
 from attnprof import store_schema as schema
 from attnprof.columns import decode_stored
-from attnprof.errors import UsageError, make_folder
+from attnprof.errors import UsageError, make_folder, path_argument
 from attnprof.records import Measurement, RunInfo, Status, time_stats
 from attnprof.run_lock import is_measured
 from attnprof.spec import Case
@@ -41,9 +41,7 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, create: bool = True) -> Store:
-        if not isinstance(path, (str, os.PathLike)):  # db=5 was a TypeError from pathlib
-            raise UsageError(f"bad database path {path!r}: give a file path")
-        path = Path(path)
+        path = path_argument(path, "database path")  # db=5 was a TypeError from pathlib
         try:
             str(path).encode("utf-8")  # runs store their command line, this path in it, as UTF-8 text
         except UnicodeEncodeError:

@@ -2,6 +2,7 @@
 
 import contextlib
 import re
+from pathlib import Path
 
 import pytest
 
@@ -452,6 +453,7 @@ def test_an_impl_from_a_module_never_put_in_sys_modules_is_refused_before_measur
 
 
 EMPTY_DB = "empty.db"  # made in the test's folder
+SHIPPED_RULES = str(Path(__file__).resolve().parents[1] / "scenarios" / "gate.toml")
 
 
 @pytest.mark.parametrize(
@@ -466,6 +468,12 @@ EMPTY_DB = "empty.db"  # made in the test's folder
         (lambda api: api.load_measurements("latest", 5), "bad database path 5: give a file path"),
         (lambda api: api.compare_runs(api.Sweep(), "latest", EMPTY_DB), "bad run: a run is named by its id or name (text), not a Sweep"),
         (lambda api: api.run_gate(None), "bad rules file None: give the path of a TOML file"),
+        # pathlib's TypeError before (an API audit)
+        (lambda api: api.write_report("latest", EMPTY_DB, out=123), "bad out 123: give a file path"),
+        (lambda api: api.write_report("latest", EMPTY_DB, png_dir=123), "bad png_dir 123: give a file path"),
+        (lambda api: api.export_runs("latest", EMPTY_DB, out=123), "bad out 123: give a file path"),
+        (lambda api: api.export_runs("latest", EMPTY_DB, stream="x"), "bad stream 'x': give a text stream"),
+        (lambda api: api.run_gate(SHIPPED_RULES, runs="latest", db=EMPTY_DB, baseline=123), "bad baseline 123: give a file path"),
     ],
 )
 def test_a_notebooks_slips_are_usage_errors_naming_the_value(call, fragment, tmp_path, monkeypatch):

@@ -204,7 +204,10 @@ def _scaling_axes(layout: dict, cells, metric, n_rows: int, message: str, measur
     failed_only = not measured
     if failed_only:  # the markers' heights are placeholders: a peak axis read "100mB" (0.1 byte) beside them, an audit's
         update_axes(layout, "yaxis", showticklabels=False)
-        y_title = f"no {metric.title} measured: failed cells only (hover for why)"
+        # ok cells without the value: the device has no such source (a CPU run's CUDA peaks), no cell failed (an audit)
+        failed = "status" in cells and cells["status"].isin(list(FAILURE_MARKERS)).any()
+        why = "failed cells only (hover for why)" if failed else "the source is not available on the device"
+        y_title = f"no {metric.title} measured: {why}"
     for row in range(1, n_rows + 1):
         layout["yaxis" + axis_refs(row, 1, n_cols)["yaxis"][1:]]["title"] = {"text": y_title}
     title = f"{metric.title} against sequence length (log-log)" + ("" if failed_only else "; dashed: fitted power law")

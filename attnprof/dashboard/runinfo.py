@@ -116,10 +116,14 @@ def info_rows(run: RunInfo, count: int, statuses: dict) -> list[dict]:
 
 def mapping_rows(mapping: dict, skip=()) -> list[dict]:
     """A dict as (field, value) rows, lists joined, for the environment and sweep tables."""
+    from attnprof.table import format_bytes
+
     rows = []
     for key, value in mapping.items():
         if key in skip:
             continue
         text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else "-" if value is None else str(value)
+        if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):  # host_memory_bytes read 25276502016
+            text = f"{format_bytes(value)} ({value:,} bytes)"
         rows.append({"field": key, "value": text})
     return rows

@@ -88,6 +88,10 @@ def test_exponents_roofline_coverage_info_views(two_runs_db):
     assert command.startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32 --lengths") and " --db " in command
     assert "--dtype float32 --device cpu" in command and {"field": "cpu", "value": "Test CPU"} in env
     assert cb.info("info", seeding.CANDIDATE, "v")[3].startswith("attnprof sweep --impl softmax,sdpa,nystromformer:num_landmarks=32")
+    from attnprof.dashboard.runinfo import mapping_rows  # a byte count in binary units, beside the count: it read 25276502016
+
+    rows = mapping_rows({"host_memory_bytes": 25276502016, "gpu_total_bytes": None, "cpu_threads": 2})
+    assert [row["value"] for row in rows] == ["23.5 GiB (25,276,502,016 bytes)", "-", "2"]
 
 
 def test_compare_shows_the_ratios_of_two_runs_regressions_first(two_runs_db):

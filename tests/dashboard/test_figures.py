@@ -331,3 +331,7 @@ def test_a_view_of_failed_cells_only_shows_no_value_scale(base_frame):
         assert of_kind(figure, "failed:oom") and figure.layout.yaxis.showticklabels is False
         assert "failed cells only" in figure.layout.yaxis.title.text and "fitted power law" not in figure.layout.title.text
     assert scaling(base_frame, facets=()).layout.yaxis.showticklabels is not False  # values measured: the scale as before
+    # ok cells without the source (a CPU run's CUDA reserved peak): no cell failed, as the title said (a dashboard audit)
+    unmeasured = base_frame[base_frame["status"] == "ok"].assign(peak_reserved_bytes=float("nan"))
+    title = scaling(unmeasured, "peak_reserved_bytes", facets=()).layout.yaxis.title.text
+    assert title.endswith("measured: the source is not available on the device") and "failed" not in title, title

@@ -35,7 +35,9 @@ GPUS = (
     (("4090",), "RTX 4090", {"bfloat16": 165, "float16": 165, "float32": 82.6}, 1.008),
     (("V100",), "V100", {"bfloat16": 125, "float16": 125, "float32": 15.7}, 0.9),  # no bf16 units: fp16 rate as bound
 )
-CPU_TFLOPS_PER_THREAD = 0.1  # ~3 GHz x 32 float32 FLOP/cycle (two AVX2 FMA units): an upper bound, not a measurement
+# ~3 GHz x 64 float32 FLOP/cycle (two AVX-512 FMA units): an upper bound, not a measurement. The AVX2 figure (0.1) sat
+# under sdpa's measured 0.229-0.267 TFLOP/s on this project's 2-thread AVX-512 machine (a dashboard audit)
+CPU_TFLOPS_PER_THREAD = 0.2
 CPU_TBPS = 0.05  # a dual-channel DDR4/DDR5 desktop; servers have more, hence the override inputs
 
 

@@ -204,7 +204,9 @@ def test_known_gpus_have_their_datasheet_ceilings(gpu, tflops, tbps):
 
 def test_unknown_devices_get_a_labelled_default_and_overrides_win():
     cpu = ceilings_for({"cpu_threads": 8, "cpu": "Some CPU"}, "cpu")
-    assert not cpu.known and "rough" in cpu.device and cpu.tflops["float32"] == pytest.approx(0.8)
+    # an AVX-512 core's bound: at the AVX2 one (0.1 a thread) sdpa's measured 0.267 TFLOP/s at 2 threads sat above the roof
+    assert not cpu.known and "rough" in cpu.device and cpu.tflops["float32"] == pytest.approx(1.6)
+    assert ceilings_for({"cpu_threads": 2}, "cpu").tflops["float32"] >= 0.267
     assert "not in the table" in ceilings_for({"gpu_name": "Mystery GPU"}, "cuda").device
     custom = with_overrides(cpu, 2.5, 0.1)
     assert custom.tflops == {"float32": 2.5, "bfloat16": 2.5, "float16": 2.5} and custom.tbps == 0.1 and "overridden" in custom.device

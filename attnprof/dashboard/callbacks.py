@@ -53,13 +53,15 @@ class Callbacks:
             props[(ids.FILTERS[axis], "options")], props[(ids.FILTERS[axis], "value")] = items[axis], chosen
         if wanted.get("tab") in ids.TAB_NAMES:
             props[(ids.TABS, "value")] = wanted["tab"]
+        if "metric" in wanted and refreshed[1] == wanted.get("run"):  # where the run has values for it
+            props[(ids.METRIC, "value")] = pages.usable_metric(self.source, refreshed[1], wanted["metric"])
         return props
 
-    def address(self, run_id, tab, filters):
+    def address(self, run_id, tab, filters, metric=None):
         """The page's address query for its selection (address.py)."""
         from attnprof.dashboard.address import query
 
-        return query(run_id, tab, filters)
+        return query(run_id, tab, filters, metric)
 
     def refresh(self, _ticks, run_id, run_a, run_b, version):
         """Runs, newest first, and the database's state; nothing changes while the state is the same."""
@@ -164,7 +166,8 @@ def _register_state(app, callbacks: Callbacks) -> None:
         prevent_initial_call=True,  # the page is served with the filters of its first run (initial_props)
     )(callbacks.filters)  # fmt: skip
     app.callback(
-        Output(ids.ADDRESS, "data"), inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}]
+        Output(ids.ADDRESS, "data"),
+        inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}, Input(ids.METRIC, "value")],
     )(callbacks.address)
     # The address replaced, not pushed: dcc.Location pushed a history entry per filter click, and Back then changed the
     # address but not the page (a review's: 4 Backs to leave the dashboard).

@@ -15,6 +15,10 @@ def test_an_address_reads_back_the_selection_it_was_written_from():
     assert query(None, "scaling", filters) == ""
     assert wanted(None) == {} and wanted("http://h/?run=r2&filters=%7Bbroken") == {"run": "r2"}
     assert wanted("http://h/?filters=%5B1%5D") == {}  # not an object: ignored
+    # the scaling metric too: a shared link to a memory plot opened on time (a dashboard audit); an unknown one is dropped
+    assert wanted("http://h/" + query("r1", "scaling", filters, "peak_bytes"))["metric"] == "peak_bytes"
+    assert "metric" not in wanted("http://h/" + query("r1", "scaling", filters, "nonsense"))
+    assert "metric" not in wanted("http://h/?run=r1&metric=nonsense")
 
 
 def test_the_page_load_restores_what_still_exists(two_runs_db):
@@ -24,6 +28,9 @@ def test_the_page_load_restores_what_still_exists(two_runs_db):
     assert props[(ids.FILTERS["label"], "value")] == ["sdpa"] and props[(ids.FILTERS["seq_len"], "value")] == [512]
     default = callbacks.initial_props()
     assert props[(ids.FILTERS["causal"], "value")] == default[(ids.FILTERS["causal"], "value")]  # not in the address: the default
+    assert (ids.METRIC, "value") not in props or props[(ids.METRIC, "value")] == default[(ids.METRIC, "value")]
+    memory = callbacks.initial_props({"run": seeding.BASE, "metric": "peak_bytes"})
+    assert memory[(ids.METRIC, "value")] == "peak_bytes" != default[(ids.METRIC, "value")]
     stale = callbacks.initial_props({"run": "no-such-run", "tab": "nonsense", "filters": {"label": ["sdpa"]}})
     assert stale[(ids.RUN, "value")] == seeding.CANDIDATE and (ids.TABS, "value") not in stale  # the newest run, its defaults
     assert stale[(ids.FILTERS["label"], "value")] == default[(ids.FILTERS["label"], "value")]

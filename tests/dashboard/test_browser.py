@@ -171,6 +171,8 @@ def test_a_reload_keeps_the_run_the_tab_and_the_filters_and_a_stale_address_fall
         page.locator("#run-picker").click()
         page.get_by_role("option", name=re.compile(seeding.BASE)).click()
         expect(page.locator("#run-picker")).to_contain_text(seeding.BASE, timeout=TIMEOUT_MS)
+        page.locator("#metric").get_by_label("peak memory (primary source)").check()  # kept too: it opened on time
+        page.wait_for_function("() => location.search.includes('metric=peak_bytes')", timeout=TIMEOUT_MS)
         page.get_by_text("Exponents", exact=True).click()
         # the unticked softmax in the address too: run and tab arrived first there under load (a CI run), and the reload
         # then read the filters before the change
@@ -192,6 +194,7 @@ def test_a_reload_keeps_the_run_the_tab_and_the_filters_and_a_stale_address_fall
         expect(page.locator("#run-picker")).to_contain_text(seeding.BASE)
         assert not page.locator("#filter-label").get_by_label("softmax", exact=True).is_checked()
         assert page.locator("#filter-label").get_by_label("sdpa", exact=True).is_checked()
+        assert page.locator("#metric").get_by_label("peak memory (primary source)").is_checked()
         page.goto(url + "?run=no-such-run&tab=nonsense&filters=%7Bbroken")  # an old bookmark: the defaults, no error
         wait_for(page, "scaling-graph", "d.data.some(t => t.meta === 'measured')")
         expect(page.locator("#run-picker")).to_contain_text(seeding.CANDIDATE)

@@ -43,17 +43,15 @@ def evaluate(
     return [_verdict(rule, _judge(rule, frame, baseline, default_budget)) for rule in rules]
 
 
-def gate_exit_status(verdicts: list[RuleVerdict]) -> int:
-    """exit_status, as the package exports it (attnprof.gate_exit_status)."""
-    return exit_status(verdicts)
-
-
 def exit_status(verdicts: list[RuleVerdict]) -> int:
     """0 all pass, 1 a rule failed, 3 a rule could not be judged (cells not ok or missing, too noisy, a busy
     machine, an unfinished run, nothing in the baseline to compare with)."""
     if any(v.verdict == "FAIL" for v in verdicts):
         return 1
     return 3 if any(v.verdict == "MISSING" for v in verdicts) else 0
+
+
+gate_exit_status = exit_status  # the name the package exports it by (attnprof.gate_exit_status)
 
 
 NEW_CELL = "NEW"  # a judgement's verdict for a cell the baseline lacks: said, never judged

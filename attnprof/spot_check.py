@@ -12,18 +12,21 @@ while wrong. So on the case's own inputs, before any timing:
    - An exact impl checked against softmax gets softmax rows, O(rows x N x D) at any length.
    - An impl with its own reference (an exact one whose option changes what it computes: a scale, a window; or an
      approximation, whose reference is its own algorithm computed the plain way) gets its row reference where it
-     declares one: cosFormer's rows (O(rows x N x D) at any length) and Combiner's (the rows' own plan and the
-     summaries of the regions they see: reference/combiner_rows.py). The check at N <= 256 (B = 1, H = 2) runs
-     cosFormer's causal scan as one step (the carry between steps runs from N = 2049 on there) and Combiner's
-     blocks at their smallest.
+     declares one: cosFormer's rows (O(rows x N x D) at any length), Combiner's (the rows' own plan and the
+     summaries of the regions they see: reference/combiner_rows.py) and Nyströmformer's coupled rows (its landmarks
+     pool every query and key, and its default pinv scale is one max over every head, so the sampled heads' rows
+     come from the whole inputs: every head's landmarks and pseudo-inverse, O(B H N D), then the sampled heads' rows,
+     O(N m D) each: reference/nystromformer_rows.py). The check at N <= 256 (B = 1, H = 2) runs cosFormer's causal
+     scan as one step (the carry between steps runs from N = 2049 on there) and Combiner's blocks at their smallest.
    - Else an exact impl gets its reference over the whole inputs (positions, batches and per-head options intact)
      while that costs at most REFERENCE_BUDGET scores: to N = 1448 at B = 1, H = 16. Beyond that, and when the
      reference itself raises (said on the row), only check 1 holds.
-   - Else (Nystromformer: its landmarks pool every query, so no row stands alone) check 1 only: a whole reference
-     per case costs too much. Measured here for one forward case at H = 16 and N = 1024 (fp32, CPU), before the row
-     references: Nystromformer 1.7 s, Combiner-Fixed 1.3 s, -Axial 5.9 s, -Mixture 14 s, -LogSparse 33 s, where the
-     default CPU sweep measures all of its 110 cases in about 80 s. With the rows, that sweep took 82.3 and 87.7 s
-     against 76.7 s without (single runs, quiet machine).
+   - Else (an approximation without a row reference: a plugin's) check 1 only: a whole reference per case costs too
+     much. Measured here for one forward case at H = 16 and N = 1024 (fp32, CPU), before the row references:
+     Nystromformer 1.7 s, Combiner-Fixed 1.3 s, -Axial 5.9 s, -Mixture 14 s, -LogSparse 33 s, where the default CPU
+     sweep measures all of its 110 cases in about 80 s; Nyströmformer's whole reference in fwd-bwd at N = 64k, H 16:
+     68 s, its coupled rows 8.4 s (2 cores shared with other work). With the rows of cosFormer and Combiner, that
+     sweep took 82.3 and 87.7 s against 76.7 s without (single runs, quiet machine).
 3. In fwd_bwd: one more call, its output gradient zero but on the sampled rows, so the exact gradients need only
    those rows: dq of each sampled row, and dk and dv of every key of the sampled heads, key by key (a wrong last
    key block hid in a norm over the head).
@@ -67,7 +70,7 @@ def compares(impl: AttentionImpl, case: Case) -> bool:
         return False
     if impl.reference is None:
         return impl.exact
-    if impl.row_reference is not None:
+    if impl.has_row_reference:
         return True
     return impl.exact and case.batch * case.heads * case.seq_len**2 <= REFERENCE_BUDGET
 

@@ -45,7 +45,12 @@ class ExactRows:
                 row_reference = self.impl.bind_row_reference(self.case)
                 self._outputs[(b, h)], self._grads[(b, h)] = head_rows(row_reference, self.inputs, b, h, self.rows, with_grads)
                 return
-            outs, grads = reference_rows(self.impl.bind_reference(self.case), self.inputs, self.heads, self.rows, with_grads)
+            if self.impl.coupled_row_reference is not None:  # the sampled rows of every sampled head, from the whole inputs
+                coupled = self.impl.bind_coupled_row_reference(self.case)
+                attend = functools.partial(coupled, heads=self.heads, rows=self.rows)
+            else:
+                attend = functools.partial(whole_rows, self.impl.bind_reference(self.case), heads=self.heads, rows=self.rows)
+            outs, grads = reference_rows(attend, self.inputs, self.heads, self.rows, with_grads)
         except Exception as error:
             from attnprof.failures import classify
 
@@ -81,22 +86,27 @@ def head_rows(attend, inputs: CaseInputs, b: int, h: int, rows: list[int], with_
         return out.detach(), (q.grad[rows], k.grad, v.grad)  # dq of the sampled rows: the check compares those
 
 
-def reference_rows(reference, inputs: CaseInputs, heads: list[tuple[int, int]], rows: list[int], with_grads: bool):
-    """An impl's own reference over the whole inputs in float64 on the CPU (a reference may depend on the batch, the
-    positions or the head); per (batch, head) in `heads`, the sampled rows (rows, D) and, with_grads, the gradients
-    under the case's output gradient on those rows only."""
+def whole_rows(reference, q, k, v, heads: list[tuple[int, int]], rows: list[int]):
+    """The rows `rows` of the heads `heads` of the whole reference's output: (len(heads), R, D)."""
+    import torch
+
+    out = reference(q, k, v)  # (B, H, N, D)
+    return torch.stack([out[b, h, rows] for b, h in heads])  # (heads, R, D)
+
+
+def reference_rows(attend, inputs: CaseInputs, heads: list[tuple[int, int]], rows: list[int], with_grads: bool):
+    """attend(q, k, v) -> (len(heads), R, D), the reference's rows `rows` of the sampled heads from the whole inputs (a
+    reference may depend on the batch, the positions or the other heads), in float64 on the CPU; per (batch, head) in
+    `heads`, those rows (rows, D) and, with_grads, the gradients under the case's output gradient on those rows only."""
     import torch
 
     with torch.enable_grad():
         q, k, v = (t.detach().cpu().double().requires_grad_(with_grads) for t in (inputs.q, inputs.k, inputs.v))  # (B, H, N, D)
-        out = reference(q, k, v)  # (B, H, N, D)
-        outs = {(b, h): out[b, h, rows].detach() for b, h in heads}
+        out = attend(q, k, v)  # (heads, R, D)
+        outs = {key: out[i].detach() for i, key in enumerate(heads)}
         if not with_grads:
             return outs, None
-        sparse = torch.zeros_like(out)  # (B, H, N, D)
-        for b, h in heads:
-            sparse[b, h, rows] = inputs.grad_out[b, h, rows].detach().cpu().double()
-        out.backward(sparse)
+        out.backward(torch.stack([inputs.grad_out[b, h, rows].detach().cpu().double() for b, h in heads]))  # (heads, R, D)
         return outs, {(b, h): (q.grad[b, h, rows], k.grad[b, h], v.grad[b, h]) for b, h in heads}
 
 

@@ -206,6 +206,10 @@ def test_registering_refuses_what_the_cli_cannot_use_and_replaces_a_modules_own_
         (dict(fn=lambda q, k, v: q), "fn <lambda>(q, k, v) cannot be called as fn(q, k, v, *, causal, **options)"),
         (dict(options={"scale": 1.0}), "with its options (scale): got an unexpected keyword argument 'scale'"),
         (dict(reference=lambda q, k: q), "reference <lambda>(q, k) cannot be called as reference(q, k, v, *, causal"),
+        (
+            dict(coupled_row_reference=lambda q, k, v, rows, *, causal: q),
+            "coupled_row_reference <lambda>(q, k, v, rows, *, causal) cannot be called as coupled_row_reference(q, k, v, heads, rows, *",
+        ),
         (dict(fn="softmax"), "fn is a str, not a function"),
     ):
         with pytest.raises(UsageError, match=re.escape(fragment)):

@@ -14,6 +14,8 @@ from attnprof.api import run_sweep
 from attnprof.impls.reference.combiner import combiner_reference
 from attnprof.impls.reference.combiner_rows import combiner_rows
 from attnprof.impls.reference.cosformer import cosformer_reference, cosformer_rows
+from attnprof.impls.reference.nystromformer import nystrom_reference
+from attnprof.impls.reference.nystromformer_rows import nystrom_rows
 from attnprof.inputs import make_call, make_inputs
 from attnprof.records import Status
 from attnprof.spec import Case
@@ -54,6 +56,47 @@ def test_combiner_rows_are_the_whole_oracles_rows_values_and_gradients(variant, 
         theirs, mine = (torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (expected, sampled))
         for a, b in zip(mine, theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pinv_init", ["reference", "per-head"])
+def test_nystrom_rows_are_the_whole_references_rows_values_and_gradients(pinv_init):
+    """From the whole inputs, as the heads are coupled (pinv_init="reference": one scale over every batch item and head),
+    at a length of two segment sizes (700 at m = 32), one of equal segments (640), m itself (exact softmax) and 1."""
+    torch.manual_seed(2)
+    heads = [(0, 0), (0, 2), (1, 1)]
+    for n in (700, 640, 32, 1):
+        q, k, v = (torch.randn(2, 3, n, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))  # (B, H, N, D)
+        rows = sorted({0, 1, n // 2, n - 1} & set(range(n)))
+        for conv_weight in (None, torch.randn(3, 1, 5, 1, dtype=torch.float64)):  # (H, 1, taps, 1)
+            options = dict(num_landmarks=32, conv_weight=conv_weight, pinv_init=pinv_init)
+            whole = nystrom_reference(q, k, v, **options)  # (B, H, N, D)
+            expected = torch.stack([whole[b, h, rows] for b, h in heads])  # (S, R, D)
+            sampled = nystrom_rows(q, k, v, heads, rows, **options)  # (S, R, D)
+            torch.testing.assert_close(sampled, expected, rtol=1e-12, atol=1e-12)
+            theirs, mine = (torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (expected, sampled))
+            for a, b in zip(mine, theirs, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the coupling is real here: head (0, 0) alone, its pinv started from its own largest column sum, is another output
+    q, k, v = (torch.randn(2, 3, 700, 16, dtype=torch.float64) for _ in range(3))
+    alone = nystrom_rows(q[:1, :1], k[:1, :1], v[:1, :1], [(0, 0)], [0, 699], num_landmarks=32, pinv_init=pinv_init)[0]
+    coupled = nystrom_rows(q, k, v, [(0, 0)], [0, 699], num_landmarks=32, pinv_init=pinv_init)[0]
+    assert torch.equal(alone, coupled) == (pinv_init == "per-head"), (alone - coupled).abs().max()
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_nystromformer_is_checked_by_its_rows_at_its_own_length(mode):
+    """It had the finiteness check only past N = 256 (its landmarks pool every query, and its whole reference took 68 s
+    for a fwd-bwd case at N = 64k, H 16 here): a Nyström kernel wrong past the check length was timed as ok. Its
+    coupled row reference (the rows of the sampled heads from the whole inputs) judges it at its own length."""
+    nystrom = impls.get("nystromformer")
+    case = Case("nystromformer", 2048, heads=4, head_dim=16, mode=mode)
+    failure, spot = spot_failure(nystrom, case)
+    assert failure is None and spot.note is None and spot.kept is not None, failure  # compared, and right
+    failure, _ = spot_failure(dataclasses.replace(nystrom, fn=last_rows_high(nystrom.fn)), case)
+    last_64 = r"query row (198[4-9]|199\d|20[0-4]\d) of batch 0, head 0 has relative error 0.05 > 0.001 against its reference"
+    assert failure and re.search(last_64, failure) and "the check at N<=256 passed" in failure, failure
+    unchecked = dataclasses.replace(nystrom, fn=last_rows_high(nystrom.fn), coupled_row_reference=None)
+    assert spot_failure(unchecked, case)[0] is None  # without the rows: finiteness only, as before
 
 
 def spot_failure(impl, case):

@@ -106,7 +106,7 @@ def _checked_as(impl) -> str:
     from attnprof import impls
     from attnprof.spot_check import REFERENCE_BUDGET
 
-    if not impl.exact and impl.row_reference is not None:  # cosFormer, Combiner: said as check 1 alone (a user audit)
+    if not impl.exact and impl.has_row_reference:  # cosFormer, Combiner, Nyströmformer: said as check 1 alone (a user audit)
         checked = "approximation: checked against its own reference at N <= 256, and on sampled rows and gradients at every length"
     elif not impl.exact:
         checked = "approximation: checked against its own reference at N <= 256; finite outputs at every length"

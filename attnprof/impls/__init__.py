@@ -86,7 +86,8 @@ def _validate(impl: AttentionImpl) -> None:
     if bad:
         raise UsageError(f"impl {impl.name!r}: option name {bad[0]!r} is not an identifier (--impl {impl.name}:key=value)")
     for role, fn, arguments in (("fn", impl.fn, "q, k, v"), ("reference", impl.reference, "q, k, v"),
-                                ("row_reference", impl.row_reference, "q, k, v, rows")):  # fmt: skip
+                                ("row_reference", impl.row_reference, "q, k, v, rows"),
+                                ("coupled_row_reference", impl.coupled_row_reference, "q, k, v, heads, rows")):  # fmt: skip
         _check_callable_as_an_impl(impl, role, fn, arguments)
 
 

@@ -73,6 +73,10 @@ class AttentionImpl:
         query positions) of one head, q, k, v (N, D) -> (R, D), in far less than the whole reference's work (cosFormer:
         R x N x D): with it the check at the measured length (spot_check.py) compares sampled rows at any length, where
         the whole reference would cost N^2.
+    coupled_row_reference(q, k, v, heads, rows, *, causal, **options) -> out_rows: the same for an impl whose heads
+        are coupled, one head's output depending on the other heads' inputs (Nyströmformer's default pinv scale is one
+        max over every batch item and head), which a head's own q, k, v cannot give: from the whole q, k, v (B, H, N, D)
+        the rows `rows` of the sampled heads `heads` (a list of (b, h)), as (len(heads), R, D).
     refuse(case, options) -> list of extra reasons beyond the declared device/dtype/causal/mode support.
     check_options(options) -> list of reasons the options' values are invalid whatever the case; a bad
         value is the user's slip, refused before the sweep (exit 2), not an `unsupported` row per case.
@@ -96,6 +100,7 @@ class AttentionImpl:
     options: dict[str, Any] = field(default_factory=dict)
     reference: Callable | None = None
     row_reference: Callable | None = None
+    coupled_row_reference: Callable | None = None
     refuse: Callable[[Case, dict], list[str]] | None = None
     check_options: Callable[[dict], list[str]] | None = None
     flops: Callable[[Case, dict], int] | None = None
@@ -171,6 +176,16 @@ class AttentionImpl:
         """row_reference(q, k, v, rows) with the case's causality and options fixed."""
         options, row_reference = self.resolve_options(case.options), self.row_reference
         return lambda q, k, v, rows: row_reference(q, k, v, rows, causal=case.causal, **options)
+
+    def bind_coupled_row_reference(self, case: Case) -> Callable:
+        """coupled_row_reference(q, k, v, heads, rows) with the case's causality and options fixed."""
+        options, rows_of_heads = self.resolve_options(case.options), self.coupled_row_reference
+        return lambda q, k, v, heads, rows: rows_of_heads(q, k, v, heads, rows, causal=case.causal, **options)
+
+    @property
+    def has_row_reference(self) -> bool:
+        """Whether sampled rows of its reference come cheap at any length (a row reference of either kind)."""
+        return self.row_reference is not None or self.coupled_row_reference is not None
 
     def supports_summary(self) -> str:
         causal = {(False,): "bidir", (True,): "causal", (False, True): "bidir+causal"}[tuple(sorted(self.causal))]

@@ -35,6 +35,7 @@ from attnprof.impls.nystromformer import triton_plan
 from attnprof.impls.nystromformer.eager import eager_attention
 from attnprof.impls.operator_inputs import check_count, check_qkv
 from attnprof.impls.reference.nystromformer import nystrom_reference
+from attnprof.impls.reference.nystromformer_rows import nystrom_rows
 
 PINV_INITS = ("reference", "per-head")
 BACKENDS = ("eager", "triton")
@@ -115,6 +116,15 @@ def _reference(q, k, v, *, causal=False, num_landmarks=64, pinv_iterations=6, co
     return nystrom_reference(q, k, v, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, conv_weight=weight, pinv_init=pinv_init)
 
 
+def _reference_rows(q, k, v, heads, rows, *, causal=False, num_landmarks=64, pinv_iterations=6, conv_kernel=33, pinv_init="reference",
+                    backend="eager"):  # fmt: skip
+    """The registered coupled row reference: the plain formulation's rows of the sampled heads, with the same weights."""
+    weight = _options_weight(q, conv_kernel)  # (H, 1, k, 1) or None
+    return nystrom_rows(
+        q, k, v, heads, rows, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, conv_weight=weight, pinv_init=pinv_init
+    )
+
+
 def nystrom_flops(case, options) -> int:
     """Matmul and conv FLOPs (FlopCounterMode's convention, 2 per multiply-add) of one call.
 
@@ -175,6 +185,7 @@ register(
         causal=(False,),
         options={"num_landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33, "pinv_init": "reference", "backend": "eager"},
         reference=_reference,
+        coupled_row_reference=_reference_rows,
         refuse=_refusals,
         check_options=_option_problems,
         flops=nystrom_flops,

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from attnprof.fit_range import MIN_KEPT
 from attnprof.gate import CONFIG, NEW_CELL, QUIET, Judgement, busy_note, cell_of, located, matching, subject_of, unless_busy
 from attnprof.gate_regression import absent_configurations, other_setup, timed_elsewhere
 from attnprof.gate_rules import GateRule
@@ -60,9 +61,9 @@ def judge_slope(rule: GateRule, subject: str, group: pd.DataFrame, base: pd.Data
             return Judgement(subject, "MISSING", timed_elsewhere("a time exponent", *elsewhere))
     ok_now, ok_then = (set(cells.loc[cells["status"] == "ok", "seq_len"]) for cells in (group, base))
     shared = sorted(ok_now & ok_then)
-    if len(shared) < 3:  # said of both sides: "the run: 0 ok lengths" blamed a run whose 5 lengths ran, for the baseline's
+    if len(shared) < MIN_KEPT:  # said of both sides: "the run: 0 ok lengths" blamed a run whose 5 lengths ran, for the baseline's
         oks = f"ok in the run: {_listed(sorted(ok_now))}; in the baseline: {_listed(sorted(ok_then))}"
-        why = f"{len(shared)} lengths ok in both, need 3 to compare ({oks})"
+        why = f"{len(shared)} lengths ok in both, need {MIN_KEPT} to compare ({oks})"
         return Judgement(subject, "MISSING", why)
     now, then = _fits_over(rule, (group, base), shared, fit_power_law)
     if isinstance(now, str) or isinstance(then, str):

@@ -169,6 +169,9 @@ def _check_filters_measured(rules, cells, run_ids, rules_path) -> None:
     it was MISSING (exit 3), which CI reads as "can't tell"."""
     lengths = sorted(set(cells["seq_len"].tolist()))
     for rule in rules:
+        if rule.metric == "time" and "device" not in rule.filters and (cells["device"] == "meta").all():
+            # as against the file's own sweeps (check_rules_can_be_judged): it was MISSING (exit 3) under --run
+            raise UsageError(f"{rules_path}: rule {rule.index} judges time, but run {', '.join(run_ids)} is an accounting run (no times)")
         missing = [n for n in rule.at_length if n not in lengths]
         if missing:
             shown, runs = ", ".join(map(str, lengths)), ", ".join(run_ids)
@@ -220,11 +223,16 @@ def check_rules_are_swept(rules, sweeps, rules_path) -> None:
     _refuse_ambiguous_to(rules, {(spec.name, spec.label) for spec in specs}, rules_path)
 
 
+FITTED_KINDS = ("exponent", "frontier", "slope")  # rules judged on a fit over length (gate_scaling.fit_points)
+
+
 def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
     """What the file's own sweeps can never give a rule, said before measuring (exit 2), not as MISSING (exit 3,
     "the measurement failed") after it: times from accounting-only sweeps, a length none of them measures, a
     frontier on meta runs, which belong to no device and so have no default budget, a filter keeping values no sweep
     has."""
+    from attnprof.fit_range import MIN_KEPT
+
     accounting_only = all(sweep.accounting for sweep in resolved_sweeps)
     lengths = sorted(set().union(*(sweep.lengths for sweep in resolved_sweeps)))
     for rule in rules:
@@ -236,6 +244,9 @@ def check_rules_can_be_judged(rules, resolved_sweeps, rules_path) -> None:
             raise UsageError(
                 f"{where} asks for N={missing[0]}, which no [sweep] of the file measures (lengths {', '.join(map(str, lengths))})"
             )
+        if rule.kind in FITTED_KINDS and len(lengths) < MIN_KEPT:  # MISSING after the sweep, every time
+            shown = ", ".join(map(str, lengths))
+            raise UsageError(f"{where} fits {rule.metric} over length, which needs {MIN_KEPT} lengths; the file's sweeps measure {shown}")
         for key, allowed in rule.filters.items():  # dtype = "bfloat16" over float32 sweeps measured, then exited 3
             swept = sorted({value for sweep in resolved_sweeps for value in getattr(sweep, key)}, key=str)
             if not set(allowed) & set(swept):

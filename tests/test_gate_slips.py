@@ -108,14 +108,14 @@ def test_a_rule_naming_the_default_options_judges_that_line_only():
 
 def test_baseline_configurations_the_run_does_not_measure_are_missing():
     """A baseline of timed and accounting cells passed a run of the timed ones only, the accounting cells unsaid."""
-    cpu = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * 100) for n in (1024, 2048, 4096)]
+    cpu = [dict(seq_len=n, status="ok", times_ms=[1.0], median_ms=1.0, peak_bytes=n * 100) for n in (1024, 2048, 4096, 8192)]
     meta = [dict(row, device="meta") for row in cpu]
     unsupported = [dict(row, device="meta", causal=True, status="unsupported", peak_bytes=None) for row in cpu]
     baseline = frame(cpu + meta + unsupported)
     for rule in ({"max_regression": 0.1}, {"max_exponent_increase": 0.1}):
         (verdict,) = evaluate(parse_rules([{"impl": "x", "metric": "peak_bytes", **rule}], "t"), frame(cpu), baseline=baseline)
         assert verdict.verdict == "MISSING", verdict.message
-        assert "x B1 H1 D64 float32 meta bidir fwd: in the baseline (N=1024..4096), not measured in the run" in verdict.message
+        assert "x B1 H1 D64 float32 meta bidir fwd: in the baseline (N=1024..8192), not measured in the run" in verdict.message
         assert "causal" not in verdict.message  # unsupported in the baseline: nothing to vouch for
         on_cpu = parse_rules([{"impl": "x", "metric": "peak_bytes", "device": "cpu", **rule}], "t")
         (kept,) = evaluate(on_cpu, frame(cpu), baseline=baseline)

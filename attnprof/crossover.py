@@ -83,7 +83,11 @@ def crossover(fit_a: Fit, fit_b: Fit, lo: float | None = None, hi: float | None 
 
 
 MEASURED_RESOLUTION = 0.01  # ln-ratio two medians must differ by, beyond their spreads, to say which is cheaper
-EXACT_RESOLUTION = 1e-9  # the same for two exact curves (no spread anywhere: FLOPs, accounted bytes): float rounding
+# The same for two exact curves (no spread anywhere: FLOPs, bytes): 0.01%, finer than any formula's difference worth a
+# crossing (Combiner-Fixed's FLOPs 0.04% over cosFormer's at 8k are one) and coarser than an allocator's bookkeeping: at
+# float rounding, two Nyströmformer option sets whose CPU peaks differed by 2,112 bytes of 402,655,296 at 32k alone
+# (equal at 512..16k) "crossed in range at N = 32757" (an analysis audit).
+EXACT_RESOLUTION = 1e-4
 # How far a median of n samples may be off, over the spread of those n samples (half their interquartile range,
 # numpy's linear quantiles), relative to that ratio at 10 samples, where a spread is a fair measure of it: the median of
 # 3 normal samples has a standard deviation 1.58 times their mean half-IQR, of 10 0.63 times (simulated, 200,000 draws
@@ -140,14 +144,21 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
             return None
         # the fits cross where the medians are level, past the last clear length (or before the first): a crossing if
         # their exponents differ (two parallel lines tilted by noise "crossed" there in 12-24 of 200 seeds otherwise)
-        if not contradicted and math.isfinite(_crossing_interval(fit_a, fit_b)[1]):
+        # Exact values level at a length are equal there, no crossing hidden in their noise: sdpa's FLOPs equal to
+        # softmax's at 128..512 and under them from 1k read "softmax below N = 218" (an analysis audit)
+        if not exact and not contradicted and math.isfinite(_crossing_interval(fit_a, fit_b)[1]):
             return _crossing_where_level(clear, fitted_length, (lo, hi), names)
         cheaper = name_a if clear[0][1] < 0 else name_b
         where_fits_cross = f", which cross at N = {format_length(fitted_length)}," if math.isfinite(fitted_length) else ""
-        message = (
-            f"none: {cheaper} is cheaper at every measured length where the two differ ({format_length(clear[0][0])}.."
-            f"{format_length(clear[-1][0])}); the fitted lines{where_fits_cross} do not follow the medians"
+        first, last = format_length(clear[0][0]), format_length(clear[-1][0])
+        differ = (
+            f"none: {cheaper} is cheaper at every measured length where the two differ ({first if len(clear) == 1 else f'{first}..{last}'})"
         )
+        equal = [n for n in shared if n not in {length for length, _ in clear}]
+        if exact:
+            message = f"{differ}; at {', '.join(map(format_length, equal))} the two are equal" if equal else differ
+        else:
+            message = f"{differ}; the fitted lines{where_fits_cross} do not follow the medians"
         return Crossover(math.nan, math.nan, math.nan, "none", "", "", lo, hi, message)
     (before, gap_before), (after, gap_after) = clear[flips[-1]], clear[flips[-1] + 1]
     below, above = (name_a, name_b) if gap_before < 0 else (name_b, name_a)

@@ -436,3 +436,31 @@ def test_medians_with_their_spreads_and_counts_cross_where_the_raw_samples_do():
         stored = [fit_power_law(f.lengths_measured, f.medians, spreads=f.spreads, counts=f.counts) for f in raw]
         assert stored[0].counts == raw[0].counts == (3,) * 6
         assert crossover(*stored).message == crossover(*raw).message
+
+
+def test_exact_values_equal_at_the_short_lengths_do_not_cross_there():
+    """sdpa's causal FLOPs equal softmax's at 128..512 and under them from 1k: the fits crossing at 218 read "in range:
+    sdpa is cheaper above N = 218 (fitted: the medians below 1k ... do not tell the two apart), softmax below", though
+    softmax is never cheaper (an analysis audit). Exact values level at a length are equal there."""
+    lengths = np.array([128, 256, 512, 1024, 2048], dtype=float)
+    sdpa = np.array([67108864, 268435456, 1073741824, 3221225472, 10737418240], dtype=float)
+    softmax = np.array([67108864, 268435456, 1073741824, 4294967296, 17179869184], dtype=float)
+    found = crossover(fit_power_law(lengths, sdpa, metric="flops"), fit_power_law(lengths, softmax, metric="flops"), name_a="sdpa",
+                      name_b="softmax")  # fmt: skip
+    assert found.kind == "none" and "softmax below" not in found.message, found.message
+    assert (
+        found.message == "none: sdpa is cheaper at every measured length where the two differ (1k..2k); at 128, 256, 512 the two are equal"
+    )
+
+
+def test_exact_values_a_few_bytes_apart_are_equal():
+    """Two Nyströmformer option sets' CPU peaks, 2,112 bytes apart of 402,655,296 at 32k alone (equal at 512..16k),
+    "crossed in range at N = 32757" (an analysis audit): a difference under EXACT_RESOLUTION is a tie."""
+    lengths = np.array([256, 512, 1024, 2048, 16384, 32768], dtype=float)
+    m64 = np.array([3407872, 6293568, 12585024, 25167936, 201328704, 402655296], dtype=float)
+    m32 = np.array([3149952, 6293568, 12585024, 25167936, 201328704, 402657408], dtype=float)
+    found = crossover(fit_power_law(lengths, m64, metric="peak_bytes"), fit_power_law(lengths, m32, metric="peak_bytes"), name_a="m64",
+                      name_b="m32")  # fmt: skip
+    assert found.kind != "in range" and "32757" not in found.message, found.message
+    said = "m32 is cheaper at every measured length where the two differ (256); at 512, 1k, 2k, 16k, 32k the two are equal"
+    assert said in found.message, found.message

@@ -26,6 +26,7 @@ The method, written once:
      data such as FLOPs or accounted bytes, never noisy times. Where c0 is under 75% of the value at fewer than 4
      lengths, too few to subtract it, and at least 5 were measured, the exponent is b of c0 + a N^b fitted to every
      length, its interval from all three parameters (`overhead_model_exponent`): the raw slope there is no estimate.
+     Not for noisy values c0 is over 75% of at every length (b would fit their noise), nor for a b on its grid's edge.
   2. Bend: then drop the smallest length while ln(y) is still significantly convex in ln(N) (one-sided t-test
      at 95% on a quadratic term), which catches fading costs that are not constant (e.g. a linear term under a
      quadratic one). A concave curve such as N log N is never cut.

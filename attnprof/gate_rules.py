@@ -247,7 +247,10 @@ def _check_form(rule: GateRule, where: str) -> None:
         raise UsageError(f"{where}: at_length goes with a ratio or a value rule")
     for low, high in (("min_exponent", "max_exponent"), ("min_ratio", "max_ratio"), ("min_value", "max_value")):
         if getattr(rule, low) is not None and getattr(rule, high) is not None and getattr(rule, low) > getattr(rule, high):
-            raise UsageError(f"{where}: {low} {getattr(rule, low):g} > {high} {getattr(rule, high):g}, so it can never pass")
+            from attnprof.gate import metric_text  # it builds on this module
+
+            show = metric_text(rule.metric) if low == "min_value" else "{:g}".format  # "2.09715e+06" for "2MiB" (an audit)
+            raise UsageError(f"{where}: {low} {show(getattr(rule, low))} > {high} {show(getattr(rule, high))}, so it can never pass")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
     if rule.min_frontier is not None and rule.metric != "peak_bytes":  # milliseconds against a budget of bytes passed

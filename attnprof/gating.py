@@ -207,8 +207,23 @@ def _refuse_unmeasured_names(rules, impl_names: set, labels: set, rules_path, wh
     for rule in rules:
         for name, exact in ((rule.impl, rule.impl_exact), (rule.to, rule.to_exact)):
             if name and name != "all" and name not in (labels if exact else impl_names | labels):
-                shown = exact_name(name, exact)
-                raise UsageError(f"{rules_path}: rule {rule.index} names {shown!r}, which {where} ({', '.join(sorted(labels))})")
+                shown, base = exact_name(name, exact), name.split("[")[0]
+                hint = ""
+                if exact and base in labels and not _registered(base):  # options at their defaults, maybe: unknown here
+                    hint = (f"; if those are {base}'s default options, the run labels that line {base!r}: name it so, or load "
+                            f"the plugin that registers {base} (ATTNPROF_PLUGINS) so that its defaults are known")  # fmt: skip
+                raise UsageError(f"{rules_path}: rule {rule.index} names {shown!r}, which {where} ({', '.join(sorted(labels))}){hint}")
+
+
+def _registered(name: str) -> bool:
+    """Whether an impl is registered in this process (`gate --run` loads no plugin: a stored run's need not import)."""
+    from attnprof import impls
+
+    try:
+        impls.get(name)
+    except UsageError:
+        return False
+    return True
 
 
 def check_rules_are_swept(rules, sweeps, rules_path) -> None:

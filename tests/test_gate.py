@@ -298,6 +298,11 @@ def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(t
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\ncausal = "perhaps"\n', "'perhaps'"),
         ('[rules]\nimpl = "softmax"\n', "'rules'"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "flops"\nmax_exponent = 1.1\nmin_exponent = 2\n', "can never pass"),
+        # sizes as sizes: "min_value 2.09715e+06 > max_value 1.04858e+06" (a gate audit)
+        (
+            '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nat_length = "1k"\nmin_value = "2MiB"\nmax_value = "1MiB"\n',
+            "min_value 2.0 MiB > max_value 1.0 MiB, so it can never pass",
+        ),
         ("[[rule]\n", "not valid TOML"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = "5 parsecs"\n', "a duration such as 5ms"),
@@ -848,6 +853,11 @@ def test_a_stored_run_of_a_plugin_impl_is_judged_without_its_module(tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("PASS"), done.stdout + done.stderr
     slip = judged('impl = "faul"\nmetric = "flops"\nmax_exponent = 2.1\n')
     assert slip.returncode == 2 and "stored.toml: rule 1 names 'faul', which run " in slip.stderr, slip.stderr
+    # options at their defaults: the run labels that line "fault", and without the plugin they are not known defaults
+    # ("which run ... does not measure (fault)" alone read as if the run lacked the cells: a gate audit)
+    defaults = judged('impl = "fault[kind=ok]"\nmetric = "flops"\nmax_exponent = 2.1\n')
+    assert defaults.returncode == 2 and "names 'fault[kind=ok]', which run " in defaults.stderr, defaults.stderr
+    assert "if those are fault's default options, the run labels that line 'fault': name it so, or load the plugin" in defaults.stderr
 
 
 def test_a_rules_file_is_also_a_scenario_for_the_first_baseline(tmp_path):

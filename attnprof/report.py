@@ -48,7 +48,8 @@ def write_report(run: str = "latest", db=None, out=None, png_dir=None, only=(), 
 
 def report_figures(run: str = "latest", db=None, only=(), budget=None) -> dict:
     """The report's figures of `run` as plotly Figures, by name (scaling-time, scaling-peak_bytes, exponents,
-    crossovers, frontier, coverage, roofline; an accounting run's scaling-flops for time), to show in a notebook or
+    crossovers (time's; an accounting run's peak_bytes'), crossovers-<metric> for the other metrics measured, frontier,
+    coverage, roofline; an accounting run's scaling-flops for time), to show in a notebook or
     restyle: `only` and `budget` as write_report takes them. A notebook had them only through private functions."""
     from attnprof.api import default_db
     from attnprof.dashboard.data import SnapshotSource
@@ -88,9 +89,13 @@ def report_sections(source, run_id: str, only=(), budget_bytes: int | None = Non
     has = pages.metrics_with_values(source, run_id)
     for metric in [m for m in (("time", "peak_bytes") if "time" in has else ("peak_bytes", "flops")) if m in has] or ["peak_bytes"]:
         figures[f"scaling-{metric}"], notes[f"scaling-{metric}"] = pages.scaling(source, run_id, filters, metric, facets)
-    table, figures["exponents"], figures["crossovers"], figures["frontier"], notes["exponents"] = pages.exponents(
+    table, figures["exponents"], figures["crossovers"], frontier, notes["exponents"] = pages.exponents(
         source, run_id, filters, crossing, budget
     )
+    # the other metrics' crossovers too, as `attnprof fit` lists them: the report drew time's alone (an analysis audit)
+    for metric in [m for m in views.EXPONENT_METRICS if m != crossing and m in has]:
+        figures[f"crossovers-{metric}"] = pages.exponents(source, run_id, filters, metric, budget)[2]  # the fits are memoised
+    figures["frontier"] = frontier
     figures["coverage"], notes["coverage"] = pages.coverage(source, run_id, filters)
     figures["roofline"], notes["roofline"] = pages.roofline(source, run_id, filters, None, None)
     return figures, _body(source, run_id, frame, (options, filters), figures, notes, table)
@@ -109,6 +114,7 @@ def _body(source, run_id, frame, choices, figures, notes, table) -> str:
     parts += [
         "<h3>Crossovers</h3>",
         _figure(figures["crossovers"]),
+        *(_figure(figures[k]) for k in figures if k.startswith("crossovers-")),
         "<h3>Memory frontier</h3>",
         _figure(figures["frontier"], notes["frontier"]),
     ]

@@ -30,7 +30,11 @@ def test_report_is_one_self_contained_html_file(two_runs_db, tmp_path):
     assert len(text) > 3_000_000  # plotly.js (about 4.6 MB) is inside
     for heading in ("Scaling", "Exponents", "Crossovers", "Memory frontier", "Coverage", "Roofline", "Run info", "Environment", "Sweep"):
         assert f">{heading}</h" in text, heading
-    assert text.count('class="plotly-graph-div"') == 7  # time and memory scaling, exponents, crossovers, frontier, coverage, roofline
+    # time and memory scaling, exponents, crossovers of time, memory and FLOPs, frontier, coverage, roofline
+    assert text.count('class="plotly-graph-div"') == 9
+    crossovers = text.split(">Crossovers</h3>", 1)[1].split(">Memory frontier</h3>", 1)[0]
+    # each metric's, as `attnprof fit` lists them (the report drew time's alone: an analysis audit)
+    assert all(f"Crossover lengths ({metric})" in crossovers for metric in ("time", "peak_bytes", "flops")), crossovers[:3000]
     assert "--dtype float32 --device cpu --causal both" in text and seeding.OOM_REASON in text  # reproduced as it ran
     # every failed cell and its reason as text, not only in the plots' hover (lost in a printed or PNG copy: a report audit)
     table = text.split(">Cells not measured ok</h3>", 1)[1].split("</table>", 1)[0]
@@ -183,7 +187,9 @@ def test_a_report_of_an_accounting_run_shows_memory_and_flops_not_an_empty_time_
     import attnprof
 
     figures = attnprof.report_figures("latest", db, budget="1GiB")
-    assert list(figures) == ["scaling-peak_bytes", "scaling-flops", "exponents", "crossovers", "frontier", "coverage", "roofline"]
+    assert list(figures) == ["scaling-peak_bytes", "scaling-flops", "exponents", "crossovers", "crossovers-flops", "frontier", "coverage",
+                             "roofline"]  # fmt: skip
+    assert "Crossover lengths (flops)" in figures["crossovers-flops"].layout.title.text
     assert all(isinstance(figure, go.Figure) for figure in figures.values())
     assert figures["scaling-flops"].layout.title.text.startswith("FLOPs per call against sequence length")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from attnprof.dashboard import compare_view, pages
+from attnprof.dashboard import compare_view, pages, run_picker
 from attnprof.dashboard import layout as ids
 from attnprof.dashboard.views import AXES, EXPONENT_METRICS, default_facets
 from attnprof.env import DEFAULT_BUDGET
@@ -67,11 +67,12 @@ class Callbacks:
         """Runs, newest first, and the database's state; nothing changes while the state is the same."""
         from dash.exceptions import PreventUpdate
 
-        options, message, signature = pages.runs_state(self.source)
+        options, message, signature = run_picker.runs_state(self.source)
         if signature == version:
             raise PreventUpdate
-        picked = pages.pick(options, run_id)
-        return options, picked, options, pages.pick(options, run_a, 1), options, pages.pick(options, run_b), message, signature
+        picked = run_picker.pick(options, run_id)
+        run_a, run_b = run_picker.compare_picks(options, picked, run_a, run_b)
+        return options, picked, options, run_a, options, run_b, message, signature
 
     def filters(self, run_id, _version, values, options, filtered_run, facets, budget, metric, crossover_metric):
         previous = {axis: [o["value"] for o in options[axis] or []] for axis in AXES}

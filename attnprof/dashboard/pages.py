@@ -40,34 +40,6 @@ def failure_text(error: Exception) -> str:
 # --- runs and filters ----------------------------------------------------------------------------------------
 
 
-def runs_state(source) -> tuple[list[dict], str, str]:
-    """(run picker options newest first, message, signature of the database's state for the live refresh)."""
-    try:
-        runs = source.runs()
-    except Exception as error:  # noqa: BLE001  (any failure becomes the page's message)
-        return [], failure_text(error), f"error:{error}"
-    if not runs:
-        return [], f"No runs in {str(source.path)!r} yet: start one with `attnprof sweep --db {source.path}`.", "empty"
-    options = [{"label": run_label(r), "value": r.info.run_id} for r in runs]
-    signature = json.dumps([[r.info.run_id, r.info.state, r.count] for r in runs])
-    return options, "", signature
-
-
-def run_label(summary) -> str:
-    info = summary.info
-    device = info.env.get("gpu_name") or ",".join(info.sweep.get("device", [])) or "?"
-    name = f" {info.name}" if info.name else ""
-    return f"{info.run_id}{name} · {info.state} · {summary.count} cells · {device}"
-
-
-def pick(options: list[dict], current, position: int = 0):
-    """Keep the current choice while it exists; otherwise the option at `position` (0: newest run)."""
-    values = [o["value"] for o in options]
-    if current in values:
-        return current
-    return values[min(position, len(values) - 1)] if values else None
-
-
 def filter_state(source, run_id, current: dict | None, previous: dict | None, previous_run=None) -> tuple[dict, dict]:
     """(axis -> options, axis -> selected values). A new run gets the defaults; the same run (`previous_run`) keeps
     the choices made, and values that appeared since the last refresh (a running sweep's new lengths) join them."""

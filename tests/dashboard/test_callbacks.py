@@ -364,3 +364,19 @@ def test_compare_says_an_unfinished_run_as_the_compare_command_does(tmp_path):
     note = cb.compare("compare", run_a, run_b, selected, "v")[3]
     assert "The candidate is interrupted: " in note and f"attnprof sweep --resume {seeding.CANDIDATE}" in note, note
     assert "The baseline is" not in note
+
+
+def test_compare_opens_on_the_run_picked_against_the_one_before_it(tmp_path):
+    """The Compare tab showed the two newest runs whatever run the page was opened on (its address's run)."""
+    path = tmp_path / "three.db"
+    seeding.seed_two_runs(path)
+    newest = seeding.write_run(path, seeding.run_info("20260103-000000-third", "2026-01-03T00:00:00+00:00"), seeding.run_cells(True))
+    cb = handlers(path)
+    _, run, _, run_a, _, run_b, *_ = cb.refresh(None, seeding.CANDIDATE, None, None, None)
+    assert run == seeding.CANDIDATE and (run_a, run_b) == (seeding.BASE, seeding.CANDIDATE)
+    _, run, _, run_a, _, run_b, *_ = cb.refresh(None, None, None, None, None)  # no address: the newest against the one before
+    assert run == newest and (run_a, run_b) == (seeding.CANDIDATE, newest)
+    _, _, _, run_a, _, run_b, *_ = cb.refresh(None, seeding.BASE, None, None, None)  # the oldest: against the one after it
+    assert (run_a, run_b) == (seeding.BASE, seeding.CANDIDATE)
+    _, _, _, run_a, _, run_b, *_ = cb.refresh(None, seeding.BASE, newest, seeding.BASE, None)  # choices made are kept
+    assert (run_a, run_b) == (newest, seeding.BASE)

@@ -43,7 +43,7 @@ def test_report_writes_every_figure_as_png_at_its_height(two_runs_db, tmp_path):
     result = invoke("report", seeding.BASE, "--db", two_runs_db, "--out", tmp_path / "r.html", "--png", tmp_path / "png")
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
-    assert len(pngs) == 7 and f"and 7 PNG files in {tmp_path / 'png'}" in result.output
+    assert len(pngs) == 9 and f"and 9 PNG files in {tmp_path / 'png'}" in result.output
     figures, _ = report_sections(DataSource(two_runs_db), seeding.BASE)
     for path in pngs:
         header = path.read_bytes()[:24]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,10 +20,11 @@ from pathlib import Path
 from attnprof import columns
 from attnprof import store_schema as schema
 from attnprof.columns import decode_stored
-from attnprof.errors import UsageError, make_folder, path_argument
+from attnprof.errors import UsageError, path_argument
 from attnprof.records import Measurement, RunInfo, Status, time_stats
 from attnprof.run_lock import is_measured
 from attnprof.spec import Case
+from attnprof.store_open import close_quietly, disk_fault, disk_refusal, prepare_parent, refusal, unwritable
 from attnprof.store_schema import APP_ID, CASE_COLUMNS, ENDED, SCHEMA_VERSION, STAT_COLUMNS, VALUE_COLUMNS  # noqa: F401 (re-exported)
 
 log = logging.getLogger("attnprof.store")
@@ -53,17 +53,19 @@ class Store:
         if path.exists() and not path.is_file():  # /dev/null read "not an attnprof database (cannot rollback - no transaction is active)"
             raise UsageError(f"database path {str(path)!r} is not a regular file: give a file, e.g. attnprof.db")
         if create:
-            _prepare_parent(path)
-        connection = None
+            prepare_parent(path)
+        connection, existed = None, path.exists()
         try:
             connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
             store = cls(connection, path)
             store._initialise(create)
         except (sqlite3.DatabaseError, UsageError) as error:
-            if isinstance(error, sqlite3.OperationalError) and not create and _unwritable(path):
-                _close_quietly(connection)
+            if isinstance(error, sqlite3.OperationalError) and not create and unwritable(path):
+                close_quietly(connection)
                 return cls._open_read_only(path)
-            raise _refusal(connection, path, error) from None
+            if disk_fault(error):
+                raise disk_refusal(connection, path, error, existed) from None
+            raise refusal(connection, path, error) from None
         return store
 
     @classmethod
@@ -88,7 +90,7 @@ class Store:
                     f"{str(path)!r} is read-only and has schema version {store._meta('schema_version')}: copy it somewhere writable"
                 )
         except (sqlite3.DatabaseError, UsageError) as error:
-            raise _refusal(store.connection, path, error) from None
+            raise refusal(store.connection, path, error) from None
         return store
 
     @classmethod
@@ -105,10 +107,10 @@ class Store:
             store.read_only = True
             store._initialise(create=False)  # an older schema is brought up to date in the copy
         except OSError as error:
-            _close_quietly(connection)
+            close_quietly(connection)
             raise UsageError(f"cannot read {str(path)!r}: it is read-only, and copying it with its -wal failed ({error})") from None
         except (sqlite3.DatabaseError, UsageError) as error:
-            raise _refusal(connection, path, error) from None
+            raise refusal(connection, path, error) from None
         return store
 
     def _initialise(self, create: bool) -> None:
@@ -332,45 +334,6 @@ def _sqlite_number(value):
 def _stat_values(times_ms: list[float]) -> tuple:
     stats = time_stats(times_ms)
     return tuple(stats[c] for c in STAT_COLUMNS)
-
-
-def _refusal(connection, path: Path, error: Exception) -> UsageError:
-    """The error to raise for a file Store.open refuses, after closing its connection (an open handle keeps the
-    file, and its mount, busy): ours as it is, an SQLite one as 'not an attnprof database'."""
-    _close_quietly(connection)
-    if isinstance(error, UsageError):
-        return error
-    if not path.exists():  # nothing was there to be a database: it could not be made ('/proc/x.db')
-        return UsageError(f"cannot create database {str(path)!r} ({error})")
-    if "locked" in str(error):  # held by another process past the 30 s wait: the file is fine
-        return UsageError(f"{str(path)!r} is locked by another process (waited 30 s): try again once it is done")
-    return UsageError(f"{str(path)!r} is not an attnprof database ({error})")
-
-
-def _close_quietly(connection) -> None:
-    if connection is not None:
-        connection.close()
-
-
-def _unwritable(path: Path) -> bool:
-    """The file or its directory (where SQLite puts -wal and -shm) cannot be written: a read-only mount or
-    permissions. os.access says yes to root on a read-only mount, so that is asked of the mount too."""
-    for target in (path, path.parent):
-        if not os.access(target, os.W_OK):
-            return True
-        try:
-            if os.statvfs(target).f_flag & os.ST_RDONLY:
-                return True
-        except OSError:
-            return True
-    return False
-
-
-def _prepare_parent(path: Path) -> None:
-    make_folder(path.parent, f"database {str(path)!r}")  # a directory at `path` itself is refused in Store.open
-    for target, what in ((path, "the file"), (path.parent, "its folder, where SQLite keeps its journal")):
-        if target.exists() and not os.access(target, os.W_OK):  # a folder that is not: "not an attnprof database"
-            raise UsageError(f"database path {str(path)!r} is not writable ({what})")
 
 
 def _run_from_row(row) -> RunInfo:

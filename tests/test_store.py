@@ -338,3 +338,58 @@ def test_processes_creating_one_new_database_at_once_all_get_it(tmp_path):
         for process in processes:
             process.join()
         assert outcomes == ["ok"] * 4, (trial, outcomes)
+
+
+def test_a_full_disk_is_said_as_such_and_the_database_is_kept(db, tmp_path):
+    """A full disk read "'x.db' is not an attnprof database (disk I/O error)", exit 2, from every command, for a file
+    SQLite found sound once room was made (a robustness audit): a user may delete it. Needs a real small mount."""
+    import shutil
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    store = Store.open(db)
+    store.add_run(a_run())
+    store.add_measurement("r1", Measurement(Case(impl="softmax", seq_len=64), Status.OK, times_ms=[1.0]), "now")
+    store.close()
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        shutil.copy(db, mount / "kept.db")
+        subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'fill'}", "bs=1k"], capture_output=True)  # until the disk is full
+        for command in (["runs"], ["show", "latest"], ["sweep", "--impl", "softmax", "--lengths", "64", "--device", "cpu"]):
+            result = CliRunner().invoke(cli, [*command, "--db", str(mount / "kept.db")])
+            assert result.exit_code == 1 and "not an attnprof database" not in result.output, (command, result.output)
+            assert f"cannot write the database '{mount / 'kept.db'}': " in result.output, result.output
+            assert "(a full disk, or a file size limit?); it was not changed" in result.output, result.output
+        created = CliRunner().invoke(
+            cli, ["sweep", "--impl", "softmax", "--lengths", "64", "--device", "cpu", "--db", str(mount / "new.db")]
+        )
+        assert created.exit_code == 1 and "it was not created" in created.output, created.output
+        assert not (mount / "new.db").exists()  # a 0-byte new.db was left behind
+        (mount / "fill").unlink()
+        kept = Store.open(mount / "kept.db", create=False)
+        assert [m.times_ms for m in kept.measurements("r1")] == [[1.0]]
+        kept.close()
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
+
+
+def test_a_file_size_limit_when_creating_a_database_is_the_disks_fault(tmp_path):
+    """Under `ulimit -f`, SQLite's failed write surfaced as "not an attnprof database (cannot rollback - no transaction
+    is active)", exit 2, and a 0-byte file stayed."""
+    import resource
+    import subprocess
+    import sys
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    command = [sys.executable, "-m", "attnprof", "sweep", "--impl", "softmax", "--lengths", "64", "--device", "cpu", "--db", "new.db"]
+    result = subprocess.run(command, cwd=tmp_path, preexec_fn=limited, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Error: cannot write the database 'new.db': disk I/O error" in result.stderr, result.stderr
+    assert "(a full disk, or a file size limit?); it was not created" in result.stderr and not (tmp_path / "new.db").exists()

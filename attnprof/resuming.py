@@ -36,6 +36,14 @@ def resumable(store, resume: str):
     return run, sweep
 
 
+def pending_retry(run) -> tuple[str, ...]:
+    """The statuses a --retry resume of `run` was measuring again when it stopped (store.RETRY_PENDING): a resume of
+    the run retries them still, asked or not."""
+    from attnprof.store import RETRY_PENDING
+
+    return tuple(run.env.get(RETRY_PENDING) or ())
+
+
 def check_plugins_loaded(run, sweep: Sweep) -> None:
     """A run of a plugin impl resumed without its module said only "unknown impl 'mine'"."""
     from attnprof import impls

@@ -27,6 +27,7 @@ from attnprof.spec import Case
 from attnprof.store_open import close_quietly, disk_fault, disk_refusal, prepare_parent, refusal, unwritable
 from attnprof.store_schema import APP_ID, CASE_COLUMNS, ENDED, SCHEMA_VERSION, STAT_COLUMNS, VALUE_COLUMNS  # noqa: F401 (re-exported)
 
+RETRY_PENDING = "retry_pending"  # the env key of a --retry resume not yet complete: resuming the run retries them still
 log = logging.getLogger("attnprof.store")
 SAMPLE_BATCH = 900  # ids per query in Store.samples: under SQLite's historical limit of 999 parameters
 
@@ -169,6 +170,16 @@ class Store:
                     _keep_snapshot(self.connection, run_id)
             except sqlite3.Error as error:  # locked past the timeout, disk full: the run is recorded all the same
                 log.warning("run %s keeps no columnar snapshot (%s); it is read from its rows", run_id, error)
+
+    def set_pending_retry(self, run_id: str, statuses: tuple[str, ...]) -> None:
+        """Record in the run's env the statuses a --retry resume measures again (RETRY_PENDING), () once it is done: a
+        retry killed with SIGKILL could record nothing, and the resume it then advised, without --retry, called the
+        run complete with the rows it had not reached still crashed (a robustness audit)."""
+        with self.connection:
+            (env_json,) = self.connection.execute("SELECT env_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            env = {key: value for key, value in json.loads(env_json).items() if key != RETRY_PENDING}
+            env.update({RETRY_PENDING: list(statuses)} if statuses else {})
+            self.connection.execute("UPDATE runs SET env_json = ? WHERE run_id = ?", (json.dumps(env), run_id))
 
     def runs(self) -> list[RunInfo]:
         return self._runs_where()

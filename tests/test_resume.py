@@ -311,3 +311,41 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
         exit_interrupted(SweepInterrupted(run_id, 2, 3), db)
     resume = f"Resume with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id} --db {db}"
     assert capsys.readouterr().err.splitlines()[-1] == resume
+
+
+def test_a_retry_killed_outright_is_resumed_as_a_retry(db, tmp_path):
+    """A --retry run killed with SIGKILL (an OOM killer, a lost CI job) could record nothing: its run then read
+    "interrupted ... the rest with attnprof sweep --resume RUN" without --retry, and following that called the run
+    complete with the crashed rows the retry had not reached (a robustness audit). The retry is recorded when it
+    starts, and a resume of the run goes on with it."""
+    import json
+    import os
+    import sqlite3
+
+    flag = tmp_path / "crash-while-here"
+    flag.touch()
+    impl = f"fault:kind=exit_while_file,pid_file={flag}"
+    args = ["--impl", impl, "--lengths", "64,128", "--heads", "2", "--head-dim", "16", "--device", "cpu", "--causal", "no"]
+    first = subprocess.run(
+        [sys.executable, "-m", "attnprof", "sweep", *args, "--rep-ms", "5", "--db", str(db)], capture_output=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    statuses = lambda: sorted(row[0] for row in sqlite3.connect(db).execute("SELECT status FROM measurements"))  # noqa: E731
+    pending = lambda: json.loads(sqlite3.connect(db).execute("SELECT env_json FROM runs").fetchone()[0]).get("retry_pending")  # noqa: E731
+    assert statuses() == ["crashed", "skipped"]
+    flag.unlink()  # the fault is gone: a retry measures both again
+    retry = subprocess.Popen([sys.executable, "-m", "attnprof", "sweep", "--resume", "latest", "--retry", "crashed", "--db", str(db)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while pending() is None and retry.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(retry.pid, signal.SIGKILL)  # before its worker measured anything: it starts torch first (seconds)
+    retry.wait(timeout=60)
+    assert pending() == ["crashed"] and statuses() == ["crashed", "skipped"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "attnprof", "show", "latest", "--db", str(db)], capture_output=True, text=True, timeout=300
+    )
+    assert "attnprof sweep --resume " in shown.stdout + shown.stderr and " --retry crashed --db " in shown.stdout + shown.stderr, shown
+    attnprof.run_sweep(None, db, resume="latest")  # as the note said before: no --retry
+    assert statuses() == ["ok", "ok"] and pending() is None
+    assert attnprof.load_measurements("latest", db)["status"].tolist() == ["ok", "ok"]

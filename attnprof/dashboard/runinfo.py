@@ -34,7 +34,9 @@ def unfinished_note(run: RunInfo, measured: int, db) -> str:
     except (KeyError, TypeError, ValueError):  # a stored definition this version cannot read: the count alone
         of_planned = ""
     state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
-    resume = resume_command(run.run_id, db, run.env.get("plugins") or ())
+    from attnprof.resuming import pending_retry
+
+    resume = resume_command(run.run_id, db, run.env.get("plugins") or (), ",".join(pending_retry(run)))
     return f"{state}: {measured}{of_planned} cases, the rest with {resume}"
 
 

@@ -91,7 +91,10 @@ def raised_at(error: BaseException) -> str:
 def _first_line(error: BaseException) -> str:
     """The message's first line; with the next one where it only introduces it: torch.compile's "backend='inductor'
     raised:" said nothing of why (found running the tests on torch 2.4)."""
-    text = str(error).strip() or repr(error)
+    try:
+        text = str(error).strip() or repr(error)
+    except Exception as unreadable:  # noqa: BLE001  (a plugin's __str__): its row named the __str__'s error, not the exception
+        text = f"(its message could not be read: {type(unreadable).__name__}: {unreadable})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
     return line if len(line) <= 300 else line[:297] + "..."

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 
-from attnprof.checks import CHECK_LENGTH, wrong_form
+from attnprof.checks import CHECK_LENGTH, changed_inputs, wrong_form
 from attnprof.impls.base import AttentionImpl
 from attnprof.inputs import CaseInputs
 from attnprof.spec import Case
@@ -94,15 +94,27 @@ class SpotCheck:
         calls): the finiteness test allocates a byte per value, and a kept output took the device's room."""
 
         def first_output_read():
+            before = self._sampled_inputs() if self.wanted and not self.seen else None
             out = call()  # (B, H, N, D)
             if self.wanted and not self.seen and out is not None:
                 self.seen = True
-                self.wrong = wrong_form(out, self.inputs.q, self.inputs.v) or non_finite(out)
+                self.wrong = (
+                    changed_inputs(before, self._sampled_inputs()) or wrong_form(out, self.inputs.q, self.inputs.v) or non_finite(out)
+                )
                 if self.wrong is None and compares(self.impl, self.case):
                     self.kept = [out[b, h, self.rows].detach().cpu().double() for b, h in self.heads]  # (rows, D) each
             return out
 
         return first_output_read
+
+    def _sampled_inputs(self) -> list:
+        """q, k and v of the sampled heads, copied to the CPU (S, N, D) each: what a call must leave as it found it."""
+        import torch
+
+        return [
+            torch.stack([t[b, h].detach().to("cpu", copy=True) for b, h in self.heads])
+            for t in (self.inputs.q, self.inputs.k, self.inputs.v)
+        ]
 
     def failure(self) -> str | None:
         """Why the first output or the gradients are wrong, or None (also when nothing applies or nothing was seen)."""

@@ -59,8 +59,9 @@ class CaseMeasurer:
         self.at("its refusals")
         try:
             measurement = self._measure(case, settings)
-        except (Exception, KeyboardInterrupt, SystemExit) as error:  # any failure of the case becomes its row (an impl's
-            # sys.exit or KeyboardInterrupt too: it killed the worker, leaving "exited with status 1" and a traceback on the terminal)
+        except BaseException as error:  # any failure of the case becomes its row (an impl's sys.exit, KeyboardInterrupt or
+            # own BaseException too: each killed the worker, leaving "exited with status 1" and a traceback on the terminal,
+            # and a fresh worker crashed again at every further length)
             status, reason, poisoned = classify(error)
             self.poisoned = self.poisoned or poisoned
             # which step: an out-of-memory in the timing pass (the heap held for it) is not one in the memory pass
@@ -144,7 +145,7 @@ class CaseMeasurer:
         if key not in self.checks:
             try:
                 self.checks[key] = run_check(impl, case)
-            except (Exception, KeyboardInterrupt, SystemExit) as error:  # the check itself raising is a failed check
+            except BaseException as error:  # the check itself raising is a failed check (whatever the impl raised)
                 status, reason, poisoned = classify(error)
                 # the memory of the moment, not a wrong impl: an `oom` row (larger lengths skipped), not kept; a kernel
                 # refused at run time ("No viable backend") an `unsupported` row, not an `error` for every length
@@ -162,7 +163,7 @@ def refusal_of(impl: AttentionImpl, case: Case) -> Measurement | None:
     dry run said error (a review)."""
     try:
         reasons = impl.not_supported(case)
-    except Exception as error:  # noqa: BLE001  (the impl's own code)
+    except BaseException as error:  # noqa: BLE001  (the impl's own code, whatever it raises)
         _, reason, _ = classify(error)
         return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
     return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None

@@ -34,6 +34,15 @@ def planted_raise_at() -> str:
 REFUSE_KINDS = ("refuse_raises", "refuse_segv", "refuse_hangs", "refuse_memory")  # faults of the refuse hook: the call itself is softmax
 
 
+class PlantedBaseException(BaseException):
+    pass
+
+
+class UnreadableError(RuntimeError):
+    def __str__(self):
+        raise ValueError("no message here")
+
+
 def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=False, pid_file=""):
     n = q.shape[-2]
     if kind in ("ok", *REFUSE_KINDS) or n < at_length or (on_data and q.is_meta):  # on_data: a kernel's fault, not one of its plan
@@ -94,6 +103,15 @@ def fault_attention(q, k, v, *, causal=False, kind="ok", at_length=0, on_data=Fa
         sys.exit("planted sys.exit")
     if kind == "keyboard":
         raise KeyboardInterrupt
+    if kind == "mutate":  # a right output, then q scaled in place (a buffer reused as scratch)
+        out = softmax_attention(q, k, v, causal=causal)
+        with torch.no_grad():
+            q.mul_(2)
+        return out
+    if kind == "base_raise":  # a BaseException of the impl's own, neither Exception nor a stop
+        raise PlantedBaseException("planted BaseException")
+    if kind == "bad_str":  # an exception whose message cannot be read
+        raise UnreadableError()
     if kind in ("spawn", "spawn_session"):  # a child process that outlives the call, then a hang: the timeout kills the worker
         # spawn_session: the child leaves the worker's process group (a daemon-like helper, a server an impl starts)
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=kind == "spawn_session")

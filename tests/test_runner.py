@@ -205,11 +205,16 @@ def test_an_impl_that_misbehaves_beyond_raising_costs_no_other_cell(db):
     shared); sys.exit or KeyboardInterrupt killed the worker ("exited with status 1", a traceback on the terminal); an
     out-of-memory in the reference check was an `error` for every length; a refuse hook raising ended the sweep with a
     traceback, and every resume the same way."""
-    impls = "fault:kind=nograd,softmax,fault:kind=sys_exit,fault:kind=keyboard,fault:kind=oom,fault:kind=refuse_raises,at_length=128"
+    impls = ("fault:kind=nograd,softmax,fault:kind=sys_exit,fault:kind=keyboard,fault:kind=oom,fault:kind=refuse_raises,at_length=128,"
+             "fault:kind=base_raise,fault:kind=bad_str")  # fmt: skip
     rows = measure(db, impls, lengths=(64, 128), mode=("fwd_bwd",))
     assert statuses(rows, "softmax") == ["ok", "ok"], [rows["softmax", n].reason for n in (64, 128)]
     assert "changed torch's global settings (grad mode True -> False); put back after this case" in rows["fault[kind=nograd]", 64].reason
-    for kind, raised in (("sys_exit", "SystemExit: planted sys.exit"), ("keyboard", "KeyboardInterrupt")):
+    # an impl's own BaseException crashed the worker, its name only in a traceback on stderr; an unreadable message
+    # named the __str__'s error instead of the exception (a robustness audit)
+    unreadable = "UnreadableError: (its message could not be read: ValueError: no message here)"
+    for kind, raised in (("sys_exit", "SystemExit: planted sys.exit"), ("keyboard", "KeyboardInterrupt"),
+                         ("base_raise", "PlantedBaseException: planted BaseException"), ("bad_str", unreadable)):  # fmt: skip
         assert statuses(rows, f"fault[kind={kind}]") == ["error", "error"]
         assert raised in rows[f"fault[kind={kind}]", 64].reason
     assert statuses(rows, "fault[kind=oom]") == ["oom", "skipped"]
@@ -601,3 +606,15 @@ def test_a_message_whose_first_line_only_introduces_the_cause_keeps_the_cause():
     said = "backend='inductor' raised:\nAssertionError: Please convert all Tensors to FakeTensors first\n\nSet TORCH_LOGS=..."
     assert "raised: AssertionError: Please convert all Tensors to FakeTensors first" in classify(RuntimeError(said))[1]
     assert classify(RuntimeError("shape mismatch\nmore detail"))[1].endswith("shape mismatch")  # a whole first line alone
+
+
+def test_an_impl_that_changes_its_inputs_is_told_so(db):
+    """An impl returning the right output and then scaling q in place read "query row 0 ... has relative error 0.619 >
+    0.001 against exact attention" at its measured length (a robustness audit): its maths blamed, the real fault
+    unsaid. Caught in the check at N <= 256, and at the measured length when it starts past it."""
+    rows = measure(db, "fault:kind=mutate,fault:kind=mutate,at_length=512", lengths=(256, 512))
+    said = "it changed its inputs in place (q): an impl must leave q, k and v as it found them"
+    early, late = rows["fault[kind=mutate]", 256], rows["fault[at_length=512,kind=mutate]", 512]
+    assert early.status == Status.ERROR and said in early.reason and "relative error" not in early.reason, early.reason
+    assert late.status == Status.ERROR and late.reason.startswith(f"failed its check at the measured length N=512: {said}"), late.reason
+    assert rows["fault[at_length=512,kind=mutate]", 256].status == Status.OK

@@ -292,7 +292,11 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
     from attnprof.runner import SweepInterrupted
 
     args = ["--impl", "fault:kind=exit,at_length=128", "--lengths", "64..256", "--heads", "2", "--head-dim", "16", "--device", "cpu"]
-    assert CliRunner().invoke(cli, ["sweep", *args, "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)]).exit_code == 0
+    first = CliRunner().invoke(cli, ["sweep", *args, "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)])
+    assert first.exit_code == 0, first.output
+    # the complete run's crashed row said "resume the run once fixed", and nothing said how (a robustness audit)
+    said = "1 crashed row: once the cause is fixed, measure them again with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume "
+    assert said in first.stdout and f" --retry crashed --db {db}" in first.stdout, first.stdout
     connection = sqlite3.connect(db)  # as a retry leaves it when stopped after measuring N = 128 again, ok this time
     connection.execute("UPDATE measurements SET status = 'ok', reason = '' WHERE seq_len = 128")
     connection.execute("UPDATE runs SET state = 'interrupted'")

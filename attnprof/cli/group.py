@@ -253,3 +253,8 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     unfinished = unfinished_note(run, len(measurements), db)
     cases = f"{len(measurements)} case{'s' * (len(measurements) != 1)}"
     click.echo(f"run {run.run_id}: {cases} in {db}" + (f"; {unfinished}" if unfinished else ""))
+    again = sorted({m.status.value for m in measurements} & {"crashed", "timeout"})
+    if again and not unfinished:  # a complete run's crashed rows said "resume the run once fixed", and nothing said how
+        count = sum(m.status.value in again for m in measurements)
+        retry = _resume_command(run.run_id, db, ",".join(again))
+        click.echo(f"{count} {' or '.join(again)} row{'s' * (count != 1)}: once the cause is fixed, measure them again with: {retry}")

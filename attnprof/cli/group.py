@@ -140,9 +140,15 @@ def output_console():
     mid-word; there the width is $COLUMNS or wide enough for any table, and lines end where the table does."""
     from rich.console import Console
 
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own exits 1 in silence: `attnprof sweep | true` read as a failed sweep of a complete run (a
+            # robustness audit). As the OSError it is, the command's handler ends it as a closed pipe does elsewhere.
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
-    return Console(width=1000)
+        return PipedConsole()
+    return PipedConsole(width=1000)
 
 
 @click.group(cls=AttnprofGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

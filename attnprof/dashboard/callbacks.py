@@ -40,7 +40,7 @@ class Callbacks:
         with the layout, so the first view is computed in the first round trip instead of the third. wanted: the
         selection in the page's address (address.wanted): its run, tab and filters where they still exist."""
         wanted = wanted or {}
-        refreshed = self.refresh(None, wanted.get("run"), None, None, None)
+        refreshed = self.refresh(None, wanted.get("run"), wanted.get("a"), wanted.get("b"), None)
         props = dict(zip(REFRESH_OUTPUTS, refreshed, strict=True))
         empty = {axis: [] for axis in AXES}
         budget = math.log2(DEFAULT_BUDGET)
@@ -57,11 +57,11 @@ class Callbacks:
             props[(ids.METRIC, "value")] = pages.usable_metric(self.source, refreshed[1], wanted["metric"])
         return props
 
-    def address(self, run_id, tab, filters, metric=None):
+    def address(self, run_id, tab, filters, metric=None, run_a=None, run_b=None):
         """The page's address query for its selection (address.py)."""
         from attnprof.dashboard.address import query
 
-        return query(run_id, tab, filters, metric)
+        return query(run_id, tab, filters, metric, (run_a, run_b))
 
     def refresh(self, _ticks, run_id, run_a, run_b, version):
         """Runs, newest first, and the database's state; nothing changes while the state is the same."""
@@ -168,7 +168,14 @@ def _register_state(app, callbacks: Callbacks) -> None:
     )(callbacks.filters)  # fmt: skip
     app.callback(
         Output(ids.ADDRESS, "data"),
-        inputs=[run, Input(ids.TABS, "value"), {axis: Input(ids.FILTERS[axis], "value") for axis in AXES}, Input(ids.METRIC, "value")],
+        inputs=[
+            run,
+            Input(ids.TABS, "value"),
+            {axis: Input(ids.FILTERS[axis], "value") for axis in AXES},
+            Input(ids.METRIC, "value"),
+            Input(ids.COMPARE_A, "value"),
+            Input(ids.COMPARE_B, "value"),
+        ],
     )(callbacks.address)
     # The address replaced, not pushed: dcc.Location pushed a history entry per filter click, and Back then changed the
     # address but not the page (a review's: 4 Backs to leave the dashboard).

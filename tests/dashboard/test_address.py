@@ -34,3 +34,17 @@ def test_the_page_load_restores_what_still_exists(two_runs_db):
     stale = callbacks.initial_props({"run": "no-such-run", "tab": "nonsense", "filters": {"label": ["sdpa"]}})
     assert stale[(ids.RUN, "value")] == seeding.CANDIDATE and (ids.TABS, "value") not in stale  # the newest run, its defaults
     assert stale[(ids.FILTERS["label"], "value")] == default[(ids.FILTERS["label"], "value")]
+
+
+def test_the_compare_tabs_runs_are_kept_in_the_address(tmp_path):
+    """A reload of the Compare tab went back to its default runs: the address kept the run, tab, filters and metric only."""
+    back = wanted("http://h/" + query("r1", "compare", {}, None, ("r0", "r1")))
+    assert (back["a"], back["b"], back["tab"]) == ("r0", "r1", "compare")
+    assert "a" not in wanted("http://h/" + query("r1", "compare", {}, None, (None, "r1")))
+    path = tmp_path / "three.db"
+    seeding.seed_two_runs(path)
+    newest = seeding.write_run(path, seeding.run_info("20260103-000000-third", "2026-01-03T00:00:00+00:00"), seeding.run_cells(True))
+    props = Callbacks(DataSource(path)).initial_props({"run": newest, "tab": "compare", "a": newest, "b": seeding.BASE})
+    assert (props[(ids.COMPARE_A, "value")], props[(ids.COMPARE_B, "value")]) == (newest, seeding.BASE)
+    gone = Callbacks(DataSource(path)).initial_props({"run": newest, "a": "no-such-run", "b": seeding.BASE})
+    assert (gone[(ids.COMPARE_A, "value")], gone[(ids.COMPARE_B, "value")]) == (seeding.CANDIDATE, seeding.BASE)  # the default for a

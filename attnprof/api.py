@@ -183,7 +183,7 @@ def plan(sweep: Sweep | None, db: str | Path | None = None, *, resume: str | Non
     `db` that have no row yet (or one of a status in `retry`): what `--dry-run` prints. A resume that run_sweep would
     refuse is refused. A resumed case that a failure the run kept will skip reads "skipped: ..." (listed as to be
     measured, it then got a `skipped` row: a robustness audit)."""
-    from attnprof.resuming import pending_retry, resumable, retried, same_sweep
+    from attnprof.resuming import resumable, retried, same_sweep, with_pending
     from attnprof.runner import kept_rows, skipped_after
     from attnprof.store import Store
 
@@ -193,7 +193,7 @@ def plan(sweep: Sweep | None, db: str | Path | None = None, *, resume: str | Non
     try:
         run, stored = resumable(store, resume)
         same_sweep(sweep, stored, run.run_id)
-        done, failures = kept_rows(store, run.run_id, retried(retry, resume) or pending_retry(run))
+        done, failures = kept_rows(store, run.run_id, with_pending(retried(retry, resume), run))
     finally:
         store.close()
     skip = skipped_after(failures)
@@ -245,7 +245,7 @@ def run_sweep(
 
 def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:
     from attnprof.errors import StoreFault, signal_of
-    from attnprof.resuming import pending_retry, resumable, same_sweep
+    from attnprof.resuming import resumable, same_sweep, with_pending
     from attnprof.run_lock import measuring
     from attnprof.runner import SweepInterrupted, execute
     from attnprof.store import Store
@@ -270,7 +270,7 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
         settings = Settings(warmup_ms=sweep.warmup_ms, rep_ms=sweep.rep_ms, accounting=sweep.accounting)
         with measuring(store.path, run.run_id):  # a second resume of the same run is refused, not run alongside
             _mark_running(store, run.run_id)
-            retry = retry or (pending_retry(run) if resume is not None else ())  # a retry stopped early goes on
+            retry = with_pending(retry, run) if resume is not None else retry  # a retry stopped early goes on
             if retry:
                 store.set_pending_retry(run.run_id, retry)
             try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from attnprof.gate_rules import METRICS, GateRule, exact_name
+from attnprof.gate_rules import METRICS, GateRule, exact_name, telling_apart
 from attnprof.table import format_bytes
 
 CONFIG = ["label", "batch", "heads", "head_dim", "dtype", "device", "causal", "mode"]
@@ -313,10 +313,7 @@ def _apart(show, value: float, bound: float) -> str:
     0.4% over (2,155,872,000 bytes), and "ratio to softmax 1 (+0.0%) > max 1" a ratio of 1.000195."""
     change = value / bound - 1 if bound else 0.0
     past = (f" ({change:+.1%})" if abs(change) >= 0.001 else f" ({change * 100:+.2g}%)") if bound else ""
-    for text in (show, "{:,.0f}".format, *(f"{{:.{digits}g}}".format for digits in (6, 9, 17))):
-        if text(value) != text(bound):
-            return f"{text(value)}{past}"
-    return f"{value!r}{past}"
+    return f"{telling_apart(show, value, bound)(value)}{past}"
 
 
 def busy_note(group: pd.DataFrame) -> str:

@@ -249,7 +249,8 @@ def _check_form(rule: GateRule, where: str) -> None:
         if getattr(rule, low) is not None and getattr(rule, high) is not None and getattr(rule, low) > getattr(rule, high):
             from attnprof.gate import metric_text  # it builds on this module
 
-            show = metric_text(rule.metric) if low == "min_value" else "{:g}".format  # "2.09715e+06" for "2MiB" (an audit)
+            shown = metric_text(rule.metric) if low == "min_value" else "{:g}".format  # "2.09715e+06" for "2MiB" (an audit)
+            show = telling_apart(shown, getattr(rule, low), getattr(rule, high))  # "1.0 MiB > 1.0 MiB" for 1048600 (a review)
             raise UsageError(f"{where}: {low} {show(getattr(rule, low))} > {high} {show(getattr(rule, high))}, so it can never pass")
     if rule.budget is not None and rule.min_frontier is None:
         raise UsageError(f"{where}: budget only goes with min_frontier")
@@ -257,6 +258,15 @@ def _check_form(rule: GateRule, where: str) -> None:
         raise UsageError(f"{where}: a frontier rule is for metric peak_bytes (the longest N within a memory budget), not {rule.metric}")
     if rule.to is not None and rule.to == rule.impl:  # `to` copied from `impl`: a ratio of 1 whatever the code does
         raise UsageError(f"{where}: to = {rule.to!r} is the rule's own impl, so the ratio is 1 whatever it measures; name another")
+
+
+def telling_apart(show, value: float, other: float):
+    """`show`, or the first format after it that writes `value` and `other` differently: "2.0 GiB > max 2.0 GiB" hid
+    0.4% over (2,155,872,000 bytes), and "ratio to softmax 1 (+0.0%) > max 1" a ratio of 1.000195."""
+    for text in (show, "{:,.0f}".format, *(f"{{:.{digits}g}}".format for digits in (6, 9, 17))):
+        if text(value) != text(other):
+            return text
+    return repr
 
 
 DURATION_MS = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}

@@ -44,6 +44,12 @@ def pending_retry(run) -> tuple[str, ...]:
     return tuple(run.env.get(RETRY_PENDING) or ())
 
 
+def with_pending(retry: tuple[str, ...], run) -> tuple[str, ...]:
+    """The statuses asked for and those a stopped retry of the run was measuring again: a `--retry timeout` after a
+    killed `--retry crashed` replaced it, and completed the run with the crashed rows not reached (a review)."""
+    return tuple(dict.fromkeys((*retry, *pending_retry(run))))
+
+
 def check_plugins_loaded(run, sweep: Sweep) -> None:
     """A run of a plugin impl resumed without its module said only "unknown impl 'mine'"."""
     from attnprof import impls

@@ -163,7 +163,9 @@ def refusal_of(impl: AttentionImpl, case: Case) -> Measurement | None:
     dry run said error (a review)."""
     try:
         reasons = impl.not_supported(case)
-    except BaseException as error:  # noqa: BLE001  (the impl's own code, whatever it raises)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM where this runs in the user's process (a dry run, the sweep's own): a stop
+        raise
+    except BaseException as error:  # noqa: BLE001  (the impl's own code, whatever else it raises)
         _, reason, _ = classify(error)
         return Measurement(case=case, status=Status.ERROR, reason=f"{reason}; during its refusals (the impl's refuse hook)")
     return Measurement(case=case, status=Status.UNSUPPORTED, reason="; ".join(reasons)) if reasons else None

@@ -303,6 +303,11 @@ def test_a_markdown_summary_that_cannot_be_written_is_refused_before_measuring(t
             '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nat_length = "1k"\nmin_value = "2MiB"\nmax_value = "1MiB"\n',
             "min_value 2.0 MiB > max_value 1.0 MiB, so it can never pass",
         ),
+        # in as many digits as tell them apart: "1.0 MiB > 1.0 MiB" (a review)
+        (
+            '[[rule]]\nimpl = "softmax"\nmetric = "peak_bytes"\nat_length = "1k"\nmin_value = 1048600\nmax_value = "1MiB"\n',
+            "min_value 1,048,600 > max_value 1,048,576, so it can never pass",
+        ),
         ("[[rule]\n", "not valid TOML"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nmax_exponent = 1\n', "no [sweep] table"),
         ('[[rule]]\nimpl = "softmax"\nmetric = "time"\nat_length = "1k"\nmax_value = "5 parsecs"\n', "a duration such as 5ms"),

@@ -297,6 +297,8 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
     # the complete run's crashed row said "resume the run once fixed", and nothing said how (a robustness audit)
     said = "1 crashed row: once the cause is fixed, measure them again with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume "
     assert said in first.stdout and f" --retry crashed --db {db}" in first.stdout, first.stdout
+    markdown = CliRunner().invoke(cli, ["show", "latest", "--format", "markdown", "--db", str(db)]).stdout
+    assert f" cases in {db}\n\n1 crashed row: once the cause" in markdown, markdown  # a paragraph of its own (a review)
     connection = sqlite3.connect(db)  # as a retry leaves it when stopped after measuring N = 128 again, ok this time
     connection.execute("UPDATE measurements SET status = 'ok', reason = '' WHERE seq_len = 128")
     connection.execute("UPDATE runs SET state = 'interrupted'")
@@ -350,6 +352,8 @@ def test_a_retry_killed_outright_is_resumed_as_a_retry(db, tmp_path):
         [sys.executable, "-m", "attnprof", "show", "latest", "--db", str(db)], capture_output=True, text=True, timeout=300
     )
     assert "attnprof sweep --resume " in shown.stdout + shown.stderr and " --retry crashed --db " in shown.stdout + shown.stderr, shown
-    attnprof.run_sweep(None, db, resume="latest")  # as the note said before: no --retry
+    assert len(attnprof.plan(None, db, resume="latest")) == 2  # as the note said before: no --retry, and it retries still
+    # another status asked for adds to the pending one: `--retry timeout` replaced it and completed the run (a review)
+    attnprof.run_sweep(None, db, resume="latest", retry="timeout")
     assert statuses() == ["ok", "ok"] and pending() is None
     assert attnprof.load_measurements("latest", db)["status"].tolist() == ["ok", "ok"]

@@ -618,3 +618,26 @@ def test_an_impl_that_changes_its_inputs_is_told_so(db):
     assert early.status == Status.ERROR and said in early.reason and "relative error" not in early.reason, early.reason
     assert late.status == Status.ERROR and late.reason.startswith(f"failed its check at the measured length N=512: {said}"), late.reason
     assert rows["fault[at_length=512,kind=mutate]", 256].status == Status.OK
+
+
+def test_a_stop_in_a_refuse_hook_stops_whoever_runs_it():
+    """refusal_of runs plugin hooks in the user's own process too (a dry run, api.plan): catching every BaseException
+    there made Ctrl-C a row, "error: KeyboardInterrupt ... during its refusals", and a hanging hook unstoppable (a
+    review). A stop goes through; anything else the hook raises is the row's error."""
+    import dataclasses
+
+    from attnprof import impls
+    from attnprof.spec import Case
+    from attnprof.worker import refusal_of
+
+    def stopped(case, options):
+        raise KeyboardInterrupt
+
+    def odd(case, options):
+        raise GeneratorExit("odd")
+
+    softmax = impls.get("softmax")
+    with pytest.raises(KeyboardInterrupt):
+        refusal_of(dataclasses.replace(softmax, refuse=stopped), Case("softmax", 64))
+    row = refusal_of(dataclasses.replace(softmax, refuse=odd), Case("softmax", 64))
+    assert row.status == Status.ERROR and row.reason.startswith("GeneratorExit: odd"), row.reason

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from attnprof.errors import Terminated, UsageError
 from attnprof.spec import ImplSpec, Sweep, parse_impls, parse_lengths
+from attnprof.sweep_checks import check_device, check_input_size, check_reachable, checked_values
 
 DEFAULT_DB = Path("reports") / "attnprof.db"
 
@@ -44,7 +45,7 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
         raise UsageError(f"--accounting counts the GPU plan on the meta device; --device {shown} cannot be accounted, drop it")
     devices = ("meta",) if sweep.accounting else (sweep.device or (("cuda",) if torch.cuda.is_available() else ("cpu",)))
     for device in devices:
-        _check_device(device, sweep.accounting)
+        check_device(device, sweep.accounting)
     cpu_only = all(d == "cpu" for d in devices)
     resolved = replace(
         sweep,
@@ -53,9 +54,9 @@ def resolve_sweep(sweep: Sweep) -> Sweep:
         dtype=sweep.dtype or (("float32",) if cpu_only else ("bfloat16",)),
         impls=_expand_impls(sweep.impls),
     )
-    _check_reachable(resolved)
-    resolved = _checked_values(resolved)
-    _check_input_size(resolved)
+    check_reachable(resolved)
+    resolved = checked_values(resolved)
+    check_input_size(resolved)
     return resolved
 
 
@@ -88,71 +89,6 @@ def _spelled_as_the_cli(sweep: Sweep) -> Sweep:
         changes[field] = parse(list(value) if isinstance(value, (tuple, list)) else value)
     SWEEP_KEYS["accounting"][1](sweep.accounting)  # a boolean or refused: "false", a true string, made an accounting run
     return replace(sweep, **changes) if changes else sweep
-
-
-def _check_reachable(sweep: Sweep) -> None:
-    """An impl registered in an interactive session (a notebook, `python -c`) was accepted, and every one of its
-    rows then read "unknown impl": the workers are spawned processes, and do not run the session."""
-    from attnprof import impls
-
-    unseen = impls.unreachable(spec.name for spec in sweep.impls)
-    if unseen:
-        raise UsageError(
-            f"impl {unseen[0]!r} is registered in this interactive session, which the sweep's worker processes do not run: "
-            "register it in a module (mykernels.py) and import that here (workers import it too), or run a script file; "
-            f"attnprof.impls.unregister({unseen[0]!r}) takes this one back"
-        )
-    hidden = impls.unimportable([spec.name for spec in sweep.impls])
-    if hidden:  # workers import it by name: it failed every cell of the sweep ("could not start a worker") seconds later
-        name, module = hidden[0]
-        where = impls.file_of(name)  # a module loaded by path is in no sys.modules entry: the error said "(?)"
-        where = f" ({where})" if where else ""
-        raise UsageError(
-            f"impl {name!r} comes from module {module!r}{where}, which the sweep's worker processes cannot import by name: "
-            "put its folder on sys.path (or PYTHONPATH) before importing it"
-        )
-
-
-def _checked_values(sweep: Sweep) -> Sweep:
-    """A Sweep built in Python gets the checks the CLI's and TOML's parsers make (scenario.SWEEP_KEYS), and their
-    values: one UsageError naming the bad value, instead of rows of N = 0 or a seed SQLite cannot store. The values
-    parsed are kept: rep_ms="50" was checked, then stored as text, and every row failed comparing it with a float
-    (an API audit)."""
-    from attnprof.scenario import SWEEP_KEYS
-
-    changes = {}
-    for key in ("lengths", "batch", "heads", "head_dim", "warmup_ms", "rep_ms", "timeout", "seed"):
-        field, parse = SWEEP_KEYS[key]
-        value = getattr(sweep, field)
-        changes[field] = parse(list(value) if isinstance(value, tuple) else value)
-    return replace(sweep, **changes)
-
-
-MAX_INPUT_BYTES = 2**50  # 1 PiB for one of q, k, v: beyond any device; far beyond it, torch's size arithmetic overflows
-
-
-def _check_input_size(sweep: Sweep) -> None:
-    """Refuse a grid whose largest q cannot exist, before measuring: it would otherwise be an error row
-    ('Storage size calculation overflowed') per cell. Large-but-possible sizes are left to the OOM handling."""
-    from attnprof.impls.base import DTYPE_BYTES
-
-    n, b, h, d = max(sweep.lengths), max(sweep.batch), max(sweep.heads), max(sweep.head_dim)
-    size = b * h * n * d * max(DTYPE_BYTES[dtype] for dtype in sweep.dtype)
-    if size > MAX_INPUT_BYTES:
-        raise UsageError(f"bad lengths: N={n} with batch {b}, {h} heads, head dim {d} makes q alone {size / 2**50:.3g} PiB")
-
-
-def _check_device(device: str, accounting: bool) -> None:
-    import torch
-
-    if device == "meta" and not accounting:
-        raise UsageError("device 'meta' measures nothing; use --accounting for exact FLOPs and bytes without running")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); use --device cpu")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
 
 
 def _expand_impls(specs: tuple[ImplSpec, ...]) -> tuple[ImplSpec, ...]:
@@ -214,12 +150,21 @@ def new_run_id() -> str:
 
 
 def run_sweep(
-    sweep: Sweep | None, db: str | Path | None = None, *, resume: str | None = None, retry=(), progress=None, command: str = ""
+    sweep: Sweep | None,
+    db: str | Path | None = None,
+    *,
+    resume: str | None = None,
+    retry=(),
+    progress=None,
+    command: str = "",
+    timeout: float | None = None,
 ) -> str:
     """Measure every case of `sweep` (or the missing cases of run `resume`, whose stored sweep is measured: `sweep`
     None, or the same sweep) into `db`; returns the run id. `retry`
     (statuses among spec.RETRYABLE, with `resume`): the run's cells of those statuses are measured again, and the
-    lengths skipped after them; a transient kill or timeout was otherwise a run's last word on its cells.
+    lengths skipped after them; a transient kill or timeout was otherwise a run's last word on its cells. `timeout`
+    (with `resume`): the seconds a case may take in this resume, the run's own otherwise, so that a case that timed out
+    can be retried at a longer limit (a resume took the stored sweep's whole: a README audit).
 
     `progress`: an attnprof.Progress, or any object with some of its methods (named, begin, start, done), told of
     each case as it is measured.
@@ -228,7 +173,7 @@ def run_sweep(
     "interrupted" (resumable), as it is after any other fault.
     """
     from attnprof.progress_base import given_progress
-    from attnprof.resuming import retried
+    from attnprof.resuming import resumed_timeout, retried
     from attnprof.runner import SPAWN_HINT, WORKER_NAME_PREFIX, discard_spare_worker, start_spare_worker
 
     if multiprocessing.current_process().name.startswith(WORKER_NAME_PREFIX):
@@ -238,12 +183,12 @@ def run_sweep(
     progress = given_progress(progress)  # before the run exists: a bad one left an empty run, then `latest`
     start_spare_worker()  # its imports overlap this process's (resolve_sweep imports torch); ended below if unused
     try:
-        return _measure(sweep, db, resume, retried(retry, resume), progress, command)
+        return _measure(sweep, db, resume, retried(retry, resume), progress, command, resumed_timeout(timeout, resume))
     finally:
         discard_spare_worker()
 
 
-def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str) -> str:
+def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progress, command: str, timeout: float | None = None) -> str:
     from attnprof.errors import StoreFault, signal_of
     from attnprof.resuming import resumable, same_sweep, with_pending
     from attnprof.run_lock import measuring
@@ -260,7 +205,7 @@ def _measure(sweep: Sweep, db, resume: str | None, retry: tuple[str, ...], progr
         if resume is not None:
             run, stored = resumable(store, resume)
             same_sweep(sweep, stored, run.run_id)
-            sweep = stored
+            sweep = stored if timeout is None else replace(stored, timeout=timeout)
         else:
             run = _new_run(sweep, command)
             try:

@@ -44,6 +44,17 @@ def pending_retry(run) -> tuple[str, ...]:
     return tuple(run.env.get(RETRY_PENDING) or ())
 
 
+def resumed_timeout(timeout, resume) -> float | None:
+    """A resume's own per-case timeout (seconds), checked as a sweep's is; None keeps the run's. Refused without a run."""
+    if timeout is None:
+        return None
+    if resume is None:
+        raise UsageError("timeout= goes with resume: a new sweep takes its timeout in Sweep(timeout=...)")
+    from attnprof.scenario import SWEEP_KEYS
+
+    return SWEEP_KEYS["timeout"][1](timeout)  # as a sweep's is checked: a positive, finite number (text too)
+
+
 def with_pending(retry: tuple[str, ...], run) -> tuple[str, ...]:
     """The statuses asked for and those a stopped retry of the run was measuring again: a `--retry timeout` after a
     killed `--retry crashed` replaced it, and completed the run with the crashed rows not reached (a review)."""

@@ -357,3 +357,25 @@ def test_a_retry_killed_outright_is_resumed_as_a_retry(db, tmp_path):
     attnprof.run_sweep(None, db, resume="latest", retry="timeout")
     assert statuses() == ["ok", "ok"] and pending() is None
     assert attnprof.load_measurements("latest", db)["status"].tolist() == ["ok", "ok"]
+
+
+def test_a_timeout_is_retried_at_a_longer_limit(db):
+    """A resume refused every sweep flag, --timeout too, so a case that timed out at the run's own limit timed out again
+    at every retry the summary advised (a README audit). A resume takes --timeout, and the advice names a longer one."""
+    from click.testing import CliRunner
+
+    from attnprof.cli import cli
+
+    args = ["--impl", "softmax", "--lengths", "1k", "--causal", "no", "--device", "cpu", "--warmup-ms", "1"]  # 3 s of timing
+    first = CliRunner().invoke(cli, ["sweep", *args, "--rep-ms", "3000", "--timeout", "1", "--db", str(db)])
+    assert first.exit_code == 0 and "1 timeout row: once the cause is fixed, measure them again with: " in first.stdout, first.output
+    assert " --retry timeout --db " in first.stdout and first.stdout.rstrip().endswith(" --timeout 2"), first.stdout
+    refused = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--rep-ms", "5", "--db", str(db)])
+    assert refused.exit_code == 2 and "(all but --timeout); drop --rep-ms" in refused.output, refused.output
+    bad = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "timeout", "--timeout", "0", "--db", str(db)])
+    assert bad.exit_code == 2 and "bad timeout 0.0: must be positive" in bad.output, bad.output
+    again = CliRunner().invoke(cli, ["sweep", "--resume", "latest", "--retry", "timeout", "--timeout", "60", "--db", str(db)])
+    assert again.exit_code == 0, again.output
+    assert attnprof.load_measurements("latest", db)["status"].tolist() == ["ok"]
+    with pytest.raises(UsageError, match="timeout= goes with resume"):
+        attnprof.run_sweep(attnprof.Sweep(impls="softmax", lengths=(64,), device=("cpu",)), db, timeout=5)

@@ -263,6 +263,8 @@ def print_summary(db, run_id: str, output_format: str) -> None:
     if again and not unfinished:  # a complete run's crashed rows said "resume the run once fixed", and nothing said how
         count = sum(m.status.value in again for m in measurements)
         retry = _resume_command(run.run_id, db, ",".join(again))
+        if "timeout" in again:  # the run's own limit would time them out again (a README audit)
+            retry += f" --timeout {2 * float(run.sweep.get('timeout') or 300):g}"
         if output_format == "markdown":  # else Markdown joins it to the line above as one paragraph (a review)
             click.echo()
         click.echo(f"{count} {' or '.join(again)} row{'s' * (count != 1)}: once the cause is fixed, measure them again with: {retry}")

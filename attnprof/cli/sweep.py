@@ -17,7 +17,8 @@ from attnprof.errors import UsageError
 @click.option("--impl", help="Comma-separated impls, `all`, with options as name:key=value,key=value (default: all).")
 @click.option(
     "--lengths",
-    help="1k..64k (powers of two), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000 (default: 1k..64k on GPU and with --accounting, 256..4k on CPU).",
+    help="1k..64k (doubling from the start), 1k..8k:x4, 1k..4k:+1k, 512,1k,3000 (default: 1k..64k on GPU and with --accounting,"
+    " 256..4k on CPU).",
 )
 @click.option("--batch", help="Batch sizes, comma separated (default 1).")
 @click.option("--heads", help="Head counts, comma separated (default 16).")
@@ -34,7 +35,8 @@ from attnprof.errors import UsageError
     "--timeout",
     type=float,
     help="Seconds a case may take, its correctness checks and untimed calls included, before its worker is killed; the"
-    " configuration's longer lengths are then skipped (default 300).",
+    " configuration's longer lengths are then skipped (default 300). With --resume: for the cases it measures, e.g. with"
+    " --retry timeout at a longer limit.",
 )
 @click.option("--seed", type=int, help="Seed of the inputs (default 0).")
 @click.option("--name", help="A name for the run.")
@@ -45,7 +47,14 @@ from attnprof.errors import UsageError
     help="Exact FLOPs and live bytes of the GPU plan, counted on the meta device (no GPU needed); no timing.",
 )
 @db_option
-@click.option("--resume", is_flag=False, flag_value="latest", default=None, help="Measure the missing cases of RUN (default: latest).")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN]",
+    help="Measure the missing cases of RUN (default: latest).",
+)
 @click.option(
     "--retry",
     help="With --resume: measure again the run's cells of these statuses (crashed, timeout, oom, error; comma separated) "
@@ -73,9 +82,12 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
     retry = () if retry is None else retry  # "" stays: refused as a bad value
     tables = scenario_sweeps(scenario) if scenario else [{}]
     given = {k: v for k, v in options.items() if v is not None}
+    # a resume may take another --timeout: a case that timed out at the run's limit is retried at a longer one
+    timeout = given.pop("timeout", None) if resume is not None else None
     if resume is not None and (given or scenario):
         raise UsageError(
-            f"--resume takes the sweep from run {resume!r}; drop {', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}"
+            f"--resume takes the sweep from run {resume!r} (all but --timeout); drop "
+            f"{', '.join(['--' + k.replace('_', '-') for k in given] or [scenario])}"
         )
     specs = [(db or table.get("db"), sweep_from_options({**table, **given})) for table in tables]  # every table checked first
     untimed = [key for key in ("warmup_ms", "rep_ms") if key in given]
@@ -90,7 +102,7 @@ def sweep(ctx, scenario, db, resume, retry, dry_run, **options):
         if dry_run:
             _print_plan(spec, sweep_db, resume, retry)
         else:
-            run_ids.append(_run_and_report(spec, sweep_db, resume, retry))
+            run_ids.append(_run_and_report(spec, sweep_db, resume, retry, timeout))
     if len(run_ids) > 1:
         where = f" --db {shlex.quote(str(specs[0][0]))}" if specs[0][0] else ""
         export = f"attnprof export {' '.join(run_ids)} --format baseline --out FILE{where}"
@@ -111,7 +123,7 @@ def _print_plan(spec, db, resume, retry) -> None:
     click.echo(f"{len(cases)} case{'s' * (len(cases) != 1)}, {refused} refused{skips}, {len(cases) - refused - skipped} to measure")
 
 
-def _run_and_report(spec, db, resume, retry) -> str:
+def _run_and_report(spec, db, resume, retry, timeout=None) -> str:
     from attnprof.api import default_db, run_sweep
     from attnprof.progress import SweepProgress
     from attnprof.runner import SweepInterrupted
@@ -120,7 +132,7 @@ def _run_and_report(spec, db, resume, retry) -> str:
     command = shlex.join(["attnprof", *sys.argv[1:]])  # pasted into a shell by the Reproduce views: quoted
     try:
         with SweepProgress() as progress:
-            run_id = run_sweep(spec, db, resume=resume, retry=retry, progress=progress, command=command)
+            run_id = run_sweep(spec, db, resume=resume, retry=retry, progress=progress, command=command, timeout=timeout)
     except SweepInterrupted as stop:
         exit_interrupted(stop, db)
     if resume is not None and progress.total == 0:

@@ -214,6 +214,13 @@ def test_only_chooses_the_slice_a_report_shows(two_runs_db, tmp_path):
         "label": ["nystromformer[num_landmarks=32]"],
         "seq_len": [1024, 2048],
     }
+    # a range keeps the measured lengths within it: the README's seq_len=1k..8k was refused on a 256..4k run (an audit)
+    assert slice_filters(["seq_len=1k..8k"], labelled) == {"seq_len": [1024, 2048, 4096]}
+    assert slice_filters(["seq_len=256,2k..3k"], labelled) == {"seq_len": [256, 2048]}
+    with pytest.raises(UsageError, match=r"the run has seq_len 256, 1k, 2k, 4k, none within 8k..16k$"):
+        slice_filters(["seq_len=8k..16k"], labelled)
+    with pytest.raises(UsageError, match=r"the run has seq_len 256, 1024, 2048, 4096, not '3k'$"):  # a step asks for its values
+        slice_filters(["seq_len=1k..3k:+1k"], labelled)
     out = tmp_path / "causal.html"
     assert invoke("report", seeding.BASE, "--db", two_runs_db, "--out", out, "--only", "causal=yes").exit_code == 0
     assert "Figures show causal = True (of False, True)" in out.read_text()

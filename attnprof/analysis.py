@@ -136,7 +136,7 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     crossover at 3465 instead of 336, and `fit` said nothing of the notes its rows carried."""
     from attnprof.records import NOISY_IQR_RATIO
 
-    timed, busy, noisy = _timed_flags(frame)
+    timed, busy, noisy = timed_flags(frame)
     if not len(timed):
         return ""
     parts = []
@@ -153,7 +153,7 @@ def timing_caveats(frame: pd.DataFrame, then: str = FIT_CAVEAT) -> str:
     return f"Of {cells}, {' and '.join(parts)}: {labels}. {then}"
 
 
-def _timed_flags(frame: pd.DataFrame) -> tuple:
+def timed_flags(frame: pd.DataFrame) -> tuple:
     """(the ok rows with timing samples, which of them were timed on a busy machine, which are noisy). Samples:
     load_measurements' frames carry them, the dashboard's only their median."""
     from attnprof.trackers.host_contention import timed_while_busy
@@ -169,7 +169,7 @@ def _timed_flags(frame: pd.DataFrame) -> tuple:
 
 def timing_flags(frame: pd.DataFrame) -> pd.Series:
     """Per row of `frame`: "" or why its time should not be trusted ("busy", "noisy" or "busy, noisy")."""
-    timed, busy, noisy = _timed_flags(frame)
+    timed, busy, noisy = timed_flags(frame)
     flags = pd.Series("", index=frame.index, dtype=object)
     if len(timed):
         flags.loc[timed.index] = [", ".join(w for w, on in (("busy", b), ("noisy", n)) if on) for b, n in zip(busy, noisy, strict=True)]
@@ -178,7 +178,7 @@ def timing_flags(frame: pd.DataFrame) -> pd.Series:
 
 def flagged_lengths(frame: pd.DataFrame) -> dict:
     """(label, *CONFIG[1:]) -> the lengths of that line's timed cells taken on a busy machine or noisy."""
-    timed, busy, noisy = _timed_flags(frame)
+    timed, busy, noisy = timed_flags(frame)
     if not len(timed):
         return {}
     flagged = timed[busy | noisy]

@@ -165,9 +165,18 @@ def _note_unfinished_runs(infos, measured, db, note) -> None:
 def _note_slowed_baseline(frame, note) -> None:
     """A baseline timed under load hides a later slowdown: one recorded on a busy machine read 649 ms for a 7 ms
     cell, and a real 3x slowdown then passed at -79.5%. Said; the file is written all the same."""
-    from attnprof.analysis import timing_caveats
+    from attnprof.analysis import timed_flags, timing_caveats
 
-    then = "A time rule judged against this baseline compares with a slowed machine: export a run timed on a quiet one."
-    caveat = timing_caveats(frame, then) if len(frame) else ""
+    if not len(frame):
+        return
+    # noisy cells alone were said to be "a slowed machine", which sent a user looking for load there was none of (an audit)
+    slowed = bool(timed_flags(frame)[1].any())
+    then = (
+        "A time rule judged against this baseline compares with a slowed machine: export a run timed on a quiet one."
+        if slowed
+        else "A time rule judged against noisy cells may not tell a change from their spread: export a run timed with a longer"
+        " --rep-ms, or on a quieter machine."
+    )
+    caveat = timing_caveats(frame, then)
     if caveat:
         note(f"note: {caveat}")

@@ -188,3 +188,21 @@ def test_an_export_of_an_unfinished_run_says_so(tmp_path, output_format):
     assert partial.exit_code == 0, partial.output
     assert "is interrupted: 1 of 2 cases, the rest with attnprof sweep --resume" in partial.output
     assert "the export holds the cells it has measured" in partial.output
+
+
+def test_a_baseline_of_noisy_cells_is_not_said_to_come_from_a_slowed_machine():
+    """Noisy cells alone were said to make a baseline "compare with a slowed machine" (a README audit): load is one
+    cause of a spread, not the only one; busy cells are said so."""
+    import pandas as pd
+
+    from attnprof.run_export import _note_slowed_baseline
+
+    busy = "timed while other processes kept 1.0 of 2 cores busy: times may be inflated"
+    cells = pd.DataFrame([dict(label="softmax", status="ok", times_ms=[1.0, 2.0], reason="", noisy=True),
+                          dict(label="sdpa", status="ok", times_ms=[1.0, 1.0], reason="", noisy=False)])  # fmt: skip
+    said = []
+    _note_slowed_baseline(cells, said.append)
+    assert "1 is noisy" in said[0] and "slowed machine" not in said[0] and "a longer --rep-ms" in said[0], said
+    said.clear()
+    _note_slowed_baseline(cells.assign(reason=[busy, ""]), said.append)
+    assert "compares with a slowed machine" in said[0], said

@@ -58,8 +58,10 @@ from attnprof.fit_range import (
     overhead_model_exponent,
     overhead_tilts,
     rising_at_the_top,
+    said_below_linear,
     said_still_bending,
     slope_se_beside_overhead,
+    still_bends,
     t_quantile_975,
     without_persistent_overhead,
 )
@@ -264,6 +266,7 @@ class _Shape:
     def fit(self, choice: ComplexityChoice, metric: str) -> Fit:
         samples, used_lengths = self.samples, self.used_lengths
         half = t_quantile_975(self.dof) * self.se
+        below_linear = metric == "peak_bytes" and self.slope + half < 1 and not still_bends(self.rule)
         return Fit(
             exponent=self.slope,
             exponent_low=self.slope - half,
@@ -276,7 +279,7 @@ class _Shape:
             n_dropped=samples.n_dropped,
             lengths_used=_as_numbers(used_lengths),
             lengths_measured=_as_numbers(samples.lengths),
-            range_rule=self.rule,
+            range_rule=said_below_linear(self.rule) if below_linear else self.rule,
             local_slopes=local_slopes(samples.lengths, samples.values),
             complexity=choice.complexity,
             best_class=choice.best,

@@ -85,6 +85,19 @@ def said_still_bending(rule: str) -> str:
     return rule.removesuffix(f", {_NOTHING_TO_DROP}") + STILL_BENDING
 
 
+# How a peak-memory fit whose whole interval is under 1 ends: memory that grows slower than its own output does only
+# while a fixed workspace dominates. cosFormer's accounted peak over 1k..64k read 0.743 [0.589, 0.896], "no upward bend",
+# its plan changing at 16k (local slopes 0.95, 0.97, 0.99, 0.68, 0.33, 0.49): an impl that read as sub-linear (an audit).
+BELOW_LINEAR = (
+    "; under 1: a fixed workspace dominates these lengths, and the output alone grows linearly (the exponent beyond them is at least 1)"
+)
+
+
+def said_below_linear(rule: str) -> str:
+    """A peak-memory fit's range rule with BELOW_LINEAR said, in place of its "no upward bend"."""
+    return rule.removesuffix(f", {_NOTHING_TO_DROP}") + BELOW_LINEAR
+
+
 def still_bends(rule: str) -> bool:
     """Whether a fit's range rule says its lengths still bend upward (STILL_BENDING), read beside the sentence."""
     return rule.endswith(STILL_BENDING)

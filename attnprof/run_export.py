@@ -13,12 +13,13 @@ from pathlib import Path
 from attnprof.errors import UsageError, make_folder, path_argument
 
 FORMATS = ("jsonl", "json", "csv", "baseline")
-RUN_COLUMNS = ("run_id", "created_at", "state", "cases", "device", "name")
+RUN_COLUMNS = ("run_id", "created_at", "state", "cases", "planned", "device", "name")
 
 
 def list_runs(db=None):
-    """The runs in `db`, newest first, as a pandas DataFrame of RUN_COLUMNS (what `attnprof runs` prints; device: the
-    GPU's name, or the devices the sweep asked for)."""
+    """The runs in `db`, newest first, as a pandas DataFrame of RUN_COLUMNS (what `attnprof runs` prints; cases: the
+    rows it holds, planned: the cases its sweep plans, None where its stored sweep cannot be read; device: the GPU's
+    name, or the devices the sweep asked for)."""
     import pandas as pd
 
     return pd.DataFrame(run_rows(db), columns=list(RUN_COLUMNS))
@@ -31,9 +32,33 @@ def run_rows(db=None) -> list[tuple]:
 
     store = Store.open(db or default_db(), create=False)
     try:
-        return [(run.run_id, run.created_at, run.state, store.count(run.run_id), run_device(run), run.name) for run in store.runs()]
+        rows = []
+        for run in store.runs():
+            count = store.count(run.run_id)
+            rows.append(
+                (
+                    run.run_id,
+                    run.created_at,
+                    run.state,
+                    count,
+                    count if run.state == "complete" else _planned(run),
+                    run_device(run),
+                    run.name,
+                )
+            )
+        return rows
     finally:
         store.close()
+
+
+def _planned(run) -> int | None:
+    """How many cases an unfinished run's sweep plans: `runs` said "6 cases" of an interrupted run of 24 (an audit)."""
+    from attnprof.spec import Sweep
+
+    try:
+        return len(Sweep.from_dict(run.sweep).cases())
+    except (KeyError, TypeError, ValueError):  # a stored definition this version cannot read
+        return None
 
 
 def run_device(run) -> str:

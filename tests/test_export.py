@@ -145,7 +145,15 @@ def test_runs_and_export_from_python_are_what_the_commands_write(tmp_path):
     db = one_run_db(tmp_path)
     listed = attnprof.list_runs(db)
     assert listed.to_dict("records") == [
-        {"run_id": "20260101-000000-abcd", "created_at": "2026", "state": "interrupted", "cases": 3, "device": "?", "name": ""}
+        {
+            "run_id": "20260101-000000-abcd",
+            "created_at": "2026",
+            "state": "interrupted",
+            "cases": 3,
+            "planned": None,
+            "device": "?",
+            "name": "",
+        }
     ]
     stream = io.StringIO()
     assert attnprof.export_runs("latest", db, "jsonl", stream=stream) == 3
@@ -206,3 +214,26 @@ def test_a_baseline_of_noisy_cells_is_not_said_to_come_from_a_slowed_machine():
     said.clear()
     _note_slowed_baseline(cells.assign(reason=[busy, ""]), said.append)
     assert "compares with a slowed machine" in said[0], said
+
+
+def test_runs_says_how_much_of_an_unfinished_run_there_is(tmp_path):
+    """`attnprof runs` said "1 cases" of an interrupted run of 2 (a robustness audit): its planned count beside it."""
+    import sqlite3
+
+    from click.testing import CliRunner
+    from small_sweeps import small_sweep
+
+    import attnprof
+    from attnprof.cli import cli
+
+    db = tmp_path / "r.db"
+    run_id = attnprof.run_sweep(small_sweep("softmax", lengths=(64, 128), causal=(False,)), db)
+    assert attnprof.list_runs(db)[["cases", "planned"]].values.tolist() == [[2, 2]]
+    connection = sqlite3.connect(db)
+    connection.execute("DELETE FROM measurements WHERE seq_len = 128")
+    connection.execute("UPDATE runs SET state = 'interrupted'")
+    connection.commit()
+    connection.close()
+    assert attnprof.list_runs(db)[["cases", "planned"]].values.tolist() == [[1, 2]]
+    listed = CliRunner().invoke(cli, ["runs", "--db", str(db)]).stdout
+    assert f"{run_id}" in listed and "interrupted     1 of 2 cases" in listed, listed

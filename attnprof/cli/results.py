@@ -27,8 +27,9 @@ def runs(db):
         click.echo(f"no runs in {str(db)!r} yet: attnprof sweep --db {shlex.quote(str(db))} makes one", err=True)
     else:
         click.echo(f"{'run':<20}  {'created':<25}  {'state':<11} {'cases':>11}  device  name")
-    for run_id, created_at, state, cases, device, name in listed:
-        click.echo(f"{run_id}  {created_at}  {state:<11} {cases:>5} cases  {device}  {name}")
+    for run_id, created_at, state, cases, planned, device, name in listed:
+        of = f" of {planned}" if planned is not None and planned > cases else ""  # an unfinished run: how much of it
+        click.echo(f"{run_id}  {created_at}  {state:<11} {cases:>5}{of} cases  {device}  {name}")
 
 
 @cli.command()

@@ -39,6 +39,7 @@ def capture_env(devices: tuple[str, ...] = (), impl_names=None) -> dict:
         "gpu_driver": None,
         "plugins": list(_plugin_modules(impl_names)),  # a run of a plugin impl needs them to be resumed or reproduced
     }
+    env["plugin_path"] = plugin_folders(env["plugins"])
     cuda_devices = [d for d in devices if d.startswith("cuda")]
     if cuda_devices and torch.cuda.is_available():
         from attnprof.trackers.nvml import cuda_index
@@ -46,6 +47,30 @@ def capture_env(devices: tuple[str, ...] = (), impl_names=None) -> dict:
         props = torch.cuda.get_device_properties(cuda_index(cuda_devices[0]))  # the GPU measured, not always GPU 0
         env.update(gpu_name=props.name, gpu_total_bytes=props.total_memory, gpu_driver=_nvml_driver())
     return env
+
+
+def plugin_folders(modules) -> list[str]:
+    """The folders the plugin `modules` were imported from that only PYTHONPATH or the current folder put on the path:
+    a command the tool prints for the run (resume, retry, reproduce) needs them too. The README's own layout, a
+    mykernels.py beside the user run with PYTHONPATH=., printed commands that failed "cannot import plugin module" from
+    a fresh shell (a README audit). Absolute, so the commands work from any folder; an installed package's is left out."""
+    import os
+    import sys
+
+    given = {os.path.realpath(p or os.curdir) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    given.add(os.path.realpath(os.curdir))
+    folders = []
+    for module in modules:
+        top = sys.modules.get(module.split(".")[0])
+        path = getattr(top, "__file__", None)
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.realpath(path))
+        if os.path.basename(path) == "__init__.py":  # a package: the folder that holds it is the one on the path
+            folder = os.path.dirname(folder)
+        if folder in given and folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 def _plugin_modules(impl_names=None) -> tuple[str, ...]:

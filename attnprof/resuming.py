@@ -69,9 +69,10 @@ def check_plugins_loaded(run, sweep: Sweep) -> None:
     missing = [spec.name for spec in sweep.impls if spec.name not in known]
     plugins = ",".join(run.env.get("plugins") or [])
     if missing and plugins:
-        raise UsageError(
-            f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with ATTNPROF_PLUGINS={plugins}"
-        )
+        from attnprof.dashboard.runinfo import plugin_prefix
+
+        prefix = plugin_prefix(run.env.get("plugins"), run.env.get("plugin_path") or ()).strip()
+        raise UsageError(f"run {run.run_id} measured impl {missing[0]!r} from plugin module(s) {plugins}: resume it with {prefix}")
 
 
 def same_sweep(given: Sweep | None, stored: Sweep, run_id: str) -> None:

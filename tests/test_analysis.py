@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,8 @@ from attnprof.crossover_groups import merged_crossovers
 from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_impls
 from attnprof.store import Store
+
+TESTS = Path(__file__).resolve().parent  # on PYTHONPATH (conftest): plugin commands name it (fake_impls' folder)
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +288,8 @@ def test_fit_names_its_run_its_state_and_the_lengths_it_left_out(tmp_path):
     store.set_run_state(run_id, "interrupted")
     store.close()
     stopped = runner.invoke(cli, ["fit", "--db", str(db), "--format", "markdown", "--metric", "peak_bytes"])
-    said = f"Run {run_id} (nightly): interrupted: 6 of 6 cases, the rest with ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id}"
+    said = f"Run {run_id} (nightly): interrupted: 6 of 6 cases, the rest with "
+    said += f"PYTHONPATH={TESTS} ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id}"
     assert stopped.output.startswith(said), stopped.output
 
 

@@ -11,6 +11,8 @@ from attnprof.api import plan
 from attnprof.errors import UsageError
 from attnprof.spec import Sweep, parse_impls
 
+TESTS = Path(__file__).resolve().parent  # on PYTHONPATH (conftest): plugin commands name it (fake_impls' folder)
+
 
 @pytest.mark.parametrize(
     "changes, fragment",
@@ -377,9 +379,11 @@ def test_a_plugin_run_names_its_modules_to_reproduce_and_resume_it(tmp_path, mon
     store = Store.open(db, create=False)
     run = store.resolve_run(run_id)
     store.close()
-    assert run.env["plugins"] == ["fake_impls"] and reproduce_command(run).startswith("ATTNPROF_PLUGINS=fake_impls attnprof sweep")
+    assert run.env["plugins"] == ["fake_impls"] and reproduce_command(run).startswith(
+        f"PYTHONPATH={TESTS} ATTNPROF_PLUGINS=fake_impls attnprof sweep"
+    )
     monkeypatch.delitem(impls._REGISTRY, "fault")  # a process without the plugin
-    expected = f"run {run_id} measured impl 'fault' from plugin module(s) fake_impls: resume it with ATTNPROF_PLUGINS=fake_impls"
+    expected = f"from plugin module(s) fake_impls: resume it with PYTHONPATH={TESTS} ATTNPROF_PLUGINS=fake_impls"
     with pytest.raises(UsageError, match=re.escape(expected)):
         plan(Sweep(), db, resume=run_id)
 
@@ -490,3 +494,30 @@ def test_a_notebooks_slips_are_usage_errors_naming_the_value(call, fragment, tmp
     with pytest.raises(UsageError) as raised:
         call(attnprof)
     assert fragment in str(raised.value)
+
+
+def test_plugin_commands_name_the_folder_pythonpath_gave(tmp_path, monkeypatch):
+    """The README's layout, a mykernels.py beside the user run with PYTHONPATH=., printed resume, retry and reproduce
+    commands that failed "cannot import plugin module" from a fresh shell (a README audit): the folder only PYTHONPATH
+    or the current folder gave is recorded, and the commands name it; an installed package's is not."""
+    import sys
+
+    from attnprof.dashboard.runinfo import plugin_prefix
+    from attnprof.env import plugin_folders
+
+    (tmp_path / "mykernels_here.py").write_text("X = 1\n")
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / "__init__.py").write_text("")
+    (tmp_path / "pack" / "kernels.py").write_text("Y = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", ".")
+    monkeypatch.chdir(tmp_path)
+    import mykernels_here  # noqa: F401
+    import pack.kernels  # noqa: F401
+
+    folder = str(tmp_path.resolve())
+    assert plugin_folders(["mykernels_here", "pack.kernels", "numpy"]) == [folder]  # numpy: installed
+    assert plugin_prefix(["mykernels_here"], [folder]) == f"PYTHONPATH={folder} ATTNPROF_PLUGINS=mykernels_here "
+    assert plugin_prefix([], [folder]) == "" and plugin_prefix(["m"]) == "ATTNPROF_PLUGINS=m "
+    for name in ("mykernels_here", "pack.kernels", "pack"):
+        sys.modules.pop(name, None)

@@ -14,6 +14,8 @@ import attnprof
 from attnprof.errors import UsageError
 from attnprof.store import Store
 
+TESTS = Path(__file__).resolve().parent  # on PYTHONPATH (conftest): plugin commands name it (fake_impls' folder)
+
 SWEEP = [sys.executable, "-m", "attnprof", "sweep", *"--impl softmax,sdpa-math --lengths 64..2k --heads 2 --head-dim 16".split(),
          *"--device cpu --causal both --warmup-ms 1 --rep-ms 30".split(), "--name", "resume me"]  # fmt: skip
 TOTAL = 2 * 6 * 2
@@ -295,7 +297,8 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
     first = CliRunner().invoke(cli, ["sweep", *args, "--causal", "no", "--warmup-ms", "1", "--rep-ms", "5", "--db", str(db)])
     assert first.exit_code == 0, first.output
     # the complete run's crashed row said "resume the run once fixed", and nothing said how (a robustness audit)
-    said = "1 crashed row: once the cause is fixed, measure them again with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume "
+    said = "1 crashed row: once the cause is fixed, measure them again with: "
+    said += f"PYTHONPATH={TESTS} ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume "
     assert said in first.stdout and f" --retry crashed --db {db}" in first.stdout, first.stdout
     markdown = CliRunner().invoke(cli, ["show", "latest", "--format", "markdown", "--db", str(db)]).stdout
     assert f" cases in {db}\n\n1 crashed row: once the cause" in markdown, markdown  # a paragraph of its own (a review)
@@ -315,7 +318,7 @@ def test_a_retry_stopped_after_the_failure_leaves_no_stale_skip_and_says_how_to_
     run_id = attnprof.load_measurements("latest", db)["run_id"].iloc[0]
     with pytest.raises(SystemExit):
         exit_interrupted(SweepInterrupted(run_id, 2, 3), db)
-    resume = f"Resume with: ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id} --db {db}"
+    resume = f"Resume with: PYTHONPATH={TESTS} ATTNPROF_PLUGINS=fake_impls attnprof sweep --resume {run_id} --db {db}"
     assert capsys.readouterr().err.splitlines()[-1] == resume
 
 

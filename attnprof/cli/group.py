@@ -202,14 +202,14 @@ def _resume_command(run_id: str, db, retry: str = "") -> str:
     from attnprof.store import Store
 
     db = db or default_db()
-    plugins = ()
+    env = {}
     with contextlib.suppress(Exception):  # the stop's own message comes first: an unreadable file costs only the plugins
         store = Store.open(db, create=False)
         try:
-            plugins = store.resolve_run(run_id).env.get("plugins") or ()
+            env = store.resolve_run(run_id).env
         finally:
             store.close()
-    return resume_command(run_id, db, plugins, retry)
+    return resume_command(run_id, db, env.get("plugins") or (), retry, env.get("plugin_path") or ())
 
 
 def print_summary(db, run_id: str, output_format: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from attnprof.fit import format_length
@@ -36,15 +37,23 @@ def unfinished_note(run: RunInfo, measured: int, db) -> str:
     state = "interrupted" if run.state == "interrupted" else f"{run.state} (still measuring, or its process was killed)"
     from attnprof.resuming import pending_retry
 
-    resume = resume_command(run.run_id, db, run.env.get("plugins") or (), ",".join(pending_retry(run)))
+    resume = resume_command(run.run_id, db, run.env.get("plugins") or (), ",".join(pending_retry(run)), run.env.get("plugin_path") or ())
     return f"{state}: {measured}{of_planned} cases, the rest with {resume}"
 
 
-def resume_command(run_id: str, db, plugins=(), retry: str = "") -> str:
+def resume_command(run_id: str, db, plugins=(), retry: str = "", plugin_path=()) -> str:
     """The command that measures the rest of run `run_id`, with the plugin modules its impls came from: without them
     the resume is refused ("resume it with ATTNPROF_PLUGINS=..."), which the command printed at a stop left out."""
     command = shlex.join(["attnprof", "sweep", "--resume", run_id, *(["--retry", retry] if retry else []), "--db", absolute(db)])
-    return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
+    return plugin_prefix(plugins, plugin_path) + command
+
+
+def plugin_prefix(plugins, plugin_path=()) -> str:
+    """'PYTHONPATH=... ATTNPROF_PLUGINS=... ' a printed command of a plugin run needs (env.plugin_folders), or ''."""
+    if not plugins:
+        return ""
+    folders = f"PYTHONPATH={shlex.quote(os.pathsep.join(plugin_path))} " if plugin_path else ""
+    return f"{folders}ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} "
 
 
 def reproduce_command(run: RunInfo, db=None) -> str:
@@ -57,8 +66,7 @@ def reproduce_command(run: RunInfo, db=None) -> str:
     command = rebuilt_command(run.sweep) if resolved or not run.command else run.command
     if resolved and db is not None:
         command += " " + shlex.join(["--db", absolute(db)])
-    plugins = run.env.get("plugins") or []
-    return f"ATTNPROF_PLUGINS={shlex.quote(','.join(plugins))} {command}" if plugins else command
+    return plugin_prefix(run.env.get("plugins") or [], run.env.get("plugin_path") or ()) + command
 
 
 def rebuilt_command(sweep: dict) -> str:

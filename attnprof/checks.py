@@ -52,8 +52,9 @@ def run_check(impl: AttentionImpl, case: Case) -> CheckResult:
     small = case.resized(batch=1, heads=2, seq_len=check_length(case.seq_len))
     exact = make_inputs(small, device="cpu", dtype="float64")  # (1, 2, n, D) each
     tested = [t.detach().to(case.device, _dtype(case.dtype)).requires_grad_(t.requires_grad) for t in (exact.q, exact.k, exact.v)]
+    before = [t.detach().clone() for t in tested]  # (1, 2, n, D) each: what the call must leave as it found it
     out = impl.bind(small)(*tested)  # (1, 2, n, D)
-    wrong = changed_inputs([t.detach().to(case.device, _dtype(case.dtype)) for t in (exact.q, exact.k, exact.v)], tested)
+    wrong = changed_inputs(before, tested)
     wrong = wrong or wrong_form(out, tested[0], tested[2])
     if wrong:  # a (H, N, D) output broadcast against the reference and passed; a float64 one for float32 inputs too
         return CheckResult(check_error=float("nan"), fidelity_error=float("nan"), failure=f"failed its check at N={small.seq_len}: {wrong}")

@@ -154,7 +154,8 @@ def _measured_crossover(fit_a: Fit, fit_b: Fit, span, names, fitted_length: floa
         differ = (
             f"none: {cheaper} is cheaper at every measured length where the two differ ({first if len(clear) == 1 else f'{first}..{last}'})"
         )
-        equal = [n for n in shared if n not in {length for length, _ in clear}]
+        differing = {length for length, _ in clear}
+        equal = [n for n in shared if n not in differing]
         if exact:
             message = f"{differ}; at {', '.join(map(format_length, equal))} the two are equal" if equal else differ
         else:

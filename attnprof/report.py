@@ -94,7 +94,7 @@ def report_sections(source, run_id: str, only=(), budget_bytes: int | None = Non
     )
     # the other metrics' crossovers too, as `attnprof fit` lists them: the report drew time's alone (an analysis audit)
     for metric in [m for m in views.EXPONENT_METRICS if m != crossing and m in has]:
-        figures[f"crossovers-{metric}"] = pages.exponents(source, run_id, filters, metric, budget)[2]  # the fits are memoised
+        figures[f"crossovers-{metric}"] = pages.crossovers(source, run_id, filters, metric)  # from the fits kept above
     figures["frontier"] = frontier
     figures["coverage"], notes["coverage"] = pages.coverage(source, run_id, filters)
     figures["roofline"], notes["roofline"] = pages.roofline(source, run_id, filters, None, None)

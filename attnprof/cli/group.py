@@ -214,6 +214,7 @@ def _resume_command(run_id: str, db, retry: str = "") -> str:
 
 def print_summary(db, run_id: str, output_format: str) -> None:
     from attnprof.dashboard.runinfo import unfinished_note
+    from attnprof.spec import Sweep
     from attnprof.store import Store
     from attnprof.table import (
         cpu_heap_note,
@@ -264,7 +265,7 @@ def print_summary(db, run_id: str, output_format: str) -> None:
         count = sum(m.status.value in again for m in measurements)
         retry = _resume_command(run.run_id, db, ",".join(again))
         if "timeout" in again:  # the run's own limit would time them out again (a README audit)
-            retry += f" --timeout {2 * float(run.sweep.get('timeout') or 300):g}"
+            retry += f" --timeout {2 * float(run.sweep.get('timeout') or Sweep().timeout):g}"
         if output_format == "markdown":  # else Markdown joins it to the line above as one paragraph (a review)
             click.echo()
         click.echo(f"{count} {' or '.join(again)} row{'s' * (count != 1)}: once the cause is fixed, measure them again with: {retry}")

@@ -177,12 +177,10 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
     if not run_id:
         return [], empty, empty, empty, ""
     try:
-        frame, shown = _filtered(source, run_id, filters)
-        base = (frame.attrs.get("version"), views.filter_key(filters))
-        all_fits = source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown))
+        frame, shown, base, all_fits = _fitted(source, run_id, filters)
         rows, chart, note = source.memo(("exponent table", *base), lambda: _exponent_table(shown, all_fits))
         note = " ".join(filter(None, (views.unticked_note(shown, filters), note)))  # as Scaling says it
-        crossing = source.memo(("crossovers", *base, crossover_metric), lambda: _crossover_figure(shown, all_fits, crossover_metric))
+        crossing = _crossovers_of(source, shown, base, all_fits, crossover_metric)
         # the bytes fit's frontier was given; `is None`: a budget of 1 byte (log2 0) drew the default 80 GiB (a review)
         budget = round(2.0 ** float(budget_log2 if budget_log2 is not None else math.log2(DEFAULT_BUDGET)))
         boundaries = source.memo(("boundaries", *base), lambda: boundaries_by_config(shown))
@@ -191,6 +189,23 @@ def exponents(source, run_id, filters, crossover_metric: str, budget_log2: float
     except Exception as error:  # noqa: BLE001
         failed = figures.message_figure(failure_text(error))
         return [], failed, failed, failed, failure_text(error)
+
+
+def crossovers(source, run_id, filters, metric: str):
+    """The crossover figure of `metric` alone, from the fits the Exponents view keeps (the report draws every metric's)."""
+    _, shown, base, all_fits = _fitted(source, run_id, filters)
+    return _crossovers_of(source, shown, base, all_fits, metric)
+
+
+def _fitted(source, run_id, filters) -> tuple:
+    """(frame, shown rows, memo key base, every metric's fits) of the filtered run, the fits remembered."""
+    frame, shown = _filtered(source, run_id, filters)
+    base = (frame.attrs.get("version"), views.filter_key(filters))
+    return frame, shown, base, source.memo(("exponent fits", *base), lambda: _exponent_fits(source, shown))
+
+
+def _crossovers_of(source, shown, base, all_fits, metric: str):
+    return source.memo(("crossovers", *base, metric), lambda: _crossover_figure(shown, all_fits, metric))
 
 
 def _exponent_fits(source, shown) -> pd.DataFrame:
